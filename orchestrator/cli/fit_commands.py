@@ -1,0 +1,4 @@
+"""Commands: fit_commands."""
+from __future__ import annotations
+
+from .app import app  # noqa: F401

@@ -1,0 +1,4 @@
+"""Commands: sweep_commands."""
+from __future__ import annotations
+
+from .app import app  # noqa: F401

@@ -1,0 +1,1 @@
+"""Law families and their fitting: numpy/scipy only (no Ray, no MLflow)."""

@@ -1,0 +1,50 @@
+"""The common result of a law fit: parameters, objective, intervals and warnings."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Interval:
+    """A central interval at `level` (e.g. 0.9 for 5 %..95 %) with its point estimate."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float = 0.9
+
+    def covers(self, value: float) -> bool:
+        """Whether the interval contains `value`."""
+        return self.low <= value <= self.high
+
+
+@dataclass
+class FitResult:
+    """What every fitter returns; `to_json()` is the CLI's JSON document."""
+
+    law: str
+    params: dict[str, float]
+    objective: float
+    n_points: int
+    loss: str = "huber"
+    intervals: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (NaN/inf become null)."""
+        return _clean(asdict(self))
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,81 @@
+"""Load and validate tables of runs (CSV or Parquet) for the law fitters."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+
+class TableError(ValueError):
+    """A table that cannot be fitted: the message names the problem."""
+
+
+def read_table(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a CSV or Parquet file into a dict of float64/object numpy columns."""
+    path = Path(path)
+    if not path.exists():
+        raise TableError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        elif suffix in (".csv", ".tsv", ".txt"):
+            import pyarrow.csv as pacsv
+
+            opts = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+            table = pacsv.read_csv(path, parse_options=opts)
+        else:
+            raise TableError(f"{path}: unknown table format {suffix!r} (use .csv or .parquet)")
+    except TableError:
+        raise
+    except Exception as exc:  # pyarrow raises several types for malformed files
+        raise TableError(f"{path}: cannot read table: {exc}") from exc
+    return {name: _to_numpy(table.column(name)) for name in table.column_names}
+
+
+def _to_numpy(column) -> np.ndarray:
+    arr = column.to_numpy(zero_copy_only=False)
+    if arr.dtype.kind in "iuf":
+        return arr.astype(np.float64)
+    return arr
+
+
+def require_columns(
+    table: dict[str, np.ndarray],
+    required: Iterable[str],
+    positive: Iterable[str] = (),
+    min_rows: int = 1,
+) -> dict[str, np.ndarray]:
+    """Check required columns exist, are finite numbers, positive where asked, and numerous enough."""
+    required = list(required)
+    missing = [c for c in required if c not in table]
+    if missing:
+        raise TableError(
+            f"missing column(s) {', '.join(missing)}; table has {', '.join(table) or 'no columns'}"
+        )
+    out: dict[str, np.ndarray] = {}
+    for name in required:
+        col = table[name]
+        if col.dtype.kind not in "iuf":
+            try:
+                col = col.astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise TableError(f"column {name}: not numeric") from exc
+        col = np.asarray(col, dtype=np.float64)
+        bad = ~np.isfinite(col)
+        if bad.any():
+            raise TableError(f"column {name}: {int(bad.sum())} NaN/inf value(s) (first at row {int(np.argmax(bad))})")
+        out[name] = col
+    for name in positive:
+        nonpos = out[name] <= 0
+        if nonpos.any():
+            raise TableError(
+                f"column {name}: {int(nonpos.sum())} non-positive value(s) (first at row {int(np.argmax(nonpos))})"
+            )
+    n = len(out[required[0]]) if required else 0
+    if n < min_rows:
+        raise TableError(f"{n} row(s): this fit needs at least {min_rows}")
+    return out
