@@ -79,3 +79,22 @@ def require_columns(
     if n < min_rows:
         raise TableError(f"{n} row(s): this fit needs at least {min_rows}")
     return out
+
+
+def validate_arrays(columns: dict[str, object], min_rows: int = 1) -> dict[str, np.ndarray]:
+    """Columns given as sequences (one value per run) → float64 arrays, all positive and finite.
+
+    TableError names the problem: mismatched lengths, non-numeric, NaN/inf, non-positive, too few rows.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for name, col in columns.items():
+        try:
+            arrays[name] = np.atleast_1d(np.asarray(col, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise TableError(f"column {name}: not numeric") from exc
+        if arrays[name].ndim != 1:
+            raise TableError(f"column {name}: expected one value per run, got shape {arrays[name].shape}")
+    lengths = {name: len(a) for name, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise TableError("columns have different lengths: " + ", ".join(f"{k}={v}" for k, v in lengths.items()))
+    return require_columns(arrays, list(arrays), positive=list(arrays), min_rows=min_rows)
