@@ -1,0 +1,209 @@
+"""Sweep figures (matplotlib, rendered with Agg): loss vs compute with the frontier, isoFLOP curves,
+predicted vs observed. Every function returns a `Figure` and never shows it; inputs are
+plain arrays, mappings of arrays or lists of dicts so the module depends on nothing else.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import matplotlib
+import numpy as np
+
+# Figures are built with matplotlib.figure.Figure, not pyplot: no global backend state,
+# no GUI, thread-safe per figure; savefig renders PNG with Agg whatever the backend is.
+from matplotlib.figure import Figure
+
+# Accepted spellings of the same column, first match wins.
+_ALIASES = {
+    "C": ("C", "flops", "compute", "budget"),
+    "loss": ("loss", "final_loss", "eval_loss", "mid", "predicted_loss"),
+    "N": ("N", "n_params"),
+    "low": ("low", "lo", "loss_low"),
+    "high": ("high", "hi", "loss_high"),
+}
+
+
+def _column(data: Any, name: str, required: bool = True) -> Optional[np.ndarray]:
+    """Column `name` (or an alias) from a mapping of arrays or a list of dicts, as float64."""
+    keys = _ALIASES.get(name, (name,))
+    if isinstance(data, Mapping):
+        for k in keys:
+            if k in data and data[k] is not None:
+                return np.asarray(data[k], dtype=np.float64).ravel()
+    else:
+        rows = list(data)
+        for k in keys:
+            if rows and all(k in r for r in rows):
+                return np.array([_num(r[k]) for r in rows], dtype=np.float64)
+    if required:
+        raise KeyError(f"missing column {name!r} (accepted: {', '.join(keys)})")
+    return None
+
+
+def _num(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _interval(data: Any, estimate: np.ndarray) -> Optional[np.ndarray]:
+    """Asymmetric error bars (2, n) from low/high columns or an `interval` [low, high] field."""
+    low, high = _column(data, "low", False), _column(data, "high", False)
+    if low is None and not isinstance(data, Mapping):
+        rows = list(data)
+        if rows and all("interval" in r for r in rows):
+            pairs = np.array([[_num(v) for v in r["interval"]] for r in rows], dtype=np.float64)
+            low, high = pairs[:, 0], pairs[:, 1]
+    if low is None or high is None:
+        return None
+    return np.vstack([np.maximum(estimate - low, 0.0), np.maximum(high - estimate, 0.0)])
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def loss_vs_compute(
+    runs: Any,
+    frontier: Optional[Mapping[str, Any]] = None,
+    proposals: Any = None,
+) -> Figure:
+    """Final loss vs compute C (log x), one colour per N, the frontier L*(C) with its band, proposals.
+
+    `runs`: rows (or a mapping of arrays) with C, loss, N. `frontier`: arrays C, mid and
+    optionally low, high. `proposals`: rows with C (or budget), predicted_loss and optionally
+    low/high or interval=[low, high].
+    """
+    C, loss, N = _column(runs, "C"), _column(runs, "loss"), _column(runs, "N")
+    fig = Figure(figsize=(7.0, 4.8))
+    ax = fig.add_subplot()
+    sizes = np.unique(N[np.isfinite(N)])
+    cmap = matplotlib.colormaps["viridis"]
+    for i, n in enumerate(sizes):
+        sel = (N == n) & np.isfinite(C) & np.isfinite(loss)
+        colour = cmap(i / max(len(sizes) - 1, 1))
+        ax.scatter(C[sel], loss[sel], color=colour, s=22, label=f"N={_fmt(n)}", zorder=3)
+    if frontier is not None:
+        fc, mid = _column(frontier, "C"), _column(frontier, "loss")
+        order = np.argsort(fc)
+        ax.plot(fc[order], mid[order], color="black", lw=1.6, label="frontier L*(C)", zorder=4)
+        low, high = _column(frontier, "low", False), _column(frontier, "high", False)
+        if low is not None and high is not None:
+            ax.fill_between(fc[order], low[order], high[order], color="black", alpha=0.15,
+                            lw=0, label="frontier band")
+    if proposals is not None and len(proposals):
+        pc, pl = _column(proposals, "C"), _column(proposals, "predicted_loss")
+        ax.errorbar(pc, pl, yerr=_interval(proposals, pl), fmt="*", ms=11, color="crimson",
+                    ecolor="crimson", capsize=3, label="proposals", zorder=5)
+    ax.set_xscale("log")
+    ax.set_xlabel("compute C (FLOPs)")
+    ax.set_ylabel("final loss")
+    ax.set_title("Loss vs compute")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def group_by_compute(C: Sequence[float], rel_tol: float = 0.05) -> np.ndarray:
+    """Group labels for compute values equal within `rel_tol` (budgets are rarely exact)."""
+    logc = np.log(np.asarray(C, dtype=np.float64))
+    order = np.argsort(logc)
+    labels = np.empty(len(logc), dtype=np.int64)
+    group, anchor = -1, -np.inf
+    for idx in order:
+        if logc[idx] - anchor > math.log1p(rel_tol):
+            group += 1
+            anchor = logc[idx]
+        labels[idx] = group
+    return labels
+
+
+def isoflop_curves(
+    N: Sequence[float],
+    D: Sequence[float],
+    loss: Sequence[float],
+    C: Sequence[float],
+    fits: Any = None,
+) -> Figure:
+    """Loss vs N (log x) per compute group, with a parabola in ln N per group.
+
+    `fits`: None (points only), True (fit a parabola in ln N here for groups with >= 3
+    points), or a mapping {C of the group: np.polyval coefficients in ln N, highest first}.
+    """
+    N = np.asarray(N, dtype=np.float64)
+    D = np.asarray(D, dtype=np.float64)
+    loss = np.asarray(loss, dtype=np.float64)
+    C = np.asarray(C, dtype=np.float64)
+    if not (len(N) == len(D) == len(loss) == len(C)):
+        raise ValueError("N, D, loss and C must have the same length")
+    labels = group_by_compute(C)
+    fig = Figure(figsize=(7.0, 4.8))
+    ax = fig.add_subplot()
+    groups = np.unique(labels)
+    cmap = matplotlib.colormaps["plasma"]
+    given = dict(fits) if isinstance(fits, Mapping) else {}
+    for i, g in enumerate(groups):
+        sel = labels == g
+        c_mid = float(np.exp(np.mean(np.log(C[sel]))))
+        colour = cmap(i / max(len(groups), 1))
+        ax.scatter(N[sel], loss[sel], color=colour, s=22, label=f"C={_fmt(c_mid)}", zorder=3)
+        coeffs = None
+        if given:
+            key = min(given, key=lambda k: abs(math.log(float(k)) - math.log(c_mid)))
+            if abs(math.log(float(key)) - math.log(c_mid)) < 0.1:
+                coeffs = np.asarray(given[key], dtype=np.float64)
+        elif fits is True and sel.sum() >= 3:
+            coeffs = np.polyfit(np.log(N[sel]), loss[sel], 2)
+        if coeffs is not None:
+            x = np.linspace(np.log(N[sel].min()), np.log(N[sel].max()), 100)
+            ax.plot(np.exp(x), np.polyval(coeffs, x), color=colour, lw=1.2)
+            if coeffs[0] > 0:  # convex: mark the vertex (the budget's optimal N)
+                xv = -coeffs[1] / (2 * coeffs[0])
+                if x[0] <= xv <= x[-1]:
+                    ax.plot([np.exp(xv)], [np.polyval(coeffs, xv)], marker="v", color=colour,
+                            ms=7, ls="none")
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("final loss")
+    ax.set_title("IsoFLOP curves")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def predicted_vs_observed(
+    observed: Sequence[float],
+    predicted: Sequence[float],
+    labels: Optional[Sequence[str]] = None,
+) -> Figure:
+    """Scatter of predicted vs observed loss with the y = x line and the mean relative error."""
+    obs = np.asarray(observed, dtype=np.float64)
+    pred = np.asarray(predicted, dtype=np.float64)
+    if obs.shape != pred.shape:
+        raise ValueError("observed and predicted must have the same length")
+    fig = Figure(figsize=(5.2, 5.0))
+    ax = fig.add_subplot()
+    ok = np.isfinite(obs) & np.isfinite(pred)
+    ax.scatter(obs[ok], pred[ok], s=24, color="tab:blue", zorder=3, label="runs")
+    if ok.any():
+        lo = float(min(obs[ok].min(), pred[ok].min()))
+        hi = float(max(obs[ok].max(), pred[ok].max()))
+        pad = 0.03 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", ls="--", lw=1,
+                label="y = x")
+        mare = float(np.mean(np.abs(pred[ok] - obs[ok]) / np.abs(obs[ok])))
+        ax.set_title(f"Predicted vs observed (mean rel. error {100 * mare:.2f} %)")
+    else:
+        ax.set_title("Predicted vs observed")
+    if labels is not None:
+        for x, y, text, good in zip(obs, pred, labels, ok):
+            if good:
+                ax.annotate(str(text), (x, y), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+    ax.set_xlabel("observed loss")
+    ax.set_ylabel("predicted loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
