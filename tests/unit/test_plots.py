@@ -1,0 +1,127 @@
+"""Sweep figures: the right artists, the right numbers on them, and PNG output."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from matplotlib.collections import PathCollection, PolyCollection
+from matplotlib.container import ErrorbarContainer
+from matplotlib.figure import Figure
+
+from orchestrator.plots import group_by_compute, isoflop_curves, loss_vs_compute, predicted_vs_observed
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _chinchilla(N, D):
+    # Hoffmann et al. (2022) Approach 3 parameters, a known smooth surface for the figures.
+    return 1.69 + 406.4 / N**0.34 + 410.7 / D**0.28
+
+
+def _png(fig: Figure, tmp_path, name: str) -> bytes:
+    path = tmp_path / name
+    fig.savefig(path)
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 5000
+    return data
+
+
+def test_loss_vs_compute_artists_and_png(tmp_path):
+    sizes = [1e6, 4e6, 1.6e7]
+    runs = [{"C": 6 * n * d, "loss": _chinchilla(n, d), "N": n}
+            for n in sizes for d in (2e8, 8e8, 3.2e9)]
+    fc = np.logspace(15, 19, 30)
+    mid = 1.69 + 10 * fc ** -0.15
+    frontier = {"C": fc, "mid": mid, "low": mid - 0.02, "high": mid + 0.02}
+    proposals = [{"budget": 1e19, "predicted_loss": 2.3, "interval": [2.25, 2.36]},
+                 {"budget": 1e20, "predicted_loss": 2.2, "interval": [2.1, 2.3]}]
+    fig = loss_vs_compute(runs, frontier, proposals)
+    ax = fig.axes[0]
+    scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(scatters) == len(sizes)  # one colour per N
+    for sc, n in zip(scatters, sizes):
+        xy = sc.get_offsets()
+        assert len(xy) == 3
+        np.testing.assert_allclose(np.sort(xy[:, 0]), 6 * n * np.array([2e8, 8e8, 3.2e9]))
+    assert len(set(tuple(sc.get_facecolor()[0]) for sc in scatters)) == len(sizes)
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 1
+    frontier_line = [ln for ln in ax.lines if ln.get_label() == "frontier L*(C)"]
+    assert len(frontier_line) == 1
+    np.testing.assert_allclose(frontier_line[0].get_ydata(), mid)
+    errbars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(errbars) == 1
+    np.testing.assert_allclose(errbars[0].lines[0].get_xdata(), [1e19, 1e20])
+    assert ax.get_xscale() == "log"
+    _png(fig, tmp_path, "lvc.png")
+
+
+def test_loss_vs_compute_without_frontier_accepts_arrays(tmp_path):
+    fig = loss_vs_compute({"flops": [1e15, 2e15, 3e15], "final_loss": [3.0, 2.9, 2.8],
+                           "n_params": [1e6, 1e6, 2e6]})
+    ax = fig.axes[0]
+    assert len([c for c in ax.collections if isinstance(c, PathCollection)]) == 2
+    assert not ax.lines and not ax.containers
+    _png(fig, tmp_path, "plain.png")
+
+
+def test_loss_vs_compute_missing_column_names_it():
+    with pytest.raises(KeyError, match="'N'"):
+        loss_vs_compute([{"C": 1.0, "loss": 2.0}])
+
+
+def test_group_by_compute_tolerates_rounding():
+    C = [1e18, 1.02e18, 3e18, 2.97e18, 1e19]
+    assert group_by_compute(C).tolist() == [0, 0, 1, 1, 2]
+
+
+def test_isoflop_curves_vertex_at_true_optimum(tmp_path):
+    # Exact parabolas in ln N with known vertices: the marked minimum must sit on them.
+    budgets = {1e18: (math.log(3e7), 2.6), 1e19: (math.log(1e8), 2.3)}
+    N, D, L, C = [], [], [], []
+    for c, (x0, l0) in budgets.items():
+        for n in np.exp(np.linspace(x0 - 1.5, x0 + 1.5, 5)):
+            N.append(n)
+            D.append(c / (6 * n))
+            L.append(l0 + 0.05 * (math.log(n) - x0) ** 2)
+            C.append(c * (1 + 0.01 * (len(N) % 2)))  # budgets realised only approximately
+    fig = isoflop_curves(N, D, L, C, fits=True)
+    ax = fig.axes[0]
+    assert len([c for c in ax.collections if isinstance(c, PathCollection)]) == 2
+    curves = [ln for ln in ax.lines if ln.get_marker() in ("None", None, "")]
+    vertices = [ln for ln in ax.lines if ln.get_marker() == "v"]
+    assert len(curves) == 2 and len(vertices) == 2
+    got = sorted((v.get_xdata()[0], v.get_ydata()[0]) for v in vertices)
+    want = sorted((math.exp(x0), l0) for x0, l0 in budgets.values())
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    _png(fig, tmp_path, "iso.png")
+
+
+def test_isoflop_curves_with_given_coefficients():
+    N = [1e6, 2e6, 4e6, 1e7, 2e7, 4e7]
+    C = [1e17] * 3 + [1e18] * 3
+    L = [3.0, 2.9, 2.95, 2.7, 2.6, 2.65]
+    fits = {1e17: [0.1, -2 * 0.1 * math.log(2e6), 0.1 * math.log(2e6) ** 2 + 2.9]}
+    fig = isoflop_curves(N, [1] * 6, L, C, fits=fits)
+    ax = fig.axes[0]
+    vertices = [ln for ln in ax.lines if ln.get_marker() == "v"]
+    assert len(vertices) == 1  # only the budget with given coefficients gets a curve
+    assert vertices[0].get_xdata()[0] == pytest.approx(2e6)
+    with pytest.raises(ValueError):
+        isoflop_curves([1, 2], [1], [1, 2], [1, 2])
+
+
+def test_predicted_vs_observed(tmp_path):
+    obs = np.array([3.0, 2.5, 2.0, float("nan")])
+    pred = np.array([3.03, 2.5, 1.98, 2.0])
+    fig = predicted_vs_observed(obs, pred, labels=["a", "b", "c", "d"])
+    ax = fig.axes[0]
+    scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(scatters) == 1 and len(scatters[0].get_offsets()) == 3  # NaN row left out
+    (diag,) = [ln for ln in ax.lines if ln.get_label() == "y = x"]
+    np.testing.assert_allclose(diag.get_xdata(), diag.get_ydata())
+    mare = np.mean([0.03 / 3.0, 0.0, 0.02 / 2.0])
+    assert f"{100 * mare:.2f} %" in ax.get_title()
+    assert sorted(t.get_text() for t in ax.texts) == ["a", "b", "c"]
+    _png(fig, tmp_path, "pvo.png")
