@@ -35,16 +35,20 @@ class FitResult:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (NaN/inf become null)."""
-        return _clean(asdict(self))
+        return jsonable(asdict(self))
 
 
-def _clean(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """A copy of `obj` safe for strict JSON: numpy scalars unwrapped, NaN/inf as None."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+_clean = jsonable  # older name, still imported by some fitters
