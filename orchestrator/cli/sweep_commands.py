@@ -1,4 +1,171 @@
-"""Commands: sweep_commands."""
+"""Commands that run and query sweeps: run, status, propose."""
 from __future__ import annotations
 
-from .app import app  # noqa: F401
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .app import app, fail, print_json
+
+console = Console()
+
+
+def _load(spec_path: Path):
+    from ..spec import SpecError, load_spec
+
+    try:
+        return load_spec(spec_path)
+    except SpecError as exc:
+        fail(str(exc))
+
+
+def _sweep_dir(path: Path) -> Path:
+    if not (path / "store").is_dir():
+        fail(f"{path}: not a sweep directory (no store/ inside)")
+    return path
+
+
+@app.command("validate")
+def validate(spec: Path = typer.Argument(..., help="sweep spec (YAML)")) -> None:
+    """Check a spec and print the trials it would run; starts nothing."""
+    from ..planner import GridPlanner
+
+    s = _load(spec)
+    planner = GridPlanner(s)
+    runnable = planner.runnable()
+    console.print(f"[bold]{s.name}[/]: {len(runnable)} trial(s) of {len(planner.trials)} in the grid, "
+                  f"{sum(t.flops for t in runnable):.3g} FLOPs; sweep dir {s.sweep_dir()}")
+
+
+@app.command("run")
+def run(
+    spec: Path = typer.Argument(..., help="sweep spec (YAML)"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no live display"),
+    backend: str = typer.Option("deepspeed", help="trainer backend: deepspeed (real) or simulated"),
+) -> None:
+    """Run a sweep on a local Ray cluster (or the one at RAY_ADDRESS), then fit and propose."""
+    from ..controller import run_sweep
+
+    s = _load(spec)
+    if backend not in ("deepspeed", "simulated"):
+        fail(f"--backend: unknown backend {backend!r} (deepspeed or simulated)")
+    outcome = run_sweep(s, str(spec), show_progress=not no_progress, backend=backend)
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
+    console.print(f"\n[bold]sweep {s.name} done[/] in {outcome.wall_s:.0f}s: {counts}")
+    _print_fit(outcome.fit.to_json())
+    console.print(f"\nsweep directory: {outcome.sweep_dir}")
+    console.print(f"open the MLflow UI:  mlflow ui --backend-store-uri {s.tracking_uri()}")
+
+
+@app.command("status")
+def status(
+    sweep_dir: Path = typer.Argument(..., help="sweep directory"),
+    as_json: bool = typer.Option(False, "--json", help="JSON output"),
+) -> None:
+    """Trials, their states and the compute used."""
+    from ..store import ObservationStore
+
+    store = ObservationStore(_sweep_dir(sweep_dir))
+    trials = store.trials()
+    obs = store.observations()
+    spent: dict[str, float] = {}
+    for tid, fl in zip(obs["trial_id"].to_pylist(), obs["flops"].to_pylist()):
+        if fl == fl:
+            spent[tid] = fl
+    rows = []
+    for tid, rec in sorted(trials.items(), key=lambda kv: (kv[1]["config"] or {}).get("flops", 0)):
+        cfg = rec["config"] or {}
+        rows.append({"trial_id": tid, "status": rec["status"], "N": cfg.get("N"), "D": cfg.get("D"),
+                     "lr": cfg.get("lr"), "batch": cfg.get("batch"), "planned_flops": cfg.get("flops"),
+                     "flops_spent": spent.get(tid, 0.0), "summary": rec["summary"]})
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    doc = {"sweep_dir": str(sweep_dir.resolve()), "trials": rows, "counts": counts,
+           "flops_spent": sum(spent.values())}
+    if as_json:
+        print_json(doc)
+        return
+    table = Table(title=f"{sweep_dir}: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}")
+    for col in ("trial", "status", "N", "D", "lr", "batch", "FLOPs spent / planned", "final loss"):
+        table.add_column(col)
+    for r in rows:
+        loss = (r["summary"] or {}).get("final_eval_loss")
+        table.add_row(r["trial_id"], r["status"], f"{r['N']:,}" if r["N"] else "-", f"{r['D']:,}" if r["D"] else "-",
+                      f"{r['lr']:.3g}" if r["lr"] else "-", str(r["batch"] or "-"),
+                      f"{r['flops_spent']:.3g} / {r['planned_flops'] or 0:.3g}", f"{loss:.4f}" if loss else "-")
+    console.print(table)
+    console.print(f"compute used: {doc['flops_spent']:.4g} FLOPs")
+
+
+@app.command("propose")
+def propose(
+    sweep_dir: Path = typer.Argument(..., help="sweep directory"),
+    budget: list[float] = typer.Option(..., "--budget", help="target compute budget C in FLOPs (repeatable)"),
+    bootstrap: int = typer.Option(200, help="bootstrap resamples for the intervals (0 = none)"),
+    as_json: bool = typer.Option(False, "--json", help="JSON output"),
+) -> None:
+    """Compute-optimal (N, D, lr, batch) and predicted loss for each budget, from the sweep's trials."""
+    from ..proposals import fit_and_propose
+    from ..store import ObservationStore, final_points
+
+    bad = [c for c in budget if not (c > 0 and math.isfinite(c))]
+    if bad:
+        fail(f"--budget: must be positive and finite, got {bad[0]!r}")
+    store = ObservationStore(_sweep_dir(sweep_dir))
+    points = final_points(store)
+    if not points:
+        fail(f"{sweep_dir}: no finished trial yet; nothing to fit", code=1)
+    fit = fit_and_propose(points, budget, bootstrap=bootstrap)
+    if fit.fit is None:
+        fail("; ".join(fit.warnings), code=1)
+    if as_json:
+        from ..laws.result import jsonable
+
+        print_json(jsonable(fit.proposals))
+        return
+    _print_fit(fit.to_json())
+
+
+def _print_fit(doc: dict) -> None:
+    law = doc.get("law")
+    if law is None:
+        console.print(f"[yellow]no fit[/]: {'; '.join(doc.get('warnings', []))}")
+        return
+    p = law["params"]
+    iv = law.get("intervals", {})
+
+    def band(name: str) -> str:
+        i = iv.get(name) or {}
+        if i.get("low") is None:
+            return ""
+        return f" [{i['low']:.4g}, {i['high']:.4g}]"
+
+    console.print(f"\n[bold]fitted L(N, D) = E + A/N^alpha + B/D^beta[/] on {law['n_points']} (N, D) cells "
+                  f"(objective {law['objective']:.4g}):")
+    for name in ("E", "A", "B", "alpha", "beta"):
+        console.print(f"  {name:>5} = {p[name]:.4g}{band(name)}")
+    for w in law.get("warnings", []):
+        console.print(f"  [yellow]warning[/]: {w}")
+    if not doc.get("proposals"):
+        return
+    table = Table(title="compute-optimal proposals (90% intervals)")
+    for col in ("budget C", "N*", "D*", "tokens/param", "lr", "batch", "shape (d, L, h)", "predicted loss"):
+        table.add_column(col, justify="right")
+    for pr in doc["proposals"]:
+        ivs = pr.get("intervals", {})
+
+        def fmt(key: str, val: float) -> str:
+            i = ivs.get(key) or {}
+            return f"{val:.3g}" + (f" [{i['low']:.3g}, {i['high']:.3g}]" if i.get("low") is not None else "")
+
+        sh = pr["shape"]
+        table.add_row(f"{pr['budget']:.3g}", fmt("N_opt", pr["N"]), fmt("D_opt", pr["D"]),
+                      f"{pr['tokens_per_param']:.1f}", f"{pr['lr']:.3g}", str(pr["batch"]),
+                      f"{sh['d_model']}, {sh['n_layers']}, {sh['n_heads']}", fmt("loss_opt", pr["predicted_loss"]))
+    console.print(table)

@@ -1,0 +1,191 @@
+"""Wiring of a sweep: spec → store, MLflow, planner → Ray Tune Tuner → fit and proposals."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .laws.result import jsonable
+from .planner import GridPlanner, PlannedTrial, trial_config
+from .progress import SweepProgress
+from .proposals import SweepFit, fit_and_propose
+from .spec import SweepSpec
+from .store import ObservationStore, final_points
+
+log = logging.getLogger(__name__)
+
+# A multi-worker trial's driver process only launches the TorchTrainer; it must reserve
+# no CPU (its workers reserve theirs) yet Tune needs a non-empty bundle.
+DRIVER_RESOURCES = {"CPU": 0, "memory": 16 * 1024**2}
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished sweep returns."""
+
+    sweep_dir: Path
+    statuses: dict[str, int]
+    fit: SweepFit
+    wall_s: float
+    train_s: float  # seconds inside training steps, summed over trials
+    mlflow_parent_run: Optional[str]
+
+
+def prepare_dir(spec: SweepSpec, spec_path: Optional[str]) -> Path:
+    """Create the sweep directory and record the spec in it."""
+    sweep_dir = spec.sweep_dir()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    if spec_path:
+        shutil.copyfile(spec_path, sweep_dir / "spec.original.yaml")
+    return sweep_dir
+
+
+def _init_ray(spec: SweepSpec) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    # Trial output is noisy (DeepSpeed banners); it stays in the Ray session logs.
+    ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING, configure_logging=True)
+
+
+def _max_concurrent(spec: SweepSpec, trials: list[PlannedTrial]) -> int:
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    need = max((t.workers * spec.resources.threads for t in trials), default=1)
+    fit = max(1, math.floor(cpus / need))
+    # Ray Tune cannot see the CPUs a TorchTrainer will ask for, so concurrency is capped so
+    # that every running trial's workers fit at once (no trial waits on another's CPUs).
+    return min(fit, spec.resources.max_concurrent or fit)
+
+
+def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress: bool = True,
+              backend: str = "deepspeed") -> SweepOutcome:
+    """Run the spec's trials through a Ray Tune Tuner, record everything, fit and propose."""
+    from ray import tune
+
+    from .tracking import SweepTracker
+    from .tune.callback import SweepCallback
+    from .tune.searcher import PlannerSearcher
+    from .tune.trainable import run_trial
+
+    t0 = time.monotonic()
+    sweep_dir = prepare_dir(spec, spec_path)
+    store = ObservationStore(sweep_dir)
+    previous = store.trials()
+    completed = {tid: rec["config"]["flops"] for tid, rec in previous.items()
+                 if rec["status"] in ("finished", "diverged") and rec["config"]}
+    planner = GridPlanner(spec, completed=completed)
+    runnable = [t for t in planner.runnable() if t.trial_id not in completed]
+    records = {t.trial_id: t.record() for t in planner.trials}
+    for t in runnable:
+        if t.trial_id not in previous:
+            store.set_status(t.trial_id, "planned", config=t.record())
+
+    tracker = SweepTracker(spec.tracking_uri(), spec.tracking.experiment, spec.name,
+                           buffer_dir=sweep_dir / "mlflow-spool")
+    parent = tracker.start(spec.model_dump(mode="json"), spec_path=spec_path)
+    _init_ray(spec)
+    cache = str(sweep_dir.parent / ".corpus-cache") if spec.data == "builtin" else None
+    cache = os.environ.get("SCALESWEEP_CACHE", cache)
+
+    def to_config(t: PlannedTrial) -> dict[str, Any]:
+        ckpt = str(sweep_dir / "checkpoints" / t.trial_id)
+        return {"trial": trial_config(spec, t, ckpt, cache).to_dict(), "backend": backend,
+                "storage": str(sweep_dir / "ray"), "use_gpu": spec.resources.use_gpu}
+
+    def resources(config: dict[str, Any]):
+        trial = config["trial"]
+        if trial["workers"] > 1:
+            return DRIVER_RESOURCES
+        return {"CPU": trial["threads"], **({"GPU": 1} if spec.resources.use_gpu else {})}
+
+    progress = SweepProgress(spec.name, len(runnable) + len(completed), sum(t.flops for t in runnable),
+                             spec.budget.total_flops, enabled=show_progress)
+    callback = SweepCallback(store, tracker, progress, records)
+    searcher = PlannerSearcher(planner, to_config)
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, resources),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(1, len(runnable)),
+                                    max_concurrent_trials=_max_concurrent(spec, runnable)),
+        run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir / "ray"), callbacks=[callback],
+                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    status = "FINISHED"
+    try:
+        with progress:
+            if runnable:
+                tuner.fit()
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        store.flush()
+        if status == "FAILED":
+            tracker.close("FAILED")
+    outcome = summarise(spec, store, tracker, parent, t0)
+    tracker.close("FINISHED")
+    return outcome
+
+
+def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optional[str], t0: float) -> SweepOutcome:
+    """Fit the law on the finished trials, write fit + proposals to the sweep dir and MLflow."""
+    from .plots import loss_vs_compute
+
+    points = final_points(store)
+    fit = fit_and_propose(points, spec.budget.targets, loss=spec.fit.loss, bootstrap=spec.fit.bootstrap,
+                          level=spec.fit.level, seed=spec.seed)
+    sweep_dir = spec.sweep_dir()
+    doc = jsonable(fit.to_json())
+    (sweep_dir / "fit.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
+    trials = store.trials()
+    statuses: dict[str, int] = {}
+    for rec in trials.values():
+        statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
+    obs = store.observations()
+    train_s = 0.0
+    if obs.num_rows:
+        last: dict[str, float] = {}
+        for tid, st in zip(obs["trial_id"].to_pylist(), obs["step_time_s"].to_pylist()):
+            if st == st:
+                last[tid] = st
+        train_s = sum(last.values())
+    wall = time.monotonic() - t0
+    if tracker is not None:
+        params = {f"law.{k}": v for k, v in (fit.fit.params.items() if fit.fit else [])}
+        metrics = {"trials_finished": statuses.get("finished", 0), "wall_s": wall, "train_s": train_s,
+                   "useful_work_fraction": train_s / wall if wall else 0.0}
+        if fit.fit is not None:
+            metrics["law_objective"] = fit.fit.objective
+        figures = {"loss_vs_compute": _plot(fit, spec, points, loss_vs_compute)}
+        tracker.log_sweep_results(params, metrics, {"fit": doc, "proposals": fit.proposals}, figures)
+    return SweepOutcome(sweep_dir, statuses, fit, wall, train_s, parent)
+
+
+def _plot(fit: SweepFit, spec: SweepSpec, points: list[dict[str, Any]], loss_vs_compute):
+    import numpy as np
+
+    runs = [{"N": p["N"], "D": p["D"], "C": 6.0 * p["N"] * p["D"], "loss": p["loss"]} for p in points]
+    frontier = None
+    if fit.fit is not None and runs:
+        cs = [r["C"] for r in runs] + list(spec.budget.targets)
+        grid = np.geomspace(min(cs) / 2, max(cs) * 2, 60)
+        mid = fit.fit.law.frontier(grid)["loss_opt"]
+        frontier = {"C": grid, "mid": mid, "low": None, "high": None}
+    proposals = [{"C": p["budget"], "loss": p["predicted_loss"],
+                  "low": p["intervals"].get("loss_opt", {}).get("low"),
+                  "high": p["intervals"].get("loss_opt", {}).get("high")} for p in fit.proposals]
+    return loss_vs_compute(runs, frontier=frontier, proposals=proposals)
+

@@ -1,0 +1,153 @@
+"""Decisions from the spec and the observations: which trials to run, in which order.
+
+Pure Python (no Ray): the Tune searcher in `orchestrator/tune/` only delegates here.
+This planner runs the spec's grid, cheapest trials first, within the compute budget;
+law-guided search (issue: law-guided search) replaces `next_trial` with an acquisition rule.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from trainers.contract import Schedule, TrialConfig
+from trainers.model import count_params, shape_for
+
+from .spec import SweepSpec
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    """One trial of the sweep with everything the controller and the fit need."""
+
+    trial_id: str
+    n_target: int
+    N: int  # realised non-embedding parameters
+    N_total: int
+    D: int  # training tokens (whole batches)
+    lr: float
+    batch: int  # global batch in tokens
+    seed: int
+    workers: int
+    zero_stage: int
+    flops: float  # planned training FLOPs
+    shape: dict[str, int]
+
+    def record(self) -> dict[str, Any]:
+        """The trial's config as stored and logged."""
+        return asdict(self)
+
+
+def _training_flops(shape, n: int, d: int, seq_len: int, exact: bool) -> float:
+    """Training FLOPs under the spec's counting rule (6·N·D, or the trainer's exact count)."""
+    if not exact:
+        return 6.0 * n * d
+    from trainers.flops import flops_per_token
+
+    return flops_per_token(shape, seq_len=seq_len, exact=True) * d
+
+
+def _trial_id(n: int, d: int, lr: float, batch: int, seed: int) -> str:
+    key = f"{n}|{d}|{lr:.6g}|{batch}|{seed}"
+    return f"N{n}-D{d}-lr{lr:.3g}-b{batch}-s{seed}-{hashlib.sha1(key.encode()).hexdigest()[:6]}"
+
+
+def plan_grid(spec: SweepSpec) -> list[PlannedTrial]:
+    """Every trial of the spec's grid, cheapest first (ties broken deterministically)."""
+    seq = spec.model.seq_len
+    exact = spec.budget.flops == "exact"
+    out = []
+    for n_target in spec.model.sizes():
+        shape = shape_for(n_target)
+        counts = count_params(shape, max_seq_len=seq)
+        workers, stage = spec.resources.for_size(n_target)
+        for d_target in spec.tokens.for_size(counts.non_embedding):
+            for batch in spec.batches():
+                steps = max(1, math.ceil(d_target / batch))
+                d = steps * batch
+                flops = _training_flops(shape, counts.non_embedding, d, seq, exact)
+                for lr in spec.lrs():
+                    for seed in spec.seeds:
+                        out.append(
+                            PlannedTrial(
+                                trial_id=_trial_id(counts.non_embedding, d, lr, batch, seed),
+                                n_target=n_target,
+                                N=counts.non_embedding,
+                                N_total=counts.total,
+                                D=d,
+                                lr=lr,
+                                batch=batch,
+                                seed=seed,
+                                workers=workers,
+                                zero_stage=stage,
+                                flops=flops,
+                                shape=shape.to_dict(),
+                            )
+                        )
+    out.sort(key=lambda t: (t.flops, t.N, t.D, t.lr, t.batch, t.seed))
+    return out
+
+
+def trial_config(spec: SweepSpec, trial: PlannedTrial, checkpoint_dir: Optional[str], data_cache: Optional[str]) -> TrialConfig:
+    """The trainer's view of a planned trial."""
+    s = spec.schedule
+    return TrialConfig(
+        trial_id=trial.trial_id,
+        n_params=trial.n_target,
+        tokens=trial.D,
+        lr=trial.lr,
+        batch_tokens=trial.batch,
+        seq_len=spec.model.seq_len,
+        schedule=Schedule(kind=s.kind, warmup=s.warmup, decay=s.decay, final_lr_frac=s.final_lr_frac),
+        eval_every=spec.eval.every,
+        eval_tokens=spec.eval.tokens,
+        seed=trial.seed,
+        zero_stage=trial.zero_stage,
+        workers=trial.workers,
+        micro_batch=spec.resources.micro_batch,
+        precision="auto",
+        checkpoint_dir=checkpoint_dir if spec.checkpoints else None,
+        data=spec.data,
+        data_cache=data_cache,
+        exact_flops=spec.budget.flops == "exact",
+        threads=spec.resources.threads,
+    )
+
+
+class GridPlanner:
+    """Hands out the grid's trials in order until the grid or the compute budget is spent.
+
+    Compute is committed when a trial is handed out (its planned FLOPs), so concurrent
+    trials can never overrun the budget; trials already completed (a resumed sweep) are
+    skipped and their compute counted.
+    """
+
+    def __init__(self, spec: SweepSpec, completed: Optional[dict[str, float]] = None):
+        self.spec = spec
+        self.trials = plan_grid(spec)
+        self.budget = spec.budget.total_flops
+        completed = completed or {}
+        self.committed = sum(completed.values())
+        self._pending = [t for t in self.trials if t.trial_id not in completed]
+        self.skipped: list[PlannedTrial] = []
+
+    def next_trial(self) -> Optional[PlannedTrial]:
+        """The next trial to run, or None when the grid or the budget is exhausted."""
+        while self._pending:
+            trial = self._pending.pop(0)
+            if self.budget is not None and self.committed + trial.flops > self.budget:
+                self.skipped.append(trial)
+                continue
+            self.committed += trial.flops
+            return trial
+        return None
+
+    def runnable(self) -> list[PlannedTrial]:
+        """The trials that fit in the budget, cheapest first (what a fresh sweep will run)."""
+        total, out = 0.0, []
+        for t in self.trials:
+            if self.budget is None or total + t.flops <= self.budget:
+                total += t.flops
+                out.append(t)
+        return out

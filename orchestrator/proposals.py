@@ -1,0 +1,94 @@
+"""From finished trials to a fitted L(N, D) and compute-optimal proposals per target budget."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from trainers.model import shape_for
+
+from .laws.chinchilla import ChinchillaFit, fit_chinchilla
+from .laws.table import TableError
+
+
+@dataclass
+class SweepFit:
+    """The law fitted to a sweep's finished trials and the proposals it gives."""
+
+    fit: Optional[ChinchillaFit]
+    cells: list[dict[str, Any]]  # one per (N, D): the best loss over lr, batch (mean over seeds)
+    proposals: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON document of the fit, the cells and the proposals."""
+        return {
+            "law": self.fit.to_json() if self.fit is not None else None,
+            "cells": self.cells,
+            "proposals": self.proposals,
+            "warnings": self.warnings,
+        }
+
+
+def best_cells(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (N, D): the lr/batch with the lowest seed-mean loss — L(N, D) describes tuned runs."""
+    groups: dict[tuple, list[float]] = {}
+    for p in points:
+        groups.setdefault((p["N"], p["D"], p["lr"], p["batch"]), []).append(p["loss"])
+    cells: dict[tuple, dict[str, Any]] = {}
+    for (n, d, lr, batch), losses in groups.items():
+        loss = float(np.mean(losses))
+        cur = cells.get((n, d))
+        if cur is None or loss < cur["loss"]:
+            cells[(n, d)] = {"N": n, "D": d, "C": 6.0 * n * d, "lr": lr, "batch": batch, "loss": loss,
+                             "n_seeds": len(losses)}
+    return sorted(cells.values(), key=lambda c: (c["N"], c["D"]))
+
+
+def _nearest_cell(cells: list[dict[str, Any]], n: float, d: float) -> dict[str, Any]:
+    return min(cells, key=lambda c: (math.log(c["N"] / n)) ** 2 + (math.log(c["D"] / d)) ** 2)
+
+
+def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], *, loss: str = "huber",
+                    bootstrap: int = 200, level: float = 0.9, seed: int = 0) -> SweepFit:
+    """Fit Chinchilla's L(N, D) to the best cells and propose (N*, D*, lr, batch) for each target C.
+
+    lr and batch come from the observed cell nearest to (N*, D*) in log space (the grid's
+    own answer); the hyperparameter laws replace this once a sweep has enough lr x batch data.
+    """
+    cells = best_cells(points)
+    warnings: list[str] = []
+    if not cells:
+        return SweepFit(None, [], [], ["no finished trial: nothing to fit"])
+    N = np.array([c["N"] for c in cells], float)
+    D = np.array([c["D"] for c in cells], float)
+    L = np.array([c["loss"] for c in cells], float)
+    try:
+        fit = fit_chinchilla(N, D, L, loss_fn=loss, bootstrap=bootstrap, seed=seed, budgets=list(targets), level=level)
+    except TableError as exc:
+        return SweepFit(None, cells, [], [f"L(N, D) not fitted: {exc}"])
+    warnings.extend(fit.warnings)
+    proposals = []
+    budgets = fit.intervals.get("budgets", {})
+    for c in targets:
+        fr = fit.law.frontier([c])
+        n_opt, d_opt, l_opt = (float(fr[k][0]) for k in ("N_opt", "D_opt", "loss_opt"))
+        near = _nearest_cell(cells, n_opt, d_opt)
+        shape = shape_for(max(1, int(round(n_opt))))
+        iv = budgets.get(f"{c:.6g}", {})
+        proposals.append({
+            "budget": float(c),
+            "N": n_opt,
+            "D": d_opt,
+            "lr": near["lr"],
+            "batch": near["batch"],
+            "predicted_loss": l_opt,
+            "tokens_per_param": d_opt / n_opt,
+            "shape": shape.to_dict(),
+            "hparams_from": f"nearest observed cell N={near['N']}, D={near['D']}",
+            "extrapolation_decades": math.log10(c / max(cell["C"] for cell in cells)),
+            "intervals": {key: iv[key] for key in ("N_opt", "D_opt", "loss_opt") if key in iv},
+        })
+    return SweepFit(fit, cells, proposals, warnings)

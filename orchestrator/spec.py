@@ -1,0 +1,346 @@
+"""The sweep spec: every knob a user may turn, typed, documented and validated.
+
+A spec is loaded from YAML with `load_spec(path)`. Any problem raises `SpecError` whose
+message names the field and the reason; the CLI turns it into exit status 2 before
+anything is started.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; the message names the field and the reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveFloat = float
+PositiveInt = int
+
+
+class LogRange(_Strict):
+    """`count` values spaced evenly in log between `min` and `max` (inclusive)."""
+
+    min: float = Field(gt=0, description="smallest value")
+    max: float = Field(gt=0, description="largest value")
+    count: int = Field(ge=1, description="number of values")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LogRange":
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max:g}) is smaller than min ({self.min:g})")
+        if self.count > 1 and self.max == self.min:
+            raise ValueError("min == max but count > 1")
+        return self
+
+    def values(self) -> list[float]:
+        """The values of the range."""
+        if self.count == 1:
+            return [self.min]
+        lo, hi = math.log(self.min), math.log(self.max)
+        return [math.exp(lo + (hi - lo) * i / (self.count - 1)) for i in range(self.count)]
+
+
+Values = Union[list[float], LogRange]
+
+
+def _expand(v: Values) -> list[float]:
+    return v.values() if isinstance(v, LogRange) else list(v)
+
+
+def _check_values(v: Values, what: str) -> Values:
+    vals = _expand(v)
+    if not vals:
+        raise ValueError(f"empty list: give at least one {what}")
+    bad = [x for x in vals if not (x > 0 and math.isfinite(x))]
+    if bad:
+        raise ValueError(f"non-positive or non-finite {what}: {bad[0]!r}")
+    if len(set(vals)) != len(vals):
+        raise ValueError(f"duplicate {what} values")
+    return v
+
+
+class ModelSpec(_Strict):
+    """The model family and the sizes N (non-embedding parameters) to train."""
+
+    family: Literal["gpt"] = Field("gpt", description="GPT-style pre-norm decoder (trainers/model.py)")
+    n_params: Values = Field(description="non-embedding parameter counts N: a list or {min, max, count}")
+    seq_len: int = Field(128, gt=0, description="sequence length in tokens")
+
+    @field_validator("n_params")
+    @classmethod
+    def _n(cls, v: Values) -> Values:
+        return _check_values(v, "n_params")
+
+    def sizes(self) -> list[int]:
+        """Target N values, ascending."""
+        return sorted(int(round(x)) for x in _expand(self.n_params))
+
+
+class TokensSpec(_Strict):
+    """Token budgets D per trial: absolute counts or tokens-per-parameter ratios (one of them)."""
+
+    values: Optional[Values] = Field(None, description="absolute training tokens D")
+    per_param: Optional[Values] = Field(None, description="D as a multiple of N (tokens per parameter)")
+
+    @model_validator(mode="after")
+    def _one(self) -> "TokensSpec":
+        if (self.values is None) == (self.per_param is None):
+            raise ValueError("give exactly one of tokens.values or tokens.per_param")
+        if self.values is not None:
+            _check_values(self.values, "tokens")
+        else:
+            _check_values(self.per_param, "tokens per parameter")
+        return self
+
+    def for_size(self, n: int) -> list[int]:
+        """Token budgets for a model of `n` non-embedding parameters."""
+        if self.values is not None:
+            return sorted(int(round(x)) for x in _expand(self.values))
+        return sorted(int(round(r * n)) for r in _expand(self.per_param))
+
+
+class ScheduleSpec(_Strict):
+    """Learning-rate schedule. Fractions are of each trial's total steps."""
+
+    kind: Literal["wsd", "cosine", "constant"] = Field("wsd", description="warmup-stable-decay, cosine or constant")
+    warmup: float = Field(0.05, ge=0, lt=1, description="linear warmup fraction")
+    decay: float = Field(0.2, ge=0, le=1, description="WSD: fraction of steps in the final decay")
+    final_lr_frac: float = Field(0.1, ge=0, le=1, description="lr at the end as a fraction of the peak")
+
+    @model_validator(mode="after")
+    def _fits(self) -> "ScheduleSpec":
+        if self.kind == "wsd" and self.warmup + self.decay > 1:
+            raise ValueError("warmup + decay exceed 1")
+        return self
+
+
+class EvalSpec(_Strict):
+    """How often and on how many validation tokens a trial evaluates (and reports)."""
+
+    every: int = Field(20, gt=0, description="steps between evaluations")
+    tokens: int = Field(16384, gt=0, description="validation tokens per evaluation")
+
+
+class BudgetSpec(_Strict):
+    """Total compute the sweep may spend and the target budgets C to propose configs for."""
+
+    total_flops: Optional[float] = Field(None, gt=0, description="cap on training FLOPs of all trials; none = the whole grid")
+    targets: list[float] = Field(default_factory=list, description="budgets C (FLOPs) for compute-optimal proposals")
+    flops: Literal["6ND", "exact"] = Field("6ND", description="FLOP counting: 6·N·D, or exact (attention + embeddings)")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[float]) -> list[float]:
+        bad = [x for x in v if not (x > 0 and math.isfinite(x))]
+        if bad:
+            raise ValueError(f"non-positive or non-finite target budget: {bad[0]!r}")
+        return v
+
+
+class ResourceRule(_Strict):
+    """Resources for trials whose N lies in [min_n_params, max_n_params]."""
+
+    min_n_params: float = Field(0, ge=0, description="rule applies from this N")
+    max_n_params: float = Field(float("inf"), gt=0, description="rule applies up to this N")
+    workers: int = Field(1, ge=1, description="data-parallel workers (one process each)")
+    zero_stage: Union[int, Literal["auto"]] = Field("auto", description="ZeRO stage 0-3 or auto")
+
+    @field_validator("zero_stage")
+    @classmethod
+    def _stage(cls, v: Union[int, str]) -> Union[int, str]:
+        if v != "auto" and v not in (0, 1, 2, 3):
+            raise ValueError("must be 0, 1, 2, 3 or auto")
+        return v
+
+
+class ResourcesSpec(_Strict):
+    """Per-trial resources. `rules` override the defaults for ranges of N (first match wins)."""
+
+    workers: int = Field(1, ge=1, description="data-parallel workers per trial")
+    zero_stage: Union[int, Literal["auto"]] = Field("auto", description="ZeRO stage 0-3; auto = 0 for one worker, 1 otherwise")
+    threads: int = Field(1, ge=1, description="CPU threads (and CPUs reserved) per worker")
+    max_concurrent: Optional[int] = Field(None, ge=1, description="cap on trials running at once; none = what the cluster's CPUs allow")
+    micro_batch: Optional[int] = Field(None, ge=1, description="sequences per worker per micro-step; none = the whole share")
+    rules: list[ResourceRule] = Field(default_factory=list, description="per-N overrides of workers / zero_stage")
+    use_gpu: bool = Field(False, description="one GPU per worker (CUDA + NCCL, bf16)")
+
+    @field_validator("zero_stage")
+    @classmethod
+    def _stage(cls, v: Union[int, str]) -> Union[int, str]:
+        if v != "auto" and v not in (0, 1, 2, 3):
+            raise ValueError("must be 0, 1, 2, 3 or auto")
+        return v
+
+    def for_size(self, n: int) -> tuple[int, int]:
+        """(workers, zero_stage) for a model of `n` parameters."""
+        workers, stage = self.workers, self.zero_stage
+        for rule in self.rules:
+            if rule.min_n_params <= n <= rule.max_n_params:
+                workers, stage = rule.workers, rule.zero_stage
+                break
+        if stage == "auto":
+            stage = 0 if workers == 1 else 1
+        return workers, int(stage)
+
+
+class TrackingSpec(_Strict):
+    """MLflow tracking. Default: a SQLite store inside the sweep directory."""
+
+    uri: Optional[str] = Field(None, description="MLflow tracking URI; none = sqlite:///<output_dir>/mlflow.db")
+    experiment: str = Field("scalesweep", min_length=1, description="MLflow experiment name")
+
+
+class FitSpec(_Strict):
+    """The L(N, D) fit run at the end of the sweep (and by the online planner)."""
+
+    law: Literal["chinchilla"] = Field("chinchilla", description="law family for L(N, D)")
+    loss: Literal["huber", "asymmetric"] = Field("huber", description="fit objective")
+    bootstrap: int = Field(200, ge=0, description="bootstrap resamples for intervals (0 = none)")
+    level: float = Field(0.9, gt=0, lt=1, description="interval level")
+
+
+class SweepSpec(_Strict):
+    """A scaling sweep: the grid N x D x lr x batch x seed, its budget and where it goes."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="sweep name (letters, digits, _ . -)")
+    model: ModelSpec
+    tokens: TokensSpec
+    learning_rates: Values = Field(description="peak learning rates")
+    batch_sizes: Values = Field(description="global batch sizes in tokens")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    seeds: list[int] = Field(default_factory=lambda: [0], description="seeds; every config runs once per seed")
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    fit: FitSpec = Field(default_factory=FitSpec)
+    data: str = Field("builtin", description="'builtin' (offline corpus) or a directory of pre-tokenised Parquet shards")
+    output_dir: Optional[str] = Field(None, description="sweep directory; none = ./sweeps/<name>")
+    checkpoints: bool = Field(True, description="save a checkpoint at the end of every trial")
+    seed: int = Field(0, description="seed of the planner's own choices")
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _lrs(cls, v: Values) -> Values:
+        return _check_values(v, "learning rates")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batches(cls, v: Values) -> Values:
+        return _check_values(v, "batch sizes")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("empty list: give at least one seed")
+        if len(set(v)) != len(v):
+            raise ValueError("duplicate seeds")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SweepSpec":
+        seq = self.model.seq_len
+        for b in _expand(self.batch_sizes):
+            if b < seq:
+                raise ValueError(f"batch_sizes: {b:g} tokens is smaller than one sequence (model.seq_len={seq})")
+        for n in self.model.sizes():
+            workers, _ = self.resources.for_size(n)
+            for b in _expand(self.batch_sizes):
+                if int(b) // seq < workers:
+                    raise ValueError(
+                        f"batch_sizes: {b:g} tokens = {int(b) // seq} sequences cannot be split across {workers} workers"
+                    )
+            for d in self.tokens.for_size(n):
+                if d < min(_expand(self.batch_sizes)):
+                    raise ValueError(f"tokens: {d} tokens for N={n} is less than one batch")
+        return self
+
+    # ---- derived -----------------------------------------------------------------------
+    def sweep_dir(self) -> Path:
+        """The sweep directory (absolute)."""
+        return Path(self.output_dir or Path("sweeps") / self.name).resolve()
+
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI this sweep logs to."""
+        return self.tracking.uri or f"sqlite:///{self.sweep_dir() / 'mlflow.db'}"
+
+    def lrs(self) -> list[float]:
+        """Peak learning rates, ascending."""
+        return sorted(_expand(self.learning_rates))
+
+    def batches(self) -> list[int]:
+        """Global batch sizes in tokens (whole sequences), ascending."""
+        seq = self.model.seq_len
+        return sorted({int(b) // seq * seq for b in _expand(self.batch_sizes)})
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p in ("list[float]", "LogRange"))]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "spec"
+
+
+def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
+    """Validate a spec from already-parsed YAML/JSON data."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a mapping of fields, got {type(data).__name__}")
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        seen = set()
+        for err in exc.errors():
+            field = _field_path(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            if (field, msg) in seen:
+                continue
+            seen.add((field, msg))
+            lines.append(f"{field}: {msg}")
+        raise SpecError(f"{source}: invalid spec\n  " + "\n  ".join(lines)) from None
+    _check_budget(spec, source)
+    return spec
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Load and validate a YAML spec file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    return parse_spec(data, str(path))
+
+
+def _check_budget(spec: SweepSpec, source: str) -> None:
+    # Imported lazily: the planner imports the spec module.
+    from .planner import plan_grid
+
+    trials = plan_grid(spec)
+    smallest = min(t.flops for t in trials)
+    if spec.budget.total_flops is not None and spec.budget.total_flops < smallest:
+        raise SpecError(
+            f"{source}: invalid spec\n  budget.total_flops: {spec.budget.total_flops:.3g} FLOPs is smaller "
+            f"than the smallest trial ({smallest:.3g} FLOPs)"
+        )
+    for c in spec.budget.targets:
+        if c < smallest:
+            raise SpecError(
+                f"{source}: invalid spec\n  budget.targets: {c:.3g} FLOPs is smaller than the smallest trial "
+                f"({smallest:.3g} FLOPs); a proposal there would be below the data"
+            )

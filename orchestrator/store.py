@@ -1,0 +1,245 @@
+"""The observation store: append-only Parquet under the sweep directory.
+
+It is the single source of truth of a sweep. Two tables, each a folder of immutable
+Parquet part files:
+
+- `observations/`: one row per report (trial_id, step, tokens, flops, lr, train_loss,
+  eval_loss, tokens_per_s, step_time_s, wall_time, done);
+- `trials/`: one row per trial *event* (planned, running, finished, stopped, diverged,
+  failed) with the trial's config and summary as JSON; the latest event is the state.
+
+Every part is written to a temporary file and renamed into place, so a crash never
+leaves a half-written part. Reads deduplicate on (trial_id, step) keeping the last
+write, so re-sent reports (a restarted trial, a retried flush) are idempotent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+OBS_SCHEMA = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("step", pa.int64()),
+        ("tokens", pa.int64()),
+        ("flops", pa.float64()),
+        ("lr", pa.float64()),
+        ("train_loss", pa.float64()),
+        ("eval_loss", pa.float64()),
+        ("tokens_per_s", pa.float64()),
+        ("step_time_s", pa.float64()),
+        ("wall_time", pa.float64()),
+        ("done", pa.bool_()),
+        ("seq", pa.int64()),  # write order, for last-write-wins deduplication
+    ]
+)
+
+TRIAL_SCHEMA = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("status", pa.string()),
+        ("time", pa.float64()),
+        ("config", pa.string()),  # JSON
+        ("summary", pa.string()),  # JSON (final loss, reason for a stop, ...)
+        ("seq", pa.int64()),
+    ]
+)
+
+TRIAL_STATES = ("planned", "running", "finished", "stopped", "diverged", "failed")
+
+
+class StoreError(RuntimeError):
+    """The store cannot be written or read (disk full, permissions, corrupt part)."""
+
+
+class ObservationStore:
+    """Append-only observation and trial-event tables of one sweep.
+
+    Appends are buffered in memory and written as one part per `flush()`; callers flush
+    at trial boundaries and periodically (`flush_every_s`), trading a few seconds of
+    at-risk rows for not writing thousands of tiny files.
+    """
+
+    def __init__(self, sweep_dir: str | Path, flush_every_s: float = 5.0):
+        self.root = Path(sweep_dir) / "store"
+        self.flush_every_s = flush_every_s
+        self._obs: list[dict[str, Any]] = []
+        self._events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._last_flush = time.monotonic()
+        self._seq = time.time_ns()
+        for sub in ("observations", "trials"):
+            try:
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the store at {self.root / sub}: {exc}") from exc
+
+    # ---- writes ------------------------------------------------------------------------
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def append(self, trial_id: str, report: dict[str, Any]) -> None:
+        """Buffer one report of a trial (keys as in trainers.contract.REPORT_KEYS)."""
+        row = {name: report.get(name) for name in OBS_SCHEMA.names}
+        row["trial_id"] = trial_id
+        row["step"] = int(report["step"])
+        row["tokens"] = int(report.get("tokens", 0))
+        row["done"] = bool(report.get("done", False))
+        row["wall_time"] = float(report.get("wall_time", time.time()))
+        for key in ("flops", "lr", "train_loss", "eval_loss", "tokens_per_s", "step_time_s"):
+            val = report.get(key)
+            row[key] = float("nan") if val is None else float(val)
+        with self._lock:
+            row["seq"] = self._next_seq()
+            self._obs.append(row)
+        if time.monotonic() - self._last_flush > self.flush_every_s:
+            self.flush()
+
+    def set_status(
+        self, trial_id: str, status: str, config: Optional[dict] = None, summary: Optional[dict] = None
+    ) -> None:
+        """Record a trial event; written through at once (events are rare and matter)."""
+        if status not in TRIAL_STATES:
+            raise ValueError(f"unknown trial status {status!r}; one of {TRIAL_STATES}")
+        with self._lock:
+            self._events.append(
+                {
+                    "trial_id": trial_id,
+                    "status": status,
+                    "time": time.time(),
+                    "config": json.dumps(config, default=float) if config is not None else None,
+                    "summary": json.dumps(summary, default=float) if summary is not None else None,
+                    "seq": self._next_seq(),
+                }
+            )
+        self.flush()
+
+    def flush(self) -> None:
+        """Write buffered rows as new immutable parts (atomically)."""
+        with self._lock:
+            obs, self._obs = self._obs, []
+            events, self._events = self._events, []
+            self._last_flush = time.monotonic()
+        try:
+            if obs:
+                self._write_part("observations", pa.Table.from_pylist(obs, schema=OBS_SCHEMA))
+            if events:
+                self._write_part("trials", pa.Table.from_pylist(events, schema=TRIAL_SCHEMA))
+        except Exception:
+            with self._lock:  # keep the rows: a later flush may succeed (disk freed)
+                self._obs[:0] = obs
+                self._events[:0] = events
+            raise
+
+    def _write_part(self, table_name: str, table: pa.Table) -> None:
+        folder = self.root / table_name
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = folder / f".{name}.tmp"
+        try:
+            pq.write_table(table, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, folder / name)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write to the store at {folder}: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        """Flush everything still buffered."""
+        self.flush()
+
+    # ---- reads -------------------------------------------------------------------------
+    def _read(self, table_name: str, schema: pa.Schema) -> pa.Table:
+        folder = self.root / table_name
+        parts = sorted(p for p in folder.glob("part-*.parquet"))
+        if not parts:
+            return schema.empty_table()
+        try:
+            return pa.concat_tables([pq.read_table(p, schema=schema) for p in parts])
+        except Exception as exc:
+            raise StoreError(f"cannot read the store at {folder}: {exc}") from exc
+
+    def observations(self, trial_id: Optional[str] = None) -> pa.Table:
+        """All reports, one row per (trial_id, step) (last write wins), sorted by trial and step."""
+        self.flush()
+        table = self._read("observations", OBS_SCHEMA)
+        if trial_id is not None:
+            table = table.filter(pc.equal(table["trial_id"], trial_id))
+        return _last_per_key(table, ["trial_id", "step"]).sort_by([("trial_id", "ascending"), ("step", "ascending")])
+
+    def trials(self) -> dict[str, dict[str, Any]]:
+        """Latest state of every trial: {trial_id: {status, config, summary, time}}.
+
+        The config is the one given with the first event that carried one; the summary
+        the latest non-empty one.
+        """
+        self.flush()
+        table = self._read("trials", TRIAL_SCHEMA).sort_by("seq")
+        out: dict[str, dict[str, Any]] = {}
+        for row in table.to_pylist():
+            rec = out.setdefault(row["trial_id"], {"status": None, "config": None, "summary": None, "time": None})
+            rec["status"] = row["status"]
+            rec["time"] = row["time"]
+            if row["config"] is not None and rec["config"] is None:
+                rec["config"] = json.loads(row["config"])
+            if row["summary"] is not None:
+                rec["summary"] = json.loads(row["summary"])
+        return out
+
+    def compact(self) -> None:
+        """Rewrite each table as a single deduplicated part (atomic; safe to interrupt)."""
+        self.flush()
+        for name, schema, key in (("observations", OBS_SCHEMA, ["trial_id", "step"]), ("trials", TRIAL_SCHEMA, None)):
+            folder = self.root / name
+            old = sorted(folder.glob("part-*.parquet"))
+            if len(old) <= 1:
+                continue
+            table = self._read(name, schema)
+            if key:
+                table = _last_per_key(table, key)
+            self._write_part(name, table.sort_by("seq"))
+            for p in old:
+                p.unlink()
+
+
+def _last_per_key(table: pa.Table, key: Iterable[str]) -> pa.Table:
+    """Keep the row with the highest `seq` for each key, ordered by key."""
+    key = list(key)
+    if table.num_rows == 0:
+        return table
+    order = pc.sort_indices(table, sort_keys=[(k, "ascending") for k in key] + [("seq", "descending")])
+    t = table.take(order)
+    first = np.ones(t.num_rows, dtype=bool)
+    for k in key:
+        col = t[k].to_numpy(zero_copy_only=False)
+        first[1:] &= col[1:] == col[:-1]
+    keep = np.ones(t.num_rows, dtype=bool)
+    keep[1:] = ~first[1:]  # a row whose key equals the previous row's is an older duplicate
+    return t.filter(pa.array(keep))
+
+
+def final_points(store: ObservationStore) -> list[dict[str, Any]]:
+    """One row per finished trial: its config and its final eval loss (the L(N, D) fit's input)."""
+    trials = store.trials()
+    obs = store.observations().to_pylist()
+    last: dict[str, dict[str, Any]] = {}
+    for row in obs:
+        if row["eval_loss"] == row["eval_loss"]:  # not NaN
+            last[row["trial_id"]] = row
+    out = []
+    for tid, rec in trials.items():
+        if rec["status"] != "finished" or tid not in last or rec["config"] is None:
+            continue
+        out.append({**rec["config"], "trial_id": tid, "loss": last[tid]["eval_loss"], "flops_spent": last[tid]["flops"]})
+    return out

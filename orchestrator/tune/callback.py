@@ -1,0 +1,105 @@
+"""A Ray Tune `Callback` that records every report: store, MLflow and the progress display.
+
+It runs in the driver, so trainers never touch the store or MLflow; a report reaches the
+store before the planner sees it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Optional
+
+from ray.tune import Callback
+
+from trainers.contract import REPORT_KEYS
+
+from ..progress import SweepProgress
+from ..store import ObservationStore
+
+log = logging.getLogger(__name__)
+
+
+def _report_of(result: dict[str, Any]) -> Optional[dict[str, float]]:
+    """The trainer's report inside a Tune result (None for Tune-only bookkeeping results)."""
+    if "step" not in result:
+        return None
+    out = {}
+    for key in REPORT_KEYS:
+        val = result.get(key)
+        out[key] = float("nan") if val is None else float(val)
+    return out
+
+
+def _diverged(report: dict[str, float]) -> bool:
+    return not (math.isfinite(report["train_loss"]) or math.isfinite(report["eval_loss"]))
+
+
+class SweepCallback(Callback):
+    """Appends reports to the store, streams them to MLflow, updates the display."""
+
+    def __init__(self, store: ObservationStore, tracker, progress: SweepProgress, records: dict[str, dict]):
+        self.store = store
+        self.tracker = tracker
+        self.progress = progress
+        self.records = records  # planned trial id -> its config record (PlannedTrial.record())
+        self.last: dict[str, dict[str, float]] = {}
+
+    @staticmethod
+    def _tid(trial) -> str:
+        return trial.config["trial"]["trial_id"]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        tid = self._tid(trial)
+        record = self.records[tid]
+        self.store.set_status(tid, "running", config=record)
+        if self.tracker is not None:
+            self.tracker.start_trial(tid, {**record, **_flat(trial.config["trial"], "trainer")})
+        self.progress.trial_state(tid, "running")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        report = _report_of(result)
+        if report is None:
+            return
+        tid = self._tid(trial)
+        self.last[tid] = report
+        self.store.append(tid, report)
+        if self.tracker is not None:
+            self.tracker.log_metrics(tid, {k: v for k, v in report.items() if k != "step"}, step=int(report["step"]))
+        self.progress.report(tid, self.records[tid]["N"], report["flops"], report["eval_loss"])
+
+    def _end(self, trial, status: str, summary: dict[str, Any]) -> None:
+        tid = self._tid(trial)
+        self.store.set_status(tid, status, summary=summary)
+        if self.tracker is not None:
+            mlflow_status = {"finished": "FINISHED", "failed": "FAILED"}.get(status, "KILLED")
+            self.tracker.end_trial(tid, mlflow_status, tags={"scalesweep.status": status,
+                                                             **{f"scalesweep.{k}": str(v) for k, v in summary.items()}})
+        self.progress.trial_state(tid, status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        tid = self._tid(trial)
+        last = self.last.get(tid)
+        if last is None:
+            self._end(trial, "failed", {"reason": "no report"})
+        elif _diverged(last):
+            self._end(trial, "diverged", {"reason": "non-finite loss", "step": last["step"]})
+        else:
+            self._end(trial, "finished", {"final_eval_loss": last["eval_loss"], "steps": last["step"],
+                                          "flops": last["flops"]})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "failed", {"reason": f"trial error (see {trial.local_path or 'the Ray logs'})"})
+
+    def on_experiment_end(self, trials, **info):
+        self.store.flush()
+
+
+def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key))
+        else:
+            out[key] = v
+    return out

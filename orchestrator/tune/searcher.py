@@ -1,0 +1,33 @@
+"""A Ray Tune `Searcher` that asks the planner which trial to run next.
+
+Thin by design: every decision lives in the pure planner; this adapter only maps Tune's
+trial ids to the planner's trials. Usable in any user's own `Tuner`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from ray.tune.search import Searcher
+
+from ..planner import GridPlanner, PlannedTrial
+
+
+class PlannerSearcher(Searcher):
+    """Suggests the planner's next trial; FINISHED when the grid or the budget is spent."""
+
+    def __init__(self, planner: GridPlanner, to_config: Callable[[PlannedTrial], dict[str, Any]],
+                 metric: str = "eval_loss", mode: str = "min"):
+        super().__init__(metric=metric, mode=mode)
+        self.planner = planner
+        self.to_config = to_config
+        self.assigned: dict[str, PlannedTrial] = {}  # Tune trial id -> planned trial
+
+    def suggest(self, trial_id: str) -> Optional[dict]:
+        trial = self.planner.next_trial()
+        if trial is None:
+            return Searcher.FINISHED
+        self.assigned[trial_id] = trial
+        return self.to_config(trial)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        self.assigned.pop(trial_id, None)

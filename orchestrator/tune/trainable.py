@@ -1,0 +1,66 @@
+"""The Ray Tune function trainable that runs one trial.
+
+One worker: the trainer runs inside the trial process and reports through `tune.report`.
+Several workers: the trial process launches a Ray Train `TorchTrainer` (gang-scheduled
+workers, gloo on CPU / NCCL on GPU) and Train's `TuneReportCallback` forwards rank 0's
+reports to Tune (Ray 2.6x, Train V2: a TorchTrainer cannot be handed to the Tuner itself).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from trainers.contract import TrialConfig
+
+
+def _backend(name: str):
+    """The trainer backend: 'deepspeed' (real model) or 'simulated' (a world from the spec)."""
+    if name == "simulated":
+        from trainers.simulated import train
+    else:
+        from trainers.deepspeed_trainer import train
+    return train
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune entry point: `config` = {"trial": TrialConfig dict, "backend": str, "storage": path}."""
+    from ray import tune
+
+    cfg = TrialConfig.from_dict(config["trial"])
+    if cfg.workers == 1:
+        _backend(config.get("backend", "deepspeed"))(cfg, lambda metrics: tune.report(dict(metrics)))
+        return
+    _run_torch_trainer(cfg, config)
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs: the same trainer, inside Train's process group."""
+    import ray.train
+
+    cfg = TrialConfig.from_dict(config["trial"])
+    _backend(config.get("backend", "deepspeed"))(cfg, lambda metrics: ray.train.report(dict(metrics)))
+
+
+def _run_torch_trainer(cfg: TrialConfig, config: dict[str, Any]) -> None:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    use_gpu = bool(config.get("use_gpu", False))
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.threads, **({"GPU": 1} if use_gpu else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=f"train-{cfg.trial_id}",
+            storage_path=config.get("storage") or os.path.abspath("ray_train"),
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
+    trainer.fit()
