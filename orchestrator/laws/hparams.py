@@ -7,8 +7,8 @@ Each (N, D) cell of runs gives one optimum, found either by the Step-Law protoco
     log lr*    = c  + a · log N + b · log D
     log batch* = c' + d · log D            (batch in tokens)
 
-fitted by least squares in log space, with bootstrap intervals (cells resampled, then runs within
-each cell resampled, then every cell refitted; see ``docs/hparams.md``). Diverged runs (loss
+fitted by least squares in log space, with bootstrap intervals (cells resampled with replacement
+and refitted, spread widened by the small-sample factor; see ``docs/hparams.md``). Diverged runs (loss
 NaN/inf or flagged) are censored: they never enter a loss fit, but they mark the learning rate as
 too high at their batch, so no cell optimum is placed at or beyond them.
 """
@@ -29,6 +29,7 @@ BOWL_MIN_FIT_RUNS = 10  # runs a bowl window must hold (six coefficients plus sl
 HUBER_K = 1.345  # Huber tuning constant: 95 % efficiency under Gaussian noise
 NOISE_FLOOR = 1e-4  # smallest residual scale (log loss) the robust fit assumes
 METHODS = ("steplaw", "bowl")
+RESAMPLE = ("cells", "runs", "cells+runs")  # bootstrap units; see docs/hparams.md
 
 
 class HparamError(ValueError):
@@ -127,7 +128,8 @@ def _huber_lstsq(X: np.ndarray, z: np.ndarray, iters: int = 30) -> tuple[np.ndar
             new = np.linalg.solve(Xw.T @ X, Xw.T @ z)
         except np.linalg.LinAlgError:
             break
-        done = it >= 3 and float(np.max(np.abs(new - beta))) < 1e-10
+        # Converged when the fitted values move by a negligible fraction of the noise scale.
+        done = it >= 3 and float(np.max(np.abs(X @ (new - beta)))) < 1e-3 * scale
         beta = new
         if done:
             break
@@ -332,6 +334,7 @@ class HparamFit:
     bootstrap: int
     level: float
     seed: int
+    resample: str = "cells"
     draws: np.ndarray = field(repr=False, default_factory=lambda: np.empty((0, 5)))
     # draws[k] = (log lr coef, N_exp, D_exp, log batch coef, batch D_exp) of bootstrap fit k
 
@@ -366,7 +369,7 @@ class HparamFit:
             },
             "batch": {"coef": self.batch_law.coef, "D_exp": self.batch_law.D_exp, "intervals": ivs("batch")},
             "bootstrap": {"resamples": self.bootstrap, "seed": self.seed, "level": self.level,
-                          "scheme": "cells, then runs within cells"},
+                          "resample": self.resample},
             "n_runs": self.n_runs,
             "n_diverged": self.n_diverged,
             "cells": [vars(c) for c in self.cells],
@@ -409,10 +412,13 @@ def fit_hparams(
     bootstrap: int = 200,
     seed: int = 0,
     level: float = 0.9,
+    resample: str = "cells",
 ) -> HparamFit:
     """Fit lr* = c·N^a·D^b and batch* = c'·D^d (tokens) from runs over (N, D, lr, batch) grids."""
     if method not in METHODS:
         raise HparamError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if resample not in RESAMPLE:
+        raise HparamError(f"unknown resample {resample!r}; choose one of {', '.join(RESAMPLE)}")
     if not 0 < level < 1:
         raise HparamError(f"level must be in (0, 1), got {level}")
     if bootstrap < 0:
@@ -478,10 +484,17 @@ def fit_hparams(
     if len(cells.index) < 4:
         warnings.append(f"only {len(cells.index)} cells: the three lr-law coefficients are barely determined")
 
-    draws = _bootstrap(method, cells, lr_a, b_a, loss_a, ok, bootstrap, seed)
+    draws = _bootstrap(method, cells, lr_a, b_a, loss_a, ok, bootstrap, seed, resample)
     n_failed = bootstrap - len(draws)
     if n_failed:
         warnings.append(f"{n_failed} of {bootstrap} bootstrap resamples could not be fitted (dropped)")
+    if len(draws) and "cells" in resample:
+        # A pairs bootstrap over n cells underestimates the spread of a p-coefficient regression by
+        # about sqrt((n - p) / n) (the HC1 degrees-of-freedom correction); with ~10 cells that is
+        # 20 %, so widen each draw's deviation from the point estimate accordingly.
+        n_c = len(cells.index)
+        f_lr, f_b = math.sqrt(n_c / max(n_c - 3, 1)), math.sqrt(n_c / max(n_c - 2, 1))
+        draws = est + (draws - est) * np.array([f_lr, f_lr, f_lr, f_b, f_b])
     names = ("coef", "N_exp", "D_exp", "coef", "D_exp")
     lo, hi = 50 * (1 - level), 50 * (1 + level)
     intervals: dict[str, dict[str, Interval]] = {"lr": {}, "batch": {}}
@@ -501,7 +514,8 @@ def fit_hparams(
         lr_law=LrLaw(float(np.exp(est[0])), float(est[1]), float(est[2])),
         batch_law=BatchLaw(float(np.exp(est[3])), float(est[4])),
         cells=optima, intervals=intervals, warnings=warnings,
-        n_runs=n, n_diverged=int(div.sum()), bootstrap=bootstrap, level=level, seed=seed, draws=draws,
+        n_runs=n, n_diverged=int(div.sum()), bootstrap=bootstrap, level=level, seed=seed, resample=resample,
+        draws=draws,
     )
 
 
@@ -516,20 +530,20 @@ def _stack(
 
 def _bootstrap(
     method: str, cells: _Cells, lr: np.ndarray, batch: np.ndarray, loss: np.ndarray, ok: np.ndarray,
-    K: int, seed: int,
+    K: int, seed: int, resample: str = "cells",
 ) -> np.ndarray:
-    """Law coefficients refitted on K two-stage resamples: cells with replacement, then runs within each."""
+    """Law coefficients refitted on K resamples of cells and/or of the runs within each cell."""
     rng = np.random.default_rng(seed)
     n_cells = len(cells.index)
     logN_c, logD_c = np.log(cells.N), np.log(cells.D)
     out = []
     for _ in range(K):
-        pick = rng.integers(0, n_cells, n_cells)
+        pick = rng.integers(0, n_cells, n_cells) if "cells" in resample else np.arange(n_cells)
         pts = []
         try:
             for k in pick:
                 idx = cells.index[k]
-                r = idx[rng.integers(0, len(idx), len(idx))]
+                r = idx[rng.integers(0, len(idx), len(idx))] if "runs" in resample else idx
                 pts.append(_cell_points(method, lr[r], batch[r], loss[r], ok[r]))
         except (HparamError, np.linalg.LinAlgError):
             continue  # a resample that lost a cell's identifiability says nothing about the law
