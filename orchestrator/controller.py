@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import yaml
 
+from .laws.chinchilla import ChinchillaLaw
 from .laws.result import jsonable
 from .planner import GridPlanner, PlannedTrial, trial_config
 from .progress import SweepProgress
@@ -182,9 +183,14 @@ def _plot(fit: SweepFit, spec: SweepSpec, points: list[dict[str, Any]], loss_vs_
     if fit.fit is not None and runs:
         cs = [r["C"] for r in runs] + list(spec.budget.targets)
         grid = np.geomspace(min(cs) / 2, max(cs) * 2, 60)
-        mid = fit.fit.law.frontier(grid)["loss_opt"]
-        frontier = {"C": grid, "mid": mid, "low": None, "high": None}
-    proposals = [{"C": p["budget"], "loss": p["predicted_loss"],
+        frontier = {"C": grid, "mid": fit.fit.law.frontier(grid)["loss_opt"]}
+        samples = fit.fit.samples
+        if samples is not None and len(samples) >= 10:
+            # Band: pointwise percentiles of the bootstrap replicates' frontiers.
+            reps = np.array([ChinchillaLaw(*row).frontier(grid)["loss_opt"] for row in samples])
+            alpha = (1 - spec.fit.level) / 2
+            frontier["low"], frontier["high"] = np.quantile(reps, [alpha, 1 - alpha], axis=0)
+    proposals = [{"C": p["budget"], "predicted_loss": p["predicted_loss"],
                   "low": p["intervals"].get("loss_opt", {}).get("low"),
                   "high": p["intervals"].get("loss_opt", {}).get("high")} for p in fit.proposals]
     return loss_vs_compute(runs, frontier=frontier, proposals=proposals)

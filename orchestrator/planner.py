@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from trainers.contract import Schedule, TrialConfig
+from trainers.flops import training_flops
 from trainers.model import count_params, shape_for
 
 from .spec import SweepSpec
@@ -39,15 +40,6 @@ class PlannedTrial:
         return asdict(self)
 
 
-def _training_flops(shape, n: int, d: int, seq_len: int, exact: bool) -> float:
-    """Training FLOPs under the spec's counting rule (6·N·D, or the trainer's exact count)."""
-    if not exact:
-        return 6.0 * n * d
-    from trainers.flops import flops_per_token
-
-    return flops_per_token(shape, seq_len=seq_len, exact=True) * d
-
-
 def _trial_id(n: int, d: int, lr: float, batch: int, seed: int) -> str:
     key = f"{n}|{d}|{lr:.6g}|{batch}|{seed}"
     return f"N{n}-D{d}-lr{lr:.3g}-b{batch}-s{seed}-{hashlib.sha1(key.encode()).hexdigest()[:6]}"
@@ -66,7 +58,7 @@ def plan_grid(spec: SweepSpec) -> list[PlannedTrial]:
             for batch in spec.batches():
                 steps = max(1, math.ceil(d_target / batch))
                 d = steps * batch
-                flops = _training_flops(shape, counts.non_embedding, d, seq, exact)
+                flops = training_flops(shape, seq, d, exact=exact)
                 for lr in spec.lrs():
                     for seed in spec.seeds:
                         out.append(
