@@ -344,3 +344,48 @@ def _check_budget(spec: SweepSpec, source: str) -> None:
                 f"{source}: invalid spec\n  budget.targets: {c:.3g} FLOPs is smaller than the smallest trial "
                 f"({smallest:.3g} FLOPs); a proposal there would be below the data"
             )
+
+
+def _type_name(ann: Any) -> str:
+    import typing
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Literal:
+        return " \\| ".join(repr(a) for a in args)
+    if origin is Union:
+        return " \\| ".join("null" if a is type(None) else ("range" if a is LogRange else _type_name(a)) for a in args)
+    if origin is list:
+        return f"list[{_type_name(args[0])}]" if args else "list"
+    return getattr(ann, "__name__", str(ann))
+
+
+def reference_markdown() -> str:
+    """The spec reference (every field, its type, default and meaning) as Markdown."""
+    lines = ["# Sweep spec reference", "",
+             "Generated from `orchestrator/spec.py` (`python -c 'from orchestrator.spec import "
+             "reference_markdown as r; print(r())' > docs/spec.md`). Unknown fields are errors.", ""]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        rows, nested = [], []
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            if sub is not None:
+                default = "(section)" if not f.is_required() else "required (section)"
+                nested.append((name, sub))
+            type_name = _type_name(ann)
+            rows.append(f"| `{prefix}{name}` | {type_name} | {default} | {f.description or (sub.__doc__ or '').strip().splitlines()[0]} |")
+        lines.extend(["| field | type | default | meaning |", "|---|---|---|---|", *rows, ""])
+        for name, sub in nested:
+            lines.extend([f"## `{prefix}{name}`", "", (sub.__doc__ or "").strip(), ""])
+            walk(sub, f"{prefix}{name}.")
+
+    lines.extend(["## top level", ""])
+    walk(SweepSpec, "")
+    lines.extend(["## `resources.rules[]`", "", ResourceRule.__doc__.strip(), ""])
+    walk(ResourceRule, "resources.rules[].")
+    lines.extend(["## ranges", "", "Wherever a list of values is accepted (`model.n_params`, `tokens.values`, "
+                  "`tokens.per_param`, `learning_rates`, `batch_sizes`), a log range "
+                  "`{min: ..., max: ..., count: ...}` may be given instead: " + LogRange.__doc__.strip(), ""])
+    return "\n".join(lines)

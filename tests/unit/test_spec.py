@@ -113,3 +113,10 @@ def test_resource_rules_pick_workers_and_stage():
     by_n = {t.n_target: (t.workers, t.zero_stage) for t in plan_grid(spec)}
     assert by_n[1000000] == (2, 3)
     assert by_n[20000] == (1, 0)  # auto: stage 0 for one worker
+
+
+def test_spec_reference_doc_is_current():
+    from orchestrator.spec import reference_markdown
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "spec.md").read_text()
+    assert doc.strip() == reference_markdown().strip(), "regenerate docs/spec.md (see its first lines)"
