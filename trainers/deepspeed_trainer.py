@@ -1,0 +1,308 @@
+"""The real trial: a GPT-family model trained with a DeepSpeed engine on the trial contract.
+
+`train(config, report)` runs in one of two settings:
+- a single process where torch.distributed is not initialised (a Ray Tune function trainable):
+  it creates a 1-process group on an in-process `HashStore` — no TCP port, so concurrent
+  trials on one machine cannot clash — and destroys it at the end;
+- each worker of a Ray Train `TorchTrainer` (or any launcher) where the process group already
+  exists with world size = config.workers: it is used as it is and left alone.
+
+Every rank samples its own share of the global batch (batch_tokens // seq_len sequences split
+evenly across ranks, windows seeded by (seed, rank, step)), so ranks see different data.
+Reported numbers are reduced across ranks (losses averaged, times maxed), so every rank
+reports the same dict. The lr is set on the optimizer's param groups before every step from
+`trainers.schedules.lr_at` (no DeepSpeed scheduler), so the schedule is exactly ours.
+Optimizer: torch.optim.AdamW (betas 0.9/0.95, weight decay 0.1 on matrices and embeddings,
+none on biases and LayerNorms) handed to DeepSpeed as a client optimizer; gradient clipping
+1.0; fp32 on CPU, bf16 on CUDA when precision is auto/bf16.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from trainers.contract import REPORT_KEYS, Reporter, TrialConfig, TrialSummary
+from trainers.corpus import TokenData, eval_windows, load_data, sample_batch
+from trainers.flops import flops_per_token
+from trainers.model import GPT, Shape, build_model, count_params, shape_for
+from trainers.schedules import lr_at
+
+ADAM_BETAS = (0.9, 0.95)
+WEIGHT_DECAY = 0.1
+GRAD_CLIP = 1.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one trial does, derived from its config and the world size."""
+
+    shape: Shape
+    vocab_size: int
+    seqs_per_step: int  # global batch in sequences
+    seqs_per_rank: int
+    micro_batch: int  # sequences per rank per micro-step
+    grad_accum: int
+    tokens_per_step: int
+    total_steps: int
+    flops_per_token: float
+    n_params: int
+    n_params_total: int
+
+
+def make_plan(config: TrialConfig, world: int, vocab_size: int) -> Plan:
+    """Derive shape, batch split and step count; raises ValueError on an impossible config."""
+    if config.seq_len <= 0 or config.batch_tokens < config.seq_len:
+        raise ValueError(f"batch_tokens={config.batch_tokens} must hold at least one sequence of {config.seq_len}")
+    seqs = config.batch_tokens // config.seq_len
+    if seqs % world:
+        raise ValueError(f"{seqs} sequences per batch do not split evenly over {world} workers")
+    per_rank = seqs // world
+    micro = config.micro_batch or per_rank
+    if micro <= 0 or per_rank % micro:
+        raise ValueError(f"micro_batch={micro} does not divide the per-worker share of {per_rank} sequences")
+    shape = shape_for(config.n_params)
+    counts = count_params(shape, vocab_size, config.seq_len)
+    tokens_per_step = seqs * config.seq_len
+    return Plan(
+        shape=shape, vocab_size=vocab_size, seqs_per_step=seqs, seqs_per_rank=per_rank,
+        micro_batch=micro, grad_accum=per_rank // micro, tokens_per_step=tokens_per_step,
+        total_steps=max(1, math.ceil(config.tokens / tokens_per_step)),
+        flops_per_token=flops_per_token(shape, config.seq_len, vocab_size, config.exact_flops),
+        n_params=counts.non_embedding, n_params_total=counts.total,
+    )
+
+
+def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """AdamW groups: decay on ≥2-D tensors (matrices, embeddings), none on biases and norms."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}]
+
+
+def pick_device() -> torch.device:
+    """CUDA device of this rank when there is one, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def use_bf16(config: TrialConfig, device: torch.device) -> bool:
+    """bf16 on CUDA for auto; what the config says otherwise."""
+    return config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+
+
+def ensure_process_group(device: torch.device) -> bool:
+    """Create a 1-process group when none exists; returns whether we created it."""
+    if dist.is_initialized():
+        return False
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(k, v)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return True
+
+
+class RankReducer:
+    """Cross-rank reductions of a few floats (no-ops on one rank)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.device = device
+
+    def _reduce(self, values: list[float], op: "dist.ReduceOp") -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=op)
+        return t.tolist()
+
+    def mean(self, *values: float) -> list[float]:
+        """Average over ranks."""
+        return [v / self.world for v in self._reduce(list(values), dist.ReduceOp.SUM)]
+
+    def sum(self, *values: float) -> list[float]:
+        """Sum over ranks."""
+        return self._reduce(list(values), dist.ReduceOp.SUM)
+
+    def max(self, *values: float) -> list[float]:
+        """Maximum over ranks."""
+        return self._reduce(list(values), dist.ReduceOp.MAX)
+
+
+def eval_shard(config: TrialConfig, data: TokenData, rank: int, world: int) -> torch.Tensor:
+    """This rank's fixed validation windows; every rank gets the same count (ZeRO-3 needs it)."""
+    n = max(1, config.eval_tokens // config.seq_len)
+    n = world * math.ceil(n / world)
+    windows = eval_windows(data.val, config.seq_len, n * config.seq_len)
+    return windows[rank::world]
+
+
+@torch.no_grad()
+def evaluate(model, windows: torch.Tensor, micro: int, device: torch.device,
+             reducer: RankReducer) -> float:
+    """Mean validation cross-entropy (nats/token) over all ranks' windows."""
+    total, count = 0.0, 0
+    for i in range(0, len(windows), micro):
+        w = windows[i:i + micro].to(device)
+        loss = model(w[:, :-1], w[:, 1:])
+        total += loss.item() * len(w)
+        count += len(w)
+    s, c = reducer.sum(total, float(count))
+    return s / c
+
+
+def make_report(step: int, tokens: int, flops: float, lr: float, train_loss: float, eval_loss: float,
+                tokens_per_s: float, step_time_s: float, done: bool) -> dict[str, float]:
+    """A report dict with exactly the contract's keys."""
+    r = {"step": float(step), "tokens": float(tokens), "flops": float(flops), "lr": float(lr),
+         "train_loss": float(train_loss), "eval_loss": float(eval_loss),
+         "tokens_per_s": float(tokens_per_s), "step_time_s": float(step_time_s), "done": float(done)}
+    assert tuple(r) == REPORT_KEYS
+    return r
+
+
+def deepspeed_config(config: TrialConfig, plan: Plan, bf16: bool) -> dict[str, Any]:
+    """The DeepSpeed JSON config for this trial."""
+    ds: dict[str, Any] = {
+        "train_batch_size": plan.seqs_per_step,
+        "train_micro_batch_size_per_gpu": plan.micro_batch,
+        "gradient_accumulation_steps": plan.grad_accum,
+        "gradient_clipping": GRAD_CLIP,
+        "zero_optimization": {"stage": int(config.zero_stage)},
+        # ZeRO wraps our torch AdamW; DeepSpeed only tests its own optimizers by default.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    if bf16:
+        ds["bf16"] = {"enabled": True}
+    return ds
+
+
+def latest_checkpoint(checkpoint_dir: Optional[str]) -> Optional[str]:
+    """Tag of the newest DeepSpeed checkpoint in the directory, if any."""
+    if not checkpoint_dir:
+        return None
+    latest = Path(checkpoint_dir) / "latest"
+    return latest.read_text().strip() if latest.exists() else None
+
+
+def train(config: TrialConfig, report: Reporter) -> TrialSummary:
+    """Run one trial with DeepSpeed, calling `report` at every evaluation and at the end."""
+    import deepspeed  # deferred: importing DeepSpeed costs seconds and probes the accelerator
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    device = pick_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, config.threads))
+    created = ensure_process_group(device)
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if world != config.workers:
+            raise ValueError(f"config.workers={config.workers} but the process group has {world} ranks")
+        data = load_data(config.data, config.data_cache)
+        plan = make_plan(config, world, data.vocab_size)
+        bf16 = use_bf16(config, device)
+        model = build_model(config.n_params, config.seq_len, data.vocab_size, seed=config.seed)
+        optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, betas=ADAM_BETAS, eps=1e-8)
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(config, plan, bf16))
+        return _run(engine, config, plan, data, report, device, rank, world)
+    finally:
+        torch.set_num_threads(old_threads)
+        if created:
+            dist.destroy_process_group()
+
+
+def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Reporter,
+         device: torch.device, rank: int, world: int) -> TrialSummary:
+    reducer = RankReducer(device)
+    windows = eval_shard(config, data, rank, world)
+    step, tokens, flops, step_time = 0, 0, 0.0, 0.0
+    checkpoint: Optional[str] = None
+    tag = latest_checkpoint(config.checkpoint_dir)
+    if tag is not None:
+        _, client = engine.load_checkpoint(config.checkpoint_dir, tag=tag)
+        client = client or {}
+        step, tokens = int(client["step"]), int(client["tokens"])
+        flops, step_time = float(client["flops"]), float(client["step_time_s"])
+        checkpoint = str(Path(config.checkpoint_dir) / tag)
+
+    def save(at_step: int) -> str:
+        t = f"step{at_step}"
+        engine.save_checkpoint(config.checkpoint_dir, tag=t, client_state={
+            "step": at_step, "tokens": tokens, "flops": flops, "step_time_s": step_time,
+            "trial_id": config.trial_id})
+        return str(Path(config.checkpoint_dir) / t)
+
+    def evaluate_now() -> float:
+        engine.eval()
+        value = evaluate(engine, windows, plan.micro_batch, device, reducer)
+        engine.train()
+        return value
+
+    def report_now(train_loss: float, eval_loss: float, done: bool) -> None:
+        nonlocal loss_sum, loss_steps, tokens_at_report, time_at_report
+        (st,) = reducer.max(step_time)
+        dt = st - time_at_report
+        tps = (tokens - tokens_at_report) / dt if dt > 0 else float("nan")
+        report(make_report(step, tokens, flops, lr, train_loss, eval_loss, tps, st, done))
+        loss_sum, loss_steps, tokens_at_report, time_at_report = 0.0, 0, tokens, st
+
+    loss_sum, loss_steps, tokens_at_report, time_at_report = 0.0, 0, tokens, step_time
+    lr = lr_at(min(step, plan.total_steps - 1), plan.total_steps, config.lr, config.schedule)
+    eval_loss, diverged, reported_final = float("nan"), False, False
+    engine.train()
+    while step < plan.total_steps:
+        lr = lr_at(step, plan.total_steps, config.lr, config.schedule)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = sample_batch(data.train, config.seq_len, plan.seqs_per_rank, config.seed, rank, step)
+        x, y = x.to(device), y.to(device)
+        t0 = time.perf_counter()
+        step_loss = 0.0
+        for m in range(plan.grad_accum):
+            sl = slice(m * plan.micro_batch, (m + 1) * plan.micro_batch)
+            loss = engine(x[sl], y[sl])
+            engine.backward(loss)
+            engine.step()  # DeepSpeed applies the optimizer only at the accumulation boundary
+            step_loss += loss.detach().item() / plan.grad_accum
+        step_time += time.perf_counter() - t0
+        (step_loss,) = reducer.mean(step_loss)  # every step, so all ranks stop together on NaN
+        step += 1
+        tokens += plan.tokens_per_step
+        flops += plan.flops_per_token * plan.tokens_per_step
+        loss_sum += step_loss
+        loss_steps += 1
+        if not math.isfinite(step_loss):
+            diverged = True
+            break
+        last = step == plan.total_steps
+        if config.checkpoint_dir and ((config.checkpoint_every > 0 and step % config.checkpoint_every == 0) or last):
+            checkpoint = save(step)
+        if last or (config.eval_every > 0 and step % config.eval_every == 0):
+            eval_loss = evaluate_now()
+            report_now(loss_sum / loss_steps, eval_loss, last)
+            reported_final = last
+    if diverged:
+        eval_loss = float("nan")
+        report_now(loss_sum / loss_steps, eval_loss, True)
+    elif not reported_final:  # resumed from a checkpoint at (or past) the end
+        eval_loss = evaluate_now()
+        report_now(loss_sum / loss_steps if loss_steps else float("nan"), eval_loss, True)
+    return TrialSummary(
+        final_eval_loss=eval_loss, steps=step, tokens=tokens, flops=flops,
+        n_params=plan.n_params, n_params_total=plan.n_params_total, shape=plan.shape.to_dict(),
+        diverged=diverged, checkpoint=checkpoint)
+

@@ -1,0 +1,213 @@
+"""The GPT-style decoder family indexed by N (non-embedding parameters).
+
+Architecture (GPT-2 style): learned token and position embeddings, `n_layers` pre-norm blocks
+(LayerNorm → causal multi-head self-attention → residual, LayerNorm → GELU MLP of width
+4·d_model → residual), a final LayerNorm and an output head **tied** to the token embedding.
+All linear layers carry biases. Tokens are bytes by default (vocab 256).
+
+Non-embedding parameters N count everything except the token and position embeddings:
+per block 12·d² + 13·d (qkv 3d²+3d, out-proj d²+d, MLP 8d²+5d, two LayerNorms 4d), plus the
+final LayerNorm 2d. Kaplan's approximation is N ≈ 12·L·d².
+
+The shape rule `shape_for(N)` (deterministic, documented in docs/trainer.md). The family is the
+set of shapes (L, d) such that
+1. the width is admissible: n_heads = ceil(d / 64) divides d, so head_dim = d / n_heads is an
+   integer in 16..64 (d ≥ 16);
+2. the depth follows the aspect rule L = max(1, round(cbrt(N(L, d) / (12·ASPECT²)))) with
+   ASPECT = d_model / n_layers = 64 (GPT-3's ratio at 125M–760M);
+and d_ff = 4·d. `shape_for(N)` returns the member whose exact N(L, d) is nearest to the target
+in ratio (ties to the smaller). Picking from one fixed sorted set makes the realised N
+monotone in the target; members are dense enough that the realised N is within a few percent
+of any target from ~3K to ~1e10.
+"""
+from __future__ import annotations
+
+import bisect
+import functools
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ASPECT = 64  # target d_model / n_layers
+MAX_HEAD_DIM = 64
+MIN_HEAD_DIM = 16
+BYTE_VOCAB = 256
+MAX_LAYERS = 64  # family covers N up to ~1.3e10
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Decoder shape: width, depth, heads (d_model = n_heads · head_dim), FFN width."""
+
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    head_dim: int
+
+    def to_dict(self) -> dict[str, int]:
+        """Plain dict for reports and MLflow params."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    """Non-embedding and total (unique) parameter counts of a shape."""
+
+    non_embedding: int
+    total: int
+
+
+def non_embedding_params(d_model: int, n_layers: int, d_ff: int | None = None) -> int:
+    """Exact non-embedding parameter count of the family at this width and depth."""
+    d = d_model
+    f = 4 * d if d_ff is None else d_ff
+    per_layer = (3 * d * d + 3 * d) + (d * d + d) + (2 * d * f + f + d) + 4 * d
+    return n_layers * per_layer + 2 * d
+
+
+def _admissible_width(d: int) -> bool:
+    """d_model splits into ceil(d/64) heads of an integer head_dim in 16..64."""
+    h = -(-d // MAX_HEAD_DIM)
+    return d >= MIN_HEAD_DIM and d % h == 0
+
+
+def _layers_rule(n: float) -> int:
+    return max(1, round((n / (12.0 * ASPECT**2)) ** (1.0 / 3.0)))
+
+
+@functools.lru_cache(maxsize=1)
+def _family() -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """All family members (N, (L, d)) sorted by N: admissible widths whose depth obeys the rule."""
+    members = []
+    for n_layers in range(1, MAX_LAYERS + 1):
+        lo = 0.0 if n_layers == 1 else 12.0 * ASPECT**2 * (n_layers - 0.5) ** 3
+        hi = 12.0 * ASPECT**2 * (n_layers + 0.5) ** 3
+        d_lo = max(MIN_HEAD_DIM, int(math.sqrt(lo / (12.0 * n_layers))) - 2)
+        d_hi = int(math.sqrt(hi / (12.0 * n_layers))) + 2
+        for d in range(d_lo, d_hi + 1):
+            n = non_embedding_params(d, n_layers)
+            if _admissible_width(d) and _layers_rule(n) == n_layers:
+                members.append((n, (n_layers, d)))
+    members.sort()
+    return tuple(m[0] for m in members), tuple(m[1] for m in members)
+
+
+def shape_for(n_params: int) -> Shape:
+    """The family member whose non-embedding parameter count is nearest (in ratio) to `n_params`."""
+    if n_params <= 0:
+        raise ValueError(f"n_params must be positive, got {n_params}")
+    counts, shapes = _family()
+    if n_params > counts[-1] * 1.1:
+        raise ValueError(f"n_params={n_params} is beyond the family's largest member ({counts[-1]})")
+    i = bisect.bisect_left(counts, n_params)
+    if i == len(counts) or (i > 0 and n_params / counts[i - 1] <= counts[i] / n_params):
+        i -= 1
+    n_layers, d_model = shapes[i]
+    n_heads = -(-d_model // MAX_HEAD_DIM)
+    return Shape(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=4 * d_model,
+                 head_dim=d_model // n_heads)
+
+
+def count_params(shape: Shape, vocab_size: int = BYTE_VOCAB, max_seq_len: int = 128) -> ParamCount:
+    """Non-embedding and total parameters (output head tied to the token embedding)."""
+    n = non_embedding_params(shape.d_model, shape.n_layers, shape.d_ff)
+    emb = vocab_size * shape.d_model + max_seq_len * shape.d_model
+    return ParamCount(non_embedding=n, total=n + emb)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention through PyTorch's fused SDPA kernel."""
+
+    def __init__(self, shape: Shape) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = shape.n_heads, shape.head_dim
+        self.qkv = nn.Linear(shape.d_model, 3 * shape.d_model)
+        self.proj = nn.Linear(shape.d_model, shape.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.n_heads, self.head_dim).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class MLP(nn.Module):
+    """Position-wise GELU feed-forward block."""
+
+    def __init__(self, shape: Shape) -> None:
+        super().__init__()
+        self.fc = nn.Linear(shape.d_model, shape.d_ff)
+        self.proj = nn.Linear(shape.d_ff, shape.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, shape: Shape) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(shape.d_model)
+        self.attn = CausalSelfAttention(shape)
+        self.ln2 = nn.LayerNorm(shape.d_model)
+        self.mlp = MLP(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only language model; `forward(idx, targets)` returns the mean cross-entropy."""
+
+    def __init__(self, shape: Shape, vocab_size: int = BYTE_VOCAB, max_seq_len: int = 128) -> None:
+        super().__init__()
+        self.shape, self.vocab_size, self.max_seq_len = shape, vocab_size, max_seq_len
+        self.wte = nn.Embedding(vocab_size, shape.d_model)
+        self.wpe = nn.Embedding(max_seq_len, shape.d_model)
+        self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.n_layers))
+        self.ln_f = nn.LayerNorm(shape.d_model)
+        # The head is its own module sharing the embedding weight (as in GPT-2) so that ZeRO-3's
+        # per-module parameter gathering sees the tied weight where it is used.
+        self.head = nn.Linear(shape.d_model, vocab_size, bias=False)
+        self.head.weight = self.wte.weight
+        self.apply(self._init)
+        # GPT-2: scale residual output projections by 1/sqrt(2L) so the residual stream's
+        # variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * shape.n_layers))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        t = idx.shape[1]
+        pos = torch.arange(t, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.ln_f(x))
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def build_model(n_params: int, seq_len: int, vocab_size: int = BYTE_VOCAB, seed: int = 0) -> GPT:
+    """The family member for target N, initialised deterministically from `seed`."""
+    shape = shape_for(n_params)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GPT(shape, vocab_size=vocab_size, max_seq_len=seq_len)
