@@ -23,7 +23,7 @@ PARAMS = ("Nc", "Dc", "alphaN", "alphaD")
 LEVEL = 0.9
 # theta = (log Nc, log Dc, alphaN, alphaD); exponents kept in a physical range.
 BOUNDS = [(-50.0, 150.0), (-50.0, 150.0), (1e-3, 3.0), (1e-3, 3.0)]
-GRID_K = np.linspace(0.1, 4.0, 40)
+GRID_K = np.linspace(0.1, 4.0, 30)
 GRID_AD = np.exp(np.linspace(math.log(0.01), math.log(2.0), 40))
 N_POLISH = 5
 
