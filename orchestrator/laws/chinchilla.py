@@ -25,7 +25,7 @@ PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
 FlopRule = str | Callable[[np.ndarray, np.ndarray], np.ndarray]
 # Positive, scale-like quantities get their bootstrap interval in log space.
 _LOG_SCALE = {"A", "B", "N_opt", "D_opt", "tokens_per_param"}
-DEFAULT_INTERVAL = "basic"
+DEFAULT_INTERVAL = "percentile"  # measured coverage: see docs/fitting.md
 
 
 @dataclass(frozen=True)
@@ -156,13 +156,14 @@ def fit_chinchilla(
     interval_method: str = DEFAULT_INTERVAL,
 ) -> ChinchillaFit:
     """Fit E + A/N^alpha + B/D^beta by the global summed-robust-loss optimum, with optional bootstrap."""
-    p = varpro.Problem.build(N, D, loss, loss_fn=loss_fn, delta=delta)
-    _check_size(p)
-    extra = [varpro.from_natural(init, p)] if init else []
-    theta, f = varpro.global_fit(p, extra_starts=extra)
-    return _finish(p, theta, f, N, D, bootstrap=bootstrap, cluster=cluster, seed=seed,
-                   budgets=budgets, level=level, flops=flops, interval_method=interval_method,
-                   meta={"search": "global"})
+    with varpro.single_threaded_blas():
+        p = varpro.Problem.build(N, D, loss, loss_fn=loss_fn, delta=delta)
+        _check_size(p)
+        extra = [varpro.from_natural(init, p)] if init else []
+        theta, f = varpro.global_fit(p, extra_starts=extra)
+        return _finish(p, theta, f, N, D, bootstrap=bootstrap, cluster=cluster, seed=seed,
+                       budgets=budgets, level=level, flops=flops, interval_method=interval_method,
+                       meta={"search": "global"})
 
 
 def refit(
@@ -195,6 +196,14 @@ def refit(
         n_prev, prev_per_point = 0, math.inf
     loss_fn = loss_fn or "huber"
     delta = DEFAULT_DELTA if delta is None else delta
+    with varpro.single_threaded_blas():
+        return _refit(prev_params, n_prev, prev_per_point, N, D, loss, loss_fn=loss_fn, delta=delta,
+                      growth=growth, bootstrap=bootstrap, cluster=cluster, seed=seed, budgets=budgets,
+                      level=level, flops=flops, interval_method=interval_method)
+
+
+def _refit(prev_params, n_prev, prev_per_point, N, D, loss, *, loss_fn, delta, growth, bootstrap, cluster,
+           seed, budgets, level, flops, interval_method) -> ChinchillaFit:
     p = varpro.Problem.build(N, D, loss, loss_fn=loss_fn, delta=delta)
     _check_size(p)
     start = varpro.from_natural(prev_params, p)
@@ -217,17 +226,27 @@ def refit(
 
 
 def bootstrap_params(p: varpro.Problem, theta: np.ndarray, k: int, *, groups: np.ndarray | None = None,
-                     seed: int = 0) -> np.ndarray:
-    """k bootstrap refits warm-started at theta; returns natural params, shape (k, 5)."""
+                     seed: int = 0, chunk: int = 256) -> np.ndarray:
+    """k bootstrap refits warm-started at theta (vectorised); natural params, shape (k, 5)."""
     rng = np.random.default_rng(seed)
     W = resample_weights(len(p.u), k, rng, groups)
-    out = np.empty((k, 5))
-    for i in range(k):
-        q = p.with_weights(W[i])
-        t, _ = varpro.polish(theta, q)
-        nat = varpro.to_natural(t, p)
-        out[i] = [nat[name] for name in PARAM_NAMES]
-    return out
+    thetas = np.concatenate([varpro.batch_polish(theta, p, W[i:i + chunk])[0] for i in range(0, k, chunk)])
+    E, a, b, alpha, beta = thetas.T
+    return np.column_stack([E, np.exp(a + alpha * p.logN0), np.exp(b + beta * p.logD0), alpha, beta])
+
+
+def frontier_samples(samples: np.ndarray, budgets: Sequence[float], flops: FlopRule = "6ND") -> dict[str, np.ndarray]:
+    """Frontier quantities for every replicate row of ``samples``: arrays of shape (k, n_budgets)."""
+    C = np.asarray(budgets, dtype=np.float64)[None, :]
+    if not isinstance(flops, str):
+        fr = [ChinchillaLaw(*row).frontier(budgets, flops) for row in samples]
+        return {key: np.array([f[key] for f in fr]) for key in fr[0]}
+    E, A, B, alpha, beta = (samples[:, j:j + 1] for j in range(5))
+    s = alpha + beta
+    n_opt = (alpha * A / (beta * B)) ** (1.0 / s) * (C / 6.0) ** (beta / s)
+    d_opt = C / (6.0 * n_opt)
+    loss_opt = E + A * n_opt ** (-alpha) + B * d_opt ** (-beta)
+    return {"N_opt": n_opt, "D_opt": d_opt, "loss_opt": loss_opt, "tokens_per_param": d_opt / n_opt}
 
 
 def summarise(law: ChinchillaLaw, samples: np.ndarray | None, budgets: Sequence[float], level: float = 0.9,
@@ -248,11 +267,7 @@ def summarise(law: ChinchillaLaw, samples: np.ndarray | None, budgets: Sequence[
     out["a"] = iv("a", law.a, a_reps)
     if budgets:
         est = law.frontier(budgets, flops)
-        reps = None
-        if have:
-            laws = [ChinchillaLaw(*row) for row in samples]
-            fr = [lw.frontier(budgets, flops) for lw in laws]
-            reps = {key: np.array([f[key] for f in fr]) for key in est}  # (k, n_budgets)
+        reps = frontier_samples(samples, budgets, flops) if have else None
         out["budgets"] = {
             _budget_key(c): {key: iv(key, est[key][i], reps[key][:, i] if have else None) for key in est}
             for i, c in enumerate(budgets)
