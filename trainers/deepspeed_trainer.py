@@ -222,7 +222,14 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
     finally:
         torch.set_num_threads(old_threads)
         if created:
-            dist.destroy_process_group()
+            # Through deepspeed.comm so DeepSpeed also drops its cached groups; a later trial in
+            # this process then starts from a clean slate.
+            import deepspeed.comm as ds_comm
+
+            if ds_comm.is_initialized():
+                ds_comm.destroy_process_group()
+            else:
+                dist.destroy_process_group()
 
 
 def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Reporter,
