@@ -142,7 +142,7 @@ class CurveLaw:
                 for (design, obs, pred), r in zip(self._train, self._resid):
                     obs_b.append(pred * np.exp(_block_resample(r, self.block_frac, rng)))
                 designs = [d for d, _, _ in self._train]
-                thetas.append(self._fit_designs(designs, obs_b, start=self.theta, max_nfev=60))
+                thetas.append(self._fit_designs(designs, obs_b, start=self.theta, max_nfev=20))
             self._boot = thetas
         return self._boot
 
