@@ -142,6 +142,7 @@ class SweepTracker:
         self._attempts = 0  # delivery cycles finished (for callers waiting on a create)
         self._spooling = False  # True while an outage backlog is mirrored to the spool
         self._warned = False
+        self._spool_failed = False
         self._backoff = 0.0
         self._next_try = 0.0
         self._force = False
@@ -313,17 +314,21 @@ class SweepTracker:
         """Deliver everything enqueued so far; True if done within `timeout` seconds."""
         target = self._seq
         deadline = None if timeout is None else time.monotonic() + timeout
+        last_poke = -math.inf
         with self._cond:
             while self._done_seq < target:
                 if not self._thread.is_alive():
                     return False
-                left = None if deadline is None else deadline - time.monotonic()
+                now = time.monotonic()
+                left = None if deadline is None else deadline - now
                 if left is not None and left <= 0:
                     return False
-                self._force = True
-                self._wake.set()
-                # Re-poke periodically so a flush retries an outage quickly instead of
-                # waiting out the backoff.
+                if now - last_poke >= 0.25:
+                    # Re-poke at most 4x/s so a flush retries an outage promptly instead of
+                    # waiting out the backoff, without hammering a dead server.
+                    last_poke = now
+                    self._force = True
+                    self._wake.set()
                 self._cond.wait(0.25 if left is None else min(0.25, left))
         return True
 
@@ -393,11 +398,17 @@ class SweepTracker:
         return d / name
 
     def _spool_write(self, records: Iterable[dict[str, Any]]) -> None:
-        with open(self.spool_path, "a", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.spool_path, "a", encoding="utf-8") as f:
+                for r in records:
+                    f.write(json.dumps(r, separators=(",", ":")) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:  # full disk, permissions: memory still holds everything
+            if not self._spool_failed:
+                self._spool_failed = True
+                log.error("cannot write the MLflow spool %s (%s); buffering in memory only",
+                          self.spool_path, exc)
 
     def _replay_spool(self) -> None:
         """Load what an earlier tracker on this buffer_dir could not deliver."""
@@ -450,7 +461,12 @@ class SweepTracker:
                 if self._spooling:
                     self._spool_write(drained)
             if self._pending and (force or stopping or time.monotonic() >= self._next_try):
-                self._deliver_all()
+                try:
+                    self._deliver_all()
+                except Exception:  # noqa: BLE001 - the worker must outlive any bug or I/O error
+                    log.exception("MLflow tracker: unexpected error; will retry")
+                    self._backoff = min(self.max_backoff_s, max(0.5, self._backoff * 2))
+                    self._next_try = time.monotonic() + self._backoff
             with self._cond:
                 self._attempts += 1
                 self._cond.notify_all()
@@ -462,14 +478,17 @@ class SweepTracker:
                     return
 
     def _deliver_all(self) -> None:
-        delivered = 0
         while self._pending:
             group = self._next_group()
             try:
                 self._deliver(group)
             except Exception as exc:  # noqa: BLE001 - MLflow raises many types when down
                 if _is_permanent(exc) and len(group) > 1:
-                    self._deliver_singly(group)
+                    try:
+                        self._deliver_singly(group)
+                    except Exception as exc2:  # noqa: BLE001 - went down meanwhile
+                        self._outage(exc2)
+                        return
                 elif _is_permanent(exc):
                     self._drop(group[0], exc)
                 else:
@@ -477,11 +496,6 @@ class SweepTracker:
                     return
             else:
                 self._ack(group)
-                delivered += len(group)
-        if self._spooling:
-            log.warning("MLflow at %s is reachable again: delivered the buffered operations",
-                        self.tracking_uri)
-            self._finish_spool()
         self._backoff = 0.0
         self._next_try = 0.0
 
@@ -516,7 +530,11 @@ class SweepTracker:
         for _ in group:
             self._pending.popleft()
         last = group[-1]["seq"]
-        if self._spooling:
+        if self._spooling and not self._pending:
+            log.warning("MLflow at %s is reachable again: delivered the buffered operations",
+                        self.tracking_uri)
+            self._finish_spool()  # before waiters wake: a flushed tracker has no spool
+        elif self._spooling:
             self._spool_write([{"done": last}])
         with self._cond:
             self._done_seq = last
