@@ -122,13 +122,13 @@ def per_step_schedule(
 
 
 def _jumps(lr: np.ndarray) -> list[int]:
-    """Indices i where lr changes between logs i and i+1 while the neighbouring intervals are flat."""
+    """Indices i where lr drops between logs i and i+1 while the neighbouring intervals are flat."""
     if len(lr) < 2:
         return []
     change = ~np.isclose(lr[1:], lr[:-1], rtol=1e-9, atol=0.0)
     flat = ~change
     out = []
-    for i in np.flatnonzero(change):
+    for i in np.flatnonzero(change & (lr[1:] < lr[:-1])):  # drops only: a one-interval rise is a warmup
         neighbours = [flat[j] for j in (i - 1, i + 1) if 0 <= j < len(change)]
         if neighbours and all(neighbours):
             out.append(int(i))
