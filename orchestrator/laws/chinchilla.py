@@ -276,7 +276,7 @@ def summarise(law: ChinchillaLaw, samples: np.ndarray | None, budgets: Sequence[
 
 
 def _budget_key(c: float) -> str:
-    return f"{c:.6g}"
+    return str(float(c))  # the same keys as the other laws: str(C)
 
 
 def _finish(p, theta, f, N, D, *, bootstrap, cluster, seed, budgets, level, flops, interval_method, meta):
