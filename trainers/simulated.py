@@ -1,0 +1,131 @@
+"""The simulated trainer: the real trainer's reports and cadence, with losses drawn from a world.
+
+`train(config, report, world)` follows the trial contract exactly like the DeepSpeed trainer:
+tokens per step = the batch rounded down to whole sequences, T = ceil(tokens / that) steps, a
+report every `eval_every` steps and at the end (eval_loss evaluated at every report), FLOPs
+6·N·tokens, and on divergence one last report with NaN losses and `done` = 1. Losses come from
+the world's noise-free curve (`World.curve_at`) plus
+
+- a per-trial seed offset: the whole curve × (1 + noise.seed·z), z ~ N(0, 1);
+- train-loss noise: each step's loss has relative std noise.train·√(ref_tokens / batch), so the
+  mean over the k steps since the last report has that over √k;
+- eval-loss noise: relative std noise.eval·√(ref_tokens / eval_tokens) per evaluation.
+
+z and the per-report draws come from a generator seeded by (config.seed, a hash of the config's
+math-relevant fields), so a trial is deterministic given its config. Time is simulated, never
+slept: a step takes 6·N·batch / flops_per_s + step_overhead_s seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Optional, Union
+
+import numpy as np
+
+from trainers.contract import REPORT_KEYS, Reporter, TrialConfig, TrialSummary
+from trainers.schedules import lr_array
+from trainers.worlds.world import World, WorldError, load_world
+
+DEFAULT_WORLD = "tiny"
+# Config fields that do not change what a run computes (where it is stored, how many threads).
+_NOT_HASHED = ("trial_id", "checkpoint_dir", "checkpoint_every", "data_cache", "threads")
+_BLOWUP_FACTOR = 10.0  # a diverging loss climbs to this multiple of the world's max_loss, then NaN
+
+
+def train(config: TrialConfig, report: Reporter,
+          world: Union[World, str, None] = None) -> TrialSummary:
+    """Simulate one trial of `config` in `world` (default: the bundled tiny world), reporting like the real trainer."""
+    w = load_world(world if world is not None else DEFAULT_WORLD)
+    N, b, T = _plan(config)
+    r = lr_array(T, 1.0, config.schedule)
+    ends = _report_steps(T, config.eval_every)
+
+    # Divergence: from the first step at lr >= lr_multiple·lr*, the loss climbs geometrically and is
+    # non-finite blowup_steps later (at the end at the latest), where the run reports NaN and stops.
+    nan_step = None
+    limit = w.divergence.lr_multiple * float(w.lr_star(N, T * b))
+    over = np.flatnonzero(config.lr * r >= limit)
+    if over.size:
+        nan_step = min(T, int(over[0]) + w.divergence.blowup_steps)
+        ends = np.append(ends[ends < nan_step], nan_step)
+
+    starts = np.concatenate(([1], ends[:-1] + 1))
+    mids = (starts + ends) // 2
+    points, inverse = np.unique(np.concatenate([starts, mids, ends]), return_inverse=True)
+    curve = w.curve_at(N, config.lr, b, T, config.schedule, points, r=r)
+    if nan_step is not None:
+        cross = int(over[0])  # steps taken before the first over-limit step
+        grow = np.clip((points - cross) / w.divergence.blowup_steps, 0.0, 1.0)
+        curve = curve * (_BLOWUP_FACTOR * w.curve.max_loss / curve) ** grow
+    at = curve[inverse].reshape(3, -1)
+    # Simpson's rule over the steps since the last report: the mean train loss of that window.
+    train_mean = (at[0] + 4.0 * at[1] + at[2]) / 6.0
+    eval_mean = at[2]
+
+    rng = np.random.default_rng([config.seed & 0xFFFFFFFF, _config_hash(config)])
+    offset = 1.0 + w.noise.seed * rng.standard_normal()
+    k = (ends - starts + 1).astype(np.float64)
+    train_sd = w.noise.train * math.sqrt(w.noise.ref_tokens / b) / np.sqrt(k)
+    eval_sd = w.noise.eval * math.sqrt(w.noise.ref_tokens / max(1, config.eval_tokens))
+    train_loss = train_mean * offset * (1.0 + train_sd * rng.standard_normal(ends.size))
+    eval_loss = eval_mean * offset * (1.0 + eval_sd * rng.standard_normal(ends.size))
+
+    step_s = 6.0 * N * b / w.throughput.flops_per_s + w.throughput.step_overhead_s
+    tokens_per_s = b / step_s
+    diverged = nan_step is not None
+    for i, s in enumerate(ends.tolist()):
+        last = i == ends.size - 1
+        bad = diverged and last
+        tokens = s * b
+        report({
+            "step": float(s), "tokens": float(tokens), "flops": 6.0 * N * tokens,
+            "lr": float(config.lr * r[s - 1]),
+            "train_loss": math.nan if bad else float(train_loss[i]),
+            "eval_loss": math.nan if bad else float(eval_loss[i]),
+            "tokens_per_s": tokens_per_s, "step_time_s": s * step_s, "done": float(last),
+        })
+    steps = int(ends[-1])
+    return TrialSummary(
+        final_eval_loss=math.nan if diverged else float(eval_loss[-1]), steps=steps,
+        tokens=int(steps * b), flops=6.0 * N * steps * b, n_params=int(config.n_params),
+        n_params_total=int(config.n_params), shape={}, diverged=diverged)
+
+
+def final_loss(config: TrialConfig, world: Union[World, str, None] = None) -> float:
+    """The final eval loss `train` would report for `config` (NaN when it diverges), without reports."""
+    return train(config, lambda _: None, world).final_eval_loss
+
+
+def _plan(config: TrialConfig) -> tuple[float, float, int]:
+    """(N, tokens per step, steps) as the real trainer derives them; ValueError on a bad config."""
+    for name in ("n_params", "tokens", "lr", "batch_tokens", "seq_len"):
+        v = getattr(config, name)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be positive, got {v!r}")
+    if config.batch_tokens < config.seq_len:
+        raise ValueError(f"batch_tokens={config.batch_tokens} must hold at least one sequence of {config.seq_len}")
+    b = (int(config.batch_tokens) // config.seq_len) * config.seq_len
+    T = max(1, math.ceil(config.tokens / b))
+    return float(config.n_params), float(b), T
+
+
+def _report_steps(T: int, eval_every: int) -> np.ndarray:
+    """Steps with a report: every eval_every steps, and the last."""
+    if eval_every and eval_every > 0:
+        ends = np.arange(eval_every, T + 1, eval_every, dtype=np.int64)
+        if ends.size == 0 or ends[-1] != T:
+            ends = np.append(ends, T)
+        return ends
+    return np.array([T], dtype=np.int64)
+
+
+def _config_hash(config: TrialConfig) -> int:
+    """A stable 64-bit hash of the fields that change what the trial computes."""
+    d = {k: v for k, v in config.to_dict().items() if k not in _NOT_HASHED}
+    blob = json.dumps(d, sort_keys=True, default=str).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little")
+
+
+__all__ = ["train", "final_loss", "REPORT_KEYS", "WorldError", "DEFAULT_WORLD"]
