@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 
