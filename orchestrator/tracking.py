@@ -12,6 +12,7 @@ the process alone.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 # MLflow's limits (mlflow.utils.validation); values longer than these are truncated here
 # because a rejected batch would otherwise be dropped as a whole.
 MAX_METRICS_PER_BATCH = 1000
+METRICS_PER_WINDOW = 10_000  # metrics regrouped per delivery step (then acknowledged)
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_PARAM_VAL_LENGTH = 6000
 MAX_TAG_VAL_LENGTH = 8000
@@ -511,16 +513,19 @@ class SweepTracker:
                 self._ack([op])
 
     def _next_group(self) -> list[dict[str, Any]]:
-        """The head op, plus following metric ops for the same run (up to one batch)."""
+        """The head op; or, for metrics, the run of consecutive metric ops (any trial).
+
+        Metric ops of different runs commute, and reports from concurrent trials arrive
+        interleaved: regrouping them per run makes one `log_batch` per trial per flush
+        instead of one per report.
+        """
         head = self._pending[0]
         group = [head]
         if head["kind"] != "metrics":
             return group
         n = len(head["m"])
-        for op in list(self._pending)[1:]:
-            if op["kind"] != "metrics" or op["trial"] != head["trial"]:
-                break
-            if n + len(op["m"]) > MAX_METRICS_PER_BATCH:
+        for op in itertools.islice(self._pending, 1, None):
+            if op["kind"] != "metrics" or n + len(op["m"]) > METRICS_PER_WINDOW:
                 break
             group.append(op)
             n += len(op["m"])
@@ -578,11 +583,7 @@ class SweepTracker:
     def _deliver(self, group: list[dict[str, Any]]) -> None:
         kind = group[0]["kind"]
         if kind == "metrics":
-            run_id = self._resolve(group[0])
-            metrics = [Metric(k, v, ts, step) for op in group for k, v, ts, step in op["m"]]
-            self._client.log_batch(run_id, metrics=metrics, synchronous=True)
-            self.stats["batches"] += 1
-            self.stats["metrics"] += len(metrics)
+            self._deliver_metrics(group)
             return
         op = group[0]
         if kind == "parent":
@@ -602,6 +603,29 @@ class SweepTracker:
             self._client.set_terminated(run_id, op["status"], op["end_ms"])
         else:
             raise MlflowException(f"unknown op {kind}", error_code="INVALID_PARAMETER_VALUE")
+
+    def _deliver_metrics(self, group: list[dict[str, Any]]) -> None:
+        """One log_batch per run (<= 1000 metrics each), in report order within a run.
+
+        Progress is kept per op (`sent`), so a window interrupted by an outage resumes
+        where it stopped instead of resending delivered batches.
+        """
+        by_run: dict[Any, list[tuple[dict[str, Any], int]]] = {}
+        for op in group:
+            rows = by_run.setdefault(op.get("trial"), [])
+            rows.extend((op, i) for i in range(op.get("sent", 0), len(op["m"])))
+        for rows in by_run.values():
+            if not rows:
+                continue
+            run_id = self._resolve(rows[0][0])
+            for start in range(0, len(rows), MAX_METRICS_PER_BATCH):
+                chunk = rows[start:start + MAX_METRICS_PER_BATCH]
+                metrics = [Metric(*op["m"][i]) for op, i in chunk]
+                self._client.log_batch(run_id, metrics=metrics, synchronous=True)
+                for op, i in chunk:
+                    op["sent"] = i + 1
+                self.stats["batches"] += 1
+                self.stats["metrics"] += len(metrics)
 
     def _resolve(self, op: dict[str, Any]) -> str:
         trial_id = op.get("trial")
