@@ -210,7 +210,9 @@ class SweepTracker:
 
     def start_trial(self, trial_id: str, params: dict) -> str:
         """Create the trial's nested run (idempotent); returns its id ("" if MLflow is down)."""
-        if trial_id not in self._trials_started:
+        # A trial started again after end_trial (Tune retrying it from a checkpoint) gets
+        # its run back to RUNNING; otherwise a repeated call is a no-op.
+        if trial_id not in self._trials_started or trial_id in self._trials_ended:
             self._trials_started.add(trial_id)
             self._trials_ended.discard(trial_id)
             tags = {TAG_SWEEP: self.sweep_name, TAG_KIND: "trial", TAG_TRIAL: trial_id}
@@ -693,8 +695,9 @@ class SweepTracker:
         trial_id = op["trial"]
         parent = self._resolve({"trial": None})
         exp_id = self._experiment_id()
-        # Idempotent across restarts: reuse the child run a previous tracker created.
-        run_id = self._find_by_tag(
+        # Idempotent across restarts and lost responses: reuse the child run that already
+        # carries this trial's tags under this parent.
+        run_id = self._run_ids.get(trial_id) or self._find_by_tag(
             f"tags.`{TAG_TRIAL}` = '{_quote(trial_id)}' and tags.`{TAG_PARENT}` = '{parent}'")
         if run_id is None:
             run = self._client.create_run(

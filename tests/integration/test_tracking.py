@@ -1,0 +1,283 @@
+"""SweepTracker against real MLflow: a SQLite store, and a real `mlflow server` that is
+killed and restarted mid-sweep. Everything is read back with MlflowClient."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
+
+from orchestrator.tracking import SweepTracker, read_sweep_runs
+
+pytestmark = pytest.mark.integration
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SPEC = {"name": "t", "model": {"family": "gpt", "n_params": [20_000, 80_000, 320_000]},
+        "lrs": [1e-3, 3e-3], "note": "x" * 7000}
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory) -> Path:
+    """A migrated, empty MLflow SQLite store (creating one costs seconds: do it once)."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def sqlite_uri(template_db, tmp_path) -> str:
+    db = tmp_path / "sweep" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copy(template_db, db)
+    return f"sqlite:///{db}"
+
+
+def _report(trial: int, step: int) -> dict[str, float]:
+    """A trial report in the contract's keys; eval_loss is NaN between evaluations."""
+    return {"step": float(step), "tokens": 512.0 * step, "flops": 6e4 * 512 * step,
+            "lr": 1e-3, "train_loss": 5.0 - 0.01 * step + trial,
+            "eval_loss": 4.0 - 0.01 * step if step % 10 == 0 else float("nan"),
+            "tokens_per_s": 1000.0 + step}
+
+
+def _figure() -> Figure:
+    fig = Figure()
+    fig.add_subplot().plot([1, 2, 3], [3, 2, 1])
+    return fig
+
+
+def test_parent_children_metrics_params_artifacts(sqlite_uri, tmp_path):
+    steps = {0: 40, 1: 40, 2: 1200}  # trial 2 needs several 1000-metric batches
+    with SweepTracker(sqlite_uri, "scaling", "sweep-a", flush_interval_s=0.05) as tr:
+        parent_id = tr.start(SPEC)
+        assert parent_id
+        ids = {}
+        for t in steps:
+            ids[t] = tr.start_trial(f"trial_{t}", {"n_params": 20_000 * 4**t, "lr": 1e-3,
+                                                  "schedule": {"kind": "wsd", "decay": 0.2}})
+            assert ids[t] and tr.start_trial(f"trial_{t}", {}) == ids[t]  # idempotent
+        for s in range(max(steps.values())):
+            for t, n in steps.items():
+                if s < n:
+                    tr.log_metrics(f"trial_{t}", _report(t, s), step=s)
+        tr.end_trial("trial_0", "FINISHED")
+        tr.end_trial("trial_1", "FAILED", tags={"reason": "diverged"})
+        tr.log_sweep_results({"law": "chinchilla"}, {"fit.E": 1.69, "fit.alpha": 0.34},
+                             {"proposals": [{"budget": 1e18, "N": 1e7, "predicted_loss": 2.5}]},
+                             {"frontier": _figure()})
+        assert tr.flush(timeout=60)
+        assert tr.nonfinite_counts("trial_0") == {"eval_loss": 36}
+        # trial_2 left open: close() ends it with the sweep's status
+    assert tr.stats["dropped"] == 0 and tr.pending == 0
+
+    parent, children = read_sweep_runs(sqlite_uri, "sweep-a")
+    client = MlflowClient(sqlite_uri)
+    assert parent.info.run_id == parent_id and parent.info.status == "FINISHED"
+    assert parent.data.tags["scalesweep.kind"] == "sweep"
+    assert parent.data.params["model.family"] == "gpt"
+    assert json.loads(parent.data.params["model.n_params"]) == [20_000, 80_000, 320_000]
+    assert len(parent.data.params["note"]) == 6000  # truncated to MLflow's limit, not rejected
+    assert parent.data.params["law"] == "chinchilla"
+    assert parent.data.metrics["fit.alpha"] == pytest.approx(0.34)
+    # Artifacts land inside the sweep directory, not in ./mlruns of the CWD.
+    sweep_dir = Path(sqlite_uri[len("sqlite:///"):]).parent
+    assert parent.info.artifact_uri.startswith((sweep_dir / "mlartifacts").as_uri())
+    assert not Path("mlruns").exists() or not any(Path("mlruns").iterdir())
+    local = Path(client.download_artifacts(parent_id, "", str(tmp_path / "dl")))
+    assert json.loads((local / "results" / "proposals.json").read_text())[0]["N"] == 1e7
+    assert (local / "plots" / "frontier.png").read_bytes().startswith(PNG_MAGIC)
+    assert "model:" in (local / "spec" / "spec.yaml").read_text()
+
+    assert [c.data.tags["scalesweep.trial_id"] for c in children] == ["trial_0", "trial_1", "trial_2"]
+    assert [c.info.status for c in children] == ["FINISHED", "FAILED", "FINISHED"]
+    assert children[1].data.tags["reason"] == "diverged"
+    assert json.loads(children[0].data.tags["scalesweep.nonfinite_metrics"]) == {"eval_loss": 36}
+    for t, child in enumerate(children):
+        assert child.info.run_id == ids[t]
+        assert child.data.tags["mlflow.parentRunId"] == parent_id
+        assert child.data.params["n_params"] == str(20_000 * 4**t)
+        assert child.data.params["schedule.kind"] == "wsd"
+        hist = client.get_metric_history(child.info.run_id, "train_loss")
+        assert [m.step for m in hist] == list(range(steps[t]))
+        assert [m.value for m in hist] == [_report(t, s)["train_loss"] for s in range(steps[t])]
+        evals = client.get_metric_history(child.info.run_id, "eval_loss")
+        assert [m.step for m in evals] == list(range(0, steps[t], 10))  # NaNs skipped
+        assert set(child.data.metrics) == {"step", "tokens", "flops", "lr", "train_loss",
+                                           "eval_loss", "tokens_per_s"}
+
+
+def test_restart_reuses_parent_and_trial_runs(sqlite_uri):
+    with SweepTracker(sqlite_uri, "scaling", "sweep-b", flush_interval_s=0.05) as tr:
+        parent_id = tr.start(SPEC)
+        run_id = tr.start_trial("trial_0", {"lr": 1e-3})
+        for s in range(5):
+            tr.log_metrics("trial_0", {"train_loss": 10.0 - s}, s)
+    # A new process (controller resumed): the same parent and child runs continue.
+    with SweepTracker(sqlite_uri, "scaling", "sweep-b", flush_interval_s=0.05) as tr2:
+        assert tr2.start(SPEC, resume_run_id=parent_id) == parent_id
+        assert tr2.start_trial("trial_0", {"lr": 1e-3}) == run_id
+        for s in range(5, 8):
+            tr2.log_metrics("trial_0", {"train_loss": 10.0 - s}, s)
+        tr2.end_trial("trial_0", "FAILED")
+        assert tr2.flush(timeout=30)
+        assert MlflowClient(sqlite_uri).get_run(run_id).info.status == "FAILED"
+        # Tune retries the trial from its checkpoint: same run, running again.
+        assert tr2.start_trial("trial_0", {"lr": 1e-3}) == run_id
+        assert tr2.flush(timeout=30)
+        assert MlflowClient(sqlite_uri).get_run(run_id).info.status == "RUNNING"
+        tr2.log_metrics("trial_0", {"train_loss": 2.0}, 8)
+        tr2.end_trial("trial_0")
+    parent, children = read_sweep_runs(sqlite_uri, "sweep-b")
+    assert parent.info.run_id == parent_id and len(children) == 1
+    assert children[0].info.status == "FINISHED"
+    hist = MlflowClient(sqlite_uri).get_metric_history(run_id, "train_loss")
+    assert [(m.step, m.value) for m in hist] == [(s, 10.0 - s) for s in range(9)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_spool_replayed_by_next_tracker(sqlite_uri, tmp_path, caplog):
+    """MLflow never reachable in process 1: nothing lost, process 2 delivers it all."""
+    spool = tmp_path / "spool"
+    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    with caplog.at_level(logging.WARNING, logger="orchestrator.tracking"):
+        tr = SweepTracker(dead, "scaling", "sweep-c", flush_interval_s=0.05, buffer_dir=spool,
+                          sync_timeout_s=5)
+        assert tr.start(SPEC) == ""  # pending, not an exception
+        assert tr.start_trial("trial_0", {"lr": 1e-3}) == ""
+        for s in range(30):
+            tr.log_metrics("trial_0", {"train_loss": 3.0 - s / 100}, s)
+        tr.log_sweep_results({}, {"fit.E": 1.7}, {"fit": {"E": 1.7}}, {"frontier": _figure()})
+        assert not tr.flush(timeout=1.0)
+        left = tr.close(timeout=1.0)
+    assert left > 0 and tr.spool_path.exists()
+    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 1  # warned once, not per retry
+
+    tr2 = SweepTracker(sqlite_uri, "scaling", "sweep-c", flush_interval_s=0.05, buffer_dir=spool)
+    assert tr2.stats["replayed"] == left
+    assert tr2.flush(timeout=60)
+    assert tr2.close() == 0 and not tr2.spool_path.exists()
+    parent, (child,) = read_sweep_runs(sqlite_uri, "sweep-c")
+    assert parent.info.status == "FINISHED" and child.info.status == "FINISHED"
+    hist = MlflowClient(sqlite_uri).get_metric_history(child.info.run_id, "train_loss")
+    assert [m.step for m in hist] == list(range(30))
+    names = {a.path for a in MlflowClient(sqlite_uri).list_artifacts(parent.info.run_id, "plots")}
+    assert names == {"plots/frontier.png"}
+
+
+class MlflowServer:
+    """A real `mlflow server` subprocess on loopback, killable and restartable."""
+
+    def __init__(self, db: Path, artifacts: Path, port: int, log: Path):
+        self.cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                    f"sqlite:///{db}", "--artifacts-destination", str(artifacts),
+                    "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90.0) -> float:
+        t0 = time.monotonic()
+        with open(self.log, "ab") as out:
+            # Own session: the server spawns uvicorn workers; killpg takes them all.
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        while time.monotonic() - t0 < timeout:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return time.monotonic() - t0
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"mlflow server did not come up: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.mark.timeout(400)
+def test_server_down_mid_sweep_loses_nothing(template_db, tmp_path):
+    db = tmp_path / "server.db"
+    shutil.copy(template_db, db)  # already migrated: the server starts faster
+    server = MlflowServer(db, tmp_path / "art", _free_port(), tmp_path / "server.log")
+    startup = server.start()
+    try:
+        tr = SweepTracker(server.url, "scaling", "sweep-d", flush_interval_s=0.1,
+                          buffer_dir=tmp_path / "spool", sync_timeout_s=10)
+        assert tr.start(SPEC)
+        for t in range(2):
+            assert tr.start_trial(f"trial_{t}", {"lr": 1e-3 * (t + 1)})
+        for s in range(20):
+            for t in range(2):
+                tr.log_metrics(f"trial_{t}", _report(t, s), step=s)
+        assert tr.flush(timeout=30)
+
+        server.kill()
+        slowest = 0.0
+        for s in range(20, 60):
+            for t in range(2):
+                t0 = time.perf_counter()
+                tr.log_metrics(f"trial_{t}", _report(t, s), step=s)
+                slowest = max(slowest, time.perf_counter() - t0)
+            if s == 30:
+                assert tr.start_trial("trial_2", {"lr": 3e-3}) == ""  # created later
+            if s >= 30:
+                tr.log_metrics("trial_2", _report(2, s), step=s)
+            time.sleep(0.01)
+        tr.end_trial("trial_0", "FINISHED")
+        tr.log_sweep_results({"law": "chinchilla"}, {"fit.E": 1.7},
+                             {"proposals": [{"budget": 1e18}]}, {"frontier": _figure()})
+        assert not tr.flush(timeout=1.0)
+        assert tr.stats["outages"] == 1 and tr.spool_path.exists()
+        spooled = tr.spool_path.read_text().splitlines()
+        assert len(spooled) >= 80  # every call since the outage is on disk
+
+        restart = server.start()
+        assert tr.flush(timeout=90)
+        assert not tr.spool_path.exists()
+        assert tr.close() == 0
+        print(f"\nserver start {startup:.1f} s, restart {restart:.1f} s, "
+              f"slowest log_metrics while down {1e3 * slowest:.2f} ms")
+
+        parent, children = read_sweep_runs(server.url, "sweep-d")
+        client = MlflowClient(server.url)
+        assert [c.data.tags["scalesweep.trial_id"] for c in children] == \
+            ["trial_0", "trial_1", "trial_2"]
+        first = {0: 0, 1: 0, 2: 30}
+        for t, child in enumerate(children):
+            assert child.info.status == "FINISHED"
+            assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+            for key in ("train_loss", "tokens"):
+                hist = client.get_metric_history(child.info.run_id, key)
+                # every step exactly once, with its value
+                assert [(m.step, m.value) for m in hist] == \
+                    [(s, _report(t, s)[key]) for s in range(first[t], 60)]
+        arts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+        assert arts == {"plots/frontier.png"}
+        assert parent.data.metrics["fit.E"] == pytest.approx(1.7)
+        assert tr.stats["dropped"] == 0
+    finally:
+        server.kill()
