@@ -373,8 +373,9 @@ class SweepTracker:
                 raise RuntimeError("SweepTracker is closed")
             self._seq += 1
             op["seq"] = self._seq
+            # Recorded so a spool replayed by a later process still finds the runs.
+            op["parent"] = self._parent_id
             if op["kind"] not in ("parent", "trial"):
-                # Recorded so a spool replayed by a later process still finds the run.
                 op["run"] = self.run_id(op.get("trial"))
             self._inbox.append(op)
             self.stats["ops"] += 1
@@ -632,10 +633,12 @@ class SweepTracker:
     def _resolve(self, op: dict[str, Any]) -> str:
         trial_id = op.get("trial")
         run_id = self.run_id(trial_id) or op.get("run")
-        if run_id is None and trial_id is not None and self._parent_id is not None:
+        if trial_id is None and run_id is None:
+            run_id = op.get("parent")
+        parent = self._parent_id or op.get("parent")
+        if run_id is None and trial_id is not None and parent is not None:
             run_id = self._find_by_tag(
-                f"tags.`{TAG_TRIAL}` = '{_quote(trial_id)}' and "
-                f"tags.`{TAG_PARENT}` = '{self._parent_id}'")
+                f"tags.`{TAG_TRIAL}` = '{_quote(trial_id)}' and tags.`{TAG_PARENT}` = '{parent}'")
             if run_id is not None:
                 self._run_ids[trial_id] = run_id
         if run_id is None:
@@ -693,7 +696,7 @@ class SweepTracker:
 
     def _create_trial(self, op: dict[str, Any]) -> None:
         trial_id = op["trial"]
-        parent = self._resolve({"trial": None})
+        parent = self._resolve({"trial": None, "parent": op.get("parent")})
         exp_id = self._experiment_id()
         # Idempotent across restarts and lost responses: reuse the child run that already
         # carries this trial's tags under this parent.

@@ -279,5 +279,33 @@ def test_server_down_mid_sweep_loses_nothing(template_db, tmp_path):
         assert arts == {"plots/frontier.png"}
         assert parent.data.metrics["fit.E"] == pytest.approx(1.7)
         assert tr.stats["dropped"] == 0
+
+        # The driver ends while the server is down; the resumed controller's tracker
+        # replays the spool into the runs the first one created.
+        spool = tmp_path / "spool-e"
+        tr_b = SweepTracker(server.url, "scaling", "sweep-e", flush_interval_s=0.1,
+                            buffer_dir=spool)
+        parent_e = tr_b.start(SPEC)
+        run_x = tr_b.start_trial("trial_x", {"lr": 1e-3})
+        assert parent_e and run_x
+        server.kill()
+        tr_b.log_metrics("trial_x", {"train_loss": 2.0}, 0)
+        assert tr_b.start_trial("trial_y", {"lr": 2e-3}) == ""
+        for s in range(10):
+            tr_b.log_metrics("trial_y", {"train_loss": 3.0 - s / 10}, s)
+        tr_b.end_trial("trial_y", "KILLED")
+        assert tr_b.close(timeout=1.0) > 0
+        server.start()
+        with SweepTracker(server.url, "scaling", "sweep-e", flush_interval_s=0.1,
+                          buffer_dir=spool) as tr_c:
+            assert tr_c.flush(timeout=60) and tr_c.stats["dropped"] == 0
+        parent, children = read_sweep_runs(server.url, "sweep-e")
+        assert parent.info.run_id == parent_e
+        x, y = children
+        assert x.info.run_id == run_x and y.data.tags["mlflow.parentRunId"] == parent_e
+        assert y.info.status == "KILLED"
+        assert [m.step for m in client.get_metric_history(y.info.run_id, "train_loss")] == \
+            list(range(10))
+        assert [m.value for m in client.get_metric_history(run_x, "train_loss")] == [2.0]
     finally:
         server.kill()
