@@ -370,7 +370,16 @@ class SweepTracker:
     def _enqueue(self, op: dict[str, Any], wake: bool = True) -> None:
         with self._cond:
             if self._stopping:
-                raise RuntimeError("SweepTracker is closed")
+                # Never raise into the caller: after close() the op goes straight to the
+                # spool, where the next tracker on this buffer_dir picks it up.
+                self._seq += 1
+                op["seq"] = self._seq
+                op["parent"] = self._parent_id
+                op["run"] = self.run_id(op.get("trial"))
+                self._spool_write([op])
+                log.warning("SweepTracker for %s is closed: %s operation spooled to %s",
+                            self.sweep_name, op["kind"], self.spool_path)
+                return
             self._seq += 1
             op["seq"] = self._seq
             # Recorded so a spool replayed by a later process still finds the runs.

@@ -138,7 +138,16 @@ def test_restart_reuses_parent_and_trial_runs(sqlite_uri):
         assert MlflowClient(sqlite_uri).get_run(run_id).info.status == "RUNNING"
         tr2.log_metrics("trial_0", {"train_loss": 2.0}, 8)
         tr2.end_trial("trial_0")
+    # Logging after close never raises: it is spooled for the next tracker.
+    tr2.log_metrics("trial_0", {"late_metric": 1.5}, 9)
+    tr2.set_tags(None, {"late": "yes"})
+    assert tr2.spool_path.exists()
+    with SweepTracker(sqlite_uri, "scaling", "sweep-b", flush_interval_s=0.05) as tr3:
+        assert tr3.stats["replayed"] == 2 and tr3.flush(timeout=30)
+    assert not tr3.spool_path.exists()
     parent, children = read_sweep_runs(sqlite_uri, "sweep-b")
+    assert parent.data.tags["late"] == "yes"
+    assert children[0].data.metrics["late_metric"] == 1.5
     assert parent.info.run_id == parent_id and len(children) == 1
     assert children[0].info.status == "FINISHED"
     hist = MlflowClient(sqlite_uri).get_metric_history(run_id, "train_loss")
