@@ -44,6 +44,11 @@ class SweepCallback(Callback):
         self.records = records  # planned trial id -> its config record (PlannedTrial.record())
         self.last: dict[str, dict[str, float]] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state; the live handles (store
+        # buffer, MLflow threads, display) are rebuilt by `scalesweep resume`, not unpickled.
+        return {"records": self.records, "last": self.last, "store": None, "tracker": None, "progress": None}
+
     @staticmethod
     def _tid(trial) -> str:
         return trial.config["trial"]["trial_id"]
