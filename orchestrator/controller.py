@@ -72,8 +72,7 @@ def _max_concurrent(spec: SweepSpec, trials: list[PlannedTrial]) -> int:
     return min(fit, spec.resources.max_concurrent or fit)
 
 
-def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress: bool = True,
-              backend: str = "deepspeed") -> SweepOutcome:
+def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress: bool = True) -> SweepOutcome:
     """Run the spec's trials through a Ray Tune Tuner, record everything, fit and propose."""
     from ray import tune
 
@@ -104,7 +103,7 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
 
     def to_config(t: PlannedTrial) -> dict[str, Any]:
         ckpt = str(sweep_dir / "checkpoints" / t.trial_id)
-        return {"trial": trial_config(spec, t, ckpt, cache).to_dict(), "backend": backend,
+        return {"trial": trial_config(spec, t, ckpt, cache).to_dict(), "backend": spec.trainer.backend, "world": spec.trainer.world,
                 "storage": str(sweep_dir / "ray"), "use_gpu": spec.resources.use_gpu}
 
     def resources(config: dict[str, Any]):

@@ -135,6 +135,9 @@ class GridPlanner:
             return trial
         return None
 
+    def observe(self, trial_id: str, result: Optional[dict[str, Any]]) -> None:
+        """A trial ended with its last report (None if it failed); the grid ignores it."""
+
     def runnable(self) -> list[PlannedTrial]:
         """The trials that fit in the budget, cheapest first (what a fresh sweep will run)."""
         total, out = 0.0, []

@@ -208,6 +208,24 @@ class FitSpec(_Strict):
     level: float = Field(0.9, gt=0, lt=1, description="interval level")
 
 
+class TrainerSpec(_Strict):
+    """What a trial runs: the real DeepSpeed trainer, or the simulated one over a ground-truth world."""
+
+    backend: Literal["deepspeed", "simulated"] = Field("deepspeed", description="deepspeed (real model) or simulated (benchmarks, tests at scale)")
+    world: str = Field("tiny", min_length=1, description="simulated backend: a bundled world name or a world YAML path")
+
+    @model_validator(mode="after")
+    def _world_exists(self) -> "TrainerSpec":
+        if self.backend == "simulated":
+            from trainers.worlds import WorldError, load_world
+
+            try:
+                load_world(self.world)
+            except (WorldError, FileNotFoundError, ValueError) as exc:
+                raise ValueError(f"world {self.world!r}: {exc}") from None
+        return self
+
+
 class SweepSpec(_Strict):
     """A scaling sweep: the grid N x D x lr x batch x seed, its budget and where it goes."""
 
@@ -223,6 +241,7 @@ class SweepSpec(_Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     fit: FitSpec = Field(default_factory=FitSpec)
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
     data: str = Field("builtin", description="'builtin' (offline corpus) or a directory of pre-tokenised Parquet shards")
     output_dir: Optional[str] = Field(None, description="sweep directory; none = ./sweeps/<name>")
     checkpoints: bool = Field(True, description="save a checkpoint at the end of every trial")

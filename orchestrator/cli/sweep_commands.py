@@ -1,11 +1,8 @@
 """Commands that run and query sweeps: run, status, propose."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Optional
-
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -46,15 +43,12 @@ def validate(spec: Path = typer.Argument(..., help="sweep spec (YAML)")) -> None
 def run(
     spec: Path = typer.Argument(..., help="sweep spec (YAML)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no live display"),
-    backend: str = typer.Option("deepspeed", help="trainer backend: deepspeed (real) or simulated"),
 ) -> None:
     """Run a sweep on a local Ray cluster (or the one at RAY_ADDRESS), then fit and propose."""
     from ..controller import run_sweep
 
     s = _load(spec)
-    if backend not in ("deepspeed", "simulated"):
-        fail(f"--backend: unknown backend {backend!r} (deepspeed or simulated)")
-    outcome = run_sweep(s, str(spec), show_progress=not no_progress, backend=backend)
+    outcome = run_sweep(s, str(spec), show_progress=not no_progress)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
     console.print(f"\n[bold]sweep {s.name} done[/] in {outcome.wall_s:.0f}s: {counts}")
     _print_fit(outcome.fit.to_json())

@@ -30,4 +30,6 @@ class PlannerSearcher(Searcher):
         return self.to_config(trial)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
-        self.assigned.pop(trial_id, None)
+        trial = self.assigned.pop(trial_id, None)
+        if trial is not None:
+            self.planner.observe(trial.trial_id, None if error else result)

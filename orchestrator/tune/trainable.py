@@ -13,22 +13,27 @@ from typing import Any
 from trainers.contract import TrialConfig
 
 
-def _backend(name: str):
-    """The trainer backend: 'deepspeed' (real model) or 'simulated' (a world from the spec)."""
-    if name == "simulated":
+def _backend(config: dict[str, Any]):
+    """The trainer backend: 'deepspeed' (real model) or 'simulated' (the spec's world)."""
+    if config.get("backend") == "simulated":
+        from functools import partial
+
         from trainers.simulated import train
-    else:
-        from trainers.deepspeed_trainer import train
+        from trainers.worlds import load_world
+
+        return partial(train, world=load_world(config["world"]))
+    from trainers.deepspeed_trainer import train
+
     return train
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune entry point: `config` = {"trial": TrialConfig dict, "backend": str, "storage": path}."""
+    """Tune entry point: `config` = {"trial": TrialConfig dict, "backend", "world", "storage", "use_gpu"}."""
     from ray import tune
 
     cfg = TrialConfig.from_dict(config["trial"])
     if cfg.workers == 1:
-        _backend(config.get("backend", "deepspeed"))(cfg, lambda metrics: tune.report(dict(metrics)))
+        _backend(config)(cfg, lambda metrics: tune.report(dict(metrics)))
         return
     _run_torch_trainer(cfg, config)
 
@@ -38,7 +43,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     cfg = TrialConfig.from_dict(config["trial"])
-    _backend(config.get("backend", "deepspeed"))(cfg, lambda metrics: ray.train.report(dict(metrics)))
+    _backend(config)(cfg, lambda metrics: ray.train.report(dict(metrics)))
 
 
 def _run_torch_trainer(cfg: TrialConfig, config: dict[str, Any]) -> None:
