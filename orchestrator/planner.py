@@ -18,6 +18,9 @@ from trainers.model import count_params, shape_for
 from .spec import SweepSpec
 
 
+WAIT = "wait"  # next_trial(): nothing to start until a running trial reports back
+
+
 @dataclass(frozen=True)
 class PlannedTrial:
     """One trial of the sweep with everything the controller and the fit need."""

@@ -9,11 +9,15 @@ from typing import Any, Callable, Optional
 
 from ray.tune.search import Searcher
 
-from ..planner import GridPlanner, PlannedTrial
+from ..planner import WAIT, GridPlanner, PlannedTrial
 
 
 class PlannerSearcher(Searcher):
-    """Suggests the planner's next trial; FINISHED when the grid or the budget is spent."""
+    """Suggests the planner's next trial; FINISHED when the planner is done.
+
+    Any planner with `next_trial() -> PlannedTrial | WAIT | None` and
+    `observe(trial_id, result)` plugs in (the grid, or the law-guided search).
+    """
 
     def __init__(self, planner: GridPlanner, to_config: Callable[[PlannedTrial], dict[str, Any]],
                  metric: str = "eval_loss", mode: str = "min"):
@@ -26,6 +30,8 @@ class PlannerSearcher(Searcher):
         trial = self.planner.next_trial()
         if trial is None:
             return Searcher.FINISHED
+        if trial == WAIT:
+            return None  # Tune asks again later
         self.assigned[trial_id] = trial
         return self.to_config(trial)
 
