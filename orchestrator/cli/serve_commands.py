@@ -1,0 +1,36 @@
+"""`scalesweep serve`: the HTTP query API over a directory of sweeps."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from .app import app, fail
+
+
+@app.command("serve")
+def serve(
+    root: Path = typer.Option(Path("sweeps"), "--root", help="directory of sweeps (one subdirectory per sweep)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind; anything but loopback needs a token"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port"),
+    token_env: str = typer.Option("SCALESWEEP_API_TOKEN", "--token-env",
+                                  help="environment variable holding the API token (never pass it as an argument)"),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+) -> None:
+    """Serve the HTTP API (OpenAPI schema at /openapi.json): submit sweeps, read status, laws, proposals."""
+    from ..api import ApiConfigError, check_bind
+    from ..api import serve as run_server
+
+    token = os.environ.get(token_env) or None
+    try:
+        check_bind(host, token)
+    except ApiConfigError as exc:
+        fail(str(exc))
+    if root.exists() and not root.is_dir():
+        fail(f"--root {root}: not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--root {root}: {exc.strerror or exc}")
+    run_server(root, host=host, port=port, token=token, log_level=log_level)
