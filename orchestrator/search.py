@@ -1,0 +1,705 @@
+"""Law-guided search: which trial to run next, chosen for what it teaches about the target-budget optimum.
+
+Pure Python (no Ray), deterministic given the seed and the order of `observe` calls. Same
+interface as `GridPlanner`: `next_trial()` returns a `PlannedTrial`, `WAIT` (nothing to start
+until a running trial reports) or None (done); `observe(trial_id, result)` takes the trial's
+last report (None when it failed). The candidates are the spec's grid; the search works on
+*cells* (one (N, D) with its lattice of (lr, batch) points):
+
+1. **Initial design.** The cells of the `init_sizes` smallest model sizes, cheapest first. The
+   first `init_scans` cells get a coarse learning-rate scan (no law exists yet); the planner
+   WAITs for the scan instead of opening more blind cells.
+2. **Cell search.** A cell starts at the (lr, batch) predicted by the hyperparameter law learned
+   so far (lr* = c·N^a·D^b, batch* = c'·D^d, a ridge regression over the resolved cells' optima)
+   together with its lattice neighbours, then moves to the best point's untried neighbours until
+   the best point is a local minimum of the lattice (a certificate; the loss landscape in
+   (log lr, log batch) is a convex bowl). Diverged runs are censored: that lr and every larger lr
+   at that batch or smaller ones count as diverged, without running them.
+3. **Acquisition.** Once `min_fit_cells` cells are resolved, Chinchilla's L(N, D) is fitted to their
+   best losses with bootstrap replicates. The next cell is the one with the largest expected
+   reduction of the uncertainty of log N*(C) and log L*(C) at every target C, per FLOP it will
+   cost (the ensemble-Kalman gain Cov(q, f)² / (Var f + σ²) computed from the replicates, f the
+   candidate's predicted log loss; cells still being searched are conditioned on first).
+   Cells whose probability of lying near the frontier is below `prune_below` are skipped.
+4. **Stop** when, at every target, the `level` intervals of N*(C) and L*(C) are narrower (relative
+   width) than `tolerance` and `loss_tolerance`, or when the budget, `max_trials` or the cells run out.
+
+Every hand-out and the stop are explained in `decisions` (docs/search.md).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from .laws.chinchilla import ChinchillaFit, fit_chinchilla, frontier_samples
+from .laws.hparams import BatchLaw, LrLaw
+from .planner import WAIT, PlannedTrial, plan_grid
+from .spec import SweepSpec
+
+Point = tuple[int, int]  # (lr index, batch index) in a cell's lattice
+_UNKNOWN = ("failed", "budget")  # outcomes that say nothing about the loss at a point
+_WORSE = ("diverged", "censored", "stopped")  # outcomes that say "not the best point"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Knobs of the law-guided search (spec fields `search.*`); see docs/search.md."""
+
+    init_sizes: int = 2  # smallest model sizes whose cells form the initial design
+    init_scans: int = 2  # cells scanned in parallel before any cell is resolved
+    scan_points: int = 5  # learning rates in a coarse scan, spread evenly over the spec's lrs
+    neighbourhood: str = "cross"  # local-minimum certificate: "cross" (lr±1, batch±1) or "square" (+ diagonals)
+    max_open_cells: int = 4  # cells searched at once (more: parallelism; fewer: each start uses more law)
+    min_fit_cells: int = 6  # resolved cells before L(N, D) is fitted and the acquisition rule takes over
+    bootstrap: int = 100  # bootstrap replicates of the L(N, D) fit (acquisition, pruning, stopping)
+    level: float = 0.9  # interval level for the stopping rule
+    tolerance: float = 0.5  # stop when every target's N*(C) interval is narrower than this (relative width)
+    loss_tolerance: float = 0.01  # ... and every target's L*(C) interval narrower than this
+    prune_below: float = 0.1  # skip cells near the frontier in fewer than this fraction of replicates
+    prune_band: float = 3.0  # "near": N within this factor of the replicate's N*(C) at the cell's compute
+    noise: float = 0.003  # relative noise of a cell's best loss assumed by the acquisition (floor)
+    hparam_ridge: float = 0.05  # ridge on the lr/batch law exponents (stabilises fits on 2-3 cells)
+    max_trials: Optional[int] = None  # cap on trials handed out (None: the budget and the cells decide)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.init_sizes >= 1, "init_sizes must be >= 1"),
+            (self.init_scans >= 1, "init_scans must be >= 1"),
+            (self.scan_points >= 1, "scan_points must be >= 1"),
+            (self.neighbourhood in ("cross", "square"), "neighbourhood must be 'cross' or 'square'"),
+            (self.max_open_cells >= 1, "max_open_cells must be >= 1"),
+            (self.min_fit_cells >= 5, "min_fit_cells must be >= 5 (L(N, D) has five parameters)"),
+            (self.bootstrap >= 10, "bootstrap must be >= 10"),
+            (0 < self.level < 1, "level must be in (0, 1)"),
+            (self.tolerance >= 0 and self.loss_tolerance >= 0, "tolerances must be >= 0"),
+            (0 <= self.prune_below < 1, "prune_below must be in [0, 1)"),
+            (self.prune_band > 1, "prune_band must be > 1"),
+            (self.noise > 0, "noise must be > 0"),
+            (self.hparam_ridge >= 0, "hparam_ridge must be >= 0"),
+            (self.max_trials is None or self.max_trials >= 1, "max_trials must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+
+# ------------------------------------------------------------------------------------ cells
+
+
+@dataclass
+class _Cell:
+    """One (N, D) with its (lr, batch) lattice and the search state there."""
+
+    key: tuple[int, int]
+    N: float
+    D: float
+    flops: float  # FLOPs of one run (the lattice's largest, so budget checks are safe)
+    lrs: list[float]
+    batches: list[int]
+    trials: dict[Point, PlannedTrial]
+    state: str = "closed"  # closed | open | resolved | abandoned
+    order: int = -1  # when it was opened
+    start: Optional[Point] = None
+    start_from: str = ""
+    queue: list[Point] = field(default_factory=list)  # initial batch; searched only once all returned
+    loss: dict[Point, float] = field(default_factory=dict)
+    bad: dict[Point, str] = field(default_factory=dict)
+    running: set = field(default_factory=set)
+    why: dict[Point, str] = field(default_factory=dict)
+    open_info: dict[str, Any] = field(default_factory=dict)
+    runs: int = 0
+
+    @property
+    def C(self) -> float:
+        """6·N·D."""
+        return 6.0 * self.N * self.D
+
+    def available(self, p: Point) -> bool:
+        """A lattice point that exists and whose outcome is not unknowable."""
+        return p in self.trials and self.bad.get(p) not in _UNKNOWN
+
+    def tried(self, p: Point) -> bool:
+        """Run, running, or known without running."""
+        return p in self.loss or p in self.bad or p in self.running
+
+    def best(self) -> Optional[Point]:
+        """The point with the lowest finite loss (ties: lower lr, then batch)."""
+        if not self.loss:
+            return None
+        return min(self.loss, key=lambda p: (self.loss[p], p))
+
+    def step(self, p: Point, di: int, dj: int) -> Optional[Point]:
+        """The nearest available point from p in direction (di, dj) (skips holes in the lattice)."""
+        i, j = p[0] + di, p[1] + dj
+        while 0 <= i < len(self.lrs) and 0 <= j < len(self.batches):
+            if self.available((i, j)):
+                return (i, j)
+            i, j = i + di, j + dj
+        return None
+
+    def neighbours(self, p: Point, square: bool) -> list[Point]:
+        """Lattice neighbours of p (cross, or cross + diagonals)."""
+        dirs = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+        if square:
+            dirs += [(-1, -1), (1, 1), (-1, 1), (1, -1)]
+        out = []
+        for di, dj in dirs:
+            q = self.step(p, di, dj)
+            if q is not None and q not in out:
+                out.append(q)
+        return out
+
+    def censor(self, p: Point) -> None:
+        """p diverged: every larger lr at p's batch or a smaller one would too (docs/hparams.md)."""
+        for (i, j) in self.trials:
+            if i >= p[0] and j <= p[1] and (i, j) not in self.loss and (i, j) not in self.bad \
+                    and (i, j) not in self.running:
+                self.bad[(i, j)] = "censored"
+
+    def public(self) -> dict[str, Any]:
+        """JSON-clean summary of the cell."""
+        b = self.best()
+        return {"N": self.N, "D": self.D, "C": self.C, "state": self.state, "runs": self.runs,
+                "best_lr": self.lrs[b[0]] if b else None, "best_batch": self.batches[b[1]] if b else None,
+                "best_loss": self.loss[b] if b else None, "start_from": self.start_from}
+
+
+def _cells_of(trials: Sequence[PlannedTrial], spec: SweepSpec) -> list[_Cell]:
+    """Group the grid's trials into (N, D) cells (one seed: the first of the spec's)."""
+    seed = spec.seeds[0]
+    groups: dict[tuple[int, int], list[PlannedTrial]] = {}
+    for t in trials:
+        if t.seed != seed:
+            continue
+        # plan_grid rounds D up to whole batches, so one cell's D differs slightly between batches:
+        # the cell is the spec's token budget nearest to the trial's D.
+        targets = spec.tokens.for_size(t.N)
+        d_target = min(targets, key=lambda d: (abs(math.log(t.D / d)), d))
+        groups.setdefault((t.n_target, d_target), []).append(t)
+    cells = []
+    for key, ts in groups.items():
+        lrs = sorted({t.lr for t in ts})
+        batches = sorted({t.batch for t in ts})
+        lattice = {(lrs.index(t.lr), batches.index(t.batch)): t for t in ts}
+        N = float(np.exp(np.mean([math.log(t.N) for t in ts])))
+        D = float(np.exp(np.mean([math.log(t.D) for t in ts])))
+        cells.append(_Cell(key=key, N=N, D=D, flops=max(t.flops for t in ts), lrs=lrs, batches=batches,
+                           trials=lattice))
+    cells.sort(key=lambda c: (c.flops, c.N, c.D))
+    return cells
+
+
+# ------------------------------------------------------------------------------------ result parsing
+
+
+def outcome(result: Optional[Mapping[str, Any]]) -> tuple[str, float]:
+    """(status, loss) of a trial's last report: ok | diverged | stopped | failed."""
+    if result is None:
+        return "failed", math.nan
+    loss = _num(result.get("loss", result.get("eval_loss")))
+    train = _num(result.get("train_loss"))
+    if math.isfinite(loss) and loss > 0:
+        done = _num(result.get("done", 1.0))
+        # A trial stopped early by a scheduler ends before its last step (done = 0): its loss is
+        # not a final loss, only evidence that it was not the best point.
+        return ("ok" if not (done < 1.0) else "stopped"), loss
+    if not math.isfinite(train) or result.get("diverged"):
+        return "diverged", math.nan
+    return "failed", math.nan
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# ------------------------------------------------------------------------------------ planner
+
+
+class LawGuidedPlanner:
+    """Chooses each next trial by what it teaches about the compute-optimal config at the target budgets."""
+
+    def __init__(self, spec: SweepSpec, seed: int = 0, config: Optional[SearchConfig] = None,
+                 candidates: Optional[Sequence[PlannedTrial]] = None):
+        self.spec = spec
+        self.seed = int(seed)
+        self.config = config or SearchConfig()
+        self.trials: list[PlannedTrial] = list(candidates) if candidates is not None else plan_grid(spec)
+        self.budget = spec.budget.total_flops
+        self.committed = 0.0
+        self.cells = _cells_of(self.trials, spec)
+        if not self.cells:
+            raise ValueError("no candidate trials")
+        self._where: dict[str, tuple[_Cell, Point]] = {
+            t.trial_id: (c, p) for c in self.cells for p, t in c.trials.items()}
+        self.targets = list(spec.budget.targets) or [100.0 * max(c.C for c in self.cells)]
+        sizes = sorted({c.key[0] for c in self.cells})
+        self._init_keys = [c.key for c in self.cells if c.key[0] in sizes[: self.config.init_sizes]]
+        self.decisions: list[dict[str, Any]] = []
+        self.handed: list[PlannedTrial] = []
+        self.fit: Optional[ChinchillaFit] = None
+        self.lr_law: Optional[LrLaw] = None
+        self.batch_law: Optional[BatchLaw] = None
+        self.stopped: Optional[str] = None
+        self._opened = 0
+        self._fit_error: Optional[str] = None
+
+    # ---- the planner interface -------------------------------------------------------------
+    @property
+    def trial_cap(self) -> int:
+        """Most trials this planner can hand out (Tune's num_samples)."""
+        n = sum(len(c.trials) for c in self.cells)
+        return min(n, self.config.max_trials) if self.config.max_trials else n
+
+    def next_trial(self) -> Union[PlannedTrial, str, None]:
+        """The next trial to run, WAIT until a running trial reports, or None when the search is over."""
+        if self.stopped:
+            return None
+        if self.config.max_trials is not None and len(self.handed) >= self.config.max_trials:
+            return self._stop(f"max_trials ({self.config.max_trials}) handed out")
+        for _ in range(len(self.cells) + 2):
+            for cell in self._open_cells():
+                trial = self._from_cell(cell)
+                if trial is not None:
+                    return trial
+            if self.stopped:
+                return None
+            if len(self._open_cells()) >= self.config.max_open_cells:
+                break
+            choice = self._choose_cell()
+            if choice is None or choice == WAIT:
+                break
+            self._open(*choice)
+        if self._running():
+            return WAIT
+        if self.stopped:
+            return None
+        return self._stop(self._why_done())
+
+    def observe(self, trial_id: str, result: Optional[Mapping[str, Any]]) -> None:
+        """A trial ended with its last report (None if it failed)."""
+        where = self._where.get(trial_id)
+        if where is None:
+            return
+        cell, p = where
+        if p not in cell.running:
+            return  # not handed out by this planner (or observed twice)
+        cell.running.discard(p)
+        status, loss = outcome(result)
+        if status == "ok":
+            cell.loss[p] = loss
+        else:
+            cell.bad[p] = status
+            if status == "diverged":
+                cell.censor(p)
+        self._settle(cell)
+
+    def runnable(self) -> list[PlannedTrial]:
+        """Trials handed out so far plus those the open cells would hand out next (for the display)."""
+        out = list(self.handed)
+        seen = {t.trial_id for t in out}
+        for cell in self._open_cells():
+            for p in self._ready(cell):
+                t = cell.trials[p]
+                if t.trial_id not in seen:
+                    out.append(t)
+                    seen.add(t.trial_id)
+        return out
+
+    def resume(self, results: Mapping[str, Optional[Mapping[str, Any]]]) -> None:
+        """Replay finished trials of an earlier run of this sweep (their compute is committed)."""
+        for tid, result in results.items():
+            where = self._where.get(tid)
+            if where is None:
+                continue
+            cell, p = where
+            if cell.state == "closed":
+                self._opened += 1
+                cell.state, cell.order, cell.start_from = "open", self._opened, "resumed"
+            if p in cell.running or p in cell.loss or p in cell.bad:
+                continue
+            cell.running.add(p)
+            cell.runs += 1
+            self.committed += cell.trials[p].flops
+            self.handed.append(cell.trials[p])
+            self.observe(tid, result)
+
+    # ---- answers ---------------------------------------------------------------------------
+    def cell_results(self) -> list[dict[str, Any]]:
+        """Every cell touched so far: state, runs, best (lr, batch, loss)."""
+        return [c.public() for c in self.cells if c.state != "closed"]
+
+    def estimate(self) -> list[dict[str, Any]]:
+        """Per target C: N*, D*, L* with intervals from the current fit, and lr*, batch* from the law."""
+        if self.fit is None:
+            return []
+        out = []
+        fr = self.fit.law.frontier(self.targets)
+        ivs = self.fit.intervals.get("budgets", {})
+        widths = self._widths()
+        for k, C in enumerate(self.targets):
+            n, d = float(fr["N_opt"][k]), float(fr["D_opt"][k])
+            lr, batch = self._predict_hparams(n, d)
+            out.append({"budget": float(C), "N": n, "D": d, "predicted_loss": float(fr["loss_opt"][k]),
+                        "lr": lr, "batch": batch, "intervals": ivs.get(str(float(C)), {}),
+                        "N_rel_width": widths[k][0], "loss_rel_width": widths[k][1]})
+        return out
+
+    def laws(self) -> dict[str, Any]:
+        """The laws learned so far (JSON-clean)."""
+        return {"chinchilla": self.fit.law.params if self.fit else None,
+                "lr": asdict(self.lr_law) if self.lr_law else None,
+                "batch": asdict(self.batch_law) if self.batch_law else None}
+
+    # ---- cell search -----------------------------------------------------------------------
+    def _open_cells(self) -> list[_Cell]:
+        return sorted((c for c in self.cells if c.state == "open"), key=lambda c: c.order)
+
+    def _running(self) -> bool:
+        return any(c.running for c in self.cells)
+
+    def _ready(self, cell: _Cell) -> list[Point]:
+        """Points of `cell` that may start now (no side effects)."""
+        if cell.queue:
+            return [p for p in cell.queue if cell.available(p) and not cell.tried(p)]
+        best = cell.best()
+        if best is None:
+            if cell.running:
+                return []
+            misses = sum(1 for r in cell.bad.values() if r in ("diverged", "stopped", "failed"))
+            if misses >= self.config.scan_points:
+                return []
+            # Nothing finite yet: the untried point nearest the start, lower lr first (the usual
+            # reason is divergence, and censoring already removed the larger lrs).
+            left = [p for p in cell.trials if cell.available(p) and not cell.tried(p)]
+            s = cell.start or (0, 0)
+            left.sort(key=lambda p: (abs(p[0] - s[0]) + abs(p[1] - s[1]), p[0], p[1]))
+            return left[:1]
+        square = self.config.neighbourhood == "square"
+        return [q for q in cell.neighbours(best, square) if not cell.tried(q)]
+
+    def _from_cell(self, cell: _Cell) -> Optional[PlannedTrial]:
+        """Hand out the cell's next ready point that fits the budget (None: nothing now)."""
+        while True:
+            ready = self._ready(cell)
+            if not ready:
+                self._settle(cell)
+                return None
+            p = ready[0]
+            t = cell.trials[p]
+            if self.budget is not None and self.committed + t.flops > self.budget * (1 + 1e-12):
+                cell.bad[p] = "budget"
+                cell.queue = [q for q in cell.queue if q != p]
+                continue
+            if p not in cell.why:
+                b = cell.best()
+                cell.why[p] = (f"neighbour of the cell's best point (lr={cell.lrs[b[0]]:.3g}, "
+                               f"batch={cell.batches[b[1]]}, loss={cell.loss[b]:.5g})" if b
+                               else "no finite loss in the cell yet: nearest untried point to the start")
+            cell.running.add(p)
+            cell.runs += 1
+            self.committed += t.flops
+            self.handed.append(t)
+            self._log(cell, p, t)
+            return t
+
+    def _settle(self, cell: _Cell) -> None:
+        """Leave the queue phase when it has returned; resolve the cell when nothing is left to run."""
+        if cell.state != "open":
+            return
+        if cell.queue and all(cell.tried(p) and p not in cell.running or not cell.available(p) for p in cell.queue):
+            cell.queue = []
+        if cell.queue or cell.running or self._ready(cell):
+            return
+        cell.state = "resolved" if cell.best() is not None else "abandoned"
+        if cell.state == "resolved":
+            self._refit()
+
+    def _open(self, cell: _Cell, info: dict[str, Any]) -> None:
+        """Start searching `cell`: a coarse lr scan without a law, else the law's point and its neighbours."""
+        self._opened += 1
+        cell.state, cell.order, cell.open_info = "open", self._opened, info
+        jm = len(cell.batches) // 2
+        if self.lr_law is None:
+            avail = [i for i in range(len(cell.lrs)) if cell.available((i, jm))]
+            if not avail:
+                avail = sorted({p[0] for p in cell.trials})
+                jm = min((p[1] for p in cell.trials if p[0] in avail), key=lambda j: abs(j - jm))
+            k = min(self.config.scan_points, len(avail))
+            picks = [avail[int(round(x))] for x in np.linspace(0, len(avail) - 1, k)] if k > 1 else \
+                [avail[len(avail) // 2]]
+            cell.queue = [p for p in dict.fromkeys((i, jm) for i in picks) if cell.available(p)]
+            cell.start, cell.start_from = (picks[len(picks) // 2], jm), "coarse scan"
+            for p in cell.queue:
+                cell.why[p] = f"initial design: coarse lr scan ({len(cell.queue)} lrs, batch {cell.batches[jm]})"
+            return
+        lr, batch = self._predict_hparams(cell.N, cell.D)
+        j = min(range(len(cell.batches)), key=lambda j: (abs(math.log(cell.batches[j] / batch)), j))
+        pts = [p for p in cell.trials if cell.available(p)]
+        if not pts:
+            cell.state = "abandoned"
+            return
+        start = min(pts, key=lambda p: (abs(p[1] - j), abs(math.log(cell.lrs[p[0]] / lr)), p))
+        cell.start, cell.start_from = start, self._law_source()
+        square = self.config.neighbourhood == "square"
+        cell.queue = [start] + cell.neighbours(start, square)
+        cell.why[start] = f"law's point: lr*={lr:.3g}, batch*={batch:.0f} ({cell.start_from})"
+        for q in cell.queue[1:]:
+            cell.why[q] = "neighbour of the law's point (local-minimum certificate)"
+
+    # ---- choosing cells --------------------------------------------------------------------
+    def _choose_cell(self) -> Union[tuple[_Cell, dict[str, Any]], str, None]:
+        closed = [c for c in self.cells if c.state == "closed" and self._affordable(c)]
+        if not closed:
+            return None
+        resolved = [c for c in self.cells if c.state == "resolved"]
+        init_left = [c for c in closed if c.key in self._init_keys]
+        if init_left:
+            scanning = sum(1 for c in self.cells if c.start_from == "coarse scan" and c.state == "open")
+            if not resolved and scanning >= self.config.init_scans:
+                return WAIT  # another blind scan would waste runs: wait for the first optimum
+            return init_left[0], {"why": "initial design (smallest sizes, cheapest first)",
+                                  "alternatives": len(init_left)}
+        if self.fit is None or self.fit.samples is None:
+            if self._open_cells():
+                return WAIT  # the L(N, D) fit needs these cells' results
+            return closed[0], {"why": "L(N, D) not fitted yet" + (f" ({self._fit_error})" if self._fit_error else "")
+                               + ": cheapest remaining cell", "alternatives": len(closed)}
+        return self._acquire(closed)
+
+    def _affordable(self, cell: _Cell) -> bool:
+        return self.budget is None or self.committed + cell.flops <= self.budget * (1 + 1e-12)
+
+    def _acquire(self, closed: list[_Cell]) -> Union[tuple[_Cell, dict[str, Any]], None]:
+        """The closed cell with the largest expected uncertainty reduction per FLOP, pruning far cells."""
+        S = self.fit.samples
+        cfg = self.config
+        # Pruning: in what fraction of replicates is the cell's N within prune_band of N*(its C)?
+        Cs = np.array([c.C for c in closed])
+        n_star = frontier_samples(S, Cs)["N_opt"]  # (K, J)
+        logN = np.log([c.N for c in closed])
+        p_near = np.mean(np.abs(logN[None, :] - np.log(n_star)) <= math.log(cfg.prune_band), axis=0)
+        keep = p_near >= cfg.prune_below
+        pruned = [c for c, k in zip(closed, keep) if not k]
+        kept = [c for c, k in zip(closed, keep) if k]
+        info_pruned = {"pruned": len(pruned),
+                       "pruned_cells": [{"N": c.N, "D": c.D, "p_near": float(p)}
+                                        for c, p, k in zip(closed, p_near, keep) if not k][:20]}
+        if not kept:
+            return None
+        gains = self._gains(kept, self._open_cells())
+        runs = self._expected_runs()
+        scores = gains / (np.array([c.flops for c in kept]) * runs)
+        k = int(np.argmax(scores))
+        if not scores[k] > 0:  # nothing left to learn at the weights used: take the cheapest cell
+            k = 0
+        cell = kept[k]
+        order = np.argsort(-scores)
+        return cell, {
+            "why": "largest expected reduction of the target-optimum uncertainty per FLOP",
+            "expected_gain": float(gains[k]), "score": float(scores[k]), "expected_runs": runs,
+            "p_near_frontier": float(p_near[closed.index(cell)]), "alternatives": len(kept),
+            "runner_up": ({"N": kept[order[1]].N, "D": kept[order[1]].D, "expected_gain": float(gains[order[1]])}
+                          if len(kept) > 1 else None),
+            **info_pruned,
+        }
+
+    def _gains(self, cands: list[_Cell], open_cells: list[_Cell]) -> np.ndarray:
+        """Expected reduction of Σ_q w_q·Var(q) from observing each candidate (cells being searched conditioned on)."""
+        S = self.fit.samples
+        fr = frontier_samples(S, self.targets)
+        Q = np.concatenate([np.log(fr["N_opt"]), np.log(fr["loss_opt"])], axis=1)  # (K, 2T)
+        F = _log_pred(S, [c.N for c in cands + open_cells], [c.D for c in cands + open_cells])
+        Z = _winsorise(np.concatenate([Q, F], axis=1))
+        Z = Z - Z.mean(axis=0)
+        cov = Z.T @ Z / max(len(Z) - 1, 1)
+        nq, nc = Q.shape[1], len(cands)
+        sig2 = self._noise() ** 2
+        o = np.arange(nq + nc, cov.shape[0])
+        if len(o):  # condition on the cells already being searched (their results will arrive)
+            Soo = cov[np.ix_(o, o)] + sig2 * np.eye(len(o))
+            cov = cov - cov[:, o] @ np.linalg.solve(Soo, cov[o, :])
+        T = len(self.targets)
+        z = _z(self.config.level)
+        tol = np.array([self.config.tolerance] * T + [self.config.loss_tolerance] * T)
+        target_var = (np.maximum(tol, 1e-9) / (2 * z)) ** 2  # variance at which the interval meets the tolerance
+        var_q = np.diag(cov)[:nq]
+        w = np.where(var_q > target_var, 1.0 / target_var, 0.0)
+        if not w.any():
+            w = 1.0 / np.maximum(var_q, 1e-30)
+        c_qf = cov[:nq, nq:nq + nc]  # (2T, J)
+        v_f = np.diag(cov)[nq:nq + nc]
+        return (w[:, None] * c_qf ** 2).sum(axis=0) / (v_f + sig2)
+
+    def _expected_runs(self) -> float:
+        done = [c.runs for c in self.cells if c.state == "resolved" and c.start_from not in ("coarse scan", "resumed")]
+        base = 5.0 if self.config.neighbourhood == "cross" else 9.0
+        return float(np.mean(done)) if done else base
+
+    def _noise(self) -> float:
+        """Relative noise of a cell's best loss: the fit's robust residual scale, floored."""
+        pts = self._fit_points()
+        if self.fit is None or len(pts[0]) < 6:
+            return self.config.noise
+        r = np.log(pts[2]) - np.log(self.fit.law.predict(pts[0], pts[1]))
+        mad = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+        return max(self.config.noise, mad)
+
+    # ---- laws ------------------------------------------------------------------------------
+    def _fit_points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cells = [c for c in self.cells if c.state == "resolved"]
+        return (np.array([c.N for c in cells]), np.array([c.D for c in cells]),
+                np.array([c.loss[c.best()] for c in cells]))
+
+    def _refit(self) -> None:
+        """Refit the hyperparameter laws and L(N, D) on the resolved cells; check the stopping rule."""
+        self._fit_hparams()
+        N, D, L = self._fit_points()
+        if len(N) < self.config.min_fit_cells:
+            return
+        try:
+            self.fit = fit_chinchilla(N, D, L, bootstrap=self.config.bootstrap, seed=self.seed,
+                                      budgets=self.targets, level=self.config.level)
+            self._fit_error = None
+        except ValueError as exc:
+            self.fit, self._fit_error = None, str(exc)
+            return
+        widths = self._widths()
+        if widths and all(wn <= self.config.tolerance and wl <= self.config.loss_tolerance for wn, wl in widths):
+            self._stop("target intervals narrower than the tolerance: "
+                       + "; ".join(f"C={c:.3g}: N* {wn:.3f}, L* {wl:.4f}" for c, (wn, wl) in zip(self.targets, widths)))
+
+    def _widths(self) -> list[tuple[float, float]]:
+        """Relative widths of the N*(C) and L*(C) intervals at each target."""
+        if self.fit is None or self.fit.samples is None:
+            return []
+        fr = frontier_samples(self.fit.samples, self.targets)
+        est = self.fit.law.frontier(self.targets)
+        lo, hi = 50 * (1 - self.config.level), 50 * (1 + self.config.level)
+        out = []
+        for k in range(len(self.targets)):
+            a, b = np.percentile(fr["N_opt"][:, k], [lo, hi])
+            c, d = np.percentile(fr["loss_opt"][:, k], [lo, hi])
+            out.append((float((b - a) / est["N_opt"][k]), float((d - c) / est["loss_opt"][k])))
+        return out
+
+    def _fit_hparams(self) -> None:
+        """lr* = c·N^a·D^b and batch* = c'·D^d by ridge regression over the resolved cells' optima."""
+        rows = [(c,) + _cell_optimum(c) for c in self.cells if c.state == "resolved"]
+        if not rows:
+            return
+        logN = np.log([r[0].N for r in rows])
+        logD = np.log([r[0].D for r in rows])
+        ylr = np.array([r[1] for r in rows])
+        yb = np.array([r[2] for r in rows])
+        lam = self.config.hparam_ridge
+        c, a, b = _ridge(np.stack([logN, logD], axis=1), ylr, lam)
+        cb, db = _ridge(logD[:, None], yb, lam)
+        self.lr_law = LrLaw(float(math.exp(c)), float(a), float(b))
+        self.batch_law = BatchLaw(float(math.exp(cb)), float(db))
+        self._law_cells = len(rows)
+
+    def _predict_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
+        if self.lr_law is None:
+            return None, None
+        return float(self.lr_law(N, D)), float(self.batch_law(D))
+
+    def _law_source(self) -> str:
+        n = getattr(self, "_law_cells", 0)
+        return f"lr/batch law from {n} resolved cell{'s' if n != 1 else ''}"
+
+    # ---- bookkeeping -----------------------------------------------------------------------
+    def _log(self, cell: _Cell, p: Point, t: PlannedTrial) -> None:
+        info = cell.open_info
+        self.decisions.append({
+            "action": "run", "trial_id": t.trial_id, "N": t.N, "D": t.D, "lr": t.lr, "batch": t.batch,
+            "flops": t.flops, "committed_flops": self.committed, "why": cell.why.get(p, ""),
+            "cell": {"N": cell.N, "D": cell.D, "C": cell.C, "opened_because": info.get("why"),
+                     "start_from": cell.start_from},
+            "expected_gain": info.get("expected_gain"), "score": info.get("score"),
+            "alternatives": info.get("alternatives", 0), "pruned": info.get("pruned", 0),
+            "pruned_cells": info.get("pruned_cells", []) if cell.runs == 1 else [],
+            "p_near_frontier": info.get("p_near_frontier"),
+        })
+
+    def _stop(self, why: str) -> None:
+        if not self.stopped:
+            self.stopped = why
+            self.decisions.append({"action": "stop", "trial_id": None, "why": why,
+                                   "committed_flops": self.committed, "trials": len(self.handed),
+                                   "estimate": self.estimate()})
+        return None
+
+    def _why_done(self) -> str:
+        closed = [c for c in self.cells if c.state == "closed"]
+        if not closed:
+            return "every cell searched"
+        if not any(self._affordable(c) for c in closed):
+            return "compute budget spent"
+        return "every remaining cell is pruned (far from the frontier in nearly all replicates)"
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _cell_optimum(cell: _Cell) -> tuple[float, float]:
+    """(log lr*, log batch*) of a resolved cell: its best point, refined by a parabola along each axis."""
+    b = cell.best()
+    x = _refine(cell, b, 0, [math.log(v) for v in cell.lrs])
+    y = _refine(cell, b, 1, [math.log(v) for v in cell.batches])
+    return x, y
+
+
+def _refine(cell: _Cell, b: Point, axis: int, grid: list[float]) -> float:
+    """Vertex of the parabola through the best point and its finite neighbours along one axis."""
+    d = (1, 0) if axis == 0 else (0, 1)
+    lo, hi = cell.step(b, -d[0], -d[1]), cell.step(b, d[0], d[1])
+    x0 = grid[b[axis]]
+    if lo is None or hi is None or lo not in cell.loss or hi not in cell.loss:
+        return x0
+    xs = np.array([grid[lo[axis]], x0, grid[hi[axis]]])
+    ys = np.log([cell.loss[lo], cell.loss[b], cell.loss[hi]])
+    A = np.stack([xs ** 2, xs, np.ones(3)], axis=1)
+    try:
+        qa, qb, _ = np.linalg.solve(A, ys)
+    except np.linalg.LinAlgError:
+        return x0
+    if qa <= 0:
+        return x0
+    return float(np.clip(-qb / (2 * qa), xs[0], xs[2]))
+
+
+def _ridge(X: np.ndarray, y: np.ndarray, lam: float) -> tuple[float, ...]:
+    """Intercept and slopes of y on X, slopes shrunk towards 0 (identifiable with any number of rows)."""
+    mx, my = X.mean(axis=0), y.mean()
+    Xc = X - mx
+    slopes = np.linalg.solve(Xc.T @ Xc + max(lam, 1e-9) * np.eye(X.shape[1]), Xc.T @ (y - my))
+    return (float(my - mx @ slopes), *(float(s) for s in slopes))
+
+
+def _log_pred(S: np.ndarray, N: Iterable[float], D: Iterable[float]) -> np.ndarray:
+    """log L_k(N_j, D_j) for every replicate k (rows) and point j (columns)."""
+    N = np.asarray(list(N), dtype=np.float64)[None, :]
+    D = np.asarray(list(D), dtype=np.float64)[None, :]
+    E, A, B, al, be = (S[:, i:i + 1] for i in range(5))
+    return np.log(E + A * N ** (-al) + B * D ** (-be))
+
+
+def _winsorise(Z: np.ndarray, q: float = 5.0) -> np.ndarray:
+    """Clip each column to its [q, 100 − q] percentiles: a few wild replicates must not set the covariance."""
+    lo, hi = np.percentile(Z, [q, 100 - q], axis=0)
+    return np.clip(Z, lo, hi)
+
+
+def _z(level: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + level / 2))
+
+
+__all__ = ["LawGuidedPlanner", "SearchConfig", "outcome", "WAIT"]
