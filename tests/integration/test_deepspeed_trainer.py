@@ -1,5 +1,6 @@
 """Real DeepSpeed trials on CPU: learning, reports, checkpoints + resume, divergence, 2-rank ZeRO-3."""
 import math
+import shutil
 import socket
 from pathlib import Path
 
@@ -64,6 +65,17 @@ def test_trial_learns_reports_checkpoints_and_resumes(cache, tmp_path):
     assert resumed[-1]["flops"] == pytest.approx(reports[-1]["flops"])
     assert summary2.final_eval_loss == pytest.approx(summary.final_eval_loss, abs=1e-4)
     assert resumed[0]["eval_loss"] == pytest.approx(reports[1]["eval_loss"], abs=1e-4)
+
+    # A WSD cooldown branch: a new checkpoint dir seeded with the stable-phase step-15 checkpoint,
+    # trained to a longer budget; it continues at step 15 and decays at its own end.
+    branch = tmp_path / "branch"
+    shutil.copytree(ckpt / "step15", branch / "step15")
+    (branch / "latest").write_text("step15")
+    branched = []
+    train(_config(cache, tokens=40 * 2048, checkpoint_dir=str(branch)), branched.append)
+    assert [r["step"] for r in branched] == [20, 30, 40]
+    assert branched[0]["lr"] == pytest.approx(3e-3) and branched[-1]["lr"] == pytest.approx(3e-4)
+    assert branched[-1]["eval_loss"] < summary.final_eval_loss + 0.05
 
 
 def test_divergence_stops_the_trial(cache):
