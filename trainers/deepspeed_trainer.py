@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from trainers.contract import REPORT_KEYS, Reporter, TrialConfig, TrialSummary
 from trainers.corpus import TokenData, eval_windows, load_data, sample_batch
 from trainers.flops import flops_per_token
-from trainers.model import GPT, Shape, build_model, count_params, shape_for
+from trainers.model import Shape, build_model, count_params, shape_for
 from trainers.schedules import lr_at
 
 ADAM_BETAS = (0.9, 0.95)
