@@ -219,3 +219,13 @@ def test_launcher_schema_rejects_a_broken_config() -> None:
         jsonschema.validate(broken, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**config, "no_such_key": 1}, schema)
+
+
+def test_pod_template_schema_rejects_a_typo() -> None:
+    validator = _k8s_validator("podtemplatespec-v1.json")
+    _, template = _pod_templates()[1]
+    container = dict(template["spec"]["containers"][0])
+    container["resource"] = container.pop("resources")  # misspelt field: strict schema refuses it
+    broken = {**template, "spec": {**template["spec"], "containers": [container]}}
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(broken)
