@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .laws.result import jsonable
 
@@ -524,7 +525,7 @@ class SweepRegistry:
             raise ApiError(422, f"budget: cannot propose for {budgets}: {fit}")
         if fit.fit is None:
             raise ApiError(409, f"sweep {sweep_id!r}: L(N, D) not fitted: {'; '.join(fit.warnings)}")
-        return jsonable(fit.proposals)
+        return jsonable([_with_intervals(p, fit.fit.intervals.get("budgets", {})) for p in fit.proposals])
 
     def laws(self, sweep_id: str, bootstrap: Optional[int]) -> dict[str, Any]:
         """The L(N, D) fit and the hyperparameter laws (cached per store version)."""
@@ -544,6 +545,17 @@ class SweepRegistry:
                              "n_trials": len(points)})
 
         return self._cached(("laws", sweep_id, _store_version(d), boot), make)
+
+
+def _with_intervals(proposal: dict[str, Any], by_budget: dict[str, Any]) -> dict[str, Any]:
+    """The proposal with the fit's frontier intervals at its budget filled in where it lacks them."""
+    if proposal.get("intervals"):
+        return proposal
+    c = float(proposal["budget"])
+    # The Chinchilla fit keys budgets by str(float(C)); older keyings used f"{C:.6g}".
+    iv = by_budget.get(str(c)) or by_budget.get(f"{c:.6g}") or {}
+    keys = ("N_opt", "D_opt", "loss_opt", "tokens_per_param")
+    return {**proposal, "intervals": {k: iv[k] for k in keys if k in iv}}
 
 
 def _fit_hparams(points: list[dict[str, Any]], diverged: list[dict[str, Any]], bootstrap: int, level: float,
@@ -657,7 +669,16 @@ def create_app(root: str | Path, *, token: Optional[str] = None, launch: bool = 
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first matching route's methods; list every route's.
+            allowed = set()
+            for route in app.router.routes:
+                match, _ = route.matches({**request.scope, "method": "GET"})
+                if match != Match.NONE and getattr(route, "methods", None):
+                    allowed |= set(route.methods)
+            headers["Allow"] = ", ".join(sorted(allowed))
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
