@@ -99,12 +99,24 @@ def use_bf16(config: TrialConfig, device: torch.device) -> bool:
     return config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
 
 
+def fill_rank_env() -> list[str]:
+    """Set RANK/LOCAL_RANK/WORLD_SIZE from the process group where missing (DeepSpeed reads them).
+
+    LOCAL_RANK falls back to the global rank (one node). Returns the names it set.
+    """
+    rank, world = str(dist.get_rank()), str(dist.get_world_size())
+    added = []
+    for k, v in (("RANK", rank), ("LOCAL_RANK", rank), ("WORLD_SIZE", world)):
+        if k not in os.environ:
+            os.environ[k] = v
+            added.append(k)
+    return added
+
+
 def ensure_process_group(device: torch.device) -> bool:
     """Create a 1-process group when none exists; returns whether we created it."""
     if dist.is_initialized():
         return False
-    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(k, v)
     if device.type == "cuda":
         dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=device)
     else:
@@ -208,6 +220,7 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, config.threads))
     created = ensure_process_group(device)
+    env_added = fill_rank_env()
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         if world != config.workers:
@@ -222,6 +235,8 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
         return _run(engine, config, plan, data, report, device, rank, world)
     finally:
         torch.set_num_threads(old_threads)
+        for k in env_added:
+            os.environ.pop(k, None)
         if created:
             # Through deepspeed.comm so DeepSpeed also drops its cached groups; a later trial in
             # this process then starts from a clean slate.

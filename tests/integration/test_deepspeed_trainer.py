@@ -1,5 +1,6 @@
 """Real DeepSpeed trials on CPU: learning, reports, checkpoints + resume, divergence, 2-rank ZeRO-3."""
 import math
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -36,6 +37,7 @@ def test_trial_learns_reports_checkpoints_and_resumes(cache, tmp_path):
     reports = []
     summary = train(cfg, reports.append)
     assert not dist.is_initialized()  # the group this trainer created is gone
+    assert "RANK" not in os.environ and "LOCAL_RANK" not in os.environ
 
     assert [r["step"] for r in reports] == [10, 20, 30]
     assert all(tuple(r) == REPORT_KEYS for r in reports)
