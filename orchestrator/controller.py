@@ -57,7 +57,9 @@ def _init_ray(spec: SweepSpec) -> None:
         return
     address = os.environ.get("RAY_ADDRESS")
     # Trial output is noisy (DeepSpeed banners); it stays in the Ray session logs.
-    ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+    # The dashboard serves Ray's State API, which Ray Train V2's placement-group cleaner
+    # needs: without it a finished multi-worker trial can leak its workers' CPUs.
+    ray.init(address=address or None, include_dashboard=None if address else True, log_to_driver=False,
              logging_level=logging.WARNING, configure_logging=True)
 
 
@@ -96,7 +98,12 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
 
     tracker = SweepTracker(spec.tracking_uri(), spec.tracking.experiment, spec.name,
                            buffer_dir=sweep_dir / "mlflow-spool")
-    parent = tracker.start(spec.model_dump(mode="json"), spec_path=spec_path)
+    state_file = sweep_dir / "sweep.json"  # survives a crash: lets a resumed sweep reuse its parent run
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    parent = tracker.start(spec.model_dump(mode="json"), spec_path=spec_path,
+                           resume_run_id=state.get("mlflow_parent_run"))
+    if parent:
+        state_file.write_text(json.dumps({**state, "mlflow_parent_run": parent}))
     _init_ray(spec)
     cache = str(sweep_dir.parent / ".corpus-cache") if spec.data == "builtin" else None
     cache = os.environ.get("SCALESWEEP_CACHE", cache)

@@ -183,14 +183,22 @@ def make_report(step: int, tokens: int, flops: float, lr: float, train_loss: flo
     return r
 
 
-def deepspeed_config(config: TrialConfig, plan: Plan, bf16: bool) -> dict[str, Any]:
+def deepspeed_config(config: TrialConfig, plan: Plan, bf16: bool, n_params: int = 0) -> dict[str, Any]:
     """The DeepSpeed JSON config for this trial."""
+    zero: dict[str, Any] = {"stage": int(config.zero_stage)}
+    if n_params:
+        # DeepSpeed's default buckets hold 5e8 elements (2 GB in fp32) whatever the model's
+        # size; cap them at the model so small trials don't each reserve gigabytes.
+        bucket = int(min(max(n_params, 1 << 20), 5e8))
+        zero.update(reduce_bucket_size=bucket, allgather_bucket_size=bucket)
+        if config.zero_stage == 3:
+            zero.update(stage3_prefetch_bucket_size=bucket, stage3_param_persistence_threshold=min(bucket, 100_000))
     ds: dict[str, Any] = {
         "train_batch_size": plan.seqs_per_step,
         "train_micro_batch_size_per_gpu": plan.micro_batch,
         "gradient_accumulation_steps": plan.grad_accum,
         "gradient_clipping": GRAD_CLIP,
-        "zero_optimization": {"stage": int(config.zero_stage)},
+        "zero_optimization": zero,
         # ZeRO wraps our torch AdamW; DeepSpeed only tests its own optimizers by default.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,
@@ -231,7 +239,7 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
         model = build_model(config.n_params, config.seq_len, data.vocab_size, seed=config.seed)
         optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, betas=ADAM_BETAS, eps=1e-8)
         engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(config, plan, bf16))
+            model=model, optimizer=optimizer, config=deepspeed_config(config, plan, bf16, sum(p.numel() for p in model.parameters())))
         return _run(engine, config, plan, data, report, device, rank, world)
     finally:
         torch.set_num_threads(old_threads)

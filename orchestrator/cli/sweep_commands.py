@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -45,15 +46,34 @@ def run(
     no_progress: bool = typer.Option(False, "--no-progress", help="no live display"),
 ) -> None:
     """Run a sweep on a local Ray cluster (or the one at RAY_ADDRESS), then fit and propose."""
+    _run_and_print(_load(spec), str(spec), no_progress)
+
+
+def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
     from ..controller import run_sweep
 
-    s = _load(spec)
-    outcome = run_sweep(s, str(spec), show_progress=not no_progress)
+    outcome = run_sweep(s, spec_path, show_progress=not no_progress)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
     console.print(f"\n[bold]sweep {s.name} done[/] in {outcome.wall_s:.0f}s: {counts}")
     _print_fit(outcome.fit.to_json())
     console.print(f"\nsweep directory: {outcome.sweep_dir}")
     console.print(f"open the MLflow UI:  mlflow ui --backend-store-uri {s.tracking_uri()}")
+
+
+@app.command("resume")
+def resume(
+    sweep_dir: Path = typer.Argument(..., help="sweep directory of an interrupted sweep"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no live display"),
+) -> None:
+    """Finish an interrupted sweep: trials that finished (or diverged) are not rerun."""
+    spec_path = _sweep_dir(sweep_dir) / "spec.yaml"
+    if not spec_path.is_file():
+        fail(f"{sweep_dir}: no spec.yaml inside; was this sweep started by `scalesweep run`?")
+    s = _load(spec_path)
+    if s.sweep_dir() != sweep_dir.resolve():
+        # the recorded spec points elsewhere (the directory was moved): follow the directory
+        s = s.model_copy(update={"output_dir": str(sweep_dir.resolve())})
+    _run_and_print(s, None, no_progress)
 
 
 @app.command("status")

@@ -47,7 +47,7 @@ def sweep(tmp_path_factory):
     spec_path = root / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(data))
     spec = parse_spec(data)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     try:
         outcome = run_sweep(spec, str(spec_path), show_progress=False)
     finally:
