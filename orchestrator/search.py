@@ -57,7 +57,7 @@ class SearchConfig:
     bootstrap: int = 100  # bootstrap replicates of the L(N, D) fit (acquisition, pruning, stopping)
     level: float = 0.9  # interval level for the stopping rule
     tolerance: float = 0.5  # stop when every target's N*(C) interval is narrower than this (relative width)
-    loss_tolerance: float = 0.01  # ... and every target's L*(C) interval narrower than this
+    loss_tolerance: float = 0.02  # ... and every target's L*(C) interval narrower than this
     prune_below: float = 0.1  # skip cells near the frontier in fewer than this fraction of replicates
     prune_band: float = 3.0  # "near": N within this factor of the replicate's N*(C) at the cell's compute
     noise: float = 0.003  # relative noise of a cell's best loss assumed by the acquisition (floor)
@@ -593,16 +593,17 @@ class LawGuidedPlanner:
         rows = [(c,) + _cell_optimum(c) for c in self.cells if c.state == "resolved"]
         if not rows:
             return
-        logN = np.log([r[0].N for r in rows])
-        logD = np.log([r[0].D for r in rows])
-        ylr = np.array([r[1] for r in rows])
-        yb = np.array([r[2] for r in rows])
         lam = self.config.hparam_ridge
-        c, a, b = _ridge(np.stack([logN, logD], axis=1), ylr, lam)
-        cb, db = _ridge(logD[:, None], yb, lam)
+        # An optimum on the lattice's edge along an axis only bounds the true optimum (it may lie
+        # beyond the grid); regressing on it flattens the law, so such cells sit out that axis's fit.
+        lr_rows = [r for r in rows if r[3]] or rows
+        b_rows = [r for r in rows if r[4]] or rows
+        X = np.log([[r[0].N, r[0].D] for r in lr_rows])
+        c, a, b = _ridge(X, np.array([r[1] for r in lr_rows]), lam)
+        cb, db = _ridge(np.log([[r[0].D] for r in b_rows]), np.array([r[2] for r in b_rows]), lam)
         self.lr_law = LrLaw(float(math.exp(c)), float(a), float(b))
         self.batch_law = BatchLaw(float(math.exp(cb)), float(db))
-        self._law_cells = len(rows)
+        self._law_cells = (len(lr_rows), len(b_rows))
 
     def _predict_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
         if self.lr_law is None:
@@ -610,8 +611,8 @@ class LawGuidedPlanner:
         return float(self.lr_law(N, D)), float(self.batch_law(D))
 
     def _law_source(self) -> str:
-        n = getattr(self, "_law_cells", 0)
-        return f"lr/batch law from {n} resolved cell{'s' if n != 1 else ''}"
+        n_lr, n_b = getattr(self, "_law_cells", (0, 0))
+        return f"lr law from {n_lr}, batch law from {n_b} resolved cells"
 
     # ---- bookkeeping -----------------------------------------------------------------------
     def _log(self, cell: _Cell, p: Point, t: PlannedTrial) -> None:
@@ -647,31 +648,37 @@ class LawGuidedPlanner:
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _cell_optimum(cell: _Cell) -> tuple[float, float]:
-    """(log lr*, log batch*) of a resolved cell: its best point, refined by a parabola along each axis."""
+def _cell_optimum(cell: _Cell) -> tuple[float, float, bool, bool]:
+    """(log lr*, log batch*) of a resolved cell and whether each lies inside the lattice (not on its edge).
+
+    The best point, refined by a parabola through it and its neighbours along each axis.
+    """
     b = cell.best()
-    x = _refine(cell, b, 0, [math.log(v) for v in cell.lrs])
-    y = _refine(cell, b, 1, [math.log(v) for v in cell.batches])
-    return x, y
+    x, x_in = _refine(cell, b, 0, [math.log(v) for v in cell.lrs])
+    y, y_in = _refine(cell, b, 1, [math.log(v) for v in cell.batches])
+    return x, y, x_in, y_in
 
 
-def _refine(cell: _Cell, b: Point, axis: int, grid: list[float]) -> float:
-    """Vertex of the parabola through the best point and its finite neighbours along one axis."""
+def _refine(cell: _Cell, b: Point, axis: int, grid: list[float]) -> tuple[float, bool]:
+    """Vertex of the parabola through the best point and its finite neighbours along one axis; interior?"""
     d = (1, 0) if axis == 0 else (0, 1)
     lo, hi = cell.step(b, -d[0], -d[1]), cell.step(b, d[0], d[1])
     x0 = grid[b[axis]]
-    if lo is None or hi is None or lo not in cell.loss or hi not in cell.loss:
-        return x0
+    interior = lo is not None and hi is not None
+    if len(grid) == 1:
+        return x0, True  # a single value: nothing to locate, nothing censored
+    if not interior or lo not in cell.loss or hi not in cell.loss:
+        return x0, interior
     xs = np.array([grid[lo[axis]], x0, grid[hi[axis]]])
     ys = np.log([cell.loss[lo], cell.loss[b], cell.loss[hi]])
     A = np.stack([xs ** 2, xs, np.ones(3)], axis=1)
     try:
         qa, qb, _ = np.linalg.solve(A, ys)
     except np.linalg.LinAlgError:
-        return x0
+        return x0, True
     if qa <= 0:
-        return x0
-    return float(np.clip(-qb / (2 * qa), xs[0], xs[2]))
+        return x0, True
+    return float(np.clip(-qb / (2 * qa), xs[0], xs[2])), True
 
 
 def _ridge(X: np.ndarray, y: np.ndarray, lam: float) -> tuple[float, ...]:
