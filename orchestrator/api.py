@@ -141,6 +141,17 @@ class LawsDoc(BaseModel):
     n_trials: int
 
 
+EXAMPLE_SPEC = {  # a simulated sweep that runs in about a minute on a laptop
+    "name": "example",
+    "model": {"n_params": [20000, 50000, 120000]},
+    "tokens": {"per_param": [10, 20]},
+    "learning_rates": [0.01],
+    "batch_sizes": [8192],
+    "trainer": {"backend": "simulated", "world": "tiny"},
+    "eval": {"every": 50},
+    "budget": {"targets": [1e13]},
+}
+
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 415, 422)}
 
 
@@ -391,10 +402,14 @@ class SweepRegistry:
     def _start(self, sweep_id: str, sweep_dir: Path) -> None:
         cmd = [sys.executable, "-m", "orchestrator.api", "supervise", str(sweep_dir)]
         update_controller(sweep_dir, launched=True, created_at=time.time(), command=cmd)
-        with open(sweep_dir / LOG_FILE, "ab") as logf:
-            # A new session: stopping the server (Ctrl-C) leaves running sweeps alone.
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                    cwd=sweep_dir, start_new_session=True, env=_child_env())
+        try:
+            with open(sweep_dir / LOG_FILE, "ab") as logf:
+                # A new session: stopping the server (Ctrl-C) leaves running sweeps alone.
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                        cwd=sweep_dir, start_new_session=True, env=_child_env())
+        except OSError as exc:
+            update_controller(sweep_dir, reason=f"could not start the controller: {exc}", finished_at=time.time())
+            raise
         self._procs[sweep_id] = proc
         update_controller(sweep_dir, pid=proc.pid)
 
@@ -411,6 +426,8 @@ class SweepRegistry:
         if not doc.get("launched"):
             return "not_started", None, doc
         code = doc.get("exit_code")
+        if code is None and doc.get("pid") is None and doc.get("reason"):
+            return "failed", None, doc  # the controller could not be started at all
         if code is not None:
             return ("finished" if code == 0 else "failed"), int(code), doc
         pid = doc.get("pid")
@@ -690,7 +707,7 @@ def create_app(root: str | Path, *, token: Optional[str] = None, launch: bool = 
     @app.post("/sweeps", status_code=202, response_model=SweepCreated, responses=_ERRORS,
               summary="Submit a sweep spec and start it",
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": spec_schema}}}})
+                  "application/json": {"schema": spec_schema, "example": EXAMPLE_SPEC}}}})
     async def submit(request: Request) -> dict[str, Any]:
         """Validate the spec (JSON, the YAML spec's fields), create ROOT/<name> and start the sweep.
 

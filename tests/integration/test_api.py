@@ -158,7 +158,20 @@ def planted(root) -> dict:
     info = _plant(root)
     (root / "empty").mkdir()  # a sweep with a spec and no trials yet
     (root / "empty" / "spec.yaml").write_text(yaml.safe_dump({**SIM_SPEC, "name": "empty"}))
+    # Sweeps a previous server started: one whose controller exited 3, one whose supervisor died
+    # without recording an exit code (its pid is a finished process's).
+    for name, ctrl in (("crashed", {"launched": True, "pid": _dead_pid(), "exit_code": 3}),
+                       ("vanished", {"launched": True, "pid": _dead_pid()})):
+        (root / name).mkdir()
+        (root / name / "spec.yaml").write_text(yaml.safe_dump({**SIM_SPEC, "name": name}))
+        (root / name / "controller.json").write_text(json.dumps(ctrl))
     return info
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +261,14 @@ def test_list_sweeps(client, planted):
     assert p["flops_spent"] == pytest.approx(planted["flops"], rel=1e-12)
     assert p["status"] == "unmanaged"  # data present, not started by a server
     assert rows["empty"]["trials"] == {} and rows["empty"]["flops_spent"] == 0.0
+
+
+def test_status_of_sweeps_started_by_an_earlier_server(client):
+    crashed = client.get("/sweeps/crashed").json()
+    assert crashed["status"] == "failed" and crashed["exit_code"] == 3
+    vanished = client.get("/sweeps/vanished").json()
+    assert vanished["status"] == "failed" and vanished["exit_code"] is None
+    assert "without recording an exit code" in vanished["controller"]["reason"]
 
 
 def test_get_sweep_detail(client, planted):
