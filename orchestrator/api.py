@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import yaml
 from fastapi import FastAPI, Query, Request
@@ -195,17 +195,15 @@ def _token_ok(request: Request, token: bytes) -> bool:
 # --------------------------------------------------------------------------- controller file
 
 
-def _locked(sweep_dir: Path):
+@contextlib.contextmanager
+def _locked(sweep_dir: Path) -> Iterator[None]:
     """An exclusive lock for read-modify-write of controller.json (server and supervisor)."""
-    @contextlib.contextmanager
-    def cm():
-        with open(sweep_dir / ".controller.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-    return cm()
+    with open(sweep_dir / ".controller.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def read_controller(sweep_dir: Path) -> Optional[dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -188,11 +189,18 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def launched(client, tmp_path_factory):
+def launched(client, root, tmp_path_factory):
     """POST the simulated sweep (with an output_dir the server must ignore) as early as possible."""
     elsewhere = tmp_path_factory.mktemp("elsewhere") / "sim"
     r = client.post("/sweeps", json={**SIM_SPEC, "output_dir": str(elsewhere)})
-    return r, elsewhere
+    yield r, elsewhere
+    # The sweep outlives its server by design; a partial test run must not leave it behind.
+    ctrl = json.loads((root / "sim" / "controller.json").read_text()) if r.status_code == 202 else {}
+    if ctrl.get("exit_code") is None and isinstance(ctrl.get("pid"), int):
+        try:
+            os.kill(ctrl["pid"], signal.SIGTERM)  # the supervisor forwards it to the sweep
+        except ProcessLookupError:
+            pass
 
 
 # ---------------------------------------------------------------------------------- submit
