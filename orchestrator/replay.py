@@ -159,7 +159,14 @@ def table_replay(columns: Mapping[str, Sequence[Any]], *, name: str = "replay", 
                  targets: Optional[Sequence[float]] = None, total_flops: Optional[float] = None,
                  seed: int = 0) -> TableReplay:
     """A TableReplay from columns N, D, lr, batch (tokens), loss and optionally diverged."""
-    cols = require_columns(dict(columns), ["N", "D", "lr", "batch", "loss"], positive=["N", "D", "lr", "batch"])
+    missing = [c for c in ("N", "D", "lr", "batch", "loss") if c not in columns]
+    if missing:
+        raise TableError(f"missing column(s) {', '.join(missing)}")
+    cols = require_columns(dict(columns), ["N", "D", "lr", "batch"], positive=["N", "D", "lr", "batch"])
+    try:
+        cols["loss"] = np.asarray(columns["loss"], dtype=np.float64)  # NaN/inf loss = diverged
+    except (TypeError, ValueError) as exc:
+        raise TableError("column loss: not numeric") from exc
     div = np.asarray(columns["diverged"], dtype=bool) if "diverged" in columns else np.zeros(len(cols["N"]), bool)
     N = np.round(cols["N"]).astype(np.int64)
     D = np.round(cols["D"]).astype(np.int64)

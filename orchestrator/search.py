@@ -54,6 +54,8 @@ class SearchConfig:
     neighbourhood: str = "cross"  # local-minimum certificate: "cross" (lr±1, batch±1) or "square" (+ diagonals)
     max_open_cells: int = 4  # cells searched at once (more: parallelism; fewer: each start uses more law)
     min_fit_cells: int = 6  # resolved cells before L(N, D) is fitted and the acquisition rule takes over
+    min_sizes: int = 3  # distinct model sizes among resolved cells before pruning or the tolerance act
+    stop_streak: int = 2  # consecutive fits meeting the tolerance before stopping (one lucky bootstrap is not enough)
     bootstrap: int = 100  # bootstrap replicates of the L(N, D) fit (acquisition, pruning, stopping)
     level: float = 0.9  # interval level for the stopping rule
     tolerance: float = 0.5  # stop when every target's N*(C) interval is narrower than this (relative width)
@@ -73,6 +75,8 @@ class SearchConfig:
             (self.max_open_cells >= 1, "max_open_cells must be >= 1"),
             (self.min_fit_cells >= 5, "min_fit_cells must be >= 5 (L(N, D) has five parameters)"),
             (self.bootstrap >= 10, "bootstrap must be >= 10"),
+            (self.min_sizes >= 2, "min_sizes must be >= 2"),
+            (self.stop_streak >= 1, "stop_streak must be >= 1"),
             (0 < self.level < 1, "level must be in (0, 1)"),
             (self.tolerance >= 0 and self.loss_tolerance >= 0, "tolerances must be >= 0"),
             (0 <= self.prune_below < 1, "prune_below must be in [0, 1)"),
@@ -248,6 +252,7 @@ class LawGuidedPlanner:
         self.stopped: Optional[str] = None
         self._opened = 0
         self._fit_error: Optional[str] = None
+        self._streak = 0
 
     # ---- the planner interface -------------------------------------------------------------
     @property
@@ -484,7 +489,7 @@ class LawGuidedPlanner:
         n_star = frontier_samples(S, Cs)["N_opt"]  # (K, J)
         logN = np.log([c.N for c in closed])
         p_near = np.mean(np.abs(logN[None, :] - np.log(n_star)) <= math.log(cfg.prune_band), axis=0)
-        keep = p_near >= cfg.prune_below
+        keep = (p_near >= cfg.prune_below) | (not self._identified())
         pruned = [c for c, k in zip(closed, keep) if not k]
         kept = [c for c, k in zip(closed, keep) if k]
         info_pruned = {"pruned": len(pruned),
@@ -570,9 +575,18 @@ class LawGuidedPlanner:
             self.fit, self._fit_error = None, str(exc)
             return
         widths = self._widths()
-        if widths and all(wn <= self.config.tolerance and wl <= self.config.loss_tolerance for wn, wl in widths):
+        narrow = bool(widths) and all(wn <= self.config.tolerance and wl <= self.config.loss_tolerance
+                                      for wn, wl in widths)
+        self._streak = self._streak + 1 if narrow and self._identified() else 0
+        if self._streak >= self.config.stop_streak:
             self._stop("target intervals narrower than the tolerance: "
                        + "; ".join(f"C={c:.3g}: N* {wn:.3f}, L* {wl:.4f}" for c, (wn, wl) in zip(self.targets, widths)))
+
+    def _identified(self) -> bool:
+        """Whether the resolved cells span min_sizes model sizes."""
+        # With two sizes the bootstrap cannot see that A/N^alpha and E trade off: its intervals are
+        # narrow and wrong, so neither pruning nor the tolerance may act on them yet.
+        return len({c.key[0] for c in self.cells if c.state == "resolved"}) >= self.config.min_sizes
 
     def _widths(self) -> list[tuple[float, float]]:
         """Relative widths of the N*(C) and L*(C) intervals at each target."""
