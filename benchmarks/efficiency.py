@@ -155,7 +155,7 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
                   quick: bool = False, concurrency: int = 8, asha_mode: str = "replay",
                   scalesweep_mode: str = "auto", scalesweep_set: tuple[str, ...] = (),
                   eval_tokens: Optional[int] = None, first_seed: int = 0,
-                  grid_shape: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                  grid_shape: Optional[dict[str, Any]] = None, scalesweep_pruner: bool = False) -> dict[str, Any]:
     """Run every strategy for every seed; return the JSON document."""
     world = load_world(world_ref)
     ref = world_ref if not Path(world_ref).exists() else str(Path(world_ref).resolve())
@@ -193,13 +193,14 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
             if name == "full_grid":
                 timed(name, lambda: S.run_full_grid(grid, concurrency))
             elif name == "scalesweep":
-                timed(name, lambda: S.run_scalesweep(grid, ss_data, concurrency, scalesweep_mode))
+                timed(name, lambda: S.run_scalesweep(grid, ss_data, concurrency, scalesweep_mode, scalesweep_pruner))
             elif name == "asha":
                 timed(name, lambda: S.run_asha(grid, seed, concurrency, asha_mode, ref))
             elif name == "optuna":
                 timed(name, lambda: S.run_optuna(grid, seed, concurrency))
             elif name == "random":
-                ref_run = runs.get("scalesweep") or S.run_scalesweep(grid, ss_data, concurrency, scalesweep_mode)
+                ref_run = runs.get("scalesweep") or S.run_scalesweep(grid, ss_data, concurrency, scalesweep_mode,
+                                                                     scalesweep_pruner)
                 # Equal committed compute: scalesweep's planner commits a trial's planned FLOPs when it
                 # hands it out, so random gets the same planned budget (= the full grid today).
                 timed(name, lambda: S.run_random(grid, ref_run.committed, seed + 1000, concurrency))
@@ -277,7 +278,9 @@ def print_table(doc: dict[str, Any]) -> None:
         r = e["regret"]
         fail = ""
         if r["failed_seeds"]:
-            fail = f" ({r['diverged_seeds']} seed(s) propose a diverging lr, {r['failed_seeds'] - r['diverged_seeds']} no fit)"
+            fail = f" over finite seeds; {r['diverged_seeds']}/{len(r['per_seed'])} propose a diverging lr"
+            if r["failed_seeds"] > r["diverged_seeds"]:
+                fail += f", {r['failed_seeds'] - r['diverged_seeds']} no fit"
         t.add_row(name, f"{e['compute']['mean']:.3g}", f"{e['compute_vs_full_grid']:.3f}" if e["compute_vs_full_grid"] else "—",
                   f"{pct(r['mean'])} ± {pct(r['std'])}{fail}", f"{pct(r['min'])} … {pct(r['max'])}",
                   pct(e["regret_nd"]["mean"]), pct(e["regret_hparam_laws"]["mean"]), counts, e["mode"] or "")
@@ -336,6 +339,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                          "search/pruning are enabled")
     ap.add_argument("--scalesweep-set", action="append", default=[], metavar="FIELD=VALUE",
                     help="set a spec field for scalesweep only, e.g. pruning.enabled=true (repeatable)")
+    ap.add_argument("--scalesweep-pruner", action="store_true",
+                    help="scalesweep with our PrunerScheduler (orchestrator/tune/scheduler.py, defaults) in replay")
     ap.add_argument("--sizes", type=int, default=5, help="model sizes N (log-spaced over 2 decades)")
     ap.add_argument("--ratios", default="5,10,20,40,80", help="tokens per parameter, comma list")
     ap.add_argument("--lrs", type=int, default=6, help="learning rates around the world's lr* law")
@@ -352,7 +357,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                         scalesweep_set=tuple(args.scalesweep_set), eval_tokens=args.eval_tokens,
                         first_seed=args.first_seed,
                         grid_shape={"sizes": args.sizes, "ratios": tuple(float(x) for x in args.ratios.split(",")),
-                                    "n_lr": args.lrs, "n_batch": args.batches})
+                                    "n_lr": args.lrs, "n_batch": args.batches},
+                        scalesweep_pruner=args.scalesweep_pruner)
     print_table(doc)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

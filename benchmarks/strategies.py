@@ -154,20 +154,21 @@ class NoScheduler:
 class TuneScheduler:
     """Drives any Ray Tune `TrialScheduler` (e.g. ASHAScheduler) as the Tune controller would."""
 
-    def __init__(self, scheduler, timer: Optional[Callable[[float], None]] = None):
+    def __init__(self, scheduler, grid: Optional["Grid"] = None):
         from ray.tune.experiment import Trial
 
         self.scheduler = scheduler
-        self._trials: dict[str, Any] = {}
+        self.grid = grid  # when given, stubs carry config["trial"] (schedulers that read the contract)
+        self._trials: dict[int, Any] = {}
         self._Trial = Trial
-        self.timer = timer
 
     @staticmethod
     def _result(iteration: int, report: dict[str, float]) -> dict[str, Any]:
         return {**report, "training_iteration": iteration}
 
     def add(self, run: int, t: PlannedTrial) -> None:
-        stub = self._Trial("run_trial", config={}, stub=True)
+        config = {"trial": self.grid.config(t).to_dict(), "backend": "simulated"} if self.grid is not None else {}
+        stub = self._Trial("run_trial", config=config, stub=True)
         self._trials[run] = stub
         self.scheduler.on_trial_add(None, stub)
 
@@ -422,7 +423,17 @@ def scalesweep_parts(spec: SweepSpec) -> dict[str, Any]:
     return parts
 
 
-def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode: str = "auto") -> StrategyRun:
+def our_pruner_scheduler():
+    """Our pruner's Tune scheduler with its default PruneConfig, or None while it does not exist."""
+    try:
+        from orchestrator.tune.scheduler import PrunerScheduler
+    except ImportError:
+        return None
+    return PrunerScheduler()
+
+
+def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode: str = "auto",
+                   pruner: bool = False) -> StrategyRun:
     """scalesweep on the benchmark spec: the planner in replay, or the real `run_sweep` (mode=tuner).
 
     `auto` replays when only the grid planner is active and runs the real controller as soon as
@@ -430,6 +441,13 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
     """
     spec = parse_spec(spec_data)
     parts = scalesweep_parts(spec)
+    if pruner:
+        sched = our_pruner_scheduler()
+        if sched is None:
+            raise SystemExit("--scalesweep-pruner: orchestrator/tune/scheduler.py (PrunerScheduler) does not exist yet")
+        parts = {**parts, "pruner": True, "note": parts["note"] + "; pruner: PrunerScheduler() defaults, in replay"}
+        recs = replay(grid, PlannerSource(GridPlanner(spec)), TuneScheduler(sched, grid), concurrency)
+        return StrategyRun(recs, "replay", ["GridPlanner + orchestrator.tune.scheduler.PrunerScheduler (defaults)"], parts)
     if mode == "auto":
         mode = "tuner" if (parts["search"] or parts["pruner"] or parts["wsd_branching"]) else "replay"
     if mode == "replay":
