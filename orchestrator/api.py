@@ -540,7 +540,7 @@ class SweepRegistry:
             raise ApiError(422, f"budget: cannot propose for {budgets}: {fit}")
         if fit.fit is None:
             raise ApiError(409, f"sweep {sweep_id!r}: L(N, D) not fitted: {'; '.join(fit.warnings)}")
-        return jsonable([_with_intervals(p, fit.fit.intervals.get("budgets", {})) for p in fit.proposals])
+        return jsonable(fit.proposals)
 
     def laws(self, sweep_id: str, bootstrap: Optional[int]) -> dict[str, Any]:
         """The L(N, D) fit and the hyperparameter laws (cached per store version)."""
@@ -560,17 +560,6 @@ class SweepRegistry:
                              "n_trials": len(points)})
 
         return self._cached(("laws", sweep_id, _store_version(d), boot), make)
-
-
-def _with_intervals(proposal: dict[str, Any], by_budget: dict[str, Any]) -> dict[str, Any]:
-    """The proposal with the fit's frontier intervals at its budget filled in where it lacks them."""
-    if proposal.get("intervals"):
-        return proposal
-    c = float(proposal["budget"])
-    # The Chinchilla fit keys budgets by str(float(C)); older keyings used f"{C:.6g}".
-    iv = by_budget.get(str(c)) or by_budget.get(f"{c:.6g}") or {}
-    keys = ("N_opt", "D_opt", "loss_opt", "tokens_per_param")
-    return {**proposal, "intervals": {k: iv[k] for k in keys if k in iv}}
 
 
 def _fit_hparams(points: list[dict[str, Any]], diverged: list[dict[str, Any]], bootstrap: int, level: float,

@@ -9,7 +9,7 @@ import numpy as np
 
 from trainers.model import shape_for
 
-from .laws.chinchilla import ChinchillaFit, fit_chinchilla
+from .laws.chinchilla import ChinchillaFit, budget_key, fit_chinchilla
 from .laws.table import TableError
 
 
@@ -77,7 +77,7 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
         n_opt, d_opt, l_opt = (float(fr[k][0]) for k in ("N_opt", "D_opt", "loss_opt"))
         near = _nearest_cell(cells, n_opt, d_opt)
         shape = shape_for(max(1, int(round(n_opt))))
-        iv = budgets.get(f"{c:.6g}", {})
+        iv = budgets.get(budget_key(c), {})
         proposals.append({
             "budget": float(c),
             "N": n_opt,
@@ -89,6 +89,6 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
             "shape": shape.to_dict(),
             "hparams_from": f"nearest observed cell N={near['N']}, D={near['D']}",
             "extrapolation_decades": math.log10(c / max(cell["C"] for cell in cells)),
-            "intervals": {key: iv[key] for key in ("N_opt", "D_opt", "loss_opt") if key in iv},
+            "intervals": {key: iv[key] for key in ("N_opt", "D_opt", "loss_opt", "tokens_per_param") if key in iv},
         })
     return SweepFit(fit, cells, proposals, warnings)

@@ -269,13 +269,14 @@ def summarise(law: ChinchillaLaw, samples: np.ndarray | None, budgets: Sequence[
         est = law.frontier(budgets, flops)
         reps = frontier_samples(samples, budgets, flops) if have else None
         out["budgets"] = {
-            _budget_key(c): {key: iv(key, est[key][i], reps[key][:, i] if have else None) for key in est}
+            budget_key(c): {key: iv(key, est[key][i], reps[key][:, i] if have else None) for key in est}
             for i, c in enumerate(budgets)
         }
     return out
 
 
-def _budget_key(c: float) -> str:
+def budget_key(c: float) -> str:
+    """The key of budget C in `intervals['budgets']` (the same for every law)."""
     return str(float(c))  # the same keys as the other laws: str(C)
 
 
