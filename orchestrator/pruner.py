@@ -1,0 +1,471 @@
+"""The online pruning rule: stop a trial whose predicted final loss cannot matter, stop diverging runs.
+
+Pure and deterministic (no Ray): the Tune adapter ``orchestrator/tune/scheduler.py`` only maps
+Tune's callbacks onto :meth:`Pruner.on_report` / :meth:`Pruner.on_complete`.
+
+For every report of a trial the pruner
+
+1. checks **divergence** first: a non-finite train loss (or an infinite eval loss) is *diverged*
+   at once; a loss above ``divergence_factor`` × the trial's own running minimum, or (after
+   warmup) above its first reported loss, is *diverged* after ``min_reports`` consecutive reports
+   (a single spike that recovers is not a divergence);
+2. from the ``grace`` fraction of its planned steps on, predicts the trial's **final** loss
+   (``laws.final_loss.predict_final``: a schedule-aware curve law fitted on the completed runs of
+   the same N, or on the prefix alone while there are none) with an interval at ``level``;
+3. compares the **lower** end of that interval with the **upper** end of a reference at the
+   trial's own planned compute:
+   - the frontier: the best loss achievable at C = 6·N·D by the L(N, D) Chinchilla law fitted
+     on the completed trials (best final loss per (N, D) cell), upper end from its bootstrap;
+     used once ``min_frontier_points`` cells over ≥ 3 sizes have finished (or an external
+     frontier is given);
+   - the same (N, D) cell: the best other trial of that cell (a completed trial's realised
+     final loss, a running trial's predicted upper end) — this is what stops a bad lr;
+   and stops when ``low > reference_high · (1 + margin)`` for ``min_reports`` consecutive
+   fresh predictions (never on one report).
+
+Cost: a fresh prediction is made only when the logged prefix grew by ``refit_growth`` (10 %) of
+its steps since the last one and at least ``refit_every`` reports arrived; in between a report
+costs a few list appends. The curve law of a size is refitted only when a trial of that size
+completes, the Chinchilla frontier only when any trial completes.
+
+The curve law sees the schedule's *shape* (lr / peak × ``LR_REF``): runs of one N at different
+peak lrs then share one law and differ by the per-run offset that ``predict_final`` fits on the
+prefix (a multiplicative, lr-dependent penalty is exactly such an offset); what an offset cannot
+absorb shows up as prefix drift, which widens the interval.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+
+from trainers.contract import TrialConfig
+from trainers.schedules import lr_array
+
+from .laws.curve_law import CurveLaw
+from .laws.curves import Curve, Schedule
+from .laws.final_loss import LAWS, make_law, predict_final
+
+LR_REF = 1e-3  # the peak every schedule shape is scaled to before the curve law sees it
+
+CONTINUE, STOP, DIVERGED = "continue", "stop", "diverged"
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Knobs of the pruning rule (the spec's ``pruning.*`` fields)."""
+
+    enabled: bool = True
+    margin: float = 0.02  # relative: stop when low > reference_high·(1 + margin)
+    grace: float = 0.3  # never predict (or stop) before this fraction of the planned steps
+    min_reports: int = 2  # consecutive fresh predictions (or exploding reports) needed to stop
+    level: float = 0.9  # central level of both intervals (trial prediction, frontier)
+    law: str = "multipower"  # curve law: multipower | annealing
+    metric: str = "eval_loss"  # loss that is predicted (train_loss when eval is never reported)
+    divergence_factor: float = 1.5  # loss > factor × own running min ⇒ exploding
+    refit_growth: float = 0.1  # fresh prediction when the prefix grew by this fraction of its steps
+    refit_every: int = 2  # ... and at least this many reports arrived since the last one
+    use_frontier: bool = True  # compare with the fitted L(N, D) frontier once it exists
+    min_frontier_points: int = 8  # finished (N, D) cells needed before the frontier is fitted
+    frontier_bootstrap: int = 64  # bootstrap replicates of the frontier fit (its upper end)
+    max_curves: int = 6  # completed curves per size the curve law is fitted on (most recent)
+    n_boot: int = 10  # bootstrap refits of the curve law (prediction interval)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "margin": self.margin >= 0, "grace": 0 <= self.grace < 1, "min_reports": self.min_reports >= 1,
+            "level": 0 < self.level < 1, "law": self.law in LAWS, "divergence_factor": self.divergence_factor > 1,
+            "refit_growth": self.refit_growth >= 0, "refit_every": self.refit_every >= 1,
+            "min_frontier_points": self.min_frontier_points >= 5, "frontier_bootstrap": self.frontier_bootstrap >= 0,
+            "max_curves": self.max_curves >= 1, "n_boot": self.n_boot >= 0,
+            "metric": self.metric in ("eval_loss", "train_loss"),
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid PruneConfig field(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+
+
+@dataclass(frozen=True)
+class TrialMeta:
+    """What the pruner needs to know of a trial's plan."""
+
+    N: float  # non-embedding parameters
+    D: float  # planned training tokens
+    total_steps: int
+    lr: np.ndarray = field(repr=False)  # the lr used at every step 0..total_steps-1 (trainers.schedules)
+    flops: float  # planned training FLOPs
+    warmup_steps: int = 0
+
+    @classmethod
+    def from_trial_config(cls, cfg: TrialConfig | Mapping[str, Any]) -> "TrialMeta":
+        """The plan of a contract TrialConfig (or its dict), with steps derived as the trainers do."""
+        if not isinstance(cfg, TrialConfig):
+            cfg = TrialConfig.from_dict(dict(cfg))
+        b = (int(cfg.batch_tokens) // cfg.seq_len) * cfg.seq_len
+        T = max(1, math.ceil(cfg.tokens / b))
+        return cls(N=float(cfg.n_params), D=float(T * b), total_steps=T, lr=lr_array(T, cfg.lr, cfg.schedule),
+                   flops=6.0 * cfg.n_params * T * b, warmup_steps=min(T, int(round(cfg.schedule.warmup * T))))
+
+    @property
+    def compute(self) -> float:
+        """C = 6·N·D, the compute the frontier is evaluated at (the fit's FLOP rule)."""
+        return 6.0 * self.N * self.D
+
+    def cell(self) -> tuple[float, float]:
+        """The (N, D) cell key: D rounded to 3 significant digits (batch rounding moves it slightly)."""
+        return (float(self.N), float(f"{self.D:.3g}"))
+
+    def law_schedule(self) -> Schedule:
+        """The per-step schedule the curve law sees: index s = the lr of step s, shape scaled to LR_REF."""
+        peak = float(np.max(self.lr)) if self.lr.size else 1.0
+        shape = self.lr / peak * LR_REF
+        per_step = np.concatenate(([shape[0]], shape))  # index 0 takes no update
+        return Schedule(lr=per_step, warmup_end=int(self.warmup_steps))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """continue | stop | diverged, with the reason and the prediction that justified it."""
+
+    action: str = CONTINUE
+    reason: str = ""
+    prediction: dict = field(default_factory=dict)
+
+    @property
+    def stops(self) -> bool:
+        """Whether the trial must end now."""
+        return self.action != CONTINUE
+
+    def summary(self) -> dict[str, Any]:
+        """A flat record for the store's trial summary and MLflow tags."""
+        out: dict[str, Any] = {"decision": self.action, "reason": self.reason}
+        for k, v in self.prediction.items():
+            out[f"pred_{k}"] = v
+        return out
+
+
+@dataclass
+class _Trial:
+    meta: TrialMeta
+    schedule: Schedule
+    steps: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    n_reports: int = 0
+    first: float = math.nan
+    running_min: float = math.inf
+    blow_votes: int = 0
+    stop_votes: int = 0
+    last_pred_step: float = 0.0
+    last_pred_report: int = -10**9
+    prediction: Optional[dict] = None
+    ended: bool = False
+    shape_key: tuple = ()
+
+
+Frontier = Callable[[TrialMeta], tuple[float, float]]  # meta -> (estimate, upper end) at its compute
+
+
+class Pruner:
+    """Stop/continue decisions for running trials from their partial curves (see the module doc)."""
+
+    def __init__(self, config: PruneConfig = PruneConfig(), frontier: Optional[Frontier] = None):
+        self.config = config
+        self.external_frontier = frontier
+        self._trials: dict[str, _Trial] = {}
+        self._completed: dict[float, list[Curve]] = {}  # N -> completed curves (shape-normalised lr)
+        self._laws: dict[float, Optional[CurveLaw]] = {}
+        self._finals: dict[str, tuple[tuple[float, float], float]] = {}  # trial -> (cell, final loss)
+        self._frontier_fit = None
+        self._frontier_stale = False
+        self.n_predictions = 0
+
+    # ------------------------------------------------------------------ public API
+    def on_report(self, trial_id: str, meta: TrialMeta, report: Mapping[str, float]) -> Decision:
+        """The decision after one report (keys of trainers.contract.REPORT_KEYS; step required)."""
+        t = self._trials.get(trial_id)
+        if t is None:
+            t = self._trials[trial_id] = self._new(meta)
+        if t.ended or not self.config.enabled:
+            return Decision()
+        step = float(report["step"])
+        train = _num(report.get("train_loss"))
+        val = _num(report.get(self.config.metric))
+        t.n_reports += 1
+
+        d = self._divergence(t, step, train, val)
+        if d is not None:
+            t.ended = True
+            return d
+        if math.isfinite(val) and val > 0 and 0 < step <= meta.total_steps:
+            if t.steps and step <= t.steps[-1]:
+                return Decision(prediction=t.prediction or {})
+            t.steps.append(step)
+            t.loss.append(val)
+        if step < self.config.grace * meta.total_steps or not t.steps:
+            return Decision()
+        if not self._due(t, step):
+            return Decision(prediction=t.prediction or {})
+        pred = self._predict(t)
+        if pred is None:
+            return Decision()
+        verdict = self._compare(trial_id, t, pred)
+        t.stop_votes = t.stop_votes + 1 if verdict else 0
+        pred["votes"] = t.stop_votes
+        t.prediction = pred
+        if t.stop_votes >= self.config.min_reports:
+            t.ended = True
+            reason = _stop_reason(self.config, pred)
+            return Decision(STOP, reason, pred)
+        return Decision(prediction=pred)
+
+    def on_complete(self, trial_id: str, final_loss: float, curve: Optional[tuple] = None,
+                    meta: Optional[TrialMeta] = None) -> None:
+        """A trial finished its planned steps: its curve and final loss become references."""
+        t = self._trials.get(trial_id)
+        if t is None and meta is not None:
+            t = self._trials[trial_id] = self._new(meta)
+        if t is None:
+            return
+        t.ended = True
+        if not (isinstance(final_loss, (int, float)) and math.isfinite(final_loss) and final_loss > 0):
+            return  # diverged or failed: censored, not a loss value
+        self._finals[trial_id] = (t.meta.cell(), float(final_loss))
+        self._frontier_stale = True
+        steps, loss = (np.asarray(curve[0], float), np.asarray(curve[1], float)) if curve is not None \
+            else (np.array(t.steps), np.array(t.loss))
+        ok = np.isfinite(loss) & (loss > 0) & (steps >= 1) & (steps <= t.meta.total_steps)
+        steps, loss = steps[ok], loss[ok]
+        if np.count_nonzero(steps >= t.schedule.warmup_end) < 4:
+            return
+        idx = np.rint(steps).astype(np.int64)
+        c = Curve(steps, t.schedule.lr[idx], loss, name=trial_id, warmup_steps=t.schedule.warmup_end,
+                  _schedule=t.schedule)
+        curves = self._completed.setdefault(t.meta.N, [])
+        curves.append(c)
+        del curves[:-self.config.max_curves]
+        self._laws.pop(t.meta.N, None)  # refit lazily on the next prediction for this size
+
+    def on_remove(self, trial_id: str) -> None:
+        """A trial ended without completing (stopped, failed): it is no longer a reference."""
+        t = self._trials.get(trial_id)
+        if t is not None:
+            t.ended = True
+
+    def frontier_at(self, meta: TrialMeta) -> Optional[tuple[float, float]]:
+        """(estimate, upper end) of the best loss achievable at the trial's compute, or None."""
+        if self.external_frontier is not None:
+            return self.external_frontier(meta)
+        if not self.config.use_frontier:
+            return None
+        fit = self._frontier()
+        if fit is None:
+            return None
+        from .laws.chinchilla import frontier_samples
+
+        C = meta.compute
+        est = float(fit.law.frontier([C])["loss_opt"][0])
+        if fit.samples is None or len(fit.samples) < 2:
+            return est, est
+        reps = frontier_samples(fit.samples, [C])["loss_opt"][:, 0]
+        reps = reps[np.isfinite(reps)]
+        high = float(np.quantile(reps, 0.5 + self.config.level / 2)) if reps.size else est
+        return est, max(est, high)
+
+    # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _new(meta: TrialMeta) -> _Trial:
+        sched = meta.law_schedule()
+        # Trials of one (N, D) cell with the same schedule shape: the curve law with a per-run
+        # offset says their log-losses differ by a constant, which the paired rule tests.
+        shape = np.round(sched.lr / LR_REF, 6)
+        return _Trial(meta=meta, schedule=sched, shape_key=(meta.cell(), meta.total_steps, hash(shape.tobytes())))
+
+    def _divergence(self, t: _Trial, step: float, train: float, val: float) -> Optional[Decision]:
+        # Both losses NaN is how a trainer reports a blown-up step; inf anywhere is a blow-up too.
+        # One NaN alone only means "not measured in this report" (no evaluation, no train mean).
+        if (math.isnan(train) and math.isnan(val)) or math.isinf(train) or math.isinf(val):
+            return Decision(DIVERGED, f"non-finite loss at step {step:.0f}", {"step": step, "loss": train})
+        x = val if math.isfinite(val) else train
+        if math.isnan(t.first):
+            t.first = x
+        after_warmup = step > t.meta.warmup_steps
+        exploding = (t.n_reports >= 3 and x > self.config.divergence_factor * t.running_min) or \
+                    (after_warmup and t.n_reports >= 3 and x > t.first)
+        t.running_min = min(t.running_min, x)
+        t.blow_votes = t.blow_votes + 1 if exploding else 0
+        if t.blow_votes >= self.config.min_reports:
+            return Decision(DIVERGED, f"loss exploding: {x:.4g} at step {step:.0f} vs running min "
+                                      f"{t.running_min:.4g}, first {t.first:.4g}",
+                            {"step": step, "loss": x, "running_min": t.running_min, "first": t.first})
+        return None
+
+    def _due(self, t: _Trial, step: float) -> bool:
+        if t.prediction is None:
+            return True
+        grown = step >= t.last_pred_step * (1.0 + self.config.refit_growth)
+        return grown and t.n_reports - t.last_pred_report >= self.config.refit_every
+
+    def _predict(self, t: _Trial) -> Optional[dict]:
+        cfg = self.config
+        steps, loss = np.array(t.steps), np.array(t.loss)
+        if np.count_nonzero(steps >= t.schedule.warmup_end) < 4:
+            return None
+        law = self._law(t.meta.N)
+        try:
+            fl = predict_final(steps, loss, t.schedule, completed=law if law is not None else (), law=cfg.law,
+                               level=cfg.level, final_step=t.meta.total_steps, n_boot=cfg.n_boot, seed=cfg.seed)
+        except (RuntimeError, ValueError, np.linalg.LinAlgError):
+            return None
+        self.n_predictions += 1
+        t.last_pred_step = float(steps[-1])
+        t.last_pred_report = t.n_reports
+        return {"step": float(steps[-1]), "fraction": float(steps[-1] / t.meta.total_steps),
+                "estimate": fl.estimate, "low": fl.low, "high": fl.high, "law": cfg.law, "level": cfg.level,
+                "mode": "law" if law is not None else "prefix-only"}
+
+    def _law(self, N: float) -> Optional[CurveLaw]:
+        if N not in self._laws:
+            curves = self._completed.get(N, [])
+            law = None
+            if curves:
+                try:
+                    law = make_law(self.config.law, n_boot=self.config.n_boot, seed=self.config.seed).fit(curves)
+                except (RuntimeError, ValueError):
+                    law = None
+            self._laws[N] = law
+        return self._laws[N]
+
+    def _compare(self, trial_id: str, t: _Trial, pred: dict) -> bool:
+        """Fill the reference into ``pred``; True when the trial's low end is beyond it by the margin."""
+        m = self.config.margin
+        paired = self._paired(trial_id, t)
+        if paired is not None and paired["ratio_low"] > 1 + m:
+            pred.update(paired, margin=m)
+            return True
+        refs = []
+        fr = self.frontier_at(t.meta)
+        if fr is not None:
+            refs.append(("frontier", fr[1], {"frontier_estimate": fr[0]}))
+        same = self._same_cell(trial_id, t)
+        if same is not None:
+            refs.append(same)
+        if not refs:
+            pred.update(reference="none", reference_high=math.nan, margin=m)
+            return False
+        # The binding reference is the one that argues hardest for stopping (the lowest upper end).
+        name, high, extra = min(refs, key=lambda r: r[1])
+        pred.update(reference=name, reference_high=float(high), threshold=float(high * (1 + m)), margin=m, **extra)
+        if paired is not None:
+            pred["paired_ratio_low"] = paired["ratio_low"]
+        return pred["low"] > high * (1 + m)
+
+    def _paired(self, trial_id: str, t: _Trial) -> Optional[dict]:
+        """The interval of final-loss ratio to the leading trial of the same cell and schedule shape.
+
+        Under the curve law with a per-run offset, two runs with the same (N, D) and schedule shape
+        keep a constant log-loss ratio to the end, so the ratio at matched steps of the prefixes
+        (second half of the common window) predicts the final ratio; its lower end subtracts the
+        standard error (AR(1)-corrected) and, if the gap is closing, the trend extrapolated to the end.
+        """
+        z = _z(self.config.level)
+        s_i, l_i = np.array(t.steps), np.log(np.array(t.loss))
+        best = None
+        for other, o in self._trials.items():
+            if other == trial_id or o.shape_key != t.shape_key or len(o.steps) < 4:
+                continue
+            if o.ended and other not in self._finals:
+                continue  # stopped or diverged: not a reference
+            s_j, l_j = np.array(o.steps), np.log(np.array(o.loss))
+            hi = min(s_i[-1], s_j[-1])
+            lo = max(hi / 2, float(t.schedule.warmup_end))
+            keep = (s_i >= lo) & (s_i <= hi)
+            if np.count_nonzero(keep) < 4:
+                continue
+            d = l_i[keep] - np.interp(s_i[keep], s_j, l_j)
+            mean = float(np.mean(d))
+            if best is not None and mean <= best[1]:
+                continue  # compare with the trial this one trails most: the leader
+            se = _mean_se(d - mean)
+            slope = float(np.polyfit(s_i[keep], d, 1)[0]) if np.ptp(s_i[keep]) > 0 else 0.0
+            closing = max(0.0, -slope) * max(0.0, t.meta.total_steps - s_i[keep][-1])
+            best = (other, mean, mean - z * se - closing)
+        if best is None:
+            return None
+        other, mean, low = best
+        return {"reference": f"same (N, D) and schedule trial {other} (paired)", "reference_trial": other,
+                "ratio": float(np.exp(mean)), "ratio_low": float(np.exp(low))}
+
+    def _same_cell(self, trial_id: str, t: _Trial):
+        cell = t.meta.cell()
+        best = None
+        for other, (c, final) in self._finals.items():
+            if other != trial_id and c == cell and (best is None or final < best[1]):
+                best = (f"same (N, D) trial {other} (finished)", final, {"reference_trial": other})
+        for other, o in self._trials.items():
+            if other == trial_id or o.ended or o.prediction is None or o.meta.cell() != cell:
+                continue
+            if best is None or o.prediction["high"] < best[1]:
+                best = (f"same (N, D) trial {other} (predicted)", o.prediction["high"], {"reference_trial": other})
+        return best
+
+    def _frontier(self):
+        if self._frontier_stale:
+            self._frontier_stale = False
+            best: dict[tuple[float, float], float] = {}
+            for cell, final in self._finals.values():
+                best[cell] = min(final, best.get(cell, math.inf))
+            Ns = {c[0] for c in best}
+            if len(best) >= self.config.min_frontier_points and len(Ns) >= 3:
+                from .laws.chinchilla import fit_chinchilla, refit
+
+                cells = sorted(best)
+                N = np.array([c[0] for c in cells])
+                D = np.array([c[1] for c in cells])
+                L = np.array([best[c] for c in cells])
+                kw = dict(bootstrap=self.config.frontier_bootstrap, seed=self.config.seed)
+                try:
+                    self._frontier_fit = (refit(self._frontier_fit, N, D, L, **kw) if self._frontier_fit is not None
+                                          else fit_chinchilla(N, D, L, **kw))
+                except (RuntimeError, ValueError):
+                    self._frontier_fit = None
+        return self._frontier_fit
+
+
+def _stop_reason(cfg: PruneConfig, pred: dict) -> str:
+    head = (f"predicted final {cfg.metric} {pred['estimate']:.4g} [{pred['low']:.4g}, {pred['high']:.4g}] "
+            f"at {pred['fraction']:.0%} of steps")
+    if "ratio_low" in pred:
+        return (f"{head}; {pred['ratio']:.4f}× the loss of {pred['reference']}, lower end {pred['ratio_low']:.4f} "
+                f"> 1 + margin {cfg.margin:.1%}")
+    return (f"{head}; low end above the {pred['reference']} upper end {pred['reference_high']:.4g} "
+            f"by more than {cfg.margin:.1%}")
+
+
+def _z(level: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + level / 2))
+
+
+def _mean_se(r: np.ndarray) -> float:
+    """Standard error of the mean of an autocorrelated series (AR(1) effective sample size)."""
+    n = len(r)
+    sd = float(np.std(r, ddof=1)) if n > 1 else 0.0
+    if n < 3 or sd == 0:
+        return sd
+    rho = float(np.corrcoef(r[:-1], r[1:])[0, 1])
+    rho = min(max(rho if np.isfinite(rho) else 0.0, 0.0), 0.95)
+    return sd / math.sqrt(max(n * (1 - rho) / (1 + rho), 1.0))
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+__all__ = ["PruneConfig", "TrialMeta", "Decision", "Pruner", "CONTINUE", "STOP", "DIVERGED", "LR_REF"]
