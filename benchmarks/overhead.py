@@ -118,7 +118,8 @@ def _pct(xs: list[float]) -> dict[str, Any]:
             "mean_us": float(a.mean()), "max_us": float(a.max())}
 
 
-def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow: bool) -> dict[str, Any]:
+def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow: bool,
+            own_ray: bool = True) -> dict[str, Any]:
     """One arm in this process: build the Tuner like run_sweep, fit it, return the figures."""
     import logging
 
@@ -133,6 +134,7 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     from orchestrator.tracking import SweepTracker
     from orchestrator.tune.trainable import run_trial
 
+    TIMINGS.clear()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tmp = tempfile.mkdtemp(prefix=f"overhead-{arm}-")
     spec = parse_spec(overhead_spec(trials, str(Path(tmp) / "sweep")))
@@ -149,7 +151,8 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     tracker = SweepTracker(spec.tracking_uri(), "overhead", f"overhead-{arm}", buffer_dir=sweep_dir / "mlflow-spool") if mlflow else None
     if tracker is not None:
         tracker.start(spec.model_dump(mode="json"))
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     cpus = ray.cluster_resources().get("CPU", 1.0)
 
     def to_config(t):
@@ -176,7 +179,7 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
         tune.with_resources(run_trial, {"CPU": cpus / concurrency}),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=len(runnable),
                                     max_concurrent_trials=concurrency, reuse_actors=True,
-                                    time_budget_s=time_limit_s),
+                                    time_budget_s=time_limit_s or None),
         run_config=tune.RunConfig(name=f"overhead-{arm}", storage_path=str(sweep_dir / "ray"), callbacks=[callback],
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
     )
@@ -187,7 +190,8 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     store.flush()
     if tracker is not None:
         tracker.close("FINISHED")
-    ray.shutdown()
+    if own_ray:
+        ray.shutdown()
     states = defaultdict(int)
     for rec in store.trials().values():
         states[rec["status"]] += 1
@@ -286,12 +290,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=10000, help="simulated trials per arm")
-    ap.add_argument("--concurrency", type=int, default=8, help="trials at once (fractional CPUs each)")
-    ap.add_argument("--time-limit-s", type=float, default=540.0, help="per-arm Tuner time budget; the rest is extrapolated")
+    ap.add_argument("--concurrency", type=int, default=2, help="trials at once (fractional CPUs each)")
+    ap.add_argument("--time-limit-s", type=float, default=500.0,
+                    help="per-arm Tuner time budget (0 = none); trials beyond it are extrapolated")
     ap.add_argument("--arms", default="scalesweep,asha", help="comma list of scalesweep, asha")
     ap.add_argument("--store-rows", type=int, default=200_000, help="rows for the store append benchmark")
     ap.add_argument("--no-mlflow", action="store_true", help="leave MLflow out of the callback")
-    ap.add_argument("--quick", action="store_true", help="30 trials per arm, 20k store rows (smoke test)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 10 trials per arm, 2 at once, both arms in this process (one Ray start; "
+                         "peak RSS is then cumulative), 20k store rows")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--_arm", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
@@ -301,12 +308,17 @@ def main(argv: Optional[list[str]] = None) -> None:
                                                       not args.no_mlflow)))
         return
     if args.quick:
-        args.trials, args.store_rows = 30, 20_000
+        args.trials, args.store_rows, args.concurrency = 10, 20_000, 2
     t0 = time.perf_counter()
     doc: dict[str, Any] = {"benchmark": "overhead", "command": "python -m benchmarks.overhead " + " ".join(sys.argv[1:]),
                            "trials": args.trials, "cpus": os.cpu_count(), "arms": {}}
-    for arm in [a.strip() for a in args.arms.split(",") if a.strip()]:
-        doc["arms"][arm] = _arm_subprocess(arm, args)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    for arm in arms:
+        if args.quick:
+            doc["arms"][arm] = run_arm(arm, args.trials, args.concurrency, args.time_limit_s, not args.no_mlflow,
+                                       own_ray=arm == arms[-1])
+        else:
+            doc["arms"][arm] = _arm_subprocess(arm, args)
     doc["store"] = store_throughput(args.store_rows)
     doc["wall_s"] = time.perf_counter() - t0
     print_table(doc)

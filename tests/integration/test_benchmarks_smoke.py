@@ -64,7 +64,8 @@ def test_efficiency_compute_ordering(efficiency):
     doc, _ = efficiency
     st = doc["strategies"]
     full = st["full_grid"]["compute"]["mean"]
-    assert full == pytest.approx(doc["grid"]["full_grid_flops"], rel=0.25)  # diverged trials stop early
+    # Diverged trials stop early; planned FLOPs use the realised N (within 2 % of the simulated N).
+    assert 0.3 * doc["grid"]["full_grid_flops"] < full <= 1.02 * doc["grid"]["full_grid_flops"]
     for name in ("asha", "random_at_asha", "scalesweep", "random"):
         assert st[name]["compute"]["mean"] <= full * (1 + 1e-9), name
     assert st["asha"]["compute"]["mean"] < full  # ASHA stopped something
