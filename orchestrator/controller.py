@@ -15,7 +15,7 @@ import yaml
 
 from .laws.chinchilla import ChinchillaLaw
 from .laws.result import jsonable
-from .planner import GridPlanner, PlannedTrial, trial_config
+from .planner import PlannedTrial, make_planner, trial_config
 from .progress import SweepProgress
 from .proposals import SweepFit, fit_and_propose
 from .spec import SweepSpec
@@ -86,15 +86,10 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
     t0 = time.monotonic()
     sweep_dir = prepare_dir(spec, spec_path)
     store = ObservationStore(sweep_dir)
-    previous = store.trials()
-    completed = {tid: rec["config"]["flops"] for tid, rec in previous.items()
-                 if rec["status"] in ("finished", "diverged") and rec["config"]}
-    planner = GridPlanner(spec, completed=completed)
-    runnable = [t for t in planner.runnable() if t.trial_id not in completed]
+    planner = make_planner(spec)
+    ended = ended_trials(store)
+    planner.resume(ended)  # a resumed sweep: what ended is not run again
     records = {t.trial_id: t.record() for t in planner.trials}
-    for t in runnable:
-        if t.trial_id not in previous:
-            store.set_status(t.trial_id, "planned", config=t.record())
 
     tracker = SweepTracker(spec.tracking_uri(), spec.tracking.experiment, spec.name,
                            buffer_dir=sweep_dir / "mlflow-spool")
@@ -108,10 +103,15 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
     cache = str(sweep_dir.parent / ".corpus-cache") if spec.data == "builtin" else None
     cache = os.environ.get("SCALESWEEP_CACHE", cache)
 
+    decisions: dict[str, dict[str, Any]] = {}  # trial id -> why the planner chose it
+
     def to_config(t: PlannedTrial) -> dict[str, Any]:
+        why = next((d for d in reversed(planner.decisions) if d.get("trial_id") == t.trial_id), None)
+        if why is not None:
+            decisions[t.trial_id] = why
         ckpt = str(sweep_dir / "checkpoints" / t.trial_id)
-        return {"trial": trial_config(spec, t, ckpt, cache).to_dict(), "backend": spec.trainer.backend, "world": spec.trainer.world,
-                "storage": str(sweep_dir / "ray"), "use_gpu": spec.resources.use_gpu}
+        return {"trial": trial_config(spec, t, ckpt, cache).to_dict(), "backend": spec.trainer.backend,
+                "world": spec.trainer.world, "storage": str(sweep_dir / "ray"), "use_gpu": spec.resources.use_gpu}
 
     def resources(config: dict[str, Any]):
         trial = config["trial"]
@@ -119,22 +119,22 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
             return DRIVER_RESOURCES
         return {"CPU": trial["threads"], **({"GPU": 1} if spec.resources.use_gpu else {})}
 
-    progress = SweepProgress(spec.name, len(runnable) + len(completed), sum(t.flops for t in runnable),
+    planned = planner.runnable()
+    progress = SweepProgress(spec.name, planner.trial_cap, sum(t.flops for t in planned),
                              spec.budget.total_flops, enabled=show_progress)
-    callback = SweepCallback(store, tracker, progress, records)
+    callback = SweepCallback(store, tracker, progress, records, decisions)
     searcher = PlannerSearcher(planner, to_config)
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(1, len(runnable)),
-                                    max_concurrent_trials=_max_concurrent(spec, runnable)),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(1, planner.trial_cap),
+                                    max_concurrent_trials=_max_concurrent(spec, planner.trials)),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir / "ray"), callbacks=[callback],
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
     )
     status = "FINISHED"
     try:
         with progress:
-            if runnable:
-                tuner.fit()
+            tuner.fit()
     except BaseException:
         status = "FAILED"
         raise
@@ -142,18 +142,29 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
         store.flush()
         if status == "FAILED":
             tracker.close("FAILED")
-    outcome = summarise(spec, store, tracker, parent, t0)
+    outcome = summarise(spec, store, tracker, parent, t0, planner.decisions,
+                        getattr(planner, "predict_hparams", None))
     tracker.close("FINISHED")
     return outcome
 
 
-def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optional[str], t0: float) -> SweepOutcome:
+def ended_trials(store: ObservationStore) -> dict[str, Optional[dict[str, Any]]]:
+    """Trials that ended in an earlier run of this sweep, with their last report (a planner's input)."""
+    trials = store.trials()
+    last: dict[str, dict[str, Any]] = {}
+    for row in store.observations().to_pylist():
+        last[row["trial_id"]] = row
+    return {tid: last.get(tid) for tid, rec in trials.items() if rec["status"] in ("finished", "diverged", "stopped")}
+
+
+def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optional[str], t0: float,
+              decisions: Optional[list[dict[str, Any]]] = None, hparams=None) -> SweepOutcome:
     """Fit the law on the finished trials, write fit + proposals to the sweep dir and MLflow."""
     from .plots import loss_vs_compute
 
     points = final_points(store)
     fit = fit_and_propose(points, spec.budget.targets, loss=spec.fit.loss, bootstrap=spec.fit.bootstrap,
-                          level=spec.fit.level, seed=spec.seed)
+                          level=spec.fit.level, seed=spec.seed, hparams=hparams)
     sweep_dir = spec.sweep_dir()
     doc = jsonable(fit.to_json())
     (sweep_dir / "fit.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
@@ -177,7 +188,8 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
         if fit.fit is not None:
             metrics["law_objective"] = fit.fit.objective
         figures = {"loss_vs_compute": _plot(fit, spec, points, loss_vs_compute)}
-        tracker.log_sweep_results(params, metrics, {"fit": doc, "proposals": fit.proposals}, figures)
+        artifacts = {"fit": doc, "proposals": doc["proposals"], "decisions": jsonable(decisions or [])}
+        tracker.log_sweep_results(params, metrics, artifacts, figures)
     return SweepOutcome(sweep_dir, statuses, fit, wall, train_s, parent)
 
 

@@ -114,18 +114,23 @@ class GridPlanner:
     """Hands out the grid's trials in order until the grid or the compute budget is spent.
 
     Compute is committed when a trial is handed out (its planned FLOPs), so concurrent
-    trials can never overrun the budget; trials already completed (a resumed sweep) are
-    skipped and their compute counted.
+    trials can never overrun the budget. Every planner has this interface: `next_trial()`,
+    `observe()`, `resume()`, `runnable()`, `trial_cap`, `decisions`.
     """
 
-    def __init__(self, spec: SweepSpec, completed: Optional[dict[str, float]] = None):
+    def __init__(self, spec: SweepSpec):
         self.spec = spec
         self.trials = plan_grid(spec)
         self.budget = spec.budget.total_flops
-        completed = completed or {}
-        self.committed = sum(completed.values())
-        self._pending = [t for t in self.trials if t.trial_id not in completed]
+        self.committed = 0.0
+        self._pending = list(self.trials)
         self.skipped: list[PlannedTrial] = []
+        self.decisions: list[dict[str, Any]] = []
+
+    @property
+    def trial_cap(self) -> int:
+        """Most trials this planner can hand out."""
+        return len(self.runnable())
 
     def next_trial(self) -> Optional[PlannedTrial]:
         """The next trial to run, or None when the grid or the budget is exhausted."""
@@ -135,11 +140,19 @@ class GridPlanner:
                 self.skipped.append(trial)
                 continue
             self.committed += trial.flops
+            self.decisions.append({"trial_id": trial.trial_id, "action": "run",
+                                   "why": "next grid point (cheapest first)"})
             return trial
         return None
 
     def observe(self, trial_id: str, result: Optional[dict[str, Any]]) -> None:
         """A trial ended with its last report (None if it failed); the grid ignores it."""
+
+    def resume(self, results: dict[str, Optional[dict[str, Any]]]) -> None:
+        """Trials that ended in an earlier run of this sweep: not run again, their compute counted."""
+        done = set(results)
+        self.committed += sum(t.flops for t in self.trials if t.trial_id in done)
+        self._pending = [t for t in self._pending if t.trial_id not in done]
 
     def runnable(self) -> list[PlannedTrial]:
         """The trials that fit in the budget, cheapest first (what a fresh sweep will run)."""
@@ -149,3 +162,12 @@ class GridPlanner:
                 total += t.flops
                 out.append(t)
         return out
+
+
+def make_planner(spec: SweepSpec):
+    """The planner the spec asks for: the grid, or the law-guided search."""
+    if spec.search.strategy == "law":
+        from .search import LawGuidedPlanner
+
+        return LawGuidedPlanner(spec, seed=spec.seed, config=spec.search)
+    return GridPlanner(spec)

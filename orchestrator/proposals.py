@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -51,12 +51,16 @@ def _nearest_cell(cells: list[dict[str, Any]], n: float, d: float) -> dict[str, 
     return min(cells, key=lambda c: (math.log(c["N"] / n)) ** 2 + (math.log(c["D"] / d)) ** 2)
 
 
+HparamRule = Callable[[float, float], tuple[Optional[float], Optional[float]]]
+
+
 def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], *, loss: str = "huber",
-                    bootstrap: int = 200, level: float = 0.9, seed: int = 0) -> SweepFit:
+                    bootstrap: int = 200, level: float = 0.9, seed: int = 0,
+                    hparams: Optional[HparamRule] = None) -> SweepFit:
     """Fit Chinchilla's L(N, D) to the best cells and propose (N*, D*, lr, batch) for each target C.
 
-    lr and batch come from the observed cell nearest to (N*, D*) in log space (the grid's
-    own answer); the hyperparameter laws replace this once a sweep has enough lr x batch data.
+    lr and batch come from `hparams(N*, D*)` (learned lr*(N, D), batch*(D) laws) when given and
+    able to answer, else from the observed cell nearest to (N*, D*) in log space.
     """
     cells = best_cells(points)
     warnings: list[str] = []
@@ -76,18 +80,24 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
         fr = fit.law.frontier([c])
         n_opt, d_opt, l_opt = (float(fr[k][0]) for k in ("N_opt", "D_opt", "loss_opt"))
         near = _nearest_cell(cells, n_opt, d_opt)
+        lr, batch = hparams(n_opt, d_opt) if hparams is not None else (None, None)
+        if lr is None or batch is None:
+            lr, batch = near["lr"], near["batch"]
+            source = f"nearest observed cell N={near['N']}, D={near['D']}"
+        else:
+            source = "learned laws lr*(N, D), batch*(D)"
         shape = shape_for(max(1, int(round(n_opt))))
         iv = budgets.get(budget_key(c), {})
         proposals.append({
             "budget": float(c),
             "N": n_opt,
             "D": d_opt,
-            "lr": near["lr"],
-            "batch": near["batch"],
+            "lr": lr,
+            "batch": batch,
             "predicted_loss": l_opt,
             "tokens_per_param": d_opt / n_opt,
             "shape": shape.to_dict(),
-            "hparams_from": f"nearest observed cell N={near['N']}, D={near['D']}",
+            "hparams_from": source,
             "extrapolation_decades": math.log10(c / max(cell["C"] for cell in cells)),
             "intervals": {key: iv[key] for key in ("N_opt", "D_opt", "loss_opt", "tokens_per_param") if key in iv},
         })

@@ -37,57 +37,15 @@ import numpy as np
 from .laws.chinchilla import ChinchillaFit, fit_chinchilla, frontier_samples
 from .laws.hparams import BatchLaw, LrLaw
 from .planner import WAIT, PlannedTrial, plan_grid
-from .spec import SweepSpec
+from .spec import SearchSpec, SweepSpec
 
 Point = tuple[int, int]  # (lr index, batch index) in a cell's lattice
 _UNKNOWN = ("failed", "budget")  # outcomes that say nothing about the loss at a point
 _WORSE = ("diverged", "censored", "stopped")  # outcomes that say "not the best point"
 
 
-@dataclass(frozen=True)
-class SearchConfig:
-    """Knobs of the law-guided search (spec fields `search.*`); see docs/search.md."""
-
-    init_sizes: int = 2  # smallest model sizes whose cells form the initial design
-    init_scans: int = 2  # cells scanned in parallel before any cell is resolved
-    scan_points: int = 5  # learning rates in a coarse scan, spread evenly over the spec's lrs
-    neighbourhood: str = "cross"  # local-minimum certificate: "cross" (lr±1, batch±1) or "square" (+ diagonals)
-    max_open_cells: int = 4  # cells searched at once (more: parallelism; fewer: each start uses more law)
-    min_fit_cells: int = 6  # resolved cells before L(N, D) is fitted and the acquisition rule takes over
-    min_sizes: int = 3  # distinct model sizes among resolved cells before pruning or the tolerance act
-    stop_streak: int = 2  # consecutive fits meeting the tolerance before stopping (one lucky bootstrap is not enough)
-    bootstrap: int = 100  # bootstrap replicates of the L(N, D) fit (acquisition, pruning, stopping)
-    level: float = 0.9  # interval level for the stopping rule
-    tolerance: float = 0.5  # stop when every target's N*(C) interval is narrower than this (relative width)
-    loss_tolerance: float = 0.02  # ... and every target's L*(C) interval narrower than this
-    prune_below: float = 0.1  # skip cells near the frontier in fewer than this fraction of replicates
-    prune_band: float = 3.0  # "near": N within this factor of the replicate's N*(C) at the cell's compute
-    noise: float = 0.003  # relative noise of a cell's best loss assumed by the acquisition (floor)
-    hparam_ridge: float = 0.05  # ridge on the lr/batch law exponents (stabilises fits on 2-3 cells)
-    max_trials: Optional[int] = None  # cap on trials handed out (None: the budget and the cells decide)
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.init_sizes >= 1, "init_sizes must be >= 1"),
-            (self.init_scans >= 1, "init_scans must be >= 1"),
-            (self.scan_points >= 1, "scan_points must be >= 1"),
-            (self.neighbourhood in ("cross", "square"), "neighbourhood must be 'cross' or 'square'"),
-            (self.max_open_cells >= 1, "max_open_cells must be >= 1"),
-            (self.min_fit_cells >= 5, "min_fit_cells must be >= 5 (L(N, D) has five parameters)"),
-            (self.bootstrap >= 10, "bootstrap must be >= 10"),
-            (self.min_sizes >= 2, "min_sizes must be >= 2"),
-            (self.stop_streak >= 1, "stop_streak must be >= 1"),
-            (0 < self.level < 1, "level must be in (0, 1)"),
-            (self.tolerance >= 0 and self.loss_tolerance >= 0, "tolerances must be >= 0"),
-            (0 <= self.prune_below < 1, "prune_below must be in [0, 1)"),
-            (self.prune_band > 1, "prune_band must be > 1"),
-            (self.noise > 0, "noise must be > 0"),
-            (self.hparam_ridge >= 0, "hparam_ridge must be >= 0"),
-            (self.max_trials is None or self.max_trials >= 1, "max_trials must be >= 1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
+# The knobs are the spec's `search` section (typed, validated, documented in docs/spec.md).
+SearchConfig = SearchSpec
 
 
 # ------------------------------------------------------------------------------------ cells
@@ -349,7 +307,7 @@ class LawGuidedPlanner:
         widths = self._widths()
         for k, C in enumerate(self.targets):
             n, d = float(fr["N_opt"][k]), float(fr["D_opt"][k])
-            lr, batch = self._predict_hparams(n, d)
+            lr, batch = self.predict_hparams(n, d)
             out.append({"budget": float(C), "N": n, "D": d, "predicted_loss": float(fr["loss_opt"][k]),
                         "lr": lr, "batch": batch, "intervals": ivs.get(str(float(C)), {}),
                         "N_rel_width": widths[k][0], "loss_rel_width": widths[k][1]})
@@ -443,7 +401,7 @@ class LawGuidedPlanner:
             for p in cell.queue:
                 cell.why[p] = f"initial design: coarse lr scan ({len(cell.queue)} lrs, batch {cell.batches[jm]})"
             return
-        lr, batch = self._predict_hparams(cell.N, cell.D)
+        lr, batch = self.predict_hparams(cell.N, cell.D)
         j = min(range(len(cell.batches)), key=lambda j: (abs(math.log(cell.batches[j] / batch)), j))
         pts = [p for p in cell.trials if cell.available(p)]
         if not pts:
@@ -619,7 +577,8 @@ class LawGuidedPlanner:
         self.batch_law = BatchLaw(float(math.exp(cb)), float(db))
         self._law_cells = (len(lr_rows), len(b_rows))
 
-    def _predict_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
+    def predict_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
+        """lr*(N, D) and batch*(D) from the laws learned so far (None, None before there are any)."""
         if self.lr_law is None:
             return None, None
         return float(self.lr_law(N, D)), float(self.batch_law(D))

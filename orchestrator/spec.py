@@ -208,6 +208,29 @@ class FitSpec(_Strict):
     level: float = Field(0.9, gt=0, lt=1, description="interval level")
 
 
+class SearchSpec(_Strict):
+    """Which trial runs next: the whole grid (cheapest first) or the law-guided search (docs/search.md)."""
+
+    strategy: Literal["grid", "law"] = Field("grid", description="grid: every trial of the grid; law: law-guided search over it")
+    init_sizes: int = Field(2, ge=1, description="law: smallest model sizes whose cells form the initial design")
+    init_scans: int = Field(2, ge=1, description="law: cells scanned in parallel before any cell is resolved")
+    scan_points: int = Field(5, ge=1, description="law: learning rates in a coarse scan, spread over the spec's lrs")
+    neighbourhood: Literal["cross", "square"] = Field("cross", description="law: local-minimum certificate: cross (lr±1, batch±1) or square (+ diagonals)")
+    max_open_cells: int = Field(4, ge=1, description="law: (N, D) cells searched at once (more: parallelism; fewer: more use of the learned laws)")
+    min_fit_cells: int = Field(6, ge=5, description="law: resolved cells before L(N, D) is fitted and the acquisition rule takes over (>= 5 parameters)")
+    min_sizes: int = Field(3, ge=2, description="law: distinct sizes among resolved cells before pruning or the tolerance act")
+    stop_streak: int = Field(2, ge=1, description="law: consecutive fits meeting the tolerance before stopping")
+    bootstrap: int = Field(100, ge=10, description="law: bootstrap replicates of the online L(N, D) fit")
+    level: float = Field(0.9, gt=0, lt=1, description="law: interval level of the stopping rule")
+    tolerance: float = Field(0.5, ge=0, description="law: stop when every target's N*(C) interval is narrower than this (relative width)")
+    loss_tolerance: float = Field(0.02, ge=0, description="law: ... and every target's L*(C) interval narrower than this")
+    prune_below: float = Field(0.1, ge=0, lt=1, description="law: skip cells near the frontier in fewer than this fraction of bootstrap replicates")
+    prune_band: float = Field(3.0, gt=1, description="law: near = N within this factor of the replicate's N*(C) at the cell's compute")
+    noise: float = Field(0.003, gt=0, description="law: relative noise of a cell's best loss assumed by the acquisition (floor)")
+    hparam_ridge: float = Field(0.05, ge=0, description="law: ridge on the online lr/batch law exponents")
+    max_trials: Optional[int] = Field(None, ge=1, description="cap on trials handed out; none = the budget and the planner decide")
+
+
 class TrainerSpec(_Strict):
     """What a trial runs: the real DeepSpeed trainer, or the simulated one over a ground-truth world."""
 
@@ -242,6 +265,7 @@ class SweepSpec(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     fit: FitSpec = Field(default_factory=FitSpec)
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
     data: str = Field("builtin", description="'builtin' (offline corpus) or a directory of pre-tokenised Parquet shards")
     output_dir: Optional[str] = Field(None, description="sweep directory; none = ./sweeps/<name>")
     checkpoints: bool = Field(True, description="save a checkpoint at the end of every trial")

@@ -34,10 +34,11 @@ def validate(spec: Path = typer.Argument(..., help="sweep spec (YAML)")) -> None
     from ..planner import GridPlanner
 
     s = _load(spec)
-    planner = GridPlanner(s)
-    runnable = planner.runnable()
-    console.print(f"[bold]{s.name}[/]: {len(runnable)} trial(s) of {len(planner.trials)} in the grid, "
-                  f"{sum(t.flops for t in runnable):.3g} FLOPs; sweep dir {s.sweep_dir()}")
+    grid = GridPlanner(s).runnable()
+    what = ("runs them all, cheapest first" if s.search.strategy == "grid"
+            else "is searched law-guided: only the trials that teach most about the target optimum run")
+    console.print(f"[bold]{s.name}[/]: {len(grid)} trial(s) in the grid ({sum(t.flops for t in grid):.3g} FLOPs "
+                  f"within the budget); the sweep {what}. Sweep dir {s.sweep_dir()}")
 
 
 @app.command("run")

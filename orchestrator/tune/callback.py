@@ -37,17 +37,20 @@ def _diverged(report: dict[str, float]) -> bool:
 class SweepCallback(Callback):
     """Appends reports to the store, streams them to MLflow, updates the display."""
 
-    def __init__(self, store: ObservationStore, tracker, progress: SweepProgress, records: dict[str, dict]):
+    def __init__(self, store: ObservationStore, tracker, progress: SweepProgress, records: dict[str, dict],
+                 decisions: Optional[dict[str, dict]] = None):
         self.store = store
         self.tracker = tracker
         self.progress = progress
         self.records = records  # planned trial id -> its config record (PlannedTrial.record())
+        self.decisions = decisions if decisions is not None else {}  # trial id -> why the planner chose it
         self.last: dict[str, dict[str, float]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; the live handles (store
         # buffer, MLflow threads, display) are rebuilt by `scalesweep resume`, not unpickled.
-        return {"records": self.records, "last": self.last, "store": None, "tracker": None, "progress": None}
+        return {"records": self.records, "last": self.last, "decisions": self.decisions,
+                "store": None, "tracker": None, "progress": None}
 
     @staticmethod
     def _tid(trial) -> str:
@@ -56,9 +59,12 @@ class SweepCallback(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         tid = self._tid(trial)
         record = self.records[tid]
-        self.store.set_status(tid, "running", config=record)
+        why = self.decisions.get(tid)
+        self.store.set_status(tid, "running", config=record, summary={"decision": why} if why else None)
         if self.tracker is not None:
             self.tracker.start_trial(tid, {**record, **_flat(trial.config["trial"], "trainer")})
+            if why:
+                self.tracker.set_tags(tid, {"scalesweep.why": str(why.get("why", why))[:5000]})
         self.progress.trial_state(tid, "running")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
