@@ -108,7 +108,8 @@ class Method:
 class OurPruner(Method):
     name = "ours"
 
-    def __init__(self, config: PruneConfig = PruneConfig()):
+    def __init__(self, config: PruneConfig = PruneConfig(), name: str = "ours"):
+        self.name = name
         self.pruner = Pruner(config)
         self.metas: dict[str, TrialMeta] = {}
         self.decisions: dict[str, Any] = {}
@@ -260,7 +261,8 @@ def run(world: str, seeds: int, concurrency: int) -> dict[str, Any]:
     for seed in range(seeds):
         trials = make_sweep(world, seed)
         max_t = max(len(t.reports) for t in trials)
-        methods = [Method(), OurPruner(PruneConfig(seed=seed)), Asha(max_t), OptunaPruner("median", seed),
+        methods = [Method(), OurPruner(PruneConfig(seed=seed)),
+                   OurPruner(PruneConfig(seed=seed, margin=0.01), name="ours (margin 1%)"), Asha(max_t), OptunaPruner("median", seed),
                    OptunaPruner("hyperband", seed)]
         for m in methods:
             np.random.seed(seed)  # ASHA draws its bracket with np.random
@@ -268,7 +270,7 @@ def run(world: str, seeds: int, concurrency: int) -> dict[str, Any]:
             res = score(trials, replay(trials, m, concurrency))
             res["seconds"] = time.perf_counter() - t0
             rows.setdefault(m.name, []).append(res)
-            if isinstance(m, OurPruner):
+            if m.name == "ours":
                 latency += m.report_s
                 for tid, d in list(m.decisions.items())[:3]:
                     examples.append({"trial": tid, **d.summary()})
