@@ -385,7 +385,7 @@ def _asha_tuner(grid: Grid, order: list[PlannedTrial], concurrency: int, world_r
                 continue
             complete = int(last["tokens"]) >= t.D  # ran to its planned end (not stopped by ASHA)
             loss = float(last["eval_loss"])
-            status = ("finished" if math.isfinite(loss) else "diverged") if complete else "stopped"
+            status = "diverged" if not math.isfinite(loss) else ("finished" if complete else "stopped")
             records.append(TrialRecord(tid, float(t.n_target), t.D, t.lr, t.batch, t.flops, float(last["flops"]),
                                        len(df), status, loss))
     return StrategyRun(records, "tuner", [f"real ray.tune.Tuner, {concurrency} concurrent trials, reuse_actors"])
