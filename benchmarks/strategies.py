@@ -404,10 +404,14 @@ def scalesweep_parts(spec: SweepSpec) -> dict[str, Any]:
     fields = type(spec).model_fields
 
     def enabled(name: str) -> bool:
-        if name not in fields:
+        if name not in fields or getattr(spec, name) is None:
             return False
         sec = getattr(spec, name)
-        return bool(getattr(sec, "enabled", sec is not None and getattr(sec, "kind", None) not in (None, "none", "grid")))
+        if hasattr(sec, "enabled"):
+            return bool(sec.enabled)
+        # search.strategy: grid | law (a kind-like field: anything but the grid turns it on)
+        kind = getattr(sec, "strategy", getattr(sec, "kind", None))
+        return kind not in (None, "none", "grid")
 
     parts = {
         "planner": "grid",
@@ -416,10 +420,11 @@ def scalesweep_parts(spec: SweepSpec) -> dict[str, Any]:
         "wsd_branching": enabled("branching"),
     }
     missing = [n for n in ("search", "pruning", "branching") if n not in fields]
-    parts["note"] = ("grid planner only: " + ", ".join(f"spec.{n}" for n in missing) + " not in the spec yet"
-                     if missing else "as configured by the spec")
+    active = [k for k in ("search", "pruner", "wsd_branching") if parts[k]]
+    parts["note"] = ("active: " + ", ".join(active) if active else "grid planner only") + (
+        "; not in the spec yet: " + ", ".join(f"spec.{n}" for n in missing) if missing else "")
     if parts["search"]:
-        parts["planner"] = "law-guided"
+        parts["planner"] = f"search.strategy={spec.search.strategy}"
     return parts
 
 
