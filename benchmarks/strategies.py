@@ -23,7 +23,7 @@ import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from orchestrator.planner import GridPlanner, PlannedTrial, plan_grid, trial_config
 from orchestrator.spec import SweepSpec, parse_spec
