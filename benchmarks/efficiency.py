@@ -111,7 +111,10 @@ def evaluate(run: S.StrategyRun, grid: S.Grid, world: World, target: float, seed
         out.update(regret=math.nan, regret_nd=math.nan, regret_hparam_laws=math.nan, proposal=None)
         return out
     p = fit.proposals[0]
-    prop = {"N": p["N"], "D": p["D"], "lr": p["lr"], "batch": p["batch"], "predicted_loss": p["predicted_loss"]}
+    if run.product_proposal is not None:  # scalesweep through run_sweep: score the product's own proposal
+        p = run.product_proposal
+    prop = {"N": p["N"], "D": p["D"], "lr": p["lr"], "batch": p["batch"], "predicted_loss": p["predicted_loss"],
+            "hparams_from": p.get("hparams_from")}
     out["proposal"] = prop
     out["regret"] = world.regret(prop, target)
     # The same (N, D) at the true lr*, batch*: the part of the regret due to the L(N, D) fit alone.

@@ -308,6 +308,8 @@ class StrategyRun:
     mode: str
     notes: list[str] = field(default_factory=list)
     active_parts: Optional[dict[str, Any]] = None
+    # The product's own proposal for the target (run_sweep's fit, with its hparam rule) when it ran.
+    product_proposal: Optional[dict[str, Any]] = None
 
     @property
     def compute(self) -> float:
@@ -473,6 +475,7 @@ def _scalesweep_tuner(grid: Grid, spec_data: dict[str, Any], concurrency: int, p
         data = dict(spec_data, output_dir=str(Path(tmp) / "sweep"))
         data["resources"] = {**data.get("resources", {}), "max_concurrent": concurrency}
         outcome = run_sweep(parse_spec(data), show_progress=False)
+        proposal = outcome.fit.proposals[0] if outcome.fit.proposals else None
         store = ObservationStore(outcome.sweep_dir)
         trials = store.trials()
         last: dict[str, dict] = {}
@@ -491,4 +494,5 @@ def _scalesweep_tuner(grid: Grid, spec_data: dict[str, Any], concurrency: int, p
                 status = "stopped"  # a trial a scheduler stopped is not a final loss
             records.append(TrialRecord(tid, float(t.n_target), t.D, t.lr, t.batch, t.flops, float(row["flops"]),
                                        count[tid], status, float(row["eval_loss"])))
-    return StrategyRun(records, "tuner", ["real orchestrator.controller.run_sweep (Ray Tune, store, MLflow)"], parts)
+    return StrategyRun(records, "tuner", ["real orchestrator.controller.run_sweep (Ray Tune, store, MLflow); "
+                                          "regret scores run_sweep's own proposal"], parts, proposal)
