@@ -287,7 +287,7 @@ class Pruner:
         # Both losses NaN is how a trainer reports a blown-up step; inf anywhere is a blow-up too.
         # One NaN alone only means "not measured in this report" (no evaluation, no train mean).
         if (math.isnan(train) and math.isnan(val)) or math.isinf(train) or math.isinf(val):
-            return Decision(DIVERGED, f"non-finite loss at step {step:.0f}", {"step": step, "loss": train})
+            return Decision(DIVERGED, f"non-finite loss at step {step:.0f} (train {train}, eval {val})", {"step": step})
         x = val if math.isfinite(val) else train
         if math.isnan(t.first):
             t.first = x
