@@ -80,6 +80,7 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
 
     from .tracking import SweepTracker
     from .tune.callback import SweepCallback
+    from .tune.scheduler import PrunerScheduler
     from .tune.searcher import PlannerSearcher
     from .tune.trainable import run_trial
 
@@ -122,11 +123,13 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
     planned = planner.runnable()
     progress = SweepProgress(spec.name, planner.trial_cap, sum(t.flops for t in planned),
                              spec.budget.total_flops, enabled=show_progress)
-    callback = SweepCallback(store, tracker, progress, records, decisions)
+    scheduler = PrunerScheduler(spec.pruning) if spec.pruning.enabled else None
+    callback = SweepCallback(store, tracker, progress, records, decisions,
+                             stops=scheduler.decisions if scheduler is not None else None)
     searcher = PlannerSearcher(planner, to_config)
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max(1, planner.trial_cap),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=max(1, planner.trial_cap),
                                     max_concurrent_trials=_max_concurrent(spec, planner.trials)),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir / "ray"), callbacks=[callback],
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=0)),

@@ -46,46 +46,16 @@ from trainers.schedules import lr_array
 
 from .laws.curve_law import CurveLaw
 from .laws.curves import Curve, Schedule
-from .laws.final_loss import LAWS, make_law, predict_final
+from .laws.final_loss import make_law, predict_final
+from .spec import PruningSpec
 
 LR_REF = 1e-3  # the peak every schedule shape is scaled to before the curve law sees it
 
 CONTINUE, STOP, DIVERGED = "continue", "stop", "diverged"
 
 
-@dataclass(frozen=True)
-class PruneConfig:
-    """Knobs of the pruning rule (the spec's ``pruning.*`` fields)."""
-
-    enabled: bool = True
-    margin: float = 0.02  # relative: stop when low > reference_high·(1 + margin)
-    grace: float = 0.3  # never predict (or stop) before this fraction of the planned steps
-    min_reports: int = 2  # consecutive fresh predictions (or exploding reports) needed to stop
-    level: float = 0.9  # central level of both intervals (trial prediction, frontier)
-    law: str = "multipower"  # curve law: multipower | annealing
-    metric: str = "eval_loss"  # loss that is predicted (train_loss when eval is never reported)
-    divergence_factor: float = 1.5  # loss > factor × own running min ⇒ exploding
-    refit_growth: float = 0.1  # fresh prediction when the prefix grew by this fraction of its steps
-    refit_every: int = 2  # ... and at least this many reports arrived since the last one
-    use_frontier: bool = True  # compare with the fitted L(N, D) frontier once it exists
-    min_frontier_points: int = 8  # finished (N, D) cells needed before the frontier is fitted
-    frontier_bootstrap: int = 64  # bootstrap replicates of the frontier fit (its upper end)
-    max_curves: int = 6  # completed curves per size the curve law is fitted on (most recent)
-    n_boot: int = 10  # bootstrap refits of the curve law (prediction interval)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        checks = {
-            "margin": self.margin >= 0, "grace": 0 <= self.grace < 1, "min_reports": self.min_reports >= 1,
-            "level": 0 < self.level < 1, "law": self.law in LAWS, "divergence_factor": self.divergence_factor > 1,
-            "refit_growth": self.refit_growth >= 0, "refit_every": self.refit_every >= 1,
-            "min_frontier_points": self.min_frontier_points >= 5, "frontier_bootstrap": self.frontier_bootstrap >= 0,
-            "max_curves": self.max_curves >= 1, "n_boot": self.n_boot >= 0,
-            "metric": self.metric in ("eval_loss", "train_loss"),
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid PruneConfig field(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+# The knobs are the spec's `pruning` section (typed, validated, documented in docs/spec.md).
+PruneConfig = PruningSpec
 
 
 @dataclass(frozen=True)
@@ -188,7 +158,7 @@ class Pruner:
         t = self._trials.get(trial_id)
         if t is None:
             t = self._trials[trial_id] = self._new(meta)
-        if t.ended or not self.config.enabled:
+        if t.ended:  # (`enabled` decides whether the controller installs a pruner at all)
             return Decision()
         step = float(report["step"])
         train = _num(report.get("train_loss"))

@@ -231,6 +231,27 @@ class SearchSpec(_Strict):
     max_trials: Optional[int] = Field(None, ge=1, description="cap on trials handed out; none = the budget and the planner decide")
 
 
+class PruningSpec(_Strict):
+    """Online early stopping of hopeless trials (docs/pruning.md); a Ray Tune scheduler over a pure rule."""
+
+    enabled: bool = Field(False, description="stop hopeless trials early (off by default until validated on real-trainer sweeps)")
+    margin: float = Field(0.02, ge=0, description="relative: stop when the prediction's low end > the reference's high end x (1 + margin)")
+    grace: float = Field(0.3, ge=0, lt=1, description="never predict (or stop) before this fraction of the planned steps")
+    min_reports: int = Field(2, ge=1, description="consecutive fresh predictions (or exploding reports) needed to stop")
+    level: float = Field(0.9, gt=0, lt=1, description="central level of both intervals (trial prediction, frontier)")
+    law: Literal["multipower", "annealing"] = Field("multipower", description="loss-curve law used for the final-loss prediction")
+    metric: Literal["eval_loss", "train_loss"] = Field("eval_loss", description="loss that is predicted")
+    divergence_factor: float = Field(1.5, gt=1, description="loss above this factor x the trial's running minimum counts as exploding")
+    refit_growth: float = Field(0.1, ge=0, description="new prediction when the prefix grew by this fraction of its steps")
+    refit_every: int = Field(2, ge=1, description="... and at least this many reports arrived since the last one")
+    use_frontier: bool = Field(True, description="compare with the fitted L(N, D) frontier once it exists")
+    min_frontier_points: int = Field(8, ge=5, description="finished (N, D) cells needed before the frontier is fitted")
+    frontier_bootstrap: int = Field(64, ge=0, description="bootstrap replicates of the frontier fit (its upper end)")
+    max_curves: int = Field(6, ge=1, description="completed curves per size the curve law is fitted on (most recent)")
+    n_boot: int = Field(10, ge=0, description="bootstrap refits of the curve law (prediction interval)")
+    seed: int = Field(0, description="seed of the curve-law bootstrap")
+
+
 class TrainerSpec(_Strict):
     """What a trial runs: the real DeepSpeed trainer, or the simulated one over a ground-truth world."""
 
@@ -266,6 +287,7 @@ class SweepSpec(_Strict):
     fit: FitSpec = Field(default_factory=FitSpec)
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
+    pruning: PruningSpec = Field(default_factory=PruningSpec)
     data: str = Field("builtin", description="'builtin' (offline corpus) or a directory of pre-tokenised Parquet shards")
     output_dir: Optional[str] = Field(None, description="sweep directory; none = ./sweeps/<name>")
     checkpoints: bool = Field(True, description="save a checkpoint at the end of every trial")

@@ -38,18 +38,19 @@ class SweepCallback(Callback):
     """Appends reports to the store, streams them to MLflow, updates the display."""
 
     def __init__(self, store: ObservationStore, tracker, progress: SweepProgress, records: dict[str, dict],
-                 decisions: Optional[dict[str, dict]] = None):
+                 decisions: Optional[dict[str, dict]] = None, stops: Optional[dict[str, Any]] = None):
         self.store = store
         self.tracker = tracker
         self.progress = progress
         self.records = records  # planned trial id -> its config record (PlannedTrial.record())
         self.decisions = decisions if decisions is not None else {}  # trial id -> why the planner chose it
+        self.stops = stops if stops is not None else {}  # trial id -> the pruner's stop/diverged Decision
         self.last: dict[str, dict[str, float]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; the live handles (store
         # buffer, MLflow threads, display) are rebuilt by `scalesweep resume`, not unpickled.
-        return {"records": self.records, "last": self.last, "decisions": self.decisions,
+        return {"records": self.records, "last": self.last, "decisions": self.decisions, "stops": {},
                 "store": None, "tracker": None, "progress": None}
 
     @staticmethod
@@ -90,7 +91,11 @@ class SweepCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         tid = self._tid(trial)
         last = self.last.get(tid)
-        if last is None:
+        stop = self.stops.get(tid)
+        if stop is not None:  # the pruner ended it: record why, with the prediction that justified it
+            self._end(trial, "diverged" if stop.action == "diverged" else "stopped",
+                      {"reason": stop.reason, **stop.summary()})
+        elif last is None:
             self._end(trial, "failed", {"reason": "no report"})
         elif _diverged(last):
             self._end(trial, "diverged", {"reason": "non-finite loss", "step": last["step"]})
