@@ -130,7 +130,10 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=max(1, planner.trial_cap),
-                                    max_concurrent_trials=_max_concurrent(spec, planner.trials)),
+                                    max_concurrent_trials=_max_concurrent(spec, planner.trials),
+                                    # Simulated trials take milliseconds: a fresh actor each would
+                                    # dominate. Real trials get a fresh process (clean torch state).
+                                    reuse_actors=spec.trainer.backend == "simulated"),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir / "ray"), callbacks=[callback],
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
     )

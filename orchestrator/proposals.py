@@ -86,7 +86,10 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
             source = f"nearest observed cell N={near['N']}, D={near['D']}"
         else:
             source = "learned laws lr*(N, D), batch*(D)"
-        shape = shape_for(max(1, int(round(n_opt))))
+        try:
+            shape = shape_for(max(1, int(round(n_opt)))).to_dict()
+        except ValueError:  # beyond the model family's largest member
+            shape = None
         iv = budgets.get(budget_key(c), {})
         proposals.append({
             "budget": float(c),
@@ -96,7 +99,7 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
             "batch": batch,
             "predicted_loss": l_opt,
             "tokens_per_param": d_opt / n_opt,
-            "shape": shape.to_dict(),
+            "shape": shape,
             "hparams_from": source,
             "extrapolation_decades": math.log10(c / max(cell["C"] for cell in cells)),
             "intervals": {key: iv[key] for key in ("N_opt", "D_opt", "loss_opt", "tokens_per_param") if key in iv},

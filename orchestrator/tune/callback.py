@@ -99,6 +99,9 @@ class SweepCallback(Callback):
             self._end(trial, "failed", {"reason": "no report"})
         elif _diverged(last):
             self._end(trial, "diverged", {"reason": "non-finite loss", "step": last["step"]})
+        elif last["done"] < 1:  # a scheduler (not ours) ended it early: its loss is not a final loss
+            self._end(trial, "stopped", {"reason": "ended before its planned tokens (stopped by the scheduler)",
+                                         "steps": last["step"], "flops": last["flops"]})
         else:
             self._end(trial, "finished", {"final_eval_loss": last["eval_loss"], "steps": last["step"],
                                           "flops": last["flops"]})

@@ -51,6 +51,7 @@ def _run_torch_trainer(cfg: TrialConfig, config: dict[str, Any]) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    _pin_cluster_address()
     use_gpu = bool(config.get("use_gpu", False))
     trainer = TorchTrainer(
         _worker_loop,
@@ -69,3 +70,21 @@ def _run_torch_trainer(cfg: TrialConfig, config: dict[str, Any]) -> None:
         ),
     )
     trainer.fit()
+
+
+def _pin_cluster_address() -> None:
+    """Make Ray Train's helper actors talk to this trial's cluster.
+
+    Train V2's placement-group cleaner finds the cluster through the State API; on a machine
+    running several Ray instances it cannot tell which one without RAY_ADDRESS, and then a
+    finished trial's workers keep their CPUs and the next multi-worker trial waits forever.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    try:  # propagated to Train's controller actor (and so to the cleaner it starts)
+        from ray.train.v2._internal.constants import ENV_VARS_TO_PROPAGATE
+
+        ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
+    except (ImportError, AttributeError):  # a Ray version without it: best effort only
+        pass

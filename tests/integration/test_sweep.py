@@ -90,8 +90,8 @@ def test_mlflow_parent_and_children(sweep):
         hist = client.get_metric_history(child.info.run_id, "eval_loss")
         assert len(hist) >= 2 and hist[-1].value < hist[0].value
         assert {"tokens", "flops", "lr", "train_loss", "tokens_per_s"} <= set(child.data.metrics)
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert any(p.endswith(".png") for p in artifacts) and any("fit" in p for p in artifacts)
+    artifacts = {a.path for folder in ("plots", "results") for a in client.list_artifacts(parent.info.run_id, folder)}
+    assert {"plots/loss_vs_compute.png", "results/fit.json", "results/proposals.json"} <= artifacts
 
 
 def test_fitted_law_and_proposals(sweep):
