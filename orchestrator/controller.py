@@ -50,7 +50,7 @@ def prepare_dir(spec: SweepSpec, spec_path: Optional[str]) -> Path:
     return sweep_dir
 
 
-def _init_ray(spec: SweepSpec) -> None:
+def _init_ray() -> None:
     import ray
 
     if ray.is_initialized():
@@ -100,9 +100,8 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
                            resume_run_id=state.get("mlflow_parent_run"))
     if parent:
         state_file.write_text(json.dumps({**state, "mlflow_parent_run": parent}))
-    _init_ray(spec)
-    cache = str(sweep_dir.parent / ".corpus-cache") if spec.data == "builtin" else None
-    cache = os.environ.get("SCALESWEEP_CACHE", cache)
+    _init_ray()
+    cache = os.environ.get("SCALESWEEP_CACHE")  # built-in corpus cache; None = the trainer's default
 
     decisions: dict[str, dict[str, Any]] = {}  # trial id -> why the planner chose it
 
@@ -131,9 +130,10 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
         tune.with_resources(run_trial, resources),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=max(1, planner.trial_cap),
                                     max_concurrent_trials=_max_concurrent(spec, planner.trials),
-                                    # Simulated trials take milliseconds: a fresh actor each would
-                                    # dominate. Real trials get a fresh process (clean torch state).
-                                    reuse_actors=spec.trainer.backend == "simulated"),
+                                    # A fresh trial process costs seconds (torch + DeepSpeed
+                                    # imports), often more than a small trial's training; the
+                                    # trainer leaves no global state behind, so processes are reused.
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir / "ray"), callbacks=[callback],
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
     )

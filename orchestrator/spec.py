@@ -146,39 +146,28 @@ class BudgetSpec(_Strict):
         return v
 
 
+ZeroStage = Literal[0, 1, 2, 3, "auto"]
+
+
 class ResourceRule(_Strict):
     """Resources for trials whose N lies in [min_n_params, max_n_params]."""
 
     min_n_params: float = Field(0, ge=0, description="rule applies from this N")
     max_n_params: float = Field(float("inf"), gt=0, description="rule applies up to this N")
     workers: int = Field(1, ge=1, description="data-parallel workers (one process each)")
-    zero_stage: Union[int, Literal["auto"]] = Field("auto", description="ZeRO stage 0-3 or auto")
-
-    @field_validator("zero_stage")
-    @classmethod
-    def _stage(cls, v: Union[int, str]) -> Union[int, str]:
-        if v != "auto" and v not in (0, 1, 2, 3):
-            raise ValueError("must be 0, 1, 2, 3 or auto")
-        return v
+    zero_stage: ZeroStage = Field("auto", description="ZeRO stage 0-3 or auto")
 
 
 class ResourcesSpec(_Strict):
     """Per-trial resources. `rules` override the defaults for ranges of N (first match wins)."""
 
     workers: int = Field(1, ge=1, description="data-parallel workers per trial")
-    zero_stage: Union[int, Literal["auto"]] = Field("auto", description="ZeRO stage 0-3; auto = 0 for one worker, 1 otherwise")
+    zero_stage: ZeroStage = Field("auto", description="ZeRO stage 0-3; auto = 0 for one worker, 1 otherwise")
     threads: int = Field(1, ge=1, description="CPU threads (and CPUs reserved) per worker")
     max_concurrent: Optional[int] = Field(None, ge=1, description="cap on trials running at once; none = what the cluster's CPUs allow")
     micro_batch: Optional[int] = Field(None, ge=1, description="sequences per worker per micro-step; none = the whole share")
     rules: list[ResourceRule] = Field(default_factory=list, description="per-N overrides of workers / zero_stage")
     use_gpu: bool = Field(False, description="one GPU per worker (CUDA + NCCL, bf16)")
-
-    @field_validator("zero_stage")
-    @classmethod
-    def _stage(cls, v: Union[int, str]) -> Union[int, str]:
-        if v != "auto" and v not in (0, 1, 2, 3):
-            raise ValueError("must be 0, 1, 2, 3 or auto")
-        return v
 
     def for_size(self, n: int) -> tuple[int, int]:
         """(workers, zero_stage) for a model of `n` parameters."""
