@@ -540,6 +540,9 @@ class SweepRegistry:
             raise ApiError(422, f"budget: cannot propose for {budgets}: {fit}")
         if fit.fit is None:
             raise ApiError(409, f"sweep {sweep_id!r}: L(N, D) not fitted: {'; '.join(fit.warnings)}")
+        beyond = [p["budget"] for p in fit.proposals if p["shape"] is None]
+        if beyond:  # the model family has no member that large: not a config anyone can run
+            raise ApiError(422, f"budget: {beyond[0]:.3g} FLOPs puts N* beyond the model family's largest member")
         return jsonable(fit.proposals)
 
     def laws(self, sweep_id: str, bootstrap: Optional[int]) -> dict[str, Any]:

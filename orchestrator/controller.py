@@ -132,8 +132,9 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
                                     max_concurrent_trials=_max_concurrent(spec, planner.trials),
                                     # A fresh trial process costs seconds (torch + DeepSpeed
                                     # imports), often more than a small trial's training; the
-                                    # trainer leaves no global state behind, so processes are reused.
-                                    reuse_actors=True),
+                                    # trainer leaves no global state behind, so processes are
+                                    # reused -- but Tune cannot reuse one across resource shapes.
+                                    reuse_actors=all(t.workers == 1 for t in planner.trials)),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir / "ray"), callbacks=[callback],
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
     )
