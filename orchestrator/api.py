@@ -455,12 +455,8 @@ class SweepRegistry:
             counts: dict[str, int] = {}
             for rec in store.trials().values():
                 counts[rec["status"]] = counts.get(rec["status"], 0) + 1
-            obs = store.observations()
-            spent: dict[str, float] = {}
-            for tid, fl in zip(obs["trial_id"].to_pylist(), obs["flops"].to_pylist()):
-                if fl == fl:  # rows are sorted by step: the last finite one wins
-                    spent[tid] = fl
-            return {"trials": counts, "flops_spent": float(sum(spent.values()))}
+            spent = sum(row["flops"] for row in store.last_reports(finite="flops").values())
+            return {"trials": counts, "flops_spent": float(spent)}
 
         return self._cached(("summary", sweep_id, _store_version(d)), make)
 

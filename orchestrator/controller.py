@@ -158,9 +158,7 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
 def ended_trials(store: ObservationStore) -> dict[str, Optional[dict[str, Any]]]:
     """Trials that ended in an earlier run of this sweep, with their last report (a planner's input)."""
     trials = store.trials()
-    last: dict[str, dict[str, Any]] = {}
-    for row in store.observations().to_pylist():
-        last[row["trial_id"]] = row
+    last = store.last_reports()
     return {tid: last.get(tid) for tid, rec in trials.items() if rec["status"] in ("finished", "diverged", "stopped")}
 
 
@@ -179,14 +177,7 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
     statuses: dict[str, int] = {}
     for rec in trials.values():
         statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
-    obs = store.observations()
-    train_s = 0.0
-    if obs.num_rows:
-        last: dict[str, float] = {}
-        for tid, st in zip(obs["trial_id"].to_pylist(), obs["step_time_s"].to_pylist()):
-            if st == st:
-                last[tid] = st
-        train_s = sum(last.values())
+    train_s = sum(row["step_time_s"] for row in store.last_reports(finite="step_time_s").values())
     wall = time.monotonic() - t0
     if tracker is not None:
         params = {f"law.{k}": v for k, v in (fit.fit.params.items() if fit.fit else [])}

@@ -22,10 +22,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-PositiveFloat = float
-PositiveInt = int
-
-
 class LogRange(_Strict):
     """`count` values spaced evenly in log between `min` and `max` (inclusive)."""
 

@@ -197,6 +197,14 @@ class ObservationStore:
                 rec["summary"] = json.loads(row["summary"])
         return out
 
+    def last_reports(self, finite: Optional[str] = None) -> dict[str, dict[str, Any]]:
+        """Each trial's last report; with `finite`, its last report where that column is not NaN."""
+        out: dict[str, dict[str, Any]] = {}
+        for row in self.observations().to_pylist():  # sorted by trial and step: the last one wins
+            if finite is None or row[finite] == row[finite]:
+                out[row["trial_id"]] = row
+        return out
+
     def compact(self) -> None:
         """Rewrite each table as a single deduplicated part (atomic; safe to interrupt)."""
         self.flush()
@@ -232,11 +240,7 @@ def _last_per_key(table: pa.Table, key: Iterable[str]) -> pa.Table:
 def final_points(store: ObservationStore) -> list[dict[str, Any]]:
     """One row per finished trial: its config and its final eval loss (the L(N, D) fit's input)."""
     trials = store.trials()
-    obs = store.observations().to_pylist()
-    last: dict[str, dict[str, Any]] = {}
-    for row in obs:
-        if row["eval_loss"] == row["eval_loss"]:  # not NaN
-            last[row["trial_id"]] = row
+    last = store.last_reports(finite="eval_loss")
     out = []
     for tid, rec in trials.items():
         if rec["status"] != "finished" or tid not in last or rec["config"] is None:

@@ -87,11 +87,7 @@ def status(
 
     store = ObservationStore(_sweep_dir(sweep_dir))
     trials = store.trials()
-    obs = store.observations()
-    spent: dict[str, float] = {}
-    for tid, fl in zip(obs["trial_id"].to_pylist(), obs["flops"].to_pylist()):
-        if fl == fl:
-            spent[tid] = fl
+    spent = {tid: row["flops"] for tid, row in store.last_reports(finite="flops").items()}
     rows = []
     for tid, rec in sorted(trials.items(), key=lambda kv: (kv[1]["config"] or {}).get("flops", 0)):
         cfg = rec["config"] or {}
