@@ -331,6 +331,12 @@ def test_bad_world_names_and_documents(tmp_path):
         load_world(tmp_path / "missing.yaml")
     with pytest.raises(WorldError, match="not valid YAML"):
         load_world(write(tmp_path, "loss: [1, 2"))
+    # found by the API fuzz test: a directory or a binary file is a clear error, not a crash
+    with pytest.raises(WorldError, match="cannot be read: IsADirectoryError"):
+        load_world("..")
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(WorldError, match="cannot be read"):
+        load_world(tmp_path / "bin.yaml")
     with pytest.raises(WorldError, match="mapping"):
         world_from_dict([1, 2])
     w = load_world("tiny")

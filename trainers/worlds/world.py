@@ -370,6 +370,8 @@ def load_world(path_or_name: Union[str, Path, World]) -> World:
         raw = yaml.safe_load(p.read_text())
     except FileNotFoundError:
         raise WorldError(f"world file {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:  # a directory, unreadable, binary
+        raise WorldError(f"world file {str(p)!r} cannot be read: {e.__class__.__name__}") from None
     except yaml.YAMLError as e:
         raise WorldError(f"world file {str(p)!r} is not valid YAML: {e}") from None
     return world_from_dict(raw, source=str(p))
