@@ -2,10 +2,12 @@
 
 The baseline the DeepSpeed trainer is benchmarked against (benchmarks/trainer_throughput.py):
 same `make_plan`, sampler, AdamW groups, gradient clipping, lr rule and evaluation as
-`trainers.deepspeed_trainer`, with no engine around the model. Single process only.
+`trainers.deepspeed_trainer`, with no engine around the model. Single process only. On CUDA
+with bf16 it uses PyTorch's autocast (fp32 weights), the usual plain-PyTorch mixed precision.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -14,7 +16,8 @@ import torch
 from trainers.contract import Reporter, TrialConfig, TrialSummary
 from trainers.corpus import load_data, sample_batch
 from trainers.deepspeed_trainer import (
-    ADAM_BETAS, GRAD_CLIP, RankReducer, eval_shard, evaluate, make_plan, make_report, param_groups,
+    ADAM_BETAS, GRAD_CLIP, RankReducer, eval_shard, evaluate, make_plan, make_report, param_groups, pick_device,
+    use_bf16,
 )
 from trainers.model import build_model
 from trainers.schedules import lr_at
@@ -27,7 +30,9 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, config.threads))
     try:
-        device = torch.device("cpu")
+        device = pick_device()
+        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16(config, device) \
+            else contextlib.nullcontext
         data = load_data(config.data, config.data_cache)
         plan = make_plan(config, 1, data.vocab_size)
         model = build_model(config.n_params, config.seq_len, data.vocab_size, seed=config.seed).to(device)
@@ -43,11 +48,13 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y = sample_batch(data.train, config.seq_len, plan.seqs_per_rank, config.seed, 0, step)
+            x, y = x.to(device), y.to(device)
             t0 = time.perf_counter()
             step_loss = 0.0
             for m in range(plan.grad_accum):
                 sl = slice(m * plan.micro_batch, (m + 1) * plan.micro_batch)
-                loss = model(x[sl], y[sl])
+                with autocast():
+                    loss = model(x[sl], y[sl])
                 (loss / plan.grad_accum).backward()
                 step_loss += loss.detach().item() / plan.grad_accum
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
@@ -65,7 +72,8 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
             if last or (config.eval_every > 0 and step % config.eval_every == 0):
                 if not diverged:
                     model.eval()
-                    eval_loss = evaluate(model, windows, plan.micro_batch, device, reducer)
+                    with autocast():
+                        eval_loss = evaluate(model, windows, plan.micro_batch, device, reducer)
                     model.train()
                 dt = step_time - time_at_report
                 report(make_report(step, tokens, flops, lr, loss_sum / loss_steps,
