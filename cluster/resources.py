@@ -92,6 +92,16 @@ DEVICES: dict[str, DeviceSpec] = {
 }
 
 
+def machine_memory_bytes() -> float:
+    """Physical memory of this machine in bytes (what a CPU worker here can use at most)."""
+    import os
+
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a modest laptop
+        return 16.0 * GiB
+
+
 def cpu_device(memory_bytes: float, cores: int = 1, flops_per_core: float = 5e10, mfu: float = 0.2) -> DeviceSpec:
     """A CPU worker: `memory_bytes` of RAM and `cores` threads at ~`flops_per_core` fp32 FLOP/s."""
     return DeviceSpec(f"cpu-{cores}c", "cpu", float(memory_bytes), cores * flops_per_core, mfu=mfu)
@@ -163,6 +173,14 @@ class ZeroBuffers:
 
     reduce_bucket_size: float = 5e8
     stage3_prefetch_bucket_size: float = 5e7
+
+    @classmethod
+    def for_trainer(cls, total_params: float) -> "ZeroBuffers":
+        """The buckets our DeepSpeed trainer configures: DeepSpeed's 5e8 capped at the model
+        (at least 2^20), so small trials don't each reserve gigabytes
+        (`trainers.deepspeed_trainer.deepspeed_config`; a unit test keeps the two equal)."""
+        bucket = float(min(max(total_params, 1 << 20), 5e8))
+        return cls(bucket, bucket)
 
 
 @dataclass(frozen=True)
@@ -373,9 +391,10 @@ def plan_resources(n_params: int, seq_len: int, batch_tokens: int, device: Devic
                    vocab_size: int = BYTE_VOCAB, precision: Union[str, Auto] = "auto",
                    flash_attention: bool = True, mfu: Optional[float] = None,
                    measured_tokens_per_s: Optional[float] = None, exact_flops: bool = False,
-                   buffers: ZeroBuffers = ZeroBuffers()) -> ResourcePlan:
+                   buffers: ZeroBuffers = ZeroBuffers(), suggest: bool = True) -> ResourcePlan:
     """The cheapest configuration that fits (fewest workers, no recomputation, lowest stage,
-    largest micro-batch); explicit values are validated and a misfit raises `ResourceError`."""
+    largest micro-batch); explicit values are validated and a misfit raises `ResourceError`
+    (naming what would fit, unless `suggest` is false)."""
     dims = dims or ModelDims.for_n(n_params, seq_len, vocab_size)
     prec = default_precision(device) if precision == "auto" else PRECISIONS.get(str(precision))
     if prec is None:
@@ -443,6 +462,8 @@ def plan_resources(n_params: int, seq_len: int, batch_tokens: int, device: Devic
            f"on {device.name}: the smallest candidate, {label}, needs {mb.total / GiB:.1f} GiB per worker, "
            f"over the device's {mb.capacity / GiB:.1f} GiB by {(mb.total - mb.capacity) / GiB:.1f} GiB; "
            f"largest component: {comp} {size / GiB:.1f} GiB ({mb.describe()})")
+    if not suggest:
+        raise ResourceError(msg)
     hint = _what_fits(n_params, seq_len, batch_tokens, device, max_workers, dims, prec, flash_attention, buffers)
     raise ResourceError(msg + ". " + hint)
 
@@ -455,10 +476,10 @@ def _what_fits(n_params: int, seq_len: int, batch_tokens: int, device: DeviceSpe
             continue
         try:
             p = plan_resources(n_params, seq_len, batch_tokens, device, limit, dims=dims, precision=prec.name,
-                               flash_attention=flash_attention, buffers=buffers)
+                               flash_attention=flash_attention, buffers=buffers, suggest=False)
         except ResourceError:
             continue
-        more = "" if limit == max_workers else f" (needs max_workers >= {p.workers})"
+        more = "" if limit == max_workers else f" (needs {p.workers} workers, more than max_workers={max_workers})"
         return f"What would fit: {_label(p.zero_stage, p.workers, p.micro_batch, p.activation_checkpointing)}{more}"
     return "Nothing fits up to 4096 workers: use a device with more memory, a shorter sequence or offloading"
 

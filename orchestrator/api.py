@@ -128,6 +128,10 @@ class Proposal(BaseModel):
     batch: float
     predicted_loss: float
     intervals: dict[str, Any]
+    resources: Optional[dict[str, Any]] = Field(
+        None, description="resource plan of (N, D, batch) on the spec's device (cluster/resources.py): device, "
+                          "workers, zero_stage, micro_batch, grad_accum, activation_checkpointing, memory_gib per "
+                          "device, memory breakdown (bytes), device_hours, step_time_s, reason; or an error")
 
 
 class LawsDoc(BaseModel):
@@ -522,10 +526,15 @@ class SweepRegistry:
         if not points:
             raise ApiError(409, f"sweep {sweep_id!r} has no finished trial yet; nothing to fit")
         loss, boot, level, seed = self._fit_settings(sweep_id, bootstrap)
+        spec, _ = self.spec(sweep_id)
 
         def make():
+            from .planner import proposal_resources
+
+            resources = proposal_resources(spec) if spec is not None else None
             try:
-                return fit_and_propose(points, budgets, loss=loss, bootstrap=boot, level=level, seed=seed)
+                return fit_and_propose(points, budgets, loss=loss, bootstrap=boot, level=level, seed=seed,
+                                       resources=resources)
             except (ValueError, TableError, ArithmeticError) as exc:
                 # e.g. a budget whose optimal N lies beyond the model family: the input's fault.
                 log.warning("proposal for budgets %s failed", budgets, exc_info=True)

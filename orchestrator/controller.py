@@ -15,7 +15,7 @@ import yaml
 
 from .laws.chinchilla import ChinchillaLaw
 from .laws.result import jsonable
-from .planner import PlannedTrial, make_planner, trial_config
+from .planner import PlannedTrial, make_planner, proposal_resources, trial_config
 from .progress import SweepProgress
 from .proposals import SweepFit, fit_and_propose
 from .spec import SweepSpec
@@ -169,7 +169,7 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
 
     points = final_points(store)
     fit = fit_and_propose(points, spec.budget.targets, loss=spec.fit.loss, bootstrap=spec.fit.bootstrap,
-                          level=spec.fit.level, seed=spec.seed, hparams=hparams)
+                          level=spec.fit.level, seed=spec.seed, hparams=hparams, resources=proposal_resources(spec))
     sweep_dir = spec.sweep_dir()
     doc = jsonable(fit.to_json())
     (sweep_dir / "fit.json").write_text(json.dumps(doc, indent=2, allow_nan=False))

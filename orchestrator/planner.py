@@ -11,11 +11,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
+from cluster.resources import GiB, ModelDims, ResourceError, ResourcePlan, ZeroBuffers, plan_resources
 from trainers.contract import Schedule, TrialConfig
 from trainers.flops import training_flops
 from trainers.model import count_params, shape_for
 
-from .spec import SweepSpec
+from .spec import SpecError, SweepSpec
 
 
 WAIT = "wait"  # next_trial(): nothing to start until a running trial reports back
@@ -37,6 +38,9 @@ class PlannedTrial:
     zero_stage: int
     flops: float  # planned training FLOPs
     shape: dict[str, int]
+    micro_batch: Optional[int] = None  # sequences per worker per micro-step (None = the whole share)
+    grad_accum: Optional[int] = None  # micro-steps per optimizer step, when planned or checked
+    memory_gib: Optional[float] = None  # estimated peak memory per worker (cluster/resources.py), when checked
 
     def record(self) -> dict[str, Any]:
         """The trial's config as stored and logged."""
@@ -48,6 +52,77 @@ def _trial_id(n: int, d: int, lr: float, batch: int, seed: int) -> str:
     return f"N{n}-D{d}-lr{lr:.3g}-b{batch}-s{seed}-{hashlib.sha1(key.encode()).hexdigest()[:6]}"
 
 
+def trial_resources(spec: SweepSpec, n_target: int, batch: int, machine: bool = False) -> Optional[ResourcePlan]:
+    """The resource plan of a trial of `n_target` parameters at `batch` tokens: planned
+    (`plan: auto`) or the spec's values checked against the memory model (`plan: manual`).
+
+    None when there is nothing to check against (see `ResourcesSpec.device_spec`; `machine`:
+    the unnamed default CPU is this machine) or on the simulated backend with a manual plan
+    (it allocates no model). A trial that cannot fit raises `SpecError` naming the trial, the
+    spec fields, the largest memory component and what would fit.
+    """
+    res = spec.resources
+    device = res.device_spec(machine)
+    if res.plan == "manual" and (device is None or spec.trainer.backend == "simulated"):
+        return None
+    seq = spec.model.seq_len
+    settings = res.settings(n_target)
+    workers, stage, micro = (settings[k][0] for k in ("workers", "zero_stage", "micro_batch"))
+    if micro is None:  # manual: the trainer's default, the worker's whole share
+        micro = max(1, batch // seq // workers)
+    dims = ModelDims.for_n(n_target, seq)
+    try:
+        return plan_resources(n_target, seq, batch, device,
+                              res.max_workers if workers == "auto" else max(workers, res.max_workers),
+                              workers=workers, zero_stage=stage, micro_batch=micro,
+                              activation_checkpointing=False,  # our trainer does not recompute
+                              dims=dims, buffers=ZeroBuffers.for_trainer(dims.total_params),
+                              exact_flops=spec.budget.flops == "exact")
+    except ResourceError as exc:
+        given = ", ".join(f"{field}={'none (the whole share)' if value is None else value}"
+                          for value, field in settings.values() if value != "auto")
+        raise SpecError(f"resources: the trial N={n_target:.3g} at batch {batch} tokens ({batch // seq} sequences "
+                        f"of {seq}) cannot run on {device.name} ({res.plan} plan"
+                        f"{'; ' + given if given else ''}): {exc}") from None
+
+
+def check_resources(spec: SweepSpec) -> None:
+    """Before launch: every trial of the grid fits its device, the default CPU being this
+    machine (the spec alone checks named devices); raises `SpecError` otherwise."""
+    for n_target in spec.model.sizes():
+        for batch in spec.batches():
+            trial_resources(spec, n_target, batch, machine=True)
+
+
+def proposal_resources(spec: SweepSpec):
+    """A function (N, D, batch tokens) -> the resource plan of a proposed run on the spec's device,
+    as a JSON-ready dict (an `error` key when nothing fits), for `fit_and_propose(resources=...)`.
+
+    Proposals are planned freely (up to `resources.max_workers`, activation checkpointing
+    allowed): they are for a run larger than the sweep's, not bound by its manual values.
+    """
+    res = spec.resources
+    device = res.device_spec(machine=True)
+    seq = spec.model.seq_len
+
+    def plan(n: float, d: float, batch: float) -> dict[str, Any]:
+        if device is None:
+            return {"device": None, "error": "resources.device is not named: no memory model for an unnamed GPU"}
+        n_int = max(1, int(round(n)))
+        b = max(1, int(round(batch / seq))) * seq
+        try:
+            dims = ModelDims.for_n(n_int, seq)
+            p = plan_resources(n_int, seq, b, device, max(res.max_workers, res.workers), tokens=int(round(d)),
+                               dims=dims, buffers=ZeroBuffers.for_trainer(dims.total_params),
+                               exact_flops=spec.budget.flops == "exact")
+        except (ResourceError, ValueError) as exc:
+            return {"device": device.name, "batch": b, "error": str(exc)}
+        return {"device": device.name, "batch": b, **p.to_dict(), "memory_gib": p.memory.total / GiB,
+                "largest_component": p.memory.largest_component()[0]}
+
+    return plan
+
+
 def plan_grid(spec: SweepSpec) -> list[PlannedTrial]:
     """Every trial of the spec's grid, cheapest first (ties broken deterministically)."""
     seq = spec.model.seq_len
@@ -56,9 +131,16 @@ def plan_grid(spec: SweepSpec) -> list[PlannedTrial]:
     for n_target in spec.model.sizes():
         shape = shape_for(n_target)
         counts = count_params(shape, max_seq_len=seq)
-        workers, stage = spec.resources.for_size(n_target)
+        legacy_workers, legacy_stage = spec.resources.for_size(n_target)
+        plans = {batch: trial_resources(spec, n_target, batch) for batch in spec.batches()}
         for d_target in spec.tokens.for_size(counts.non_embedding):
             for batch in spec.batches():
+                rp = plans[batch]
+                if rp is None:
+                    workers, stage, micro, accum, mem = legacy_workers, legacy_stage, spec.resources.micro_batch, None, None
+                else:
+                    workers, stage, micro, accum = rp.workers, rp.zero_stage, rp.micro_batch, rp.grad_accum
+                    mem = rp.memory.total / GiB
                 steps = max(1, math.ceil(d_target / batch))
                 d = steps * batch
                 flops = training_flops(shape, seq, d, exact=exact)
@@ -78,6 +160,9 @@ def plan_grid(spec: SweepSpec) -> list[PlannedTrial]:
                                 zero_stage=stage,
                                 flops=flops,
                                 shape=shape.to_dict(),
+                                micro_batch=micro,
+                                grad_accum=accum,
+                                memory_gib=mem,
                             )
                         )
     out.sort(key=lambda t: (t.flops, t.N, t.D, t.lr, t.batch, t.seed))
@@ -100,7 +185,7 @@ def trial_config(spec: SweepSpec, trial: PlannedTrial, checkpoint_dir: Optional[
         seed=trial.seed,
         zero_stage=trial.zero_stage,
         workers=trial.workers,
-        micro_batch=spec.resources.micro_batch,
+        micro_batch=trial.micro_batch,
         precision="auto",
         checkpoint_dir=checkpoint_dir if spec.checkpoints else None,
         data=spec.data,

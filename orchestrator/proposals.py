@@ -52,11 +52,12 @@ def _nearest_cell(cells: list[dict[str, Any]], n: float, d: float) -> dict[str, 
 
 
 HparamRule = Callable[[float, float], tuple[Optional[float], Optional[float]]]
+ResourceRule = Callable[[float, float, float], dict[str, Any]]  # (N, D, batch) -> resource plan
 
 
 def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], *, loss: str = "huber",
                     bootstrap: int = 200, level: float = 0.9, seed: int = 0,
-                    hparams: Optional[HparamRule] = None) -> SweepFit:
+                    hparams: Optional[HparamRule] = None, resources: Optional[ResourceRule] = None) -> SweepFit:
     """Fit Chinchilla's L(N, D) to the best cells and propose (N*, D*, lr, batch) for each target C.
 
     lr and batch come from `hparams(N*, D*)` (learned lr*(N, D), batch*(D) laws) when given and
@@ -103,5 +104,6 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
             "hparams_from": source,
             "extrapolation_decades": math.log10(c / max(cell["C"] for cell in cells)),
             "intervals": {key: iv[key] for key in ("N_opt", "D_opt", "loss_opt", "tokens_per_param") if key in iv},
+            **({"resources": resources(n_opt, d_opt, batch)} if resources is not None else {}),
         })
     return SweepFit(fit, cells, proposals, warnings)

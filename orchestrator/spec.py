@@ -7,6 +7,7 @@ anything is started.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -150,23 +151,56 @@ class ResourceRule(_Strict):
 
     min_n_params: float = Field(0, ge=0, description="rule applies from this N")
     max_n_params: float = Field(float("inf"), gt=0, description="rule applies up to this N")
-    workers: int = Field(1, ge=1, description="data-parallel workers (one process each)")
+    workers: int = Field(1, ge=1, description="data-parallel workers (one process each); plan: auto plans them unless given")
     zero_stage: ZeroStage = Field("auto", description="ZeRO stage 0-3 or auto")
 
 
-class ResourcesSpec(_Strict):
-    """Per-trial resources. `rules` override the defaults for ranges of N (first match wins)."""
+GPU_DEVICES = ("a100-40gb", "a100-80gb", "h100-80gb", "h200-141gb")  # cluster.resources.DEVICES
 
-    workers: int = Field(1, ge=1, description="data-parallel workers per trial")
-    zero_stage: ZeroStage = Field("auto", description="ZeRO stage 0-3; auto = 0 for one worker, 1 otherwise")
+
+class ResourcesSpec(_Strict):
+    """Per-trial resources. `rules` override the defaults for ranges of N (first match wins).
+
+    `plan: manual` runs the values as given and checks every trial against the memory model of
+    `cluster/resources.py` on `device` before anything starts; `plan: auto` lets that planner
+    choose each trial's workers, ZeRO stage and micro-batch from its N, seq_len and batch
+    (values you set explicitly are kept and checked). `resources: auto` is short for
+    `resources: {plan: auto}`. See docs/cluster.md.
+    """
+
+    plan: Literal["manual", "auto"] = Field("manual", description="manual: workers / zero_stage / micro_batch as given, checked against the memory model; auto: planned per trial (explicit values kept)")
+    workers: int = Field(1, ge=1, description="data-parallel workers per trial (plan: auto plans them unless given)")
+    zero_stage: ZeroStage = Field("auto", description="ZeRO stage 0-3; auto = manual: 0 for one worker, 1 otherwise; plan: auto: the lowest stage that fits")
     threads: int = Field(1, ge=1, description="CPU threads (and CPUs reserved) per worker")
     max_concurrent: Optional[int] = Field(None, ge=1, description="cap on trials running at once; none = what the cluster's CPUs allow")
-    micro_batch: Optional[int] = Field(None, ge=1, description="sequences per worker per micro-step; none = the whole share")
+    micro_batch: Optional[int] = Field(None, ge=1, description="sequences per worker per micro-step; none = manual: the whole share, plan: auto: the largest power of two that fits")
     rules: list[ResourceRule] = Field(default_factory=list, description="per-N overrides of workers / zero_stage")
-    use_gpu: bool = Field(False, description="one GPU per worker (CUDA + NCCL, bf16)")
+    use_gpu: bool = Field(False, description="one GPU per worker (CUDA + NCCL, bf16); implied by a GPU device")
+    device: Optional[str] = Field(None, description="each worker's device for the memory and cost model: cpu or " + ", ".join(GPU_DEVICES) + "; none = cpu (with use_gpu: an unnamed GPU, not checked)")
+    device_memory_gb: Optional[float] = Field(None, gt=0, description="memory per worker in GiB; none = the device's (cpu: this machine's RAM)")
+    max_workers: int = Field(8, ge=1, description="plan: auto (and proposals): most workers per trial")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpu_device_implies_gpu(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("device") in GPU_DEVICES and "use_gpu" not in data:
+            data = {**data, "use_gpu": True}
+        return data
+
+    @model_validator(mode="after")
+    def _device(self) -> "ResourcesSpec":
+        if self.device is not None and self.device != "cpu" and self.device not in GPU_DEVICES:
+            raise ValueError(f"device: unknown device {self.device!r}; use cpu or one of {', '.join(GPU_DEVICES)}")
+        if self.device in GPU_DEVICES and not self.use_gpu:
+            raise ValueError(f"use_gpu: false contradicts device {self.device}")
+        if self.device == "cpu" and self.use_gpu:
+            raise ValueError("device: cpu contradicts use_gpu: true; name the GPU (or leave device out)")
+        if self.plan == "auto" and self.use_gpu and self.device is None:
+            raise ValueError(f"device: plan: auto on GPUs needs the GPU named (one of {', '.join(GPU_DEVICES)})")
+        return self
 
     def for_size(self, n: int) -> tuple[int, int]:
-        """(workers, zero_stage) for a model of `n` parameters."""
+        """(workers, zero_stage) for a model of `n` parameters as plan: manual runs it."""
         workers, stage = self.workers, self.zero_stage
         for rule in self.rules:
             if rule.min_n_params <= n <= rule.max_n_params:
@@ -175,6 +209,46 @@ class ResourcesSpec(_Strict):
         if stage == "auto":
             stage = 0 if workers == 1 else 1
         return workers, int(stage)
+
+    def settings(self, n: int) -> dict[str, tuple[Any, str]]:
+        """workers, zero_stage, micro_batch for a model of `n` parameters, each with the spec field
+        it comes from. plan: manual gives numbers (micro_batch None = the whole share); plan: auto
+        gives "auto" for whatever the planner chooses."""
+        auto = self.plan == "auto"
+        src: Any = self
+        where = "resources"
+        for i, rule in enumerate(self.rules):
+            if rule.min_n_params <= n <= rule.max_n_params:
+                src, where = rule, f"resources.rules[{i}]"
+                break
+        workers = src.workers if not auto or "workers" in src.model_fields_set else "auto"
+        stage = src.zero_stage
+        if stage == "auto" and not auto:
+            stage = 0 if workers == 1 else 1
+        micro: Any = self.micro_batch if self.micro_batch is not None or not auto else "auto"
+        return {"workers": (workers, f"{where}.workers"), "zero_stage": (stage, f"{where}.zero_stage"),
+                "micro_batch": (micro, "resources.micro_batch")}
+
+    def device_spec(self, machine: bool = False):
+        """The worker's `cluster.resources.DeviceSpec` for the memory model, or None when there is
+        nothing to check against: an unnamed GPU, or (plan: manual, `machine` false) the unnamed
+        default CPU, whose memory is this machine's and so is checked at launch, not in the spec."""
+        from cluster.resources import DEVICES, GiB, cpu_device, machine_memory_bytes
+
+        if self.use_gpu and self.device is None:
+            return None
+        if self.device in (None, "cpu"):
+            named = self.device is not None or self.device_memory_gb is not None or self.plan == "auto"
+            if not (named or machine):
+                return None
+            mem = self.device_memory_gb * GiB if self.device_memory_gb else machine_memory_bytes()
+            return cpu_device(mem, self.threads)
+        dev = DEVICES[self.device]
+        if self.device_memory_gb:
+            from dataclasses import replace
+
+            dev = replace(dev, memory_bytes=self.device_memory_gb * GiB)
+        return dev
 
 
 class TrackingSpec(_Strict):
@@ -278,6 +352,13 @@ class SweepSpec(_Strict):
     checkpoints: bool = Field(True, description="save a checkpoint at the end of every trial")
     seed: int = Field(0, description="seed of the planner's own choices")
 
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _resources_shorthand(cls, v: Any) -> Any:
+        if v in ("auto", "manual"):  # `resources: auto` = `resources: {plan: auto}`
+            return {"plan": v}
+        return v
+
     @field_validator("learning_rates")
     @classmethod
     def _lrs(cls, v: Values) -> Values:
@@ -304,11 +385,11 @@ class SweepSpec(_Strict):
             if b < seq:
                 raise ValueError(f"batch_sizes: {b:g} tokens is smaller than one sequence (model.seq_len={seq})")
         for n in self.model.sizes():
-            workers, _ = self.resources.for_size(n)
+            workers, field = self.resources.settings(n)["workers"]
             for b in _expand(self.batch_sizes):
-                if int(b) // seq < workers:
+                if workers != "auto" and int(b) // seq < workers:
                     raise ValueError(
-                        f"batch_sizes: {b:g} tokens = {int(b) // seq} sequences cannot be split across {workers} workers"
+                        f"batch_sizes: {b:g} tokens = {int(b) // seq} sequences cannot be split across {workers} workers ({field})"
                     )
             for d in self.tokens.for_size(n):
                 if d < min(_expand(self.batch_sizes)):
@@ -356,6 +437,9 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field"
+            sub = re.match(r"([a-z_]+): ", msg)
+            if sub and field != "spec":  # a section's cross-field check names its own field
+                field, msg = f"{field}.{sub.group(1)}", msg[sub.end():]
             if (field, msg) in seen:
                 continue
             seen.add((field, msg))
@@ -381,7 +465,10 @@ def _check_budget(spec: SweepSpec, source: str) -> None:
     # Imported lazily: the planner imports the spec module.
     from .planner import plan_grid
 
-    trials = plan_grid(spec)
+    try:
+        trials = plan_grid(spec)
+    except SpecError as exc:  # a trial that cannot fit its resources
+        raise SpecError(f"{source}: invalid spec\n  {exc}") from None
     smallest = min(t.flops for t in trials)
     if spec.budget.total_flops is not None and spec.budget.total_flops < smallest:
         raise SpecError(

@@ -14,10 +14,13 @@ console = Console()
 
 
 def _load(spec_path: Path):
+    from ..planner import check_resources
     from ..spec import SpecError, load_spec
 
     try:
-        return load_spec(spec_path)
+        spec = load_spec(spec_path)
+        check_resources(spec)  # the default CPU device is this machine: checked here, before launch
+        return spec
     except SpecError as exc:
         fail(str(exc))
 
@@ -132,7 +135,17 @@ def propose(
     points = final_points(store)
     if not points:
         fail(f"{sweep_dir}: no finished trial yet; nothing to fit", code=1)
-    fit = fit_and_propose(points, budget, bootstrap=bootstrap)
+    spec_path = sweep_dir / "spec.yaml"
+    resources = None
+    if spec_path.is_file():  # each proposal carries its resource plan on the spec's device
+        from ..planner import proposal_resources
+        from ..spec import SpecError, load_spec
+
+        try:
+            resources = proposal_resources(load_spec(spec_path))
+        except SpecError as exc:
+            typer.echo(f"warning: no resource plans: {exc}", err=True)
+    fit = fit_and_propose(points, budget, bootstrap=bootstrap, resources=resources)
     if fit.fit is None:
         fail("; ".join(fit.warnings), code=1)
     if as_json:
@@ -180,3 +193,28 @@ def _print_fit(doc: dict) -> None:
                       f"{pr['tokens_per_param']:.1f}", f"{pr['lr']:.3g}", str(pr["batch"]),
                       f"{sh['d_model']}, {sh['n_layers']}, {sh['n_heads']}", fmt("loss_opt", pr["predicted_loss"]))
     console.print(table)
+    _print_resource_plans(doc["proposals"])
+
+
+def _print_resource_plans(proposals: list) -> None:
+    plans = [(pr["budget"], pr["resources"]) for pr in proposals if pr.get("resources")]
+    if not plans:
+        return
+    table = Table(title=f"resource plan per proposal (device {plans[0][1].get('device')})")
+    for col in ("budget C", "workers", "ZeRO", "micro-batch", "grad accum", "act. ckpt", "memory/device GiB",
+                "device-hours"):
+        table.add_column(col, justify="right")
+    errors = []
+    for c, r in plans:
+        if r.get("error"):
+            table.add_row(f"{c:.3g}", *["-"] * 7)
+            errors.append(f"{c:.3g}: {r['error']}")
+            continue
+        hours = r.get("device_hours")
+        table.add_row(f"{c:.3g}", str(r["workers"]), str(r["zero_stage"]), str(r["micro_batch"]), str(r["grad_accum"]),
+                      "yes" if r["activation_checkpointing"] else "no",
+                      f"{r['memory_gib']:.1f} / {r['memory']['capacity'] / 2**30:.1f}",
+                      "-" if hours is None else f"{hours:.3g}")
+    console.print(table)
+    for e in errors:
+        console.print(f"  [yellow]does not fit[/] {e}")

@@ -306,6 +306,9 @@ def test_proposals_recover_the_planted_frontier(client):
             assert iv["low"] == pytest.approx(val, rel=0.05) and iv["high"] == pytest.approx(val, rel=0.05)
         # lr/batch come from the nearest observed cell: the planted best of that cell
         assert p["lr"] > 0 and p["batch"] > 0
+        # the resource plan of the proposal on the spec's device (default: this machine's CPU)
+        res = p["resources"]
+        assert res["device"].startswith("cpu") and (res.get("error") or res["workers"] >= 1)
     # same store, same query: served from the cache, identical
     again = client.get("/sweeps/planted/proposals", params={"budget": [TARGET, 1e14], "bootstrap": 40}).json()
     assert again == props
