@@ -1,0 +1,67 @@
+"""WSD branching plan: a branch's schedule is its trunk's up to the branch point, then its own decay."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.branching import decay_steps, plan_branches, warmup_fraction
+from trainers.contract import Schedule
+from trainers.schedules import lr_array
+
+
+@dataclass(frozen=True)
+class T:
+    trial_id: str
+    n_target: int
+    D: int
+    lr: float
+    batch: int
+    seed: int = 0
+
+
+def _grid(steps, n=1000, lr=0.01, batch=256):
+    return [T(f"n{n}-s{s}", n, s * batch, lr, batch) for s in steps]
+
+
+def test_trunk_is_the_longest_run_and_branches_start_where_their_decay_starts():
+    trials = _grid([100, 200, 400]) + _grid([100, 400], n=2000)
+    plan = plan_branches(trials, warmup=0.05, decay=0.2)
+    assert plan.checkpoint_steps == {"n1000-s400": (80, 160), "n2000-s400": (80,)}
+    b = plan.branches["n1000-s100"]
+    assert (b.trunk_id, b.step, b.tokens, b.total_steps) == ("n1000-s400", 80, 80 * 256, 100)
+    assert plan.branches["n1000-s200"].step == 160
+    assert plan.trunk_of("n1000-s400") is None and "n1000-s400" not in plan.branches
+    # one warmup in steps for the whole group: the shortest run's (5 of 100 steps)
+    for tid, total in [("n1000-s100", 100), ("n1000-s200", 200), ("n1000-s400", 400)]:
+        assert int(round(plan.warmup[tid] * total)) == 5
+
+
+def test_groups_do_not_mix_lr_batch_or_seed():
+    trials = _grid([100, 400]) + _grid([200], lr=0.02) + [T("other-seed", 1000, 50 * 256, 0.01, 256, seed=1)]
+    plan = plan_branches(trials, warmup=0.05, decay=0.2)
+    assert set(plan.branches) == {"n1000-s100"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.integers(2, 3000), min_size=2, max_size=5, unique=True),
+       warmup=st.floats(0.0, 0.3), decay=st.floats(0.05, 0.6))
+def test_a_branch_reproduces_the_from_scratch_schedule(steps, warmup, decay):
+    """Trunk prefix + branch suffix == the lr of a WSD run to the branch's D with the group's warmup."""
+    plan = plan_branches(_grid(steps), warmup=warmup, decay=decay)
+    trunk = f"n1000-s{max(steps)}"
+    trunk_lr = lr_array(max(steps), 0.01, Schedule(kind="wsd", warmup=plan.warmup[trunk], decay=decay))
+    w = int(round(warmup * min(steps)))
+    for tid, b in plan.branches.items():
+        own = lr_array(b.total_steps, 0.01, Schedule(kind="wsd", warmup=plan.warmup[tid], decay=decay))
+        assert np.array_equal(own[:b.step], trunk_lr[:b.step])  # what the trunk trained is this run's
+        assert b.total_steps - b.step == decay_steps(b.total_steps, w, decay)  # the branch trains its decay only
+        assert b.step in plan.checkpoint_steps[trunk]
+
+
+def test_warmup_fraction_round_trips():
+    for w in range(0, 50):
+        for total in range(max(1, w), 400, 7):
+            assert int(round(warmup_fraction(w, total) * total)) == w
