@@ -82,12 +82,25 @@ def resume(
 
 @app.command("status")
 def status(
-    sweep_dir: Path = typer.Argument(..., help="sweep directory"),
+    sweep_dir: Path = typer.Argument(..., help="sweep directory, or the job id of a submitted sweep (with --address)",
+                                     metavar="SWEEP_DIR|JOB_ID"),
     as_json: bool = typer.Option(False, "--json", help="JSON output"),
+    address: Optional[str] = typer.Option(None, "--address",
+                                          help="Ray dashboard (http://HEAD:8265) for a job id; default "
+                                               "$SCALESWEEP_ADDRESS, then $RAY_ADDRESS"),
 ) -> None:
-    """Trials, their states and the compute used."""
+    """Trials, their states and the compute used; or a submitted sweep's job status."""
+    import os
+
     from ..store import ObservationStore
 
+    if not sweep_dir.exists() and (address or os.environ.get("SCALESWEEP_ADDRESS") or os.environ.get("RAY_ADDRESS")):
+        from .job_commands import job_status
+
+        job_status(str(sweep_dir), address, as_json)
+        return
+    if not sweep_dir.exists():
+        fail(f"{sweep_dir}: no such sweep directory (for a submitted sweep's job id, pass --address)")
     store = ObservationStore(_sweep_dir(sweep_dir))
     trials = store.trials()
     spent = {tid: row["flops"] for tid, row in store.last_reports(finite="flops").items()}

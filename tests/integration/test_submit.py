@@ -1,0 +1,378 @@
+"""`scalesweep submit / status / logs / stop` against a real two-node Ray cluster on loopback.
+
+The fixture starts a head node and a worker node as separate `ray start --block` processes
+(one CPU each, the worker with a custom `worker_node` resource, their own temp dir and
+ports) and tears down only those processes. The sweep's controller runs as a Ray job on
+the head (submitted through Ray's JobSubmissionClient with the project as a runtime env),
+its trials on both nodes; the store and the SQLite MLflow store are on a path every node
+sees (the same disk, here). Nothing is mocked.
+
+Other sessions may run Ray on the same machine: run this under
+`flock /tmp/scalesweep-ray.lock`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import secrets
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.store import ObservationStore
+from orchestrator.tracking import TAG_TRIAL, read_sweep_runs
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+SIM_SPEC = {
+    "name": "submitted",
+    "model": {"n_params": [20000, 50000, 120000]},
+    "tokens": {"per_param": [10, 20]},
+    "learning_rates": [0.01],
+    "batch_sizes": [8192],
+    "trainer": {"backend": "simulated", "world": "tiny"},
+    "eval": {"every": 50},
+    "budget": {"targets": [1e13]},
+    "fit": {"bootstrap": 20},
+}
+# Real DeepSpeed trials on CPU (grid order: cheapest first, two at a time): the two short ones
+# finish in seconds, the two long ones would run for minutes and are stopped.
+DS_SPEC = {
+    "name": "to-stop",
+    "model": {"n_params": [8000, 20000], "seq_len": 64},
+    "tokens": {"values": [8192, 4194304]},  # 8 steps, then 4096 steps: stopped long before they end
+    "learning_rates": [0.003],
+    "batch_sizes": [1024],
+    "eval": {"every": 4, "tokens": 4096},
+    "budget": {"targets": [1e11]},
+    "fit": {"bootstrap": 0},
+}
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+# The cluster uses Ray's token authentication (the default of Ray 2.6x clusters) with its own
+# token; the CLI gets the token only (not RAY_AUTH_MODE) and must use it by itself.
+TOKEN = secrets.token_hex(16)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    drop = ("RAY_ADDRESS", "SCALESWEEP_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the job driver's `python` is the venv's
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["RAY_AUTH_TOKEN"] = TOKEN
+    env.update(extra)
+    return env
+
+
+def _get_json(url: str):
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _state(address: str, kind: str, **filters: str) -> list[dict]:
+    """Ray's State API over HTTP (`/api/v0/nodes`, `/api/v0/actors`), filtered by equality."""
+    query = [("limit", "1000"), ("detail", "1")]
+    for key, value in filters.items():
+        query += [("filter_keys", key), ("filter_predicates", "="), ("filter_values", value)]
+    doc = _get_json(f"{address}/api/v0/{kind}?{urllib.parse.urlencode(query)}")
+    return doc["data"]["result"]["result"]
+
+
+class LoopbackCluster:
+    """A head and a worker node, each its own `ray start --block` process group."""
+
+    def __init__(self, root: Path):
+        # Short: Ray's unix sockets live under it (108-byte path limit).
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="ssr", dir="/tmp"))
+        self.root = root
+        self.ports = ports = _free_ports(12)
+        self.gcs_port, self.dashboard_port = ports[0], ports[1]
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+        try:
+            self._start_nodes()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_nodes(self) -> None:
+        ports = self.ports
+        # One temp dir per node, as on separate machines: nodes sharing one would share its
+        # runtime_resources/, and one node's runtime-env GC would delete the other's working dirs.
+        common = ["--num-gpus=0", "--node-ip-address=127.0.0.1", "--object-store-memory=150000000",
+                  "--disable-usage-stats", "--block"]
+        self._start("head", ["--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
+                             "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=1",
+                             f"--ray-client-server-port={ports[2]}", f"--dashboard-agent-listen-port={ports[3]}",
+                             f"--dashboard-agent-grpc-port={ports[4]}", f"--metrics-export-port={ports[5]}",
+                             f"--runtime-env-agent-port={ports[6]}", f"--temp-dir={self.temp_dir / 'h'}", *common])
+        self._wait(lambda: _get_json(f"{self.address}/api/version"), "head's dashboard")
+        self._start("worker", [f"--address=127.0.0.1:{self.gcs_port}", "--num-cpus=1",
+                               '--resources={"worker_node": 1}', f"--dashboard-agent-listen-port={ports[7]}",
+                               f"--dashboard-agent-grpc-port={ports[8]}", f"--metrics-export-port={ports[9]}",
+                               f"--runtime-env-agent-port={ports[10]}", f"--temp-dir={self.temp_dir / 'w'}", *common])
+        self._wait(lambda: len(self.alive_nodes()) == 2 or None, "two alive nodes")
+
+    def _start(self, name: str, args: list[str]) -> None:
+        log = self.root / f"ray-{name}.log"
+        self.logs.append(log)
+        with open(log, "wb") as out:
+            self.procs.append(subprocess.Popen([str(BIN / "ray"), "start", *args], stdout=out, stderr=subprocess.STDOUT,
+                                               env=_env(RAY_AUTH_MODE="token"), start_new_session=True))
+
+    def _wait(self, probe, what: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"`ray start` exited ({p.returncode}) while waiting for {what}:\n"
+                                       + "\n".join(log.read_text()[-3000:] for log in self.logs))
+            try:
+                if probe():
+                    return
+            except Exception:  # not up yet
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"no {what} after {timeout}s")
+
+    def alive_nodes(self) -> list[dict]:
+        return _state(self.address, "nodes", state="ALIVE")
+
+    def stop(self) -> None:
+        """Stop exactly the processes this cluster started (never `ray stop`: it kills every Ray on the machine)."""
+        import psutil
+
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)  # `ray start --block` shuts its node down on SIGTERM
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        # Anything left (workers of the raylets, agents) carries our temp dir or ports in its command line.
+        marks = (str(self.temp_dir), f"127.0.0.1:{self.gcs_port}")
+        leftovers = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.pid != os.getpid() and any(m in cmd for m in marks):
+                leftovers.append(proc)
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for proc in leftovers:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LoopbackCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def cli(*args: str, check: bool = True, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`scalesweep ARGS` in a fresh process, as a user would run it."""
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
+                       env=env or _env(), timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"scalesweep {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def _write_spec(root: Path, spec: dict) -> Path:
+    path = root / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(cluster, tmp_path_factory):
+    """The simulated sweep, submitted and followed to its end."""
+    root = tmp_path_factory.mktemp("shared")
+    spec_path = _write_spec(root, SIM_SPEC)
+    sweep_dir = root / "sweeps" / "submitted"
+    r = cli("submit", str(spec_path), "--address", cluster.address, "--output-dir", str(sweep_dir), "--follow",
+            check=False)
+    job_id = r.stdout.strip().splitlines()[0] if r.stdout.strip() else None
+    return {"result": r, "job_id": job_id, "sweep_dir": sweep_dir}
+
+
+def test_two_nodes(cluster):
+    nodes = cluster.alive_nodes()
+    assert len(nodes) == 2
+    assert sum(1 for n in nodes if n["resources_total"].get("worker_node")) == 1
+
+
+def test_submitted_sweep_finishes(finished, cluster):
+    r = finished["result"]
+    assert r.returncode == 0, f"{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    job_id = finished["job_id"]
+    assert job_id.startswith("scalesweep-submitted-")
+    assert "sweep submitted done" in r.stdout  # the controller's output, streamed by --follow
+    assert f"job {job_id}: SUCCEEDED" in r.stderr
+
+    doc = json.loads(cli("status", job_id, "--address", cluster.address, "--json").stdout)
+    assert doc["status"] == "SUCCEEDED"
+    assert doc["metadata"]["scalesweep.sweep_dir"] == str(finished["sweep_dir"])
+    assert doc["trials"] == {"finished": 6}
+    logs = cli("logs", job_id, "--address", cluster.address).stdout
+    assert "sweep submitted done" in logs and "fitted L(N, D)" in logs
+
+
+def test_store_and_mlflow(finished):
+    sweep_dir = finished["sweep_dir"]
+    store = ObservationStore(sweep_dir)
+    trials = store.trials()
+    assert len(trials) == 6 and {t["status"] for t in trials.values()} == {"finished"}
+    assert list((sweep_dir / "store").rglob("*.parquet"))
+    rows = store.observations().to_pylist()
+    for tid, rec in trials.items():
+        mine = [r for r in rows if r["trial_id"] == tid]
+        steps = [r["step"] for r in mine]
+        assert steps == sorted(set(steps)) and mine[-1]["done"] and mine[-1]["tokens"] == rec["config"]["D"]
+    assert (sweep_dir / "fit.json").is_file() and (sweep_dir / "spec.yaml").is_file()
+
+    parent, children = read_sweep_runs(f"sqlite:///{sweep_dir / 'mlflow.db'}", "submitted")
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 6
+    assert all(c.info.status == "FINISHED" and "eval_loss" in c.data.metrics for c in children)
+    # the sweep-dir form of `status` reads the same store
+    doc = json.loads(cli("status", str(sweep_dir), "--json").stdout)
+    assert doc["counts"] == {"finished": 6}
+
+
+def test_trials_ran_on_both_nodes(finished, cluster):
+    job = _get_json(f"{cluster.address}/api/jobs/{finished['job_id']}")
+    actors = _state(cluster.address, "actors", job_id=job["job_id"])
+    trial_nodes = {a["node_id"] for a in actors if a["class_name"] == "ImplicitFunc"}  # Tune's function trainable
+    assert trial_nodes == {n["node_id"] for n in cluster.alive_nodes()}, [(a["class_name"], a["node_id"]) for a in actors]
+
+
+def test_deepspeed_sweep_then_stop(cluster, tmp_path_factory):
+    """Real DeepSpeed trials on the cluster: the short ones finish, then the sweep is stopped mid-run."""
+    root = tmp_path_factory.mktemp("shared-ds")
+    spec_path = _write_spec(root, DS_SPEC)
+    sweep_dir = root / "sweeps" / "to-stop"
+    job_id = cli("submit", str(spec_path), "--address", cluster.address, "--output-dir", str(sweep_dir)).stdout.strip()
+    # wait until a short DeepSpeed trial has finished (the long ones then run for minutes)
+    deadline = time.monotonic() + 150
+    trials: dict = {}
+    while time.monotonic() < deadline:
+        if (sweep_dir / "store").is_dir():
+            trials = ObservationStore(sweep_dir).trials()
+            if any(t["status"] == "finished" for t in trials.values()):
+                break
+        time.sleep(1)
+    else:
+        logs = cli("logs", job_id, "--address", cluster.address, check=False).stdout
+        pytest.fail(f"no DeepSpeed trial finished: {trials}\n{logs[-3000:]}")
+    doc = json.loads(cli("status", job_id, "--address", cluster.address, "--json").stdout)
+    assert doc["status"] == "RUNNING", doc
+    assert doc["trials"].get("finished", 0) >= 1
+
+    r = cli("stop", job_id, "--address", cluster.address)
+    assert f"job {job_id}: STOPPED" in r.stdout
+    doc = json.loads(cli("status", job_id, "--address", cluster.address, "--json").stdout)
+    assert doc["status"] == "STOPPED"
+    # the trials went with the controller: none of the job's actors is alive
+    ray_job = _get_json(f"{cluster.address}/api/jobs/{job_id}")["job_id"]
+    deadline = time.monotonic() + 60
+    while True:
+        alive = _state(cluster.address, "actors", job_id=ray_job, state="ALIVE")
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert not alive, alive
+    # stopping again: already ended, still a clean exit
+    r = cli("stop", job_id, "--address", cluster.address)
+    assert "already ended" in r.stdout
+
+    # what finished is complete in the store and in MLflow; the rest was cut off, not finished
+    store = ObservationStore(sweep_dir)
+    trials = store.trials()
+    done = {tid for tid, t in trials.items() if t["status"] == "finished"}
+    assert done and len(done) < len(DS_SPEC["tokens"]["values"]) * len(DS_SPEC["model"]["n_params"])
+    rows = store.observations().to_pylist()
+    for tid in done:
+        mine = [r for r in rows if r["trial_id"] == tid]
+        assert mine[-1]["done"] and mine[-1]["tokens"] == trials[tid]["config"]["D"]
+        assert math.isfinite(mine[-1]["eval_loss"]) and mine[-1]["tokens_per_s"] > 0
+    _, children = read_sweep_runs(f"sqlite:///{sweep_dir / 'mlflow.db'}", "to-stop")
+    finished_runs = {c.data.tags.get(TAG_TRIAL) for c in children if c.info.status == "FINISHED"}
+    assert done <= finished_runs, (done, finished_runs)
+
+
+def test_errors(cluster, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import get_app
+
+    # In-process for the checks that never reach a cluster (RAY_AUTH_MODE pinned: the client
+    # would otherwise switch this process to token mode).
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    for k in ("RAY_ADDRESS", "SCALESWEEP_ADDRESS"):
+        monkeypatch.delenv(k, raising=False)
+    runner, app = CliRunner(), get_app()
+    # a bad spec: exit 2 before anything is sent
+    bad = _write_spec(tmp_path, {**SIM_SPEC, "learning_rates": [-1.0]})
+    r = runner.invoke(app, ["submit", str(bad), "--address", cluster.address, "--output-dir", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "learning_rates" in r.output
+    # a relative sweep directory cannot be reached from the cluster: exit 2
+    good = _write_spec(tmp_path, SIM_SPEC)
+    r = runner.invoke(app, ["submit", str(good), "--address", cluster.address])
+    assert r.exit_code == 2 and "output_dir" in r.output
+    # no address at all: exit 2
+    r = runner.invoke(app, ["submit", str(good), "--output-dir", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--address" in r.output
+    # an unreachable cluster: exit 1
+    (dead,) = _free_ports(1)
+    r = runner.invoke(app, ["submit", str(good), "--address", f"http://127.0.0.1:{dead}",
+                            "--output-dir", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "cannot reach the Ray cluster" in r.output
+    assert not list(Path(tempfile.gettempdir()).glob("scalesweep-submit-submitted-*")), "staging dir left behind"
+
+    # Against the cluster, in fresh processes (the token is read once per process).
+    # an unknown job id: exit 1
+    r = cli("status", "no-such-job", "--address", cluster.address, check=False)
+    assert r.returncode == 1 and "no job 'no-such-job'" in r.stderr
+    # a wrong token: exit 1, and the message says what to set
+    r = cli("status", "no-such-job", "--address", cluster.address, check=False, env=_env(RAY_AUTH_TOKEN="0" * 32))
+    assert r.returncode == 1 and "RAY_AUTH_TOKEN" in r.stderr, r.stderr
+    # the address from the environment
+    r = cli("status", "no-such-job", check=False, env=_env(SCALESWEEP_ADDRESS=cluster.address))
+    assert r.returncode == 1 and "no job 'no-such-job'" in r.stderr
