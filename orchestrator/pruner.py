@@ -68,6 +68,7 @@ class TrialMeta:
     lr: np.ndarray = field(repr=False)  # the lr used at every step 0..total_steps-1 (trainers.schedules)
     flops: float  # planned training FLOPs
     warmup_steps: int = 0
+    start_step: int = 0  # a WSD cooldown branch starts at its trunk's step (orchestrator/branching.py)
 
     @classmethod
     def from_trial_config(cls, cfg: TrialConfig | Mapping[str, Any]) -> "TrialMeta":
@@ -77,7 +78,8 @@ class TrialMeta:
         b = (int(cfg.batch_tokens) // cfg.seq_len) * cfg.seq_len
         T = max(1, math.ceil(cfg.tokens / b))
         return cls(N=float(cfg.n_params), D=float(T * b), total_steps=T, lr=lr_array(T, cfg.lr, cfg.schedule),
-                   flops=6.0 * cfg.n_params * T * b, warmup_steps=min(T, int(round(cfg.schedule.warmup * T))))
+                   flops=6.0 * cfg.n_params * T * b, warmup_steps=min(T, int(round(cfg.schedule.warmup * T))),
+                   start_step=int(cfg.branch_step))
 
     @property
     def compute(self) -> float:
@@ -174,7 +176,9 @@ class Pruner:
                 return Decision(prediction=t.prediction or {})
             t.steps.append(step)
             t.loss.append(val)
-        if step < self.config.grace * meta.total_steps or not t.steps:
+        if step < self.config.grace * meta.total_steps or not t.steps or meta.start_step > 0:
+            # A cooldown branch is its trunk's continuation: the trunk was the one to judge, and
+            # the branch is short; only divergence stops it.
             return Decision()
         if not self._due(t, step):
             return Decision(prediction=t.prediction or {})

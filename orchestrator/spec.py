@@ -112,11 +112,15 @@ class ScheduleSpec(_Strict):
     warmup: float = Field(0.05, ge=0, lt=1, description="linear warmup fraction")
     decay: float = Field(0.2, ge=0, le=1, description="WSD: fraction of steps in the final decay")
     final_lr_frac: float = Field(0.1, ge=0, le=1, description="lr at the end as a fraction of the peak")
+    branch: bool = Field(False, description="WSD: train each (N, lr, batch, seed) once to its largest D and branch the "
+                                            "shorter D's cooldowns from its checkpoints (docs/pruning.md)")
 
     @model_validator(mode="after")
     def _fits(self) -> "ScheduleSpec":
         if self.kind == "wsd" and self.warmup + self.decay > 1:
             raise ValueError("warmup + decay exceed 1")
+        if self.branch and self.kind != "wsd":
+            raise ValueError("branch: only a WSD schedule has a stable phase to branch from")
         return self
 
 
@@ -329,6 +333,14 @@ class TrainerSpec(_Strict):
         return self
 
 
+class CheckpointSpec(_Strict):
+    """Trial checkpoints, and restarts of a crashed trial from its last checkpoint (docs/cluster.md, "Fault tolerance")."""
+
+    enabled: bool = Field(True, description="save checkpoints under <sweep dir>/checkpoints/<trial> (needed to resume a trial)")
+    every: Optional[int] = Field(None, ge=1, description="steps between checkpoints; none = at every evaluation (eval.every); the last step always")
+    max_failures: int = Field(2, ge=0, description="restarts of a crashed trial from its last checkpoint (Ray Tune and Ray Train FailureConfig)")
+
+
 class SweepSpec(_Strict):
     """A scaling sweep: the grid N x D x lr x batch x seed, its budget and where it goes."""
 
@@ -349,8 +361,13 @@ class SweepSpec(_Strict):
     pruning: PruningSpec = Field(default_factory=PruningSpec)
     data: str = Field("builtin", description="'builtin' (offline corpus) or a directory of pre-tokenised Parquet shards")
     output_dir: Optional[str] = Field(None, description="sweep directory; none = ./sweeps/<name>")
-    checkpoints: bool = Field(True, description="save a checkpoint at the end of every trial")
+    checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
     seed: int = Field(0, description="seed of the planner's own choices")
+
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _checkpoints_bool(cls, v: Any) -> Any:
+        return {"enabled": v} if isinstance(v, bool) else v  # `checkpoints: false` (older specs)
 
     @field_validator("resources", mode="before")
     @classmethod
@@ -394,6 +411,12 @@ class SweepSpec(_Strict):
             for d in self.tokens.for_size(n):
                 if d < min(_expand(self.batch_sizes)):
                     raise ValueError(f"tokens: {d} tokens for N={n} is less than one batch")
+        if self.schedule.branch:
+            if not self.checkpoints.enabled:
+                raise ValueError("schedule.branch: branches start from their trunk's checkpoints; "
+                                 "checkpoints.enabled must be true")
+            if self.search.strategy != "grid":
+                raise ValueError("schedule.branch: only the grid strategy plans branches (search.strategy: grid)")
         return self
 
     # ---- derived -----------------------------------------------------------------------

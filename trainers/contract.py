@@ -46,6 +46,9 @@ class TrialConfig:
     precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     checkpoint_dir: Optional[str] = None  # where to save checkpoints; None = no checkpoints
     checkpoint_every: int = 0  # steps between checkpoints (0 = only at the end)
+    checkpoint_steps: tuple[int, ...] = ()  # WSD trunk: also save at these steps (its branches' starts)
+    branch_from: Optional[str] = None  # WSD branch: a trunk checkpoint (tag directory) to start from
+    branch_step: int = 0  # ... taken after this many steps; the branch trains the rest of its schedule
     data: str = "builtin"  # "builtin" corpus or a directory of pre-tokenised Parquet shards
     data_cache: Optional[str] = None  # where the built-in corpus shards are cached
     exact_flops: bool = False  # count attention + embedding FLOPs instead of 6·N per token
@@ -60,6 +63,7 @@ class TrialConfig:
         """Inverse of `to_dict`."""
         d = dict(d)
         sched = d.pop("schedule", {}) or {}
+        d["checkpoint_steps"] = tuple(d.get("checkpoint_steps") or ())
         return cls(schedule=Schedule(**sched), **d)
 
 

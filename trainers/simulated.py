@@ -14,13 +14,22 @@ the world's noise-free curve (`World.curve_at`) plus
 z and the per-report draws come from a generator seeded by (config.seed, a hash of the config's
 math-relevant fields), so a trial is deterministic given its config. Time is simulated, never
 slept: a step takes 6·N·batch / flops_per_s + step_overhead_s seconds.
+
+Checkpoints, like the real trainer's: with `config.checkpoint_dir`, the last report step at or
+past each multiple of `checkpoint_every` is recorded in `simulated.json` there after its report
+(the last step before its report); a trial started again on the same directory (a restarted trial, a
+resumed sweep) sends only the reports after that step. The losses are a function of the config,
+so a resumed trial reports exactly what an uninterrupted one would have. A WSD branch
+(`config.branch_step`) reports only the steps after its branch point, as the real trainer does.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from typing import Union
+import os
+from pathlib import Path
+from typing import Optional, Union
 
 import numpy as np
 
@@ -30,7 +39,8 @@ from trainers.worlds.world import World, WorldError, load_world
 
 DEFAULT_WORLD = "tiny"
 # Config fields that do not change what a run computes (where it is stored, how many threads).
-_NOT_HASHED = ("trial_id", "checkpoint_dir", "checkpoint_every", "data_cache", "threads")
+_NOT_HASHED = ("trial_id", "checkpoint_dir", "checkpoint_every", "checkpoint_steps", "branch_from", "branch_step",
+               "data_cache", "threads")
 _BLOWUP_FACTOR = 10.0  # a diverging loss climbs to this multiple of the world's max_loss, then NaN
 
 
@@ -75,10 +85,20 @@ def train(config: TrialConfig, report: Reporter,
     step_s = 6.0 * N * b / w.throughput.flops_per_s + w.throughput.step_overhead_s
     tokens_per_s = b / step_s
     diverged = nan_step is not None
+    resumed = _resume_step(config)
+    prev = 0
     for i, s in enumerate(ends.tolist()):
         last = i == ends.size - 1
         bad = diverged and last
         tokens = s * b
+        crossed = config.checkpoint_every > 0 and s // config.checkpoint_every > prev // config.checkpoint_every
+        prev = s
+        if resumed is not None and s <= resumed and not last:
+            continue  # reported before the checkpoint this run resumed from (the final one is re-sent)
+        if s <= config.branch_step:
+            continue  # a WSD branch: its trunk trained (and reported) these steps
+        if config.checkpoint_dir and last:  # before the final report, which may end the trial
+            _save_step(config.checkpoint_dir, s)
         report({
             "step": float(s), "tokens": float(tokens), "flops": 6.0 * N * tokens,
             "lr": float(config.lr * r[s - 1]),
@@ -86,6 +106,8 @@ def train(config: TrialConfig, report: Reporter,
             "eval_loss": math.nan if bad else float(eval_loss[i]),
             "tokens_per_s": tokens_per_s, "step_time_s": s * step_s, "done": float(last),
         })
+        if config.checkpoint_dir and crossed and not last:  # after the report: killed in between, it re-sends it
+            _save_step(config.checkpoint_dir, s)
     steps = int(ends[-1])
     return TrialSummary(
         final_eval_loss=math.nan if diverged else float(eval_loss[-1]), steps=steps,
@@ -95,7 +117,32 @@ def train(config: TrialConfig, report: Reporter,
 
 def final_loss(config: TrialConfig, world: Union[World, str, None] = None) -> float:
     """The final eval loss `train` would report for `config` (NaN when it diverges), without reports."""
-    return train(config, lambda _: None, world).final_eval_loss
+    from dataclasses import replace
+
+    return train(replace(config, checkpoint_dir=None), lambda _: None, world).final_eval_loss
+
+
+CHECKPOINT_FILE = "simulated.json"
+
+
+def _resume_step(config: TrialConfig) -> Optional[int]:
+    """The step of the trial's checkpoint, if it has one (a restarted or resumed trial)."""
+    if not config.checkpoint_dir:
+        return None
+    path = Path(config.checkpoint_dir) / CHECKPOINT_FILE
+    try:
+        return int(json.loads(path.read_text())["step"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _save_step(checkpoint_dir: str, step: int) -> None:
+    """Record a checkpoint at `step` (written to a temporary file and renamed: atomic)."""
+    folder = Path(checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"step": int(step)}))
+    os.replace(tmp, folder / CHECKPOINT_FILE)
 
 
 def _plan(config: TrialConfig) -> tuple[float, float, int]:

@@ -46,12 +46,14 @@ class SweepCallback(Callback):
         self.decisions = decisions if decisions is not None else {}  # trial id -> why the planner chose it
         self.stops = stops if stops is not None else {}  # trial id -> the pruner's stop/diverged Decision
         self.last: dict[str, dict[str, float]] = {}
+        self.logged: dict[str, int] = {}  # trial id -> highest step sent to MLflow
+        self.restarts: dict[str, int] = {}  # trial id -> restarts after a crash
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; the live handles (store
         # buffer, MLflow threads, display) are rebuilt by `scalesweep resume`, not unpickled.
         return {"records": self.records, "last": self.last, "decisions": self.decisions, "stops": {},
-                "store": None, "tracker": None, "progress": None}
+                "logged": self.logged, "restarts": self.restarts, "store": None, "tracker": None, "progress": None}
 
     @staticmethod
     def _tid(trial) -> str:
@@ -75,12 +77,21 @@ class SweepCallback(Callback):
         tid = self._tid(trial)
         self.last[tid] = report
         self.store.append(tid, report)
-        if self.tracker is not None:
-            self.tracker.log_metrics(tid, {k: v for k, v in report.items() if k != "step"}, step=int(report["step"]))
-        self.progress.report(tid, self.records[tid]["N"], report["flops"], report["eval_loss"])
+        step = int(report["step"])
+        # A restarted trial re-sends the reports between its checkpoint and the crash: the
+        # store keeps one row per (trial, step) anyway; MLflow gets each step once.
+        if self.tracker is not None and step > self.logged.get(tid, -1):
+            self.logged[tid] = step
+            self.tracker.log_metrics(tid, {k: v for k, v in report.items() if k != "step"}, step=step)
+        record = self.records[tid]
+        # A WSD branch's reports count its trunk's FLOPs too (it is the D-token run); it spent only its own.
+        spent = report["flops"] - record.get("branch_flops", 0.0)
+        self.progress.report(tid, record["N"], spent, report["eval_loss"])
 
     def _end(self, trial, status: str, summary: dict[str, Any]) -> None:
         tid = self._tid(trial)
+        if tid in self.restarts:
+            summary = {**summary, "restarts": self.restarts[tid]}
         self.store.set_status(tid, status, summary=summary)
         if self.tracker is not None:
             mlflow_status = {"finished": "FINISHED", "failed": "FAILED"}.get(status, "KILLED")
@@ -105,6 +116,18 @@ class SweepCallback(Callback):
         else:
             self._end(trial, "finished", {"final_eval_loss": last["eval_loss"], "steps": last["step"],
                                           "flops": last["flops"]})
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """The trial's process died and Tune restarts it; it resumes from its last checkpoint."""
+        tid = self._tid(trial)
+        n = self.restarts[tid] = self.restarts.get(tid, 0) + 1
+        last = self.last.get(tid)
+        at = int(last["step"]) if last is not None else 0
+        log.warning("trial %s failed after step %d (restart %d); it resumes from its last checkpoint", tid, at, n)
+        self.store.set_status(tid, "running", summary={"restarts": n, "reason": "trial process failed; restarted",
+                                                       "last_step": at})
+        if self.tracker is not None:
+            self.tracker.set_tags(tid, {"scalesweep.restarts": n})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, "failed", {"reason": f"trial error (see {trial.local_path or 'the Ray logs'})"})

@@ -35,6 +35,12 @@ class PlannerSearcher(Searcher):
         self.assigned[trial_id] = trial
         return self.to_config(trial)
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        trial = self.assigned.get(trial_id)
+        observe = getattr(self.planner, "observe_report", None)
+        if trial is not None and observe is not None:
+            observe(trial.trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         trial = self.assigned.pop(trial_id, None)
         if trial is not None:

@@ -80,6 +80,50 @@ def test_trial_learns_reports_checkpoints_and_resumes(cache, tmp_path):
     assert branched[-1]["eval_loss"] < summary.final_eval_loss + 0.05
 
 
+def test_a_wsd_branch_from_its_trunk_reproduces_the_from_scratch_run(cache, tmp_path):
+    """The planner's branch plan on real checkpoints: the trunk (40 steps) saves at the 20-step run's
+    branch point; the branch restores it and trains only its decay; its curve and final loss are
+    those of the 20-step run trained from scratch with the same schedule."""
+    from dataclasses import dataclass
+
+    from orchestrator.branching import plan_branches
+
+    @dataclass(frozen=True)
+    class P:
+        trial_id: str
+        D: int
+        n_target: int = 20_000
+        lr: float = 3e-3
+        batch: int = 2048
+        seed: int = 0
+
+    plan = plan_branches([P("short", 20 * 2048), P("trunk", 40 * 2048)], warmup=0.1, decay=0.2)
+    b = plan.branches["short"]
+    assert (b.trunk_id, b.step, plan.checkpoint_steps["trunk"]) == ("trunk", 16, (16,))
+
+    def sched(tid):
+        return Schedule(kind="wsd", warmup=plan.warmup[tid], decay=0.2)
+
+    trunk_dir = tmp_path / "trunk"
+    train(_config(cache, trial_id="trunk", tokens=40 * 2048, schedule=sched("trunk"), checkpoint_dir=str(trunk_dir),
+                  checkpoint_every=0, checkpoint_steps=(16,)), lambda r: None)
+    assert (trunk_dir / "step16").is_dir()
+
+    branch, scratch = [], []
+    summary = train(_config(cache, trial_id="short", tokens=20 * 2048, schedule=sched("short"),
+                            checkpoint_dir=str(tmp_path / "short"), branch_from=str(trunk_dir / "step16"),
+                            branch_step=16, eval_every=2), branch.append)
+    full = train(_config(cache, trial_id="scratch", tokens=20 * 2048, schedule=sched("short"), eval_every=2),
+                 scratch.append)
+    assert [r["step"] for r in branch] == [18, 20]  # only the decay is trained (and reported)
+    assert branch[-1]["tokens"] == 20 * 2048 and branch[-1]["flops"] == pytest.approx(scratch[-1]["flops"])
+    assert [r["lr"] for r in branch] == pytest.approx([r["lr"] for r in scratch[-2:]])
+    assert summary.final_eval_loss == pytest.approx(full.final_eval_loss, abs=1e-4)
+    assert branch[0]["eval_loss"] == pytest.approx(scratch[-2]["eval_loss"], abs=1e-4)
+    # The branch's own checkpoint dir holds its end state; the trunk's step-16 state is untouched.
+    assert (tmp_path / "short" / "step20").is_dir() and (trunk_dir / "step16").is_dir()
+
+
 def test_divergence_stops_the_trial(cache):
     reports = []
     summary = train(_config(cache, lr=1e30, tokens=20 * 2048, schedule=Schedule(kind="constant", warmup=0.0)),

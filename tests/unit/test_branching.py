@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,3 +66,70 @@ def test_warmup_fraction_round_trips():
     for w in range(0, 50):
         for total in range(max(1, w), 400, 7):
             assert int(round(warmup_fraction(w, total) * total)) == w
+
+
+# ---------------------------------------------------------------- the planner's use of the plan
+def _spec(**over):
+    from orchestrator.spec import parse_spec
+
+    doc = {"name": "branch-test", "model": {"n_params": [20000, 80000], "seq_len": 64},
+           "tokens": {"values": [40960, 81920, 163840]}, "learning_rates": [0.003, 0.01], "batch_sizes": [2048],
+           "schedule": {"kind": "wsd", "branch": True}, "trainer": {"backend": "simulated"}}
+    doc.update(over)
+    return parse_spec(doc)
+
+
+def test_the_grid_plans_trunks_and_branches_that_spend_only_their_decay():
+    from orchestrator.planner import plan_grid
+
+    plain = {(t.n_target, t.D, t.lr): t for t in plan_grid(_spec(schedule={"kind": "wsd"}))}
+    trials = plan_grid(_spec())
+    branches = [t for t in trials if t.branch_of]
+    trunks = {t.trial_id: t for t in trials if t.checkpoint_steps}
+    assert len(trials) == 12 and len(branches) == 8 and len(trunks) == 4
+    for b in branches:
+        trunk = trunks[b.branch_of]
+        assert (trunk.n_target, trunk.lr, trunk.D) == (b.n_target, b.lr, 163840)
+        assert b.branch_step in trunk.checkpoint_steps
+        full = plain[(b.n_target, b.D, b.lr)].flops
+        assert b.flops + b.branch_flops == pytest.approx(full) and b.flops == pytest.approx(0.2 * full, rel=0.01)
+    spent = sum(t.flops for t in trials) / sum(t.flops for t in plain.values())
+    assert spent == pytest.approx((4 + 0.2 * (1 + 2)) / 7, rel=0.01)  # trunk + two decays per group
+
+
+def test_branches_wait_for_their_trunk_and_are_skipped_when_it_stops_short(tmp_path):
+    from orchestrator.planner import WAIT, GridPlanner, trial_config
+
+    planner = GridPlanner(_spec(model={"n_params": [20000], "seq_len": 64}, learning_rates=[0.01]))
+    first = planner.next_trial()
+    assert first.checkpoint_steps == (16, 32) and first.D == 163840  # the trunk goes first
+    assert planner.next_trial() == WAIT  # both branches wait for it
+    planner.observe_report(first.trial_id, {"step": 20.0})
+    branch = planner.next_trial()
+    assert branch.branch_step == 16 and "cooldown branch" in planner.decisions[-1]["why"]
+    cfg = trial_config(planner.spec, branch, str(tmp_path / "checkpoints" / branch.trial_id), None)
+    assert cfg.branch_from == str(tmp_path / "checkpoints" / first.trial_id / "step16") and cfg.branch_step == 16
+    assert planner.next_trial() == WAIT
+    planner.observe(first.trial_id, {"step": 25.0})  # stopped (by the pruner, say) at step 25
+    assert planner.next_trial() is None
+    assert planner.decisions[-1]["action"] == "skip" and "before step 32" in planner.decisions[-1]["why"]
+
+
+def test_a_resumed_sweep_knows_its_finished_trunks():
+    from orchestrator.planner import GridPlanner
+
+    planner = GridPlanner(_spec(model={"n_params": [20000], "seq_len": 64}, learning_rates=[0.01]))
+    trunk = planner.trials[-1]
+    planner.resume({trunk.trial_id: {"step": 40.0}})
+    assert {planner.next_trial().branch_step, planner.next_trial().branch_step} == {16, 32}
+
+
+def test_branching_needs_wsd_checkpoints_and_the_grid():
+    from orchestrator.spec import SpecError
+
+    with pytest.raises(SpecError, match="only a WSD schedule"):
+        _spec(schedule={"kind": "cosine", "branch": True})
+    with pytest.raises(SpecError, match="checkpoints.enabled"):
+        _spec(checkpoints={"enabled": False})
+    with pytest.raises(SpecError, match="grid strategy"):
+        _spec(search={"strategy": "law"})
