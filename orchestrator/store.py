@@ -11,6 +11,15 @@ Parquet part files:
 Every part is written to a temporary file and renamed into place, so a crash never
 leaves a half-written part. Reads deduplicate on (trial_id, step) keeping the last
 write, so re-sent reports (a restarted trial, a retried flush) are idempotent.
+
+Reports are buffered between flushes, but each one is first appended to a write-ahead
+log (`wal/*.jsonl`, fsynced) that the part written by the next flush supersedes. A
+controller killed between two flushes loses nothing: `recover()` (called by the
+controller when a sweep starts or resumes) turns what the logs hold into a part. This
+matters because a trial checkpoints right after its report is acknowledged: without the
+log a resumed trial would continue after rows the store never got (a gap).
+Any write failure (full disk, permissions, a path that is a file) raises `StoreError`
+naming the path and the reason; the parts already written stay whole.
 """
 from __future__ import annotations
 
@@ -78,6 +87,8 @@ class ObservationStore:
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
         self._seq = time.time_ns()
+        self._wal = None  # open write-ahead log of the rows in self._obs (opened on the first append)
+        self._sealed: list[Path] = []  # logs whose rows are in the part being (or failing to be) flushed
         for sub in ("observations", "trials"):
             try:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -102,9 +113,48 @@ class ObservationStore:
             row[key] = float("nan") if val is None else float(val)
         with self._lock:
             row["seq"] = self._next_seq()
+            self._log(row)
             self._obs.append(row)
         if time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
+
+    def _log(self, row: dict[str, Any]) -> None:
+        """Append one row to the write-ahead log, durably (called with the lock held)."""
+        try:
+            if self._wal is None:
+                folder = self.root / "wal"
+                folder.mkdir(exist_ok=True)
+                self._wal = open(folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl", "a", encoding="utf-8")
+            self._wal.write(json.dumps(row, allow_nan=True) + "\n")
+            self._wal.flush()
+            os.fsync(self._wal.fileno())
+        except OSError as exc:
+            raise StoreError(f"cannot write to the store's log at {self.root / 'wal'}: {exc.strerror or exc}") from exc
+
+    def recover(self) -> int:
+        """Write the rows of write-ahead logs left by a process that died before flushing (as a part).
+
+        Call it only where no other process writes this store (the controller, at start).
+        Returns the number of rows recovered (already-flushed ones included: reads deduplicate).
+        """
+        folder = self.root / "wal"
+        logs = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+        rows: list[dict[str, Any]] = []
+        for path in logs:
+            if self._wal is not None and path == Path(self._wal.name):
+                continue
+            with open(path, encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass  # a torn last line: that report was never acknowledged
+        if rows:
+            self._write_part("observations", pa.Table.from_pylist(rows, schema=OBS_SCHEMA))
+        for path in logs:
+            if self._wal is None or path != Path(self._wal.name):
+                path.unlink(missing_ok=True)
+        return len(rows)
 
     def set_status(
         self, trial_id: str, status: str, config: Optional[dict] = None, summary: Optional[dict] = None
@@ -131,6 +181,11 @@ class ObservationStore:
             obs, self._obs = self._obs, []
             events, self._events = self._events, []
             self._last_flush = time.monotonic()
+            if self._wal is not None:  # its rows are all in `obs`; later rows go to a new log
+                self._sealed.append(Path(self._wal.name))
+                self._wal.close()
+                self._wal = None
+            sealed = list(self._sealed)
         try:
             if obs:
                 self._write_part("observations", pa.Table.from_pylist(obs, schema=OBS_SCHEMA))
@@ -141,6 +196,10 @@ class ObservationStore:
                 self._obs[:0] = obs
                 self._events[:0] = events
             raise
+        with self._lock:
+            for path in sealed:  # superseded by the part just written
+                path.unlink(missing_ok=True)
+                self._sealed.remove(path)
 
     def _write_part(self, table_name: str, table: pa.Table) -> None:
         folder = self.root / table_name
@@ -152,7 +211,10 @@ class ObservationStore:
                 os.fsync(fh.fileno())
             os.replace(tmp, folder / name)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # the folder itself is unusable: nothing was written there
             raise StoreError(f"cannot write to the store at {folder}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
@@ -245,5 +307,7 @@ def final_points(store: ObservationStore) -> list[dict[str, Any]]:
     for tid, rec in trials.items():
         if rec["status"] != "finished" or tid not in last or rec["config"] is None:
             continue
-        out.append({**rec["config"], "trial_id": tid, "loss": last[tid]["eval_loss"], "flops_spent": last[tid]["flops"]})
+        # A WSD branch's reports count its trunk's FLOPs (it is the D-token run); it spent only its decay.
+        spent = last[tid]["flops"] - rec["config"].get("branch_flops", 0.0)
+        out.append({**rec["config"], "trial_id": tid, "loss": last[tid]["eval_loss"], "flops_spent": spent})
     return out
