@@ -19,7 +19,7 @@ from .planner import PlannedTrial, make_planner, proposal_resources, trial_confi
 from .progress import SweepProgress
 from .proposals import SweepFit, fit_and_propose
 from .spec import SweepSpec
-from .store import ObservationStore, final_points
+from .store import ObservationStore, StoreError, final_points
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,13 @@ class SweepOutcome:
 def prepare_dir(spec: SweepSpec, spec_path: Optional[str]) -> Path:
     """Create the sweep directory and record the spec in it."""
     sweep_dir = spec.sweep_dir()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    if spec_path:
-        shutil.copyfile(spec_path, sweep_dir / "spec.original.yaml")
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        if spec_path:
+            shutil.copyfile(spec_path, sweep_dir / "spec.original.yaml")
+    except OSError as exc:  # a full disk, a permission, a path through a file: say which and stop
+        raise StoreError(f"cannot write the sweep directory {sweep_dir}: {exc.strerror or exc}") from exc
     return sweep_dir
 
 
@@ -87,6 +90,9 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
     t0 = time.monotonic()
     sweep_dir = prepare_dir(spec, spec_path)
     store = ObservationStore(sweep_dir)
+    recovered = store.recover()  # reports a killed controller had logged but not flushed
+    if recovered:
+        log.warning("recovered %d report(s) from the store's write-ahead log of an interrupted run", recovered)
     planner = make_planner(spec)
     ended = ended_trials(store)
     planner.resume(ended)  # a resumed sweep: what ended is not run again
@@ -102,6 +108,10 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
         state_file.write_text(json.dumps({**state, "mlflow_parent_run": parent}))
     _init_ray()
     cache = os.environ.get("SCALESWEEP_CACHE")  # built-in corpus cache; None = the trainer's default
+    # Fault-injection tests only: every report sleeps this long, so a (simulated) sweep lasts
+    # long enough to kill something mid-run. Read here and passed in the trial config, so it
+    # reaches trials on any cluster.
+    report_delay = float(os.environ.get("SCALESWEEP_REPORT_DELAY_S", "0") or 0)
 
     decisions: dict[str, dict[str, Any]] = {}  # trial id -> why the planner chose it
 
@@ -110,8 +120,12 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
         if why is not None:
             decisions[t.trial_id] = why
         ckpt = str(sweep_dir / "checkpoints" / t.trial_id)
-        return {"trial": trial_config(spec, t, ckpt, cache).to_dict(), "backend": spec.trainer.backend,
-                "world": spec.trainer.world, "storage": str(sweep_dir / "ray"), "use_gpu": spec.resources.use_gpu}
+        config = {"trial": trial_config(spec, t, ckpt, cache).to_dict(), "backend": spec.trainer.backend,
+                  "world": spec.trainer.world, "storage": str(sweep_dir / "ray"), "use_gpu": spec.resources.use_gpu,
+                  "max_failures": spec.checkpoints.max_failures}
+        if report_delay:
+            config["report_delay_s"] = report_delay
+        return config
 
     def resources(config: dict[str, Any]):
         trial = config["trial"]
@@ -136,7 +150,9 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
                                     # reused -- but Tune cannot reuse one across resource shapes.
                                     reuse_actors=all(t.workers == 1 for t in planner.trials)),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir / "ray"), callbacks=[callback],
-                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
+                                  verbose=0,
+                                  # a crashed trial is restarted and resumes from its last checkpoint
+                                  failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures)),
     )
     status = "FINISHED"
     try:
@@ -146,9 +162,17 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
         status = "FAILED"
         raise
     finally:
-        store.flush()
-        if status == "FAILED":
-            tracker.close("FAILED")
+        try:
+            store.flush()
+        except StoreError:
+            if status != "FAILED":
+                raise
+            # the sweep is failing already (most likely on this very error): keep that one;
+            # the rows stay unwritten, the parts on disk stay whole, and `resume` continues
+            log.exception("could not flush the store while the sweep failed")
+        finally:
+            if status == "FAILED":
+                tracker.close("FAILED")
     outcome = summarise(spec, store, tracker, parent, t0, planner.decisions,
                         getattr(planner, "predict_hparams", None))
     tracker.close("FINISHED")

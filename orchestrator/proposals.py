@@ -72,7 +72,7 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     L = np.array([c["loss"] for c in cells], float)
     try:
         fit = fit_chinchilla(N, D, L, loss_fn=loss, bootstrap=bootstrap, seed=seed, budgets=list(targets), level=level)
-    except TableError as exc:
+    except (TableError, ValueError) as exc:  # too few cells (trials diverged, a small grid): the sweep still ends
         return SweepFit(None, cells, [], [f"L(N, D) not fitted: {exc}"])
     warnings.extend(fit.warnings)
     proposals = []

@@ -55,8 +55,12 @@ def run(
 
 def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
     from ..controller import run_sweep
+    from ..store import StoreError
 
-    outcome = run_sweep(s, spec_path, show_progress=not no_progress)
+    try:
+        outcome = run_sweep(s, spec_path, show_progress=not no_progress)
+    except StoreError as exc:  # disk full, permissions: nothing half-written; `resume` continues
+        fail(f"{exc}\nfix it, then continue with: scalesweep resume {s.sweep_dir()}", code=1)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
     console.print(f"\n[bold]sweep {s.name} done[/] in {outcome.wall_s:.0f}s: {counts}")
     _print_fit(outcome.fit.to_json())

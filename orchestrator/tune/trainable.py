@@ -8,6 +8,8 @@ reports to Tune (Ray 2.6x, Train V2: a TorchTrainer cannot be handed to the Tune
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 from trainers.contract import TrialConfig
@@ -27,13 +29,47 @@ def _backend(config: dict[str, Any]):
     return train
 
 
+PID_FILE = "worker-{rank}.pid"  # in the trial's checkpoint dir: which process runs rank `rank`
+
+
+def _reporter(config: dict[str, Any], send):
+    """`send` for every report, slowed by `report_delay_s` when the config asks (tests only)."""
+    delay = float(config.get("report_delay_s") or 0.0)
+    if delay <= 0:
+        return send
+
+    def slow(metrics):
+        send(metrics)
+        time.sleep(delay)
+
+    return slow
+
+
+def _write_pid(cfg: TrialConfig, rank: int) -> None:
+    """Record this process's pid next to the trial's checkpoints (operators, fault tests)."""
+    if not cfg.checkpoint_dir:
+        return
+    folder = Path(cfg.checkpoint_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / PID_FILE.format(rank=rank)).write_text(f"{os.getpid()}\n")
+    except OSError:
+        pass  # informative only
+
+
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune entry point: `config` = {"trial": TrialConfig dict, "backend", "world", "storage", "use_gpu"}."""
+    """Tune entry point: `config` = {"trial": TrialConfig dict, "backend", "world", "storage", "use_gpu",
+    "max_failures", "report_delay_s"}.
+
+    Restarted after a crash (Tune's FailureConfig), it runs the same config again and the
+    trainer resumes from the latest checkpoint in `trial.checkpoint_dir`.
+    """
     from ray import tune
 
     cfg = TrialConfig.from_dict(config["trial"])
     if cfg.workers == 1:
-        _backend(config)(cfg, lambda metrics: tune.report(dict(metrics)))
+        _write_pid(cfg, 0)
+        _backend(config)(cfg, _reporter(config, lambda metrics: tune.report(dict(metrics))))
         return
     _run_torch_trainer(cfg, config)
 
@@ -43,7 +79,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     cfg = TrialConfig.from_dict(config["trial"])
-    _backend(config)(cfg, lambda metrics: ray.train.report(dict(metrics)))
+    _write_pid(cfg, ray.train.get_context().get_world_rank())
+    _backend(config)(cfg, _reporter(config, lambda metrics: ray.train.report(dict(metrics))))
 
 
 def _run_torch_trainer(cfg: TrialConfig, config: dict[str, Any]) -> None:
@@ -66,7 +103,9 @@ def _run_torch_trainer(cfg: TrialConfig, config: dict[str, Any]) -> None:
             name=f"train-{cfg.trial_id}",
             storage_path=config.get("storage") or os.path.abspath("ray_train"),
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=0),
+            # A dead worker: Train restarts the worker group, which resumes from the
+            # trial's latest checkpoint; when that is exhausted Tune restarts the trial.
+            failure_config=ray.train.FailureConfig(max_failures=int(config.get("max_failures", 0))),
         ),
     )
     trainer.fit()
