@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Optional
 
 from cluster.resources import GiB, ModelDims, ResourceError, ResourcePlan, ZeroBuffers, plan_resources
@@ -41,6 +42,12 @@ class PlannedTrial:
     micro_batch: Optional[int] = None  # sequences per worker per micro-step (None = the whole share)
     grad_accum: Optional[int] = None  # micro-steps per optimizer step, when planned or checked
     memory_gib: Optional[float] = None  # estimated peak memory per worker (cluster/resources.py), when checked
+    # WSD branching (orchestrator/branching.py); `flops` is what this trial spends, a branch its decay only
+    warmup: Optional[float] = None  # this trial's warmup fraction, when it differs from the spec's
+    checkpoint_steps: tuple[int, ...] = ()  # a trunk: the steps its branches start from
+    branch_of: Optional[str] = None  # a branch: its trunk's trial id
+    branch_step: int = 0  # ... the trunk's step it starts from
+    branch_flops: float = 0.0  # ... the FLOPs the trunk spent to get there (in the branch's reports, not spent again)
 
     def record(self) -> dict[str, Any]:
         """The trial's config as stored and logged."""
@@ -165,7 +172,27 @@ def plan_grid(spec: SweepSpec) -> list[PlannedTrial]:
                                 memory_gib=mem,
                             )
                         )
+    if spec.schedule.branch:
+        out = _with_branches(out, spec)
     out.sort(key=lambda t: (t.flops, t.N, t.D, t.lr, t.batch, t.seed))
+    return out
+
+
+def _with_branches(trials: list[PlannedTrial], spec: SweepSpec) -> list[PlannedTrial]:
+    """The grid's WSD trials as trunks and cooldown branches (`orchestrator.branching`)."""
+    from .branching import plan_branches
+
+    plan = plan_branches(trials, spec.schedule.warmup, spec.schedule.decay)
+    out = []
+    for t in trials:
+        b = plan.branches.get(t.trial_id)
+        changes: dict[str, Any] = {"warmup": plan.warmup[t.trial_id],
+                                   "checkpoint_steps": plan.checkpoint_steps.get(t.trial_id, ())}
+        if b is not None:
+            share = b.step / b.total_steps  # FLOPs are linear in steps at a fixed N and batch
+            changes.update(branch_of=b.trunk_id, branch_step=b.step, branch_flops=t.flops * share,
+                           flops=t.flops * (1.0 - share))
+        out.append(replace(t, **changes))
     return out
 
 
@@ -179,7 +206,8 @@ def trial_config(spec: SweepSpec, trial: PlannedTrial, checkpoint_dir: Optional[
         lr=trial.lr,
         batch_tokens=trial.batch,
         seq_len=spec.model.seq_len,
-        schedule=Schedule(kind=s.kind, warmup=s.warmup, decay=s.decay, final_lr_frac=s.final_lr_frac),
+        schedule=Schedule(kind=s.kind, warmup=s.warmup if trial.warmup is None else trial.warmup, decay=s.decay,
+                          final_lr_frac=s.final_lr_frac),
         eval_every=spec.eval.every,
         eval_tokens=spec.eval.tokens,
         seed=trial.seed,
@@ -189,6 +217,10 @@ def trial_config(spec: SweepSpec, trial: PlannedTrial, checkpoint_dir: Optional[
         precision="auto",
         checkpoint_dir=checkpoint_dir if spec.checkpoints.enabled else None,
         checkpoint_every=spec.checkpoints.every or spec.eval.every,
+        checkpoint_steps=trial.checkpoint_steps,
+        branch_from=(str(Path(checkpoint_dir).parent / trial.branch_of / f"step{trial.branch_step}")
+                     if trial.branch_of and checkpoint_dir else None),
+        branch_step=trial.branch_step,
         data=spec.data,
         data_cache=data_cache,
         exact_flops=spec.budget.flops == "exact",
@@ -212,33 +244,60 @@ class GridPlanner:
         self._pending = list(self.trials)
         self.skipped: list[PlannedTrial] = []
         self.decisions: list[dict[str, Any]] = []
+        self.reached: dict[str, int] = {}  # WSD trunk id -> the last step it reported
+        self.ended: set[str] = set()
 
     @property
     def trial_cap(self) -> int:
         """Most trials this planner can hand out."""
         return len(self.runnable())
 
-    def next_trial(self) -> Optional[PlannedTrial]:
-        """The next trial to run, or None when the grid or the budget is exhausted."""
-        while self._pending:
-            trial = self._pending.pop(0)
+    def next_trial(self):
+        """The next trial to run; WAIT while only branches whose trunk is still short of their
+        branch point are left; None when the grid or the budget is exhausted."""
+        waiting = False
+        for trial in list(self._pending):
+            if trial.branch_of is not None:
+                if self.reached.get(trial.branch_of, -1) < trial.branch_step:
+                    if trial.branch_of not in self.ended:
+                        waiting = True
+                        continue
+                    self._pending.remove(trial)  # the trunk stopped before this branch's start
+                    self.skipped.append(trial)
+                    self.decisions.append({"trial_id": trial.trial_id, "action": "skip",
+                                           "why": f"its WSD trunk {trial.branch_of} ended at step "
+                                                  f"{self.reached.get(trial.branch_of, 0)}, before step {trial.branch_step}"})
+                    continue
+            self._pending.remove(trial)
             if self.budget is not None and self.committed + trial.flops > self.budget:
                 self.skipped.append(trial)
+                self.ended.add(trial.trial_id)  # never runs: its branches must not wait for it
                 continue
             self.committed += trial.flops
-            self.decisions.append({"trial_id": trial.trial_id, "action": "run",
-                                   "why": "next grid point (cheapest first)"})
+            why = (f"cooldown branch of {trial.branch_of} from step {trial.branch_step}" if trial.branch_of
+                   else "next grid point (cheapest first)")
+            self.decisions.append({"trial_id": trial.trial_id, "action": "run", "why": why})
             return trial
-        return None
+        return WAIT if waiting else None
+
+    def observe_report(self, trial_id: str, report: dict[str, Any]) -> None:
+        """A running trial reported: a WSD trunk's progress unblocks its branches."""
+        if "step" in report:
+            self.reached[trial_id] = max(self.reached.get(trial_id, -1), int(report["step"]))
 
     def observe(self, trial_id: str, result: Optional[dict[str, Any]]) -> None:
-        """A trial ended with its last report (None if it failed); the grid ignores it."""
+        """A trial ended with its last report (None if it failed)."""
+        if result:
+            self.observe_report(trial_id, result)
+        self.ended.add(trial_id)
 
     def resume(self, results: dict[str, Optional[dict[str, Any]]]) -> None:
         """Trials that ended in an earlier run of this sweep: not run again, their compute counted."""
         done = set(results)
         self.committed += sum(t.flops for t in self.trials if t.trial_id in done)
         self._pending = [t for t in self._pending if t.trial_id not in done]
+        for tid, result in results.items():
+            self.observe(tid, result)
 
     def runnable(self) -> list[PlannedTrial]:
         """The trials that fit in the budget, cheapest first (what a fresh sweep will run)."""

@@ -112,11 +112,15 @@ class ScheduleSpec(_Strict):
     warmup: float = Field(0.05, ge=0, lt=1, description="linear warmup fraction")
     decay: float = Field(0.2, ge=0, le=1, description="WSD: fraction of steps in the final decay")
     final_lr_frac: float = Field(0.1, ge=0, le=1, description="lr at the end as a fraction of the peak")
+    branch: bool = Field(False, description="WSD: train each (N, lr, batch, seed) once to its largest D and branch the "
+                                            "shorter D's cooldowns from its checkpoints (docs/pruning.md)")
 
     @model_validator(mode="after")
     def _fits(self) -> "ScheduleSpec":
         if self.kind == "wsd" and self.warmup + self.decay > 1:
             raise ValueError("warmup + decay exceed 1")
+        if self.branch and self.kind != "wsd":
+            raise ValueError("branch: only a WSD schedule has a stable phase to branch from")
         return self
 
 
@@ -360,17 +364,17 @@ class SweepSpec(_Strict):
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
     seed: int = Field(0, description="seed of the planner's own choices")
 
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _checkpoints_bool(cls, v: Any) -> Any:
+        return {"enabled": v} if isinstance(v, bool) else v  # `checkpoints: false` (older specs)
+
     @field_validator("resources", mode="before")
     @classmethod
     def _resources_shorthand(cls, v: Any) -> Any:
         if v in ("auto", "manual"):  # `resources: auto` = `resources: {plan: auto}`
             return {"plan": v}
         return v
-
-    @field_validator("checkpoints", mode="before")
-    @classmethod
-    def _checkpoints_bool(cls, v: Any) -> Any:
-        return {"enabled": v} if isinstance(v, bool) else v  # `checkpoints: false` (older specs)
 
     @field_validator("learning_rates")
     @classmethod
@@ -407,6 +411,12 @@ class SweepSpec(_Strict):
             for d in self.tokens.for_size(n):
                 if d < min(_expand(self.batch_sizes)):
                     raise ValueError(f"tokens: {d} tokens for N={n} is less than one batch")
+        if self.schedule.branch:
+            if not self.checkpoints.enabled:
+                raise ValueError("schedule.branch: branches start from their trunk's checkpoints; "
+                                 "checkpoints.enabled must be true")
+            if self.search.strategy != "grid":
+                raise ValueError("schedule.branch: only the grid strategy plans branches (search.strategy: grid)")
         return self
 
     # ---- derived -----------------------------------------------------------------------

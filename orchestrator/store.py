@@ -307,5 +307,7 @@ def final_points(store: ObservationStore) -> list[dict[str, Any]]:
     for tid, rec in trials.items():
         if rec["status"] != "finished" or tid not in last or rec["config"] is None:
             continue
-        out.append({**rec["config"], "trial_id": tid, "loss": last[tid]["eval_loss"], "flops_spent": last[tid]["flops"]})
+        # A WSD branch's reports count its trunk's FLOPs (it is the D-token run); it spent only its decay.
+        spent = last[tid]["flops"] - rec["config"].get("branch_flops", 0.0)
+        out.append({**rec["config"], "trial_id": tid, "loss": last[tid]["eval_loss"], "flops_spent": spent})
     return out

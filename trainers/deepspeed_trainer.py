@@ -263,12 +263,20 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
     step, tokens, flops, step_time = 0, 0, 0.0, 0.0
     checkpoint: Optional[str] = None
     tag = latest_checkpoint(config.checkpoint_dir)
+    load_dir = config.checkpoint_dir
+    if tag is None and config.branch_from:
+        # A WSD cooldown branch: the trunk's full state (weights, optimizer, counters) at the
+        # branch point; from there this trial's own schedule is its decay.
+        load_dir, tag = str(Path(config.branch_from).parent), Path(config.branch_from).name
     if tag is not None:
-        _, client = engine.load_checkpoint(config.checkpoint_dir, tag=tag)
-        client = client or {}
+        _, client = engine.load_checkpoint(load_dir, tag=tag)
+        if client is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} in {load_dir}")
         step, tokens = int(client["step"]), int(client["tokens"])
         flops, step_time = float(client["flops"]), float(client["step_time_s"])
-        checkpoint = str(Path(config.checkpoint_dir) / tag)
+        checkpoint = str(Path(load_dir) / tag)
+        if load_dir != config.checkpoint_dir and step != config.branch_step:
+            raise ValueError(f"branch checkpoint {config.branch_from} is at step {step}, not {config.branch_step}")
 
     def save(at_step: int) -> str:
         t = f"step{at_step}"
@@ -322,8 +330,12 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
         last = step == plan.total_steps
         save_now = bool(config.checkpoint_dir) and (
             (config.checkpoint_every > 0 and step % config.checkpoint_every == 0) or last)
-        if save_now and last:  # before the final report: Tune may end the trial on it (done)
+        branch_point = bool(config.checkpoint_dir) and step in config.checkpoint_steps
+        if (save_now and last) or branch_point:
+            # Before the report: Tune may end the trial on its final report (done), and a
+            # branch is started once its trunk has reported its branch point.
             checkpoint = save(step)
+            save_now = False
         if last or (config.eval_every > 0 and step % config.eval_every == 0):
             eval_loss = evaluate_now()
             report_now(loss_sum / loss_steps, eval_loss, last)

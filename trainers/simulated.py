@@ -19,7 +19,8 @@ Checkpoints, like the real trainer's: with `config.checkpoint_dir`, the last rep
 past each multiple of `checkpoint_every` is recorded in `simulated.json` there after its report
 (the last step before its report); a trial started again on the same directory (a restarted trial, a
 resumed sweep) sends only the reports after that step. The losses are a function of the config,
-so a resumed trial reports exactly what an uninterrupted one would have.
+so a resumed trial reports exactly what an uninterrupted one would have. A WSD branch
+(`config.branch_step`) reports only the steps after its branch point, as the real trainer does.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ from trainers.worlds.world import World, WorldError, load_world
 
 DEFAULT_WORLD = "tiny"
 # Config fields that do not change what a run computes (where it is stored, how many threads).
-_NOT_HASHED = ("trial_id", "checkpoint_dir", "checkpoint_every", "data_cache", "threads")
+_NOT_HASHED = ("trial_id", "checkpoint_dir", "checkpoint_every", "checkpoint_steps", "branch_from", "branch_step",
+               "data_cache", "threads")
 _BLOWUP_FACTOR = 10.0  # a diverging loss climbs to this multiple of the world's max_loss, then NaN
 
 
@@ -93,6 +95,8 @@ def train(config: TrialConfig, report: Reporter,
         prev = s
         if resumed is not None and s <= resumed and not last:
             continue  # reported before the checkpoint this run resumed from (the final one is re-sent)
+        if s <= config.branch_step:
+            continue  # a WSD branch: its trunk trained (and reported) these steps
         if config.checkpoint_dir and last:  # before the final report, which may end the trial
             _save_step(config.checkpoint_dir, s)
         report({

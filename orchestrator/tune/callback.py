@@ -83,7 +83,10 @@ class SweepCallback(Callback):
         if self.tracker is not None and step > self.logged.get(tid, -1):
             self.logged[tid] = step
             self.tracker.log_metrics(tid, {k: v for k, v in report.items() if k != "step"}, step=step)
-        self.progress.report(tid, self.records[tid]["N"], report["flops"], report["eval_loss"])
+        record = self.records[tid]
+        # A WSD branch's reports count its trunk's FLOPs too (it is the D-token run); it spent only its own.
+        spent = report["flops"] - record.get("branch_flops", 0.0)
+        self.progress.report(tid, record["N"], spent, report["eval_loss"])
 
     def _end(self, trial, status: str, summary: dict[str, Any]) -> None:
         tid = self._tid(trial)
