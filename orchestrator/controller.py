@@ -69,11 +69,13 @@ def _init_ray() -> None:
 def _max_concurrent(spec: SweepSpec, trials: list[PlannedTrial]) -> int:
     import ray
 
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    need = max((t.workers * spec.resources.threads for t in trials), default=1)
-    fit = max(1, math.floor(cpus / need))
-    # Ray Tune cannot see the CPUs a TorchTrainer will ask for, so concurrency is capped so
-    # that every running trial's workers fit at once (no trial waits on another's CPUs).
+    have = ray.cluster_resources()
+    workers = max((t.workers for t in trials), default=1)
+    fit = max(1, math.floor(have.get("CPU", 1.0) / (workers * spec.resources.threads)))
+    if spec.resources.use_gpu:  # one GPU per worker: the GPUs bound it too
+        fit = max(1, min(fit, math.floor(have.get("GPU", 0.0) / workers)))
+    # Ray Tune cannot see the CPUs (GPUs) a TorchTrainer will ask for, so concurrency is capped
+    # so that every running trial's workers fit at once (no trial waits on another's devices).
     return min(fit, spec.resources.max_concurrent or fit)
 
 
