@@ -76,7 +76,7 @@ REPORT_KEYS = (
     "train_loss",  # mean training loss since the previous report
     "eval_loss",  # validation loss (NaN if not evaluated at this report)
     "tokens_per_s",  # training throughput since the previous report
-    "step_time_s",  # cumulative seconds spent inside training steps (for useful-work fraction)
+    "step_time_s",  # cumulative seconds this trial spent inside training steps (a WSD branch: since its start)
     "done",  # 1.0 on the final report
 )
 

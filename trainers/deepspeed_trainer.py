@@ -275,8 +275,10 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
         step, tokens = int(client["step"]), int(client["tokens"])
         flops, step_time = float(client["flops"]), float(client["step_time_s"])
         checkpoint = str(Path(load_dir) / tag)
-        if load_dir != config.checkpoint_dir and step != config.branch_step:
-            raise ValueError(f"branch checkpoint {config.branch_from} is at step {step}, not {config.branch_step}")
+        if load_dir != config.checkpoint_dir:
+            if step != config.branch_step:
+                raise ValueError(f"branch checkpoint {config.branch_from} is at step {step}, not {config.branch_step}")
+            step_time = 0.0  # the trunk's time is the trunk's: a branch reports its own
 
     def save(at_step: int) -> str:
         t = f"step{at_step}"

@@ -104,7 +104,7 @@ def train(config: TrialConfig, report: Reporter,
             "lr": float(config.lr * r[s - 1]),
             "train_loss": math.nan if bad else float(train_loss[i]),
             "eval_loss": math.nan if bad else float(eval_loss[i]),
-            "tokens_per_s": tokens_per_s, "step_time_s": s * step_s, "done": float(last),
+            "tokens_per_s": tokens_per_s, "step_time_s": (s - config.branch_step) * step_s, "done": float(last),
         })
         if config.checkpoint_dir and crossed and not last:  # after the report: killed in between, it re-sends it
             _save_step(config.checkpoint_dir, s)

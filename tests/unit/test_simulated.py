@@ -88,6 +88,14 @@ def test_simulated_time_and_throughput(tiny):
     step_s = 6 * 100_000 * 5120 / tiny.throughput.flops_per_s + tiny.throughput.step_overhead_s
     assert reps[-1]["step_time_s"] == pytest.approx(100 * step_s)
     assert reps[0]["tokens_per_s"] == pytest.approx(5120 / step_s)
+    # A WSD cooldown branch from step 80 reports only its own steps and its own time, and the
+    # same losses as the run it continues.
+    from dataclasses import replace
+
+    branch, _ = run(replace(cfg, branch_step=80, branch_from="/nowhere/step80"), tiny)
+    assert [r["step"] for r in branch] == [90, 100]
+    assert branch[-1]["step_time_s"] == pytest.approx(20 * step_s)
+    assert branch[-1]["tokens"] == reps[-1]["tokens"] and branch[-1]["eval_loss"] == reps[-1]["eval_loss"]
 
 
 # ------------------------------------------------------------------ ground truth is exact
