@@ -419,9 +419,9 @@ def scalesweep_parts(spec: SweepSpec) -> dict[str, Any]:
         "planner": "grid",
         "search": enabled("search"),
         "pruner": enabled("pruning"),
-        "wsd_branching": enabled("branching"),
+        "wsd_branching": bool(spec.schedule.branch),
     }
-    missing = [n for n in ("search", "pruning", "branching") if n not in fields]
+    missing = [n for n in ("search", "pruning") if n not in fields]
     active = [k for k in ("search", "pruner", "wsd_branching") if parts[k]]
     parts["note"] = ("active: " + ", ".join(active) if active else "grid planner only") + (
         "; not in the spec yet: " + ", ".join(f"spec.{n}" for n in missing) if missing else "")
@@ -492,7 +492,9 @@ def _scalesweep_tuner(grid: Grid, spec_data: dict[str, Any], concurrency: int, p
             status = {"finished": "finished", "diverged": "diverged"}.get(rec["status"], "stopped")
             if status == "finished" and int(row["tokens"]) < t.D:
                 status = "stopped"  # a trial a scheduler stopped is not a final loss
-            records.append(TrialRecord(tid, float(t.n_target), t.D, t.lr, t.batch, t.flops, float(row["flops"]),
+            # A WSD branch's reports count its trunk's FLOPs (it is the D-token run); it spent its decay only.
+            spent = float(row["flops"]) - float((rec["config"] or {}).get("branch_flops", 0.0))
+            records.append(TrialRecord(tid, float(t.n_target), t.D, t.lr, t.batch, t.flops, spent,
                                        count[tid], status, float(row["eval_loss"])))
     return StrategyRun(records, "tuner", ["real orchestrator.controller.run_sweep (Ray Tune, store, MLflow); "
                                           "regret scores run_sweep's own proposal"], parts, proposal)

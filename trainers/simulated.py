@@ -95,7 +95,7 @@ def train(config: TrialConfig, report: Reporter,
         prev = s
         if resumed is not None and s <= resumed and not last:
             continue  # reported before the checkpoint this run resumed from (the final one is re-sent)
-        if s <= config.branch_step:
+        if s <= config.branch_step and not last:
             continue  # a WSD branch: its trunk trained (and reported) these steps
         if config.checkpoint_dir and last:  # before the final report, which may end the trial
             _save_step(config.checkpoint_dir, s)
