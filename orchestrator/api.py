@@ -40,6 +40,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from trainers.worlds import bundled_worlds
+
 from .laws.result import jsonable
 
 log = logging.getLogger("orchestrator.api")
@@ -371,6 +373,11 @@ class SweepRegistry:
         name = data.get("name")
         if isinstance(name, str) and name.startswith("."):
             raise ApiError(422, "invalid spec\n  name: must not start with '.' (reserved for the server's own files)")
+        world = data.get("trainer", {}).get("world") if isinstance(data.get("trainer"), dict) else None
+        if world is not None and world not in bundled_worlds():
+            # A path would make the server read (and quote in its errors) any file it can see.
+            raise ApiError(422, f"invalid spec\n  trainer.world: the API accepts the bundled worlds only "
+                                f"({', '.join(bundled_worlds())}); run a world file with the CLI")
         data = dict(data)
         if isinstance(name, str) and _SWEEP_ID.match(name):
             # The client never chooses where a sweep is written.

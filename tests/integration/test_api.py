@@ -232,6 +232,8 @@ def test_submit_duplicate_is_409(launched, client):
     ({**SIM_SPEC, "name": "bad2", "tokens": {"per_param": [10], "values": [1e6]}}, "tokens"),
     ({**SIM_SPEC, "name": "bad3", "bogus_field": 1}, "bogus_field"),
     ({**SIM_SPEC, "name": "bad4", "trainer": {"backend": "simulated", "world": "no-such-world"}}, "trainer"),
+    # a path would make the server read (and quote) any file it can see: bundled worlds only
+    ({**SIM_SPEC, "name": "bad7", "trainer": {"backend": "simulated", "world": "/etc/passwd"}}, "trainer.world"),
     ({**SIM_SPEC, "name": "bad5", "model": {"n_params": {"min": 1e4, "max": 1e5, "count": 10**9}}}, "count"),
     ({**SIM_SPEC, "name": "bad/../../x"}, "name"),
     ({**SIM_SPEC, "name": ".."}, "name"),
