@@ -72,7 +72,12 @@ def _timed_scheduler(base: type, label: str) -> type:
     def on_trial_result(self, tune_controller, trial, result):
         return _timed(label, base.on_trial_result, self, tune_controller, trial, result)
 
-    cls = type(f"Timed{base.__name__}", (base,), {"on_trial_result": on_trial_result})
+    def on_trial_complete(self, tune_controller, trial, result):
+        return _timed(label.replace("on_trial_result", "on_trial_complete"), base.on_trial_complete, self,
+                      tune_controller, trial, result)
+
+    cls = type(f"Timed{base.__name__}", (base,), {"on_trial_result": on_trial_result,
+                                                   "on_trial_complete": on_trial_complete})
     cls.__module__ = __name__
     globals()[cls.__name__] = cls  # picklable by name (Tune saves its scheduler with the experiment)
     return cls
@@ -126,7 +131,7 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     import ray
     from ray import tune
 
-    from orchestrator.controller import prepare_dir
+    from orchestrator.controller import _environ, prepare_dir, tune_env
     from orchestrator.planner import GridPlanner, trial_config
     from orchestrator.progress import SweepProgress
     from orchestrator.spec import parse_spec
@@ -140,12 +145,10 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     spec = parse_spec(overhead_spec(trials, str(Path(tmp) / "sweep")))
     t_plan = time.perf_counter()
     sweep_dir = prepare_dir(spec, None)
-    store = ObservationStore(sweep_dir)
+    store = ObservationStore(sweep_dir, fsync=spec.checkpoints.enabled)  # as run_sweep
     planner = GridPlanner(spec)
     runnable = planner.runnable()[:trials]
     records = {t.trial_id: t.record() for t in runnable}  # the Tuner runs the first `trials` (num_samples)
-    for t in runnable:
-        store.set_status(t.trial_id, "planned", config=t.record())
     plan_s = time.perf_counter() - t_plan
 
     tracker = SweepTracker(spec.tracking_uri(), "overhead", f"overhead-{arm}", buffer_dir=sweep_dir / "mlflow-spool") if mlflow else None
@@ -184,12 +187,15 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
     )
     t0 = time.perf_counter()
-    with progress:
+    with progress, _environ(tune_env(spec)):  # run_sweep's Tune settings
         tuner.fit()
     fit_s = time.perf_counter() - t0
+    sched_pending = scheduler.pending() if hasattr(scheduler, "pending") else 0
     store.flush()
-    if tracker is not None:
-        tracker.close("FINISHED")
+    mlflow_backlog = tracker.pending if tracker is not None else 0
+    t1 = time.perf_counter()
+    mlflow_left = tracker.close("FINISHED", timeout=600) if tracker is not None else 0
+    mlflow_drain_s = time.perf_counter() - t1
     if own_ray:
         ray.shutdown()
     states = defaultdict(int)
@@ -207,6 +213,11 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
         "concurrency": concurrency,
         "mlflow": mlflow,
         "planning_s": plan_s,
+        "tune_env": tune_env(spec),
+        "scheduler_backlog_at_end": sched_pending,
+        "mlflow_ops_pending_at_end": mlflow_backlog,
+        "mlflow_drain_s": mlflow_drain_s,
+        "mlflow_ops_left_spooled": mlflow_left,
         "tuner_fit_s": fit_s,
         "trials_per_s": done / fit_s if fit_s else None,
         "extrapolated_fit_s_for_requested": fit_s * len(runnable) / done if done else None,

@@ -30,7 +30,9 @@ class SweepProgress:
 
     def __enter__(self) -> "SweepProgress":
         if self.enabled:
-            self._live = Live(self.render(), console=self.console, refresh_per_second=2, transient=False)
+            # Rendered by Live's own refresh (2/s), not on every report: a render walks every
+            # trial, which would cost O(trials) per report in a sweep of thousands.
+            self._live = Live(console=self.console, refresh_per_second=2, transient=False, get_renderable=self.render)
             self._live.__enter__()
         return self
 
@@ -53,8 +55,7 @@ class SweepProgress:
         self._refresh()
 
     def _refresh(self) -> None:
-        if self._live is not None:
-            self._live.update(self.render())
+        pass  # Live re-renders by itself (get_renderable), at most twice a second
 
     def render(self) -> Group:
         """The current display."""

@@ -25,8 +25,9 @@ For every report of a trial the pruner
 
 Cost: a fresh prediction is made only when the logged prefix grew by ``refit_growth`` (10 %) of
 its steps since the last one and at least ``refit_every`` reports arrived; in between a report
-costs a few list appends. The curve law of a size is refitted only when a trial of that size
-completes, the Chinchilla frontier only when any trial completes.
+costs a few list appends. The curve law of a size is refitted only when the completed trials of
+that size grew by ``refit_growth`` since its last fit (at least one), the Chinchilla frontier only
+when the finished trials did (so a sweep of thousands of trials refits each O(log n) times).
 
 The curve law sees the schedule's *shape* (lr / peak × ``LR_REF``): runs of one N at different
 peak lrs then share one law and differ by the per-run offset that ``predict_final`` fits on the
@@ -152,6 +153,9 @@ class Pruner:
         self._finals: dict[str, tuple[tuple[float, float], float]] = {}  # trial -> (cell, final loss)
         self._frontier_fit = None
         self._frontier_stale = False
+        self._frontier_n = 0  # finished trials the current frontier fit has seen
+        self._n_done: dict[float, int] = {}  # N -> completed curves so far
+        self._law_n: dict[float, int] = {}  # N -> completed curves when its law was last fitted
         self.n_predictions = 0
 
     # ------------------------------------------------------------------ public API
@@ -220,7 +224,13 @@ class Pruner:
         curves = self._completed.setdefault(t.meta.N, [])
         curves.append(c)
         del curves[:-self.config.max_curves]
-        self._laws.pop(t.meta.N, None)  # refit lazily on the next prediction for this size
+        N = t.meta.N
+        n = self._n_done[N] = self._n_done.get(N, 0) + 1
+        # Refit lazily on the next prediction for this size, once the completed curves grew by
+        # `refit_growth` since the last fit (every completion while there are few; a sweep of
+        # thousands of trials would otherwise refit a size's law on every completion).
+        if n - self._law_n.get(N, 0) >= max(1, math.ceil(self.config.refit_growth * n)):
+            self._laws.pop(N, None)
 
     def on_remove(self, trial_id: str) -> None:
         """A trial ended without completing (stopped, failed): it is no longer a reference."""
@@ -304,6 +314,7 @@ class Pruner:
         if N not in self._laws:
             curves = self._completed.get(N, [])
             law = None
+            self._law_n[N] = self._n_done.get(N, 0)
             if curves:
                 try:
                     law = make_law(self.config.law, n_boot=self.config.n_boot, seed=self.config.seed).fit(curves)
@@ -386,7 +397,10 @@ class Pruner:
         return best
 
     def _frontier(self):
-        if self._frontier_stale:
+        # Refitted once the finished trials grew by `refit_growth` since the last fit (the
+        # bootstrap fit takes ~0.1 s; a sweep of thousands would refit it on every completion).
+        grown = len(self._finals) >= self._frontier_n * (1.0 + self.config.refit_growth)
+        if self._frontier_stale and (self._frontier_fit is None or grown):
             self._frontier_stale = False
             best: dict[tuple[float, float], float] = {}
             for cell, final in self._finals.values():
@@ -400,6 +414,7 @@ class Pruner:
                 D = np.array([c[1] for c in cells])
                 L = np.array([best[c] for c in cells])
                 kw = dict(bootstrap=self.config.frontier_bootstrap, seed=self.config.seed)
+                self._frontier_n = len(self._finals)
                 try:
                     self._frontier_fit = (refit(self._frontier_fit, N, D, L, **kw) if self._frontier_fit is not None
                                           else fit_chinchilla(N, D, L, **kw))

@@ -159,6 +159,7 @@ class SweepTracker:
         self._results_step = 0
         self._closed = False
         self._parent_enqueued = False
+        self._created_parent: Optional[str] = None  # a parent run this tracker created (it has no old children)
         self.stats: dict[str, int] = {
             "ops": 0, "delivered": 0, "dropped": 0, "batches": 0, "metrics": 0,
             "nonfinite_skipped": 0, "outages": 0, "failed_attempts": 0, "replayed": 0,
@@ -208,8 +209,13 @@ class SweepTracker:
         self._wait_created(None)
         return self._parent_id or ""
 
-    def start_trial(self, trial_id: str, params: dict) -> str:
-        """Create the trial's nested run (idempotent); returns its id ("" if MLflow is down)."""
+    def start_trial(self, trial_id: str, params: dict, wait: bool = True) -> str:
+        """Create the trial's nested run (idempotent); returns its id ("" if MLflow is down).
+
+        With ``wait=False`` the create is only enqueued (returns "" until delivered): the ops
+        that follow it for this trial are delivered after it, in order, so a caller that does
+        not need the run id (the Tune callback) never waits on MLflow.
+        """
         # A trial started again after end_trial (Tune retrying it from a checkpoint) gets
         # its run back to RUNNING; otherwise a repeated call is a no-op.
         if trial_id not in self._trials_started or trial_id in self._trials_ended:
@@ -220,7 +226,8 @@ class SweepTracker:
                 {"kind": "trial", "trial": trial_id, "token": uuid.uuid4().hex,
                  "params": flatten_params(params), "tags": tags}
             )
-        self._wait_created(trial_id)
+        if wait:
+            self._wait_created(trial_id)
         return self._run_ids.get(trial_id, "")
 
     def log_metrics(self, trial_id: Optional[str], metrics: Mapping[str, float], step: int) -> None:
@@ -692,6 +699,7 @@ class SweepTracker:
                 run = self._client.create_run(
                     exp_id, tags={**op["tags"], TAG_TOKEN: op["token"]}, run_name=self.sweep_name)
                 run_id = run.info.run_id
+                self._created_parent = run_id
         existing = self._client.get_run(run_id).data.params
         self._log_params(run_id, {k: v for k, v in op["params"].items() if k not in existing})
         self._log_tags(run_id, op["tags"])
@@ -708,9 +716,14 @@ class SweepTracker:
         parent = self._resolve({"trial": None, "parent": op.get("parent")})
         exp_id = self._experiment_id()
         # Idempotent across restarts and lost responses: reuse the child run that already
-        # carries this trial's tags under this parent.
-        run_id = self._run_ids.get(trial_id) or self._find_by_tag(
-            f"tags.`{TAG_TRIAL}` = '{_quote(trial_id)}' and tags.`{TAG_PARENT}` = '{parent}'")
+        # carries this trial's tags under this parent. Under a parent this tracker created,
+        # such a run can exist only if an earlier attempt of this op reached the server: a
+        # first attempt skips the search (it grows with the experiment, tens of ms per trial
+        # in a sweep of thousands).
+        first_try = parent == self._created_parent and not op.get("tried") and not op.get("replayed")
+        op["tried"] = True
+        run_id = self._run_ids.get(trial_id) or (None if first_try else self._find_by_tag(
+            f"tags.`{TAG_TRIAL}` = '{_quote(trial_id)}' and tags.`{TAG_PARENT}` = '{parent}'"))
         if run_id is None:
             run = self._client.create_run(
                 exp_id, tags={**op["tags"], TAG_PARENT: parent, TAG_TOKEN: op["token"]},

@@ -65,7 +65,8 @@ class SweepCallback(Callback):
         why = self.decisions.get(tid)
         self.store.set_status(tid, "running", config=record, summary={"decision": why} if why else None)
         if self.tracker is not None:
-            self.tracker.start_trial(tid, {**record, **_flat(trial.config["trial"], "trainer")})
+            # enqueued only: the run is created on the tracker thread, never on Tune's event loop
+            self.tracker.start_trial(tid, {**record, **_flat(trial.config["trial"], "trainer")}, wait=False)
             if why:
                 self.tracker.set_tags(tid, {"scalesweep.why": str(why.get("why", why))[:5000]})
         self.progress.trial_state(tid, "running")

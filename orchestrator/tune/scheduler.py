@@ -8,6 +8,9 @@ configs carry the trial contract under ``config["trial"]`` (a `trainers.contract
 from __future__ import annotations
 
 import logging
+import math
+import queue
+import threading
 from typing import Any, Callable, Optional
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -23,13 +26,84 @@ class PrunerScheduler(FIFOScheduler):
     """Stops a trial when the pruner says so; ``on_decision(trial_id, decision)`` records every stop."""
 
     def __init__(self, config: PruneConfig = PruneConfig(), on_decision: Optional[OnDecision] = None,
-                 pruner: Optional[Pruner] = None):
+                 pruner: Optional[Pruner] = None, background: bool = True):
         super().__init__()
         self.pruner = pruner or Pruner(config)
         self.on_decision = on_decision
         self.metas: dict[str, TrialMeta] = {}
         self.last: dict[str, dict[str, float]] = {}
         self.decisions: dict[str, Decision] = {}  # trial id -> the decision that ended it
+        # background: the pruner runs on a worker thread, off Tune's event loop (its curve-law
+        # and frontier refits take up to seconds). It gets the same calls in the same order as
+        # inline; a STOP it reaches is applied at the trial's next result (or, for a final
+        # non-finite report, awaited at completion), so a stop can land a few reports later.
+        self.background = background
+        self._init_worker()
+
+    def _init_worker(self) -> None:
+        self._ops: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._ready: dict[str, Decision] = {}  # trial id -> a stop the worker reached, not applied yet
+        self._done_cv = threading.Condition()
+        self._enqueued = self._processed = 0
+        self._thread: Optional[threading.Thread] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its scheduler with the experiment state: not the thread or queue.
+        self.drain()
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("_ops", "_ready", "_done_cv", "_thread", "_enqueued", "_processed")}
+        state["on_decision"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_worker()
+
+    # ------------------------------------------------------------------ worker
+    def _submit(self, op: tuple) -> int:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._work, name="pruner", daemon=True)
+            self._thread.start()
+        with self._done_cv:
+            self._enqueued += 1
+            n = self._enqueued
+        self._ops.put(op)
+        return n
+
+    def _work(self) -> None:
+        while True:
+            op = self._ops.get()
+            try:
+                self._apply(op)
+            except Exception:  # the pruner must never take the sweep down
+                log.exception("pruner: %s failed for %s", op[0], op[1])
+            with self._done_cv:
+                self._processed += 1
+                self._done_cv.notify_all()
+
+    def _apply(self, op: tuple) -> None:
+        kind, tid = op[0], op[1]
+        if kind == "report":
+            decision = self.pruner.on_report(tid, op[2], op[3])
+            if decision.stops:
+                with self._done_cv:
+                    self._ready[tid] = decision
+        elif kind == "complete":
+            self._complete(tid, op[2], op[3], op[4])
+        else:
+            self.pruner.on_remove(tid)
+
+    def _wait(self, n: int, timeout: Optional[float] = None) -> bool:
+        with self._done_cv:
+            return self._done_cv.wait_for(lambda: self._processed >= n, timeout)
+
+    def drain(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the worker has processed everything handed to it (True if it did in time)."""
+        return self._wait(self._enqueued, timeout) if self._thread is not None else True
+
+    def pending(self) -> int:
+        """Reports and completions handed to the worker and not processed yet."""
+        return self._enqueued - self._processed
 
     @staticmethod
     def trial_id(trial) -> str:
@@ -50,10 +124,22 @@ class PrunerScheduler(FIFOScheduler):
         self._meta(trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
-        decision = self._report(trial, result)
-        return TrialScheduler.STOP if decision is not None and decision.stops else TrialScheduler.CONTINUE
+        if not self.background:
+            decision = self._report(trial, result)
+            return TrialScheduler.STOP if decision is not None and decision.stops else TrialScheduler.CONTINUE
+        tid = self.trial_id(trial)
+        with self._done_cv:
+            ready = self._ready.pop(tid, None)
+        if ready is not None:  # reached on an earlier report: apply it now
+            self._record(tid, ready)
+            return TrialScheduler.STOP
+        fresh = self._fresh(trial, result)
+        if fresh is not None:
+            self._submit(("report", tid, *fresh))
+        return TrialScheduler.CONTINUE
 
-    def _report(self, trial, result: dict[str, Any]) -> Optional[Decision]:
+    def _fresh(self, trial, result: dict[str, Any]) -> Optional[tuple[TrialMeta, dict]]:
+        """(meta, report) of a result the pruner has not seen, else None."""
         meta = self._meta(trial)
         if meta is None or not isinstance(result, dict) or "step" not in result:
             return None
@@ -62,7 +148,14 @@ class PrunerScheduler(FIFOScheduler):
         if self.last.get(tid) == report:
             return None  # the same result seen again (Tune repeats the last one on completion)
         self.last[tid] = report
-        decision = self.pruner.on_report(tid, meta, report)
+        return meta, report
+
+    def _report(self, trial, result: dict[str, Any]) -> Optional[Decision]:
+        fresh = self._fresh(trial, result)
+        if fresh is None:
+            return None
+        tid = self.trial_id(trial)
+        decision = self.pruner.on_report(tid, *fresh)
         if decision.stops:
             self._record(tid, decision)
         return decision
@@ -79,13 +172,34 @@ class PrunerScheduler(FIFOScheduler):
     def on_trial_complete(self, tune_controller, trial, result: dict[str, Any]) -> None:
         tid = self.trial_id(trial)
         if tid in self.decisions:
+            if self.background:
+                self._submit(("remove", tid))
             return  # we stopped it: not a completed reference
         # Tune hands a trial's last result here, not to on_trial_result: a final NaN is a divergence.
-        decision = self._report(trial, result)
-        if decision is not None and decision.stops:
-            return
-        last = self.last.get(tid) or {}
+        fresh = self._fresh(trial, result)
         meta = self._meta(trial)
+        if not self.background:
+            self._complete(tid, meta, fresh, True)
+            return
+        with self._done_cv:
+            self._ready.pop(tid, None)  # a stop reached too late: the trial ran to its end
+        final = (fresh[1].get(self.pruner.config.metric), fresh[1].get("train_loss")) if fresh else ()
+        nonfinite = any(v is not None and not math.isfinite(float(v)) for v in final)
+        n = self._submit(("complete", tid, meta, fresh, nonfinite))
+        if nonfinite:  # rare, and its label (diverged, with the reason) is read right after this
+            self._wait(n, timeout=60.0)
+
+    def _complete(self, tid: str, meta: Optional[TrialMeta], fresh: Optional[tuple], record: bool) -> None:
+        """The pruner's side of a trial's completion (its final report first); on the worker when background."""
+        if fresh is not None:
+            decision = self.pruner.on_report(tid, *fresh)
+            if decision.stops:
+                if record:
+                    self._record(tid, decision)
+                else:
+                    self.pruner.on_remove(tid)
+                return
+        last = self.last.get(tid) or {}
         step = last.get("step")
         if meta is not None and step is not None and float(step) >= meta.total_steps:
             final = last.get(self.pruner.config.metric)
@@ -94,10 +208,16 @@ class PrunerScheduler(FIFOScheduler):
             self.pruner.on_remove(tid)
 
     def on_trial_error(self, tune_controller, trial) -> None:
-        self.pruner.on_remove(self.trial_id(trial))
+        self._remove(self.trial_id(trial))
 
     def on_trial_remove(self, tune_controller, trial) -> None:
-        self.pruner.on_remove(self.trial_id(trial))
+        self._remove(self.trial_id(trial))
+
+    def _remove(self, tid: str) -> None:
+        if self.background:
+            self._submit(("remove", tid))
+        else:
+            self.pruner.on_remove(tid)
 
     def debug_string(self) -> str:
         stops = sum(d.action == "stop" for d in self.decisions.values())
