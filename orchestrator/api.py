@@ -502,7 +502,7 @@ class SweepRegistry:
     # ---- fits -----------------------------------------------------------------------
     def _points(self, sweep_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(finished points, diverged trial configs) from the store."""
-        from .store import ObservationStore, final_points
+        from .store import ObservationStore, diverged_configs, final_points
 
         d = self.dir(sweep_id)
         if not (d / "store").is_dir():
@@ -510,9 +510,7 @@ class SweepRegistry:
 
         def make():
             store = ObservationStore(d)
-            diverged = [rec["config"] for rec in store.trials().values()
-                        if rec["status"] == "diverged" and rec["config"]]
-            return final_points(store), diverged
+            return final_points(store), diverged_configs(store)
 
         return self._cached(("points", sweep_id, _store_version(self.dir(sweep_id))), make)
 
@@ -529,7 +527,7 @@ class SweepRegistry:
         from .proposals import fit_and_propose
 
         d = self.dir(sweep_id)
-        points, _ = self._points(sweep_id)
+        points, diverged = self._points(sweep_id)
         if not points:
             raise ApiError(409, f"sweep {sweep_id!r} has no finished trial yet; nothing to fit")
         loss, boot, level, seed = self._fit_settings(sweep_id, bootstrap)
@@ -541,7 +539,7 @@ class SweepRegistry:
             resources = proposal_resources(spec) if spec is not None else None
             try:
                 return fit_and_propose(points, budgets, loss=loss, bootstrap=boot, level=level, seed=seed,
-                                       resources=resources)
+                                       resources=resources, diverged=diverged)
             except (ValueError, TableError, ArithmeticError) as exc:
                 # e.g. a budget whose optimal N lies beyond the model family: the input's fault.
                 log.warning("proposal for budgets %s failed", budgets, exc_info=True)

@@ -19,7 +19,7 @@ from .planner import PlannedTrial, make_planner, proposal_resources, trial_confi
 from .progress import SweepProgress
 from .proposals import SweepFit, fit_and_propose
 from .spec import SweepSpec
-from .store import ObservationStore, StoreError, final_points
+from .store import ObservationStore, StoreError, diverged_configs, final_points
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,8 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
 
     points = final_points(store)
     fit = fit_and_propose(points, spec.budget.targets, loss=spec.fit.loss, bootstrap=spec.fit.bootstrap,
-                          level=spec.fit.level, seed=spec.seed, hparams=hparams, resources=proposal_resources(spec))
+                          level=spec.fit.level, seed=spec.seed, hparams=hparams, resources=proposal_resources(spec),
+                          diverged=diverged_configs(store))
     sweep_dir = spec.sweep_dir()
     doc = jsonable(fit.to_json())
     (sweep_dir / "fit.json").write_text(json.dumps(doc, indent=2, allow_nan=False))

@@ -6,6 +6,7 @@ law-guided search (issue: law-guided search) replaces `next_trial` with an acqui
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from dataclasses import asdict, dataclass, replace
@@ -255,6 +256,14 @@ class GridPlanner:
     def next_trial(self):
         """The next trial to run; WAIT while only branches whose trunk is still short of their
         branch point are left; None when the grid or the budget is exhausted."""
+        while True:
+            ended = len(self.ended)
+            trial = self._next_pending()
+            # A trunk skipped for the budget during the scan releases (skips) its waiting branches.
+            if trial != WAIT or len(self.ended) == ended:
+                return trial
+
+    def _next_pending(self):
         waiting = False
         for trial in list(self._pending):
             if trial.branch_of is not None:
@@ -300,12 +309,15 @@ class GridPlanner:
             self.observe(tid, result)
 
     def runnable(self) -> list[PlannedTrial]:
-        """The trials that fit in the budget, cheapest first (what a fresh sweep will run)."""
-        total, out = 0.0, []
-        for t in self.trials:
-            if self.budget is None or total + t.flops <= self.budget:
-                total += t.flops
-                out.append(t)
+        """What a fresh sweep will run within the budget, in hand-out order (cheapest first; a WSD
+        branch after its trunk, every trial assumed to run to its end)."""
+        sim = copy.copy(self)
+        sim._pending, sim.skipped, sim.decisions = list(self.trials), [], []
+        sim.committed, sim.reached, sim.ended = 0.0, {}, set()
+        out = []
+        while (t := sim.next_trial()) not in (None, WAIT):
+            out.append(t)
+            sim.observe(t.trial_id, {"step": t.D // t.batch})
         return out
 
 

@@ -52,19 +52,69 @@ def _nearest_cell(cells: list[dict[str, Any]], n: float, d: float) -> dict[str, 
 
 
 HparamRule = Callable[[float, float], tuple[Optional[float], Optional[float]]]
+
+
+def _merge_close(values: Sequence[float], rel: float = 0.02) -> dict[float, float]:
+    """Map each value to the first of its run of values within `rel` of each other (sorted)."""
+    out: dict[float, float] = {}
+    head = None
+    for v in sorted(set(values)):
+        if head is None or v > head * (1.0 + rel):
+            head = v
+        out[v] = head
+    return out
+
+
+def learned_hparams(runs: Sequence[dict[str, Any]]) -> Optional[HparamRule]:
+    """lr*(N, D) and batch*(D) laws fitted on a sweep's runs, as a proposal rule (None if none fits).
+
+    `runs`: finished trials with their final `loss` and diverged ones (loss NaN; they bound lr from
+    above). Per (N, D) cell a bowl in (log lr, log batch), else the Step-Law protocol
+    (`orchestrator.laws.hparams.fit_hparams`). Token budgets that whole-batch rounding moved
+    apart (the same tokens-per-parameter target at two batch sizes) count as one cell.
+    """
+    from .laws.hparams import HparamError, fit_hparams
+
+    if not runs:
+        return None
+    by_n: dict[float, list[float]] = {}
+    for r in runs:
+        by_n.setdefault(float(r["N"]), []).append(float(r["D"]))
+    nominal = {n: _merge_close(ds) for n, ds in by_n.items()}
+    cols = ([float(r["N"]) for r in runs], [nominal[float(r["N"])][float(r["D"])] for r in runs],
+            [float(r["lr"]) for r in runs], [float(r["batch"]) for r in runs],
+            [float(r.get("loss", math.nan)) for r in runs])
+    for method in ("bowl", "steplaw"):
+        try:
+            hp = fit_hparams(*cols, method=method, bootstrap=0)
+        except (HparamError, ValueError, np.linalg.LinAlgError):
+            continue
+
+        def rule(n: float, d: float, hp=hp) -> tuple[Optional[float], Optional[float]]:
+            lr, batch = hp.predict(n, d)
+            ok = all(math.isfinite(v) and v > 0 for v in (lr, batch))
+            return (lr, batch) if ok else (None, None)
+
+        return rule
+    return None
 ResourceRule = Callable[[float, float, float], dict[str, Any]]  # (N, D, batch) -> resource plan
 
 
 def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], *, loss: str = "huber",
                     bootstrap: int = 200, level: float = 0.9, seed: int = 0,
-                    hparams: Optional[HparamRule] = None, resources: Optional[ResourceRule] = None) -> SweepFit:
+                    hparams: Optional[HparamRule] = None, resources: Optional[ResourceRule] = None,
+                    diverged: Sequence[dict[str, Any]] = ()) -> SweepFit:
     """Fit Chinchilla's L(N, D) to the best cells and propose (N*, D*, lr, batch) for each target C.
 
-    lr and batch come from `hparams(N*, D*)` (learned lr*(N, D), batch*(D) laws) when given and
-    able to answer, else from the observed cell nearest to (N*, D*) in log space.
+    lr and batch come from `hparams(N*, D*)` when given (the law-guided search's learned laws),
+    else from lr*(N, D), batch*(D) laws fitted on the finished and `diverged` runs
+    (`learned_hparams`) when the grid allows it, else from the observed cell nearest to
+    (N*, D*) in log space (which, extrapolated far, can propose an lr that diverges).
     """
     cells = best_cells(points)
     warnings: list[str] = []
+    if hparams is None:
+        hparams = learned_hparams([*points, *diverged])
     if not cells:
         return SweepFit(None, [], [], ["no finished trial: nothing to fit"])
     N = np.array([c["N"] for c in cells], float)

@@ -326,3 +326,8 @@ def final_points(store: ObservationStore) -> list[dict[str, Any]]:
         spent = last[tid]["flops"] - rec["config"].get("branch_flops", 0.0)
         out.append({**rec["config"], "trial_id": tid, "loss": last[tid]["eval_loss"], "flops_spent": spent})
     return out
+
+
+def diverged_configs(store: ObservationStore) -> list[dict[str, Any]]:
+    """The configs of the trials that diverged (censored: they bound the learning rate from above)."""
+    return [rec["config"] for rec in store.trials().values() if rec["status"] == "diverged" and rec["config"]]

@@ -143,7 +143,7 @@ def propose(
 ) -> None:
     """Compute-optimal (N, D, lr, batch) and predicted loss for each budget, from the sweep's trials."""
     from ..proposals import fit_and_propose
-    from ..store import ObservationStore, final_points
+    from ..store import ObservationStore, diverged_configs, final_points
 
     bad = [c for c in budget if not (c > 0 and math.isfinite(c))]
     if bad:
@@ -162,7 +162,7 @@ def propose(
             resources = proposal_resources(load_spec(spec_path))
         except SpecError as exc:
             typer.echo(f"warning: no resource plans: {exc}", err=True)
-    fit = fit_and_propose(points, budget, bootstrap=bootstrap, resources=resources)
+    fit = fit_and_propose(points, budget, bootstrap=bootstrap, resources=resources, diverged=diverged_configs(store))
     if fit.fit is None:
         fail("; ".join(fit.warnings), code=1)
     if as_json:

@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import get_app
-from orchestrator.planner import GridPlanner, plan_grid
+from orchestrator.planner import WAIT, GridPlanner, plan_grid
 from orchestrator.spec import SpecError, load_spec, parse_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"
@@ -25,7 +25,9 @@ def test_example_spec_is_valid_and_plans_the_grid():
     assert len({t.N for t in trials}) == 4 and len({t.D for t in trials}) == 3 and len({t.lr for t in trials}) == 2
     assert [t.flops for t in trials] == sorted(t.flops for t in trials)
     for t in trials:
-        assert t.flops == pytest.approx(6 * t.N * t.D)
+        # the example branches WSD cooldowns: a branch spends its decay only, its trunk the rest
+        assert t.flops + t.branch_flops == pytest.approx(6 * t.N * t.D)
+        assert (t.branch_of is not None) == (t.D < 524288)
         assert t.D % t.batch == 0  # whole batches
         assert 0.8 < t.N / t.n_target < 1.25
 
@@ -102,8 +104,13 @@ def test_budget_caps_the_grid():
     assert sum(t.flops for t in run) <= total / 3
     handed = []
     while (t := planner.next_trial()) is not None:
+        assert t != WAIT  # each trial below ends before the next is asked for
         handed.append(t)
+        planner.observe(t.trial_id, {"step": t.D // t.batch})  # it ran to its end
     assert [t.trial_id for t in handed] == [t.trial_id for t in run]
+    # a WSD branch is run only with its trunk (the example branches its cooldowns)
+    ids = {t.trial_id for t in handed}
+    assert all(t.branch_of in ids for t in handed if t.branch_of)
 
 
 def test_resource_rules_pick_workers_and_stage():
