@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,6 +218,15 @@ def latest_checkpoint(checkpoint_dir: Optional[str]) -> Optional[str]:
     return latest.read_text().strip() if latest.exists() else None
 
 
+def prune_checkpoints(checkpoint_dir: str, keep: set[int]) -> None:
+    """Delete the trial's older periodic checkpoints: a restart needs only the newest, and a WSD
+    trunk's branch points stay for its branches (a 1B-parameter trial's checkpoint is ~16 GB)."""
+    for tag in Path(checkpoint_dir).glob("step*"):
+        step = tag.name[4:]
+        if tag.is_dir() and step.isdigit() and int(step) not in keep:
+            shutil.rmtree(tag, ignore_errors=True)  # every rank may try: ignore what another removed
+
+
 def train(config: TrialConfig, report: Reporter) -> TrialSummary:
     """Run one trial with DeepSpeed, calling `report` at every evaluation and at the end."""
     import deepspeed  # deferred: importing DeepSpeed costs seconds and probes the accelerator
@@ -285,6 +295,7 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
         engine.save_checkpoint(config.checkpoint_dir, tag=t, client_state={
             "step": at_step, "tokens": tokens, "flops": flops, "step_time_s": step_time,
             "trial_id": config.trial_id})
+        prune_checkpoints(config.checkpoint_dir, keep={at_step, *config.checkpoint_steps})
         return str(Path(config.checkpoint_dir) / t)
 
     def evaluate_now() -> float:
