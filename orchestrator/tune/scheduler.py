@@ -26,7 +26,7 @@ class PrunerScheduler(FIFOScheduler):
     """Stops a trial when the pruner says so; ``on_decision(trial_id, decision)`` records every stop."""
 
     def __init__(self, config: PruneConfig = PruneConfig(), on_decision: Optional[OnDecision] = None,
-                 pruner: Optional[Pruner] = None, background: bool = True):
+                 pruner: Optional[Pruner] = None, background: bool = True, max_backlog: int = 64):
         super().__init__()
         self.pruner = pruner or Pruner(config)
         self.on_decision = on_decision
@@ -38,6 +38,10 @@ class PrunerScheduler(FIFOScheduler):
         # inline; a STOP it reaches is applied at the trial's next result (or, for a final
         # non-finite report, awaited at completion), so a stop can land a few reports later.
         self.background = background
+        # Backpressure: when the worker falls more than `max_backlog` calls behind (trials that
+        # report every few milliseconds, a loaded machine), Tune's loop waits until it is half
+        # caught up -- decisions that arrive after the trial ended save nothing.
+        self.max_backlog = max_backlog
         self._init_worker()
 
     def _init_worker(self) -> None:
@@ -68,6 +72,8 @@ class PrunerScheduler(FIFOScheduler):
             self._enqueued += 1
             n = self._enqueued
         self._ops.put(op)
+        if self.max_backlog and n - self._processed > self.max_backlog:
+            self._wait(n - self.max_backlog // 2)
         return n
 
     def _work(self) -> None:
