@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu_mfu [--sizes 10e6,30e6,100e6,300e6] [--steps 20] [--seq-len 1024]
         [--batch-tokens 131072] [--micro-tokens 16384] [--zero-stages 1] [--peak-tflops auto]
-        [--json OUT]
+        [--aligned] [--json OUT]
 
 Needs a CUDA GPU. For each model size it trains the same model with our DeepSpeed trainer
 (bf16, ZeRO, NCCL process group) and with a plain PyTorch loop (bf16 autocast, fp32 weights),
@@ -30,6 +30,24 @@ def peak_tflops(name: str) -> float:
     raise ValueError(f"no bf16 peak known for {name!r}; pass --peak-tflops")
 
 
+def aligned(shape):
+    """The same depth with tensor-core-friendly widths: d_model a multiple of 128, head_dim 64."""
+    from trainers.model import Shape
+
+    d = max(128, int(round(shape.d_model / 128)) * 128)
+    return Shape(d_model=d, n_layers=shape.n_layers, n_heads=d // 64, d_ff=4 * d, head_dim=64)
+
+
+def _use_aligned_shapes() -> None:
+    """Swap the family's N -> shape rule for its aligned variant in the trainers (a measurement
+    of what a GPU-shaped family would gain, not a product setting)."""
+    import trainers.deepspeed_trainer as ds
+    import trainers.model as model
+
+    family = model.shape_for
+    model.shape_for = ds.shape_for = lambda n: aligned(family(n))
+
+
 def _run(trainer, cfg) -> dict[str, float]:
     import torch
 
@@ -55,6 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--peak-tflops", default="auto")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-loop baseline")
+    ap.add_argument("--aligned", action="store_true",
+                    help="what-if: each size's shape with head_dim 64 and d_model a multiple of 128 "
+                         "(the family's own shapes have head_dim 62 and unaligned widths)")
     ap.add_argument("--data-cache", default=None)
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args(argv)
@@ -70,6 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     from trainers.flops import flops_per_token
     from trainers.model import count_params, shape_for
 
+    if args.aligned:
+        _use_aligned_shapes()
+        from trainers.model import shape_for  # the patched one
     name = torch.cuda.get_device_name()
     peak = (peak_tflops(name) if args.peak_tflops == "auto" else float(args.peak_tflops)) * 1e12
     stages = [int(s) for s in args.zero_stages.split(",")]
