@@ -26,7 +26,7 @@ class PrunerScheduler(FIFOScheduler):
     """Stops a trial when the pruner says so; ``on_decision(trial_id, decision)`` records every stop."""
 
     def __init__(self, config: PruneConfig = PruneConfig(), on_decision: Optional[OnDecision] = None,
-                 pruner: Optional[Pruner] = None, background: bool = True, max_backlog: int = 64):
+                 pruner: Optional[Pruner] = None, background: bool = True, max_backlog: int = 8):
         super().__init__()
         self.pruner = pruner or Pruner(config)
         self.on_decision = on_decision
