@@ -10,7 +10,7 @@ import numpy as np
 from trainers.model import shape_for
 
 from .laws.chinchilla import ChinchillaFit, budget_key, fit_chinchilla
-from .laws.table import TableError
+from .laws.table import TableError, cluster_close
 
 
 @dataclass
@@ -54,17 +54,6 @@ def _nearest_cell(cells: list[dict[str, Any]], n: float, d: float) -> dict[str, 
 HparamRule = Callable[[float, float], tuple[Optional[float], Optional[float]]]
 
 
-def _merge_close(values: Sequence[float], rel: float = 0.02) -> dict[float, float]:
-    """Map each value to the first of its run of values within `rel` of each other (sorted)."""
-    out: dict[float, float] = {}
-    head = None
-    for v in sorted(set(values)):
-        if head is None or v > head * (1.0 + rel):
-            head = v
-        out[v] = head
-    return out
-
-
 def learned_hparams(runs: Sequence[dict[str, Any]]) -> Optional[HparamRule]:
     """lr*(N, D) and batch*(D) laws fitted on a sweep's runs, as a proposal rule (None if none fits).
 
@@ -80,7 +69,7 @@ def learned_hparams(runs: Sequence[dict[str, Any]]) -> Optional[HparamRule]:
     by_n: dict[float, list[float]] = {}
     for r in runs:
         by_n.setdefault(float(r["N"]), []).append(float(r["D"]))
-    nominal = {n: _merge_close(ds) for n, ds in by_n.items()}
+    nominal = {n: cluster_close(ds, rel=0.02) for n, ds in by_n.items()}
     cols = ([float(r["N"]) for r in runs], [nominal[float(r["N"])][float(r["D"])] for r in runs],
             [float(r["lr"]) for r in runs], [float(r["batch"]) for r in runs],
             [float(r.get("loss", math.nan)) for r in runs])

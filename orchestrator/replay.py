@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .laws.table import TableError, read_table, require_columns
+from .laws.table import TableError, cluster_close, read_table, require_columns
 from .planner import WAIT, PlannedTrial, plan_grid
 from .spec import SweepSpec, parse_spec
 
@@ -144,17 +144,6 @@ class TableReplay:
         return sorted(out.values(), key=lambda c: (c["N"], c["D"]))
 
 
-def _cluster(values: Sequence[float], rel: float = 0.01) -> dict[float, float]:
-    """Map each value to the smallest of its run of values within `rel` of each other (rounding noise)."""
-    out: dict[float, float] = {}
-    rep = None
-    for v in sorted(set(values)):
-        if rep is None or v > rep * (1 + rel):
-            rep = v
-        out[v] = rep
-    return out
-
-
 def table_replay(columns: Mapping[str, Sequence[Any]], *, name: str = "replay", seq_len: Optional[int] = None,
                  targets: Optional[Sequence[float]] = None, total_flops: Optional[float] = None,
                  seed: int = 0) -> TableReplay:
@@ -171,7 +160,7 @@ def table_replay(columns: Mapping[str, Sequence[Any]], *, name: str = "replay", 
     N = np.round(cols["N"]).astype(np.int64)
     D = np.round(cols["D"]).astype(np.int64)
     batch = np.round(cols["batch"]).astype(np.int64)
-    lr_map = _cluster(cols["lr"].tolist())
+    lr_map = cluster_close(cols["lr"].tolist())
     loss = cols["loss"]
     div = div | ~np.isfinite(loss)
     rows = [{"N": int(n), "D": int(d), "lr": float(lr_map[float(lr)]), "batch": int(b), "loss": float(l),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -98,3 +98,15 @@ def validate_arrays(columns: dict[str, object], min_rows: int = 1) -> dict[str, 
     if len(set(lengths.values())) > 1:
         raise TableError("columns have different lengths: " + ", ".join(f"{k}={v}" for k, v in lengths.items()))
     return require_columns(arrays, list(arrays), positive=list(arrays), min_rows=min_rows)
+
+
+def cluster_close(values: Sequence[float], rel: float = 0.01) -> dict[float, float]:
+    """Map each value to the smallest of its run of values within `rel` of each other (sorted):
+    grid values that whole-batch rounding or float noise moved apart count as one."""
+    out: dict[float, float] = {}
+    rep = None
+    for v in sorted(set(values)):
+        if rep is None or v > rep * (1 + rel):
+            rep = v
+        out[v] = rep
+    return out

@@ -12,10 +12,9 @@ from __future__ import annotations
 import math
 
 import pytest
-import yaml
 
-from orchestrator.spec import parse_spec
 from orchestrator.store import ObservationStore, final_points
+from tests.integration.conftest import run_real_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -37,20 +36,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    import ray
-
-    from orchestrator.controller import run_sweep
-
-    root = tmp_path_factory.mktemp("pruned")
-    data = dict(SPEC, output_dir=str(root / "pruned"))
-    spec_path = root / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(data))
-    spec = parse_spec(data)
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
-    try:
-        outcome = run_sweep(spec, str(spec_path), show_progress=False)
-    finally:
-        ray.shutdown()
+    spec, outcome = run_real_sweep(tmp_path_factory.mktemp("pruned"), SPEC, "pruned")
     return spec, outcome, ObservationStore(outcome.sweep_dir)
 
 

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import get_app
-from orchestrator.spec import parse_spec
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import read_sweep_runs
+from tests.integration.conftest import run_real_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -38,21 +36,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    import ray
-
-    from orchestrator.controller import run_sweep
-
-    root = tmp_path_factory.mktemp("sweep")
-    data = dict(SPEC, output_dir=str(root / "itest"))
-    spec_path = root / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(data))
-    spec = parse_spec(data)
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
-    try:
-        outcome = run_sweep(spec, str(spec_path), show_progress=False)
-    finally:
-        ray.shutdown()
-    return spec, outcome
+    return run_real_sweep(tmp_path_factory.mktemp("sweep"), SPEC, "itest")
 
 
 def test_every_trial_finished_and_store_has_rows(sweep):
