@@ -21,14 +21,11 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -40,6 +37,7 @@ from orchestrator.planner import plan_grid
 from orchestrator.spec import parse_spec
 from orchestrator.store import ObservationStore, StoreError
 from orchestrator.tracking import read_sweep_runs
+from tests.integration.conftest import MlflowServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -55,12 +53,6 @@ def _wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _raw_rows(sweep_dir: Path) -> list[dict]:
@@ -131,40 +123,6 @@ def _assert_mlflow_matches_store(uri: str, spec, store: ObservationStore) -> dic
             assert [g[0] for g in got] == [w[0] for w in want], (tid, key)  # every step, once
             assert [g[1] for g in got] == pytest.approx([w[1] for w in want], rel=1e-12), (tid, key)
     return runs
-
-
-class MlflowServer:
-    """A real `mlflow server` (SQLite backend) on a loopback port; killable and restartable."""
-
-    def __init__(self, db: Path, artifacts: Path, port: int, log: Path):
-        self.cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-                    "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-                    "--workers", "1"]
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90.0) -> None:
-        with open(self.log, "ab") as out:  # own session: killpg takes its uvicorn workers too
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"mlflow server did not come up: {self.log.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self.proc = None
 
 
 # ---------------------------------------------------------------- 1 + 4: worker death, real NaN (DeepSpeed)
@@ -349,7 +307,7 @@ def mlflow_outage(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults-mlflow")
     db = root / "server.db"
     MlflowClient(f"sqlite:///{db}").search_experiments()  # migrate once: the server starts faster
-    server = MlflowServer(db, root / "artifacts", _free_port(), root / "server.log")
+    server = MlflowServer(db, root / "artifacts", free_port(), root / "server.log")
     server.start()
     # lr 2.0 is past the tiny world's divergence threshold (6 x lr*) for every size: those
     # trials' losses blow up and turn NaN mid-run; the 0.03 ones fit the law.

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +13,7 @@ from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from orchestrator.tracking import SweepTracker, read_sweep_runs
+from tests.integration.conftest import MlflowServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -154,16 +149,10 @@ def test_restart_reuses_parent_and_trial_runs(sqlite_uri):
     assert [(m.step, m.value) for m in hist] == [(s, 10.0 - s) for s in range(9)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_spool_replayed_by_next_tracker(sqlite_uri, tmp_path, caplog):
     """MLflow never reachable in process 1: nothing lost, process 2 delivers it all."""
     spool = tmp_path / "spool"
-    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with caplog.at_level(logging.WARNING, logger="orchestrator.tracking"):
         tr = SweepTracker(dead, "scaling", "sweep-c", flush_interval_s=0.05, buffer_dir=spool,
                           sync_timeout_s=5)
@@ -190,47 +179,11 @@ def test_spool_replayed_by_next_tracker(sqlite_uri, tmp_path, caplog):
     assert names == {"plots/frontier.png"}
 
 
-class MlflowServer:
-    """A real `mlflow server` subprocess on loopback, killable and restartable."""
-
-    def __init__(self, db: Path, artifacts: Path, port: int, log: Path):
-        self.cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                    f"sqlite:///{db}", "--artifacts-destination", str(artifacts),
-                    "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90.0) -> float:
-        t0 = time.monotonic()
-        with open(self.log, "ab") as out:
-            # Own session: the server spawns uvicorn workers; killpg takes them all.
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        while time.monotonic() - t0 < timeout:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return time.monotonic() - t0
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"mlflow server did not come up: {self.log.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-
 @pytest.mark.timeout(400)
 def test_server_down_mid_sweep_loses_nothing(template_db, tmp_path):
     db = tmp_path / "server.db"
     shutil.copy(template_db, db)  # already migrated: the server starts faster
-    server = MlflowServer(db, tmp_path / "art", _free_port(), tmp_path / "server.log")
+    server = MlflowServer(db, tmp_path / "art", free_port(), tmp_path / "server.log")
     startup = server.start()
     try:
         tr = SweepTracker(server.url, "scaling", "sweep-d", flush_interval_s=0.1,
