@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu_mfu [--sizes 10e6,30e6,100e6,300e6] [--steps 20] [--seq-len 1024]
         [--batch-tokens 131072] [--micro-tokens 16384] [--zero-stages 1] [--peak-tflops auto]
-        [--aligned] [--json OUT]
+        [--family gpt|gpt-aligned] [--json OUT]
 
 Needs a CUDA GPU. For each model size it trains the same model with our DeepSpeed trainer
 (bf16, ZeRO, NCCL process group) and with a plain PyTorch loop (bf16 autocast, fp32 weights),
@@ -30,24 +30,6 @@ def peak_tflops(name: str) -> float:
     raise ValueError(f"no bf16 peak known for {name!r}; pass --peak-tflops")
 
 
-def aligned(shape):
-    """The same depth with tensor-core-friendly widths: d_model a multiple of 128, head_dim 64."""
-    from trainers.model import Shape
-
-    d = max(128, int(round(shape.d_model / 128)) * 128)
-    return Shape(d_model=d, n_layers=shape.n_layers, n_heads=d // 64, d_ff=4 * d, head_dim=64)
-
-
-def _use_aligned_shapes() -> None:
-    """Swap the family's N -> shape rule for its aligned variant in the trainers (a measurement
-    of what a GPU-shaped family would gain, not a product setting)."""
-    import trainers.deepspeed_trainer as ds
-    import trainers.model as model
-
-    family = model.shape_for
-    model.shape_for = ds.shape_for = lambda n: aligned(family(n))
-
-
 def _run(trainer, cfg) -> dict[str, float]:
     import torch
 
@@ -73,9 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--peak-tflops", default="auto")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-loop baseline")
-    ap.add_argument("--aligned", action="store_true",
-                    help="what-if: each size's shape with head_dim 64 and d_model a multiple of 128 "
-                         "(the family's own shapes have head_dim 62 and unaligned widths)")
+    ap.add_argument("--family", default="gpt", help="model family: gpt (default) or gpt-aligned "
+                    "(widths in multiples of 64, head_dim 64)")
     ap.add_argument("--data-cache", default=None)
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args(argv)
@@ -91,9 +72,6 @@ def main(argv: list[str] | None = None) -> dict:
     from trainers.flops import flops_per_token
     from trainers.model import count_params, shape_for
 
-    if args.aligned:
-        _use_aligned_shapes()
-        from trainers.model import shape_for  # the patched one
     name = torch.cuda.get_device_name()
     peak = (peak_tflops(name) if args.peak_tflops == "auto" else float(args.peak_tflops)) * 1e12
     stages = [int(s) for s in args.zero_stages.split(",")]
@@ -102,11 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     eval_every = max(1, args.steps // 4)
     rows = []
     for i, n in enumerate(int(float(s)) for s in args.sizes.split(",")):
-        shape = shape_for(n)
+        shape = shape_for(n, args.family)
         common = dict(n_params=n, tokens=args.steps * args.batch_tokens, lr=args.lr, batch_tokens=args.batch_tokens,
                       seq_len=args.seq_len, schedule=Schedule(kind="constant", warmup=0.1), eval_every=eval_every,
                       eval_tokens=4 * args.seq_len, micro_batch=max(1, args.micro_tokens // args.seq_len),
-                      precision="bf16", data_cache=args.data_cache)
+                      precision="bf16", data_cache=args.data_cache, family=args.family)
         runs = [(f"deepspeed-z{z}", deepspeed_trainer, TrialConfig(trial_id=f"mfu-{n}-z{z}", zero_stage=z, **common))
                 for z in stages]
         if not args.no_plain:

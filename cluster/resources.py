@@ -138,10 +138,10 @@ class ModelDims:
                    vocab_size, largest, shape)
 
     @classmethod
-    def for_n(cls, n_params: int, seq_len: int, vocab_size: int = BYTE_VOCAB) -> "ModelDims":
+    def for_n(cls, n_params: int, seq_len: int, vocab_size: int = BYTE_VOCAB, family: str = "gpt") -> "ModelDims":
         """The family member for N; beyond the family, its aspect rule (d = 64·L, N = 12·L·d²)."""
         try:
-            return cls.from_shape(shape_for(n_params), seq_len, vocab_size)
+            return cls.from_shape(shape_for(n_params, family), seq_len, vocab_size)
         except ValueError:
             if n_params <= 0:
                 raise

@@ -539,7 +539,8 @@ class SweepRegistry:
             resources = proposal_resources(spec) if spec is not None else None
             try:
                 return fit_and_propose(points, budgets, loss=loss, bootstrap=boot, level=level, seed=seed,
-                                       resources=resources, diverged=diverged)
+                                       resources=resources, diverged=diverged,
+                                       family=spec.model.family if spec is not None else "gpt")
             except (ValueError, TableError, ArithmeticError) as exc:
                 # e.g. a budget whose optimal N lies beyond the model family: the input's fault.
                 log.warning("proposal for budgets %s failed", budgets, exc_info=True)

@@ -237,7 +237,7 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
     points = final_points(store)
     fit = fit_and_propose(points, spec.budget.targets, loss=spec.fit.loss, bootstrap=spec.fit.bootstrap,
                           level=spec.fit.level, seed=spec.seed, hparams=hparams, resources=proposal_resources(spec),
-                          diverged=diverged_configs(store))
+                          diverged=diverged_configs(store), family=spec.model.family)
     sweep_dir = spec.sweep_dir()
     doc = jsonable(fit.to_json())
     (sweep_dir / "fit.json").write_text(json.dumps(doc, indent=2, allow_nan=False))

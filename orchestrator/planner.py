@@ -78,7 +78,7 @@ def trial_resources(spec: SweepSpec, n_target: int, batch: int, machine: bool = 
     workers, stage, micro = (settings[k][0] for k in ("workers", "zero_stage", "micro_batch"))
     if micro is None:  # manual: the trainer's default, the worker's whole share
         micro = max(1, batch // seq // workers)
-    dims = ModelDims.for_n(n_target, seq)
+    dims = ModelDims.for_n(n_target, seq, family=spec.model.family)
     try:
         return plan_resources(n_target, seq, batch, device,
                               res.max_workers if workers == "auto" else max(workers, res.max_workers),
@@ -119,7 +119,7 @@ def proposal_resources(spec: SweepSpec):
         n_int = max(1, int(round(n)))
         b = max(1, int(round(batch / seq))) * seq
         try:
-            dims = ModelDims.for_n(n_int, seq)
+            dims = ModelDims.for_n(n_int, seq, family=spec.model.family)
             p = plan_resources(n_int, seq, b, device, max(res.max_workers, res.workers), tokens=int(round(d)),
                                dims=dims, buffers=ZeroBuffers.for_trainer(dims.total_params),
                                exact_flops=spec.budget.flops == "exact")
@@ -137,7 +137,7 @@ def plan_grid(spec: SweepSpec) -> list[PlannedTrial]:
     exact = spec.budget.flops == "exact"
     out = []
     for n_target in spec.model.sizes():
-        shape = shape_for(n_target)
+        shape = shape_for(n_target, spec.model.family)
         counts = count_params(shape, max_seq_len=seq)
         legacy_workers, legacy_stage = spec.resources.for_size(n_target)
         plans = {batch: trial_resources(spec, n_target, batch) for batch in spec.batches()}
@@ -226,6 +226,7 @@ def trial_config(spec: SweepSpec, trial: PlannedTrial, checkpoint_dir: Optional[
         data_cache=data_cache,
         exact_flops=spec.budget.flops == "exact",
         threads=spec.resources.threads,
+        family=spec.model.family,
     )
 
 

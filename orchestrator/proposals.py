@@ -92,7 +92,7 @@ ResourceRule = Callable[[float, float, float], dict[str, Any]]  # (N, D, batch) 
 def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], *, loss: str = "huber",
                     bootstrap: int = 200, level: float = 0.9, seed: int = 0,
                     hparams: Optional[HparamRule] = None, resources: Optional[ResourceRule] = None,
-                    diverged: Sequence[dict[str, Any]] = ()) -> SweepFit:
+                    diverged: Sequence[dict[str, Any]] = (), family: str = "gpt") -> SweepFit:
     """Fit Chinchilla's L(N, D) to the best cells and propose (N*, D*, lr, batch) for each target C.
 
     lr and batch come from `hparams(N*, D*)` when given (the law-guided search's learned laws),
@@ -127,7 +127,7 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
         else:
             source = "learned laws lr*(N, D), batch*(D)"
         try:
-            shape = shape_for(max(1, int(round(n_opt)))).to_dict()
+            shape = shape_for(max(1, int(round(n_opt))), family).to_dict()
         except ValueError:  # beyond the model family's largest member
             shape = None
         iv = budgets.get(budget_key(c), {})

@@ -68,7 +68,8 @@ def _check_values(v: Values, what: str) -> Values:
 class ModelSpec(_Strict):
     """The model family and the sizes N (non-embedding parameters) to train."""
 
-    family: Literal["gpt"] = Field("gpt", description="GPT-style pre-norm decoder (trainers/model.py)")
+    family: Literal["gpt", "gpt-aligned"] = Field("gpt", description="GPT-style pre-norm decoder (trainers/model.py); "
+                                                  "gpt-aligned: widths in multiples of 64, head_dim 64, for GPUs")
     n_params: Values = Field(description="non-embedding parameter counts N: a list or {min, max, count}")
     seq_len: int = Field(128, gt=0, description="sequence length in tokens")
 

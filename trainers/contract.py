@@ -53,6 +53,7 @@ class TrialConfig:
     data_cache: Optional[str] = None  # where the built-in corpus shards are cached
     exact_flops: bool = False  # count attention + embedding FLOPs instead of 6·N per token
     threads: int = 1  # torch intra-op threads per worker process
+    family: str = "gpt"  # the model family that realises N (trainers.model.FAMILIES)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (nested schedule included), suitable for Ray configs and MLflow params."""

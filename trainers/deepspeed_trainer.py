@@ -69,7 +69,7 @@ def make_plan(config: TrialConfig, world: int, vocab_size: int) -> Plan:
     micro = config.micro_batch or per_rank
     if micro <= 0 or per_rank % micro:
         raise ValueError(f"micro_batch={micro} does not divide the per-worker share of {per_rank} sequences")
-    shape = shape_for(config.n_params)
+    shape = shape_for(config.n_params, config.family)
     counts = count_params(shape, vocab_size, config.seq_len)
     tokens_per_step = seqs * config.seq_len
     return Plan(
@@ -246,7 +246,7 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
         data = load_data(config.data, config.data_cache)
         plan = make_plan(config, world, data.vocab_size)
         bf16 = use_bf16(config, device)
-        model = build_model(config.n_params, config.seq_len, data.vocab_size, seed=config.seed)
+        model = build_model(config.n_params, config.seq_len, data.vocab_size, seed=config.seed, family=config.family)
         optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, betas=ADAM_BETAS, eps=1e-8)
         engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(config, plan, bf16, sum(p.numel() for p in model.parameters())))

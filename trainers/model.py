@@ -19,6 +19,13 @@ and d_ff = 4·d. `shape_for(N)` returns the member whose exact N(L, d) is neares
 in ratio (ties to the smaller). Picking from one fixed sorted set makes the realised N
 monotone in the target; members are dense enough that the realised N is within a few percent
 of any target from ~3K to ~1e10.
+
+Two families (`model.family` in the spec):
+- `gpt` (default): the widths of rule 1, dense down to CPU-sized models;
+- `gpt-aligned`: widths that are multiples of 64 with head_dim exactly 64, for GPUs — tensor
+  cores and flash attention run at full speed only there (on an H100 it doubles MFU:
+  `benchmarks.gpu_mfu --aligned`). Members are sparser (one per depth: realised N within ~25 %
+  of a target above 1e7) and start at d = 64.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ MAX_HEAD_DIM = 64
 MIN_HEAD_DIM = 16
 BYTE_VOCAB = 256
 MAX_LAYERS = 64  # family covers N up to ~1.3e10
+FAMILIES = ("gpt", "gpt-aligned")
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,11 @@ def non_embedding_params(d_model: int, n_layers: int, d_ff: int | None = None) -
     return n_layers * per_layer + 2 * d
 
 
-def _admissible_width(d: int) -> bool:
-    """d_model splits into ceil(d/64) heads of an integer head_dim in 16..64."""
+def _admissible_width(d: int, family: str = "gpt") -> bool:
+    """gpt: d_model splits into ceil(d/64) heads of an integer head_dim in 16..64;
+    gpt-aligned: d_model is a multiple of 64 (heads of exactly 64)."""
+    if family == "gpt-aligned":
+        return d >= MAX_HEAD_DIM and d % MAX_HEAD_DIM == 0
     h = -(-d // MAX_HEAD_DIM)
     return d >= MIN_HEAD_DIM and d % h == 0
 
@@ -79,9 +90,11 @@ def _layers_rule(n: float) -> int:
     return max(1, round((n / (12.0 * ASPECT**2)) ** (1.0 / 3.0)))
 
 
-@functools.lru_cache(maxsize=1)
-def _family() -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+@functools.lru_cache(maxsize=len(FAMILIES))
+def _family(family: str = "gpt") -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
     """All family members (N, (L, d)) sorted by N: admissible widths whose depth obeys the rule."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
     members = []
     for n_layers in range(1, MAX_LAYERS + 1):
         lo = 0.0 if n_layers == 1 else 12.0 * ASPECT**2 * (n_layers - 0.5) ** 3
@@ -90,17 +103,17 @@ def _family() -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
         d_hi = int(math.sqrt(hi / (12.0 * n_layers))) + 2
         for d in range(d_lo, d_hi + 1):
             n = non_embedding_params(d, n_layers)
-            if _admissible_width(d) and _layers_rule(n) == n_layers:
+            if _admissible_width(d, family) and _layers_rule(n) == n_layers:
                 members.append((n, (n_layers, d)))
     members.sort()
     return tuple(m[0] for m in members), tuple(m[1] for m in members)
 
 
-def shape_for(n_params: int) -> Shape:
+def shape_for(n_params: int, family: str = "gpt") -> Shape:
     """The family member whose non-embedding parameter count is nearest (in ratio) to `n_params`."""
     if n_params <= 0:
         raise ValueError(f"n_params must be positive, got {n_params}")
-    counts, shapes = _family()
+    counts, shapes = _family(family)
     if n_params > counts[-1] * 1.1:
         raise ValueError(f"n_params={n_params} is beyond the family's largest member ({counts[-1]})")
     i = bisect.bisect_left(counts, n_params)
@@ -205,9 +218,10 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
 
-def build_model(n_params: int, seq_len: int, vocab_size: int = BYTE_VOCAB, seed: int = 0) -> GPT:
+def build_model(n_params: int, seq_len: int, vocab_size: int = BYTE_VOCAB, seed: int = 0,
+                family: str = "gpt") -> GPT:
     """The family member for target N, initialised deterministically from `seed`."""
-    shape = shape_for(n_params)
+    shape = shape_for(n_params, family)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return GPT(shape, vocab_size=vocab_size, max_seq_len=seq_len)

@@ -35,7 +35,8 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
             else contextlib.nullcontext
         data = load_data(config.data, config.data_cache)
         plan = make_plan(config, 1, data.vocab_size)
-        model = build_model(config.n_params, config.seq_len, data.vocab_size, seed=config.seed).to(device)
+        model = build_model(config.n_params, config.seq_len, data.vocab_size, seed=config.seed,
+                            family=config.family).to(device)
         opt = torch.optim.AdamW(param_groups(model), lr=config.lr, betas=ADAM_BETAS, eps=1e-8)
         reducer = RankReducer(device)
         windows = eval_shard(config, data, 0, 1)

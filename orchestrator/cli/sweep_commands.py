@@ -153,16 +153,18 @@ def propose(
     if not points:
         fail(f"{sweep_dir}: no finished trial yet; nothing to fit", code=1)
     spec_path = sweep_dir / "spec.yaml"
-    resources = None
+    resources, family = None, "gpt"
     if spec_path.is_file():  # each proposal carries its resource plan on the spec's device
         from ..planner import proposal_resources
         from ..spec import SpecError, load_spec
 
         try:
-            resources = proposal_resources(load_spec(spec_path))
+            spec = load_spec(spec_path)
+            resources, family = proposal_resources(spec), spec.model.family
         except SpecError as exc:
             typer.echo(f"warning: no resource plans: {exc}", err=True)
-    fit = fit_and_propose(points, budget, bootstrap=bootstrap, resources=resources, diverged=diverged_configs(store))
+    fit = fit_and_propose(points, budget, bootstrap=bootstrap, resources=resources, diverged=diverged_configs(store),
+                          family=family)
     if fit.fit is None:
         fail("; ".join(fit.warnings), code=1)
     if as_json:

@@ -68,3 +68,38 @@ def test_build_is_deterministic_in_seed():
 def test_rejects_non_positive_n():
     with pytest.raises(ValueError):
         shape_for(0)
+
+
+def test_the_aligned_family_has_gpu_friendly_shapes_near_every_target():
+    """gpt-aligned: widths in multiples of 64, head_dim exactly 64, realised N near the target at GPU scale."""
+    from trainers.deepspeed_trainer import make_plan
+    from trainers.contract import TrialConfig
+
+    shapes = [shape_for(int(t), "gpt-aligned") for t in np.geomspace(1e7, 1e10, 300)]
+    for s in shapes:
+        assert s.d_model % 64 == 0 and s.head_dim == 64 and s.n_heads * 64 == s.d_model and s.d_ff == 4 * s.d_model
+    for t in np.geomspace(1e7, 1e10, 300):
+        assert 0.75 < count_params(shape_for(int(t), "gpt-aligned")).non_embedding / t < 1.3  # one member per depth
+    realised = [count_params(s).non_embedding for s in shapes]
+    assert realised == sorted(realised)  # monotone in the target
+    assert shape_for(10**8) != shape_for(10**8, "gpt-aligned")  # the default family is unchanged
+    # the trainer builds and plans the family the config names
+    cfg = TrialConfig("t", n_params=300_000, tokens=4096, lr=1e-3, batch_tokens=1024, seq_len=64, family="gpt-aligned")
+    plan = make_plan(cfg, 1, 256)
+    assert plan.shape == shape_for(300_000, "gpt-aligned") and plan.shape.head_dim == 64
+    model = build_model(300_000, 64, family="gpt-aligned")
+    assert sum(p.numel() for p in model.parameters()) == count_params(plan.shape, max_seq_len=64).total
+    with pytest.raises(ValueError, match="unknown model family"):
+        shape_for(10**6, "llama")
+
+
+def test_the_spec_plans_the_aligned_family():
+    from orchestrator.planner import plan_grid, trial_config
+    from orchestrator.spec import parse_spec
+
+    spec = parse_spec({"name": "gpu", "model": {"family": "gpt-aligned", "n_params": [3e7, 1e8], "seq_len": 128},
+                       "tokens": {"per_param": [20]}, "learning_rates": [1e-3], "batch_sizes": [65536],
+                       "trainer": {"backend": "simulated"}})
+    for t in plan_grid(spec):
+        assert t.shape == shape_for(t.n_target, "gpt-aligned").to_dict()
+        assert trial_config(spec, t, None, None).family == "gpt-aligned"
