@@ -198,6 +198,9 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
                                   failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures)),
     )
     status = "FINISHED"
+    # Tune's ResultGrid reads the per-trial files of the loggers tune_env turns off and warns
+    # for every trial when they are missing; the store and MLflow are the sweep's record.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
         with progress, _environ(tune_env(spec)):
             tuner.fit()
