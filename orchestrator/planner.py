@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import heapq
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -242,12 +243,24 @@ class GridPlanner:
         self.spec = spec
         self.trials = plan_grid(spec)
         self.budget = spec.budget.total_flops
-        self.committed = 0.0
-        self._pending = list(self.trials)
-        self.skipped: list[PlannedTrial] = []
         self.decisions: list[dict[str, Any]] = []
-        self.reached: dict[str, int] = {}  # WSD trunk id -> the last step it reported
+        self._start()
+
+    def _start(self) -> None:
+        """A fresh hand-out state over the planned trials."""
+        self.committed = 0.0
+        self.skipped: list[PlannedTrial] = []
+        self.reached: dict[str, int] = {}  # trial id -> the last step it reported
         self.ended: set[str] = set()
+        # Trials that may start now, as a heap of (plan position, trial): cheapest first. A WSD
+        # branch joins it only once its trunk has reported its branch point (`_waiting` till then).
+        self._queue: list[tuple[int, PlannedTrial]] = []
+        self._waiting: dict[str, list[tuple[int, PlannedTrial]]] = {}  # trunk id -> its branches
+        for entry in enumerate(self.trials):
+            if entry[1].branch_of is None:
+                self._queue.append(entry)  # in plan order: already a heap
+            else:
+                self._waiting.setdefault(entry[1].branch_of, []).append(entry)
 
     @property
     def trial_cap(self) -> int:
@@ -257,55 +270,60 @@ class GridPlanner:
     def next_trial(self):
         """The next trial to run; WAIT while only branches whose trunk is still short of their
         branch point are left; None when the grid or the budget is exhausted."""
-        while True:
-            ended = len(self.ended)
-            trial = self._next_pending()
-            # A trunk skipped for the budget during the scan releases (skips) its waiting branches.
-            if trial != WAIT or len(self.ended) == ended:
-                return trial
-
-    def _next_pending(self):
-        waiting = False
-        for trial in list(self._pending):
-            if trial.branch_of is not None:
-                if self.reached.get(trial.branch_of, -1) < trial.branch_step:
-                    if trial.branch_of not in self.ended:
-                        waiting = True
-                        continue
-                    self._pending.remove(trial)  # the trunk stopped before this branch's start
-                    self.skipped.append(trial)
-                    self.decisions.append({"trial_id": trial.trial_id, "action": "skip",
-                                           "why": f"its WSD trunk {trial.branch_of} ended at step "
-                                                  f"{self.reached.get(trial.branch_of, 0)}, before step {trial.branch_step}"})
-                    continue
-            self._pending.remove(trial)
+        while self._queue:
+            _, trial = heapq.heappop(self._queue)
             if self.budget is not None and self.committed + trial.flops > self.budget:
                 self.skipped.append(trial)
-                self.ended.add(trial.trial_id)  # never runs: its branches must not wait for it
+                self._end(trial.trial_id)  # never runs: its branches go with it
                 continue
             self.committed += trial.flops
             why = (f"cooldown branch of {trial.branch_of} from step {trial.branch_step}" if trial.branch_of
                    else "next grid point (cheapest first)")
             self.decisions.append({"trial_id": trial.trial_id, "action": "run", "why": why})
             return trial
-        return WAIT if waiting else None
+        return WAIT if self._waiting else None
 
     def observe_report(self, trial_id: str, report: dict[str, Any]) -> None:
-        """A running trial reported: a WSD trunk's progress unblocks its branches."""
-        if "step" in report:
-            self.reached[trial_id] = max(self.reached.get(trial_id, -1), int(report["step"]))
+        """A running trial reported: a WSD trunk's progress releases the branches it has passed."""
+        if "step" not in report:
+            return
+        step = self.reached[trial_id] = max(self.reached.get(trial_id, -1), int(report["step"]))
+        branches = self._waiting.get(trial_id)
+        if branches:
+            for entry in branches:
+                if entry[1].branch_step <= step:
+                    heapq.heappush(self._queue, entry)
+            rest = [e for e in branches if e[1].branch_step > step]
+            if rest:
+                self._waiting[trial_id] = rest
+            else:
+                del self._waiting[trial_id]
 
     def observe(self, trial_id: str, result: Optional[dict[str, Any]]) -> None:
         """A trial ended with its last report (None if it failed)."""
         if result:
             self.observe_report(trial_id, result)
+        self._end(trial_id)
+
+    def _end(self, trial_id: str) -> None:
+        """The trial will report no more: branches still waiting for it are skipped."""
         self.ended.add(trial_id)
+        for _, branch in self._waiting.pop(trial_id, []):
+            self.skipped.append(branch)
+            self.decisions.append({"trial_id": branch.trial_id, "action": "skip",
+                                   "why": f"its WSD trunk {trial_id} ended at step {self.reached.get(trial_id, 0)}, "
+                                          f"before step {branch.branch_step}"})
 
     def resume(self, results: dict[str, Optional[dict[str, Any]]]) -> None:
         """Trials that ended in an earlier run of this sweep: not run again, their compute counted."""
         done = set(results)
         self.committed += sum(t.flops for t in self.trials if t.trial_id in done)
-        self._pending = [t for t in self._pending if t.trial_id not in done]
+        self._queue = [e for e in self._queue if e[1].trial_id not in done]
+        heapq.heapify(self._queue)
+        for trunk in list(self._waiting):
+            self._waiting[trunk] = [e for e in self._waiting[trunk] if e[1].trial_id not in done]
+            if not self._waiting[trunk]:
+                del self._waiting[trunk]
         for tid, result in results.items():
             self.observe(tid, result)
 
@@ -313,8 +331,8 @@ class GridPlanner:
         """What a fresh sweep will run within the budget, in hand-out order (cheapest first; a WSD
         branch after its trunk, every trial assumed to run to its end)."""
         sim = copy.copy(self)
-        sim._pending, sim.skipped, sim.decisions = list(self.trials), [], []
-        sim.committed, sim.reached, sim.ended = 0.0, {}, set()
+        sim.decisions = []
+        sim._start()
         out = []
         while (t := sim.next_trial()) not in (None, WAIT):
             out.append(t)
