@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
+from orchestrator.branching import spent_flops
 from orchestrator.planner import GridPlanner, PlannedTrial, plan_grid, trial_config
 from orchestrator.spec import SweepSpec, parse_spec
 from trainers.contract import TrialConfig
@@ -492,8 +493,7 @@ def _scalesweep_tuner(grid: Grid, spec_data: dict[str, Any], concurrency: int, p
             status = {"finished": "finished", "diverged": "diverged"}.get(rec["status"], "stopped")
             if status == "finished" and int(row["tokens"]) < t.D:
                 status = "stopped"  # a trial a scheduler stopped is not a final loss
-            # A WSD branch's reports count its trunk's FLOPs (it is the D-token run); it spent its decay only.
-            spent = float(row["flops"]) - float((rec["config"] or {}).get("branch_flops", 0.0))
+            spent = spent_flops(row["flops"], rec["config"] or {})
             records.append(TrialRecord(tid, float(t.n_target), t.D, t.lr, t.batch, t.flops, spent,
                                        count[tid], status, float(row["eval_loss"])))
     return StrategyRun(records, "tuner", ["real orchestrator.controller.run_sweep (Ray Tune, store, MLflow); "

@@ -102,3 +102,9 @@ def plan_branches(trials: Iterable[_Trial], warmup: float, decay: float) -> Bran
         if points:
             plan.checkpoint_steps[trunk.trial_id] = tuple(sorted(set(points)))
     return plan
+
+
+def spent_flops(reported_flops: float, record: dict) -> float:
+    """The FLOPs a trial itself spent, from a report's `flops` and its planned-trial record: a
+    branch's reports count its trunk's share too (it *is* the D-token run), which it did not spend."""
+    return float(reported_flops) - float(record.get("branch_flops", 0.0))

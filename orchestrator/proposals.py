@@ -102,8 +102,6 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     """
     cells = best_cells(points)
     warnings: list[str] = []
-    if hparams is None:
-        hparams = learned_hparams([*points, *diverged])
     if not cells:
         return SweepFit(None, [], [], ["no finished trial: nothing to fit"])
     N = np.array([c["N"] for c in cells], float)
@@ -114,6 +112,8 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     except (TableError, ValueError) as exc:  # too few cells (trials diverged, a small grid): the sweep still ends
         return SweepFit(None, cells, [], [f"L(N, D) not fitted: {exc}"])
     warnings.extend(fit.warnings)
+    if hparams is None:  # only once there is a frontier to propose on
+        hparams = learned_hparams([*points, *diverged])
     proposals = []
     budgets = fit.intervals.get("budgets", {})
     for c in targets:

@@ -36,6 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .branching import spent_flops
+
 OBS_SCHEMA = pa.schema(
     [
         ("trial_id", pa.string()),
@@ -322,9 +324,8 @@ def final_points(store: ObservationStore) -> list[dict[str, Any]]:
     for tid, rec in trials.items():
         if rec["status"] != "finished" or tid not in last or rec["config"] is None:
             continue
-        # A WSD branch's reports count its trunk's FLOPs (it is the D-token run); it spent only its decay.
-        spent = last[tid]["flops"] - rec["config"].get("branch_flops", 0.0)
-        out.append({**rec["config"], "trial_id": tid, "loss": last[tid]["eval_loss"], "flops_spent": spent})
+        out.append({**rec["config"], "trial_id": tid, "loss": last[tid]["eval_loss"],
+                    "flops_spent": spent_flops(last[tid]["flops"], rec["config"])})
     return out
 
 

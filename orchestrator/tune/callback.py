@@ -13,6 +13,7 @@ from ray.tune import Callback
 
 from trainers.contract import REPORT_KEYS
 
+from ..branching import spent_flops
 from ..progress import SweepProgress
 from ..store import ObservationStore
 
@@ -85,9 +86,7 @@ class SweepCallback(Callback):
             self.logged[tid] = step
             self.tracker.log_metrics(tid, {k: v for k, v in report.items() if k != "step"}, step=step)
         record = self.records[tid]
-        # A WSD branch's reports count its trunk's FLOPs too (it is the D-token run); it spent only its own.
-        spent = report["flops"] - record.get("branch_flops", 0.0)
-        self.progress.report(tid, record["N"], spent, report["eval_loss"])
+        self.progress.report(tid, record["N"], spent_flops(report["flops"], record), report["eval_loss"])
 
     def _end(self, trial, status: str, summary: dict[str, Any]) -> None:
         tid = self._tid(trial)
