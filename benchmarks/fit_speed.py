@@ -21,7 +21,7 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp
 
 from orchestrator.laws import varpro
-from orchestrator.laws.chinchilla import bootstrap_params, fit_chinchilla
+from orchestrator.laws.chinchilla import fit_chinchilla
 from orchestrator.laws.objectives import huber
 from orchestrator.laws.table import read_table
 

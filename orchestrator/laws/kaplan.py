@@ -99,7 +99,7 @@ def _objective(theta, logN, logD, logL, loss_fn, w):
 
 def _seeds(logN, logD, logL, loss_fn, w):
     """Variable-projection grid over (k, alphaD): NNLS for (Nc^k, Dc) in relative error."""
-    N, D, L = np.exp(logN), np.exp(logD), np.exp(logL)
+    N, D = np.exp(logN), np.exp(logD)
     out = []
     for ad in GRID_AD:
         y = np.exp(logL / ad)

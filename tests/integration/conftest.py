@@ -12,7 +12,12 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator.api import EXAMPLE_SPEC
 from orchestrator.spec import parse_spec
+
+# The API's example spec (a simulated sweep of 6 trials that ends in seconds), for the API and
+# submission tests.
+SIM_SPEC = {**EXAMPLE_SPEC, "name": "sim", "fit": {"bootstrap": 20}}
 
 
 def run_real_sweep(root: Path, data: dict, name: str):

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import yaml
 
 from orchestrator.laws.chinchilla import ChinchillaLaw
 from orchestrator.store import ObservationStore
+from tests.integration.conftest import SIM_SPEC, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -41,24 +41,6 @@ TOKENS = [400_000, 1_600_000, 6_400_000, 25_600_000]
 LR_FACTORS = [0.5, 1.0, 2.0]
 BATCH_FACTORS = [1.0, 2.0]
 TARGET = 1e15  # one decade beyond the largest planted cell (C = 9.2e13)
-
-SIM_SPEC = {
-    "name": "sim",
-    "model": {"n_params": [20000, 50000, 120000]},
-    "tokens": {"per_param": [10, 20]},
-    "learning_rates": [0.01],
-    "batch_sizes": [8192],
-    "trainer": {"backend": "simulated", "world": "tiny"},
-    "eval": {"every": 50},
-    "budget": {"targets": [1e13]},
-    "fit": {"bootstrap": 20},
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(token: str | None = None) -> dict[str, str]:
@@ -79,7 +61,7 @@ class Server:
 
     def __init__(self, root: Path, token: str | None = None):
         for _ in range(3):  # a free port can be taken between probing and binding: retry
-            self.port = _free_port()
+            self.port = free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             self.log = root.parent / f"server-{self.port}.log"
             self.proc = subprocess.Popen(_serve_cmd(root, "127.0.0.1", self.port), env=_env(token),
@@ -378,7 +360,7 @@ def test_openapi_schema_lists_every_endpoint(client):
 
 
 def test_public_bind_without_token_refuses_to_start(root):
-    r = subprocess.run(_serve_cmd(root, "0.0.0.0", _free_port()), env=_env(None), capture_output=True, text=True,
+    r = subprocess.run(_serve_cmd(root, "0.0.0.0", free_port()), env=_env(None), capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2
     assert TOKEN_ENV in r.stderr and "token" in r.stderr

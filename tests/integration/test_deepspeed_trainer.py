@@ -2,7 +2,6 @@
 import math
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp_mp
 
+from tests.integration.conftest import free_port
 from trainers.contract import REPORT_KEYS, Schedule, TrialConfig
 from trainers.deepspeed_trainer import train
 from trainers.model import count_params, shape_for
@@ -133,12 +133,6 @@ def test_divergence_stops_the_trial(cache):
     assert reports[-1]["done"] == 1.0 and not math.isfinite(reports[-1]["train_loss"])
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, port, cfg, out_dir):
     # Like a Ray Train worker: the gloo group exists before the trainer runs.
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -152,7 +146,7 @@ def _worker(rank, port, cfg, out_dir):
 def test_two_ranks_zero3(cache, tmp_path):
     cfg = _config(cache, workers=2, zero_stage=3, tokens=12 * 2048, eval_every=6, micro_batch=8,
                   checkpoint_dir=str(tmp_path / "ckpt"))
-    tmp_mp.spawn(_worker, args=(_free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    tmp_mp.spawn(_worker, args=(free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["still_init"] and r1["still_init"]  # a group we did not create is left alone
     assert [r["step"] for r in r0["reports"]] == [6, 12]

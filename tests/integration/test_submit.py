@@ -32,21 +32,12 @@ import yaml
 
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import TAG_TRIAL, read_sweep_runs
+from tests.integration.conftest import SIM_SPEC as SHARED_SIM_SPEC
 
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-SIM_SPEC = {
-    "name": "submitted",
-    "model": {"n_params": [20000, 50000, 120000]},
-    "tokens": {"per_param": [10, 20]},
-    "learning_rates": [0.01],
-    "batch_sizes": [8192],
-    "trainer": {"backend": "simulated", "world": "tiny"},
-    "eval": {"every": 50},
-    "budget": {"targets": [1e13]},
-    "fit": {"bootstrap": 20},
-}
+SIM_SPEC = {**SHARED_SIM_SPEC, "name": "submitted"}
 # Real DeepSpeed trials on CPU (grid order: cheapest first, two at a time): the two short ones
 # finish in seconds, the two long ones would run for minutes and are stopped.
 DS_SPEC = {
