@@ -23,10 +23,10 @@ import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Union
 
 from orchestrator.branching import spent_flops
-from orchestrator.planner import GridPlanner, PlannedTrial, plan_grid, trial_config
+from orchestrator.planner import WAIT, GridPlanner, PlannedTrial, make_planner, plan_grid, trial_config
 from orchestrator.spec import SweepSpec, parse_spec
 from trainers.contract import TrialConfig
 from trainers.simulated import train
@@ -83,6 +83,13 @@ class Grid:
         """Planned FLOPs of the whole grid."""
         return sum(t.flops for t in self.trials)
 
+    def adopt(self, t: PlannedTrial) -> None:
+        """A trial a planner made off the grid (transfer's learned point): its cell is the nearest token budget."""
+        if t.trial_id not in self.by_id:
+            self.by_id[t.trial_id] = t
+            ds = self.spec.tokens.for_size(t.N)
+            self.ratio_index[t.trial_id] = min(range(len(ds)), key=lambda i: abs(math.log(t.D / ds[i])))
+
     def nominal_D(self, trial_id: str) -> float:
         """The trial's tokens before rounding up to whole batches (ratio × N): one value per (N, D) cell."""
         t = self.by_id[trial_id]
@@ -122,17 +129,22 @@ class ListSource:
 
 
 class PlannerSource:
-    """scalesweep's planner, exactly as `orchestrator.tune.searcher.PlannerSearcher` drives it."""
+    """scalesweep's planner, exactly as `orchestrator.tune.searcher.PlannerSearcher` drives it
+    (`next` may return WAIT: nothing to start until a running trial ends)."""
 
-    def __init__(self, planner: GridPlanner):
+    def __init__(self, planner, grid: Optional[Grid] = None):
         self.planner = planner
+        self.grid = grid
 
-    def next(self) -> Optional[PlannedTrial]:
-        return self.planner.next_trial()
+    def next(self) -> Union[PlannedTrial, str, None]:
+        t = self.planner.next_trial()
+        if self.grid is not None and isinstance(t, PlannedTrial):
+            self.grid.adopt(t)
+        return t
 
     def done(self, run: int, t: PlannedTrial, rec: TrialRecord) -> None:
-        self.planner.observe(t.trial_id, None if rec.status == "failed" else {"eval_loss": rec.final_loss,
-                                                                             "flops": rec.flops})
+        self.planner.observe(t.trial_id, None if rec.status == "failed" else {
+            "eval_loss": rec.final_loss, "flops": rec.flops, "done": float(rec.status == "finished")})
 
 
 class Scheduler(Protocol):
@@ -251,15 +263,18 @@ def replay(grid: Grid, source: Source, scheduler: Scheduler, concurrency: int) -
     records: list[TrialRecord] = []
     counter = 0
     exhausted = False
+    idle: set[int] = set()  # slots waiting for the source (it said WAIT)
 
     def start(slot: int, now: float) -> bool:
         nonlocal counter, exhausted
         if exhausted:
             return False
         t = source.next()
-        if t is None:
-            exhausted = True
+        if t is None or t == WAIT:
+            exhausted = t is None
+            idle.add(slot)
             return False
+        idle.discard(slot)
         counter += 1
         scheduler.add(counter, t)
         reps = grid.reports(t)
@@ -267,6 +282,7 @@ def replay(grid: Grid, source: Source, scheduler: Scheduler, concurrency: int) -
         heapq.heappush(events, (now + reps[0]["step_time_s"], counter, slot))
         return True
 
+    idle.update(range(concurrency))
     for slot in range(concurrency):
         if not start(slot, 0.0):
             break
@@ -286,7 +302,10 @@ def replay(grid: Grid, source: Source, scheduler: Scheduler, concurrency: int) -
             records.append(rec)
             source.done(run, t, rec)
             del running[slot]
-            start(slot, now)
+            idle.add(slot)
+            for s in sorted(idle):  # a trial's end may unblock a waiting source
+                if not start(s, now):
+                    break
         else:
             running[slot] = (run, t, t0, i + 1)
             counter += 1
@@ -444,8 +463,9 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
                    pruner: bool = False) -> StrategyRun:
     """scalesweep on the benchmark spec: the planner in replay, or the real `run_sweep` (mode=tuner).
 
-    `auto` replays when only the grid planner is active and runs the real controller as soon as
-    the spec enables search or pruning (their decisions live in Tune adapters the replay cannot see).
+    `auto` replays the planner (grid or search) and runs the real controller as soon as the spec
+    enables pruning or WSD branching (their decisions live in Tune adapters and checkpoints the
+    replay cannot see).
     """
     spec = parse_spec(spec_data)
     parts = scalesweep_parts(spec)
@@ -456,11 +476,23 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
         parts = {**parts, "pruner": True, "note": parts["note"] + "; pruner: PrunerScheduler() defaults, in replay"}
         recs = replay(grid, PlannerSource(GridPlanner(spec)), TuneScheduler(sched, grid), concurrency)
         return StrategyRun(recs, "replay", ["GridPlanner + orchestrator.tune.scheduler.PrunerScheduler (defaults)"], parts)
-    if mode == "auto":
-        mode = "tuner" if (parts["search"] or parts["pruner"] or parts["wsd_branching"]) else "replay"
+    if mode == "auto":  # the searcher only forwards to the planner: the replay drives it exactly
+        mode = "tuner" if (parts["pruner"] or parts["wsd_branching"]) else "replay"
     if mode == "replay":
-        recs = replay(grid, PlannerSource(GridPlanner(spec)), NoScheduler(), concurrency)
-        return StrategyRun(recs, "replay", ["orchestrator.planner.GridPlanner driven as PlannerSearcher does"], parts)
+        if parts["pruner"] or parts["wsd_branching"]:
+            raise SystemExit("--scalesweep-mode replay: the pruner and WSD branching run only through run_sweep (tuner)")
+        planner = make_planner(spec)
+        recs = replay(grid, PlannerSource(planner, grid), NoScheduler(), concurrency)
+        if not parts["search"]:
+            return StrategyRun(recs, "replay", ["orchestrator.planner.GridPlanner driven as PlannerSearcher does"], parts)
+        # The product's own proposal, as run_sweep's summary makes it: its learned lr/batch laws.
+        from orchestrator.proposals import fit_and_propose
+
+        fit = fit_and_propose(completed_points(recs), spec.budget.targets, bootstrap=0, seed=spec.seed,
+                              hparams=planner.predict_hparams, family=spec.model.family)
+        return StrategyRun(recs, "replay", [f"{type(planner).__name__} driven as PlannerSearcher does; regret scores "
+                                            "its own proposal (its learned lr/batch laws)"], parts,
+                           fit.proposals[0] if fit.proposals else None)
     return _scalesweep_tuner(grid, spec_data, concurrency, parts)
 
 
@@ -486,8 +518,12 @@ def _scalesweep_tuner(grid: Grid, spec_data: dict[str, Any], concurrency: int, p
             count[row["trial_id"]] = count.get(row["trial_id"], 0) + 1
         records = []
         for tid, rec in trials.items():
-            if tid not in last or tid not in grid.by_id:
+            if tid not in last or not rec["config"]:
                 continue
+            cfg = rec["config"]
+            if tid not in grid.by_id:  # planned by the search off the grid (transfer's learned point)
+                grid.adopt(PlannedTrial(**{**cfg, "checkpoint_steps": tuple(cfg.get("checkpoint_steps") or ()),
+                                           "shape": dict(cfg["shape"])}))
             t = grid.by_id[tid]
             row = last[tid]
             status = {"finished": "finished", "diverged": "diverged"}.get(rec["status"], "stopped")

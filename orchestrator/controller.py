@@ -159,6 +159,7 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
     decisions: dict[str, dict[str, Any]] = {}  # trial id -> why the planner chose it
 
     def to_config(t: PlannedTrial) -> dict[str, Any]:
+        records.setdefault(t.trial_id, t.record())  # a planner may plan trials as it goes (transfer)
         why = next((d for d in reversed(planner.decisions) if d.get("trial_id") == t.trial_id), None)
         if why is not None:
             decisions[t.trial_id] = why

@@ -132,48 +132,57 @@ def proposal_resources(spec: SweepSpec):
     return plan
 
 
-def plan_grid(spec: SweepSpec) -> list[PlannedTrial]:
-    """Every trial of the spec's grid, cheapest first (ties broken deterministically)."""
+def plan_trial(spec: SweepSpec, n_target: int, d_target: float, lr: float, batch: int, seed: int,
+               plans: Optional[dict[int, Optional[ResourcePlan]]] = None) -> PlannedTrial:
+    """One trial of `n_target` parameters on `d_target` tokens (rounded up to whole batches).
+
+    `plans` caches the resource plan per batch of this size (`trial_resources`); the law-guided
+    search also plans trials off the spec's lattice (a learned law's lr and batch) through here.
+    """
     seq = spec.model.seq_len
-    exact = spec.budget.flops == "exact"
+    shape = shape_for(n_target, spec.model.family)
+    counts = count_params(shape, max_seq_len=seq)
+    rp = plans[batch] if plans is not None and batch in plans else trial_resources(spec, n_target, batch)
+    if rp is None:
+        workers, stage = spec.resources.for_size(n_target)
+        micro, accum, mem = spec.resources.micro_batch, None, None
+    else:
+        workers, stage, micro, accum = rp.workers, rp.zero_stage, rp.micro_batch, rp.grad_accum
+        mem = rp.memory.total / GiB
+    steps = max(1, math.ceil(d_target / batch))
+    d = steps * batch
+    return PlannedTrial(
+        trial_id=_trial_id(counts.non_embedding, d, lr, batch, seed),
+        n_target=n_target,
+        N=counts.non_embedding,
+        N_total=counts.total,
+        D=d,
+        lr=lr,
+        batch=batch,
+        seed=seed,
+        workers=workers,
+        zero_stage=stage,
+        flops=training_flops(shape, seq, d, exact=spec.budget.flops == "exact"),
+        shape=shape.to_dict(),
+        micro_batch=micro,
+        grad_accum=accum,
+        memory_gib=mem,
+    )
+
+
+def plan_grid(spec: SweepSpec, batches: Optional[list[int]] = None) -> list[PlannedTrial]:
+    """Every trial of the spec's grid (at `batches`, default the spec's), cheapest first (ties broken deterministically)."""
+    seq = spec.model.seq_len
+    batches = list(batches) if batches is not None else spec.batches()
     out = []
     for n_target in spec.model.sizes():
-        shape = shape_for(n_target, spec.model.family)
-        counts = count_params(shape, max_seq_len=seq)
-        legacy_workers, legacy_stage = spec.resources.for_size(n_target)
-        plans = {batch: trial_resources(spec, n_target, batch) for batch in spec.batches()}
+        counts = count_params(shape_for(n_target, spec.model.family), max_seq_len=seq)
+        plans = {batch: trial_resources(spec, n_target, batch) for batch in batches}
         for d_target in spec.tokens.for_size(counts.non_embedding):
-            for batch in spec.batches():
-                rp = plans[batch]
-                if rp is None:
-                    workers, stage, micro, accum, mem = legacy_workers, legacy_stage, spec.resources.micro_batch, None, None
-                else:
-                    workers, stage, micro, accum = rp.workers, rp.zero_stage, rp.micro_batch, rp.grad_accum
-                    mem = rp.memory.total / GiB
-                steps = max(1, math.ceil(d_target / batch))
-                d = steps * batch
-                flops = training_flops(shape, seq, d, exact=exact)
+            for batch in batches:
                 for lr in spec.lrs():
                     for seed in spec.seeds:
-                        out.append(
-                            PlannedTrial(
-                                trial_id=_trial_id(counts.non_embedding, d, lr, batch, seed),
-                                n_target=n_target,
-                                N=counts.non_embedding,
-                                N_total=counts.total,
-                                D=d,
-                                lr=lr,
-                                batch=batch,
-                                seed=seed,
-                                workers=workers,
-                                zero_stage=stage,
-                                flops=flops,
-                                shape=shape.to_dict(),
-                                micro_batch=micro,
-                                grad_accum=accum,
-                                memory_gib=mem,
-                            )
-                        )
+                        out.append(plan_trial(spec, n_target, d_target, lr, batch, seed, plans))
     if spec.schedule.branch:
         out = _with_branches(out, spec)
     out.sort(key=lambda t: (t.flops, t.N, t.D, t.lr, t.batch, t.seed))
@@ -341,8 +350,8 @@ class GridPlanner:
 
 
 def make_planner(spec: SweepSpec):
-    """The planner the spec asks for: the grid, or the law-guided search."""
-    if spec.search.strategy == "law":
+    """The planner the spec asks for: the grid, or the law-guided search (`law`, `transfer`)."""
+    if spec.search.strategy in ("law", "transfer"):
         from .search import LawGuidedPlanner
 
         return LawGuidedPlanner(spec, seed=spec.seed, config=spec.search)

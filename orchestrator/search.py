@@ -21,6 +21,13 @@ last report (None when it failed). The candidates are the spec's grid; the searc
    cost (the ensemble-Kalman gain Cov(q, f)² / (Var f + σ²) computed from the replicates, f the
    candidate's predicted log loss; cells still being searched are conditioned on first).
    Cells whose probability of lying near the frontier is below `prune_below` are skipped.
+With `strategy: transfer` the initial design is the whole calibration: it covers every cell of
+the `init_sizes` smallest sizes, on a batch lattice extended by `batch_ladder` (so each cell's
+batch optimum is bracketed, not only its lr), and every cell opened after it runs **once**, at
+the (lr*, batch*) the laws predict for it (off the spec's lattice: a learned point, not a
+lattice neighbour). Small models are cheap, so learning the laws there and transferring them
+up costs a fraction of searching every cell; the laws are fitted on the searched cells only.
+
 4. **Stop** when, at every target, the `level` intervals of N*(C) and L*(C) are narrower (relative
    width) than `tolerance` and `loss_tolerance`, or when the budget, `max_trials` or the cells run out.
 
@@ -35,13 +42,15 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .laws.chinchilla import ChinchillaFit, fit_chinchilla, frontier_samples
-from .laws.hparams import BatchLaw, LrLaw
-from .planner import WAIT, PlannedTrial, plan_grid
+from .laws.hparam_surface import fit_surface
+from .laws.hparams import BatchLaw, HparamError, LrLaw
+from .planner import WAIT, PlannedTrial, plan_grid, plan_trial
 from .spec import SearchSpec, SweepSpec
 
 Point = tuple[int, int]  # (lr index, batch index) in a cell's lattice
 _UNKNOWN = ("failed", "budget")  # outcomes that say nothing about the loss at a point
 _WORSE = ("diverged", "censored", "stopped")  # outcomes that say "not the best point"
+LAW_POINT: Point = (-1, -1)  # transfer: a cell's single run at the learned (lr*, batch*), off its lattice
 
 
 # The knobs are the spec's `search` section (typed, validated, documented in docs/spec.md).
@@ -116,16 +125,16 @@ class _Cell:
 
     def censor(self, p: Point) -> None:
         """p diverged: every larger lr at p's batch or a smaller one would too (docs/hparams.md)."""
-        for (i, j) in self.trials:
-            if i >= p[0] and j <= p[1] and (i, j) not in self.loss and (i, j) not in self.bad \
-                    and (i, j) not in self.running:
-                self.bad[(i, j)] = "censored"
+        lr, batch = self.trials[p].lr, self.trials[p].batch
+        for q, t in self.trials.items():
+            if t.lr >= lr and t.batch <= batch and not self.tried(q):
+                self.bad[q] = "censored"
 
     def public(self) -> dict[str, Any]:
         """JSON-clean summary of the cell."""
         b = self.best()
         return {"N": self.N, "D": self.D, "C": self.C, "state": self.state, "runs": self.runs,
-                "best_lr": self.lrs[b[0]] if b else None, "best_batch": self.batches[b[1]] if b else None,
+                "best_lr": self.trials[b].lr if b else None, "best_batch": self.trials[b].batch if b else None,
                 "best_loss": self.loss[b] if b else None, "start_from": self.start_from}
 
 
@@ -191,7 +200,18 @@ class LawGuidedPlanner:
         self.spec = spec
         self.seed = int(seed)
         self.config = config or SearchConfig()
-        self.trials: list[PlannedTrial] = list(candidates) if candidates is not None else plan_grid(spec)
+        self.transfer = self.config.strategy == "transfer"
+        sizes = sorted(spec.model.sizes())
+        if candidates is not None:
+            self.trials: list[PlannedTrial] = list(candidates)
+        elif self.transfer:
+            # The initial design's sizes search a lattice with the ladder's batches; the others keep
+            # the spec's (their lattice is only a fallback: they run at the learned point).
+            init, ladder = set(sizes[: self.config.init_sizes]), batch_ladder(spec, self.config.batch_ladder)
+            self.trials = [t for t in plan_grid(spec, ladder) if t.n_target in init] + \
+                [t for t in plan_grid(spec) if t.n_target not in init]
+        else:
+            self.trials = plan_grid(spec)
         self.budget = spec.budget.total_flops
         self.committed = 0.0
         self.cells = _cells_of(self.trials, spec)
@@ -361,8 +381,8 @@ class LawGuidedPlanner:
                 continue
             if p not in cell.why:
                 b = cell.best()
-                cell.why[p] = (f"neighbour of the cell's best point (lr={cell.lrs[b[0]]:.3g}, "
-                               f"batch={cell.batches[b[1]]}, loss={cell.loss[b]:.5g})" if b
+                cell.why[p] = (f"neighbour of the cell's best point (lr={cell.trials[b].lr:.3g}, "
+                               f"batch={cell.trials[b].batch}, loss={cell.loss[b]:.5g})" if b
                                else "no finite loss in the cell yet: nearest untried point to the start")
             cell.running.add(p)
             cell.runs += 1
@@ -409,11 +429,29 @@ class LawGuidedPlanner:
             return
         start = min(pts, key=lambda p: (abs(p[1] - j), abs(math.log(cell.lrs[p[0]] / lr)), p))
         cell.start, cell.start_from = start, self._law_source()
+        if self.transfer and cell.key not in self._init_keys:
+            self._law_point(cell, lr, batch)
+            return
         square = self.config.neighbourhood == "square"
         cell.queue = [start] + cell.neighbours(start, square)
         cell.why[start] = f"law's point: lr*={lr:.3g}, batch*={batch:.0f} ({cell.start_from})"
         for q in cell.queue[1:]:
             cell.why[q] = "neighbour of the law's point (local-minimum certificate)"
+
+    def _law_point(self, cell: _Cell, lr: float, batch: float) -> None:
+        """Transfer: the cell's one run, at the learned (lr*, batch*); its lattice is the fallback
+        should that run diverge (searched from the lattice point nearest the law's, lower lr first)."""
+        seq = self.spec.model.seq_len
+        b = max(_min_batch(self.spec), int(round(batch / seq)) * seq)
+        any_t = next(iter(cell.trials.values()))
+        t = plan_trial(self.spec, any_t.n_target, cell.key[1], float(f"{lr:.4g}"), b, any_t.seed)
+        cell.trials[LAW_POINT] = t
+        self._where[t.trial_id] = (cell, LAW_POINT)
+        self.trials.append(t)
+        cell.start_from = "law point (" + self._law_source() + ")"
+        cell.queue = [LAW_POINT]
+        cell.why[LAW_POINT] = (f"transfer: the learned law's point lr*={lr:.3g}, batch*={batch:.0f} "
+                               f"(run at batch {b}; {self._law_source()})")
 
     # ---- choosing cells --------------------------------------------------------------------
     def _choose_cell(self) -> Union[tuple[_Cell, dict[str, Any]], str, None]:
@@ -428,6 +466,8 @@ class LawGuidedPlanner:
                 return WAIT  # another blind scan would waste runs: wait for the first optimum
             return init_left[0], {"why": "initial design (smallest sizes, cheapest first)",
                                   "alternatives": len(init_left)}
+        if self.transfer and any(c.state == "open" and c.key in self._init_keys for c in self.cells):
+            return WAIT  # transfer: the laws come from the whole initial design
         if self.fit is None or self.fit.samples is None:
             if self._open_cells():
                 return WAIT  # the L(N, D) fit needs these cells' results
@@ -500,6 +540,8 @@ class LawGuidedPlanner:
         return (w[:, None] * c_qf ** 2).sum(axis=0) / (v_f + sig2)
 
     def _expected_runs(self) -> float:
+        if self.transfer:
+            return 1.0  # every cell after the initial design runs once
         done = [c.runs for c in self.cells if c.state == "resolved" and c.start_from not in ("coarse scan", "resumed")]
         base = 5.0 if self.config.neighbourhood == "cross" else 9.0
         return float(np.mean(done)) if done else base
@@ -532,19 +574,42 @@ class LawGuidedPlanner:
         except ValueError as exc:
             self.fit, self._fit_error = None, str(exc)
             return
-        widths = self._widths()
-        narrow = bool(widths) and all(wn <= self.config.tolerance and wl <= self.config.loss_tolerance
-                                      for wn, wl in widths)
-        self._streak = self._streak + 1 if narrow and self._identified() else 0
+        if self.config.regret_tolerance is not None:
+            # The risk comes from a bootstrap that is overconfident while few cells are fitted, so the
+            # N*(C) interval must also be narrower than `tolerance`.
+            regrets, widths = self.regret_risk(), self._widths()
+            done = max(regrets) <= self.config.regret_tolerance and all(wn <= self.config.tolerance for wn, _ in widths)
+            why = (f"risk of the (N*, D*) proposal below the regret tolerance ({self.config.regret_tolerance:.3%}, "
+                   f"{self.config.level:.0%} level) and N* intervals narrower than {self.config.tolerance}: "
+                   + "; ".join(f"C={c:.3g}: {r:.3%}, N* {wn:.3f}" for c, r, (wn, _) in zip(self.targets, regrets, widths)))
+        else:
+            widths = self._widths()
+            done = bool(widths) and all(wn <= self.config.tolerance and wl <= self.config.loss_tolerance
+                                        for wn, wl in widths)
+            why = "target intervals narrower than the tolerance: " + "; ".join(
+                f"C={c:.3g}: N* {wn:.3f}, L* {wl:.4f}" for c, (wn, wl) in zip(self.targets, widths))
+        self._streak = self._streak + 1 if done and self._identified() else 0
         if self._streak >= self.config.stop_streak:
-            self._stop("target intervals narrower than the tolerance: "
-                       + "; ".join(f"C={c:.3g}: N* {wn:.3f}, L* {wl:.4f}" for c, (wn, wl) in zip(self.targets, widths)))
+            self._stop(why)
 
     def _identified(self) -> bool:
         """Whether the resolved cells span min_sizes model sizes."""
         # With two sizes the bootstrap cannot see that A/N^alpha and E trade off: its intervals are
         # narrow and wrong, so neither pruning nor the tolerance may act on them yet.
         return len({c.key[0] for c in self.cells if c.state == "resolved"}) >= self.config.min_sizes
+
+    def regret_risk(self) -> list[float]:
+        """Per target C: the `level` quantile over the bootstrap replicates of the regret of today's
+        (N*, D*) proposal, each replicate's law taken as the truth (its loss at our point over its own
+        optimum, minus 1). What stopping now may cost, in the frontier's own units: a flat frontier
+        tolerates a wide N* interval, a steep one does not."""
+        if self.fit is None or self.fit.samples is None:
+            return []
+        S = self.fit.samples
+        est = self.fit.law.frontier(self.targets)
+        opt = frontier_samples(S, self.targets)["loss_opt"]  # (K, T)
+        at_ours = np.exp(_log_pred(S, est["N_opt"], est["D_opt"]))  # (K, T)
+        return [float(np.quantile(at_ours[:, k] / opt[:, k] - 1.0, self.config.level)) for k in range(len(self.targets))]
 
     def _widths(self) -> list[tuple[float, float]]:
         """Relative widths of the N*(C) and L*(C) intervals at each target."""
@@ -562,7 +627,8 @@ class LawGuidedPlanner:
 
     def _fit_hparams(self) -> None:
         """lr* = c·N^a·D^b and batch* = c'·D^d by ridge regression over the resolved cells' optima."""
-        rows = [(c,) + _cell_optimum(c) for c in self.cells if c.state == "resolved"]
+        rows = [(c,) + _cell_optimum(c) for c in self.cells
+                if c.state == "resolved" and LAW_POINT not in c.trials]  # a single run locates no optimum
         if not rows:
             return
         lam = self.config.hparam_ridge
@@ -576,6 +642,20 @@ class LawGuidedPlanner:
         self.lr_law = LrLaw(float(math.exp(c)), float(a), float(b))
         self.batch_law = BatchLaw(float(math.exp(cb)), float(db))
         self._law_cells = (len(lr_rows), len(b_rows))
+        self._law_kind = "ridge over cell optima"
+        if self.transfer:
+            self._fit_surface([r[0] for r in rows], (c, a, b, cb, db))
+
+    def _fit_surface(self, cells: list[_Cell], start: tuple[float, ...]) -> None:
+        """Transfer: refine the laws by one bowl shared by every run of the searched cells
+        (`laws.hparam_surface`); the laws are extrapolated decades, so every run should count."""
+        runs = [(c.N, c.D, c.trials[p].lr, c.trials[p].batch, loss) for c in cells for p, loss in c.loss.items()]
+        try:
+            fit = fit_surface(*zip(*runs), start=start)
+        except (HparamError, ValueError, np.linalg.LinAlgError):
+            return  # too few cells or runs yet: keep the ridge laws
+        self.lr_law, self.batch_law = fit.lr_law, fit.batch_law
+        self._law_kind = f"one bowl over {fit.n_runs} runs of {fit.n_cells} cells"
 
     def predict_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
         """lr*(N, D) and batch*(D) from the laws learned so far (None, None before there are any)."""
@@ -585,6 +665,9 @@ class LawGuidedPlanner:
 
     def _law_source(self) -> str:
         n_lr, n_b = getattr(self, "_law_cells", (0, 0))
+        kind = getattr(self, "_law_kind", "")
+        if kind.startswith("one bowl"):
+            return f"laws from {kind}"
         return f"lr law from {n_lr}, batch law from {n_b} resolved cells"
 
     # ---- bookkeeping -----------------------------------------------------------------------
@@ -619,6 +702,27 @@ class LawGuidedPlanner:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def _min_batch(spec: SweepSpec) -> int:
+    """The smallest batch (tokens) a trial of this spec can run: a sequence per worker."""
+    seq = spec.model.seq_len
+    workers = max((w for w in (spec.resources.settings(n)["workers"][0] for n in spec.model.sizes())
+                   if w != "auto"), default=1)
+    return seq * workers
+
+
+def batch_ladder(spec: SweepSpec, factor: float) -> list[int]:
+    """The spec's batches extended below the smallest (down to one sequence per worker) and one
+    step above the largest, by `factor`, in whole sequences: the transfer design's batch lattice."""
+    seq, lo = spec.model.seq_len, _min_batch(spec)
+    out = set(spec.batches())
+    b = min(out) / factor
+    while b >= lo:
+        out.add(int(round(b / seq)) * seq)
+        b /= factor
+    out.add(int(round(max(out) * factor / seq)) * seq)
+    return sorted(x for x in out if x >= lo)
 
 
 def _cell_optimum(cell: _Cell) -> tuple[float, float, bool, bool]:

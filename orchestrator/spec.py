@@ -275,8 +275,10 @@ class FitSpec(_Strict):
 class SearchSpec(_Strict):
     """Which trial runs next: the whole grid (cheapest first) or the law-guided search (docs/search.md)."""
 
-    strategy: Literal["grid", "law"] = Field("grid", description="grid: every trial of the grid; law: law-guided search over it")
-    init_sizes: int = Field(2, ge=1, description="law: smallest model sizes whose cells form the initial design")
+    strategy: Literal["grid", "law", "transfer"] = Field(
+        "grid", description="grid: every trial of the grid; law: law-guided search over it; transfer: law search whose "
+        "initial design learns lr*(N, D) and batch*(D) at the smallest sizes and every later cell runs once at the learned point")
+    init_sizes: Optional[int] = Field(None, ge=1, description="law, transfer: smallest model sizes whose cells form the initial design (default 2 for law; 3 for transfer, whose lr law needs a decade of N)")
     init_scans: int = Field(2, ge=1, description="law: cells scanned in parallel before any cell is resolved")
     scan_points: int = Field(5, ge=1, description="law: learning rates in a coarse scan, spread over the spec's lrs")
     neighbourhood: Literal["cross", "square"] = Field("cross", description="law: local-minimum certificate: cross (lr±1, batch±1) or square (+ diagonals)")
@@ -286,13 +288,31 @@ class SearchSpec(_Strict):
     stop_streak: int = Field(2, ge=1, description="law: consecutive fits meeting the tolerance before stopping")
     bootstrap: int = Field(100, ge=10, description="law: bootstrap replicates of the online L(N, D) fit")
     level: float = Field(0.9, gt=0, lt=1, description="law: interval level of the stopping rule")
-    tolerance: float = Field(0.5, ge=0, description="law: stop when every target's N*(C) interval is narrower than this (relative width)")
+    tolerance: Optional[float] = Field(None, ge=0, description="law, transfer: stop when every target's N*(C) interval is narrower than this (relative width; default 0.5 for law, 0.75 for transfer, where it guards the regret rule)")
     loss_tolerance: float = Field(0.02, ge=0, description="law: ... and every target's L*(C) interval narrower than this")
+    regret_tolerance: Optional[float] = Field(None, gt=0, description="law, transfer: stop instead when, at every target, the `level` quantile over the bootstrap replicates of the (N*, D*) proposal's regret is below this (default none for law; 0.002 for transfer); replaces tolerance and loss_tolerance")
     prune_below: float = Field(0.1, ge=0, lt=1, description="law: skip cells near the frontier in fewer than this fraction of bootstrap replicates")
-    prune_band: float = Field(3.0, gt=1, description="law: near = N within this factor of the replicate's N*(C) at the cell's compute")
+    prune_band: Optional[float] = Field(None, gt=1, description="law, transfer: near = N within this factor of the replicate's N*(C) at the cell's compute (default 3 for law; 2 for transfer, whose later cells teach only the frontier)")
     noise: float = Field(0.003, gt=0, description="law: relative noise of a cell's best loss assumed by the acquisition (floor)")
     hparam_ridge: float = Field(0.05, ge=0, description="law: ridge on the online lr/batch law exponents")
     max_trials: Optional[int] = Field(None, ge=1, description="cap on trials handed out; none = the budget and the planner decide")
+    batch_ladder: float = Field(2.0, gt=1, description="transfer: the initial design's batches extend the spec's below its smallest (down to seq_len) and one step above its largest, by this factor")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            transfer = data.get("strategy") == "transfer"
+            data = {**data}
+            if data.get("init_sizes") is None:
+                data["init_sizes"] = 3 if transfer else 2
+            if data.get("prune_band") is None:
+                data["prune_band"] = 2.0 if transfer else 3.0
+            if data.get("tolerance") is None:
+                data["tolerance"] = 0.75 if transfer else 0.5
+            if transfer and "regret_tolerance" not in data:
+                data["regret_tolerance"] = 0.002
+        return data
 
 
 class PruningSpec(_Strict):

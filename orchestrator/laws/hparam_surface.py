@@ -1,0 +1,112 @@
+"""One loss surface over every run: the lr*(N, D) and batch*(D) laws fitted jointly with a shared bowl.
+
+Fitting a bowl per (N, D) cell and regressing the cells' optima (``hparams.fit_hparams``) spends
+a cell's runs on that cell's own six bowl coefficients; with a coarse lattice (3× lr steps, a
+few batches) each optimum is noisy, and the laws' exponents, extrapolated two or three decades,
+inherit that noise. The Step-Law landscape (Li et al. 2025) says more: the bowl in
+(log lr, log batch) keeps its shape across cells while its centre moves along power laws. So
+every run constrains the same eight numbers:
+
+    log L_r = m_c + w_lr·u² + w_b·v² + x·u·v,
+    u = log lr_r − (a0 + a1·log N_c + a2·log D_c),   v = log batch_r − (b0 + b1·log D_c)
+
+with a free level m_c per cell (profiled out: it is the cell's mean residual). Runs far from their
+cell's best (beyond `window`) are left out — the quadratic is a local model — and diverged runs
+are censored (no loss value). Robust least squares (soft-L1) tolerates an odd run.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from .hparams import BatchLaw, HparamError, LrLaw
+
+NOISE_SCALE = 0.003  # soft-L1 scale in log loss: a run's typical seed-to-seed noise
+
+
+@dataclass
+class SurfaceFit:
+    """The jointly fitted laws and the shared bowl."""
+
+    lr_law: LrLaw
+    batch_law: BatchLaw
+    lr_width: float  # w_lr: log-loss curvature along log lr
+    batch_width: float  # w_b
+    cross: float  # x
+    n_runs: int
+    n_cells: int
+    rms: float  # residual scale (log loss)
+
+    def predict(self, N: float, D: float) -> tuple[float, float]:
+        """(lr*, batch* in tokens) at (N, D)."""
+        return float(self.lr_law(N, D)), float(self.batch_law(D))
+
+
+def fit_surface(N: Sequence[float], D: Sequence[float], lr: Sequence[float], batch: Sequence[float],
+                loss: Sequence[float], *, window: float = 0.1, start: Optional[tuple[float, ...]] = None,
+                min_cells: int = 4) -> SurfaceFit:
+    """Fit the surface to runs (non-finite losses are diverged runs and are left out).
+
+    `start`: (a0, a1, a2, b0, b1) to start from (e.g. a regression of per-cell optima); default
+    a regression of each cell's best run. Needs `min_cells` cells with ≥ 3 runs each in the window,
+    spanning ≥ 2 sizes, ≥ 2 token budgets and ≥ 2 batches, else `HparamError`.
+    """
+    N, D, lr, batch, loss = (np.asarray(x, dtype=np.float64) for x in (N, D, lr, batch, loss))
+    ok = np.isfinite(loss) & (loss > 0)
+    keys = list(zip(N.tolist(), D.tolist()))
+    cells: dict[tuple[float, float], list[int]] = {}
+    for i in np.flatnonzero(ok):
+        cells.setdefault(keys[i], []).append(int(i))
+    rows, cell_of = [], []
+    for idx in cells.values():
+        best = min(loss[idx])
+        near = [i for i in idx if loss[i] <= best * (1 + window)]
+        if len(near) >= 3:
+            cell_of += [len(set(cell_of))] * len(near)
+            rows += near
+    rows = np.array(rows, dtype=int)
+    cell_of = np.array(cell_of, dtype=int)
+    n_cells = int(cell_of.max()) + 1 if len(cell_of) else 0
+    if n_cells < min_cells:
+        raise HparamError(f"a joint surface needs ≥ {min_cells} cells with ≥ 3 runs within {window:.0%} of their best; "
+                          f"got {n_cells}")
+    logN, logD, x_lr, x_b, y = (np.log(a[rows]) for a in (N, D, lr, batch, loss))
+    if len(set(logN)) < 2 or len(set(logD)) < 2:
+        raise HparamError("a joint surface needs ≥ 2 model sizes and ≥ 2 token budgets among the cells")
+    for name, x in (("learning rates", x_lr), ("batches", x_b)):  # the cell levels absorb between-cell moves
+        if sum(len(set(x[cell_of == c])) >= 2 for c in range(n_cells)) < 2:
+            raise HparamError(f"a joint surface needs ≥ 2 cells that each tried ≥ 2 {name}")
+    counts = np.bincount(cell_of, minlength=n_cells)
+
+    def residuals(p: np.ndarray) -> np.ndarray:
+        a0, a1, a2, b0, b1, wl, wb, xc = p
+        u = x_lr - (a0 + a1 * logN + a2 * logD)
+        v = x_b - (b0 + b1 * logD)
+        r = y - (wl * u * u + wb * v * v + xc * u * v)
+        return r - (np.bincount(cell_of, weights=r, minlength=n_cells) / counts)[cell_of]  # m_c profiled out
+
+    if start is None:
+        start = _start_from_best(logN, logD, x_lr, x_b, y, cell_of, n_cells)
+    p0 = np.array([*start, 0.01, 0.01, 0.0])
+    lo = np.array([-np.inf] * 5 + [1e-6, 1e-6, -np.inf])
+    hi = np.array([np.inf] * 8)
+    res = least_squares(residuals, p0, bounds=(lo, hi), loss="soft_l1", f_scale=NOISE_SCALE, x_scale="jac")
+    a0, a1, a2, b0, b1, wl, wb, xc = res.x
+    if not (np.all(np.isfinite(res.x)) and abs(a0) < 700 and abs(b0) < 700) or 4 * wl * wb <= xc * xc:
+        raise HparamError("the joint surface is not a bowl (no interior optimum): the runs do not bracket it")
+    dof = max(1, len(rows) - n_cells - 8)
+    return SurfaceFit(LrLaw(math.exp(a0), float(a1), float(a2)), BatchLaw(math.exp(b0), float(b1)),
+                      float(wl), float(wb), float(xc), len(rows), n_cells, float(np.sqrt(np.sum(res.fun ** 2) / dof)))
+
+
+def _start_from_best(logN, logD, x_lr, x_b, y, cell_of, n_cells) -> tuple[float, ...]:
+    """Least squares of each cell's best run's (log lr, log batch) on the laws' regressors."""
+    best = [np.flatnonzero(cell_of == c)[np.argmin(y[cell_of == c])] for c in range(n_cells)]
+    A = np.stack([np.ones(n_cells), logN[best], logD[best]], axis=1)
+    a = np.linalg.lstsq(A, x_lr[best], rcond=None)[0]
+    b = np.linalg.lstsq(A[:, [0, 2]], x_b[best], rcond=None)[0]
+    return (*a, *b)

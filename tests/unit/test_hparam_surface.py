@@ -1,0 +1,65 @@
+"""The joint loss surface (laws + one shared bowl) recovers planted laws from noisy runs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from orchestrator.laws.hparam_surface import fit_surface
+from orchestrator.laws.hparams import HparamError
+from trainers.worlds import load_world
+
+WORLD = load_world("tiny")
+
+
+def _runs(sizes, ratios, lr_mult, batch_mult, noise, seed=0):
+    """Runs on the world's surface x bowl at multiples of each cell's true optimum, with seed noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for N in sizes:
+        for r in ratios:
+            D = N * r
+            for lr in WORLD.lr_star(N, D) * np.asarray(lr_mult):
+                for b in WORLD.batch_star(D) * np.asarray(batch_mult):
+                    loss = WORLD.loss_star(N, D) * WORLD.bowl_factor(N, D, lr, b) * (1 + noise * rng.standard_normal())
+                    rows.append((N, D, lr, b, loss))
+    return [np.array(c) for c in zip(*rows)]
+
+
+def test_recovers_planted_laws_and_bowl_from_noisy_runs():
+    runs = _runs((1.4e4, 4.6e4, 1.4e5), (5, 10, 20, 40, 80), (1 / 9, 1 / 3, 1, 3), (0.25, 0.5, 1, 2, 4), noise=0.002)
+    fit = fit_surface(*runs)
+    assert fit.lr_law.N_exp == pytest.approx(WORLD.lr.N_exp, abs=0.03)
+    assert fit.lr_law.D_exp == pytest.approx(WORLD.lr.D_exp, abs=0.03)
+    assert fit.batch_law.D_exp == pytest.approx(WORLD.batch.D_exp, abs=0.03)
+    assert fit.lr_width == pytest.approx(WORLD.bowl.lr_width, rel=0.15)
+    assert fit.batch_width == pytest.approx(WORLD.bowl.batch_width, rel=0.15)
+    # Extrapolated three decades in N and D, the laws stay within 25 % of the truth.
+    N, D = 1e8, 2e9
+    lr, batch = fit.predict(N, D)
+    assert lr / WORLD.lr_star(N, D) == pytest.approx(1.0, abs=0.25)
+    assert batch / WORLD.batch_star(D) == pytest.approx(1.0, abs=0.25)
+
+
+def test_noiseless_runs_give_the_exact_laws():
+    runs = _runs((1e4, 1e5), (5, 20, 80), (0.5, 1, 2), (0.5, 1, 2), noise=0.0)
+    fit = fit_surface(*runs)
+    assert fit.lr_law.coef == pytest.approx(WORLD.lr.coef, rel=1e-3)
+    assert fit.batch_law.coef == pytest.approx(WORLD.batch.coef, rel=1e-3)
+    assert fit.cross == pytest.approx(WORLD.bowl.cross, rel=1e-3)
+
+
+def test_diverged_runs_are_left_out():
+    N, D, lr, b, loss = _runs((1e4, 1e5), (5, 20, 80), (0.5, 1, 2), (0.5, 1, 2), noise=0.0)
+    loss = loss.copy()
+    loss[lr == lr.max()] = np.nan  # one diverged run: no loss value, no influence on the fit
+    fit = fit_surface(N, D, lr, b, loss)
+    assert fit.lr_law.N_exp == pytest.approx(WORLD.lr.N_exp, abs=1e-3)
+
+
+def test_too_few_cells_or_one_batch_is_refused():
+    runs = _runs((1e4,), (5, 20), (0.5, 1, 2), (0.5, 1, 2), noise=0.0)
+    with pytest.raises(HparamError, match="cells"):
+        fit_surface(*runs)
+    runs = _runs((1e4, 1e5), (5, 20, 80), (0.5, 1, 2), (1.0,), noise=0.0)
+    with pytest.raises(HparamError, match="batches"):
+        fit_surface(*runs)
