@@ -58,10 +58,12 @@ def learned_hparams(runs: Sequence[dict[str, Any]]) -> Optional[HparamRule]:
     """lr*(N, D) and batch*(D) laws fitted on a sweep's runs, as a proposal rule (None if none fits).
 
     `runs`: finished trials with their final `loss` and diverged ones (loss NaN; they bound lr from
-    above). Per (N, D) cell a bowl in (log lr, log batch), else the Step-Law protocol
+    above). One bowl in (log lr, log batch) shared by every cell, its centre on the laws
+    (`orchestrator.laws.hparam_surface`); else a bowl per (N, D) cell, else the Step-Law protocol
     (`orchestrator.laws.hparams.fit_hparams`). Token budgets that whole-batch rounding moved
     apart (the same tokens-per-parameter target at two batch sizes) count as one cell.
     """
+    from .laws.hparam_surface import fit_surface
     from .laws.hparams import HparamError, fit_hparams
 
     if not runs:
@@ -73,9 +75,9 @@ def learned_hparams(runs: Sequence[dict[str, Any]]) -> Optional[HparamRule]:
     cols = ([float(r["N"]) for r in runs], [nominal[float(r["N"])][float(r["D"])] for r in runs],
             [float(r["lr"]) for r in runs], [float(r["batch"]) for r in runs],
             [float(r.get("loss", math.nan)) for r in runs])
-    for method in ("bowl", "steplaw"):
+    for method in ("surface", "bowl", "steplaw"):
         try:
-            hp = fit_hparams(*cols, method=method, bootstrap=0)
+            hp = fit_surface(*cols) if method == "surface" else fit_hparams(*cols, method=method, bootstrap=0)
         except (HparamError, ValueError, np.linalg.LinAlgError):
             continue
 

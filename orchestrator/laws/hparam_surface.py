@@ -77,9 +77,11 @@ def fit_surface(N: Sequence[float], D: Sequence[float], lr: Sequence[float], bat
     logN, logD, x_lr, x_b, y = (np.log(a[rows]) for a in (N, D, lr, batch, loss))
     if len(set(logN)) < 2 or len(set(logD)) < 2:
         raise HparamError("a joint surface needs ≥ 2 model sizes and ≥ 2 token budgets among the cells")
-    for name, x in (("learning rates", x_lr), ("batches", x_b)):  # the cell levels absorb between-cell moves
-        if sum(len(set(x[cell_of == c])) >= 2 for c in range(n_cells)) < 2:
-            raise HparamError(f"a joint surface needs ≥ 2 cells that each tried ≥ 2 {name}")
+    # The cell levels absorb between-cell moves, so the bowl is seen only within cells; and with two
+    # values per cell a curvature trades off against the laws' centre (w·(log b1b2 − 2c)), so 3.
+    for name, x in (("learning rates", x_lr), ("batches", x_b)):
+        if sum(len(set(x[cell_of == c])) >= 3 for c in range(n_cells)) < 2:
+            raise HparamError(f"a joint surface needs ≥ 2 cells that each tried ≥ 3 {name} near their best")
     counts = np.bincount(cell_of, minlength=n_cells)
 
     def residuals(p: np.ndarray) -> np.ndarray:
