@@ -231,6 +231,7 @@ class LawGuidedPlanner:
         self._opened = 0
         self._fit_error: Optional[str] = None
         self._streak = 0
+        self._resumed: dict[str, Optional[Mapping[str, Any]]] = {}  # ended trials not planned yet
 
     # ---- the planner interface -------------------------------------------------------------
     @property
@@ -298,7 +299,8 @@ class LawGuidedPlanner:
         """Replay finished trials of an earlier run of this sweep (their compute is committed)."""
         for tid, result in results.items():
             where = self._where.get(tid)
-            if where is None:
+            if where is None:  # planned as the search went (a law point): taken when re-planned
+                self._resumed[tid] = result
                 continue
             cell, p = where
             if cell.state == "closed":
@@ -378,6 +380,13 @@ class LawGuidedPlanner:
             if self.budget is not None and self.committed + t.flops > self.budget * (1 + 1e-12):
                 cell.bad[p] = "budget"
                 cell.queue = [q for q in cell.queue if q != p]
+                continue
+            if t.trial_id in self._resumed:  # ended in an earlier run of this sweep: not run again
+                cell.running.add(p)
+                cell.runs += 1
+                self.committed += t.flops
+                self.handed.append(t)
+                self.observe(t.trial_id, self._resumed.pop(t.trial_id))
                 continue
             if p not in cell.why:
                 b = cell.best()

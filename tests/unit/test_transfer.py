@@ -113,3 +113,17 @@ def test_strategy_defaults():
     assert (law.init_sizes, law.prune_band, law.tolerance, law.regret_tolerance) == (2, 3.0, 0.5, None)
     assert (tr.init_sizes, tr.prune_band, tr.tolerance, tr.regret_tolerance) == (3, 2.0, 0.75, 0.002)
     assert SearchSpec(strategy="transfer", init_sizes=2, regret_tolerance=0.001).init_sizes == 2
+
+
+def test_resume_does_not_rerun_ended_trials(run):
+    """Trials planned as the search went (law points) are matched when the resumed search re-plans them."""
+    spec, pl, res = run
+    ended = {t.trial_id: res.results[t.trial_id] for t in res.trials}
+    again = LawGuidedPlanner(spec, seed=spec.seed, config=spec.search)
+    again.resume(ended)
+    rerun = replay(again, _lookup(spec), concurrency=8)
+    assert not {t.trial_id for t in rerun.trials} & set(ended)
+    assert again.stopped
+    # the initial design came back whole from the earlier run; law points were matched as re-planned
+    matched = [t for t in again.handed if t.trial_id in ended]
+    assert any(again._where[t.trial_id][1] == LAW_POINT for t in matched)
