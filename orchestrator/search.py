@@ -597,6 +597,8 @@ class LawGuidedPlanner:
                                         for wn, wl in widths)
             why = "target intervals narrower than the tolerance: " + "; ".join(
                 f"C={c:.3g}: N* {wn:.3f}, L* {wl:.4f}" for c, (wn, wl) in zip(self.targets, widths))
+        if self.transfer and any(c.state in ("closed", "open") for c in self.cells if c.key in self._init_keys):
+            done = False  # the laws the proposal uses come from the whole initial design
         self._streak = self._streak + 1 if done and self._identified() else 0
         if self._streak >= self.config.stop_streak:
             self._stop(why)

@@ -1,0 +1,70 @@
+"""`search.strategy: transfer` through the real controller: Ray Tune, the store and MLflow see the
+trials the search plans off the grid (law points), and the proposal uses the learned laws."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.planner import plan_grid
+from orchestrator.search import batch_ladder
+from orchestrator.store import ObservationStore
+from orchestrator.tracking import TAG_TRIAL, read_sweep_runs
+from tests.integration.conftest import run_real_sweep
+
+SPEC = {
+    "name": "transfer",
+    "model": {"n_params": [14000, 44000, 140000, 440000], "seq_len": 128},
+    "tokens": {"per_param": [5, 20, 80]},
+    "learning_rates": [0.003, 0.01, 0.03, 0.1],
+    "batch_sizes": [1280, 5632],
+    "trainer": {"backend": "simulated", "world": "tiny"},
+    "eval": {"every": 100000, "tokens": 2097152},
+    "budget": {"targets": [3e15]},
+    "fit": {"bootstrap": 0},
+    "search": {"strategy": "transfer"},
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return run_real_sweep(tmp_path_factory.mktemp("transfer"), SPEC, "sweep")
+
+
+def test_law_points_run_through_tune_store_and_mlflow(sweep):
+    spec, outcome = sweep
+    store = ObservationStore(outcome.sweep_dir)
+    trials = store.trials()
+    init = sorted(spec.model.sizes())[: spec.search.init_sizes]
+    ladder = plan_grid(spec, batch_ladder(spec, spec.search.batch_ladder))
+    assert any(t.batch not in spec.batches() for t in ladder)
+    assert {rec["config"]["n_target"] for rec in trials.values()} >= set(init)
+    # the initial design searched the ladder's batches; the later cells ran at learned points
+    off_grid = {tid: rec for tid, rec in trials.items() if rec["config"]["n_target"] not in init}
+    assert off_grid, "the search never left the initial design"
+    grid = {t.trial_id for t in plan_grid(spec)}
+    assert all(tid not in grid and rec["status"] == "finished" for tid, rec in off_grid.items())
+    last = store.last_reports(finite="eval_loss")
+    assert set(off_grid) <= set(last)  # every law point reported its losses to the store
+    _, children = read_sweep_runs(spec.tracking_uri(), spec.name)
+    assert set(off_grid) <= {c.data.tags[TAG_TRIAL] for c in children}, "a law-point trial has no MLflow child run"
+
+
+def test_decisions_explain_the_transfer_and_the_stop(sweep):
+    spec, outcome = sweep
+    parent, _ = read_sweep_runs(spec.tracking_uri(), spec.name)
+    client = MlflowClient(spec.tracking_uri())
+    folder = client.download_artifacts(parent.info.run_id, "results")
+    decisions = json.loads(open(f"{folder}/decisions.json").read())
+    whys = [d["why"] for d in decisions]
+    assert any(w.startswith("transfer: the learned law's point") for w in whys)
+    assert any(w.startswith("initial design") for w in whys)
+    assert decisions[-1]["action"] == "stop" and decisions[-1]["why"]
+
+
+def test_proposal_uses_the_learned_laws(sweep):
+    _, outcome = sweep
+    (p,) = outcome.fit.proposals
+    assert p["hparams_from"] == "learned laws lr*(N, D), batch*(D)"
+    assert p["lr"] > 0 and p["batch"] > 0 and p["N"] > 0
