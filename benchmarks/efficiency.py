@@ -44,6 +44,9 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
+SCALESWEEP_STRATEGY = "transfer"  # `--scalesweep-set search.strategy=grid|law` measures the others
+
+
 def benchmark_spec(world: World, world_ref: str, target: float, seed: int, *, quick: bool = False,
                    sizes: int = 5, ratios: tuple[float, ...] = (5, 10, 20, 40, 80), n_lr: int = 6,
                    n_batch: int = 2, eval_tokens: Optional[int] = None, factor: float = 100.0) -> dict[str, Any]:
@@ -56,7 +59,7 @@ def benchmark_spec(world: World, world_ref: str, target: float, seed: int, *, qu
     Reports: at most 100 per trial (ASHA's default max_t), eval on `eval_tokens` tokens.
     """
     if quick:
-        sizes, ratios, n_lr, n_batch = 3, (5, 20, 80), 3, 1
+        sizes, ratios, n_lr, n_batch = 4, (5, 20, 80), 3, 1
     r_max = max(ratios)
     n_max = math.sqrt(target / factor / (6.0 * r_max))
     Ns = np.geomspace(n_max / 100.0, n_max, sizes)
@@ -182,6 +185,7 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
     for seed in range(first_seed, first_seed + seeds):
         data = benchmark_spec(world, ref, target, seed, quick=quick, eval_tokens=eval_tokens, **(grid_shape or {}))
         ss_data = json.loads(json.dumps(data))
+        ss_data["search"] = {"strategy": SCALESWEEP_STRATEGY}  # scalesweep's search for far targets
         for item in scalesweep_set:
             key, _, val = item.partition("=")
             _set(ss_data, key, _parse_value(val))
@@ -340,13 +344,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="write every figure here (and the plot next to it)")
     ap.add_argument("--strategies", default=",".join(STRATEGIES), help=f"comma list of {', '.join(STRATEGIES)}")
-    ap.add_argument("--quick", action="store_true", help="a 27-trial grid (smoke test)")
+    ap.add_argument("--quick", action="store_true", help="a 36-trial grid (smoke test)")
     ap.add_argument("--concurrency", type=int, default=8, help="trials running at once (simulated accelerators)")
     ap.add_argument("--asha-mode", choices=("replay", "tuner"), default="replay",
                     help="replay: the real ASHAScheduler in simulated time; tuner: a real ray.tune.Tuner")
     ap.add_argument("--scalesweep-mode", choices=("auto", "replay", "tuner"), default="auto",
                     help="replay: the planner in simulated time; tuner: the real run_sweep; auto: tuner once "
-                         "search/pruning are enabled")
+                         "pruning or WSD branching is enabled")
     ap.add_argument("--scalesweep-set", action="append", default=[], metavar="FIELD=VALUE",
                     help="set a spec field for scalesweep only, e.g. pruning.enabled=true (repeatable)")
     ap.add_argument("--scalesweep-pruner", action="store_true",
