@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from ..laws.hparam_surface import fit_surface_hparams
 from ..laws.hparams import METHODS, HparamError, fit_hparams
 from ..laws.table import TableError, read_table, require_columns
 from .app import app, fail, print_json
@@ -16,15 +17,16 @@ REQUIRED = ("N", "D", "lr", "batch")
 @app.command("fit-hparams")
 def fit_hparams_command(
     table: Path = typer.Argument(..., help="CSV/Parquet with columns N, D, lr, batch (tokens), loss [, diverged]."),
-    method: str = typer.Option("steplaw", help="Cell optimum: steplaw (runs within 0.25 % of best) or bowl."),
+    method: str = typer.Option("steplaw", help="Cell optimum: steplaw (runs within 0.25 % of best) or bowl; or "
+                                                 "surface: one bowl shared by every cell, its centre on the laws."),
     bootstrap: int = typer.Option(200, help="Bootstrap resamples (cells) for the intervals; 0 = none."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
     level: float = typer.Option(0.9, help="Interval level."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Fit lr* = coef·N^N_exp·D^D_exp and batch* = coef·D^D_exp with bootstrap intervals."""
-    if method not in METHODS:
-        fail(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method not in METHODS + ("surface",):
+        fail(f"--method must be one of {', '.join(METHODS + ('surface',))}, got {method!r}")
     if bootstrap < 0:
         fail(f"--bootstrap must be >= 0, got {bootstrap}")
     if not 0 < level < 1:
@@ -36,10 +38,16 @@ def fit_hparams_command(
             raise TableError(f"missing column(s) loss; table has {', '.join(raw)}")
         loss = _numeric(raw["loss"], "loss")  # NaN/inf loss is allowed: it marks a diverged run
         diverged = _flags(raw["diverged"]) if "diverged" in raw else None
-        fit = fit_hparams(
-            cols["N"], cols["D"], cols["lr"], cols["batch"], loss,
-            diverged=diverged, method=method, bootstrap=bootstrap, seed=seed, level=level,
-        )
+        if method == "surface":
+            if diverged is not None:
+                loss = np.where(diverged, np.nan, loss)  # censored: no loss value
+            fit = fit_surface_hparams(cols["N"], cols["D"], cols["lr"], cols["batch"], loss,
+                                      bootstrap=bootstrap, seed=seed, level=level)
+        else:
+            fit = fit_hparams(
+                cols["N"], cols["D"], cols["lr"], cols["batch"], loss,
+                diverged=diverged, method=method, bootstrap=bootstrap, seed=seed, level=level,
+            )
     except (TableError, HparamError) as exc:
         fail(f"{table}: {exc}")
     if as_json:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from scipy.optimize import least_squares
 
-from .hparams import BatchLaw, HparamError, LrLaw
+from .hparams import BatchLaw, HparamError, HparamFit, LrLaw
+from .result import Interval
 
 NOISE_SCALE = 0.003  # soft-L1 scale in log loss: a run's typical seed-to-seed noise
 
@@ -48,21 +49,22 @@ class SurfaceFit:
 
 def fit_surface(N: Sequence[float], D: Sequence[float], lr: Sequence[float], batch: Sequence[float],
                 loss: Sequence[float], *, window: float = 0.1, start: Optional[tuple[float, ...]] = None,
-                min_cells: int = 4) -> SurfaceFit:
+                min_cells: int = 4, cells: Optional[Sequence[int]] = None) -> SurfaceFit:
     """Fit the surface to runs (non-finite losses are diverged runs and are left out).
 
     `start`: (a0, a1, a2, b0, b1) to start from (e.g. a regression of per-cell optima); default
     a regression of each cell's best run. Needs `min_cells` cells with ≥ 3 runs each in the window,
-    spanning ≥ 2 sizes, ≥ 2 token budgets and ≥ 2 batches, else `HparamError`.
+    spanning ≥ 2 sizes and ≥ 2 token budgets, else `HparamError`. `cells`: a cell label per run
+    (default: one cell per (N, D); a bootstrap labels a cell drawn twice as two cells).
     """
     N, D, lr, batch, loss = (np.asarray(x, dtype=np.float64) for x in (N, D, lr, batch, loss))
     ok = np.isfinite(loss) & (loss > 0)
-    keys = list(zip(N.tolist(), D.tolist()))
-    cells: dict[tuple[float, float], list[int]] = {}
+    keys = list(zip(N.tolist(), D.tolist())) if cells is None else list(cells)
+    groups: dict[Any, list[int]] = {}
     for i in np.flatnonzero(ok):
-        cells.setdefault(keys[i], []).append(int(i))
+        groups.setdefault(keys[i], []).append(int(i))
     rows, cell_of = [], []
-    for idx in cells.values():
+    for idx in groups.values():
         best = min(loss[idx])
         near = [i for i in idx if loss[i] <= best * (1 + window)]
         if len(near) >= 3:
@@ -112,3 +114,43 @@ def _start_from_best(logN, logD, x_lr, x_b, y, cell_of, n_cells) -> tuple[float,
     a = np.linalg.lstsq(A, x_lr[best], rcond=None)[0]
     b = np.linalg.lstsq(A[:, [0, 2]], x_b[best], rcond=None)[0]
     return (*a, *b)
+
+
+def fit_surface_hparams(N: Sequence[float], D: Sequence[float], lr: Sequence[float], batch: Sequence[float],
+                        loss: Sequence[float], *, bootstrap: int = 200, seed: int = 0, level: float = 0.9,
+                        window: float = 0.1) -> HparamFit:
+    """`fit_surface` as an `HparamFit` (method "surface", what `scalesweep fit-hparams --method
+    surface` prints), with intervals from refits on resampled cells (percentiles of the draws)."""
+    N, D, lr, batch, loss = (np.asarray(x, dtype=np.float64) for x in (N, D, lr, batch, loss))
+    fit = fit_surface(N, D, lr, batch, loss, window=window)
+    est = np.array([math.log(fit.lr_law.coef), fit.lr_law.N_exp, fit.lr_law.D_exp,
+                    math.log(fit.batch_law.coef), fit.batch_law.D_exp])
+    keys = sorted(set(zip(N.tolist(), D.tolist())))
+    cell = np.array([keys.index(k) for k in zip(N.tolist(), D.tolist())])
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(bootstrap):
+        picked = [np.flatnonzero(cell == c) for c in rng.integers(0, len(keys), len(keys))]
+        rows = np.concatenate(picked)
+        label = np.repeat(np.arange(len(picked)), [len(p) for p in picked])  # a cell drawn twice: two cells
+        try:
+            f = fit_surface(N[rows], D[rows], lr[rows], batch[rows], loss[rows], window=window, start=tuple(est),
+                            cells=label)
+        except (HparamError, ValueError, np.linalg.LinAlgError):
+            continue
+        draws.append([math.log(f.lr_law.coef), f.lr_law.N_exp, f.lr_law.D_exp, math.log(f.batch_law.coef),
+                      f.batch_law.D_exp])
+    draws = np.array(draws).reshape(-1, 5)
+    lo, hi = 50 * (1 - level), 50 * (1 + level)
+    intervals: dict[str, dict[str, Interval]] = {"lr": {}, "batch": {}}
+    for j, name in enumerate(("coef", "N_exp", "D_exp", "coef", "D_exp")):
+        point = float(np.exp(est[j])) if name == "coef" else float(est[j])
+        a, b = np.percentile(draws[:, j], [lo, hi]) if len(draws) >= 2 else (math.nan, math.nan)
+        if name == "coef":
+            a, b = np.exp(a), np.exp(b)
+        intervals["lr" if j < 3 else "batch"][name] = Interval(point, float(a), float(b), level)
+    warnings = [f"{bootstrap - len(draws)} of {bootstrap} bootstrap resamples could not be fitted (dropped)"] \
+        if len(draws) < bootstrap else []
+    return HparamFit(method="surface", lr_law=fit.lr_law, batch_law=fit.batch_law, cells=[], intervals=intervals,
+                     warnings=warnings, n_runs=len(loss), n_diverged=int((~(np.isfinite(loss) & (loss > 0))).sum()),
+                     bootstrap=bootstrap, level=level, seed=seed, draws=draws)

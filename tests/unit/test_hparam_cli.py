@@ -97,3 +97,26 @@ def test_errors(tmp_path, table):
     assert "--method" in _err(table, "--method", "grid")
     bad_flag = {**{k: v for k, v in cols.items()}, "diverged": np.array(["maybe"] * len(cols["N"]))}
     assert "diverged" in _err(_write(tmp_path / "f.csv", bad_flag))
+
+
+def test_surface_method_recovers_a_planted_law_with_intervals(tmp_path):
+    """--method surface on runs from the tiny world's planted laws and bowl (0.2 % noise)."""
+    from trainers.worlds import load_world
+
+    w = load_world("tiny")
+    rng = np.random.default_rng(1)
+    rows = []
+    for N in (1e4, 3e4, 1e5):
+        for D in (N * 5, N * 20, N * 80):
+            for lr in w.lr_star(N, D) * np.array([1 / 3, 1, 3]):
+                for b in w.batch_star(D) * np.array([0.5, 1, 2]):
+                    rows.append((N, D, lr, b, w.loss_star(N, D) * w.bowl_factor(N, D, lr, b) * (1 + 0.002 * rng.standard_normal())))
+    path = _write(tmp_path / "planted.csv", {k: [r[i] for r in rows] for i, k in enumerate(("N", "D", "lr", "batch", "loss"))})
+    res = runner.invoke(app, ["fit-hparams", str(path), "--method", "surface", "--bootstrap", "40", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["method"] == "surface"
+    for group, name, truth in (("lr", "N_exp", w.lr.N_exp), ("lr", "D_exp", w.lr.D_exp), ("batch", "D_exp", w.batch.D_exp)):
+        iv = doc[group]["intervals"][name]
+        assert doc[group][name] == pytest.approx(truth, abs=0.05)
+        assert iv["low"] <= truth <= iv["high"], (group, name, iv)
