@@ -489,7 +489,8 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
         from orchestrator.proposals import fit_and_propose
 
         fit = fit_and_propose(completed_points(recs), spec.budget.targets, bootstrap=0, seed=spec.seed,
-                              hparams=planner.predict_hparams, family=spec.model.family)
+                              hparams=planner.predict_hparams, family=spec.model.family,
+                              hparam_intervals=getattr(planner, "hparam_intervals", None))
         return StrategyRun(recs, "replay", [f"{type(planner).__name__} driven as PlannerSearcher does; regret scores "
                                             "its own proposal (its learned lr/batch laws)"], parts,
                            fit.proposals[0] if fit.proposals else None)

@@ -221,7 +221,7 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
             if status == "FAILED":
                 tracker.close("FAILED")
     outcome = summarise(spec, store, tracker, parent, t0, planner.decisions,
-                        getattr(planner, "predict_hparams", None))
+                        getattr(planner, "predict_hparams", None), getattr(planner, "hparam_intervals", None))
     tracker.close("FINISHED")
     return outcome
 
@@ -234,14 +234,15 @@ def ended_trials(store: ObservationStore) -> dict[str, Optional[dict[str, Any]]]
 
 
 def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optional[str], t0: float,
-              decisions: Optional[list[dict[str, Any]]] = None, hparams=None) -> SweepOutcome:
+              decisions: Optional[list[dict[str, Any]]] = None, hparams=None, hparam_intervals=None) -> SweepOutcome:
     """Fit the law on the finished trials, write fit + proposals to the sweep dir and MLflow."""
     from .plots import loss_vs_compute
 
     points = final_points(store)
     fit = fit_and_propose(points, spec.budget.targets, loss=spec.fit.loss, bootstrap=spec.fit.bootstrap,
                           level=spec.fit.level, seed=spec.seed, hparams=hparams, resources=proposal_resources(spec),
-                          diverged=diverged_configs(store), family=spec.model.family)
+                          diverged=diverged_configs(store), family=spec.model.family,
+                          hparam_intervals=hparam_intervals)
     sweep_dir = spec.sweep_dir()
     doc = jsonable(fit.to_json())
     (sweep_dir / "fit.json").write_text(json.dumps(doc, indent=2, allow_nan=False))

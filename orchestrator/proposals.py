@@ -80,27 +80,44 @@ def learned_hparams(runs: Sequence[dict[str, Any]]) -> Optional[HparamRule]:
             hp = fit_surface(*cols) if method == "surface" else fit_hparams(*cols, method=method, bootstrap=0)
         except (HparamError, ValueError, np.linalg.LinAlgError):
             continue
-
-        def rule(n: float, d: float, hp=hp) -> tuple[Optional[float], Optional[float]]:
-            lr, batch = hp.predict(n, d)
-            ok = all(math.isfinite(v) and v > 0 for v in (lr, batch))
-            return (lr, batch) if ok else (None, None)
-
-        return rule
+        return LearnedLaws(hp)
     return None
+
+
+class LearnedLaws:
+    """A fitted hyperparameter law as a proposal rule: (lr*, batch*) at (N, D), and their intervals
+    where the fit has a covariance (the joint surface; per-cell fits here are not bootstrapped)."""
+
+    def __init__(self, fit: Any):
+        self.fit = fit
+
+    def __call__(self, n: float, d: float) -> tuple[Optional[float], Optional[float]]:
+        lr, batch = self.fit.predict(n, d)
+        ok = all(math.isfinite(v) and v > 0 for v in (lr, batch))
+        return (lr, batch) if ok else (None, None)
+
+    def intervals(self, n: float, d: float, level: float) -> Optional[dict[str, dict[str, float]]]:
+        method = getattr(self.fit, "intervals", None)
+        return method(n, d, level) if callable(method) else None
+
+
+IntervalRule = Callable[[float, float, float], Optional[dict[str, dict[str, float]]]]  # (N, D, level) -> {lr, batch}
 ResourceRule = Callable[[float, float, float], dict[str, Any]]  # (N, D, batch) -> resource plan
 
 
 def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], *, loss: str = "huber",
                     bootstrap: int = 200, level: float = 0.9, seed: int = 0,
                     hparams: Optional[HparamRule] = None, resources: Optional[ResourceRule] = None,
-                    diverged: Sequence[dict[str, Any]] = (), family: str = "gpt") -> SweepFit:
+                    diverged: Sequence[dict[str, Any]] = (), family: str = "gpt",
+                    hparam_intervals: Optional[IntervalRule] = None) -> SweepFit:
     """Fit Chinchilla's L(N, D) to the best cells and propose (N*, D*, lr, batch) for each target C.
 
     lr and batch come from `hparams(N*, D*)` when given (the law-guided search's learned laws),
     else from lr*(N, D), batch*(D) laws fitted on the finished and `diverged` runs
     (`learned_hparams`) when the grid allows it, else from the observed cell nearest to
     (N*, D*) in log space (which, extrapolated far, can propose an lr that diverges).
+    Their intervals (`intervals.lr`, `intervals.batch`: the laws' own uncertainty at (N*, D*))
+    come from `hparam_intervals`, or from the learned laws' when they have one.
     """
     cells = best_cells(points)
     warnings: list[str] = []
@@ -116,6 +133,8 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     warnings.extend(fit.warnings)
     if hparams is None:  # only once there is a frontier to propose on
         hparams = learned_hparams([*points, *diverged])
+    if hparam_intervals is None:
+        hparam_intervals = getattr(hparams, "intervals", None)
     proposals = []
     budgets = fit.intervals.get("budgets", {})
     for c in targets:
@@ -132,7 +151,9 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
             shape = shape_for(max(1, int(round(n_opt))), family).to_dict()
         except ValueError:  # beyond the model family's largest member
             shape = None
-        iv = budgets.get(budget_key(c), {})
+        iv = dict(budgets.get(budget_key(c), {}))
+        if source.startswith("learned") and hparam_intervals is not None:
+            iv.update(hparam_intervals(n_opt, d_opt, level) or {})
         proposals.append({
             "budget": float(c),
             "N": n_opt,
@@ -144,7 +165,8 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
             "shape": shape,
             "hparams_from": source,
             "extrapolation_decades": math.log10(c / max(cell["C"] for cell in cells)),
-            "intervals": {key: iv[key] for key in ("N_opt", "D_opt", "loss_opt", "tokens_per_param") if key in iv},
+            "intervals": {key: iv[key] for key in ("N_opt", "D_opt", "loss_opt", "tokens_per_param", "lr", "batch")
+                          if key in iv},
             **({"resources": resources(n_opt, d_opt, batch)} if resources is not None else {}),
         })
     return SweepFit(fit, cells, proposals, warnings)

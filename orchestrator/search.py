@@ -665,8 +665,13 @@ class LawGuidedPlanner:
             fit = fit_surface(*zip(*runs), start=start)
         except (HparamError, ValueError, np.linalg.LinAlgError):
             return  # too few cells or runs yet: keep the ridge laws
-        self.lr_law, self.batch_law = fit.lr_law, fit.batch_law
+        self.lr_law, self.batch_law, self._surface = fit.lr_law, fit.batch_law, fit
         self._law_kind = f"one bowl over {fit.n_runs} runs of {fit.n_cells} cells"
+
+    def hparam_intervals(self, N: float, D: float, level: float = 0.9) -> Optional[dict[str, dict[str, float]]]:
+        """Intervals of lr*, batch* at (N, D) when the laws come from the joint surface (transfer)."""
+        surface = getattr(self, "_surface", None)
+        return surface.intervals(N, D, level) if surface is not None else None
 
     def predict_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
         """lr*(N, D) and batch*(D) from the laws learned so far (None, None before there are any)."""

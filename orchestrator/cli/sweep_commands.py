@@ -209,7 +209,7 @@ def _print_fit(doc: dict) -> None:
 
         sh = pr["shape"] or {"d_model": "-", "n_layers": "-", "n_heads": "-"}
         table.add_row(f"{pr['budget']:.3g}", fmt("N_opt", pr["N"]), fmt("D_opt", pr["D"]),
-                      f"{pr['tokens_per_param']:.1f}", f"{pr['lr']:.3g}", str(pr["batch"]),
+                      f"{pr['tokens_per_param']:.1f}", fmt("lr", pr["lr"]), fmt("batch", pr["batch"]),
                       f"{sh['d_model']}, {sh['n_layers']}, {sh['n_heads']}", fmt("loss_opt", pr["predicted_loss"]))
     console.print(table)
     _print_resource_plans(doc["proposals"])

@@ -41,10 +41,27 @@ class SurfaceFit:
     n_runs: int
     n_cells: int
     rms: float  # residual scale (log loss)
+    cov: Optional[np.ndarray] = None  # asymptotic covariance of (log lr coef, N_exp, D_exp, log batch coef, D_exp)
 
     def predict(self, N: float, D: float) -> tuple[float, float]:
         """(lr*, batch* in tokens) at (N, D)."""
         return float(self.lr_law(N, D)), float(self.batch_law(D))
+
+    def intervals(self, N: float, D: float, level: float = 0.9) -> Optional[dict[str, dict[str, float]]]:
+        """`level` intervals of lr* and batch* at (N, D) from the fit's asymptotic covariance
+        (Gauss–Newton, delta method in log space); None when the covariance is unavailable."""
+        if self.cov is None or not np.all(np.isfinite(self.cov)):
+            return None
+        from scipy.stats import norm
+
+        z = float(norm.ppf(0.5 + level / 2))
+        out = {}
+        for name, value, g in (("lr", self.lr_law(N, D), np.array([1, math.log(N), math.log(D), 0, 0])),
+                               ("batch", self.batch_law(D), np.array([0, 0, 0, 1, math.log(D)]))):
+            sd = math.sqrt(max(float(g @ self.cov @ g), 0.0))
+            out[name] = {"estimate": float(value), "low": float(value * math.exp(-z * sd)),
+                         "high": float(value * math.exp(z * sd)), "level": level}
+        return out
 
 
 def fit_surface(N: Sequence[float], D: Sequence[float], lr: Sequence[float], batch: Sequence[float],
@@ -103,8 +120,13 @@ def fit_surface(N: Sequence[float], D: Sequence[float], lr: Sequence[float], bat
     if not (np.all(np.isfinite(res.x)) and abs(a0) < 700 and abs(b0) < 700) or 4 * wl * wb <= xc * xc:
         raise HparamError("the joint surface is not a bowl (no interior optimum): the runs do not bracket it")
     dof = max(1, len(rows) - n_cells - 8)
+    rms = float(np.sqrt(np.sum(res.fun ** 2) / dof))
+    try:  # Gauss–Newton covariance (the robust loss's Jacobian), scaled by the residual variance
+        cov = np.linalg.inv(res.jac.T @ res.jac)[:5, :5] * rms ** 2
+    except np.linalg.LinAlgError:
+        cov = None
     return SurfaceFit(LrLaw(math.exp(a0), float(a1), float(a2)), BatchLaw(math.exp(b0), float(b1)),
-                      float(wl), float(wb), float(xc), len(rows), n_cells, float(np.sqrt(np.sum(res.fun ** 2) / dof)))
+                      float(wl), float(wb), float(xc), len(rows), n_cells, rms, cov)
 
 
 def _start_from_best(logN, logD, x_lr, x_b, y, cell_of, n_cells) -> tuple[float, ...]:

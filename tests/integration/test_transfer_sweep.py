@@ -68,3 +68,5 @@ def test_proposal_uses_the_learned_laws(sweep):
     (p,) = outcome.fit.proposals
     assert p["hparams_from"] == "learned laws lr*(N, D), batch*(D)"
     assert p["lr"] > 0 and p["batch"] > 0 and p["N"] > 0
+    for name in ("lr", "batch"):  # the learned laws' own uncertainty at (N*, D*)
+        assert p["intervals"][name]["low"] < p[name] < p["intervals"][name]["high"]

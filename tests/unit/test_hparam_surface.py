@@ -64,3 +64,15 @@ def test_too_few_cells_or_one_batch_is_refused():
     runs = _runs((1e4, 1e5), (5, 20, 80), (0.5, 1, 2), (0.7, 1.4), noise=0.0)
     with pytest.raises(HparamError, match="3 batches"):
         fit_surface(*runs)
+
+
+def test_intervals_cover_the_truth_three_decades_out():
+    """90 % delta-method intervals of lr* and batch* at (3e7, 5e8), 2.5 decades beyond the runs."""
+    hits = {"lr": 0, "batch": 0}
+    for k in range(20):
+        fit = fit_surface(*_runs((1.4e4, 4.6e4, 1.4e5), (5, 20, 80), (1 / 3, 1, 3), (0.5, 1, 2), noise=0.002, seed=k))
+        iv = fit.intervals(3e7, 5e8, 0.9)
+        hits["lr"] += iv["lr"]["low"] <= WORLD.lr_star(3e7, 5e8) <= iv["lr"]["high"]
+        hits["batch"] += iv["batch"]["low"] <= WORLD.batch_star(5e8) <= iv["batch"]["high"]
+    # measured 0.97 / 0.92 over 60 seeds on a larger design; 20 draws of a 90 % interval: >= 14 (p < 0.01 below)
+    assert hits["lr"] >= 14 and hits["batch"] >= 14, hits

@@ -127,3 +127,14 @@ def test_resume_does_not_rerun_ended_trials(run):
     # the initial design came back whole from the earlier run; law points were matched as re-planned
     matched = [t for t in again.handed if t.trial_id in ended]
     assert any(again._where[t.trial_id][1] == LAW_POINT for t in matched)
+
+
+def test_learned_point_has_honest_intervals(run):
+    """The surface's delta-method intervals at the target optimum: they bracket the estimate and are
+    neither empty nor absurd (coverage of the truth is measured in test_hparam_surface)."""
+    _, pl, _ = run
+    (est,) = pl.estimate()
+    iv = pl.hparam_intervals(est["N"], est["D"], 0.9)
+    for name in ("lr", "batch"):
+        assert iv[name]["low"] < est[name] < iv[name]["high"]
+        assert 1.01 < iv[name]["high"] / iv[name]["low"] < 4.0
