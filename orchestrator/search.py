@@ -44,8 +44,8 @@ import numpy as np
 from .laws.chinchilla import ChinchillaFit, fit_chinchilla, frontier_samples
 from .laws.hparam_surface import fit_surface
 from .laws.hparams import BatchLaw, HparamError, LrLaw
-from .planner import WAIT, PlannedTrial, plan_grid, plan_trial
-from .spec import SearchSpec, SweepSpec
+from .planner import WAIT, PlannedTrial, plan_grid, plan_trial, trial_resources
+from .spec import SearchSpec, SpecError, SweepSpec
 
 Point = tuple[int, int]  # (lr index, batch index) in a cell's lattice
 _UNKNOWN = ("failed", "budget")  # outcomes that say nothing about the loss at a point
@@ -207,7 +207,8 @@ class LawGuidedPlanner:
         elif self.transfer:
             # The initial design's sizes search a lattice with the ladder's batches; the others keep
             # the spec's (their lattice is only a fallback: they run at the learned point).
-            init, ladder = set(sizes[: self.config.init_sizes]), batch_ladder(spec, self.config.batch_ladder)
+            init = set(sizes[: self.config.init_sizes])
+            ladder = [b for b in batch_ladder(spec, self.config.batch_ladder) if _fits(spec, init, b)]
             self.trials = [t for t in plan_grid(spec, ladder) if t.n_target in init] + \
                 [t for t in plan_grid(spec) if t.n_target not in init]
         else:
@@ -438,8 +439,7 @@ class LawGuidedPlanner:
             return
         start = min(pts, key=lambda p: (abs(p[1] - j), abs(math.log(cell.lrs[p[0]] / lr)), p))
         cell.start, cell.start_from = start, self._law_source()
-        if self.transfer and cell.key not in self._init_keys:
-            self._law_point(cell, lr, batch)
+        if self.transfer and cell.key not in self._init_keys and self._law_point(cell, lr, batch):
             return
         square = self.config.neighbourhood == "square"
         cell.queue = [start] + cell.neighbours(start, square)
@@ -447,13 +447,19 @@ class LawGuidedPlanner:
         for q in cell.queue[1:]:
             cell.why[q] = "neighbour of the law's point (local-minimum certificate)"
 
-    def _law_point(self, cell: _Cell, lr: float, batch: float) -> None:
+    def _law_point(self, cell: _Cell, lr: float, batch: float) -> bool:
         """Transfer: the cell's one run, at the learned (lr*, batch*); its lattice is the fallback
-        should that run diverge (searched from the lattice point nearest the law's, lower lr first)."""
+        should that run diverge (searched from the lattice point nearest the law's, lower lr first)
+        or not fit the cluster's resources (False: search the lattice, whose shapes were checked)."""
         seq = self.spec.model.seq_len
         b = max(_min_batch(self.spec), int(round(batch / seq)) * seq)
         any_t = next(iter(cell.trials.values()))
-        t = plan_trial(self.spec, any_t.n_target, cell.key[1], float(f"{lr:.4g}"), b, any_t.seed)
+        try:
+            t = plan_trial(self.spec, any_t.n_target, cell.key[1], float(f"{lr:.4g}"), b, any_t.seed)
+        except SpecError as exc:
+            cell.open_info = {**cell.open_info, "law_point_refused": str(exc)}
+            cell.start_from += f" (the law's batch {b} does not fit: lattice search)"
+            return False
         cell.trials[LAW_POINT] = t
         self._where[t.trial_id] = (cell, LAW_POINT)
         self.trials.append(t)
@@ -461,6 +467,7 @@ class LawGuidedPlanner:
         cell.queue = [LAW_POINT]
         cell.why[LAW_POINT] = (f"transfer: the learned law's point lr*={lr:.3g}, batch*={batch:.0f} "
                                f"(run at batch {b}; {self._law_source()})")
+        return True
 
     # ---- choosing cells --------------------------------------------------------------------
     def _choose_cell(self) -> Union[tuple[_Cell, dict[str, Any]], str, None]:
@@ -726,6 +733,16 @@ def _min_batch(spec: SweepSpec) -> int:
     workers = max((w for w in (spec.resources.settings(n)["workers"][0] for n in spec.model.sizes())
                    if w != "auto"), default=1)
     return seq * workers
+
+
+def _fits(spec: SweepSpec, sizes: Iterable[int], batch: int) -> bool:
+    """Whether trials of these sizes at `batch` pass the resource check (`planner.trial_resources`)."""
+    try:
+        for n in sizes:
+            trial_resources(spec, n, batch)
+    except SpecError:
+        return False
+    return True
 
 
 def batch_ladder(spec: SweepSpec, factor: float) -> list[int]:

@@ -138,3 +138,21 @@ def test_learned_point_has_honest_intervals(run):
     for name in ("lr", "batch"):
         assert iv[name]["low"] < est[name] < iv[name]["high"]
         assert 1.01 < iv[name]["high"] / iv[name]["low"] < 4.0
+
+
+def test_a_law_point_that_does_not_fit_falls_back_to_the_lattice(monkeypatch):
+    """A learned batch the cluster cannot run (SpecError from the resource check): the cell is
+    searched on its lattice (checked before launch) instead, and the search still ends."""
+    import orchestrator.search as search
+    from orchestrator.spec import SpecError
+
+    def refuse(*args, **kwargs):
+        raise SpecError("resources: does not fit (test)")
+
+    monkeypatch.setattr(search, "plan_trial", refuse)
+    spec = _spec(0)
+    pl = LawGuidedPlanner(spec, seed=0, config=spec.search)
+    replay(pl, _lookup(spec), concurrency=8)
+    later = [c for c in pl.cells if c.state != "closed" and c.key not in pl._init_keys]
+    assert later and all(LAW_POINT not in c.trials and "does not fit" in c.start_from for c in later)
+    assert all(c.runs >= 1 for c in later) and pl.stopped
