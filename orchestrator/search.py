@@ -21,15 +21,17 @@ last report (None when it failed). The candidates are the spec's grid; the searc
    cost (the ensemble-Kalman gain Cov(q, f)² / (Var f + σ²) computed from the replicates, f the
    candidate's predicted log loss; cells still being searched are conditioned on first).
    Cells whose probability of lying near the frontier is below `prune_below` are skipped.
+4. **Stop** when, at every target, the `level` intervals of N*(C) and L*(C) are narrower (relative
+   width) than `tolerance` and `loss_tolerance`, or when the budget, `max_trials` or the cells run out.
+
 With `strategy: transfer` the initial design is the whole calibration: it covers every cell of
 the `init_sizes` smallest sizes, on a batch lattice extended by `batch_ladder` (so each cell's
 batch optimum is bracketed, not only its lr), and every cell opened after it runs **once**, at
 the (lr*, batch*) the laws predict for it (off the spec's lattice: a learned point, not a
 lattice neighbour). Small models are cheap, so learning the laws there and transferring them
-up costs a fraction of searching every cell; the laws are fitted on the searched cells only.
-
-4. **Stop** when, at every target, the `level` intervals of N*(C) and L*(C) are narrower (relative
-   width) than `tolerance` and `loss_tolerance`, or when the budget, `max_trials` or the cells run out.
+up costs a fraction of searching every cell; the laws are fitted on the searched cells only, as
+one bowl shared by every run (`laws.hparam_surface`), and the search stops on the regret risk of
+its proposal (`regret_tolerance`).
 
 Every hand-out and the stop are explained in `decisions` (docs/search.md).
 """
@@ -42,7 +44,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .laws.chinchilla import ChinchillaFit, fit_chinchilla, frontier_samples
-from .laws.hparam_surface import fit_surface
+from .laws.hparam_surface import SurfaceFit, fit_surface
 from .laws.hparams import BatchLaw, HparamError, LrLaw
 from .planner import WAIT, PlannedTrial, plan_grid, plan_trial, trial_resources
 from .spec import SearchSpec, SpecError, SweepSpec
@@ -233,6 +235,8 @@ class LawGuidedPlanner:
         self._fit_error: Optional[str] = None
         self._streak = 0
         self._resumed: dict[str, Optional[Mapping[str, Any]]] = {}  # ended trials not planned yet
+        self._law_cells, self._law_kind = (0, 0), ""  # where the hyperparameter laws came from
+        self._surface: Optional[SurfaceFit] = None  # transfer: the joint fit behind the laws
 
     # ---- the planner interface -------------------------------------------------------------
     @property
@@ -660,7 +664,7 @@ class LawGuidedPlanner:
         self.lr_law = LrLaw(float(math.exp(c)), float(a), float(b))
         self.batch_law = BatchLaw(float(math.exp(cb)), float(db))
         self._law_cells = (len(lr_rows), len(b_rows))
-        self._law_kind = "ridge over cell optima"
+        self._surface = None  # until the joint fit below succeeds on these cells
         if self.transfer:
             self._fit_surface([r[0] for r in rows], (c, a, b, cb, db))
 
@@ -677,8 +681,7 @@ class LawGuidedPlanner:
 
     def hparam_intervals(self, N: float, D: float, level: float = 0.9) -> Optional[dict[str, dict[str, float]]]:
         """Intervals of lr*, batch* at (N, D) when the laws come from the joint surface (transfer)."""
-        surface = getattr(self, "_surface", None)
-        return surface.intervals(N, D, level) if surface is not None else None
+        return self._surface.intervals(N, D, level) if self._surface is not None else None
 
     def predict_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
         """lr*(N, D) and batch*(D) from the laws learned so far (None, None before there are any)."""
@@ -687,10 +690,9 @@ class LawGuidedPlanner:
         return float(self.lr_law(N, D)), float(self.batch_law(D))
 
     def _law_source(self) -> str:
-        n_lr, n_b = getattr(self, "_law_cells", (0, 0))
-        kind = getattr(self, "_law_kind", "")
-        if kind.startswith("one bowl"):
-            return f"laws from {kind}"
+        if self._surface is not None:
+            return f"laws from {self._law_kind}"
+        n_lr, n_b = self._law_cells
         return f"lr law from {n_lr}, batch law from {n_b} resolved cells"
 
     # ---- bookkeeping -----------------------------------------------------------------------
