@@ -31,6 +31,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from .helper_process import HelperProcess
+
 log = logging.getLogger(__name__)
 
 # MLflow's limits (mlflow.utils.validation); values longer than these are truncated here
@@ -108,6 +110,7 @@ class SweepTracker:
         buffer_dir: str | Path | None = None,
         sync_timeout_s: float = 10.0,
         max_backoff_s: float = 30.0,
+        client_process: Optional[bool] = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -134,7 +137,13 @@ class SweepTracker:
             # whatever the user configured.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        self._client = MlflowClient(tracking_uri)
+        # A SQLite store's calls run in a helper process (orchestrator.helper_process: its
+        # SQLAlchemy work, ~5-10 ms of Python per call, would hold the driver's GIL against
+        # Tune's event loop); None = only for SQLite (an HTTP client's calls are light).
+        if client_process is None:
+            client_process = db is not None
+        self._client = (HelperProcess("mlflow.tracking:MlflowClient", tracking_uri, name="mlflow-client")
+                        if client_process else MlflowClient(tracking_uri))
 
         self._cond = threading.Condition()
         self._inbox: deque[dict[str, Any]] = deque()  # filled by callers
@@ -359,6 +368,8 @@ class SweepTracker:
             self._stopping = True
         self._wake.set()
         self._thread.join(timeout=max(5.0, timeout))
+        if isinstance(self._client, HelperProcess) and not self._thread.is_alive():
+            self._client.close()
         left = self.pending
         if left:
             log.warning(
