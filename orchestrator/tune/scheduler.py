@@ -26,8 +26,16 @@ class PrunerScheduler(FIFOScheduler):
     """Stops a trial when the pruner says so; ``on_decision(trial_id, decision)`` records every stop."""
 
     def __init__(self, config: PruneConfig = PruneConfig(), on_decision: Optional[OnDecision] = None,
-                 pruner: Optional[Pruner] = None, background: bool = True, max_backlog: int = 8):
+                 pruner: Optional[Pruner] = None, background: bool = True, max_backlog: int = 8,
+                 process: Optional[bool] = None):
         super().__init__()
+        # process: the pure Pruner runs in a helper process (orchestrator.tune.pruner_process), so
+        # its fits do not hold the driver's GIL against Tune's event loop; same calls, same
+        # decisions. None = when it runs in the background and no pruner is given.
+        if pruner is None and (process if process is not None else background):
+            from .pruner_process import ProcessPruner
+
+            pruner = ProcessPruner(config)
         self.pruner = pruner or Pruner(config)
         self.on_decision = on_decision
         self.metas: dict[str, TrialMeta] = {}
