@@ -84,12 +84,25 @@ def test_overhead_quick(tmp_path):
     assert set(doc["arms"]) == {"scalesweep", "asha"}
     for arm in doc["arms"].values():
         assert arm["trials_ended"] == arm["trials_requested"] > 0
-        assert arm["reports"] >= arm["trials_ended"]
+        assert arm["trials_ended"] <= arm["reports"] <= arm["reports_planned"]  # a stopped trial sends fewer
         assert arm["latency"]["planner.suggest"]["calls"] == arm["trials_requested"]
         assert arm["latency"]["callback.on_trial_result"]["calls"] == arm["reports"]
         assert math.isfinite(arm["latency"]["callback.on_trial_result"]["p99_us"])
-        assert arm["peak_rss_mb"] > 0
+        assert arm["peak_rss_mb"] > 0 and arm["driver_cpu_s"] > 0
+        assert arm["helpers"]["mlflow"]["cpu_s"] > 0  # MLflow's SQLite calls ran in its helper process
     # Tune skips the scheduler on a trial's final (done) report, so ASHA sees fewer calls than reports.
     asha = doc["arms"]["asha"]
+    assert asha["trials_requested"] == doc["asha_trials"] < doc["trials"]
     assert 0 < asha["latency"]["scheduler.on_trial_result"]["calls"] <= asha["reports"]
-    assert doc["store"]["append_rows_per_s"] > 0 and doc["store"]["rows_read"] == doc["store"]["rows"]
+    # Ours: the pruner saw every report (in its helper process); the shadow ASHA got the same calls
+    # until it would have stopped a trial.
+    ours = doc["arms"]["scalesweep"]
+    assert ours["scheduler"] == "PrunerScheduler" and ours["shadow"]
+    assert 0 < ours["latency"]["pruner.on_report"]["calls"] <= ours["reports"]
+    assert 0 < ours["latency"]["shadow.on_trial_result"]["calls"] <= ours["latency"]["scheduler.on_trial_result"]["calls"]
+    assert ours["helpers"]["pruner"]["cpu_s"] > 0
+    assert ours["timeline"] and ours["timeline"][-1]["trials_ended"] <= ours["trials_ended"]
+    assert doc["prefix"]["trials"] == asha["trials_ended"]
+    store = doc["store"]
+    assert store["append_rows_per_s"] > 0 and store["rows_read"] == store["rows"]
+    assert store["fsync"]["rows_read"] == store["fsync"]["rows"]
