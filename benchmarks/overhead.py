@@ -16,8 +16,8 @@ simulated backend, `reuse_actors=True`, `concurrency` trials at once, run_sweep'
 
 Timed per call in the driver: `planner.suggest` (planner decision per trial),
 `scheduler.on_trial_result` (what Tune's loop waits for per report), `pruner.on_report` (the
-pruner's own work per report, measured on the scheduler's worker thread around the call to its
-helper), `shadow.on_trial_result` (ASHA's decision per report), `callback.on_trial_result`
+pruner's own work per report, timed inside its helper process; `pruner_call.*` are the worker
+thread's round trips to it, a run of queued reports per call), `shadow.on_trial_result` (ASHA's decision per report), `callback.on_trial_result`
 (store + MLflow per report), and the `on_trial_complete` of each. Plus peak RSS and CPU time of
 the driver and of its helper processes, a timeline (trials ended, seconds, RSS), and, separately,
 `ObservationStore.append` rows/s. If an arm hits its time limit, its figures cover the trials that
@@ -103,13 +103,17 @@ class TimedSweepCallback(SweepCallback):
 
 
 class TimedProcessPruner(ProcessPruner):
-    """The pruner in its helper process; each call timed on the scheduler's worker thread (round trip)."""
+    """The pruner in its helper process; each call (a batch of reports) timed on the scheduler's worker
+    thread, round trip included (the pruner's own seconds per call are timed in the helper)."""
 
     def on_report(self, *args, **kwargs):
-        return _timed("pruner.on_report", super().on_report, *args, **kwargs)
+        return _timed("pruner_call.on_report", super().on_report, *args, **kwargs)
+
+    def on_reports(self, batch):
+        return _timed("pruner_call.on_reports", super().on_reports, batch)
 
     def on_complete(self, *args, **kwargs):
-        return _timed("pruner.on_complete", super().on_complete, *args, **kwargs)
+        return _timed("pruner_call.on_complete", super().on_complete, *args, **kwargs)
 
 
 def _timed_scheduler(base: type, label: str) -> type:
@@ -285,7 +289,7 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
 
             shadow = ASHAScheduler(metric="eval_loss", mode="min")
         scheduler = _timed_scheduler(PrunerScheduler, "scheduler.on_trial_result")(
-            PruneConfig(), pruner=TimedProcessPruner(PruneConfig()), shadow=shadow)
+            PruneConfig(), pruner=TimedProcessPruner(PruneConfig(), timed=True), shadow=shadow)
         sched_label = "PrunerScheduler"
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"CPU": cpus / concurrency}),
@@ -312,6 +316,9 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     if tracker is not None:
         helpers["mlflow"] = _proc_usage(getattr(tracker._client, "pid", None))
     predictions = pruner.n_predictions if pruner is not None else None
+    if pruner is not None:  # the pruner's own seconds per call, measured in its helper
+        for name, xs in (pruner.timings() or {}).items():
+            TIMINGS[f"pruner.{name}"] = xs
     store.flush()
     mlflow_backlog = tracker.pending if tracker is not None else 0
     t1 = time.perf_counter()

@@ -85,15 +85,39 @@ class PrunerScheduler(FIFOScheduler):
         return n
 
     def _work(self) -> None:
+        batched = hasattr(self.pruner, "on_reports")  # a pruner in a helper process: one round trip per run
         while True:
-            op = self._ops.get()
-            try:
-                self._apply(op)
-            except Exception:  # the pruner must never take the sweep down
-                log.exception("pruner: %s failed for %s", op[0], op[1])
-            with self._done_cv:
-                self._processed += 1
-                self._done_cv.notify_all()
+            ops = [self._ops.get()]
+            while batched and len(ops) < 64:  # whatever else is queued (at most the backlog)
+                try:
+                    ops.append(self._ops.get_nowait())
+                except queue.Empty:
+                    break
+            i = 0
+            while i < len(ops):
+                j = i + 1
+                if batched and ops[i][0] == "report":
+                    while j < len(ops) and ops[j][0] == "report":
+                        j += 1
+                try:
+                    if j - i > 1:
+                        self._apply_reports(ops[i:j])
+                    else:
+                        self._apply(ops[i])
+                except Exception:  # the pruner must never take the sweep down
+                    log.exception("pruner: %s failed for %s", ops[i][0], ops[i][1])
+                with self._done_cv:
+                    self._processed += j - i
+                    self._done_cv.notify_all()
+                i = j
+
+    def _apply_reports(self, ops: list[tuple]) -> None:
+        """Consecutive reports in one call (same order, same decisions as one `_apply` each)."""
+        decisions = self.pruner.on_reports([(op[1], op[2], op[3]) for op in ops])
+        for op, decision in zip(ops, decisions):
+            if decision.stops:
+                with self._done_cv:
+                    self._ready[op[1]] = decision
 
     def _apply(self, op: tuple) -> None:
         kind, tid = op[0], op[1]

@@ -91,3 +91,59 @@ def test_process_pruner_decides_as_the_in_process_pruner():
         assert math.isclose(restored.config.margin, local.config.margin)
     finally:
         remote.close()
+
+
+class _TuneTrial:
+    def __init__(self, cfg: TrialConfig):
+        self.trial_id = cfg.trial_id
+        self.config = {"trial": cfg.to_dict()}
+
+
+def test_scheduler_with_the_pruner_in_a_helper_stops_what_the_inline_one_stops():
+    from ray.tune.schedulers import TrialScheduler
+
+    from orchestrator.tune.scheduler import PrunerScheduler
+
+    lrs = (0.004, 0.0004, 0.002, 0.00005, 0.04, 0.0001)
+    cfgs = [TrialConfig(trial_id=f"t{i}", n_params=100_000, tokens=1_500_000, lr=lr, batch_tokens=2048,
+                        schedule=Schedule(kind="cosine"), eval_every=10, seed=1) for i, lr in enumerate(lrs)]
+    world = load_world("tiny")
+
+    def run(sched):
+        out = {}
+        try:
+            pairs = [cfgs[:2], cfgs[2:4], cfgs[4:]]  # two trials at a time, reports interleaved
+            for pair in pairs:
+                reps = {}
+                for c in pair:
+                    reps[c.trial_id] = []
+                    train(c, reps[c.trial_id].append, world)
+                    sched.on_trial_add(None, _TuneTrial(c))
+                live = {c.trial_id: _TuneTrial(c) for c in pair}
+                for k in range(max(len(r) for r in reps.values())):
+                    for tid, t in list(live.items()):
+                        if k >= len(reps[tid]):
+                            continue
+                        rep = {**reps[tid][k], "training_iteration": k + 1}
+                        if k == len(reps[tid]) - 1:
+                            sched.on_trial_complete(None, t, rep)
+                            del live[tid]
+                        elif sched.on_trial_result(None, t, rep) == TrialScheduler.STOP:
+                            out[tid] = k
+                            sched.on_trial_complete(None, t, rep)
+                            del live[tid]
+            if hasattr(sched, "drain"):
+                sched.drain()
+            return out, {tid: d.reason for tid, d in sched.decisions.items()}
+        finally:
+            close = getattr(sched.pruner, "close", None)
+            if close:
+                close()
+
+    inline = run(PrunerScheduler(PruneConfig(), background=False))
+    helper = PrunerScheduler(PruneConfig())  # background, the pruner in a helper process
+    assert type(helper.pruner).__name__ == "ProcessPruner"
+    stopped, reasons = run(helper)
+    assert reasons == inline[1] and reasons  # the same trials stopped for the same reasons
+    # a stop reached in the background is applied at a later report of the trial (within the backlog)
+    assert all(inline[0][t] <= stopped.get(t, 10**9) for t in inline[0])
