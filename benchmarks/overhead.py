@@ -501,8 +501,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                     help="scalesweep arm's Tuner time budget (0 = none); trials beyond it are extrapolated")
     ap.add_argument("--eval-every", type=int, default=EVAL_EVERY, help="steps between a trial's evaluations (reports)")
     ap.add_argument("--asha-trials", type=int, default=1000, help="trials of the full ASHA Tuner arm (the grid's first)")
-    ap.add_argument("--asha-time-limit-s", type=float, default=120.0, help="ASHA arm's Tuner time budget (0 = none)")
-    ap.add_argument("--arms", default="scalesweep,asha", help="comma list of scalesweep, asha")
+    ap.add_argument("--asha-time-limit-s", type=float, default=60.0, help="ASHA arm's Tuner time budget (0 = none)")
+    ap.add_argument("--arms", default="asha,scalesweep", help="comma list of asha, scalesweep (run in this order)")
     ap.add_argument("--store-rows", type=int, default=200_000, help="rows for the store append benchmark")
     ap.add_argument("--no-mlflow", action="store_true", help="leave MLflow out of the callback")
     ap.add_argument("--no-shadow", action="store_true",
