@@ -13,6 +13,7 @@ import queue
 import threading
 from typing import Any, Callable, Optional
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from ..pruner import Decision, PruneConfig, Pruner, TrialMeta
@@ -39,6 +40,7 @@ class PrunerScheduler(FIFOScheduler):
         self.pruner = pruner or Pruner(config)
         self.on_decision = on_decision
         self.metas: dict[str, TrialMeta] = {}
+        self._order: dict[str, int] = {}  # Tune trial id -> position added (FIFO order)
         self.last: dict[str, dict[str, float]] = {}
         self.decisions: dict[str, Decision] = {}  # trial id -> the decision that ended it
         # background: the pruner runs on a worker thread, off Tune's event loop (its curve-law
@@ -69,6 +71,7 @@ class PrunerScheduler(FIFOScheduler):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_order", {})
         self._init_worker()
 
     # ------------------------------------------------------------------ worker
@@ -159,7 +162,26 @@ class PrunerScheduler(FIFOScheduler):
         return self.metas[tid]
 
     def on_trial_add(self, tune_controller, trial) -> None:
+        self._order.setdefault(trial.trial_id, len(self._order))
         self._meta(trial)
+
+    def choose_trial_to_run(self, tune_controller):
+        """FIFOScheduler's choice (the first PENDING trial in the order added, else the first PAUSED one),
+        looked up among Tune's live trials only.
+
+        FIFOScheduler scans every trial of the experiment, twice, at every step of Tune's loop: at
+        thousands of trials that was the largest single cost of the driver. PENDING and PAUSED
+        trials are always live, so the choice is the same.
+        """
+        live = getattr(tune_controller, "get_live_trials", None)
+        if live is None:
+            return super().choose_trial_to_run(tune_controller)
+        trials = live()
+        for status in (Trial.PENDING, Trial.PAUSED):
+            found = [t for t in trials if t.status == status]
+            if found:
+                return min(found, key=lambda t: self._order.get(t.trial_id, math.inf))
+        return None
 
     def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
         if not self.background:

@@ -62,3 +62,38 @@ def test_background_and_inline_reach_the_same_decisions():
     (bg_step, bg_reason), (inline_step, inline_reason) = run(True), run(False)
     assert bg_reason == inline_reason == "planted"
     assert inline_step == 50 and 50 < bg_step <= 50 + 8  # applied at a later result, within the backlog
+
+
+def test_choose_trial_to_run_is_fifos_choice_among_live_trials():
+    import random
+
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import FIFOScheduler
+
+    class _T:
+        def __init__(self, tid):
+            self.trial_id, self.status, self.config = tid, Trial.PENDING, {}
+
+    class _Controller:
+        def __init__(self, trials):
+            self.trials = trials
+
+        def get_trials(self):
+            return self.trials
+
+        def get_live_trials(self):  # Tune's set of trials not terminated (order not kept)
+            live = [t for t in self.trials if t.status != Trial.TERMINATED]
+            random.shuffle(live)
+            return set(live)
+
+    rng = random.Random(0)
+    ours = PrunerScheduler(PruneConfig(), background=False)
+    trials = []
+    for step in range(300):
+        t = _T(f"t{step}")
+        trials.append(t)
+        ours.on_trial_add(None, t)
+        for u in rng.sample(trials, min(len(trials), 3)):  # statuses move on as in a sweep
+            u.status = rng.choice([Trial.PENDING, Trial.RUNNING, Trial.PAUSED, Trial.TERMINATED, Trial.ERROR])
+        ctrl = _Controller(trials)
+        assert ours.choose_trial_to_run(ctrl) is FIFOScheduler().choose_trial_to_run(ctrl)
