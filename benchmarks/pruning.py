@@ -11,7 +11,8 @@ trials started cheapest first, reports arriving at their simulated wall time (th
 ``step_time_s``), a stopped trial frees its slot at once. So every method sees reports in the
 order a real Tune run would deliver them, and one that stops early also changes what runs when.
 
-- ours: ``orchestrator.pruner.Pruner`` (default PruneConfig; TrialMeta from the trial config);
+- ours: ``orchestrator.pruner.Pruner`` (default PruneConfig; TrialMeta from the trial config), and
+  the same without its paired rule (``paired_grace`` 0.99: the law-prediction rules alone);
 - ASHA: Ray Tune's ``AsyncHyperBandScheduler`` with its defaults (time_attr training_iteration,
   grace_period 1, reduction_factor 4, 1 bracket) except ``max_t``, set to the longest trial's
   report count (the default 100 would cut every longer trial at 100 reports); its
@@ -253,6 +254,18 @@ def _lost(trials, stopped, key) -> tuple[int, int]:
     return sum(stopped[w.trial_id] is not None for w in groups.values()), len(groups)
 
 
+def _stops_by(decisions: dict[str, Any]) -> dict[str, int]:
+    """How ours ended the trials it ended: diverged, paired (calibrated or not), or a law prediction."""
+    out: dict[str, int] = {}
+    for d in decisions.values():
+        p = d.prediction
+        key = d.action if d.action != "stop" else (
+            ("paired (calibrated)" if p.get("calibrated") else "paired (uncalibrated)") if p.get("mode") == "paired"
+            else "law prediction")
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
 def run(world: str, seeds: int, concurrency: int) -> dict[str, Any]:
     """Every method on every seed's sweep, side by side."""
     rows: dict[str, list[dict]] = {}
@@ -262,8 +275,8 @@ def run(world: str, seeds: int, concurrency: int) -> dict[str, Any]:
         trials = make_sweep(world, seed)
         max_t = max(len(t.reports) for t in trials)
         methods = [Method(), OurPruner(PruneConfig(seed=seed)),
-                   OurPruner(PruneConfig(seed=seed, margin=0.01), name="ours (margin 1%)"), Asha(max_t), OptunaPruner("median", seed),
-                   OptunaPruner("hyperband", seed)]
+                   OurPruner(PruneConfig(seed=seed, paired_grace=0.99), name="ours (no paired rule)"),
+                   Asha(max_t), OptunaPruner("median", seed), OptunaPruner("hyperband", seed)]
         for m in methods:
             np.random.seed(seed)  # ASHA draws its bracket with np.random
             t0 = time.perf_counter()
@@ -272,6 +285,7 @@ def run(world: str, seeds: int, concurrency: int) -> dict[str, Any]:
             rows.setdefault(m.name, []).append(res)
             if m.name == "ours":
                 latency += m.report_s
+                res["stops_by"] = _stops_by(m.decisions)
                 for tid, d in list(m.decisions.items())[:3]:
                     examples.append({"trial": tid, **d.summary()})
     summary = {}
@@ -311,6 +325,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<18}{s['compute_saved_mean']:>11.1%}{s['compute_saved_min']:>11.1%}{s['stopped']:>9}"
               f"{s['winners_lost_cell']:>7}/{s['cells']:<4}{s['winners_lost_compute']:>5}/{s['budgets']:<3}"
               f"{s['seconds']:>8.1f}")
+    for i, r in enumerate(out["per_seed"]["ours"]):
+        print(f"ours, seed {i}: saved {r['compute_saved']:.1%}, winners lost {r['winners_lost_cell']}/{r['cells']}; "
+              f"stops by {r['stops_by']}")
     lat = out["ours_report_latency_s"]
     print(f"ours: per-report latency mean {lat['mean'] * 1e3:.2f} ms, p50 {lat['p50'] * 1e3:.3f} ms, "
           f"p99 {lat['p99'] * 1e3:.1f} ms, max {lat['max'] * 1e3:.0f} ms over {lat['reports']} reports")

@@ -319,10 +319,13 @@ class PruningSpec(_Strict):
     """Online early stopping of hopeless trials (docs/pruning.md); a Ray Tune scheduler over a pure rule."""
 
     enabled: bool = Field(False, description="stop hopeless trials early (off by default until validated on real-trainer sweeps)")
-    margin: float = Field(0.02, ge=0, description="relative: stop when the prediction's low end > the reference's high end x (1 + margin)")
-    grace: float = Field(0.3, ge=0, lt=1, description="never predict (or stop) before this fraction of the planned steps")
-    min_reports: int = Field(2, ge=1, description="consecutive fresh predictions (or exploding reports) needed to stop")
-    level: float = Field(0.9, gt=0, lt=1, description="central level of both intervals (trial prediction, frontier)")
+    margin: float = Field(0.02, ge=0, description="relative, frontier and same-cell rules: stop when the prediction's low end > the reference's high end x (1 + margin)")
+    grace: float = Field(0.3, ge=0, lt=1, description="no final-loss prediction (or stop by one) before this fraction of the planned steps")
+    paired_grace: float = Field(0.1, ge=0, lt=1, description="no paired comparison (same cell and schedule shape) before this fraction of the planned steps")
+    paired_margin: float = Field(0.0, ge=0, description="relative margin of the paired rule: stop when its lower end of the final-loss ratio > 1 + paired_margin")
+    paired_prior: float = Field(0.03, ge=0, description="paired rule, until enough pairs of the sweep have completed to calibrate it: extra allowance (log ratio) besides the trend one")
+    min_reports: int = Field(2, ge=1, description="consecutive fresh predictions (paired: reports; or exploding reports) needed to stop")
+    level: float = Field(0.9, gt=0, lt=1, description="level of the intervals (trial prediction, frontier, paired ratio and its calibration)")
     law: Literal["multipower", "annealing"] = Field("multipower", description="loss-curve law used for the final-loss prediction")
     metric: Literal["eval_loss", "train_loss"] = Field("eval_loss", description="loss that is predicted")
     divergence_factor: float = Field(1.5, gt=1, description="loss above this factor x the trial's running minimum counts as exploding")

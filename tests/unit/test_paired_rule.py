@@ -1,0 +1,252 @@
+"""The paired rule: runs of one (N, D) cell and schedule compared by their loss ratio, its allowance
+calibrated on the sweep's own completed pairs; planted truth (simulated world) and real curves."""
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestrator.pruner import STOP, PruneConfig, Pruner, TrialMeta, _overshoot, _z
+from trainers.contract import Schedule, TrialConfig
+from trainers.simulated import train
+from trainers.worlds import load_world
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+LRSWEEP = DATA / "lrsweep" / "curves.csv"
+WORLD = load_world("tiny")
+# The law-based rules are tested in test_pruner.py; here only the paired rule may stop a run.
+PAIRED_ONLY = dict(grace=0.99)
+
+
+def complete(p: Pruner, runs: dict) -> None:
+    """Completed runs (full curves) given to the pruner, as a running sweep has them."""
+    for tid, (meta, reps) in runs.items():
+        loss = [r["eval_loss"] for r in reps]
+        if all(math.isfinite(x) for x in loss):
+            p.on_complete(tid, loss[-1], ([r["step"] for r in reps], loss), meta=meta)
+
+
+def live(p: Pruner, runs: dict) -> dict:
+    """Feed the runs' reports in lockstep; trial -> its stop decision.
+
+    A run's last report completes it without a decision (at grace 0.99 it would otherwise start a
+    slow prefix-only law fit, which this file does not test).
+    """
+    stopped = {}
+    for k in range(max(len(r) for _, r in runs.values())):
+        for tid, (meta, reps) in runs.items():
+            if tid in stopped or k >= len(reps):
+                continue
+            if k == len(reps) - 1:
+                if math.isfinite(reps[k]["eval_loss"]):
+                    curve = ([r["step"] for r in reps], [r["eval_loss"] for r in reps])
+                    p.on_complete(tid, reps[k]["eval_loss"], curve)
+                continue
+            d = p.on_report(tid, meta, reps[k])
+            if d.stops:
+                stopped[tid] = d
+    return stopped
+
+
+def finals(runs: dict) -> dict:
+    return {t: r[-1]["eval_loss"] for t, (_, r) in runs.items() if math.isfinite(r[-1]["eval_loss"])}
+
+
+# ------------------------------------------------------------------ real learning-rate sweeps
+def real_groups() -> dict:
+    """(N, schedule, steps) -> {trial: (meta, reports)}: GPT models trained on CPU (benchmarks.lr_sweep_curves)."""
+    rows = defaultdict(list)
+    with LRSWEEP.open() as fh:
+        for r in csv.DictReader(fh):
+            rows[(int(r["n_params"]), r["schedule"], float(r["lr"]), int(r["seed"]), int(r["total_steps"]),
+                  int(r["batch_tokens"]))].append(r)
+    groups: dict = defaultdict(dict)
+    for (N, kind, lr, seed, T, b), rs in rows.items():
+        cfg = TrialConfig(trial_id=f"N{N}-{kind}-lr{lr:.3g}-s{seed}", n_params=N, tokens=T * b, lr=lr,
+                          batch_tokens=b, schedule=Schedule(kind=kind), seed=seed)
+        meta = TrialMeta.from_trial_config(cfg)
+        assert meta.total_steps == T
+        reps = [{"step": float(r["step"]), "train_loss": float(r["train_loss"]), "eval_loss": float(r["eval_loss"])}
+                for r in sorted(rs, key=lambda r: int(r["step"]))]
+        groups[(N, kind, T)][cfg.trial_id] = (meta, reps)
+    return dict(groups)
+
+
+@pytest.fixture(scope="module")
+def real():
+    return real_groups()
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_real_lr_sweeps_never_lose_their_winner(real, calibrated):
+    # Real curves cross: at 20-35 % of the steps the eventual winner trails a lower lr by up to
+    # 5 %, and a WSD decay moves a pair's ratio by up to 3.5 %. The rule must wait that out, with
+    # the trend allowance and prior before the sweep can calibrate, with the calibrated one after.
+    far_stopped = 0
+    for key, runs in real.items():
+        p = Pruner(PruneConfig(**PAIRED_ONLY))
+        if calibrated:  # the other groups of the sweep completed first
+            for other, r2 in real.items():
+                if other != key:
+                    complete(p, r2)
+            assert p._pair_allowance() is not None
+        stopped = live(p, runs)
+        f = finals(runs)
+        best = min(f.values())
+        for tid, d in stopped.items():
+            if d.action == STOP:
+                assert f[tid] > best * 1.01, (key, tid, d.reason)  # never the winner, nor a near-tie
+                assert d.prediction["calibrated"] is calibrated
+        far_stopped += sum(t in stopped for t in f if f[t] > 1.2 * best)
+    assert far_stopped >= 10  # and the far-off runs are stopped (they are 20-70 % worse)
+
+
+def test_real_calibration_learns_that_real_ratios_move(real):
+    # Calibrated on the real sweep, the allowance early in a run is large (curves cross), late small.
+    p = Pruner(PruneConfig(**PAIRED_ONLY))
+    for runs in real.values():
+        complete(p, runs)
+    A = p._pair_allowance()
+    assert A is not None and len(p._pair_pool) >= 50
+    assert A[15] > 0.04 and A[95] < A[15] / 2
+
+
+def test_real_same_config_other_seed(real):
+    # Two runs of one config that differ only in seed (at this scale their finals differ by up to
+    # 7 %): the better one is never stopped, with or without calibration; nor is either when they tie.
+    n = 0
+    for (N, kind, T), runs in real.items():
+        pair = {t: v for t, v in runs.items() if "lr0.01-" in t}
+        if len(pair) < 2:
+            continue
+        f = finals(pair)
+        better = min(f, key=f.get)
+        for calibrated in (False, True):
+            p = Pruner(PruneConfig(**PAIRED_ONLY))
+            if calibrated:
+                for other, r2 in real.items():
+                    if other != (N, kind, T):
+                        complete(p, r2)
+            stopped = live(p, pair)
+            assert better not in stopped, (N, kind)
+            if max(f.values()) < 1.01 * min(f.values()):
+                assert not stopped, (N, kind)
+        n += 1
+    assert n >= 5
+
+
+# ------------------------------------------------------------------ planted truth
+N1, D1, N2, D2, BATCH = 100_000, 2_000_000, 200_000, 4_000_000, 2048
+FACTORS = (1 / 30, 1 / 10, 1 / 3, 1.0, 3.0)
+
+
+def sim_cell(N: int, D: int, seed: int) -> dict:
+    lr_star = float(WORLD.lr_star(N, D))
+    runs = {}
+    for kind in ("cosine", "wsd"):
+        for f in FACTORS:
+            c = TrialConfig(trial_id=f"N{N}-{kind}-x{f:.3g}", n_params=N, tokens=D, lr=lr_star * f,
+                            batch_tokens=BATCH, schedule=Schedule(kind=kind), eval_every=max(1, D // BATCH // 60),
+                            seed=seed)
+            reps: list = []
+            train(c, reps.append, WORLD)
+            runs[c.trial_id] = (TrialMeta.from_trial_config(c), reps, c)
+    return runs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_planted_truth_losers_stop_early_and_the_winner_never(seed):
+    # A first cell completes (it calibrates the rule), then a second cell runs in lockstep: every
+    # run whose true (noise-free) final loss is > 3 % worse than its schedule's best is stopped by
+    # the calibrated paired rule before 25 % of its steps; the winner never is, nor a true tie
+    # (within 0.3 %), and every stopped run ends worse than the trial it was judged against.
+    first, second = sim_cell(N1, D1, seed), sim_cell(N2, D2, seed)
+    p = Pruner(PruneConfig(seed=seed, **PAIRED_ONLY))
+    complete(p, {t: (m, r) for t, (m, r, _) in first.items()})
+    assert p._pair_allowance() is not None
+    stopped = live(p, {t: (m, r) for t, (m, r, _) in second.items()})
+    f = finals({t: (m, r) for t, (m, r, _) in second.items()})
+    assert min(f, key=f.get) not in stopped
+    for kind in ("cosine", "wsd"):
+        truth = {t: WORLD.true_loss(N2, D2, c.lr, BATCH, c.schedule) for t, (_, _, c) in second.items()
+                 if c.schedule.kind == kind and t in f}
+        best = min(truth.values())
+        for t, v in truth.items():
+            if v > 1.03 * best:
+                d = stopped[t]
+                assert d.action == STOP and d.prediction["mode"] == "paired" and d.prediction["calibrated"]
+                assert d.prediction["fraction"] < 0.25, (t, d.reason)
+                assert d.prediction["ratio_low"] > 1 + p.config.paired_margin
+            elif v < 1.003 * best:
+                assert t not in stopped, (t, stopped[t].reason)
+    for t, d in stopped.items():
+        if d.action == STOP:
+            assert f[t] > f[d.prediction["reference_trial"]], (t, d.reason)
+
+
+def test_uncalibrated_rule_says_so_and_still_stops_a_far_off_run():
+    runs = {t: (m, r) for t, (m, r, _) in sim_cell(N1, D1, 0).items() if "cosine" in t}
+    p = Pruner(PruneConfig(**PAIRED_ONLY))
+    stopped = live(p, runs)
+    far = f"N{N1}-cosine-x{1 / 30:.3g}"  # ~20 % worse
+    d = stopped[far]
+    assert d.action == STOP and not d.prediction["calibrated"]
+    assert d.prediction["allowance"] >= p.config.paired_prior
+    assert "uncalibrated" in d.reason and "paired" in d.reason
+    assert 0.1 <= d.prediction["fraction"] < 0.5 and d.prediction["ratio"] > d.prediction["ratio_low"] > 1
+
+
+# ------------------------------------------------------------------ the calibration itself
+def test_allowance_is_the_conformal_quantile_of_completed_pairs():
+    p = Pruner(PruneConfig(level=0.9))
+    rng = np.random.default_rng(0)
+    pool = [np.full(101, v) for v in rng.permutation(np.arange(1, 20) / 100)]
+    p._pair_pool = pool[:8]
+    assert p._pair_allowance() is None  # 8 pairs cannot give a 90 % bound
+    p._pair_pool = pool[:9]
+    assert p._pair_allowance()[0] == max(v[0] for v in pool[:9])  # ⌈10·0.9⌉ = 9th of 9
+    p._pair_pool = pool
+    assert p._pair_allowance()[0] == pytest.approx(0.18)  # ⌈20·0.9⌉ = 18th of 19
+
+
+def test_overshoot_of_a_pair_whose_ratio_reverses():
+    # Planted: run a is 5 % worse than b until half way, then the gap closes to -2 % at the end.
+    T = 1000
+    s = np.arange(20.0, T + 1, 20.0)
+    gap = np.where(s <= 500, 0.05, 0.05 - 0.07 * (s - 500) / 500)
+    la = 1.0 + 0.0 * s
+    lb = la - gap
+    A = _overshoot(s, la, s, lb, 50, T, _z(0.9))
+    assert A[20] > 0.05  # from 20 % on, the bound said 'a is worse by 5 %', the end says 'better by 2 %'
+    assert A[99] < 0.01  # at the end there is nothing left to overshoot
+    # A pair with a constant ratio overshoots by nothing
+    B = _overshoot(s, la, s, la - 0.03, 50, T, _z(0.9))
+    assert np.nanmax(B[np.isfinite(B)]) <= 1e-12
+
+
+def test_pythia_noise_alone_never_stops_a_pair():
+    # Pythia 14M's single-step losses, split into two interleaved runs (same truth, independent
+    # step noise ~1 %): neither stops the other; a copy 8 % above is stopped by the paired rule.
+    from test_pythia_noise import DATA as PYTHIA, meta
+
+    rows = np.loadtxt(PYTHIA, delimiter="\t", skiprows=1)
+    steps, loss = rows[:, 1], rows[:, 0]
+    even = steps % 200 == 0
+    for shift, expect in ((0.0, set()), (0.08, {"b"})):
+        p = Pruner(PruneConfig(metric="train_loss", **PAIRED_ONLY))
+        m = meta()
+        a = list(zip(steps[even], loss[even]))
+        b = list(zip(steps[~even], loss[~even] * (1 + shift)))
+        stopped = set()
+        for (sa, la), (sb, lb) in zip(a, b):
+            if max(sa, sb) >= p.config.grace * m.total_steps:
+                break  # the paired rule's path; the law rules are test_pythia_noise.py's
+            for tid, s, v in (("a", sa, la), ("b", sb, lb)):
+                report = {"step": s, "train_loss": v, "eval_loss": math.nan}
+                if tid not in stopped and p.on_report(tid, m, report).stops:
+                    stopped.add(tid)
+        assert stopped == expect, shift
