@@ -17,8 +17,7 @@ log (`wal/*.jsonl`, fsynced) that the part written by the next flush supersedes.
 controller killed between two flushes loses nothing: `recover()` (called by the
 controller when a sweep starts or resumes) turns what the logs hold into a part. This
 matters because a trial checkpoints right after its report is acknowledged: without the
-log a resumed trial would continue after rows the store never got (a gap). A trial's end
-event is logged the same way (`wal-trials/*.jsonl`): it decides what a resumed sweep runs again.
+log a resumed trial would continue after rows the store never got (a gap).
 Any write failure (full disk, permissions, a path that is a file) raises `StoreError`
 naming the path and the reason; the parts already written stay whole.
 """
@@ -97,7 +96,6 @@ class ObservationStore:
         self._last_flush = time.monotonic()
         self._seq = time.time_ns()
         self._wal = None  # open write-ahead log of the rows in self._obs (opened on the first append)
-        self._ewal = None  # ... and of the end events in self._events
         self._sealed: list[Path] = []  # logs whose rows are in the part being (or failing to be) flushed
         for sub in ("observations", "trials"):
             try:
@@ -128,80 +126,70 @@ class ObservationStore:
         if time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
 
-    def _log(self, row: dict[str, Any], table: str = "observations") -> None:
-        """Append one row to its table's write-ahead log, durably (called with the lock held)."""
-        attr, sub = ("_wal", "wal") if table == "observations" else ("_ewal", "wal-trials")
+    def _log(self, row: dict[str, Any]) -> None:
+        """Append one row to the write-ahead log, durably (called with the lock held)."""
         try:
-            fh = getattr(self, attr)
-            if fh is None:
-                folder = self.root / sub
+            if self._wal is None:
+                folder = self.root / "wal"
                 folder.mkdir(exist_ok=True)
-                fh = open(folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl", "a", encoding="utf-8")
-                setattr(self, attr, fh)
-            fh.write(json.dumps(row, allow_nan=True) + "\n")
-            fh.flush()
+                self._wal = open(folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl", "a", encoding="utf-8")
+            self._wal.write(json.dumps(row, allow_nan=True) + "\n")
+            self._wal.flush()
             if self.fsync:
-                os.fsync(fh.fileno())
+                os.fsync(self._wal.fileno())
         except OSError as exc:
-            raise StoreError(f"cannot write to the store's log at {self.root / sub}: {exc.strerror or exc}") from exc
+            raise StoreError(f"cannot write to the store's log at {self.root / 'wal'}: {exc.strerror or exc}") from exc
 
     def recover(self) -> int:
-        """Write the rows of write-ahead logs left by a process that died before flushing (as parts).
+        """Write the rows of write-ahead logs left by a process that died before flushing (as a part).
 
         Call it only where no other process writes this store (the controller, at start).
-        Returns the number of rows recovered, reports and trial events (already-flushed ones
-        included: reads deduplicate).
+        Returns the number of rows recovered (already-flushed ones included: reads deduplicate).
         """
-        total = 0
-        for table, sub, schema, current in (("observations", "wal", OBS_SCHEMA, self._wal),
-                                            ("trials", "wal-trials", TRIAL_SCHEMA, self._ewal)):
-            folder = self.root / sub
-            logs = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-            rows: list[dict[str, Any]] = []
-            for path in logs:
-                if current is not None and path == Path(current.name):
-                    continue
-                with open(path, encoding="utf-8") as fh:
-                    for line in fh:
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError:
-                            pass  # a torn last line: that row was never acknowledged
-            if rows:
-                self._write_part(table, pa.Table.from_pylist(rows, schema=schema))
-            for path in logs:
-                if current is None or path != Path(current.name):
-                    path.unlink(missing_ok=True)
-            total += len(rows)
-        return total
+        folder = self.root / "wal"
+        logs = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+        rows: list[dict[str, Any]] = []
+        for path in logs:
+            if self._wal is not None and path == Path(self._wal.name):
+                continue
+            with open(path, encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass  # a torn last line: that report was never acknowledged
+        if rows:
+            self._write_part("observations", pa.Table.from_pylist(rows, schema=OBS_SCHEMA))
+        for path in logs:
+            if self._wal is None or path != Path(self._wal.name):
+                path.unlink(missing_ok=True)
+        return len(rows)
 
     def set_status(
         self, trial_id: str, status: str, config: Optional[dict] = None, summary: Optional[dict] = None
     ) -> None:
         """Record a trial event.
 
-        Every event is logged at once, like a report, to the trial events' write-ahead log
-        (`wal-trials/`, fsynced when `fsync`): an end (finished, stopped, diverged, failed)
-        decides what a resumed sweep runs again, and a start carries the trial's config;
-        `recover()` turns the log into a part if the controller dies before the next flush.
-        Events reach a part with the next flush (at most `flush_every_s`; reads in this
-        process flush first). Writing a part per end, as before, cost milliseconds per trial
-        and left two small part files per trial.
+        An end (finished, stopped, diverged, failed) is written through at once: it decides
+        what a resumed sweep runs again. A start (planned, running) waits for the next flush
+        (at most `flush_every_s`, or the next end event): a controller killed meanwhile reruns
+        that trial anyway, and a part per start would double the parts of a sweep of many
+        short trials (one written-through part costs milliseconds).
         """
         if status not in TRIAL_STATES:
             raise ValueError(f"unknown trial status {status!r}; one of {TRIAL_STATES}")
-        event = {
-            "trial_id": trial_id,
-            "status": status,
-            "time": time.time(),
-            "config": json.dumps(config, default=float) if config is not None else None,
-            "summary": json.dumps(summary, default=float) if summary is not None else None,
-        }
         with self._lock:
-            event["seq"] = self._next_seq()
-            self._log(event, "trials")
-            self._events.append(event)
-        if time.monotonic() - self._last_flush > self.flush_every_s:
+            self._events.append(
+                {
+                    "trial_id": trial_id,
+                    "status": status,
+                    "time": time.time(),
+                    "config": json.dumps(config, default=float) if config is not None else None,
+                    "summary": json.dumps(summary, default=float) if summary is not None else None,
+                    "seq": self._next_seq(),
+                }
+            )
+        if status not in ("planned", "running") or time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
 
     def flush(self) -> None:
@@ -210,12 +198,10 @@ class ObservationStore:
             obs, self._obs = self._obs, []
             events, self._events = self._events, []
             self._last_flush = time.monotonic()
-            for attr in ("_wal", "_ewal"):  # their rows are all in `obs` / `events`; later rows go to new logs
-                fh = getattr(self, attr)
-                if fh is not None:
-                    self._sealed.append(Path(fh.name))
-                    fh.close()
-                    setattr(self, attr, None)
+            if self._wal is not None:  # its rows are all in `obs`; later rows go to a new log
+                self._sealed.append(Path(self._wal.name))
+                self._wal.close()
+                self._wal = None
             sealed = list(self._sealed)
         try:
             if obs:
