@@ -171,6 +171,8 @@ class Pruner:
         # paired lower bound from each fraction of the run on overshot the realised final ratio.
         self._pair_pool: list[np.ndarray] = []
         self._groups: dict[tuple, list[str]] = {}  # shape key -> its trials (the paired rule's peers)
+        self._cells: dict[tuple, list[str]] = {}  # (N, D) cell -> its trials, in the order added
+        self._cell_finals: dict[tuple, list[str]] = {}  # (N, D) cell -> its finished trials, in order
         self._allowance: Optional[tuple[int, Optional[np.ndarray]]] = None  # (pool size, A(f)) cache
 
     # ------------------------------------------------------------------ public API
@@ -237,6 +239,8 @@ class Pruner:
         t.ended = True
         if not (isinstance(final_loss, (int, float)) and math.isfinite(final_loss) and final_loss > 0):
             return  # diverged or failed: censored, not a loss value
+        if trial_id not in self._finals:
+            self._cell_finals.setdefault(t.meta.cell(), []).append(trial_id)
         self._finals[trial_id] = (t.meta.cell(), float(final_loss))
         self._frontier_stale = True
         if curve is not None:  # the full curve (a history run): the paired rule's peers see it
@@ -293,7 +297,17 @@ class Pruner:
     def _add(self, trial_id: str, meta: TrialMeta) -> _Trial:
         t = self._trials[trial_id] = self._new(meta)
         self._groups.setdefault(t.shape_key, []).append(trial_id)
+        self._cells.setdefault(meta.cell(), []).append(trial_id)
         return t
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_cells" not in state:  # pickled before the cell indexes existed: rebuild them
+            self._cells, self._cell_finals = {}, {}
+            for tid, t in self._trials.items():
+                self._cells.setdefault(t.meta.cell(), []).append(tid)
+            for tid, (cell, _) in self._finals.items():
+                self._cell_finals.setdefault(cell, []).append(tid)
 
     @staticmethod
     def _new(meta: TrialMeta) -> _Trial:
@@ -458,13 +472,17 @@ class Pruner:
         return self._allowance[1]
 
     def _same_cell(self, trial_id: str, t: _Trial):
+        # Only the cell's own trials, in the order added (a scan of every trial was O(n) per
+        # prediction: most of the pruner's time at thousands of trials).
         cell = t.meta.cell()
         best = None
-        for other, (c, final) in self._finals.items():
-            if other != trial_id and c == cell and (best is None or final < best[1]):
+        for other in self._cell_finals.get(cell, ()):
+            final = self._finals[other][1]
+            if other != trial_id and (best is None or final < best[1]):
                 best = (f"same (N, D) trial {other} (finished)", final, {"reference_trial": other})
-        for other, o in self._trials.items():
-            if other == trial_id or o.ended or o.prediction is None or o.meta.cell() != cell:
+        for other in self._cells.get(cell, ()):
+            o = self._trials[other]
+            if other == trial_id or o.ended or o.prediction is None:
                 continue
             if best is None or o.prediction["high"] < best[1]:
                 best = (f"same (N, D) trial {other} (predicted)", o.prediction["high"], {"reference_trial": other})
