@@ -361,6 +361,7 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
         "mlflow_ops_pending_at_end": mlflow_backlog,
         "mlflow_drain_s": mlflow_drain_s,
         "mlflow_ops_left_spooled": mlflow_left,
+        "mlflow_stats": dict(tracker.stats) if tracker is not None else None,
         "tuner_fit_s": fit_s,
         "trials_per_s": done / fit_s if fit_s else None,
         "reports_per_s": reports / fit_s if fit_s else None,
