@@ -275,7 +275,6 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
                 "storage": str(sweep_dir / "ray"), "use_gpu": False}
 
     progress = SweepProgress(spec.name, len(runnable), sum(t.flops for t in runnable), None, enabled=False)
-    callback = TimedSweepCallback(store, tracker, progress, records, timeline_every=max(1, len(runnable) // 20))
     searcher = TimedPlannerSearcher(planner, to_config)
     shadow = None
     if arm == "asha":
@@ -291,6 +290,9 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
         scheduler = _timed_scheduler(PrunerScheduler, "scheduler.on_trial_result")(
             PruneConfig(), pruner=TimedProcessPruner(PruneConfig(), timed=True), shadow=shadow)
         sched_label = "PrunerScheduler"
+    # as run_sweep: the callback labels the trials our scheduler stopped with its decision
+    callback = TimedSweepCallback(store, tracker, progress, records, timeline_every=max(1, len(runnable) // 20),
+                                  stops=scheduler.decisions if isinstance(scheduler, PrunerScheduler) else None)
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"CPU": cpus / concurrency}),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=len(runnable),
@@ -502,7 +504,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                     help="scalesweep arm's Tuner time budget (0 = none); trials beyond it are extrapolated")
     ap.add_argument("--eval-every", type=int, default=EVAL_EVERY, help="steps between a trial's evaluations (reports)")
     ap.add_argument("--asha-trials", type=int, default=1000, help="trials of the full ASHA Tuner arm (the grid's first)")
-    ap.add_argument("--asha-time-limit-s", type=float, default=60.0, help="ASHA arm's Tuner time budget (0 = none)")
+    ap.add_argument("--asha-time-limit-s", type=float, default=120.0, help="ASHA arm's Tuner time budget (0 = none)")
     ap.add_argument("--arms", default="asha,scalesweep", help="comma list of asha, scalesweep (run in this order)")
     ap.add_argument("--store-rows", type=int, default=200_000, help="rows for the store append benchmark")
     ap.add_argument("--no-mlflow", action="store_true", help="leave MLflow out of the callback")

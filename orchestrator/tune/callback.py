@@ -110,7 +110,9 @@ class SweepCallback(Callback):
             self._end(trial, "failed", {"reason": "no report"})
         elif _diverged(last):
             self._end(trial, "diverged", {"reason": "non-finite loss", "step": last["step"]})
-        elif last["done"] < 1:  # a scheduler (not ours) ended it early: its loss is not a final loss
+        elif last["done"] < 1 or last["tokens"] < self.records[tid].get("D", 0):
+            # A scheduler (not ours) ended it early: its loss is not a final loss. Tune marks the
+            # result it stops a trial on `done`, so the planned tokens decide, not that flag.
             self._end(trial, "stopped", {"reason": "ended before its planned tokens (stopped by the scheduler)",
                                          "steps": last["step"], "flops": last["flops"]})
         else:
