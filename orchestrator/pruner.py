@@ -365,12 +365,18 @@ class Pruner:
             curves = self._completed.get(N, [])
             law = None
             self._law_n[N] = self._n_done.get(N, 0)
+            # The size's previous law starts the refit (a few more completed curves move it little):
+            # one local fit instead of a grid of starts, most of the pruner's time at thousands of trials.
+            warm = self.__dict__.setdefault("_warm_laws", {})
             if curves:
                 try:
-                    law = make_law(self.config.law, n_boot=self.config.n_boot, seed=self.config.seed).fit(curves)
+                    law = make_law(self.config.law, n_boot=self.config.n_boot, seed=self.config.seed).fit(
+                        curves, warm=warm.get(N))
                 except (RuntimeError, ValueError):
                     law = None
             self._laws[N] = law
+            if law is not None:
+                warm[N] = law
         return self._laws[N]
 
     def _compare(self, trial_id: str, t: _Trial, pred: dict) -> bool:

@@ -88,12 +88,17 @@ class MultiPowerLaw(CurveLaw):
         # gamma trade off almost exactly when the lrs span one decade, and this decouples them.
         self.eta_ref = 1e-3
 
-    def fit(self, curves):
+    def fit(self, curves, warm=None):
         """Fit one parameter set to all ``curves`` (post-warmup rows only); returns self."""
         peaks = [float(np.max(c.lr)) for c in curves if len(c.lr)]
         if peaks and max(peaks) > 0:
             self.eta_ref = max(peaks)
-        return super().fit(curves)
+        return super().fit(curves, warm=warm)
+
+    def _warm_start(self, warm):
+        # C is stored relative to eta_ref, which follows the curves' peaks: convert through
+        # the paper's convention.
+        return self.internal(warm.params) if isinstance(warm, MultiPowerLaw) else super()._warm_start(warm)
 
     def named(self, theta: np.ndarray) -> dict[str, float]:
         """Parameters by name in the paper's convention (C for raw learning rates)."""

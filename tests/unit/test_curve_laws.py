@@ -169,6 +169,19 @@ def test_annealing_published_protocol(size):
     assert worst <= 0.014
 
 
+@pytest.mark.parametrize("Law", [MultiPowerLaw, AnnealingLaw])
+def test_warm_refit_matches_the_cold_fit(Law):
+    """The pruner refits a size's law from its previous fit as runs complete: one local fit from
+    the warm start must land where the full multi-start fit lands (published 100M curves)."""
+    curves = load("100", TRAIN)
+    cold = Law().fit(curves)
+    for warm in (Law().fit(curves[:2]), Law().fit(load("25", TRAIN))):  # fewer curves; another size
+        refit = Law().fit(curves, warm=warm)
+        assert refit.result.objective <= cold.result.objective * 1.01 + 1e-9
+        for c in load("100", TEST):
+            assert refit.metrics(c)["worst_rel_error"] <= cold.metrics(c)["worst_rel_error"] + 1e-3
+
+
 def test_predict_interval_brackets_and_widens_with_horizon():
     law = AnnealingLaw(n_boot=20).fit(load("100", TRAIN))
     c = load("100", ["cosine_72000"])[0]
