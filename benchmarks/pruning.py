@@ -1,6 +1,9 @@
 """Compute saved and winners lost: our pruner vs ASHA vs Optuna's median and Hyperband pruners.
 
-    python -m benchmarks.pruning [--world tiny] [--seeds K] [--concurrency 6] [--json OUT]
+    python -m benchmarks.pruning [--world tiny] [--seeds K] [--seed-start S] [--methods ours,asha,...]
+                                 [--concurrency 6] [--json OUT]
+
+Seeds S, S+1, ..., S+K-1 (default 0..2); ``--methods`` picks a subset of the methods (default all).
 
 A simulated sweep (``trainers.simulated.train``, the world's ground truth; no model is trained):
 two isoFLOP budgets × three sizes (the world's compute-optimal N and N/2, 2N) × a fixed 6-value
@@ -260,28 +263,41 @@ def _stops_by(decisions: dict[str, Any]) -> dict[str, int]:
     for d in decisions.values():
         p = d.prediction
         key = d.action if d.action != "stop" else (
-            ("paired (calibrated)" if p.get("calibrated") else "paired (uncalibrated)") if p.get("mode") == "paired"
+            ("paired across schedules" if p.get("cross_schedule") else
+             "paired (calibrated)" if p.get("calibrated") else "paired (uncalibrated)") if p.get("mode") == "paired"
             else "law prediction")
         out[key] = out.get(key, 0) + 1
     return out
 
 
-def run(world: str, seeds: int, concurrency: int) -> dict[str, Any]:
-    """Every method on every seed's sweep, side by side."""
+METHODS = ("none", "ours", "ours (no paired rule)", "asha", "optuna-median", "optuna-hyperband")
+
+
+def _methods(seed: int, max_t: int, names: tuple[str, ...]) -> list[Method]:
+    make = {"none": lambda: Method(), "ours": lambda: OurPruner(PruneConfig(seed=seed)),
+            "ours (no paired rule)": lambda: OurPruner(PruneConfig(seed=seed, paired_grace=0.99),
+                                                       name="ours (no paired rule)"),
+            "asha": lambda: Asha(max_t), "optuna-median": lambda: OptunaPruner("median", seed),
+            "optuna-hyperband": lambda: OptunaPruner("hyperband", seed)}
+    return [make[n]() for n in METHODS if n in names]
+
+
+def run(world: str, seeds: int, concurrency: int, seed_start: int = 0,
+        methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
+    """Every method (of ``methods``) on every seed's sweep, side by side."""
     rows: dict[str, list[dict]] = {}
     latency: list[float] = []
     examples: list[dict] = []
-    for seed in range(seeds):
+    seed_list = list(range(seed_start, seed_start + seeds))
+    for seed in seed_list:
         trials = make_sweep(world, seed)
         max_t = max(len(t.reports) for t in trials)
-        methods = [Method(), OurPruner(PruneConfig(seed=seed)),
-                   OurPruner(PruneConfig(seed=seed, paired_grace=0.99), name="ours (no paired rule)"),
-                   Asha(max_t), OptunaPruner("median", seed), OptunaPruner("hyperband", seed)]
-        for m in methods:
+        for m in _methods(seed, max_t, methods):
             np.random.seed(seed)  # ASHA draws its bracket with np.random
             t0 = time.perf_counter()
             res = score(trials, replay(trials, m, concurrency))
             res["seconds"] = time.perf_counter() - t0
+            res["seed"] = seed
             rows.setdefault(m.name, []).append(res)
             if m.name == "ours":
                 latency += m.report_s
@@ -300,13 +316,13 @@ def run(world: str, seeds: int, concurrency: int) -> dict[str, Any]:
             "stopped": int(sum(r["stopped"] for r in rs)),
             "seconds": float(sum(r["seconds"] for r in rs)),
         }
-    lat = np.array(latency)
-    return {"world": world, "seeds": seeds, "concurrency": concurrency, "lr_grid": list(LR_GRID),
+    lat = np.array(latency) if latency else np.array([math.nan])
+    return {"world": world, "seeds": seeds, "seed_list": seed_list, "concurrency": concurrency, "lr_grid": list(LR_GRID),
             "budgets": list(BUDGETS), "size_factors": list(SIZE_FACTORS), "schedules": [s.kind for s in SCHEDULES],
             "trials_per_seed": len(trials), "summary": summary, "per_seed": rows,
             "ours_report_latency_s": {"mean": float(lat.mean()), "p50": float(np.median(lat)),
                                       "p99": float(np.quantile(lat, 0.99)), "max": float(lat.max()),
-                                      "reports": int(lat.size)},
+                                      "reports": len(latency)},
             "ours_example_decisions": examples}
 
 
@@ -314,10 +330,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", default="tiny")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed-start", type=int, default=0, help="first seed (seeds S..S+K-1)")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help=f"comma-separated subset of: {', '.join(METHODS)}")
     ap.add_argument("--concurrency", type=int, default=6)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    out = run(a.world, a.seeds, a.concurrency)
+    names = tuple(n.strip() for n in a.methods.split(",") if n.strip())
+    bad = [n for n in names if n not in METHODS]
+    if bad:
+        ap.error(f"unknown method(s) {bad}; choose from {list(METHODS)}")
+    out = run(a.world, a.seeds, a.concurrency, a.seed_start, names)
     print(f"world {out['world']}, {out['seeds']} seeds × {out['trials_per_seed']} trials, "
           f"concurrency {out['concurrency']}")
     print(f"{'method':<18}{'saved mean':>11}{'saved min':>11}{'stopped':>9}{'lost/(N,D)':>12}{'lost/C':>9}{'s':>8}")
@@ -325,12 +348,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<18}{s['compute_saved_mean']:>11.1%}{s['compute_saved_min']:>11.1%}{s['stopped']:>9}"
               f"{s['winners_lost_cell']:>7}/{s['cells']:<4}{s['winners_lost_compute']:>5}/{s['budgets']:<3}"
               f"{s['seconds']:>8.1f}")
-    for i, r in enumerate(out["per_seed"]["ours"]):
-        print(f"ours, seed {i}: saved {r['compute_saved']:.1%}, winners lost {r['winners_lost_cell']}/{r['cells']}; "
+    for r in out["per_seed"].get("ours", []):
+        print(f"ours, seed {r['seed']}: saved {r['compute_saved']:.1%}, winners lost {r['winners_lost_cell']}/{r['cells']} "
+              f"(N, D), {r['winners_lost_compute']}/{r['budgets']} C; "
               f"stops by {r['stops_by']}")
     lat = out["ours_report_latency_s"]
-    print(f"ours: per-report latency mean {lat['mean'] * 1e3:.2f} ms, p50 {lat['p50'] * 1e3:.3f} ms, "
-          f"p99 {lat['p99'] * 1e3:.1f} ms, max {lat['max'] * 1e3:.0f} ms over {lat['reports']} reports")
+    if lat["reports"]:
+        print(f"ours: per-report latency mean {lat['mean'] * 1e3:.2f} ms, p50 {lat['p50'] * 1e3:.3f} ms, "
+              f"p99 {lat['p99'] * 1e3:.1f} ms, max {lat['max'] * 1e3:.0f} ms over {lat['reports']} reports")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(out, fh, indent=2, default=float)

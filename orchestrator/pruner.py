@@ -79,6 +79,7 @@ class TrialMeta:
     flops: float  # planned training FLOPs
     warmup_steps: int = 0
     start_step: int = 0  # a WSD cooldown branch starts at its trunk's step (orchestrator/branching.py)
+    schedule: str = ""  # the schedule's kind and fractions (trainers.contract.Schedule); "" = from the lr shape
 
     @classmethod
     def from_trial_config(cls, cfg: TrialConfig | Mapping[str, Any]) -> "TrialMeta":
@@ -89,7 +90,7 @@ class TrialMeta:
         T = max(1, math.ceil(cfg.tokens / b))
         return cls(N=float(cfg.n_params), D=float(T * b), total_steps=T, lr=lr_array(T, cfg.lr, cfg.schedule),
                    flops=6.0 * cfg.n_params * T * b, warmup_steps=min(T, int(round(cfg.schedule.warmup * T))),
-                   start_step=int(cfg.branch_step))
+                   start_step=int(cfg.branch_step), schedule=_schedule_name(cfg.schedule))
 
     @property
     def compute(self) -> float:
@@ -99,6 +100,14 @@ class TrialMeta:
     def cell(self) -> tuple[float, float]:
         """The (N, D) cell key: D rounded to 3 significant digits (batch rounding moves it slightly)."""
         return (float(self.N), float(f"{self.D:.3g}"))
+
+    def schedule_kind(self) -> str:
+        """The schedule's shape as a fraction of the run, the same for every (N, D) (cross-schedule calibration key)."""
+        if self.schedule:
+            return self.schedule
+        peak = float(np.max(self.lr)) if self.lr.size else 1.0
+        bins = np.array_split(self.lr / peak, 20) if self.lr.size >= 20 else [self.lr / peak]
+        return "shape:" + ",".join(f"{float(np.mean(b)):.2f}" for b in bins)
 
     def law_schedule(self) -> Schedule:
         """The per-step schedule the curve law sees: index s = the lr of step s, shape scaled to LR_REF."""
@@ -146,6 +155,7 @@ class _Trial:
     prediction: Optional[dict] = None
     ended: bool = False
     shape_key: tuple = ()
+    kind: str = ""  # TrialMeta.schedule_kind(): trials of one cell with another kind are cross-schedule peers
 
 
 Frontier = Callable[[TrialMeta], tuple[float, float]]  # meta -> (estimate, upper end) at its compute
@@ -174,6 +184,10 @@ class Pruner:
         self._cells: dict[tuple, list[str]] = {}  # (N, D) cell -> its trials, in the order added
         self._cell_finals: dict[tuple, list[str]] = {}  # (N, D) cell -> its finished trials, in order
         self._allowance: Optional[tuple[int, Optional[np.ndarray]]] = None  # (pool size, A(f)) cache
+        # Cross-schedule calibration: per ordered pair of schedule kinds (i's, j's), for each completed
+        # pair of one cell, how far i's paired lower bound over j overshot the realised final ratio.
+        self._cross_pool: dict[tuple[str, str], list[np.ndarray]] = {}
+        self._cross_allowance: dict[tuple[str, str], tuple[int, Optional[np.ndarray]]] = {}
 
     # ------------------------------------------------------------------ public API
     def on_report(self, trial_id: str, meta: TrialMeta, report: Mapping[str, float]) -> Decision:
@@ -302,6 +316,8 @@ class Pruner:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_cross_pool", {})
+        self.__dict__.setdefault("_cross_allowance", {})
         if "_cells" not in state:  # pickled before the cell indexes existed: rebuild them
             self._cells, self._cell_finals = {}, {}
             for tid, t in self._trials.items():
@@ -315,7 +331,8 @@ class Pruner:
         # Trials of one (N, D) cell with the same schedule shape: the curve law with a per-run
         # offset says their log-losses differ by a constant, which the paired rule tests.
         shape = np.round(sched.lr / LR_REF, 6)
-        return _Trial(meta=meta, schedule=sched, shape_key=(meta.cell(), meta.total_steps, hash(shape.tobytes())))
+        return _Trial(meta=meta, schedule=sched, shape_key=(meta.cell(), meta.total_steps, hash(shape.tobytes())),
+                      kind=meta.schedule_kind())
 
     def _divergence(self, t: _Trial, step: float, train: float, val: float) -> Optional[Decision]:
         # Both losses NaN is how a trainer reports a blown-up step; inf anywhere is a blow-up too.
@@ -423,28 +440,72 @@ class Pruner:
                 continue
             if best is None or stat[1] > best[1][1]:
                 best = (other, stat)
-        if best is None:
+        same = None
+        if best is not None:
+            other, (upto, mean, naive, trend_low) = best
+            n = self._allowance[0] if A is not None else len(self._pair_pool)
+            if A is not None:
+                allowance = _at(A, upto / T)
+                low = naive - allowance
+            else:
+                allowance = (naive - trend_low) + cfg.paired_prior
+                low = trend_low - cfg.paired_prior
+            same = (low, other, upto, mean, allowance, A is not None, n, "")
+        cross = self._cross(trial_id, t, s_i, l_i, z)
+        # The binding comparison is the one that argues hardest for stopping (the highest lower end).
+        pick = max((c for c in (same, cross) if c is not None), key=lambda c: c[0], default=None)
+        if pick is None:
             return None
-        other, (upto, mean, naive, trend_low) = best
-        n = self._allowance[0] if A is not None else len(self._pair_pool)
-        if A is not None:
-            allowance = max(0.0, float(A[min(int(upto / T * (A.size - 1)), A.size - 1)]))
-            low = naive - allowance
-        else:
-            allowance = (naive - trend_low) + cfg.paired_prior
-            low = trend_low - cfg.paired_prior
+        low, other, upto, mean, allowance, calibrated, n, kind = pick
+        what = f"same (N, D) and schedule trial {other} (paired)" if not kind else \
+            f"same (N, D) trial {other}, schedule {kind} (paired across schedules)"
         pred: dict[str, Any] = {
             "step": float(s_i[-1]), "fraction": float(s_i[-1] / T), "paired_fraction": float(upto / T),
-            "mode": "paired", "level": cfg.level,
-            "reference": f"same (N, D) and schedule trial {other} (paired)", "reference_trial": other,
+            "mode": "paired", "level": cfg.level, "cross_schedule": bool(kind),
+            "reference": what, "reference_trial": other,
             "ratio": float(np.exp(mean)), "ratio_low": float(np.exp(low)), "allowance": float(allowance),
-            "calibrated": A is not None, "calibration_pairs": n, "margin": cfg.paired_margin,
+            "calibrated": calibrated, "calibration_pairs": n, "margin": cfg.paired_margin,
             "vote": bool(low > math.log1p(cfg.paired_margin))}
-        if other in self._finals:  # the leader finished: the implied final loss of this trial
+        if other in self._finals and not kind:  # the leader finished: the implied final loss of this trial
             ref = self._finals[other][1]
             pred.update(estimate=float(ref * np.exp(mean)), low=float(ref * np.exp(low)),
                         high=float(ref * np.exp(2 * mean - low)))
         return pred
+
+    def _cross(self, trial_id: str, t: _Trial, s_i: np.ndarray, l_i: np.ndarray, z: float) -> Optional[tuple]:
+        """The paired comparison with the trials of the same cell under another schedule, or None.
+
+        Runs of one (N, D) under two schedule shapes have log-loss ratios that move systematically
+        between a fraction f of the run and its end (a WSD decay, a cosine's gradual one), by an
+        amount set by the two shapes. That shift and its spread are measured on the sweep's own
+        completed pairs of the same two kinds (any cell, ``_calibrate``): the lower end subtracts the
+        conformal ``level`` quantile of how far i-over-j's paired lower bound overshot the realised
+        final ratio from f on. Used only once that pool can calibrate (no uncalibrated variant: the
+        shift is not ~0 the way a same-schedule pair's is, so a prior cannot stand in for it).
+        """
+        cfg = self.config
+        T = t.meta.total_steps
+        best = None
+        for other in self._cells.get(t.meta.cell(), ()):
+            o = self._trials[other]
+            if other == trial_id or o.kind == t.kind or o.meta.total_steps != T or o.meta.start_step > 0 \
+                    or len(o.steps) < PAIR_MIN_POINTS:
+                continue
+            if o.ended and other not in self._finals:
+                continue  # stopped or diverged: not a reference
+            A = self._cross_allowance_for((t.kind, o.kind))
+            if A is None:
+                continue
+            stat = _pair_stat(s_i, l_i, np.asarray(o.steps, float), np.log(np.asarray(o.loss, float)),
+                              t.schedule.warmup_end, T, z, trend=False)
+            if stat is None or stat[0] < cfg.paired_grace * T:
+                continue
+            upto, mean, naive, _ = stat
+            allowance = _at(A, upto / T)
+            low = naive - allowance
+            if best is None or low > best[0]:
+                best = (low, other, upto, mean, allowance, True, self._cross_allowance[(t.kind, o.kind)][0], o.kind)
+        return best
 
     def _calibrate(self, trial_id: str, t: _Trial) -> None:
         """Add the pairs this completed trial forms with the completed trials of its cell and schedule."""
@@ -461,6 +522,19 @@ class Pruner:
             if s_j[-1] < T:
                 continue
             self._pair_pool.append(_overshoot(s_i, l_i, s_j, l_j, t.schedule.warmup_end, T, z))
+        if t.meta.start_step > 0:
+            return
+        for other in self._cell_finals.get(t.meta.cell(), ()):  # the cell's pairs across schedules
+            o = self._trials[other]
+            if other == trial_id or o.kind == t.kind or o.meta.total_steps != T or o.meta.start_step > 0 \
+                    or len(o.steps) < PAIR_MIN_POINTS:
+                continue
+            s_j, l_j = np.asarray(o.steps, float), np.log(np.asarray(o.loss, float))
+            if s_j[-1] < T:
+                continue
+            w = max(t.schedule.warmup_end, o.schedule.warmup_end)
+            self._cross_pool.setdefault((t.kind, o.kind), []).append(_overshoot_dir(s_i, l_i, s_j, l_j, w, T, z))
+            self._cross_pool.setdefault((o.kind, t.kind), []).append(_overshoot_dir(s_j, l_j, s_i, l_i, w, T, z))
 
     def _pair_allowance(self) -> Optional[np.ndarray]:
         """A(f): the conformal ``level`` quantile of the completed pairs' overshoot, or None (too few pairs).
@@ -469,13 +543,25 @@ class Pruner:
         them with probability at most 1 - level. Recomputed once the pool grew by ``refit_growth``
         (an older pool is a valid, if less sharp, calibration).
         """
-        n = len(self._pair_pool)
-        if self._allowance is None or (self._allowance[1] is None and n != self._allowance[0]) or \
-                n >= self._allowance[0] * (1.0 + self.config.refit_growth) + 1:
-            k = math.ceil((n + 1) * self.config.level)
-            A = np.sort(np.array(self._pair_pool), axis=0)[k - 1] if 0 < k <= n else None
-            self._allowance = (n, A)
+        self._allowance = self._conformal(self._pair_pool, self._allowance)
         return self._allowance[1]
+
+    def _cross_allowance_for(self, kinds: tuple[str, str]) -> Optional[np.ndarray]:
+        """A(f) for i-over-j pairs of these two schedule kinds (as ``_pair_allowance``), or None."""
+        pool = self._cross_pool.get(kinds)
+        if not pool:
+            return None
+        self._cross_allowance[kinds] = self._conformal(pool, self._cross_allowance.get(kinds))
+        return self._cross_allowance[kinds][1]
+
+    def _conformal(self, pool: list, cached: Optional[tuple]) -> tuple[int, Optional[np.ndarray]]:
+        n = len(pool)
+        if cached is None or (cached[1] is None and n != cached[0]) or \
+                n >= cached[0] * (1.0 + self.config.refit_growth) + 1:
+            k = math.ceil((n + 1) * self.config.level)
+            A = np.sort(np.array(pool), axis=0)[k - 1] if 0 < k <= n else None
+            return n, A
+        return cached
 
     def _same_cell(self, trial_id: str, t: _Trial):
         # Only the cell's own trials, in the order added (a scan of every trial was O(n) per
@@ -578,22 +664,41 @@ def _overshoot(s_i: np.ndarray, l_i: np.ndarray, s_j: np.ndarray, l_j: np.ndarra
     too weak when every winner meets several peers at dozens of reports: on the real lr sweeps it
     stopped 3 of 8 winners, on the simulated benchmark 1 of 6 cell winners.
     """
+    return np.maximum(_overshoot_dir(s_i, l_i, s_j, l_j, warmup_end, T, z),
+                      _overshoot_dir(s_j, l_j, s_i, l_i, warmup_end, T, z))
+
+
+def _overshoot_dir(a_s: np.ndarray, a_l: np.ndarray, b_s: np.ndarray, b_l: np.ndarray, warmup_end: float,
+                   T: float, z: float) -> np.ndarray:
+    """For a completed pair: at each fraction f, the largest amount by which run a's paired lower end
+    over run b (at any report of a from f on) exceeded the realised final log ratio (-inf: no check).
+
+    One direction only: across two schedule shapes the ratio drifts one way (``Pruner._cross``).
+    """
     out = np.full(PAIR_GRID, -np.inf)
-    for a_s, a_l, b_s, b_l in ((s_i, l_i, s_j, l_j), (s_j, l_j, s_i, l_i)):
-        final = float(a_l[-1] - b_l[-1])
-        f, score = [], []
-        for k in range(PAIR_MIN_POINTS, a_s.size + 1):
-            stat = _pair_stat(a_s[:k], a_l[:k], b_s, b_l, warmup_end, T, z, trend=False)
-            if stat is not None:
-                f.append(stat[0] / T)
-                score.append(stat[2] - final)
-        if not f:
-            continue
-        sup = np.maximum.accumulate(np.array(score)[::-1])[::-1]  # worst from each check on
-        idx = np.searchsorted(np.array(f), np.linspace(0.0, 1.0, PAIR_GRID))
-        ok = idx < len(f)
-        out[ok] = np.maximum(out[ok], sup[idx[ok]])
+    final = float(a_l[-1] - b_l[-1])
+    f, score = [], []
+    for k in range(PAIR_MIN_POINTS, a_s.size + 1):
+        stat = _pair_stat(a_s[:k], a_l[:k], b_s, b_l, warmup_end, T, z, trend=False)
+        if stat is not None:
+            f.append(stat[0] / T)
+            score.append(stat[2] - final)
+    if not f:
+        return out
+    sup = np.maximum.accumulate(np.array(score)[::-1])[::-1]  # worst from each check on
+    idx = np.searchsorted(np.array(f), np.linspace(0.0, 1.0, PAIR_GRID))
+    ok = idx < len(f)
+    out[ok] = sup[idx[ok]]
     return out
+
+
+def _at(A: np.ndarray, f: float) -> float:
+    """The allowance A at fraction f of the run (never negative: an allowance never helps a stop)."""
+    return max(0.0, float(A[min(int(f * (A.size - 1)), A.size - 1)]))
+
+
+def _schedule_name(s: Any) -> str:
+    return f"{s.kind} warmup {s.warmup:g} decay {s.decay:g} final {s.final_lr_frac:g}"
 
 
 def _paired_reason(cfg: PruneConfig, pred: dict) -> str:
