@@ -317,7 +317,8 @@ def run(world: str, seeds: int, concurrency: int, seed_start: int = 0,
             "seconds": float(sum(r["seconds"] for r in rs)),
         }
     lat = np.array(latency) if latency else np.array([math.nan])
-    return {"world": world, "seeds": seeds, "seed_list": seed_list, "concurrency": concurrency, "lr_grid": list(LR_GRID),
+    return {"world": world, "seeds": seeds, "seed_list": seed_list, "concurrency": concurrency,
+            "lr_grid": list(LR_GRID),
             "budgets": list(BUDGETS), "size_factors": list(SIZE_FACTORS), "schedules": [s.kind for s in SCHEDULES],
             "trials_per_seed": len(trials), "summary": summary, "per_seed": rows,
             "ours_report_latency_s": {"mean": float(lat.mean()), "p50": float(np.median(lat)),
@@ -349,8 +350,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{s['winners_lost_cell']:>7}/{s['cells']:<4}{s['winners_lost_compute']:>5}/{s['budgets']:<3}"
               f"{s['seconds']:>8.1f}")
     for r in out["per_seed"].get("ours", []):
-        print(f"ours, seed {r['seed']}: saved {r['compute_saved']:.1%}, winners lost {r['winners_lost_cell']}/{r['cells']} "
-              f"(N, D), {r['winners_lost_compute']}/{r['budgets']} C; "
+        print(f"ours, seed {r['seed']}: saved {r['compute_saved']:.1%}, winners lost "
+              f"{r['winners_lost_cell']}/{r['cells']} (N, D), {r['winners_lost_compute']}/{r['budgets']} C; "
               f"stops by {r['stops_by']}")
     lat = out["ours_report_latency_s"]
     if lat["reports"]:

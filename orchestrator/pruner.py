@@ -14,8 +14,11 @@ For every report of a trial the pruner
    common prefix, its lower end at ``level`` (noise of the mean and of one report), minus an
    allowance for how far such a bound overshot the realised final ratio on the sweep's own
    completed pairs (a conformal quantile at ``level``; before enough pairs have completed, a
-   per-pair trend allowance plus ``paired_prior``); stops when that exceeds ``1 + paired_margin``
-   for ``min_reports`` consecutive reports;
+   per-pair trend allowance plus ``paired_prior``); and, once calibrated, with the trials of the
+   same cell under **another** schedule shape, whose allowance (calibrated per ordered pair of
+   schedule kinds on the sweep's completed pairs of those kinds) holds the ratio's systematic drift
+   too; stops when the higher of these lower ends exceeds ``1 + paired_margin`` for
+   ``min_reports`` consecutive reports;
 3. from the ``grace`` fraction of its planned steps on, predicts the trial's **final** loss
    (``laws.final_loss.predict_final``: a schedule-aware curve law fitted on the completed runs of
    the same N, or on the prefix alone while there are none) with an interval at ``level``;
@@ -415,7 +418,7 @@ class Pruner:
         return pred["low"] > high * (1 + m)
 
     def _paired(self, trial_id: str, t: _Trial) -> Optional[dict]:
-        """The paired comparison with the leading trial of the same cell and schedule shape, or None.
+        """The paired comparison with the leading trial of the same cell (any schedule: ``_cross``), or None.
 
         The statistic is the log-loss ratio of the two runs over the recent common prefix
         (``_pair_stat``); its lower end is reduced by the calibrated allowance at the current

@@ -321,7 +321,7 @@ class PruningSpec(_Strict):
     enabled: bool = Field(False, description="stop hopeless trials early (off by default until validated on real-trainer sweeps)")
     margin: float = Field(0.02, ge=0, description="relative, frontier and same-cell rules: stop when the prediction's low end > the reference's high end x (1 + margin)")
     grace: float = Field(0.3, ge=0, lt=1, description="no final-loss prediction (or stop by one) before this fraction of the planned steps")
-    paired_grace: float = Field(0.1, ge=0, lt=1, description="no paired comparison (same cell and schedule shape) before this fraction of the planned steps")
+    paired_grace: float = Field(0.1, ge=0, lt=1, description="no paired comparison (same (N, D) cell, same or another schedule shape) before this fraction of the planned steps")
     paired_margin: float = Field(0.0, ge=0, description="relative margin of the paired rule: stop when its lower end of the final-loss ratio > 1 + paired_margin")
     paired_prior: float = Field(0.03, ge=0, description="paired rule, until enough pairs of the sweep have completed to calibrate it: extra allowance (log ratio) besides the trend one")
     min_reports: int = Field(2, ge=1, description="consecutive fresh predictions (paired: reports; or exploding reports) needed to stop")
