@@ -27,7 +27,7 @@ class PrunerScheduler(FIFOScheduler):
     """Stops a trial when the pruner says so; ``on_decision(trial_id, decision)`` records every stop."""
 
     def __init__(self, config: PruneConfig = PruneConfig(), on_decision: Optional[OnDecision] = None,
-                 pruner: Optional[Pruner] = None, background: bool = True, max_backlog: int = 8,
+                 pruner: Optional[Pruner] = None, background: bool = True, max_backlog: int = 32,
                  process: Optional[bool] = None):
         super().__init__()
         # process: the pure Pruner runs in a helper process (orchestrator.tune.pruner_process), so
@@ -50,7 +50,8 @@ class PrunerScheduler(FIFOScheduler):
         self.background = background
         # Backpressure: when the worker falls more than `max_backlog` calls behind (trials that
         # report every few milliseconds, a loaded machine), Tune's loop waits until it is half
-        # caught up -- decisions that arrive after the trial ended save nothing.
+        # caught up -- decisions that arrive after the trial ended save nothing. 32, not fewer:
+        # a law refit (~0.1 s) behind a burst of short trials' reports is not a reason to stall.
         self.max_backlog = max_backlog
         self._init_worker()
 

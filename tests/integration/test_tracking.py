@@ -112,6 +112,27 @@ def test_parent_children_metrics_params_artifacts(sqlite_uri, tmp_path):
                                            "eval_loss", "tokens_per_s"}
 
 
+def test_tags_ride_with_metrics_and_a_later_value_wins(sqlite_uri):
+    """A trial's tags and metrics queued together go in one log_batch per run, in op order."""
+    with SweepTracker(sqlite_uri, "scaling", "sweep-tags", flush_interval_s=60) as tr:
+        tr.start(SPEC)
+        run_id = tr.start_trial("t0", {"lr": 1e-3})
+        for s in range(3):
+            tr.log_metrics("t0", {"train_loss": 5.0 - s}, step=s)
+            tr.set_tags("t0", {"phase": f"step-{s}", f"seen.{s}": "yes"})
+        tr.set_tags(None, {"sweep.note": "parent tags too"})
+        batches = tr.stats["batches"]
+        tr.end_trial("t0", "FINISHED", tags={"reason": "done"})
+        assert tr.flush(timeout=60)
+        assert tr.stats["batches"] - batches == 2  # one per run (trial, parent), not one per op
+    run = MlflowClient(sqlite_uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["phase"] == "step-2" and run.data.tags["reason"] == "done"
+    assert {run.data.tags[f"seen.{s}"] for s in range(3)} == {"yes"}
+    assert [m.value for m in MlflowClient(sqlite_uri).get_metric_history(run_id, "train_loss")] == [5.0, 4.0, 3.0]
+    assert MlflowClient(sqlite_uri).get_run(tr.parent_run_id).data.tags["sweep.note"] == "parent tags too"
+
+
 def test_restart_reuses_parent_and_trial_runs(sqlite_uri):
     with SweepTracker(sqlite_uri, "scaling", "sweep-b", flush_interval_s=0.05) as tr:
         parent_id = tr.start(SPEC)
