@@ -8,7 +8,8 @@ the built-in corpus) for every size × lr (√10 apart, the pruning benchmark's 
 should tie drift apart), and writes every report as one CSV row (size, schedule, lr, seed, step,
 total_steps, batch_tokens, train_loss, eval_loss). Diverged runs keep their rows up to the
 blow-up (NaN losses). The defaults took ~10 min on one loaded core; sizes 40000 160000 at
-2.4M tokens ~70 min. ``tests/data/lrsweep/curves.csv`` is both (tests/data/SOURCES.md).
+2.4M tokens ~70 min. ``tests/data/lrsweep/curves.csv`` is both runs' rows concatenated
+(tests/data/SOURCES.md); the default ``--out`` is ``results/lrsweep-curves.csv``.
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     from trainers.plain_loop import train
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="tests/data/lrsweep/curves.csv")
+    # Not tests/data/lrsweep/curves.csv: that file is two runs concatenated (see its SOURCES entry),
+    # and a rerun with the defaults would silently replace it with half of it.
+    ap.add_argument("--out", default="results/lrsweep-curves.csv")
     ap.add_argument("--sizes", type=int, nargs="+", default=[20000, 80000])
     ap.add_argument("--tokens", type=int, default=1_200_000)
     ap.add_argument("--batch", type=int, default=2048)
