@@ -125,7 +125,7 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
     from ray import tune
 
     from .tracking import SweepTracker
-    from .tune.callback import SweepCallback
+    from .tune.callback import SweepCallback, mlflow_end
     from .tune.scheduler import PrunerScheduler
     from .tune.searcher import PlannerSearcher
     from .tune.trainable import run_trial
@@ -149,6 +149,9 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
                            resume_run_id=state.get("mlflow_parent_run"))
     if parent:
         state_file.write_text(json.dumps({**state, "mlflow_parent_run": parent}))
+    if parent and ended:  # a trial that ended just before a crash may have a run still RUNNING
+        recs = store.trials()
+        tracker.end_stale_trials({tid: mlflow_end(recs[tid]["status"], recs[tid]["summary"]) for tid in ended})
     _init_ray()
     cache = os.environ.get("SCALESWEEP_CACHE")  # built-in corpus cache; None = the trainer's default
     # Fault-injection tests only: every report sleeps this long, so a (simulated) sweep lasts

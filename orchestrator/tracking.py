@@ -287,6 +287,17 @@ class SweepTracker:
             {"kind": "end", "trial": trial_id, "status": status, "end_ms": int(time.time() * 1000)}
         )
 
+    def end_stale_trials(self, ended: Mapping[str, tuple[str, Mapping[str, Any]]]) -> None:
+        """Terminate the child runs still RUNNING of trials that already ended: {trial_id: (status, tags)}.
+
+        A resumed sweep calls it for what its store says ended: a controller killed right after a
+        trial ended may not have delivered that trial's end, and the trial is not run again. One
+        search for the parent's RUNNING children, then a tags batch and an end per stale run.
+        """
+        if ended:
+            self._enqueue({"kind": "stale", "trial": None,
+                           "ended": {t: [s, _tag_values(tags)] for t, (s, tags) in ended.items()}})
+
     def log_sweep_results(
         self,
         params: Mapping[str, Any],
@@ -632,6 +643,8 @@ class SweepTracker:
         elif kind == "end":
             run_id = self._resolve(op)
             self._client.set_terminated(run_id, op["status"], op["end_ms"])
+        elif kind == "stale":
+            self._end_stale(op)
         else:
             raise MlflowException(f"unknown op {kind}", error_code="INVALID_PARAMETER_VALUE")
 
@@ -667,6 +680,23 @@ class SweepTracker:
                 self.stats["metrics"] += len(metrics)
             for op in tag_ops:
                 op["sent"] = 1
+
+    def _end_stale(self, op: dict[str, Any]) -> None:
+        parent = self._resolve(op)
+        token = None
+        while True:
+            runs = self._client.search_runs(
+                [self._experiment_id()], max_results=1000, page_token=token,
+                filter_string=f"tags.`{TAG_PARENT}` = '{parent}' and attributes.status = 'RUNNING'")
+            for run in runs:
+                trial_id = run.data.tags.get(TAG_TRIAL)
+                if trial_id in op["ended"] and trial_id not in self._trials_started:
+                    status, tags = op["ended"][trial_id]
+                    self._log_tags(run.info.run_id, tags)
+                    self._client.set_terminated(run.info.run_id, status)
+            token = runs.token
+            if not token:
+                return
 
     def _resolve(self, op: dict[str, Any]) -> str:
         trial_id = op.get("trial")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from ray.tune import Callback
 
@@ -33,6 +33,12 @@ def _report_of(result: dict[str, Any]) -> Optional[dict[str, float]]:
 
 def _diverged(report: dict[str, float]) -> bool:
     return not (math.isfinite(report["train_loss"]) or math.isfinite(report["eval_loss"]))
+
+
+def mlflow_end(status: str, summary: Optional[Mapping[str, Any]]) -> tuple[str, dict[str, str]]:
+    """(MLflow run status, tags) that close the run of a trial that ended with this store status and summary."""
+    mlflow_status = {"finished": "FINISHED", "failed": "FAILED"}.get(status, "KILLED")
+    return mlflow_status, {"scalesweep.status": status, **{f"scalesweep.{k}": str(v) for k, v in (summary or {}).items()}}
 
 
 class SweepCallback(Callback):
@@ -94,9 +100,7 @@ class SweepCallback(Callback):
             summary = {**summary, "restarts": self.restarts[tid]}
         self.store.set_status(tid, status, summary=summary)
         if self.tracker is not None:
-            mlflow_status = {"finished": "FINISHED", "failed": "FAILED"}.get(status, "KILLED")
-            self.tracker.end_trial(tid, mlflow_status, tags={"scalesweep.status": status,
-                                                             **{f"scalesweep.{k}": str(v) for k, v in summary.items()}})
+            self.tracker.end_trial(tid, *mlflow_end(status, summary))
         self.progress.trial_state(tid, status)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -133,6 +133,40 @@ def test_tags_ride_with_metrics_and_a_later_value_wins(sqlite_uri):
     assert MlflowClient(sqlite_uri).get_run(tr.parent_run_id).data.tags["sweep.note"] == "parent tags too"
 
 
+def _crash(tracker: SweepTracker) -> None:
+    """The controller dies after the tracker delivered what it had: no end is ever sent."""
+    assert tracker.flush(timeout=30)
+    tracker._stopping = True
+    tracker._wake.set()
+    tracker._thread.join(timeout=10)
+
+
+def test_resumed_tracker_ends_runs_a_crash_left_running(sqlite_uri):
+    """Trials that ended while their end never reached MLflow (a killed controller) are closed on
+    resume with their store status; a run this tracker restarts, and other sweeps' runs, are left alone."""
+    other = SweepTracker(sqlite_uri, "scaling", "other", flush_interval_s=0.05)
+    other.start(SPEC)
+    other_a = other.start_trial("a", {"lr": 1})
+    _crash(other)
+    crashed = SweepTracker(sqlite_uri, "scaling", "sweep-c", flush_interval_s=0.05)
+    parent = crashed.start(SPEC)
+    ids = {t: crashed.start_trial(t, {"lr": 1}) for t in ("a", "b", "c")}
+    _crash(crashed)
+
+    with SweepTracker(sqlite_uri, "scaling", "sweep-c", flush_interval_s=0.05) as tr:
+        assert tr.start(SPEC, resume_run_id=parent) == parent
+        tr.start_trial("c", {"lr": 1})  # interrupted: rerun by the resumed sweep
+        tr.end_stale_trials({"a": ("FINISHED", {"scalesweep.status": "finished"}),
+                             "b": ("KILLED", {"scalesweep.status": "stopped", "scalesweep.reason": "pruned"})})
+        assert tr.flush(timeout=30)
+        client = MlflowClient(sqlite_uri)
+        runs = {t: client.get_run(ids[t]) for t in ids}
+        assert runs["a"].info.status == "FINISHED" and runs["a"].data.tags["scalesweep.status"] == "finished"
+        assert runs["b"].info.status == "KILLED" and runs["b"].data.tags["scalesweep.reason"] == "pruned"
+        assert runs["c"].info.status == "RUNNING"  # still running in this tracker
+        assert client.get_run(other_a).info.status == "RUNNING"  # another sweep's trial "a"
+
+
 def test_restart_reuses_parent_and_trial_runs(sqlite_uri):
     with SweepTracker(sqlite_uri, "scaling", "sweep-b", flush_interval_s=0.05) as tr:
         parent_id = tr.start(SPEC)

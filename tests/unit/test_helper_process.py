@@ -141,7 +141,9 @@ def test_scheduler_with_the_pruner_in_a_helper_stops_what_the_inline_one_stops()
                 close()
 
     inline = run(PrunerScheduler(PruneConfig(), background=False))
-    helper = PrunerScheduler(PruneConfig())  # background, the pruner in a helper process
+    # Background, the pruner in a helper process. A stop it reaches is applied at a later report,
+    # at most `max_backlog` reports late: 8 here, so that it lands before these 73-report trials end.
+    helper = PrunerScheduler(PruneConfig(), max_backlog=8)
     assert type(helper.pruner).__name__ == "ProcessPruner"
     stopped, reasons = run(helper)
     assert reasons == inline[1] and reasons  # the same trials stopped for the same reasons
