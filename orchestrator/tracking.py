@@ -683,20 +683,20 @@ class SweepTracker:
 
     def _end_stale(self, op: dict[str, Any]) -> None:
         parent = self._resolve(op)
-        token = None
-        while True:
+        stale, token = [], None
+        while True:  # every page first: ending runs while paging would shift the (offset) pages
             runs = self._client.search_runs(
                 [self._experiment_id()], max_results=1000, page_token=token,
                 filter_string=f"tags.`{TAG_PARENT}` = '{parent}' and attributes.status = 'RUNNING'")
-            for run in runs:
-                trial_id = run.data.tags.get(TAG_TRIAL)
-                if trial_id in op["ended"] and trial_id not in self._trials_started:
-                    status, tags = op["ended"][trial_id]
-                    self._log_tags(run.info.run_id, tags)
-                    self._client.set_terminated(run.info.run_id, status)
+            stale += [(run.info.run_id, run.data.tags.get(TAG_TRIAL)) for run in runs]
             token = runs.token
             if not token:
-                return
+                break
+        for run_id, trial_id in stale:
+            if trial_id in op["ended"] and trial_id not in self._trials_started:
+                status, tags = op["ended"][trial_id]
+                self._log_tags(run_id, tags)
+                self._client.set_terminated(run_id, status)
 
     def _resolve(self, op: dict[str, Any]) -> str:
         trial_id = op.get("trial")
