@@ -191,6 +191,7 @@ class Pruner:
         # pair of one cell, how far i's paired lower bound over j overshot the realised final ratio.
         self._cross_pool: dict[tuple[str, str], list[np.ndarray]] = {}
         self._cross_allowance: dict[tuple[str, str], tuple[int, Optional[np.ndarray]]] = {}
+        self._warm_laws: dict[float, CurveLaw] = {}  # N -> its last fitted law (starts the next refit)
 
     # ------------------------------------------------------------------ public API
     def on_report(self, trial_id: str, meta: TrialMeta, report: Mapping[str, float]) -> Decision:
@@ -321,6 +322,7 @@ class Pruner:
         self.__dict__.update(state)
         self.__dict__.setdefault("_cross_pool", {})
         self.__dict__.setdefault("_cross_allowance", {})
+        self.__dict__.setdefault("_warm_laws", {})
         if "_cells" not in state:  # pickled before the cell indexes existed: rebuild them
             self._cells, self._cell_finals = {}, {}
             for tid, t in self._trials.items():
@@ -387,7 +389,7 @@ class Pruner:
             self._law_n[N] = self._n_done.get(N, 0)
             # The size's previous law starts the refit (a few more completed curves move it little):
             # one local fit instead of a grid of starts, most of the pruner's time at thousands of trials.
-            warm = self.__dict__.setdefault("_warm_laws", {})
+            warm = self._warm_laws
             if curves:
                 try:
                     law = make_law(self.config.law, n_boot=self.config.n_boot, seed=self.config.seed).fit(
@@ -489,11 +491,7 @@ class Pruner:
         cfg = self.config
         T = t.meta.total_steps
         best = None
-        for other in self._cells.get(t.meta.cell(), ()):
-            o = self._trials[other]
-            if other == trial_id or o.kind == t.kind or o.meta.total_steps != T or o.meta.start_step > 0 \
-                    or len(o.steps) < PAIR_MIN_POINTS:
-                continue
+        for other, o in self._cross_peers(trial_id, t, self._cells.get(t.meta.cell(), ())):
             if o.ended and other not in self._finals:
                 continue  # stopped or diverged: not a reference
             A = self._cross_allowance_for((t.kind, o.kind))
@@ -509,6 +507,15 @@ class Pruner:
             if best is None or low > best[0]:
                 best = (low, other, upto, mean, allowance, True, self._cross_allowance[(t.kind, o.kind)][0], o.kind)
         return best
+
+    def _cross_peers(self, trial_id: str, t: _Trial, candidates):
+        """(id, trial) of the ``candidates`` (ids of t's cell) that pair with t across schedules: another
+        schedule kind, the same planned steps, not a cooldown branch, enough reports."""
+        for other in candidates:
+            o = self._trials[other]
+            if other != trial_id and o.kind != t.kind and o.meta.total_steps == t.meta.total_steps \
+                    and o.meta.start_step <= 0 and len(o.steps) >= PAIR_MIN_POINTS:
+                yield other, o
 
     def _calibrate(self, trial_id: str, t: _Trial) -> None:
         """Add the pairs this completed trial forms with the completed trials of its cell and schedule."""
@@ -527,11 +534,7 @@ class Pruner:
             self._pair_pool.append(_overshoot(s_i, l_i, s_j, l_j, t.schedule.warmup_end, T, z))
         if t.meta.start_step > 0:
             return
-        for other in self._cell_finals.get(t.meta.cell(), ()):  # the cell's pairs across schedules
-            o = self._trials[other]
-            if other == trial_id or o.kind == t.kind or o.meta.total_steps != T or o.meta.start_step > 0 \
-                    or len(o.steps) < PAIR_MIN_POINTS:
-                continue
+        for other, o in self._cross_peers(trial_id, t, self._cell_finals.get(t.meta.cell(), ())):
             s_j, l_j = np.asarray(o.steps, float), np.log(np.asarray(o.loss, float))
             if s_j[-1] < T:
                 continue
