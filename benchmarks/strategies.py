@@ -92,8 +92,7 @@ class Grid:
 
     def nominal_D(self, trial_id: str) -> float:
         """The trial's tokens before rounding up to whole batches (ratio × N): one value per (N, D) cell."""
-        t = self.by_id[trial_id]
-        return float(self.spec.tokens.for_size(t.N)[self.ratio_index[trial_id]])
+        return self.by_id[trial_id].cell.D
 
     def config(self, t: PlannedTrial) -> TrialConfig:
         """The trainer's config of a planned trial (no checkpoints, no data cache: simulated)."""

@@ -581,9 +581,11 @@ def _fit_hparams(points: list[dict[str, Any]], diverged: list[dict[str, Any]], b
     """lr*(N, D) and batch*(D) from the cells with enough runs, or (None, why not)."""
     from .laws.hparams import MIN_CELL_RUNS, HparamError, fit_hparams
 
-    rows = [(p["N"], p["D"], p["lr"], p["batch"], p["loss"], False) for p in points]
-    rows += [(c["N"], c["D"], c["lr"], c["batch"], math.nan, True) for c in diverged
-             if all(k in c for k in ("N", "D", "lr", "batch"))]
+    from .core.cells import assign_cells
+
+    runs = [*points, *(c for c in diverged if all(k in c for k in ("N", "D", "lr", "batch")))]
+    rows = [(r["N"], cell.D, r["lr"], r["batch"], r["loss"] if i < len(points) else math.nan, i >= len(points))
+            for i, (r, cell) in enumerate(zip(runs, assign_cells(runs)))]
     per_cell: dict[tuple, int] = {}
     for r in rows:
         if not r[5]:

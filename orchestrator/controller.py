@@ -169,7 +169,7 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
         ckpt = str(sweep_dir / "checkpoints" / t.trial_id)
         config = {"trial": trial_config(spec, t, ckpt, cache).to_dict(), "backend": spec.trainer.backend,
                   "world": spec.trainer.world, "storage": str(sweep_dir / "ray"), "use_gpu": spec.resources.use_gpu,
-                  "max_failures": spec.checkpoints.max_failures}
+                  "max_failures": spec.checkpoints.max_failures, "cell_D": t.cell.D}
         if report_delay:
             config["report_delay_s"] = report_delay
         return config

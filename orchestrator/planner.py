@@ -19,6 +19,7 @@ from trainers.contract import Schedule, TrialConfig
 from trainers.flops import training_flops
 from trainers.model import count_params, shape_for
 
+from .core.cells import Cell, cell_of
 from .spec import SpecError, SweepSpec
 
 
@@ -44,6 +45,7 @@ class PlannedTrial:
     micro_batch: Optional[int] = None  # sequences per worker per micro-step (None = the whole share)
     grad_accum: Optional[int] = None  # micro-steps per optimizer step, when planned or checked
     memory_gib: Optional[float] = None  # estimated peak memory per worker (cluster/resources.py), when checked
+    D_nominal: Optional[float] = None  # the design's token target before whole-batch rounding: the cell's D
     # WSD branching (orchestrator/branching.py); `flops` is what this trial spends, a branch its decay only
     warmup: Optional[float] = None  # this trial's warmup fraction, when it differs from the spec's
     checkpoint_steps: tuple[int, ...] = ()  # a trunk: the steps its branches start from
@@ -54,6 +56,11 @@ class PlannedTrial:
     def record(self) -> dict[str, Any]:
         """The trial's config as stored and logged."""
         return asdict(self)
+
+    @property
+    def cell(self) -> Cell:
+        """The nominal (N, D) cell this trial belongs to (`orchestrator.core.cells`)."""
+        return cell_of({"N": self.N, "D": self.D, "D_nominal": self.D_nominal})
 
 
 def _trial_id(n: int, d: int, lr: float, batch: int, seed: int) -> str:
@@ -167,6 +174,7 @@ def plan_trial(spec: SweepSpec, n_target: int, d_target: float, lr: float, batch
         micro_batch=micro,
         grad_accum=accum,
         memory_gib=mem,
+        D_nominal=float(d_target),
     )
 
 

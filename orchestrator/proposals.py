@@ -9,8 +9,9 @@ import numpy as np
 
 from trainers.model import shape_for
 
+from .core.cells import assign_cells, best_per_cell
 from .laws.chinchilla import ChinchillaFit, budget_key, fit_chinchilla
-from .laws.table import TableError, cluster_close
+from .laws.table import TableError
 
 
 @dataclass
@@ -33,18 +34,9 @@ class SweepFit:
 
 
 def best_cells(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (N, D): the lr/batch with the lowest seed-mean loss — L(N, D) describes tuned runs."""
-    groups: dict[tuple, list[float]] = {}
-    for p in points:
-        groups.setdefault((p["N"], p["D"], p["lr"], p["batch"]), []).append(p["loss"])
-    cells: dict[tuple, dict[str, Any]] = {}
-    for (n, d, lr, batch), losses in groups.items():
-        loss = float(np.mean(losses))
-        cur = cells.get((n, d))
-        if cur is None or loss < cur["loss"]:
-            cells[(n, d)] = {"N": n, "D": d, "C": 6.0 * n * d, "lr": lr, "batch": batch, "loss": loss,
-                             "n_seeds": len(losses)}
-    return sorted(cells.values(), key=lambda c: (c["N"], c["D"]))
+    """Per nominal (N, D) cell, its best tuned run (`orchestrator.core.cells.best_per_cell`):
+    L(N, D) describes tuned runs, one point per cell whatever batch rounding did to D."""
+    return best_per_cell(points)
 
 
 def _nearest_cell(cells: list[dict[str, Any]], n: float, d: float) -> dict[str, Any]:
@@ -60,19 +52,16 @@ def learned_hparams(runs: Sequence[dict[str, Any]]) -> Optional[HparamRule]:
     `runs`: finished trials with their final `loss` and diverged ones (loss NaN; they bound lr from
     above). One bowl in (log lr, log batch) shared by every cell, its centre on the laws
     (`orchestrator.laws.hparam_surface`); else a bowl per (N, D) cell, else the Step-Law protocol
-    (`orchestrator.laws.hparams.fit_hparams`). Token budgets that whole-batch rounding moved
-    apart (the same tokens-per-parameter target at two batch sizes) count as one cell.
+    (`orchestrator.laws.hparams.fit_hparams`). Runs are grouped by their nominal cell
+    (`orchestrator.core.cells`), whatever whole-batch rounding did to their D.
     """
     from .laws.hparam_surface import fit_surface
     from .laws.hparams import HparamError, fit_hparams
 
     if not runs:
         return None
-    by_n: dict[float, list[float]] = {}
-    for r in runs:
-        by_n.setdefault(float(r["N"]), []).append(float(r["D"]))
-    nominal = {n: cluster_close(ds, rel=0.02) for n, ds in by_n.items()}
-    cols = ([float(r["N"]) for r in runs], [nominal[float(r["N"])][float(r["D"])] for r in runs],
+    cells = assign_cells(runs)
+    cols = ([float(r["N"]) for r in runs], [c.D for c in cells],
             [float(r["lr"]) for r in runs], [float(r["batch"]) for r in runs],
             [float(r.get("loss", math.nan)) for r in runs])
     for method in ("surface", "bowl", "steplaw"):

@@ -57,6 +57,7 @@ import numpy as np
 from trainers.contract import TrialConfig
 from trainers.schedules import lr_array
 
+from .core.cells import cell_of
 from .laws.curve_law import CurveLaw
 from .laws.curves import Curve, Schedule
 from .laws.final_loss import make_law, predict_final
@@ -83,17 +84,19 @@ class TrialMeta:
     warmup_steps: int = 0
     start_step: int = 0  # a WSD cooldown branch starts at its trunk's step (orchestrator/branching.py)
     schedule: str = ""  # the schedule's kind and fractions (trainers.contract.Schedule); "" = from the lr shape
+    cell_D: Optional[float] = None  # the planned trial's nominal D (its cell; None: the rounded D is the cell's)
 
     @classmethod
-    def from_trial_config(cls, cfg: TrialConfig | Mapping[str, Any]) -> "TrialMeta":
-        """The plan of a contract TrialConfig (or its dict), with steps derived as the trainers do."""
+    def from_trial_config(cls, cfg: TrialConfig | Mapping[str, Any], cell_D: Optional[float] = None) -> "TrialMeta":
+        """The plan of a contract TrialConfig (or its dict), with steps derived as the trainers do;
+        `cell_D` is the planned trial's nominal D (`PlannedTrial.cell`)."""
         if not isinstance(cfg, TrialConfig):
             cfg = TrialConfig.from_dict(dict(cfg))
         b = (int(cfg.batch_tokens) // cfg.seq_len) * cfg.seq_len
         T = max(1, math.ceil(cfg.tokens / b))
         return cls(N=float(cfg.n_params), D=float(T * b), total_steps=T, lr=lr_array(T, cfg.lr, cfg.schedule),
                    flops=6.0 * cfg.n_params * T * b, warmup_steps=min(T, int(round(cfg.schedule.warmup * T))),
-                   start_step=int(cfg.branch_step), schedule=_schedule_name(cfg.schedule))
+                   start_step=int(cfg.branch_step), schedule=_schedule_name(cfg.schedule), cell_D=cell_D)
 
     @property
     def compute(self) -> float:
@@ -101,8 +104,9 @@ class TrialMeta:
         return 6.0 * self.N * self.D
 
     def cell(self) -> tuple[float, float]:
-        """The (N, D) cell key: D rounded to 3 significant digits (batch rounding moves it slightly)."""
-        return (float(self.N), float(f"{self.D:.3g}"))
+        """The (N, D) cell key (`orchestrator.core.cells.cell_of`): the nominal D, whatever batch rounding did."""
+        c = cell_of({"N": self.N, "D": self.D, "D_nominal": self.cell_D})
+        return (c.N, c.D)
 
     def schedule_kind(self) -> str:
         """The schedule's shape as a fraction of the run, the same for every (N, D) (cross-schedule calibration key)."""

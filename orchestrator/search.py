@@ -46,6 +46,7 @@ import numpy as np
 from .laws.chinchilla import ChinchillaFit, fit_chinchilla, frontier_samples
 from .laws.hparam_surface import SurfaceFit, fit_surface
 from .laws.hparams import BatchLaw, HparamError, LrLaw
+from .core.cells import in_cell
 from .planner import WAIT, PlannedTrial, plan_grid, plan_trial, trial_resources
 from .spec import SearchSpec, SpecError, SweepSpec
 
@@ -145,13 +146,10 @@ def _cells_of(trials: Sequence[PlannedTrial], spec: SweepSpec) -> list[_Cell]:
     seed = spec.seeds[0]
     groups: dict[tuple[int, int], list[PlannedTrial]] = {}
     for t in trials:
-        if t.seed != seed:
+        # A batch too large for the cell's tokens is not a point of the cell: left out of its lattice.
+        if t.seed != seed or not in_cell(t.D, t.cell):
             continue
-        # plan_grid rounds D up to whole batches, so one cell's D differs slightly between batches:
-        # the cell is the spec's token budget nearest to the trial's D.
-        targets = spec.tokens.for_size(t.N)
-        d_target = min(targets, key=lambda d: (abs(math.log(t.D / d)), d))
-        groups.setdefault((t.n_target, d_target), []).append(t)
+        groups.setdefault((t.n_target, t.cell.D), []).append(t)
     cells = []
     for key, ts in groups.items():
         lrs = sorted({t.lr for t in ts})

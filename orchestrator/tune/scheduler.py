@@ -159,7 +159,7 @@ class PrunerScheduler(FIFOScheduler):
             cfg = trial.config.get("trial") if isinstance(trial.config, dict) else None
             if not isinstance(cfg, dict):
                 return None
-            self.metas[tid] = TrialMeta.from_trial_config(cfg)
+            self.metas[tid] = TrialMeta.from_trial_config(cfg, cell_D=trial.config.get("cell_D"))
         return self.metas[tid]
 
     def on_trial_add(self, tune_controller, trial) -> None:
