@@ -125,3 +125,32 @@ def test_predicted_vs_observed(tmp_path):
     assert f"{100 * mare:.2f} %" in ax.get_title()
     assert sorted(t.get_text() for t in ax.texts) == ["a", "b", "c"]
     _png(fig, tmp_path, "pvo.png")
+
+
+def test_loss_vs_compute_shows_the_evidence(tmp_path):
+    """Each size's fitted curve, the runs the fit used, the backtest's held-out runs, the band level,
+    units on the axes and the extrapolation region."""
+    sizes = [1e6, 4e6]
+    runs = [{"C": 6 * n * d, "loss": _chinchilla(n, d) + 0.05 * k, "N": n, "used": k == 0}
+            for n in sizes for d in (2e8, 8e8) for k in (0, 1)]
+    curves = {n: {"C": 6 * n * np.geomspace(1e8, 1e9, 20), "loss": _chinchilla(n, np.geomspace(1e8, 1e9, 20))}
+              for n in sizes}
+    heldout = [{"C": 6 * 1.6e7 * 8e8, "loss": _chinchilla(1.6e7, 8e8), "predicted": _chinchilla(1.6e7, 8e8) * 1.01,
+                "interval": [2.0, 2.5]}]
+    fc = np.logspace(15, 19, 30)
+    mid = 1.69 + 10 * fc ** -0.15
+    fig = loss_vs_compute(runs, {"C": fc, "mid": mid, "low": mid - 0.02, "high": mid + 0.02},
+                          [{"budget": 1e19, "predicted_loss": 2.3}], curves=curves, heldout=heldout, level=0.9)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "frontier 90% band" in labels
+    assert "fitted L(N, D) per size" in labels and "runs in the fit (best per cell)" in labels
+    assert "held out (backtest): observed" in labels and "held out: predicted without them" in labels
+    assert any(t.startswith("extrapolation") for t in labels)
+    assert "FLOPs" in ax.get_xlabel() and "nats" in ax.get_ylabel()
+    per_size = [ln for ln in ax.lines if ln.get_color() != "black" and len(ln.get_xdata()) == 20]
+    assert len(per_size) == len(sizes)
+    hollow = [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())
+              and len(c.get_facecolors()) == 0]
+    assert sum(len(c.get_offsets()) for c in hollow) >= 4  # the runs not in the fit (+ held out)
+    _png(fig, tmp_path, "evidence.png")
