@@ -405,7 +405,7 @@ def summary_rows(docs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         for name, e in doc["strategies"].items():
             r = e["regret"]
             per = r["per_seed"]
-            worst = math.inf if r["diverged_seeds"] else r["max"]
+            worst = None if r["diverged_seeds"] else r["max"]  # a proposal that diverges: worst is ∞
             rows.append({"world": wname, "strategy": name, "seeds": len(per),
                          "compute_vs_full_grid": e["compute_vs_full_grid"],
                          "regret_mean": r["mean"], "regret_worst": worst, "diverged_seeds": r["diverged_seeds"],
@@ -428,12 +428,13 @@ def print_summary(docs: dict[str, dict[str, Any]]) -> None:
     for r in summary_rows(docs):
         head = r["world"] != last
         last = r["world"]
-        pct = lambda x: "—" if x is None else ("∞" if math.isinf(x) else f"{100 * x:.3f}")
+        pct = lambda x: "—" if x is None else f"{100 * x:.3f}"
         t.add_row(r["world"] if head else "",
                   f"×{r['prior_lr_ratio']:.2f}, ×{r['prior_batch_ratio']:.2f}, {r['prior_tpp']:.0f} vs {r['true_tpp']:.0f}"
                   if head else "", r["strategy"],
                   f"{r['compute_vs_full_grid']:.3f}" if r["compute_vs_full_grid"] else "—",
-                  pct(r["regret_mean"]), pct(r["regret_worst"]), f"{r['diverged_seeds']}/{r['seeds']}")
+                  pct(r["regret_mean"]), "∞" if r["diverged_seeds"] else pct(r["regret_worst"]),
+                  f"{r['diverged_seeds']}/{r['seeds']}")
     Console().print(t)
 
 
@@ -523,7 +524,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"benchmark": "efficiency", "command": "python -m benchmarks.efficiency "
                                              + " ".join(sys.argv[1:]), "summary": summary_rows(docs), "worlds": docs},
-                                            indent=2, allow_nan=True))
+                                            indent=2, allow_nan=False))
             print(f"wrote {args.json}")
 
 
