@@ -63,9 +63,9 @@ def prior_for(prior_ref: Optional[str], target: float) -> tuple[World, dict[str,
     `prior_ref`: a bundled world name or world file (used as is), or a rule file with some of
     `lr`, `batch`, `loss`, `reference_schedule` in world format (the rest from the default).
 
-    >>> w, info = prior_for(None, 1e17)
-    >>> info["rescale_k"] ** 2 * 1e17 == PUBLISHED_C_RANGE[0]
-    True
+    >>> w, info = prior_for(None, 1e17)   # below the published range: mapped to 1e18
+    >>> round(info["rescale_k"] ** 2, 6), round(w.optimum(1e17)["D"] / w.optimum(1e17)["N"], 1)
+    (10.0, 25.7)
     """
     base = load_world(DEFAULT_PRIOR)
     info: dict[str, Any] = {"ref": prior_ref or f"default ({DEFAULT_PRIOR} world's published laws)"}

@@ -26,6 +26,12 @@ the post-drop area measured as a fraction of the area so far, which makes the cu
 the same schedule shape gives the same relative bonus at every (N, D). κ_T is fixed so that the
 reference schedule with T steps ends exactly at B·(T·b)^(−beta). The curve at step s depends only
 on the lr history up to s (and κ_T ≈ constant), so a WSD run's stable phase is a constant-lr run.
+
+Optional structure (issue 13; every field defaults to the model above, bit for bit): Kaplan-form,
+N·D-interaction and data-constrained surfaces (the curve is then L*(N, tokens-equivalent of the lr
+history)), lr*/batch* laws that bend, lr* that moves with the batch, an asymmetric lr bowl, a
+divergence multiple that varies with N, lr that changes the curve's shape, Student-t noise and
+outlier runs. docs/worlds.md documents each.
 """
 from __future__ import annotations
 
