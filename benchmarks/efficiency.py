@@ -1,12 +1,15 @@
 """Sweep efficiency on a simulated world: compute spent vs regret at a target budget, per strategy.
 
-All strategies run the same grid of (N, D, lr, batch) derived from the world and the target
-budget C (see `benchmark_spec`), and end with the same offline fit
-(`orchestrator.proposals.fit_and_propose(points, [C])`, lr/batch from the nearest observed cell).
-Regret is exact: `world.regret(proposal, C)` = true loss of the proposed config / true optimum − 1.
+All strategies run the same grid of (N, D, lr, batch), laid from a *prior* a user would have
+and the target budget C (see `prior_for` and `benchmark_spec`), never from the world's truth,
+and end with the same offline fit (`orchestrator.proposals.fit_and_propose(points, [C])`).
+The world only simulates the trials and scores: regret is exact, `world.regret(proposal, C)` =
+true loss of the proposed config / true optimum − 1.
 
     python -m benchmarks.efficiency --world tiny --seeds 3 --json results/efficiency-tiny.json
     python -m benchmarks.efficiency --world my_world.yaml --target-budget 1e17 --seeds 3 --json out.json
+    python -m benchmarks.efficiency --world all --seeds 5 --json results/efficiency-all.json  # every bundled world
+    python -m benchmarks.efficiency --world bent --prior tiny --json out.json   # another prior
     python -m benchmarks.efficiency --quick --json /tmp/eff.json          # seconds (smoke test)
 
 Strategies (see benchmarks/strategies.py for how each runs): full_grid, asha, optuna,
@@ -28,7 +31,7 @@ import yaml
 
 from orchestrator.proposals import fit_and_propose
 from orchestrator.spec import parse_spec
-from trainers.worlds import World, load_world
+from trainers.worlds import World, bundled_worlds, load_world, world_from_dict
 
 from . import strategies as S
 
@@ -36,8 +39,79 @@ STRATEGIES = ("full_grid", "asha", "optuna", "random", "random_at_asha", "scales
 # The tiny world is the chinchilla world with N, D / 1e4 (C / 1e8). Chinchilla's target is 1e22, not
 # 1e24: fit_and_propose sizes its proposal with trainers.model.shape_for, whose largest member is
 # 1.3e10 parameters (N* at 1e24 is 1.7e11).
-DEFAULT_TARGETS = {"tiny": 1e17, "chinchilla": 1e22}
+# The issue-13 worlds: bent and repeated at CPU scale, kaplan and crossing at the published scale.
+DEFAULT_TARGETS = {"tiny": 1e17, "chinchilla": 1e22, "bent": 1e17, "repeated": 1e17, "kaplan": 1e22,
+                   "crossing": 1e22}
 SEQ_LEN = 128
+# The default prior: the published laws the bundled chinchilla world encodes (Epoch's Chinchilla
+# L(N, D), Step Law's lr*(N, D) and batch*(D)), and the compute range the loss fit was measured on.
+DEFAULT_PRIOR = "chinchilla"
+PUBLISHED_C_RANGE = (1e18, 1e25)
+# A rule file (--prior FILE) may give only these world sections; the rest come from the default prior.
+RULE_SECTIONS = ("lr", "batch", "loss", "reference_schedule")
+
+
+def prior_for(prior_ref: Optional[str], target: float) -> tuple[World, dict[str, Any]]:
+    """The prior a user would lay the grid from, at the target budget: (prior world, what it is).
+
+    Only what a user knows goes in: the target budget and published laws (or a file). Default:
+    the chinchilla world's laws. Its lr*(N, D) and batch*(D) (Step Law) are formulas in N and D,
+    applied as stated at the user's sizes. Its loss surface (used only for the prior's
+    tokens per parameter) holds on C 1e18–1e25; a target outside that range is mapped to the
+    range's nearest edge by the scaling tiny.yaml documents (N, D × k, C × k²: A·k^−α, B·k^−β),
+    so the prior has the published frontier's ratio, not an 8-decade extrapolation of its losses.
+    `prior_ref`: a bundled world name or world file (used as is), or a rule file with some of
+    `lr`, `batch`, `loss`, `reference_schedule` in world format (the rest from the default).
+
+    >>> w, info = prior_for(None, 1e17)   # below the published range: mapped to 1e18
+    >>> round(info["rescale_k"] ** 2, 6), round(w.optimum(1e17)["D"] / w.optimum(1e17)["N"], 1)
+    (10.0, 25.7)
+    """
+    base = load_world(DEFAULT_PRIOR)
+    info: dict[str, Any] = {"ref": prior_ref or f"default ({DEFAULT_PRIOR} world's published laws)"}
+    if prior_ref is None:
+        doc = base.model_dump(exclude=base._defaulted())
+        info["kind"] = "published"
+    else:
+        p = Path(prior_ref)
+        raw = yaml.safe_load(p.read_text()) if p.suffix and p.exists() else None
+        if isinstance(raw, dict) and set(raw) - {"name", "description"} <= set(RULE_SECTIONS):
+            doc = base.model_dump(exclude=base._defaulted())
+            doc.update({k: raw[k] for k in RULE_SECTIONS if k in raw})
+            doc["name"] = raw.get("name", f"rule:{p.stem}")
+            info["kind"] = "rule file"
+            info["sections"] = [k for k in RULE_SECTIONS if k in raw]
+            if "loss" in raw:  # the user's own surface: used as given
+                return world_from_dict(doc, source=str(p)), {**info, "rescale_k": 1.0}
+        else:
+            w = load_world(prior_ref)
+            return w, {**info, "kind": "world", "name": w.name, "rescale_k": 1.0}
+    lo, hi = PUBLISHED_C_RANGE
+    k = math.sqrt(min(max(target, lo), hi) / target)  # 1 inside the range
+    if k != 1.0:
+        loss = dict(doc["loss"])
+        loss["A"] = loss["A"] * k ** (-loss["alpha"])
+        loss["B"] = loss["B"] * k ** (-loss["beta"])
+        doc["loss"] = loss
+    prior = world_from_dict({**doc, "name": doc.get("name", DEFAULT_PRIOR) if prior_ref else "published-prior"})
+    return prior, {**info, "name": prior.name, "rescale_k": k}
+
+
+def prior_distance(prior: World, world: World, target: float) -> dict[str, float]:
+    """How far the prior was from the truth at the target (scoring only; never shapes a grid).
+
+    Ratios prior / truth: lr* and batch* at the true optimum (N*, D*), tokens per parameter and N*
+    of the two optima at the target.
+    """
+    t, p = world.optimum(target), prior.optimum(target)
+    return {
+        "lr_star_ratio": float(prior.lr_star(t["N"], t["D"])) / t["lr"],
+        "batch_star_ratio": float(prior.batch_star(t["D"])) / t["batch"],
+        "tokens_per_param_prior": p["D"] / p["N"],
+        "tokens_per_param_true": t["D"] / t["N"],
+        "tokens_per_param_ratio": (p["D"] / p["N"]) / (t["D"] / t["N"]),
+        "N_star_ratio": p["N"] / t["N"],
+    }
 
 
 def _parse_value(text: str) -> Any:
@@ -47,17 +121,21 @@ def _parse_value(text: str) -> Any:
 SCALESWEEP_STRATEGY = "transfer"  # `--scalesweep-set search.strategy=grid|law` measures the others
 
 
-def benchmark_spec(world: World, world_ref: str, target: float, seed: int, *, quick: bool = False,
+def benchmark_spec(prior: World, world_ref: str, target: float, seed: int, *, quick: bool = False,
                    sizes: int = 5, ratios: tuple[float, ...] = (5, 10, 20, 40, 80), n_lr: int = 6,
                    n_batch: int = 2, eval_tokens: Optional[int] = None, factor: float = 100.0) -> dict[str, Any]:
     """The benchmark's sweep spec: a grid whose largest trial costs target/factor FLOPs.
 
+    Laid from `prior` (what the user believes) and the user's choices only; `world_ref` merely
+    names the simulated trainer's world (the truth), which nothing here reads.
     N: `sizes` values log-spaced over 2 decades, the largest chosen so that its longest run
     (max ratio tokens per parameter) costs exactly target/factor; lr: `n_lr` values log-spaced
-    from half the smallest to twice the largest lr*(N, D) over the grid's cells (the world's lr
-    law); batch: `n_batch` values at evenly spaced log positions inside the range of batch*(D).
-    Reports: at most 100 per trial (ASHA's default max_t), eval on `eval_tokens` tokens.
+    from half the smallest to twice the largest prior lr*(N, D) over the grid's cells;
+    batch: `n_batch` values at evenly spaced log positions inside the range of the prior's
+    batch*(D); schedule: the prior's reference schedule. Reports: at most 100 per trial (ASHA's
+    default max_t), eval on `eval_tokens` tokens (default the prior's noise.ref_tokens).
     """
+    world = prior  # every law below is the prior's
     if quick:
         sizes, ratios, n_lr, n_batch = 4, (5, 20, 80), 3, 1
     r_max = max(ratios)
@@ -73,7 +151,7 @@ def benchmark_spec(world: World, world_ref: str, target: float, seed: int, *, qu
     batches = [b for b in batches if b <= d_min] or [SEQ_LEN]
     t_max = math.ceil(max(d for _, d in cells) * 1.02 / min(batches))
     return {
-        "name": f"efficiency-{world.name}",
+        "name": "efficiency",
         "model": {"n_params": [int(round(n)) for n in Ns], "seq_len": SEQ_LEN},
         "tokens": {"per_param": list(ratios)},
         "learning_rates": [float(f"{x:.4g}") for x in lrs],
@@ -168,14 +246,19 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
                   quick: bool = False, concurrency: int = 8, asha_mode: str = "replay",
                   scalesweep_mode: str = "auto", scalesweep_set: tuple[str, ...] = (),
                   eval_tokens: Optional[int] = None, first_seed: int = 0,
-                  grid_shape: Optional[dict[str, Any]] = None, scalesweep_pruner: bool = False) -> dict[str, Any]:
-    """Run every strategy for every seed; return the JSON document."""
+                  grid_shape: Optional[dict[str, Any]] = None, scalesweep_pruner: bool = False,
+                  prior_ref: Optional[str] = None) -> dict[str, Any]:
+    """Run every strategy for every seed; return the JSON document.
+
+    The grid comes from `prior_for(prior_ref, target)`; the world (truth) simulates and scores.
+    """
     world = load_world(world_ref)
     ref = world_ref if not Path(world_ref).exists() else str(Path(world_ref).resolve())
     if target is None:
         if world.name not in DEFAULT_TARGETS:
             raise SystemExit(f"--target-budget is required for world {world.name!r}")
         target = DEFAULT_TARGETS[world.name]
+    prior, prior_info = prior_for(prior_ref, target)
     per: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
     notes: dict[str, list[str]] = {s: [] for s in strategies}
     modes: dict[str, str] = {}
@@ -183,7 +266,7 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
     parts = None
     grid_info: dict[str, Any] = {}
     for seed in range(first_seed, first_seed + seeds):
-        data = benchmark_spec(world, ref, target, seed, quick=quick, eval_tokens=eval_tokens, **(grid_shape or {}))
+        data = benchmark_spec(prior, ref, target, seed, quick=quick, eval_tokens=eval_tokens, **(grid_shape or {}))
         ss_data = json.loads(json.dumps(data))
         ss_data["search"] = {"strategy": SCALESWEEP_STRATEGY}  # scalesweep's search for far targets
         for item in scalesweep_set:
@@ -237,6 +320,8 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
         "benchmark": "efficiency",
         "command": "python -m benchmarks.efficiency " + " ".join(sys.argv[1:]),
         "world": {"name": world.name, "ref": world_ref, "fingerprint": world.fingerprint()},
+        "prior": {**prior_info, "fingerprint": prior.fingerprint(),
+                  "distance_at_target": prior_distance(prior, world, target)},
         "target_budget": target,
         "true_optimum": {k: opt[k] for k in ("N", "D", "lr", "batch", "loss")},
         "seeds": list(range(first_seed, first_seed + seeds)),
@@ -301,9 +386,56 @@ def print_table(doc: dict[str, Any]) -> None:
     Console().print(t)
     Console().print(f"true optimum: N={opt['N']:.4g} D={opt['D']:.4g} lr={opt['lr']:.3g} batch={opt['batch']:.4g} "
                     f"loss={opt['loss']:.5f}")
+    pr = doc.get("prior")
+    if pr:
+        d = pr["distance_at_target"]
+        Console().print(f"grid laid from the prior {pr['ref']} (k = {pr['rescale_k']:.3g}); prior / truth at the target: "
+                        f"lr* ×{d['lr_star_ratio']:.2f}, batch* ×{d['batch_star_ratio']:.2f}, tokens per parameter "
+                        f"{d['tokens_per_param_prior']:.1f} vs {d['tokens_per_param_true']:.1f}, N* ×{d['N_star_ratio']:.2f}")
     ss = doc["strategies"].get("scalesweep")
     if ss and ss.get("active_parts"):
         Console().print(f"scalesweep active parts: {ss['active_parts']}")
+
+
+def summary_rows(docs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (world, strategy): compute vs full grid, regret mean/worst, diverged seeds, prior distance."""
+    rows = []
+    for wname, doc in docs.items():
+        d = doc["prior"]["distance_at_target"]
+        for name, e in doc["strategies"].items():
+            r = e["regret"]
+            per = r["per_seed"]
+            worst = None if r["diverged_seeds"] else r["max"]  # a proposal that diverges: worst is ∞
+            rows.append({"world": wname, "strategy": name, "seeds": len(per),
+                         "compute_vs_full_grid": e["compute_vs_full_grid"],
+                         "regret_mean": r["mean"], "regret_worst": worst, "diverged_seeds": r["diverged_seeds"],
+                         "failed_seeds": r["failed_seeds"],
+                         "prior_lr_ratio": d["lr_star_ratio"], "prior_batch_ratio": d["batch_star_ratio"],
+                         "prior_tpp": d["tokens_per_param_prior"], "true_tpp": d["tokens_per_param_true"]})
+    return rows
+
+
+def print_summary(docs: dict[str, dict[str, Any]]) -> None:
+    """Every world side by side: compute vs full grid, regret mean / worst, diverged seeds."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="efficiency on every world, grids from the prior (regret % at the target)")
+    for col in ("world", "prior/truth lr*, batch*, tok/param", "strategy", "compute vs grid", "regret % mean",
+                "regret % worst", "diverged seeds"):
+        t.add_column(col, justify="left" if col in ("world", "strategy") else "right")
+    last = None
+    for r in summary_rows(docs):
+        head = r["world"] != last
+        last = r["world"]
+        pct = lambda x: "—" if x is None else f"{100 * x:.3f}"
+        t.add_row(r["world"] if head else "",
+                  f"×{r['prior_lr_ratio']:.2f}, ×{r['prior_batch_ratio']:.2f}, {r['prior_tpp']:.0f} vs {r['true_tpp']:.0f}"
+                  if head else "", r["strategy"],
+                  f"{r['compute_vs_full_grid']:.3f}" if r["compute_vs_full_grid"] else "—",
+                  pct(r["regret_mean"]), "∞" if r["diverged_seeds"] else pct(r["regret_worst"]),
+                  f"{r['diverged_seeds']}/{r['seeds']}")
+    Console().print(t)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
@@ -337,7 +469,11 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--world", default="tiny", help="bundled world name (tiny, chinchilla) or a world YAML file")
+    ap.add_argument("--world", default="tiny",
+                    help="bundled world name, a world YAML file, a comma list of them, or 'all' (every bundled world)")
+    ap.add_argument("--prior", default=None,
+                    help="what the grid is laid from: a world name or file, or a rule file (lr/batch/loss sections); "
+                         "default: the chinchilla world's published laws, rescaled to the target (prior_for)")
     ap.add_argument("--target-budget", type=float, default=None,
                     help="target C in FLOPs (default: tiny 1e17, chinchilla 1e22); the grid's largest trial is C/100")
     ap.add_argument("--seeds", type=int, default=3, help="seeds (trial noise, orders, samplers)")
@@ -366,21 +502,39 @@ def main(argv: Optional[list[str]] = None) -> None:
     bad = [s for s in names if s not in STRATEGIES]
     if bad:
         ap.error(f"unknown strategy {bad[0]!r}; choose from {', '.join(STRATEGIES)}")
-    doc = run_benchmark(args.world, args.target_budget, args.seeds, names, quick=args.quick,
-                        concurrency=args.concurrency, asha_mode=args.asha_mode, scalesweep_mode=args.scalesweep_mode,
-                        scalesweep_set=tuple(args.scalesweep_set), eval_tokens=args.eval_tokens,
-                        first_seed=args.first_seed,
-                        grid_shape={"sizes": args.sizes, "ratios": tuple(float(x) for x in args.ratios.split(",")),
-                                    "n_lr": args.lrs, "n_batch": args.batches},
-                        scalesweep_pruner=args.scalesweep_pruner)
-    print_table(doc)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        png = args.json.with_suffix(".png")
-        plot(doc, png)
-        doc["plot"] = str(png)
-        args.json.write_text(json.dumps(doc, indent=2, allow_nan=False))
-        print(f"wrote {args.json} and {png}")
+    worlds = bundled_worlds() if args.world == "all" else [w.strip() for w in args.world.split(",") if w.strip()]
+    docs: dict[str, dict[str, Any]] = {}
+    for world_ref in worlds:
+        doc = run_benchmark(world_ref, args.target_budget, args.seeds, names, quick=args.quick,
+                            concurrency=args.concurrency, asha_mode=args.asha_mode,
+                            scalesweep_mode=args.scalesweep_mode,
+                            scalesweep_set=tuple(args.scalesweep_set), eval_tokens=args.eval_tokens,
+                            first_seed=args.first_seed,
+                            grid_shape={"sizes": args.sizes, "ratios": tuple(float(x) for x in args.ratios.split(",")),
+                                        "n_lr": args.lrs, "n_batch": args.batches},
+                            scalesweep_pruner=args.scalesweep_pruner, prior_ref=args.prior)
+        print_table(doc)
+        docs[doc["world"]["name"]] = doc
+        if args.json:
+            out = args.json if len(worlds) == 1 else args.json.with_name(f"{args.json.stem}-{doc['world']['name']}.json")
+            _write(doc, out)  # each world as soon as it is done (a long multi-world run keeps what it finished)
+    if len(worlds) > 1:
+        print_summary(docs)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"benchmark": "efficiency", "command": "python -m benchmarks.efficiency "
+                                             + " ".join(sys.argv[1:]), "summary": summary_rows(docs), "worlds": docs},
+                                            indent=2, allow_nan=False))
+            print(f"wrote {args.json}")
+
+
+def _write(doc: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = out.with_suffix(".png")
+    plot(doc, png)
+    doc["plot"] = str(png)
+    out.write_text(json.dumps(doc, indent=2, allow_nan=False))
+    print(f"wrote {out} and {png}")
 
 
 if __name__ == "__main__":

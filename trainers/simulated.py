@@ -9,7 +9,10 @@ the world's noise-free curve (`World.curve_at`) plus
 - a per-trial seed offset: the whole curve × (1 + noise.seed·z), z ~ N(0, 1);
 - train-loss noise: each step's loss has relative std noise.train·√(ref_tokens / batch), so the
   mean over the k steps since the last report has that over √k;
-- eval-loss noise: relative std noise.eval·√(ref_tokens / eval_tokens) per evaluation.
+- eval-loss noise: relative std noise.eval·√(ref_tokens / eval_tokens) per evaluation;
+- optionally (docs/worlds.md) Student-t draws with `noise.tail_df` degrees instead of normal ones
+  (same std), and outlier runs: with probability `noise.outlier_prob` the whole curve is
+  × (1 + outlier_scale·e), e ~ Exp(1), drawn from a stream of its own.
 
 z and the per-report draws come from a generator seeded by (config.seed, a hash of the config's
 math-relevant fields), so a trial is deterministic given its config. Time is simulated, never
@@ -55,7 +58,7 @@ def train(config: TrialConfig, report: Reporter,
     # Divergence: from the first step at lr >= lr_multiple·lr*, the loss climbs geometrically and is
     # non-finite blowup_steps later (at the end at the latest), where the run reports NaN and stops.
     nan_step = None
-    limit = w.divergence.lr_multiple * float(w.lr_star(N, T * b))
+    limit = w.lr_limit(N, T * b, b)
     over = np.flatnonzero(config.lr * r >= limit)
     if over.size:
         nan_step = min(T, int(over[0]) + w.divergence.blowup_steps)
@@ -74,13 +77,19 @@ def train(config: TrialConfig, report: Reporter,
     train_mean = (at[0] + 4.0 * at[1] + at[2]) / 6.0
     eval_mean = at[2]
 
-    rng = np.random.default_rng([config.seed & 0xFFFFFFFF, _config_hash(config)])
-    offset = 1.0 + w.noise.seed * rng.standard_normal()
+    seed_key = [config.seed & 0xFFFFFFFF, _config_hash(config)]
+    rng = np.random.default_rng(seed_key)
+    z = _draws(rng, w.noise.tail_df)
+    offset = 1.0 + w.noise.seed * z()
+    if w.noise.outlier_prob > 0.0:  # its own stream: the other draws stay those of the same world without outliers
+        out_rng = np.random.default_rng(seed_key + [1])
+        if out_rng.random() < w.noise.outlier_prob:
+            offset *= 1.0 + w.noise.outlier_scale * out_rng.standard_exponential()
     k = (ends - starts + 1).astype(np.float64)
     train_sd = w.noise.train * math.sqrt(w.noise.ref_tokens / b) / np.sqrt(k)
     eval_sd = w.noise.eval * math.sqrt(w.noise.ref_tokens / max(1, config.eval_tokens))
-    train_loss = train_mean * offset * (1.0 + train_sd * rng.standard_normal(ends.size))
-    eval_loss = eval_mean * offset * (1.0 + eval_sd * rng.standard_normal(ends.size))
+    train_loss = train_mean * offset * (1.0 + train_sd * z(ends.size))
+    eval_loss = eval_mean * offset * (1.0 + eval_sd * z(ends.size))
 
     step_s = 6.0 * N * b / w.throughput.flops_per_s + w.throughput.step_overhead_s
     tokens_per_s = b / step_s
@@ -166,6 +175,14 @@ def _report_steps(T: int, eval_every: int) -> np.ndarray:
             ends = np.append(ends, T)
         return ends
     return np.array([T], dtype=np.int64)
+
+
+def _draws(rng: np.random.Generator, tail_df: Optional[float]):
+    """Unit-variance draws: standard normal, or Student-t with `tail_df` (> 2) degrees scaled to std 1."""
+    if tail_df is None:
+        return rng.standard_normal
+    scale = math.sqrt((tail_df - 2.0) / tail_df)
+    return lambda size=None: scale * rng.standard_t(tail_df, size)
 
 
 def _config_hash(config: TrialConfig) -> int:
