@@ -123,5 +123,13 @@ def _print_text(result: FitResult) -> None:
                 else:
                     bt.add_row(c if i == 0 else "", q, _fmt(iv), "", "")
         console.print(bt)
+    methods = (doc.get("extra") or {}).get("methods") or {}
+    if methods:  # isoflop: every estimator's exponents side by side
+        mt = Table("method", "quantity", "estimate", "low", "high", "budgets", title="isoFLOP estimators")
+        for m, md in methods.items():
+            for q in ("N_exp", "D_exp"):
+                iv = md["intervals"][q]
+                mt.add_row(m, q, _fmt(iv["estimate"]), _fmt(iv["low"]), _fmt(iv["high"]), _fmt(md["n_budgets"]))
+        console.print(mt)
     for w in doc.get("warnings") or []:
         console.print(f"[yellow]warning:[/yellow] {w}")

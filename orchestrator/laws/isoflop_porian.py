@@ -98,7 +98,7 @@ def interpolated_optimum(logx: np.ndarray, loss: np.ndarray, rng: np.random.Gene
 
     >>> x = np.log(np.array([1e8, 2e8, 4e8, 8e8, 1.6e9]))
     >>> o = interpolated_optimum(x, 3.0 + 0.05 * (x - x[2]) ** 2, np.random.default_rng(0))
-    >>> abs(o.log_opt - x[2]) < 0.05  # within two grid steps of the true minimum
+    >>> bool(abs(o.log_opt - x[2]) < 0.05)  # within two grid steps of the true minimum
     True
     """
     order = np.argsort(logx)
