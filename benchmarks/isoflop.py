@@ -6,7 +6,8 @@ of Besiroglu et al. (E 1.8172, A 477.8, B 2143.9, alpha 0.3473, beta 0.3672; a =
 on isoFLOP grids (9 budgets 6e18..3e21, 11 sizes a budget spanning 2.3 e-folds, 10x, either side
 of the grid centre) with Gaussian loss noise; the grid centre is the true optimum ("centred"),
 1.5 e-folds above it ("offset": the minimum sits near the small-N edge) or drifts from 1.5 e-folds
-below to 1.5 above across budgets ("drift": the naive parabola's exponent bias). The truth only scores.
+below to 1.5 above across budgets ("drift": the naive parabola's exponent bias); or Porian et al.'s
+own grid of 16 sizes and 12 budgets ("porian-grid"). The truth only scores.
 
     python -m benchmarks.isoflop [--reps R] [--json OUT]
 """
@@ -34,6 +35,10 @@ def planted(seed: int, design: str = "centred", noise: float = 0.002, per_budget
             half_width: float = 2.3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Runs (N, D, C, loss) on isoFLOP grids of the Chinchilla world; additive N(0, noise²) loss noise."""
     rng = np.random.default_rng(seed)
+    if design == "porian-grid":
+        N, C = porian_grid()
+        D = C / (6 * N)
+        return N, D, C, E + A / N ** ALPHA + B / D ** BETA + rng.normal(0, noise, len(N))
     g = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))
     first, last = DESIGNS[design]
     Ns, Cs = [], []
@@ -45,6 +50,19 @@ def planted(seed: int, design: str = "centred", noise: float = 0.002, per_budget
     N, C = np.concatenate(Ns), np.concatenate(Cs)
     D = C / (6 * N)
     return N, D, C, E + A / N ** ALPHA + B / D ** BETA + rng.normal(0, noise, len(N))
+
+
+def porian_grid() -> tuple[np.ndarray, np.ndarray]:
+    """Porian et al.'s design: their 16 model sizes (5M-901M) at budgets 1.25e16 * 2^k, k = 0..11,
+    each size at every budget where it sees 0.5-300 tokens per parameter (sizes, not their runs)."""
+    sizes = np.array([5.17, 7.50, 9.81, 15.6, 22.5, 28.7, 37.1, 57.4, 84.8, 108.5, 149.0, 220.9, 347.1,
+                      455.3, 612.0, 901.7]) * 1e6
+    Ns, Cs = [], []
+    for c in 1.25e16 * 2.0 ** np.arange(12):
+        keep = (c / (6 * sizes ** 2) > 0.5) & (c / (6 * sizes ** 2) < 300)
+        Ns.append(sizes[keep])
+        Cs.append(np.full(int(keep.sum()), c))
+    return np.concatenate(Ns), np.concatenate(Cs)
 
 
 def naive_exponent(N, D, L, C) -> float:
@@ -83,7 +101,7 @@ def public(level: float) -> dict:
 
 def planted_worlds(reps: int, noise: float, level: float) -> dict:
     out = {}
-    for design in DESIGNS:
+    for design in (*DESIGNS, "porian-grid"):
         rows = {"porian": [], "approach2": [], "naive": []}
         warned = 0
         for s in range(reps):
@@ -105,6 +123,25 @@ def planted_worlds(reps: int, noise: float, level: float) -> dict:
     return out
 
 
+def noise_sensitivity(reps: int, level: float) -> dict:
+    """Porian's exponent on their grid when the bootstrap's assumed noise differs from the data's."""
+    out = {}
+    for data_noise in (0.002, 0.01):
+        for assumed in (0.002, 0.01):
+            est, cov = [], []
+            for s in range(reps):
+                N, D, C, L = planted(s, "porian-grid", data_noise)
+                r = fit_isoflop(N, D, L, C, seed=s, level=level, noise=assumed, bootstrap=20)
+                iv = r.extra["methods"]["porian"]["intervals"]["N_exp"]
+                est.append(iv["estimate"])
+                cov.append(iv["low"] <= A_TRUE <= iv["high"])
+            e = np.array(est)
+            out[f"data {data_noise} / assumed {assumed}"] = {
+                "mean": float(e.mean()), "rmse": float(np.sqrt(np.mean((e - A_TRUE) ** 2))),
+                "coverage": float(np.mean(cov))}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=100, help="replications per planted design")
@@ -113,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", type=Path, default=Path("results/isoflop.json"))
     args = p.parse_args(argv)
     doc = {"truth_a": A_TRUE, "level": args.level, "noise": args.noise, "public": public(args.level),
-           "planted": planted_worlds(args.reps, args.noise, args.level)}
+           "planted": planted_worlds(args.reps, args.noise, args.level),
+           "noise_sensitivity": noise_sensitivity(max(args.reps // 2, 2), args.level)}
     pub = doc["public"]
     print(f"Chinchilla points (Epoch extraction), {args.level:.0%} intervals; Hoffmann Approach 2 published 0.49")
     for m, v in pub["methods"].items():
@@ -122,13 +160,16 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {m:10s} {q} = {iv['estimate']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]  ({v['n_budgets']} budgets)")
     print(f"  naive      N_exp = {pub['naive_N_exp']:.3f}")
     print(f"\nPlanted Chinchilla worlds, true a = {A_TRUE:.4f}, noise {args.noise} nats, {args.reps} replications")
-    print(f"{'design':8s} {'method':10s} {'mean a':>8s} {'bias':>8s} {'rmse':>7s} {'coverage':>9s}")
+    print(f"{'design':11s} {'method':10s} {'mean a':>8s} {'bias':>8s} {'rmse':>7s} {'coverage':>9s}")
     for design, res in doc["planted"].items():
         for m in ("porian", "approach2", "naive"):
             v = res[m]
             cov = "–" if v["coverage"] is None else f"{v['coverage']:.2f}"
-            print(f"{design:8s} {m:10s} {v['mean']:8.4f} {v['bias']:+8.4f} {v['rmse']:7.4f} {cov:>9s}")
-        print(f"{design:8s} disagreement warning in {res['disagreement_warnings']:.0%} of replications")
+            print(f"{design:11s} {m:10s} {v['mean']:8.4f} {v['bias']:+8.4f} {v['rmse']:7.4f} {cov:>9s}")
+        print(f"{design:11s} disagreement warning in {res['disagreement_warnings']:.0%} of replications")
+    print("\nPorian on their grid: data noise vs the noise its bootstrap assumes (--isoflop-noise)")
+    for k, v in doc["noise_sensitivity"].items():
+        print(f"  {k:28s} mean a {v['mean']:.4f}  rmse {v['rmse']:.4f}  coverage {v['coverage']:.2f}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2, default=float))
     print(f"\nwrote {args.json}")

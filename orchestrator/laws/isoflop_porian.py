@@ -182,11 +182,10 @@ def fit_porian(logN: np.ndarray, logD: np.ndarray, loss: np.ndarray, logC: np.nd
     rd = np.stack([r[:k] for r in d_reps])
     rn_exp, rn_int = weighted_power_law(lc, rn, n_sig_a)
     rd_exp, rd_int = weighted_power_law(lc, rd, d_sig_a)
-    w = 1 / n_sig_a ** 2
+    # R² of the weighted fit scored without weights, as their table reports it (sklearn's score).
     pred = n_int + n_exp * lc
     yo = np.array(n_obs)
-    ybar = (w @ yo) / w.sum()
-    r2 = 1 - float(w @ (yo - pred) ** 2) / float(w @ (yo - ybar) ** 2) if len(cs) > 2 else 1.0
+    r2 = 1 - float(np.sum((yo - pred) ** 2)) / float(np.sum((yo - yo.mean()) ** 2)) if len(cs) > 2 else 1.0
     return {
         "params": {"N_exp": float(n_exp), "N_coef": math.exp(float(n_int)),
                    "D_exp": float(d_exp), "D_coef": math.exp(float(d_int))},
