@@ -190,6 +190,10 @@ def fit_isoflop(
     if por is not None:
         methods["porian"] = _method_doc(por["params"], por["reps"], level, budgets, por["optima"],
                                         {"noise_iters": noise_iters, "noise": noise, "r2": por["r2"]})
+    if method not in methods and methods:
+        other = next(iter(methods))
+        warnings.append(f"{method}: fewer than 2 usable budgets; reporting {other} instead")
+        method = other
     if method not in methods:
         usable = len(a2_optima) if method == "approach2" else len(por["optima"]) if por else 0
         raise TableError(

@@ -294,3 +294,13 @@ def test_lower_envelope_recovers_exponent_from_training_curves():
 def test_bad_inputs(cols, match):
     with pytest.raises(TableError, match=match):
         fit_isoflop(*cols)
+
+
+def test_falls_back_to_the_other_method_with_a_warning():
+    # Three sizes a budget and a seed noise far above the valley's depth: most noise replicates put
+    # Porian's argmin at an edge, so every budget is dropped; Approach 2 still fits.
+    N, D, C, L = _isoflop_design(0, per_budget=3, half_width=0.7, noise=0.0)
+    r = fit_isoflop(N, D, L, C, noise=1.0, noise_iters=200)
+    assert r.extra["method"] == "approach2" and "porian" not in r.extra["methods"]
+    assert any("reporting approach2 instead" in w for w in r.warnings)
+    assert r.params["N_exp"] == pytest.approx(A_TRUE, abs=0.03)
