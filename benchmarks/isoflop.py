@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     for m, v in pub["methods"].items():
         for q in ("N_exp", "D_exp"):
             iv = v[q]
-            print(f"  {m:10s} {q} = {iv['estimate']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]  ({v['n_budgets']} budgets)")
+            print(f"  {m:10s} {q} = {iv['estimate']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
+                  f"  ({v['n_budgets']} budgets)")
     print(f"  naive      N_exp = {pub['naive_N_exp']:.3f}")
     print(f"\nPlanted Chinchilla worlds, true a = {A_TRUE:.4f}, noise {args.noise} nats, {args.reps} replications")
     print(f"{'design':11s} {'method':10s} {'mean a':>8s} {'bias':>8s} {'rmse':>7s} {'coverage':>9s}")

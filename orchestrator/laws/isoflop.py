@@ -266,7 +266,8 @@ def _approach2_bootstrap(logN, logD, loss, logC, labels, half_window, k, rng, wa
         if p is not None:
             reps.append(p)
     if len(reps) < k:
-        warnings.append(f"approach2 bootstrap: {k - len(reps)} of {k} resamples had < 2 usable budgets and were dropped")
+        warnings.append(f"approach2 bootstrap: {k - len(reps)} of {k} resamples had < 2 usable budgets "
+                        f"and were dropped")
     return {name: np.array([r[name] for r in reps]) for name in PARAMS}
 
 

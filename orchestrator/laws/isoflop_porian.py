@@ -150,6 +150,7 @@ def fit_porian(logN: np.ndarray, logD: np.ndarray, loss: np.ndarray, logC: np.nd
     ``optima`` (per budget: C, N_opt, D_opt, loss_opt, sigma_logN, sigma_logD) and ``r2``.
     """
     cs, n_obs, d_obs, n_sig, d_sig, n_reps, d_reps, optima = [], [], [], [], [], [], [], []
+    edge: list[str] = []
     for g in np.unique(labels):
         m = labels == g
         c = float(logC[m].mean())
@@ -160,9 +161,7 @@ def fit_porian(logN: np.ndarray, logD: np.ndarray, loss: np.ndarray, logC: np.nd
         on = interpolated_optimum(logN[best], loss[best], rng, iters, noise_low)
         od = interpolated_optimum(logD[best], loss[best], rng, iters, noise_low)
         if on is None or od is None:
-            if warn is not None:
-                warn.append(f"porian: budget C≈{math.exp(c):.3g}: the interpolated minimum sits at the edge of the "
-                            f"sampled sizes in over half of the noise replicates; budget dropped")
+            edge.append(f"C≈{math.exp(c):.3g}")
             continue
         cs.append(c)
         n_obs.append(on.log_opt), d_obs.append(od.log_opt)
@@ -170,6 +169,10 @@ def fit_porian(logN: np.ndarray, logD: np.ndarray, loss: np.ndarray, logC: np.nd
         n_reps.append(on.reps), d_reps.append(od.reps)
         optima.append({"C": math.exp(c), "N_opt": math.exp(on.log_opt), "D_opt": math.exp(od.log_opt),
                        "loss_opt": on.loss_opt, "sigma_logN": on.sigma, "sigma_logD": od.sigma})
+    if edge and warn is not None:
+        shown = ", ".join(edge[:5]) + (", ..." if len(edge) > 5 else "")
+        warn.append(f"porian: {len(edge)} budget(s) dropped, the interpolated minimum at the edge of the sampled "
+                    f"sizes in over half of the noise replicates ({shown})")
     if len(cs) < 2:
         return None
     lc = np.array(cs)
