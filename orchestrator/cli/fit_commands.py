@@ -38,6 +38,8 @@ def fit_command(
     cluster: bool = typer.Option(False, "--cluster", help="Resample whole model sizes instead of rows (chinchilla)."),
     budget: Optional[list[float]] = typer.Option(None, "--budget", help="Compute budget C (FLOPs) for the frontier; repeatable."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    isoflop_noise: float = typer.Option(0.002, "--isoflop-noise",
+                                        help="isoflop: seed-noise std (nats) of Porian et al.'s bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Fit Chinchilla, Kaplan, data-constrained or isoFLOP laws by summed robust loss, with intervals."""
@@ -51,8 +53,10 @@ def fit_command(
         fail("--cluster is only implemented for --law chinchilla")
     if law is Law.isoflop and loss is not Loss.huber:
         fail("--loss does not apply to --law isoflop (parabola fits)")
+    if not (math.isfinite(isoflop_noise) and isoflop_noise > 0):
+        fail(f"--isoflop-noise must be positive, got {isoflop_noise}")
     try:
-        result = _fit(table, law.value, loss.value, bootstrap, cluster, seed, budgets)
+        result = _fit(table, law.value, loss.value, bootstrap, cluster, seed, budgets, isoflop_noise)
     except (TableError, ValueError) as exc:
         fail(f"{table}: {exc}")
     if as_json:
@@ -62,7 +66,7 @@ def fit_command(
 
 
 def _fit(table: Path, law: str, loss_fn: str, bootstrap: int, cluster: bool, seed: int,
-         budgets: list[float]) -> FitResult:
+         budgets: list[float], isoflop_noise: float = 0.002) -> FitResult:
     raw = read_table(table)
     required = ["N", "D", "loss"] + (["U"] if law == "data-constrained" else [])
     cols = require_columns(raw, required, positive=required, min_rows=N_PARAMS[law] + 1)
@@ -84,7 +88,7 @@ def _fit(table: Path, law: str, loss_fn: str, bootstrap: int, cluster: bool, see
     from ..laws.isoflop import fit_isoflop
 
     C = require_columns(raw, ["C"], positive=["C"])["C"] if "C" in raw else None
-    return fit_isoflop(N, D, L, C, bootstrap=bootstrap, seed=seed, budgets=budgets)
+    return fit_isoflop(N, D, L, C, bootstrap=bootstrap, seed=seed, budgets=budgets, noise=isoflop_noise)
 
 
 def _fmt(x: Any) -> str:
@@ -123,5 +127,13 @@ def _print_text(result: FitResult) -> None:
                 else:
                     bt.add_row(c if i == 0 else "", q, _fmt(iv), "", "")
         console.print(bt)
+    methods = (doc.get("extra") or {}).get("methods") or {}
+    if methods:  # isoflop: every estimator's exponents side by side
+        mt = Table("method", "quantity", "estimate", "low", "high", "budgets", title="isoFLOP estimators")
+        for m, md in methods.items():
+            for q in ("N_exp", "D_exp"):
+                iv = md["intervals"][q]
+                mt.add_row(m, q, _fmt(iv["estimate"]), _fmt(iv["low"]), _fmt(iv["high"]), _fmt(md["n_budgets"]))
+        console.print(mt)
     for w in doc.get("warnings") or []:
         console.print(f"[yellow]warning:[/yellow] {w}")
