@@ -57,8 +57,8 @@ def test_resources_auto_shorthand_plans_cpu_trials():
     spec = parse_spec(tiny(resources="auto"))
     assert spec.resources.plan == "auto" and spec.resources.device is None
     for t in plan_grid(spec):
-        # tiny models: one worker, no sharding, the whole share of 32 sequences in one micro-step
-        assert (t.workers, t.zero_stage, t.micro_batch, t.grad_accum) == (1, 0, 32, 1)
+        # tiny models: one worker, no sharding, the whole share of 16 sequences in one micro-step
+        assert (t.workers, t.zero_stage, t.micro_batch, t.grad_accum) == (1, 0, 16, 1)
         assert 0 < t.memory_gib < 2
         cfg = trial_config(spec, t, None, None)
         assert (cfg.workers, cfg.zero_stage, cfg.micro_batch) == (t.workers, t.zero_stage, t.micro_batch)

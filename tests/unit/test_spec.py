@@ -22,12 +22,13 @@ def test_example_spec_is_valid_and_plans_the_grid():
     spec = load_spec(EXAMPLE)
     trials = plan_grid(spec)
     assert len(trials) == 4 * 3 * 2
-    assert len({t.N for t in trials}) == 4 and len({t.D for t in trials}) == 3 and len({t.lr for t in trials}) == 2
+    assert len({t.N for t in trials}) == 4 and len({t.cell for t in trials}) == 4 * 3 and len({t.lr for t in trials}) == 2
+    assert all(19 <= t.D / t.n_target <= 190 for t in trials)  # 20-180 tokens per parameter
     assert [t.flops for t in trials] == sorted(t.flops for t in trials)
     for t in trials:
         # the example branches WSD cooldowns: a branch spends its decay only, its trunk the rest
         assert t.flops + t.branch_flops == pytest.approx(6 * t.N * t.D)
-        assert (t.branch_of is not None) == (t.D < 524288)
+        assert (t.branch_of is not None) == (t.cell.D < 180 * t.N)
         assert t.D % t.batch == 0  # whole batches
         assert 0.8 < t.N / t.n_target < 1.25
 
@@ -50,7 +51,7 @@ BAD = [
     ("negative lr", lambda d: d.update(learning_rates=[1e-3, -1e-3]), "learning_rates"),
     ("zero batch", lambda d: d.update(batch_sizes=[0]), "batch_sizes"),
     ("non-positive N", lambda d: _set(d, "model.n_params", [0, 1000]), "model.n_params"),
-    ("both token forms", lambda d: _set(d, "tokens.per_param", [10]), "tokens"),
+    ("both token forms", lambda d: _set(d, "tokens.values", [131072]), "tokens"),
     ("range reversed", lambda d: _set(d, "model.n_params", {"min": 1e6, "max": 1e4, "count": 3}), "model.n_params"),
     ("budget below smallest trial", lambda d: _set(d, "budget.total_flops", 1e6), "budget.total_flops"),
     ("target below smallest trial", lambda d: _set(d, "budget.targets", [1e6]), "budget.targets"),
@@ -115,11 +116,11 @@ def test_budget_caps_the_grid():
 
 def test_resource_rules_pick_workers_and_stage():
     data = base()
-    data["resources"]["rules"] = [{"min_n_params": 500000, "workers": 2, "zero_stage": 3}]
+    data["resources"]["rules"] = [{"min_n_params": 20000, "workers": 2, "zero_stage": 3}]
     spec = parse_spec(data)
     by_n = {t.n_target: (t.workers, t.zero_stage) for t in plan_grid(spec)}
-    assert by_n[1000000] == (2, 3)
-    assert by_n[20000] == (1, 0)  # auto: stage 0 for one worker
+    assert by_n[32000] == (2, 3)
+    assert by_n[4000] == (1, 0)  # auto: stage 0 for one worker
 
 
 def test_spec_reference_doc_is_current():
