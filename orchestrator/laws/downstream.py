@@ -373,6 +373,14 @@ class _Latent:
         return out
 
 
+def _huber_delta(theta: np.ndarray, p: varpro.Problem) -> float:
+    """1.345 x the robust (MAD) scale of the log residuals at theta."""
+    E, a, b, al, be = theta
+    pred = E + np.exp(a - al * p.u) + np.exp(b - be * p.v)
+    r = np.log(np.maximum(pred, _TINY)) - p.log_loss
+    return float(1.345 * 1.4826 * np.median(np.abs(r - np.median(r))))
+
+
 # --------------------------------------------------------------------------------------------
 # The fit.
 # --------------------------------------------------------------------------------------------
@@ -503,12 +511,14 @@ def fit_downstream(
     seed: int = 0,
     level: float = 0.9,
     acc_stderr=None,
+    weights=None,
 ) -> DownstreamFit:
     """Fit a downstream law (see the module docstring) and its bootstrap.
 
     ``loss``: the measured loss of each row (task loss or a shared validation loss); without it
-    the latent composite is fitted. ``loss_rows``: boolean mask of the rows step 1 may use (e.g.
-    drop warm-up checkpoints, which no L(N, D) law describes); step 2 always uses every row.
+    the latent composite is fitted. ``loss_rows``: boolean mask of the rows the loss law may use
+    (e.g. not warm-up checkpoints, which no L(N, D) law describes): in a two-step fit step 2 still
+    uses every row; in a latent fit the other rows are left out.
     ``chance``/``ceiling``: the sigmoid's floor and top, fitted when None (the exponential fits
     its own floor). ``acc_stderr`` only feeds the near-chance warning (default: binomial guess).
     """
@@ -518,10 +528,23 @@ def fit_downstream(
         raise DownstreamError(f"unknown link {link!r}; choose one of {', '.join(LINKS)}")
     scale = "N,D" if N is not None else "C"
     mode = "two-step" if loss is not None else "latent"
+    n_total = n
+    if mode == "latent" and loss_rows is not None:
+        # The latent loss is step 1 itself: rows it may not describe leave the fit altogether.
+        keep = np.asarray(loss_rows, bool)
+        if keep.shape != (n,):
+            raise DownstreamError(f"loss_rows has shape {keep.shape}, expected ({n},)")
+        pick = lambda x: None if x is None else np.asarray(x, np.float64)[keep]  # noqa: E731
+        acc, N, D, C, acc_stderr, weights = (pick(x) for x in (acc, N, D, C, acc_stderr, weights))
+        n = int(keep.sum())
+        loss_rows = None
     groups = size_groups(N if N is not None else C) if cluster else None
     rng = np.random.default_rng(seed)
     W = resample_weights(n, int(bootstrap), rng, groups) if bootstrap and bootstrap > 0 else None
     ones = np.ones(n)
+    w_acc = ones if weights is None else np.asarray(weights, np.float64)  # per-row weights of the accuracy fit
+    if w_acc.shape != (n,) or np.any(~np.isfinite(w_acc)) or np.any(w_acc < 0):
+        raise DownstreamError(f"weights must be {n} finite non-negative numbers")
     warnings: list[str] = []
     params: dict[str, float] = {}
     intervals: dict[str, Any] = {}
@@ -542,7 +565,14 @@ def fit_downstream(
             with varpro.single_threaded_blas():
                 p1 = varpro.Problem.build(N[mask], D[mask], loss[mask])
                 theta1, _ = varpro.global_fit(p1)
-                th1_s = varpro.batch_polish(theta1, p1, W[:, mask])[0] if W is not None else None
+                # Huber's delta in units of the residual scale (1.345 robust sigmas, Huber's 95 %-efficiency
+                # constant): the Chinchilla default 1e-3 makes a noisier task loss an L1 fit, whose
+                # bootstrap is slow to converge and conservative.
+                delta = _huber_delta(theta1, p1)
+                if delta > p1.delta:
+                    p1 = varpro.Problem.build(N[mask], D[mask], loss[mask], delta=delta)
+                    theta1, _ = varpro.global_fit(p1, extra_starts=[theta1])
+                th1_s = varpro.batch_polish(theta1, p1, W[:, mask], rtol=1e-10)[0] if W is not None else None
             step1 = varpro.to_natural(theta1, p1)
 
             def loss_at(th, Nq, Dq):
@@ -558,8 +588,8 @@ def fit_downstream(
             def loss_at(th, Cq, _unused=None):
                 return law1.predict(th, Cq)
         # step 2
-        theta2 = lp.fit(ones)
-        th2_s = lp.batch(theta2, W) if W is not None else None
+        theta2 = lp.fit(w_acc)
+        th2_s = lp.batch(theta2, W * w_acc) if W is not None else None
         step2 = lp.natural(theta2)
         params.update({f"loss.{k}": v_ for k, v_ in step1.items()})
         params.update({f"acc.{k}": v_ for k, v_ in step2.items()})
@@ -601,8 +631,8 @@ def fit_downstream(
         lat = _Latent(link, X, acc, chance if link == "sigmoid" else None, ceiling if link == "sigmoid" else None)
         if n < lat.P + 2:
             raise DownstreamError(f"{n} row(s): the latent {link} law has {lat.P} parameters, need at least {lat.P + 2}")
-        theta = lat.fit(ones)
-        th_s = lat.batch(theta, W) if W is not None else None
+        theta = lat.fit(w_acc)
+        th_s = lat.batch(theta, W * w_acc) if W is not None else None
         nat = lat.natural(theta)
         params.update({f"latent.{k}": v_ for k, v_ in nat.items()})
         fitted = lat.predict(theta, X)[0]
@@ -642,7 +672,7 @@ def fit_downstream(
         extra={"link": link, "mode": mode, "scale": scale, "chance": chance, "ceiling": ceiling,
                "rmse_acc": float(np.sqrt(np.mean(resid ** 2))), "bootstrap": int(bootstrap or 0),
                "cluster": bool(cluster), "seed": int(seed), "level": level,
-               "n_loss_rows": int(np.sum(loss_rows)) if (mode == "two-step" and loss_rows is not None) else (n if mode == "two-step" else 0)},
+               "n_rows": n_total, "n_loss_rows": int(np.sum(loss_rows)) if loss_rows is not None else n},
     )
     return DownstreamFit(law_name, link, mode, scale, result, level, predict_samples,
                          max_N=float(N.max()) if N is not None else None, min_loss=min_loss)
@@ -704,6 +734,9 @@ def backtest(train: np.ndarray, test: np.ndarray, N=None, D=None, acc=None, *, C
     train, test = np.asarray(train, bool), np.asarray(test, bool)
     sel = lambda x, m: None if x is None else np.asarray(x, np.float64)[m]  # noqa: E731
     lr = None if loss_rows is None else np.asarray(loss_rows, bool)[train]
+    for key in ("weights", "acc_stderr"):  # per-row arguments follow the training rows
+        if kwargs.get(key) is not None:
+            kwargs[key] = np.asarray(kwargs[key], np.float64)[train]
     fit = fit_downstream(sel(N, train), sel(D, train), sel(acc, train), C=sel(C, train), loss=sel(loss, train),
                          loss_rows=lr, **kwargs)
     pred = fit.predict(sel(N, test), sel(D, test), C=sel(C, test),
