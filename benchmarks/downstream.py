@@ -7,7 +7,9 @@ harness results of the Pythia paper). Fitted: the checkpoints (step 0 excluded; 
 for warm-up) of the five models up to 1.4B (70M, 160M, 410M, 1B, 1.4B; non-embedding N; D = tokens seen). Predicted: the final
 checkpoints (step 143,000, 300B tokens) of 2.8B, 6.9B and 12B — 2.1x to 9.4x the largest fitted N.
 Error = predicted − observed accuracy, in points. Intervals: 90 % percentile bootstrap resampling
-whole model sizes (the checkpoints of one run are not independent draws).
+whole model sizes (the checkpoints of one run are not independent draws); "cover" counts the
+held-out points inside the interval of the law's mean, "pred." inside the prediction interval (each
+replicate plus a resampled residual of the fit: the scatter of single evaluations).
 
 Methods (``orchestrator.laws.downstream``):
 - ``latent-sigmoid`` (the default of ``scalesweep fit-downstream`` without a loss column):
@@ -122,17 +124,20 @@ def run(suite: str = "standard", bootstrap: int = 200, tasks=SIGNAL_TASKS + OTHE
 def _print(out: dict[str, Any]) -> None:
     print(f"Pythia ({out['suite']}): fit up to 1.4B (checkpoints from step 1; latent fits from the end of warm-up), predict final 2.8B / 6.9B / 12B;"
           f" error = predicted - observed, accuracy points; 90 % cluster-bootstrap intervals ({out['bootstrap']})")
-    print(f"{'task':15s} {'method':20s} {'2.8B':>6s} {'6.9B':>6s} {'12B':>6s} {'mean|e|':>7s} {'cover':>5s}  warnings")
+    print(f"{'task':15s} {'method':20s} {'2.8B':>6s} {'6.9B':>6s} {'12B':>6s} {'mean|e|':>7s} {'cover':>5s} {'pred.':>5s}  warnings")
     for g in out["golden"]:
         e = {p["model"]: p["error_points"] for p in g["points"]}
         print(f"{g['task']:15s} {g['method']:20s} {e['2.8b']:6.1f} {e['6.9b']:6.1f} {e['12b']:6.1f} "
-              f"{g['mean_abs_error_points']:7.2f} {g['covered']:>2d}/{g['n_intervals']:<2d}  {len(g['warnings'])}")
+              f"{g['mean_abs_error_points']:7.2f} {g['covered']:>2d}/{g['n_intervals']:<2d} "
+              f"{g['covered_prediction_interval']:>2d}/{g['n_intervals']:<2d}  {len(g['warnings'])}")
     for method in METHODS:
         sel = [g for g in out["golden"] if g["method"] == method and g["signal"]]
         errs = np.array([abs(p["error_points"]) for g in sel for p in g["points"]])
         cov = sum(g["covered"] for g in sel)
+        covp = sum(g["covered_prediction_interval"] for g in sel)
         print(f"  {method}, tasks with signal: mean |error| {errs.mean():.2f}, max {errs.max():.2f} points; "
-              f"{cov}/{len(errs)} held-out points inside the 90 % interval")
+              f"{cov}/{len(errs)} held-out points inside the 90 % interval, {covp}/{len(errs)} inside the "
+              "90 % prediction interval")
     print("\nBacktests by model size (latent-sigmoid): error at each held-out final checkpoint, with N / max fitted N")
     for s in out["by_size"]:
         if not s["signal"]:

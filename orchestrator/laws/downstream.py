@@ -398,6 +398,8 @@ class DownstreamFit:
     _predict_samples: Callable[..., tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]] = field(repr=False)
     max_N: float | None = None
     min_loss: float | None = None
+    residuals: np.ndarray | None = field(default=None, repr=False)  # acc - fitted, rows of the accuracy fit
+    seed: int = 0
 
     @property
     def params(self) -> dict[str, float]:
@@ -418,7 +420,8 @@ class DownstreamFit:
 
         Give (N, D) — or C in compute mode. With ``loss`` (two-step fits only) step 2 is applied
         to that loss and step 1 is skipped. Returns arrays ``acc``, ``low``, ``high``, ``loss``
-        (the loss used; NaN in latent mode) and ``loss_low``/``loss_high``.
+        (the loss used; NaN in latent mode), ``loss_low``/``loss_high``, and ``pred_low``/``pred_high``:
+        the interval for a *measured* accuracy (the bootstrap plus the fit's residual scatter).
         """
         level = self.level if level is None else level
         acc, acc_s, L, L_s = self._predict_samples(N=N, D=D, C=C, loss=loss)
@@ -433,6 +436,16 @@ class DownstreamFit:
             else:
                 q = np.nanquantile(s, [(1 - level) / 2, (1 + level) / 2], axis=0)
                 out[key + "low"], out[key + "high"] = q[0], q[1]
+        # Prediction interval for a measured accuracy: each replicate plus a residual of the fit drawn
+        # at random (the scatter of single evaluations around the law: benchmark noise, run quirks).
+        if acc_s is not None and len(acc_s) >= 2 and self.residuals is not None and len(self.residuals) > 1:
+            rng = np.random.default_rng(self.seed + 7919)
+            noisy = np.clip(acc_s + rng.choice(self.residuals, size=acc_s.shape), 0.0, 1.0)
+            q = np.nanquantile(noisy, [(1 - level) / 2, (1 + level) / 2], axis=0)
+            out["pred_low"], out["pred_high"] = q[0], q[1]
+        else:
+            out["pred_low"] = np.full_like(acc, np.nan)
+            out["pred_high"] = np.full_like(acc, np.nan)
         return out
 
     def prediction_warnings(self, N=None, C=None, loss=None) -> list[str]:
@@ -675,7 +688,8 @@ def fit_downstream(
                "n_rows": n_total, "n_loss_rows": int(np.sum(loss_rows)) if loss_rows is not None else n},
     )
     return DownstreamFit(law_name, link, mode, scale, result, level, predict_samples,
-                         max_N=float(N.max()) if N is not None else None, min_loss=min_loss)
+                         max_N=float(N.max()) if N is not None else None, min_loss=min_loss,
+                         residuals=np.asarray(resid, np.float64), seed=int(seed))
 
 
 # --------------------------------------------------------------------------------------------
@@ -744,6 +758,7 @@ def backtest(train: np.ndarray, test: np.ndarray, N=None, D=None, acc=None, *, C
     obs = np.asarray(acc, np.float64)[test]
     err = pred["acc"] - obs
     cover = (pred["low"] <= obs) & (obs <= pred["high"])
+    cover_pred = (pred["pred_low"] <= obs) & (obs <= pred["pred_high"])
     have_iv = np.isfinite(pred["low"])
     return {
         "law": fit.law, "n_train": int(train.sum()), "n_test": int(test.sum()),
@@ -751,14 +766,16 @@ def backtest(train: np.ndarray, test: np.ndarray, N=None, D=None, acc=None, *, C
         "max_abs_error_points": float(np.max(np.abs(err)) * 100),
         "bias_points": float(np.mean(err) * 100),
         "covered": int(cover[have_iv].sum()), "n_intervals": int(have_iv.sum()),
+        "covered_prediction_interval": int(cover_pred[have_iv].sum()),
         "warnings": fit.warnings,
         "points": [{"N": None if N is None else float(n_), "D": None if D is None else float(d_),
                     "observed": float(o), "predicted": float(p), "low": float(lo), "high": float(hi),
-                    "loss_predicted": float(lp_)}
-                   for n_, d_, o, p, lo, hi, lp_ in zip(
+                    "pred_low": float(plo), "pred_high": float(phi), "loss_predicted": float(lp_)}
+                   for n_, d_, o, p, lo, hi, plo, phi, lp_ in zip(
                        sel(N, test) if N is not None else [None] * int(test.sum()),
                        sel(D, test) if D is not None else [None] * int(test.sum()),
-                       obs, pred["acc"], pred["low"], pred["high"], pred["loss"])],
+                       obs, pred["acc"], pred["low"], pred["high"], pred["pred_low"], pred["pred_high"],
+                       pred["loss"])],
     }
 
 
@@ -787,6 +804,7 @@ def predictions_json(fit: DownstreamFit, N=None, D=None, *, C=None, loss=None) -
         if C is not None:
             row["C"] = c_
         row.update({"acc": pred["acc"][i], "interval": [pred["low"][i], pred["high"][i]],
+                    "prediction_interval": [pred["pred_low"][i], pred["pred_high"][i]],
                     "loss": pred["loss"][i], "loss_interval": [pred["loss_low"][i], pred["loss_high"][i]]})
         rows.append(row)
     return jsonable(rows)
