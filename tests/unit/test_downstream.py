@@ -142,3 +142,26 @@ def test_bad_inputs_name_the_problem(kwargs, message):
 def test_missing_scale_columns():
     with pytest.raises(DownstreamError, match="need columns N and D, or C"):
         fit_downstream(None, None, [0.3, 0.4, 0.5])
+
+
+def test_attach_task_predictions_to_proposals():
+    from orchestrator.laws.downstream_proposals import attach_task_predictions
+
+    N, D = design()
+    L = loss_law(N, D)
+    rows = [{"task": "cloze", "N": n, "D": d, "acc": a, "chance": CHANCE} for n, d, a in zip(N, D, sigmoid(L))]
+    rows += [{"task": "nll", "N": n, "D": d, "acc": a, "loss": l, "chance": CHANCE}
+             for n, d, a, l in zip(N, D, sigmoid(L), L)]
+    rows += [{"task": "broken", "N": 1e8, "D": 1e9, "acc": 1.5}] * 10
+    props = [{"budget": 1e20, "N": 1e9, "D": 2e10}, {"budget": 1e21, "N": 2e9, "D": 8e10}]
+    out, warnings = attach_task_predictions(props, rows, bootstrap=30)
+    assert "task_metrics" not in props[0]  # copies, the input is untouched
+    truth = [sigmoid(loss_law(p["N"], p["D"])) for p in props]
+    for o, t in zip(out, truth):
+        assert set(o["task_metrics"]) == {"cloze", "nll"}
+        assert o["task_metrics"]["cloze"]["law"] == "latent-sigmoid"
+        assert o["task_metrics"]["nll"]["law"] == "two-step-sigmoid"
+        for m in o["task_metrics"].values():
+            assert abs(m["acc"] - t) < 5e-3
+            assert m["interval"][0] - 1e-9 <= m["acc"] <= m["interval"][1] + 1e-9  # noise-free: a point
+    assert any("broken" in w and "outside [0, 1]" in w for w in warnings)
