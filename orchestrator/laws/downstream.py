@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -587,6 +587,8 @@ def fit_downstream(
                     theta1, _ = varpro.global_fit(p1, extra_starts=[theta1])
                 th1_s = varpro.batch_polish(theta1, p1, W[:, mask], rtol=1e-10)[0] if W is not None else None
             step1 = varpro.to_natural(theta1, p1)
+            step1_s = None if th1_s is None else [varpro.to_natural(t, p1) for t in th1_s]
+            extra_fit = {"loss_huber_delta": p1.delta}
 
             def loss_at(th, Nq, Dq):
                 th = np.atleast_2d(th)
@@ -597,6 +599,8 @@ def fit_downstream(
             theta1 = law1.fit(ones[mask])
             th1_s = law1.batch(theta1, W[:, mask]) if W is not None else None
             step1 = law1.natural(theta1)
+            step1_s = None if th1_s is None else [law1.natural(t) for t in th1_s]
+            extra_fit = {}
 
             def loss_at(th, Cq, _unused=None):
                 return law1.predict(th, Cq)
@@ -609,11 +613,11 @@ def fit_downstream(
         fitted = lp.value(theta2[None, :], loss)[0][0]
         resid = acc - fitted
         if th2_s is not None:
-            nat = [lp.natural(t) for t in th2_s]
-            for key in step2:
-                s = np.array([d[key] for d in nat])
-                q = np.nanquantile(s, [(1 - level) / 2, (1 + level) / 2])
-                intervals[f"acc.{key}"] = {"estimate": step2[key], "low": float(q[0]), "high": float(q[1]), "level": level}
+            for prefix, est, reps in (("loss", step1, step1_s), ("acc", step2, [lp.natural(t) for t in th2_s])):
+                for key in est:
+                    q = np.nanquantile(np.array([d[key] for d in reps]), [(1 - level) / 2, (1 + level) / 2])
+                    intervals[f"{prefix}.{key}"] = {"estimate": est[key], "low": float(q[0]), "high": float(q[1]),
+                                                    "level": level}
         warnings += _signal_warnings(acc, chance if chance is not None else float(np.quantile(acc, 0.02)), ceiling or 1.0,
                                      acc_stderr, fitted_floor=step2.get("chance", 1 - step2.get("eps", 1.0)))
         warnings += _monotone_warnings(loss, acc, chance)
@@ -672,6 +676,7 @@ def fit_downstream(
             nan = np.full_like(accq, np.nan)
             return accq, acc_s, nan, None
         min_loss = None
+        extra_fit = {}
 
     law_name = f"{mode}-{link}"
     result = FitResult(
@@ -685,7 +690,8 @@ def fit_downstream(
         extra={"link": link, "mode": mode, "scale": scale, "chance": chance, "ceiling": ceiling,
                "rmse_acc": float(np.sqrt(np.mean(resid ** 2))), "bootstrap": int(bootstrap or 0),
                "cluster": bool(cluster), "seed": int(seed), "level": level,
-               "n_rows": n_total, "n_loss_rows": int(np.sum(loss_rows)) if loss_rows is not None else n},
+               "n_rows": n_total, "n_loss_rows": int(np.sum(loss_rows)) if loss_rows is not None else n,
+               **extra_fit},
     )
     return DownstreamFit(law_name, link, mode, scale, result, level, predict_samples,
                          max_N=float(N.max()) if N is not None else None, min_loss=min_loss,
