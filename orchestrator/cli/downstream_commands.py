@@ -103,6 +103,17 @@ def run(table: Path, predict: Path | None, *, link: str = "sigmoid", chance: flo
     stderr = _numeric(raw, "acc_stderr", where) if "acc_stderr" in raw else None
     chance_col = _numeric(raw, "chance", where) if ("chance" in raw and chance is None) else None
     tasks = np.asarray(raw["task"]).astype(str) if "task" in raw else np.full(len(acc), "")
+    notes: list[str] = []
+    untrained = (scale["D"] == 0) if scale["D"] is not None else np.zeros(len(acc), bool)
+    if untrained.any():
+        # A checkpoint that has seen no tokens lies on no L(N, D) law (the loss is infinite there).
+        notes.append(f"{int(untrained.sum())} row(s) with D = 0 (untrained checkpoints) left out")
+        keep = ~untrained
+        scale = {k: (None if v is None else v[keep]) for k, v in scale.items()}
+        acc, tasks = acc[keep], tasks[keep]
+        loss = None if loss is None else loss[keep]
+        stderr = None if stderr is None else stderr[keep]
+        chance_col = None if chance_col is None else chance_col[keep]
     fits: dict[str, Any] = {}
     for task in dict.fromkeys(tasks.tolist()):
         m = tasks == task
@@ -178,6 +189,7 @@ def run(table: Path, predict: Path | None, *, link: str = "sigmoid", chance: flo
         laws = {d["law"] for d in docs.values()}
         doc = {"law": laws.pop() if len(laws) == 1 else sorted(laws), "tasks": docs,
                "warnings": [f"{t}: {w}" for t, d in docs.items() for w in d["warnings"]]}
+    doc["warnings"] = notes + list(doc.get("warnings") or [])
     doc["predictions"] = predictions
     return jsonable(doc)
 

@@ -678,6 +678,10 @@ def fit_downstream(
         min_loss = None
         extra_fit = {}
 
+    if link == "sigmoid" and chance is None:
+        floor = params.get("acc.chance", params.get("latent.chance"))
+        warnings.append(f"no chance level given: the floor was fitted ({floor:.3f}); give the task's chance "
+                        "(1/choices, 0 for free completion): a fitted floor extrapolates worse")
     law_name = f"{mode}-{link}"
     result = FitResult(
         law=law_name,

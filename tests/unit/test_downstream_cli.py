@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import numpy as np
 from typer.testing import CliRunner
 
 from benchmarks.downstream import CHANCE, load_pythia, task_columns
@@ -113,3 +114,17 @@ def test_predict_table_errors(tmp_path, pythia_tables):
     assert res.exit_code == 2 and "add a task column" in res.output
     res = runner.invoke(app, ["fit-downstream", str(tmp_path / "missing.csv")])
     assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_untrained_rows_are_left_out_and_a_missing_chance_is_flagged(tmp_path):
+    N = np.repeat([1e7, 3e7, 1e8, 3e8], 4)
+    D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    acc = 0.25 + 0.75 / (1 + np.exp(3.0 * (1.7 + 400 / N ** 0.34 + 400 / D ** 0.28 - 2.6)))
+    rows = [(n, 0, 0.25) for n in (1e7, 3e7, 1e8, 3e8)] + list(zip(N, D, acc))
+    table = _write(tmp_path / "t.csv", "N,D,acc", rows)
+    res = runner.invoke(app, ["fit-downstream", str(table), "--bootstrap", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["n_points"] == 16
+    assert "4 row(s) with D = 0 (untrained checkpoints) left out" in doc["warnings"]
+    assert any("no chance level given" in w for w in doc["warnings"])
