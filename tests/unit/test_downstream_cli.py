@@ -2,8 +2,8 @@
 import json
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from benchmarks.downstream import CHANCE, load_pythia, task_columns
