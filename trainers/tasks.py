@@ -14,10 +14,12 @@ built-in corpus's validation split):
   before it (up to the model's window), the target is the final identifier-like word
   (``[A-Za-z0-9_]``, 3–12 bytes) of the line. ``acc``: every target byte is the greedy prediction
   given the true prefix (lm-evaluation-harness's "is greedy"); chance 0.
-- ``cloze``: multiple choice: the context ends at the start of a line's text, the choices are the
-  true rest of that line (up to 24 bytes) and three other lines' rests; ``acc``: the choice with
-  the highest total log-likelihood is the true one; ``acc_norm``: per-byte log-likelihood;
-  chance 1/4.
+- ``cloze``: 4-way multiple choice: the context ends at the start of a line's text; the true
+  rest of the line (up to 24 bytes) against three copies of it with two adjacent bytes transposed
+  twice each (the same bytes: unigram statistics cannot tell them apart). ``acc``: the choice
+  with the highest total log-likelihood is the true one; ``acc_norm``: per-byte; chance 1/4.
+- ``cloze_lines``: the same with other lines' continuations as the wrong choices (needs the
+  context's meaning; at chance for models of ~1e5 parameters); chance 1/4.
 
 **User tasks**: ``load_task("package.module:name")`` imports ``name`` from a module; it must be a
 task as above, or a zero-argument factory returning one when its name starts with ``make_``.
@@ -42,7 +44,7 @@ import torch
 
 NEWLINE = 10
 WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-BUILTIN = ("next_line", "cloze")
+BUILTIN = ("next_line", "cloze", "cloze_lines")
 
 
 class TaskError(ValueError):
@@ -173,49 +175,83 @@ def next_line_task(stream: np.ndarray, seq_len: int, n_items: int = 200, min_wor
 
 
 def cloze_task(stream: np.ndarray, seq_len: int, n_items: int = 200, n_choices: int = 4, span: int = 24,
-               min_span: int = 8) -> Task:
-    """The built-in multiple-choice task (see the module docstring) from a validation token stream."""
+               min_span: int = 8, distractors: str = "swap") -> Task:
+    """The built-in multiple-choice task (see the module docstring) from a validation token stream.
+
+    ``distractors="swap"``: each wrong choice is the true continuation with two adjacent bytes
+    transposed twice (same bytes, same length: only a model that learned sequential structure
+    tells them apart). ``"lines"``: the wrong choices are other lines' continuations (harder: it
+    needs the context's meaning; near chance for models of ~1e5 parameters).
+    """
+    if distractors not in ("swap", "lines"):
+        raise TaskError(f"task cloze: unknown distractors {distractors!r}; use 'swap' or 'lines'")
+    name = "cloze" if distractors == "swap" else "cloze_lines"
     stream = np.asarray(stream)
     cands = []
     for s, e in _lines(stream):
         k = s
         while k < e and stream[k] in (32, 9):  # the indentation belongs to the context
             k += 1
-        if e - k >= min_span and k >= seq_len // 2:
+        # a swap needs two distinct adjacent bytes somewhere in the span
+        if e - k >= min_span and k >= seq_len // 2 and np.any(np.diff(stream[k:min(e, k + span)]) != 0):
             cands.append((k, min(e, k + span)))
     if len(cands) < n_choices:
-        raise TaskError(f"task cloze: {len(cands)} usable line(s) in the stream, need at least {n_choices}")
+        raise TaskError(f"task {name}: {len(cands)} usable line(s) in the stream, need at least {n_choices}")
     picked = _spread(cands, n_items)
-    m = len(picked)
     items = []
     for i, (k, e) in enumerate(picked):
         true = stream[k:e]
-        others = []
-        step = max(1, m // n_choices)
-        j = i
-        while len(others) < n_choices - 1:
-            j = (j + step) % m
-            ok, oe = picked[j]
-            cand = stream[ok:oe]
-            if j != i and not np.array_equal(cand, true) and not any(np.array_equal(cand, o) for o in others):
-                others.append(cand)
-            elif j == i:
-                step += 1  # cycled without enough distinct lines: widen the stride
-                if step > m:
-                    raise TaskError("task cloze: too few distinct lines for the distractors")
+        others = _swapped(true, n_choices - 1, seed=i) if distractors == "swap" else \
+            _other_lines(stream, picked, i, n_choices - 1, name)
         answer = i % n_choices  # the true continuation's position rotates: no position bias
         choices = others[:answer] + [true] + others[answer:]
         items.append(Item(stream[max(0, k - seq_len):k], tuple(choices), answer))
-    return Task("cloze", "choice", items, chance=1.0 / n_choices, seq_len=seq_len,
-                meta={"candidates": len(cands), "n_choices": n_choices})
+    return Task(name, "choice", items, chance=1.0 / n_choices, seq_len=seq_len,
+                meta={"candidates": len(cands), "n_choices": n_choices, "distractors": distractors})
+
+
+def _swapped(true: np.ndarray, k: int, seed: int, swaps: int = 2) -> list[np.ndarray]:
+    """k distinct copies of ``true``, each with ``swaps`` transpositions of unequal adjacent bytes."""
+    rng = np.random.default_rng(seed)
+    where = np.flatnonzero(np.diff(true) != 0)
+    out: list[np.ndarray] = []
+    for _ in range(1000):
+        c = true.copy()
+        for j in rng.choice(where, size=min(swaps, len(where)), replace=False):
+            c[j], c[j + 1] = c[j + 1], c[j]
+        if not np.array_equal(c, true) and not any(np.array_equal(c, o) for o in out):
+            out.append(c)
+            if len(out) == k:
+                return out
+    raise TaskError(f"task cloze: cannot make {k} distinct corrupted copies of a {len(true)}-byte span")
+
+
+def _other_lines(stream: np.ndarray, picked: list, i: int, k: int, name: str) -> list[np.ndarray]:
+    """k distinct continuations of other items (a fixed stride through the list)."""
+    m = len(picked)
+    true = stream[picked[i][0]:picked[i][1]]
+    out: list[np.ndarray] = []
+    step = max(1, m // (k + 1))
+    j = i
+    while len(out) < k:
+        j = (j + step) % m
+        if j == i:
+            step += 1  # cycled without enough distinct lines: widen the stride
+            if step > m:
+                raise TaskError(f"task {name}: too few distinct lines for the distractors")
+            continue
+        cand = stream[picked[j][0]:picked[j][1]]
+        if not np.array_equal(cand, true) and not any(np.array_equal(cand, o) for o in out):
+            out.append(cand)
+    return out
 
 
 def builtin_task(name: str, stream: np.ndarray, seq_len: int, n_items: int = 200) -> Task:
-    """A built-in task by name (``next_line`` or ``cloze``)."""
+    """A built-in task by name (``next_line``, ``cloze`` or ``cloze_lines``)."""
     if name == "next_line":
         return next_line_task(stream, seq_len, n_items)
-    if name == "cloze":
-        return cloze_task(stream, seq_len, n_items)
+    if name in ("cloze", "cloze_lines"):
+        return cloze_task(stream, seq_len, n_items, distractors="swap" if name == "cloze" else "lines")
     raise TaskError(f"unknown built-in task {name!r}; built-in tasks: {', '.join(BUILTIN)}")
 
 

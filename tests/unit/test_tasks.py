@@ -64,6 +64,12 @@ def test_cloze_items_are_deterministic_and_well_formed(stream):
         assert len(x.choices) == 4 and SEQ // 2 <= len(x.context) <= SEQ
         assert len({c.tobytes() for c in x.choices}) == 4  # distinct choices
     assert {it.answer for it in a.items} == {0, 1, 2, 3}  # the true answer's position rotates
+    for it in a.items:  # "swap" distractors: the same bytes in another order
+        true = it.choices[it.answer]
+        assert all(sorted(c.tolist()) == sorted(true.tolist()) for c in it.choices)
+    lines = cloze_task(stream, SEQ, n_items=50, distractors="lines")
+    assert lines.name == "cloze_lines" and lines.chance == 0.25
+    assert all(len({c.tobytes() for c in it.choices}) == 4 for it in lines.items)
 
 
 def test_untrained_model_is_at_chance_and_a_memorising_model_far_above(stream):
