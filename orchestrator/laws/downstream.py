@@ -678,6 +678,12 @@ def fit_downstream(
         min_loss = None
         extra_fit = {}
 
+    if bootstrap and not cluster:
+        _, per_size = np.unique(size_groups(N if N is not None else C), return_counts=True)
+        if np.median(per_size) >= 5:
+            warnings.append(f"{int(np.median(per_size))} rows per model size (median): if they are checkpoints of one "
+                            "run they are not independent; resample whole sizes (cluster=True, --cluster) or the "
+                            "intervals are too narrow")
     if link == "sigmoid" and chance is None:
         floor = params.get("acc.chance", params.get("latent.chance"))
         warnings.append(f"no chance level given: the floor was fitted ({floor:.3f}); give the task's chance "

@@ -165,3 +165,12 @@ def test_attach_task_predictions_to_proposals():
             assert abs(m["acc"] - t) < 5e-3
             assert m["interval"][0] - 1e-9 <= m["acc"] <= m["interval"][1] + 1e-9  # noise-free: a point
     assert any("broken" in w and "outside [0, 1]" in w for w in warnings)
+
+
+def test_row_bootstrap_on_many_rows_per_size_warns():
+    N, D = design()  # 5 rows per size
+    L = loss_law(N, D)
+    rows = fit_downstream(N, D, sigmoid(L), loss=L, chance=CHANCE, bootstrap=20)
+    assert any("--cluster" in w for w in rows.warnings)
+    clustered = fit_downstream(N, D, sigmoid(L), loss=L, chance=CHANCE, bootstrap=20, cluster=True)
+    assert not any("--cluster" in w for w in clustered.warnings)
