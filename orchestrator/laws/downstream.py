@@ -122,23 +122,6 @@ def _best_of_starts(model, y, starts: np.ndarray, w: np.ndarray, lo, hi) -> np.n
 # Step 2: links from loss to accuracy.
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Link:
-    """acc = link(L) with fixed parameters (see the module docstring for the forms)."""
-
-    kind: str
-    params: dict[str, float]
-
-    def predict(self, L) -> np.ndarray:
-        """Accuracy at loss L, elementwise."""
-        L = np.asarray(L, dtype=np.float64)
-        p = self.params
-        with np.errstate(over="ignore"):
-            if self.kind == "sigmoid":
-                return p["chance"] + (p["ceiling"] - p["chance"]) / (1.0 + np.exp(p["k"] * (L - p["L0"])))
-            return (1.0 - p["eps"]) + p["k"] * np.exp(-p["gamma"] * L)
-
-
 class _LinkProblem:
     """Step 2 in internal coordinates theta, with its free parameters, bounds and model."""
 
@@ -448,8 +431,8 @@ class DownstreamFit:
             out["pred_high"] = np.full_like(acc, np.nan)
         return out
 
-    def prediction_warnings(self, N=None, C=None, loss=None) -> list[str]:
-        """Warnings about extrapolating to these points (far beyond the fitted sizes or losses)."""
+    def prediction_warnings(self, N=None) -> list[str]:
+        """Warnings about extrapolating to these sizes (far beyond the largest fitted N)."""
         out = []
         if N is not None and self.max_N:
             ratio = float(np.max(np.asarray(N, np.float64))) / self.max_N
@@ -619,7 +602,7 @@ def fit_downstream(
                     intervals[f"{prefix}.{key}"] = {"estimate": est[key], "low": float(q[0]), "high": float(q[1]),
                                                     "level": level}
         warnings += _signal_warnings(acc, chance if chance is not None else float(np.quantile(acc, 0.02)), ceiling or 1.0,
-                                     acc_stderr, fitted_floor=step2.get("chance", 1 - step2.get("eps", 1.0)))
+                                     acc_stderr)
         warnings += _monotone_warnings(loss, acc, chance)
         if scale == "N,D":
             from .diagnostics import identifiability_warnings
@@ -661,7 +644,7 @@ def fit_downstream(
                 q = np.nanquantile(s, [(1 - level) / 2, (1 + level) / 2])
                 intervals[f"latent.{key}"] = {"estimate": nat[key], "low": float(q[0]), "high": float(q[1]), "level": level}
         warnings += _signal_warnings(acc, chance if chance is not None else float(np.quantile(acc, 0.02)), ceiling or 1.0,
-                                     acc_stderr, fitted_floor=nat.get("chance", 1 - nat.get("eps", 1.0)))
+                                     acc_stderr)
         # monotone in the fitted latent loss (z grows as N, D shrink)
         z = sum(lat._z(theta[None, :], lat.U))[0]
         warnings += _monotone_warnings(z, acc, chance, what="the fitted latent loss")
@@ -712,7 +695,7 @@ def fit_downstream(
 # Warnings.
 # --------------------------------------------------------------------------------------------
 
-def _signal_warnings(acc: np.ndarray, chance: float, ceiling: float, acc_stderr, fitted_floor: float) -> list[str]:
+def _signal_warnings(acc: np.ndarray, chance: float, ceiling: float, acc_stderr) -> list[str]:
     """Too few points clear of chance: the accuracy law is then unidentified."""
     if acc_stderr is None:
         se = np.sqrt(np.maximum(acc * (1 - acc), 0.01) / 1000.0)  # a benchmark of ~1,000 items
