@@ -1,0 +1,163 @@
+"""Downstream accuracy of Pythia 2.8B, 6.9B and 12B predicted from the models up to 1.4B.
+
+    python -m benchmarks.downstream [--suite standard|deduped] [--bootstrap 200] [--json OUT]
+
+Data: the Pythia zero-shot evaluations (tests/data/pythia_evals/zero_shot.csv; lm-evaluation-
+harness results of the Pythia paper). Fitted: the checkpoints (step 0 excluded; see each method
+for warm-up) of the five models up to 1.4B (70M, 160M, 410M, 1B, 1.4B; non-embedding N; D = tokens seen). Predicted: the final
+checkpoints (step 143,000, 300B tokens) of 2.8B, 6.9B and 12B — 2.1x to 9.4x the largest fitted N.
+Error = predicted − observed accuracy, in points. Intervals: 90 % percentile bootstrap resampling
+whole model sizes (the checkpoints of one run are not independent draws); "cover" counts the
+held-out points inside the interval of the law's mean, "pred." inside the prediction interval (each
+replicate plus a resampled residual of the fit: the scatter of single evaluations).
+
+Methods (``orchestrator.laws.downstream``):
+- ``latent-sigmoid`` (the default of ``scalesweep fit-downstream`` without a loss column):
+  acc = chance + (1 − chance)·σ(c0 − A/N^α − B/D^β): a sigmoid of a latent L(N, D) loss,
+  fitted on the accuracies alone of the checkpoints after Pythia's 1,430-step warm-up (no
+  L(N, D) law describes a model in warm-up), chance fixed at the task's (1/choices; 0 for lambada);
+- ``lambada-sigmoid`` / ``lambada-exponential``: the two-step law through the only loss the
+  evaluations measure, LAMBADA's log-perplexity (for lambada its own task loss; for the others a
+  shared intermediate, as Gadre et al. use a validation loss): step 1 Chinchilla L(N, D) on the
+  checkpoints after Pythia's 1,430-step warm-up, step 2 the sigmoid (Bhagia et al.) or the
+  exponential (Gadre et al.) link on every checkpoint.
+
+Also: backtests by model size for ``latent-sigmoid`` — fit up to 410M, 1B or 1.4B and predict
+every larger final checkpoint — errors against the extrapolation factor N / max fitted N.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestrator.laws.downstream import backtest
+from orchestrator.laws.table import read_table
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "pythia_evals" / "zero_shot.csv"
+# Non-embedding parameters (Pythia paper). The standard 1B's evaluations are filed as pythia-1b-bf16.
+N_NONEMB = {"70m": 18_915_328, "160m": 85_056_000, "410m": 302_311_424, "1b": 805_736_448,
+            "1.4b": 1_208_602_624, "2.8b": 2_517_652_480, "6.9b": 6_444_163_072, "12b": 11_327_027_200}
+# 1/choices for multiple choice; lambada is a free completion (0). wsc: 2 choices.
+CHANCE = {"lambada_openai": 0.0, "piqa": 0.5, "arc_easy": 0.25, "arc_challenge": 0.25, "sciq": 0.25,
+          "winogrande": 0.5, "logiqa": 0.25, "wsc": 0.5}
+SIGNAL_TASKS = ("lambada_openai", "piqa", "arc_easy", "sciq")
+OTHER_TASKS = ("arc_challenge", "winogrande", "logiqa", "wsc")
+FIT_MAX_N = N_NONEMB["1.4b"]
+FINAL_STEP = 143_000
+WARMUP_STEPS = 1_430  # 1 % of 143,000: Pythia's linear warm-up
+METHODS = ("latent-sigmoid", "lambada-sigmoid", "lambada-exponential")
+
+
+def load_pythia(suite: str = "standard", path: Path = DATA) -> dict[str, np.ndarray]:
+    """The evaluations of one suite as columns: model (size name), N, D, step, task, acc, acc_stderr, ppl."""
+    t = read_table(path)
+    names = np.asarray(t["model"]).astype(str)
+    size = []
+    for name in names:
+        s = name.removeprefix("pythia-")
+        if suite == "deduped":
+            size.append(s.removesuffix("-deduped") if s.endswith("-deduped") else None)
+        elif suite == "standard":
+            s = "1b" if s == "1b-bf16" else s
+            size.append(None if s.endswith("-deduped") else s)
+        else:
+            raise ValueError(f"unknown suite {suite!r}; choose standard or deduped")
+    keep = np.array([s is not None for s in size])
+    size = np.array([s for s in size if s is not None])
+    out = {"model": size, "N": np.array([float(N_NONEMB[s]) for s in size]),
+           "D": np.asarray(t["tokens"], np.float64)[keep], "step": np.asarray(t["step"], np.float64)[keep].astype(int),
+           "task": np.asarray(t["task"]).astype(str)[keep], "acc": np.asarray(t["acc"], np.float64)[keep],
+           "acc_stderr": np.asarray(t["acc_stderr"], np.float64)[keep], "ppl": np.asarray(t["ppl"], np.float64)[keep]}
+    return out
+
+
+def task_columns(data: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:
+    """One task's rows without step 0, with LAMBADA's log-perplexity of the same checkpoint as ``loss``."""
+    lam = data["task"] == "lambada_openai"
+    log_ppl = {(m, s): float(np.log(p)) for m, s, p in zip(data["model"][lam], data["step"][lam], data["ppl"][lam])}
+    m = (data["task"] == task) & (data["step"] > 0)
+    cols = {k: v[m] for k, v in data.items()}
+    cols["loss"] = np.array([log_ppl[(a, b)] for a, b in zip(cols["model"], cols["step"])])
+    return cols
+
+
+def run_method(cols: dict[str, np.ndarray], task: str, method: str, *, fit_max_N: float = FIT_MAX_N,
+               bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Fit the rows with N <= fit_max_N, predict the final checkpoints of every larger model."""
+    train = cols["N"] <= fit_max_N * (1 + 1e-9)
+    test = ~train & (cols["step"] == FINAL_STEP)
+    kw: dict[str, Any] = dict(bootstrap=bootstrap, cluster=True, seed=seed, acc_stderr=None)
+    if method == "latent-sigmoid":
+        res = backtest(train, test, cols["N"], cols["D"], cols["acc"], chance=CHANCE[task], ceiling=1.0,
+                       link="sigmoid", loss_rows=cols["step"] > WARMUP_STEPS, **kw)
+    else:
+        link = method.split("-", 1)[1]
+        res = backtest(train, test, cols["N"], cols["D"], cols["acc"], loss=cols["loss"],
+                       loss_rows=cols["step"] > WARMUP_STEPS, link=link,
+                       chance=CHANCE[task] if link == "sigmoid" else None, ceiling=1.0, **kw)
+    for p, model in zip(res["points"], cols["model"][test]):
+        p["model"] = model
+        p["error_points"] = 100 * (p["predicted"] - p["observed"])
+        p["extrapolation"] = p["N"] / fit_max_N
+    return res
+
+
+def run(suite: str = "standard", bootstrap: int = 200, tasks=SIGNAL_TASKS + OTHER_TASKS) -> dict[str, Any]:
+    """The golden table (every method × task) and the size backtests of latent-sigmoid."""
+    data = load_pythia(suite)
+    golden, sizes = [], []
+    for task in tasks:
+        cols = task_columns(data, task)
+        for method in METHODS:
+            res = run_method(cols, task, method, bootstrap=bootstrap)
+            golden.append({"task": task, "method": method, "signal": task in SIGNAL_TASKS, **res})
+        for cut in ("410m", "1b", "1.4b"):
+            res = run_method(cols, task, "latent-sigmoid", fit_max_N=N_NONEMB[cut], bootstrap=bootstrap)
+            sizes.append({"task": task, "fit_up_to": cut, "signal": task in SIGNAL_TASKS, **res})
+    return {"suite": suite, "bootstrap": bootstrap, "golden": golden, "by_size": sizes}
+
+
+def _print(out: dict[str, Any]) -> None:
+    print(f"Pythia ({out['suite']}): fit up to 1.4B (checkpoints from step 1; latent fits from the end of warm-up), predict final 2.8B / 6.9B / 12B;"
+          f" error = predicted - observed, accuracy points; 90 % cluster-bootstrap intervals ({out['bootstrap']})")
+    print(f"{'task':15s} {'method':20s} {'2.8B':>6s} {'6.9B':>6s} {'12B':>6s} {'mean|e|':>7s} {'cover':>5s} {'pred.':>5s}  warnings")
+    for g in out["golden"]:
+        e = {p["model"]: p["error_points"] for p in g["points"]}
+        print(f"{g['task']:15s} {g['method']:20s} {e['2.8b']:6.1f} {e['6.9b']:6.1f} {e['12b']:6.1f} "
+              f"{g['mean_abs_error_points']:7.2f} {g['covered']:>2d}/{g['n_intervals']:<2d} "
+              f"{g['covered_prediction_interval']:>2d}/{g['n_intervals']:<2d}  {len(g['warnings'])}")
+    for method in METHODS:
+        sel = [g for g in out["golden"] if g["method"] == method and g["signal"]]
+        errs = np.array([abs(p["error_points"]) for g in sel for p in g["points"]])
+        cov = sum(g["covered"] for g in sel)
+        covp = sum(g["covered_prediction_interval"] for g in sel)
+        print(f"  {method}, tasks with signal: mean |error| {errs.mean():.2f}, max {errs.max():.2f} points; "
+              f"{cov}/{len(errs)} held-out points inside the 90 % interval, {covp}/{len(errs)} inside the "
+              "90 % prediction interval")
+    print("\nBacktests by model size (latent-sigmoid): error at each held-out final checkpoint, with N / max fitted N")
+    for s in out["by_size"]:
+        if not s["signal"]:
+            continue
+        pts = "  ".join(f"{p['model']}({p['extrapolation']:.1f}x) {p['error_points']:+.1f}" for p in s["points"])
+        print(f"{s['task']:15s} fit <= {s['fit_up_to']:5s} {pts}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suite", default="standard", choices=("standard", "deduped"))
+    ap.add_argument("--bootstrap", type=int, default=200)
+    ap.add_argument("--json", type=Path, default=Path("results") / "downstream.json")
+    args = ap.parse_args(argv)
+    out = run(args.suite, args.bootstrap)
+    _print(out)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=1, default=float))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

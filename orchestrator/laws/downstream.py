@@ -1,0 +1,809 @@
+"""Downstream laws: predict a task's accuracy from (N, D) or compute, through a loss.
+
+Two steps (Bhagia et al. 2024, the OLMo model ladder):
+
+1. **loss** from scale: ``L(N, D) = E + A/N^alpha + B/D^beta`` (the Chinchilla fit of
+   :mod:`.chinchilla`), or ``L(C) = E + A/C^alpha`` when only compute is known;
+2. **accuracy** from loss, by a *link*:
+
+   - ``sigmoid`` (Bhagia et al.): ``acc = chance + (ceiling - chance) / (1 + exp(k (L - L0)))``,
+     k > 0 so accuracy falls as the loss grows; chance and ceiling fixed (from the table / 1.0)
+     or fitted when given as None;
+   - ``exponential`` (Gadre et al. 2024): top-1 error ``eps - k exp(-gamma L)``, i.e.
+     ``acc = (1 - eps) + k exp(-gamma L)``, with eps, k, gamma fitted.
+
+The loss of step 1 is whatever the table measured: the task's own loss (mean NLL of the correct
+continuation), or a loss shared by every task (a validation loss, as Gadre et al. use). When no
+loss was measured the two steps are composed through a *latent* loss ``z(N, D) = A'/N^alpha +
+B'/D^beta`` fitted on the accuracies directly (``acc = link(z)``; the scale and offset of z are
+absorbed into the link, so only its shape in N and D is learned).
+
+Intervals come from one bootstrap of the rows (or of whole model sizes with ``cluster=True``):
+both steps are refitted on each resample and the prediction is recomputed; the central
+percentile interval at ``level`` is reported. They are sampling intervals given the laws are
+right; the backtests (:func:`backtest_by_size`) measure how wrong the laws are when extrapolating.
+
+>>> import numpy as np
+>>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+>>> L = 1.7 + 400 / N**0.34 + 400 / D**0.28
+>>> acc = 0.25 + 0.75 / (1 + np.exp(3.0 * (L - 2.6)))
+>>> fit = fit_downstream(N, D, acc, loss=L, chance=0.25)
+>>> round(float(fit.predict([1e9], [1e11])["acc"][0]), 3) == round(float(
+...     0.25 + 0.75 / (1 + np.exp(3.0 * (1.7 + 400 / 1e9**0.34 + 400 / 1e11**0.28 - 2.6)))), 3)
+True
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import varpro
+from .bootstrap import resample_weights, size_groups
+from .result import FitResult, jsonable
+from .table import TableError
+
+LINKS = ("sigmoid", "exponential")
+NEAR_CHANCE_SIGMA = 2.0  # a point is "at chance" when within this many standard errors of it
+MIN_SIGNAL = 0.1  # best accuracy must clear chance by this fraction of (ceiling - chance)
+MONOTONE_RHO = -0.5  # Spearman correlation of accuracy with loss above which we warn
+FAR_EXTRAPOLATION = 30.0  # predictions beyond this multiple of the largest fitted N are flagged
+_TINY = 1e-300
+
+
+class DownstreamError(TableError):
+    """Inputs a downstream fit cannot use; the message names the problem."""
+
+
+# --------------------------------------------------------------------------------------------
+# A small batched Levenberg-Marquardt: K weightings (bootstrap resamples or starts) at once.
+# --------------------------------------------------------------------------------------------
+
+def batch_lm(model: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], y: np.ndarray, theta0: np.ndarray,
+             W: np.ndarray, lo: np.ndarray, hi: np.ndarray, max_iter: int = 300,
+             rtol: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise sum_i W[k, i] (pred_k,i - y_i)^2 for every row k of theta0 / W at once.
+
+    ``model(theta)`` with theta of shape (K, P) returns predictions (K, n) and the Jacobian
+    (K, n, P). Steps are clipped into [lo, hi] and kept only when the objective drops.
+    Returns thetas (K, P) and objectives (K,).
+    """
+    theta = np.clip(np.array(theta0, dtype=np.float64), lo, hi)
+    W = np.asarray(W, dtype=np.float64)
+    K, P = theta.shape
+
+    def evaluate(th):
+        with np.errstate(over="ignore", invalid="ignore"):
+            pred, J = model(th)
+        r = pred - y
+        f = np.where(np.all(np.isfinite(r), axis=1), (W * np.nan_to_num(r) ** 2).sum(axis=1), np.inf)
+        return f, r, J
+
+    f, r, J = evaluate(theta)
+    lam = np.full(K, 1e-3)
+    active = np.isfinite(f)
+    eye = np.eye(P)
+    for _ in range(max_iter):
+        if not active.any():
+            break
+        Jc = np.nan_to_num(J)
+        Jt = np.swapaxes(Jc, 1, 2)
+        H = (Jt * W[:, None, :]) @ Jc
+        g = (Jt @ (W * np.nan_to_num(r))[..., None])[..., 0]
+        dH = np.diagonal(H, axis1=1, axis2=2)
+        A = H + lam[:, None, None] * (dH[:, :, None] * eye + 1e-9 * eye)
+        try:
+            step = -np.linalg.solve(A, g[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            step = -np.stack([np.linalg.lstsq(a, gg, rcond=None)[0] for a, gg in zip(A, g)])
+        cand = np.clip(theta + np.nan_to_num(step), lo, hi)
+        f_new, r_new, J_new = evaluate(cand)
+        ok = active & (f_new < f)
+        rel = np.where(ok, (f - f_new) / np.maximum(f, 1e-300), 0.0)
+        theta = np.where(ok[:, None], cand, theta)
+        f = np.where(ok, f_new, f)
+        r = np.where(ok[:, None], r_new, r)
+        J = np.where(ok[:, None, None], J_new, J)
+        lam = np.where(ok, np.maximum(lam / 3.0, 1e-9), lam * 4.0)
+        active &= ~((ok & (rel < rtol)) | (lam > 1e12))
+    return theta, f
+
+
+def _best_of_starts(model, y, starts: np.ndarray, w: np.ndarray, lo, hi) -> np.ndarray:
+    """Polish every start on the full data (weights w) and keep the best."""
+    W = np.broadcast_to(w, (len(starts), len(w)))
+    thetas, f = batch_lm(model, y, starts, W, lo, hi)
+    return thetas[int(np.argmin(f))]
+
+
+# --------------------------------------------------------------------------------------------
+# Step 2: links from loss to accuracy.
+# --------------------------------------------------------------------------------------------
+
+class _LinkProblem:
+    """Step 2 in internal coordinates theta, with its free parameters, bounds and model."""
+
+    def __init__(self, kind: str, L: np.ndarray, acc: np.ndarray, chance: float | None, ceiling: float | None):
+        if kind not in LINKS:
+            raise DownstreamError(f"unknown link {kind!r}; choose one of {', '.join(LINKS)}")
+        self.kind, self.L, self.acc = kind, np.asarray(L, np.float64), np.asarray(acc, np.float64)
+        self.chance, self.ceiling = chance, ceiling
+        # Centre the loss so the exponential's log-coefficient and gamma are not collinear.
+        self.Lc = float(np.median(self.L))
+        if kind == "sigmoid":
+            # theta = (log k, L0, [chance], [ceiling])
+            self.names = ["log_k", "L0"] + (["chance"] if chance is None else []) + (["ceiling"] if ceiling is None else [])
+            amax, amin = float(acc.max()), float(acc.min())
+            self.lo = np.array([-8.0, -np.inf] + ([0.0] if chance is None else []) + ([amax] if ceiling is None else []))
+            self.hi = np.array([8.0, np.inf] + ([amin] if chance is None else []) + ([1.0] if ceiling is None else []))
+        else:
+            # theta = (floor = 1 - eps, a = log k - gamma * Lc, log gamma)
+            self.names = ["floor", "a", "log_gamma"]
+            self.lo = np.array([0.0, -50.0, -8.0])
+            self.hi = np.array([1.0, 50.0, 4.0])
+        self.P = len(self.names)
+
+    def unpack(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        t = {n: theta[:, i:i + 1] for i, n in enumerate(self.names)}
+        if self.kind == "sigmoid":
+            return {"k": np.exp(t["log_k"]), "L0": t["L0"],
+                    "chance": t.get("chance", np.full_like(t["L0"], self.chance if self.chance is not None else 0.0)),
+                    "ceiling": t.get("ceiling", np.full_like(t["L0"], self.ceiling if self.ceiling is not None else 1.0))}
+        gamma = np.exp(t["log_gamma"])
+        return {"eps": 1.0 - t["floor"], "k": np.exp(t["a"] + gamma * self.Lc), "gamma": gamma}
+
+    def natural(self, theta: np.ndarray) -> dict[str, float]:
+        return {k: float(v[0, 0]) for k, v in self.unpack(theta[None, :]).items()}
+
+    def value(self, theta: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions (K, n) and d pred / d theta (K, n, P) at losses L (n,) or (K, n)."""
+        t = {n: theta[:, i:i + 1] for i, n in enumerate(self.names)}
+        if self.kind == "sigmoid":
+            p = self.unpack(theta)
+            k, L0, c, h = p["k"], p["L0"], p["chance"], p["ceiling"]
+            s = 1.0 / (1.0 + np.exp(np.clip(k * (L - L0), -700, 700)))  # decreasing in L
+            pred = c + (h - c) * s
+            ds = -s * (1 - s)  # d s / d(k (L - L0))
+            cols = [(h - c) * ds * k * (L - L0), (h - c) * ds * (-k)]
+            if "chance" in t:
+                cols.append(1.0 - s)
+            if "ceiling" in t:
+                cols.append(s)
+        else:
+            floor, a, lg = t["floor"], t["a"], t["log_gamma"]
+            gamma = np.exp(lg)
+            e = np.exp(np.clip(a - gamma * (L - self.Lc), -700, 700))
+            pred = floor + e
+            cols = [np.ones_like(e), e, -e * gamma * (L - self.Lc)]
+        J = np.stack([np.broadcast_to(c_, pred.shape) for c_ in cols], axis=-1)
+        return pred, J
+
+    def starts(self) -> np.ndarray:
+        L, acc = self.L, self.acc
+        q = np.quantile(L, [0.1, 0.3, 0.5, 0.7, 0.9])
+        spread = max(float(np.std(L)), 1e-3)
+        rows = []
+        if self.kind == "sigmoid":
+            for L0 in q:
+                for k in (0.5 / spread, 2.0 / spread, 8.0 / spread):
+                    row = [math.log(k), L0]
+                    if self.chance is None:
+                        row.append(float(acc.min()))
+                    if self.ceiling is None:
+                        row.append(min(1.0, float(acc.max()) + 0.5 * (1.0 - float(acc.max()))))
+                    rows.append(row)
+        else:
+            lo = float(np.quantile(acc, 0.05))
+            for floor in (0.0, 0.5 * lo, lo):
+                for g in (0.3 / spread, 1.0 / spread, 3.0 / spread):
+                    top = max(float(np.quantile(acc, 0.5)) - floor, 1e-3)
+                    rows.append([floor, math.log(top), math.log(g)])
+        return np.clip(np.array(rows, dtype=np.float64), self.lo, self.hi)
+
+    def fit(self, w: np.ndarray) -> np.ndarray:
+        return _best_of_starts(lambda th: self.value(th, self.L), self.acc, self.starts(), w, self.lo, self.hi)
+
+    def batch(self, theta: np.ndarray, W: np.ndarray) -> np.ndarray:
+        return batch_lm(lambda th: self.value(th, self.L), self.acc, np.broadcast_to(theta, (len(W), self.P)),
+                        W, self.lo, self.hi)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Step 1: loss from scale (Chinchilla in N, D; a power law in C), and the latent composite.
+# --------------------------------------------------------------------------------------------
+
+class _ComputeLaw:
+    """L(C) = E + A/C^alpha, least squares in log L, theta = (E, a, alpha) with A/C^alpha = exp(a - alpha u)."""
+
+    names = ("E", "A", "alpha")
+
+    def __init__(self, C: np.ndarray, L: np.ndarray):
+        self.logC0 = float(np.mean(np.log(C)))
+        self.u = np.log(C) - self.logC0
+        self.y = np.log(L)
+        self.lo = np.array([0.0, -50.0, 0.005])
+        self.hi = np.array([float(L.min()), 50.0, 3.0])
+
+    def value(self, theta: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        E, a, al = theta[:, 0:1], theta[:, 1:2], theta[:, 2:3]
+        t = np.exp(a - al * u)
+        pred = E + t
+        J = np.stack([np.ones_like(t), t, -u * t], axis=-1) / pred[..., None]
+        return np.log(np.maximum(pred, _TINY)), J
+
+    def fit(self, w: np.ndarray) -> np.ndarray:
+        starts = np.array([[e * self.hi[0], math.log(max(float(np.exp(self.y).mean()) * (1 - e), 1e-6)), al]
+                           for e in (0.0, 0.5, 0.9) for al in (0.05, 0.2, 0.6)])
+        return _best_of_starts(lambda th: self.value(th, self.u), self.y, starts, w, self.lo, self.hi)
+
+    def batch(self, theta: np.ndarray, W: np.ndarray) -> np.ndarray:
+        # E's bound is the smallest loss among the points each resample keeps
+        return batch_lm(lambda th: self.value(th, self.u), self.y, np.broadcast_to(theta, (len(W), 3)), W,
+                        self.lo, self.hi)[0]
+
+    def natural(self, theta: np.ndarray) -> dict[str, float]:
+        E, a, al = (float(x) for x in theta)
+        return {"E": E, "A": math.exp(a + al * self.logC0), "alpha": al}
+
+    def predict(self, theta: np.ndarray, C: np.ndarray) -> np.ndarray:
+        """Loss for every replicate row of theta (K, 3) at compute C (n,): shape (K, n)."""
+        u = np.log(np.asarray(C, np.float64)) - self.logC0
+        return np.exp(self.value(np.atleast_2d(theta), u)[0])
+
+
+class _Latent:
+    """acc = link(z), z = exp(a - alpha u) + exp(b - beta v) [+ no D term in compute mode].
+
+    For the sigmoid, k (L - L0) = z - c0: theta = (a, b, alpha, beta, c0, [chance], [ceiling]).
+    For the exponential, k exp(-gamma L) = exp(c0 - z): theta = (a, b, alpha, beta, c0, floor).
+    """
+
+    def __init__(self, kind: str, X: list[np.ndarray], acc: np.ndarray, chance, ceiling):
+        if kind not in LINKS:
+            raise DownstreamError(f"unknown link {kind!r}; choose one of {', '.join(LINKS)}")
+        self.kind, self.acc, self.chance, self.ceiling = kind, acc, chance, ceiling
+        self.centres = [float(np.mean(np.log(x))) for x in X]
+        self.U = [np.log(x) - c for x, c in zip(X, self.centres)]
+        self.m = len(X)  # 2 for (N, D), 1 for C
+        self.names = [f"a{i}" for i in range(self.m)] + [f"e{i}" for i in range(self.m)] + ["c0"]
+        lo = [-30.0] * self.m + [0.005] * self.m + [-50.0]
+        hi = [30.0] * self.m + [3.0] * self.m + [50.0]
+        if kind == "sigmoid":
+            if chance is None:
+                self.names.append("chance"); lo.append(0.0); hi.append(float(acc.min()))
+            if ceiling is None:
+                self.names.append("ceiling"); lo.append(float(acc.max())); hi.append(1.0)
+        else:
+            self.names.append("floor"); lo.append(0.0); hi.append(1.0)
+        self.lo, self.hi, self.P = np.array(lo), np.array(hi), len(self.names)
+
+    def _z(self, theta, U):
+        terms = [np.exp(np.clip(theta[:, i:i + 1] - theta[:, self.m + i:self.m + i + 1] * U[i], -700, 700))
+                 for i in range(self.m)]
+        return terms
+
+    def value(self, theta: np.ndarray, U: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        t = {n: theta[:, i:i + 1] for i, n in enumerate(self.names)}
+        terms = self._z(theta, U)
+        z = sum(terms)
+        c0 = t["c0"]
+        if self.kind == "sigmoid":
+            c = t.get("chance", np.full_like(c0, self.chance if self.chance is not None else 0.0))
+            h = t.get("ceiling", np.full_like(c0, self.ceiling if self.ceiling is not None else 1.0))
+            s = 1.0 / (1.0 + np.exp(np.clip(z - c0, -700, 700)))
+            pred = c + (h - c) * s
+            dz = -(h - c) * s * (1 - s)  # d pred / d z
+            cols = [dz * tm for tm in terms] + [-dz * tm * u for tm, u in zip(terms, U)] + [-dz * np.ones_like(z)]
+            if "chance" in t:
+                cols.append(1.0 - s)
+            if "ceiling" in t:
+                cols.append(s)
+        else:
+            e = np.exp(np.clip(c0 - z, -700, 700))
+            pred = t["floor"] + e
+            dz = -e
+            cols = [dz * tm for tm in terms] + [-dz * tm * u for tm, u in zip(terms, U)] + [e, np.ones_like(e)]
+        J = np.stack([np.broadcast_to(c_, pred.shape) for c_ in cols], axis=-1)
+        return pred, J
+
+    def starts(self) -> np.ndarray:
+        rows = []
+        exps = (0.1, 0.3, 0.8)
+        grid = [(x,) for x in exps] if self.m == 1 else [(x, y) for x in exps for y in exps]
+        for es in grid:
+            for c0 in (-1.0, 0.5, 2.0):
+                row = [0.0] * self.m + list(es) + [c0]
+                if self.kind == "sigmoid":
+                    if self.chance is None:
+                        row.append(float(self.acc.min()))
+                    if self.ceiling is None:
+                        row.append(min(1.0, float(self.acc.max()) + 0.5 * (1 - float(self.acc.max()))))
+                else:
+                    row.append(float(np.quantile(self.acc, 0.05)))
+                rows.append(row)
+        return np.clip(np.array(rows), self.lo, self.hi)
+
+    def fit(self, w: np.ndarray) -> np.ndarray:
+        return _best_of_starts(lambda th: self.value(th, self.U), self.acc, self.starts(), w, self.lo, self.hi)
+
+    def batch(self, theta: np.ndarray, W: np.ndarray) -> np.ndarray:
+        return batch_lm(lambda th: self.value(th, self.U), self.acc, np.broadcast_to(theta, (len(W), self.P)),
+                        W, self.lo, self.hi)[0]
+
+    def predict(self, theta: np.ndarray, X: list[np.ndarray]) -> np.ndarray:
+        U = [np.log(np.asarray(x, np.float64)) - c for x, c in zip(X, self.centres)]
+        return self.value(np.atleast_2d(theta), U)[0]
+
+    def natural(self, theta: np.ndarray) -> dict[str, float]:
+        t = {n: float(v) for n, v in zip(self.names, theta)}
+        keys = ("N", "D") if self.m == 2 else ("C",)
+        out = {}
+        for i, key in enumerate(keys):
+            e = t[f"e{i}"]
+            out[f"A_{key}"] = math.exp(t[f"a{i}"] + e * self.centres[i])
+            out[f"alpha_{key}"] = e
+        out["c0"] = t["c0"]
+        for extra in ("chance", "ceiling", "floor"):
+            if extra in t:
+                out[extra] = t[extra]
+        if self.kind == "sigmoid":
+            out.setdefault("chance", self.chance if self.chance is not None else 0.0)
+            out.setdefault("ceiling", self.ceiling if self.ceiling is not None else 1.0)
+        else:
+            out["eps"] = 1.0 - out.pop("floor")
+        return out
+
+
+def _huber_delta(theta: np.ndarray, p: varpro.Problem) -> float:
+    """1.345 x the robust (MAD) scale of the log residuals at theta."""
+    E, a, b, al, be = theta
+    pred = E + np.exp(a - al * p.u) + np.exp(b - be * p.v)
+    r = np.log(np.maximum(pred, _TINY)) - p.log_loss
+    return float(1.345 * 1.4826 * np.median(np.abs(r - np.median(r))))
+
+
+# --------------------------------------------------------------------------------------------
+# The fit.
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class DownstreamFit:
+    """A fitted downstream law: ``predict`` gives accuracy with bootstrap intervals."""
+
+    law: str
+    link: str
+    mode: str  # "two-step" (measured loss), "latent" (no loss measured)
+    scale: str  # "N,D" or "C"
+    result: FitResult
+    level: float
+    _predict_samples: Callable[..., tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]] = field(repr=False)
+    max_N: float | None = None
+    min_loss: float | None = None
+    residuals: np.ndarray | None = field(default=None, repr=False)  # acc - fitted, rows of the accuracy fit
+    seed: int = 0
+
+    @property
+    def params(self) -> dict[str, float]:
+        """Point-estimate parameters (step 1 prefixed ``loss.``, step 2 ``acc.``)."""
+        return self.result.params
+
+    @property
+    def warnings(self) -> list[str]:
+        """Signal, monotonicity and identifiability warnings."""
+        return self.result.warnings
+
+    def to_json(self) -> dict:
+        """The FitResult's JSON document."""
+        return self.result.to_json()
+
+    def predict(self, N=None, D=None, *, C=None, loss=None, level: float | None = None) -> dict[str, Any]:
+        """Predicted accuracy (and the step-1 loss) with central bootstrap intervals.
+
+        Give (N, D) — or C in compute mode. With ``loss`` (two-step fits only) step 2 is applied
+        to that loss and step 1 is skipped. Returns arrays ``acc``, ``low``, ``high``, ``loss``
+        (the loss used; NaN in latent mode), ``loss_low``/``loss_high``, and ``pred_low``/``pred_high``:
+        the interval for a *measured* accuracy (the bootstrap plus the fit's residual scatter).
+        """
+        level = self.level if level is None else level
+        acc, acc_s, L, L_s = self._predict_samples(N=N, D=D, C=C, loss=loss)
+        # Accuracies live in [0, 1]; the exponential link is not bounded above by itself.
+        acc = np.clip(acc, 0.0, 1.0)
+        acc_s = None if acc_s is None else np.clip(acc_s, 0.0, 1.0)
+        out = {"acc": acc, "loss": L}
+        for key, est, s in (("", acc, acc_s), ("loss_", L, L_s)):
+            if s is None or len(s) < 2:
+                out[key + "low"] = np.full_like(est, np.nan)
+                out[key + "high"] = np.full_like(est, np.nan)
+            else:
+                q = np.nanquantile(s, [(1 - level) / 2, (1 + level) / 2], axis=0)
+                out[key + "low"], out[key + "high"] = q[0], q[1]
+        # Prediction interval for a measured accuracy: each replicate plus a residual of the fit drawn
+        # at random (the scatter of single evaluations around the law: benchmark noise, run quirks).
+        if acc_s is not None and len(acc_s) >= 2 and self.residuals is not None and len(self.residuals) > 1:
+            rng = np.random.default_rng(self.seed + 7919)
+            noisy = np.clip(acc_s + rng.choice(self.residuals, size=acc_s.shape), 0.0, 1.0)
+            q = np.nanquantile(noisy, [(1 - level) / 2, (1 + level) / 2], axis=0)
+            out["pred_low"], out["pred_high"] = q[0], q[1]
+        else:
+            out["pred_low"] = np.full_like(acc, np.nan)
+            out["pred_high"] = np.full_like(acc, np.nan)
+        return out
+
+    def prediction_warnings(self, N=None) -> list[str]:
+        """Warnings about extrapolating to these sizes (far beyond the largest fitted N)."""
+        out = []
+        if N is not None and self.max_N:
+            ratio = float(np.max(np.asarray(N, np.float64))) / self.max_N
+            if ratio > FAR_EXTRAPOLATION:
+                out.append(f"predicting at {ratio:.0f}x the largest fitted N: beyond ~{FAR_EXTRAPOLATION:.0f}x "
+                           "the backtests say little about the error")
+        return out
+
+
+def _column(x, name: str) -> np.ndarray | None:
+    if x is None:
+        return None
+    a = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    if a.ndim != 1:
+        raise DownstreamError(f"column {name}: expected one value per row, got shape {a.shape}")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise DownstreamError(f"column {name}: {int(bad.sum())} NaN/inf value(s) (first at row {int(np.argmax(bad))})")
+    return a
+
+
+def validate(N, D, C, acc, loss, chance, ceiling) -> dict[str, Any]:
+    """Check the columns of a downstream fit; DownstreamError names the first problem."""
+    acc = _column(acc, "acc")
+    if acc is None:
+        raise DownstreamError("missing column acc")
+    cols = {"N": _column(N, "N"), "D": _column(D, "D"), "C": _column(C, "C"), "loss": _column(loss, "loss")}
+    n = len(acc)
+    for name, col in cols.items():
+        if col is not None and len(col) != n:
+            raise DownstreamError(f"column {name} has {len(col)} rows, acc has {n}")
+        if col is not None and np.any(col <= 0):
+            bad = col <= 0
+            raise DownstreamError(f"column {name}: {int(bad.sum())} non-positive value(s) (first at row {int(np.argmax(bad))})")
+    if cols["N"] is None or cols["D"] is None:
+        if cols["C"] is None:
+            raise DownstreamError("need columns N and D, or C (compute)")
+        cols["N"] = cols["D"] = None
+    out = (acc < 0) | (acc > 1)
+    if out.any():
+        i = int(np.argmax(out))
+        hint = " (percentages? divide by 100)" if acc.max() <= 100 and acc.max() > 1 else ""
+        raise DownstreamError(f"column acc: {int(out.sum())} value(s) outside [0, 1], first {acc[i]:g} at row {i}{hint}")
+    if chance is not None:
+        ch = np.atleast_1d(np.asarray(chance, dtype=np.float64))
+        if not np.all(np.isfinite(ch)) or np.any((ch < 0) | (ch > 1)):
+            raise DownstreamError(f"chance must be in [0, 1], got {ch[~((ch >= 0) & (ch <= 1))][0] if ch.size else chance}")
+        if np.ptp(ch) > 1e-9:
+            raise DownstreamError(f"chance varies between rows ({ch.min():g} .. {ch.max():g}): fit one task at a time")
+        chance = float(ch[0])
+    if ceiling is not None:
+        ceiling = float(ceiling)
+        if not (0.0 < ceiling <= 1.0):
+            raise DownstreamError(f"ceiling must be in (0, 1], got {ceiling:g}")
+    if chance is not None and ceiling is not None and chance >= ceiling:
+        raise DownstreamError(f"chance {chance:g} is not below the ceiling {ceiling:g}")
+    if ceiling is not None and acc.max() > ceiling + 1e-12:
+        raise DownstreamError(f"column acc: {acc.max():g} at row {int(np.argmax(acc))} is above the ceiling {ceiling:g}")
+    return {"acc": acc, **cols, "chance": chance, "ceiling": ceiling, "n": n}
+
+
+def fit_downstream(
+    N=None, D=None, acc=None, *,
+    loss=None,
+    C=None,
+    chance: float | None = None,
+    ceiling: float | None = 1.0,
+    link: str = "sigmoid",
+    loss_rows=None,
+    bootstrap: int = 0,
+    cluster: bool = False,
+    seed: int = 0,
+    level: float = 0.9,
+    acc_stderr=None,
+    weights=None,
+) -> DownstreamFit:
+    """Fit a downstream law (see the module docstring) and its bootstrap.
+
+    ``loss``: the measured loss of each row (task loss or a shared validation loss); without it
+    the latent composite is fitted. ``loss_rows``: boolean mask of the rows the loss law may use
+    (e.g. not warm-up checkpoints, which no L(N, D) law describes): in a two-step fit step 2 still
+    uses every row; in a latent fit the other rows are left out.
+    ``chance``/``ceiling``: the sigmoid's floor and top, fitted when None (the exponential fits
+    its own floor). ``acc_stderr`` only feeds the near-chance warning (default: binomial guess).
+    """
+    v = validate(N, D, C, acc, loss, chance, ceiling)
+    acc, N, D, C, loss, chance, ceiling, n = (v[k] for k in ("acc", "N", "D", "C", "loss", "chance", "ceiling", "n"))
+    if link not in LINKS:
+        raise DownstreamError(f"unknown link {link!r}; choose one of {', '.join(LINKS)}")
+    scale = "N,D" if N is not None else "C"
+    mode = "two-step" if loss is not None else "latent"
+    n_total = n
+    if mode == "latent" and loss_rows is not None:
+        # The latent loss is step 1 itself: rows it may not describe leave the fit altogether.
+        keep = np.asarray(loss_rows, bool)
+        if keep.shape != (n,):
+            raise DownstreamError(f"loss_rows has shape {keep.shape}, expected ({n},)")
+        pick = lambda x: None if x is None else np.asarray(x, np.float64)[keep]  # noqa: E731
+        acc, N, D, C, acc_stderr, weights = (pick(x) for x in (acc, N, D, C, acc_stderr, weights))
+        n = int(keep.sum())
+        loss_rows = None
+    groups = size_groups(N if N is not None else C) if cluster else None
+    rng = np.random.default_rng(seed)
+    W = resample_weights(n, int(bootstrap), rng, groups) if bootstrap and bootstrap > 0 else None
+    ones = np.ones(n)
+    w_acc = ones if weights is None else np.asarray(weights, np.float64)  # per-row weights of the accuracy fit
+    if w_acc.shape != (n,) or np.any(~np.isfinite(w_acc)) or np.any(w_acc < 0):
+        raise DownstreamError(f"weights must be {n} finite non-negative numbers")
+    warnings: list[str] = []
+    params: dict[str, float] = {}
+    intervals: dict[str, Any] = {}
+
+    if mode == "two-step":
+        mask = np.ones(n, bool) if loss_rows is None else np.asarray(loss_rows, bool)
+        if mask.shape != (n,):
+            raise DownstreamError(f"loss_rows has shape {mask.shape}, expected ({n},)")
+        n_step1 = int(mask.sum())
+        need1 = 5 if scale == "N,D" else 3
+        if n_step1 < need1 + 1:
+            raise DownstreamError(f"{n_step1} row(s) for the loss law: it has {need1} parameters, need at least {need1 + 1}")
+        lp = _LinkProblem(link, loss, acc, chance if link == "sigmoid" else None, ceiling if link == "sigmoid" else None)
+        if n < lp.P + 2:
+            raise DownstreamError(f"{n} row(s): the {link} link has {lp.P} free parameters, need at least {lp.P + 2}")
+        # step 1
+        if scale == "N,D":
+            with varpro.single_threaded_blas():
+                p1 = varpro.Problem.build(N[mask], D[mask], loss[mask])
+                theta1, _ = varpro.global_fit(p1)
+                # Huber's delta in units of the residual scale (1.345 robust sigmas, Huber's 95 %-efficiency
+                # constant): the Chinchilla default 1e-3 makes a noisier task loss an L1 fit, whose
+                # bootstrap is slow to converge and conservative.
+                delta = _huber_delta(theta1, p1)
+                if delta > p1.delta:
+                    p1 = varpro.Problem.build(N[mask], D[mask], loss[mask], delta=delta)
+                    theta1, _ = varpro.global_fit(p1, extra_starts=[theta1])
+                th1_s = varpro.batch_polish(theta1, p1, W[:, mask], rtol=1e-10)[0] if W is not None else None
+            step1 = varpro.to_natural(theta1, p1)
+            step1_s = None if th1_s is None else [varpro.to_natural(t, p1) for t in th1_s]
+            extra_fit = {"loss_huber_delta": p1.delta}
+
+            def loss_at(th, Nq, Dq):
+                th = np.atleast_2d(th)
+                E, a, b, al, be = (th[:, i:i + 1] for i in range(5))
+                return E + np.exp(a - al * (np.log(Nq) - p1.logN0)) + np.exp(b - be * (np.log(Dq) - p1.logD0))
+        else:
+            law1 = _ComputeLaw(C[mask], loss[mask])
+            theta1 = law1.fit(ones[mask])
+            th1_s = law1.batch(theta1, W[:, mask]) if W is not None else None
+            step1 = law1.natural(theta1)
+            step1_s = None if th1_s is None else [law1.natural(t) for t in th1_s]
+            extra_fit = {}
+
+            def loss_at(th, Cq, _unused=None):
+                return law1.predict(th, Cq)
+        # step 2
+        theta2 = lp.fit(w_acc)
+        th2_s = lp.batch(theta2, W * w_acc) if W is not None else None
+        step2 = lp.natural(theta2)
+        params.update({f"loss.{k}": v_ for k, v_ in step1.items()})
+        params.update({f"acc.{k}": v_ for k, v_ in step2.items()})
+        fitted = lp.value(theta2[None, :], loss)[0][0]
+        resid = acc - fitted
+        if th2_s is not None:
+            for prefix, est, reps in (("loss", step1, step1_s), ("acc", step2, [lp.natural(t) for t in th2_s])):
+                for key in est:
+                    q = np.nanquantile(np.array([d[key] for d in reps]), [(1 - level) / 2, (1 + level) / 2])
+                    intervals[f"{prefix}.{key}"] = {"estimate": est[key], "low": float(q[0]), "high": float(q[1]),
+                                                    "level": level}
+        warnings += _signal_warnings(acc, chance if chance is not None else float(np.quantile(acc, 0.02)), ceiling or 1.0,
+                                     acc_stderr)
+        warnings += _monotone_warnings(loss, acc, chance)
+        if scale == "N,D":
+            from .diagnostics import identifiability_warnings
+
+            warnings += [f"loss law: {w}" for w in identifiability_warnings(N[mask], D[mask], p1, theta1, None)]
+
+        def predict_samples(N=None, D=None, C=None, loss=None):
+            if loss is not None:
+                Lq = np.atleast_1d(np.asarray(loss, np.float64))
+                L_s = None
+            else:
+                X = (np.atleast_1d(np.asarray(N, np.float64)), np.atleast_1d(np.asarray(D, np.float64))) \
+                    if scale == "N,D" else (np.atleast_1d(np.asarray(C, np.float64)), None)
+                if X[0] is None or (scale == "N,D" and X[1] is None):
+                    raise DownstreamError("predict needs N and D" if scale == "N,D" else "predict needs C")
+                Lq = loss_at(theta1, *X)[0]
+                L_s = loss_at(th1_s, *X) if th1_s is not None else None
+            accq = lp.value(theta2[None, :], Lq)[0][0]
+            acc_s = None
+            if th2_s is not None:
+                acc_s = lp.value(th2_s, L_s if L_s is not None else Lq[None, :])[0]
+            return accq, acc_s, Lq, L_s
+        min_loss = float(loss.min())
+    else:
+        X = [N, D] if scale == "N,D" else [C]
+        lat = _Latent(link, X, acc, chance if link == "sigmoid" else None, ceiling if link == "sigmoid" else None)
+        if n < lat.P + 2:
+            raise DownstreamError(f"{n} row(s): the latent {link} law has {lat.P} parameters, need at least {lat.P + 2}")
+        theta = lat.fit(w_acc)
+        th_s = lat.batch(theta, W * w_acc) if W is not None else None
+        nat = lat.natural(theta)
+        params.update({f"latent.{k}": v_ for k, v_ in nat.items()})
+        fitted = lat.predict(theta, X)[0]
+        resid = acc - fitted
+        if th_s is not None:
+            reps = [lat.natural(t) for t in th_s]
+            for key in nat:
+                s = np.array([d[key] for d in reps])
+                q = np.nanquantile(s, [(1 - level) / 2, (1 + level) / 2])
+                intervals[f"latent.{key}"] = {"estimate": nat[key], "low": float(q[0]), "high": float(q[1]), "level": level}
+        warnings += _signal_warnings(acc, chance if chance is not None else float(np.quantile(acc, 0.02)), ceiling or 1.0,
+                                     acc_stderr)
+        # monotone in the fitted latent loss (z grows as N, D shrink)
+        z = sum(lat._z(theta[None, :], lat.U))[0]
+        warnings += _monotone_warnings(z, acc, chance, what="the fitted latent loss")
+
+        def predict_samples(N=None, D=None, C=None, loss=None):
+            if loss is not None:
+                raise DownstreamError("this fit has no measured loss (latent mode): predict from N, D (or C)")
+            Xq = [np.atleast_1d(np.asarray(N, np.float64)), np.atleast_1d(np.asarray(D, np.float64))] \
+                if scale == "N,D" else [np.atleast_1d(np.asarray(C, np.float64))]
+            accq = lat.predict(theta, Xq)[0]
+            acc_s = lat.predict(th_s, Xq) if th_s is not None else None
+            nan = np.full_like(accq, np.nan)
+            return accq, acc_s, nan, None
+        min_loss = None
+        extra_fit = {}
+
+    if bootstrap and not cluster:
+        _, per_size = np.unique(size_groups(N if N is not None else C), return_counts=True)
+        if np.median(per_size) >= 5:
+            warnings.append(f"{int(np.median(per_size))} rows per model size (median): if they are checkpoints of one "
+                            "run they are not independent; resample whole sizes (cluster=True, --cluster) or the "
+                            "intervals are too narrow")
+    if link == "sigmoid" and chance is None:
+        floor = params.get("acc.chance", params.get("latent.chance"))
+        warnings.append(f"no chance level given: the floor was fitted ({floor:.3f}); give the task's chance "
+                        "(1/choices, 0 for free completion): a fitted floor extrapolates worse")
+    law_name = f"{mode}-{link}"
+    result = FitResult(
+        law=law_name,
+        params=params,
+        objective=float(np.sum(resid ** 2)),
+        n_points=n,
+        loss="least-squares (accuracy)",
+        intervals=intervals,
+        warnings=warnings,
+        extra={"link": link, "mode": mode, "scale": scale, "chance": chance, "ceiling": ceiling,
+               "rmse_acc": float(np.sqrt(np.mean(resid ** 2))), "bootstrap": int(bootstrap or 0),
+               "cluster": bool(cluster), "seed": int(seed), "level": level,
+               "n_rows": n_total, "n_loss_rows": int(np.sum(loss_rows)) if loss_rows is not None else n,
+               **extra_fit},
+    )
+    return DownstreamFit(law_name, link, mode, scale, result, level, predict_samples,
+                         max_N=float(N.max()) if N is not None else None, min_loss=min_loss,
+                         residuals=np.asarray(resid, np.float64), seed=int(seed))
+
+
+# --------------------------------------------------------------------------------------------
+# Warnings.
+# --------------------------------------------------------------------------------------------
+
+def _signal_warnings(acc: np.ndarray, chance: float, ceiling: float, acc_stderr) -> list[str]:
+    """Too few points clear of chance: the accuracy law is then unidentified."""
+    if acc_stderr is None:
+        se = np.sqrt(np.maximum(acc * (1 - acc), 0.01) / 1000.0)  # a benchmark of ~1,000 items
+    else:
+        se = np.maximum(np.asarray(acc_stderr, np.float64), 1e-3)
+    above = acc > chance + NEAR_CHANCE_SIGMA * se
+    out = []
+    share = float(np.mean(~above))
+    signal = (float(acc.max()) - chance) / max(ceiling - chance, 1e-9)
+    if signal < MIN_SIGNAL or above.sum() < 3:
+        out.append(f"too little signal: the best accuracy {acc.max():.3f} is only {signal:.0%} of the way from "
+                   f"chance {chance:.3f} to the ceiling {ceiling:.3f} ({int(above.sum())} point(s) clear of chance by "
+                   f"{NEAR_CHANCE_SIGMA:g} standard errors); predictions are unreliable")
+    elif share > 0.5:
+        out.append(f"{share:.0%} of the points sit within {NEAR_CHANCE_SIGMA:g} standard errors of chance "
+                   f"({chance:.3f}): they carry little signal about the shape of the curve")
+    if acc.min() < chance - 3 * float(np.median(se)):
+        out.append(f"some accuracies ({acc.min():.3f}) are below chance ({chance:.3f}): the task's chance level may be "
+                   "wrong, or the metric rewards a bias of untrained models")
+    return out
+
+
+def _monotone_warnings(L: np.ndarray, acc: np.ndarray, chance, what: str = "the loss") -> list[str]:
+    """Accuracy should fall as the loss grows; warn when it does not (Spearman rho)."""
+    if len(L) < 4:
+        return []
+    rl = np.argsort(np.argsort(L)).astype(float)
+    ra = np.argsort(np.argsort(acc)).astype(float)
+    if np.std(ra) == 0 or np.std(rl) == 0:
+        return [f"accuracy is constant: nothing to fit against {what}"]
+    rho = float(np.corrcoef(rl, ra)[0, 1])
+    if rho > MONOTONE_RHO:
+        return [f"accuracy is not monotone in {what} (Spearman rho {rho:+.2f}, expected near -1): "
+                "the link from loss to accuracy does not hold for these points"]
+    return []
+
+
+# --------------------------------------------------------------------------------------------
+# Backtests.
+# --------------------------------------------------------------------------------------------
+
+def backtest(train: np.ndarray, test: np.ndarray, N=None, D=None, acc=None, *, C=None, loss=None,
+             use_test_loss: bool = False, loss_rows=None, **kwargs) -> dict[str, Any]:
+    """Fit on the ``train`` rows, predict the ``test`` rows; errors in accuracy points and coverage.
+
+    ``use_test_loss``: predict step 2 from the test rows' measured loss (isolates the link's
+    error); by default step 1 predicts their loss from (N, D) / C, as for an unseen model.
+    """
+    train, test = np.asarray(train, bool), np.asarray(test, bool)
+    sel = lambda x, m: None if x is None else np.asarray(x, np.float64)[m]  # noqa: E731
+    lr = None if loss_rows is None else np.asarray(loss_rows, bool)[train]
+    for key in ("weights", "acc_stderr"):  # per-row arguments follow the training rows
+        if kwargs.get(key) is not None:
+            kwargs[key] = np.asarray(kwargs[key], np.float64)[train]
+    fit = fit_downstream(sel(N, train), sel(D, train), sel(acc, train), C=sel(C, train), loss=sel(loss, train),
+                         loss_rows=lr, **kwargs)
+    pred = fit.predict(sel(N, test), sel(D, test), C=sel(C, test),
+                       loss=sel(loss, test) if use_test_loss else None)
+    obs = np.asarray(acc, np.float64)[test]
+    err = pred["acc"] - obs
+    cover = (pred["low"] <= obs) & (obs <= pred["high"])
+    cover_pred = (pred["pred_low"] <= obs) & (obs <= pred["pred_high"])
+    have_iv = np.isfinite(pred["low"])
+    return {
+        "law": fit.law, "n_train": int(train.sum()), "n_test": int(test.sum()),
+        "mean_abs_error_points": float(np.mean(np.abs(err)) * 100),
+        "max_abs_error_points": float(np.max(np.abs(err)) * 100),
+        "bias_points": float(np.mean(err) * 100),
+        "covered": int(cover[have_iv].sum()), "n_intervals": int(have_iv.sum()),
+        "covered_prediction_interval": int(cover_pred[have_iv].sum()),
+        "warnings": fit.warnings,
+        "points": [{"N": None if N is None else float(n_), "D": None if D is None else float(d_),
+                    "observed": float(o), "predicted": float(p), "low": float(lo), "high": float(hi),
+                    "pred_low": float(plo), "pred_high": float(phi), "loss_predicted": float(lp_)}
+                   for n_, d_, o, p, lo, hi, plo, phi, lp_ in zip(
+                       sel(N, test) if N is not None else [None] * int(test.sum()),
+                       sel(D, test) if D is not None else [None] * int(test.sum()),
+                       obs, pred["acc"], pred["low"], pred["high"], pred["pred_low"], pred["pred_high"],
+                       pred["loss"])],
+    }
+
+
+def backtest_by_size(N, D, acc, *, final_only: bool = True, **kwargs) -> dict[str, Any]:
+    """Leave the largest model size out: fit the others, predict it (its largest-D row by default)."""
+    N = np.asarray(N, np.float64)
+    groups = size_groups(N)
+    largest = groups == groups[np.argmax(N)]
+    test = largest.copy()
+    if final_only:
+        Dv = np.asarray(D, np.float64)
+        test = largest & (Dv >= Dv[largest].max() * (1 - 1e-9))
+    if (~largest).sum() == 0:
+        raise DownstreamError("only one model size: nothing to backtest")
+    return backtest(~largest, test, N, D, acc, **kwargs)
+
+
+def predictions_json(fit: DownstreamFit, N=None, D=None, *, C=None, loss=None) -> list[dict[str, Any]]:
+    """Predictions as the CLI prints them: one dict per row, in order."""
+    pred = fit.predict(N, D, C=C, loss=loss)
+    n = len(pred["acc"])
+    col = lambda x: [None] * n if x is None else list(np.broadcast_to(np.asarray(x, np.float64), (n,)))  # noqa: E731
+    rows = []
+    for i, (n_, d_, c_) in enumerate(zip(col(N), col(D), col(C))):
+        row = {"N": n_, "D": d_}
+        if C is not None:
+            row["C"] = c_
+        row.update({"acc": pred["acc"][i], "interval": [pred["low"][i], pred["high"][i]],
+                    "prediction_interval": [pred["pred_low"][i], pred["pred_high"][i]],
+                    "loss": pred["loss"][i], "loss_interval": [pred["loss_low"][i], pred["loss_high"][i]]})
+        rows.append(row)
+    return jsonable(rows)
