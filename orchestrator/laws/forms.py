@@ -127,11 +127,17 @@ def batch_lm(form: Form, theta0: np.ndarray, X: dict, logL: np.ndarray, W: np.nd
     active = np.isfinite(f)
     p = theta.shape[1]
     eye = np.eye(p)
+    J_all = np.zeros(logp.shape + (p,))
+    stale = np.ones(K, dtype=bool)  # rows whose theta moved since their Jacobian was computed
     for _ in range(max_iter):
         if not active.any():
             break
         idx = np.flatnonzero(active)
-        _, J = form.jac(theta[idx], X)
+        redo = idx[stale[idx]]
+        if len(redo):
+            J_all[redo] = form.jac(theta[redo], X)[1]
+            stale[redo] = False
+        J = J_all[idx]
         r_a, d_a, W_a = r[idx], ders[idx], W[idx]
         safe = np.abs(r_a) > 1e-14
         omega = W_a * np.where(safe, d_a / np.where(safe, r_a, 1.0), 1.0)
@@ -151,6 +157,7 @@ def batch_lm(form: Form, theta0: np.ndarray, X: dict, logL: np.ndarray, W: np.nd
         rel = np.where(ok, (f[idx] - f_c) / np.maximum(f[idx], 1e-300), 0.0)
         sel = idx[ok]
         theta[sel], f[sel], r[sel], ders[sel] = cand[ok], f_c[ok], r_c[ok], d_c[ok]
+        stale[sel] = True
         lam[idx] = np.where(ok, np.maximum(lam[idx] / 3.0, 1e-9), lam[idx] * 4.0)
         done = (ok & (rel < rtol)) | (lam[idx] > 1e12)
         active[idx[done]] = False
@@ -384,6 +391,10 @@ class DataConstrainedForm(Form):
     free_names: tuple[str, ...] = ("log E", "log A", "log B", "alpha", "beta", "log R_D*", "log R_N*")
 
     def log_predict(self, theta, X):
+        with np.errstate(all="ignore"):  # far-off replicates overflow; they score inf and are rejected
+            return self._log_predict(theta, X)
+
+    def _log_predict(self, theta, X):
         th = np.atleast_2d(theta)
         le, la, lb, al, be, lrd, lrn = (th[:, j:j + 1] for j in range(7))
         N, D = X["N"], X["D"]
@@ -413,7 +424,8 @@ class DataConstrainedForm(Form):
             raise ValueError("the data-constrained law needs unique tokens U")
         if delta != DEFAULT_DELTA:
             raise ValueError("the data-constrained fit uses delta = 1e-3")
-        res = dc.fit_data_constrained(X["N"], X["D"], X["U"], np.exp(logL), loss_fn=loss_fn)
+        with np.errstate(all="ignore"):
+            res = dc.fit_data_constrained(X["N"], X["D"], X["U"], np.exp(logL), loss_fn=loss_fn)
         theta = dc._to_theta(res.params)
         return theta, float(res.objective)
 
