@@ -416,9 +416,13 @@ def _selection(fits: list[FormFit], chosen: FormFit, rule: str) -> dict[str, Any
         bt = f"backtest RMS log error {chosen.score:.2%}" if math.isfinite(chosen.score) else "no backtest possible"
         reason = f"{chosen.name}: the only candidate ({bt})"
     elif rule == "backtest":
-        scores = ", ".join(f"{f.name} {f.score:.2%}" if math.isfinite(f.score) else f"{f.name} n/a" for f in ranked)
+        scores = ", ".join(f"{f.name} {f.score:.2%} ({f.form.n_params} params)" if math.isfinite(f.score)
+                           else f"{f.name} n/a" for f in ranked)
         mix = ", ".join(f"{f.name} {f.weight:.2f}" for f in ranked if f.weight > 0)
-        reason = (f"{chosen.name}: lowest backtest error (mean over leave-largest-size-out and "
+        best = min((f for f in ranked if math.isfinite(f.score)), key=lambda f: f.score)
+        why = ("lowest backtest error" if best is chosen else
+               f"largest weight: backtest error within reach of {best.name}'s with fewer parameters")
+        reason = (f"{chosen.name}: {why} (score = mean over leave-largest-size-out and "
                   f"leave-largest-compute-decade-out of the RMS log error: {scores}); "
                   f"weights ∝ score^-{SHARPNESS:g} x e^-{OCCAM:g} per parameter: {mix}")
     else:
