@@ -23,7 +23,7 @@ Power-law forms use centred coordinates: ``A/N^alpha = exp(a - alpha (log N - lo
 >>> th = f.from_natural({"E": 1.8, "A": 480.0, "B": 2100.0, "alpha": 0.35, "beta": 0.35})
 >>> X = inputs([1e8], [2e9])
 >>> round(float(np.exp(f.log_predict(th[None, :], X))[0, 0]), 4)
-2.6107
+3.7272
 """
 from __future__ import annotations
 

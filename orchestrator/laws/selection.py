@@ -14,10 +14,10 @@ says which form won and by how much.
 
 Prediction intervals mix, in proportion to the weights, each form's bootstrap replicates
 (parameter uncertainty) plus two calibrated terms in log space: the run-to-run noise (robust
-scale of the form's residuals) and a misspecification term ``tau * distance``, where distance is
-the number of decades beyond the fitted runs (in N, D or C, whichever is largest) and tau is
-whatever part of the form's backtest errors its own noise and parameter uncertainty (delta method)
-do not explain. So they are prediction intervals for a new run's loss that include form uncertainty,
+scale of the form's residuals) and a misspecification term ``sqrt(tau0^2 + tau^2 distance^2)``,
+where distance is the number of decades beyond the fitted runs (in N, D or C, whichever is largest)
+and (tau0, tau) fit whatever part of the form's backtest errors its own noise and parameter
+uncertainty (delta method) do not explain. So they are prediction intervals for a new run's loss that include form uncertainty,
 not only the sampling error of one form.
 
 >>> import numpy as np
@@ -142,18 +142,29 @@ def _errors(rel: np.ndarray, logerr: np.ndarray) -> dict[str, float]:
             "bias_rel": float(np.mean(rel)), "rmse_log": float(np.sqrt(np.mean(logerr**2)))}
 
 
-def misspecification(backtests: dict[str, dict]) -> float:
-    """tau (log error per decade beyond the data) left over once noise and parameter error are counted."""
-    num = den = 0.0
+def misspecification(backtests: dict[str, dict]) -> tuple[float, float]:
+    """(tau0, tau1): the log error of held-out runs that noise and parameter error do not explain.
+
+    Non-negative least squares of e^2 - sigma^2 - v = tau0^2 + tau1^2 d^2 over every held-out run
+    of the form's backtests (d: decades beyond the fitted runs): a floor of misfit everywhere plus
+    a part that grows with extrapolation distance.
+    """
+    from scipy.optimize import nnls
+
+    rows, y = [], []
     for bt in backtests.values():
         c = bt.get("_calib")
         if c is None:
             continue
-        num += float(np.sum(c["e"] ** 2 - c["sigma"] ** 2 - c["v"]))
-        den += float(np.sum(c["d"] ** 2))
-    if den < 1e-8:
-        return 0.0
-    return math.sqrt(max(num / den, 0.0))
+        rows.append(np.column_stack([np.ones_like(c["d"]), c["d"] ** 2]))
+        y.append(c["e"] ** 2 - c["sigma"] ** 2 - c["v"])
+    if not rows:
+        return 0.0, 0.0
+    A, b = np.concatenate(rows), np.concatenate(y)
+    if np.ptp(A[:, 1]) < 1e-8:  # no spread in distance: a floor only
+        return math.sqrt(max(float(np.mean(b)), 0.0)), 0.0
+    coef, _ = nnls(A, b)
+    return math.sqrt(coef[0]), math.sqrt(coef[1])
 
 
 # ----------------------------------------------------------------------------- fitted forms
@@ -169,7 +180,8 @@ class FormFit:
     sigma: float = math.nan
     backtests: dict[str, dict] = field(default_factory=dict)
     score: float = math.nan
-    tau: float = 0.0
+    tau: float = 0.0  # misspecification per decade beyond the data (log scale)
+    tau0: float = 0.0  # misspecification floor (log scale)
     weight: float = 0.0
     samples: Optional[np.ndarray] = None
     error: Optional[str] = None
@@ -189,6 +201,7 @@ class FormFit:
         bts = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in self.backtests.items()}
         return {"n_params": self.form.n_params, "params": self.params, "objective": self.objective,
                 "residual_scale": self.sigma, "score_rmse_log": self.score, "weight": self.weight,
+                "misspecification_floor": self.tau0,
                 "misspecification_per_decade": self.tau, "backtests": bts,
                 **({"error": self.error} if self.error else {})}
 
@@ -279,7 +292,7 @@ class AutoFit:
             reps = f.samples if f.samples is not None and len(f.samples) else f.theta[None, :]
             m = f.form.log_predict(reps, X)  # (K, n)
             rows = m[np.arange(k) % len(reps)]
-            scale = np.sqrt(f.sigma**2 + (f.tau * dist) ** 2)
+            scale = np.sqrt(f.sigma**2 + f.tau0**2 + (f.tau * dist) ** 2)
             parts.append(rows + scale * rng.standard_normal(rows.shape))
         return np.concatenate(parts, axis=0)
 
@@ -364,7 +377,7 @@ def fit_auto(
                 ff.backtests[name] = {"error": str(exc)}
         rm = [bt["rmse_log"] for bt in ff.backtests.values() if "rmse_log" in bt]
         ff.score = float(np.mean(rm)) if rm else math.nan
-        ff.tau = misspecification(ff.backtests)
+        ff.tau0, ff.tau = misspecification(ff.backtests)
     fitted = [f for f in fits if f.theta is not None]
     if not fitted:
         raise ValueError("no candidate form could be fitted: " + "; ".join(f"{f.name}: {f.error}" for f in fits))
@@ -404,7 +417,7 @@ def fit_auto(
                        extra={"form": chosen.name, "weights": {f.name: f.weight for f in fits},
                               "bootstrap": int(bootstrap or 0), "cluster": bool(cluster), "seed": int(seed),
                               "level": level, "flops": flops if isinstance(flops, str) else "exact",
-                              "intervals": "prediction: form mixture x bootstrap x (noise + tau * decades beyond data)"})
+                              "intervals": "prediction: form mixture x bootstrap x (noise + tau0 + tau * decades beyond data)"})
     fit = AutoFit(law, chosen.name, fits, result, selection, box, level, seed)
     result.intervals = _intervals(fit, list(budgets), level, flops) if budgets else {}
     return fit
@@ -470,7 +483,7 @@ def _intervals(fit: AutoFit, budgets: list[float], level: float, flops) -> dict[
             for f, fr in per_form:
                 v = np.log(fr[key][:, i])
                 if key == "loss_opt":  # a run at the optimum: add its noise and the form's misspecification
-                    v = v + math.sqrt(f.sigma**2 + (f.tau * d_opt) ** 2) * rng.standard_normal(len(v))
+                    v = v + math.sqrt(f.sigma**2 + f.tau0**2 + (f.tau * d_opt) ** 2) * rng.standard_normal(len(v))
                 parts.append(v)
             s = np.concatenate(parts)
             lo, hi = np.exp(np.quantile(s, q))

@@ -78,7 +78,8 @@ def test_prediction_intervals_cover_held_out_larger_models():
 
     Truth: Besiroglu et al.'s Chinchilla fit; 25 runs (5 sizes 2e7-4e8 x 5 multipliers 2.5-40),
     log-normal noise 0.5 %; held out: N = 1e9 at 20 and 80 tokens/param and N = 2e9 at 20.
-    Measured over these 200 replications: 0.908 of 600 held-out runs covered.
+    Measured over these 200 replications: 0.937 of 600 held-out runs covered (0.945, 0.925, 0.94 per
+    held-out point; about 50 s of CPU).
     """
     truth = ChinchillaLaw(E=1.8172, A=477.8, B=2143.9, alpha=0.3473, beta=0.3672)
     N = np.repeat(np.geomspace(2e7, 4e8, 5), 5)
