@@ -167,14 +167,14 @@ def _print_selection(fit) -> None:
     for name, c in fit.selection["candidates"].items():
         bts = c.get("backtests") or {}
         if not bts:
-            tab.add_row(name, str(c["n_params"]), _fmt(c["weight"]), c.get("error", "no backtest"), "", "", "", "")
+            tab.add_row(name, str(c["n_params"]), f"{c['weight']:.2f}", c.get("error", "no backtest"), "", "", "", "")
         for i, (bname, bt) in enumerate(bts.items()):
             first = i == 0
             if "error" in bt:
                 tab.add_row(name if first else "", str(c["n_params"]) if first else "",
                             _fmt(c["weight"]) if first else "", bname, bt["error"], "", "", "")
                 continue
-            tab.add_row(name if first else "", str(c["n_params"]) if first else "", _fmt(c["weight"]) if first else "",
+            tab.add_row(name if first else "", str(c["n_params"]) if first else "", f"{c['weight']:.2f}" if first else "",
                         _SHORT.get(bname, bname), str(bt["n_test"]), f"{bt['mean_abs_rel_error']:.2%}", f"{bt['max_abs_rel_error']:.2%}",
                         f"{bt['rmse_log']:.2%}")
     console.print(tab)
