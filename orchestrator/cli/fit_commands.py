@@ -1,4 +1,9 @@
-"""`scalesweep fit`: fit a loss law L(N, D) to a table of runs and print it (or its JSON)."""
+"""`scalesweep fit`: fit a loss law L(N, D) to a table of runs and print it (or its JSON).
+
+`--law auto` fits every candidate form and weights them by their backtests
+(`orchestrator.laws.selection`); `--predict OTHER` prints the chosen law's predicted loss and
+prediction interval for every row of OTHER (any L(N, D) law).
+"""
 from __future__ import annotations
 
 import math
@@ -14,10 +19,11 @@ from ..laws.table import TableError, read_table, require_columns
 from .app import app, fail, print_json
 
 # Parameters of each law: a table needs more rows than this.
-N_PARAMS = {"chinchilla": 5, "kaplan": 4, "data-constrained": 2, "isoflop": 4}
+N_PARAMS = {"chinchilla": 5, "kaplan": 4, "data-constrained": 2, "isoflop": 4, "auto": 4}
 
 
 class Law(str, Enum):
+    auto = "auto"
     chinchilla = "chinchilla"
     kaplan = "kaplan"
     data_constrained = "data-constrained"
@@ -34,27 +40,47 @@ def fit_command(
     table: Path = typer.Argument(..., help="CSV or Parquet with columns N, D, loss (+ U unique tokens, C FLOPs)."),
     law: Law = typer.Option(Law.chinchilla, "--law", help="Law family to fit."),
     loss: Loss = typer.Option(Loss.huber, "--loss", help="Robust loss on log residuals (asymmetric = frontier fit)."),
-    bootstrap: int = typer.Option(0, "--bootstrap", help="Bootstrap resamples for intervals; 0 = none."),
-    cluster: bool = typer.Option(False, "--cluster", help="Resample whole model sizes instead of rows (chinchilla)."),
+    bootstrap: Optional[int] = typer.Option(
+        None, "--bootstrap",
+        help="Bootstrap resamples for intervals; 0 = none. Default 0, or 100 with --law auto or --predict."),
+    cluster: bool = typer.Option(False, "--cluster", help="Resample whole model sizes instead of rows (chinchilla, auto)."),
     budget: Optional[list[float]] = typer.Option(None, "--budget", help="Compute budget C (FLOPs) for the frontier; repeatable."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     isoflop_noise: float = typer.Option(0.002, "--isoflop-noise",
                                         help="isoflop: seed-noise std (nats) of Porian et al.'s bootstrap."),
+    predict: Optional[Path] = typer.Option(
+        None, "--predict", help="CSV/Parquet with columns N, D (+ U): print predicted loss and interval per row."),
+    level: float = typer.Option(0.9, "--level", help="Level of the --predict intervals."),
+    e_prior: Optional[float] = typer.Option(
+        None, "--e-prior", help="--law auto: the value E is held at in the fixed-E forms (default 0: no floor)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
-    """Fit Chinchilla, Kaplan, data-constrained or isoFLOP laws by summed robust loss, with intervals."""
+    """Fit Chinchilla, Kaplan, data-constrained or isoFLOP laws by summed robust loss, with intervals;
+    `--law auto` picks the form by backtest; `--predict OTHER` predicts OTHER's rows."""
     budgets = [float(c) for c in (budget or [])]
+    if bootstrap is None:
+        bootstrap = 100 if (law is Law.auto or predict is not None) else 0
     if bootstrap < 0:
         fail(f"--bootstrap must be >= 0, got {bootstrap}")
     bad = [c for c in budgets if not (math.isfinite(c) and c > 0)]
     if bad:
         fail(f"--budget must be positive FLOPs, got {bad[0]}")
-    if law is not Law.chinchilla and cluster:
-        fail("--cluster is only implemented for --law chinchilla")
+    if law not in (Law.chinchilla, Law.auto) and cluster:
+        fail("--cluster is only implemented for --law chinchilla and --law auto")
     if law is Law.isoflop and loss is not Loss.huber:
         fail("--loss does not apply to --law isoflop (parabola fits)")
     if not (math.isfinite(isoflop_noise) and isoflop_noise > 0):
         fail(f"--isoflop-noise must be positive, got {isoflop_noise}")
+    if law is Law.isoflop and predict is not None:
+        fail("--predict needs a law of L(N, D); --law isoflop fits only the compute-optimal N and D")
+    if not 0.0 < level < 1.0:
+        fail(f"--level must be in (0, 1), got {level}")
+    if e_prior is not None and law is not Law.auto:
+        fail("--e-prior applies to --law auto only")
+    if predict is not None or law is Law.auto:
+        _fit_auto_command(table, law.value, loss.value, bootstrap, cluster, seed, budgets, predict, level, e_prior,
+                          as_json)
+        return
     try:
         result = _fit(table, law.value, loss.value, bootstrap, cluster, seed, budgets, isoflop_noise)
     except (TableError, ValueError) as exc:
@@ -63,6 +89,99 @@ def fit_command(
         print_json(result.to_json())
     else:
         _print_text(result)
+
+
+def _fit_auto_command(table: Path, law: str, loss_fn: str, bootstrap: int, cluster: bool, seed: int,
+                      budgets: list[float], predict: Optional[Path], level: float, e_prior: Optional[float],
+                      as_json: bool) -> None:
+    """--law auto, or any L(N, D) law with --predict: the selection machinery (one form for a named law)."""
+    from ..laws.selection import fit_auto
+
+    try:
+        raw = read_table(table)
+        required = ["N", "D", "loss"] + (["U"] if law == "data-constrained" else [])
+        cols = require_columns(raw, required, positive=required, min_rows=N_PARAMS[law] + 1)
+        U = None
+        if "U" in raw and law in ("auto", "data-constrained"):
+            U = require_columns(raw, ["U"], positive=["U"])["U"]
+    except (TableError, ValueError) as exc:
+        fail(f"{table}: {exc}")
+    other = None
+    if predict is not None:
+        try:
+            raw_o = read_table(predict)
+            need = ["N", "D"] + (["U"] if U is not None else [])
+            other = require_columns(raw_o, need, positive=need, min_rows=1)
+        except (TableError, ValueError) as exc:
+            hint = " (the fit used unique tokens U)" if U is not None and "U" not in raw_o else ""
+            fail(f"{predict}: {exc}{hint}")
+    try:
+        fit = fit_auto(cols["N"], cols["D"], cols["loss"], U, forms=None if law == "auto" else [law],
+                       e_prior=e_prior, loss_fn=loss_fn, bootstrap=bootstrap, cluster=cluster, seed=seed,
+                       budgets=budgets, level=level)
+    except (TableError, ValueError) as exc:
+        fail(f"{table}: {exc}")
+    if other is None:
+        if as_json:
+            print_json(fit.to_json())
+        else:
+            _print_selection(fit)
+            _print_text(fit.result)
+        return
+    loss_p, lo, hi = fit.predict_interval(other["N"], other["D"], other.get("U"), level=level)
+    rows = []
+    for i in range(len(loss_p)):
+        row = {"N": float(other["N"][i]), "D": float(other["D"][i])}
+        if "U" in other:
+            row["U"] = float(other["U"][i])
+        row.update({"loss": float(loss_p[i]), "interval": [float(lo[i]), float(hi[i])]})
+        rows.append(row)
+    doc = {"law": fit.form, "weights": fit.weights, "level": level, "reason": fit.selection["reason"],
+           "predictions": rows, "fit": fit.to_json()}
+    if as_json:
+        print_json(doc)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    _print_selection(fit)
+    tab = Table(*(["N", "D"] + (["U"] if "U" in other else []) + ["loss", f"{level:.0%} low", "high"]),
+                title=f"predictions of {predict.name}")
+    for r in rows:
+        tab.add_row(*[_fmt(r[k]) for k in (["N", "D"] + (["U"] if "U" in r else []) + ["loss"])],
+                    _fmt(r["interval"][0]), _fmt(r["interval"][1]))
+    console.print(tab)
+    for w in fit.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+_SHORT = {"largest_size": "largest N", "largest_compute_decade": "top C decade"}
+
+
+def _print_selection(fit) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]law: {fit.form}[/bold] — {fit.selection['reason']}")
+    tab = Table("form", "p", "weight", "held out", "n", "mean", "worst", "RMS log",
+                title="candidate forms: backtest errors (|relative error| of held-out runs)")
+    tab.columns[0].no_wrap = True
+    for name, c in fit.selection["candidates"].items():
+        bts = c.get("backtests") or {}
+        if not bts:
+            tab.add_row(name, str(c["n_params"]), f"{c['weight']:.2f}", c.get("error", "no backtest"), "", "", "", "")
+        for i, (bname, bt) in enumerate(bts.items()):
+            first = i == 0
+            if "error" in bt:
+                tab.add_row(name if first else "", str(c["n_params"]) if first else "",
+                            _fmt(c["weight"]) if first else "", bname, bt["error"], "", "", "")
+                continue
+            tab.add_row(name if first else "", str(c["n_params"]) if first else "", f"{c['weight']:.2f}" if first else "",
+                        _SHORT.get(bname, bname), str(bt["n_test"]), f"{bt['mean_abs_rel_error']:.2%}", f"{bt['max_abs_rel_error']:.2%}",
+                        f"{bt['rmse_log']:.2%}")
+    console.print(tab)
 
 
 def _fit(table: Path, law: str, loss_fn: str, bootstrap: int, cluster: bool, seed: int,

@@ -1,0 +1,492 @@
+"""Extrapolation-first law selection: fit every candidate L(N, D) form, backtest it, weight by backtest.
+
+``fit_auto(N, D, loss, U=None)`` fits each candidate form (`forms.candidate_forms`) and two
+backtests per form, refitted on a subset and scored on the runs left out:
+
+- **largest size**: fit every model size but the largest, predict the largest;
+- **largest compute decade**: fit the runs with C = 6ND <= C_max/10, predict the rest.
+
+A form's score is the mean over its backtests of the RMS log error (≈ relative error) of those
+predictions. Weights are ``w_f ∝ exp(-n_params_f) * score_f^-3`` (forms with a clearly worse
+backtest get little; near ties share, and nested forms that backtest alike go to the simpler); the form with the largest weight is *the* form
+(``.form``), and predictions average the forms' log predictions by weight. ``selection["reason"]``
+says which form won and by how much.
+
+Prediction intervals mix, in proportion to the weights, each form's bootstrap replicates
+(parameter uncertainty) plus two calibrated terms in log space: the run-to-run noise (robust
+scale of the form's residuals) and a misspecification term ``sqrt(tau0^2 + tau^2 distance^2)``,
+where distance is the number of decades beyond the fitted runs (in N, D or C, whichever is largest)
+and (tau0, tau) fit whatever part of the form's backtest errors its own noise and parameter
+uncertainty (delta method) do not explain. So they are prediction intervals for a new run's loss that include form uncertainty,
+not only the sampling error of one form.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> N = np.repeat(np.geomspace(2e7, 4e8, 5), 4); D = N * np.tile([5.0, 20, 80, 320], 5)
+>>> L = 1.8 + 480 * N**-0.35 + 2100 * D**-0.35
+>>> fit = fit_auto(N, D, L * np.exp(rng.normal(0, 0.003, N.size)), bootstrap=20,
+...                forms=("chinchilla", "equal-exponent"))
+>>> fit.form in ("chinchilla", "equal-exponent")
+True
+>>> loss, lo, hi = fit.predict_interval([1.4e9], [2.8e10])
+>>> bool(lo[0] < loss[0] < hi[0])
+True
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .bootstrap import resample_weights, size_groups
+from .chinchilla import budget_key
+from .diagnostics import design_warnings
+from .forms import Form, PowerSumForm, batch_lm, candidate_forms, grid_frontier, inputs, subset
+from .objectives import DEFAULT_DELTA
+from .result import FitResult, jsonable
+from .table import validate_arrays
+
+DEFAULT_BOOTSTRAP = 100  # replicates per form with weight: enough for 90 % intervals, ~0.1 s per form
+# weight ∝ exp(-OCCAM * n_params) * score^-SHARPNESS: a pseudo-likelihood of the held-out errors with
+# about three independent held-out observations (held-out runs of one size share their parameter
+# error), and AIC's price of one e-fold per parameter, so nested forms that backtest alike go to the
+# simpler one. Measured on planted worlds (tests/unit/test_law_selection.py): every form recovered.
+SHARPNESS = 3.0
+OCCAM = 1.0
+MIN_WEIGHT = 0.01  # forms below this share get no replicates (their weight goes to the others)
+DRAWS = 4000  # predictive draws for a mixture quantile
+UNRELIABLE = 0.05  # warn when the chosen form's backtest RMS log error exceeds this
+BIN_WIDTH = 0.25  # decades per extrapolation-distance bin in backtest reports
+BACKTESTS = ("largest_size", "largest_compute_decade")
+
+
+# ----------------------------------------------------------------------------- backtests
+
+
+def _distance(X: dict, box: tuple[float, float, float]) -> np.ndarray:
+    """Decades beyond the fitted runs: max(0, log10 N/N_max, log10 D/D_max, log10 C/C_max)."""
+    lN, lD, lC = box
+    d = np.maximum.reduce([np.zeros_like(X["logN"]), X["logN"] - lN, X["logD"] - lD,
+                           X["logN"] + X["logD"] - lC])
+    return d / math.log(10.0)
+
+
+def _box(X: dict) -> tuple[float, float, float]:
+    return float(X["logN"].max()), float(X["logD"].max()), float((X["logN"] + X["logD"]).max())
+
+
+def residual_scale(r: np.ndarray, n_params: int) -> float:
+    """Robust scale of log residuals (1.4826 MAD), inflated by sqrt(n / (n - p)) for the fitted parameters."""
+    r = np.asarray(r, float)
+    n = len(r)
+    mad = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+    rms = float(np.sqrt(np.mean(r**2)))
+    s = min(mad, rms) if mad > 0 else rms  # MAD of a few points can exceed the RMS; take the smaller
+    return max(s * math.sqrt(n / max(n - n_params, 1)), 1e-6)
+
+
+def backtest_masks(N: np.ndarray, D: np.ndarray) -> dict[str, np.ndarray]:
+    """Training masks of the two backtests (True = fitted); a backtest is absent when it cannot be formed."""
+    groups = size_groups(N)
+    out = {}
+    if len(np.unique(groups)) >= 2:
+        out["largest_size"] = groups != groups.max()
+    C = 6.0 * N * D
+    train = C <= C.max() / 10.0
+    if train.any() and not train.all():
+        out["largest_compute_decade"] = train
+    return out
+
+
+def run_backtest(form: Form, X: dict, logL: np.ndarray, train: np.ndarray, *, loss_fn: str = "huber",
+                 delta: float = DEFAULT_DELTA) -> dict[str, Any]:
+    """Fit ``form`` on the ``train`` rows, predict the others; errors overall and by distance.
+
+    Also returns what calibrates intervals: per held-out run its log error, extrapolation distance and
+    the variance the fit's own noise and parameter uncertainty (delta method) would explain.
+    """
+    test = ~train
+    Xtr, Xte = subset(X, train), subset(X, test)
+    theta, f = form.fit(Xtr, logL[train], loss_fn, delta)
+    lp_tr, Jtr = form.jac(theta[None, :], Xtr)
+    lp_te, Jte = form.jac(theta[None, :], Xte)
+    sigma = residual_scale(lp_tr[0] - logL[train], form.n_params)
+    J = Jtr[0]
+    cov = sigma**2 * np.linalg.pinv(J.T @ J, rcond=1e-12)
+    v = np.einsum("ij,jk,ik->i", Jte[0], cov, Jte[0])
+    e = lp_te[0] - logL[test]
+    rel = np.expm1(e)
+    dist = _distance(Xte, _box(Xtr))
+    bins = []
+    top = math.floor(dist.max() / BIN_WIDTH) if len(dist) else 0
+    for i in range(top + 1):
+        m = (dist >= i * BIN_WIDTH) & ((dist < (i + 1) * BIN_WIDTH) | (i == top))
+        if m.any():
+            bins.append({"decades_low": i * BIN_WIDTH, "decades_high": (i + 1) * BIN_WIDTH, "n": int(m.sum()),
+                         **_errors(rel[m], e[m])})
+    return {
+        "n_train": int(train.sum()), "n_test": int(test.sum()),
+        "max_train_N": float(Xtr["N"].max()), "max_train_C": float(6 * np.exp(_box(Xtr)[2])),
+        "max_distance_decades": float(dist.max()),
+        **_errors(rel, e),
+        "by_distance": bins,
+        "params": form.natural(theta),
+        "_calib": {"e": e, "v": np.maximum(v, 0.0), "d": dist, "sigma": sigma},
+    }
+
+
+def _errors(rel: np.ndarray, logerr: np.ndarray) -> dict[str, float]:
+    return {"mean_abs_rel_error": float(np.mean(np.abs(rel))), "max_abs_rel_error": float(np.max(np.abs(rel))),
+            "bias_rel": float(np.mean(rel)), "rmse_log": float(np.sqrt(np.mean(logerr**2)))}
+
+
+def misspecification(backtests: dict[str, dict]) -> tuple[float, float]:
+    """(tau0, tau1): the log error of held-out runs that noise and parameter error do not explain.
+
+    Non-negative least squares of e^2 - sigma^2 - v = tau0^2 + tau1^2 d^2 over every held-out run
+    of the form's backtests (d: decades beyond the fitted runs): a floor of misfit everywhere plus
+    a part that grows with extrapolation distance.
+    """
+    from scipy.optimize import nnls
+
+    rows, y = [], []
+    for bt in backtests.values():
+        c = bt.get("_calib")
+        if c is None:
+            continue
+        rows.append(np.column_stack([np.ones_like(c["d"]), c["d"] ** 2]))
+        y.append(c["e"] ** 2 - c["sigma"] ** 2 - c["v"])
+    if not rows:
+        return 0.0, 0.0
+    A, b = np.concatenate(rows), np.concatenate(y)
+    if np.ptp(A[:, 1]) < 1e-8:  # no spread in distance: a floor only
+        return math.sqrt(max(float(np.mean(b)), 0.0)), 0.0
+    coef, _ = nnls(A, b)
+    return math.sqrt(coef[0]), math.sqrt(coef[1])
+
+
+# ----------------------------------------------------------------------------- fitted forms
+
+
+@dataclass
+class FormFit:
+    """One candidate form fitted to all the runs, with its backtests, score, weight and replicates."""
+
+    form: Form
+    theta: Optional[np.ndarray] = None
+    objective: float = math.nan
+    sigma: float = math.nan
+    backtests: dict[str, dict] = field(default_factory=dict)
+    score: float = math.nan
+    tau: float = 0.0  # misspecification per decade beyond the data (log scale)
+    tau0: float = 0.0  # misspecification floor (log scale)
+    weight: float = 0.0
+    samples: Optional[np.ndarray] = None
+    error: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        """The form's name."""
+        return self.form.name
+
+    @property
+    def params(self) -> dict[str, float]:
+        """Named parameters of the full fit."""
+        return self.form.natural(self.theta) if self.theta is not None else {}
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: parameters, score, weight, backtests (without calibration internals)."""
+        bts = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in self.backtests.items()}
+        return {"n_params": self.form.n_params, "params": self.params, "objective": self.objective,
+                "residual_scale": self.sigma, "score_rmse_log": self.score, "weight": self.weight,
+                "misspecification_floor": self.tau0,
+                "misspecification_per_decade": self.tau, "backtests": bts,
+                **({"error": self.error} if self.error else {})}
+
+
+class AutoLaw:
+    """The selected law: forms' log predictions averaged by weight; predict and frontier like ChinchillaLaw."""
+
+    def __init__(self, fits: Sequence[FormFit]):
+        self.fits = [f for f in fits if f.weight > 0 and f.theta is not None]
+
+    def log_predict(self, N, D, U=None) -> np.ndarray:
+        """Weighted mean of the forms' log predictions (shape of N, D broadcast)."""
+        X = inputs(N, D, U)
+        out = 0.0
+        for f in self.fits:
+            out = out + f.weight * f.form.log_predict(f.theta[None, :], X)[0]
+        return np.asarray(out)
+
+    def predict(self, N, D, U=None) -> np.ndarray:
+        """Predicted loss at (N, D) (U unique tokens; None = no repetition)."""
+        return np.exp(self.log_predict(N, D, U))
+
+    @property
+    def params(self) -> dict[str, float]:
+        """Parameters of the form with the largest weight."""
+        return max(self.fits, key=lambda f: f.weight).params
+
+    def frontier(self, C, flops="6ND") -> dict[str, np.ndarray]:
+        """Compute-optimal N_opt, D_opt, loss_opt, tokens_per_param at budgets C (numerical)."""
+        res = grid_frontier(lambda n, d: np.atleast_2d(self.log_predict(n, d)), C, flops)
+        return {k: v[0] for k, v in res.items()}
+
+
+@dataclass
+class AutoFit:
+    """Result of `fit_auto`: the chosen form, every candidate's fit and backtests, and the mixture law."""
+
+    law: AutoLaw
+    form: str
+    fits: list[FormFit]
+    result: FitResult
+    selection: dict[str, Any]
+    box: tuple[float, float, float]
+    level: float = 0.9
+    seed: int = 0
+
+    @property
+    def params(self) -> dict[str, float]:
+        """Parameters of the chosen form."""
+        return self.result.params
+
+    @property
+    def objective(self) -> float:
+        """The chosen form's summed robust loss."""
+        return self.result.objective
+
+    @property
+    def intervals(self) -> dict:
+        """Intervals (budgets keyed by `budget_key`); see `predict_interval` for what they mean."""
+        return self.result.intervals
+
+    @property
+    def warnings(self) -> list[str]:
+        """Selection and identifiability warnings."""
+        return self.result.warnings
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Form name -> weight (sums to 1)."""
+        return {f.name: f.weight for f in self.fits}
+
+    def to_json(self) -> dict:
+        """The FitResult's JSON document, with the chosen ``form`` and the ``selection``."""
+        doc = self.result.to_json()
+        doc["form"] = self.form
+        doc["selection"] = jsonable(self.selection)
+        return doc
+
+    def predictive_draws(self, N, D, U=None, n_draws: int = DRAWS) -> np.ndarray:
+        """Draws of log loss for new runs at (N, D), shape (n_draws, n): the mixture over forms."""
+        X = inputs(N, D, U)
+        dist = _distance(X, self.box)
+        rng = np.random.default_rng(self.seed + 7919)
+        parts = []
+        for f, k in zip(self.law.fits, _allocate(self.law.fits, n_draws)):
+            if k == 0:
+                continue
+            reps = f.samples if f.samples is not None and len(f.samples) else f.theta[None, :]
+            m = f.form.log_predict(reps, X)  # (K, n)
+            rows = m[np.arange(k) % len(reps)]
+            scale = np.sqrt(f.sigma**2 + f.tau0**2 + (f.tau * dist) ** 2)
+            parts.append(rows + scale * rng.standard_normal(rows.shape))
+        return np.concatenate(parts, axis=0)
+
+    def predict_interval(self, N, D, U=None, level: float = 0.9):
+        """(loss, low, high) arrays: point prediction and central ``level`` prediction interval for new runs."""
+        draws = self.predictive_draws(N, D, U)
+        lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        return self.law.predict(N, D, U), np.exp(lo), np.exp(hi)
+
+
+def _allocate(fits: Sequence[FormFit], n: int) -> list[int]:
+    """Draws per form in proportion to its weight (largest remainders)."""
+    w = np.array([f.weight for f in fits], float)
+    raw = w / w.sum() * n
+    k = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - k))[: n - k.sum()]:
+        k[i] += 1
+    return list(k)
+
+
+def _weights(scores: np.ndarray, n_params: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(scores)
+    w = np.zeros_like(scores)
+    if not ok.any():
+        return w
+    best = scores[ok].min()
+    w[ok] = (max(best, 1e-9) / np.maximum(scores[ok], 1e-9)) ** SHARPNESS
+    w[ok] *= np.exp(-OCCAM * (n_params[ok] - n_params[ok].min()))
+    w /= w.sum()
+    w[w < MIN_WEIGHT] = 0.0
+    return w / w.sum()
+
+
+def fit_auto(
+    N, D, loss, U=None, *,
+    forms: Optional[Sequence[str]] = None,
+    e_prior: Optional[float] = None,
+    loss_fn: str = "huber",
+    delta: float = DEFAULT_DELTA,
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+    cluster: bool = False,
+    seed: int = 0,
+    budgets: Sequence[float] = (),
+    level: float = 0.9,
+    flops="6ND",
+) -> AutoFit:
+    """Fit the candidate forms, backtest each, weight them by backtest error; intervals from the mixture.
+
+    ``forms`` restricts the candidates (names in `forms.ALL_FORMS`; one name = that law with its
+    backtests and calibrated intervals). ``bootstrap`` replicates per form with weight (0: intervals
+    from noise and misspecification only, no parameter uncertainty). Budgets give the frontier and
+    its intervals keyed by `budget_key`. U (unique tokens) adds the data-constrained form.
+    """
+    cols = {"N": N, "D": D, "loss": loss, **({"U": U} if U is not None else {})}
+    cols = validate_arrays(cols, min_rows=1)
+    N, D, L = cols["N"], cols["D"], cols["loss"]
+    U = cols.get("U")
+    X = inputs(N, D, U)
+    logL = np.log(L)
+    cands = candidate_forms(N, D, U, e_prior=e_prior, names=forms)
+    masks = backtest_masks(N, D)
+    warnings: list[str] = []
+    fits: list[FormFit] = []
+    for form in cands:
+        ff = FormFit(form)
+        fits.append(ff)
+        if len(L) < form.n_params + 1:
+            ff.error = f"{len(L)} run(s): {form.name} has {form.n_params} parameters"
+            continue
+        try:
+            ff.theta, ff.objective = form.fit(X, logL, loss_fn, delta)
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+            ff.error = str(exc)
+            continue
+        ff.sigma = residual_scale(form.log_predict(ff.theta[None, :], X)[0] - logL, form.n_params)
+        for name, train in masks.items():
+            if train.sum() < form.n_params + 2:
+                continue
+            try:
+                ff.backtests[name] = run_backtest(form, X, logL, train, loss_fn=loss_fn, delta=delta)
+            except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+                ff.backtests[name] = {"error": str(exc)}
+        rm = [bt["rmse_log"] for bt in ff.backtests.values() if "rmse_log" in bt]
+        ff.score = float(np.mean(rm)) if rm else math.nan
+        ff.tau0, ff.tau = misspecification(ff.backtests)
+    fitted = [f for f in fits if f.theta is not None]
+    if not fitted:
+        raise ValueError("no candidate form could be fitted: " + "; ".join(f"{f.name}: {f.error}" for f in fits))
+    scores = np.array([f.score for f in fits])
+    if np.isfinite(scores).any():
+        w = _weights(scores, np.array([f.form.n_params for f in fits], float))
+        rule = "backtest"
+    else:  # too few runs to hold any out: in-sample, and say so
+        warnings.append("too few runs or sizes to backtest: the form is chosen in-sample (lowest objective per "
+                        "parameter), and intervals carry no misspecification term")
+        per = np.array([f.objective / max(len(L) - f.form.n_params, 1) if f.theta is not None else np.inf
+                        for f in fits])
+        w = (per == per.min()).astype(float)
+        rule = "in-sample"
+    for f, wf in zip(fits, w):
+        f.weight = float(wf)
+    # Ties (equal weight within 1e-9) go to the form with fewer parameters.
+    chosen = max(fitted, key=lambda f: (round(f.weight, 9), -f.form.n_params))
+    rng_seed = seed
+    groups = size_groups(N) if cluster else None
+    for i, f in enumerate(fits):
+        if f.weight > 0 and bootstrap and bootstrap > 0:
+            Wb = resample_weights(len(L), int(bootstrap), np.random.default_rng(rng_seed + i), groups)
+            f.samples, _ = batch_lm(f.form, f.theta, X, logL, Wb, loss_fn=loss_fn, delta=delta)
+    box = _box(X)
+    law = AutoLaw(fits)
+    selection = _selection(fits, chosen, rule)
+    warnings += design_warnings(N, D)
+    warnings += _bound_warnings(chosen, L)
+    if math.isfinite(chosen.score) and chosen.score > UNRELIABLE:
+        warnings.append(f"the chosen form's backtest error is {chosen.score:.1%} (RMS): extrapolation is unreliable")
+    for f in fits:
+        if f.error:
+            warnings.append(f"{f.name} not fitted: {f.error}")
+    result = FitResult(law="auto", params=chosen.params, objective=chosen.objective, n_points=len(L), loss=loss_fn,
+                       warnings=warnings,
+                       extra={"form": chosen.name, "weights": {f.name: f.weight for f in fits},
+                              "bootstrap": int(bootstrap or 0), "cluster": bool(cluster), "seed": int(seed),
+                              "level": level, "flops": flops if isinstance(flops, str) else "exact",
+                              "intervals": "prediction: form mixture x bootstrap x (noise + tau0 + tau * decades beyond data)"})
+    fit = AutoFit(law, chosen.name, fits, result, selection, box, level, seed)
+    result.intervals = _intervals(fit, list(budgets), level, flops) if budgets else {}
+    return fit
+
+
+def _selection(fits: list[FormFit], chosen: FormFit, rule: str) -> dict[str, Any]:
+    ranked = sorted([f for f in fits if f.theta is not None], key=lambda f: -f.weight)
+    if len(ranked) == 1:
+        bt = f"backtest RMS log error {chosen.score:.2%}" if math.isfinite(chosen.score) else "no backtest possible"
+        reason = f"{chosen.name}: the only candidate ({bt})"
+    elif rule == "backtest":
+        scores = ", ".join(f"{f.name} {f.score:.2%} ({f.form.n_params} params)" if math.isfinite(f.score)
+                           else f"{f.name} n/a" for f in ranked)
+        mix = ", ".join(f"{f.name} {f.weight:.2f}" for f in ranked if f.weight > 0)
+        best = min((f for f in ranked if math.isfinite(f.score)), key=lambda f: f.score)
+        why = ("lowest backtest error" if best is chosen else
+               f"largest weight: backtest error within reach of {best.name}'s with fewer parameters")
+        reason = (f"{chosen.name}: {why} (score = mean over leave-largest-size-out and "
+                  f"leave-largest-compute-decade-out of the RMS log error: {scores}); "
+                  f"weights ∝ score^-{SHARPNESS:g} x e^-{OCCAM:g} per parameter: {mix}")
+    else:
+        reason = f"{chosen.name}: no backtest possible, lowest in-sample objective per degree of freedom"
+    return {"chosen": chosen.name, "rule": rule, "reason": reason,
+            "candidates": {f.name: f.summary() for f in fits}}
+
+
+def _bound_warnings(f: FormFit, L: np.ndarray) -> list[str]:
+    out = []
+    if isinstance(f.form, PowerSumForm):
+        p = f.params
+        if f.form.e_fixed is None:
+            if p["E"] >= L.min() * (1 - 1e-6):
+                out.append(f"{f.name}: E is pinned at the smallest observed loss ({L.min():.4g}): the data do not "
+                           "show the loss flattening")
+            elif p["E"] <= 1e-9:
+                out.append(f"{f.name}: E is pinned at 0: the irreducible loss is not identified by these data")
+        for k in ("alpha", "beta"):
+            if not (0.01 * (1 + 1e-6) < p[k] < 2.0 * (1 - 1e-6)):
+                out.append(f"{f.name}: {k} = {p[k]:.4g} is pinned at its bound")
+    return out
+
+
+def _intervals(fit: AutoFit, budgets: list[float], level: float, flops) -> dict[str, Any]:
+    """Budget optima: mixture-law estimates, intervals from the forms' replicate optima by weight."""
+    est = fit.law.frontier(budgets, flops)
+    n_draws = 2000
+    per_form = []
+    for f, k in zip(fit.law.fits, _allocate(fit.law.fits, n_draws)):
+        if k == 0:
+            continue
+        reps = f.samples if f.samples is not None and len(f.samples) else f.theta[None, :]
+        fr = grid_frontier(lambda n, d, f=f, reps=reps: f.form.log_predict(reps, inputs(n, d)), budgets, flops)
+        idx = np.arange(k) % len(reps)
+        per_form.append((f, {q: v[idx] for q, v in fr.items()}))
+    rng = np.random.default_rng(fit.seed + 104729)
+    out: dict[str, Any] = {"level": level, "budgets": {}}
+    q = [(1 - level) / 2, (1 + level) / 2]
+    for i, c in enumerate(budgets):
+        entry = {}
+        d_opt = float(_distance(inputs(est["N_opt"][i], est["D_opt"][i]), fit.box)[0])
+        for key in ("N_opt", "D_opt", "tokens_per_param", "loss_opt"):
+            parts = []
+            for f, fr in per_form:
+                v = np.log(fr[key][:, i])
+                if key == "loss_opt":  # a run at the optimum: add its noise and the form's misspecification
+                    v = v + math.sqrt(f.sigma**2 + f.tau0**2 + (f.tau * d_opt) ** 2) * rng.standard_normal(len(v))
+                parts.append(v)
+            s = np.concatenate(parts)
+            lo, hi = np.exp(np.quantile(s, q))
+            entry[key] = {"estimate": float(est[key][i]), "low": float(lo), "high": float(hi), "level": level}
+        out["budgets"][budget_key(c)] = entry
+    return out

@@ -1,0 +1,102 @@
+"""`scalesweep fit --law auto` and `--predict OTHER`: JSON shape, row order, any law, clear errors."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import get_app
+from orchestrator.laws.chinchilla import ChinchillaLaw
+
+runner = CliRunner()
+app = get_app()
+TRUTH = ChinchillaLaw(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.35)
+
+
+def _write(path: Path, header: str, rows) -> Path:
+    path.write_text(header + "\n" + "\n".join(",".join(str(x) for x in r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    d = tmp_path_factory.mktemp("t")
+    rng = np.random.default_rng(0)
+    N = np.repeat(np.geomspace(2e7, 4e8, 5), 5)
+    D = N * np.tile([2.5, 5, 10, 20, 40], 5)
+    L = TRUTH.predict(N, D) * np.exp(rng.normal(0, 0.003, N.size))
+    train = _write(d / "train.csv", "N,D,loss", zip(N, D, L))
+    # Deliberately unsorted, so row order is checked.
+    other_rows = [(1.4e9, 2.8e10), (1e8, 1e9), (6.9e9, 1.4e11), (2e7, 5e8)]
+    other = _write(d / "other.csv", "N,D", other_rows)
+    return train, other, other_rows
+
+
+def test_predict_json_shape_and_row_order(tables):
+    train, other, rows = tables
+    res = runner.invoke(app, ["fit", str(train), "--law", "auto", "--predict", str(other), "--bootstrap", "30",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["law"] in doc["weights"] and doc["weights"][doc["law"]] == max(doc["weights"].values())
+    preds = doc["predictions"]
+    assert [(p["N"], p["D"]) for p in preds] == rows
+    for p in preds:
+        assert set(p) == {"N", "D", "loss", "interval"}
+        lo, hi = p["interval"]
+        assert lo < p["loss"] < hi
+        # The planted truth is close (0.3 % noise; up to 17x beyond the largest fitted size).
+        assert abs(p["loss"] / float(TRUTH.predict(p["N"], p["D"])) - 1) < 0.02
+    assert doc["fit"]["form"] == doc["law"]
+
+
+@pytest.mark.parametrize("law", ["chinchilla", "kaplan"])
+def test_predict_works_with_a_named_law(tables, law):
+    train, other, rows = tables
+    res = runner.invoke(app, ["fit", str(train), "--law", law, "--predict", str(other), "--bootstrap", "10",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["law"] == law and doc["weights"] == {law: 1.0}
+    assert len(doc["predictions"]) == len(rows)
+
+
+def test_predict_text_table(tables):
+    train, other, _ = tables
+    res = runner.invoke(app, ["fit", str(train), "--law", "auto", "--predict", str(other), "--bootstrap", "10"])
+    assert res.exit_code == 0, res.output
+    assert "law:" in res.stdout and "predictions of other.csv" in res.stdout and "largest N" in res.stdout
+
+
+def test_auto_fit_json(tables):
+    train, _, _ = tables
+    res = runner.invoke(app, ["fit", str(train), "--law", "auto", "--budget", "1e22", "--bootstrap", "10", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["law"] == "auto" and doc["form"] == doc["selection"]["chosen"]
+    assert set(doc["selection"]["candidates"]) >= {"chinchilla", "equal-exponent", "kaplan"}
+    bt = doc["selection"]["candidates"]["chinchilla"]["backtests"]
+    assert set(bt) == {"largest_size", "largest_compute_decade"}
+    assert "1e+22" in doc["intervals"]["budgets"]
+
+
+@pytest.mark.parametrize("header, rows, message", [
+    ("N,tokens", [(1e9, 2e10)], "missing column"),
+    ("N,D", [(1e9, -1.0)], "non-positive"),
+    ("N,D", [(1e9, "nan")], "NaN"),
+])
+def test_bad_other_table_exits_2(tables, tmp_path, header, rows, message):
+    train, _, _ = tables
+    bad = _write(tmp_path / "bad.csv", header, rows)
+    res = runner.invoke(app, ["fit", str(train), "--predict", str(bad), "--bootstrap", "0"])
+    assert res.exit_code == 2
+    assert message in res.output and "bad.csv" in res.output
+
+
+def test_predict_missing_file_and_isoflop(tables, tmp_path):
+    train, other, _ = tables
+    res = runner.invoke(app, ["fit", str(train), "--predict", str(tmp_path / "nope.csv")])
+    assert res.exit_code == 2 and "no such file" in res.output
+    res = runner.invoke(app, ["fit", str(train), "--law", "isoflop", "--predict", str(other)])
+    assert res.exit_code == 2 and "isoflop" in res.output
