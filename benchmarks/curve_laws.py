@@ -156,13 +156,13 @@ def main(argv: list[str] | None = None) -> None:
     laws = ("multipower", "annealing", "published")
     for size, res in out["sizes"].items():
         print(f"\n{size}M — relative error in % (mean / worst) on the six held-out curves")
-        print(f"{'curve':<20}" + "".join(f"{n:>22}" for n in ("multi-power (ours)", "annealing (ours)", "multi-power (published)")))
+        print(f"{'curve':<20}" + "".join(f"{n:>26}" for n in ("multi-power (ours)", "annealing (ours)", "multi-power (published)")))
         for name in TEST:
             cells = [f"{_pct(res['curves'][l][name]['mean_rel_error'])} / {_pct(res['curves'][l][name]['worst_rel_error'])}" for l in laws]
-            print(f"{name:<20}" + "".join(f"{c:>22}" for c in cells))
+            print(f"{name:<20}" + "".join(f"{c:>26}" for c in cells))
         s = res["summary"]
-        print(f"{'MEAN / WORST':<20}" + "".join(f"{_pct(s[l]['mean']) + ' / ' + _pct(s[l]['worst']):>22}" for l in laws))
-        print(f"{'worst (avg), R²':<20}" + "".join(f"{_pct(s[l]['worst_avg']) + ', ' + format(s[l]['r2'], '.5f'):>22}" for l in laws))
+        print(f"{'MEAN / WORST':<20}" + "".join(f"{_pct(s[l]['mean']) + ' / ' + _pct(s[l]['worst']):>26}" for l in laws))
+        print(f"{'worst (avg), R²':<20}" + "".join(f"{_pct(s[l]['worst_avg']) + ', ' + format(s[l]['r2'], '.5f'):>26}" for l in laws))
         rep = res["published_reported"]
         print(f"published as reported: mean {_pct(rep['mean'])} %, worst (avg) {_pct(rep['worst_avg'])} %, R² {rep['r2']}")
         print(f"fit time: multi-power {res['fit_seconds']['multipower']:.2f} s, annealing {res['fit_seconds']['annealing']:.3f} s")
