@@ -205,19 +205,25 @@ class CurveLaw:
                 theta[i] = v
             return theta
 
+        # The Huber loss is applied to the data's log-residuals only, as pseudo-residuals
+        # f(r) with f²/2 = huber(r); the prior's residuals stay quadratic (a Gaussian prior:
+        # through the Huber loss it would be a Laplace one scaled by delta, i.e. ~nothing).
+        def data_resid(x):
+            return np.concatenate([
+                np.log(np.maximum(self._model(full(x), d, jac=False)[0], 1e-12)) - lo_
+                for d, lo_ in zip(designs, log_obs)
+            ])
+
         def resid(x):
-            out = []
-            for d, lo_ in zip(designs, log_obs):
-                p = self._model(full(x), d, jac=False)[0]
-                out.append(np.log(np.maximum(p, 1e-12)) - lo_)
-            out.append(self._prior(full(x))[0])
-            return np.concatenate(out)
+            return np.concatenate([_huber_pseudo(data_resid(x))[0], self._prior(full(x))[0]])
 
         def jac(x):
             out = []
-            for d in designs:
+            for d, lo_ in zip(designs, log_obs):
                 p, J = self._model(full(x), d, jac=True)
-                out.append(J[:, free] / np.maximum(p, 1e-12)[:, None])
+                p = np.maximum(p, 1e-12)
+                scale = _huber_pseudo(np.log(p) - lo_)[1]
+                out.append(J[:, free] * (scale / p)[:, None])
             out.append(self._prior(full(x))[1][:, free])
             return np.vstack(out)
 
@@ -229,7 +235,7 @@ class CurveLaw:
             x0 = np.clip(np.asarray(s, dtype=np.float64)[free], lo[free] + 1e-12, hi[free] - 1e-12)
             try:
                 res = least_squares(
-                    resid, x0, jac=jac, bounds=(lo[free], hi[free]), loss="huber", f_scale=HUBER_DELTA,
+                    resid, x0, jac=jac, bounds=(lo[free], hi[free]), loss="linear",
                     x_scale="jac", method="trf", max_nfev=max_nfev or 400, xtol=1e-12, ftol=1e-12, gtol=1e-10,
                 )
             except ValueError:  # a start where the model is undefined (e.g. negative loss)
@@ -249,6 +255,15 @@ def _block_resample(r: np.ndarray, block_frac: float, rng: np.random.Generator) 
     starts = rng.integers(0, n, size=n_blocks)
     idx = (starts[:, None] + np.arange(L)[None, :]).ravel()[:n] % n
     return r[idx]
+
+
+def _huber_pseudo(r: np.ndarray, delta: float = HUBER_DELTA) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudo-residuals f with f²/2 = huber(r), and df/dr."""
+    a = np.abs(r)
+    inner = a <= delta
+    f = np.where(inner, r, np.sign(r) * np.sqrt(np.maximum(delta * (2 * a - delta), 0.0)))
+    df = np.where(inner, 1.0, delta / np.maximum(np.abs(f), 1e-300))
+    return f, df
 
 
 def _huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:

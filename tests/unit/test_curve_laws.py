@@ -8,10 +8,15 @@ import pytest
 
 from orchestrator.laws.annealing import AnnealingLaw, annealing_area
 from orchestrator.laws.curves import Curve, per_step_schedule
-from orchestrator.laws.multipower import MultiPowerLaw
+from orchestrator.laws.curve_law import _huber, _huber_pseudo
+from orchestrator.laws.multipower import PARAMS, PRIOR, MultiPowerLaw
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "multipowerlaw"
 TRAIN = ["cosine_24000", "constant_24000", "wsdcon_9"]
+PUBLISHED = {  # thu-yao-01-luo/MultiPowerLaw README: L0, A, alpha, B, C, beta, gamma
+    "25": [3.04045406, 0.52468604, 0.50786857, 363.78751622, 2.06560812, 0.58279013, 0.64142257],
+    "100": [2.6514477, 0.60115152, 0.45295811, 437.9464276, 2.13245612, 0.59785199, 0.65523644],
+}
 TEST = ["cosine_72000", "constant_72000", "wsd_20000_24000", "wsdld_20000_24000", "wsdcon_3", "wsdcon_18"]
 
 
@@ -150,14 +155,51 @@ def _protocol(law, size):
     )
 
 
-# Measured (docs/curves.md): 25M R² 0.99803, mean 0.00122, worst 0.0069;
-# 100M R² 0.99770, mean 0.00142, worst 0.0076. Published: 0.9988/0.00110 and 0.9983/0.00142.
+# Measured (docs/curves.md, `python -m benchmarks.curve_laws`): 25M mean 0.118 %, worst 0.70 %;
+# 100M mean 0.136 %, worst 0.70 % (published: 0.110 % / 0.142 %). Bounds: the issue's targets.
 @pytest.mark.parametrize("size", ["25", "100"])
 def test_multipower_published_protocol(size):
-    r2, mean, worst = _protocol(MultiPowerLaw(), size)
-    assert r2 >= 0.997
-    assert mean <= 0.0016  # the issue asks ≤ 0.3 %; the published fit reaches 0.11–0.14 %
-    assert worst <= 0.008  # the issue asks ≤ 1 % for every point of the six held-out curves
+    law = MultiPowerLaw().fit(load(size, TRAIN))
+    ms = [law.metrics(c) for c in load(size, TEST)]
+    assert np.mean([m["r2"] for m in ms]) >= 0.997
+    assert np.mean([m["mean_rel_error"] for m in ms]) <= 0.0025  # issue 12: mean <= 0.25 %
+    assert max(m["worst_rel_error"] for m in ms) <= 0.01  # issue 12: every point within 1 %
+    # The drop shape stays near the published one, not the degenerate shapes an unregularised
+    # fit drifts to (beta -> 0.01 with B -> 5000 at 25M; C -> 0 with gamma -> 1.35 at 100M).
+    assert 0.3 <= law.params["beta"] <= 1.0 and 1.0 <= law.params["C"] <= 4.0
+
+
+@pytest.mark.parametrize("size,mean", [("25", 0.00110), ("100", 0.00142)])
+def test_published_parameters_reproduce_the_published_errors(size, mean):
+    """The law as we compute it, with the authors' fitted parameters (and their code's warmup
+    handling), gives their reported mean error: the formula and the protocol are theirs."""
+    law = MultiPowerLaw(warmup_drops=True)
+    law.eta_ref = 3e-4
+    law.theta = law.internal(dict(zip(PARAMS, PUBLISHED[size])))
+    ms = [law.metrics(c) for c in load(size, TEST)]
+    assert np.mean([m["mean_rel_error"] for m in ms]) == pytest.approx(mean, abs=6e-5)
+
+
+def test_shape_prior_is_gaussian_and_effective():
+    """The prior on (C, beta, gamma) is a quadratic penalty outside the Huber loss: a large weight
+    pins the shape at the prior centre; a zero weight leaves it free."""
+    curves = load("100", TRAIN)
+    pinned = MultiPowerLaw(prior_weight=10.0).fit(curves).params
+    for k, v in PRIOR.items():
+        assert pinned[k] == pytest.approx(v, rel=0.02)
+    law = MultiPowerLaw(prior_weight=0.0)
+    law.eta_ref = 3e-4
+    theta = law.internal({"L0": 2.7, "A": 0.6, "alpha": 0.45, "B": 500.0, "C": 1.0, "beta": 0.5, "gamma": 0.5})
+    assert law._prior(theta)[0].size == 0
+
+
+def test_huber_pseudo_residuals():
+    r = np.array([-5e-3, -1e-3, -2e-4, 0.0, 3e-4, 1e-3, 2e-2])
+    f, df = _huber_pseudo(r)
+    np.testing.assert_allclose(0.5 * f * f, _huber(r), rtol=1e-12, atol=1e-18)
+    h = 1e-9
+    num = (_huber_pseudo(r + h)[0] - _huber_pseudo(r - h)[0]) / (2 * h)
+    np.testing.assert_allclose(df, num, rtol=1e-5)
 
 
 # Measured: 25M R² 0.99793, mean 0.00141, worst 0.0097; 100M R² 0.99778, mean 0.00154, worst 0.0121.
