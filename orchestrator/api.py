@@ -514,12 +514,11 @@ class SweepRegistry:
 
         return self._cached(("points", sweep_id, _store_version(self.dir(sweep_id))), make)
 
-    def _fit_settings(self, sweep_id: str, bootstrap: Optional[int]) -> tuple[str, int, float, int]:
+    def _fit_settings(self, sweep_id: str, bootstrap: Optional[int]) -> dict[str, Any]:
+        from .proposals import fit_settings
+
         spec, _ = self.spec(sweep_id)
-        if spec is None:  # a broken spec must not block reading the data
-            return "huber", 200 if bootstrap is None else bootstrap, 0.9, 0
-        boot = spec.fit.bootstrap if bootstrap is None else bootstrap
-        return spec.fit.loss, boot, spec.fit.level, spec.seed
+        return fit_settings(spec, bootstrap)  # a broken spec (None) must not block reading the data: defaults
 
     def proposals(self, sweep_id: str, budgets: list[float], bootstrap: Optional[int]) -> list[dict[str, Any]]:
         """Compute-optimal proposals for each budget (cached per store version)."""
@@ -530,7 +529,7 @@ class SweepRegistry:
         points, diverged = self._points(sweep_id)
         if not points:
             raise ApiError(409, f"sweep {sweep_id!r} has no finished trial yet; nothing to fit")
-        loss, boot, level, seed = self._fit_settings(sweep_id, bootstrap)
+        settings = self._fit_settings(sweep_id, bootstrap)
         spec, _ = self.spec(sweep_id)
 
         def make():
@@ -538,7 +537,7 @@ class SweepRegistry:
 
             resources = proposal_resources(spec) if spec is not None else None
             try:
-                return fit_and_propose(points, budgets, loss=loss, bootstrap=boot, level=level, seed=seed,
+                return fit_and_propose(points, budgets, **settings,
                                        resources=resources, diverged=diverged,
                                        family=spec.model.family if spec is not None else "gpt")
             except (ValueError, TableError, ArithmeticError) as exc:
@@ -546,7 +545,7 @@ class SweepRegistry:
                 log.warning("proposal for budgets %s failed", budgets, exc_info=True)
                 return exc
 
-        fit = self._cached(("propose", sweep_id, _store_version(d), tuple(budgets), boot), make)
+        fit = self._cached(("propose", sweep_id, _store_version(d), tuple(budgets), settings["bootstrap"]), make)
         if isinstance(fit, Exception):
             raise ApiError(422, f"budget: cannot propose for {budgets}: {fit}")
         if fit.fit is None:
@@ -564,10 +563,11 @@ class SweepRegistry:
         points, diverged = self._points(sweep_id)
         if not points:
             raise ApiError(409, f"sweep {sweep_id!r} has no finished trial yet; nothing to fit")
-        loss, boot, level, seed = self._fit_settings(sweep_id, bootstrap)
+        settings = self._fit_settings(sweep_id, bootstrap)
+        boot, level, seed = settings["bootstrap"], settings["level"], settings["seed"]
 
         def make():
-            fit = fit_and_propose(points, [], loss=loss, bootstrap=boot, level=level, seed=seed)
+            fit = fit_and_propose(points, [], **settings)
             hp, reason = _fit_hparams(points, diverged, boot, level, seed)
             return jsonable({"law": fit.fit.to_json() if fit.fit is not None else None, "cells": fit.cells,
                              "warnings": fit.warnings, "hparams": hp, "hparams_reason": reason,

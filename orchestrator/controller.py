@@ -13,11 +13,10 @@ from typing import Any, Optional
 
 import yaml
 
-from .laws.chinchilla import ChinchillaLaw
 from .laws.result import jsonable
 from .planner import PlannedTrial, make_planner, proposal_resources, trial_config
 from .progress import SweepProgress
-from .proposals import SweepFit, fit_and_propose
+from .proposals import SweepFit, fit_and_propose, fit_settings
 from .spec import SweepSpec
 from .store import ObservationStore, StoreError, diverged_configs, final_points
 
@@ -242,8 +241,7 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
     from .plots import loss_vs_compute
 
     points = final_points(store)
-    fit = fit_and_propose(points, spec.budget.targets, loss=spec.fit.loss, bootstrap=spec.fit.bootstrap,
-                          level=spec.fit.level, seed=spec.seed, hparams=hparams, resources=proposal_resources(spec),
+    fit = fit_and_propose(points, spec.budget.targets, **fit_settings(spec), hparams=hparams, resources=proposal_resources(spec),
                           diverged=diverged_configs(store), family=spec.model.family,
                           hparam_intervals=hparam_intervals)
     sweep_dir = spec.sweep_dir()
@@ -268,22 +266,31 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
 
 
 def _plot(fit: SweepFit, spec: SweepSpec, points: list[dict[str, Any]], loss_vs_compute):
+    """Loss vs compute with the evidence: every run (those in the fit filled), each size's fitted curve,
+    the frontier with its band, the leave-the-largest-size-out backtest, the proposals."""
     import numpy as np
 
-    runs = [{"N": p["N"], "D": p["D"], "C": 6.0 * p["N"] * p["D"], "loss": p["loss"]} for p in points]
-    frontier = None
+    from .laws.selection import frontier_band, heldout_predictions
+
+    used = {(c["N"], c["D"], c["lr"], c["batch"]) for c in fit.cells}
+    runs = [{"N": p["N"], "D": p["D"], "C": 6.0 * p["N"] * p["D"], "loss": p["loss"],
+             "used": (p["N"], p["D"], p["lr"], p["batch"]) in used} for p in points]
+    frontier, curves, heldout = None, None, None
     if fit.fit is not None and runs:
         cs = [r["C"] for r in runs] + list(spec.budget.targets)
-        grid = np.geomspace(min(cs) / 2, max(cs) * 2, 60)
-        frontier = {"C": grid, "mid": fit.fit.law.frontier(grid)["loss_opt"]}
-        samples = fit.fit.samples
-        if samples is not None and len(samples) >= 10:
-            # Band: pointwise percentiles of the bootstrap replicates' frontiers.
-            reps = np.array([ChinchillaLaw(*row).frontier(grid)["loss_opt"] for row in samples])
-            alpha = (1 - spec.fit.level) / 2
-            frontier["low"], frontier["high"] = np.quantile(reps, [alpha, 1 - alpha], axis=0)
+        grid = np.geomspace(min(cs) / 2, max(cs) * 2, 40)
+        frontier = frontier_band(fit.fit, grid, spec.fit.level)
+        curves = {}
+        for n in sorted({r["N"] for r in runs}):
+            ds = [r["D"] for r in runs if r["N"] == n]
+            d = np.geomspace(min(ds) / 1.5, max(ds) * 1.5, 30)
+            curves[n] = {"C": 6.0 * n * d, "loss": fit.fit.law.predict(np.full_like(d, n), d)}
+        heldout = heldout_predictions(fit.fit, [c["N"] for c in fit.cells], [c["D"] for c in fit.cells],
+                                      [c["loss"] for c in fit.cells])
     proposals = [{"C": p["budget"], "predicted_loss": p["predicted_loss"],
                   "low": p["intervals"].get("loss_opt", {}).get("low"),
                   "high": p["intervals"].get("loss_opt", {}).get("high")} for p in fit.proposals]
-    return loss_vs_compute(runs, frontier=frontier, proposals=proposals)
+    title = f"Loss vs compute: {fit.fit.form} law" if fit.fit is not None else "Loss vs compute"
+    return loss_vs_compute(runs, frontier=frontier, proposals=proposals, curves=curves, heldout=heldout,
+                           level=spec.fit.level, title=title)
 

@@ -10,7 +10,8 @@ import numpy as np
 from trainers.model import shape_for
 
 from .core.cells import assign_cells, best_per_cell
-from .laws.chinchilla import ChinchillaFit, budget_key, fit_chinchilla
+from .laws.chinchilla import budget_key
+from .laws.selection import AutoFit, fit_auto
 from .laws.table import TableError
 
 
@@ -18,7 +19,7 @@ from .laws.table import TableError
 class SweepFit:
     """The law fitted to a sweep's finished trials and the proposals it gives."""
 
-    fit: Optional[ChinchillaFit]
+    fit: Optional[AutoFit]
     cells: list[dict[str, Any]]  # one per (N, D): the best loss over lr, batch (mean over seeds)
     proposals: list[dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
@@ -94,12 +95,28 @@ IntervalRule = Callable[[float, float, float], Optional[dict[str, dict[str, floa
 ResourceRule = Callable[[float, float, float], dict[str, Any]]  # (N, D, batch) -> resource plan
 
 
-def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], *, loss: str = "huber",
-                    bootstrap: int = 200, level: float = 0.9, seed: int = 0,
+def fit_settings(spec: Any = None, bootstrap: Optional[int] = None) -> dict[str, Any]:
+    """The spec's fit settings as `fit_and_propose` keywords (law, loss, bootstrap, level, seed): the one
+    definition the controller's summary, `scalesweep propose` and the HTTP API share; `bootstrap`
+    overrides the spec's; no spec (a broken or missing one) gives the defaults."""
+    out = ({"law": "auto", "loss": "huber", "bootstrap": 200, "level": 0.9, "seed": 0} if spec is None else
+           {"law": spec.fit.law, "loss": spec.fit.loss, "bootstrap": spec.fit.bootstrap, "level": spec.fit.level,
+            "seed": spec.seed})
+    if bootstrap is not None:
+        out["bootstrap"] = int(bootstrap)
+    return out
+
+
+def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], *, law: str = "auto",
+                    loss: str = "huber", bootstrap: int = 200, level: float = 0.9, seed: int = 0,
                     hparams: Optional[HparamRule] = None, resources: Optional[ResourceRule] = None,
                     diverged: Sequence[dict[str, Any]] = (), family: str = "gpt",
                     hparam_intervals: Optional[IntervalRule] = None) -> SweepFit:
-    """Fit Chinchilla's L(N, D) to the best cells and propose (N*, D*, lr, batch) for each target C.
+    """Fit L(N, D) to the best cell runs and propose (N*, D*, lr, batch) for each target C.
+
+    `law`: "auto" picks the form by how well it extrapolates (`orchestrator.laws.selection.fit_auto`:
+    backtests by model size and compute, intervals that include the form's uncertainty); a form's
+    name (`orchestrator.laws.forms.ALL_FORMS`) fits that form alone, with the same backtests.
 
     lr and batch come from `hparams(N*, D*)` when given (the law-guided search's learned laws),
     else from lr*(N, D), batch*(D) laws fitted on the finished and `diverged` runs
@@ -116,7 +133,8 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     D = np.array([c["D"] for c in cells], float)
     L = np.array([c["loss"] for c in cells], float)
     try:
-        fit = fit_chinchilla(N, D, L, loss_fn=loss, bootstrap=bootstrap, seed=seed, budgets=list(targets), level=level)
+        fit = fit_auto(N, D, L, forms=None if law == "auto" else [law], loss_fn=loss, bootstrap=bootstrap, seed=seed,
+                       budgets=list(targets), level=level)
     except (TableError, ValueError) as exc:  # too few cells (trials diverged, a small grid): the sweep still ends
         return SweepFit(None, cells, [], [f"L(N, D) not fitted: {exc}"])
     warnings.extend(fit.warnings)

@@ -266,7 +266,9 @@ class TrackingSpec(_Strict):
 class FitSpec(_Strict):
     """The L(N, D) fit run at the end of the sweep (and by the online planner)."""
 
-    law: Literal["chinchilla"] = Field("chinchilla", description="law family for L(N, D)")
+    law: Literal["auto", "chinchilla", "equal-exponent", "chinchilla-fixed-E", "equal-exponent-fixed-E", "kaplan"] = Field(
+        "auto", description="L(N, D) form: auto picks it by backtest (how well each candidate predicts the largest "
+        "size and the top compute decade from the rest; docs/fitting.md), or one named form")
     loss: Literal["huber", "asymmetric"] = Field("huber", description="fit objective")
     bootstrap: int = Field(200, ge=0, description="bootstrap resamples for intervals (0 = none)")
     level: float = Field(0.9, gt=0, lt=1, description="interval level")

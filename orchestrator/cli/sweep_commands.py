@@ -138,11 +138,11 @@ def status(
 def propose(
     sweep_dir: Path = typer.Argument(..., help="sweep directory"),
     budget: list[float] = typer.Option(..., "--budget", help="target compute budget C in FLOPs (repeatable)"),
-    bootstrap: int = typer.Option(200, help="bootstrap resamples for the intervals (0 = none)"),
+    bootstrap: Optional[int] = typer.Option(None, help="bootstrap resamples for the intervals (0 = none; default: the spec's fit.bootstrap)"),
     as_json: bool = typer.Option(False, "--json", help="JSON output"),
 ) -> None:
     """Compute-optimal (N, D, lr, batch) and predicted loss for each budget, from the sweep's trials."""
-    from ..proposals import fit_and_propose
+    from ..proposals import fit_and_propose, fit_settings
     from ..store import ObservationStore, diverged_configs, final_points
 
     bad = [c for c in budget if not (c > 0 and math.isfinite(c))]
@@ -153,7 +153,7 @@ def propose(
     if not points:
         fail(f"{sweep_dir}: no finished trial yet; nothing to fit", code=1)
     spec_path = sweep_dir / "spec.yaml"
-    resources, family = None, "gpt"
+    resources, family, spec = None, "gpt", None
     if spec_path.is_file():  # each proposal carries its resource plan on the spec's device
         from ..planner import proposal_resources
         from ..spec import SpecError, load_spec
@@ -163,8 +163,8 @@ def propose(
             resources, family = proposal_resources(spec), spec.model.family
         except SpecError as exc:
             typer.echo(f"warning: no resource plans: {exc}", err=True)
-    fit = fit_and_propose(points, budget, bootstrap=bootstrap, resources=resources, diverged=diverged_configs(store),
-                          family=family)
+    fit = fit_and_propose(points, budget, **fit_settings(spec, bootstrap), resources=resources,
+                          diverged=diverged_configs(store), family=family)
     if fit.fit is None:
         fail("; ".join(fit.warnings), code=1)
     if as_json:
@@ -173,6 +173,15 @@ def propose(
         print_json(jsonable(fit.proposals))
         return
     _print_fit(fit.to_json())
+
+
+FORMULAS = {
+    "chinchilla": "E + A/N^alpha + B/D^beta",
+    "chinchilla-fixed-E": "E + A/N^alpha + B/D^beta, E held",
+    "equal-exponent": "E + A/N^alpha + B/D^alpha",
+    "equal-exponent-fixed-E": "E + A/N^alpha + B/D^alpha, E held",
+    "kaplan": "((Nc/N)^(alphaN/alphaD) + Dc/D)^alphaD",
+}
 
 
 def _print_fit(doc: dict) -> None:
@@ -189,10 +198,22 @@ def _print_fit(doc: dict) -> None:
             return ""
         return f" [{i['low']:.4g}, {i['high']:.4g}]"
 
-    console.print(f"\n[bold]fitted L(N, D) = E + A/N^alpha + B/D^beta[/] on {law['n_points']} (N, D) cells "
-                  f"(objective {law['objective']:.4g}):")
-    for name in ("E", "A", "B", "alpha", "beta"):
-        console.print(f"  {name:>5} = {p[name]:.4g}{band(name)}")
+    form = law.get("form", law.get("law", "L(N, D)"))
+    console.print(f"\n[bold]fitted L(N, D): {form}[/] ({FORMULAS.get(form, '')}) on {law['n_points']} (N, D) "
+                  f"cells (objective {law['objective']:.4g}):")
+    for name, value in p.items():
+        console.print(f"  {name:>6} = {value:.4g}{band(name)}")
+    selection = law.get("selection") or {}
+    if selection.get("reason"):
+        console.print(f"  [dim]chosen by backtest[/]: {selection['reason']}")
+    bts = ((selection.get("candidates") or {}).get(form) or {}).get("backtests") or {}
+    for key, what in (("largest_size", "leave the largest model size out"),
+                      ("largest_compute_decade", "leave the largest compute decade out")):
+        bt = bts.get(key) or {}
+        if bt.get("mean_abs_rel_error") is not None:
+            console.print(f"  backtest, {what}: mean error {bt['mean_abs_rel_error']:.2%}, worst "
+                          f"{bt['max_abs_rel_error']:.2%} on {bt['n_test']} held-out cells "
+                          f"({bt['max_distance_decades']:.2f} decades beyond the fitted ones)")
     for w in law.get("warnings", []):
         console.print(f"  [yellow]warning[/]: {w}")
     if not doc.get("proposals"):

@@ -490,3 +490,28 @@ def _intervals(fit: AutoFit, budgets: list[float], level: float, flops) -> dict[
             entry[key] = {"estimate": float(est[key][i]), "low": float(lo), "high": float(hi), "level": level}
         out["budgets"][budget_key(c)] = entry
     return out
+
+
+def frontier_band(fit: AutoFit, C, level: float = 0.9, flops="6ND") -> dict[str, np.ndarray]:
+    """The frontier L*(C) at budgets C with its central `level` band (the mixture's replicates), for plots."""
+    C = np.atleast_1d(np.asarray(C, dtype=np.float64))
+    iv = _intervals(fit, list(C), level, flops)["budgets"]
+    rows = [iv[budget_key(c)]["loss_opt"] for c in C]
+    return {"C": C, "mid": np.array([r["estimate"] for r in rows]), "low": np.array([r["low"] for r in rows]),
+            "high": np.array([r["high"] for r in rows])}
+
+
+def heldout_predictions(fit: AutoFit, N, D, loss, backtest: str = "largest_size") -> list[dict[str, float]]:
+    """The chosen form's backtest (``largest_size`` or ``largest_compute_decade``) as rows N, D, C, loss
+    (observed) and predicted (by the fit that did not see them); N, D, loss are the fit's own inputs."""
+    N, D, loss = (np.asarray(x, dtype=np.float64) for x in (N, D, loss))
+    chosen = next((f for f in fit.fits if f.name == fit.form), None)
+    bt = (chosen.backtests if chosen is not None else {}).get(backtest) or {}
+    calib = bt.get("_calib")
+    masks = backtest_masks(N, D)
+    if calib is None or backtest not in masks:
+        return []
+    test = ~masks[backtest]
+    pred = loss[test] * np.exp(calib["e"])
+    return [{"N": float(n), "D": float(d), "C": 6.0 * float(n) * float(d), "loss": float(obs), "predicted": float(p)}
+            for n, d, obs, p in zip(N[test], D[test], loss[test], pred)]
