@@ -454,10 +454,10 @@ class TrainerSpec(_Strict):
             try:
                 load_world(self.world)
             except (WorldError, FileNotFoundError, ValueError, RecursionError) as exc:
-                if self.world in bundled_worlds():
-                    raise ValueError(f"world {self.world!r}: {exc}") from None
+                if self.world in bundled_worlds() or isinstance(exc, WorldError) and "no world named" in str(exc):
+                    raise ValueError(f"world: {self.world!r}: {exc}") from None
                 # A world path may point at any file: say what is wrong where, never what it holds.
-                raise ValueError(f"world {self.world!r}: {_world_problem(str(exc))}") from None
+                raise ValueError(f"world: {self.world!r}: {_world_problem(str(exc))}") from None
         return self
 
 
@@ -467,9 +467,13 @@ def _world_problem(message: str) -> str:
         where = re.search(r"line \d+, column \d+", message)
         return "not valid YAML" + (f" ({where.group(0)})" if where else "")
     message = re.sub(r" \(got .*?\)$", "", message, flags=re.M)  # pydantic's quoted inputs
+    unknown = len(re.findall(r": unknown field$", message, flags=re.M))  # their names are the file's text
+    message = re.sub(r"^[^\n]*: unknown field\n?", "", message, flags=re.M)
+    if unknown:
+        message = message.rstrip("\n") + f"\n  {unknown} unknown field(s)"
     message = re.sub(r"(must be [^,\n]*), got .*$", r"\1", message, flags=re.M)
-    message = re.sub(r"^[^\n]*?: (a world must be a mapping of fields)", r"\1", message)
-    return message.replace("\n", " ").replace("  ", " ")
+    message = re.sub(r"^[^\n]*?: (a world must be a mapping of fields|invalid world:)", r"\1", message)
+    return re.sub(r":?\n\s*", "; ", message.strip()).replace("invalid world;", "invalid world:")
 
 
 class CheckpointSpec(_Strict):
@@ -700,8 +704,13 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
         for err in exc.errors():
             field = _field_path(err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
+            ctx = err.get("ctx") or {}
             if err["type"] == "extra_forbidden":
                 msg = "unknown field"
+            elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+                msg = "expected a section (a mapping of fields)"
+            elif err["type"] == "too_long" and "max_length" in ctx:
+                msg = f"at most {ctx['max_length']:,} values, got {ctx.get('actual_length', 'more')}"
             sub = re.match(r"([a-z_][a-z_.]*): ", msg)
             if sub:  # a section's cross-field check names its own field
                 field = sub.group(1) if field == "spec" else f"{field}.{sub.group(1)}"
