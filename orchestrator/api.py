@@ -56,6 +56,7 @@ MAX_BODY_BYTES = 1 << 20  # a spec is a few hundred bytes; anything near this is
 MAX_RANGE_COUNT = 10_000  # {min, max, count} ranges: larger counts would stall validation
 MAX_BUDGETS = 32
 MAX_BOOTSTRAP = 2000
+MAX_TRIALS = 20_000  # grid trials of a submitted spec: validation plans each (~50 us), the sweep runs each
 CACHE_SIZE = 128
 _SWEEP_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")  # a spec name, never hidden, never "." or ".."
 
@@ -290,6 +291,11 @@ def _too_large_ranges(data: Any, path: str = "spec") -> Optional[str]:
     """The first {min, max, count} range with an absurd count (it would stall validation)."""
     if isinstance(data, dict):
         count = data.get("count")
+        if isinstance(count, str):  # "1000000" validates as a count too
+            try:
+                count = float(count)
+            except ValueError:
+                count = None
         if isinstance(count, (int, float)) and not isinstance(count, bool) and count > MAX_RANGE_COUNT:
             return f"{path}.count: at most {MAX_RANGE_COUNT} values per range, got {count!r}"
         for k, v in data.items():
@@ -367,7 +373,10 @@ class SweepRegistry:
 
         if not isinstance(data, dict):
             raise ApiError(422, f"spec: the body must be a JSON object of spec fields, got {type(data).__name__}")
-        big = _too_large_ranges(data)
+        from .spec import _shape_problem
+
+        # depth, list lengths and size first (iteratively): the walks below recurse
+        big = _shape_problem(data) or _too_large_ranges(data)
         if big:
             raise ApiError(422, f"invalid spec\n  {big}")
         name = data.get("name")
@@ -378,12 +387,22 @@ class SweepRegistry:
             # A path would make the server read (and quote in its errors) any file it can see.
             raise ApiError(422, f"invalid spec\n  trainer.world: the API accepts the bundled worlds only "
                                 f"({', '.join(bundled_worlds())}); run a world file with the CLI")
+        # The client never chooses where the server writes, what it reads or whom it contacts:
+        # the sweep goes to ROOT/<name> (a client's output_dir is ignored), tracks to the SQLite
+        # store inside it and trains on the built-in corpus.
+        tracking = data.get("tracking")
+        if isinstance(tracking, dict) and tracking.get("uri") is not None:
+            raise ApiError(422, "invalid spec\n  tracking.uri: set by the server (each sweep tracks to the MLflow "
+                                "store in its own directory); leave it out")
+        if data.get("data", "builtin") != "builtin":
+            raise ApiError(422, "invalid spec\n  data: the API trains on the built-in corpus only; run a dataset "
+                                "directory with the CLI")
         data = dict(data)
+        data.pop("output_dir", None)
         if isinstance(name, str) and _SWEEP_ID.match(name):
-            # The client never chooses where a sweep is written.
             data["output_dir"] = str(self.root / name)
         try:
-            spec = parse_spec(data, "spec")
+            spec = parse_spec(data, "spec", max_trials=MAX_TRIALS)
         except SpecError as exc:
             raise ApiError(422, str(exc)) from None
         except (ValueError, TypeError, OverflowError, ArithmeticError) as exc:

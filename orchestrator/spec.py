@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 
 class SpecError(ValueError):
@@ -574,11 +574,12 @@ class SweepSpec(_Strict):
                 * len(self.seeds))
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SweepSpec":
+    def _consistent(self, info: ValidationInfo) -> "SweepSpec":
         size = self.grid_size()  # first: the checks below walk the grid
-        if size > MAX_GRID_TRIALS:
+        cap = (info.context or {}).get("max_trials", MAX_GRID_TRIALS)
+        if size > cap:
             raise ValueError(f"grid: {size:,} trials (model.n_params x tokens x learning_rates x batch_sizes x "
-                             f"seeds); at most {MAX_GRID_TRIALS:,}: use fewer values, or split the sweep")
+                             f"seeds); at most {cap:,}: use fewer values, or split the sweep")
         seq = self.model.seq_len
         for i, lr in enumerate(lrs := sorted(_expand(self.learning_rates))):
             if i and f"{lr:.6g}" == f"{lrs[i - 1]:.6g}":
@@ -679,8 +680,9 @@ def _shape_problem(data: Any) -> Optional[str]:
 MAX_ERROR_LINES = 12
 
 
-def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
+def parse_spec(data: Any, source: str = "spec", *, max_trials: int = MAX_GRID_TRIALS) -> SweepSpec:
     """Validate a spec from already-parsed YAML/JSON data; any problem raises `SpecError`.
+    `max_trials` caps the grid (a server may allow fewer than the CLI).
 
     >>> parse_spec({"name": "x"}).name
     Traceback (most recent call last):
@@ -697,7 +699,7 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     if problem:
         raise SpecError(f"{source}: invalid spec\n  {problem}")
     try:
-        spec = SweepSpec.model_validate(data)
+        spec = SweepSpec.model_validate(data, context={"max_trials": min(max_trials, MAX_GRID_TRIALS)})
     except ValidationError as exc:
         lines = []
         seen = set()
