@@ -180,14 +180,21 @@ def _max_concurrent(spec: SweepSpec, trials: list[PlannedTrial]) -> int:
 def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress: bool = True) -> SweepOutcome:
     """Run the spec's trials through a Ray Tune Tuner, record everything, fit and propose.
 
-    Raises `SpecError` (nothing written) when the cluster cannot hold a trial; `StoreError`
+    Raises `SpecError` (nothing written) when a local cluster cannot hold a trial (a remote one
+    may autoscale: a warning); `StoreError`
     when the sweep directory cannot be written; `SweepFailed` (one line) for any other error
     after the sweep started, having flushed the store, ended the MLflow parent run FAILED
     with the error as a tag and appended the traceback to `<sweep dir>/error.log`.
     """
     t0 = time.monotonic()
     _init_ray()
-    check_capacity(spec, *ray_capacity(), where="the Ray cluster")  # before anything is written
+    try:
+        check_capacity(spec, *ray_capacity(), where="the Ray cluster")  # before anything is written
+    except SpecError as exc:
+        if not os.environ.get("RAY_ADDRESS"):
+            raise  # a local cluster never grows: the trial would wait forever
+        # a remote cluster may autoscale: its size now is not its size later
+        log.warning("%s; trials wait until the cluster grows", str(exc).splitlines()[-1].strip())
     sweep_dir = prepare_dir(spec, spec_path)
     stash: dict[str, Any] = {}  # what _run has opened so far: the store, the tracker
     try:
