@@ -335,7 +335,7 @@ class ResourcesSpec(_Strict):
 class TrackingSpec(_Strict):
     """MLflow tracking. Default: a SQLite store inside the sweep directory."""
 
-    uri: Optional[str] = Field(None, description="MLflow tracking URI (" + ", ".join(TRACKING_SCHEMES) +
+    uri: Optional[str] = Field(None, max_length=4096, description="MLflow tracking URI (" + ", ".join(TRACKING_SCHEMES) +
                                                  " or a local path); none = sqlite:///<output_dir>/mlflow.db")
     experiment: str = Field("scalesweep", min_length=1, max_length=200, description="MLflow experiment name")
 
@@ -526,8 +526,12 @@ class SweepSpec(_Strict):
         if v is None:
             return v
         _no_control(v, "the path")
+        if len(v) > 4096:
+            raise ValueError(f"{len(v)} characters; a path has at most 4096")
+        if any(len(part) > 255 for part in v.split("/")):
+            raise ValueError("a path component is longer than 255 characters")
         if v != "builtin":
-            resolved = str(Path(v).expanduser().resolve(strict=False))
+            resolved = str(Path(v).resolve(strict=False))
             if any(resolved == d or resolved.startswith(d + "/") for d in _SYSTEM_DIRS):
                 raise ValueError(f"{v!r} is under {resolved.split('/')[1] and '/' + resolved.split('/')[1]}, "
                                  "a system pseudo-filesystem")
@@ -885,13 +889,22 @@ def _unusable_dir(path: Path) -> Optional[str]:
 
 def check_paths(spec: SweepSpec) -> None:
     """Every path the sweep will write or read is usable here; raises `SpecError` naming the field."""
+    try:
+        problems = _path_problems(spec)
+    except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a loop of links, ...
+        problems = [f"paths: {getattr(exc, 'strerror', None) or exc} (output_dir, data or tracking.uri)"]
+    if problems:
+        raise SpecError("invalid spec\n  " + "\n  ".join(problems))
+
+
+def _path_problems(spec: SweepSpec) -> list[str]:
     problems = []
     where = spec.sweep_dir()
     why = _unusable_dir(where)
     if why:
         problems.append(f"output_dir: {why}" + ("" if spec.output_dir else " (the default: sweeps/<name>)"))
     if spec.data != "builtin":
-        data = Path(spec.data).expanduser()
+        data = Path(spec.data)
         if not data.is_dir():
             problems.append(f"data: {spec.data} is not a directory (use 'builtin' or a directory of Parquet shards)")
         else:
@@ -915,8 +928,7 @@ def check_paths(spec: SweepSpec) -> None:
                     problems.append(f"tracking.uri: {db.parent} is a system pseudo-filesystem")
                 elif why := _unusable_dir(db.parent):
                     problems.append(f"tracking.uri: {why}")
-    if problems:
-        raise SpecError("invalid spec\n  " + "\n  ".join(problems))
+    return problems
 
 
 def check_sweep_dir(spec: SweepSpec) -> bool:

@@ -334,6 +334,9 @@ CASES = [
     ("output-dir-sys", put("output_dir", "/sys/kernel/x"), "output_dir:"),
     ("output-dir-empty", put("output_dir", ""), "output_dir"),
     ("output-dir-nul", put("output_dir", "a\x00b"), "output_dir"),
+    ("output-dir-5000-chars", put("output_dir", "/tmp/" + "d/" * 2500), "output_dir: 5005 characters"),
+    ("output-dir-long-component", put("output_dir", "/tmp/" + "d" * 300), "output_dir"),
+    ("tracking-long-component", put("tracking.uri", "sqlite:////tmp/" + "d" * 300 + "/x.db"), "tracking.uri"),
     # ---- `run` into a directory that is not this sweep's
     ("run-other-sweep-dir", other_sweep_in_dir, "output_dir:"),
     ("run-foreign-dir", foreign_files_in_dir, "output_dir:"),
