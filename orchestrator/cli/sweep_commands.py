@@ -45,13 +45,19 @@ def _sweep_dir(path: Path) -> Path:
 def validate(spec: Path = typer.Argument(..., help="sweep spec (YAML)")) -> None:
     """Check a spec and print the trials it would run; starts nothing."""
     from ..planner import GridPlanner
+    from ..spec import SpecError, check_sweep_dir
 
     s = _load(spec)
+    try:
+        continues = check_sweep_dir(s)  # `run` would refuse a directory holding another sweep
+    except SpecError as exc:
+        fail(f"{spec}: {exc}")
     grid = GridPlanner(s).runnable()
     what = ("runs them all, cheapest first" if s.search.strategy == "grid"
             else "is searched law-guided: only the trials that teach most about the target optimum run")
     console.print(f"[bold]{s.name}[/]: {len(grid)} trial(s) in the grid ({sum(t.flops for t in grid):.3g} FLOPs "
-                  f"within the budget); the sweep {what}. Sweep dir {s.sweep_dir()}")
+                  f"within the budget); the sweep {what}. Sweep dir {s.sweep_dir()}"
+                  + (" (holds this sweep already: `run` continues it)" if continues else ""))
 
 
 @app.command("run")

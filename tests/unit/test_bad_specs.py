@@ -345,6 +345,8 @@ CASES = [c for c in CASES if c[2] is not None]
 CASES.append(("branch-without-checkpoints",
               lambda d, tmp: d.update(schedule={"branch": True}, checkpoints={"enabled": False}), "schedule.branch"))
 RUN_CASES = {"run-other-sweep-dir", "run-foreign-dir"}
+CASES += [("validate-other-sweep-dir", other_sweep_in_dir, "output_dir:"),
+          ("validate-foreign-dir", foreign_files_in_dir, "output_dir:")]
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
