@@ -573,6 +573,13 @@ class SweepRegistry:
         beyond = [p["budget"] for p in fit.proposals if p["shape"] is None]
         if beyond:  # the model family has no member that large: not a config anyone can run
             raise ApiError(422, f"budget: {beyond[0]:.3g} FLOPs puts N* beyond the model family's largest member")
+        from trainers.model import family_sizes
+
+        smallest = family_sizes(spec.model.family if spec is not None else "gpt")[0]
+        below = [p for p in fit.proposals if not p["N"] >= smallest / 1.1]
+        if below:  # nor that small: N* = 1e-156 parameters is arithmetic, not a proposal
+            raise ApiError(422, f"budget: {below[0]['budget']:.3g} FLOPs puts N* ({below[0]['N']:.3g}) below the "
+                                f"model family's smallest member (N={smallest})")
         return jsonable(fit.proposals)
 
     def laws(self, sweep_id: str, bootstrap: Optional[int]) -> dict[str, Any]:

@@ -67,3 +67,40 @@ def test_output_dir_is_the_servers_choice(client, tmp_path):
     r = client.post("/sweeps", json=spec(output_dir=str(elsewhere)))
     assert r.status_code == 202, r.text
     assert (tmp_path / "root" / "bounded" / "spec.yaml").is_file() and not elsewhere.exists()
+
+
+def _plant(root):
+    """ROOT/planted: finished trials on a 4 x 4 (N, D) grid following a Chinchilla law."""
+    import yaml
+
+    from orchestrator.laws.chinchilla import ChinchillaLaw
+    from orchestrator.store import ObservationStore
+
+    truth = ChinchillaLaw(E=1.8172, A=19.5815, B=71.7777, alpha=0.3478, beta=0.3658)
+    d = root / "planted"
+    d.mkdir(parents=True)
+    (d / "spec.yaml").write_text(yaml.safe_dump({
+        "name": "planted", "model": {"n_params": [20_000, 60_000, 200_000, 600_000]},
+        "tokens": {"values": [400_000, 1_600_000, 6_400_000, 25_600_000]}, "learning_rates": [0.01],
+        "batch_sizes": [8192], "trainer": {"backend": "simulated"}, "fit": {"bootstrap": 0}, "output_dir": str(d)}))
+    store = ObservationStore(d)
+    for n in (20_000, 60_000, 200_000, 600_000):
+        for D in (400_000, 1_600_000, 6_400_000, 25_600_000):
+            tid = f"N{n}-D{D}"
+            store.append(tid, {"step": 1, "tokens": D, "flops": 6.0 * n * D, "eval_loss": float(truth.predict(n, D)),
+                               "done": True})
+            store.set_status(tid, "finished", config={"N": n, "D": D, "lr": 0.01, "batch": 8192, "seed": 0,
+                                                      "flops": 6.0 * n * D})
+    store.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("budget", ["1e-300", "1e3"])
+def test_a_budget_below_the_smallest_model_is_422(tmp_path, budget):
+    _plant(tmp_path / "root")
+    with TestClient(create_app(tmp_path / "root", launch=False)) as c:
+        ok = c.get("/sweeps/planted/proposals", params={"budget": "1e15", "bootstrap": 0})
+        assert ok.status_code == 200, ok.text
+        r = c.get("/sweeps/planted/proposals", params={"budget": budget, "bootstrap": 0})
+        assert r.status_code == 422, r.text
+        assert "budget" in r.json()["detail"] and "smallest" in r.json()["detail"]
