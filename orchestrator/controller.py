@@ -67,22 +67,37 @@ def check_capacity(spec: SweepSpec, cpus: float, gpus: float, where: str = "this
                         f"{gpus:g}" + ("" if gpus else " (set use_gpu: false, or run on a cluster with GPUs)"))
 
 
-def local_capacity() -> tuple[float, float]:
-    """(CPUs, GPUs) a local Ray cluster started here would have."""
-    gpus = 0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
-        gpus = 0
-    else:
-        try:  # Ray's own count (NVML), as `ray.init` would see it
-            from ray._private.accelerators import get_accelerator_manager_for_resource
+def _local_cpus() -> float:
+    """CPUs this process may use, as Ray counts them: the affinity mask, capped by a cgroup quota."""
+    try:
+        cpus = float(len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        cpus = float(os.cpu_count() or 1)
+    try:  # cgroup v2: "max 100000" (no quota) or "<quota> <period>"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1.0, float(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
-            gpus = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
-            if visible:
-                gpus = min(gpus, len([v for v in visible.split(",") if v.strip()]))
-        except Exception:  # noqa: BLE001 -- a private API: fall back to the device files
-            gpus = len([p for p in Path("/dev").glob("nvidia[0-9]*")])
-    return float(os.cpu_count() or 1), float(gpus)
+
+def local_capacity(gpus: bool = True) -> tuple[float, float]:
+    """(CPUs, GPUs) a local Ray cluster started here would have; GPUs counted only when asked
+    (counting imports Ray: seconds)."""
+    cpus = _local_cpus()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not gpus or visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return cpus, 0.0
+    try:  # Ray's own count (NVML), as `ray.init` would see it
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        n = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+        if visible:
+            n = min(n, len([v for v in visible.split(",") if v.strip()]))
+    except Exception:  # noqa: BLE001 -- a private API: fall back to the device files
+        n = len([p for p in Path("/dev").glob("nvidia[0-9]*")])
+    return cpus, float(n)
 
 
 @dataclass

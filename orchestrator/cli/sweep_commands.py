@@ -29,7 +29,7 @@ def _load(spec_path: Path, sweep_dir: Optional[Path] = None):
         check_resources(spec)  # the default CPU device is this machine: checked here, before launch
         check_paths(spec)
         if not os.environ.get("RAY_ADDRESS"):  # a local cluster: this machine's CPUs and GPUs
-            check_capacity(spec, *local_capacity())
+            check_capacity(spec, *local_capacity(gpus=spec.resources.use_gpu))
         return spec
     except SpecError as exc:
         fail(str(exc) if str(exc).startswith(str(spec_path)) else f"{spec_path}: {exc}")

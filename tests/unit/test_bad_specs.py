@@ -357,7 +357,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 def two_cpus_no_gpu(monkeypatch):
     import orchestrator.controller as controller
 
-    monkeypatch.setattr(controller, "local_capacity", lambda: (2.0, 0.0))
+    monkeypatch.setattr(controller, "local_capacity", lambda gpus=True: (2.0, 0.0))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 
@@ -398,7 +398,7 @@ def test_the_machine_check_sees_no_gpu_when_cuda_hides_them(monkeypatch):
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     cpus, gpus = local_capacity()
-    assert gpus == 0 and cpus == os.cpu_count()
+    assert gpus == 0 and 1 <= cpus <= os.cpu_count()
 
 
 def test_the_same_spec_may_continue_its_own_directory(tmp_path):

@@ -33,7 +33,7 @@ def test_cli_prints_one_line_and_exits_1(tmp_path, monkeypatch):
         raise SweepFailed("KeyError: \"missing column 'C'\"", log)
 
     monkeypatch.setattr(controller, "run_sweep", failing)
-    monkeypatch.setattr(controller, "local_capacity", lambda: (2.0, 0.0))
+    monkeypatch.setattr(controller, "local_capacity", lambda gpus=True: (2.0, 0.0))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     r = CliRunner().invoke(get_app(), ["run", str(spec), "--no-progress"])
     assert r.exit_code == 1, r.output
