@@ -92,6 +92,16 @@ def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
         where = f"traceback in {exc.log_path}; " if exc.log_path else ""
         fail(f"sweep {s.name} failed: {exc.line} ({where}continue with `scalesweep resume {s.sweep_dir()}`)",
              code=1)
+    except Exception as exc:  # noqa: BLE001 -- before the sweep started (Ray would not start, ...)
+        import os
+        import traceback
+
+        from ..controller import one_line
+
+        if os.environ.get("SCALESWEEP_TRACEBACK"):
+            traceback.print_exc()
+        fail(f"sweep {s.name} could not start: {one_line(exc)} (nothing was run; set SCALESWEEP_TRACEBACK=1 "
+             "for the traceback)", code=1)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
     console.print(f"\n[bold]sweep {s.name} done[/] in {outcome.wall_s:.0f}s: {counts}")
     _print_fit(outcome.fit.to_json())

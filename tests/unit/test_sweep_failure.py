@@ -41,3 +41,25 @@ def test_cli_prints_one_line_and_exits_1(tmp_path, monkeypatch):
     assert len(lines) == 1, r.output
     assert lines[0].startswith("error: sweep simulated failed: KeyError")
     assert f"traceback in {log}" in lines[0] and f"scalesweep resume {tmp_path / 'sweep'}" in lines[0]
+
+
+def test_an_error_before_the_start_is_one_line_too(tmp_path, monkeypatch):
+    import orchestrator.controller as controller
+
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["output_dir"] = str(tmp_path / "sweep")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+
+    def failing(s, spec_path, show_progress=True):
+        raise RuntimeError("Failed to start the GCS\nmore detail")  # e.g. Ray cannot start
+
+    monkeypatch.setattr(controller, "run_sweep", failing)
+    monkeypatch.setattr(controller, "local_capacity", lambda gpus=True: (2.0, 0.0))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("SCALESWEEP_TRACEBACK", raising=False)
+    r = CliRunner().invoke(get_app(), ["run", str(spec), "--no-progress"])
+    assert r.exit_code == 1, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert lines == ["error: sweep simulated could not start: RuntimeError: Failed to start the GCS (nothing was "
+                     "run; set SCALESWEEP_TRACEBACK=1 for the traceback)"], r.output
