@@ -94,6 +94,12 @@ def _expand(v: Values) -> list[float]:
     return v.values() if isinstance(v, LogRange) else list(v)
 
 
+def _system_dir(path: Path) -> Optional[str]:
+    """The pseudo-filesystem (/proc, /sys, /dev) `path` resolves into, or None."""
+    resolved = str(path.resolve(strict=False))
+    return next((d for d in _SYSTEM_DIRS if resolved == d or resolved.startswith(d + "/")), None)
+
+
 def _no_control(v: str, what: str) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in v):
         raise ValueError(f"{what} contains a control character")
@@ -446,9 +452,7 @@ class TrainerSpec(_Strict):
     @model_validator(mode="after")
     def _world_exists(self) -> "TrainerSpec":
         if self.backend == "simulated":
-            from trainers.worlds import WorldError, load_world
-
-            from trainers.worlds import bundled_worlds
+            from trainers.worlds import WorldError, bundled_worlds, load_world
 
             _no_control(self.world, "the world name")
             try:
@@ -531,10 +535,9 @@ class SweepSpec(_Strict):
         if any(len(part) > 255 for part in v.split("/")):
             raise ValueError("a path component is longer than 255 characters")
         if v != "builtin":
-            resolved = str(Path(v).resolve(strict=False))
-            if any(resolved == d or resolved.startswith(d + "/") for d in _SYSTEM_DIRS):
-                raise ValueError(f"{v!r} is under {resolved.split('/')[1] and '/' + resolved.split('/')[1]}, "
-                                 "a system pseudo-filesystem")
+            system = _system_dir(Path(v))
+            if system:
+                raise ValueError(f"{v!r} is under {system}, a system pseudo-filesystem")
         return v
 
     @field_validator("checkpoints", mode="before")
@@ -923,9 +926,8 @@ def _path_problems(spec: SweepSpec) -> list[str]:
             if db.is_dir():
                 problems.append(f"tracking.uri: {db} is a directory, not a database file")
             else:
-                resolved = str(db.resolve(strict=False))
-                if any(resolved == d or resolved.startswith(d + "/") for d in _SYSTEM_DIRS):
-                    problems.append(f"tracking.uri: {db.parent} is a system pseudo-filesystem")
+                if _system_dir(db):
+                    problems.append(f"tracking.uri: {db.parent} is under {_system_dir(db)}, a system pseudo-filesystem")
                 elif why := _unusable_dir(db.parent):
                     problems.append(f"tracking.uri: {why}")
     return problems
