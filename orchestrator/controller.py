@@ -44,8 +44,8 @@ class SweepFailed(RuntimeError):
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """`Type: first line of the message`, at most `limit` characters.
 
-    >>> one_line(KeyError("missing column 'C'"))
-    'KeyError: "missing column \'C\'"'
+    >>> one_line(ValueError("no trial finished\\nsecond line"))
+    'ValueError: no trial finished'
     """
     text = str(exc).strip().splitlines()
     line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
