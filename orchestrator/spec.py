@@ -615,7 +615,7 @@ class SweepSpec(_Strict):
                     raise ValueError(f"batch_sizes: {b:g} tokens = {seqs} sequences do not split evenly across "
                                      f"{workers} workers ({field})")
                 if manual and workers != "auto" and micro not in (None, "auto") and (seqs // workers) % micro:
-                    raise ValueError(f"micro_batch: {micro} does not divide the {seqs // workers} sequences per worker "
+                    raise ValueError(f"resources.micro_batch: {micro} does not divide the {seqs // workers} sequences per worker "
                                      f"of batch {b:g} tokens")
             smallest = min(_expand(self.batch_sizes))
             for d in self.tokens.for_size(n):

@@ -342,6 +342,13 @@ CASES = [
     ("run-foreign-dir", foreign_files_in_dir, "output_dir:"),
 ]
 CASES = [c for c in CASES if c[2] is not None]
+# the real trainer splits each batch over its workers and micro-batches: checked before launch
+CASES += [
+    ("deepspeed-uneven-split", lambda d, tmp: d.update(trainer={"backend": "deepspeed"}, resources={"workers": 3}),
+     "batch_sizes: 8192 tokens = 64 sequences do not split evenly across 3 workers"),
+    ("deepspeed-micro-batch", lambda d, tmp: d.update(trainer={"backend": "deepspeed"}, resources={"micro_batch": 3}),
+     "resources.micro_batch: 3 does not divide"),
+]
 CASES.append(("branch-without-checkpoints",
               lambda d, tmp: d.update(schedule={"branch": True}, checkpoints={"enabled": False}), "schedule.branch"))
 RUN_CASES = {"run-other-sweep-dir", "run-foreign-dir"}
