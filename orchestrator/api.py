@@ -313,8 +313,9 @@ def _too_large_ranges(data: Any, path: str = "spec") -> Optional[str]:
 class SweepRegistry:
     """The sweeps under ROOT: creation, controller processes, cached reads and fits."""
 
-    def __init__(self, root: Path, *, launch: bool = True):
+    def __init__(self, root: Path, *, launch: bool = True, tracking_uri: Optional[str] = None):
         self.root = Path(root).resolve()
+        self.tracking_uri = tracking_uri  # the server's MLflow for every sweep; None = each sweep's own SQLite
         self.root.mkdir(parents=True, exist_ok=True)
         self.launch = launch
         self._procs: dict[str, subprocess.Popen] = {}
@@ -392,13 +393,16 @@ class SweepRegistry:
         # store inside it and trains on the built-in corpus.
         tracking = data.get("tracking")
         if isinstance(tracking, dict) and tracking.get("uri") is not None:
-            raise ApiError(422, "invalid spec\n  tracking.uri: set by the server (each sweep tracks to the MLflow "
-                                "store in its own directory); leave it out")
+            where = (f"sweeps track to {self.tracking_uri}" if self.tracking_uri
+                     else "each sweep tracks to the MLflow store in its own directory")
+            raise ApiError(422, f"invalid spec\n  tracking.uri: set by the server ({where}); leave it out")
         if data.get("data", "builtin") != "builtin":
             raise ApiError(422, "invalid spec\n  data: the API trains on the built-in corpus only; run a dataset "
                                 "directory with the CLI")
         data = dict(data)
         data.pop("output_dir", None)
+        if self.tracking_uri:
+            data["tracking"] = {**(tracking if isinstance(tracking, dict) else {}), "uri": self.tracking_uri}
         if isinstance(name, str) and _SWEEP_ID.match(name):
             data["output_dir"] = str(self.root / name)
         try:
@@ -680,9 +684,11 @@ Bootstrap = Annotated[Optional[int], Query(ge=0, le=MAX_BOOTSTRAP,
                                            description="bootstrap resamples; default: the spec's fit.bootstrap")]
 
 
-def create_app(root: str | Path, *, token: Optional[str] = None, launch: bool = True) -> FastAPI:
-    """The API over the sweeps in `root`; `launch=False` validates and records specs but starts nothing."""
-    registry = SweepRegistry(Path(root), launch=launch)
+def create_app(root: str | Path, *, token: Optional[str] = None, launch: bool = True,
+               tracking_uri: Optional[str] = None) -> FastAPI:
+    """The API over the sweeps in `root`; `launch=False` validates and records specs but starts nothing.
+    `tracking_uri`: the MLflow every submitted sweep tracks to (None: each sweep's own SQLite store)."""
+    registry = SweepRegistry(Path(root), launch=launch, tracking_uri=tracking_uri)
     token_bytes = token.encode("utf-8") if token else None
     spec_schema, spec_defs = _spec_schema()
 
@@ -804,14 +810,14 @@ def create_app(root: str | Path, *, token: Optional[str] = None, launch: bool = 
 
 
 def serve(root: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: Optional[str] = None,
-          log_level: str = "info") -> None:
+          log_level: str = "info", tracking_uri: Optional[str] = None) -> None:
     """Run the API with uvicorn until interrupted (refuses a public bind without a token)."""
     import uvicorn
 
     check_bind(host, token)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    app = create_app(root, token=token)
+    app = create_app(root, token=token, tracking_uri=tracking_uri)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=True)
 
 

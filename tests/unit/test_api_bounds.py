@@ -104,3 +104,25 @@ def test_a_budget_below_the_smallest_model_is_422(tmp_path, budget):
         r = c.get("/sweeps/planted/proposals", params={"budget": budget, "bootstrap": 0})
         assert r.status_code == 422, r.text
         assert "budget" in r.json()["detail"] and "smallest" in r.json()["detail"]
+
+
+def test_a_server_tracking_uri_is_every_sweeps(tmp_path):
+    import yaml
+
+    uri = f"sqlite:///{tmp_path / 'server-mlflow.db'}"
+    with TestClient(create_app(tmp_path / "root", launch=False, tracking_uri=uri)) as c:
+        r = c.post("/sweeps", json=spec(tracking={"experiment": "lab"}))
+        assert r.status_code == 202, r.text
+        r = c.post("/sweeps", json=spec(name="other", tracking={"uri": "sqlite:////tmp/mine.db"}))
+        assert r.status_code == 422 and f"sweeps track to {uri}" in r.json()["detail"]
+    written = yaml.safe_load((tmp_path / "root" / "bounded" / "spec.yaml").read_text())
+    assert written["tracking"] == {"uri": uri, "experiment": "lab"}
+
+
+def test_serve_refuses_a_tracking_uri_mlflow_cannot_use(tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import get_app
+
+    r = CliRunner().invoke(get_app(), ["serve", "--root", str(tmp_path), "--tracking-uri", "foo://x"])
+    assert r.exit_code == 2 and "--tracking-uri foo://x: scheme 'foo'" in r.output, r.output
