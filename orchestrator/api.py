@@ -56,6 +56,7 @@ MAX_BODY_BYTES = 1 << 20  # a spec is a few hundred bytes; anything near this is
 MAX_RANGE_COUNT = 10_000  # {min, max, count} ranges: larger counts would stall validation
 MAX_BUDGETS = 32
 MAX_BOOTSTRAP = 2000
+MAX_TRIALS = 20_000  # grid trials of a submitted spec: validation plans each (~50 us), the sweep runs each
 CACHE_SIZE = 128
 _SWEEP_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")  # a spec name, never hidden, never "." or ".."
 
@@ -290,6 +291,11 @@ def _too_large_ranges(data: Any, path: str = "spec") -> Optional[str]:
     """The first {min, max, count} range with an absurd count (it would stall validation)."""
     if isinstance(data, dict):
         count = data.get("count")
+        if isinstance(count, str):  # "1000000" validates as a count too
+            try:
+                count = float(count)
+            except ValueError:
+                count = None
         if isinstance(count, (int, float)) and not isinstance(count, bool) and count > MAX_RANGE_COUNT:
             return f"{path}.count: at most {MAX_RANGE_COUNT} values per range, got {count!r}"
         for k, v in data.items():
@@ -307,8 +313,9 @@ def _too_large_ranges(data: Any, path: str = "spec") -> Optional[str]:
 class SweepRegistry:
     """The sweeps under ROOT: creation, controller processes, cached reads and fits."""
 
-    def __init__(self, root: Path, *, launch: bool = True):
+    def __init__(self, root: Path, *, launch: bool = True, tracking_uri: Optional[str] = None):
         self.root = Path(root).resolve()
+        self.tracking_uri = tracking_uri  # the server's MLflow for every sweep; None = each sweep's own SQLite
         self.root.mkdir(parents=True, exist_ok=True)
         self.launch = launch
         self._procs: dict[str, subprocess.Popen] = {}
@@ -367,7 +374,10 @@ class SweepRegistry:
 
         if not isinstance(data, dict):
             raise ApiError(422, f"spec: the body must be a JSON object of spec fields, got {type(data).__name__}")
-        big = _too_large_ranges(data)
+        from .spec import _shape_problem
+
+        # depth, list lengths and size first (iteratively): the walks below recurse
+        big = _shape_problem(data) or _too_large_ranges(data)
         if big:
             raise ApiError(422, f"invalid spec\n  {big}")
         name = data.get("name")
@@ -378,12 +388,25 @@ class SweepRegistry:
             # A path would make the server read (and quote in its errors) any file it can see.
             raise ApiError(422, f"invalid spec\n  trainer.world: the API accepts the bundled worlds only "
                                 f"({', '.join(bundled_worlds())}); run a world file with the CLI")
+        # The client never chooses where the server writes, what it reads or whom it contacts:
+        # the sweep goes to ROOT/<name> (a client's output_dir is ignored), tracks to the SQLite
+        # store inside it and trains on the built-in corpus.
+        tracking = data.get("tracking")
+        if isinstance(tracking, dict) and tracking.get("uri") is not None:
+            where = (f"sweeps track to {self.tracking_uri}" if self.tracking_uri
+                     else "each sweep tracks to the MLflow store in its own directory")
+            raise ApiError(422, f"invalid spec\n  tracking.uri: set by the server ({where}); leave it out")
+        if data.get("data", "builtin") != "builtin":
+            raise ApiError(422, "invalid spec\n  data: the API trains on the built-in corpus only; run a dataset "
+                                "directory with the CLI")
         data = dict(data)
+        data.pop("output_dir", None)
+        if self.tracking_uri:
+            data["tracking"] = {**(tracking if isinstance(tracking, dict) else {}), "uri": self.tracking_uri}
         if isinstance(name, str) and _SWEEP_ID.match(name):
-            # The client never chooses where a sweep is written.
             data["output_dir"] = str(self.root / name)
         try:
-            spec = parse_spec(data, "spec")
+            spec = parse_spec(data, "spec", max_trials=MAX_TRIALS)
         except SpecError as exc:
             raise ApiError(422, str(exc)) from None
         except (ValueError, TypeError, OverflowError, ArithmeticError) as exc:
@@ -553,6 +576,13 @@ class SweepRegistry:
         beyond = [p["budget"] for p in fit.proposals if p["shape"] is None]
         if beyond:  # the model family has no member that large: not a config anyone can run
             raise ApiError(422, f"budget: {beyond[0]:.3g} FLOPs puts N* beyond the model family's largest member")
+        from trainers.model import family_sizes
+
+        smallest = family_sizes(spec.model.family if spec is not None else "gpt")[0]
+        below = [p for p in fit.proposals if not p["N"] >= smallest / 1.1]
+        if below:  # nor that small: N* = 1e-156 parameters is arithmetic, not a proposal
+            raise ApiError(422, f"budget: {below[0]['budget']:.3g} FLOPs puts N* ({below[0]['N']:.3g}) below the "
+                                f"model family's smallest member (N={smallest})")
         return jsonable(fit.proposals)
 
     def laws(self, sweep_id: str, bootstrap: Optional[int]) -> dict[str, Any]:
@@ -656,9 +686,11 @@ Bootstrap = Annotated[Optional[int], Query(ge=0, le=MAX_BOOTSTRAP,
                                            description="bootstrap resamples; default: the spec's fit.bootstrap")]
 
 
-def create_app(root: str | Path, *, token: Optional[str] = None, launch: bool = True) -> FastAPI:
-    """The API over the sweeps in `root`; `launch=False` validates and records specs but starts nothing."""
-    registry = SweepRegistry(Path(root), launch=launch)
+def create_app(root: str | Path, *, token: Optional[str] = None, launch: bool = True,
+               tracking_uri: Optional[str] = None) -> FastAPI:
+    """The API over the sweeps in `root`; `launch=False` validates and records specs but starts nothing.
+    `tracking_uri`: the MLflow every submitted sweep tracks to (None: each sweep's own SQLite store)."""
+    registry = SweepRegistry(Path(root), launch=launch, tracking_uri=tracking_uri)
     token_bytes = token.encode("utf-8") if token else None
     spec_schema, spec_defs = _spec_schema()
 
@@ -780,14 +812,14 @@ def create_app(root: str | Path, *, token: Optional[str] = None, launch: bool = 
 
 
 def serve(root: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: Optional[str] = None,
-          log_level: str = "info") -> None:
+          log_level: str = "info", tracking_uri: Optional[str] = None) -> None:
     """Run the API with uvicorn until interrupted (refuses a public bind without a token)."""
     import uvicorn
 
     check_bind(host, token)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    app = create_app(root, token=token)
+    app = create_app(root, token=token, tracking_uri=tracking_uri)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=True)
 
 

@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -17,7 +18,7 @@ from .laws.result import jsonable
 from .planner import PlannedTrial, make_planner, proposal_resources, trial_config
 from .progress import SweepProgress
 from .proposals import SweepFit, fit_and_propose, fit_settings
-from .spec import SweepSpec
+from .spec import SpecError, SweepSpec
 from .store import ObservationStore, StoreError, diverged_configs, final_points
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,77 @@ log = logging.getLogger(__name__)
 # A multi-worker trial's driver process only launches the TorchTrainer; it must reserve
 # no CPU (its workers reserve theirs) yet Tune needs a non-empty bundle.
 DRIVER_RESOURCES = {"CPU": 0, "memory": 16 * 1024**2}
+ERROR_LOG = "error.log"  # tracebacks of failed runs of this sweep, appended
+TAG_ERROR = "scalesweep.error"  # on the parent run of a sweep that failed: the error in one line
+
+
+class SweepFailed(RuntimeError):
+    """A sweep that started and then failed. The MLflow parent run is ended FAILED with the
+    error as a tag, the store is flushed, the traceback is in `log_path`; `scalesweep resume`
+    continues. `str()` is one line."""
+
+    def __init__(self, line: str, log_path: Optional[Path]):
+        super().__init__(line)
+        self.line, self.log_path = line, log_path
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, at most `limit` characters.
+
+    >>> one_line(ValueError("no trial finished\\nsecond line"))
+    'ValueError: no trial finished'
+    """
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def check_capacity(spec: SweepSpec, cpus: float, gpus: float, where: str = "this machine") -> None:
+    """Every trial's workers fit the cluster at once (CPUs: workers x threads; GPUs: one per worker
+    with use_gpu): otherwise Ray Tune waits for resources forever. Raises `SpecError`."""
+    from .planner import plan_grid
+
+    workers = max((t.workers for t in plan_grid(spec)), default=1)
+    need = workers * spec.resources.threads
+    if need > cpus:
+        raise SpecError(f"invalid spec\n  resources.threads: a trial needs {workers} worker(s) x "
+                        f"{spec.resources.threads} thread(s) = {need} CPUs; {where} has {cpus:g}")
+    if spec.resources.use_gpu and workers > gpus:
+        raise SpecError(f"invalid spec\n  resources.use_gpu: a trial needs {workers} GPU(s); {where} has "
+                        f"{gpus:g}" + ("" if gpus else " (set use_gpu: false, or run on a cluster with GPUs)"))
+
+
+def _local_cpus() -> float:
+    """CPUs this process may use, as Ray counts them: the affinity mask, capped by a cgroup quota."""
+    try:
+        cpus = float(len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        cpus = float(os.cpu_count() or 1)
+    try:  # cgroup v2: "max 100000" (no quota) or "<quota> <period>"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1.0, float(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def local_capacity(gpus: bool = True) -> tuple[float, float]:
+    """(CPUs, GPUs) a local Ray cluster started here would have; GPUs counted only when asked
+    (counting imports Ray: seconds)."""
+    cpus = _local_cpus()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not gpus or visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return cpus, 0.0
+    try:  # Ray's own count (NVML), as `ray.init` would see it
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        n = get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators()
+        if visible:
+            n = min(n, len([v for v in visible.split(",") if v.strip()]))
+    except Exception:  # noqa: BLE001 -- a private API: fall back to the device files
+        n = len([p for p in Path("/dev").glob("nvidia[0-9]*")])
+    return cpus, float(n)
 
 
 @dataclass
@@ -120,7 +192,68 @@ def _max_concurrent(spec: SweepSpec, trials: list[PlannedTrial]) -> int:
 
 
 def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress: bool = True) -> SweepOutcome:
-    """Run the spec's trials through a Ray Tune Tuner, record everything, fit and propose."""
+    """Run the spec's trials through a Ray Tune Tuner, record everything, fit and propose.
+
+    Raises `SpecError` (nothing written) when a local cluster cannot hold a trial (a remote one
+    may autoscale: a warning); `StoreError`
+    when the sweep directory cannot be written; `SweepFailed` (one line) for any other error
+    after the sweep started, having flushed the store, ended the MLflow parent run FAILED
+    with the error as a tag and appended the traceback to `<sweep dir>/error.log`.
+    """
+    t0 = time.monotonic()
+    _init_ray()
+    try:
+        check_capacity(spec, *ray_capacity(), where="the Ray cluster")  # before anything is written
+    except SpecError as exc:
+        if not os.environ.get("RAY_ADDRESS"):
+            raise  # a local cluster never grows: the trial would wait forever
+        # a remote cluster may autoscale: its size now is not its size later
+        log.warning("%s; trials wait until the cluster grows", str(exc).splitlines()[-1].strip())
+    sweep_dir = prepare_dir(spec, spec_path)
+    stash: dict[str, Any] = {}  # what _run has opened so far: the store, the tracker
+    try:
+        return _run(spec, spec_path, sweep_dir, show_progress, t0, stash)
+    except BaseException as exc:
+        log_path = _record_failure(exc, sweep_dir, stash.get("store"), stash.get("tracker"))
+        if isinstance(exc, Exception) and not isinstance(exc, StoreError):
+            raise SweepFailed(one_line(exc), log_path) from exc
+        raise
+
+
+def ray_capacity() -> tuple[float, float]:
+    """(CPUs, GPUs) of the Ray cluster this process is connected to."""
+    import ray
+
+    have = ray.cluster_resources()
+    return float(have.get("CPU", 0.0)), float(have.get("GPU", 0.0))
+
+
+def _record_failure(exc: BaseException, sweep_dir: Path, store, tracker) -> Optional[Path]:
+    """After a sweep failed: flush the store, end the parent run FAILED with the error as a tag,
+    append the traceback to the sweep's error log (returned; None if it cannot be written)."""
+    if store is not None:
+        try:
+            store.flush()
+        except Exception:  # noqa: BLE001 -- most likely the very error; the parts on disk stay whole
+            log.exception("could not flush the store while the sweep failed")
+    if tracker is not None:
+        try:
+            tracker.set_tags(None, {TAG_ERROR: one_line(exc)})
+            tracker.close("FAILED")
+        except Exception:  # noqa: BLE001 -- MLflow must not hide the sweep's own error
+            log.exception("could not end the MLflow run while the sweep failed")
+    path = sweep_dir / ERROR_LOG
+    try:
+        with path.open("a") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {one_line(exc)}\n")
+            fh.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        return None
+    return path
+
+
+def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progress: bool, t0: float,
+         stash: dict[str, Any]) -> SweepOutcome:
     from ray import tune
 
     from .tracking import SweepTracker
@@ -129,9 +262,7 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
     from .tune.searcher import PlannerSearcher
     from .tune.trainable import run_trial
 
-    t0 = time.monotonic()
-    sweep_dir = prepare_dir(spec, spec_path)
-    store = ObservationStore(sweep_dir, fsync=spec.checkpoints.enabled)  # see ObservationStore.fsync
+    store = stash["store"] = ObservationStore(sweep_dir, fsync=spec.checkpoints.enabled)  # see ObservationStore.fsync
     recovered = store.recover()  # reports a killed controller had logged but not flushed
     if recovered:
         log.warning("recovered %d report(s) from the store's write-ahead log of an interrupted run", recovered)
@@ -140,8 +271,8 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
     planner.resume(ended)  # a resumed sweep: what ended is not run again
     records = {t.trial_id: t.record() for t in planner.trials}
 
-    tracker = SweepTracker(spec.tracking_uri(), spec.tracking.experiment, spec.name,
-                           buffer_dir=sweep_dir / "mlflow-spool")
+    tracker = stash["tracker"] = SweepTracker(spec.tracking_uri(), spec.tracking.experiment, spec.name,
+                                              buffer_dir=sweep_dir / "mlflow-spool")
     state_file = sweep_dir / "sweep.json"  # survives a crash: lets a resumed sweep reuse its parent run
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     parent = tracker.start(spec.model_dump(mode="json"), spec_path=spec_path,
@@ -151,7 +282,6 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
     if parent and ended:  # a trial that ended just before a crash may have a run still RUNNING
         recs = store.trials()
         tracker.end_stale_trials({tid: mlflow_end(recs[tid]["status"], recs[tid]["summary"]) for tid in ended})
-    _init_ray()
     cache = os.environ.get("SCALESWEEP_CACHE")  # built-in corpus cache; None = the trainer's default
     # Fault-injection tests only: every report sleeps this long, so a (simulated) sweep lasts
     # long enough to kill something mid-run. Read here and passed in the trial config, so it
@@ -200,28 +330,15 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
                                   # a crashed trial is restarted and resumes from its last checkpoint
                                   failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures)),
     )
-    status = "FINISHED"
     # Tune's ResultGrid reads the per-trial files of the loggers tune_env turns off and warns
     # for every trial when they are missing; the store and MLflow are the sweep's record.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    try:
-        with progress, _environ(tune_env(spec)):
-            tuner.fit()
-    except BaseException:
-        status = "FAILED"
-        raise
-    finally:
-        try:
-            store.flush()
-        except StoreError:
-            if status != "FAILED":
-                raise
-            # the sweep is failing already (most likely on this very error): keep that one;
-            # the rows stay unwritten, the parts on disk stay whole, and `resume` continues
-            log.exception("could not flush the store while the sweep failed")
-        finally:
-            if status == "FAILED":
-                tracker.close("FAILED")
+    # Any exception from here on reaches run_sweep, which flushes the store (a failing flush
+    # keeps the first error: the rows stay unwritten, the parts on disk whole, `resume`
+    # continues) and ends the parent run FAILED.
+    with progress, _environ(tune_env(spec)):
+        tuner.fit()
+    store.flush()
     outcome = summarise(spec, store, tracker, parent, t0, planner.decisions,
                         getattr(planner, "predict_hparams", None), getattr(planner, "hparam_intervals", None))
     tracker.close("FINISHED")
@@ -259,7 +376,8 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
                    "useful_work_fraction": train_s / wall if wall else 0.0}
         if fit.fit is not None:
             metrics["law_objective"] = fit.fit.objective
-        figures = {"loss_vs_compute": _plot(fit, spec, points, loss_vs_compute)}
+        # no trial finished (all diverged, say): nothing to draw; the fit's warnings say why
+        figures = {"loss_vs_compute": _plot(fit, spec, points, loss_vs_compute)} if points else {}
         artifacts = {"fit": doc, "proposals": doc["proposals"], "decisions": jsonable(decisions or [])}
         tracker.log_sweep_results(params, metrics, artifacts, figures)
     return SweepOutcome(sweep_dir, statuses, fit, wall, train_s, parent)

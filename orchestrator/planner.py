@@ -182,7 +182,7 @@ def plan_grid(spec: SweepSpec, batches: Optional[list[int]] = None) -> list[Plan
     """Every trial of the spec's grid (at `batches`, default the spec's), cheapest first (ties broken deterministically)."""
     seq = spec.model.seq_len
     batches = list(batches) if batches is not None else spec.batches()
-    out = []
+    out, ids = [], set()
     for n_target in spec.model.sizes():
         counts = count_params(shape_for(n_target, spec.model.family), max_seq_len=seq)
         plans = {batch: trial_resources(spec, n_target, batch) for batch in batches}
@@ -190,7 +190,10 @@ def plan_grid(spec: SweepSpec, batches: Optional[list[int]] = None) -> list[Plan
             for batch in batches:
                 for lr in spec.lrs():
                     for seed in spec.seeds:
-                        out.append(plan_trial(spec, n_target, d_target, lr, batch, seed, plans))
+                        t = plan_trial(spec, n_target, d_target, lr, batch, seed, plans)
+                        if t.trial_id not in ids:  # token budgets that round to the same whole batches: one trial
+                            ids.add(t.trial_id)
+                            out.append(t)
     if spec.schedule.branch:
         out = _with_branches(out, spec)
     out.sort(key=lambda t: (t.flops, t.N, t.D, t.lr, t.batch, t.seed))

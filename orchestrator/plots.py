@@ -34,8 +34,10 @@ def _column(data: Any, name: str, required: bool = True) -> Optional[np.ndarray]
                 return np.asarray(data[k], dtype=np.float64).ravel()
     else:
         rows = list(data)
+        if not rows:  # no rows: an empty column, whatever its name (an empty plot, not a crash)
+            return np.empty(0, dtype=np.float64)
         for k in keys:
-            if rows and all(k in r for r in rows):
+            if all(k in r for r in rows):
                 return np.array([_num(r[k]) for r in rows], dtype=np.float64)
     if required:
         raise KeyError(f"missing column {name!r} (accepted: {', '.join(keys)})")
@@ -141,7 +143,8 @@ def loss_vs_compute(
     ax.set_ylabel("final eval loss (nats/token)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6.5, ncol=2)
+    if ax.get_legend_handles_labels()[0]:  # an empty plot has nothing to label
+        ax.legend(fontsize=6.5, ncol=2)
     fig.tight_layout()
     return fig
 

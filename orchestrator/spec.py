@@ -7,28 +7,55 @@ anything is started.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
+from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 
 class SpecError(ValueError):
     """A spec that cannot run; the message names the field and the reason."""
 
 
+# Bounds on what a spec may ask for. Each one stops a number that would validate and then
+# hang or crash the sweep (a 10^9-value range, a billion bootstrap resamples, 10^6 trials);
+# the CLI and the HTTP API share them because both validate through `parse_spec`.
+MAX_SPEC_BYTES = 256 * 1024  # a spec is a few KB; the YAML parser is slow on megabytes
+MAX_DEPTH = 16  # the deepest real field is resources.rules[i].workers (depth 4)
+MAX_NODES = 100_000  # values in a parsed document (YAML aliases can multiply them)
+MAX_VALUES = 10_000  # values of one list or {min, max, count} range
+MAX_SEEDS = 1_000
+MAX_TARGETS = 32  # budget.targets
+MAX_GRID_TRIALS = 100_000  # N x D x lr x batch x seed; planning and tracking cost grows with it
+MAX_STEPS = 10**8  # optimizer steps of one trial (D / batch)
+MAX_BOOTSTRAP = 10_000  # any bootstrap count
+MAX_SEED_VALUE = 2**32 - 1  # numpy and torch seeds
+MAX_NAME = 100  # sweep names become directory, MLflow run and Ray experiment names
+MAX_SEQ_LEN = 65_536
+MAX_EVAL_TOKENS = 2**27
+MAX_WORKERS = 4_096
+# Schemes MLflow can track to (a plain path is a local file store).
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+# Pseudo-filesystems: a sweep written there fails at the first write (or worse, succeeds).
+_SYSTEM_DIRS = ("/proc", "/sys", "/dev")
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: an infinite margin or NaN level validates against `ge=0` and breaks later
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LogRange(_Strict):
     """`count` values spaced evenly in log between `min` and `max` (inclusive)."""
 
-    min: float = Field(gt=0, description="smallest value")
-    max: float = Field(gt=0, description="largest value")
-    count: int = Field(ge=1, description="number of values")
+    min: float = Field(gt=0, allow_inf_nan=False, description="smallest value")
+    max: float = Field(gt=0, allow_inf_nan=False, description="largest value")
+    count: int = Field(ge=1, le=MAX_VALUES, description=f"number of values (at most {MAX_VALUES})")
 
     @model_validator(mode="after")
     def _ordered(self) -> "LogRange":
@@ -46,11 +73,37 @@ class LogRange(_Strict):
         return [math.exp(lo + (hi - lo) * i / (self.count - 1)) for i in range(self.count)]
 
 
-Values = Union[list[float], LogRange]
+def _values_kind(v: Any) -> Optional[str]:
+    if isinstance(v, (dict, LogRange)):
+        return "range"
+    if isinstance(v, (list, tuple)):
+        return "list"
+    return None
+
+
+# A list or a range, told apart by the input's shape: an error then speaks of the form the
+# user wrote, not of both forms a plain Union would try.
+Values = Annotated[
+    Union[Annotated[list[float], Field(max_length=MAX_VALUES), Tag("list")], Annotated[LogRange, Tag("range")]],
+    Discriminator(_values_kind, custom_error_type="values",
+                  custom_error_message="expected a list of numbers or a range {min, max, count}"),
+]
 
 
 def _expand(v: Values) -> list[float]:
     return v.values() if isinstance(v, LogRange) else list(v)
+
+
+def _system_dir(path: Path) -> Optional[str]:
+    """The pseudo-filesystem (/proc, /sys, /dev) `path` resolves into, or None."""
+    resolved = str(path.resolve(strict=False))
+    return next((d for d in _SYSTEM_DIRS if resolved == d or resolved.startswith(d + "/")), None)
+
+
+def _no_control(v: str, what: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError(f"{what} contains a control character")
+    return v
 
 
 def _check_values(v: Values, what: str) -> Values:
@@ -70,13 +123,34 @@ class ModelSpec(_Strict):
 
     family: Literal["gpt", "gpt-aligned"] = Field("gpt", description="GPT-style pre-norm decoder (trainers/model.py); "
                                                   "gpt-aligned: widths in multiples of 64, head_dim 64, for GPUs")
-    n_params: Values = Field(description="non-embedding parameter counts N: a list or {min, max, count}")
-    seq_len: int = Field(128, gt=0, description="sequence length in tokens")
+    n_params: Values = Field(description="non-embedding parameter counts N: a list or {min, max, count}; each "
+                                         "is trained as the family member nearest to it, and two values may not "
+                                         "give the same member")
+    seq_len: int = Field(128, gt=0, le=MAX_SEQ_LEN, description="sequence length in tokens")
 
     @field_validator("n_params")
     @classmethod
     def _n(cls, v: Values) -> Values:
         return _check_values(v, "n_params")
+
+    @model_validator(mode="after")
+    def _members(self) -> "ModelSpec":
+        from trainers.model import count_params, family_sizes, shape_for
+
+        largest = family_sizes(self.family)[-1]
+        seen: dict[int, float] = {}
+        for x in sorted(_expand(self.n_params)):
+            if round(x) < 1:
+                raise ValueError(f"n_params: {x:g} is less than one parameter")
+            if x > largest * 1.1:
+                raise ValueError(f"n_params: {x:.4g} is beyond the {self.family} family's largest member "
+                                 f"(N={largest:.4g})")
+            n = count_params(shape_for(int(round(x)), self.family), max_seq_len=self.seq_len).non_embedding
+            if n in seen:
+                raise ValueError(f"n_params: {seen[n]:g} and {x:g} give the same model (the {self.family} "
+                                 f"member with N={n}); keep one of them")
+            seen[n] = x
+        return self
 
     def sizes(self) -> list[int]:
         """Target N values, ascending."""
@@ -95,6 +169,13 @@ class TokensSpec(_Strict):
             raise ValueError("give exactly one of tokens.values or tokens.per_param")
         if self.values is not None:
             _check_values(self.values, "tokens")
+            seen: dict[int, float] = {}
+            for x in _expand(self.values):
+                if int(round(x)) in seen:
+                    raise ValueError(f"values: {seen[int(round(x))]:g} and {x:g} round to the same token count")
+                if int(round(x)) < 1:
+                    raise ValueError(f"values: {x:g} is less than one token")
+                seen[int(round(x))] = x
         else:
             _check_values(self.per_param, "tokens per parameter")
         return self
@@ -128,15 +209,16 @@ class ScheduleSpec(_Strict):
 class EvalSpec(_Strict):
     """How often and on how many validation tokens a trial evaluates (and reports)."""
 
-    every: int = Field(20, gt=0, description="steps between evaluations")
-    tokens: int = Field(16384, gt=0, description="validation tokens per evaluation")
+    every: int = Field(20, gt=0, le=MAX_STEPS, description="steps between evaluations")
+    tokens: int = Field(16384, gt=0, le=MAX_EVAL_TOKENS, description="validation tokens per evaluation")
 
 
 class BudgetSpec(_Strict):
     """Total compute the sweep may spend and the target budgets C to propose configs for."""
 
     total_flops: Optional[float] = Field(None, gt=0, description="cap on training FLOPs of all trials; none = the whole grid")
-    targets: list[float] = Field(default_factory=list, description="budgets C (FLOPs) for compute-optimal proposals")
+    targets: list[float] = Field(default_factory=list, max_length=MAX_TARGETS,
+                                 description="budgets C (FLOPs) for compute-optimal proposals")
     flops: Literal["6ND", "exact"] = Field("6ND", description="FLOP counting: 6·N·D, or exact (attention + embeddings)")
 
     @field_validator("targets")
@@ -155,8 +237,8 @@ class ResourceRule(_Strict):
     """Resources for trials whose N lies in [min_n_params, max_n_params]."""
 
     min_n_params: float = Field(0, ge=0, description="rule applies from this N")
-    max_n_params: float = Field(float("inf"), gt=0, description="rule applies up to this N")
-    workers: int = Field(1, ge=1, description="data-parallel workers (one process each); plan: auto plans them unless given")
+    max_n_params: float = Field(float("inf"), gt=0, allow_inf_nan=True, description="rule applies up to this N")
+    workers: int = Field(1, ge=1, le=MAX_WORKERS, description="data-parallel workers (one process each); plan: auto plans them unless given")
     zero_stage: ZeroStage = Field("auto", description="ZeRO stage 0-3 or auto")
 
 
@@ -174,16 +256,16 @@ class ResourcesSpec(_Strict):
     """
 
     plan: Literal["manual", "auto"] = Field("manual", description="manual: workers / zero_stage / micro_batch as given, checked against the memory model; auto: planned per trial (explicit values kept)")
-    workers: int = Field(1, ge=1, description="data-parallel workers per trial (plan: auto plans them unless given)")
+    workers: int = Field(1, ge=1, le=MAX_WORKERS, description="data-parallel workers per trial (plan: auto plans them unless given)")
     zero_stage: ZeroStage = Field("auto", description="ZeRO stage 0-3; auto = manual: 0 for one worker, 1 otherwise; plan: auto: the lowest stage that fits")
-    threads: int = Field(1, ge=1, description="CPU threads (and CPUs reserved) per worker")
+    threads: int = Field(1, ge=1, le=1024, description="CPU threads (and CPUs reserved) per worker; a trial's workers x threads must fit the cluster's CPUs")
     max_concurrent: Optional[int] = Field(None, ge=1, description="cap on trials running at once; none = what the cluster's CPUs allow")
-    micro_batch: Optional[int] = Field(None, ge=1, description="sequences per worker per micro-step; none = manual: the whole share, plan: auto: the largest power of two that fits")
+    micro_batch: Optional[int] = Field(None, ge=1, le=1 << 20, description="sequences per worker per micro-step; none = manual: the whole share, plan: auto: the largest power of two that fits")
     rules: list[ResourceRule] = Field(default_factory=list, description="per-N overrides of workers / zero_stage")
-    use_gpu: bool = Field(False, description="one GPU per worker (CUDA + NCCL, bf16); implied by a GPU device")
+    use_gpu: bool = Field(False, description="one GPU per worker (CUDA + NCCL, bf16); implied by a GPU device; the cluster must have the GPUs")
     device: Optional[str] = Field(None, description="each worker's device for the memory and cost model: cpu or " + ", ".join(GPU_DEVICES) + "; none = cpu (with use_gpu: an unnamed GPU, not checked)")
-    device_memory_gb: Optional[float] = Field(None, gt=0, description="memory per worker in GiB; none = the device's (cpu: this machine's RAM)")
-    max_workers: int = Field(8, ge=1, description="plan: auto (and proposals): most workers per trial")
+    device_memory_gb: Optional[float] = Field(None, gt=0, le=1e6, description="memory per worker in GiB; none = the device's (cpu: this machine's RAM)")
+    max_workers: int = Field(8, ge=1, le=MAX_WORKERS, description="plan: auto (and proposals): most workers per trial")
 
     @model_validator(mode="before")
     @classmethod
@@ -259,8 +341,30 @@ class ResourcesSpec(_Strict):
 class TrackingSpec(_Strict):
     """MLflow tracking. Default: a SQLite store inside the sweep directory."""
 
-    uri: Optional[str] = Field(None, description="MLflow tracking URI; none = sqlite:///<output_dir>/mlflow.db")
-    experiment: str = Field("scalesweep", min_length=1, description="MLflow experiment name")
+    uri: Optional[str] = Field(None, max_length=4096, description="MLflow tracking URI (" + ", ".join(TRACKING_SCHEMES) +
+                                                 " or a local path); none = sqlite:///<output_dir>/mlflow.db")
+    experiment: str = Field("scalesweep", min_length=1, max_length=200, description="MLflow experiment name")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        _no_control(v, "the URI")
+        if not v.strip():
+            raise ValueError("empty URI; leave tracking.uri out for the sweep directory's SQLite store")
+        scheme = urlparse(v).scheme.lower().split("+", 1)[0]
+        if scheme and scheme not in TRACKING_SCHEMES:
+            raise ValueError(f"scheme {scheme!r} is not one MLflow can track to; use one of "
+                             f"{', '.join(TRACKING_SCHEMES)} or a local path")
+        if scheme == "sqlite" and not v.lower().startswith("sqlite:///"):
+            raise ValueError("a SQLite URI is sqlite:///<path> (three slashes, then the file)")
+        return v
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, v: str) -> str:
+        return _no_control(v, "the experiment name")
 
 
 class FitSpec(_Strict):
@@ -270,7 +374,7 @@ class FitSpec(_Strict):
         "auto", description="L(N, D) form: auto picks it by backtest (how well each candidate predicts the largest "
         "size and the top compute decade from the rest; docs/fitting.md), or one named form")
     loss: Literal["huber", "asymmetric"] = Field("huber", description="fit objective")
-    bootstrap: int = Field(200, ge=0, description="bootstrap resamples for intervals (0 = none)")
+    bootstrap: int = Field(200, ge=0, le=MAX_BOOTSTRAP, description="bootstrap resamples for intervals (0 = none)")
     level: float = Field(0.9, gt=0, lt=1, description="interval level")
 
 
@@ -280,15 +384,15 @@ class SearchSpec(_Strict):
     strategy: Literal["grid", "law", "transfer"] = Field(
         "grid", description="grid: every trial of the grid; law: law-guided search over it; transfer: law search whose "
         "initial design learns lr*(N, D) and batch*(D) at the smallest sizes and every later cell runs once at the learned point")
-    init_sizes: Optional[int] = Field(None, ge=1, description="law, transfer: smallest model sizes whose cells form the initial design (default 2 for law; 3 for transfer, whose lr law needs a decade of N)")
-    init_scans: int = Field(2, ge=1, description="law: cells scanned in parallel before any cell is resolved")
-    scan_points: int = Field(5, ge=1, description="law: learning rates in a coarse scan, spread over the spec's lrs")
+    init_sizes: Optional[int] = Field(None, ge=1, le=1000, description="law, transfer: smallest model sizes whose cells form the initial design (default 2 for law; 3 for transfer, whose lr law needs a decade of N)")
+    init_scans: int = Field(2, ge=1, le=1000, description="law: cells scanned in parallel before any cell is resolved")
+    scan_points: int = Field(5, ge=1, le=1000, description="law: learning rates in a coarse scan, spread over the spec's lrs")
     neighbourhood: Literal["cross", "square"] = Field("cross", description="law: local-minimum certificate: cross (lr±1, batch±1) or square (+ diagonals)")
-    max_open_cells: int = Field(4, ge=1, description="law: (N, D) cells searched at once (more: parallelism; fewer: more use of the learned laws)")
-    min_fit_cells: int = Field(6, ge=5, description="law: resolved cells before L(N, D) is fitted and the acquisition rule takes over (>= 5 parameters)")
-    min_sizes: int = Field(3, ge=2, description="law: distinct sizes among resolved cells before pruning or the tolerance act")
-    stop_streak: int = Field(2, ge=1, description="law: consecutive fits meeting the tolerance before stopping")
-    bootstrap: int = Field(100, ge=10, description="law: bootstrap replicates of the online L(N, D) fit")
+    max_open_cells: int = Field(4, ge=1, le=1000, description="law: (N, D) cells searched at once (more: parallelism; fewer: more use of the learned laws)")
+    min_fit_cells: int = Field(6, ge=5, le=MAX_VALUES, description="law: resolved cells before L(N, D) is fitted and the acquisition rule takes over (>= 5 parameters)")
+    min_sizes: int = Field(3, ge=2, le=MAX_VALUES, description="law: distinct sizes among resolved cells before pruning or the tolerance act")
+    stop_streak: int = Field(2, ge=1, le=1000, description="law: consecutive fits meeting the tolerance before stopping")
+    bootstrap: int = Field(100, ge=10, le=MAX_BOOTSTRAP, description="law: bootstrap replicates of the online L(N, D) fit")
     level: float = Field(0.9, gt=0, lt=1, description="law: interval level of the stopping rule")
     tolerance: Optional[float] = Field(None, ge=0, description="law, transfer: stop when every target's N*(C) interval is narrower than this (relative width; default 0.5 for law, 0.75 for transfer, where it guards the regret rule)")
     loss_tolerance: float = Field(0.02, ge=0, description="law: ... and every target's L*(C) interval narrower than this")
@@ -297,7 +401,7 @@ class SearchSpec(_Strict):
     prune_band: Optional[float] = Field(None, gt=1, description="law, transfer: near = N within this factor of the replicate's N*(C) at the cell's compute (default 3 for law; 2 for transfer, whose later cells teach only the frontier)")
     noise: float = Field(0.003, gt=0, description="law: relative noise of a cell's best loss assumed by the acquisition (floor)")
     hparam_ridge: float = Field(0.05, ge=0, description="law: ridge on the online lr/batch law exponents")
-    max_trials: Optional[int] = Field(None, ge=1, description="cap on trials handed out; none = the budget and the planner decide")
+    max_trials: Optional[int] = Field(None, ge=1, le=MAX_GRID_TRIALS, description="cap on trials handed out; none = the budget and the planner decide")
     batch_ladder: float = Field(2.0, gt=1, description="transfer: the initial design's batches extend the spec's below its smallest (down to seq_len) and one step above its largest, by this factor")
 
     @model_validator(mode="before")
@@ -326,19 +430,19 @@ class PruningSpec(_Strict):
     paired_grace: float = Field(0.1, ge=0, lt=1, description="no paired comparison (same (N, D) cell, same or another schedule shape) before this fraction of the planned steps")
     paired_margin: float = Field(0.0, ge=0, description="relative margin of the paired rule: stop when its lower end of the final-loss ratio > 1 + paired_margin")
     paired_prior: float = Field(0.03, ge=0, description="paired rule, until enough pairs of the sweep have completed to calibrate it: extra allowance (log ratio) besides the trend one")
-    min_reports: int = Field(2, ge=1, description="consecutive fresh predictions (paired: reports; or exploding reports) needed to stop")
+    min_reports: int = Field(2, ge=1, le=10_000, description="consecutive fresh predictions (paired: reports; or exploding reports) needed to stop")
     level: float = Field(0.9, gt=0, lt=1, description="level of the intervals (trial prediction, frontier, paired ratio and its calibration)")
     law: Literal["multipower", "annealing"] = Field("multipower", description="loss-curve law used for the final-loss prediction")
     metric: Literal["eval_loss", "train_loss"] = Field("eval_loss", description="loss that is predicted")
     divergence_factor: float = Field(1.5, gt=1, description="loss above this factor x the trial's running minimum counts as exploding")
     refit_growth: float = Field(0.1, ge=0, description="new prediction when the prefix grew by this fraction of its steps")
-    refit_every: int = Field(2, ge=1, description="... and at least this many reports arrived since the last one")
+    refit_every: int = Field(2, ge=1, le=10_000, description="... and at least this many reports arrived since the last one")
     use_frontier: bool = Field(True, description="compare with the fitted L(N, D) frontier once it exists")
-    min_frontier_points: int = Field(8, ge=5, description="finished (N, D) cells needed before the frontier is fitted")
-    frontier_bootstrap: int = Field(64, ge=0, description="bootstrap replicates of the frontier fit (its upper end)")
-    max_curves: int = Field(6, ge=1, description="completed curves per size the curve law is fitted on (most recent)")
-    n_boot: int = Field(10, ge=0, description="bootstrap refits of the curve law (prediction interval)")
-    seed: int = Field(0, description="seed of the curve-law bootstrap")
+    min_frontier_points: int = Field(8, ge=5, le=MAX_VALUES, description="finished (N, D) cells needed before the frontier is fitted")
+    frontier_bootstrap: int = Field(64, ge=0, le=MAX_BOOTSTRAP, description="bootstrap replicates of the frontier fit (its upper end)")
+    max_curves: int = Field(6, ge=1, le=1000, description="completed curves per size the curve law is fitted on (most recent)")
+    n_boot: int = Field(10, ge=0, le=1000, description="bootstrap refits of the curve law (prediction interval)")
+    seed: int = Field(0, ge=0, le=MAX_SEED_VALUE, description="seed of the curve-law bootstrap")
 
 
 class TrainerSpec(_Strict):
@@ -350,34 +454,55 @@ class TrainerSpec(_Strict):
     @model_validator(mode="after")
     def _world_exists(self) -> "TrainerSpec":
         if self.backend == "simulated":
-            from trainers.worlds import WorldError, load_world
+            from trainers.worlds import WorldError, bundled_worlds, load_world
 
+            _no_control(self.world, "the world name")
             try:
                 load_world(self.world)
-            except (WorldError, FileNotFoundError, ValueError) as exc:
-                raise ValueError(f"world {self.world!r}: {exc}") from None
+            except (WorldError, FileNotFoundError, ValueError, RecursionError) as exc:
+                if self.world in bundled_worlds() or isinstance(exc, WorldError) and "no world named" in str(exc):
+                    raise ValueError(f"world: {self.world!r}: {exc}") from None
+                # A world path may point at any file: say what is wrong where, never what it holds.
+                raise ValueError(f"world: {self.world!r}: {_world_problem(str(exc))}") from None
         return self
+
+
+def _world_problem(message: str) -> str:
+    """A world loader's error with whatever it quoted from the file taken out."""
+    if "is not valid YAML" in message:
+        where = re.search(r"line \d+, column \d+", message)
+        return "not valid YAML" + (f" ({where.group(0)})" if where else "")
+    message = re.sub(r" \(got .*?\)$", "", message, flags=re.M)  # pydantic's quoted inputs
+    unknown = len(re.findall(r": unknown field$", message, flags=re.M))  # their names are the file's text
+    message = re.sub(r"^[^\n]*: unknown field\n?", "", message, flags=re.M)
+    if unknown:
+        message = message.rstrip("\n") + f"\n  {unknown} unknown field(s)"
+    message = re.sub(r"(must be [^,\n]*), got .*$", r"\1", message, flags=re.M)
+    message = re.sub(r"^[^\n]*?: (a world must be a mapping of fields|invalid world:)", r"\1", message)
+    return re.sub(r":?\n\s*", "; ", message.strip()).replace("invalid world;", "invalid world:")
 
 
 class CheckpointSpec(_Strict):
     """Trial checkpoints, and restarts of a crashed trial from its last checkpoint (docs/cluster.md, "Fault tolerance")."""
 
     enabled: bool = Field(True, description="save checkpoints under <sweep dir>/checkpoints/<trial> (needed to resume a trial)")
-    every: Optional[int] = Field(None, ge=1, description="steps between checkpoints; none = at every evaluation (eval.every); the last step always")
-    max_failures: int = Field(2, ge=0, description="restarts of a crashed trial from its last checkpoint (Ray Tune and Ray Train FailureConfig)")
+    every: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description="steps between checkpoints; none = at every evaluation (eval.every); the last step always")
+    max_failures: int = Field(2, ge=0, le=100, description="restarts of a crashed trial from its last checkpoint (Ray Tune and Ray Train FailureConfig)")
 
 
 class SweepSpec(_Strict):
     """A scaling sweep: the grid N x D x lr x batch x seed, its budget and where it goes."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="sweep name (letters, digits, _ . -)")
+    name: str = Field(description=f"sweep name: letters, digits, _ . - (not first: . -), at most {MAX_NAME} characters")
     model: ModelSpec
     tokens: TokensSpec
     learning_rates: Values = Field(description="peak learning rates")
     batch_sizes: Values = Field(description="global batch sizes in tokens")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
-    seeds: list[int] = Field(default_factory=lambda: [0], description="seeds; every config runs once per seed")
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED_VALUE)]] = Field(
+        default_factory=lambda: [0], max_length=MAX_SEEDS,
+        description=f"seeds; every config runs once per seed (at most {MAX_SEEDS})")
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
@@ -385,10 +510,37 @@ class SweepSpec(_Strict):
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     pruning: PruningSpec = Field(default_factory=PruningSpec)
-    data: str = Field("builtin", description="'builtin' (offline corpus) or a directory of pre-tokenised Parquet shards")
-    output_dir: Optional[str] = Field(None, description="sweep directory; none = ./sweeps/<name>")
+    data: str = Field("builtin", min_length=1, description="'builtin' (offline corpus) or a directory of pre-tokenised Parquet shards (train/*.parquet, val/*.parquet)")
+    output_dir: Optional[str] = Field(None, min_length=1, description="sweep directory; none = ./sweeps/<name>; must be a new or empty directory, or this sweep's own")
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
-    seed: int = Field(0, description="seed of the planner's own choices")
+    seed: int = Field(0, ge=0, le=MAX_SEED_VALUE, description="seed of the planner's own choices")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v:
+            raise ValueError("empty name")
+        if len(v) > MAX_NAME:
+            raise ValueError(f"{len(v)} characters; at most {MAX_NAME}")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", v):
+            raise ValueError("use letters, digits, _ . - only, not starting with . or - (it names a directory)")
+        return v
+
+    @field_validator("data", "output_dir")
+    @classmethod
+    def _path(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        _no_control(v, "the path")
+        if len(v) > 4096:
+            raise ValueError(f"{len(v)} characters; a path has at most 4096")
+        if any(len(part) > 255 for part in v.split("/")):
+            raise ValueError("a path component is longer than 255 characters")
+        if v != "builtin":
+            system = _system_dir(Path(v))
+            if system:
+                raise ValueError(f"{v!r} is under {system}, a system pseudo-filesystem")
+        return v
 
     @field_validator("checkpoints", mode="before")
     @classmethod
@@ -421,22 +573,59 @@ class SweepSpec(_Strict):
             raise ValueError("duplicate seeds")
         return v
 
+    def grid_size(self) -> int:
+        """Trials in the grid (N x D x lr x batch x seed), counted without expanding it."""
+        def n(v: Values) -> int:
+            return v.count if isinstance(v, LogRange) else len(v)
+
+        tokens = self.tokens.values if self.tokens.values is not None else self.tokens.per_param
+        return (n(self.model.n_params) * n(tokens) * n(self.learning_rates) * n(self.batch_sizes)
+                * len(self.seeds))
+
     @model_validator(mode="after")
-    def _consistent(self) -> "SweepSpec":
+    def _consistent(self, info: ValidationInfo) -> "SweepSpec":
+        size = self.grid_size()  # first: the checks below walk the grid
+        cap = (info.context or {}).get("max_trials", MAX_GRID_TRIALS)
+        if size > cap:
+            raise ValueError(f"grid: {size:,} trials (model.n_params x tokens x learning_rates x batch_sizes x "
+                             f"seeds); at most {cap:,}: use fewer values, or split the sweep")
         seq = self.model.seq_len
+        for i, lr in enumerate(lrs := sorted(_expand(self.learning_rates))):
+            if i and f"{lr:.6g}" == f"{lrs[i - 1]:.6g}":
+                raise ValueError(f"learning_rates: {lrs[i - 1]!r} and {lr!r} are the same to 6 digits")
+        rounded: dict[int, float] = {}
+        for b in _expand(self.batch_sizes):
+            whole = int(b) // seq * seq
+            if whole in rounded and whole >= seq:
+                raise ValueError(f"batch_sizes: {rounded[whole]:g} and {b:g} are the same batch in whole sequences "
+                                 f"of {seq} tokens ({whole} tokens)")
+            rounded[whole] = b
+        manual = self.trainer.backend == "deepspeed"  # the simulated backend splits nothing
         for b in _expand(self.batch_sizes):
             if b < seq:
                 raise ValueError(f"batch_sizes: {b:g} tokens is smaller than one sequence (model.seq_len={seq})")
         for n in self.model.sizes():
             workers, field = self.resources.settings(n)["workers"]
+            micro = self.resources.settings(n)["micro_batch"][0]
             for b in _expand(self.batch_sizes):
-                if workers != "auto" and int(b) // seq < workers:
+                seqs = int(b) // seq
+                if workers != "auto" and seqs < workers:
                     raise ValueError(
-                        f"batch_sizes: {b:g} tokens = {int(b) // seq} sequences cannot be split across {workers} workers ({field})"
+                        f"batch_sizes: {b:g} tokens = {seqs} sequences cannot be split across {workers} workers ({field})"
                     )
+                if manual and workers != "auto" and seqs % workers:
+                    raise ValueError(f"batch_sizes: {b:g} tokens = {seqs} sequences do not split evenly across "
+                                     f"{workers} workers ({field})")
+                if manual and workers != "auto" and micro not in (None, "auto") and (seqs // workers) % micro:
+                    raise ValueError(f"resources.micro_batch: {micro} does not divide the {seqs // workers} sequences per worker "
+                                     f"of batch {b:g} tokens")
+            smallest = min(_expand(self.batch_sizes))
             for d in self.tokens.for_size(n):
-                if d < min(_expand(self.batch_sizes)):
+                if d < smallest:
                     raise ValueError(f"tokens: {d} tokens for N={n} is less than one batch")
+                if d / (int(smallest) // seq * seq) > MAX_STEPS:
+                    raise ValueError(f"tokens: {d:.4g} tokens for N={n} at batch {smallest:g} is more than "
+                                     f"{MAX_STEPS:.0e} steps")
         if self.schedule.branch:
             if not self.checkpoints.enabled:
                 raise ValueError("schedule.branch: branches start from their trunk's checkpoints; "
@@ -465,49 +654,130 @@ class SweepSpec(_Strict):
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p in ("list[float]", "LogRange"))]
+    # pydantic puts union tags and validator names in the location ("list", "range",
+    # "function-after[...]"); the user wrote none of them
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in ("list", "range") or "[" in p or "(" in p))]
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
     return out or "spec"
 
 
-def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
-    """Validate a spec from already-parsed YAML/JSON data."""
+def _shape_problem(data: Any) -> Optional[str]:
+    """The first part of a parsed document too deep, too long or too large to validate
+    quickly (checked before validation, which would expand it), or None."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    nodes = 0
+    while stack:
+        node, path, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            return f"spec: more than {MAX_NODES:,} values in the document; a spec is a few dozen"
+        if depth > MAX_DEPTH:
+            return f"{path or 'spec'}: nested more than {MAX_DEPTH} levels deep"
+        if isinstance(node, dict):
+            for k, v in node.items():
+                key = str(k)[:40]
+                stack.append((v, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(node, list):
+            if len(node) > MAX_VALUES:
+                return f"{path or 'spec'}: {len(node):,} values; at most {MAX_VALUES:,} per list"
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
+    return None
+
+
+MAX_ERROR_LINES = 12
+
+
+def parse_spec(data: Any, source: str = "spec", *, max_trials: int = MAX_GRID_TRIALS) -> SweepSpec:
+    """Validate a spec from already-parsed YAML/JSON data; any problem raises `SpecError`.
+    `max_trials` caps the grid (a server may allow fewer than the CLI).
+
+    >>> parse_spec({"name": "x"}).name
+    Traceback (most recent call last):
+    ...
+    orchestrator.spec.SpecError: spec: invalid spec
+      model: Field required
+      tokens: Field required
+      learning_rates: Field required
+      batch_sizes: Field required
+    """
     if not isinstance(data, dict):
         raise SpecError(f"{source}: the spec must be a mapping of fields, got {type(data).__name__}")
+    problem = _shape_problem(data)
+    if problem:
+        raise SpecError(f"{source}: invalid spec\n  {problem}")
     try:
-        spec = SweepSpec.model_validate(data)
+        spec = SweepSpec.model_validate(data, context={"max_trials": min(max_trials, MAX_GRID_TRIALS)})
     except ValidationError as exc:
         lines = []
         seen = set()
         for err in exc.errors():
             field = _field_path(err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
+            ctx = err.get("ctx") or {}
             if err["type"] == "extra_forbidden":
                 msg = "unknown field"
-            sub = re.match(r"([a-z_]+): ", msg)
-            if sub and field != "spec":  # a section's cross-field check names its own field
-                field, msg = f"{field}.{sub.group(1)}", msg[sub.end():]
+            elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+                msg = "expected a section (a mapping of fields)"
+            elif err["type"] == "too_long" and "max_length" in ctx:
+                msg = f"at most {ctx['max_length']:,} values, got {ctx.get('actual_length', 'more')}"
+            sub = re.match(r"([a-z_][a-z_.]*): ", msg)
+            if sub:  # a section's cross-field check names its own field
+                field = sub.group(1) if field == "spec" else f"{field}.{sub.group(1)}"
+                msg = msg[sub.end():]
             if (field, msg) in seen:
                 continue
             seen.add((field, msg))
             lines.append(f"{field}: {msg}")
+        more = len(lines) - MAX_ERROR_LINES
+        lines = lines[:MAX_ERROR_LINES] + ([f"... and {more} more"] if more > 0 else [])
         raise SpecError(f"{source}: invalid spec\n  " + "\n  ".join(lines)) from None
-    _check_budget(spec, source)
+    except (RecursionError, MemoryError, ArithmeticError) as exc:  # a validator's own arithmetic or depth
+        raise SpecError(f"{source}: invalid spec\n  spec: cannot be validated ({type(exc).__name__}); "
+                        "look for huge numbers or deep nesting") from None
+    try:
+        _check_budget(spec, source)
+    except SpecError:
+        raise
+    except (ValueError, ArithmeticError, RecursionError, MemoryError) as exc:
+        # the grid could not be planned although every field passed: still the spec's fault
+        raise SpecError(f"{source}: invalid spec\n  grid: cannot be planned: {exc}") from None
     return spec
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Load and validate a YAML spec file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: no such spec file")
+def _decode(raw: bytes, path: Path) -> str:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(raw) > 1 and (raw[0] == 0 or raw[1] == 0)):
+        raise SpecError(f"{path}: not UTF-8 text (it looks like UTF-16); save the spec as UTF-8")
     try:
-        data = yaml.safe_load(path.read_text())
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start} is not valid UTF-8); save the spec as UTF-8") from None
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Load and validate a YAML spec file; any problem raises `SpecError` naming the file or field."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise SpecError(f"{path}: no such spec file" + (" (it is a directory)" if path.is_dir() else ""))
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec file: {exc.strerror or type(exc).__name__}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES // 1024} KiB; a spec is a few KB")
+    text = _decode(raw, path)
+    try:
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not a usable spec: nested too deeply") from None
     return parse_spec(data, str(path))
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: the same grammar, faster
 
 
 def _check_budget(spec: SweepSpec, source: str) -> None:
@@ -536,9 +806,12 @@ def _type_name(ann: Any) -> str:
     import typing
 
     origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Annotated:
+        return _type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(repr(a) for a in args)
     if origin is Union:
+        args = tuple(typing.get_args(a)[0] if typing.get_origin(a) is Annotated else a for a in args)
         return " \\| ".join("null" if a is type(None) else ("range" if a is LogRange else _type_name(a)) for a in args)
     if origin is list:
         return f"list[{_type_name(args[0])}]" if args else "list"
@@ -574,4 +847,126 @@ def reference_markdown() -> str:
     lines.extend(["## ranges", "", "Wherever a list of values is accepted (`model.n_params`, `tokens.values`, "
                   "`tokens.per_param`, `learning_rates`, `batch_sizes`), a log range "
                   "`{min: ..., max: ..., count: ...}` may be given instead: " + LogRange.__doc__.strip(), ""])
+    lines.extend(["## limits", "",
+                  "A spec is refused (exit status 2, nothing written or started) beyond these bounds, "
+                  "which keep validation fast and stop numbers that would validate and then hang or "
+                  "crash the sweep. The CLI and the HTTP API apply the same ones.", "",
+                  "| what | at most |", "|---|---|",
+                  f"| spec file | {MAX_SPEC_BYTES // 1024} KiB of UTF-8 YAML |",
+                  f"| nesting | {MAX_DEPTH} levels |",
+                  f"| values in the document | {MAX_NODES:,} |",
+                  f"| values of one list or range | {MAX_VALUES:,} |",
+                  f"| `seeds` | {MAX_SEEDS:,} seeds, each 0 to 2^32 - 1 |",
+                  f"| grid (N x D x lr x batch x seed) | {MAX_GRID_TRIALS:,} trials |",
+                  f"| steps of one trial (D / batch) | {MAX_STEPS:.0e} |",
+                  f"| any bootstrap count | {MAX_BOOTSTRAP:,} |",
+                  f"| `name` | {MAX_NAME} characters |",
+                  f"| `model.n_params` | the family's largest member (x 1.1); two values may not give the same member |",
+                  "", "Paths (`output_dir`, `data`, a SQLite `tracking.uri`) are checked before a sweep starts: not "
+                  "under /proc, /sys or /dev, not through a file, writable; `data` a directory with "
+                  "`train/*.parquet` and `val/*.parquet`. `scalesweep run` refuses an `output_dir` that holds "
+                  "another sweep (a different spec) or other files; `scalesweep resume DIR` continues a sweep. "
+                  "Locally (no `RAY_ADDRESS`), a trial's workers x `resources.threads` must fit this machine's "
+                  "CPUs and `use_gpu` needs a GPU; on a cluster the same is checked when Ray has started.", ""])
     return "\n".join(lines)
+
+
+# ---- checks against this machine's filesystem (the CLI runs them before anything starts) ----
+
+
+def _unusable_dir(path: Path) -> Optional[str]:
+    """Why a directory cannot be created or written at `path`, or None."""
+    if path.exists():
+        if not path.is_dir():
+            return f"{path} is a file, not a directory"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{path} is not writable"
+        return None
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a directory"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"cannot create {path}: {parent} is not writable"
+            return None
+    return None
+
+
+def check_paths(spec: SweepSpec) -> None:
+    """Every path the sweep will write or read is usable here; raises `SpecError` naming the field."""
+    try:
+        problems = _path_problems(spec)
+    except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a loop of links, ...
+        problems = [f"paths: {getattr(exc, 'strerror', None) or exc} (output_dir, data or tracking.uri)"]
+    if problems:
+        raise SpecError("invalid spec\n  " + "\n  ".join(problems))
+
+
+def _path_problems(spec: SweepSpec) -> list[str]:
+    problems = []
+    where = spec.sweep_dir()
+    why = _unusable_dir(where)
+    if why:
+        problems.append(f"output_dir: {why}" + ("" if spec.output_dir else " (the default: sweeps/<name>)"))
+    if spec.data != "builtin":
+        data = Path(spec.data)
+        if not data.is_dir():
+            problems.append(f"data: {spec.data} is not a directory (use 'builtin' or a directory of Parquet shards)")
+        else:
+            missing = [s for s in ("train", "val") if not any((data / s).glob("*.parquet"))]
+            if missing:
+                problems.append(f"data: {spec.data} has no {' or '.join(f'{m}/*.parquet' for m in missing)}")
+    uri = spec.tracking.uri
+    if uri:
+        scheme = urlparse(uri).scheme.lower()
+        db = None
+        if scheme == "sqlite":
+            db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+        elif scheme in ("", "file"):
+            db = Path(urlparse(uri).path if scheme else uri) / "x"  # a file store is a directory
+        if db is not None:
+            if db.is_dir():
+                problems.append(f"tracking.uri: {db} is a directory, not a database file")
+            else:
+                if _system_dir(db):
+                    problems.append(f"tracking.uri: {db.parent} is under {_system_dir(db)}, a system pseudo-filesystem")
+                elif why := _unusable_dir(db.parent):
+                    problems.append(f"tracking.uri: {why}")
+    return problems
+
+
+def check_sweep_dir(spec: SweepSpec) -> bool:
+    """Before `run`: the sweep directory is new, empty, or this very sweep's (same spec).
+
+    Returns True when it holds this sweep already (the run continues it); raises `SpecError`
+    when it holds another sweep or other files: a run must not merge into them.
+    """
+    where = spec.sweep_dir()
+    if not where.is_dir() or not any(where.iterdir()):
+        return False
+    recorded = where / "spec.yaml"
+    if not recorded.is_file():
+        raise SpecError(f"invalid spec\n  output_dir: {where} is not empty and holds no sweep; "
+                        "choose a new or empty directory")
+    try:
+        old = parse_spec(yaml.load(_decode(recorded.read_bytes(), recorded), Loader=_Loader), str(recorded))
+    except (SpecError, OSError, yaml.YAMLError, RecursionError) as exc:
+        raise SpecError(f"invalid spec\n  output_dir: {where} holds a sweep whose spec.yaml cannot be used "
+                        f"({str(exc).splitlines()[0]}); choose another directory") from None
+    a, b = _flat(old.model_dump(mode="json")), _flat(spec.model_dump(mode="json"))
+    differ = sorted(k for k in set(a) | set(b) if k != "output_dir" and a.get(k) != b.get(k))
+    if differ:
+        shown = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
+        raise SpecError(f"invalid spec\n  output_dir: {where} holds the sweep {old.name!r} with a different spec "
+                        f"(differs in {shown}); choose another output_dir, or continue that sweep with "
+                        f"`scalesweep resume {where}`")
+    return True
+
+
+def _flat(doc: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(doc, dict):
+        out: dict[str, Any] = {}
+        for k, v in doc.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: doc}

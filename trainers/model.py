@@ -109,6 +109,15 @@ def _family(family: str = "gpt") -> tuple[tuple[int, ...], tuple[tuple[int, int]
     return tuple(m[0] for m in members), tuple(m[1] for m in members)
 
 
+def family_sizes(family: str = "gpt") -> tuple[int, ...]:
+    """Non-embedding parameter counts of every member of `family`, ascending.
+
+    >>> family_sizes("gpt")[0]
+    3312
+    """
+    return _family(family)[0]
+
+
 def shape_for(n_params: int, family: str = "gpt") -> Shape:
     """The family member whose non-embedding parameter count is nearest (in ratio) to `n_params`."""
     if n_params <= 0:

@@ -17,6 +17,9 @@ def serve(
     token_env: str = typer.Option("SCALESWEEP_API_TOKEN", "--token-env",
                                   help="environment variable holding the API token (never pass it as an argument)"),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+    tracking_uri: str = typer.Option(None, "--tracking-uri",
+                                     help="MLflow tracking URI for every submitted sweep (clients may not choose "
+                                          "one); default: each sweep's own SQLite store in its directory"),
 ) -> None:
     """Serve the HTTP API (OpenAPI schema at /openapi.json): submit sweeps, read status, laws, proposals."""
     from ..api import ApiConfigError, check_bind
@@ -33,4 +36,13 @@ def serve(
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"--root {root}: {exc.strerror or exc}")
-    run_server(root, host=host, port=port, token=token, log_level=log_level)
+    if tracking_uri is not None:  # the spec's own check: a scheme MLflow can use
+        from pydantic import ValidationError
+
+        from ..spec import TrackingSpec
+
+        try:
+            TrackingSpec(uri=tracking_uri)
+        except ValidationError as exc:
+            fail(f"--tracking-uri {tracking_uri}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
+    run_server(root, host=host, port=port, token=token, log_level=log_level, tracking_uri=tracking_uri)

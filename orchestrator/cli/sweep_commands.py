@@ -13,16 +13,26 @@ from .app import app, fail, print_json
 console = Console()
 
 
-def _load(spec_path: Path):
+def _load(spec_path: Path, sweep_dir: Optional[Path] = None):
+    """The validated spec (written to `sweep_dir` when given: a moved sweep follows its directory),
+    checked against this machine; any problem exits 2 before anything starts."""
+    import os
+
+    from ..controller import check_capacity, local_capacity
     from ..planner import check_resources
-    from ..spec import SpecError, load_spec
+    from ..spec import SpecError, check_paths, load_spec
 
     try:
         spec = load_spec(spec_path)
+        if sweep_dir is not None and spec.sweep_dir() != sweep_dir.resolve():
+            spec = spec.model_copy(update={"output_dir": str(sweep_dir.resolve())})
         check_resources(spec)  # the default CPU device is this machine: checked here, before launch
+        check_paths(spec)
+        if not os.environ.get("RAY_ADDRESS"):  # a local cluster: this machine's CPUs and GPUs
+            check_capacity(spec, *local_capacity(gpus=spec.resources.use_gpu))
         return spec
     except SpecError as exc:
-        fail(str(exc))
+        fail(str(exc) if str(exc).startswith(str(spec_path)) else f"{spec_path}: {exc}")
 
 
 def _sweep_dir(path: Path) -> Path:
@@ -35,13 +45,19 @@ def _sweep_dir(path: Path) -> Path:
 def validate(spec: Path = typer.Argument(..., help="sweep spec (YAML)")) -> None:
     """Check a spec and print the trials it would run; starts nothing."""
     from ..planner import GridPlanner
+    from ..spec import SpecError, check_sweep_dir
 
     s = _load(spec)
+    try:
+        continues = check_sweep_dir(s)  # `run` would refuse a directory holding another sweep
+    except SpecError as exc:
+        fail(f"{spec}: {exc}")
     grid = GridPlanner(s).runnable()
     what = ("runs them all, cheapest first" if s.search.strategy == "grid"
             else "is searched law-guided: only the trials that teach most about the target optimum run")
     console.print(f"[bold]{s.name}[/]: {len(grid)} trial(s) in the grid ({sum(t.flops for t in grid):.3g} FLOPs "
-                  f"within the budget); the sweep {what}. Sweep dir {s.sweep_dir()}")
+                  f"within the budget); the sweep {what}. Sweep dir {s.sweep_dir()}"
+                  + (" (holds this sweep already: `run` continues it)" if continues else ""))
 
 
 @app.command("run")
@@ -50,22 +66,51 @@ def run(
     no_progress: bool = typer.Option(False, "--no-progress", help="no live display"),
 ) -> None:
     """Run a sweep on a local Ray cluster (or the one at RAY_ADDRESS), then fit and propose."""
-    _run_and_print(_load(spec), str(spec), no_progress)
+    from ..spec import SpecError, check_sweep_dir
+
+    s = _load(spec)
+    try:
+        if check_sweep_dir(s):
+            console.print(f"continuing the sweep in {s.sweep_dir()} (same spec); finished trials are not rerun")
+    except SpecError as exc:
+        fail(f"{spec}: {exc}")
+    _run_and_print(s, str(spec), no_progress)
 
 
 def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
-    from ..controller import run_sweep
+    from ..controller import SweepFailed, run_sweep
+    from ..spec import SpecError
     from ..store import StoreError
 
     try:
         outcome = run_sweep(s, spec_path, show_progress=not no_progress)
+    except SpecError as exc:  # the cluster cannot hold a trial: nothing was written
+        fail(f"{spec_path or s.sweep_dir()}: {exc}")
     except StoreError as exc:  # disk full, permissions: nothing half-written; `resume` continues
         fail(f"{exc}\nfix it, then continue with: scalesweep resume {s.sweep_dir()}", code=1)
+    except SweepFailed as exc:  # the parent run is FAILED, the store flushed: one line, the rest in the log
+        where = f"traceback in {exc.log_path}; " if exc.log_path else ""
+        fail(f"sweep {s.name} failed: {exc.line} ({where}continue with `scalesweep resume {s.sweep_dir()}`)",
+             code=1)
+    except Exception as exc:  # noqa: BLE001 -- before the sweep started (Ray would not start, ...)
+        import os
+        import traceback
+
+        from ..controller import one_line
+
+        if os.environ.get("SCALESWEEP_TRACEBACK"):
+            traceback.print_exc()
+        fail(f"sweep {s.name} could not start: {one_line(exc)} (nothing was run; set SCALESWEEP_TRACEBACK=1 "
+             "for the traceback)", code=1)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
     console.print(f"\n[bold]sweep {s.name} done[/] in {outcome.wall_s:.0f}s: {counts}")
     _print_fit(outcome.fit.to_json())
     console.print(f"\nsweep directory: {outcome.sweep_dir}")
     console.print(f"open the MLflow UI:  mlflow ui --backend-store-uri {s.tracking_uri()}")
+    if not outcome.statuses.get("finished"):
+        # every trial ran and none finished (all diverged, say): no law, no proposals
+        fail(f"sweep {s.name}: no trial finished ({counts or 'no trials'}); nothing to fit. Lower the "
+             "learning rates or check the data and resources, then run again", code=1)
 
 
 @app.command("resume")
@@ -77,10 +122,7 @@ def resume(
     spec_path = _sweep_dir(sweep_dir) / "spec.yaml"
     if not spec_path.is_file():
         fail(f"{sweep_dir}: no spec.yaml inside; was this sweep started by `scalesweep run`?")
-    s = _load(spec_path)
-    if s.sweep_dir() != sweep_dir.resolve():
-        # the recorded spec points elsewhere (the directory was moved): follow the directory
-        s = s.model_copy(update={"output_dir": str(sweep_dir.resolve())})
+    s = _load(spec_path, sweep_dir)  # the recorded spec may point elsewhere (a moved directory): follow it
     _run_and_print(s, None, no_progress)
 
 

@@ -430,6 +430,13 @@ def test_cli_run_into_an_unwritable_dir_is_a_clear_error(tmp_path):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(dict(SIM, name="faults-io", output_dir=str(blocker / "sweep"))))
     r = subprocess.run(_cli("run", str(spec_path), "--no-progress"), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "error: cannot write the sweep directory" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert "scalesweep resume" in r.stderr
+    # refused at validation now (issue 16), before Ray starts: exit 2 naming the field
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "output_dir:" in r.stderr and "is a file, not a directory" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert not blocker.is_dir()
+    # a directory that becomes unwritable after validation: the controller's own clear error
+    from orchestrator.controller import prepare_dir
+
+    with pytest.raises(StoreError, match="cannot write the sweep directory"):
+        prepare_dir(parse_spec(dict(SIM, name="faults-io", output_dir=str(blocker / "sweep"))), None)
