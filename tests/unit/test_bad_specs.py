@@ -293,7 +293,7 @@ CASES = [
     ("fit-bootstrap-negative", put("fit.bootstrap", -1), "fit.bootstrap"),
     ("fit-level-1.5", put("fit.level", 1.5), "fit.level"),
     ("fit-loss", put("fit.loss", "l2"), "fit.loss"),
-    ("fit-law", put("fit.law", "kaplan"), "fit.law"),
+    ("fit-law", put("fit.law", "power"), "fit.law"),
     # ---- trainer and worlds
     ("backend-unknown", put("trainer.backend", "jax"), "trainer.backend"),
     ("world-unknown", put("trainer.world", "nowhere"), "trainer.world"),
