@@ -78,13 +78,15 @@ def _box(X: dict) -> tuple[float, float, float]:
 
 
 def residual_scale(r: np.ndarray, n_params: int) -> float:
-    """Robust scale of log residuals (1.4826 MAD), inflated by sqrt(n / (n - p)) for the fitted parameters."""
+    """Scale of log residuals: RMS inflated by sqrt(n / (n - p)) for the fitted parameters.
+
+    (The RMS, not a robust MAD: a MAD of a few dozen residuals, or the smaller of the two, is biased
+    low and made the intervals under-cover at long extrapolations.)
+    """
     r = np.asarray(r, float)
     n = len(r)
-    mad = 1.4826 * float(np.median(np.abs(r - np.median(r))))
     rms = float(np.sqrt(np.mean(r**2)))
-    s = min(mad, rms) if mad > 0 else rms  # MAD of a few points can exceed the RMS; take the smaller
-    return max(s * math.sqrt(n / max(n - n_params, 1)), 1e-6)
+    return max(rms * math.sqrt(n / max(n - n_params, 1)), 1e-6)
 
 
 def backtest_masks(N: np.ndarray, D: np.ndarray) -> dict[str, np.ndarray]:
