@@ -8,17 +8,18 @@ backtests per form, refitted on a subset and scored on the runs left out:
 
 A form's score is the mean over its backtests of the RMS log error (≈ relative error) of those
 predictions. Weights are ``w_f ∝ exp(-n_params_f) * score_f^-3`` (forms with a clearly worse
-backtest get little; near ties share, and nested forms that backtest alike go to the simpler); the form with the largest weight is *the* form
-(``.form``), and predictions average the forms' log predictions by weight. ``selection["reason"]``
+backtest get little; near ties share, and nested forms that backtest alike go to the simpler);
+the form with the largest weight is *the* form (``.form``), and predictions average the forms'
+log predictions by weight. ``selection["reason"]``
 says which form won and by how much.
 
 Prediction intervals mix, in proportion to the weights, each form's bootstrap replicates
-(parameter uncertainty) plus two calibrated terms in log space: the run-to-run noise (robust
-scale of the form's residuals) and a misspecification term ``sqrt(tau0^2 + tau^2 distance^2)``,
+(parameter uncertainty) plus two calibrated terms in log space: the run-to-run noise (RMS of the
+form's residuals) and a misspecification term ``sqrt(tau0^2 + tau^2 distance^2)``,
 where distance is the number of decades beyond the fitted runs (in N, D or C, whichever is largest)
 and (tau0, tau) fit whatever part of the form's backtest errors its own noise and parameter
-uncertainty (delta method) do not explain. So they are prediction intervals for a new run's loss that include form uncertainty,
-not only the sampling error of one form.
+uncertainty (delta method) do not explain. So they are prediction intervals for a new run's loss
+that include form uncertainty, not only the sampling error of one form.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -419,7 +420,8 @@ def fit_auto(
                        extra={"form": chosen.name, "weights": {f.name: f.weight for f in fits},
                               "bootstrap": int(bootstrap or 0), "cluster": bool(cluster), "seed": int(seed),
                               "level": level, "flops": flops if isinstance(flops, str) else "exact",
-                              "intervals": "prediction: form mixture x bootstrap x (noise + tau0 + tau * decades beyond data)"})
+                              "intervals": "prediction: form mixture x bootstrap x "
+                                           "(noise + tau0 + tau * decades beyond data)"})
     fit = AutoFit(law, chosen.name, fits, result, selection, box, level, seed)
     result.intervals = _intervals(fit, list(budgets), level, flops) if budgets else {}
     return fit
