@@ -160,3 +160,17 @@ def test_datablations_backtests():
         np.testing.assert_allclose(got, measured[f.name], atol=5e-4, err_msg=f.name)
         assert f.backtests["largest_size"]["n_test"] == 7 and f.backtests["largest_compute_decade"]["n_test"] == 26
     assert fit.form in measured and sum(fit.weights.values()) == pytest.approx(1.0)
+
+
+def test_e_prior_forms_win_with_a_right_prior_and_lose_with_a_wrong_one():
+    # Equal-exponent world with E = 1.8. Measured, seeds 0-5: with --e-prior 1.8 the 3-parameter
+    # equal-exponent-fixed-E form is chosen every time (weights 0.49-0.83).
+    truth = WORLDS["equal-exponent"]
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        L = truth(N_GRID, D_GRID) * np.exp(rng.normal(0, 0.003, N_GRID.size))
+        right = fit_auto(N_GRID, D_GRID, L, bootstrap=0, e_prior=1.8)
+        assert right.form == "equal-exponent-fixed-E" and right.params["E"] == 1.8
+        wrong = fit_auto(N_GRID, D_GRID, L, bootstrap=0, e_prior=1.2)
+        assert wrong.form in ("equal-exponent", "chinchilla")
+        assert wrong.weights["equal-exponent-fixed-E"] < 0.05
