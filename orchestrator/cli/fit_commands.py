@@ -43,7 +43,8 @@ def fit_command(
     bootstrap: Optional[int] = typer.Option(
         None, "--bootstrap",
         help="Bootstrap resamples for intervals; 0 = none. Default 0, or 100 with --law auto or --predict."),
-    cluster: bool = typer.Option(False, "--cluster", help="Resample whole model sizes instead of rows (chinchilla, auto)."),
+    cluster: bool = typer.Option(False, "--cluster",
+                                 help="Resample whole model sizes instead of rows (chinchilla, auto)."),
     budget: Optional[list[float]] = typer.Option(None, "--budget", help="Compute budget C (FLOPs) for the frontier; repeatable."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     isoflop_noise: float = typer.Option(0.002, "--isoflop-noise",
@@ -176,11 +177,11 @@ def _print_selection(fit) -> None:
             first = i == 0
             if "error" in bt:
                 tab.add_row(name if first else "", str(c["n_params"]) if first else "",
-                            _fmt(c["weight"]) if first else "", bname, bt["error"], "", "", "")
+                            f"{c['weight']:.2f}" if first else "", bname, bt["error"], "", "", "")
                 continue
-            tab.add_row(name if first else "", str(c["n_params"]) if first else "", f"{c['weight']:.2f}" if first else "",
-                        _SHORT.get(bname, bname), str(bt["n_test"]), f"{bt['mean_abs_rel_error']:.2%}", f"{bt['max_abs_rel_error']:.2%}",
-                        f"{bt['rmse_log']:.2%}")
+            tab.add_row(name if first else "", str(c["n_params"]) if first else "",
+                        f"{c['weight']:.2f}" if first else "", _SHORT.get(bname, bname), str(bt["n_test"]),
+                        f"{bt['mean_abs_rel_error']:.2%}", f"{bt['max_abs_rel_error']:.2%}", f"{bt['rmse_log']:.2%}")
     console.print(tab)
 
 

@@ -7,18 +7,19 @@ backtests per form, refitted on a subset and scored on the runs left out:
 - **largest compute decade**: fit the runs with C = 6ND <= C_max/10, predict the rest.
 
 A form's score is the mean over its backtests of the RMS log error (≈ relative error) of those
-predictions. Weights are ``w_f ∝ exp(-n_params_f) * score_f^-3`` (forms with a clearly worse
-backtest get little; near ties share, and nested forms that backtest alike go to the simpler); the form with the largest weight is *the* form
-(``.form``), and predictions average the forms' log predictions by weight. ``selection["reason"]``
+predictions. Weights are ``w_f ∝ exp(-n_params_f - (ln(score_f/score_min)/0.2)^2/2)`` (forms
+with a clearly worse backtest get little; near ties share, and nested forms that backtest alike go to the simpler);
+the form with the largest weight is *the* form (``.form``), and predictions average the forms'
+log predictions by weight. ``selection["reason"]``
 says which form won and by how much.
 
 Prediction intervals mix, in proportion to the weights, each form's bootstrap replicates
-(parameter uncertainty) plus two calibrated terms in log space: the run-to-run noise (robust
-scale of the form's residuals) and a misspecification term ``sqrt(tau0^2 + tau^2 distance^2)``,
+(parameter uncertainty) plus two calibrated terms in log space: the run-to-run noise (RMS of the
+form's residuals) and a misspecification term ``sqrt(tau0^2 + tau^2 distance^2)``,
 where distance is the number of decades beyond the fitted runs (in N, D or C, whichever is largest)
 and (tau0, tau) fit whatever part of the form's backtest errors its own noise and parameter
-uncertainty (delta method) do not explain. So they are prediction intervals for a new run's loss that include form uncertainty,
-not only the sampling error of one form.
+uncertainty (delta method) do not explain. So they are prediction intervals for a new run's loss
+that include form uncertainty, not only the sampling error of one form.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -49,11 +50,12 @@ from .result import FitResult, jsonable
 from .table import validate_arrays
 
 DEFAULT_BOOTSTRAP = 100  # replicates per form with weight: enough for 90 % intervals, ~0.1 s per form
-# weight ∝ exp(-OCCAM * n_params) * score^-SHARPNESS: a pseudo-likelihood of the held-out errors with
-# about three independent held-out observations (held-out runs of one size share their parameter
-# error), and AIC's price of one e-fold per parameter, so nested forms that backtest alike go to the
+# weight ∝ exp(-OCCAM * n_params - (ln(score / best score) / SCORE_SD)^2 / 2): a score is an RMS of
+# held-out errors from about a dozen effectively independent runs, known to ~1/sqrt(2n) ≈ 20 %, so
+# log score ratios are weighed as Gaussian with sd 0.2 (1.2x worse -> 0.66, 1.5x -> 0.13, 2x ->
+# 0.002); AIC's price of one e-fold per parameter sends nested forms that backtest alike to the
 # simpler one. Measured on planted worlds (tests/unit/test_law_selection.py): every form recovered.
-SHARPNESS = 3.0
+SCORE_SD = 0.2
 OCCAM = 1.0
 MIN_WEIGHT = 0.01  # forms below this share get no replicates (their weight goes to the others)
 DRAWS = 4000  # predictive draws for a mixture quantile
@@ -78,13 +80,15 @@ def _box(X: dict) -> tuple[float, float, float]:
 
 
 def residual_scale(r: np.ndarray, n_params: int) -> float:
-    """Robust scale of log residuals (1.4826 MAD), inflated by sqrt(n / (n - p)) for the fitted parameters."""
+    """Scale of log residuals: RMS inflated by sqrt(n / (n - p)) for the fitted parameters.
+
+    (The RMS, not a robust MAD: a MAD of a few dozen residuals, or the smaller of the two, is biased
+    low and made the intervals under-cover at long extrapolations.)
+    """
     r = np.asarray(r, float)
     n = len(r)
-    mad = 1.4826 * float(np.median(np.abs(r - np.median(r))))
     rms = float(np.sqrt(np.mean(r**2)))
-    s = min(mad, rms) if mad > 0 else rms  # MAD of a few points can exceed the RMS; take the smaller
-    return max(s * math.sqrt(n / max(n - n_params, 1)), 1e-6)
+    return max(rms * math.sqrt(n / max(n - n_params, 1)), 1e-6)
 
 
 def backtest_masks(N: np.ndarray, D: np.ndarray) -> dict[str, np.ndarray]:
@@ -319,8 +323,8 @@ def _weights(scores: np.ndarray, n_params: np.ndarray) -> np.ndarray:
     if not ok.any():
         return w
     best = scores[ok].min()
-    w[ok] = (max(best, 1e-9) / np.maximum(scores[ok], 1e-9)) ** SHARPNESS
-    w[ok] *= np.exp(-OCCAM * (n_params[ok] - n_params[ok].min()))
+    z = np.log(np.maximum(scores[ok], 1e-9) / max(best, 1e-9)) / SCORE_SD
+    w[ok] = np.exp(-0.5 * z**2 - OCCAM * (n_params[ok] - n_params[ok].min()))
     w /= w.sum()
     w[w < MIN_WEIGHT] = 0.0
     return w / w.sum()
@@ -417,7 +421,8 @@ def fit_auto(
                        extra={"form": chosen.name, "weights": {f.name: f.weight for f in fits},
                               "bootstrap": int(bootstrap or 0), "cluster": bool(cluster), "seed": int(seed),
                               "level": level, "flops": flops if isinstance(flops, str) else "exact",
-                              "intervals": "prediction: form mixture x bootstrap x (noise + tau0 + tau * decades beyond data)"})
+                              "intervals": "prediction: form mixture x bootstrap x "
+                                           "(noise + tau0 + tau * decades beyond data)"})
     fit = AutoFit(law, chosen.name, fits, result, selection, box, level, seed)
     result.intervals = _intervals(fit, list(budgets), level, flops) if budgets else {}
     return fit
@@ -437,7 +442,7 @@ def _selection(fits: list[FormFit], chosen: FormFit, rule: str) -> dict[str, Any
                f"largest weight: backtest error within reach of {best.name}'s with fewer parameters")
         reason = (f"{chosen.name}: {why} (score = mean over leave-largest-size-out and "
                   f"leave-largest-compute-decade-out of the RMS log error: {scores}); "
-                  f"weights ∝ score^-{SHARPNESS:g} x e^-{OCCAM:g} per parameter: {mix}")
+                  f"weights ∝ exp(-(ln(score/best)/{SCORE_SD:g})²/2) x e^-{OCCAM:g} per parameter: {mix}")
     else:
         reason = f"{chosen.name}: no backtest possible, lowest in-sample objective per degree of freedom"
     return {"chosen": chosen.name, "rule": rule, "reason": reason,
