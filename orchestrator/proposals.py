@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from trainers.model import shape_for
+from trainers.model import family_sizes, shape_for
 
 from .core.cells import assign_cells, best_per_cell
 from .laws.chinchilla import budget_key
@@ -134,7 +134,7 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     L = np.array([c["loss"] for c in cells], float)
     try:
         fit = fit_auto(N, D, L, forms=None if law == "auto" else [law], loss_fn=loss, bootstrap=bootstrap, seed=seed,
-                       budgets=list(targets), level=level)
+                       budgets=list(targets), level=level, n_min=float(family_sizes(family)[0]))
     except (TableError, ValueError) as exc:  # too few cells (trials diverged, a small grid): the sweep still ends
         return SweepFit(None, cells, [], [f"L(N, D) not fitted: {exc}"])
     warnings.extend(fit.warnings)

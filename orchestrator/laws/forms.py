@@ -485,8 +485,9 @@ ALL_FORMS = ("chinchilla", "equal-exponent", "chinchilla-fixed-E", "equal-expone
 
 
 def grid_frontier(logpred: Callable[[np.ndarray, np.ndarray], np.ndarray], C: Sequence[float],
-                  flops="6ND") -> dict[str, np.ndarray]:
-    """Compute-optimal N, D, loss for budgets C by a vectorised search in log N.
+                  flops="6ND", n_min: Optional[float] = None) -> dict[str, np.ndarray]:
+    """Compute-optimal N, D, loss for budgets C by a vectorised search in log N (N >= ``n_min``:
+    the smallest model that can be built, so a law never proposes a model below it).
 
     ``logpred(N, D)`` returns log loss of shape (K, G) for N, D of shape (G,) or (K, G) (K laws at
     once, e.g. bootstrap replicates). A coarse grid over 13 decades of N, then a fine grid around
@@ -506,7 +507,9 @@ def grid_frontier(logpred: Callable[[np.ndarray, np.ndarray], np.ndarray], C: Se
             return np.vectorize(lambda x: _solve_D(flops, float(x), float(c)))(n)
 
         mid = 0.5 * math.log(c / 6.0)
-        coarse = np.linspace(mid - 15.0, mid + 15.0, 121)
+        floor = -np.inf if n_min is None else math.log(n_min)
+        lo = max(mid - 15.0, floor)
+        coarse = np.linspace(lo, max(mid + 15.0, lo + 1.0), 121)
         lp = logpred(np.exp(coarse), dfor(coarse))
         lp = np.where(np.isfinite(lp), lp, np.inf)
         step = coarse[1] - coarse[0]
@@ -514,15 +517,17 @@ def grid_frontier(logpred: Callable[[np.ndarray, np.ndarray], np.ndarray], C: Se
         offs = np.linspace(-step, step, 41)
         fine = base[:, None] + offs[None, :]
         flp = logpred(np.exp(fine), dfor(fine))
-        flp = np.where(np.isfinite(flp), flp, np.inf)
+        flp = np.where(np.isfinite(flp) & (fine >= floor), flp, np.inf)
         K = len(base)
         r = np.arange(K)
         k = np.clip(np.argmin(flp, axis=1), 1, len(offs) - 2)
         y0, y1, y2 = flp[r, k - 1], flp[r, k], flp[r, k + 1]
         h = offs[1] - offs[0]
-        den = y0 - 2 * y1 + y2
-        shift = np.where(den > 0, 0.5 * h * (y0 - y2) / np.where(den > 0, den, 1.0), 0.0)
-        logn = fine[r, k] + np.clip(shift, -h, h)
+        with np.errstate(invalid="ignore"):  # a neighbour below n_min is inf: no parabola there
+            den = y0 - 2 * y1 + y2
+            ok = np.isfinite(den) & (den > 0)
+            shift = np.where(ok, 0.5 * h * (y0 - y2) / np.where(ok, den, 1.0), 0.0)
+        logn = np.maximum(fine[r, k] + np.clip(shift, -h, h), floor)
         d = dfor(logn)
         loss = np.exp(logpred(np.exp(logn)[:, None], d[:, None])[:, 0])
         out["N_opt"].append(np.exp(logn))

@@ -213,8 +213,9 @@ class FormFit:
 class AutoLaw:
     """The selected law: forms' log predictions averaged by weight; predict and frontier like ChinchillaLaw."""
 
-    def __init__(self, fits: Sequence[FormFit]):
+    def __init__(self, fits: Sequence[FormFit], n_min: Optional[float] = None):
         self.fits = [f for f in fits if f.weight > 0 and f.theta is not None]
+        self.n_min = n_min  # the frontier's smallest N (the smallest model the family can build)
 
     def log_predict(self, N, D, U=None) -> np.ndarray:
         """Weighted mean of the forms' log predictions (shape of N, D broadcast)."""
@@ -235,7 +236,7 @@ class AutoLaw:
 
     def frontier(self, C, flops="6ND") -> dict[str, np.ndarray]:
         """Compute-optimal N_opt, D_opt, loss_opt, tokens_per_param at budgets C (numerical)."""
-        res = grid_frontier(lambda n, d: np.atleast_2d(self.log_predict(n, d)), C, flops)
+        res = grid_frontier(lambda n, d: np.atleast_2d(self.log_predict(n, d)), C, flops, self.n_min)
         return {k: v[0] for k, v in res.items()}
 
 
@@ -342,13 +343,15 @@ def fit_auto(
     budgets: Sequence[float] = (),
     level: float = 0.9,
     flops="6ND",
+    n_min: Optional[float] = None,
 ) -> AutoFit:
     """Fit the candidate forms, backtest each, weight them by backtest error; intervals from the mixture.
 
     ``forms`` restricts the candidates (names in `forms.ALL_FORMS`; one name = that law with its
     backtests and calibrated intervals). ``bootstrap`` replicates per form with weight (0: intervals
     from noise and misspecification only, no parameter uncertainty). Budgets give the frontier and
-    its intervals keyed by `budget_key`. U (unique tokens) adds the data-constrained form.
+    its intervals keyed by `budget_key`. U (unique tokens) adds the data-constrained form. ``n_min``
+    bounds the frontier's N from below (the smallest model that can be built).
     """
     cols = {"N": N, "D": D, "loss": loss, **({"U": U} if U is not None else {})}
     cols = validate_arrays(cols, min_rows=1)
@@ -407,7 +410,7 @@ def fit_auto(
             Wb = resample_weights(len(L), int(bootstrap), np.random.default_rng(rng_seed + i), groups)
             f.samples, _ = batch_lm(f.form, f.theta, X, logL, Wb, loss_fn=loss_fn, delta=delta)
     box = _box(X)
-    law = AutoLaw(fits)
+    law = AutoLaw(fits, n_min)
     selection = _selection(fits, chosen, rule)
     warnings += design_warnings(N, D)
     warnings += _bound_warnings(chosen, L)
@@ -474,7 +477,8 @@ def _intervals(fit: AutoFit, budgets: list[float], level: float, flops) -> dict[
         if k == 0:
             continue
         reps = f.samples if f.samples is not None and len(f.samples) else f.theta[None, :]
-        fr = grid_frontier(lambda n, d, f=f, reps=reps: f.form.log_predict(reps, inputs(n, d)), budgets, flops)
+        fr = grid_frontier(lambda n, d, f=f, reps=reps: f.form.log_predict(reps, inputs(n, d)), budgets, flops,
+                           fit.law.n_min)
         idx = np.arange(k) % len(reps)
         per_form.append((f, {q: v[idx] for q, v in fr.items()}))
     rng = np.random.default_rng(fit.seed + 104729)
