@@ -378,6 +378,12 @@ class SweepRegistry:
             # A path would make the server read (and quote in its errors) any file it can see.
             raise ApiError(422, f"invalid spec\n  trainer.world: the API accepts the bundled worlds only "
                                 f"({', '.join(bundled_worlds())}); run a world file with the CLI")
+        backend = data.get("trainer", {}).get("backend") if isinstance(data.get("trainer"), dict) else None
+        if backend in ("command", "python"):
+            # Validating would import the client's module or probe its program on the server; running
+            # it would execute it. A user's own trainer runs through the CLI (or `scalesweep submit`).
+            raise ApiError(422, f"invalid spec\n  trainer.backend: the API does not run your own trainer "
+                                f"({backend}); use the CLI: scalesweep run SPEC")
         data = dict(data)
         if isinstance(name, str) and _SWEEP_ID.match(name):
             # The client never chooses where a sweep is written.

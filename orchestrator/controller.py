@@ -170,6 +170,8 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
         config = {"trial": trial_config(spec, t, ckpt, cache).to_dict(), "backend": spec.trainer.backend,
                   "world": spec.trainer.world, "storage": str(sweep_dir / "ray"), "use_gpu": spec.resources.use_gpu,
                   "max_failures": spec.checkpoints.max_failures}
+        if spec.trainer.own:  # a user's trainer (docs/trainers.md): how to run it, where its files go
+            config.update(own=own_trainer_settings(spec), run_dir=str(sweep_dir / "runs" / t.trial_id), N=t.N)
         if report_delay:
             config["report_delay_s"] = report_delay
         return config
@@ -186,6 +188,7 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
     scheduler = PrunerScheduler(spec.pruning) if spec.pruning.enabled else None
     callback = SweepCallback(store, tracker, progress, records, decisions,
                              stops=scheduler.decisions if scheduler is not None else None)
+    from .tune.callback import ContractStopper
     searcher = PlannerSearcher(planner, to_config)
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
@@ -198,6 +201,9 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
                                     reuse_actors=all(t.workers == 1 for t in planner.trials)),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir / "ray"), callbacks=[callback],
                                   verbose=0,
+                                  # a user's trainer that breaks the contract (no first report, ...)
+                                  # would fail every trial alike: the sweep ends at the first one
+                                  stop=ContractStopper(callback),
                                   # a crashed trial is restarted and resumes from its last checkpoint
                                   failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures)),
     )
@@ -223,10 +229,27 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
         finally:
             if status == "FAILED":
                 tracker.close("FAILED")
+    if callback.contract_errors:
+        tracker.close("FAILED")
+        tid, msg = next(iter(callback.contract_errors.items()))
+        raise TrainerContractError(f"{msg}\n(the sweep stopped: trial {tid} broke the trial contract; "
+                                   f"see docs/trainers.md)")
     outcome = summarise(spec, store, tracker, parent, t0, planner.decisions,
                         getattr(planner, "predict_hparams", None), getattr(planner, "hparam_intervals", None))
     tracker.close("FINISHED")
     return outcome
+
+
+class TrainerContractError(RuntimeError):
+    """A user's trainer broke the trial contract (no first report in time, a malformed report);
+    the message names the spec field or the problem. The CLI exits 2 on it."""
+
+
+def own_trainer_settings(spec: SweepSpec) -> dict[str, Any]:
+    """How a trial runs the user's trainer (`trainer.backend: command | python`), as plain data."""
+    t = spec.trainer
+    return {"command": t.command, "entrypoint": t.entrypoint, "cwd": t.cwd, "env": dict(t.env),
+            "grace_period_s": t.grace_period_s, "first_report_timeout_s": t.first_report_timeout_s}
 
 
 def ended_trials(store: ObservationStore) -> dict[str, Optional[dict[str, Any]]]:

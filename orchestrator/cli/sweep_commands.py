@@ -54,11 +54,13 @@ def run(
 
 
 def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
-    from ..controller import run_sweep
+    from ..controller import TrainerContractError, run_sweep
     from ..store import StoreError
 
     try:
         outcome = run_sweep(s, spec_path, show_progress=not no_progress)
+    except TrainerContractError as exc:  # a user's trainer that breaks the contract: bad input
+        fail(str(exc))
     except StoreError as exc:  # disk full, permissions: nothing half-written; `resume` continues
         fail(f"{exc}\nfix it, then continue with: scalesweep resume {s.sweep_dir()}", code=1)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
