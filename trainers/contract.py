@@ -158,7 +158,10 @@ def normalise_report(raw: Mapping[str, Any], planned_tokens: int, n_params: floa
     out["tokens_per_s"] = _number("tokens_per_s", raw.get("tokens_per_s"), nullable=True)
     out["step_time_s"] = _number("step_time_s", raw.get("step_time_s"), nullable=True)
     done = raw.get("done")
-    out["done"] = float(out["tokens"] >= planned_tokens) if done is None else float(bool(_number("done", done)))
+    if done is None:
+        out["done"] = float(out["tokens"] >= planned_tokens)
+    else:
+        out["done"] = float(done if isinstance(done, bool) else bool(_number("done", done)))
     if not math.isfinite(out["train_loss"]):
         out["done"] = 1.0  # a diverged run: its report with a non-finite train loss is its last
     extra = {}

@@ -121,7 +121,7 @@ class SweepCallback(Callback):
             self._end(trial, "diverged" if stop.action == "diverged" else "stopped",
                       {"reason": stop.reason, **stop.summary()})
         elif last is None:
-            self._end(trial, "failed", {"reason": "no report"})
+            self._end(trial, "failed", {"reason": self.contract_errors.get(tid, "no report")})
         elif _diverged(last):
             self._end(trial, "diverged", {"reason": "non-finite loss", "step": last["step"]})
         elif last["done"] < 1 or last["tokens"] < self.records[tid].get("D", 0):

@@ -42,6 +42,7 @@ def test_reports_are_checked_filled_and_keep_extras():
     assert math.isnan(r["eval_loss"]) and math.isnan(r["tokens_per_s"]) and r["done"] == 0.0
     assert r["flops"] == 6.0 * 1000 * 256 and r["extra"] == {"grad_norm": 2.0}
     assert normalise_report({**GOOD, "tokens": 1024}, 1024, 1000)["done"] == 1.0  # all planned tokens: final
+    assert normalise_report({**GOOD, "done": True}, 1024, 1000)["done"] == 1.0  # JSON true
     assert normalise_report({**GOOD, "flops": 7.0}, 1024, 1000)["flops"] == 7.0  # the trainer's own count wins
     assert normalise_report({**GOOD, "train_loss": float("nan")}, 1024, 1000)["done"] == 1.0  # diverged: last
     with pytest.raises(ContractError, match="required key.*train_loss"):
