@@ -208,3 +208,28 @@ def test_a_trainer_that_never_reports_ends_the_sweep_with_exit_2(tmp_path):
     assert time.monotonic() - t0 < 120  # not 3 attempts x 600 s: the first timeout ended the sweep
     (tid, rec), = ObservationStore(tmp_path / "sweep").trials().items()
     assert "first_report_timeout_s" in json.dumps(rec["summary"])
+
+
+def test_wsd_branches_restore_the_scripts_own_trunk_checkpoints(tmp_path):
+    """One trunk (48 steps) and two cooldown branches (12, 24 steps) through the command backend."""
+    data = {**BASE, "name": "own-branch", "learning_rates": [3e-3], "pruning": {"enabled": False},
+            "tokens": {"values": [12 * 2048, 24 * 2048, 48 * 2048]},
+            "schedule": {"kind": "wsd", "warmup": 0.1, "decay": 0.2, "branch": True},
+            "checkpoints": {"every": 1000},  # the branch points and the end only
+            "trainer": {**TRAINERS["command"], "options": {}}, "output_dir": str(tmp_path / "sweep")}
+    from orchestrator.store import final_points
+
+    spec, outcome = _run(data, tmp_path)
+    store = ObservationStore(outcome.sweep_dir)
+    assert {r["status"] for r in store.trials().values()} == {"finished"}
+    points = sorted(final_points(store), key=lambda p: p["D"])
+    trunk = points[-1]
+    assert trunk["branch_of"] is None and len(trunk["checkpoint_steps"]) == 2
+    for p, steps in zip(points[:2], (12, 24)):
+        assert p["branch_of"] == trunk["trial_id"] and p["branch_step"] == steps - round(0.2 * steps)
+        rows = store.observations(p["trial_id"]).to_pylist()
+        assert min(r["step"] for r in rows) > p["branch_step"] and rows[-1]["step"] == steps  # its decay only
+        assert p["flops_spent"] < 0.25 * 6 * p["N"] * p["D"]  # the trunk's share is not counted again
+        log = (outcome.sweep_dir / "runs" / p["trial_id"] / "attempt-0" / "stderr.log").read_text()
+        assert f"resumed from {outcome.sweep_dir / 'checkpoints' / trunk['trial_id']}/step{p['branch_step']}" in log
+    assert points[0]["loss"] > points[1]["loss"] > points[2]["loss"]  # real continuations of a learning trunk
