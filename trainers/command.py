@@ -3,7 +3,7 @@
 Per trial attempt (a restart after a crash is a new attempt) the runner makes a folder
 `<run_dir>/attempt-<k>/` holding
 
-    config.json    the trial's config document: `TrialConfig.to_dict()` (contract_version, N,
+    config.json    the trial's config document: `TrialConfig.document()` (contract_version, N,
                    D, lr, batch, schedule, seed, checkpoint and branch fields, options) plus
                    `metrics_file`, `attempt` and `resume` (true when checkpoint_dir already
                    holds something from an earlier attempt or run)
@@ -186,7 +186,7 @@ def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], s
     attempt, adir = next_attempt_dir(Path(run_dir))
     metrics = adir / "metrics.jsonl"
     metrics.touch()
-    doc = {**config.to_dict(), "metrics_file": str(metrics), "attempt": attempt,
+    doc = {**config.document(), "metrics_file": str(metrics), "attempt": attempt,
            "resume": _has_state(config.checkpoint_dir) or bool(config.branch_from and attempt)}
     if config.checkpoint_dir:
         Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)

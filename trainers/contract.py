@@ -11,8 +11,9 @@ Adding optional fields keeps the version; renaming or removing a field, or chang
 field's meaning, bumps it. A document of another version is refused by `TrialConfig.from_dict`.
 
 >>> cfg = TrialConfig(trial_id="t", n_params=20_000, tokens=65_536, lr=3e-3, batch_tokens=2048)
->>> TrialConfig.from_dict(cfg.to_dict()) == cfg
-True
+>>> doc = cfg.document()
+>>> doc["contract_version"], TrialConfig.from_dict(doc) == cfg
+(1, True)
 >>> r = normalise_report({"step": 8, "tokens": 16384, "lr": 3e-3, "train_loss": 4.1, "eval_loss": None,
 ...                       "grad_norm": 0.7}, planned_tokens=65_536, n_params=20_000)
 >>> r["flops"], r["done"], r["extra"]
@@ -74,13 +75,16 @@ class TrialConfig:
     options: dict[str, Any] = field(default_factory=dict)  # `trainer.options` of the spec, for a user's trainer
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (nested schedule included, `contract_version` added): the JSON document a
-        command receives, the dict in Ray configs and MLflow params."""
+        """Plain dict of the fields (nested schedule included), for Ray configs and MLflow params."""
+        return asdict(self)
+
+    def document(self) -> dict[str, Any]:
+        """The versioned config document a user's trainer receives: `to_dict()` plus `contract_version`."""
         return {"contract_version": CONTRACT_VERSION, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrialConfig":
-        """Inverse of `to_dict`; keys that are not fields (a command's `metrics_file`, ...) are ignored.
+        """Inverse of `to_dict` and `document`; keys that are not fields (a command's `metrics_file`, ...) are ignored.
 
         Raises ValueError for a document of another contract version.
         """

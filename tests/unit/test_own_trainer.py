@@ -29,7 +29,8 @@ GOOD = {"step": 1, "tokens": 256, "lr": 1e-3, "train_loss": 5.0, "eval_loss": 5.
 
 # ------------------------------------------------------------------ the contract
 def test_config_document_carries_the_version_and_round_trips():
-    d = CFG.to_dict()
+    d = CFG.document()
+    assert TrialConfig(**{**CFG.to_dict(), "schedule": CFG.schedule}) == CFG  # to_dict: the fields only
     assert d["contract_version"] == CONTRACT_VERSION == 1
     assert TrialConfig.from_dict(json.loads(json.dumps({**d, "metrics_file": "m", "attempt": 0}))) == CFG
     with pytest.raises(ValueError, match="contract version 2"):
