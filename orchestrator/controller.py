@@ -178,6 +178,10 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
 
     def resources(config: dict[str, Any]):
         trial = config["trial"]
+        if trial["workers"] > 1 and spec.trainer.backend == "command":
+            # the trial process launches every worker's program itself, on its own node
+            return {"CPU": trial["threads"] * trial["workers"],
+                    **({"GPU": trial["workers"]} if spec.resources.use_gpu else {})}
         if trial["workers"] > 1:
             return DRIVER_RESOURCES
         return {"CPU": trial["threads"], **({"GPU": 1} if spec.resources.use_gpu else {})}

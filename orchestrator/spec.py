@@ -474,16 +474,6 @@ class SweepSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _own_trainer_workers(self) -> "SweepSpec":
-        if self.trainer.own:
-            for n in self.model.sizes():
-                workers, field = self.resources.settings(n)["workers"]
-                if workers != 1:
-                    raise ValueError(f"trainer: backend {self.trainer.backend} runs one worker per trial "
-                                     f"(multi-worker trials are not supported yet); {field} is {workers}")
-        return self
-
-    @model_validator(mode="after")
     def _consistent(self) -> "SweepSpec":
         seq = self.model.seq_len
         for b in _expand(self.batch_sizes):

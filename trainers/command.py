@@ -17,6 +17,12 @@ tails the metrics file and forwards each complete line, normalised, to `report`.
 that ends the run (done, or all planned tokens) is held back until the program has exited
 with status 0, so the trial never ends while the program still writes its last checkpoint.
 
+Several workers (`config.workers` > 1): one process per worker on this node, torchrun-style —
+RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT (a free port) set —
+each in its own session with its own `stdout-rank<k>.log` / `stderr-rank<k>.log` / `pid-rank<k>`
+(rank 0: the plain names). Only rank 0 writes the metrics file. The first rank to fail ends
+them all; the attempt succeeds when every rank exits 0.
+
 Ending a program: when `report` raises (Ray Tune stops the trial: the pruner) or `should_stop()`
 turns true, the program's process group gets SIGTERM, then SIGKILL after `grace_s`. A program
 that exits non-zero, writes a malformed report, writes no first report within
@@ -201,16 +207,30 @@ def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], s
     why = missing_program(settings.command, settings.cwd)
     if why:
         raise TrainerProcessError(f"trainer.command: {why}")
-    stdout, stderr = open(adir / "stdout.log", "wb"), open(adir / "stderr.log", "wb")
+    world = max(1, int(config.workers))
+    if world > 1:  # torchrun-style: one process per worker on this node, rank 0 reports
+        env.update(WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(_free_port()))
     t0 = time.monotonic()
+    procs: list[subprocess.Popen] = []
     try:
-        proc = subprocess.Popen(argv, cwd=settings.cwd, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_pdeathsig)
-    finally:
-        stdout.close()
-        stderr.close()
-    (adir / "pid").write_text(f"{proc.pid}\n")
-    info: dict[str, Any] = {"attempt": attempt, "argv": argv, "pid": proc.pid, "attempt_dir": str(adir)}
+        for rank in range(world):
+            suffix = "" if rank == 0 else f"-rank{rank}"
+            stdout, stderr = open(adir / f"stdout{suffix}.log", "wb"), open(adir / f"stderr{suffix}.log", "wb")
+            try:
+                rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)} if world > 1 else env
+                procs.append(subprocess.Popen(argv, cwd=settings.cwd, env=rank_env, stdout=stdout, stderr=stderr,
+                                              stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_pdeathsig))
+            finally:
+                stdout.close()
+                stderr.close()
+            (adir / f"pid{suffix}").write_text(f"{procs[-1].pid}\n")
+    except BaseException:
+        _terminate(procs, 0.0)
+        raise
+    proc = _Group(procs)
+    info: dict[str, Any] = {"attempt": attempt, "argv": argv, "pid": procs[0].pid, "workers": world,
+                            "attempt_dir": str(adir)}
     reader = _LineReader(metrics)
     held: Optional[dict[str, Any]] = None  # the run's final report, sent once the program exited 0
     reports, last_step = 0, None
@@ -254,7 +274,12 @@ def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], s
         error = exc
         ended = "stopped" if isinstance(exc, (SystemExit, KeyboardInterrupt)) else "error"
     finally:
-        rc = _terminate(proc, settings.grace_s)
+        failed = proc.poll()  # a rank that failed by itself, before the others are ended
+        rc = _terminate(procs, settings.grace_s)
+        if failed not in (None, 0):
+            rc = failed
+        if world > 1:
+            info["returncodes"] = [p.returncode for p in procs]
         info.update(returncode=rc, status=_describe(rc), ended=ended, reports=reports, last_step=last_step,
                     wall_s=time.monotonic() - t0, stderr_tail=_tail(adir / "stderr.log"))
         if error is not None and not isinstance(error, (SystemExit, KeyboardInterrupt)):
@@ -287,19 +312,45 @@ def _message(config: TrialConfig, info: dict[str, Any], what: str) -> str:
             + (f"\nstderr tail:\n{tail}" if tail else ""))
 
 
-def _terminate(proc: subprocess.Popen, grace_s: float) -> int:
-    """SIGTERM to the program's process group, SIGKILL after `grace_s`; its return code."""
-    if proc.poll() is not None:
-        _kill_group(proc.pid, signal.SIGKILL)  # leftovers of its group (a launcher's children)
-        return proc.returncode
-    _kill_group(proc.pid, signal.SIGTERM)
-    try:
-        return proc.wait(timeout=max(0.0, grace_s))
-    except subprocess.TimeoutExpired:
-        _kill_group(proc.pid, signal.SIGKILL)
-        return proc.wait()
-    finally:
-        _kill_group(proc.pid, signal.SIGKILL)
+class _Group:
+    """The worker processes of one attempt, polled as one: the first failure, or 0 once all exited 0."""
+
+    def __init__(self, procs: list[subprocess.Popen]):
+        self.procs = procs
+
+    def poll(self) -> Optional[int]:
+        codes = [p.poll() for p in self.procs]
+        bad = [c for c in codes if c not in (None, 0)]
+        if bad:
+            return bad[0]
+        return None if None in codes else 0
+
+
+def _terminate(procs: list[subprocess.Popen], grace_s: float) -> Optional[int]:
+    """SIGTERM to each program's process group, SIGKILL after `grace_s`; the worst return code
+    (the first non-zero one, else 0)."""
+    for p in procs:
+        if p.poll() is None:
+            _kill_group(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + max(0.0, grace_s)
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:
+        _kill_group(p.pid, signal.SIGKILL)  # a program past its grace, and leftovers of every group
+        p.wait()
+    codes = [p.returncode for p in procs]
+    return next((c for c in codes if c != 0), 0) if codes else None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _kill_group(pid: int, sig: int) -> None:

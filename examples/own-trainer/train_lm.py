@@ -8,6 +8,8 @@ non-embedding parameters on byte tokens of scalesweep's built-in corpus, follows
 learning-rate schedule, and appends one JSON line per evaluation to `metrics_file`. It saves
 checkpoints to `checkpoint_dir` (`step<k>`, newest named in `latest`) and resumes from them when
 restarted; a WSD branch starts from `branch_from`. On SIGTERM it stops after the current step.
+With several workers (WORLD_SIZE > 1, torchrun-style env, or the process group Ray Train made) it
+trains data-parallel (DDP, gloo): each rank its share of the batch, rank 0 saves and writes reports.
 The same `run()` serves the Python entrypoint (entry.py). Docs: docs/trainers.md.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -63,13 +66,35 @@ def shape(n_params: int) -> tuple[int, int, int]:
     return d, layers, 2 if d % 16 == 0 and d >= 32 else 1
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of workers (1, 1 when alone)."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 def run(cfg: dict, emit, should_stop=lambda: False) -> None:
-    """Train one trial as `cfg` says, calling `emit(report_dict)` at every evaluation."""
+    """Train one trial as `cfg` says, calling `emit(report_dict)` at every evaluation (on every rank)."""
+    created = False
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")  # env:// from the torchrun-style variables
+        created = True
+    try:
+        _train(cfg, emit, should_stop)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _train(cfg: dict, emit, should_stop) -> None:
+    rank, world = rank_and_world()
     torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
     opts = cfg.get("options") or {}
     data = load_data(cfg["data"], cfg.get("data_cache"))
     seq, seqs = cfg["seq_len"], cfg["batch_tokens"] // cfg["seq_len"]
     tokens_per_step = seqs * seq
+    if seqs % world:
+        raise SystemExit(f"{seqs} sequences per batch do not split over {world} workers")
     total = max(1, math.ceil(cfg["tokens"] / tokens_per_step))
     schedule = Schedule(**cfg["schedule"])
     d, layers, heads = shape(cfg["n_params"])
@@ -77,6 +102,7 @@ def run(cfg: dict, emit, should_stop=lambda: False) -> None:
     model = GPT(data.vocab_size, seq, d, layers, heads)
     n_real = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("tok.", "pos.")))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.95), weight_decay=0.1)
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model  # averages gradients over ranks
     ckdir = Path(cfg["checkpoint_dir"]) if cfg.get("checkpoint_dir") else None
     if ckdir is not None:
         ckdir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +123,8 @@ def run(cfg: dict, emit, should_stop=lambda: False) -> None:
         print(f"resumed from {source} at step {step}", file=sys.stderr)
 
     def save(at: int) -> None:
+        if rank != 0:
+            return
         tmp = ckdir / f".step{at}.tmp"
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": at, "tokens": tokens}, tmp)
         os.replace(tmp, ckdir / f"step{at}")
@@ -127,11 +155,11 @@ def run(cfg: dict, emit, should_stop=lambda: False) -> None:
         lr = lr_at(step, total, cfg["lr"], schedule)
         for g in opt.param_groups:
             g["lr"] = lr
-        rng = np.random.default_rng([cfg["seed"], step])
-        idx = rng.integers(0, len(data.train) - seq - 1, size=seqs)
+        rng = np.random.default_rng([cfg["seed"], rank, step])  # each rank its own share of the batch
+        idx = rng.integers(0, len(data.train) - seq - 1, size=seqs // world)
         batch = torch.from_numpy(np.stack([data.train[i:i + seq + 1] for i in idx]).astype(np.int64))
         t0 = time.perf_counter()
-        loss = model(batch[:, :-1], batch[:, 1:])
+        loss = net(batch[:, :-1], batch[:, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
@@ -140,7 +168,14 @@ def run(cfg: dict, emit, should_stop=lambda: False) -> None:
         if sleep:
             time.sleep(sleep)
         step, tokens = step + 1, tokens + tokens_per_step
-        losses.append(loss.item())
+        stop_now = should_stop()
+        if world > 1:  # the mean loss over ranks, and a stop any rank got (all ranks stop at the same step)
+            t = torch.tensor([loss.item(), float(stop_now)], dtype=torch.float64)
+            dist.all_reduce(t)
+            losses.append(t[0].item() / world)
+            stop_now = t[1].item() > 0
+        else:
+            losses.append(loss.item())
         last = step == total
         diverged = not math.isfinite(losses[-1])
         if ckdir is not None and (last or step in (cfg.get("checkpoint_steps") or ())) and not diverged:
@@ -151,14 +186,14 @@ def run(cfg: dict, emit, should_stop=lambda: False) -> None:
             emit({"step": step, "tokens": tokens, "lr": lr, "train_loss": sum(losses) / len(losses), "eval_loss": ev,
                   "flops": 6.0 * n_real * tokens, "tokens_per_s": (tokens - tok_report) / dt if dt > 0 else None,
                   "step_time_s": step_time, "done": last or diverged, "grad_norm": grad_norm,
-                  "n_params_realised": n_real})
+                  "n_params_realised": n_real, "world_size": world})
             losses, t_report, tok_report = [], step_time, tokens
             every = cfg.get("checkpoint_every") or 0
             if ckdir is not None and every and step % every == 0 and not last:
                 save(step)  # after the report: killed in between, the restart reports this step again
         if diverged:
             return
-        if should_stop():
+        if stop_now:
             print(f"stopped at step {step} (SIGTERM)", file=sys.stderr)
             return
 
@@ -174,10 +209,13 @@ def main() -> None:
         raise SystemExit(f"this script speaks trial contract 1, not {cfg.get('contract_version')}")
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    rank = int(os.environ.get("RANK", 0))
+    print(f"rank {rank} of {os.environ.get('WORLD_SIZE', 1)}", file=sys.stderr)
     with open(cfg["metrics_file"], "a") as out:
         def emit(report: dict) -> None:
-            out.write(json.dumps(report) + "\n")
-            out.flush()
+            if rank == 0:  # one writer of the metrics file
+                out.write(json.dumps(report) + "\n")
+                out.flush()
 
         run(cfg, emit, should_stop=lambda: stop["now"])
 

@@ -1,9 +1,10 @@
 """The Ray Tune function trainable that runs one trial.
 
 One worker: the trainer runs inside the trial process and reports through `tune.report`.
-A user's trainer (`backend: command` / `python`, docs/trainers.md) runs with one worker: its
-program is launched and tailed by `trainers.command`, its function called with a reporter that
-normalises each report to the contract (`trainers.contract.normalise_report`).
+A user's trainer (`backend: command` / `python`, docs/trainers.md): its program is launched and
+tailed by `trainers.command` (several workers: one process each, torchrun-style, from the trial
+process), its function called with a reporter that normalises each report to the contract
+(`trainers.contract.normalise_report`) — on several workers inside Ray Train, as the built-in one.
 Several workers: the trial process launches a Ray Train `TorchTrainer` (gang-scheduled
 workers, gloo on CPU / NCCL on GPU) and Train's `TuneReportCallback` forwards rank 0's
 reports to Tune (Ray 2.6x, Train V2: a TorchTrainer cannot be handed to the Tuner itself).
@@ -70,7 +71,7 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     cfg = TrialConfig.from_dict(config["trial"])
-    if config.get("backend") in ("command", "python"):
+    if config.get("backend") == "command" or (config.get("backend") == "python" and cfg.workers == 1):
         _run_own(cfg, config, _reporter(config, lambda metrics: tune.report(dict(metrics))))
         return
     if cfg.workers == 1:
@@ -85,6 +86,9 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     cfg = TrialConfig.from_dict(config["trial"])
+    if config.get("backend") == "python":  # a user's function on every worker, in Train's process group
+        _run_own(cfg, config, _reporter(config, lambda metrics: ray.train.report(dict(metrics))))
+        return
     _write_pid(cfg, ray.train.get_context().get_world_rank())
     _backend(config)(cfg, _reporter(config, lambda metrics: ray.train.report(dict(metrics))))
 
@@ -162,8 +166,6 @@ def _run_own(cfg: TrialConfig, config: dict[str, Any], send) -> None:
     own = config["own"]
     n_params = float(config.get("N") or cfg.n_params)
     run_dir = Path(config["run_dir"])
-    if cfg.workers != 1:
-        raise ValueError(f"backend {config['backend']} runs one worker per trial, not {cfg.workers}")
     if config["backend"] == "command":
         from trainers.command import CommandSettings, run_command, split_command
 
@@ -181,7 +183,8 @@ def _run_own(cfg: TrialConfig, config: dict[str, Any], send) -> None:
 
     fn = load_entrypoint(own["entrypoint"], own["cwd"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "pid").write_text(f"{os.getpid()}\n")
+    rank = _train_rank() if cfg.workers > 1 else 0
+    (run_dir / ("pid" if rank == 0 else f"pid-rank{rank}")).write_text(f"{os.getpid()}\n")
 
     last: dict[str, Any] = {}
 
@@ -196,3 +199,9 @@ def _run_own(cfg: TrialConfig, config: dict[str, Any], send) -> None:
 
         raise ContractError(f"trial {cfg.trial_id}: {own['entrypoint']} returned after step "
                             f"{int(last['step']) if last else None} without its final report (done, or {cfg.tokens} tokens)")
+
+
+def _train_rank() -> int:
+    import ray.train
+
+    return ray.train.get_context().get_world_rank()

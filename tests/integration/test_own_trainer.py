@@ -233,3 +233,27 @@ def test_wsd_branches_restore_the_scripts_own_trunk_checkpoints(tmp_path):
         log = (outcome.sweep_dir / "runs" / p["trial_id"] / "attempt-0" / "stderr.log").read_text()
         assert f"resumed from {outcome.sweep_dir / 'checkpoints' / trunk['trial_id']}/step{p['branch_step']}" in log
     assert points[0]["loss"] > points[1]["loss"] > points[2]["loss"]  # real continuations of a learning trunk
+
+
+@pytest.mark.parametrize("backend", ["command", "python"])
+def test_a_two_worker_trial(backend, tmp_path):
+    """command: two processes launched torchrun-style by the trial; python: the function on two Ray Train workers."""
+    data = {**BASE, "name": f"own-2w-{backend}", "learning_rates": [3e-3], "pruning": {"enabled": False},
+            "tokens": {"values": [24 * 2048]}, "resources": {"workers": 2},
+            "trainer": {**TRAINERS[backend], "options": {}}, "output_dir": str(tmp_path / "sweep")}
+    spec, outcome = _run(data, tmp_path)
+    store = ObservationStore(outcome.sweep_dir)
+    (tid, rec), = store.trials().items()
+    assert rec["status"] == "finished" and rec["config"]["workers"] == 2, rec
+    rows = store.observations(tid).to_pylist()
+    assert [r["step"] for r in rows] == list(range(EVERY, 25, EVERY))
+    assert rows[-1]["eval_loss"] < math.log(256) - 1.0
+    _, children = read_sweep_runs(spec.tracking_uri(), spec.name, spec.tracking.experiment)
+    world = MlflowClient(spec.tracking_uri()).get_metric_history(children[0].info.run_id, "world_size")
+    assert {m.value for m in world} == {2.0}  # the script's own count of its data-parallel ranks
+    run_dir = outcome.sweep_dir / "runs" / tid
+    if backend == "command":
+        assert "rank 1 of 2" in (run_dir / "attempt-0" / "stderr-rank1.log").read_text()
+        assert rec["summary"]["process"]["status"] == "exit status 0"
+    else:
+        assert (run_dir / "pid").read_text() != (run_dir / "pid-rank1").read_text()  # two worker processes

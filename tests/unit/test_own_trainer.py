@@ -156,6 +156,31 @@ def test_a_stop_signals_the_program_then_kills_it(tmp_path, ignores_term):
     _assert_dead(info["pid"])
 
 
+def test_several_workers_are_launched_torchrun_style_and_fail_together(tmp_path):
+    two = TrialConfig(**{**CFG.__dict__, "workers": 2})
+    got, info = _run(tmp_path, """
+        rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+        assert os.environ['MASTER_ADDR'] == '127.0.0.1' and int(os.environ['MASTER_PORT']) > 0
+        if rank == 0:
+            emit(step=4, tokens=1024, lr=1e-3, train_loss=1.0, eval_loss=1.0, world_size=world)
+        print(f'rank {rank} of {world}', file=sys.stderr)
+    """, cfg=two)
+    assert [r["extra"]["world_size"] for r in got] == [2.0] and info["returncodes"] == [0, 0]
+    adir = tmp_path / "run" / "attempt-0"
+    assert "rank 1 of 2" in (adir / "stderr-rank1.log").read_text() and (adir / "pid-rank1").exists()
+    # rank 1 crashes: rank 0 (which would run for a minute) is ended, the error names the status
+    t0 = time.monotonic()
+    with pytest.raises(TrainerProcessError, match="exit status 7"):
+        _run(tmp_path, """
+            if os.environ['RANK'] == '1':
+                sys.exit(7)
+            time.sleep(60)
+        """, cfg=two, grace_s=1.0)
+    assert time.monotonic() - t0 < 30
+    info = json.loads((tmp_path / "run" / "attempt-1" / "exit.json").read_text())
+    assert info["returncodes"][1] == 7 and info["returncodes"][0] != 0
+
+
 # ------------------------------------------------------------------ entrypoints
 def test_entrypoints_load_by_module_or_file_and_check_the_signature(tmp_path):
     (tmp_path / "mine.py").write_text("def train(config, report):\n    pass\ndef bad(config):\n    pass\n")
@@ -200,5 +225,3 @@ def test_good_own_trainer_specs_validate_and_record_an_absolute_cwd(tmp_path):
     assert spec.trainer.own and Path(spec.trainer.cwd).is_absolute()
     spec = parse_spec({**BASE, "trainer": {"backend": "command", "command": "{python} -c pass"}})
     assert spec.trainer.cwd == os.getcwd()
-    with pytest.raises(SpecError, match="one worker per trial"):
-        parse_spec({**BASE, "trainer": {"backend": "command", "command": "true"}, "resources": {"workers": 2}})
