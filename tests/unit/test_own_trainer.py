@@ -181,6 +181,21 @@ def test_several_workers_are_launched_torchrun_style_and_fail_together(tmp_path)
     assert info["returncodes"][1] == 7 and info["returncodes"][0] != 0
 
 
+def test_any_contract_function_runs_as_a_command(tmp_path):
+    (tmp_path / "fn.py").write_text(
+        "def train(config, report):\n"
+        "    for s in range(1, 5):\n"
+        "        report({'step': s, 'tokens': s * config.batch_tokens, 'lr': config.lr, 'train_loss': 1.0 / s,\n"
+        "                'eval_loss': float('nan'), 'done': float(s == 4), 'width': config.options['width']})\n")
+    cfg = TrialConfig(**{**CFG.__dict__, "options": {"width": 3}})
+    settings = CommandSettings(command=(sys.executable, "-m", "trainers.as_command", "fn.py:train", "--config", "{config}"),
+                               cwd=str(tmp_path), env=(("PYTHONPATH", str(Path(__file__).resolve().parents[2])),))
+    got = []
+    run_command(cfg, got.append, settings, tmp_path / "run", n_params=1000)
+    assert [r["step"] for r in got] == [1, 2, 3, 4] and got[-1]["done"] == 1.0
+    assert math.isnan(got[0]["eval_loss"]) and got[0]["extra"] == {"width": 3.0}
+
+
 # ------------------------------------------------------------------ entrypoints
 def test_entrypoints_load_by_module_or_file_and_check_the_signature(tmp_path):
     (tmp_path / "mine.py").write_text("def train(config, report):\n    pass\ndef bad(config):\n    pass\n")
