@@ -197,8 +197,8 @@ def _process_exit(trial) -> Optional[dict[str, Any]]:
         return None
     try:
         info = json.loads((attempts[-1] / "exit.json").read_text())
-    except (OSError, ValueError):
-        return {"status": "unknown (no exit.json yet)", "attempt_dir": str(attempts[-1])}
+    except (OSError, ValueError):  # a stopped program may still be ending: its record comes later
+        return {"status": "still ending (no exit.json yet)", "attempt_dir": str(attempts[-1])}
     keep = ("attempt", "status", "returncode", "ended", "reports", "last_step", "error", "contract_error",
             "attempt_dir")
     out = {k: info[k] for k in keep if k in info}
