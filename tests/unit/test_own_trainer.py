@@ -240,3 +240,15 @@ def test_good_own_trainer_specs_validate_and_record_an_absolute_cwd(tmp_path):
     assert spec.trainer.own and Path(spec.trainer.cwd).is_absolute()
     spec = parse_spec({**BASE, "trainer": {"backend": "command", "command": "{python} -c pass"}})
     assert spec.trainer.cwd == os.getcwd()
+
+
+@pytest.mark.parametrize("backend", ["command", "python"])
+def test_the_http_api_refuses_to_run_a_clients_trainer(tmp_path, backend):
+    from orchestrator.api import ApiError, SweepRegistry
+
+    registry = SweepRegistry(tmp_path, launch=False)
+    trainer = {"backend": backend, "command": "true"} if backend == "command" else \
+        {"backend": backend, "entrypoint": "os:system"}
+    with pytest.raises(ApiError, match="trainer.backend: the API does not run your own trainer"):
+        registry.create({**BASE, "trainer": trainer})
+    assert registry.ids() == []
