@@ -156,7 +156,11 @@ class SweepCallback(Callback):
             reason = process.get("error") or f"the trainer ended with {process['status']}"
             self._end(trial, "failed", {"reason": f"{reason} (see {process['attempt_dir']})"})
             return
-        self._end(trial, "failed", {"reason": f"trial error (see {trial.local_path or 'the Ray logs'})"})
+        summary = {"reason": f"trial error (see {trial.local_path or 'the Ray logs'})"}
+        error = _error_tail(trial)
+        if error:
+            summary["error"] = error
+        self._end(trial, "failed", summary)
 
     def _contract(self, tid: str, process: dict[str, Any]) -> None:
         if process.get("contract_error"):
@@ -185,6 +189,15 @@ def _extra_of(result: Mapping[str, Any]) -> dict[str, float]:
     out = dict(extra) if isinstance(extra, Mapping) else {}
     out.update({k[len("extra/"):]: v for k, v in result.items() if isinstance(k, str) and k.startswith("extra/")})
     return {str(k): float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _error_tail(trial, chars: int = 2000) -> Optional[str]:
+    """The end of the trial's error file (Tune's traceback: the exception's own message last)."""
+    try:
+        path = trial.error_file
+        return Path(path).read_text(errors="replace")[-chars:].strip() if path else None
+    except (OSError, AttributeError):
+        return None
 
 
 def _process_exit(trial) -> Optional[dict[str, Any]]:
