@@ -1,7 +1,6 @@
 """A user's own trainer: the versioned contract, the command runner on real processes, entrypoints,
 and bad specs that exit 2 before anything starts (no Ray: the sweeps are in
-tests/integration/test_own_trainer.py; the unit tests are in
-tests/unit/test_trial_contract.py)."""
+tests/integration/test_own_trainer.py)."""
 from __future__ import annotations
 
 import json
