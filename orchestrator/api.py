@@ -399,6 +399,12 @@ class SweepRegistry:
         if data.get("data", "builtin") != "builtin":
             raise ApiError(422, "invalid spec\n  data: the API trains on the built-in corpus only; run a dataset "
                                 "directory with the CLI")
+        backend = data.get("trainer", {}).get("backend") if isinstance(data.get("trainer"), dict) else None
+        if backend in ("command", "python"):
+            # Validating would import the client's module or probe its program on the server; running
+            # it would execute it. A user's own trainer runs through the CLI (or `scalesweep submit`).
+            raise ApiError(422, f"invalid spec\n  trainer.backend: the API does not run your own trainer "
+                                f"({backend}); use the CLI: scalesweep run SPEC")
         data = dict(data)
         data.pop("output_dir", None)
         if self.tracking_uri:

@@ -215,7 +215,7 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
         return _run(spec, spec_path, sweep_dir, show_progress, t0, stash)
     except BaseException as exc:
         log_path = _record_failure(exc, sweep_dir, stash.get("store"), stash.get("tracker"))
-        if isinstance(exc, Exception) and not isinstance(exc, StoreError):
+        if isinstance(exc, Exception) and not isinstance(exc, (StoreError, TrainerContractError)):
             raise SweepFailed(one_line(exc), log_path) from exc
         raise
 
@@ -299,12 +299,18 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
         config = {"trial": trial_config(spec, t, ckpt, cache).to_dict(), "backend": spec.trainer.backend,
                   "world": spec.trainer.world, "storage": str(sweep_dir / "ray"), "use_gpu": spec.resources.use_gpu,
                   "max_failures": spec.checkpoints.max_failures, "cell_D": t.cell.D}
+        if spec.trainer.own:  # a user's trainer (docs/trainers.md): how to run it, where its files go
+            config.update(own=own_trainer_settings(spec), run_dir=str(sweep_dir / "runs" / t.trial_id), N=t.N)
         if report_delay:
             config["report_delay_s"] = report_delay
         return config
 
     def resources(config: dict[str, Any]):
         trial = config["trial"]
+        if trial["workers"] > 1 and spec.trainer.backend == "command":
+            # the trial process launches every worker's program itself, on its own node
+            return {"CPU": trial["threads"] * trial["workers"],
+                    **({"GPU": trial["workers"]} if spec.resources.use_gpu else {})}
         if trial["workers"] > 1:
             return DRIVER_RESOURCES
         return {"CPU": trial["threads"], **({"GPU": 1} if spec.resources.use_gpu else {})}
@@ -315,6 +321,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     scheduler = PrunerScheduler(spec.pruning) if spec.pruning.enabled else None
     callback = SweepCallback(store, tracker, progress, records, decisions,
                              stops=scheduler.decisions if scheduler is not None else None)
+    from .tune.callback import ContractStopper
     searcher = PlannerSearcher(planner, to_config)
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
@@ -327,6 +334,9 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                                     reuse_actors=all(t.workers == 1 for t in planner.trials)),
         run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir / "ray"), callbacks=[callback],
                                   verbose=0,
+                                  # a user's trainer that breaks the contract (no first report, ...)
+                                  # would fail every trial alike: the sweep ends at the first one
+                                  stop=ContractStopper(callback),
                                   # a crashed trial is restarted and resumes from its last checkpoint
                                   failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures)),
     )
@@ -339,6 +349,10 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     with progress, _environ(tune_env(spec)):
         tuner.fit()
     store.flush()
+    if callback.contract_errors:  # run_sweep ends the parent run FAILED and re-raises it (exit 2)
+        tid, msg = next(iter(callback.contract_errors.items()))
+        raise TrainerContractError(f"{msg}\n(the sweep stopped: trial {tid} broke the trial contract; "
+                                   f"see docs/trainers.md)")
     if not parent and tracker.run_id(None):  # MLflow was slow to create the parent run at the start
         parent = tracker.run_id(None)
         state_file.write_text(json.dumps({**state, "mlflow_parent_run": parent}))
@@ -346,6 +360,18 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                         getattr(planner, "predict_hparams", None), getattr(planner, "hparam_intervals", None))
     tracker.close("FINISHED")
     return outcome
+
+
+class TrainerContractError(RuntimeError):
+    """A user's trainer broke the trial contract (no first report in time, a malformed report);
+    the message names the spec field or the problem. The CLI exits 2 on it."""
+
+
+def own_trainer_settings(spec: SweepSpec) -> dict[str, Any]:
+    """How a trial runs the user's trainer (`trainer.backend: command | python`), as plain data."""
+    t = spec.trainer
+    return {"command": t.command, "entrypoint": t.entrypoint, "cwd": t.cwd, "env": dict(t.env),
+            "grace_period_s": t.grace_period_s, "first_report_timeout_s": t.first_report_timeout_s}
 
 
 def ended_trials(store: ObservationStore) -> dict[str, Optional[dict[str, Any]]]:

@@ -248,6 +248,7 @@ def trial_config(spec: SweepSpec, trial: PlannedTrial, checkpoint_dir: Optional[
         exact_flops=spec.budget.flops == "exact",
         threads=spec.resources.threads,
         family=spec.model.family,
+        options=dict(spec.trainer.options),
     )
 
 

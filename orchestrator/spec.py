@@ -446,13 +446,40 @@ class PruningSpec(_Strict):
 
 
 class TrainerSpec(_Strict):
-    """What a trial runs: the real DeepSpeed trainer, or the simulated one over a ground-truth world."""
+    """What a trial runs: the built-in DeepSpeed trainer, the simulated one over a ground-truth world,
+    or your own trainer on the trial contract (docs/trainers.md): any program (`command`) or a
+    Python function (`python`)."""
 
-    backend: Literal["deepspeed", "simulated"] = Field("deepspeed", description="deepspeed (real model) or simulated (benchmarks, tests at scale)")
+    backend: Literal["deepspeed", "simulated", "command", "python"] = Field(
+        "deepspeed", description="deepspeed (built-in model), simulated (benchmarks, tests at scale), command (your "
+        "program, launched per trial) or python (your function, called in the trial)")
     world: str = Field("tiny", min_length=1, description="simulated backend: a bundled world name or a world YAML path")
+    command: Optional[Union[str, list[str]]] = Field(
+        None, description="command backend: the program and its arguments (a list, or a string split like a shell); "
+        "placeholders {config} {metrics} {checkpoint_dir} {trial_id} {python}")
+    entrypoint: Optional[str] = Field(None, description="python backend: 'package.module:function' or "
+                                      "'path/file.py:function', called as function(config, report)")
+    cwd: Optional[str] = Field(None, description="command / python: working directory (relative paths in command and "
+                               "entrypoint resolve against it); none = where scalesweep starts, recorded as an absolute path")
+    env: dict[str, str] = Field(default_factory=dict, description="command: extra environment variables")
+    options: dict[str, Any] = Field(default_factory=dict, description="command / python: your trainer's own settings, "
+                                    "passed unchanged in the config (TrialConfig.options)")
+    grace_period_s: float = Field(10.0, ge=0, description="command: seconds between SIGTERM and SIGKILL when a trial is "
+                                  "stopped (pruner, sweep end)")
+    first_report_timeout_s: float = Field(600.0, gt=0, description="command: a program that writes no report within "
+                                          "this many seconds of its start fails the sweep (exit 2)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absolute_cwd(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("backend") in ("command", "python"):
+            import os
+
+            data = {**data, "cwd": os.path.abspath(os.path.expanduser(str(data.get("cwd") or os.getcwd())))}
+        return data
 
     @model_validator(mode="after")
-    def _world_exists(self) -> "TrainerSpec":
+    def _backend_fields(self) -> "TrainerSpec":
         if self.backend == "simulated":
             from trainers.worlds import WorldError, bundled_worlds, load_world
 
@@ -464,7 +491,34 @@ class TrainerSpec(_Strict):
                     raise ValueError(f"world: {self.world!r}: {exc}") from None
                 # A world path may point at any file: say what is wrong where, never what it holds.
                 raise ValueError(f"world: {self.world!r}: {_world_problem(str(exc))}") from None
+        given = self.model_fields_set
+        for name, owner in (("command", "command"), ("entrypoint", "python")):
+            if name in given and getattr(self, name) is not None and self.backend != owner:
+                raise ValueError(f"{name}: only for backend {owner} (backend is {self.backend})")
+        if self.backend in ("command", "python") and not Path(self.cwd).is_dir():
+            raise ValueError(f"cwd: {self.cwd} is not a directory")
+        if self.backend == "command":
+            from trainers.command import missing_program, split_command
+
+            if not self.command:
+                raise ValueError("command: backend command needs the program to run")
+            why = missing_program(split_command(self.command), self.cwd)
+            if why:
+                raise ValueError(f"command: {why}")
+        if self.backend == "python":
+            from trainers.entrypoint import check_entrypoint
+
+            if not self.entrypoint:
+                raise ValueError("entrypoint: backend python needs 'package.module:function'")
+            why = check_entrypoint(self.entrypoint, self.cwd)
+            if why:
+                raise ValueError(f"entrypoint: {why}")
         return self
+
+    @property
+    def own(self) -> bool:
+        """A user's trainer (command or python backend)."""
+        return self.backend in ("command", "python")
 
 
 def _world_problem(message: str) -> str:

@@ -1,13 +1,31 @@
-"""The trial contract: what a trainer receives and what it reports.
+"""The trial contract: what a trainer receives and what it reports (public, versioned API).
 
 Trainers know only this contract, never the planner or the controller. A trainer is a
-callable `train(config: TrialConfig, report: Reporter) -> TrialSummary` that calls
-`report(metrics)` at every evaluation (and may call it more often).
+callable `train(config: TrialConfig, report: Reporter) -> TrialSummary | None` that calls
+`report(metrics)` at every evaluation (and may call it more often); or, through
+`trainer.backend: command`, any program that reads the same config as a JSON document and
+writes the same reports as JSON lines (docs/trainers.md).
+
+Versioning: `CONTRACT_VERSION` is written into every config document (`contract_version`).
+Adding optional fields keeps the version; renaming or removing a field, or changing a
+field's meaning, bumps it. A document of another version is refused by `TrialConfig.from_dict`.
+
+>>> cfg = TrialConfig(trial_id="t", n_params=20_000, tokens=65_536, lr=3e-3, batch_tokens=2048)
+>>> doc = cfg.document()
+>>> doc["contract_version"], TrialConfig.from_dict(doc) == cfg
+(1, True)
+>>> r = normalise_report({"step": 8, "tokens": 16384, "lr": 3e-3, "train_loss": 4.1, "eval_loss": None,
+...                       "grad_norm": 0.7}, planned_tokens=65_536, n_params=20_000)
+>>> r["flops"], r["done"], r["extra"]
+(1966080000.0, 0.0, {'grad_norm': 0.7})
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal, Optional
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Literal, Mapping, Optional
+
+CONTRACT_VERSION = 1
 
 ScheduleKind = Literal["wsd", "cosine", "constant"]
 
@@ -54,17 +72,31 @@ class TrialConfig:
     exact_flops: bool = False  # count attention + embedding FLOPs instead of 6·N per token
     threads: int = 1  # torch intra-op threads per worker process
     family: str = "gpt"  # the model family that realises N (trainers.model.FAMILIES)
+    options: dict[str, Any] = field(default_factory=dict)  # `trainer.options` of the spec, for a user's trainer
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (nested schedule included), suitable for Ray configs and MLflow params."""
+        """Plain dict of the fields (nested schedule included), for Ray configs and MLflow params."""
         return asdict(self)
 
+    def document(self) -> dict[str, Any]:
+        """The versioned config document a user's trainer receives: `to_dict()` plus `contract_version`."""
+        return {"contract_version": CONTRACT_VERSION, **asdict(self)}
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrialConfig":
-        """Inverse of `to_dict`."""
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrialConfig":
+        """Inverse of `to_dict` and `document`; keys that are not fields (a command's `metrics_file`, ...) are ignored.
+
+        Raises ValueError for a document of another contract version.
+        """
         d = dict(d)
+        version = d.pop("contract_version", CONTRACT_VERSION)
+        if int(version) != CONTRACT_VERSION:
+            raise ValueError(f"trial contract version {version} is not {CONTRACT_VERSION} (this scalesweep's)")
+        names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
         sched = d.pop("schedule", {}) or {}
         d["checkpoint_steps"] = tuple(d.get("checkpoint_steps") or ())
+        d["options"] = dict(d.get("options") or {})
         return cls(schedule=Schedule(**sched), **d)
 
 
@@ -82,6 +114,69 @@ REPORT_KEYS = (
 )
 
 Reporter = Callable[[dict[str, float]], None]
+
+# What a user's trainer must put in every report (eval_loss may be null / NaN on a report
+# without an evaluation); the other REPORT_KEYS are optional and filled as described in
+# `normalise_report`; any other numeric key is an extra metric (MLflow), kept under "extra".
+REQUIRED_KEYS = ("step", "tokens", "lr", "train_loss", "eval_loss")
+OPTIONAL_KEYS = ("flops", "tokens_per_s", "step_time_s", "done")
+
+
+class ContractError(ValueError):
+    """A trainer broke the trial contract (a report without a required key, a non-number, ...)."""
+
+
+def _number(key: str, value: Any, nullable: bool = False) -> float:
+    if value is None and nullable:
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ContractError(f"report key {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def normalise_report(raw: Mapping[str, Any], planned_tokens: int, n_params: float) -> dict[str, Any]:
+    """A user trainer's report -> the contract's report: REPORT_KEYS as floats, plus `extra`.
+
+    Required: REQUIRED_KEYS (`eval_loss` may be null/NaN when the report has no evaluation;
+    the losses may be NaN: a diverged run). Optional: `flops` (default 6·n_params·tokens),
+    `tokens_per_s` and `step_time_s` (default NaN), `done` (default: tokens >= planned_tokens;
+    always 1 on a report whose train_loss is not finite: a diverged run ends there).
+    Any other key with a numeric value is an extra metric (its name kept); a non-numeric extra
+    is refused. Raises ContractError naming the key.
+    """
+    if not isinstance(raw, Mapping):
+        raise ContractError(f"a report must be a JSON object / dict, got {type(raw).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in raw]
+    if missing:
+        raise ContractError(f"report without required key(s) {', '.join(missing)} "
+                            f"(every report needs {', '.join(REQUIRED_KEYS)})")
+    out: dict[str, Any] = {}
+    for key in REQUIRED_KEYS:
+        out[key] = _number(key, raw[key], nullable=key == "eval_loss")
+    if not (math.isfinite(out["step"]) and out["step"] >= 0 and out["step"] == int(out["step"])):
+        raise ContractError(f"report key 'step' must be a whole number >= 0, got {raw['step']!r}")
+    if not (math.isfinite(out["tokens"]) and out["tokens"] >= 0):
+        raise ContractError(f"report key 'tokens' must be a finite number >= 0, got {raw['tokens']!r}")
+    flops = raw.get("flops")
+    out["flops"] = 6.0 * float(n_params) * out["tokens"] if flops is None else _number("flops", flops)
+    out["tokens_per_s"] = _number("tokens_per_s", raw.get("tokens_per_s"), nullable=True)
+    out["step_time_s"] = _number("step_time_s", raw.get("step_time_s"), nullable=True)
+    done = raw.get("done")
+    if done is None:
+        out["done"] = float(out["tokens"] >= planned_tokens)
+    else:
+        out["done"] = float(done if isinstance(done, bool) else bool(_number("done", done)))
+    if not math.isfinite(out["train_loss"]):
+        out["done"] = 1.0  # a diverged run: its report with a non-finite train loss is its last
+    extra = {}
+    for key, value in raw.items():
+        if key in REPORT_KEYS:
+            continue
+        if not isinstance(key, str) or not key or len(key) > 200:
+            raise ContractError(f"extra metric name {key!r} must be a non-empty string")
+        extra[key] = _number(key, value)
+    out["extra"] = extra
+    return {k: out[k] for k in (*REPORT_KEYS, "extra")}
 
 
 @dataclass

@@ -78,7 +78,7 @@ def run(
 
 
 def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
-    from ..controller import SweepFailed, run_sweep
+    from ..controller import SweepFailed, TrainerContractError, run_sweep
     from ..spec import SpecError
     from ..store import StoreError
 
@@ -86,6 +86,8 @@ def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
         outcome = run_sweep(s, spec_path, show_progress=not no_progress)
     except SpecError as exc:  # the cluster cannot hold a trial: nothing was written
         fail(f"{spec_path or s.sweep_dir()}: {exc}")
+    except TrainerContractError as exc:  # a user's trainer that breaks the contract: bad input
+        fail(str(exc))
     except StoreError as exc:  # disk full, permissions: nothing half-written; `resume` continues
         fail(f"{exc}\nfix it, then continue with: scalesweep resume {s.sweep_dir()}", code=1)
     except SweepFailed as exc:  # the parent run is FAILED, the store flushed: one line, the rest in the log

@@ -5,11 +5,14 @@ store before the planner sees it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 
 from trainers.contract import REPORT_KEYS
 
@@ -55,12 +58,14 @@ class SweepCallback(Callback):
         self.last: dict[str, dict[str, float]] = {}
         self.logged: dict[str, int] = {}  # trial id -> highest step sent to MLflow
         self.restarts: dict[str, int] = {}  # trial id -> restarts after a crash
+        self.contract_errors: dict[str, str] = {}  # trial id -> how a user's trainer broke the contract
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; the live handles (store
         # buffer, MLflow threads, display) are rebuilt by `scalesweep resume`, not unpickled.
         return {"records": self.records, "last": self.last, "decisions": self.decisions, "stops": {},
-                "logged": self.logged, "restarts": self.restarts, "store": None, "tracker": None, "progress": None}
+                "logged": self.logged, "restarts": self.restarts, "store": None, "tracker": None, "progress": None,
+                "contract_errors": {}}
 
     @staticmethod
     def _tid(trial) -> str:
@@ -90,7 +95,9 @@ class SweepCallback(Callback):
         # store keeps one row per (trial, step) anyway; MLflow gets each step once.
         if self.tracker is not None and step > self.logged.get(tid, -1):
             self.logged[tid] = step
-            self.tracker.log_metrics(tid, {k: v for k, v in report.items() if k != "step"}, step=step)
+            metrics = {k: v for k, v in report.items() if k != "step"}
+            metrics.update(_extra_of(result))  # a user's trainer's own metrics: MLflow only
+            self.tracker.log_metrics(tid, metrics, step=step)
         record = self.records[tid]
         self.progress.report(tid, record["N"], spent_flops(report["flops"], record), report["eval_loss"])
 
@@ -98,6 +105,9 @@ class SweepCallback(Callback):
         tid = self._tid(trial)
         if tid in self.restarts:
             summary = {**summary, "restarts": self.restarts[tid]}
+        process = _process_exit(trial)
+        if process is not None:  # a user's program: how it ended, where its files are
+            summary = {**summary, "process": process}
         self.store.set_status(tid, status, summary=summary)
         if self.tracker is not None:
             self.tracker.end_trial(tid, *mlflow_end(status, summary))
@@ -111,7 +121,7 @@ class SweepCallback(Callback):
             self._end(trial, "diverged" if stop.action == "diverged" else "stopped",
                       {"reason": stop.reason, **stop.summary()})
         elif last is None:
-            self._end(trial, "failed", {"reason": "no report"})
+            self._end(trial, "failed", {"reason": self.contract_errors.get(tid, "no report")})
         elif _diverged(last):
             self._end(trial, "diverged", {"reason": "non-finite loss", "step": last["step"]})
         elif last["done"] < 1 or last["tokens"] < self.records[tid].get("D", 0):
@@ -130,16 +140,85 @@ class SweepCallback(Callback):
         last = self.last.get(tid)
         at = int(last["step"]) if last is not None else 0
         log.warning("trial %s failed after step %d (restart %d); it resumes from its last checkpoint", tid, at, n)
-        self.store.set_status(tid, "running", summary={"restarts": n, "reason": "trial process failed; restarted",
-                                                       "last_step": at})
+        summary = {"restarts": n, "reason": "trial process failed; restarted", "last_step": at}
+        process = _process_exit(trial)
+        if process is not None:
+            summary.update(process=process, reason=f"trainer failed ({process['status']}); restarted")
+            self._contract(tid, process)
+        self.store.set_status(tid, "running", summary=summary)
         if self.tracker is not None:
             self.tracker.set_tags(tid, {"scalesweep.restarts": n})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "failed", {"reason": f"trial error (see {trial.local_path or 'the Ray logs'})"})
+        process = _process_exit(trial)
+        if process is not None:
+            self._contract(self._tid(trial), process)
+            reason = process.get("error") or f"the trainer ended with {process['status']}"
+            self._end(trial, "failed", {"reason": f"{reason} (see {process['attempt_dir']})"})
+            return
+        summary = {"reason": f"trial error (see {trial.local_path or 'the Ray logs'})"}
+        error = _error_tail(trial)
+        if error:
+            summary["error"] = error
+        self._end(trial, "failed", summary)
+
+    def _contract(self, tid: str, process: dict[str, Any]) -> None:
+        if process.get("contract_error"):
+            self.contract_errors.setdefault(tid, str(process.get("error", "")).split(": ", 1)[-1])
 
     def on_experiment_end(self, trials, **info):
         self.store.flush()
+
+
+class ContractStopper(Stopper):
+    """Ends the sweep once a user's trainer broke the trial contract (every trial would, alike)."""
+
+    def __init__(self, callback: SweepCallback):
+        self.callback = callback
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return bool(self.callback.contract_errors)
+
+
+def _extra_of(result: Mapping[str, Any]) -> dict[str, float]:
+    """A user trainer's extra metrics in a Tune result (nested under `extra`, or flattened `extra/`)."""
+    extra = result.get("extra")
+    out = dict(extra) if isinstance(extra, Mapping) else {}
+    out.update({k[len("extra/"):]: v for k, v in result.items() if isinstance(k, str) and k.startswith("extra/")})
+    return {str(k): float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _error_tail(trial, chars: int = 2000) -> Optional[str]:
+    """The end of the trial's error file (Tune's traceback: the exception's own message last)."""
+    try:
+        path = trial.error_file
+        return Path(path).read_text(errors="replace")[-chars:].strip() if path else None
+    except (OSError, AttributeError):
+        return None
+
+
+def _process_exit(trial) -> Optional[dict[str, Any]]:
+    """How a user's program last ended (its newest attempt's exit.json), for a command trial; else None."""
+    run_dir = (trial.config or {}).get("run_dir")
+    if not run_dir or (trial.config or {}).get("backend") != "command":
+        return None
+    attempts = sorted(Path(run_dir).glob("attempt-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not attempts:
+        return None
+    try:
+        info = json.loads((attempts[-1] / "exit.json").read_text())
+    except (OSError, ValueError):  # a stopped program may still be ending: its record comes later
+        return {"status": "still ending (no exit.json yet)", "attempt_dir": str(attempts[-1])}
+    keep = ("attempt", "status", "returncode", "ended", "reports", "last_step", "error", "contract_error",
+            "attempt_dir")
+    out = {k: info[k] for k in keep if k in info}
+    tail = (info.get("stderr_tail") or "").strip()
+    if tail and (info.get("returncode") or info.get("error")):
+        out["stderr_tail"] = tail[-2000:]
+    return out
 
 
 def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:

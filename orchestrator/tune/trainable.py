@@ -1,6 +1,10 @@
 """The Ray Tune function trainable that runs one trial.
 
 One worker: the trainer runs inside the trial process and reports through `tune.report`.
+A user's trainer (`backend: command` / `python`, docs/trainers.md): its program is launched and
+tailed by `trainers.command` (several workers: one process each, torchrun-style, from the trial
+process), its function called with a reporter that normalises each report to the contract
+(`trainers.contract.normalise_report`) — on several workers inside Ray Train, as the built-in one.
 Several workers: the trial process launches a Ray Train `TorchTrainer` (gang-scheduled
 workers, gloo on CPU / NCCL on GPU) and Train's `TuneReportCallback` forwards rank 0's
 reports to Tune (Ray 2.6x, Train V2: a TorchTrainer cannot be handed to the Tuner itself).
@@ -67,6 +71,9 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     cfg = TrialConfig.from_dict(config["trial"])
+    if config.get("backend") == "command" or (config.get("backend") == "python" and cfg.workers == 1):
+        _run_own(cfg, config, _reporter(config, lambda metrics: tune.report(dict(metrics))))
+        return
     if cfg.workers == 1:
         _write_pid(cfg, 0)
         _backend(config)(cfg, _reporter(config, lambda metrics: tune.report(dict(metrics))))
@@ -79,6 +86,9 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     cfg = TrialConfig.from_dict(config["trial"])
+    if config.get("backend") == "python":  # a user's function on every worker, in Train's process group
+        _run_own(cfg, config, _reporter(config, lambda metrics: ray.train.report(dict(metrics))))
+        return
     _write_pid(cfg, ray.train.get_context().get_world_rank())
     _backend(config)(cfg, _reporter(config, lambda metrics: ray.train.report(dict(metrics))))
 
@@ -127,3 +137,71 @@ def _pin_cluster_address() -> None:
         ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
     except (ImportError, AttributeError):  # a Ray version without it: best effort only
         pass
+
+
+def _forward(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A normalised report as a Tune result: extras ride under `extra` (MLflow logs them)."""
+    return {k: v for k, v in metrics.items() if k != "extra" or v}
+
+
+def _stop_requested() -> bool:
+    """Whether Tune asked this trial to stop (its session's stop event), without waiting for a report.
+
+    A stopped function trainable learns of it only at its next `report`; a program between
+    reports is stopped at once through this (Ray internals, so any failure reads as 'no').
+    """
+    try:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        return bool(session is not None and session.stop_event.is_set())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _run_own(cfg: TrialConfig, config: dict[str, Any], send) -> None:
+    """A user's trainer: `command` (a program per attempt) or `python` (a function called here)."""
+    from trainers.contract import normalise_report
+
+    own = config["own"]
+    n_params = float(config.get("N") or cfg.n_params)
+    run_dir = Path(config["run_dir"])
+    if config["backend"] == "command":
+        from trainers.command import CommandSettings, run_command, split_command
+
+        settings = CommandSettings(command=tuple(split_command(own["command"])), cwd=own["cwd"],
+                                   env=tuple(sorted((own.get("env") or {}).items())),
+                                   grace_s=float(own["grace_period_s"]),
+                                   first_report_timeout_s=float(own["first_report_timeout_s"]))
+        # A stopped trial's program gets `grace_s` to exit after SIGTERM; Tune waits only
+        # TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s) for this thread before reusing the process for the
+        # next trial, and fails that trial if it is still running. Read in this process at reset.
+        os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(int(settings.grace_s + 10))
+        run_command(cfg, lambda m: send(_forward(m)), settings, run_dir, n_params, should_stop=_stop_requested)
+        return
+    from trainers.entrypoint import load_entrypoint
+
+    fn = load_entrypoint(own["entrypoint"], own["cwd"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rank = _train_rank() if cfg.workers > 1 else 0
+    (run_dir / ("pid" if rank == 0 else f"pid-rank{rank}")).write_text(f"{os.getpid()}\n")
+
+    last: dict[str, Any] = {}
+
+    def report(metrics: dict[str, Any]) -> None:
+        r = normalise_report(metrics, cfg.tokens, n_params)
+        last.update(r)
+        send(_forward(r))
+
+    fn(cfg, report)
+    if not last or last["done"] < 1.0:
+        from trainers.contract import ContractError
+
+        raise ContractError(f"trial {cfg.trial_id}: {own['entrypoint']} returned after step "
+                            f"{int(last['step']) if last else None} without its final report (done, or {cfg.tokens} tokens)")
+
+
+def _train_rank() -> int:
+    import ray.train
+
+    return ray.train.get_context().get_world_rank()
