@@ -245,6 +245,9 @@ def trial_config(spec: SweepSpec, trial: PlannedTrial, checkpoint_dir: Optional[
         exact_flops=spec.budget.flops == "exact",
         threads=spec.resources.threads,
         family=spec.model.family,
+        tasks=tuple(spec.eval.tasks),
+        tasks_at=spec.eval.tasks_at,
+        task_items=spec.eval.task_items,
     )
 
 
