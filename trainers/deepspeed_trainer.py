@@ -372,13 +372,15 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
         save_now = bool(config.checkpoint_dir) and (
             (config.checkpoint_every > 0 and step % config.checkpoint_every == 0) or last)
         branch_point = bool(config.checkpoint_dir) and step in config.checkpoint_steps
+        eval_due = last or (config.eval_every > 0 and step % config.eval_every == 0)
+        if eval_due:  # before a save: the checkpoint's evaluation counters include this evaluation
+            eval_loss = evaluate_now(tasks_due(last))
         if (save_now and last) or branch_point:
             # Before the report: Tune may end the trial on its final report (done), and a
             # branch is started once its trunk has reported its branch point.
             checkpoint = save(step)
             save_now = False
-        if last or (config.eval_every > 0 and step % config.eval_every == 0):
-            eval_loss = evaluate_now(tasks_due(last))
+        if eval_due:
             report_now(loss_sum / loss_steps, eval_loss, last)
             reported_final = last
         if save_now and not last:
