@@ -15,6 +15,10 @@ reports the same dict. The lr is set on the optimizer's param groups before ever
 Optimizer: torch.optim.AdamW (betas 0.9/0.95, weight decay 0.1 on matrices and embeddings,
 none on biases and LayerNorms) handed to DeepSpeed as a client optimizer; gradient clipping
 1.0; fp32 on CPU, bf16 on CUDA when precision is auto/bf16.
+Downstream tasks (`config.tasks`, trainers/tasks.py) run on the model at the evaluations
+`config.tasks_at` names and are reported as `task/<name>/<metric>`; every report carries the
+evaluations' cumulative `eval_flops` and `eval_time_s`, kept out of `flops` and `step_time_s`
+(docs/downstream.md, "Tasks in a sweep").
 """
 from __future__ import annotations
 
