@@ -456,6 +456,8 @@ class SweepSpec(_Strict):
             for d in self.tokens.for_size(n):
                 if d < min(_expand(self.batch_sizes)):
                     raise ValueError(f"tokens: {d} tokens for N={n} is less than one batch")
+        if self.eval.tasks and self.trainer.backend == "simulated":
+            raise ValueError("eval.tasks: the simulated backend has no model to evaluate tasks on")
         builtin_tasks = [t for t in self.eval.tasks if ":" not in t or t.startswith("builtin:")]
         if builtin_tasks and self.data != "builtin":
             raise ValueError(f"eval.tasks: built-in task {builtin_tasks[0]!r} is built from the built-in corpus's bytes "

@@ -61,6 +61,8 @@ def test_spec_rejects_tasks_that_do_not_load(tasks, message):
 def test_spec_rejects_builtin_tasks_on_user_shards_and_bad_tasks_at():
     with pytest.raises(SpecError, match="eval.tasks: built-in task 'cloze' is built from the built-in corpus"):
         parse_spec({**spec_with(tasks=["cloze"]), "data": "/some/shards"})
+    with pytest.raises(SpecError, match="eval.tasks: the simulated backend has no model"):
+        parse_spec({**spec_with(tasks=["cloze"]), "trainer": {"backend": "simulated"}})
     with pytest.raises(SpecError, match="eval.tasks_at"):
         parse_spec(spec_with(tasks=["cloze"], tasks_at="sometimes"))
 
