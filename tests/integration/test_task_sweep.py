@@ -94,7 +94,7 @@ def test_mlflow_runs_hold_the_task_metrics_with_steps(sweep):
         tid = child.data.tags["scalesweep.trial_id"]
         for name in ("task/cloze/acc", "task/cloze/acc_norm", "task/cloze/loss"):
             hist = client.get_metric_history(child.info.run_id, name)
-            assert len(hist) >= 2 and all(0 <= h.value < 10 for h in hist)
+            assert hist and all(0 <= h.value < 10 for h in hist)
             assert sorted(h.step for h in hist) == steps[tid]
         assert "eval_flops" in child.data.metrics and child.data.metrics["eval_flops"] > 0
     artifacts = {a.path for folder in ("plots", "results") for a in client.list_artifacts(parent.info.run_id, folder)}

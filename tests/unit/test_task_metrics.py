@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 from dataclasses import asdict
 
 import numpy as np
