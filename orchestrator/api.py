@@ -135,6 +135,10 @@ class Proposal(BaseModel):
         None, description="resource plan of (N, D, batch) on the spec's device (cluster/resources.py): device, "
                           "workers, zero_stage, micro_batch, grad_accum, activation_checkpointing, memory_gib per "
                           "device, memory breakdown (bytes), device_hours, step_time_s, reason; or an error")
+    task_metrics: Optional[dict[str, Any]] = Field(
+        None, description="when the sweep evaluated tasks (eval.tasks): per task, the accuracy predicted at (N, D): "
+                          "acc, interval (of the law's mean), prediction_interval (of one evaluation), loss (the "
+                          "task loss used), law, warnings (docs/downstream.md)")
 
 
 class LawsDoc(BaseModel):
@@ -543,6 +547,14 @@ class SweepRegistry:
 
         return self._cached(("points", sweep_id, _store_version(self.dir(sweep_id))), make)
 
+    def _task_rows(self, sweep_id: str, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The finished trials' final task metrics (empty when the sweep evaluated no task)."""
+        from .store import ObservationStore, final_task_points
+
+        d = self.dir(sweep_id)
+        return self._cached(("task_rows", sweep_id, _store_version(d)),
+                            lambda: final_task_points(ObservationStore(d), points))
+
     def _fit_settings(self, sweep_id: str, bootstrap: Optional[int]) -> dict[str, Any]:
         from .proposals import fit_settings
 
@@ -560,6 +572,7 @@ class SweepRegistry:
             raise ApiError(409, f"sweep {sweep_id!r} has no finished trial yet; nothing to fit")
         settings = self._fit_settings(sweep_id, bootstrap)
         spec, _ = self.spec(sweep_id)
+        task_rows = self._task_rows(sweep_id, points)
 
         def make():
             from .planner import proposal_resources
@@ -568,7 +581,7 @@ class SweepRegistry:
             try:
                 return fit_and_propose(points, budgets, **settings,
                                        resources=resources, diverged=diverged,
-                                       family=spec.model.family if spec is not None else "gpt")
+                                       family=spec.model.family if spec is not None else "gpt", task_rows=task_rows)
             except (ValueError, TableError, ArithmeticError) as exc:
                 # e.g. a budget whose optimal N lies beyond the model family: the input's fault.
                 log.warning("proposal for budgets %s failed", budgets, exc_info=True)

@@ -19,7 +19,7 @@ from .planner import PlannedTrial, make_planner, proposal_resources, trial_confi
 from .progress import SweepProgress
 from .proposals import SweepFit, fit_and_propose, fit_settings
 from .spec import SpecError, SweepSpec
-from .store import ObservationStore, StoreError, diverged_configs, final_points
+from .store import ObservationStore, StoreError, diverged_configs, final_points, final_task_points
 
 log = logging.getLogger(__name__)
 
@@ -387,11 +387,19 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
     from .plots import loss_vs_compute
 
     points = final_points(store)
+    task_rows = final_task_points(store, points)  # empty unless the spec named eval.tasks
     fit = fit_and_propose(points, spec.budget.targets, **fit_settings(spec), hparams=hparams, resources=proposal_resources(spec),
                           diverged=diverged_configs(store), family=spec.model.family,
-                          hparam_intervals=hparam_intervals)
+                          hparam_intervals=hparam_intervals, task_rows=task_rows)
     sweep_dir = spec.sweep_dir()
     doc = jsonable(fit.to_json())
+    task_doc, task_plot_data = None, {}
+    if task_rows:
+        from .task_summary import summarise_tasks
+
+        task_doc, task_plot_data = summarise_tasks(task_rows, fit, bootstrap=spec.fit.bootstrap, level=spec.fit.level,
+                                                   seed=spec.seed, targets=spec.budget.targets)
+        doc["downstream"] = task_doc
     (sweep_dir / "fit.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
     trials = store.trials()
     statuses: dict[str, int] = {}
@@ -408,6 +416,13 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
         # no trial finished (all diverged, say): nothing to draw; the fit's warnings say why
         figures = {"loss_vs_compute": _plot(fit, spec, points, loss_vs_compute)} if points else {}
         artifacts = {"fit": doc, "proposals": doc["proposals"], "decisions": jsonable(decisions or [])}
+        if task_doc is not None:
+            from .task_summary import task_plot
+
+            artifacts["downstream"] = task_doc
+            figure = task_plot(task_plot_data, level=spec.fit.level)
+            if figure is not None:
+                figures["accuracy_vs_compute"] = figure
         tracker.log_sweep_results(params, metrics, artifacts, figures)
     return SweepOutcome(sweep_dir, statuses, fit, wall, train_s, parent)
 

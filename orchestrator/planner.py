@@ -249,6 +249,9 @@ def trial_config(spec: SweepSpec, trial: PlannedTrial, checkpoint_dir: Optional[
         threads=spec.resources.threads,
         family=spec.model.family,
         options=dict(spec.trainer.options),
+        tasks=tuple(spec.eval.tasks),
+        tasks_at=spec.eval.tasks_at,
+        task_items=spec.eval.task_items,
     )
 
 

@@ -111,7 +111,8 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
                     loss: str = "huber", bootstrap: int = 200, level: float = 0.9, seed: int = 0,
                     hparams: Optional[HparamRule] = None, resources: Optional[ResourceRule] = None,
                     diverged: Sequence[dict[str, Any]] = (), family: str = "gpt",
-                    hparam_intervals: Optional[IntervalRule] = None) -> SweepFit:
+                    hparam_intervals: Optional[IntervalRule] = None,
+                    task_rows: Optional[Sequence[dict[str, Any]]] = None) -> SweepFit:
     """Fit L(N, D) to the best cell runs and propose (N*, D*, lr, batch) for each target C.
 
     `law`: "auto" picks the form by how well it extrapolates (`orchestrator.laws.selection.fit_auto`:
@@ -124,6 +125,8 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     (N*, D*) in log space (which, extrapolated far, can propose an lr that diverges).
     Their intervals (`intervals.lr`, `intervals.batch`: the laws' own uncertainty at (N*, D*))
     come from `hparam_intervals`, or from the learned laws' when they have one.
+    With `task_rows` (a sweep's task metrics, `orchestrator.store.final_task_points`) each proposal
+    also carries `task_metrics`: the accuracy predicted at its (N, D) per task, with intervals.
     """
     cells = best_cells(points)
     warnings: list[str] = []
@@ -176,4 +179,10 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
                           if key in iv},
             **({"resources": resources(n_opt, d_opt, batch)} if resources is not None else {}),
         })
+    if task_rows:
+        from .laws.downstream_proposals import attach_task_predictions
+
+        proposals, task_warnings = attach_task_predictions(proposals, task_rows, bootstrap=bootstrap, level=level,
+                                                           seed=seed)
+        warnings.extend(task_warnings)
     return SweepFit(fit, cells, proposals, warnings)

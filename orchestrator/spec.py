@@ -211,6 +211,27 @@ class EvalSpec(_Strict):
 
     every: int = Field(20, gt=0, le=MAX_STEPS, description="steps between evaluations")
     tokens: int = Field(16384, gt=0, le=MAX_EVAL_TOKENS, description="validation tokens per evaluation")
+    tasks: list[str] = Field(default_factory=list, description="downstream tasks evaluated on the model (docs/downstream.md): "
+                             "built-in next_line, cloze, cloze_lines, or 'package.module:callable'; reported as task/<name>/acc, acc_norm, loss")
+    tasks_at: Literal["every_eval", "checkpoints"] = Field("every_eval", description="tasks run at every evaluation, or only at "
+                                                          "the evaluations on a checkpoint step (checkpoints.every) and the last step")
+    task_items: int = Field(200, ge=4, le=100_000, description="items (questions) per built-in task")
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_load(cls, v: list[str]) -> list[str]:
+        from trainers.tasks import TaskError, check_task  # numpy only: a hook's module is imported here
+
+        names: dict[str, str] = {}
+        for ref in v:
+            try:
+                name = check_task(ref)
+            except TaskError as exc:
+                raise ValueError(str(exc)) from None
+            if name in names:
+                raise ValueError(f"tasks {names[name]!r} and {ref!r} both report as task/{name}/...")
+            names[name] = ref
+        return v
 
 
 class BudgetSpec(_Strict):
@@ -680,6 +701,12 @@ class SweepSpec(_Strict):
                 if d / (int(smallest) // seq * seq) > MAX_STEPS:
                     raise ValueError(f"tokens: {d:.4g} tokens for N={n} at batch {smallest:g} is more than "
                                      f"{MAX_STEPS:.0e} steps")
+        if self.eval.tasks and self.trainer.backend == "simulated":
+            raise ValueError("eval.tasks: the simulated backend has no model to evaluate tasks on")
+        builtin_tasks = [t for t in self.eval.tasks if ":" not in t or t.startswith("builtin:")]
+        if builtin_tasks and self.data != "builtin":
+            raise ValueError(f"eval.tasks: built-in task {builtin_tasks[0]!r} is built from the built-in corpus's bytes "
+                             "(data: builtin); with your own shards use a 'package.module:callable' task")
         if self.schedule.branch:
             if not self.checkpoints.enabled:
                 raise ValueError("schedule.branch: branches start from their trunk's checkpoints; "

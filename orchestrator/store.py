@@ -1,12 +1,17 @@
 """The observation store: append-only Parquet under the sweep directory.
 
-It is the single source of truth of a sweep. Two tables, each a folder of immutable
+It is the single source of truth of a sweep. Three tables, each a folder of immutable
 Parquet part files:
 
 - `observations/`: one row per report (trial_id, step, tokens, flops, lr, train_loss,
-  eval_loss, tokens_per_s, step_time_s, wall_time, done);
+  eval_loss, tokens_per_s, step_time_s, eval_flops, eval_time_s, wall_time, done);
 - `trials/`: one row per trial *event* (planned, running, finished, stopped, diverged,
-  failed) with the trial's config and summary as JSON; the latest event is the state.
+  failed) with the trial's config and summary as JSON; the latest event is the state;
+- `task_metrics/`: one row per downstream-task metric of a report (trial_id, step, task,
+  metric, value): a long table, so any task a spec names fits one fixed schema.
+
+Stores written before a column or table existed stay readable: a part lacking a column reads
+it as null (eval_flops, eval_time_s came later), a store without `task_metrics/` has no task rows.
 
 Every part is written to a temporary file and renamed into place, so a crash never
 leaves a half-written part. Reads deduplicate on (trial_id, step) keeping the last
@@ -24,6 +29,7 @@ naming the path and the reason; the parts already written stay whole.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -35,6 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from trainers.contract import split_task_key
 
 from .branching import spent_flops
 
@@ -49,6 +57,8 @@ OBS_SCHEMA = pa.schema(
         ("eval_loss", pa.float64()),
         ("tokens_per_s", pa.float64()),
         ("step_time_s", pa.float64()),
+        ("eval_flops", pa.float64()),  # optional report keys (trainers.contract.OPTIONAL_REPORT_KEYS)
+        ("eval_time_s", pa.float64()),
         ("wall_time", pa.float64()),
         ("done", pa.bool_()),
         ("seq", pa.int64()),  # write order, for last-write-wins deduplication
@@ -65,6 +75,18 @@ TRIAL_SCHEMA = pa.schema(
         ("seq", pa.int64()),
     ]
 )
+
+TASK_SCHEMA = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("step", pa.int64()),
+        ("task", pa.string()),
+        ("metric", pa.string()),  # acc, acc_norm, loss (the task's NLL), chance
+        ("value", pa.float64()),
+        ("seq", pa.int64()),
+    ]
+)
+TASK_KEY = ["trial_id", "step", "task", "metric"]
 
 TRIAL_STATES = ("planned", "running", "finished", "stopped", "diverged", "failed")
 
@@ -92,12 +114,13 @@ class ObservationStore:
         self.fsync = fsync
         self._obs: list[dict[str, Any]] = []
         self._events: list[dict[str, Any]] = []
+        self._tasks: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._last_flush = time.monotonic()
         self._seq = time.time_ns()
         self._wal = None  # open write-ahead log of the rows in self._obs (opened on the first append)
         self._sealed: list[Path] = []  # logs whose rows are in the part being (or failing to be) flushed
-        for sub in ("observations", "trials"):
+        for sub in ("observations", "trials", "task_metrics"):
             try:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -116,13 +139,17 @@ class ObservationStore:
         row["tokens"] = int(report.get("tokens", 0))
         row["done"] = bool(report.get("done", False))
         row["wall_time"] = float(report.get("wall_time", time.time()))
-        for key in ("flops", "lr", "train_loss", "eval_loss", "tokens_per_s", "step_time_s"):
+        for key in ("flops", "lr", "train_loss", "eval_loss", "tokens_per_s", "step_time_s", "eval_flops", "eval_time_s"):
             val = report.get(key)
             row[key] = float("nan") if val is None else float(val)
+        tasks = [[*tm, float(v)] for k, v in report.items() if (tm := split_task_key(k)) is not None]
         with self._lock:
             row["seq"] = self._next_seq()
+            if tasks:
+                row["tasks"] = tasks  # logged with the report; a flush writes them to task_metrics/
             self._log(row)
             self._obs.append(row)
+            self._tasks.extend(_task_rows(row))
         if time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
 
@@ -160,6 +187,9 @@ class ObservationStore:
                         pass  # a torn last line: that report was never acknowledged
         if rows:
             self._write_part("observations", pa.Table.from_pylist(rows, schema=OBS_SCHEMA))
+            tasks = [t for row in rows for t in _task_rows(row)]
+            if tasks:
+                self._write_part("task_metrics", pa.Table.from_pylist(tasks, schema=TASK_SCHEMA))
         for path in logs:
             if self._wal is None or path != Path(self._wal.name):
                 path.unlink(missing_ok=True)
@@ -197,6 +227,7 @@ class ObservationStore:
         with self._lock:
             obs, self._obs = self._obs, []
             events, self._events = self._events, []
+            tasks, self._tasks = self._tasks, []
             self._last_flush = time.monotonic()
             if self._wal is not None:  # its rows are all in `obs`; later rows go to a new log
                 self._sealed.append(Path(self._wal.name))
@@ -206,11 +237,14 @@ class ObservationStore:
         try:
             if obs:
                 self._write_part("observations", pa.Table.from_pylist(obs, schema=OBS_SCHEMA))
+            if tasks:
+                self._write_part("task_metrics", pa.Table.from_pylist(tasks, schema=TASK_SCHEMA))
             if events:
                 self._write_part("trials", pa.Table.from_pylist(events, schema=TRIAL_SCHEMA))
         except Exception:
-            with self._lock:  # keep the rows: a later flush may succeed (disk freed)
+            with self._lock:  # keep the rows: a later flush may succeed (disk freed); rewrites dedupe
                 self._obs[:0] = obs
+                self._tasks[:0] = tasks
                 self._events[:0] = events
             raise
         with self._lock:
@@ -257,6 +291,14 @@ class ObservationStore:
             table = table.filter(pc.equal(table["trial_id"], trial_id))
         return _last_per_key(table, ["trial_id", "step"]).sort_by([("trial_id", "ascending"), ("step", "ascending")])
 
+    def task_metrics(self, trial_id: Optional[str] = None) -> pa.Table:
+        """All task metrics (TASK_SCHEMA), one row per (trial_id, step, task, metric), last write wins."""
+        self.flush()
+        table = self._read("task_metrics", TASK_SCHEMA)
+        if trial_id is not None:
+            table = table.filter(pc.equal(table["trial_id"], trial_id))
+        return _last_per_key(table, TASK_KEY).sort_by([(k, "ascending") for k in TASK_KEY])
+
     def trials(self) -> dict[str, dict[str, Any]]:
         """Latest state of every trial: {trial_id: {status, config, summary, time}}.
 
@@ -287,7 +329,8 @@ class ObservationStore:
     def compact(self) -> None:
         """Rewrite each table as a single deduplicated part (atomic; safe to interrupt)."""
         self.flush()
-        for name, schema, key in (("observations", OBS_SCHEMA, ["trial_id", "step"]), ("trials", TRIAL_SCHEMA, None)):
+        for name, schema, key in (("observations", OBS_SCHEMA, ["trial_id", "step"]), ("trials", TRIAL_SCHEMA, None),
+                                  ("task_metrics", TASK_SCHEMA, TASK_KEY)):
             folder = self.root / name
             old = sorted(folder.glob("part-*.parquet"))
             if len(old) <= 1:
@@ -329,6 +372,41 @@ def final_points(store: ObservationStore) -> list[dict[str, Any]]:
     return out
 
 
+def final_task_points(store: ObservationStore, points: Optional[list[dict[str, Any]]] = None) -> list[dict[str, Any]]:
+    """The downstream fits' input (orchestrator.laws.downstream_proposals): one row per (finished
+    trial, task) evaluated at the trial's final report, ``{"task", "N", "D", "acc", "trial_id"}``
+    plus ``acc_norm``, ``task_loss`` and ``chance`` where measured.
+
+    ``points`` (default `final_points(store)`): only the trials of each (N, D) cell's best (lr,
+    batch) count (`orchestrator.core.cells.best_per_cell`, the L(N, D) fit's points): proposals
+    are tuned configs, and an untuned lr would pull the accuracy law down. Empty when no task ran.
+    """
+    from .core.cells import assign_cells, best_per_cell
+
+    table = store.task_metrics()
+    if table.num_rows == 0:
+        return []
+    points = final_points(store) if points is None else [p for p in points if math.isfinite(float(p["loss"]))]
+    best = {(b["N"], b["cell_D"], b["lr"], b["batch"]) for b in best_per_cell(points)}
+    keep = {p["trial_id"]: p for p, c in zip(points, assign_cells(points)) if (c.N, c.D, p["lr"], p["batch"]) in best}
+    last_step = {tid: row["step"] for tid, row in store.last_reports().items()}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in table.to_pylist():
+        p = keep.get(r["trial_id"])
+        if p is None or r["step"] != last_step.get(r["trial_id"]):
+            continue  # not a tuned point, or not the trial's final evaluation (its D is another)
+        row = rows.setdefault((r["trial_id"], r["task"]), {"task": r["task"], "N": float(p["N"]), "D": float(p["D"]),
+                                                           "trial_id": r["trial_id"]})
+        row["task_loss" if r["metric"] == "loss" else r["metric"]] = r["value"]
+    return [row for row in rows.values() if "acc" in row]
+
+
 def diverged_configs(store: ObservationStore) -> list[dict[str, Any]]:
     """The configs of the trials that diverged (censored: they bound the learning rate from above)."""
     return [rec["config"] for rec in store.trials().values() if rec["status"] == "diverged" and rec["config"]]
+
+
+def _task_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The task_metrics rows carried by one logged observation row."""
+    return [{"trial_id": row["trial_id"], "step": row["step"], "task": t, "metric": m, "value": v, "seq": row["seq"]}
+            for t, m, v in row.get("tasks") or ()]

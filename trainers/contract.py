@@ -73,6 +73,9 @@ class TrialConfig:
     threads: int = 1  # torch intra-op threads per worker process
     family: str = "gpt"  # the model family that realises N (trainers.model.FAMILIES)
     options: dict[str, Any] = field(default_factory=dict)  # `trainer.options` of the spec, for a user's trainer
+    tasks: tuple[str, ...] = ()  # downstream tasks (trainers.tasks references) evaluated on the model
+    tasks_at: str = "every_eval"  # "every_eval" or "checkpoints": evaluations on checkpoint_every steps and the last
+    task_items: int = 200  # items per built-in task
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields (nested schedule included), for Ray configs and MLflow params."""
@@ -97,6 +100,8 @@ class TrialConfig:
         sched = d.pop("schedule", {}) or {}
         d["checkpoint_steps"] = tuple(d.get("checkpoint_steps") or ())
         d["options"] = dict(d.get("options") or {})
+        if "tasks" in d:
+            d["tasks"] = tuple(d["tasks"] or ())
         return cls(schedule=Schedule(**sched), **d)
 
 
@@ -112,6 +117,29 @@ REPORT_KEYS = (
     "step_time_s",  # cumulative seconds this trial spent inside training steps (a WSD branch: since its start)
     "done",  # 1.0 on the final report
 )
+
+# Keys a report may carry besides REPORT_KEYS (absent: not measured by this trainer).
+OPTIONAL_REPORT_KEYS = (
+    "eval_flops",  # forward FLOPs of all evaluations so far (validation loss and tasks), not in `flops`
+    "eval_time_s",  # seconds spent in evaluations so far (a WSD branch: since its start)
+)
+# Task metrics: "task/<name>/<metric>", metric one of TASK_METRICS, at the evaluations that ran tasks.
+TASK_PREFIX = "task/"
+TASK_METRICS = ("acc", "acc_norm", "loss", "chance")  # loss: the task's NLL of the correct continuation
+
+
+def task_key(task: str, metric: str) -> str:
+    """The report key of a task metric, e.g. ``task/cloze/acc``."""
+    return f"{TASK_PREFIX}{task}/{metric}"
+
+
+def split_task_key(key: str) -> Optional[tuple[str, str]]:
+    """(task, metric) of a task metric's report key; None for any other key."""
+    if not key.startswith(TASK_PREFIX):
+        return None
+    task, _, metric = key[len(TASK_PREFIX):].rpartition("/")
+    return (task, metric) if task and metric else None
+
 
 Reporter = Callable[[dict[str, float]], None]
 

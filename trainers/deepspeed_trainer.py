@@ -15,6 +15,10 @@ reports the same dict. The lr is set on the optimizer's param groups before ever
 Optimizer: torch.optim.AdamW (betas 0.9/0.95, weight decay 0.1 on matrices and embeddings,
 none on biases and LayerNorms) handed to DeepSpeed as a client optimizer; gradient clipping
 1.0; fp32 on CPU, bf16 on CUDA when precision is auto/bf16.
+Downstream tasks (`config.tasks`, trainers/tasks.py) run on the model at the evaluations
+`config.tasks_at` names and are reported as `task/<name>/<metric>`; every report carries the
+evaluations' cumulative `eval_flops` and `eval_time_s`, kept out of `flops` and `step_time_s`
+(docs/downstream.md, "Tasks in a sweep").
 """
 from __future__ import annotations
 
@@ -30,11 +34,12 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from trainers.contract import REPORT_KEYS, Reporter, TrialConfig, TrialSummary
+from trainers.contract import REPORT_KEYS, Reporter, TrialConfig, TrialSummary, task_key
 from trainers.corpus import TokenData, eval_windows, load_data, sample_batch
 from trainers.flops import flops_per_token
 from trainers.model import Shape, build_model, count_params, shape_for
 from trainers.schedules import lr_at
+from trainers.tasks import load_tasks, run_task
 
 ADAM_BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.1
@@ -245,12 +250,14 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
             raise ValueError(f"config.workers={config.workers} but the process group has {world} ranks")
         data = load_data(config.data, config.data_cache)
         plan = make_plan(config, world, data.vocab_size)
+        # before the engine: a task that does not load fails the trial at once, not after training
+        tasks = load_tasks(config.tasks, stream=data.val, seq_len=config.seq_len, n_items=config.task_items)
         bf16 = use_bf16(config, device)
         model = build_model(config.n_params, config.seq_len, data.vocab_size, seed=config.seed, family=config.family)
         optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, betas=ADAM_BETAS, eps=1e-8)
         engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(config, plan, bf16, sum(p.numel() for p in model.parameters())))
-        return _run(engine, config, plan, data, report, device, rank, world)
+        return _run(engine, config, plan, data, report, device, rank, world, tasks)
     finally:
         torch.set_num_threads(old_threads)
         for k in env_added:
@@ -267,10 +274,11 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
 
 
 def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Reporter,
-         device: torch.device, rank: int, world: int) -> TrialSummary:
+         device: torch.device, rank: int, world: int, tasks=()) -> TrialSummary:
     reducer = RankReducer(device)
     windows = eval_shard(config, data, rank, world)
     step, tokens, flops, step_time = 0, 0, 0.0, 0.0
+    eval_flops, eval_time = 0.0, 0.0  # evaluations' cost, kept apart from training's
     checkpoint: Optional[str] = None
     tag = latest_checkpoint(config.checkpoint_dir)
     load_dir = config.checkpoint_dir
@@ -284,32 +292,56 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} in {load_dir}")
         step, tokens = int(client["step"]), int(client["tokens"])
         flops, step_time = float(client["flops"]), float(client["step_time_s"])
+        eval_flops, eval_time = float(client.get("eval_flops", 0.0)), float(client.get("eval_time_s", 0.0))
         checkpoint = str(Path(load_dir) / tag)
         if load_dir != config.checkpoint_dir:
             if step != config.branch_step:
                 raise ValueError(f"branch checkpoint {config.branch_from} is at step {step}, not {config.branch_step}")
             step_time = 0.0  # the trunk's time is the trunk's: a branch reports its own
+            eval_flops, eval_time = 0.0, 0.0  # ... and so are its evaluations
 
     def save(at_step: int) -> str:
         t = f"step{at_step}"
         engine.save_checkpoint(config.checkpoint_dir, tag=t, client_state={
             "step": at_step, "tokens": tokens, "flops": flops, "step_time_s": step_time,
-            "trial_id": config.trial_id})
+            "eval_flops": eval_flops, "eval_time_s": eval_time, "trial_id": config.trial_id})
         prune_checkpoints(config.checkpoint_dir, keep={at_step, *config.checkpoint_steps})
         return str(Path(config.checkpoint_dir) / t)
 
-    def evaluate_now() -> float:
+    # forward FLOPs per token (training counts forward + backward: 3x); validation tokens of all ranks
+    fwd_per_token = plan.flops_per_token / 3.0
+    val_tokens = world * len(windows) * config.seq_len
+    task_metrics: dict[str, float] = {}
+
+    def evaluate_now(with_tasks: bool = False) -> float:
+        nonlocal eval_flops, eval_time, task_metrics
+        t0 = time.perf_counter()
         engine.eval()
         value = evaluate(engine, windows, plan.micro_batch, device, reducer)
+        eval_flops += fwd_per_token * val_tokens
+        task_metrics = _evaluate_tasks(tasks, engine, reducer) if with_tasks else {}
+        # every rank runs every task in full (ZeRO-3 gathers parameters collectively): world x the tokens
+        eval_flops += fwd_per_token * world * task_metrics.pop("_tokens", 0.0)
         engine.train()
+        (dt,) = reducer.max(time.perf_counter() - t0)
+        eval_time += dt
         return value
 
+    def tasks_due(last: bool) -> bool:
+        if not tasks:
+            return False
+        if config.tasks_at != "checkpoints" or last:
+            return True
+        return (config.checkpoint_every > 0 and step % config.checkpoint_every == 0) or step in config.checkpoint_steps
+
     def report_now(train_loss: float, eval_loss: float, done: bool) -> None:
-        nonlocal loss_sum, loss_steps, tokens_at_report, time_at_report
+        nonlocal loss_sum, loss_steps, tokens_at_report, time_at_report, task_metrics
         (st,) = reducer.max(step_time)
         dt = st - time_at_report
         tps = (tokens - tokens_at_report) / dt if dt > 0 else float("nan")
-        report(make_report(step, tokens, flops, lr, train_loss, eval_loss, tps, st, done))
+        report({**make_report(step, tokens, flops, lr, train_loss, eval_loss, tps, st, done),
+                "eval_flops": eval_flops, "eval_time_s": eval_time, **task_metrics})
+        task_metrics = {}
         loss_sum, loss_steps, tokens_at_report, time_at_report = 0.0, 0, tokens, st
 
     loss_sum, loss_steps, tokens_at_report, time_at_report = 0.0, 0, tokens, step_time
@@ -344,13 +376,15 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
         save_now = bool(config.checkpoint_dir) and (
             (config.checkpoint_every > 0 and step % config.checkpoint_every == 0) or last)
         branch_point = bool(config.checkpoint_dir) and step in config.checkpoint_steps
+        eval_due = last or (config.eval_every > 0 and step % config.eval_every == 0)
+        if eval_due:  # before a save: the checkpoint's evaluation counters include this evaluation
+            eval_loss = evaluate_now(tasks_due(last))
         if (save_now and last) or branch_point:
             # Before the report: Tune may end the trial on its final report (done), and a
             # branch is started once its trunk has reported its branch point.
             checkpoint = save(step)
             save_now = False
-        if last or (config.eval_every > 0 and step % config.eval_every == 0):
-            eval_loss = evaluate_now()
+        if eval_due:
             report_now(loss_sum / loss_steps, eval_loss, last)
             reported_final = last
         if save_now and not last:
@@ -362,10 +396,29 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
         eval_loss = float("nan")
         report_now(loss_sum / loss_steps, eval_loss, True)
     elif not reported_final:  # resumed from a checkpoint at (or past) the end
-        eval_loss = evaluate_now()
+        eval_loss = evaluate_now(bool(tasks))
         report_now(loss_sum / loss_steps if loss_steps else float("nan"), eval_loss, True)
     return TrialSummary(
         final_eval_loss=eval_loss, steps=step, tokens=tokens, flops=flops,
         n_params=plan.n_params, n_params_total=plan.n_params_total, shape=plan.shape.to_dict(),
         diverged=diverged, checkpoint=checkpoint)
 
+
+
+def _evaluate_tasks(tasks, model, reducer: RankReducer) -> dict[str, float]:
+    """Every task on the model: report keys task/<name>/{acc, acc_norm, loss, chance} (averaged over
+    ranks so every rank reports the same) and "_tokens": the tokens one rank ran through the model."""
+    out: dict[str, float] = {}
+    tokens = 0.0
+    for name, task in tasks:
+        m = run_task(name, task, model, None)  # no tokenizer object: trials train on token ids
+        tokens += m.get("tokens", 0.0)
+        chance = m.get("chance", getattr(task, "chance", None))
+        for metric, value in (("acc", m["acc"]), ("acc_norm", m.get("acc_norm")), ("loss", m.get("task_loss")),
+                              ("chance", chance)):
+            if value is not None:
+                out[task_key(name, metric)] = float(value)
+    keys = list(out)
+    out = dict(zip(keys, reducer.mean(*out.values()))) if keys else out
+    out["_tokens"] = tokens
+    return out

@@ -37,10 +37,12 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 NEWLINE = 10
 WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -106,6 +108,8 @@ class Task:
 def _score(model, seqs: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int,
            batch_size: int) -> list[tuple[float, int, bool]]:
     """Per (context, continuation): summed log-prob of the continuation, its length, greedy match."""
+    import torch  # here, not at import: the spec validates task names without loading torch
+
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
@@ -265,17 +269,7 @@ def load_task(ref: str, *, stream: np.ndarray | None = None, seq_len: int | None
         if stream is None or seq_len is None:
             raise TaskError(f"task {ref!r}: a built-in task needs the validation stream and seq_len")
         return builtin_task(name, stream, seq_len, n_items)
-    if ":" not in ref:
-        raise TaskError(f"task {ref!r}: not a built-in task ({', '.join(BUILTIN)}) nor 'module:callable'")
-    module_name, attr = ref.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # any import failure is the task's problem, reported by name
-        raise TaskError(f"task {ref!r}: cannot import module {module_name!r}: {exc}") from exc
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise TaskError(f"task {ref!r}: module {module_name!r} has no attribute {attr!r}") from None
+    obj, attr = _import_ref(ref)
     if attr.startswith("make_"):
         try:
             obj = obj()
@@ -284,6 +278,53 @@ def load_task(ref: str, *, stream: np.ndarray | None = None, seq_len: int | None
     if not callable(obj):
         raise TaskError(f"task {ref!r}: {type(obj).__name__} is not callable as task(model, tokenizer)")
     return obj
+
+
+def _import_ref(ref: str) -> tuple[Any, str]:
+    """The object a ``module:name`` reference names, and the name; TaskError when it does not load."""
+    if ":" not in ref:
+        raise TaskError(f"task {ref!r}: not a built-in task ({', '.join(BUILTIN)}) nor 'module:callable'")
+    module_name, attr = ref.split(":", 1)
+    if not module_name or not attr.isidentifier():
+        raise TaskError(f"task {ref!r}: expected 'package.module:name' with name a Python identifier")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import failure is the task's problem, reported by name
+        raise TaskError(f"task {ref!r}: cannot import module {module_name!r}: {exc}") from exc
+    try:
+        return getattr(module, attr), attr
+    except AttributeError:
+        raise TaskError(f"task {ref!r}: module {module_name!r} has no attribute {attr!r}") from None
+
+
+def task_name(ref: str) -> str:
+    """The name a task's metrics are reported under (``task/<name>/acc``): a built-in's name, else
+    the callable's name after the colon without a ``make_`` prefix.
+
+    >>> task_name("cloze"), task_name("builtin:next_line"), task_name("mylab.evals:make_hellaswag")
+    ('cloze', 'next_line', 'hellaswag')
+    """
+    name = ref.removeprefix("builtin:")
+    if ":" in name:
+        name = name.split(":", 1)[1]
+        name = name.removeprefix("make_") or name
+    return name
+
+
+def check_task(ref: str) -> str:
+    """Check that a task reference loads, without building or calling anything: a built-in name,
+    or a ``module:name`` whose module imports and whose attribute is callable (a ``make_`` factory
+    is not called). Returns :func:`task_name`; raises TaskError naming the problem."""
+    name = ref.removeprefix("builtin:")
+    if name in BUILTIN:
+        return name
+    if ref.startswith("builtin:"):
+        raise TaskError(f"unknown built-in task {name!r}; built-in tasks: {', '.join(BUILTIN)}")
+    obj, attr = _import_ref(ref)
+    if not callable(obj):
+        what = "a factory" if attr.startswith("make_") else "callable as task(model, tokenizer)"
+        raise TaskError(f"task {ref!r}: {type(obj).__name__} is not {what}")
+    return task_name(ref)
 
 
 def run_task(name: str, task: Callable, model, tokenizer: Any = None) -> dict[str, float]:
@@ -313,3 +354,9 @@ def run_task(name: str, task: Callable, model, tokenizer: Any = None) -> dict[st
 def eval_flops(n_params: float, metrics: dict[str, float]) -> float:
     """Forward-pass FLOPs of an evaluation: 2 N per token run through the model (0 when unknown)."""
     return 2.0 * float(n_params) * float(metrics.get("tokens", 0.0))
+
+
+def load_tasks(refs: Sequence[str], *, stream: np.ndarray | None = None, seq_len: int | None = None,
+               n_items: int = 200) -> list[tuple[str, Callable]]:
+    """(name, task) for each reference (see :func:`load_task`, :func:`task_name`), in order."""
+    return [(task_name(ref), load_task(ref, stream=stream, seq_len=seq_len, n_items=n_items)) for ref in refs]

@@ -187,7 +187,7 @@ def propose(
 ) -> None:
     """Compute-optimal (N, D, lr, batch) and predicted loss for each budget, from the sweep's trials."""
     from ..proposals import fit_and_propose, fit_settings
-    from ..store import ObservationStore, diverged_configs, final_points
+    from ..store import ObservationStore, diverged_configs, final_points, final_task_points
 
     bad = [c for c in budget if not (c > 0 and math.isfinite(c))]
     if bad:
@@ -208,7 +208,8 @@ def propose(
         except SpecError as exc:
             typer.echo(f"warning: no resource plans: {exc}", err=True)
     fit = fit_and_propose(points, budget, **fit_settings(spec, bootstrap), resources=resources,
-                          diverged=diverged_configs(store), family=family)
+                          diverged=diverged_configs(store), family=family,
+                          task_rows=final_task_points(store, points))
     if fit.fit is None:
         fail("; ".join(fit.warnings), code=1)
     if as_json:
@@ -278,6 +279,28 @@ def _print_fit(doc: dict) -> None:
                       f"{sh['d_model']}, {sh['n_layers']}, {sh['n_heads']}", fmt("loss_opt", pr["predicted_loss"]))
     console.print(table)
     _print_resource_plans(doc["proposals"])
+    _print_task_metrics(doc["proposals"])
+
+
+def _print_task_metrics(proposals: list) -> None:
+    rows = [(pr["budget"], task, m) for pr in proposals for task, m in (pr.get("task_metrics") or {}).items()]
+    if not rows:
+        return
+    table = Table(title="predicted task accuracy per proposal (90% interval of the mean; of one evaluation)")
+    for col in ("budget C", "task", "accuracy", "interval", "prediction interval", "task loss"):
+        table.add_column(col, justify="right")
+
+    def pair(iv) -> str:
+        return "-" if not iv or iv[0] is None else f"[{iv[0]:.3f}, {iv[1]:.3f}]"
+
+    for c, task, m in rows:
+        loss = m.get("loss")
+        table.add_row(f"{c:.3g}", task, f"{m['acc']:.3f}", pair(m.get("interval")), pair(m.get("prediction_interval")),
+                      "-" if loss is None else f"{loss:.3f}")
+    console.print(table)
+    for c, task, m in rows:
+        for w in m.get("warnings") or []:
+            console.print(f"  [yellow]task {task} at {c:.3g}[/]: {w}")
 
 
 def _print_resource_plans(proposals: list) -> None:

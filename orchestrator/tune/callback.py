@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
-from trainers.contract import REPORT_KEYS
+from trainers.contract import OPTIONAL_REPORT_KEYS, REPORT_KEYS, TASK_PREFIX
 
 from ..branching import spent_flops
 from ..progress import SweepProgress
@@ -24,13 +24,17 @@ log = logging.getLogger(__name__)
 
 
 def _report_of(result: dict[str, Any]) -> Optional[dict[str, float]]:
-    """The trainer's report inside a Tune result (None for Tune-only bookkeeping results)."""
+    """The trainer's report inside a Tune result (None for Tune-only bookkeeping results): the
+    contract's keys (NaN when missing), and the optional keys and task metrics it carries."""
     if "step" not in result:
         return None
     out = {}
     for key in REPORT_KEYS:
         val = result.get(key)
         out[key] = float("nan") if val is None else float(val)
+    for key, val in result.items():
+        if (key in OPTIONAL_REPORT_KEYS or key.startswith(TASK_PREFIX)) and isinstance(val, (int, float)):
+            out[key] = float(val)
     return out
 
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp_mp
 
 from tests.integration.conftest import free_port
-from trainers.contract import REPORT_KEYS, Schedule, TrialConfig
+from trainers.contract import OPTIONAL_REPORT_KEYS, REPORT_KEYS, Schedule, TrialConfig
 from trainers.deepspeed_trainer import train
 from trainers.model import count_params, shape_for
 
@@ -40,7 +40,7 @@ def test_trial_learns_reports_checkpoints_and_resumes(cache, tmp_path):
     assert "RANK" not in os.environ and "LOCAL_RANK" not in os.environ
 
     assert [r["step"] for r in reports] == [10, 20, 30]
-    assert all(tuple(r) == REPORT_KEYS for r in reports)
+    assert all(tuple(r) == REPORT_KEYS + OPTIONAL_REPORT_KEYS for r in reports)  # no task: no task metrics
     n = count_params(shape_for(20_000)).non_embedding
     assert summary.n_params == n and summary.steps == 30 and summary.tokens == 30 * 2048
     for r in reports:
@@ -133,6 +133,50 @@ def test_divergence_stops_the_trial(cache):
     assert reports[-1]["done"] == 1.0 and not math.isfinite(reports[-1]["train_loss"])
 
 
+def test_tasks_run_at_checkpoint_evaluations_and_their_flops_are_counted_apart(cache, tmp_path):
+    """eval.tasks_at: checkpoints: the task runs at the evaluations on checkpoint steps (here every
+    2nd) and the last; eval_flops grows by the validation and task forward passes, never into the
+    training flops; a resumed trial carries eval_flops on from its checkpoint."""
+    ckpt = tmp_path / "ckpt"
+    cfg = _config(cache, tokens=20 * 2048, eval_every=5, checkpoint_every=10, checkpoint_dir=str(ckpt),
+                  checkpoint_steps=(10,), tasks=("cloze", "next_line"), tasks_at="checkpoints", task_items=16)
+    reports = []
+    train(cfg, reports.append)
+    assert [r["step"] for r in reports] == [5, 10, 15, 20]
+    with_tasks = [int(r["step"]) for r in reports if "task/cloze/acc" in r]
+    assert with_tasks == [10, 20]
+    n = count_params(shape_for(20_000)).non_embedding
+    val = 2 * n * 2048  # 32 windows of 64 tokens per evaluation, forward only
+    ev = [r["eval_flops"] for r in reports]
+    assert ev[0] == pytest.approx(val)  # no task at step 5
+    assert ev[1] - ev[0] > val and ev[2] - ev[1] == pytest.approx(val)  # a task ran at step 10, none at 15
+    for r in reports:
+        assert r["flops"] == pytest.approx(6 * n * r["tokens"])  # training only
+    last = reports[-1]
+    assert {k for k in last if k.startswith("task/")} == {
+        "task/cloze/acc", "task/cloze/acc_norm", "task/cloze/loss", "task/cloze/chance",
+        "task/next_line/acc", "task/next_line/loss", "task/next_line/chance"}
+    assert last["task/cloze/chance"] == 0.25 and 0 <= last["task/cloze/acc"] <= 1 and last["task/cloze/loss"] > 0
+    # resume from step 10 (kept: a branch point): eval_flops continues from the checkpoint's count
+    (ckpt / "latest").write_text("step10")
+    resumed = []
+    train(cfg, resumed.append)
+    assert [r["step"] for r in resumed] == [15, 20]
+    assert resumed[-1]["eval_flops"] == pytest.approx(ev[-1])
+    assert resumed[-1]["task/cloze/acc"] == pytest.approx(last["task/cloze/acc"])
+
+
+def test_a_task_that_fails_fails_the_trial_before_training(cache, tmp_path, monkeypatch):
+    from trainers.tasks import TaskError
+
+    (tmp_path / "broken_task_mod.py").write_text("def make_task():\n    raise RuntimeError('no data here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reports = []
+    with pytest.raises(TaskError, match="broken_task_mod:make_task.*the factory failed: no data here"):
+        train(_config(cache, tasks=("broken_task_mod:make_task",)), reports.append)
+    assert reports == [] and not dist.is_initialized()
+
+
 def _worker(rank, port, cfg, out_dir):
     # Like a Ray Train worker: the gloo group exists before the trainer runs.
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -145,7 +189,7 @@ def _worker(rank, port, cfg, out_dir):
 
 def test_two_ranks_zero3(cache, tmp_path):
     cfg = _config(cache, workers=2, zero_stage=3, tokens=12 * 2048, eval_every=6, micro_batch=8,
-                  checkpoint_dir=str(tmp_path / "ckpt"))
+                  checkpoint_dir=str(tmp_path / "ckpt"), tasks=("cloze",), task_items=8)
     tmp_mp.spawn(_worker, args=(free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["still_init"] and r1["still_init"]  # a group we did not create is left alone
@@ -156,4 +200,6 @@ def test_two_ranks_zero3(cache, tmp_path):
     assert math.isfinite(last["eval_loss"]) and last["eval_loss"] < LN256 - 0.5
     assert last["tokens"] == 12 * 2048  # global tokens: 32 sequences split 16/16 over the ranks
     assert r0["summary"]["final_eval_loss"] == r1["summary"]["final_eval_loss"]
+    # the task ran on the ZeRO-3 partitioned model on both ranks (collective parameter gathers)
+    assert all(0 <= r["task/cloze/acc"] <= 1 and r["task/cloze/loss"] > 0 for r in r0["reports"])
     assert (tmp_path / "ckpt" / "step12").is_dir()
