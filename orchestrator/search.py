@@ -501,11 +501,15 @@ class LawGuidedPlanner:
         if not by_size:
             return None
         size = max(by_size)
-        dist, cell = min(by_size[size], key=lambda x: (x[0], x[1].flops))
+        # The check tests the laws' reach in N: any cell of that size near the fitted frontier (N within
+        # `prune_band` of N*(its C)) will do, so the cheapest of them; else the one nearest the frontier.
+        near = [x for x in by_size[size] if x[0] <= math.log(self.config.prune_band)]
+        dist, cell = (min(near, key=lambda x: (x[1].flops, x[0])) if near
+                      else min(by_size[size], key=lambda x: (x[0], x[1].flops)))
         lr, batch = self.law_hparams(cell.N, cell.D)
         edge = max(c.N for c in self._law_fitted_cells())
         return cell, {"why": (f"law check {len(self.checks) + 1}: the largest size whose bracket costs ≤ "
-                              f"{self.config.check_budget:.1%} of the full grid, the cell nearest the fitted "
+                              f"{self.config.check_budget:.1%} of the full grid, its cheapest cell near the fitted "
                               f"frontier (N/N*(C) = {math.exp(dist):.2f}); tests lr*={lr:.3g}, batch*={batch:.0f} "
                               f"extrapolated from the searched cells"
                               + ("" if not self.checks else "; the last check found the law wrong")),
