@@ -633,12 +633,19 @@ class LawGuidedPlanner:
         runs = self._expected_runs()
         scores = gains / (np.array([c.flops for c in kept]) * runs)
         k = int(np.argmax(scores))
+        why = "largest expected reduction of the target-optimum uncertainty per FLOP"
         if not scores[k] > 0:  # nothing left to learn at the weights used: take the cheapest cell
             k = 0
+        elif self.transfer and self._streak > 0:
+            # The stopping rule held on the last fit and needs `stop_streak` in a row: a confirmation,
+            # which the cheapest cell near the frontier gives as well as the most informative one.
+            k = int(np.argmin([c.flops for c in kept]))
+            why = (f"the stopping rule held on the last fit ({self._streak} of {self.config.stop_streak}): "
+                   "confirm it with the cheapest cell near the frontier")
         cell = kept[k]
         order = np.argsort(-scores)
         return cell, {
-            "why": "largest expected reduction of the target-optimum uncertainty per FLOP",
+            "why": why,
             "expected_gain": float(gains[k]), "score": float(scores[k]), "expected_runs": runs,
             "p_near_frontier": float(p_near[closed.index(cell)]), "alternatives": len(kept),
             "runner_up": ({"N": kept[order[1]].N, "D": kept[order[1]].D, "expected_gain": float(gains[order[1]])}
