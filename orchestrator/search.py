@@ -31,7 +31,11 @@ the (lr*, batch*) the laws predict for it (off the spec's lattice: a learned poi
 lattice neighbour). Small models are cheap, so learning the laws there and transferring them
 up costs a fraction of searching every cell; the laws are fitted on the searched cells only, as
 one bowl shared by every run (`laws.hparam_surface`), and the search stops on the regret risk of
-its proposal (`regret_tolerance`).
+its proposal (`regret_tolerance`). Because those laws are extrapolated decades and can have the
+wrong form, transfer also checks them near the target (a bracket of runs around the law's point
+at the largest affordable size, which then enters the laws), hedges the proposed lr towards the
+flatter side of a measured asymmetric bowl by the law's uncertainty there, and backtests L(N, D)
+by size (docs/search.md, "How the search notices and survives a wrong law").
 
 Every hand-out and the stop are explained in `decisions` (docs/search.md).
 """
