@@ -839,8 +839,19 @@ class LawGuidedPlanner:
         self._law_kind = f"one bowl over {fit.n_runs} runs of {fit.n_cells} cells"
 
     def hparam_intervals(self, N: float, D: float, level: float = 0.9) -> Optional[dict[str, dict[str, float]]]:
-        """Intervals of lr*, batch* at (N, D) when the laws come from the joint surface (transfer)."""
-        return self._surface.intervals(N, D, level) if self._surface is not None else None
+        """Intervals of lr*, batch* at (N, D) when the laws come from the joint surface (transfer):
+        the fit's (delta method), lr*'s widened to `lr_sigma` once law checks measured the law's
+        extrapolation error (so a hedged lr, at most 0.9 σ off, stays inside a 90 % interval)."""
+        if self._surface is None:
+            return None
+        iv = self._surface.intervals(N, D, level)
+        if iv is not None and self.checks:
+            sd, lr = self.lr_sigma(N, D), iv["lr"]["estimate"]
+            z = _z(level)
+            if lr * math.exp(z * sd) > iv["lr"]["high"]:
+                iv["lr"] = {**iv["lr"], "low": lr * math.exp(-z * sd), "high": lr * math.exp(z * sd),
+                            "calibrated_by_checks": True}
+        return iv
 
     def predict_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
         """lr and batch to run at (N, D): the laws learned so far (None, None before there are any),
@@ -862,7 +873,7 @@ class LawGuidedPlanner:
         cells it was fitted on, that error scaled by how far (N, D) lies beyond the fitted sizes
         (an extrapolation error that grows with the distance, per unit of log N)."""
         sd = 0.0
-        iv = self.hparam_intervals(N, D, 0.6827)
+        iv = self._surface.intervals(N, D, 0.6827) if self._surface is not None else None
         if iv is not None:
             sd = math.log(iv["lr"]["high"] / iv["lr"]["estimate"])
         errs = [(math.log(c["optimum_lr"] / c["law_lr"]), c["reach"]) for c in self.checks

@@ -137,7 +137,11 @@ def test_learned_point_has_honest_intervals(run):
     iv = pl.hparam_intervals(est["N"], est["D"], 0.9)
     for name in ("lr", "batch"):
         assert iv[name]["low"] < est[name] < iv[name]["high"]
-        assert 1.01 < iv[name]["high"] / iv[name]["low"] < 4.0
+        assert iv[name]["high"] / iv[name]["low"] > 1.01
+    assert iv["batch"]["high"] / iv["batch"]["low"] < 4.0
+    # lr*'s interval is widened by the law checks' measured extrapolation error (lr_sigma): wide but
+    # honest, it covers the planted lr* at the proposal.
+    assert iv["lr"]["low"] < WORLD.lr_star(est["N"], est["D"]) < iv["lr"]["high"]
 
 
 def test_a_law_point_that_does_not_fit_falls_back_to_the_lattice(monkeypatch):
@@ -242,3 +246,14 @@ def test_asymmetric_bowl_world_is_hedged_and_holds_its_regret():
     assert h["asym"] > 1.5 and h["factor"] < 0.95
     assert world.regret({k: est[k] for k in ("N", "D", "lr", "batch")}, target) <= 0.005
     assert res.compute / sum(t.flops for t in plan_grid(spec)) <= 0.10
+
+
+def test_hedged_lr_stays_inside_the_calibrated_interval(run):
+    """The proposal's lr (hedged) lies inside lr*'s 90 % interval, which the checks widen to `lr_sigma`."""
+    _, pl, _ = run
+    (est,) = pl.estimate()
+    iv = pl.hparam_intervals(est["N"], est["D"], 0.9)["lr"]
+    law = pl.law_hparams(est["N"], est["D"])[0]
+    assert iv["low"] < est["lr"] < iv["high"]
+    assert iv["high"] / law == pytest.approx(law / iv["low"], rel=1e-6)  # centred on the law
+    assert math.log(iv["high"] / law) >= 1.6 * pl.lr_sigma(est["N"], est["D"]) * 0.999
