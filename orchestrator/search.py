@@ -31,7 +31,11 @@ the (lr*, batch*) the laws predict for it (off the spec's lattice: a learned poi
 lattice neighbour). Small models are cheap, so learning the laws there and transferring them
 up costs a fraction of searching every cell; the laws are fitted on the searched cells only, as
 one bowl shared by every run (`laws.hparam_surface`), and the search stops on the regret risk of
-its proposal (`regret_tolerance`).
+its proposal (`regret_tolerance`). Because those laws are extrapolated decades and can have the
+wrong form, transfer also checks them near the target (a bracket of runs around the law's point
+at the largest affordable size, which then enters the laws), hedges the proposed lr towards the
+flatter side of a measured asymmetric bowl by the law's uncertainty there, and backtests L(N, D)
+by size (docs/search.md, "How the search notices and survives a wrong law").
 
 Every hand-out and the stop are explained in `decisions` (docs/search.md).
 """
@@ -215,6 +219,7 @@ class LawGuidedPlanner:
             self.trials = plan_grid(spec)
         self.budget = spec.budget.total_flops
         self.committed = 0.0
+        self.grid_flops = float(sum(t.flops for t in self.trials))  # what the full lattice would cost
         self.cells = _cells_of(self.trials, spec)
         if not self.cells:
             raise ValueError("no candidate trials")
@@ -235,6 +240,7 @@ class LawGuidedPlanner:
         self._resumed: dict[str, Optional[Mapping[str, Any]]] = {}  # ended trials not planned yet
         self._law_cells, self._law_kind = (0, 0), ""  # where the hyperparameter laws came from
         self._surface: Optional[SurfaceFit] = None  # transfer: the joint fit behind the laws
+        self.checks: list[dict[str, Any]] = []  # transfer: the law checks near the target and what they found
 
     # ---- the planner interface -------------------------------------------------------------
     @property
@@ -412,6 +418,8 @@ class LawGuidedPlanner:
         if cell.queue or cell.running or self._ready(cell):
             return
         cell.state = "resolved" if cell.best() is not None else "abandoned"
+        if cell.open_info.get("check"):
+            self._check_found(cell)
         if cell.state == "resolved":
             self._refit()
 
@@ -441,6 +449,8 @@ class LawGuidedPlanner:
             return
         start = min(pts, key=lambda p: (abs(p[1] - j), abs(math.log(cell.lrs[p[0]] / lr)), p))
         cell.start, cell.start_from = start, self._law_source()
+        if info.get("check") and self._check_lattice(cell, info["law_lr"], info["law_batch"]):
+            return
         if self.transfer and cell.key not in self._init_keys and self._law_point(cell, lr, batch):
             return
         square = self.config.neighbourhood == "square"
@@ -471,6 +481,112 @@ class LawGuidedPlanner:
                                f"(run at batch {b}; {self._law_source()})")
         return True
 
+    # ---- law checks near the target (transfer) ----------------------------------------------
+    def _next_check(self, closed: list[_Cell]) -> Union[tuple[_Cell, dict[str, Any]], str, None]:
+        """The next law check, WAIT while one is being searched, or None (no check due or affordable).
+
+        The laws are learned on the smallest sizes and extrapolated decades; the only direct test of
+        that extrapolation is a bracket of runs around the law's point at a large size. A check is
+        due while fewer than `law_checks` were made and either none was made yet or the last one
+        found the law wrong (its point was not the best of the bracket)."""
+        if any(c.state == "open" and c.open_info.get("check") for c in self.cells):
+            return WAIT  # later cells run at the laws the check is testing
+        if len(self.checks) >= self.config.law_checks:
+            return None
+        if self.checks and not self.checks[-1]["misfit"]:
+            return None
+        # 5 runs: the law's point and its lr and batch neighbours (the certificate of a local minimum).
+        cap = self.config.check_budget * self.grid_flops
+        est = self.fit.law.frontier([c.C for c in closed])["N_opt"]
+        by_size: dict[int, list[tuple[float, _Cell]]] = {}
+        for c, n_opt in zip(closed, est):
+            if 5 * c.flops <= cap:
+                by_size.setdefault(c.key[0], []).append((abs(math.log(c.N / float(n_opt))), c))
+        if not by_size:
+            return None
+        size = max(by_size)
+        # The check tests the laws' reach in N: any cell of that size near the fitted frontier (N within
+        # `prune_band` of N*(its C)) will do, so the cheapest of them; else the one nearest the frontier.
+        near = [x for x in by_size[size] if x[0] <= math.log(self.config.prune_band)]
+        dist, cell = (min(near, key=lambda x: (x[1].flops, x[0])) if near
+                      else min(by_size[size], key=lambda x: (x[0], x[1].flops)))
+        lr, batch = self.law_hparams(cell.N, cell.D)
+        edge = max(c.N for c in self._law_fitted_cells())
+        return cell, {"why": (f"law check {len(self.checks) + 1}: the largest size whose bracket costs ≤ "
+                              f"{self.config.check_budget:.1%} of the full grid, its cheapest cell near the fitted "
+                              f"frontier (N/N*(C) = {math.exp(dist):.2f}); tests lr*={lr:.3g}, batch*={batch:.0f} "
+                              f"extrapolated from the searched cells"
+                              + ("" if not self.checks else "; the last check found the law wrong")),
+                      "check": True, "law_lr": lr, "law_batch": batch, "alternatives": len(by_size[size]),
+                      "reach": max(math.log(cell.N / edge), 0.5 * math.log(self._lr_step()))}
+
+    def _lr_step(self) -> float:
+        """The spec's learning-rate resolution: the geometric step of its lr lattice (≥ 1.5)."""
+        lrs = self.spec.lrs()
+        if len(lrs) < 2:
+            return 2.0
+        return max(1.5, float(math.exp(math.log(lrs[-1] / lrs[0]) / (len(lrs) - 1))))
+
+    def _check_lattice(self, cell: _Cell, lr: float, batch: float) -> bool:
+        """Replace the check cell's lattice by one centred on the law's point: lr × step^(−2..2),
+        batch × ladder^(−1..1); queue the point and its cross. The cell search then walks to the
+        lattice's local minimum, so a wrong law is followed as far as the lattice reaches."""
+        seq, lo = self.spec.model.seq_len, _min_batch(self.spec)
+        k, f = self._lr_step(), self.config.batch_ladder
+        lrs = [float(f"{lr * k ** i:.4g}") for i in range(-2, 3)]
+        bs = sorted({max(lo, int(round(batch * f ** j / seq)) * seq) for j in (-1, 0, 1)})
+        any_t = next(iter(cell.trials.values()))
+        trials: dict[Point, PlannedTrial] = {}
+        for i, x in enumerate(lrs):
+            for j, b in enumerate(bs):
+                try:
+                    t = plan_trial(self.spec, any_t.n_target, cell.key[1], x, b, any_t.seed)
+                except SpecError:
+                    continue
+                if in_cell(t.D, any_t.cell):
+                    trials[(i, j)] = t
+        jc = min(range(len(bs)), key=lambda j: abs(math.log(bs[j] / batch)))
+        centre = (2, jc)
+        if centre not in trials:
+            cell.open_info = {**cell.open_info, "check_refused": "the law's point does not fit the resources"}
+            return False
+        cell.lrs, cell.batches, cell.trials = lrs, bs, trials
+        cell.flops = max(t.flops for t in trials.values())
+        for p, t in trials.items():
+            self._where[t.trial_id] = (cell, p)
+            self.trials.append(t)
+        cell.start, cell.start_from = centre, "law check (" + self._law_source() + ")"
+        cell.queue = [centre] + cell.neighbours(centre, self.config.neighbourhood == "square")
+        cell.why[centre] = (f"law check: the learned point lr*={lr:.3g}, batch*={batch:.0f} at a large size "
+                            f"({self._law_source()})")
+        for q in cell.queue[1:]:
+            cell.why[q] = (f"law check: bracket of the law's point (lr ×{k:.2g}^±1, batch ×{f:.2g}^±1); "
+                           "the law is wrong here if this beats it")
+        return True
+
+    def _check_found(self, cell: _Cell) -> None:
+        """Record what a law check found: where the cell's optimum is against the law's point."""
+        info = cell.open_info
+        rec: dict[str, Any] = {"N": cell.N, "D": cell.D, "runs": cell.runs, "law_lr": info.get("law_lr"),
+                               "law_batch": info.get("law_batch"), "reach": info.get("reach"), "misfit": False}
+        b = cell.best()
+        if b is not None and cell.start is not None:
+            x, y, _, _ = _cell_optimum(cell)
+            rec.update(best_lr=cell.trials[b].lr, best_batch=cell.trials[b].batch, best_loss=cell.loss[b],
+                       optimum_lr=math.exp(x), optimum_batch=math.exp(y),
+                       law_point_loss=cell.loss.get(cell.start))
+            # The law is wrong here when a bracket point beat its point by more than the noise of a loss
+            # (a flat batch axis lets noise pick a neighbour: that is no evidence against the law).
+            at_law = cell.loss.get(cell.start)
+            rec["misfit"] = b != cell.start and (at_law is None or at_law / cell.loss[b] - 1.0 > self._noise())
+        rec["why"] = ((f"law check at N={cell.N:.3g}, D={cell.D:.3g}: the best point (lr={rec.get('best_lr', 0):.3g}, "
+                       f"batch={rec.get('best_batch')}) is not the law's (lr={rec['law_lr']:.3g}, "
+                       f"batch={rec['law_batch']:.0f}): the laws are refitted with this cell, and another check follows"
+                       if rec["misfit"] else
+                       f"law check at N={cell.N:.3g}, D={cell.D:.3g}: the law's point is the best of its bracket"))
+        self.checks.append(rec)
+        self.decisions.append({"action": "check", "trial_id": None, "committed_flops": self.committed, **rec})
+
     # ---- choosing cells --------------------------------------------------------------------
     def _choose_cell(self) -> Union[tuple[_Cell, dict[str, Any]], str, None]:
         closed = [c for c in self.cells if c.state == "closed" and self._affordable(c)]
@@ -486,6 +602,10 @@ class LawGuidedPlanner:
                                   "alternatives": len(init_left)}
         if self.transfer and any(c.state == "open" and c.key in self._init_keys for c in self.cells):
             return WAIT  # transfer: the laws come from the whole initial design
+        if self.transfer and self.fit is not None and self.fit.samples is not None:
+            check = self._next_check(closed)
+            if check is not None:
+                return check
         if self.fit is None or self.fit.samples is None:
             if self._open_cells():
                 return WAIT  # the L(N, D) fit needs these cells' results
@@ -517,12 +637,19 @@ class LawGuidedPlanner:
         runs = self._expected_runs()
         scores = gains / (np.array([c.flops for c in kept]) * runs)
         k = int(np.argmax(scores))
+        why = "largest expected reduction of the target-optimum uncertainty per FLOP"
         if not scores[k] > 0:  # nothing left to learn at the weights used: take the cheapest cell
             k = 0
+        elif self.transfer and self._streak > 0:
+            # The stopping rule held on the last fit and needs `stop_streak` in a row: a confirmation,
+            # which the cheapest cell near the frontier gives as well as the most informative one.
+            k = int(np.argmin([c.flops for c in kept]))
+            why = (f"the stopping rule held on the last fit ({self._streak} of {self.config.stop_streak}): "
+                   "confirm it with the cheapest cell near the frontier")
         cell = kept[k]
         order = np.argsort(-scores)
         return cell, {
-            "why": "largest expected reduction of the target-optimum uncertainty per FLOP",
+            "why": why,
             "expected_gain": float(gains[k]), "score": float(scores[k]), "expected_runs": runs,
             "p_near_frontier": float(p_near[closed.index(cell)]), "alternatives": len(kept),
             "runner_up": ({"N": kept[order[1]].N, "D": kept[order[1]].D, "expected_gain": float(gains[order[1]])}
@@ -586,8 +713,7 @@ class LawGuidedPlanner:
         if len(N) < self.config.min_fit_cells:
             return
         try:
-            self.fit = fit_chinchilla(N, D, L, bootstrap=self.config.bootstrap, seed=self.seed,
-                                      budgets=self.targets, level=self.config.level)
+            self.fit = self._fit_loss(N, D, L)
             self._fit_error = None
         except ValueError as exc:
             self.fit, self._fit_error = None, str(exc)
@@ -611,6 +737,41 @@ class LawGuidedPlanner:
         self._streak = self._streak + 1 if done and self._identified() else 0
         if self._streak >= self.config.stop_streak:
             self._stop(why)
+
+    def _fit_loss(self, N: np.ndarray, D: np.ndarray, L: np.ndarray) -> ChinchillaFit:
+        """The search's L(N, D) fit with bootstrap replicates (`.law.frontier`, `.law.predict`,
+        `.samples` rows (E, A, B, α, β)). One line to swap for another form's fit."""
+        return fit_chinchilla(N, D, L, bootstrap=self.config.bootstrap, seed=self.seed,
+                              budgets=self.targets, level=self.config.level)
+
+    def loss_backtest(self) -> Optional[dict[str, Any]]:
+        """Backtest of L(N, D) by size: fit the searched cells without the largest size, predict its
+        cells; the same for the Kaplan form (`laws.kaplan`). A form that is right predicts the held-out
+        size within the noise; the bootstrap's intervals assume the form, so this is the check that
+        they may be trusted. None with fewer than 4 sizes (3 left to fit on)."""
+        from .laws.kaplan import fit_kaplan, law_from_result
+
+        N, D, L = self._fit_points()
+        sizes = sorted(set(N.tolist()))
+        if len(sizes) < 4:
+            return None
+        held = N == sizes[-1]
+        # The stated noise, not the fit's residual scale: a wrong form inflates its own residuals.
+        out: dict[str, Any] = {"held_out_N": sizes[-1], "cells": int(held.sum()), "noise": self.config.noise}
+        for name, fit in (("chinchilla", lambda n, d, l: fit_chinchilla(n, d, l).law),
+                          ("kaplan", lambda n, d, l: law_from_result(fit_kaplan(n, d, l)))):
+            try:
+                law = fit(N[~held], D[~held], L[~held])
+                err = np.log(L[held]) - np.log(law.predict(N[held], D[held]))
+                out[name] = float(np.sqrt(np.mean(err ** 2)))
+            except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+                out[name] = None
+        ch = out["chinchilla"]
+        # Beyond twice the stated noise of a loss: more than noise can explain (a warning, not a rule yet).
+        out["misfit"] = ch is not None and ch > 2.0 * out["noise"]
+        out["better_form"] = min((k for k in ("chinchilla", "kaplan") if out[k] is not None), key=lambda k: out[k],
+                                 default=None)
+        return out
 
     def _identified(self) -> bool:
         """Whether the resolved cells span min_sizes model sizes."""
@@ -671,21 +832,77 @@ class LawGuidedPlanner:
         (`laws.hparam_surface`); the laws are extrapolated decades, so every run should count."""
         runs = [(c.N, c.D, c.trials[p].lr, c.trials[p].batch, loss) for c in cells for p, loss in c.loss.items()]
         try:
-            fit = fit_surface(*zip(*runs), start=start)
+            fit = fit_surface(*zip(*runs), start=start, asymmetric=bool(self.config.hedge))
         except (HparamError, ValueError, np.linalg.LinAlgError):
             return  # too few cells or runs yet: keep the ridge laws
         self.lr_law, self.batch_law, self._surface = fit.lr_law, fit.batch_law, fit
         self._law_kind = f"one bowl over {fit.n_runs} runs of {fit.n_cells} cells"
 
     def hparam_intervals(self, N: float, D: float, level: float = 0.9) -> Optional[dict[str, dict[str, float]]]:
-        """Intervals of lr*, batch* at (N, D) when the laws come from the joint surface (transfer)."""
-        return self._surface.intervals(N, D, level) if self._surface is not None else None
+        """Intervals of lr*, batch* at (N, D) when the laws come from the joint surface (transfer):
+        the fit's (delta method), lr*'s widened to `lr_sigma` once law checks measured the law's
+        extrapolation error (so a hedged lr, at most 0.9 σ off, stays inside a 90 % interval)."""
+        if self._surface is None:
+            return None
+        iv = self._surface.intervals(N, D, level)
+        if iv is not None and self.checks:
+            sd, lr = self.lr_sigma(N, D), iv["lr"]["estimate"]
+            z = _z(level)
+            if lr * math.exp(z * sd) > iv["lr"]["high"]:
+                iv["lr"] = {**iv["lr"], "low": lr * math.exp(-z * sd), "high": lr * math.exp(z * sd),
+                            "calibrated_by_checks": True}
+        return iv
 
     def predict_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
-        """lr*(N, D) and batch*(D) from the laws learned so far (None, None before there are any)."""
+        """lr and batch to run at (N, D): the laws learned so far (None, None before there are any),
+        the lr hedged towards the flatter side of an asymmetric bowl (`hedge`, `lr_hedge`)."""
+        lr, batch = self.law_hparams(N, D)
+        if lr is None:
+            return None, None
+        return lr * self.lr_hedge(N, D)["factor"], batch
+
+    def law_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
+        """lr*(N, D) and batch*(D) as the learned laws state them (None, None before there are any)."""
         if self.lr_law is None:
             return None, None
         return float(self.lr_law(N, D)), float(self.batch_law(D))
+
+    def lr_sigma(self, N: float, D: float) -> float:
+        """Standard deviation of log lr*(N, D) as predicted by the laws: the surface fit's own
+        (delta method) and, once a law check has measured the law's error at a size beyond the
+        cells it was fitted on, that error scaled by how far (N, D) lies beyond the fitted sizes
+        (an extrapolation error that grows with the distance, per unit of log N)."""
+        sd = 0.0
+        iv = self._surface.intervals(N, D, 0.6827) if self._surface is not None else None
+        if iv is not None:
+            sd = math.log(iv["lr"]["high"] / iv["lr"]["estimate"])
+        errs = [(math.log(c["optimum_lr"] / c["law_lr"]), c["reach"]) for c in self.checks
+                if c.get("optimum_lr") and c.get("law_lr") and c.get("reach")]
+        if errs:
+            per_unit = math.sqrt(sum((e / r) ** 2 for e, r in errs) / len(errs))
+            edge = max(c.N for c in self._law_fitted_cells()) if self._law_fitted_cells() else N
+            sd = math.hypot(sd, per_unit * max(0.0, math.log(N / edge)))
+        return sd
+
+    def lr_hedge(self, N: float, D: float) -> dict[str, float]:
+        """The lr factor that minimises the expected loss over the lr law's uncertainty at (N, D) when
+        the bowl is steeper above lr* (`lr_asym` = r): with u = log lr − log lr* ~ N(δ, σ²), the
+        loss grows as u² below lr* and r·u² above, so the best δ is ≤ 0 (0 for a symmetric bowl or
+        a certain law). `hedge` off, or no joint surface yet: factor 1."""
+        out = {"factor": 1.0, "sigma": 0.0, "asym": 1.0, "shift": 0.0}
+        if not self.config.hedge or self._surface is None:
+            return out
+        r, sd = float(self._surface.lr_asym), self.lr_sigma(N, D)
+        out.update(sigma=sd, asym=r)
+        if sd <= 0 or abs(r - 1.0) < 1e-9:
+            return out
+        delta = _hedge_shift(sd, r)
+        out.update(factor=math.exp(delta), shift=delta)
+        return out
+
+    def _law_fitted_cells(self) -> list[_Cell]:
+        """The searched cells the hyperparameter laws are fitted on."""
+        return [c for c in self.cells if c.state == "resolved" and LAW_POINT not in c.trials]
 
     def _law_source(self) -> str:
         if self._surface is not None:
@@ -710,9 +927,18 @@ class LawGuidedPlanner:
     def _stop(self, why: str) -> None:
         if not self.stopped:
             self.stopped = why
-            self.decisions.append({"action": "stop", "trial_id": None, "why": why,
-                                   "committed_flops": self.committed, "trials": len(self.handed),
-                                   "estimate": self.estimate()})
+            entry = {"action": "stop", "trial_id": None, "why": why, "committed_flops": self.committed,
+                     "trials": len(self.handed), "estimate": self.estimate()}
+            if self.transfer:
+                bt = self.loss_backtest()
+                entry["loss_backtest"] = bt
+                entry["law_checks"] = list(self.checks)
+                if bt is not None and bt["misfit"]:
+                    entry["why"] = why + (
+                        f"; WARNING: L(N, D) of Chinchilla form misses the largest size by {bt['chinchilla']:.2%} "
+                        f"in a backtest (noise {bt['noise']:.2%}; Kaplan form {bt['kaplan'] or float('nan'):.2%}): "
+                        "the N* interval assumes the form and is too narrow")
+            self.decisions.append(entry)
         return None
 
     def _why_done(self) -> str:
@@ -789,6 +1015,27 @@ def _refine(cell: _Cell, b: Point, axis: int, grid: list[float]) -> tuple[float,
     if qa <= 0:
         return x0, True
     return float(np.clip(-qb / (2 * qa), xs[0], xs[2])), True
+
+
+def _hedge_shift(sigma: float, r: float) -> float:
+    """δ minimising E[u²·(1 + (r − 1)·1{u > 0})] for u ~ N(δ, σ²) (the expected loss of an lr
+    log-offset δ from an uncertain lr* on a bowl r times steeper above it).
+
+    >>> round(_hedge_shift(0.4, 3.0) / 0.4, 2), _hedge_shift(0.4, 1.0)
+    (-0.44, 0.0)
+    """
+    from scipy.optimize import minimize_scalar
+    from scipy.stats import norm
+
+    if sigma <= 0 or r == 1.0:
+        return 0.0
+
+    def expected(d: float) -> float:
+        above = (d * d + sigma ** 2) * norm.cdf(d / sigma) + d * sigma * norm.pdf(d / sigma)
+        return d * d + sigma ** 2 + (r - 1.0) * above
+
+    lim = 3.0 * sigma
+    return float(minimize_scalar(expected, bounds=(-lim, lim), method="bounded", options={"xatol": 1e-6}).x)
 
 
 def _ridge(X: np.ndarray, y: np.ndarray, lam: float) -> tuple[float, ...]:

@@ -424,6 +424,9 @@ class SearchSpec(_Strict):
     hparam_ridge: float = Field(0.05, ge=0, description="law: ridge on the online lr/batch law exponents")
     max_trials: Optional[int] = Field(None, ge=1, le=MAX_GRID_TRIALS, description="cap on trials handed out; none = the budget and the planner decide")
     batch_ladder: float = Field(2.0, gt=1, description="transfer: the initial design's batches extend the spec's below its smallest (down to seq_len) and one step above its largest, by this factor")
+    law_checks: Optional[int] = Field(None, ge=0, description="transfer: cells near the frontier at the largest affordable size where the learned lr*/batch* are checked by a bracket of runs around the law's point (and searched further if the law's point is not the best); they then enter the laws (default 2 for transfer, 0 for law)")
+    check_budget: float = Field(0.01, gt=0, description="transfer: most compute one law check may cost, as a fraction of the full grid's (sets the largest affordable size)")
+    hedge: Optional[bool] = Field(None, description="transfer: move the proposed lr towards the flatter side of a measured asymmetric bowl, by what minimises the expected loss over the lr law's uncertainty at the target (default true for transfer)")
 
     @model_validator(mode="before")
     @classmethod
@@ -439,6 +442,10 @@ class SearchSpec(_Strict):
                 data["tolerance"] = 0.75 if transfer else 0.5
             if transfer and "regret_tolerance" not in data:
                 data["regret_tolerance"] = 0.002
+            if data.get("law_checks") is None:
+                data["law_checks"] = 2 if transfer else 0
+            if data.get("hedge") is None:
+                data["hedge"] = transfer
         return data
 
 

@@ -42,6 +42,7 @@ class SurfaceFit:
     n_cells: int
     rms: float  # residual scale (log loss)
     cov: Optional[np.ndarray] = None  # asymptotic covariance of (log lr coef, N_exp, D_exp, log batch coef, D_exp)
+    lr_asym: float = 1.0  # curvature above lr* over that below (fitted with `asymmetric=True`; else 1)
 
     def predict(self, N: float, D: float) -> tuple[float, float]:
         """(lr*, batch* in tokens) at (N, D)."""
@@ -66,13 +67,15 @@ class SurfaceFit:
 
 def fit_surface(N: Sequence[float], D: Sequence[float], lr: Sequence[float], batch: Sequence[float],
                 loss: Sequence[float], *, window: float = 0.1, start: Optional[tuple[float, ...]] = None,
-                min_cells: int = 4, cells: Optional[Sequence[int]] = None) -> SurfaceFit:
+                min_cells: int = 4, cells: Optional[Sequence[int]] = None, asymmetric: bool = False) -> SurfaceFit:
     """Fit the surface to runs (non-finite losses are diverged runs and are left out).
 
     `start`: (a0, a1, a2, b0, b1) to start from (e.g. a regression of per-cell optima); default
     a regression of each cell's best run. Needs `min_cells` cells with ≥ 3 runs each in the window,
     spanning ≥ 2 sizes and ≥ 2 token budgets, else `HparamError`. `cells`: a cell label per run
     (default: one cell per (N, D); a bootstrap labels a cell drawn twice as two cells).
+    `asymmetric`: the lr curvature above lr* is w_lr·exp(s), a ninth parameter (`lr_asym` = exp(s));
+    real bowls are often steeper on the diverging side.
     """
     N, D, lr, batch, loss = (np.asarray(x, dtype=np.float64) for x in (N, D, lr, batch, loss))
     ok = np.isfinite(loss) & (loss > 0)
@@ -104,29 +107,32 @@ def fit_surface(N: Sequence[float], D: Sequence[float], lr: Sequence[float], bat
     counts = np.bincount(cell_of, minlength=n_cells)
 
     def residuals(p: np.ndarray) -> np.ndarray:
-        a0, a1, a2, b0, b1, wl, wb, xc = p
+        a0, a1, a2, b0, b1, wl, wb, xc = p[:8]
         u = x_lr - (a0 + a1 * logN + a2 * logD)
         v = x_b - (b0 + b1 * logD)
-        r = y - (wl * u * u + wb * v * v + xc * u * v)
+        wu = wl * np.exp(p[8]) if asymmetric else wl
+        r = y - (np.where(u > 0, wu, wl) * u * u + wb * v * v + xc * u * v)
         return r - (np.bincount(cell_of, weights=r, minlength=n_cells) / counts)[cell_of]  # m_c profiled out
 
     if start is None:
         start = _start_from_best(logN, logD, x_lr, x_b, y, cell_of, n_cells)
-    p0 = np.array([*start, 0.01, 0.01, 0.0])
-    lo = np.array([-np.inf] * 5 + [1e-6, 1e-6, -np.inf])
-    hi = np.array([np.inf] * 8)
+    p0 = np.array([*start, 0.01, 0.01, 0.0] + ([0.0] if asymmetric else []))
+    # The asymmetry is bounded (×1/10 … ×10): a side with no run near the bowl leaves it unidentified.
+    lo = np.array([-np.inf] * 5 + [1e-6, 1e-6, -np.inf] + ([-math.log(10)] if asymmetric else []))
+    hi = np.array([np.inf] * 8 + ([math.log(10)] if asymmetric else []))
     res = least_squares(residuals, p0, bounds=(lo, hi), loss="soft_l1", f_scale=NOISE_SCALE, x_scale="jac")
-    a0, a1, a2, b0, b1, wl, wb, xc = res.x
+    a0, a1, a2, b0, b1, wl, wb, xc = res.x[:8]
+    asym = float(math.exp(res.x[8])) if asymmetric else 1.0
     if not (np.all(np.isfinite(res.x)) and abs(a0) < 700 and abs(b0) < 700) or 4 * wl * wb <= xc * xc:
         raise HparamError("the joint surface is not a bowl (no interior optimum): the runs do not bracket it")
-    dof = max(1, len(rows) - n_cells - 8)
+    dof = max(1, len(rows) - n_cells - len(res.x))
     rms = float(np.sqrt(np.sum(res.fun ** 2) / dof))
     try:  # Gauss–Newton covariance (the robust loss's Jacobian), scaled by the residual variance
         cov = np.linalg.inv(res.jac.T @ res.jac)[:5, :5] * rms ** 2
     except np.linalg.LinAlgError:
         cov = None
     return SurfaceFit(LrLaw(math.exp(a0), float(a1), float(a2)), BatchLaw(math.exp(b0), float(b1)),
-                      float(wl), float(wb), float(xc), len(rows), n_cells, rms, cov)
+                      float(wl), float(wb), float(xc), len(rows), n_cells, rms, cov, asym)
 
 
 def _start_from_best(logN, logD, x_lr, x_b, y, cell_of, n_cells) -> tuple[float, ...]:

@@ -76,3 +76,29 @@ def test_intervals_cover_the_truth_three_decades_out():
         hits["batch"] += iv["batch"]["low"] <= WORLD.batch_star(5e8) <= iv["batch"]["high"]
     # measured 0.97 / 0.92 over 60 seeds on a larger design; 20 draws of a 90 % interval: >= 14 (p < 0.01 below)
     assert hits["lr"] >= 14 and hits["batch"] >= 14, hits
+
+
+def test_asymmetric_fit_measures_a_planted_asymmetry():
+    """A bowl 3x steeper above lr* (the world's `bowl.lr_width_above`): `asymmetric=True` measures
+    the ratio; on the symmetric world it finds ~1; the laws stay right either way."""
+    from trainers.worlds import world_from_dict
+
+    doc = WORLD.model_dump(exclude=WORLD._defaulted())
+    doc["bowl"] = {**doc["bowl"], "lr_width_above": 3.0 * WORLD.bowl.lr_width}
+    world = world_from_dict(doc)
+    rng = np.random.default_rng(0)
+    rows = []
+    for w in (world, WORLD):
+        rows = []
+        for N in (1.4e4, 4.6e4, 1.4e5):
+            for r in (5, 20, 80):
+                D = N * r
+                for lr in w.lr_star(N, D) * np.array([1 / 4, 1 / 2, 1, 2, 4]):
+                    for b in w.batch_star(D) * np.array([0.5, 1, 2]):
+                        loss = w.loss_star(N, D) * w.bowl_factor(N, D, lr, b) * (1 + 0.001 * rng.standard_normal())
+                        rows.append((N, D, lr, b, loss))
+        fit = fit_surface(*[np.array(c) for c in zip(*rows)], asymmetric=True, window=0.3)
+        expected = 3.0 if w is world else 1.0
+        assert fit.lr_asym == pytest.approx(expected, rel=0.25)
+        assert fit.lr_law.N_exp == pytest.approx(WORLD.lr.N_exp, abs=0.05)
+    assert fit_surface(*[np.array(c) for c in zip(*rows)]).lr_asym == 1.0  # symmetric unless asked
