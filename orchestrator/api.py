@@ -598,10 +598,12 @@ class SweepRegistry:
         from trainers.model import family_sizes
 
         smallest = family_sizes(spec.model.family if spec is not None else "gpt")[0]
-        below = [p for p in fit.proposals if not p["N"] >= smallest / 1.1]
-        if below:  # nor that small: N* = 1e-156 parameters is arithmetic, not a proposal
-            raise ApiError(422, f"budget: {below[0]['budget']:.3g} FLOPs puts N* ({below[0]['N']:.3g}) below the "
-                                f"model family's smallest member (N={smallest})")
+        # Nor that small: the frontier stops at the smallest member, and a budget that leaves it fewer
+        # tokens than parameters (C < 6·N_min²) is arithmetic, not a proposal.
+        below = [p for p in fit.proposals if not (p["N"] >= smallest / 1.1 and p["D"] >= p["N"])]
+        if below:
+            raise ApiError(422, f"budget: {below[0]['budget']:.3g} FLOPs is below what the model family's smallest "
+                                f"member (N={smallest}) can use: at least {6.0 * smallest**2:.3g} FLOPs")
         return jsonable(fit.proposals)
 
     def laws(self, sweep_id: str, bootstrap: Optional[int]) -> dict[str, Any]:
