@@ -1012,6 +1012,8 @@ def reference_markdown() -> str:
 
     lines.extend(["## top level", ""])
     walk(SweepSpec, "")
+    lines.extend(["## `data` (the section form)", "", DataSpec.__doc__.strip(), ""])
+    walk(DataSpec, "data.")
     lines.extend(["## `resources.rules[]`", "", ResourceRule.__doc__.strip(), ""])
     walk(ResourceRule, "resources.rules[].")
     lines.extend(["## ranges", "", "Wherever a list of values is accepted (`model.n_params`, `tokens.values`, "
