@@ -397,5 +397,5 @@ def problems(data: DataSource, largest_tokens: int, seq_len: int, cache_dir: Opt
         out.append(f"data: {where}: {len(train):,} training tokens; the largest trial (D = {largest_tokens:,}) "
                    f"would pass over them {epochs(len(train), largest_tokens):.2f} times (epochs). Set "
                    "data.allow_repeats: true to train on repeated tokens (the epoch count is recorded per "
-                   "trial), or use more data or smaller tokens")
+                   "trial), or give more data or a smaller largest D (tokens)")
     return out
