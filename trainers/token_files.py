@@ -125,8 +125,8 @@ def _check_dtype_guess(arr: np.ndarray, dtype: str, f: Path) -> None:
         odd = sample[1::2]
         if (odd == 0).mean() > 0.9 and (sample[0::2] != 0).mean() > 0.5:
             raise DataError(f"{f}: every other uint16 is 0: it looks like uint32 tokens; set data.dtype: uint32")
-    if dtype == "uint32" and len(sample) and (sample >= 1 << 16).mean() > 0.5:
-        raise DataError(f"{f}: most ids are >= 65,536: it looks like uint16 tokens; set data.dtype: uint16")
+    if dtype == "uint32" and len(sample) and (sample >= 1 << 16).mean() > 0.9:
+        raise DataError(f"{f}: nearly all ids are >= 65,536: it looks like uint16 tokens; set data.dtype: uint16")
 
 
 def read_parquet(path: str, column: Optional[str] = None) -> np.ndarray:

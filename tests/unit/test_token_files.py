@@ -54,7 +54,7 @@ def test_bin_wrong_dtype_is_named(tmp_path):
     with pytest.raises(DataError, match=r"u32\.bin: every other uint16 is 0: it looks like uint32"):
         read_bin(str(as32), "uint16")
     as16 = _bin(tmp_path / "u16.bin", np.arange(5000) % 1000 + 3000, np.uint16)
-    with pytest.raises(DataError, match=r"u16\.bin: most ids are >= 65,536: it looks like uint16"):
+    with pytest.raises(DataError, match=r"u16\.bin: nearly all ids are >= 65,536: it looks like uint16"):
         read_bin(str(as16), "uint32")
     odd = tmp_path / "odd.bin"
     odd.write_bytes(b"\x01\x00\x02\x00\x03\x00")
