@@ -269,7 +269,15 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     planner = make_planner(spec)
     ended = ended_trials(store)
     planner.resume(ended)  # a resumed sweep: what ended is not run again
-    records = {t.trial_id: t.record() for t in planner.trials}
+    train_tokens = _train_tokens(spec, os.environ.get("SCALESWEEP_CACHE"))
+
+    def record_of(t: PlannedTrial) -> dict[str, Any]:
+        rec = t.record()
+        if train_tokens:  # passes over the training data (> 1: repeated tokens, data.allow_repeats)
+            rec["epochs"] = t.D / train_tokens
+        return rec
+
+    records = {t.trial_id: record_of(t) for t in planner.trials}
 
     tracker = stash["tracker"] = SweepTracker(spec.tracking_uri(), spec.tracking.experiment, spec.name,
                                               buffer_dir=sweep_dir / "mlflow-spool")
@@ -291,7 +299,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     decisions: dict[str, dict[str, Any]] = {}  # trial id -> why the planner chose it
 
     def to_config(t: PlannedTrial) -> dict[str, Any]:
-        records.setdefault(t.trial_id, t.record())  # a planner may plan trials as it goes (transfer)
+        records.setdefault(t.trial_id, record_of(t))  # a planner may plan trials as it goes (transfer)
         why = next((d for d in reversed(planner.decisions) if d.get("trial_id") == t.trial_id), None)
         if why is not None:
             decisions[t.trial_id] = why
@@ -456,3 +464,16 @@ def _plot(fit: SweepFit, spec: SweepSpec, points: list[dict[str, Any]], loss_vs_
     return loss_vs_compute(runs, frontier=frontier, proposals=proposals, curves=curves, heldout=heldout,
                            level=spec.fit.level, title=title)
 
+
+def _train_tokens(spec: SweepSpec, cache: Optional[str]) -> Optional[int]:
+    """Training tokens of the sweep's data (each trial's record then carries its epochs), or None
+    where there is no data (simulated) or it cannot be read here (the trials will say why)."""
+    if spec.trainer.backend == "simulated" or (spec.trainer.own and spec.data == "builtin"):
+        return None
+    try:
+        from trainers.corpus import load_data
+
+        return len(load_data(spec.data_config(), cache).train)
+    except (OSError, ValueError) as exc:
+        log.warning("data: cannot count the training tokens here (%s); trials carry no epoch count", exc)
+        return None

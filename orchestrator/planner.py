@@ -243,7 +243,7 @@ def trial_config(spec: SweepSpec, trial: PlannedTrial, checkpoint_dir: Optional[
         branch_from=(str(Path(checkpoint_dir).parent / trial.branch_of / f"step{trial.branch_step}")
                      if trial.branch_of and checkpoint_dir else None),
         branch_step=trial.branch_step,
-        data=spec.data,
+        data=spec.data_config(),
         data_cache=data_cache,
         exact_flops=spec.budget.flops == "exact",
         threads=spec.resources.threads,

@@ -564,6 +564,81 @@ def _world_problem(message: str) -> str:
     return re.sub(r":?\n\s*", "; ", message.strip()).replace("invalid world;", "invalid world:")
 
 
+class DataSpec(_Strict):
+    """Token data in the formats labs use (`data: builtin` and `data: PATH` stay valid as shorthands).
+
+    `scalesweep validate` reads the data once (tokenizing and caching text) and refuses, naming the
+    file: a missing file, a token file in the wrong dtype, a token id at or above the vocabulary, a
+    validation split shorter than one window, and fewer training tokens than the largest trial's D
+    (with the epoch count that would be) unless `allow_repeats`. Details: docs/trainers.md, "Data".
+    """
+
+    format: Literal["builtin", "parquet", "bin", "hf", "text"] = Field(
+        "builtin", description="builtin (offline stdlib corpus) | parquet (shards: train/*.parquet, val/*.parquet, or files) | "
+                               "bin (flat uint16/uint32 token ids, nanoGPT / llm.c) | hf (datasets' save_to_disk) | "
+                               "text (.txt files or JSONL, tokenized with `tokenizer`)")
+    path: Optional[str] = Field(None, min_length=1, description="file, directory or glob of the training data (not for builtin)")
+    val_path: Optional[str] = Field(None, min_length=1, description="validation data in the same format; none = the dataset's own split, else the last val_fraction of the tokens")
+    val_fraction: float = Field(0.01, gt=0, lt=0.5, description="share of the tokens held out for validation when there is no validation split")
+    dtype: Optional[Literal["uint16", "uint32"]] = Field(None, description="bin: token width (none = uint16)")
+    tokenizer: Optional[str] = Field(None, min_length=1, description="text: a tokenizer.json (Hugging Face tokenizers); builtin: 'bytes' (default) or 'bpe' (a BPE tokenizer trained offline on the corpus, cached)")
+    vocab_size: Optional[int] = Field(None, ge=2, le=1 << 20, description="the model's vocabulary: every token id must be below it; none = the tokenizer's, the manifest's or max(256, largest id + 1); builtin bpe: the BPE vocabulary (4096)")
+    column: Optional[str] = Field(None, min_length=1, description="hf/parquet: the token column (none = input_ids, then tokens); text JSONL: the text field (none = text)")
+    allow_repeats: bool = Field(False, description="allow trials with more tokens than the training data holds (repeated epochs; recorded per trial)")
+
+    @field_validator("path", "val_path", "tokenizer")
+    @classmethod
+    def _paths(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        _no_control(v, "the path")
+        if len(v) > 4096:
+            raise ValueError(f"{len(v)} characters; a path has at most 4096")
+        system = _system_dir(Path(v))
+        if system:
+            raise ValueError(f"{v!r} is under {system}, a system pseudo-filesystem")
+        return v
+
+    @model_validator(mode="after")
+    def _fits(self) -> "DataSpec":
+        if self.format == "builtin":
+            if self.path or self.val_path:
+                raise ValueError("path: the built-in corpus has no path (use format: parquet, bin, hf or text)")
+            if self.tokenizer not in (None, "bytes", "bpe"):
+                raise ValueError(f"tokenizer: the built-in corpus is 'bytes' or 'bpe', got {self.tokenizer!r}")
+            if self.tokenizer == "bpe" and self.vocab_size is not None and not 300 <= self.vocab_size <= 65536:
+                raise ValueError(f"vocab_size: a built-in BPE vocabulary of 300 to 65,536 tokens, got {self.vocab_size}")
+        elif not self.path:
+            raise ValueError(f"path: format {self.format} needs a path")
+        if self.format == "text" and not self.tokenizer:
+            raise ValueError("tokenizer: format text needs a tokenizer.json")
+        if self.format not in ("text", "builtin") and self.tokenizer:
+            raise ValueError(f"tokenizer: format {self.format} holds token ids already; a tokenizer is for text")
+        if self.dtype and self.format != "bin":
+            raise ValueError("dtype: only for format bin")
+        return self
+
+    def is_builtin_bytes(self) -> bool:
+        """The built-in corpus as bytes (what built-in tasks are made of)."""
+        return self.format == "builtin" and self.tokenizer in (None, "bytes")
+
+
+def _data_kind(v: Any) -> Optional[str]:
+    if isinstance(v, (dict, DataSpec)):
+        return "form:section"
+    if isinstance(v, str):
+        return "form:path"
+    return None
+
+
+# `data: builtin | PATH` or a `data:` section, told apart by shape (errors speak of the form written)
+DataField = Annotated[
+    Union[Annotated[str, Tag("form:path")], Annotated[DataSpec, Tag("form:section")]],
+    Discriminator(_data_kind, custom_error_type="data",
+                  custom_error_message="expected 'builtin', a path, or a data section {format, path, ...}"),
+]
+
+
 class CheckpointSpec(_Strict):
     """Trial checkpoints, and restarts of a crashed trial from its last checkpoint (docs/cluster.md, "Fault tolerance")."""
 
@@ -592,7 +667,7 @@ class SweepSpec(_Strict):
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     pruning: PruningSpec = Field(default_factory=PruningSpec)
-    data: str = Field("builtin", min_length=1, description="'builtin' (offline corpus) or a directory of pre-tokenised Parquet shards (train/*.parquet, val/*.parquet)")
+    data: DataField = Field("builtin", description="'builtin' (offline corpus as bytes), a path (a directory of Parquet shards train/*.parquet + val/*.parquet, or a .bin token file), or a `data` section (formats bin, hf, parquet, text; builtin BPE)")
     output_dir: Optional[str] = Field(None, min_length=1, description="sweep directory; none = ./sweeps/<name>; must be a new or empty directory, or this sweep's own")
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
     seed: int = Field(0, ge=0, le=MAX_SEED_VALUE, description="seed of the planner's own choices")
@@ -610,9 +685,11 @@ class SweepSpec(_Strict):
 
     @field_validator("data", "output_dir")
     @classmethod
-    def _path(cls, v: Optional[str]) -> Optional[str]:
-        if v is None:
+    def _path(cls, v: Any) -> Any:
+        if v is None or isinstance(v, DataSpec):
             return v
+        if not v:
+            raise ValueError("empty path")
         _no_control(v, "the path")
         if len(v) > 4096:
             raise ValueError(f"{len(v)} characters; a path has at most 4096")
@@ -711,7 +788,7 @@ class SweepSpec(_Strict):
         if self.eval.tasks and self.trainer.backend == "simulated":
             raise ValueError("eval.tasks: the simulated backend has no model to evaluate tasks on")
         builtin_tasks = [t for t in self.eval.tasks if ":" not in t or t.startswith("builtin:")]
-        if builtin_tasks and self.data != "builtin":
+        if builtin_tasks and not self.data_spec().is_builtin_bytes():
             raise ValueError(f"eval.tasks: built-in task {builtin_tasks[0]!r} is built from the built-in corpus's bytes "
                              "(data: builtin); with your own shards use a 'package.module:callable' task")
         if self.schedule.branch:
@@ -723,6 +800,18 @@ class SweepSpec(_Strict):
         return self
 
     # ---- derived -----------------------------------------------------------------------
+    def data_spec(self) -> DataSpec:
+        """`data` as a section, whichever form the spec used (`builtin`, a path, a mapping)."""
+        if isinstance(self.data, DataSpec):
+            return self.data
+        if self.data == "builtin":
+            return DataSpec()
+        return DataSpec(format="bin" if self.data.endswith(".bin") else "parquet", path=self.data)
+
+    def data_config(self) -> Any:
+        """`data` as the trial config carries it: the string as written, or the section as a plain mapping."""
+        return self.data if isinstance(self.data, str) else self.data.model_dump(exclude_none=True)
+
     def sweep_dir(self) -> Path:
         """The sweep directory (absolute)."""
         return Path(self.output_dir or Path("sweeps") / self.name).resolve()
@@ -744,7 +833,7 @@ class SweepSpec(_Strict):
 def _field_path(loc: tuple[Any, ...]) -> str:
     # pydantic puts union tags and validator names in the location ("list", "range",
     # "function-after[...]"); the user wrote none of them
-    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in ("list", "range") or "[" in p or "(" in p))]
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in ("list", "range") or p.startswith("form:") or "[" in p or "(" in p))]
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
@@ -930,6 +1019,8 @@ def reference_markdown() -> str:
 
     lines.extend(["## top level", ""])
     walk(SweepSpec, "")
+    lines.extend(["## `data` (the section form)", "", DataSpec.__doc__.strip(), ""])
+    walk(DataSpec, "data.")
     lines.extend(["## `resources.rules[]`", "", ResourceRule.__doc__.strip(), ""])
     walk(ResourceRule, "resources.rules[].")
     lines.extend(["## ranges", "", "Wherever a list of values is accepted (`model.n_params`, `tokens.values`, "
@@ -996,14 +1087,23 @@ def _path_problems(spec: SweepSpec) -> list[str]:
     why = _unusable_dir(where)
     if why:
         problems.append(f"output_dir: {why}" + ("" if spec.output_dir else " (the default: sweeps/<name>)"))
-    if spec.data != "builtin":
+    ds = spec.data_spec()
+    if isinstance(spec.data, str) and ds.format == "parquet":  # `data: DIR`: the shard layout
         data = Path(spec.data)
         if not data.is_dir():
-            problems.append(f"data: {spec.data} is not a directory (use 'builtin' or a directory of Parquet shards)")
+            problems.append(f"data: {spec.data} is not a directory (use 'builtin', a directory of Parquet shards, "
+                            "a .bin token file, or a data section)")
         else:
             missing = [s for s in ("train", "val") if not any((data / s).glob("*.parquet"))]
             if missing:
                 problems.append(f"data: {spec.data} has no {' or '.join(f'{m}/*.parquet' for m in missing)}")
+    else:
+        for name in ("path", "val_path"):
+            p = getattr(ds, name)
+            if p and not any(c in p for c in "*?[") and not Path(p).exists():
+                problems.append(f"data.{name}: {p}: no such file or directory")
+        if ds.format == "text" and ds.tokenizer and not Path(ds.tokenizer).is_file():
+            problems.append(f"data.tokenizer: {ds.tokenizer}: no such tokenizer file")
     uri = spec.tracking.uri
     if uri:
         scheme = urlparse(uri).scheme.lower()
@@ -1021,6 +1121,25 @@ def _path_problems(spec: SweepSpec) -> list[str]:
                 elif why := _unusable_dir(db.parent):
                     problems.append(f"tracking.uri: {why}")
     return problems
+
+
+def check_data(spec: SweepSpec) -> None:
+    """The data the trials will read is usable for this grid; raises `SpecError` naming the file.
+
+    Reads the data once (text is tokenized and cached, the built-in corpus built): missing files,
+    wrong dtype, token ids beyond the vocabulary, a validation split shorter than one window, and
+    too few training tokens for the largest trial's D unless `data.allow_repeats`. Skipped for the
+    simulated backend (it reads no data) and for a user's trainer on the default `builtin`.
+    """
+    if spec.trainer.backend == "simulated" or (spec.trainer.backend != "deepspeed" and spec.data == "builtin"):
+        return
+    from trainers.token_files import problems
+
+    largest = max(int(d) for n in spec.model.sizes() for d in spec.tokens.for_size(n))
+    cache = os.environ.get("SCALESWEEP_CACHE")  # where the trials will cache (the controller passes it on)
+    found = problems(spec.data_config(), largest, spec.model.seq_len, cache_dir=cache, builtin_cache=cache)
+    if found:
+        raise SpecError("invalid spec\n  " + "\n  ".join(found))
 
 
 def check_sweep_dir(spec: SweepSpec) -> bool:

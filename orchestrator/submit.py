@@ -134,8 +134,11 @@ def _check_reachable(spec: SweepSpec) -> list[str]:
     if uri is None or not _is_remote_uri(uri):
         warnings.append("MLflow writes to a file store on the shared path; for several users or a UI that stays up, "
                         "use an MLflow tracking server (--tracking-uri http://MLFLOW:5000)")
-    if spec.data != "builtin" and not Path(spec.data).is_absolute():
-        errors.append(f"data: {spec.data} is a relative path; give the shards' absolute path on shared storage")
+    ds = spec.data_spec()
+    for name, p in (("data.path", ds.path), ("data.val_path", ds.val_path),
+                    ("data.tokenizer", ds.tokenizer if ds.format == "text" else None)):
+        if p and not Path(p).is_absolute():
+            errors.append(f"{name}: {p} is a relative path; give the data's absolute path on shared storage")
     if spec.trainer.backend == "simulated":
         w = Path(spec.trainer.world)
         if (w.suffix or w.exists()) and not w.is_absolute():

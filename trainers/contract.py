@@ -67,7 +67,7 @@ class TrialConfig:
     checkpoint_steps: tuple[int, ...] = ()  # WSD trunk: also save at these steps (its branches' starts)
     branch_from: Optional[str] = None  # WSD branch: a trunk checkpoint (tag directory) to start from
     branch_step: int = 0  # ... taken after this many steps; the branch trains the rest of its schedule
-    data: str = "builtin"  # "builtin" corpus or a directory of pre-tokenised Parquet shards
+    data: Any = "builtin"  # the spec's `data`: "builtin", a path, or a mapping (trainers.token_files)
     data_cache: Optional[str] = None  # where the built-in corpus shards are cached
     exact_flops: bool = False  # count attention + embedding FLOPs instead of 6·N per token
     threads: int = 1  # torch intra-op threads per worker process
@@ -220,3 +220,4 @@ class TrialSummary:
     shape: dict[str, int]
     diverged: bool = False
     checkpoint: Optional[str] = None
+    epochs: Optional[float] = None  # passes over the training tokens (> 1: repeated data); None = not known

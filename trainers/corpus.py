@@ -15,9 +15,11 @@ the file list. The tokens are written once as Parquet shards under the cache dir
 The build writes into a temporary directory and renames it into place, so concurrent trials
 never see a half-written corpus; the loser of a race discards its copy.
 
-User datasets are directories in that layout: `train/*.parquet` and `val/*.parquet` (read in
-sorted name order) whose column `tokens` is either a list of integers per row or a flat
-integer column (uint8/uint16/int32/int64); rows are concatenated in order. An optional
+User data (token files, Hugging Face datasets, Parquet shards, text with a tokenizer.json)
+and the built-in corpus as BPE tokens are read by `trainers.token_files` and
+`trainers.builtin_bpe`; `load_data` takes the spec's `data` field, whatever its form. Parquet
+directories keep the layout above: `train/*.parquet` and `val/*.parquet` (sorted name order),
+column `tokens` a list of integers per row or a flat integer column; an optional
 `manifest.json` may give `vocab_size`; otherwise it is max(256, largest token + 1).
 """
 from __future__ import annotations
@@ -156,24 +158,46 @@ _LOADED: dict[str, TokenData] = {}
 _LOCK = threading.Lock()
 
 
-def load_data(data: str = "builtin", cache_dir: str | None = None) -> TokenData:
-    """Load the built-in corpus or a user shard directory (memoised per process)."""
-    path = builtin_corpus_dir(cache_dir) if data == "builtin" else Path(data)
-    key = str(path.resolve())
+def load_data(data: "str | dict" = "builtin", cache_dir: str | None = None) -> TokenData:
+    """Load the built-in corpus (bytes or BPE) or a user data source (memoised per process).
+
+    `data` is the spec's `data` field: "builtin", a path, or a mapping (trainers.token_files).
+    Token files and tokenized text are memory-mapped where they can be, not copied.
+    """
+    from .token_files import normalise
+
+    d = normalise(data)
+    if d["format"] == "builtin" and d["tokenizer"] == "bytes":
+        key = str(builtin_corpus_dir(cache_dir).resolve())
+    else:
+        key = json.dumps({**d, "cache": cache_dir}, sort_keys=True)
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key]
-        train, val = _read_split(path / "train"), _read_split(path / "val")
-        manifest = path / "manifest.json"
-        meta = json.loads(manifest.read_text()) if manifest.exists() else {}
-        top = int(max(train.max(initial=0), val.max(initial=0)))
-        vocab = int(meta.get("vocab_size", max(256, top + 1)))
-        if top >= vocab:
-            raise ValueError(f"{path}: token id {top} >= vocab_size {vocab}")
+        if d["format"] == "builtin" and d["tokenizer"] == "bytes":
+            path = Path(key)
+            train, val = _read_split(path / "train"), _read_split(path / "val")
+            meta = json.loads((path / "manifest.json").read_text())
+            vocab = int(meta["vocab_size"])
+        elif d["format"] == "builtin":
+            from .builtin_bpe import load_builtin
+
+            train, val, vocab, where = load_builtin(d, cache_dir)
+            path = Path(where)
+        else:
+            from .token_files import load_streams
+
+            train, val, vocab, where = load_streams(d, cache_dir)
+            path = Path(where)
         dtype = np.uint8 if vocab <= 256 else (np.uint16 if vocab <= 65536 else np.int32)
-        td = TokenData(train.astype(dtype, copy=False), val.astype(dtype, copy=False), vocab, str(path))
+        td = TokenData(_as(train, dtype), _as(val, dtype), vocab, str(path))
         _LOADED[key] = td
         return td
+
+
+def _as(a: np.ndarray, dtype) -> np.ndarray:
+    # a memory-mapped stream already narrow enough stays mapped (no copy of a large token file)
+    return a if np.dtype(a.dtype).itemsize <= np.dtype(dtype).itemsize and a.dtype.kind == "u" else a.astype(dtype)
 
 
 def sample_batch(tokens: np.ndarray, seq_len: int, n_seqs: int, seed: int, rank: int,

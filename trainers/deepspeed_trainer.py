@@ -401,7 +401,8 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
     return TrialSummary(
         final_eval_loss=eval_loss, steps=step, tokens=tokens, flops=flops,
         n_params=plan.n_params, n_params_total=plan.n_params_total, shape=plan.shape.to_dict(),
-        diverged=diverged, checkpoint=checkpoint)
+        diverged=diverged, checkpoint=checkpoint,
+        epochs=tokens / max(1, len(data.train)))  # > 1: repeated tokens (data.allow_repeats)
 
 
 

@@ -20,7 +20,7 @@ def _load(spec_path: Path, sweep_dir: Optional[Path] = None):
 
     from ..controller import check_capacity, local_capacity
     from ..planner import check_resources
-    from ..spec import SpecError, check_paths, load_spec
+    from ..spec import SpecError, check_data, check_paths, load_spec
 
     try:
         spec = load_spec(spec_path)
@@ -28,6 +28,7 @@ def _load(spec_path: Path, sweep_dir: Optional[Path] = None):
             spec = spec.model_copy(update={"output_dir": str(sweep_dir.resolve())})
         check_resources(spec)  # the default CPU device is this machine: checked here, before launch
         check_paths(spec)
+        check_data(spec)  # reads the data once: a bad token file fails here, not in every trial
         if not os.environ.get("RAY_ADDRESS"):  # a local cluster: this machine's CPUs and GPUs
             check_capacity(spec, *local_capacity(gpus=spec.resources.use_gpu))
         return spec
