@@ -160,3 +160,16 @@ def test_spec_planner_and_trial_config_carry_the_family():
     plan = make_plan(cfg, 1, V)
     assert plan.shape == shape_for(426_624, "llama-tied") and plan.n_params == 426_624
     assert plan.n_params_total == 426_624 + V * 128  # one embedding, the head tied to it
+
+
+def test_gpu_mfu_skips_cleanly_without_a_gpu(tmp_path):
+    import json
+
+    from benchmarks.gpu_mfu import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the benchmark would run for real")
+    out = main(["--family", "llama,gpt-aligned", "--sizes", "350e6", "--json", str(tmp_path / "o.json")])
+    assert "no CUDA GPU" in out["skipped"] and json.loads((tmp_path / "o.json").read_text()) == out
+    with pytest.raises(SystemExit, match="unknown mamba"):
+        main(["--family", "llama,mamba"])
