@@ -2,9 +2,11 @@
 
     python -m benchmarks.gpu_mfu [--sizes 10e6,30e6,100e6,300e6] [--steps 20] [--seq-len 1024]
         [--batch-tokens 131072] [--micro-tokens 16384] [--zero-stages 1] [--peak-tflops auto]
-        [--family gpt|gpt-aligned] [--json OUT]
+        [--family gpt|gpt-aligned|llama|llama-tied[,...]] [--json OUT]
 
-Needs a CUDA GPU. For each model size it trains the same model with our DeepSpeed trainer
+Needs a CUDA GPU; without one it prints why and exits 0 having run nothing (its JSON, if asked
+for, says `"skipped"`). For each family (a comma list runs them side by side in one process,
+e.g. `--family llama,gpt-aligned`) and model size it trains the same model with our DeepSpeed trainer
 (bf16, ZeRO, NCCL process group) and with a plain PyTorch loop (bf16 autocast, fp32 weights),
 alternating which goes first. tokens/s is the trainer's own figure over the steps after the
 first evaluation (so cuBLAS/cuDNN warm-up is not counted). MFU = tokens/s × training FLOPs per
@@ -55,16 +57,27 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--peak-tflops", default="auto")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-loop baseline")
-    ap.add_argument("--family", default="gpt", help="model family: gpt (default) or gpt-aligned "
-                    "(widths in multiples of 64, head_dim 64)")
+    ap.add_argument("--family", default="gpt", help="model families, comma-separated: gpt (default), "
+                    "gpt-aligned (widths in multiples of 64, head_dim 64), llama, llama-tied")
     ap.add_argument("--data-cache", default=None)
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args(argv)
 
     import torch
 
+    from trainers.model import FAMILIES
+
+    families = [f.strip() for f in args.family.split(",") if f.strip()]
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise SystemExit(f"--family: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(FAMILIES)}")
     if not torch.cuda.is_available():
-        raise SystemExit("gpu_mfu needs a CUDA GPU")
+        out = {"skipped": "no CUDA GPU here: gpu_mfu measures GPU throughput only", "args": vars(args)}
+        print(f"gpu_mfu: skipped — {out['skipped']}")
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump(out, f, indent=2)
+        return out
     import deepspeed  # noqa: F401  — pay the import once, outside the timed calls
 
     from trainers import deepspeed_trainer, plain_loop
@@ -79,28 +92,29 @@ def main(argv: list[str] | None = None) -> dict:
     # then covers only warm steps.
     eval_every = max(1, args.steps // 4)
     rows = []
-    for i, n in enumerate(int(float(s)) for s in args.sizes.split(",")):
-        shape = shape_for(n, args.family)
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    for i, (family, n) in enumerate((f, n) for f in families for n in sizes):
+        shape = shape_for(n, family)
         common = dict(n_params=n, tokens=args.steps * args.batch_tokens, lr=args.lr, batch_tokens=args.batch_tokens,
                       seq_len=args.seq_len, schedule=Schedule(kind="constant", warmup=0.1), eval_every=eval_every,
                       eval_tokens=4 * args.seq_len, micro_batch=max(1, args.micro_tokens // args.seq_len),
-                      precision="bf16", data_cache=args.data_cache, family=args.family)
-        runs = [(f"deepspeed-z{z}", deepspeed_trainer, TrialConfig(trial_id=f"mfu-{n}-z{z}", zero_stage=z, **common))
-                for z in stages]
+                      precision="bf16", data_cache=args.data_cache, family=family)
+        runs = [(f"deepspeed-z{z}", deepspeed_trainer,
+                 TrialConfig(trial_id=f"mfu-{family}-{n}-z{z}", zero_stage=z, **common)) for z in stages]
         if not args.no_plain:
-            runs.append(("plain", plain_loop, TrialConfig(trial_id=f"mfu-{n}-plain", **common)))
+            runs.append(("plain", plain_loop, TrialConfig(trial_id=f"mfu-{family}-{n}-plain", **common)))
         if i % 2:
             runs.reverse()
         f6 = flops_per_token(shape, args.seq_len)
         fx = flops_per_token(shape, args.seq_len, exact=True)
-        row = {"n_target": n, "n_params": count_params(shape, max_seq_len=args.seq_len).non_embedding,
+        row = {"family": family, "n_target": n, "n_params": count_params(shape, max_seq_len=args.seq_len).non_embedding,
                "shape": shape.to_dict(), "flops_per_token_6n": f6, "flops_per_token_exact": fx}
         for label, trainer, cfg in runs:
             res = _run(trainer, cfg)
             res["mfu_6n"] = res["tokens_per_s"] * f6 / peak
             res["mfu_exact"] = res["tokens_per_s"] * fx / peak
             row[label] = res
-            print(f"  N={row['n_params']:.3g} {label}: {res['tokens_per_s']:.0f} tok/s, MFU {res['mfu_exact']:.1%} "
+            print(f"  {family} N={row['n_params']:.3g} {label}: {res['tokens_per_s']:.0f} tok/s, MFU {res['mfu_exact']:.1%} "
                   f"(6N: {res['mfu_6n']:.1%}), peak mem {res['peak_mem_gib']:.1f} GiB, loss {res['final_eval_loss']:.3f}",
                   flush=True)
         rows.append(row)
@@ -108,16 +122,21 @@ def main(argv: list[str] | None = None) -> dict:
     labels = [f"deepspeed-z{z}" for z in stages] + ([] if args.no_plain else ["plain"])
     print(f"\n{name}, bf16 peak {peak / 1e12:.0f} TFLOP/s; seq_len={args.seq_len} batch_tokens={args.batch_tokens} "
           f"micro_tokens={args.micro_tokens} steps={args.steps}")
-    print(f"{'N':>10} {'shape (d,L,H)':>14} " + " ".join(f"{lab + ' tok/s':>18} {'MFU':>6}" for lab in labels)
+    print(f"{'family':>11} {'N':>10} {'shape (d,L,H)':>14} " + " ".join(f"{lab + ' tok/s':>18} {'MFU':>6}" for lab in labels)
           + ("  DS/plain" if not args.no_plain else ""))
     for r in rows:
         s = r["shape"]
-        line = f"{r['n_params']:>10.3g} {s['d_model']:>6},{s['n_layers']},{s['n_heads']:<4} "
+        line = f"{r['family']:>11} {r['n_params']:>10.3g} {s['d_model']:>6},{s['n_layers']},{s['n_heads']:<4} "
         line += " ".join(f"{r[lab]['tokens_per_s']:>18.0f} {r[lab]['mfu_exact']:>6.1%}" for lab in labels)
         if not args.no_plain:
             line += f"  {r[labels[0]]['tokens_per_s'] / r['plain']['tokens_per_s']:>8.3f}"
         print(line)
-    out = {"device": name, "peak_tflops": peak / 1e12, "args": vars(args), "rows": rows}
+    import transformers
+
+    versions = {"torch": torch.__version__, "deepspeed": deepspeed.__version__, "transformers": transformers.__version__,
+                "cuda": torch.version.cuda}
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    out = {"device": name, "peak_tflops": peak / 1e12, "versions": versions, "args": vars(args), "rows": rows}
     if not args.no_plain:
         ratios = [r[labels[0]]["tokens_per_s"] / r["plain"]["tokens_per_s"] for r in rows]
         out["geomean_ds_over_plain"] = math.exp(sum(map(math.log, ratios)) / len(ratios))

@@ -22,7 +22,14 @@ Memory per worker (bytes), P = unique parameters (a tied embedding counted once)
   (PyTorch SDPA, which our model uses). Full activation checkpointing keeps the layer
   inputs, 2·s·b·h bytes per layer, plus one layer's activations while it is recomputed.
   fp32 activations take twice the bytes. The logits add s·b·V·(a + 8) bytes (the logits
-  in the activation dtype, their fp32 upcast and its gradient).
+  in the activation dtype, their fp32 upcast and its gradient). The llama families (no
+  dropout, RMSNorm, SwiGLU) store 26 + 8·F/h instead of 34 per s·b·h (F = d_ff, ~47 at
+  Llama's F ≈ 8h/3): two RMSNorms keep their fp32 input and normalised output (2·6),
+  attention the q/k/v projection input, post-rotary q and k, v, the output and its
+  contiguous copy (2·6), the SwiGLU its input (2) and four F-wide tensors (gate, SiLU(gate),
+  up, their product: 4·2·F/h). Counted with saved-tensor hooks on the real model (bf16 and
+  fp32 on CPU), this is at most 5 % over in bf16 and 13 % over in fp32, where the RMSNorm
+  upcast copies nothing (tests/unit/test_llama.py).
 * overhead: a fixed per-process amount (CUDA context, NCCL/gloo buffers, the framework) and
   an allocator-fragmentation fraction of everything else.
 
@@ -41,7 +48,19 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Literal, Optional, Union
 
-from trainers.model import BYTE_VOCAB, MAX_HEAD_DIM, Shape, count_params, shape_for
+from trainers.model import (BYTE_VOCAB, LLAMA_FAMILIES, MAX_HEAD_DIM, Shape, count_params, llama_d_ff,
+                            llama_head_dim, shape_for)
+
+GPT_ACT_PER_LAYER = 34.0  # Korthikanti et al. 2022's 16-bit bytes per s·b·h of a GPT layer (flash attention)
+
+
+def llama_act_per_layer(d_model: int, d_ff: int) -> float:
+    """16-bit bytes per s·b·h that one llama layer stores for its backward (module docstring).
+
+    >>> llama_act_per_layer(1024, 2752)
+    47.5
+    """
+    return 26.0 + 8.0 * d_ff / d_model
 
 GiB = float(2**30)
 GB = 1e9
@@ -120,6 +139,7 @@ class ModelDims:
     vocab_size: int = BYTE_VOCAB
     largest_layer_params: int = 0  # largest single module (ZeRO-3 gathers it whole); 0 = estimate
     shape: Optional[Shape] = None  # the family member, when the model is one (exact FLOPs)
+    act_per_layer: float = GPT_ACT_PER_LAYER  # 16-bit activation bytes per s·b·h of one layer
 
     @property
     def largest_layer(self) -> int:
@@ -133,19 +153,35 @@ class ModelDims:
     def from_shape(cls, shape: Shape, seq_len: int, vocab_size: int = BYTE_VOCAB) -> "ModelDims":
         """Dimensions of a member of the trainers.model family."""
         counts = count_params(shape, vocab_size, seq_len)
-        largest = max(shape.d_model * shape.d_ff + shape.d_ff, vocab_size * shape.d_model)
+        if shape.arch == "llama":  # bias-free SwiGLU matrices; the (untied) head is as big as the embedding
+            largest = max(shape.d_model * shape.d_ff, vocab_size * shape.d_model)
+            act = llama_act_per_layer(shape.d_model, shape.d_ff)
+        else:
+            largest = max(shape.d_model * shape.d_ff + shape.d_ff, vocab_size * shape.d_model)
+            act = GPT_ACT_PER_LAYER
         return cls(counts.non_embedding, counts.total, shape.n_layers, shape.d_model, shape.n_heads,
-                   vocab_size, largest, shape)
+                   vocab_size, largest, shape, act)
 
     @classmethod
     def for_n(cls, n_params: int, seq_len: int, vocab_size: int = BYTE_VOCAB, family: str = "gpt") -> "ModelDims":
-        """The family member for N; beyond the family, its aspect rule (d = 64·L, N = 12·L·d²)."""
+        """The family member for N; beyond the family, its aspect rule (d = 64·L, N = 12·L·d²).
+
+        >>> ModelDims.for_n(53_440, 128, family="llama").total_params  # N + embedding + untied head
+        86208
+        """
         try:
             return cls.from_shape(shape_for(n_params, family), seq_len, vocab_size)
         except ValueError:
             if n_params <= 0:
                 raise
         n_layers = max(1, round((n_params / (12.0 * 64**2)) ** (1.0 / 3.0)))
+        if family in LLAMA_FAMILIES:
+            d0 = math.sqrt(n_params / (12.0 * n_layers))
+            h = llama_head_dim(int(d0))
+            d = max(h, int(round(d0 / h)) * h)
+            total = n_params + vocab_size * d * (1 if family == "llama-tied" else 2)
+            return cls(n_params, total, n_layers, d, d // h, vocab_size, max(d * llama_d_ff(d), vocab_size * d),
+                       act_per_layer=llama_act_per_layer(d, llama_d_ff(d)))
         d = max(MAX_HEAD_DIM, int(round(math.sqrt(n_params / (12.0 * n_layers)) / MAX_HEAD_DIM)) * MAX_HEAD_DIM)
         total = n_params + vocab_size * d + seq_len * d
         return cls(n_params, total, n_layers, d, d // MAX_HEAD_DIM, vocab_size)
@@ -278,7 +314,7 @@ def activation_bytes(dims: ModelDims, seq_len: int, micro_batch: int, precision:
     """Activation memory of one micro-batch per worker (Korthikanti et al. 2022, t = 1)."""
     s, b, h, a, L = float(seq_len), float(micro_batch), float(dims.d_model), float(dims.n_heads), dims.n_layers
     scale = precision.act_bytes / 2.0  # the formula counts 16-bit activations
-    per_layer = s * b * h * (34.0 + (0.0 if flash_attention else 5.0 * a * s / h)) * scale
+    per_layer = s * b * h * (dims.act_per_layer + (0.0 if flash_attention else 5.0 * a * s / h)) * scale
     logits = s * b * dims.vocab_size * (precision.act_bytes + 8.0)
     if checkpointing:
         # stored layer inputs + the one layer being recomputed during its backward

@@ -121,8 +121,12 @@ def _check_values(v: Values, what: str) -> Values:
 class ModelSpec(_Strict):
     """The model family and the sizes N (non-embedding parameters) to train."""
 
-    family: Literal["gpt", "gpt-aligned"] = Field("gpt", description="GPT-style pre-norm decoder (trainers/model.py); "
-                                                  "gpt-aligned: widths in multiples of 64, head_dim 64, for GPUs")
+    family: Literal["gpt", "gpt-aligned", "llama", "llama-tied"] = Field(
+        "gpt", description="gpt: GPT-style pre-norm decoder (trainers/model.py), dense down to CPU-sized "
+                           "models; gpt-aligned: widths in multiples of 64, head_dim 64, for GPUs; llama: "
+                           "Hugging Face LlamaForCausalLM (RMSNorm, SwiGLU, rotary, untied head; widths in "
+                           "multiples of 64 with head_dim 64, 128 from d_model 2048; N from 53,440); "
+                           "llama-tied: the same with the head tied to the embedding")
     n_params: Values = Field(description="non-embedding parameter counts N: a list or {min, max, count}; each "
                                          "is trained as the family member nearest to it, and two values may not "
                                          "give the same member")
@@ -1120,6 +1124,12 @@ def _path_problems(spec: SweepSpec) -> list[str]:
                     problems.append(f"tracking.uri: {db.parent} is under {_system_dir(db)}, a system pseudo-filesystem")
                 elif why := _unusable_dir(db.parent):
                     problems.append(f"tracking.uri: {why}")
+    if spec.model.family.startswith("llama") and spec.trainer.backend == "deepspeed":
+        import importlib.util
+
+        if importlib.util.find_spec("transformers") is None:
+            problems.append(f"model.family: {spec.model.family} is built with Hugging Face transformers, "
+                            "which is not installed here (pip install 'transformers>=5,<6')")
     return problems
 
 

@@ -194,7 +194,7 @@ CASES = [
     ("range-min-zero", put("model.n_params", {"min": 0, "max": 1e4, "count": 3}), "model.n_params.min"),
     ("range-missing-keys", put("model.n_params", {"min": 1e4}), "model.n_params.max"),
     ("range-inf-max", put("model.n_params", {"min": 1e4, "max": float("inf"), "count": 3}), "model.n_params.max"),
-    ("family-unknown", put("model.family", "llama"), "model.family"),
+    ("family-unknown", put("model.family", "mamba"), "model.family"),
     ("seq-len-zero", put("model.seq_len", 0), "model.seq_len"),
     ("seq-len-huge", put("model.seq_len", 10**9), "model.seq_len"),
     ("seq-len-text", put("model.seq_len", "long"), "model.seq_len"),

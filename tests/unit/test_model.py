@@ -90,7 +90,7 @@ def test_the_aligned_family_has_gpu_friendly_shapes_near_every_target():
     model = build_model(300_000, 64, family="gpt-aligned")
     assert sum(p.numel() for p in model.parameters()) == count_params(plan.shape, max_seq_len=64).total
     with pytest.raises(ValueError, match="unknown model family"):
-        shape_for(10**6, "llama")
+        shape_for(10**6, "mamba")
 
 
 def test_the_spec_plans_the_aligned_family():
