@@ -151,12 +151,15 @@ def summary_markdown(name: str, doc: Mapping[str, Any], statuses: Mapping[str, i
         reason = (law.get("selection") or {}).get("reason")
         if reason:
             lines += [f"**Why this form:** {reason}", ""]
-        ivs = law.get("intervals") or {}
-        lines += ["| parameter | value | interval |", "|---|---:|---|"]
-        for p, v in (law.get("params") or {}).items():
-            iv = ivs.get(p) if isinstance(ivs.get(p), Mapping) else {}
-            band = f"[{_g(iv.get('low'))}, {_g(iv.get('high'))}]" if iv and _finite(iv.get("low")) else ""
-            lines.append(f"| {p} | {_g(v)} | {band} |")
+        ivs = {p: iv for p, iv in (law.get("intervals") or {}).items()
+               if isinstance(iv, Mapping) and _finite(iv.get("low")) and _finite(iv.get("high"))}
+        params = law.get("params") or {}
+        if any(p in ivs for p in params):  # an interval column only where the fit has intervals
+            lines += ["| parameter | value | interval |", "|---|---:|---|"]
+            lines += [f"| {p} | {_g(v)} | " + (f"[{_g(ivs[p]['low'])}, {_g(ivs[p]['high'])}]" if p in ivs else "")
+                      + " |" for p, v in params.items()]
+        else:
+            lines += ["| parameter | value |", "|---|---:|"] + [f"| {p} | {_g(v)} |" for p, v in params.items()]
         lines.append("")
         bts = backtests(doc)
         if bts:
