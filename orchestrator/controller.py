@@ -107,7 +107,7 @@ class SweepOutcome:
     statuses: dict[str, int]
     fit: SweepFit
     wall_s: float
-    train_s: float  # seconds inside training steps, summed over trials
+    train_s: float  # seconds inside training steps in this run, summed over trials (sweep_summary.train_seconds)
     mlflow_parent_run: Optional[str]
 
 
