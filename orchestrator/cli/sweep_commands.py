@@ -279,15 +279,23 @@ def _print_fit(doc: dict) -> None:
                                                       "tokens_per_param"),
             ("lr", "lr", lambda v: f"{v:.3g}", "lr"), ("batch (tokens)", "batch", integer, "batch"),
             (f"predicted loss ({LOSS_UNIT})", "predicted_loss", lambda v: f"{v:.4f}", "loss_opt")]
-    table = Table(title="compute-optimal proposals" + (f" ({level} intervals)" if level else ""))
+    # In a terminal an interval goes under its value (fewer columns fit 80-120 columns without
+    # cutting a number); in a log it has its own column (one line per row, easy to grep).
+    stacked = console.is_terminal
+    table = Table(title="compute-optimal proposals" + (f" ({level} intervals)" if level else ""),
+                  show_edge=not stacked)
     shown = []
     for head, key, fmt, iv_key in cols:
-        table.add_column(head, justify="right")
         has_iv = iv_key is not None and any((iv.get(iv_key) or {}).get("low") is not None for iv in ivs)
-        if has_iv:
+        if stacked:  # headers wrap at spaces in a narrow terminal: "tokens per param", not "tokens/p…"
+            head = head.replace("/", " per ")
+        table.add_column(f"{head}\n{level} interval" if has_iv and stacked else head, justify="right")
+        if has_iv and not stacked:
             table.add_column(f"{level} interval", justify="right")
         shown.append((key, fmt, iv_key if has_iv else None))
-    table.add_column("shape d_model, layers, heads", justify="right")
+    if not stacked:  # in a terminal the shapes go under the table: 80 columns hold the rest whole
+        table.add_column("shape d_model, layers, heads", justify="right")
+    shapes = []
     for pr, iv in zip(props, ivs):
         cells = []
         for key, fmt, iv_key in shown:
@@ -295,11 +303,21 @@ def _print_fit(doc: dict) -> None:
             if iv_key is not None:
                 ifmt = (lambda v: f"{v:.4f}") if key == "predicted_loss" else (
                     (lambda v: f"{v:.1f}") if key == "tokens_per_param" else si)
-                cells.append(interval(iv.get(iv_key), ifmt) or "-")
+                band = interval(iv.get(iv_key), ifmt) or "-"
+                if stacked:
+                    cells[-1] += "\n" + band
+                else:
+                    cells.append(band)
         sh = pr.get("shape")
-        cells.append(f"{sh['d_model']}, {sh['n_layers']}, {sh['n_heads']}" if sh else "-")
-        table.add_row(*cells)
+        shapes.append(f"{sh['d_model']}, {sh['n_layers']}, {sh['n_heads']}" if sh else "-")
+        table.add_row(*cells, *([] if stacked else shapes[-1:]))
+    if stacked:  # a narrow terminal wraps headers and intervals, never a value (first line of a cell)
+        for column in table.columns:
+            column.min_width = max((len(c.split("\n")[0]) for c in column._cells), default=1)
     console.print(table)
+    if stacked:
+        console.print("model shape (d_model, layers, heads): "
+                      + "; ".join(f"{flops(pr['budget'])}: {sh}" for pr, sh in zip(props, shapes)))
     _print_resource_plans(doc["proposals"])
     _print_task_metrics(doc["proposals"])
 

@@ -172,3 +172,25 @@ def test_mlflow_parent_run_tells_the_sweep(sweep):
         p = c.data.params
         assert c.info.run_name.startswith("N") and " D" in c.info.run_name
         assert f"lr{float(p['lr']):.3g}" in c.info.run_name and " b" not in c.info.run_name
+
+
+def test_proposals_in_an_80_column_terminal(sweep, monkeypatch):
+    """In a terminal of 80 columns headers and intervals wrap, but no value is cut or pushed past the edge."""
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.cli import output, sweep_commands
+
+    buf = io.StringIO()
+    monkeypatch.setattr(output, "make_console",
+                        lambda stderr=False: Console(file=buf, force_terminal=True, width=80, color_system=None))
+    doc = json.loads((sweep["dir"] / "fit.json").read_text())
+    sweep_commands._print_fit(doc)
+    text = buf.getvalue()
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    table = text[text.index("compute-optimal proposals"):text.index("model shape")]
+    assert "…" not in table, table
+    for p in doc["proposals"]:
+        assert f"{round(p['N']):,}" in table and f"{round(p['D']):,}" in table
+        assert f"{p['predicted_loss']:.4f}" in table and f"{p['batch']:,}" in table
