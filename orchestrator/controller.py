@@ -107,7 +107,7 @@ class SweepOutcome:
     statuses: dict[str, int]
     fit: SweepFit
     wall_s: float
-    train_s: float  # seconds inside training steps, summed over trials
+    train_s: float  # seconds inside training steps in this run, summed over trials (sweep_summary.train_seconds)
     mlflow_parent_run: Optional[str]
 
 
@@ -409,18 +409,28 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
                                                    seed=spec.seed, targets=spec.budget.targets)
         doc["downstream"] = task_doc
     (sweep_dir / "fit.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
+    from .sweep_summary import (law_metrics, proposals_table, summary_markdown, train_seconds,
+                                useful_work_fraction, warnings)
+
     trials = store.trials()
     statuses: dict[str, int] = {}
     for rec in trials.values():
         statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
-    train_s = sum(row["step_time_s"] for row in store.last_reports(finite="step_time_s").values())
     wall = time.monotonic() - t0
+    # this run's training seconds only: a resumed sweep's earlier runs are not in `wall`
+    obs = store.observations().select(["trial_id", "wall_time", "step_time_s"]).to_pylist()
+    train_s = train_seconds(obs, since=time.time() - wall, measured=spec.trainer.backend != "simulated")
+    slots = _slots(spec)
+    refit = _refit_step(sweep_dir, doc)
     if tracker is not None:
-        params = {f"law.{k}": v for k, v in (fit.fit.params.items() if fit.fit else [])}
-        metrics = {"trials_finished": statuses.get("finished", 0), "wall_s": wall, "train_s": train_s,
-                   "useful_work_fraction": train_s / wall if wall else 0.0}
-        if fit.fit is not None:
-            metrics["law_objective"] = fit.fit.objective
+        fraction = useful_work_fraction(train_s, wall, slots)
+        work = {"trials_finished": statuses.get("finished", 0), "wall_s": wall, "train_s": train_s,
+                "slots": slots, "useful_work_fraction": fraction}
+        metrics = {**{k: v for k, v in work.items() if v is not None}, **law_metrics(doc)}
+        ws = warnings(doc)
+        tags = {"scalesweep.law.form": (doc.get("law") or {}).get("form") or "none",
+                "scalesweep.law.reason": ((doc.get("law") or {}).get("selection") or {}).get("reason", ""),
+                "scalesweep.n_warnings": len(ws), "scalesweep.warnings": "\n".join(ws) or "none"}
         # no trial finished (all diverged, say): nothing to draw; the fit's warnings say why
         figures = {"loss_vs_compute": _plot(fit, spec, points, loss_vs_compute)} if points else {}
         artifacts = {"fit": doc, "proposals": doc["proposals"], "decisions": jsonable(decisions or [])}
@@ -431,8 +441,42 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
             figure = task_plot(task_plot_data, level=spec.fit.level)
             if figure is not None:
                 figures["accuracy_vs_compute"] = figure
-        tracker.log_sweep_results(params, metrics, artifacts, figures)
+        tracker.log_sweep_results({}, metrics, artifacts, figures, tables={"proposals": proposals_table(doc)},
+                                  texts={"summary.md": summary_markdown(spec.name, doc, statuses, work)},
+                                  tags=tags, step=refit)
     return SweepOutcome(sweep_dir, statuses, fit, wall, train_s, parent)
+
+
+def _slots(spec: SweepSpec) -> int:
+    """Concurrent trial slots of this sweep on the connected Ray cluster (1 without one)."""
+    try:
+        import ray
+
+        from .planner import plan_grid
+
+        if ray.is_initialized():  # never start a cluster just to count its slots
+            return _max_concurrent(spec, plan_grid(spec))
+    except Exception:  # noqa: BLE001 -- no Ray cluster (a summary outside a run): the spec's cap or 1
+        pass
+    return spec.resources.max_concurrent or 1
+
+
+FIT_HISTORY = "fit_history.jsonl"  # one line per refit of this sweep (its MLflow step), across resumes
+
+
+def _refit_step(sweep_dir: Path, doc: dict[str, Any]) -> int:
+    """This refit's number (0, 1, ...), counted over every run of the sweep; records the refit."""
+    path = sweep_dir / FIT_HISTORY
+    try:
+        step = sum(1 for _ in path.open()) if path.exists() else 0
+        law = doc.get("law") or {}
+        with path.open("a") as fh:
+            fh.write(json.dumps({"step": step, "time": time.time(), "form": law.get("form"),
+                                 "params": law.get("params"), "n_cells": law.get("n_points")},
+                                allow_nan=False, default=str) + "\n")
+    except (OSError, ValueError):  # an unwritable history must not lose the fit: count from 0
+        return 0
+    return step
 
 
 def _plot(fit: SweepFit, spec: SweepSpec, points: list[dict[str, Any]], loss_vs_compute):

@@ -168,6 +168,7 @@ class SweepTracker:
         self._parent_params: dict[str, str] = {}
         self._nonfinite: dict[str, dict[str, int]] = {}
         self._results_step = 0
+        self._tables: list[dict[str, str]] = []  # the parent's table artifacts (mlflow.loggedArtifacts)
         self._closed = False
         self._parent_enqueued = False
         self._created_parent: Optional[str] = None  # a parent run this tracker created (it has no old children)
@@ -220,8 +221,10 @@ class SweepTracker:
         self._wait_created(None)
         return self._parent_id or ""
 
-    def start_trial(self, trial_id: str, params: dict, wait: bool = True) -> str:
+    def start_trial(self, trial_id: str, params: dict, wait: bool = True, run_name: Optional[str] = None) -> str:
         """Create the trial's nested run (idempotent); returns its id ("" if MLflow is down).
+
+        `run_name` (default: the trial id) is what the runs table shows (`orchestrator.run_names`).
 
         With ``wait=False`` the create is only enqueued (returns "" until delivered): the ops
         that follow it for this trial are delivered after it, in order, so a caller that does
@@ -235,7 +238,7 @@ class SweepTracker:
             tags = {TAG_SWEEP: self.sweep_name, TAG_KIND: "trial", TAG_TRIAL: trial_id}
             self._enqueue(
                 {"kind": "trial", "trial": trial_id, "token": uuid.uuid4().hex,
-                 "params": flatten_params(params), "tags": tags}
+                 "params": flatten_params(params), "tags": tags, "name": run_name or trial_id}
             )
         if wait:
             self._wait_created(trial_id)
@@ -304,12 +307,21 @@ class SweepTracker:
         metrics: Mapping[str, float],
         json_artifacts: Mapping[str, Any],
         figures: Mapping[str, Any],
+        *,
+        tables: Optional[Mapping[str, Mapping[str, list]]] = None,
+        texts: Optional[Mapping[str, str]] = None,
+        tags: Optional[Mapping[str, Any]] = None,
+        step: Optional[int] = None,
     ) -> None:
-        """Log fit results on the parent run: params, metrics, JSON files and PNG figures.
+        """Log fit results on the parent run: params, metrics, JSON files, PNG figures, tables, texts, tags.
 
-        Metrics are logged at a step that counts the calls, so repeated fits form a history.
-        MLflow params are immutable: a param whose value changed since an earlier call is
-        set as a tag `scalesweep.result.<key>` instead of failing.
+        Metrics are logged at `step` (default: a count of the calls), so repeated fits form a
+        history. MLflow params are immutable: a param whose value changed since an earlier call
+        is set as a tag `scalesweep.result.<key>` instead of failing. `tables` are
+        `{name: {"columns": [...], "data": [[row], ...]}}`, written as `tables/<name>.json` in
+        the layout of `mlflow.log_table` (pandas "split") and listed in the run's
+        `mlflow.loggedArtifacts` tag, so the UI shows them as tables; a later call replaces a
+        table of the same name. `texts` are files at the run's artifact root (`summary.md`).
         """
         flat = flatten_params(params) if params else {}
         stable = {k: v for k, v in flat.items() if self._parent_params.get(k, v) == v}
@@ -317,17 +329,39 @@ class SweepTracker:
         self._parent_params.update(stable)
         if stable:
             self._enqueue({"kind": "params", "trial": None, "params": stable})
-        if changed:
-            self.set_tags(None, changed)
+        all_tags = {**changed, **(tags or {})}
+        for name in tables or {}:
+            fname = name if name.endswith(".json") else f"{name}.json"
+            entry = {"path": f"tables/{fname}", "type": "table"}
+            if entry not in self._tables:
+                self._tables.append(entry)
+        if tables:
+            all_tags["mlflow.loggedArtifacts"] = json.dumps(self._tables)
+        if all_tags:
+            self.set_tags(None, all_tags)
+        if step is None:
+            step = self._results_step
         if metrics:
-            self.log_metrics(None, metrics, self._results_step)
-        self._results_step += 1
+            self.log_metrics(None, metrics, step)
+        self._results_step = step + 1
         for name, obj in json_artifacts.items():
             fname = name if name.endswith(".json") else f"{name}.json"
             path = self._new_file(fname)
             path.write_text(json.dumps(_plain(obj), indent=2, default=str, allow_nan=False))
             self._enqueue({"kind": "artifact", "trial": None, "path": str(path),
                            "dir": "results", "owned": True}, wake=False)
+        for name, table in (tables or {}).items():
+            fname = name if name.endswith(".json") else f"{name}.json"
+            path = self._new_file(fname)
+            doc = {"columns": list(table["columns"]), "data": _plain([list(r) for r in table["data"]])}
+            path.write_text(json.dumps(doc, default=str, allow_nan=False))
+            self._enqueue({"kind": "artifact", "trial": None, "path": str(path),
+                           "dir": "tables", "owned": True}, wake=False)
+        for name, text in (texts or {}).items():
+            path = self._new_file(name)
+            path.write_text(text)
+            self._enqueue({"kind": "artifact", "trial": None, "path": str(path),
+                           "dir": None, "owned": True}, wake=False)
         for name, fig in figures.items():
             fname = name if name.endswith(".png") else f"{name}.png"
             path = self._new_file(fname)
@@ -779,7 +813,7 @@ class SweepTracker:
         if run_id is None:
             run = self._client.create_run(
                 exp_id, tags={**op["tags"], TAG_PARENT: parent, TAG_TOKEN: op["token"]},
-                run_name=trial_id)
+                run_name=op.get("name") or trial_id)
             run_id = run.info.run_id
             self._log_params(run_id, op["params"])
         else:

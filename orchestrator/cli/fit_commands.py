@@ -142,10 +142,10 @@ def _fit_auto_command(table: Path, law: str, loss_fn: str, bootstrap: int, clust
     if as_json:
         print_json(doc)
         return
-    from rich.console import Console
+    from .output import make_console
     from rich.table import Table
 
-    console = Console()
+    console = make_console()
     _print_selection(fit)
     tab = Table(*(["N", "D"] + (["U"] if "U" in other else []) + ["loss", f"{level:.0%} low", "high"]),
                 title=f"predictions of {predict.name}")
@@ -161,10 +161,10 @@ _SHORT = {"largest_size": "largest N", "largest_compute_decade": "top C decade"}
 
 
 def _print_selection(fit) -> None:
-    from rich.console import Console
+    from .output import make_console
     from rich.table import Table
 
-    console = Console()
+    console = make_console()
     console.print(f"[bold]law: {fit.form}[/bold] — {fit.selection['reason']}")
     tab = Table("form", "p", "weight", "held out", "n", "mean", "worst", "RMS log",
                 title="candidate forms: backtest errors (|relative error| of held-out runs)")
@@ -220,10 +220,10 @@ def _fmt(x: Any) -> str:
 
 
 def _print_text(result: FitResult) -> None:
-    from rich.console import Console
+    from .output import make_console
     from rich.table import Table
 
-    console = Console()
+    console = make_console()
     doc = result.to_json()
     console.print(f"[bold]{doc['law']}[/bold] fit: {doc['n_points']} points, summed {doc['loss']} objective "
                   f"{_fmt(doc['objective'])}")

@@ -5,12 +5,14 @@ import math
 from pathlib import Path
 from typing import Optional
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from .app import app, fail, print_json
+from .output import LazyConsole, flops, integer, interval, si
 
-console = Console()
+console = LazyConsole()  # the terminal's width, or never cut when piped (orchestrator/cli/output.py)
+
+LOSS_UNIT = "nats/token"
 
 
 def _load(spec_path: Path, sweep_dir: Optional[Path] = None):
@@ -168,15 +170,18 @@ def status(
         print_json(doc)
         return
     table = Table(title=f"{sweep_dir}: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}")
-    for col in ("trial", "status", "N", "D", "lr", "batch", "FLOPs spent / planned", "final loss"):
-        table.add_column(col)
+    for col, justify in (("trial", "left"), ("status", "left"), ("N (params)", "right"), ("D (tokens)", "right"),
+                         ("lr", "right"), ("batch (tokens)", "right"), ("FLOPs spent / planned", "right"),
+                         (f"final eval loss ({LOSS_UNIT})", "right")):
+        table.add_column(col, justify=justify)
     for r in rows:
         loss = (r["summary"] or {}).get("final_eval_loss")
-        table.add_row(r["trial_id"], r["status"], f"{r['N']:,}" if r["N"] else "-", f"{r['D']:,}" if r["D"] else "-",
-                      f"{r['lr']:.3g}" if r["lr"] else "-", str(r["batch"] or "-"),
-                      f"{r['flops_spent']:.3g} / {r['planned_flops'] or 0:.3g}", f"{loss:.4f}" if loss else "-")
+        table.add_row(r["trial_id"], r["status"], integer(r["N"]), integer(r["D"]),
+                      f"{r['lr']:.3g}" if r["lr"] else "-", integer(r["batch"]),
+                      f"{flops(r['flops_spent'])} / {flops(r['planned_flops'])}",
+                      f"{loss:.4f}" if loss is not None and math.isfinite(loss) else "-")
     console.print(table)
-    console.print(f"compute used: {doc['flops_spent']:.4g} FLOPs")
+    console.print(f"compute used: {flops(doc['flops_spent'])} FLOPs")
 
 
 @app.command("propose")
@@ -264,21 +269,56 @@ def _print_fit(doc: dict) -> None:
         console.print(f"  [yellow]warning[/]: {w}")
     if not doc.get("proposals"):
         return
-    table = Table(title="compute-optimal proposals (90% intervals)")
-    for col in ("budget C", "N*", "D*", "tokens/param", "lr", "batch", "shape (d, L, h)", "predicted loss"):
-        table.add_column(col, justify="right")
-    for pr in doc["proposals"]:
-        ivs = pr.get("intervals", {})
-
-        def fmt(key: str, val: float) -> str:
-            i = ivs.get(key) or {}
-            return f"{val:.3g}" + (f" [{i['low']:.3g}, {i['high']:.3g}]" if i.get("low") is not None else "")
-
-        sh = pr["shape"] or {"d_model": "-", "n_layers": "-", "n_heads": "-"}
-        table.add_row(f"{pr['budget']:.3g}", fmt("N_opt", pr["N"]), fmt("D_opt", pr["D"]),
-                      f"{pr['tokens_per_param']:.1f}", fmt("lr", pr["lr"]), fmt("batch", pr["batch"]),
-                      f"{sh['d_model']}, {sh['n_layers']}, {sh['n_heads']}", fmt("loss_opt", pr["predicted_loss"]))
+    props = doc["proposals"]
+    # an interval column only where some proposal has that interval (lr and batch have none
+    # unless the spec fits their laws): no empty brackets, no title promising bands that are not there
+    ivs = [pr.get("intervals") or {} for pr in props]
+    levels = {i["level"] for iv in ivs for i in iv.values() if isinstance(i, dict) and i.get("level")}
+    level = f"{max(levels):.0%}" if levels else ""
+    cols = [("budget C (FLOPs)", "budget", flops, None), ("N* (params)", "N", integer, "N_opt"),
+            ("D* (tokens)", "D", integer, "D_opt"), ("tokens/param", "tokens_per_param", lambda v: f"{v:.1f}",
+                                                      "tokens_per_param"),
+            ("lr", "lr", lambda v: f"{v:.3g}", "lr"), ("batch (tokens)", "batch", integer, "batch"),
+            (f"predicted loss ({LOSS_UNIT})", "predicted_loss", lambda v: f"{v:.4f}", "loss_opt")]
+    # In a terminal an interval goes under its value (fewer columns fit 80-120 columns without
+    # cutting a number); in a log it has its own column (one line per row, easy to grep).
+    stacked = console.is_terminal
+    table = Table(title="compute-optimal proposals" + (f" ({level} intervals)" if level else ""),
+                  show_edge=not stacked)
+    shown = []
+    for head, key, fmt, iv_key in cols:
+        has_iv = iv_key is not None and any((iv.get(iv_key) or {}).get("low") is not None for iv in ivs)
+        if stacked:  # headers wrap at spaces in a narrow terminal: "tokens per param", not "tokens/p…"
+            head = head.replace("/", " per ")
+        table.add_column(f"{head}\n{level} interval" if has_iv and stacked else head, justify="right")
+        if has_iv and not stacked:
+            table.add_column(f"{level} interval", justify="right")
+        shown.append((key, fmt, iv_key if has_iv else None))
+    if not stacked:  # in a terminal the shapes go under the table: 80 columns hold the rest whole
+        table.add_column("shape d_model, layers, heads", justify="right")
+    shapes = []
+    for pr, iv in zip(props, ivs):
+        cells = []
+        for key, fmt, iv_key in shown:
+            cells.append(fmt(pr[key]) if pr.get(key) is not None else "-")
+            if iv_key is not None:
+                ifmt = (lambda v: f"{v:.4f}") if key == "predicted_loss" else (
+                    (lambda v: f"{v:.1f}") if key == "tokens_per_param" else si)
+                band = interval(iv.get(iv_key), ifmt) or "-"
+                if stacked:
+                    cells[-1] += "\n" + band
+                else:
+                    cells.append(band)
+        sh = pr.get("shape")
+        shapes.append(f"{sh['d_model']}, {sh['n_layers']}, {sh['n_heads']}" if sh else "-")
+        table.add_row(*cells, *([] if stacked else shapes[-1:]))
+    if stacked:  # a narrow terminal wraps headers and intervals, never a value (first line of a cell)
+        for column in table.columns:
+            column.min_width = max((len(c.split("\n")[0]) for c in column._cells), default=1)
     console.print(table)
+    if stacked:
+        console.print("model shape (d_model, layers, heads): "
+                      + "; ".join(f"{flops(pr['budget'])}: {sh}" for pr, sh in zip(props, shapes)))
     _print_resource_plans(doc["proposals"])
     _print_task_metrics(doc["proposals"])
 
@@ -288,7 +328,7 @@ def _print_task_metrics(proposals: list) -> None:
     if not rows:
         return
     table = Table(title="predicted task accuracy per proposal (90% interval of the mean; of one evaluation)")
-    for col in ("budget C", "task", "accuracy", "interval", "prediction interval", "task loss"):
+    for col in ("budget C (FLOPs)", "task", "accuracy", "interval", "prediction interval", f"task loss ({LOSS_UNIT})"):
         table.add_column(col, justify="right")
 
     def pair(iv) -> str:
@@ -296,12 +336,12 @@ def _print_task_metrics(proposals: list) -> None:
 
     for c, task, m in rows:
         loss = m.get("loss")
-        table.add_row(f"{c:.3g}", task, f"{m['acc']:.3f}", pair(m.get("interval")), pair(m.get("prediction_interval")),
+        table.add_row(flops(c), task, f"{m['acc']:.3f}", pair(m.get("interval")), pair(m.get("prediction_interval")),
                       "-" if loss is None else f"{loss:.3f}")
     console.print(table)
     for c, task, m in rows:
         for w in m.get("warnings") or []:
-            console.print(f"  [yellow]task {task} at {c:.3g}[/]: {w}")
+            console.print(f"  [yellow]task {task} at {flops(c)}[/]: {w}")
 
 
 def _print_resource_plans(proposals: list) -> None:
@@ -309,17 +349,17 @@ def _print_resource_plans(proposals: list) -> None:
     if not plans:
         return
     table = Table(title=f"resource plan per proposal (device {plans[0][1].get('device')})")
-    for col in ("budget C", "workers", "ZeRO", "micro-batch", "grad accum", "act. ckpt", "memory/device GiB",
-                "device-hours"):
+    for col in ("budget C (FLOPs)", "workers", "ZeRO stage", "micro-batch (sequences)", "grad accum (steps)",
+                "act. ckpt", "memory / device (GiB)", "device-hours"):
         table.add_column(col, justify="right")
     errors = []
     for c, r in plans:
         if r.get("error"):
-            table.add_row(f"{c:.3g}", *["-"] * 7)
-            errors.append(f"{c:.3g}: {r['error']}")
+            table.add_row(flops(c), *["-"] * 7)
+            errors.append(f"{flops(c)}: {r['error']}")
             continue
         hours = r.get("device_hours")
-        table.add_row(f"{c:.3g}", str(r["workers"]), str(r["zero_stage"]), str(r["micro_batch"]), str(r["grad_accum"]),
+        table.add_row(flops(c), str(r["workers"]), str(r["zero_stage"]), str(r["micro_batch"]), str(r["grad_accum"]),
                       "yes" if r["activation_checkpointing"] else "no",
                       f"{r['memory_gib']:.1f} / {r['memory']['capacity'] / 2**30:.1f}",
                       "-" if hours is None else f"{hours:.3g}")

@@ -82,7 +82,10 @@ class SweepCallback(Callback):
         self.store.set_status(tid, "running", config=record, summary={"decision": why} if why else None)
         if self.tracker is not None:
             # enqueued only: the run is created on the tracker thread, never on Tune's event loop
-            self.tracker.start_trial(tid, {**record, **_flat(trial.config["trial"], "trainer")}, wait=False)
+            from ..run_names import run_name, varying
+
+            self.tracker.start_trial(tid, {**record, **_flat(trial.config["trial"], "trainer")}, wait=False,
+                                     run_name=run_name(record, varying(self.records.values())))
             if why:
                 self.tracker.set_tags(tid, {"scalesweep.why": str(why.get("why", why))[:5000]})
         self.progress.trial_state(tid, "running")

@@ -1,0 +1,196 @@
+"""What a user sees of a small simulated sweep: the CLI piped to a file (run, status, propose,
+fit) and the MLflow parent run opened with MlflowClient (law metrics per refit, the proposals
+table, summary.md with the warnings, useful_work_fraction <= 1, run names).
+
+One real sweep (Ray Tune on a 2-CPU local cluster, the simulated trainer, MLflow on SQLite),
+run and then resumed through the CLI; seconds, not minutes.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from orchestrator.cli import get_app
+from orchestrator.tracking import read_sweep_runs
+
+pytestmark = pytest.mark.integration
+
+SPEC = {
+    "name": "view",
+    "model": {"n_params": [20000, 50000, 120000]},
+    # two token counts: too few to identify the D term, so the fit warns (the warning must show)
+    "tokens": {"values": [400000, 1600000]},
+    "learning_rates": [0.01, 0.03],
+    "batch_sizes": [8192],
+    "trainer": {"backend": "simulated", "world": "tiny"},
+    "eval": {"every": 50},
+    "budget": {"targets": [1e13, 1e14]},
+    "fit": {"bootstrap": 20},
+}
+
+# box-drawing table lines of rich (any style): every line of one table has the same width
+_TABLE_CHARS = set("┏┃┡│└┗┣┠╭╰|+")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Run the sweep with `scalesweep run`, then `scalesweep resume` (a second refit); the outputs."""
+    import ray
+
+    root = tmp_path_factory.mktemp("view")
+    spec_path = root / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({**SPEC, "output_dir": str(root / "view")}))
+    runner, app = CliRunner(), get_app()
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    try:
+        run = runner.invoke(app, ["run", str(spec_path), "--no-progress"])
+        assert run.exit_code == 0, run.output
+        resumed = runner.invoke(app, ["resume", str(root / "view"), "--no-progress"])
+        assert resumed.exit_code == 0, resumed.output
+    finally:
+        ray.shutdown()
+    return {"dir": root / "view", "run": run.stdout, "resumed": resumed.stdout, "root": root}
+
+
+def _check_whole(text: str) -> None:
+    """Nothing cut (rich's ellipsis), and each table's lines aligned (one width per table)."""
+    assert "…" not in text, text
+    assert not re.search(r"e[+-]\.\.\.|\.\.\.\s*[│┃]", text), text
+    block: list[str] = []
+    for line in text.splitlines() + [""]:
+        if line[:1] in _TABLE_CHARS:
+            block.append(line)
+            continue
+        if block:
+            assert len({len(b) for b in block}) == 1, "\n".join(block)
+            block = []
+
+
+def test_run_output_is_whole_and_has_units(sweep):
+    text = sweep["run"]
+    _check_whole(text)
+    fit = json.loads((sweep["dir"] / "fit.json").read_text())
+    for p in fit["proposals"]:
+        # integers as integers, each interval end in k/M
+        assert f"{round(p['N']):,}" in text and f"{round(p['D']):,}" in text, text
+        assert f"{p['batch']:,}" in text
+        assert f"{p['predicted_loss']:.4f}" in text
+    for unit in ("budget C (FLOPs)", "N* (params)", "D* (tokens)", "batch (tokens)", "(nats/token)"):
+        assert unit in text, unit
+    # lr has no interval in this sweep: no interval column beside it, no brackets in its cells
+    header = next(line for line in text.splitlines() if "N* (params)" in line)
+    cols = [c.strip() for c in re.split(r"[┃│|]", header) if c.strip()]
+    assert cols[cols.index("lr") + 1] == "batch (tokens)", cols
+
+
+def test_status_propose_fit_piped(sweep):
+    runner, app = CliRunner(), get_app()
+    r = runner.invoke(app, ["status", str(sweep["dir"])])
+    assert r.exit_code == 0, r.output
+    _check_whole(r.stdout)
+    status = json.loads(runner.invoke(app, ["status", str(sweep["dir"]), "--json"]).stdout)
+    for t in status["trials"]:
+        assert t["trial_id"] in r.stdout  # whole ids, not `N19800-…`
+        assert f"{t['N']:,}" in r.stdout and f"{t['D']:,}" in r.stdout
+
+    r = runner.invoke(app, ["propose", str(sweep["dir"]), "--budget", "3e13", "--bootstrap", "10"])
+    assert r.exit_code == 0, r.output
+    _check_whole(r.stdout)
+    (prop,) = json.loads(runner.invoke(app, ["propose", str(sweep["dir"]), "--budget", "3e13", "--bootstrap", "10",
+                                             "--json"]).stdout)
+    assert f"{round(prop['N']):,}" in r.stdout and "3e+13" in r.stdout
+
+    cells = json.loads((sweep["dir"] / "fit.json").read_text())["cells"]
+    table = sweep["root"] / "cells.csv"
+    with table.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["N", "D", "loss"])
+        w.writerows([c["N"], c["D"], c["loss"]] for c in cells)
+    r = runner.invoke(app, ["fit", str(table), "--law", "auto", "--bootstrap", "10"])
+    assert r.exit_code == 0, r.output
+    _check_whole(r.stdout)
+    assert "candidate forms" in r.stdout and "only 2 distinct D value(s)" in r.stdout
+
+
+def test_mlflow_parent_run_tells_the_sweep(sweep):
+    uri = f"sqlite:///{sweep['dir'] / 'mlflow.db'}"
+    parent, children = read_sweep_runs(uri, "view")
+    client = MlflowClient(uri)
+    pid = parent.info.run_id
+    fit = json.loads((sweep["dir"] / "fit.json").read_text())
+    law = fit["law"]
+
+    # the law per refit: a metric per parameter, one point per refit (run + resume), latest = fit.json
+    assert law["params"]
+    for name, value in law["params"].items():
+        hist = client.get_metric_history(pid, f"law.{name}")
+        assert sorted(m.step for m in hist) == [0, 1], (name, hist)
+        assert parent.data.metrics[f"law.{name}"] == pytest.approx(value)
+    assert not any(k.startswith("law.") for k in parent.data.params)  # no immutable law params to conflict
+    assert parent.data.tags["scalesweep.law.form"] == law["form"]
+    assert parent.data.tags["scalesweep.law.reason"] == law["selection"]["reason"]
+
+    # useful work: seconds training / (wall x slots), a fraction
+    uwf = client.get_metric_history(pid, "useful_work_fraction")
+    assert len(uwf) == 2 and all(0.0 <= m.value <= 1.0 for m in uwf), uwf
+    assert parent.data.metrics["slots"] >= 1
+
+    # the proposals table, rendered by the UI (listed in mlflow.loggedArtifacts)
+    assert {"path": "tables/proposals.json", "type": "table"} in json.loads(parent.data.tags["mlflow.loggedArtifacts"])
+    path = client.download_artifacts(pid, "tables/proposals.json", str(sweep["root"]))
+    table = json.loads(open(path).read())
+    assert len(table["data"]) == len(fit["proposals"]) == 2  # replaced on the refit, not appended
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    for row, p in zip(rows, fit["proposals"]):
+        assert row["N (params)"] == round(p["N"]) and row["batch (tokens)"] == p["batch"]
+        assert row["predicted loss (nats/token)"] == pytest.approx(p["predicted_loss"])
+        assert row["loss low"] <= row["predicted loss (nats/token)"] <= row["loss high"]
+
+    # summary.md: the form and why, the backtests, every warning, the proposals
+    path = client.download_artifacts(pid, "summary.md", str(sweep["root"]))
+    md = open(path).read()
+    assert f"## Law: {law['form']}" in md and law["selection"]["reason"] in md
+    assert "## Proposals" in md
+    bts = law["selection"]["candidates"][law["form"]].get("backtests") or {}
+    assert ("## Backtests" in md) == any("mean_abs_rel_error" in bt for bt in bts.values())
+    ws = list(dict.fromkeys(law.get("warnings", []) + fit.get("warnings", [])))
+    assert ws  # this design is warned about (two token counts)
+    assert int(parent.data.tags["scalesweep.n_warnings"]) == len(ws)
+    for w in ws:
+        assert w in md and w in parent.data.tags["scalesweep.warnings"]
+
+    # run names say what differs (size, tokens, and lr: the only setting that varies here)
+    names = {c.info.run_name for c in children}
+    assert len(names) == len(children) == 12
+    for c in children:
+        p = c.data.params
+        assert c.info.run_name.startswith("N") and " D" in c.info.run_name
+        assert f"lr{float(p['lr']):.3g}" in c.info.run_name and " b" not in c.info.run_name
+
+
+def test_proposals_in_an_80_column_terminal(sweep, monkeypatch):
+    """In a terminal of 80 columns headers and intervals wrap, but no value is cut or pushed past the edge."""
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.cli import output, sweep_commands
+
+    buf = io.StringIO()
+    monkeypatch.setattr(output, "make_console",
+                        lambda stderr=False: Console(file=buf, force_terminal=True, width=80, color_system=None))
+    doc = json.loads((sweep["dir"] / "fit.json").read_text())
+    sweep_commands._print_fit(doc)
+    text = buf.getvalue()
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    table = text[text.index("compute-optimal proposals"):text.index("model shape")]
+    assert "…" not in table, table
+    for p in doc["proposals"]:
+        assert f"{round(p['N']):,}" in table and f"{round(p['D']):,}" in table
+        assert f"{p['predicted_loss']:.4f}" in table and f"{p['batch']:,}" in table
