@@ -72,6 +72,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signame: Optional[str] = None
         self.hard = False
+        self.finishing = False  # recording the stop (_finish_interrupted): a further signal waits for it
         self._saved: dict[int, Any] = {}
 
     @property
@@ -103,7 +104,7 @@ class StopRequest:
                 sys.stderr.write(f"\n{name}: stopping the sweep; running trials end at their next report "
                                  "(press Ctrl-C again to stop at once)\n")
             return
-        if self.hard:  # recording the stop already: let it finish
+        if self.hard or self.finishing:  # recording the stop already: let it finish (seconds)
             return
         self.hard = True
         raise KeyboardInterrupt(name)
@@ -355,6 +356,7 @@ def _finish_interrupted(stash: dict[str, Any], sweep_dir: Path) -> SweepInterrup
     their MLflow runs and the parent run KILLED with a tag; the `SweepInterrupted` to raise.
     Writes no fit: the grid is partial (`scalesweep resume` fits once every trial has ended)."""
     stop: StopRequest = stash["stop"]
+    stop.finishing = True
     store, tracker, planner = stash.get("store"), stash.get("tracker"), stash.get("planner")
     how = "a second signal: stopped at once" if stop.hard else "running trials ended at their next report"
     reason = f"stopped by the user ({stop.signame}; {how}); `scalesweep resume` reruns it from its last checkpoint"

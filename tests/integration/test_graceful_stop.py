@@ -2,10 +2,10 @@
 (simulated backend, slowed by SCALESWEEP_REPORT_DELAY_S so the sweep lasts) is stopped mid-run,
 then resumed, nothing mocked:
 
-1. Ctrl-C: SIGINT to the whole process group, as a terminal sends it (the driver, its helper
-   processes, the Ray cluster it started);
-2. the resumed sweep is stopped again with SIGTERM (what `scalesweep stop`, `kill` and `ray job
-   stop` send);
+1. Ctrl-C twice: SIGINT to the whole process group, as a terminal sends it (the driver, its
+   helper processes, the Ray cluster it started), and again 0.3 s later (a hard stop);
+2. the resumed sweep is stopped by `scalesweep stop SWEEP_DIR` (SIGTERM to its controller, what
+   `kill` and `ray job stop` send too);
 3. a second resume finishes it.
 
 Each stop: exit 130 / 143, the one line "interrupted after K of T trials; `scalesweep resume DIR`
@@ -65,9 +65,9 @@ def _reported(sweep_dir: Path) -> int:
     return n
 
 
-def _stop_mid_run(args: list[str], sweep_dir: Path, sig: int, group: bool, log: Path, ran_before: int):
-    """Start `scalesweep ARGS`, wait until a trial is running and has reported past its first
-    checkpoint, send `sig` (to the process group when `group`); return (exit code, stderr)."""
+def _stop_mid_run(args: list[str], sweep_dir: Path, stop, log: Path, ran_before: int):
+    """Start `scalesweep ARGS`, wait until trials have reported past their first checkpoints,
+    call `stop(process)`; return (exit code, stderr + stdout)."""
     with open(log, "w") as out, open(log.with_suffix(".err"), "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args, "--no-progress"], stdout=out,
                                 stderr=err, env=_env(), start_new_session=True)
@@ -79,7 +79,7 @@ def _stop_mid_run(args: list[str], sweep_dir: Path, sig: int, group: bool, log: 
                 if _reported(sweep_dir) >= ran_before + 4:  # trials past their first checkpoints
                     break
                 time.sleep(0.1)
-            os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)
+            stop(proc)
             proc.wait(timeout=120)
         finally:
             if proc.poll() is None:
@@ -105,7 +105,8 @@ def _check_stopped(code: int, want_code: int, output: str, sweep_dir: Path, befo
 
     parent, children = read_sweep_runs(f"sqlite:///{sweep_dir / 'mlflow.db'}", SPEC["name"], "scalesweep")
     assert parent.info.status == "KILLED"
-    assert "stopped by the user" in parent.data.tags["scalesweep.interrupted"]
+    tag = parent.data.tags["scalesweep.interrupted"]
+    assert "stopped by the user" in tag and ("stopped at once" in tag or "ended at their next report" in tag), tag
     runs = {c.data.tags["scalesweep.trial_id"]: c for c in children}
     for tid in by_user:
         assert runs[tid].info.status == "KILLED", tid
@@ -118,14 +119,26 @@ def test_ctrl_c_then_sigterm_then_resume_finishes(tmp_path):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(dict(SPEC, output_dir=str(sweep_dir))))
 
-    # 1. Ctrl-C on a fresh sweep (SIGINT to the process group, as a terminal does)
-    code, out = _stop_mid_run(["run", str(spec_path)], sweep_dir, signal.SIGINT, True, tmp_path / "run.log", 0)
+    # 1. Ctrl-C twice on a fresh sweep (SIGINT to the process group, as a terminal sends it): the
+    # second one stops at once, or, if it lands while the stop is being recorded, waits for it
+    def ctrl_c_twice(proc):
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.3)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+
+    code, out = _stop_mid_run(["run", str(spec_path)], sweep_dir, ctrl_c_twice, tmp_path / "run.log", 0)
     first = _check_stopped(code, 130, out, sweep_dir, {})
     rows_first = len(ObservationStore(sweep_dir).observations().to_pylist())
 
-    # 2. the resumed sweep is stopped with SIGTERM (what `scalesweep stop` sends to the controller)
-    code, out = _stop_mid_run(["resume", str(sweep_dir)], sweep_dir, signal.SIGTERM, False,
-                              tmp_path / "resume1.log", rows_first)
+    # 2. the resumed sweep is stopped by `scalesweep stop SWEEP_DIR` (SIGTERM to its controller)
+    def scalesweep_stop(proc):
+        r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "stop", str(sweep_dir), "--timeout", "120"],
+                           capture_output=True, text=True, env=_env(), timeout=180)
+        assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
+
+    code, out = _stop_mid_run(["resume", str(sweep_dir)], sweep_dir, scalesweep_stop, tmp_path / "resume1.log",
+                              rows_first)
     _check_stopped(code, 143, out, sweep_dir, first)
 
     # 3. resume finishes: every trial finished, one row per (trial, step), a fit
