@@ -6,6 +6,9 @@ import logging
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from .planner import PlannedTrial, make_planner, proposal_resources, trial_confi
 from .progress import SweepProgress
 from .proposals import SweepFit, fit_and_propose, fit_settings
 from .spec import SpecError, SweepSpec
-from .store import ObservationStore, StoreError, diverged_configs, final_points, final_task_points
+from .store import STOPPED_BY_USER, ObservationStore, StoreError, diverged_configs, final_points, final_task_points
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 DRIVER_RESOURCES = {"CPU": 0, "memory": 16 * 1024**2}
 ERROR_LOG = "error.log"  # tracebacks of failed runs of this sweep, appended
 TAG_ERROR = "scalesweep.error"  # on the parent run of a sweep that failed: the error in one line
+TAG_INTERRUPTED = "scalesweep.interrupted"  # on the parent run of a sweep the user stopped: how and when
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + signal number, as a shell reports a signalled program
 
 
 class SweepFailed(RuntimeError):
@@ -38,6 +43,80 @@ class SweepFailed(RuntimeError):
     def __init__(self, line: str, log_path: Optional[Path]):
         super().__init__(line)
         self.line, self.log_path = line, log_path
+
+
+class SweepInterrupted(RuntimeError):
+    """The user stopped a sweep (Ctrl-C, SIGTERM, `scalesweep stop`). Running trials were ended and
+    marked `stopped-by-user`, the store flushed, the MLflow parent run ended KILLED with a
+    `scalesweep.interrupted` tag; no fit was written. `scalesweep resume` continues. `str()` is one line."""
+
+    def __init__(self, ended: int, total: int, signame: str, sweep_dir: Path, hard: bool = False):
+        self.ended, self.total, self.signame, self.sweep_dir, self.hard = ended, total, signame, sweep_dir, hard
+        super().__init__(f"interrupted after {ended} of {total} trials; `scalesweep resume {sweep_dir}` continues")
+
+    @property
+    def exit_code(self) -> int:
+        """130 after SIGINT (Ctrl-C), 143 after SIGTERM: what a shell reports for a program killed by it."""
+        return EXIT_CODES.get(self.signame, 130)
+
+
+class StopRequest:
+    """SIGINT / SIGTERM while a sweep runs: the first asks the sweep to stop (Tune stops its trials,
+    the controller records them, see `_finish_interrupted`); the second stops at once
+    (`KeyboardInterrupt`), still leaving a resumable sweep. Replaces Ray Tune's own SIGINT
+    handler (`TUNE_DISABLE_SIGINT_HANDLER`, see `tune_env`), which would end the Tuner's loop
+    without ending the trials' records. Handlers are installed only from the main thread
+    (a sweep run by the API server runs in a worker thread: it is stopped another way).
+    """
+
+    def __init__(self) -> None:
+        self.signame: Optional[str] = None
+        self.hard = False
+        self.finishing = False  # recording the stop (_finish_interrupted): a further signal waits for it
+        self._saved: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signame is not None
+
+    def request(self, signame: str = "SIGINT") -> None:
+        """Ask the sweep to stop, as the first signal does."""
+        if self.signame is None:
+            self.signame = signame
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._saved[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if not self.requested:
+            self.request(name)
+            if sys.stderr.isatty():  # a person pressed Ctrl-C: say that it was heard
+                sys.stderr.write(f"\n{name}: stopping the sweep; running trials end at their next report "
+                                 "(press Ctrl-C again to stop at once)\n")
+            return
+        if self.hard or self.finishing:  # recording the stop already: let it finish (seconds)
+            return
+        self.hard = True
+        raise KeyboardInterrupt(name)
+
+
+_ACTIVE: Optional[StopRequest] = None  # the stop request of the sweep this process runs now
+
+
+def stop_requested() -> bool:
+    """Whether the user asked the running sweep to stop. A module function, not a closure: Tune
+    copies its callbacks and stoppers (pickling them), and a copy must still see the request."""
+    return _ACTIVE is not None and _ACTIVE.requested
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
@@ -148,6 +227,9 @@ def tune_env(spec: SweepSpec) -> dict[str, str]:
         # (≈3 ms per report on the driver's event loop, plus files per trial); the store and
         # MLflow already record every report. Tune's own experiment state is unaffected.
         "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+        # Ctrl-C / SIGTERM are the controller's (StopRequest): Tune's own handler would end its
+        # loop with the trials' records open and the parent run unended.
+        "TUNE_DISABLE_SIGINT_HANDLER": "1",
     }
     if spec.trainer.backend == "simulated" and not spec.checkpoints.enabled:
         # One remote call fetches every result a trial produced in 20 ms (up to 64), not one:
@@ -210,14 +292,100 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
         # a remote cluster may autoscale: its size now is not its size later
         log.warning("%s; trials wait until the cluster grows", str(exc).splitlines()[-1].strip())
     sweep_dir = prepare_dir(spec, spec_path)
-    stash: dict[str, Any] = {}  # what _run has opened so far: the store, the tracker
+    global _ACTIVE
+    stop = _ACTIVE = StopRequest()
+    stash: dict[str, Any] = {"stop": stop}  # what _run has opened so far: the store, the tracker, the planner
+    stop.install()
+    pid_file = _write_pid(sweep_dir)
     try:
         return _run(spec, spec_path, sweep_dir, show_progress, t0, stash)
+    except SweepInterrupted:
+        raise
     except BaseException as exc:
+        if stop.requested or isinstance(exc, KeyboardInterrupt):  # a hard stop, or an error while stopping
+            stop.request("SIGINT")
+            stop.hard = True
+            raise _finish_interrupted(stash, sweep_dir) from None
         log_path = _record_failure(exc, sweep_dir, stash.get("store"), stash.get("tracker"))
         if isinstance(exc, Exception) and not isinstance(exc, (StoreError, TrainerContractError)):
             raise SweepFailed(one_line(exc), log_path) from exc
         raise
+    finally:
+        stop.restore()
+        _ACTIVE = None
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
+
+
+PID_FILE = "controller.pid"  # "<pid> <host>" of the controller running this sweep: `scalesweep stop DIR`
+
+
+def _write_pid(sweep_dir: Path) -> Optional[Path]:
+    import socket
+
+    path = sweep_dir / PID_FILE
+    try:
+        path.write_text(f"{os.getpid()} {socket.gethostname()}\n")
+    except OSError:
+        return None  # informative only: `scalesweep stop DIR` then says no controller is running
+    return path
+
+
+def controller_pid(sweep_dir: Path) -> Optional[int]:
+    """The pid of the controller running the sweep in `sweep_dir` on this host, or None."""
+    import socket
+
+    try:
+        pid, host = (sweep_dir / PID_FILE).read_text().split()[:2]
+        pid_n = int(pid)
+    except (OSError, ValueError):
+        return None
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid_n, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid_n
+
+
+def _finish_interrupted(stash: dict[str, Any], sweep_dir: Path) -> SweepInterrupted:
+    """After a stop request: mark the trials still running `stopped-by-user`, flush the store, end
+    their MLflow runs and the parent run KILLED with a tag; the `SweepInterrupted` to raise.
+    Writes no fit: the grid is partial (`scalesweep resume` fits once every trial has ended)."""
+    stop: StopRequest = stash["stop"]
+    stop.finishing = True
+    store, tracker, planner = stash.get("store"), stash.get("tracker"), stash.get("planner")
+    how = "a second signal: stopped at once" if stop.hard else "running trials ended at their next report"
+    reason = f"stopped by the user ({stop.signame}; {how}); `scalesweep resume` reruns it from its last checkpoint"
+    stopped: list[str] = []
+    ended, total = 0, 0
+    if store is not None:
+        try:
+            store.flush()
+            trials = store.trials()
+            stopped = [tid for tid, rec in trials.items() if rec["status"] == "running"]
+            for tid in stopped:
+                store.set_status(tid, STOPPED_BY_USER, summary={"reason": reason})
+            store.flush()
+            ended = sum(1 for rec in trials.values() if rec["status"] in RESUME_SKIPS)
+            total = len(trials)
+        except Exception:  # noqa: BLE001 -- the parts on disk stay whole; resume reruns what is not ended
+            log.exception("could not record the stopped trials in the store")
+    if planner is not None:
+        total = max(total, planner.trial_cap)
+    if tracker is not None:
+        try:
+            for tid in stopped:
+                tracker.end_trial(tid, "KILLED", {"scalesweep.status": STOPPED_BY_USER, "scalesweep.reason": reason})
+            tracker.set_tags(None, {TAG_INTERRUPTED: f"stopped by the user ({stop.signame}; {how}) after {ended} "
+                                                     f"of {total} trials; `scalesweep resume` continues"})
+            tracker.close("KILLED", timeout=5.0 if stop.hard else 30.0)
+        except Exception:  # noqa: BLE001 -- MLflow must not turn a stop into a crash
+            log.exception("could not end the MLflow run of the stopped sweep")
+    return SweepInterrupted(ended, total, stop.signame or "SIGINT", sweep_dir, stop.hard)
 
 
 def ray_capacity() -> tuple[float, float]:
@@ -266,7 +434,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     recovered = store.recover()  # reports a killed controller had logged but not flushed
     if recovered:
         log.warning("recovered %d report(s) from the store's write-ahead log of an interrupted run", recovered)
-    planner = make_planner(spec)
+    planner = stash["planner"] = make_planner(spec)
     ended = ended_trials(store)
     planner.resume(ended)  # a resumed sweep: what ended is not run again
     train_tokens = _train_tokens(spec, os.environ.get("SCALESWEEP_CACHE"))
@@ -328,7 +496,8 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                              spec.budget.total_flops, enabled=show_progress)
     scheduler = PrunerScheduler(spec.pruning) if spec.pruning.enabled else None
     callback = SweepCallback(store, tracker, progress, records, decisions,
-                             stops=scheduler.decisions if scheduler is not None else None)
+                             stops=scheduler.decisions if scheduler is not None else None,
+                             interrupted=stop_requested)
     from .tune.callback import ContractStopper
     searcher = PlannerSearcher(planner, to_config)
     tuner = tune.Tuner(
@@ -356,6 +525,8 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     # continues) and ends the parent run FAILED.
     with progress, _environ(tune_env(spec)):
         tuner.fit()
+    if stash["stop"].requested:  # Tune stopped every trial (ContractStopper.stop_all): record it, exit
+        raise _finish_interrupted(stash, sweep_dir)
     store.flush()
     if callback.contract_errors:  # run_sweep ends the parent run FAILED and re-raises it (exit 2)
         tid, msg = next(iter(callback.contract_errors.items()))
@@ -382,11 +553,14 @@ def own_trainer_settings(spec: SweepSpec) -> dict[str, Any]:
             "grace_period_s": t.grace_period_s, "first_report_timeout_s": t.first_report_timeout_s}
 
 
+RESUME_SKIPS = ("finished", "diverged", "stopped")  # ended for good: `resume` does not rerun them
+
+
 def ended_trials(store: ObservationStore) -> dict[str, Optional[dict[str, Any]]]:
     """Trials that ended in an earlier run of this sweep, with their last report (a planner's input)."""
     trials = store.trials()
     last = store.last_reports()
-    return {tid: last.get(tid) for tid, rec in trials.items() if rec["status"] in ("finished", "diverged", "stopped")}
+    return {tid: last.get(tid) for tid, rec in trials.items() if rec["status"] in RESUME_SKIPS}
 
 
 def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optional[str], t0: float,

@@ -142,6 +142,13 @@ def _rebuild(value: tuple) -> BaseException:
 
 def serve(fd: int, spec_hex: str) -> None:
     """The child's loop: build the object, then run calls from the socket ``fd`` until told to stop."""
+    import signal
+
+    # Ctrl-C reaches the whole foreground process group and `ray job stop` signals the driver's
+    # children too: the parent decides how its sweep stops (and still needs this object to end
+    # its MLflow runs); the child ends when the parent closes the socket.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = Connection(fd)
     factory, args = pickle.loads(bytes.fromhex(spec_hex))
     module, _, attr = factory.partition(":")

@@ -82,11 +82,11 @@ class SweepProgress:
 
     def head(self) -> Text:
         """One line: trials by state, compute spent of the budget, elapsed time."""
-        counts = {s: sum(1 for v in self.state.values() if v == s) for s in ("running", "finished", "diverged", "failed", "stopped")}
+        counts = {s: sum(1 for v in self.state.values() if v == s) for s in ("running", "finished", "diverged", "failed", "stopped", "stopped-by-user")}
         spent = sum(self.flops.values())
         cap = self.budget or self.planned_flops
         elapsed = time.monotonic() - self.start
-        extra = "".join(f", {counts[s]} {s}" for s in ("diverged", "failed", "stopped") if counts[s])
+        extra = "".join(f", {counts[s]} {s}" for s in ("diverged", "failed", "stopped", "stopped-by-user") if counts[s])
         pct = f" ({100 * spent / cap:.0f}%)" if cap else ""
         return Text.assemble(
             (f"sweep {self.name}  ", "bold"),

@@ -6,7 +6,7 @@ Parquet part files:
 - `observations/`: one row per report (trial_id, step, tokens, flops, lr, train_loss,
   eval_loss, tokens_per_s, step_time_s, eval_flops, eval_time_s, wall_time, done);
 - `trials/`: one row per trial *event* (planned, running, finished, stopped, diverged,
-  failed) with the trial's config and summary as JSON; the latest event is the state;
+  failed, stopped-by-user) with the trial's config and summary as JSON; the latest event is the state;
 - `task_metrics/`: one row per downstream-task metric of a report (trial_id, step, task,
   metric, value): a long table, so any task a spec names fits one fixed schema.
 
@@ -88,7 +88,8 @@ TASK_SCHEMA = pa.schema(
 )
 TASK_KEY = ["trial_id", "step", "task", "metric"]
 
-TRIAL_STATES = ("planned", "running", "finished", "stopped", "diverged", "failed")
+STOPPED_BY_USER = "stopped-by-user"  # ended by a stop request (Ctrl-C, SIGTERM, `scalesweep stop`): resume reruns it
+TRIAL_STATES = ("planned", "running", "finished", "stopped", "diverged", "failed", STOPPED_BY_USER)
 
 
 class StoreError(RuntimeError):

@@ -29,6 +29,8 @@ from .spec import SpecError, SweepSpec, parse_spec
 
 ADDRESS_ENV = ("SCALESWEEP_ADDRESS", "RAY_ADDRESS")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+STOP_WAIT_S = 60  # seconds a stopped job's controller has to stop gracefully before Ray kills it
+
 # Never uploaded with the project (runtime_env "excludes", gitignore syntax).
 EXCLUDES = [".venv", ".git", "sweeps", "benchmarks/results", "mlruns", "mlflow.db", "runs", ".cache",
             "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", ".whl", "*.egg-info", "checkpoints"]
@@ -177,7 +179,9 @@ def prepare_submission(spec: SweepSpec, *, output_dir: Optional[str] = None, tra
     staging = Path(tempfile.mkdtemp(prefix=f"scalesweep-submit-{submitted.name}-"))
     (staging / "spec.yaml").write_text(yaml.safe_dump(submitted.model_dump(mode="json"), sort_keys=False))
     sid = submission_id or f"scalesweep-{submitted.name}-{secrets.token_hex(4)}"
-    env_vars = {"PYTHONUNBUFFERED": "1", **(env or {})}
+    # `scalesweep stop` (Ray's job stop) sends SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S
+    # (Ray's default: 3 s, too short for the controller to record the stop and end the MLflow runs)
+    env_vars = {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S), **(env or {})}
     runtime_env = {"working_dir": str(staging), "py_modules": _package_dirs(), "excludes": list(EXCLUDES),
                    "env_vars": env_vars}
     entrypoint = f"{shlex.quote(python)} -m orchestrator.cli run spec.yaml --no-progress"

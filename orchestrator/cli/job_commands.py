@@ -157,12 +157,17 @@ def logs(
 
 @app.command("stop")
 def stop(
-    job_id: str = typer.Argument(..., help="job id printed by `scalesweep submit`"),
+    job_id: str = typer.Argument(..., help="job id printed by `scalesweep submit`, or the directory of a sweep "
+                                           "running on this machine", metavar="JOB_ID|SWEEP_DIR"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="wait until the job has stopped"),
     timeout: float = typer.Option(60.0, "--timeout", min=0, help="seconds to wait with --wait"),
 ) -> None:
-    """Stop a submitted sweep (its controller and trials). `scalesweep resume SWEEP_DIR` finishes it later."""
+    """Stop a sweep gracefully: its controller ends the running trials (marked stopped-by-user), ends the
+    MLflow parent run KILLED and exits. `scalesweep resume SWEEP_DIR` finishes it later."""
+    if Path(job_id).is_dir():
+        _stop_local(Path(job_id), wait, timeout)
+        return
     from ..submit import ClusterError, stop as stop_job, wait_terminal
 
     client, addr = _client(address)
@@ -181,3 +186,26 @@ def stop(
         fail(f"job {job_id} is still {status} after {timeout:.0f}s", code=CLUSTER_ERROR)
     else:
         console.print(f"job {job_id}: {status}")
+
+
+def _stop_local(sweep_dir: Path, wait: bool, timeout: float) -> None:
+    """SIGTERM to the controller of a sweep running on this machine (its pid is in the sweep dir)."""
+    import os
+    import signal
+    import time
+
+    from ..controller import controller_pid
+
+    pid = controller_pid(sweep_dir)
+    if pid is None:
+        fail(f"{sweep_dir}: no controller of this sweep is running on this machine", code=1)
+    os.kill(pid, signal.SIGTERM)
+    if not wait:
+        console.print(f"sweep {sweep_dir}: stop requested (controller pid {pid})")
+        return
+    t0 = time.monotonic()
+    while controller_pid(sweep_dir) == pid and time.monotonic() - t0 < timeout:
+        time.sleep(0.2)
+    if controller_pid(sweep_dir) == pid:
+        fail(f"sweep {sweep_dir}: the controller (pid {pid}) is still running after {timeout:.0f}s", code=1)
+    console.print(f"sweep {sweep_dir}: stopped; continue with `scalesweep resume {sweep_dir}`")

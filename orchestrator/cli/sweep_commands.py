@@ -81,12 +81,18 @@ def run(
 
 
 def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
-    from ..controller import SweepFailed, TrainerContractError, run_sweep
+    from ..controller import SweepFailed, SweepInterrupted, TrainerContractError, run_sweep
     from ..spec import SpecError
     from ..store import StoreError
 
     try:
         outcome = run_sweep(s, spec_path, show_progress=not no_progress)
+    except SweepInterrupted as exc:  # Ctrl-C / SIGTERM / `scalesweep stop`: trials recorded, parent KILLED, no fit
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.exit_code)
+    except KeyboardInterrupt:  # before the sweep started (Ray starting): nothing was run
+        typer.echo(f"interrupted before sweep {s.name} started; nothing was run", err=True)
+        raise typer.Exit(130)
     except SpecError as exc:  # the cluster cannot hold a trial: nothing was written
         fail(f"{spec_path or s.sweep_dir()}: {exc}")
     except TrainerContractError as exc:  # a user's trainer that breaks the contract: bad input

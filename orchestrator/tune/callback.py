@@ -9,7 +9,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
@@ -18,7 +18,7 @@ from trainers.contract import OPTIONAL_REPORT_KEYS, REPORT_KEYS, TASK_PREFIX
 
 from ..branching import spent_flops
 from ..progress import SweepProgress
-from ..store import ObservationStore
+from ..store import STOPPED_BY_USER, ObservationStore
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class SweepCallback(Callback):
     """Appends reports to the store, streams them to MLflow, updates the display."""
 
     def __init__(self, store: ObservationStore, tracker, progress: SweepProgress, records: dict[str, dict],
-                 decisions: Optional[dict[str, dict]] = None, stops: Optional[dict[str, Any]] = None):
+                 decisions: Optional[dict[str, dict]] = None, stops: Optional[dict[str, Any]] = None,
+                 interrupted: Optional[Callable[[], bool]] = None):
         self.store = store
         self.tracker = tracker
         self.progress = progress
@@ -63,13 +64,16 @@ class SweepCallback(Callback):
         self.logged: dict[str, int] = {}  # trial id -> highest step sent to MLflow
         self.restarts: dict[str, int] = {}  # trial id -> restarts after a crash
         self.contract_errors: dict[str, str] = {}  # trial id -> how a user's trainer broke the contract
+        # True once the user asked the sweep to stop (controller.StopRequest): a trial that ends
+        # early then is `stopped-by-user` (resumed later), not stopped by a scheduler or failed
+        self.interrupted = interrupted or _never
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; the live handles (store
         # buffer, MLflow threads, display) are rebuilt by `scalesweep resume`, not unpickled.
         return {"records": self.records, "last": self.last, "decisions": self.decisions, "stops": {},
                 "logged": self.logged, "restarts": self.restarts, "store": None, "tracker": None, "progress": None,
-                "contract_errors": {}}
+                "contract_errors": {}, "interrupted": self.interrupted}  # a module function: pickles by name
 
     @staticmethod
     def _tid(trial) -> str:
@@ -124,7 +128,11 @@ class SweepCallback(Callback):
         tid = self._tid(trial)
         last = self.last.get(tid)
         stop = self.stops.get(tid)
-        if stop is not None:  # the pruner ended it: record why, with the prediction that justified it
+        early = last is None or last["done"] < 1 or last["tokens"] < self.records[tid].get("D", 0)
+        if early and self.interrupted() and (last is None or not _diverged(last)) and stop is None:
+            self._end(trial, STOPPED_BY_USER, {"reason": "stopped by the user; `scalesweep resume` reruns it from "
+                                                         "its last checkpoint"})
+        elif stop is not None:  # the pruner ended it: record why, with the prediction that justified it
             self._end(trial, "diverged" if stop.action == "diverged" else "stopped",
                       {"reason": stop.reason, **stop.summary()})
         elif last is None:
@@ -157,6 +165,9 @@ class SweepCallback(Callback):
             self.tracker.set_tags(tid, {"scalesweep.restarts": n})
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        if self.interrupted():  # its process was ended by the stop: resumed later, not failed
+            self._end(trial, STOPPED_BY_USER, {"reason": "stopped by the user (its process ended while stopping)"})
+            return
         process = _process_exit(trial)
         if process is not None:
             self._contract(self._tid(trial), process)
@@ -178,7 +189,8 @@ class SweepCallback(Callback):
 
 
 class ContractStopper(Stopper):
-    """Ends the sweep once a user's trainer broke the trial contract (every trial would, alike)."""
+    """Ends the sweep once a user's trainer broke the trial contract (every trial would, alike), or
+    once the user asked it to stop."""
 
     def __init__(self, callback: SweepCallback):
         self.callback = callback
@@ -187,7 +199,12 @@ class ContractStopper(Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return bool(self.callback.contract_errors)
+        # a stop request (Ctrl-C, SIGTERM) ends the sweep the same way: Tune stops every trial
+        return bool(self.callback.contract_errors) or self.callback.interrupted()
+
+
+def _never() -> bool:
+    return False
 
 
 def _extra_of(result: Mapping[str, Any]) -> dict[str, float]:

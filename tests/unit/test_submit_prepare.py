@@ -38,7 +38,7 @@ def test_submission_carries_project_and_rewritten_spec(tmp_path):
     assert env["working_dir"] == str(sub.staging_dir)
     assert sorted(p.rsplit("/", 1)[1] for p in env["py_modules"]) == ["cluster", "orchestrator", "trainers"]
     assert {".venv", ".git", "sweeps", "benchmarks/results", "__pycache__"} <= set(env["excludes"]) == set(EXCLUDES)
-    assert env["env_vars"] == {"PYTHONUNBUFFERED": "1", "A": "1"}
+    assert env["env_vars"] == {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": "60", "A": "1"}
     assert shipped["output_dir"] == str(tmp_path / "sweep")
     assert shipped["tracking"]["uri"] == "http://mlflow:5000"
     assert parse_spec(shipped).name == "sub"  # the shipped spec is valid as is
