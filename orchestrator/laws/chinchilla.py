@@ -19,7 +19,7 @@ from . import varpro
 from .bootstrap import interval, resample_weights, size_groups
 from .diagnostics import identifiability_warnings
 from .objectives import DEFAULT_DELTA
-from .result import FitResult, Interval
+from .result import FitResult, Interval, ResultView
 
 PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
 FlopRule = str | Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -106,7 +106,7 @@ def _solve_D(flops: Callable, N: float, C: float) -> float:
 
 
 @dataclass
-class ChinchillaFit:
+class ChinchillaFit(ResultView):
     """A fitted Chinchilla law: the law, its FitResult, bootstrap replicates and fit state."""
 
     law: ChinchillaLaw
@@ -116,26 +116,6 @@ class ChinchillaFit:
     delta: float = DEFAULT_DELTA
     n_points: int = 0
     meta: dict = field(default_factory=dict)
-
-    @property
-    def params(self) -> dict[str, float]:
-        """Fitted parameters by name."""
-        return self.result.params
-
-    @property
-    def objective(self) -> float:
-        """Summed robust loss at the optimum."""
-        return self.result.objective
-
-    @property
-    def intervals(self) -> dict:
-        """Bootstrap intervals (see FitResult)."""
-        return self.result.intervals
-
-    @property
-    def warnings(self) -> list[str]:
-        """Identifiability and fit warnings."""
-        return self.result.warnings
 
     def to_json(self) -> dict:
         """The FitResult's JSON document."""

@@ -52,3 +52,30 @@ def jsonable(obj: Any) -> Any:
 
 
 _clean = jsonable  # older name, still imported by some fitters
+
+
+class ResultView:
+    """What a fit object answers from the `FitResult` it holds as ``.result``: a fit can be used
+    wherever only the result is wanted (`ChinchillaFit`, `selection.AutoFit`)."""
+
+    result: FitResult
+
+    @property
+    def params(self) -> dict[str, float]:
+        """Fitted parameters by name (the chosen form's, for a selection)."""
+        return self.result.params
+
+    @property
+    def objective(self) -> float:
+        """Summed robust loss at the optimum."""
+        return self.result.objective
+
+    @property
+    def intervals(self) -> dict:
+        """Intervals, budgets keyed by `chinchilla.budget_key` (see FitResult)."""
+        return self.result.intervals
+
+    @property
+    def warnings(self) -> list[str]:
+        """Identifiability, fit and selection warnings."""
+        return self.result.warnings

@@ -46,7 +46,7 @@ from .chinchilla import budget_key
 from .diagnostics import design_warnings
 from .forms import Form, PowerSumForm, batch_lm, candidate_forms, grid_frontier, inputs, subset
 from .objectives import DEFAULT_DELTA
-from .result import FitResult, jsonable
+from .result import FitResult, ResultView, jsonable
 from .table import validate_arrays
 
 DEFAULT_BOOTSTRAP = 100  # replicates per form with weight: enough for 90 % intervals, ~0.1 s per form
@@ -241,7 +241,7 @@ class AutoLaw:
 
 
 @dataclass
-class AutoFit:
+class AutoFit(ResultView):
     """Result of `fit_auto`: the chosen form, every candidate's fit and backtests, and the mixture law."""
 
     law: AutoLaw
@@ -252,26 +252,6 @@ class AutoFit:
     box: tuple[float, float, float]
     level: float = 0.9
     seed: int = 0
-
-    @property
-    def params(self) -> dict[str, float]:
-        """Parameters of the chosen form."""
-        return self.result.params
-
-    @property
-    def objective(self) -> float:
-        """The chosen form's summed robust loss."""
-        return self.result.objective
-
-    @property
-    def intervals(self) -> dict:
-        """Intervals (budgets keyed by `budget_key`); see `predict_interval` for what they mean."""
-        return self.result.intervals
-
-    @property
-    def warnings(self) -> list[str]:
-        """Selection and identifiability warnings."""
-        return self.result.warnings
 
     @property
     def weights(self) -> dict[str, float]:
