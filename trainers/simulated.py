@@ -42,8 +42,10 @@ from trainers.worlds.world import World, WorldError, load_world
 
 DEFAULT_WORLD = "tiny"
 # Config fields that do not change what a run computes (where it is stored, how many threads).
-_NOT_HASHED = ("contract_version", "options", "trial_id", "checkpoint_dir", "checkpoint_every", "checkpoint_steps", "branch_from", "branch_step", "family",
-               "data_cache", "threads")
+# (A new contract field belongs here unless it changes the run: hashing it redraws every simulated
+# trial's noise, and every benchmark and planted test with it.)
+_NOT_HASHED = ("contract_version", "options", "tasks", "tasks_at", "task_items", "trial_id", "checkpoint_dir",
+               "checkpoint_every", "checkpoint_steps", "branch_from", "branch_step", "family", "data_cache", "threads")
 _BLOWUP_FACTOR = 10.0  # a diverging loss climbs to this multiple of the world's max_loss, then NaN
 
 
