@@ -102,13 +102,16 @@ class Problem:
 def objective(theta: np.ndarray, p: Problem) -> tuple[float, np.ndarray]:
     """Summed robust loss of the log residuals at theta and its exact gradient."""
     E, a, b, alpha, beta = theta
-    t1 = np.exp(a - alpha * p.u)
-    t2 = np.exp(b - beta * p.v)
-    pred = E + t1 + t2
-    r = np.log(np.maximum(pred, _TINY)) - p.log_loss
-    vals, ders = get_loss(p.loss_fn)(r, p.delta)
-    g = p.weights * ders / pred  # d(sum)/d(pred) per point
-    grad = np.array([g.sum(), (g * t1).sum(), (g * t2).sum(), -(g * t1 * p.u).sum(), -(g * t2 * p.v).sum()])
+    # A line search may probe a point whose terms overflow: the inf it gets back makes it step
+    # back, so the overflow is expected there, not a warning for the user.
+    with np.errstate(over="ignore", invalid="ignore"):
+        t1 = np.exp(a - alpha * p.u)
+        t2 = np.exp(b - beta * p.v)
+        pred = E + t1 + t2
+        r = np.log(np.maximum(pred, _TINY)) - p.log_loss
+        vals, ders = get_loss(p.loss_fn)(r, p.delta)
+        g = p.weights * ders / pred  # d(sum)/d(pred) per point
+        grad = np.array([g.sum(), (g * t1).sum(), (g * t2).sum(), -(g * t1 * p.u).sum(), -(g * t2 * p.v).sum()])
     return float(p.weights @ vals), grad
 
 
