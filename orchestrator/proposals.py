@@ -95,6 +95,23 @@ IntervalRule = Callable[[float, float, float], Optional[dict[str, dict[str, floa
 ResourceRule = Callable[[float, float, float], dict[str, Any]]  # (N, D, batch) -> resource plan
 
 
+BACKTEST_WARN = 0.02  # a held-out size predicted worse than this: say so beside the proposals
+
+
+def _backtest_warnings(fit: AutoFit) -> list[str]:
+    """A plain warning when the chosen form misses the runs its backtests held out by more than 2 %."""
+    chosen = (fit.selection.get("candidates") or {}).get(fit.form) or {}
+    out = []
+    for key, what in (("largest_size", "the largest model size"), ("largest_compute_decade", "the largest compute decade")):
+        bt = (chosen.get("backtests") or {}).get(key) or {}
+        worst = bt.get("max_abs_rel_error")
+        if worst is not None and worst > BACKTEST_WARN:
+            out.append(f"fitted without {what}, the {fit.form} law misses it by up to {worst:.1%} "
+                       f"({bt.get('max_distance_decades', 0.0):.2f} decades beyond its data): proposals further out "
+                       "are at least that uncertain")
+    return out
+
+
 def fit_settings(spec: Any = None, bootstrap: Optional[int] = None) -> dict[str, Any]:
     """The spec's fit settings as `fit_and_propose` keywords (law, loss, bootstrap, level, seed): the one
     definition the controller's summary, `scalesweep propose` and the HTTP API share; `bootstrap`
@@ -141,6 +158,7 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     except (TableError, ValueError) as exc:  # too few cells (trials diverged, a small grid): the sweep still ends
         return SweepFit(None, cells, [], [f"L(N, D) not fitted: {exc}"])
     warnings.extend(fit.warnings)
+    warnings.extend(_backtest_warnings(fit))
     if hparams is None:  # only once there is a frontier to propose on
         hparams = learned_hparams([*points, *diverged])
     if hparam_intervals is None:
