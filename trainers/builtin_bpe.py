@@ -11,7 +11,6 @@ is the tokenizer's. Nothing is downloaded.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .corpus import publish_dir
 from .token_files import DataError, encode_documents, end_of_text, read_parquet
 
 BPE_VERSION = 1  # bump when what is written changes
@@ -79,11 +79,7 @@ def builtin_bpe_dir(vocab_size: int, cache_dir: Optional[str] = None) -> Path:
         (tmp / "manifest.json").write_text(json.dumps({
             "source": "python-stdlib, BPE", "vocab_size": tok.get_vocab_size(), "tokens": counts,
             "trained_on_bytes": size, "end_of_text": eot, "bpe_version": BPE_VERSION}, indent=2))
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "manifest.json").exists():
-                raise
+        publish_dir(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

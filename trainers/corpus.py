@@ -125,11 +125,7 @@ def builtin_corpus_dir(cache_dir: str | os.PathLike | None = None) -> Path:
             "corpus_version": CORPUS_VERSION,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        try:
-            os.rename(tmp, final)  # atomic; fails if another process won the race
-        except OSError:
-            if not (final / "manifest.json").exists():
-                raise
+        publish_dir(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -218,3 +214,13 @@ def eval_windows(tokens: np.ndarray, seq_len: int, n_tokens: int) -> torch.Tenso
         raise ValueError(f"validation stream of {len(tokens)} tokens is shorter than one window")
     starts = np.linspace(0, len(tokens) - seq_len - 1, n).astype(np.int64)
     return torch.from_numpy(tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int64))
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written cache directory into place atomically; another process that won the
+    race (its `final` has a manifest) is not an error."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "manifest.json").exists():
+            raise
