@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from cluster.resources import GiB, ModelDims, ResourceError, ResourcePlan, ZeroBuffers, plan_resources
 from trainers.contract import Schedule, TrialConfig
-from trainers.flops import training_flops
-from trainers.model import count_params, shape_for
 
+from . import sizing
 from .core.cells import Cell, cell_of
+from .core.family import count_params, shape_for, training_flops
+from .core.resources import GiB, ModelDims, ResourceError, ResourcePlan, ZeroBuffers, plan_resources
 from .spec import SpecError, SweepSpec
 
 
@@ -44,7 +44,7 @@ class PlannedTrial:
     shape: dict[str, int]
     micro_batch: Optional[int] = None  # sequences per worker per micro-step (None = the whole share)
     grad_accum: Optional[int] = None  # micro-steps per optimizer step, when planned or checked
-    memory_gib: Optional[float] = None  # estimated peak memory per worker (cluster/resources.py), when checked
+    memory_gib: Optional[float] = None  # estimated peak memory per worker (core/resources.py), when checked
     D_nominal: Optional[float] = None  # the design's token target before whole-batch rounding: the cell's D
     # WSD branching (orchestrator/branching.py); `flops` is what this trial spends, a branch its decay only
     warmup: Optional[float] = None  # this trial's warmup fraction, when it differs from the spec's
@@ -69,37 +69,12 @@ def _trial_id(n: int, d: int, lr: float, batch: int, seed: int) -> str:
 
 
 def trial_resources(spec: SweepSpec, n_target: int, batch: int, machine: bool = False) -> Optional[ResourcePlan]:
-    """The resource plan of a trial of `n_target` parameters at `batch` tokens: planned
-    (`plan: auto`) or the spec's values checked against the memory model (`plan: manual`).
-
-    None when there is nothing to check against (see `ResourcesSpec.device_spec`; `machine`:
-    the unnamed default CPU is this machine) or on the simulated backend with a manual plan
-    (it allocates no model). A trial that cannot fit raises `SpecError` naming the trial, the
-    spec fields, the largest memory component and what would fit.
-    """
-    res = spec.resources
-    device = res.device_spec(machine)
-    if res.plan == "manual" and (device is None or spec.trainer.backend == "simulated"):
-        return None
-    seq = spec.model.seq_len
-    settings = res.settings(n_target)
-    workers, stage, micro = (settings[k][0] for k in ("workers", "zero_stage", "micro_batch"))
-    if micro is None:  # manual: the trainer's default, the worker's whole share
-        micro = max(1, batch // seq // workers)
-    dims = ModelDims.for_n(n_target, seq, family=spec.model.family)
+    """The resource plan of a trial of `n_target` parameters at `batch` tokens
+    (`orchestrator.sizing.trial_resources`); a trial that cannot fit raises `SpecError`."""
     try:
-        return plan_resources(n_target, seq, batch, device,
-                              res.max_workers if workers == "auto" else max(workers, res.max_workers),
-                              workers=workers, zero_stage=stage, micro_batch=micro,
-                              activation_checkpointing=False,  # our trainer does not recompute
-                              dims=dims, buffers=ZeroBuffers.for_trainer(dims.total_params),
-                              exact_flops=spec.budget.flops == "exact")
+        return sizing.trial_resources(spec, n_target, batch, machine)
     except ResourceError as exc:
-        given = ", ".join(f"{field}={'none (the whole share)' if value is None else value}"
-                          for value, field in settings.values() if value != "auto")
-        raise SpecError(f"resources: the trial N={n_target:.3g} at batch {batch} tokens ({batch // seq} sequences "
-                        f"of {seq}) cannot run on {device.name} ({res.plan} plan"
-                        f"{'; ' + given if given else ''}): {exc}") from None
+        raise SpecError(str(exc)) from None
 
 
 def check_resources(spec: SweepSpec) -> None:

@@ -7,9 +7,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from trainers.model import family_sizes, shape_for
-
 from .core.cells import assign_cells, best_per_cell
+from .core.family import family_sizes, shape_for
 from .laws.chinchilla import budget_key
 from .laws.selection import AutoFit, fit_auto
 from .laws.table import TableError

@@ -17,6 +17,10 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
+from .core.family import count_params, family_sizes, shape_for
+from .core.resources import DEVICES, GiB, ResourceError, cpu_device, machine_memory_bytes
+from .sizing import check_trial_resources, smallest_cell_flops
+
 
 class SpecError(ValueError):
     """A spec that cannot run; the message names the field and the reason."""
@@ -139,8 +143,6 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _members(self) -> "ModelSpec":
-        from trainers.model import count_params, family_sizes, shape_for
-
         largest = family_sizes(self.family)[-1]
         seen: dict[int, float] = {}
         for x in sorted(_expand(self.n_params)):
@@ -342,11 +344,9 @@ class ResourcesSpec(_Strict):
                 "micro_batch": (micro, "resources.micro_batch")}
 
     def device_spec(self, machine: bool = False):
-        """The worker's `cluster.resources.DeviceSpec` for the memory model, or None when there is
+        """The worker's `orchestrator.core.resources.DeviceSpec` for the memory model, or None when there is
         nothing to check against: an unnamed GPU, or (plan: manual, `machine` false) the unnamed
         default CPU, whose memory is this machine's and so is checked at launch, not in the spec."""
-        from cluster.resources import DEVICES, GiB, cpu_device, machine_memory_bytes
-
         if self.use_gpu and self.device is None:
             return None
         if self.device in (None, "cpu"):
@@ -962,14 +962,12 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present:
 
 
 def _check_budget(spec: SweepSpec, source: str) -> None:
-    # Imported lazily: the planner imports the spec module.
-    from .planner import plan_grid
-
+    # Sizes each (N, batch) and the cheapest cell without planning the grid (`orchestrator.sizing`).
     try:
-        trials = plan_grid(spec)
-    except SpecError as exc:  # a trial that cannot fit its resources
+        check_trial_resources(spec)
+    except ResourceError as exc:  # a trial that cannot fit its resources
         raise SpecError(f"{source}: invalid spec\n  {exc}") from None
-    smallest = min(t.flops for t in trials)
+    smallest = smallest_cell_flops(spec)
     if spec.budget.total_flops is not None and spec.budget.total_flops < smallest:
         raise SpecError(
             f"{source}: invalid spec\n  budget.total_flops: {spec.budget.total_flops:.3g} FLOPs is smaller "

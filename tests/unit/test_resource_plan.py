@@ -131,7 +131,7 @@ def test_manual_values_that_do_not_fit_name_trial_field_and_component():
 def test_manual_default_cpu_is_checked_against_this_machine(monkeypatch, tmp_path):
     data = tiny(output_dir=str(tmp_path / "sw"))
     spec = parse_spec(data)  # the spec alone: machine-independent
-    monkeypatch.setattr("cluster.resources.machine_memory_bytes", lambda: 0.3 * GiB)
+    monkeypatch.setattr("orchestrator.spec.machine_memory_bytes", lambda: 0.3 * GiB)
     with pytest.raises(SpecError, match="largest component"):
         check_resources(spec)
     path = tmp_path / "spec.yaml"
