@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainers.model import BYTE_VOCAB, Shape
+from orchestrator.core.family import BYTE_VOCAB, Shape
 
 ROPE_THETA = 10_000.0
 RMS_EPS = 1e-6
