@@ -103,6 +103,10 @@ def best_per_cell(runs: Sequence[Mapping[str, Any]], rel: float = REL_TOL) -> li
     N, D, lr, batch and a finite loss). Returns one dict per cell, sorted by (N, D): the cell's
     nominal ``cell_D``, the best config's mean actual ``D`` and ``C`` = 6·N·D, ``lr``, ``batch``,
     ``loss`` and ``n_seeds``.
+
+    >>> runs = [{"N": 1e6, "D": 2e7, "lr": lr, "batch": 256, "loss": loss} for lr, loss in ((1e-3, 3.2), (3e-3, 3.1))]
+    >>> [(b["lr"], b["loss"], b["n_seeds"]) for b in best_per_cell(runs)]
+    [(0.003, 3.1, 1)]
     """
     rows = [r for r in runs if math.isfinite(float(r["loss"]))]
     groups: dict[Cell, dict[tuple[float, float], list[Mapping[str, Any]]]] = {}
