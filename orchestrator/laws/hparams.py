@@ -586,8 +586,7 @@ def law_gap(
     >>> lr_opt, batch_opt = 0.3 * N**-0.25 * D**0.05, 2.0 * D**0.5  # planted laws
     >>> bowl = np.exp(0.02 * np.log(lr / lr_opt)**2 + 0.01 * np.log(batch / batch_opt)**2)
     >>> loss = (2 + 400 / N**0.34 + 400 / D**0.28) * bowl
-    >>> fit = fit_hparams(N, D, lr, batch, loss, method="bowl", bootstrap=0)
-    >>> gaps = law_gap(fit, N, D, lr, batch, loss)
+    >>> gaps = law_gap(fit_hparams(N, D, lr, batch, loss, method="bowl", bootstrap=0), N, D, lr, batch, loss)
     >>> len(gaps), max(abs(r["gap_to_bowl"]) for r in gaps) < 1e-9  # the law lands on every cell's bowl minimum
     (9, True)
     """
