@@ -16,6 +16,12 @@ def backtest(N, D, loss, threshold_C: float, *, C=None, loss_fn: str = "huber", 
 
     C defaults to 6ND. Distance of a held-out run = log10(C / max training C); runs are grouped in
     bins of ``bin_width`` decades. Errors are relative (pred/obs - 1) and in log space.
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> L = 1.7 + 400 / N**0.34 + 400 / D**0.28  # a planted Chinchilla law
+    >>> r = backtest(N, D, L, threshold_C=6e17)
+    >>> r["n_train"], r["n_test"], r["overall"]["max_abs_rel_error"] < 1e-6
+    (6, 10, True)
     """
     N, D, loss = (np.asarray(x, dtype=np.float64) for x in (N, D, loss))
     C = 6.0 * N * D if C is None else np.asarray(C, dtype=np.float64)

@@ -15,6 +15,13 @@ def resample_weights(n: int, k: int, rng: np.random.Generator, groups: np.ndarra
 
     With ``groups`` (one label per row) whole groups are drawn with replacement (a cluster
     bootstrap), so rows that share a model size stay together.
+
+    >>> W = resample_weights(4, 3, np.random.default_rng(0))
+    >>> W.shape, W.sum(axis=1).tolist()  # every resample draws 4 rows
+    ((3, 4), [4.0, 4.0, 4.0])
+    >>> W = resample_weights(4, 50, np.random.default_rng(0), groups=np.array([0, 0, 1, 1]))
+    >>> bool(np.all(W[:, 0] == W[:, 1]))  # rows of a group are drawn together
+    True
     """
     if groups is None:
         idx = rng.integers(0, n, size=(k, n))
@@ -27,7 +34,11 @@ def resample_weights(n: int, k: int, rng: np.random.Generator, groups: np.ndarra
 
 
 def size_groups(N: np.ndarray, rel_tol: float = 1e-3) -> np.ndarray:
-    """Labels grouping rows whose N agree within ``rel_tol`` (digitised sizes jitter slightly)."""
+    """Labels grouping rows whose N agree within ``rel_tol`` (digitised sizes jitter slightly).
+
+    >>> size_groups(np.array([1e8, 3e8, 1.0001e8, 3e8])).tolist()
+    [0, 1, 0, 1]
+    """
     logN = np.log(np.asarray(N, dtype=np.float64))
     order = np.argsort(logN, kind="stable")
     labels = np.empty(len(logN), dtype=np.int64)
@@ -49,6 +60,12 @@ def interval(estimate: float, samples: np.ndarray, level: float = 0.9, method: s
     ``percentile`` takes the replicate quantiles; ``basic`` reflects them about the estimate
     (2*est - q), which corrects the percentile interval's bias when the estimator is skewed.
     ``log`` applies the method to log(quantity) (for positive quantities like A, N*).
+
+    >>> iv = interval(1.0, np.random.default_rng(0).normal(1.0, 0.1, 2000), level=0.9)
+    >>> round(iv.low, 2), round(iv.high, 2)
+    (0.84, 1.16)
+    >>> iv.covers(1.0)
+    True
     """
     if method not in INTERVAL_METHODS:
         raise ValueError(f"unknown interval method {method!r}; choose one of {', '.join(INTERVAL_METHODS)}")

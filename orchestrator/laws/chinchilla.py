@@ -135,7 +135,15 @@ def fit_chinchilla(
     flops: FlopRule = "6ND",
     interval_method: str = DEFAULT_INTERVAL,
 ) -> ChinchillaFit:
-    """Fit E + A/N^alpha + B/D^beta by the global summed-robust-loss optimum, with optional bootstrap."""
+    """Fit E + A/N^alpha + B/D^beta by the global summed-robust-loss optimum, with optional bootstrap.
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> fit = fit_chinchilla(N, D, 1.7 + 400 / N**0.34 + 400 / D**0.28)  # planted truth, no noise
+    >>> {k: round(v, 3) for k, v in fit.params.items()}
+    {'E': 1.7, 'A': 400.0, 'B': 400.0, 'alpha': 0.34, 'beta': 0.28}
+    >>> f"{fit.law.frontier(1e21)['N_opt'][0]:.3g}"  # compute-optimal N at C = 1e21
+    '1.86e+09'
+    """
     with varpro.single_threaded_blas():
         p = varpro.Problem.build(N, D, loss, loss_fn=loss_fn, delta=delta)
         _check_size(p)
@@ -165,6 +173,15 @@ def refit(
     The global search runs instead when the data grew by more than ``growth`` x since the previous
     fit, or when the warm-started optimum ends on a bound or fits the data clearly worse per point
     than the previous fit did (a sign the optimum moved to another basin).
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> L = 1.7 + 400 / N**0.34 + 400 / D**0.28
+    >>> first = fit_chinchilla(N[:14], D[:14], L[:14])
+    >>> again = refit(first, N, D, L)  # two more runs: warm start from the previous optimum
+    >>> again.meta["search"], round(again.params["alpha"], 3)
+    ('warm', 0.34)
+    >>> refit(fit_chinchilla(N[:8], D[:8], L[:8]), N, D, L).meta["search"]  # data doubled
+    'global (data grew)'
     """
     prev_params = _params_of(previous)
     if isinstance(previous, ChinchillaFit):
@@ -207,7 +224,16 @@ def _refit(prev_params, n_prev, prev_per_point, N, D, loss, *, loss_fn, delta, g
 
 def bootstrap_params(p: varpro.Problem, theta: np.ndarray, k: int, *, groups: np.ndarray | None = None,
                      seed: int = 0, chunk: int = 256) -> np.ndarray:
-    """k bootstrap refits warm-started at theta (vectorised); natural params, shape (k, 5)."""
+    """k bootstrap refits warm-started at theta (vectorised); natural params, shape (k, 5).
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> L = (1.7 + 400 / N**0.34 + 400 / D**0.28) * np.exp(np.random.default_rng(0).normal(0, 0.01, 16))
+    >>> p = varpro.Problem.build(N, D, L)
+    >>> theta, _ = varpro.global_fit(p)
+    >>> S = bootstrap_params(p, theta, 20, seed=0)
+    >>> S.shape, bool(S[:, 3].min() < 0.34 < S[:, 3].max())  # replicates of alpha straddle the truth
+    ((20, 5), True)
+    """
     rng = np.random.default_rng(seed)
     W = resample_weights(len(p.u), k, rng, groups)
     thetas = np.concatenate([varpro.batch_polish(theta, p, W[i:i + chunk])[0] for i in range(0, k, chunk)])
@@ -216,7 +242,13 @@ def bootstrap_params(p: varpro.Problem, theta: np.ndarray, k: int, *, groups: np
 
 
 def frontier_samples(samples: np.ndarray, budgets: Sequence[float], flops: FlopRule = "6ND") -> dict[str, np.ndarray]:
-    """Frontier quantities for every replicate row of ``samples``: arrays of shape (k, n_budgets)."""
+    """Frontier quantities for every replicate row of ``samples``: arrays of shape (k, n_budgets).
+
+    >>> S = np.array([[1.7, 400, 400, 0.34, 0.28], [1.7, 400, 400, 0.30, 0.28]])  # rows: E, A, B, alpha, beta
+    >>> fr = frontier_samples(S, [1e20, 1e21])
+    >>> fr["N_opt"].shape, [f"{n:.3g}" for n in fr["N_opt"][:, 1]]
+    ((2, 2), ['1.86e+09', '6.52e+09'])
+    """
     C = np.asarray(budgets, dtype=np.float64)[None, :]
     if not isinstance(flops, str):
         fr = [ChinchillaLaw(*row).frontier(budgets, flops) for row in samples]
@@ -231,7 +263,16 @@ def frontier_samples(samples: np.ndarray, budgets: Sequence[float], flops: FlopR
 
 def summarise(law: ChinchillaLaw, samples: np.ndarray | None, budgets: Sequence[float], level: float = 0.9,
               flops: FlopRule = "6ND", method: str = DEFAULT_INTERVAL) -> dict:
-    """Intervals for the parameters, a = beta/(alpha+beta), and the frontier at each budget."""
+    """Intervals for the parameters, a = beta/(alpha+beta), and the frontier at each budget.
+
+    >>> law = ChinchillaLaw(E=1.7, A=400, B=400, alpha=0.34, beta=0.28)
+    >>> S = np.array([law.params[k] for k in PARAM_NAMES]) * np.random.default_rng(0).normal(1, 0.02, (50, 5))
+    >>> s = summarise(law, S, [1e21])
+    >>> sorted(s), list(s["budgets"])
+    (['A', 'B', 'E', 'a', 'alpha', 'beta', 'budgets'], ['1e+21'])
+    >>> bool(s["a"]["low"] < law.a < s["a"]["high"])
+    True
+    """
     budgets = [float(c) for c in budgets]
     have = samples is not None and len(samples) >= 2
 
@@ -256,7 +297,11 @@ def summarise(law: ChinchillaLaw, samples: np.ndarray | None, budgets: Sequence[
 
 
 def budget_key(c: float) -> str:
-    """The key of budget C in `intervals['budgets']` (the same for every law)."""
+    """The key of budget C in `intervals['budgets']` (the same for every law).
+
+    >>> budget_key(1e21), budget_key(10**21)
+    ('1e+21', '1e+21')
+    """
     return str(float(c))  # the same keys as the other laws: str(C)
 
 

@@ -74,7 +74,13 @@ class Schedule:
 
 
 def detect_warmup_end(step: np.ndarray, lr: np.ndarray) -> int | None:
-    """The logged step where an initial lr ramp ends (lr stops rising), or None if it never rises."""
+    """The logged step where an initial lr ramp ends (lr stops rising), or None if it never rises.
+
+    >>> detect_warmup_end(np.array([0, 10, 20, 30]), np.array([0.0, 1.0, 1.0, 0.5]))
+    10
+    >>> detect_warmup_end(np.array([0, 10]), np.array([1.0, 0.5])) is None
+    True
+    """
     if len(lr) < 2 or not lr[1] > lr[0]:
         return None
     i = 0
@@ -86,7 +92,12 @@ def detect_warmup_end(step: np.ndarray, lr: np.ndarray) -> int | None:
 def per_step_schedule(
     step: np.ndarray, lr: np.ndarray, warmup_steps: int | None = None, until: int | None = None
 ) -> Schedule:
-    """Reconstruct the per-step lr from logged (step, lr); warmup assumed linear from 0 before the log."""
+    """Reconstruct the per-step lr from logged (step, lr); warmup assumed linear from 0 before the log.
+
+    >>> s = per_step_schedule([0, 10, 20, 30], [0.0, 1.0, 1.0, 0.5])  # warmup, stable, a step drop
+    >>> s.warmup_end, s.last_step, s.lr[[5, 10, 29, 30]].tolist()
+    (10, 30, [0.5, 1.0, 1.0, 0.5])
+    """
     step = np.asarray(step, dtype=np.float64)
     lr = np.asarray(lr, dtype=np.float64)
     order = np.argsort(step, kind="stable")
@@ -203,7 +214,12 @@ class Curve:
 
 
 def fit_metrics(observed: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """R², mean and worst relative error of predicted vs observed losses."""
+    """R², mean and worst relative error of predicted vs observed losses.
+
+    >>> m = fit_metrics(np.array([2.0, 3.0]), np.array([2.2, 3.0]))
+    >>> round(m["r2"], 3), round(m["mean_rel_error"], 3), round(m["worst_rel_error"], 3), m["n_points"]
+    (0.92, 0.05, 0.1, 2)
+    """
     observed = np.asarray(observed, dtype=np.float64)
     predicted = np.asarray(predicted, dtype=np.float64)
     rel = np.abs(predicted - observed) / observed

@@ -53,7 +53,13 @@ MAX_BASE_ITERS = 6
 
 
 def compute_optimal_n(D, base: Mapping[str, float]) -> np.ndarray:
-    """The N that is compute-optimal for D tokens under the base Chinchilla law (C = 6ND)."""
+    """The N that is compute-optimal for D tokens under the base Chinchilla law (C = 6ND).
+
+    >>> float(compute_optimal_n(2e10, {"A": 400, "B": 400, "alpha": 0.34, "beta": 0.34}))  # symmetric law: N* = D*
+    20000000000.0
+    >>> f"{compute_optimal_n(2e10, C4_CHINCHILLA):.3g}"  # the authors' C4 fit: N for 20B tokens
+    '1.02e+09'
+    """
     A, B, a, b = base["A"], base["B"], base["alpha"], base["beta"]
     G = (a * A / (b * B)) ** (1.0 / (a + b))
     return G * (G * np.asarray(D, dtype=np.float64)) ** (b / a)
@@ -248,6 +254,13 @@ def fit_data_constrained(
     U_N uses the base law (E, A, B, alpha, beta): the fixed values when all five are fixed,
     otherwise the fit's own, iterated to a fixed point. Budgets give the frontier with at most
     ``unique_tokens`` unique tokens (None: unlimited, i.e. no repetition).
+
+    >>> base = {"E": 1.7, "A": 400.0, "B": 400.0, "alpha": 0.34, "beta": 0.34}
+    >>> truth = DataConstrainedLaw(**base, R_D_star=15.0, R_N_star=5.0)
+    >>> N, U = np.full(4, 1e8), np.full(4, 1e9); D = U * np.array([1, 2, 4, 8])  # 1 to 8 epochs
+    >>> r = fit_data_constrained(N, D, U, truth.predict(N, D, U), fixed={**base, "R_N_star": 5.0})
+    >>> round(r.params["R_D_star"], 3)  # repeated tokens lose value at the planted rate
+    15.0
     """
     cols = validate_arrays({"N": N, "D": D, "U": U, "loss": loss}, min_rows=1)
     N_, D_, U_, L_ = cols["N"], cols["D"], cols["U"], cols["loss"]
@@ -332,7 +345,15 @@ def fit_data_constrained(
 
 
 def law_from_result(result: FitResult) -> DataConstrainedLaw:
-    """The DataConstrainedLaw of a fit result (with its base law for U_N)."""
+    """The DataConstrainedLaw of a fit result (with its base law for U_N).
+
+    >>> base = {"E": 1.7, "A": 400.0, "B": 400.0, "alpha": 0.34, "beta": 0.34}
+    >>> truth = DataConstrainedLaw(**base, R_D_star=15.0, R_N_star=5.0)
+    >>> N, U = np.full(4, 1e8), np.full(4, 1e9); D = U * np.array([1, 2, 4, 8])
+    >>> law = law_from_result(fit_data_constrained(N, D, U, truth.predict(N, D, U), fixed={**base, "R_N_star": 5.0}))
+    >>> round(float(law.predict(1e8, 3.2e10, 1e9)), 4) == round(float(truth.predict(1e8, 3.2e10, 1e9)), 4)  # 32 epochs
+    True
+    """
     return DataConstrainedLaw(**{k: float(result.params[k]) for k in PARAMS}, base=result.extra.get("base"))
 
 

@@ -14,7 +14,19 @@ COND_LIMIT = 1e10  # condition number of the scaled Gauss-Newton matrix beyond w
 
 def identifiability_warnings(N: np.ndarray, D: np.ndarray, p: varpro.Problem, theta: np.ndarray,
                              samples: np.ndarray | None = None) -> list[str]:
-    """Human-readable warnings about the design (D vs N) and the fit (bounds, flat ridges)."""
+    """Human-readable warnings about the design (D vs N) and the fit (bounds, flat ridges).
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> p = varpro.Problem.build(N, D, 1.7 + 400 / N**0.34 + 400 / D**0.28)
+    >>> theta = varpro.from_natural({"E": 1.7, "A": 400, "B": 400, "alpha": 0.34, "beta": 0.28}, p)  # the optimum
+    >>> identifiability_warnings(N, D, p, theta)  # a full grid of N and D: nothing to warn about
+    []
+    >>> Nt = np.array([1e7, 3e7, 1e8, 3e8, 1e9]); Dt = 20 * Nt  # every run at 20 tokens per parameter
+    >>> pt = varpro.Problem.build(Nt, Dt, 1.7 + 400 / Nt**0.34 + 400 / Dt**0.28)
+    >>> tt = varpro.from_natural({"E": 1.7, "A": 400, "B": 400, "alpha": 0.34, "beta": 0.28}, pt)
+    >>> [w.split(" (")[0] for w in identifiability_warnings(Nt, Dt, pt, tt)]
+    ['D is proportional to N in every run', 'near-singular fit']
+    """
     used = p.weights > 0
     N, D = np.asarray(N, np.float64)[used], np.asarray(D, np.float64)[used]
     out: list[str] = []
@@ -25,7 +37,13 @@ def identifiability_warnings(N: np.ndarray, D: np.ndarray, p: varpro.Problem, th
 
 
 def design_warnings(N: np.ndarray, D: np.ndarray) -> list[str]:
-    """Too few distinct sizes/token counts, or D tied to N in every run."""
+    """Too few distinct sizes/token counts, or D tied to N in every run.
+
+    >>> [w.split(":")[0] for w in design_warnings(np.array([1e7, 1e8, 1e9]), np.array([2e8, 2e9, 2e10]))]
+    ['D is proportional to N in every run (tokens per parameter varies by 0.0% in log)']
+    >>> design_warnings(np.array([1e7, 1e8]), np.array([1e9, 1e9]))[0]
+    'only 2 distinct N value(s): alpha and A are not identifiable (need >= 3)'
+    """
     out = []
     n_N = len(np.unique(size_groups(N)))
     n_D = len(np.unique(size_groups(D)))
@@ -52,7 +70,16 @@ def design_warnings(N: np.ndarray, D: np.ndarray) -> list[str]:
 
 
 def bound_warnings(theta: np.ndarray, p: varpro.Problem) -> list[str]:
-    """Parameters pinned at their bounds."""
+    """Parameters pinned at their bounds.
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> p = varpro.Problem.build(N, D, 1.7 + 400 / N**0.34 + 400 / D**0.28)
+    >>> theta = varpro.from_natural({"E": 1.7, "A": 400, "B": 400, "alpha": 0.34, "beta": 0.28}, p)  # the optimum
+    >>> bound_warnings(theta, p)
+    []
+    >>> [w.split(" (")[0] for w in bound_warnings(np.array([p.e_max, *theta[1:4], 2.0]), p)]  # E, beta at bounds
+    ['E is pinned at its upper bound', 'beta = 2 is pinned at its bound [0.01, 2.0]']
+    """
     E, _, _, alpha, beta = (float(x) for x in theta)
     out = []
     if E >= p.e_max * (1 - 1e-6):
@@ -68,7 +95,19 @@ def bound_warnings(theta: np.ndarray, p: varpro.Problem) -> list[str]:
 
 
 def ridge_warnings(theta: np.ndarray, p: varpro.Problem, samples: np.ndarray | None = None) -> list[str]:
-    """Flat directions: near-singular Gauss-Newton matrix or strongly correlated parameters."""
+    """Flat directions: near-singular Gauss-Newton matrix or strongly correlated parameters.
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> p = varpro.Problem.build(N, D, 1.7 + 400 / N**0.34 + 400 / D**0.28)
+    >>> theta = varpro.from_natural({"E": 1.7, "A": 400, "B": 400, "alpha": 0.34, "beta": 0.28}, p)  # the optimum
+    >>> ridge_warnings(theta, p)
+    []
+    >>> Nt = np.array([1e7, 3e7, 1e8, 3e8, 1e9]); Dt = 20 * Nt  # every run at 20 tokens per parameter
+    >>> pt = varpro.Problem.build(Nt, Dt, 1.7 + 400 / Nt**0.34 + 400 / Dt**0.28)
+    >>> tt = varpro.from_natural({"E": 1.7, "A": 400, "B": 400, "alpha": 0.34, "beta": 0.28}, pt)
+    >>> [w.split(" (")[0] for w in ridge_warnings(tt, pt)]
+    ['near-singular fit']
+    """
     names = ("E", "log A", "log B", "alpha", "beta")
     out = []
     J = _jacobian(theta, p)

@@ -69,6 +69,15 @@ def batch_lm(model: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], y: np
     ``model(theta)`` with theta of shape (K, P) returns predictions (K, n) and the Jacobian
     (K, n, P). Steps are clipped into [lo, hi] and kept only when the objective drops.
     Returns thetas (K, P) and objectives (K,).
+
+    >>> x = np.linspace(0.0, 2.0, 20); y = 2.0 * np.exp(-1.5 * x)
+    >>> def model(th):  # y = a exp(-b x) for rows th = (a, b): predictions (K, n), Jacobian (K, n, 2)
+    ...     a, b = th[:, :1], th[:, 1:]
+    ...     e = np.exp(-b * x)
+    ...     return a * e, np.stack([e, -a * x * e], axis=-1)
+    >>> th, f = batch_lm(model, y, np.array([[1.0, 1.0], [3.0, 0.5]]), np.ones((2, 20)), np.zeros(2), np.full(2, 10.0))
+    >>> th.round(6).tolist()  # both starts reach (a, b) = (2, 1.5)
+    [[2.0, 1.5], [2.0, 1.5]]
     """
     theta = np.clip(np.array(theta0, dtype=np.float64), lo, hi)
     W = np.asarray(W, dtype=np.float64)
@@ -455,7 +464,19 @@ def _column(x, name: str) -> np.ndarray | None:
 
 
 def validate(N, D, C, acc, loss, chance, ceiling) -> dict[str, Any]:
-    """Check the columns of a downstream fit; DownstreamError names the first problem."""
+    """Check the columns of a downstream fit; DownstreamError names the first problem.
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> L = 1.7 + 400 / N**0.34 + 400 / D**0.28  # planted loss law
+    >>> acc = 0.25 + 0.75 / (1 + np.exp(3.0 * (L - 2.6)))  # planted sigmoid link, chance 0.25
+    >>> cols = validate(N, D, None, acc, L, 0.25, 1.0)
+    >>> cols["n"], cols["chance"]
+    (16, 0.25)
+    >>> validate(N, D, None, acc * 100, L, 0.25, 1.0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    orchestrator.laws.downstream.DownstreamError: column acc: 16 value(s) outside [0, 1], ... divide by 100)
+    """
     acc = _column(acc, "acc")
     if acc is None:
         raise DownstreamError("missing column acc")
@@ -517,6 +538,15 @@ def fit_downstream(
     uses every row; in a latent fit the other rows are left out.
     ``chance``/``ceiling``: the sigmoid's floor and top, fitted when None (the exponential fits
     its own floor). ``acc_stderr`` only feeds the near-chance warning (default: binomial guess).
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> L = 1.7 + 400 / N**0.34 + 400 / D**0.28  # planted loss law
+    >>> acc = 0.25 + 0.75 / (1 + np.exp(3.0 * (L - 2.6)))  # planted sigmoid link, chance 0.25
+    >>> fit = fit_downstream(N, D, acc, loss=L, chance=0.25)
+    >>> {k: round(v, 3) for k, v in fit.params.items() if k.startswith("acc.")}
+    {'acc.k': 3.0, 'acc.L0': 2.6, 'acc.chance': 0.25, 'acc.ceiling': 1.0}
+    >>> round(float(fit.predict([1e9], [1e11])["acc"][0]), 3)  # a larger model, more tokens
+    0.744
     """
     v = validate(N, D, C, acc, loss, chance, ceiling)
     acc, N, D, C, loss, chance, ceiling, n = (v[k] for k in ("acc", "N", "D", "C", "loss", "chance", "ceiling", "n"))
@@ -743,6 +773,13 @@ def backtest(train: np.ndarray, test: np.ndarray, N=None, D=None, acc=None, *, C
 
     ``use_test_loss``: predict step 2 from the test rows' measured loss (isolates the link's
     error); by default step 1 predicts their loss from (N, D) / C, as for an unseen model.
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> L = 1.7 + 400 / N**0.34 + 400 / D**0.28  # planted loss law
+    >>> acc = 0.25 + 0.75 / (1 + np.exp(3.0 * (L - 2.6)))  # planted sigmoid link, chance 0.25
+    >>> r = backtest(N < 3e8, N >= 3e8, N, D, acc, loss=L, chance=0.25)  # fit three sizes, predict the fourth
+    >>> r["n_train"], r["n_test"], r["max_abs_error_points"] < 1e-6
+    (12, 4, True)
     """
     train, test = np.asarray(train, bool), np.asarray(test, bool)
     sel = lambda x, m: None if x is None else np.asarray(x, np.float64)[m]  # noqa: E731
@@ -779,7 +816,15 @@ def backtest(train: np.ndarray, test: np.ndarray, N=None, D=None, acc=None, *, C
 
 
 def backtest_by_size(N, D, acc, *, final_only: bool = True, **kwargs) -> dict[str, Any]:
-    """Leave the largest model size out: fit the others, predict it (its largest-D row by default)."""
+    """Leave the largest model size out: fit the others, predict it (its largest-D row by default).
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> L = 1.7 + 400 / N**0.34 + 400 / D**0.28  # planted loss law
+    >>> acc = 0.25 + 0.75 / (1 + np.exp(3.0 * (L - 2.6)))  # planted sigmoid link, chance 0.25
+    >>> r = backtest_by_size(N, D, acc, loss=L, chance=0.25)  # the largest model's final row held out
+    >>> r["n_train"], r["n_test"], r["max_abs_error_points"] < 1e-6
+    (12, 1, True)
+    """
     N = np.asarray(N, np.float64)
     groups = size_groups(N)
     largest = groups == groups[np.argmax(N)]
@@ -793,7 +838,15 @@ def backtest_by_size(N, D, acc, *, final_only: bool = True, **kwargs) -> dict[st
 
 
 def predictions_json(fit: DownstreamFit, N=None, D=None, *, C=None, loss=None) -> list[dict[str, Any]]:
-    """Predictions as the CLI prints them: one dict per row, in order."""
+    """Predictions as the CLI prints them: one dict per row, in order.
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> L = 1.7 + 400 / N**0.34 + 400 / D**0.28  # planted loss law
+    >>> acc = 0.25 + 0.75 / (1 + np.exp(3.0 * (L - 2.6)))  # planted sigmoid link, chance 0.25
+    >>> rows = predictions_json(fit_downstream(N, D, acc, loss=L, chance=0.25), [1e9], [1e11])
+    >>> sorted(rows[0]), round(rows[0]["acc"], 3), rows[0]["interval"]  # no bootstrap: no interval
+    (['D', 'N', 'acc', 'interval', 'loss', 'loss_interval', 'prediction_interval'], 0.744, [None, None])
+    """
     pred = fit.predict(N, D, C=C, loss=loss)
     n = len(pred["acc"])
     col = lambda x: [None] * n if x is None else list(np.broadcast_to(np.asarray(x, np.float64), (n,)))  # noqa: E731

@@ -34,6 +34,13 @@ def fit_tasks(task_rows: Sequence[dict[str, Any]], *, link: str = "sigmoid", boo
     ``cluster`` (default True) resamples whole model sizes: a sweep's evaluations of one model at
     several checkpoints are not independent. ``min_D`` keeps rows with fewer tokens (warm-up) out
     of the loss law.
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> acc = 0.25 + 0.75 / (1 + np.exp(3.0 * (1.7 + 400 / N**0.34 + 400 / D**0.28 - 2.6)))
+    >>> rows = [{"task": "cloze", "N": n, "D": d, "acc": a, "chance": 0.25} for n, d, a in zip(N, D, acc)]
+    >>> fits, warnings = fit_tasks(rows + [{"task": "qa", "N": 1e7, "D": 1e9, "acc": 0.3}], bootstrap=0)
+    >>> sorted(fits), fits["cloze"].law, warnings[0].split(":")[0]
+    (['cloze'], 'latent-sigmoid', 'task qa')
     """
     by_task: dict[str, list[dict[str, Any]]] = {}
     for row in task_rows:
@@ -65,7 +72,15 @@ def attach_task_predictions(proposals: Sequence[dict[str, Any]], task_rows: Sequ
                             **kwargs: Any) -> tuple[list[dict[str, Any]], list[str]]:
     """Copies of ``proposals``, each with ``task_metrics``: {task: {acc, interval, prediction_interval,
     loss, law, warnings}} predicted at the proposal's (N, D); plus fit warnings (keyword arguments
-    go to :func:`fit_tasks`)."""
+    go to :func:`fit_tasks`).
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> acc = 0.25 + 0.75 / (1 + np.exp(3.0 * (1.7 + 400 / N**0.34 + 400 / D**0.28 - 2.6)))
+    >>> rows = [{"task": "cloze", "N": n, "D": d, "acc": a, "chance": 0.25} for n, d, a in zip(N, D, acc)]
+    >>> out, _ = attach_task_predictions([{"N": 1e9, "D": 2e10, "C": 1.2e20}], rows, bootstrap=0)
+    >>> out[0]["C"], sorted(out[0]["task_metrics"]["cloze"])  # the proposal, with each task's prediction
+    (1.2e+20, ['acc', 'interval', 'law', 'loss', 'prediction_interval', 'warnings'])
+    """
     fits, warnings = fit_tasks(task_rows, **kwargs)
     for task, fit in fits.items():
         warnings.extend(f"task {task}: {w}" for w in fit.warnings)

@@ -45,7 +45,11 @@ class FinalLoss(NamedTuple):
 
 
 def make_law(law: str, **kw) -> CurveLaw:
-    """A curve law by name (``multipower`` or ``annealing``)."""
+    """A curve law by name (``multipower`` or ``annealing``).
+
+    >>> type(make_law("multipower", n_boot=5)).__name__, type(make_law("annealing")).__name__
+    ('MultiPowerLaw', 'AnnealingLaw')
+    """
     from .multipower import MultiPowerLaw
 
     if law == "multipower":
@@ -69,7 +73,18 @@ def predict_final(
     n_boot: int = 20,
     seed: int = 0,
 ) -> FinalLoss:
-    """(estimate, low, high) of a run's loss at its last scheduled step from its logged prefix."""
+    """(estimate, low, high) of a run's loss at its last scheduled step from its logged prefix.
+
+    >>> step = np.arange(20, 1001, 20.0)
+    >>> truth = make_law("annealing"); truth.theta = np.array([2.0, 0.5, 0.5, 1.0])  # planted L0, A, alpha, C
+    >>> const, cosine, linear = (1e-3 * np.ones(50), 1e-3 * (0.55 + 0.45 * np.cos(np.pi * step / 1000)),
+    ...                          1e-3 * (1 - 0.9 * step / 1000))
+    >>> done = [Curve(step, lr, truth.predict(step, lr)) for lr in (const, cosine)]  # completed runs
+    >>> run = truth.predict(step, linear)  # a running trial, seen up to step 500 of 1000
+    >>> est, low, high = predict_final(step[:25], run[:25], (step, linear), completed=done, law="annealing", n_boot=5)
+    >>> round(est, 3) == round(float(run[-1]), 3), bool(low < run[-1] < high)
+    (True, True)
+    """
     schedule = _as_schedule(full_lr_schedule, warmup_steps)
     T = int(final_step) if final_step is not None else schedule.last_step
     steps = np.asarray(prefix_steps, dtype=np.float64)

@@ -41,7 +41,12 @@ _TINY = 1e-300
 
 
 def inputs(N, D, U=None) -> dict[str, np.ndarray]:
-    """The inputs of a form: N, D, log N, log D (and U, at most D, when given) as float64 arrays (1-D or 2-D)."""
+    """The inputs of a form: N, D, log N, log D (and U, at most D, when given) as float64 arrays (1-D or 2-D).
+
+    >>> X = inputs([1e8, 2e8], 2e9, U=1e9)  # D broadcast to N's shape, U capped at D
+    >>> sorted(X), X["D"].tolist(), X["U"].tolist()
+    (['D', 'N', 'U', 'logD', 'logN'], [2000000000.0, 2000000000.0], [1000000000.0, 1000000000.0])
+    """
     N = np.atleast_1d(np.asarray(N, dtype=np.float64))
     D = np.atleast_1d(np.asarray(D, dtype=np.float64))
     N, D = np.broadcast_arrays(N, D)
@@ -52,7 +57,11 @@ def inputs(N, D, U=None) -> dict[str, np.ndarray]:
 
 
 def subset(X: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
-    """The inputs of the rows where ``mask`` holds."""
+    """The inputs of the rows where ``mask`` holds.
+
+    >>> subset(inputs([1e8, 2e8], [2e9, 4e9]), np.array([False, True]))["D"].tolist()
+    [4000000000.0]
+    """
     return {k: v[mask] for k, v in X.items()}
 
 
@@ -100,7 +109,12 @@ class Form:
 
 
 def robust_objective(logp: np.ndarray, logL: np.ndarray, W: np.ndarray, loss_fn: str, delta: float):
-    """Weighted summed robust loss of the log residuals per row: (f (K,), r, derivatives)."""
+    """Weighted summed robust loss of the log residuals per row: (f (K,), r, derivatives).
+
+    >>> f, r, _ = robust_objective(np.log([[3.0, 3.3]]), np.log([3.0, 3.0]), np.ones((1, 2)), "huber", 1e-3)
+    >>> f.round(7).tolist(), r.round(4).tolist()  # one row; only the 10 % miss costs (linearly, beyond delta)
+    ([9.48e-05], [[0.0, 0.0953]])
+    """
     r = logp - logL
     vals, ders = get_loss(loss_fn)(r, delta)
     return (W * vals).sum(axis=-1), r, ders
@@ -114,6 +128,14 @@ def batch_lm(form: Form, theta0: np.ndarray, X: dict, logL: np.ndarray, W: np.nd
     Row k starts at theta0[k] (or the single theta0) with per-point weights W[k] (bootstrap counts;
     0 drops a point). Steps are projected onto the bounds and kept only when the true summed robust
     objective drops (as `varpro.batch_polish`, for any form). Returns thetas (K, p), objectives (K,).
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> logL = np.log(1.7 + 400 / N**0.34 + 400 / D**0.28)
+    >>> form = candidate_forms(N, D, names=["chinchilla"])[0]
+    >>> start = form.from_natural({"E": 1.5, "A": 300.0, "B": 500.0, "alpha": 0.3, "beta": 0.3})
+    >>> thetas, f = batch_lm(form, start, inputs(N, D), logL, np.ones((1, 16)))
+    >>> {k: round(v, 3) for k, v in form.natural(thetas[0]).items()}
+    {'E': 1.7, 'A': 400.0, 'B': 400.0, 'alpha': 0.34, 'beta': 0.28}
     """
     W = np.atleast_2d(np.asarray(W, dtype=np.float64))
     K = W.shape[0]
@@ -458,6 +480,11 @@ def candidate_forms(N, D, U=None, *, e_prior: Optional[float] = None,
     E is held at ``e_prior`` in the fixed-E forms (0 when None: no irreducible floor), and the
     equal-exponent fixed-E form is a candidate only with a prior. The data-constrained law is one
     only when U is given.
+
+    >>> [f.name for f in candidate_forms([1e8, 1e9], [1e9, 1e10])]
+    ['chinchilla', 'equal-exponent', 'chinchilla-fixed-E', 'kaplan']
+    >>> [f.name for f in candidate_forms([1e8, 1e9], [1e9, 1e10], U=[1e9, 1e9], e_prior=1.7)][3:]
+    ['equal-exponent-fixed-E', 'kaplan', 'data-constrained']
     """
     centre = (float(np.mean(np.log(N))), float(np.mean(np.log(D))))
     e0 = 0.0 if e_prior is None else float(e_prior)
@@ -492,6 +519,12 @@ def grid_frontier(logpred: Callable[[np.ndarray, np.ndarray], np.ndarray], C: Se
     ``logpred(N, D)`` returns log loss of shape (K, G) for N, D of shape (G,) or (K, G) (K laws at
     once, e.g. bootstrap replicates). A coarse grid over 13 decades of N, then a fine grid around
     each row's minimum and a parabola through the best three points. Returns arrays (K, len(C)).
+
+    >>> from orchestrator.laws.chinchilla import ChinchillaLaw
+    >>> law = ChinchillaLaw(E=1.7, A=400.0, B=400.0, alpha=0.34, beta=0.28)
+    >>> fr = grid_frontier(lambda N, D: np.log(np.atleast_2d(law.predict(N, D))), [1e21])
+    >>> f"{fr['N_opt'][0, 0]:.3g}", f"{law.frontier(1e21)['N_opt'][0]:.3g}"  # the grid search finds the closed form
+    ('1.86e+09', '1.86e+09')
     """
     from .chinchilla import _solve_D
 

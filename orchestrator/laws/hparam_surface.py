@@ -76,6 +76,15 @@ def fit_surface(N: Sequence[float], D: Sequence[float], lr: Sequence[float], bat
     (default: one cell per (N, D); a bootstrap labels a cell drawn twice as two cells).
     `asymmetric`: the lr curvature above lr* is w_lr·exp(s), a ninth parameter (`lr_asym` = exp(s));
     real bowls are often steeper on the diverging side.
+
+    >>> g = np.meshgrid([1e7, 1e8, 1e9], [1e9, 1e10], np.geomspace(1e-4, 1e-1, 7), np.geomspace(2**14, 2**22, 5))
+    >>> N, D, lr, batch = (x.ravel() for x in g)  # a grid of runs over (N, D, lr, batch)
+    >>> lr_opt, batch_opt = 0.3 * N**-0.25 * D**0.05, 2.0 * D**0.5  # planted laws
+    >>> bowl = np.exp(0.02 * np.log(lr / lr_opt)**2 + 0.01 * np.log(batch / batch_opt)**2)
+    >>> loss = (2 + 400 / N**0.34 + 400 / D**0.28) * bowl
+    >>> s = fit_surface(N, D, lr, batch, loss)
+    >>> round(s.lr_law.N_exp, 3), round(s.lr_law.D_exp, 3), round(s.batch_law.D_exp, 3), round(s.lr_width, 3)
+    (-0.25, 0.05, 0.5, 0.02)
     """
     N, D, lr, batch, loss = (np.asarray(x, dtype=np.float64) for x in (N, D, lr, batch, loss))
     ok = np.isfinite(loss) & (loss > 0)
@@ -148,7 +157,17 @@ def fit_surface_hparams(N: Sequence[float], D: Sequence[float], lr: Sequence[flo
                         loss: Sequence[float], *, bootstrap: int = 200, seed: int = 0, level: float = 0.9,
                         window: float = 0.1) -> HparamFit:
     """`fit_surface` as an `HparamFit` (method "surface", what `scalesweep fit-hparams --method
-    surface` prints), with intervals from refits on resampled cells (percentiles of the draws)."""
+    surface` prints), with intervals from refits on resampled cells (percentiles of the draws).
+
+    >>> g = np.meshgrid([1e7, 1e8, 1e9], [1e9, 1e10], np.geomspace(1e-4, 1e-1, 7), np.geomspace(2**14, 2**22, 5))
+    >>> N, D, lr, batch = (x.ravel() for x in g)  # a grid of runs over (N, D, lr, batch)
+    >>> lr_opt, batch_opt = 0.3 * N**-0.25 * D**0.05, 2.0 * D**0.5  # planted laws
+    >>> bowl = np.exp(0.02 * np.log(lr / lr_opt)**2 + 0.01 * np.log(batch / batch_opt)**2)
+    >>> loss = (2 + 400 / N**0.34 + 400 / D**0.28) * bowl
+    >>> fit = fit_surface_hparams(N, D, lr, batch, loss, bootstrap=10)
+    >>> fit.method, round(fit.lr_law.N_exp, 3), fit.intervals["lr"]["N_exp"].covers(-0.25)
+    ('surface', -0.25, True)
+    """
     N, D, lr, batch, loss = (np.asarray(x, dtype=np.float64) for x in (N, D, lr, batch, loss))
     fit = fit_surface(N, D, lr, batch, loss, window=window)
     est = np.array([math.log(fit.lr_law.coef), fit.lr_law.N_exp, fit.lr_law.D_exp,

@@ -65,7 +65,11 @@ class BatchLaw:
 
 
 def couple_lr(lr: float, batch_from: float, batch_to: float) -> float:
-    """The learning rate for `batch_to` that matches `lr` tuned at `batch_from` (Adam: lr ∝ √batch)."""
+    """The learning rate for `batch_to` that matches `lr` tuned at `batch_from` (Adam: lr ∝ √batch).
+
+    >>> couple_lr(1e-3, 2**19, 2**21)  # four times the batch: twice the learning rate
+    0.002
+    """
     # Square-root scaling keeps the Adam update's noise scale constant when the batch changes; it
     # holds near the optimum and below the critical batch size (beyond it lr saturates instead).
     if not (lr > 0 and batch_from > 0 and batch_to > 0):
@@ -152,7 +156,14 @@ def fit_bowl(
     *,
     windows: Sequence[float] = BOWL_WINDOWS,
 ) -> Bowl:
-    """Fit a convex quadratic in (log lr, log batch) to one cell's runs; its minimum is the optimum."""
+    """Fit a convex quadratic in (log lr, log batch) to one cell's runs; its minimum is the optimum.
+
+    >>> lr, batch = (x.ravel() for x in np.meshgrid(np.geomspace(1e-4, 1e-1, 7), np.geomspace(2**14, 2**22, 5)))
+    >>> loss = 3.0 * np.exp(0.02 * np.log(lr / 0.01)**2 + 0.01 * np.log(batch / 2e5)**2)  # one cell, a planted bowl
+    >>> bowl = fit_bowl(lr, batch, loss)
+    >>> round(bowl.lr, 6), round(bowl.batch), bowl.convex
+    (0.01, 200000, True)
+    """
     lr = np.asarray(lr, dtype=np.float64)
     batch = np.asarray(batch, dtype=np.float64)
     loss = np.asarray(loss, dtype=np.float64)
@@ -414,7 +425,17 @@ def fit_hparams(
     level: float = 0.9,
     resample: str = "cells",
 ) -> HparamFit:
-    """Fit lr* = c·N^a·D^b and batch* = c'·D^d (tokens) from runs over (N, D, lr, batch) grids."""
+    """Fit lr* = c·N^a·D^b and batch* = c'·D^d (tokens) from runs over (N, D, lr, batch) grids.
+
+    >>> g = np.meshgrid([1e7, 1e8, 1e9], [1e9, 1e10, 1e11], np.geomspace(1e-4, 1e-1, 7), np.geomspace(2**14, 2**22, 5))
+    >>> N, D, lr, batch = (x.ravel() for x in g)  # a grid of runs over (N, D, lr, batch)
+    >>> lr_opt, batch_opt = 0.3 * N**-0.25 * D**0.05, 2.0 * D**0.5  # planted laws
+    >>> bowl = np.exp(0.02 * np.log(lr / lr_opt)**2 + 0.01 * np.log(batch / batch_opt)**2)
+    >>> loss = (2 + 400 / N**0.34 + 400 / D**0.28) * bowl
+    >>> fit = fit_hparams(N, D, lr, batch, loss, method="bowl", bootstrap=20)
+    >>> round(fit.lr_law.N_exp, 3), round(fit.lr_law.D_exp, 3), round(fit.batch_law.D_exp, 3)
+    (-0.25, 0.05, 0.5)
+    """
     if method not in METHODS:
         raise HparamError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if resample not in RESAMPLE:
@@ -558,7 +579,17 @@ def law_gap(
     N: Sequence[float], D: Sequence[float], lr: Sequence[float], batch: Sequence[float], loss: Sequence[float],
     diverged: Sequence[bool] | None = None,
 ) -> list[dict[str, float]]:
-    """Per cell: the bowl's loss at the law's predicted (lr, batch) relative to the cell's best run."""
+    """Per cell: the bowl's loss at the law's predicted (lr, batch) relative to the cell's best run.
+
+    >>> g = np.meshgrid([1e7, 1e8, 1e9], [1e9, 1e10, 1e11], np.geomspace(1e-4, 1e-1, 7), np.geomspace(2**14, 2**22, 5))
+    >>> N, D, lr, batch = (x.ravel() for x in g)  # a grid of runs over (N, D, lr, batch)
+    >>> lr_opt, batch_opt = 0.3 * N**-0.25 * D**0.05, 2.0 * D**0.5  # planted laws
+    >>> bowl = np.exp(0.02 * np.log(lr / lr_opt)**2 + 0.01 * np.log(batch / batch_opt)**2)
+    >>> loss = (2 + 400 / N**0.34 + 400 / D**0.28) * bowl
+    >>> gaps = law_gap(fit_hparams(N, D, lr, batch, loss, method="bowl", bootstrap=0), N, D, lr, batch, loss)
+    >>> len(gaps), max(abs(r["gap_to_bowl"]) for r in gaps) < 1e-9  # the law lands on every cell's bowl minimum
+    (9, True)
+    """
     N_a, D_a = np.asarray(N, dtype=np.float64), np.asarray(D, dtype=np.float64)
     lr_a, b_a, l_a = (np.asarray(a, dtype=np.float64) for a in (lr, batch, loss))
     ok = ~_diverged_mask(l_a, None if diverged is None else np.asarray(diverged))

@@ -49,7 +49,11 @@ def _columns(N, D, loss, C) -> dict:
 
 
 def group_budgets(C: np.ndarray, tol: float = DEFAULT_GROUP_TOL) -> np.ndarray:
-    """Integer budget labels: runs whose log10 C converge to the same mode (flat kernel, half-width ``tol``)."""
+    """Integer budget labels: runs whose log10 C converge to the same mode (flat kernel, half-width ``tol``).
+
+    >>> group_budgets(np.array([1e19, 1.02e19, 1e20, 0.98e20, 1e21])).tolist()  # digitised budgets jitter
+    [0, 0, 1, 1, 2]
+    """
     x = np.log10(np.asarray(C, dtype=np.float64))
     if tol <= 0:
         _, labels = np.unique(x, return_inverse=True)
@@ -291,6 +295,11 @@ def lower_envelope(
     fitted as power laws of C (params as in `fit_isoflop`). Budgets where the winning size is the
     smallest or largest one sampled are dropped (the optimum may lie outside the grid), with a
     warning. Works best with many D per N (training curves, WSD cooldown branches).
+
+    >>> N = np.repeat(np.geomspace(1e7, 1e9, 17), 40); D = np.tile(np.geomspace(1e8, 1e12, 40), 17)
+    >>> r = lower_envelope(N, D, 1.8 + 480 / N**0.35 + 2100 / D**0.35)  # alpha = beta: N_opt ~ C^0.5
+    >>> round(r.params["N_exp"], 1), r.extra["n_budgets"]
+    (0.5, 7)
     """
     cols = validate_arrays(_columns(N, D, loss, C), min_rows=4)
     N_, D_, L_ = cols["N"], cols["D"], cols["loss"]

@@ -148,6 +148,14 @@ def fit_porian(logN: np.ndarray, logD: np.ndarray, loss: np.ndarray, logC: np.nd
 
     Returns ``params`` (N_exp, N_coef, D_exp, D_coef), ``reps`` (replicate params, arrays),
     ``optima`` (per budget: C, N_opt, D_opt, loss_opt, sigma_logN, sigma_logD) and ``r2``.
+
+    >>> x = np.geomspace(1e8, 1e10, 9)
+    >>> N = np.concatenate([x * s for s in (1, 3, 10)]); C = np.repeat([1e19, 9e19, 1e21], 9); D = C / (6 * N)
+    >>> L = 1.8 + 480 / N**0.35 + 2100 / D**0.37  # N_opt ~ C^(0.37 / 0.72) = C^0.514
+    >>> labels = np.repeat([0, 1, 2], 9)  # the budget of each run
+    >>> out = fit_porian(np.log(N), np.log(D), L, np.log(C), labels, np.random.default_rng(0), iters=50)
+    >>> round(out["params"]["N_exp"], 2), len(out["optima"])
+    (0.51, 3)
     """
     cs, n_obs, d_obs, n_sig, d_sig, n_reps, d_reps, optima = [], [], [], [], [], [], [], []
     edge: list[str] = []

@@ -145,7 +145,14 @@ def fit_kaplan(
     budgets: Sequence[float] = (),
     level: float = LEVEL,
 ) -> FitResult:
-    """Fit the Kaplan law by summed robust loss on log L; optional bootstrap intervals and budget optima."""
+    """Fit the Kaplan law by summed robust loss on log L; optional bootstrap intervals and budget optima.
+
+    >>> truth = KaplanLaw(Nc=8.8e13, Dc=5.4e13, alphaN=0.076, alphaD=0.095)  # Kaplan et al.'s values
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 2); D = np.tile([1e9, 1e10], 4)
+    >>> r = fit_kaplan(N, D, truth.predict(N, D))
+    >>> round(r.params["alphaN"], 3), round(r.params["alphaD"], 3), f"{r.params['Nc']:.3g}"
+    (0.076, 0.095, '8.8e+13')
+    """
     cols = validate_arrays({"N": N, "D": D, "loss": loss}, min_rows=len(PARAMS))
     logN, logD, logL = np.log(cols["N"]), np.log(cols["D"]), np.log(cols["loss"])
     fn = get_loss(loss_fn)
@@ -193,7 +200,13 @@ def fit_kaplan(
 
 
 def law_from_result(result: FitResult) -> KaplanLaw:
-    """The KaplanLaw of a fit result's params."""
+    """The KaplanLaw of a fit result's params.
+
+    >>> r = FitResult(law="kaplan", params={"Nc": 8.8e13, "Dc": 5.4e13, "alphaN": 0.076, "alphaD": 0.095},
+    ...               objective=0.0, n_points=0)
+    >>> round(float(law_from_result(r).predict(1e9, 1e11)), 4)
+    2.3888
+    """
     return KaplanLaw(**{k: float(result.params[k]) for k in PARAMS})
 
 

@@ -43,7 +43,14 @@ class MPLDesign:
 def drop_bins(
     schedule: Schedule, steps: np.ndarray, bin_width: int = 16, include_warmup: bool = False
 ) -> tuple[np.ndarray, ...]:
-    """Merge lr drops into bins: (total drop, mean lr, mean area before, last step) per bin."""
+    """Merge lr drops into bins: (total drop, mean lr, mean area before, last step) per bin.
+
+    >>> from orchestrator.laws.curves import per_step_schedule
+    >>> s = per_step_schedule([0, 10, 20, 30], [1.0, 1.0, 0.5, 0.0])  # linear decay over steps 11..30
+    >>> w, eta, before, last = drop_bins(s, np.array([20, 30]), bin_width=8)
+    >>> w.round(3).tolist(), last.tolist()  # bins end at an evaluation step, the drops sum to 1
+    ([0.25, 0.25, 0.4, 0.1], [15, 20, 28, 30])
+    """
     d = schedule.drops(include_warmup)
     area = np.cumsum(schedule.lr) - schedule.lr[0]  # Σ_{τ=1..k} η_τ
     t_sorted = np.unique(np.rint(steps).astype(np.int64))

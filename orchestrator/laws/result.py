@@ -39,7 +39,12 @@ class FitResult:
 
 
 def jsonable(obj: Any) -> Any:
-    """A copy of `obj` safe for strict JSON: numpy scalars unwrapped, NaN/inf as None."""
+    """A copy of `obj` safe for strict JSON: numpy scalars unwrapped, NaN/inf as None.
+
+    >>> import numpy as np
+    >>> jsonable({"E": np.float64(1.7), "ci": (float("nan"), 2.0), 3: [np.int64(4)]})
+    {'E': 1.7, 'ci': [None, 2.0], '3': [4]}
+    """
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -84,6 +84,9 @@ def residual_scale(r: np.ndarray, n_params: int) -> float:
 
     (The RMS, not a robust MAD: a MAD of a few dozen residuals, or the smaller of the two, is biased
     low and made the intervals under-cover at long extrapolations.)
+
+    >>> round(residual_scale(np.array([0.01, -0.01, 0.01, -0.01]), n_params=2), 5)  # RMS 0.01 times sqrt(4 / 2)
+    0.01414
     """
     r = np.asarray(r, float)
     n = len(r)
@@ -92,7 +95,13 @@ def residual_scale(r: np.ndarray, n_params: int) -> float:
 
 
 def backtest_masks(N: np.ndarray, D: np.ndarray) -> dict[str, np.ndarray]:
-    """Training masks of the two backtests (True = fitted); a backtest is absent when it cannot be formed."""
+    """Training masks of the two backtests (True = fitted); a backtest is absent when it cannot be formed.
+
+    >>> N = np.repeat(np.geomspace(2e7, 4e8, 5), 4); D = N * np.tile([5.0, 20, 80, 320], 5)
+    >>> L = (1.8 + 480 * N**-0.35 + 2100 * D**-0.35) * np.exp(np.random.default_rng(0).normal(0, 0.003, N.size))
+    >>> {k: int(m.sum()) for k, m in backtest_masks(N, D).items()}  # runs fitted in each backtest
+    {'largest_size': 16, 'largest_compute_decade': 17}
+    """
     groups = size_groups(N)
     out = {}
     if len(np.unique(groups)) >= 2:
@@ -110,6 +119,13 @@ def run_backtest(form: Form, X: dict, logL: np.ndarray, train: np.ndarray, *, lo
 
     Also returns what calibrates intervals: per held-out run its log error, extrapolation distance and
     the variance the fit's own noise and parameter uncertainty (delta method) would explain.
+
+    >>> N = np.repeat(np.geomspace(2e7, 4e8, 5), 4); D = N * np.tile([5.0, 20, 80, 320], 5)
+    >>> L = (1.8 + 480 * N**-0.35 + 2100 * D**-0.35) * np.exp(np.random.default_rng(0).normal(0, 0.003, N.size))
+    >>> form = candidate_forms(N, D, names=["chinchilla"])[0]
+    >>> bt = run_backtest(form, inputs(N, D), np.log(L), backtest_masks(N, D)["largest_size"])
+    >>> bt["n_train"], bt["n_test"], round(bt["max_abs_rel_error"], 3)  # the largest size predicted within 1 %
+    (16, 4, 0.01)
     """
     test = ~train
     Xtr, Xte = subset(X, train), subset(X, test)
@@ -152,6 +168,13 @@ def misspecification(backtests: dict[str, dict]) -> tuple[float, float]:
     Non-negative least squares of e^2 - sigma^2 - v = tau0^2 + tau1^2 d^2 over every held-out run
     of the form's backtests (d: decades beyond the fitted runs): a floor of misfit everywhere plus
     a part that grows with extrapolation distance.
+
+    >>> N = np.repeat(np.geomspace(2e7, 4e8, 5), 4); D = N * np.tile([5.0, 20, 80, 320], 5)
+    >>> L = (1.8 + 480 * N**-0.35 + 2100 * D**-0.35) * np.exp(np.random.default_rng(0).normal(0, 0.003, N.size))
+    >>> form = candidate_forms(N, D, names=["chinchilla"])[0]
+    >>> bts = {k: run_backtest(form, inputs(N, D), np.log(L), m) for k, m in backtest_masks(N, D).items()}
+    >>> [round(t, 4) for t in misspecification(bts)]  # a 0.6 % floor of unexplained error, none growing
+    [0.0057, 0.0]
     """
     from scipy.optimize import nnls
 
@@ -332,6 +355,12 @@ def fit_auto(
     from noise and misspecification only, no parameter uncertainty). Budgets give the frontier and
     its intervals keyed by `budget_key`. U (unique tokens) adds the data-constrained form. ``n_min``
     bounds the frontier's N from below (the smallest model that can be built).
+
+    >>> N = np.repeat(np.geomspace(2e7, 4e8, 5), 4); D = N * np.tile([5.0, 20, 80, 320], 5)
+    >>> L = (1.8 + 480 * N**-0.35 + 2100 * D**-0.35) * np.exp(np.random.default_rng(0).normal(0, 0.003, N.size))
+    >>> fit = fit_auto(N, D, L, forms=("chinchilla", "equal-exponent"), bootstrap=20, budgets=[1e21])
+    >>> fit.form, sorted(fit.intervals["budgets"]["1e+21"])  # the planted law has alpha = beta
+    ('equal-exponent', ['D_opt', 'N_opt', 'loss_opt', 'tokens_per_param'])
     """
     cols = {"N": N, "D": D, "loss": loss, **({"U": U} if U is not None else {})}
     cols = validate_arrays(cols, min_rows=1)
@@ -482,7 +511,17 @@ def _intervals(fit: AutoFit, budgets: list[float], level: float, flops) -> dict[
 
 
 def frontier_band(fit: AutoFit, C, level: float = 0.9, flops="6ND") -> dict[str, np.ndarray]:
-    """The frontier L*(C) at budgets C with its central `level` band (the mixture's replicates), for plots."""
+    """The frontier L*(C) at budgets C with its central `level` band (the mixture's replicates), for plots.
+
+    >>> N = np.repeat(np.geomspace(2e7, 4e8, 5), 4); D = N * np.tile([5.0, 20, 80, 320], 5)
+    >>> L = (1.8 + 480 * N**-0.35 + 2100 * D**-0.35) * np.exp(np.random.default_rng(0).normal(0, 0.003, N.size))
+    >>> fit = fit_auto(N, D, L, forms=("chinchilla", "equal-exponent"), bootstrap=20)
+    >>> band = frontier_band(fit, [1e20, 1e21])
+    >>> from orchestrator.laws.chinchilla import ChinchillaLaw
+    >>> truth = ChinchillaLaw(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.35).frontier(1e21)["loss_opt"][0]
+    >>> bool(band["low"][1] < band["mid"][1] < band["high"][1]), bool(band["low"][1] < truth < band["high"][1])
+    (True, True)
+    """
     C = np.atleast_1d(np.asarray(C, dtype=np.float64))
     iv = _intervals(fit, list(C), level, flops)["budgets"]
     rows = [iv[budget_key(c)]["loss_opt"] for c in C]
@@ -492,7 +531,15 @@ def frontier_band(fit: AutoFit, C, level: float = 0.9, flops="6ND") -> dict[str,
 
 def heldout_predictions(fit: AutoFit, N, D, loss, backtest: str = "largest_size") -> list[dict[str, float]]:
     """The chosen form's backtest (``largest_size`` or ``largest_compute_decade``) as rows N, D, C, loss
-    (observed) and predicted (by the fit that did not see them); N, D, loss are the fit's own inputs."""
+    (observed) and predicted (by the fit that did not see them); N, D, loss are the fit's own inputs.
+
+    >>> N = np.repeat(np.geomspace(2e7, 4e8, 5), 4); D = N * np.tile([5.0, 20, 80, 320], 5)
+    >>> L = (1.8 + 480 * N**-0.35 + 2100 * D**-0.35) * np.exp(np.random.default_rng(0).normal(0, 0.003, N.size))
+    >>> fit = fit_auto(N, D, L, forms=("chinchilla",), bootstrap=0)
+    >>> rows = heldout_predictions(fit, N, D, L)  # the largest size, predicted by a fit on the others
+    >>> len(rows), max(abs(r["predicted"] / r["loss"] - 1) for r in rows) < 0.02
+    (4, True)
+    """
     N, D, loss = (np.asarray(x, dtype=np.float64) for x in (N, D, loss))
     chosen = next((f for f in fit.fits if f.name == fit.form), None)
     bt = (chosen.backtests if chosen is not None else {}).get(backtest) or {}

@@ -12,7 +12,16 @@ class TableError(ValueError):
 
 
 def read_table(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a CSV or Parquet file into a dict of float64/object numpy columns."""
+    """Read a CSV or Parquet file into a dict of float64/object numpy columns.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = Path(tmp) / "runs.csv"
+    ...     _ = path.write_text("N,D,loss\\n1e8,2e9,3.1\\n2e8,4e9,2.9\\n")
+    ...     t = read_table(path)
+    >>> sorted(t), t["loss"].tolist()
+    (['D', 'N', 'loss'], [3.1, 2.9])
+    """
     path = Path(path)
     if not path.exists():
         raise TableError(f"{path}: no such file")
@@ -49,7 +58,20 @@ def require_columns(
     positive: Iterable[str] = (),
     min_rows: int = 1,
 ) -> dict[str, np.ndarray]:
-    """Check required columns exist, are finite numbers, positive where asked, and numerous enough."""
+    """Check required columns exist, are finite numbers, positive where asked, and numerous enough.
+
+    >>> t = {"N": np.array([1e8, 2e8]), "loss": np.array([3.1, -1.0])}
+    >>> require_columns(t, ["N"])["N"].tolist()
+    [100000000.0, 200000000.0]
+    >>> require_columns(t, ["N", "D"])
+    Traceback (most recent call last):
+    ...
+    orchestrator.laws.table.TableError: missing column(s) D; table has N, loss
+    >>> require_columns(t, ["N", "loss"], positive=["loss"])
+    Traceback (most recent call last):
+    ...
+    orchestrator.laws.table.TableError: column loss: 1 non-positive value(s) (first at row 1)
+    """
     required = list(required)
     missing = [c for c in required if c not in table]
     if missing:
@@ -85,6 +107,13 @@ def validate_arrays(columns: dict[str, object], min_rows: int = 1) -> dict[str, 
     """Columns given as sequences (one value per run) → float64 arrays, all positive and finite.
 
     TableError names the problem: mismatched lengths, non-numeric, NaN/inf, non-positive, too few rows.
+
+    >>> validate_arrays({"N": [1e8, 2e8], "loss": (3.1, 2.9)})["loss"].tolist()
+    [3.1, 2.9]
+    >>> validate_arrays({"N": [1e8, 2e8], "loss": [3.1]})
+    Traceback (most recent call last):
+    ...
+    orchestrator.laws.table.TableError: columns have different lengths: N=2, loss=1
     """
     arrays: dict[str, np.ndarray] = {}
     for name, col in columns.items():
@@ -102,7 +131,11 @@ def validate_arrays(columns: dict[str, object], min_rows: int = 1) -> dict[str, 
 
 def cluster_close(values: Sequence[float], rel: float = 0.01) -> dict[float, float]:
     """Map each value to the smallest of its run of values within `rel` of each other (sorted):
-    grid values that whole-batch rounding or float noise moved apart count as one."""
+    grid values that whole-batch rounding or float noise moved apart count as one.
+
+    >>> cluster_close([1e9, 1.004e9, 2e9])
+    {1000000000.0: 1000000000.0, 1004000000.0: 1000000000.0, 2000000000.0: 2000000000.0}
+    """
     out: dict[float, float] = {}
     rep = None
     for v in sorted(set(values)):

@@ -27,7 +27,12 @@ _TINY = 1e-300
 
 
 def single_threaded_blas() -> contextlib.AbstractContextManager:
-    """Limit BLAS to one thread: these 5x5 problems only lose to thread start-up and contention."""
+    """Limit BLAS to one thread: these 5x5 problems only lose to thread start-up and contention.
+
+    >>> with single_threaded_blas():
+    ...     float(np.linalg.solve(np.eye(2), np.ones(2)).sum())
+    2.0
+    """
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # optional: without it the fit is the same, only slower on busy machines
@@ -100,7 +105,15 @@ class Problem:
 
 
 def objective(theta: np.ndarray, p: Problem) -> tuple[float, np.ndarray]:
-    """Summed robust loss of the log residuals at theta and its exact gradient."""
+    """Summed robust loss of the log residuals at theta and its exact gradient.
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> p = Problem.build(N, D, 1.7 + 400 / N**0.34 + 400 / D**0.28)
+    >>> truth = {"E": 1.7, "A": 400.0, "B": 400.0, "alpha": 0.34, "beta": 0.28}
+    >>> f, grad = objective(from_natural(truth, p), p)
+    >>> f < 1e-20, bool(np.abs(grad).max() < 1e-9)  # zero loss and a flat gradient at the truth
+    (True, True)
+    """
     E, a, b, alpha, beta = theta
     # A line search may probe a point whose terms overflow: the inf it gets back makes it step
     # back, so the overflow is expected there, not a warning for the user.
@@ -116,14 +129,30 @@ def objective(theta: np.ndarray, p: Problem) -> tuple[float, np.ndarray]:
 
 
 def to_natural(theta: np.ndarray, p: Problem) -> dict[str, float]:
-    """(E, a, b, alpha, beta) in centred coordinates -> {E, A, B, alpha, beta}."""
+    """(E, a, b, alpha, beta) in centred coordinates -> {E, A, B, alpha, beta}.
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> p = Problem.build(N, D, 1.7 + 400 / N**0.34 + 400 / D**0.28)
+    >>> nat = to_natural(np.array([1.7, 0.0, 0.0, 0.34, 0.28]), p)  # a = b = 0: both terms are 1 at the centre
+    >>> nat["E"], round(nat["A"] / float(np.exp(0.34 * p.logN0)), 6)  # A = N0^alpha
+    (1.7, 1.0)
+    """
     E, a, b, alpha, beta = (float(x) for x in theta)
     return {"E": E, "A": float(np.exp(a + alpha * p.logN0)), "B": float(np.exp(b + beta * p.logD0)),
             "alpha": alpha, "beta": beta}
 
 
 def from_natural(params: dict[str, float], p: Problem) -> np.ndarray:
-    """{E, A, B, alpha, beta} -> centred theta, clipped into the problem's bounds."""
+    """{E, A, B, alpha, beta} -> centred theta, clipped into the problem's bounds.
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> p = Problem.build(N, D, 1.7 + 400 / N**0.34 + 400 / D**0.28)
+    >>> truth = {"E": 1.7, "A": 400.0, "B": 400.0, "alpha": 0.34, "beta": 0.28}
+    >>> {k: round(v, 6) for k, v in to_natural(from_natural(truth, p), p).items()} == truth  # a round trip
+    True
+    >>> float(from_natural({**truth, "alpha": 5.0}, p)[3])  # clipped into EXP_BOUNDS
+    2.0
+    """
     alpha = float(np.clip(params["alpha"], *EXP_BOUNDS))
     beta = float(np.clip(params["beta"], *EXP_BOUNDS))
     E = float(np.clip(params["E"], 0.0, p.e_max))
@@ -133,7 +162,15 @@ def from_natural(params: dict[str, float], p: Problem) -> np.ndarray:
 
 
 def polish(theta0: np.ndarray, p: Problem, maxiter: int = 2000) -> tuple[np.ndarray, float]:
-    """Local minimum of the summed robust loss from theta0 (L-BFGS-B with exact gradients)."""
+    """Local minimum of the summed robust loss from theta0 (L-BFGS-B with exact gradients).
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> p = Problem.build(N, D, 1.7 + 400 / N**0.34 + 400 / D**0.28)
+    >>> start = from_natural({"E": 1.5, "A": 300.0, "B": 500.0, "alpha": 0.3, "beta": 0.3}, p)
+    >>> theta, f = polish(start, p)
+    >>> {k: round(v, 3) for k, v in to_natural(theta, p).items()}
+    {'E': 1.7, 'A': 400.0, 'B': 400.0, 'alpha': 0.34, 'beta': 0.28}
+    """
     theta0 = np.asarray(theta0, dtype=np.float64).copy()
     lo = np.array([b[0] if b[0] is not None else -np.inf for b in p.bounds()])
     hi = np.array([b[1] if b[1] is not None else np.inf for b in p.bounds()])
@@ -207,7 +244,14 @@ def _bounded_linear_ls(X1: np.ndarray, X2: np.ndarray, y: np.ndarray, w: np.ndar
 
 
 def grid_seeds(p: Problem, size: int = GRID_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """Seeds theta for every (alpha, beta) grid cell and their robust objectives, shape (size, size)."""
+    """Seeds theta for every (alpha, beta) grid cell and their robust objectives, shape (size, size).
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> p = Problem.build(N, D, 1.7 + 400 / N**0.34 + 400 / D**0.28)
+    >>> thetas, f = grid_seeds(p, size=8)
+    >>> thetas.shape, f.shape
+    ((8, 8, 5), (8, 8))
+    """
     grid = np.linspace(EXP_BOUNDS[0], EXP_BOUNDS[1], size)
     al, be = np.meshgrid(grid, grid, indexing="ij")
     al, be = al.ravel(), be.ravel()
@@ -227,7 +271,13 @@ def grid_seeds(p: Problem, size: int = GRID_SIZE) -> tuple[np.ndarray, np.ndarra
 
 
 def pick_seeds(thetas: np.ndarray, f: np.ndarray, k: int = N_POLISH) -> list[np.ndarray]:
-    """The k best local minima of the grid objective (8-neighbourhood), best first."""
+    """The k best local minima of the grid objective (8-neighbourhood), best first.
+
+    >>> f = np.array([[3.0, 2.0, 3.0], [4.0, 5.0, 4.0], [1.0, 4.0, 0.5]])
+    >>> thetas = np.arange(45.0).reshape(3, 3, 5)
+    >>> [float(s[0]) for s in pick_seeds(thetas, f, k=3)]  # minima at cells (2,2), (2,0), (0,1)
+    [40.0, 30.0, 5.0]
+    """
     size = f.shape[0]
     padded = np.pad(f, 1, constant_values=np.inf)
     is_min = np.ones_like(f, dtype=bool)
@@ -245,7 +295,14 @@ def pick_seeds(thetas: np.ndarray, f: np.ndarray, k: int = N_POLISH) -> list[np.
 
 def global_fit(p: Problem, extra_starts: list[np.ndarray] = (), size: int = GRID_SIZE,
                k: int = N_POLISH) -> tuple[np.ndarray, float]:
-    """Best polished minimum over the grid's best local minima (and any extra starts)."""
+    """Best polished minimum over the grid's best local minima (and any extra starts).
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> p = Problem.build(N, D, 1.7 + 400 / N**0.34 + 400 / D**0.28)
+    >>> theta, f = global_fit(p)
+    >>> {k: round(v, 3) for k, v in to_natural(theta, p).items()}
+    {'E': 1.7, 'A': 400.0, 'B': 400.0, 'alpha': 0.34, 'beta': 0.28}
+    """
     thetas, f = grid_seeds(p, size)
     starts = pick_seeds(thetas, f, k) + [np.asarray(s, dtype=np.float64) for s in extra_starts]
     best_theta, best_f = None, np.inf
@@ -264,6 +321,14 @@ def batch_polish(theta0: np.ndarray, p: Problem, W: np.ndarray, max_iter: int = 
     (J'WJ + lam*diag(J'WJ)) d = -J'W r with W = weight * psi(r)/r, whose right side is the exact
     gradient; steps are projected onto the bounds and kept only when the true objective drops.
     Returns thetas (K, 5) and objectives (K,).
+
+    >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    >>> p = Problem.build(N, D, 1.7 + 400 / N**0.34 + 400 / D**0.28)
+    >>> truth = {"E": 1.7, "A": 400.0, "B": 400.0, "alpha": 0.34, "beta": 0.28}
+    >>> W = np.ones((3, 16)); W[1, :4] = 0.0; W[2] = 2.0  # three reweightings (bootstrap counts)
+    >>> thetas, f = batch_polish(from_natural(truth, p), p, W)
+    >>> thetas.shape, bool(np.allclose(thetas[:, 3], 0.34))
+    ((3, 5), True)
     """
     W = np.asarray(W, dtype=np.float64)
     K = W.shape[0]

@@ -1,5 +1,5 @@
 """The runnable examples in the docstrings of the pure core and the laws hold, and every public
-function of the core carries one (DESIGN.md: a short runnable example per public function)."""
+function of the core and of the laws carries one (DESIGN.md: a short runnable example per public function)."""
 from __future__ import annotations
 
 import doctest
@@ -28,8 +28,8 @@ def _public_functions(module) -> list[str]:
             if not n.startswith("_") and inspect.isfunction(obj) and obj.__module__ == module.__name__]
 
 
-@pytest.mark.parametrize("name", [m for m in MODULES if m.startswith("orchestrator.core.")])
-def test_core_public_functions_have_an_example(name):
+@pytest.mark.parametrize("name", [m for m in MODULES if m.startswith(("orchestrator.core.", "orchestrator.laws."))])
+def test_public_functions_have_an_example(name):
     module = importlib.import_module(name)
     missing = [n for n in _public_functions(module) if ">>>" not in (getattr(module, n).__doc__ or "")]
     assert not missing, f"{name}: public functions without a runnable example: {', '.join(missing)}"
@@ -39,5 +39,7 @@ def test_the_examples_are_found():
     """The collection sees the modules and their examples (else the tests above pass vacuously)."""
     assert {"orchestrator.core.cells", "orchestrator.core.family", "orchestrator.laws.chinchilla"} <= set(MODULES)
     finder = doctest.DocTestFinder()
-    family = importlib.import_module("orchestrator.core.family")
-    assert sum(len(t.examples) for t in finder.find(family)) >= 10
+    for name in ("orchestrator.core.family", "orchestrator.laws.chinchilla"):
+        assert sum(len(t.examples) for t in finder.find(importlib.import_module(name))) >= 10, name
+    laws = [importlib.import_module(m) for m in MODULES if m.startswith("orchestrator.laws.")]
+    assert sum(len(_public_functions(m)) for m in laws) >= 70  # the rule above sees the laws' functions
