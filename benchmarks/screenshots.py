@@ -2,12 +2,14 @@
 
     python -m benchmarks.screenshots SWEEP_DIR [--out results/screenshots] [--report]
 
-Starts `mlflow ui` on the sweep's tracking store (loopback, a free port), then opens with
-`chromium --headless --screenshot` the experiment's runs table, the parent run's overview, its
-summary.md, its report (`--report` writes it first with `scalesweep report`) and each of its
-plots/ artifacts; prints a table of the screenshots and writes them, with a JSON index, under --out.
-Needs the Debian packages chromium (and chromium-driver): `apt-get install -y chromium chromium-driver`.
-Not a test: it shows, it does not assert.
+Starts `mlflow ui` on the sweep's tracking store (loopback, a free port) and drives the Debian
+package's Chromium with playwright-core (node; installed with npm into ~/.cache/scalesweep/playwright
+on first use) through the experiment's runs table, the parent run's overview, its summary.md, its
+report (`--report` writes it first with `scalesweep report`) and each of its plots/ artifacts, waiting
+for each page's content (the UI is a single-page app: `chromium --screenshot` alone catches its
+loading skeleton). Prints a table of the screenshots and writes them, with a JSON index, under --out.
+Needs chromium (`apt-get install -y chromium chromium-driver`), node and npm. Not a test: it shows,
+it does not assert.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -68,13 +69,58 @@ def stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def screenshot(chromium: str, url: str, path: Path, size: tuple[int, int] = (1440, 1800), wait_ms: int = 20000) -> bool:
-    """One page rendered by headless Chromium into `path` (a fresh profile each time); True if written."""
-    with tempfile.TemporaryDirectory(prefix="scalesweep-chromium-") as profile:
-        cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
-               f"--virtual-time-budget={wait_ms}", f"--screenshot={path}", url]
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180, check=False)
-    return path.is_file() and path.stat().st_size > 0
+PLAYWRIGHT = Path.home() / ".cache" / "scalesweep" / "playwright"
+DRIVER = """// node driver.js JOBS.json: one browser, one page per shot; prints one JSON line per shot
+const { chromium } = require('playwright-core');
+(async () => {
+  const jobs = JSON.parse(require('fs').readFileSync(process.argv[2], 'utf8'));
+  const browser = await chromium.launch({ executablePath: jobs.chromium, args: jobs.flags, headless: true });
+  for (const s of jobs.shots) {
+    const page = await browser.newPage({ viewport: { width: s.width, height: s.height } });
+    const t0 = Date.now();
+    let note = 'ok';
+    try {
+      await page.goto(s.url, { waitUntil: 'networkidle', timeout: 120000 });
+      if (s.wait_text) await page.getByText(s.wait_text, { exact: false }).first().waitFor({ timeout: 90000 });
+      await page.waitForTimeout(s.settle_ms);
+    } catch (e) { note = String(e).split('\\n')[0]; }
+    await page.screenshot({ path: s.path, fullPage: s.full_page });
+    console.log(JSON.stringify({ name: s.name, seconds: (Date.now() - t0) / 1000, note }));
+    await page.close();
+  }
+  await browser.close();
+})();
+"""
+
+
+def playwright_dir() -> Path:
+    """A folder with playwright-core installed (npm, once) and the driver script."""
+    if not (PLAYWRIGHT / "node_modules" / "playwright-core").is_dir():
+        PLAYWRIGHT.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(PLAYWRIGHT), "playwright-core"],
+                       check=True, stdout=subprocess.DEVNULL)
+    (PLAYWRIGHT / "driver.js").write_text(DRIVER)
+    return PLAYWRIGHT
+
+
+def screenshots(chromium: str, shots: list[dict], workdir: Path) -> dict[str, dict]:
+    """Take `shots` ({name, url, path, width, height, wait_text, settle_ms, full_page}) in one headless
+    Chromium (a fresh profile); {name: {seconds, note}}."""
+    folder = playwright_dir()
+    jobs = workdir / "jobs.json"
+    # playwright launches Chromium with a fresh temporary profile of its own (it refuses --user-data-dir)
+    jobs.write_text(json.dumps({"chromium": chromium, "flags": CHROMIUM_FLAGS, "shots": shots}))
+    env = {**os.environ, "NODE_PATH": str(folder / "node_modules")}
+    done = subprocess.run(["node", str(folder / "driver.js"), str(jobs)], capture_output=True, text=True,
+                          env=env, timeout=300 + 240 * len(shots), check=False)
+    out = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            rec = json.loads(line)
+            out[rec.pop("name")] = rec
+    if done.returncode != 0 and not out:
+        raise RuntimeError(f"the Chromium driver failed: {done.stderr[-2000:]}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -111,32 +157,34 @@ def main(argv: list[str] | None = None) -> dict:
             (stack.append(a.path) if a.is_dir else artifacts.append(a.path))
     args.out.mkdir(parents=True, exist_ok=True)
     run_page = f"#/experiments/{exp}/runs/{run_id}"
-    pages = {"runs_table": (f"#/experiments/{exp}", (1600, 1000)),
-             "parent_run": (run_page, (1440, 2200)),
-             "summary_md": (f"{run_page}/artifactPath/summary.md", (1440, 1800))}
+    # (name, URL fragment, viewport, text to wait for, full page)
+    pages = [("runs_table", f"#/experiments/{exp}/runs", (1600, 1000), spec.name, False),
+             ("parent_run", run_page, (1440, 1800), "useful_work_fraction", True),
+             ("summary_md", f"{run_page}/artifactPath/summary.md", (1440, 1400), "Proposals", False)]
     if "report/index.html" in artifacts:
-        pages["report"] = (f"{run_page}/artifactPath/report/index.html", (1440, 2400))
+        pages.append(("report", f"{run_page}/artifactPath/report/index.html", (1440, 1600), "index.html", False))
     for a in sorted(artifacts):
         if a.startswith("plots/") and a.endswith(".png"):
-            pages[a[len("plots/"):-4]] = (f"{run_page}/artifactPath/{a}", (1440, 1200))
+            pages.append((a[len("plots/"):-4], f"{run_page}/artifactPath/{a}", (1440, 1100), a.split("/")[-1], False))
     proc, base = start_mlflow_ui(uri, args.out / "mlflow-ui.log")
-    shots = {}
+    shots = [{"name": name, "url": f"{base}/{frag}", "path": str((args.out / f"{name}.png").resolve()),
+              "width": size[0], "height": size[1], "wait_text": wait, "settle_ms": 3000, "full_page": full}
+             for name, frag, size, wait, full in pages]
+    for s in shots:
+        Path(s["path"]).unlink(missing_ok=True)
     try:
-        for name, (frag, size) in pages.items():
-            path = (args.out / f"{name}.png").resolve()
-            path.unlink(missing_ok=True)
-            t0 = time.monotonic()
-            ok = screenshot(args.chromium, f"{base}/{frag}", path, size)
-            shots[name] = {"url": f"{base}/{frag}", "path": str(path) if ok else None,
-                           "seconds": round(time.monotonic() - t0, 1)}
+        done = screenshots(args.chromium, shots, args.out)
     finally:
         stop(proc)
+    shots = {s["name"]: {"url": s["url"], "path": s["path"] if Path(s["path"]).is_file() else None,
+                         **done.get(s["name"], {"note": "not taken"})} for s in shots}
     doc = {"sweep_dir": str(sweep), "parent_run": run_id, "experiment_id": exp, "screenshots": shots}
     (args.out / "screenshots.json").write_text(json.dumps(doc, indent=2))
     width = max(len(n) for n in shots)
     print(f"{'page'.ljust(width)}  seconds  screenshot")
     for name, s in shots.items():
-        print(f"{name.ljust(width)}  {s['seconds']:7.1f}  {s['path'] or 'FAILED'}")
+        print(f"{name.ljust(width)}  {s.get('seconds', float('nan')):7.1f}  {s['path'] or 'FAILED'}"
+              + ("" if s.get("note") == "ok" else f"  ({s.get('note')})"))
     return doc
 
 
