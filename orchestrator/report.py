@@ -82,7 +82,7 @@ def build_report(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, *,
     spent = {tid: spent_flops(r["flops"], trials[tid]["config"] or {}) for tid, r in last.items()
              if tid in trials and r["flops"] == r["flops"]}
     page = render_html(spec.name, str(sweep_dir.resolve()), spec_text, trials, last, spent, doc, pngs,
-                       hparam_laws(trials, store))
+                       hparam_laws(trials, store), not_run(spec, trials))
     report = Report(out / "index.html", paths)
     report.html_path.write_text(page)
     if log_to_mlflow:
@@ -107,9 +107,11 @@ def _log_to_parent(sweep_dir: Path, tracking_uri: str, folder: Path) -> tuple[Op
 
 def render_html(name: str, where: str, spec_text: str, trials: Mapping[str, Mapping[str, Any]],
                 last: Mapping[str, Mapping[str, Any]], spent: Mapping[str, float], doc: Mapping[str, Any],
-                pngs: Mapping[str, bytes], hparams: Optional[Mapping[str, str]] = None) -> str:
+                pngs: Mapping[str, bytes], hparams: Optional[Mapping[str, str]] = None,
+                unrun: Optional[Mapping[str, Any]] = None) -> str:
     """The page, from the sweep's record: pure (no I/O), so a test can read what it says. `hparams`: the
     fitted lr*(N, D) and batch*(D) laws as formulas ({"lr": ..., "batch": ...}), None where none fits.
+    `unrun`: the grid trials that never started (`not_run`).
 
     >>> page = render_html("s", "/d", "name: s", {}, {}, {}, {"law": None, "proposals": []}, {})
     >>> "No law was fitted" in page and "<h2>Warnings</h2>" in page
@@ -123,7 +125,7 @@ def render_html(name: str, where: str, spec_text: str, trials: Mapping[str, Mapp
     parts = [f"<h1>Sweep {e(name)}</h1>",
              f"<p class=meta>{e(where)} · report written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>",
              _verdict(doc, ws),
-             "<h2>What ran</h2>", _what_ran(trials, last, spent, counts),
+             "<h2>What ran</h2>", _what_ran(trials, last, spent, counts), _unrun(unrun),
              "<h2>Stopped early, diverged or failed, and why</h2>", _ended(trials, last),
              "<h2>Laws</h2>", _laws(doc), _hparams(hparams),
              "<h2>Proposals</h2>", _proposals(doc),
@@ -193,6 +195,31 @@ def _what_ran(trials, last, spent, counts) -> str:
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no trials"
     return (f"<p>{len(trials)} trials: {html.escape(summary)}; {total:.3g} FLOPs spent (a WSD branch counts from its "
             "branch point).</p>" + _table(["N (params)", "trials"] + states + ["FLOPs spent", f"best final loss ({LOSS_UNIT})"], rows))
+
+
+def not_run(spec: Any, trials: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's grid trials with no record in the store: how many, and how many are branches of a trunk
+    the pruner stopped (a branch starts from its trunk's checkpoint, so it cannot run)."""
+    from .planner import plan_grid
+
+    grid = plan_grid(spec)
+    missing = [t for t in grid if t.trial_id not in trials]
+    behind = sum(1 for t in missing if t.branch_of and (trials.get(t.branch_of) or {}).get("status") != "finished")
+    return {"grid": len(grid), "missing": len(missing), "behind_stopped_trunk": behind,
+            "strategy": spec.search.strategy}
+
+
+def _unrun(unrun: Optional[Mapping[str, Any]]) -> str:
+    if not unrun or not unrun["missing"]:
+        return ""
+    why = []
+    if unrun["behind_stopped_trunk"]:
+        why.append(f"{unrun['behind_stopped_trunk']} are WSD branches of a trunk that did not finish "
+                   "(a branch starts from its trunk's checkpoint)")
+    if unrun["strategy"] != "grid":
+        why.append(f"the {unrun['strategy']} search runs only the trials that teach most about the targets")
+    rest = "; ".join(why) or "the sweep ended (or was stopped) before them"
+    return (f"<p>{unrun['missing']} of the grid's {unrun['grid']} trials never started: {html.escape(rest)}.</p>")
 
 
 def _ended(trials, last) -> str:

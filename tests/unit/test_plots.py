@@ -311,3 +311,18 @@ def test_doctests_of_the_plots_and_the_report():
 
     for module in (isoflop, report):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_report_page_of_the_recorded_sweep_says_what_ran_and_what_never_started(recorded):
+    from orchestrator.report import not_run, render_html
+
+    spec, store, fit, _ = recorded
+    trials, last = store.trials(), store.last_reports()
+    unrun = not_run(spec, trials)
+    # 135 grid trials; 119 ran; the 16 others are branches of the 4 trunks the pruner stopped or of diverged ones
+    assert unrun == {"grid": 135, "missing": 16, "behind_stopped_trunk": 16, "strategy": "grid"}
+    page = render_html(spec.name, "/d", "name: plots", trials, last, {}, fit.to_json(), {}, None, unrun)
+    assert "119 trials: 11 diverged, 104 finished, 4 stopped" in page
+    assert "16 of the grid's 135 trials never started: 16 are WSD branches of a trunk that did not finish" in page
+    assert page.count("<td>stopped</td>") == 4 and page.count("<td>diverged</td>") == 11
+    assert "lr*(N, D), batch*(D)</b>: not fitted" in page  # hparams=None: said, not hidden
