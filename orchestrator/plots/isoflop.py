@@ -141,6 +141,10 @@ def _n_opt_panel(ax, minima: list[tuple[float, float]], frontier: Optional[Mappi
         band = f" ({level:.0%} interval)" if level is not None and yerr is not None else ""
         ax.errorbar(pc, pn, yerr=yerr, fmt="*", ms=11, color="crimson", capsize=3, zorder=5, label=f"proposals N*{band}")
     if ax.has_data():  # a log axis over nothing warns and draws nothing
+        if len(minima) == 1 and frontier is None and not (proposals is not None and len(proposals)):
+            c, n = minima[0]  # one point: give the log axes a decade around it
+            ax.set_xlim(c / 3, c * 3)
+            ax.set_ylim(n / 3, n * 3)
         ax.set_xscale("log")
         ax.set_yscale("log")
     ax.set_xlabel(C_LABEL)
