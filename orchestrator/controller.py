@@ -566,8 +566,6 @@ def ended_trials(store: ObservationStore) -> dict[str, Optional[dict[str, Any]]]
 def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optional[str], t0: float,
               decisions: Optional[list[dict[str, Any]]] = None, hparams=None, hparam_intervals=None) -> SweepOutcome:
     """Fit the law on the finished trials, write fit + proposals to the sweep dir and MLflow."""
-    from .plots import loss_vs_compute
-
     points = final_points(store)
     task_rows = final_task_points(store, points)  # empty unless the spec named eval.tasks
     fit = fit_and_propose(points, spec.budget.targets, **fit_settings(spec), hparams=hparams, resources=proposal_resources(spec),
@@ -606,7 +604,9 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
                 "scalesweep.law.reason": ((doc.get("law") or {}).get("selection") or {}).get("reason", ""),
                 "scalesweep.n_warnings": len(ws), "scalesweep.warnings": "\n".join(ws) or "none"}
         # no trial finished (all diverged, say): nothing to draw; the fit's warnings say why
-        figures = {"loss_vs_compute": _plot(fit, spec, points, loss_vs_compute)} if points else {}
+        from .plots.evidence import sweep_figures
+
+        figures = sweep_figures(spec, store, fit, points) if points else {}
         artifacts = {"fit": doc, "proposals": doc["proposals"], "decisions": jsonable(decisions or [])}
         if task_doc is not None:
             from .task_summary import task_plot
@@ -651,36 +651,6 @@ def _refit_step(sweep_dir: Path, doc: dict[str, Any]) -> int:
     except (OSError, ValueError):  # an unwritable history must not lose the fit: count from 0
         return 0
     return step
-
-
-def _plot(fit: SweepFit, spec: SweepSpec, points: list[dict[str, Any]], loss_vs_compute):
-    """Loss vs compute with the evidence: every run (those in the fit filled), each size's fitted curve,
-    the frontier with its band, the leave-the-largest-size-out backtest, the proposals."""
-    import numpy as np
-
-    from .laws.selection import frontier_band, heldout_predictions
-
-    used = {(c["N"], c["D"], c["lr"], c["batch"]) for c in fit.cells}
-    runs = [{"N": p["N"], "D": p["D"], "C": 6.0 * p["N"] * p["D"], "loss": p["loss"],
-             "used": (p["N"], p["D"], p["lr"], p["batch"]) in used} for p in points]
-    frontier, curves, heldout = None, None, None
-    if fit.fit is not None and runs:
-        cs = [r["C"] for r in runs] + list(spec.budget.targets)
-        grid = np.geomspace(min(cs) / 2, max(cs) * 2, 40)
-        frontier = frontier_band(fit.fit, grid, spec.fit.level)
-        curves = {}
-        for n in sorted({r["N"] for r in runs}):
-            ds = [r["D"] for r in runs if r["N"] == n]
-            d = np.geomspace(min(ds) / 1.5, max(ds) * 1.5, 30)
-            curves[n] = {"C": 6.0 * n * d, "loss": fit.fit.law.predict(np.full_like(d, n), d)}
-        heldout = heldout_predictions(fit.fit, [c["N"] for c in fit.cells], [c["D"] for c in fit.cells],
-                                      [c["loss"] for c in fit.cells])
-    proposals = [{"C": p["budget"], "predicted_loss": p["predicted_loss"],
-                  "low": p["intervals"].get("loss_opt", {}).get("low"),
-                  "high": p["intervals"].get("loss_opt", {}).get("high")} for p in fit.proposals]
-    title = f"Loss vs compute: {fit.fit.form} law" if fit.fit is not None else "Loss vs compute"
-    return loss_vs_compute(runs, frontier=frontier, proposals=proposals, curves=curves, heldout=heldout,
-                           level=spec.fit.level, title=title)
 
 
 def _train_tokens(spec: SweepSpec, cache: Optional[str]) -> Optional[int]:

@@ -1,7 +1,10 @@
 """Sweep figures: the right artists, the right numbers on them, and PNG output."""
 from __future__ import annotations
 
+import io
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,6 +91,13 @@ def test_isoflop_curves_vertex_at_true_optimum(tmp_path):
             C.append(c * (1 + 0.01 * (len(N) % 2)))  # budgets realised only approximately
     fig = isoflop_curves(N, D, L, C, fits=True)
     ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"parabola in ln N", "its minimum: N_opt at that C"} <= set(labels)
+    assert len([t for t in labels if t.startswith("C = ") and t.endswith(" FLOPs")]) == 2
+    # N_opt(C): the two minima and the power law through them (N_opt = 3e7 at 1e18, 1e8 at 1e19: a = log10(10/3))
+    ax_opt = fig.axes[1]
+    assert any(t.get_text().endswith(f"C^{math.log10(1e8 / 3e7):.2f} (fit to the minima)")
+               for t in ax_opt.get_legend().get_texts())
     assert len([c for c in ax.collections if isinstance(c, PathCollection)]) == 2
     curves = [ln for ln in ax.lines if ln.get_marker() in ("None", None, "")]
     vertices = [ln for ln in ax.lines if ln.get_marker() == "v"]
@@ -154,3 +164,165 @@ def test_loss_vs_compute_shows_the_evidence(tmp_path):
               and len(c.get_facecolors()) == 0]
     assert sum(len(c.get_offsets()) for c in hollow) >= 4  # the runs not in the fit (+ held out)
     _png(fig, tmp_path, "evidence.png")
+
+
+# ----------------------------------------------------------------------------- a recorded sweep's figures
+# tests/data/sweep_plots: the store and spec of a real sweep (simulated `tiny` world, WSD branches, the pruner
+# on, 5 learning rates x 3 batches per cell; see its spec.yaml). The figures are drawn from its rows and a fit
+# of them, as at the end of a sweep, and each is checked for what it must show.
+
+SWEEP = Path(__file__).resolve().parents[1] / "data" / "sweep_plots"
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    from orchestrator.plots.evidence import sweep_figures
+    from orchestrator.proposals import fit_and_propose, fit_settings
+    from orchestrator.spec import load_spec
+    from orchestrator.store import ObservationStore, diverged_configs, final_points
+
+    where = tmp_path_factory.mktemp("sweep") / "plots"
+    shutil.copytree(SWEEP, where)
+    spec = load_spec(where / "spec.yaml").model_copy(update={"output_dir": str(where)})
+    store = ObservationStore(where)
+    points = final_points(store)
+    fit = fit_and_propose(points, spec.budget.targets, **fit_settings(spec), diverged=diverged_configs(store))
+    return spec, store, fit, sweep_figures(spec, store, fit, points)
+
+
+def _legend(container) -> list[str]:
+    legends = [container.get_legend()] if hasattr(container, "get_legend") else container.legends
+    return [t.get_text() for lg in legends if lg is not None for t in lg.get_texts()]
+
+
+def _units(ax, x_unit: str, y_unit: str) -> None:
+    assert x_unit in ax.get_xlabel() and y_unit in ax.get_ylabel(), (ax.get_xlabel(), ax.get_ylabel())
+
+
+def test_every_figure_of_the_recorded_sweep_is_drawn_and_renders(recorded):
+    *_, figures = recorded
+    assert set(figures) == {"loss_vs_compute", "isoflop", "backtest", "lr_bowls", "batch_bowls", "pruner", "wsd_branches"}
+    for name, fig in figures.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=30)  # a small render: that Agg draws it, not how it looks
+        assert buf.getvalue().startswith(PNG_MAGIC), name
+
+
+def test_recorded_loss_vs_compute_states_units_and_band_level(recorded):
+    spec, _, _, figures = recorded
+    ax = figures["loss_vs_compute"].axes[0]
+    _units(ax, "FLOPs", "nats/token")
+    labels = _legend(ax)
+    assert f"frontier {spec.fit.level:.0%} band" in labels
+    assert {"N = 19,800 params", "proposals", "runs in the fit (best per cell)"} <= set(labels)
+
+
+def test_recorded_isoflop_minima_sit_on_the_law_and_n_opt_panel(recorded):
+    spec, _, fit, figures = recorded
+    ax, ax_opt = figures["isoflop"].axes
+    _units(ax, "parameters N", "nats/token")
+    _units(ax_opt, "FLOPs", "params")
+    assert {"fitted L(N, D) along each C", "its minimum N*(C)"} <= set(_legend(ax))
+    assert {"fitted L(N, D): N*(C)", f"proposals N* ({spec.fit.level:.0%} interval)"} <= set(_legend(ax_opt))
+    # each marked minimum is the law's compute-optimal N at that compute, to the slice's grid step (7 %)
+    minima = [ln for ln in ax.lines if ln.get_marker() == "D"]
+    assert minima
+    for ln, note in zip(minima, [t for t in ax.texts]):
+        c = float(note.get_text())
+        n_opt = float(fit.fit.law.frontier([c], "6ND")["N_opt"][0])
+        assert ln.get_xdata()[0] == pytest.approx(n_opt, rel=0.08)
+    # the proposals' N* on the N_opt panel are the fit's proposals
+    (stars,) = [c for c in ax_opt.containers if isinstance(c, ErrorbarContainer)]
+    np.testing.assert_allclose(stars.lines[0].get_ydata(), [p["N"] for p in fit.proposals])
+
+
+def test_recorded_backtest_shows_every_held_out_cell_with_its_interval(recorded):
+    from orchestrator.plots.evidence import BACKTEST_NAMES
+
+    spec, _, fit, figures = recorded
+    ax = figures["backtest"].axes[0]
+    _units(ax, "nats/token", "nats/token")
+    level = f"{spec.fit.level:.0%}"
+    assert f"prediction's {level} interval" in _legend(ax)
+    chosen = fit.to_json()["law"]["selection"]["candidates"][fit.fit.form]["backtests"]
+    ran = {k: bt for k, bt in chosen.items() if "error" not in bt}  # a backtest with too few cells left is skipped
+    assert ran and {BACKTEST_NAMES[k] for k in ran} <= set(_legend(ax))
+    n_held = sum(bt["n_test"] for bt in ran.values())
+    points = sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+    assert points == n_held
+    assert f"/{n_held} inside the {level} interval" in ax.get_title()
+
+
+@pytest.mark.parametrize("axis, law_label", [("lr", "fitted lr*(N, D)"), ("batch", "fitted batch*(D)")])
+def test_recorded_bowls_mark_the_fitted_law_in_every_cell(recorded, axis, law_label):
+    from orchestrator.plots.evidence import hparam_runs
+    from orchestrator.proposals import learned_hparams
+
+    _, store, _, figures = recorded
+    fig = figures[f"{axis}_bowls"]
+    runs = hparam_runs(store.trials(), store)
+    law = learned_hparams(runs)
+    assert law is not None  # 5 lr x 3 batches per cell: the recorded sweep pins both laws
+    assert law_label in _legend(fig)
+    cells = {(r["N"], r["D"]) for r in runs}
+    assert len(fig.axes) == len(cells) == 9
+    for ax in fig.axes:
+        _units(ax, "lr" if axis == "lr" else "tokens", "nats/token")
+        n, d = (float(x.split(" = ")[1].split()[0].replace(",", "")) for x in ax.get_title().split(", "))
+        (vline,) = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+        want = law(n, d)[0 if axis == "lr" else 1]
+        assert vline.get_xdata()[0] == pytest.approx(want, rel=1e-6)
+
+
+def test_recorded_pruner_decisions_mark_every_stop(recorded):
+    _, store, _, figures = recorded
+    ax = figures["pruner"].axes[0]
+    _units(ax, "tokens", "nats/token")
+    trials = store.trials()
+    stopped = [t for t, r in trials.items() if r["status"] == "stopped"]
+    diverged = [t for t, r in trials.items() if r["status"] == "diverged"]
+    assert stopped, "the recorded sweep's pruner stopped trials"
+    assert f"{len(stopped)} stopped early, {len(diverged)} diverged" in ax.get_title()
+    stops = [ln for ln in ax.lines if ln.get_marker() == "X"]
+    assert len(stops) == len(stopped)
+    last = store.last_reports(finite="eval_loss")
+    assert sorted(ln.get_ydata()[0] for ln in stops) == pytest.approx(sorted(last[t]["eval_loss"] for t in stopped))
+    labels = _legend(ax)
+    assert {"stopped here by the pruner", "its true final loss (had it run on)"} <= set(labels)
+    assert any(t.startswith("its predicted final loss") for t in labels)
+
+
+def test_recorded_branches_join_each_trunk_and_its_cooldowns(recorded):
+    _, store, _, figures = recorded
+    fig = figures["wsd_branches"]
+    sizes = {r["config"]["N"] for r in store.trials().values() if r["config"]["branch_of"]}
+    assert len(fig.axes) == len(sizes)
+    for ax in fig.axes:
+        _units(ax, "tokens", "nats/token")
+        assert {"cooldown branch", "branch point (trunk checkpoint)", "branch end: an (N, D) point"} <= set(_legend(ax))
+        assert any(t.startswith("trunk lr = ") for t in _legend(ax))
+
+
+def test_doctests_of_the_plots_and_the_report():
+    import doctest
+
+    from orchestrator import report
+    from orchestrator.plots import isoflop
+
+    for module in (isoflop, report):
+        assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_report_page_of_the_recorded_sweep_says_what_ran_and_what_never_started(recorded):
+    from orchestrator.report import not_run, render_html
+
+    spec, store, fit, _ = recorded
+    trials, last = store.trials(), store.last_reports()
+    unrun = not_run(spec, trials)
+    # 135 grid trials; 119 ran; the 16 others are branches of the 4 trunks the pruner stopped or of diverged ones
+    assert unrun == {"grid": 135, "missing": 16, "behind_stopped_trunk": 16, "strategy": "grid"}
+    page = render_html(spec.name, "/d", "name: plots", trials, last, {}, fit.to_json(), {}, None, unrun)
+    assert "119 trials: 11 diverged, 104 finished, 4 stopped" in page
+    assert "16 of the grid's 135 trials never started: 16 are WSD branches of a trunk that did not finish" in page
+    assert page.count("<td>stopped</td>") == 4 and page.count("<td>diverged</td>") == 11
+    assert "lr*(N, D), batch*(D)</b>: not fitted" in page  # hparams=None: said, not hidden
