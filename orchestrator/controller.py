@@ -448,7 +448,8 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     records = {t.trial_id: record_of(t) for t in planner.trials}
 
     tracker = stash["tracker"] = SweepTracker(spec.tracking_uri(), spec.tracking.experiment, spec.name,
-                                              buffer_dir=sweep_dir / "mlflow-spool")
+                                              buffer_dir=sweep_dir / "mlflow-spool",
+                                              artifact_location=spec.artifact_location())
     state_file = sweep_dir / "sweep.json"  # survives a crash: lets a resumed sweep reuse its parent run
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     parent = tracker.start(spec.model_dump(mode="json"), spec_path=spec_path,
