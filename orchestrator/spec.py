@@ -671,6 +671,10 @@ class CheckpointSpec(_Strict):
     enabled: bool = Field(True, description="save checkpoints under <sweep dir>/checkpoints/<trial> (needed to resume a trial)")
     every: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description="steps between checkpoints; none = at every evaluation (eval.every); the last step always")
     max_failures: int = Field(2, ge=0, le=100, description="restarts of a crashed trial from its last checkpoint (Ray Tune and Ray Train FailureConfig)")
+    stop_timeout_s: float = Field(60.0, ge=0, le=86400, description="on a user's stop (Ctrl-C, SIGTERM, `scalesweep "
+                                  "stop`): how long running trials get to reach their next report, save a checkpoint there "
+                                  "and end; then they are stopped where they are (resume continues from their last "
+                                  "checkpoint). A second Ctrl-C stops at once")
 
 
 class SweepSpec(_Strict):
