@@ -90,3 +90,34 @@ def test_stopped_trials_checkpoint_and_resume_from_there(tmp_path):
         counts = Counter(int(m.step) for m in client.get_metric_history(child.info.run_id, "eval_loss"))
         # each step logged once: the resumed trial did not train (and report) from step 0 again
         assert sorted(counts) == STEPS and set(counts.values()) == {1}, (tid, at_stop.get(tid), counts)
+
+
+def test_deepspeed_trial_checkpoints_on_stop_and_resumes_there(tmp_path):
+    """The built-in DeepSpeed trainer on CPU: StopRequested from its reporter after the step-10
+    report (checkpoints.every past the end) leaves a `step10` checkpoint; run again, it continues
+    at step 11 and reports 20 and 30 only, its counters carried over."""
+    from trainers.contract import Schedule, StopRequested, TrialConfig
+    from trainers.deepspeed_trainer import train
+
+    ckpt = tmp_path / "ckpt"
+    cfg = TrialConfig(trial_id="t", n_params=20_000, tokens=30 * 2048, lr=3e-3, batch_tokens=2048, seq_len=64,
+                      schedule=Schedule(kind="cosine", warmup=0.1), eval_every=10, eval_tokens=2048, zero_stage=1,
+                      data_cache=str(tmp_path / "corpus"), micro_batch=16, checkpoint_dir=str(ckpt),
+                      checkpoint_every=1000)
+    first = []
+
+    def stop_after_first(r):
+        first.append(r)
+        raise StopRequested("the user stopped the sweep")
+
+    with pytest.raises(StopRequested):
+        train(cfg, stop_after_first)
+    assert [r["step"] for r in first] == [10]
+    assert (ckpt / "latest").read_text().strip() == "step10"
+
+    rest = []
+    summary = train(cfg, rest.append)
+    assert [r["step"] for r in rest] == [20, 30] and summary.steps == 30
+    assert rest[-1]["tokens"] == 30 * 2048 and rest[-1]["flops"] == pytest.approx(first[0]["flops"] * 3)
+    assert rest[0]["step_time_s"] > first[0]["step_time_s"]  # training time carried over from the checkpoint
+    assert rest[-1]["eval_loss"] < first[0]["eval_loss"]
