@@ -213,7 +213,10 @@ def _run_own(cfg: TrialConfig, config: dict[str, Any], send) -> None:
 
     fn(cfg, report)
     if not last or last["done"] < 1.0:
-        from trainers.contract import ContractError
+        from trainers.contract import ContractError, StopRequested
+
+        if config.get("stop_file") and os.path.exists(config["stop_file"]):
+            raise StopRequested("the user stopped the sweep")  # the function caught it and returned: still a stop
 
         raise ContractError(f"trial {cfg.trial_id}: {own['entrypoint']} returned after step "
                             f"{int(last['step']) if last else None} without its final report (done, or {cfg.tokens} tokens)")

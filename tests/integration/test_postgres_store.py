@@ -16,21 +16,12 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import read_sweep_runs
-from tests.integration.conftest import run_real_sweep
+from tests.integration.conftest import SIM_SPEC, run_real_sweep
 from tests.integration.services import PostgresServer, pg_binaries
 
 pytestmark = pytest.mark.integration
 
-SPEC = {
-    "name": "pg-sweep",
-    "model": {"n_params": [20000, 50000, 120000]},
-    "tokens": {"per_param": [10, 20]},
-    "learning_rates": [0.01],
-    "batch_sizes": [8192],
-    "trainer": {"backend": "simulated", "world": "tiny"},
-    "eval": {"every": 20},
-    "fit": {"bootstrap": 0},
-}
+SPEC = {**SIM_SPEC, "name": "pg-sweep", "fit": {"bootstrap": 0}}  # 6 simulated trials
 
 
 @pytest.fixture(scope="module")

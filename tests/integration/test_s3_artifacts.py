@@ -14,23 +14,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.tracking import read_sweep_runs
-from tests.integration.conftest import run_real_sweep
+from tests.integration.conftest import SIM_SPEC, run_real_sweep
 from tests.integration.services import S3Server
 
 pytestmark = pytest.mark.integration
 
 BUCKET = "scalesweep-artifacts"
-SPEC = {
-    "name": "s3-sweep",
-    "model": {"n_params": [20000, 50000, 120000]},
-    "tokens": {"per_param": [10, 20]},
-    "learning_rates": [0.01],
-    "batch_sizes": [8192],
-    "trainer": {"backend": "simulated", "world": "tiny"},
-    "eval": {"every": 20},
-    "fit": {"bootstrap": 0},
-    "tracking": {"artifact_location": f"s3://{BUCKET}/mlflow"},
-}
+SPEC = {**SIM_SPEC, "name": "s3-sweep", "fit": {"bootstrap": 0},  # 6 simulated trials
+        "tracking": {"artifact_location": f"s3://{BUCKET}/mlflow"}}
 
 
 @pytest.fixture
@@ -61,8 +52,8 @@ def test_sweep_artifacts_land_in_the_bucket(s3, tmp_path):
     # the bucket, listed over the S3 API: the parent run's artifacts are objects there
     client = s3.client()
     prefix = f"mlflow/{run_id}/artifacts/"
-    keys = {o["Key"][len(prefix):] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-            for o in page.get("Contents", [])}
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    keys = {o["Key"][len(prefix):] for page in pages for o in page.get("Contents", [])}
     for want in ("results/fit.json", "results/proposals.json", "plots/loss_vs_compute.png", "spec/spec.yaml",
                  "summary.md"):
         assert want in keys, sorted(keys)
