@@ -400,6 +400,8 @@ class SweepRegistry:
             where = (f"sweeps track to {self.tracking_uri}" if self.tracking_uri
                      else "each sweep tracks to the MLflow store in its own directory")
             raise ApiError(422, f"invalid spec\n  tracking.uri: set by the server ({where}); leave it out")
+        if isinstance(tracking, dict) and tracking.get("artifact_location") is not None:
+            raise ApiError(422, "invalid spec\n  tracking.artifact_location: set by the server; leave it out")
         if data.get("data", "builtin") != "builtin":
             raise ApiError(422, "invalid spec\n  data: the API trains on the built-in corpus only; run a dataset "
                                 "directory with the CLI")

@@ -69,9 +69,13 @@ class StopRequest:
     (a sweep run by the API server runs in a worker thread: it is stopped another way).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stop_file: Optional[Path] = None) -> None:
         self.signame: Optional[str] = None
         self.hard = False
+        # Written at the request: running trials see it after their next report, save a checkpoint
+        # there and end (trainable._reporter); removed when the sweep starts and when it has stopped.
+        self.stop_file = stop_file
+        self.requested_at: Optional[float] = None
         self.finishing = False  # recording the stop (_finish_interrupted): a further signal waits for it
         self._saved: dict[int, Any] = {}
 
@@ -83,6 +87,17 @@ class StopRequest:
         """Ask the sweep to stop, as the first signal does."""
         if self.signame is None:
             self.signame = signame
+            self.requested_at = time.monotonic()
+            if self.stop_file is not None:
+                try:
+                    self.stop_file.write_text(f"{signame}\n")
+                except OSError:  # trials then end when Tune stops them (checkpoints.stop_timeout_s)
+                    pass
+
+    def clear(self) -> None:
+        """Remove the stop file (a new run of the sweep; a stop fully recorded)."""
+        if self.stop_file is not None:
+            self.stop_file.unlink(missing_ok=True)
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -101,8 +116,8 @@ class StopRequest:
         if not self.requested:
             self.request(name)
             if sys.stderr.isatty():  # a person pressed Ctrl-C: say that it was heard
-                sys.stderr.write(f"\n{name}: stopping the sweep; running trials end at their next report "
-                                 "(press Ctrl-C again to stop at once)\n")
+                sys.stderr.write(f"\n{name}: stopping the sweep; running trials save a checkpoint at their next "
+                                 "report and end (press Ctrl-C again to stop at once)\n")
             return
         if self.hard or self.finishing:  # recording the stop already: let it finish (seconds)
             return
@@ -111,6 +126,11 @@ class StopRequest:
 
 
 _ACTIVE: Optional[StopRequest] = None  # the stop request of the sweep this process runs now
+
+
+def _stop_requested_at() -> Optional[float]:
+    """When (time.monotonic) the user asked the running sweep to stop, or None."""
+    return _ACTIVE.requested_at if _ACTIVE is not None else None
 
 
 def stop_requested() -> bool:
@@ -293,7 +313,8 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
         log.warning("%s; trials wait until the cluster grows", str(exc).splitlines()[-1].strip())
     sweep_dir = prepare_dir(spec, spec_path)
     global _ACTIVE
-    stop = _ACTIVE = StopRequest()
+    stop = _ACTIVE = StopRequest(sweep_dir / STOP_FILE)
+    stop.clear()  # a stale one from a stop that did not finish recording
     stash: dict[str, Any] = {"stop": stop}  # what _run has opened so far: the store, the tracker, the planner
     stop.install()
     pid_file = _write_pid(sweep_dir)
@@ -312,11 +333,13 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
         raise
     finally:
         stop.restore()
+        stop.clear()
         _ACTIVE = None
         if pid_file is not None:
             pid_file.unlink(missing_ok=True)
 
 
+STOP_FILE = "stop-requested"  # in the sweep dir while a user's stop is in progress: see StopRequest
 PID_FILE = "controller.pid"  # "<pid> <host>" of the controller running this sweep: `scalesweep stop DIR`
 
 
@@ -358,7 +381,8 @@ def _finish_interrupted(stash: dict[str, Any], sweep_dir: Path) -> SweepInterrup
     stop: StopRequest = stash["stop"]
     stop.finishing = True
     store, tracker, planner = stash.get("store"), stash.get("tracker"), stash.get("planner")
-    how = "a second signal: stopped at once" if stop.hard else "running trials ended at their next report"
+    how = ("a second signal: stopped at once" if stop.hard
+           else "running trials ended at their next report, with a checkpoint there")
     reason = f"stopped by the user ({stop.signame}; {how}); `scalesweep resume` reruns it from its last checkpoint"
     stopped: list[str] = []
     ended, total = 0, 0
@@ -383,9 +407,20 @@ def _finish_interrupted(stash: dict[str, Any], sweep_dir: Path) -> SweepInterrup
             tracker.set_tags(None, {TAG_INTERRUPTED: f"stopped by the user ({stop.signame}; {how}) after {ended} "
                                                      f"of {total} trials; `scalesweep resume` continues"})
             tracker.close("KILLED", timeout=5.0 if stop.hard else 30.0)
+            _remember_parent(sweep_dir, tracker)  # created after tracker.start gave up waiting: resume reuses it
         except Exception:  # noqa: BLE001 -- MLflow must not turn a stop into a crash
             log.exception("could not end the MLflow run of the stopped sweep")
     return SweepInterrupted(ended, total, stop.signame or "SIGINT", sweep_dir, stop.hard)
+
+
+def _remember_parent(sweep_dir: Path, tracker) -> Optional[str]:
+    """Record the sweep's MLflow parent run in sweep.json, so that `scalesweep resume` reuses it; its id."""
+    run_id = tracker.run_id(None)
+    state_file = sweep_dir / "sweep.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if run_id and state.get("mlflow_parent_run") != run_id:
+        state_file.write_text(json.dumps({**state, "mlflow_parent_run": run_id}))
+    return run_id
 
 
 def ray_capacity() -> tuple[float, float]:
@@ -448,7 +483,8 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     records = {t.trial_id: record_of(t) for t in planner.trials}
 
     tracker = stash["tracker"] = SweepTracker(spec.tracking_uri(), spec.tracking.experiment, spec.name,
-                                              buffer_dir=sweep_dir / "mlflow-spool")
+                                              buffer_dir=sweep_dir / "mlflow-spool",
+                                              artifact_location=spec.artifact_location())
     state_file = sweep_dir / "sweep.json"  # survives a crash: lets a resumed sweep reuse its parent run
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     parent = tracker.start(spec.model_dump(mode="json"), spec_path=spec_path,
@@ -479,6 +515,10 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
             config.update(own=own_trainer_settings(spec), run_dir=str(sweep_dir / "runs" / t.trial_id), N=t.N)
         if report_delay:
             config["report_delay_s"] = report_delay
+        if t.workers == 1 or spec.trainer.backend == "command":
+            # A user's stop: the trial checkpoints after its next report and ends. (Ray Train's workers
+            # report asynchronously to Tune: a checkpoint there could be past the last recorded step.)
+            config["stop_file"] = str(sweep_dir / STOP_FILE)
         return config
 
     def resources(config: dict[str, Any]):
@@ -499,7 +539,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                              stops=scheduler.decisions if scheduler is not None else None,
                              interrupted=stop_requested)
     from .tune.callback import ContractStopper
-    searcher = PlannerSearcher(planner, to_config)
+    searcher = PlannerSearcher(planner, to_config, paused=stop_requested)  # no new trial once stopping
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=max(1, planner.trial_cap),
@@ -513,7 +553,8 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                                   verbose=0,
                                   # a user's trainer that breaks the contract (no first report, ...)
                                   # would fail every trial alike: the sweep ends at the first one
-                                  stop=ContractStopper(callback),
+                                  stop=ContractStopper(callback, stop_timeout_s=spec.checkpoints.stop_timeout_s,
+                                                       requested_at=_stop_requested_at),
                                   # a crashed trial is restarted and resumes from its last checkpoint
                                   failure_config=tune.FailureConfig(max_failures=spec.checkpoints.max_failures)),
     )
@@ -532,9 +573,8 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
         tid, msg = next(iter(callback.contract_errors.items()))
         raise TrainerContractError(f"{msg}\n(the sweep stopped: trial {tid} broke the trial contract; "
                                    f"see docs/trainers.md)")
-    if not parent and tracker.run_id(None):  # MLflow was slow to create the parent run at the start
-        parent = tracker.run_id(None)
-        state_file.write_text(json.dumps({**state, "mlflow_parent_run": parent}))
+    if not parent:  # MLflow was slow to create the parent run at the start
+        parent = _remember_parent(sweep_dir, tracker)
     outcome = summarise(spec, store, tracker, parent, t0, planner.decisions,
                         getattr(planner, "predict_hparams", None), getattr(planner, "hparam_intervals", None))
     tracker.close("FINISHED")

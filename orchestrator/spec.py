@@ -45,6 +45,9 @@ MAX_EVAL_TOKENS = 2**27
 MAX_WORKERS = 4_096
 # Schemes MLflow can track to (a plain path is a local file store).
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+# Where MLflow can keep an experiment's artifacts (its artifact repositories); "" = a local path.
+ARTIFACT_SCHEMES = ("s3", "gs", "wasbs", "abfss", "hdfs", "file", "sftp", "ftp", "mlflow-artifacts", "http", "https")
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # SQLAlchemy stores: artifacts live elsewhere
 # Pseudo-filesystems: a sweep written there fails at the first write (or worse, succeeds).
 _SYSTEM_DIRS = ("/proc", "/sys", "/dev")
 
@@ -369,6 +372,25 @@ class TrackingSpec(_Strict):
     uri: Optional[str] = Field(None, max_length=4096, description="MLflow tracking URI (" + ", ".join(TRACKING_SCHEMES) +
                                                  " or a local path); none = sqlite:///<output_dir>/mlflow.db")
     experiment: str = Field("scalesweep", min_length=1, max_length=200, description="MLflow experiment name")
+    artifact_location: Optional[str] = Field(
+        None, max_length=4096, description="where the experiment keeps its artifacts (fit.json, plots, the spec) "
+        "when this sweep creates it: s3://bucket/prefix (endpoint and keys from MLFLOW_S3_ENDPOINT_URL, "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), gs://, a local path...; none = mlartifacts beside a SQLite "
+        "database, <output_dir>/mlartifacts for a postgresql, mysql or mssql store, the server's choice for http(s)")
+
+    @field_validator("artifact_location")
+    @classmethod
+    def _artifact_scheme(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        _no_control(v, "the artifact location")
+        if not v.strip():
+            raise ValueError("empty location; leave tracking.artifact_location out for the default")
+        scheme = urlparse(v).scheme.lower()
+        if scheme and len(scheme) > 1 and scheme not in ARTIFACT_SCHEMES:  # len 1: a Windows drive letter
+            raise ValueError(f"scheme {scheme!r} is not an MLflow artifact store; use one of "
+                             f"{', '.join(ARTIFACT_SCHEMES)} or a local path")
+        return v
 
     @field_validator("uri")
     @classmethod
@@ -649,6 +671,10 @@ class CheckpointSpec(_Strict):
     enabled: bool = Field(True, description="save checkpoints under <sweep dir>/checkpoints/<trial> (needed to resume a trial)")
     every: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description="steps between checkpoints; none = at every evaluation (eval.every); the last step always")
     max_failures: int = Field(2, ge=0, le=100, description="restarts of a crashed trial from its last checkpoint (Ray Tune and Ray Train FailureConfig)")
+    stop_timeout_s: float = Field(60.0, ge=0, le=86400, description="on a user's stop (Ctrl-C, SIGTERM, `scalesweep "
+                                  "stop`): how long running trials get to reach their next report, save a checkpoint there "
+                                  "and end; then they are stopped where they are (resume continues from their last "
+                                  "checkpoint). A second Ctrl-C stops at once")
 
 
 class SweepSpec(_Strict):
@@ -823,6 +849,19 @@ class SweepSpec(_Strict):
     def tracking_uri(self) -> str:
         """The MLflow tracking URI this sweep logs to."""
         return self.tracking.uri or f"sqlite:///{self.sweep_dir() / 'mlflow.db'}"
+
+    def artifact_location(self) -> Optional[str]:
+        """Where a new MLflow experiment keeps its artifacts: `tracking.artifact_location`, else the
+        sweep directory's mlartifacts for a database store (MLflow's own default there is ./mlruns
+        under whatever directory the first sweep ran in), else None (a SQLite store's tracker puts
+        them beside its database file; an HTTP server or a file store decides)."""
+        if self.tracking.artifact_location:
+            loc = self.tracking.artifact_location
+            return Path(loc).resolve().as_uri() if not urlparse(loc).scheme else loc
+        scheme = urlparse(self.tracking_uri()).scheme.lower().split("+", 1)[0]
+        if scheme in DATABASE_SCHEMES:
+            return (self.sweep_dir() / "mlartifacts").as_uri()
+        return None
 
     def lrs(self) -> list[float]:
         """Peak learning rates, ascending."""

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Any, Callable, Optional
 
 import yaml
@@ -133,6 +134,10 @@ def _check_reachable(spec: SweepSpec) -> list[str]:
             errors.append(f"tracking.uri: {uri} is a relative path; use an absolute shared path "
                           "(sqlite:////shared/mlflow.db), an MLflow server (http://...) or leave it unset "
                           "(mlflow.db in the sweep directory)")
+    loc = spec.tracking.artifact_location
+    if loc and not urlparse(loc).scheme and not Path(loc).is_absolute():
+        errors.append(f"tracking.artifact_location: {loc} is a relative path; use an absolute shared path or an "
+                      "object store (s3://bucket/prefix)")
     if uri is None or not _is_remote_uri(uri):
         warnings.append("MLflow writes to a file store on the shared path; for several users or a UI that stays up, "
                         "use an MLflow tracking server (--tracking-uri http://MLFLOW:5000)")

@@ -113,6 +113,7 @@ class SweepTracker:
         sync_timeout_s: float = 10.0,
         max_backoff_s: float = 30.0,
         client_process: Optional[bool] = None,
+        artifact_location: Optional[str] = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -121,7 +122,8 @@ class SweepTracker:
         self.sync_timeout_s = float(sync_timeout_s)
         self.max_backoff_s = float(max_backoff_s)
         db = _sqlite_path(tracking_uri)
-        self._artifact_location = (db.parent / "mlartifacts").as_uri() if db else None
+        # where a new experiment keeps its artifacts (None: MLflow's default for this store)
+        self._artifact_location = artifact_location or ((db.parent / "mlartifacts").as_uri() if db else None)
         if buffer_dir is None:
             buffer_dir = (
                 db.parent / "mlflow-spool"

@@ -150,6 +150,13 @@ REQUIRED_KEYS = ("step", "tokens", "lr", "train_loss", "eval_loss")
 OPTIONAL_KEYS = ("flops", "tokens_per_s", "step_time_s", "done")
 
 
+class StopRequested(SystemExit):
+    """Raised by `report` after a report was recorded, when the user stopped the sweep (Ctrl-C,
+    SIGTERM, `scalesweep stop`): save a checkpoint at the step just reported, if the trial has a
+    `checkpoint_dir`, and let it propagate (the trial ends; `scalesweep resume` continues from that
+    checkpoint). A SystemExit, as Ray Tune's own stop is: `except Exception` does not swallow it."""
+
+
 class ContractError(ValueError):
     """A trainer broke the trial contract (a report without a required key, a non-number, ...)."""
 

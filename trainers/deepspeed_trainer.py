@@ -34,7 +34,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from trainers.contract import REPORT_KEYS, Reporter, TrialConfig, TrialSummary, task_key
+from trainers.contract import REPORT_KEYS, Reporter, StopRequested, TrialConfig, TrialSummary, task_key
 from trainers.corpus import TokenData, eval_windows, load_data, sample_batch
 from trainers.flops import flops_per_token
 from trainers.model import Shape, build_model, count_params, shape_for
@@ -385,7 +385,14 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
             checkpoint = save(step)
             save_now = False
         if eval_due:
-            report_now(loss_sum / loss_steps, eval_loss, last)
+            try:
+                report_now(loss_sum / loss_steps, eval_loss, last)
+            except StopRequested:
+                # The user stopped the sweep after this report was recorded: a checkpoint here lets
+                # `scalesweep resume` continue from this step (a save is collective: one worker only).
+                if config.checkpoint_dir and world == 1 and not last and not branch_point:
+                    save(step)
+                raise
             reported_final = last
         if save_now and not last:
             # After the report: a process killed between the two resumes from the previous

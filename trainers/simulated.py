@@ -20,8 +20,9 @@ slept: a step takes 6·N·batch / flops_per_s + step_overhead_s seconds.
 
 Checkpoints, like the real trainer's: with `config.checkpoint_dir`, the last report step at or
 past each multiple of `checkpoint_every` is recorded in `simulated.json` there after its report
-(the last step before its report); a trial started again on the same directory (a restarted trial, a
-resumed sweep) sends only the reports after that step. The losses are a function of the config,
+(the last step before its report), and at the step just reported when `report` raises
+`StopRequested` (the user stopped the sweep); a trial started again on the same directory (a
+restarted trial, a resumed sweep) sends only the reports after that step. The losses are a function of the config,
 so a resumed trial reports exactly what an uninterrupted one would have. A WSD branch
 (`config.branch_step`) reports only the steps after its branch point, as the real trainer does.
 """
@@ -36,7 +37,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from trainers.contract import REPORT_KEYS, Reporter, TrialConfig, TrialSummary
+from trainers.contract import REPORT_KEYS, Reporter, StopRequested, TrialConfig, TrialSummary
 from trainers.schedules import lr_array
 from trainers.worlds.world import World, WorldError, load_world
 
@@ -110,13 +111,18 @@ def train(config: TrialConfig, report: Reporter,
             continue  # a WSD branch: its trunk trained (and reported) these steps
         if config.checkpoint_dir and last:  # before the final report, which may end the trial
             _save_step(config.checkpoint_dir, s)
-        report({
-            "step": float(s), "tokens": float(tokens), "flops": 6.0 * N * tokens,
-            "lr": float(config.lr * r[s - 1]),
-            "train_loss": math.nan if bad else float(train_loss[i]),
-            "eval_loss": math.nan if bad else float(eval_loss[i]),
-            "tokens_per_s": tokens_per_s, "step_time_s": (s - config.branch_step) * step_s, "done": float(last),
-        })
+        try:
+            report({
+                "step": float(s), "tokens": float(tokens), "flops": 6.0 * N * tokens,
+                "lr": float(config.lr * r[s - 1]),
+                "train_loss": math.nan if bad else float(train_loss[i]),
+                "eval_loss": math.nan if bad else float(eval_loss[i]),
+                "tokens_per_s": tokens_per_s, "step_time_s": (s - config.branch_step) * step_s, "done": float(last),
+            })
+        except StopRequested:  # the user stopped the sweep after this report was recorded: resume from here
+            if config.checkpoint_dir and not last and not bad:
+                _save_step(config.checkpoint_dir, s)
+            raise
         if config.checkpoint_dir and crossed and not last:  # after the report: killed in between, it re-sends it
             _save_step(config.checkpoint_dir, s)
     steps = int(ends[-1])

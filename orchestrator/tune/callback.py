@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -67,13 +68,16 @@ class SweepCallback(Callback):
         # True once the user asked the sweep to stop (controller.StopRequest): a trial that ends
         # early then is `stopped-by-user` (resumed later), not stopped by a scheduler or failed
         self.interrupted = interrupted or _never
+        # running trials that end by themselves on a user's stop, after a checkpoint (a `stop_file`)
+        self.checkpointing: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; the live handles (store
         # buffer, MLflow threads, display) are rebuilt by `scalesweep resume`, not unpickled.
         return {"records": self.records, "last": self.last, "decisions": self.decisions, "stops": {},
                 "logged": self.logged, "restarts": self.restarts, "store": None, "tracker": None, "progress": None,
-                "contract_errors": {}, "interrupted": self.interrupted}  # a module function: pickles by name
+                "contract_errors": {}, "interrupted": self.interrupted,  # a module function: pickles by name
+                "checkpointing": set()}
 
     @staticmethod
     def _tid(trial) -> str:
@@ -84,6 +88,8 @@ class SweepCallback(Callback):
         record = self.records[tid]
         why = self.decisions.get(tid)
         self.store.set_status(tid, "running", config=record, summary={"decision": why} if why else None)
+        if trial.config.get("stop_file"):
+            self.checkpointing.add(tid)
         if self.tracker is not None:
             # enqueued only: the run is created on the tracker thread, never on Tune's event loop
             from ..run_names import run_name, varying
@@ -114,6 +120,7 @@ class SweepCallback(Callback):
 
     def _end(self, trial, status: str, summary: dict[str, Any]) -> None:
         tid = self._tid(trial)
+        self.checkpointing.discard(tid)
         if tid in self.restarts:
             summary = {**summary, "restarts": self.restarts[tid]}
         process = _process_exit(trial)
@@ -190,17 +197,29 @@ class SweepCallback(Callback):
 
 class ContractStopper(Stopper):
     """Ends the sweep once a user's trainer broke the trial contract (every trial would, alike), or
-    once the user asked it to stop."""
+    once the user asked it to stop: at once when no running trial can checkpoint by itself, else
+    once those have saved a checkpoint at their next report and ended, or `stop_timeout_s` after
+    the request (`requested_at()`: its time.monotonic, None before); then Tune stops the rest
+    where they are (they resume from their last checkpoint)."""
 
-    def __init__(self, callback: SweepCallback):
+    def __init__(self, callback: SweepCallback, stop_timeout_s: float = 0.0,
+                 requested_at: Optional[Callable[[], Optional[float]]] = None):
         self.callback = callback
+        self.stop_timeout_s = float(stop_timeout_s)
+        self.requested_at = requested_at
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        # a stop request (Ctrl-C, SIGTERM) ends the sweep the same way: Tune stops every trial
-        return bool(self.callback.contract_errors) or self.callback.interrupted()
+        if self.callback.contract_errors:
+            return True
+        if not self.callback.interrupted():
+            return False
+        # a stop request (Ctrl-C, SIGTERM): Tune stops every trial once those checkpointing have ended
+        at = self.requested_at() if self.requested_at is not None else None
+        return (not self.callback.checkpointing or at is None
+                or time.monotonic() - at >= self.stop_timeout_s)
 
 
 def _never() -> bool:

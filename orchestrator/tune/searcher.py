@@ -20,13 +20,16 @@ class PlannerSearcher(Searcher):
     """
 
     def __init__(self, planner: GridPlanner, to_config: Callable[[PlannedTrial], dict[str, Any]],
-                 metric: str = "eval_loss", mode: str = "min"):
+                 metric: str = "eval_loss", mode: str = "min", paused: Optional[Callable[[], bool]] = None):
         super().__init__(metric=metric, mode=mode)
         self.planner = planner
         self.to_config = to_config
+        self.paused = paused  # True: start no new trial (the sweep is stopping)
         self.assigned: dict[str, PlannedTrial] = {}  # Tune trial id -> planned trial
 
     def suggest(self, trial_id: str) -> Optional[dict]:
+        if self.paused is not None and self.paused():
+            return None  # Tune asks again later; the stopper ends the sweep meanwhile
         trial = self.planner.next_trial()
         if trial is None:
             return Searcher.FINISHED

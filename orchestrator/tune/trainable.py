@@ -37,16 +37,27 @@ PID_FILE = "worker-{rank}.pid"  # in the trial's checkpoint dir: which process r
 
 
 def _reporter(config: dict[str, Any], send):
-    """`send` for every report, slowed by `report_delay_s` when the config asks (tests only)."""
+    """`send` for every report, slowed by `report_delay_s` when the config asks (tests only), raising
+    `StopRequested` after a report once the controller's `stop_file` exists (the user stopped the sweep).
+
+    Tune's function API reports synchronously: `send` returns once the controller has taken the
+    report, so a checkpoint the trainer saves on `StopRequested` is at a recorded step.
+    """
     delay = float(config.get("report_delay_s") or 0.0)
-    if delay <= 0:
+    stop_file = config.get("stop_file")
+    if delay <= 0 and not stop_file:
         return send
 
-    def slow(metrics):
+    def report(metrics):
         send(metrics)
-        time.sleep(delay)
+        if delay > 0:
+            time.sleep(delay)
+        if stop_file and os.path.exists(stop_file):
+            from trainers.contract import StopRequested
 
-    return slow
+            raise StopRequested("the user stopped the sweep")
+
+    return report
 
 
 def _write_pid(cfg: TrialConfig, rank: int) -> None:
@@ -70,13 +81,20 @@ def run_trial(config: dict[str, Any]) -> None:
     """
     from ray import tune
 
+    from trainers.contract import StopRequested
+
     cfg = TrialConfig.from_dict(config["trial"])
-    if config.get("backend") == "command" or (config.get("backend") == "python" and cfg.workers == 1):
-        _run_own(cfg, config, _reporter(config, lambda metrics: tune.report(dict(metrics))))
-        return
-    if cfg.workers == 1:
-        _write_pid(cfg, 0)
-        _backend(config)(cfg, _reporter(config, lambda metrics: tune.report(dict(metrics))))
+    try:
+        if config.get("backend") == "command" or (config.get("backend") == "python" and cfg.workers == 1):
+            _run_own(cfg, config, _reporter(config, lambda metrics: tune.report(dict(metrics))))
+            return
+        if cfg.workers == 1:
+            _write_pid(cfg, 0)
+            _backend(config)(cfg, _reporter(config, lambda metrics: tune.report(dict(metrics))))
+            return
+    except StopRequested:
+        # The user stopped the sweep and the trainer saved its checkpoint: end without a final
+        # report (the controller records the trial stopped-by-user; not an error Tune would retry).
         return
     _run_torch_trainer(cfg, config)
 
@@ -195,7 +213,10 @@ def _run_own(cfg: TrialConfig, config: dict[str, Any], send) -> None:
 
     fn(cfg, report)
     if not last or last["done"] < 1.0:
-        from trainers.contract import ContractError
+        from trainers.contract import ContractError, StopRequested
+
+        if config.get("stop_file") and os.path.exists(config["stop_file"]):
+            raise StopRequested("the user stopped the sweep")  # the function caught it and returned: still a stop
 
         raise ContractError(f"trial {cfg.trial_id}: {own['entrypoint']} returned after step "
                             f"{int(last['step']) if last else None} without its final report (done, or {cfg.tokens} tokens)")

@@ -32,6 +32,8 @@ BAD = [
     ("bootstrap-1e9", spec(fit={"bootstrap": 10**9}), "fit.bootstrap"),
     ("tracking-uri-sqlite", spec(tracking={"uri": "sqlite:////tmp/pwned_by_api_client.db"}), "tracking.uri"),
     ("tracking-uri-http", spec(tracking={"uri": "http://169.254.169.254/"}), "tracking.uri"),
+    ("artifact-location", spec(tracking={"artifact_location": "/tmp/pwned_by_api_client"}),
+     "tracking.artifact_location"),
     ("data-etc", spec(data="/etc"), "data"),
     ("name-300", spec(name="x" * 300), "name"),
     ("world-path", spec(trainer={"backend": "simulated", "world": "/etc/hostname"}), "trainer.world"),
@@ -116,7 +118,7 @@ def test_a_server_tracking_uri_is_every_sweeps(tmp_path):
         r = c.post("/sweeps", json=spec(name="other", tracking={"uri": "sqlite:////tmp/mine.db"}))
         assert r.status_code == 422 and f"sweeps track to {uri}" in r.json()["detail"]
     written = yaml.safe_load((tmp_path / "root" / "bounded" / "spec.yaml").read_text())
-    assert written["tracking"] == {"uri": uri, "experiment": "lab"}
+    assert {k: v for k, v in written["tracking"].items() if v is not None} == {"uri": uri, "experiment": "lab"}
 
 
 def test_serve_refuses_a_tracking_uri_mlflow_cannot_use(tmp_path):
