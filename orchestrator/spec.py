@@ -371,7 +371,8 @@ class TrackingSpec(_Strict):
 
     uri: Optional[str] = Field(None, max_length=4096, description="MLflow tracking URI (" + ", ".join(TRACKING_SCHEMES) +
                                                  " or a local path); none = sqlite:///<output_dir>/mlflow.db")
-    experiment: str = Field("scalesweep", min_length=1, max_length=200, description="MLflow experiment name")
+    experiment: Optional[str] = Field(None, min_length=1, max_length=200,
+                                      description="MLflow experiment name; none = the sweep's name (one experiment per sweep)")
     artifact_location: Optional[str] = Field(
         None, max_length=4096, description="where the experiment keeps its artifacts (fit.json, plots, the spec) "
         "when this sweep creates it: s3://bucket/prefix (endpoint and keys from MLFLOW_S3_ENDPOINT_URL, "
@@ -410,8 +411,8 @@ class TrackingSpec(_Strict):
 
     @field_validator("experiment")
     @classmethod
-    def _experiment(cls, v: str) -> str:
-        return _no_control(v, "the experiment name")
+    def _experiment(cls, v: Optional[str]) -> Optional[str]:
+        return v if v is None else _no_control(v, "the experiment name")
 
 
 class FitSpec(_Strict):

@@ -43,7 +43,7 @@ def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 
 
 def _parent(sweep_dir: Path, name: str):
-    parent, _ = read_sweep_runs(f"sqlite:///{sweep_dir / 'mlflow.db'}", name, "scalesweep")
+    parent, _ = read_sweep_runs(f"sqlite:///{sweep_dir / 'mlflow.db'}", name, name)
     return parent
 
 

@@ -103,7 +103,7 @@ def _check_stopped(code: int, want_code: int, output: str, sweep_dir: Path, befo
     assert int(ended) == sum(1 for r in trials.values() if r["status"] == "finished")
     assert set(before) - by_user <= {t for t, r in trials.items() if r["status"] == "finished"}
 
-    parent, children = read_sweep_runs(f"sqlite:///{sweep_dir / 'mlflow.db'}", SPEC["name"], "scalesweep")
+    parent, children = read_sweep_runs(f"sqlite:///{sweep_dir / 'mlflow.db'}", SPEC["name"], SPEC["name"])
     assert parent.info.status == "KILLED"
     tag = parent.data.tags["scalesweep.interrupted"]
     assert "stopped by the user" in tag and ("stopped at once" in tag or "ended at their next report" in tag), tag
@@ -154,5 +154,5 @@ def test_ctrl_c_then_sigterm_then_resume_finishes(tmp_path):
         steps = [row["step"] for row in store.observations(t.trial_id).to_pylist()]
         assert steps == list(range(2, 33, 2)), (t.trial_id, steps)  # one row per reported step, none missing
     assert (sweep_dir / "fit.json").exists()
-    parent, _ = read_sweep_runs(f"sqlite:///{sweep_dir / 'mlflow.db'}", SPEC["name"], "scalesweep")
+    parent, _ = read_sweep_runs(f"sqlite:///{sweep_dir / 'mlflow.db'}", SPEC["name"], SPEC["name"])
     assert parent.info.status == "FINISHED"

@@ -1,6 +1,7 @@
 """What a user sees of a small simulated sweep: the CLI piped to a file (run, status, propose,
-fit) and the MLflow parent run opened with MlflowClient (law metrics per refit, the proposals
-table, summary.md with the warnings, useful_work_fraction <= 1, run names).
+fit) and the sweep's MLflow experiment opened with MlflowClient (law metrics per refit, the
+proposals table, summary.md with the warnings, useful_work_fraction <= 1, run names, distinct
+outcomes, only real metrics charted).
 
 One real sweep (Ray Tune on a 2-CPU local cluster, the simulated trainer, MLflow on SQLite),
 run and then resumed through the CLI; seconds, not minutes.
@@ -17,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import get_app
-from orchestrator.tracking import read_sweep_runs
+from orchestrator.tracking import OUTCOMES, read_sweep_runs
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,8 @@ SPEC = {
     "model": {"n_params": [20000, 50000, 120000]},
     # two token counts: too few to identify the D term, so the fit warns (the warning must show)
     "tokens": {"values": [400000, 1600000]},
-    "learning_rates": [0.01, 0.03],
+    # 2.0 is past the tiny world's divergence threshold: those trials diverge (a distinct outcome)
+    "learning_rates": [0.01, 0.03, 2.0],
     "batch_sizes": [8192],
     "trainer": {"backend": "simulated", "world": "tiny"},
     "eval": {"every": 50},
@@ -165,9 +167,29 @@ def test_mlflow_parent_run_tells_the_sweep(sweep):
     for w in ws:
         assert w in md and w in parent.data.tags["scalesweep.warnings"]
 
+    # one experiment per sweep, named after it
+    assert MlflowClient(uri).get_experiment(parent.info.experiment_id).name == "view"
+    assert parent.info.status == "FINISHED" and parent.data.tags["scalesweep.outcome"] == "finished"
+
+    # each trial's end: the store's status, a distinct outcome tag, the documented MLflow status
+    status = json.loads(CliRunner().invoke(get_app(), ["status", str(sweep["dir"]), "--json"]).stdout)
+    store = {t["trial_id"]: t["status"] for t in status["trials"]}
+    outcomes = {}
+    for c in children:
+        tid = c.data.tags["scalesweep.trial_id"]
+        assert c.data.tags["scalesweep.status"] == store[tid]
+        outcome, mlflow_status = OUTCOMES[store[tid]]
+        assert (c.data.tags["scalesweep.outcome"], c.info.status) == (outcome, mlflow_status), tid
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        # only real metrics are charted: no `done` flag, no `step` copy, no cumulative step time
+        assert not {"done", "step", "step_time_s"} & set(c.data.metrics), c.data.metrics
+        if outcome == "finished":
+            assert c.data.metrics["train_s"] > 0
+    assert outcomes == {"finished": 12, "diverged": 6}, outcomes
+
     # run names say what differs (size, tokens, and lr: the only setting that varies here)
     names = {c.info.run_name for c in children}
-    assert len(names) == len(children) == 12
+    assert len(names) == len(children) == 18
     for c in children:
         p = c.data.params
         assert c.info.run_name.startswith("N") and " D" in c.info.run_name

@@ -17,6 +17,9 @@ from tests.integration.conftest import MlflowServer, free_port
 
 pytestmark = pytest.mark.integration
 
+# The helper process that serves a SQLite store imports MLflow first (~20 s on a loaded 2-core
+# machine): waiting longer than the default 10 s keeps the run ids these tests compare.
+SYNC = 120
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPEC = {"name": "t", "model": {"family": "gpt", "n_params": [20_000, 80_000, 320_000]},
         "lrs": [1e-3, 3e-3], "note": "x" * 7000}
@@ -54,7 +57,7 @@ def _figure() -> Figure:
 
 def test_parent_children_metrics_params_artifacts(sqlite_uri, tmp_path):
     steps = {0: 40, 1: 40, 2: 1200}  # trial 2 needs several 1000-metric batches
-    with SweepTracker(sqlite_uri, "scaling", "sweep-a", flush_interval_s=0.05) as tr:
+    with SweepTracker(sqlite_uri, "scaling", "sweep-a", flush_interval_s=0.05, sync_timeout_s=SYNC) as tr:
         parent_id = tr.start(SPEC)
         assert parent_id
         ids = {}
@@ -108,13 +111,13 @@ def test_parent_children_metrics_params_artifacts(sqlite_uri, tmp_path):
         assert [m.value for m in hist] == [_report(t, s)["train_loss"] for s in range(steps[t])]
         evals = client.get_metric_history(child.info.run_id, "eval_loss")
         assert [m.step for m in evals] == list(range(0, steps[t], 10))  # NaNs skipped
-        assert set(child.data.metrics) == {"step", "tokens", "flops", "lr", "train_loss",
-                                           "eval_loss", "tokens_per_s"}
+        # `step` is MLflow's step axis, not a metric of its own
+        assert set(child.data.metrics) == {"tokens", "flops", "lr", "train_loss", "eval_loss", "tokens_per_s"}
 
 
 def test_tags_ride_with_metrics_and_a_later_value_wins(sqlite_uri):
     """A trial's tags and metrics queued together go in one log_batch per run, in op order."""
-    with SweepTracker(sqlite_uri, "scaling", "sweep-tags", flush_interval_s=60) as tr:
+    with SweepTracker(sqlite_uri, "scaling", "sweep-tags", flush_interval_s=60, sync_timeout_s=SYNC) as tr:
         tr.start(SPEC)
         run_id = tr.start_trial("t0", {"lr": 1e-3})
         for s in range(3):
@@ -133,27 +136,81 @@ def test_tags_ride_with_metrics_and_a_later_value_wins(sqlite_uri):
     assert MlflowClient(sqlite_uri).get_run(tr.parent_run_id).data.tags["sweep.note"] == "parent tags too"
 
 
+def test_outcomes_branch_links_and_real_metrics(sqlite_uri):
+    """Each store status ends its run with a distinct outcome tag and the documented MLflow status;
+    a WSD branch names its trunk's run and its branch point; `done` and `step` are not charted and
+    the cumulative `step_time_s` becomes one `train_s` point; the sweep has its own experiment."""
+    want = {"finished": ("FINISHED", "finished"), "failed": ("FAILED", "failed"),
+            "diverged": ("FAILED", "diverged"), "stopped": ("KILLED", "pruned"),
+            "stopped-by-user": ("KILLED", "stopped-by-user")}
+    with SweepTracker(sqlite_uri, None, "sweep-o", flush_interval_s=0.05, sync_timeout_s=SYNC,
+                      client_process=False) as tr:
+        tr.start(SPEC)
+        trunk = tr.start_trial("trunk", {"N": 20_000, "D": 80_000, "checkpoint_steps": [10, 20]})
+        branch = tr.start_trial("trunk-b10", {"N": 20_000, "D": 40_000, "branch_of": "trunk", "branch_step": 10,
+                                              "branch_flops": 4.8e10})
+        for s in range(1, 4):
+            tr.log_metrics("trunk-b10", {**_report(0, 10 + s), "done": float(s == 3), "step_time_s": 0.5 * s},
+                           step=10 + s)
+        for status in want:
+            tr.start_trial(status, {"lr": 1e-3})
+            # the callback's (pre-mapping) MLflow status: everything but finished/failed was KILLED
+            tr.end_trial(status, "FINISHED" if status == "finished" else "KILLED", {"scalesweep.status": status})
+        tr.end_trial("trunk-b10", "FINISHED", {"scalesweep.status": "finished"})
+        assert tr.flush(timeout=60)
+    client = MlflowClient(sqlite_uri)
+    parent, children = read_sweep_runs(sqlite_uri, "sweep-o", "sweep-o")  # the experiment is the sweep's
+    assert parent.info.status == "FINISHED" and parent.data.tags["scalesweep.outcome"] == "finished"
+    runs = {c.data.tags["scalesweep.trial_id"]: c for c in children}
+    for status, (mlflow_status, outcome) in want.items():
+        assert (runs[status].info.status, runs[status].data.tags["scalesweep.outcome"]) == (mlflow_status, outcome)
+    assert len({runs[s].data.tags["scalesweep.outcome"] for s in want}) == len(want)
+    tags = runs["trunk-b10"].data.tags
+    assert tags["scalesweep.trunk_run_id"] == trunk and tags["scalesweep.trunk_trial_id"] == "trunk"
+    assert tags["scalesweep.branch_step"] == "10" and float(tags["scalesweep.branch_flops"]) == 4.8e10
+    assert "scalesweep.trunk_run_id" not in runs["trunk"].data.tags
+    metrics = runs["trunk-b10"].data.metrics
+    assert not {"done", "step", "step_time_s"} & set(metrics)
+    assert [(m.step, m.value) for m in client.get_metric_history(branch, "train_s")] == [(13, 1.5)]
+    assert [m.step for m in client.get_metric_history(branch, "train_loss")] == [11, 12, 13]
+
+    # a sweep resumed from an older layout (a shared experiment) keeps its runs where they are
+    with SweepTracker(sqlite_uri, "scaling", "sweep-old", flush_interval_s=0.05, sync_timeout_s=SYNC,
+                      client_process=False) as old:
+        old_parent = old.start(SPEC)
+        old.start_trial("a", {"lr": 1})
+    with SweepTracker(sqlite_uri, None, "sweep-old", flush_interval_s=0.05, sync_timeout_s=SYNC,
+                      client_process=False) as tr:
+        assert tr.start(SPEC, resume_run_id=old_parent) == old_parent
+        tr.start_trial("a", {"lr": 1})
+        tr.start_trial("b", {"lr": 2})
+        tr.close("KILLED")
+    parent, children = read_sweep_runs(sqlite_uri, "sweep-old", "scaling")
+    assert parent.info.run_id == old_parent and len(children) == 2
+    assert client.get_experiment_by_name("sweep-old") is None
+    assert parent.data.tags["scalesweep.outcome"] == "stopped-by-user"
+    assert {c.data.tags["scalesweep.outcome"] for c in children} == {"interrupted"}
+
+
 def _crash(tracker: SweepTracker) -> None:
     """The controller dies after the tracker delivered what it had: no end is ever sent."""
     assert tracker.flush(timeout=30)
-    tracker._stopping = True
-    tracker._wake.set()
-    tracker._thread.join(timeout=10)
+    assert tracker._queue.stop(timeout=10)
 
 
 def test_resumed_tracker_ends_runs_a_crash_left_running(sqlite_uri):
     """Trials that ended while their end never reached MLflow (a killed controller) are closed on
     resume with their store status; a run this tracker restarts, and other sweeps' runs, are left alone."""
-    other = SweepTracker(sqlite_uri, "scaling", "other", flush_interval_s=0.05)
+    other = SweepTracker(sqlite_uri, "scaling", "other", flush_interval_s=0.05, sync_timeout_s=SYNC)
     other.start(SPEC)
     other_a = other.start_trial("a", {"lr": 1})
     _crash(other)
-    crashed = SweepTracker(sqlite_uri, "scaling", "sweep-c", flush_interval_s=0.05)
+    crashed = SweepTracker(sqlite_uri, "scaling", "sweep-c", flush_interval_s=0.05, sync_timeout_s=SYNC)
     parent = crashed.start(SPEC)
     ids = {t: crashed.start_trial(t, {"lr": 1}) for t in ("a", "b", "c")}
     _crash(crashed)
 
-    with SweepTracker(sqlite_uri, "scaling", "sweep-c", flush_interval_s=0.05) as tr:
+    with SweepTracker(sqlite_uri, "scaling", "sweep-c", flush_interval_s=0.05, sync_timeout_s=SYNC) as tr:
         assert tr.start(SPEC, resume_run_id=parent) == parent
         tr.start_trial("c", {"lr": 1})  # interrupted: rerun by the resumed sweep
         tr.end_stale_trials({"a": ("FINISHED", {"scalesweep.status": "finished"}),
@@ -168,13 +225,13 @@ def test_resumed_tracker_ends_runs_a_crash_left_running(sqlite_uri):
 
 
 def test_restart_reuses_parent_and_trial_runs(sqlite_uri):
-    with SweepTracker(sqlite_uri, "scaling", "sweep-b", flush_interval_s=0.05) as tr:
+    with SweepTracker(sqlite_uri, "scaling", "sweep-b", flush_interval_s=0.05, sync_timeout_s=SYNC) as tr:
         parent_id = tr.start(SPEC)
         run_id = tr.start_trial("trial_0", {"lr": 1e-3})
         for s in range(5):
             tr.log_metrics("trial_0", {"train_loss": 10.0 - s}, s)
     # A new process (controller resumed): the same parent and child runs continue.
-    with SweepTracker(sqlite_uri, "scaling", "sweep-b", flush_interval_s=0.05) as tr2:
+    with SweepTracker(sqlite_uri, "scaling", "sweep-b", flush_interval_s=0.05, sync_timeout_s=SYNC) as tr2:
         assert tr2.start(SPEC, resume_run_id=parent_id) == parent_id
         assert tr2.start_trial("trial_0", {"lr": 1e-3}) == run_id
         for s in range(5, 8):
@@ -192,7 +249,7 @@ def test_restart_reuses_parent_and_trial_runs(sqlite_uri):
     tr2.log_metrics("trial_0", {"late_metric": 1.5}, 9)
     tr2.set_tags(None, {"late": "yes"})
     assert tr2.spool_path.exists()
-    with SweepTracker(sqlite_uri, "scaling", "sweep-b", flush_interval_s=0.05) as tr3:
+    with SweepTracker(sqlite_uri, "scaling", "sweep-b", flush_interval_s=0.05, sync_timeout_s=SYNC) as tr3:
         assert tr3.stats["replayed"] == 2 and tr3.flush(timeout=30)
     assert not tr3.spool_path.exists()
     parent, children = read_sweep_runs(sqlite_uri, "sweep-b")

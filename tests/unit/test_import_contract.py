@@ -27,10 +27,6 @@ FORBIDDEN = ("torch", "ray", "mlflow", "fastapi", "pydantic", "deepspeed", "pand
 # Imports deferred into a function that would close an import cycle at module level:
 # (importer, imported) -> why it stays. Remove an entry when its cycle goes; a new one needs a reason.
 DEFERRED_CYCLES = {
-    **{("orchestrator.cli", f"orchestrator.cli.{m}"): "command modules register their commands on the app "
-       "defined in orchestrator.cli.app; get_app() imports them on demand"
-       for m in ("curve_commands", "downstream_commands", "fit_commands", "hparam_commands",
-                 "job_commands", "serve_commands", "sweep_commands")},
     ("orchestrator.planner", "orchestrator.search"): "make_planner picks the strategy, and the law-guided "
         "planner builds on the grid planner's functions; goes when planning strategies get their own "
         "modules behind one factory (issue 15, the planner split)",
@@ -123,8 +119,12 @@ def _imports(name: str, path: Path, is_pkg: bool, known: set[str]) -> tuple[set[
         return [base] + [f"{base}.{a.name}" for a in node.names]  # `from p import m` may name a module
 
     def ours(target: str) -> list[str]:
+        # `import a.b.c` also imports a and a.b, except the importer's own parent packages: Python
+        # has started those before the importer runs, so a package that imports its submodules in
+        # its __init__ is not a cycle
         parts = target.split(".")
-        return [m for m in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if m in known and m != name]
+        return [m for m in (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+                if m in known and m != name and not name.startswith(m + ".")]
 
     eager: set[str] = set()
     deferred: set[tuple[str, int]] = set()

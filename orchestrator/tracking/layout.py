@@ -1,0 +1,145 @@
+"""The MLflow run layout of a sweep: tag names, MLflow's limits, which report keys are metrics,
+and how a run's end reads (the `outcome` tag beside MLflow's three statuses).
+
+Pure: no MLflow import, so the layout can be read (docs, tests) without a tracking client.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+# MLflow's limits (mlflow.utils.validation); values longer than these are truncated here
+# because a rejected batch would otherwise be dropped as a whole.
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_PARAM_VAL_LENGTH = 6000
+MAX_TAG_VAL_LENGTH = 8000
+MAX_KEY_LENGTH = 250
+
+TAG_SWEEP = "scalesweep.sweep"
+TAG_KIND = "scalesweep.kind"
+TAG_TRIAL = "scalesweep.trial_id"
+TAG_TOKEN = "scalesweep.create_token"
+TAG_NONFINITE = "scalesweep.nonfinite_metrics"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_STATUS = "scalesweep.status"  # the store's status of a trial (orchestrator.store.TRIAL_STATES)
+TAG_OUTCOME = "scalesweep.outcome"  # how a run ended, one word per case (OUTCOMES)
+TAG_TRUNK_TRIAL = "scalesweep.trunk_trial_id"  # a WSD branch: its trunk's trial id ...
+TAG_TRUNK_RUN = "scalesweep.trunk_run_id"  # ... the trunk's MLflow run id ...
+TAG_BRANCH_STEP = "scalesweep.branch_step"  # ... the trunk's step the branch starts from ...
+TAG_BRANCH_FLOPS = "scalesweep.branch_flops"  # ... and the FLOPs the trunk spent to get there
+
+# Report keys that are bookkeeping, not measurements: `step` is MLflow's step axis and `done`
+# a flag; charting them drew a staircase and a step function beside the losses.
+NOT_METRICS = frozenset({"step", "done"})
+# A cumulative counter (seconds inside training steps): a rising line says nothing per report.
+# Its last value is logged once when the run ends, as TRAIN_SECONDS.
+CUMULATIVE_SECONDS = "step_time_s"
+TRAIN_SECONDS = "train_s"
+
+# Store status of a trial -> (outcome tag, MLflow status). MLflow has only FINISHED, FAILED
+# and KILLED: the outcome tag tells the five endings apart.
+OUTCOMES: dict[str, tuple[str, str]] = {
+    "finished": ("finished", "FINISHED"),
+    "failed": ("failed", "FAILED"),  # crashed, or broke the trial contract
+    "diverged": ("diverged", "FAILED"),  # non-finite or exploding loss
+    "stopped": ("pruned", "KILLED"),  # ended early by the pruner (or a scheduler)
+    "stopped-by-user": ("stopped-by-user", "KILLED"),  # Ctrl-C / `scalesweep stop`; resume reruns it
+}
+# MLflow status of a run ended without a store status (the sweep's parent; trials still open
+# when the sweep's run closes) -> its outcome.
+OUTCOME_OF_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "stopped-by-user"}
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+def trial_end(status: str, tags: Mapping[str, Any]) -> tuple[str, str]:
+    """(MLflow status, outcome) of a trial's run ending with `status` and `tags`.
+
+    The store's status in `tags` (TAG_STATUS) decides when present; an explicit outcome tag
+    is kept; otherwise the outcome follows the MLflow status.
+
+    >>> trial_end("KILLED", {"scalesweep.status": "diverged"})
+    ('FAILED', 'diverged')
+    >>> trial_end("FINISHED", {})
+    ('FINISHED', 'finished')
+    """
+    if status not in RUN_STATUSES:
+        raise ValueError(f"status must be FINISHED, FAILED or KILLED, not {status!r}")
+    known = OUTCOMES.get(str(tags.get(TAG_STATUS, "")))
+    if known is not None:
+        return known[1], known[0]
+    return status, str(tags.get(TAG_OUTCOME) or OUTCOME_OF_STATUS[status])
+
+
+def branch_tags(params: Mapping[str, Any]) -> dict[str, str]:
+    """The tags that link a WSD branch's run to its trunk (empty for any other trial).
+
+    >>> branch_tags({"branch_of": "trunk-1", "branch_step": 120, "branch_flops": 3.5e12})
+    {'scalesweep.trunk_trial_id': 'trunk-1', 'scalesweep.branch_step': '120', 'scalesweep.branch_flops': '3.5e+12'}
+    """
+    trunk = params.get("branch_of")
+    if not trunk:
+        return {}
+    return {TAG_TRUNK_TRIAL: str(trunk), TAG_BRANCH_STEP: str(int(params.get("branch_step") or 0)),
+            TAG_BRANCH_FLOPS: f"{float(params.get('branch_flops') or 0.0):.6g}"}
+
+
+def flatten_params(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping -> {"a.b.c": str(value)} with MLflow's key/value length limits.
+
+    >>> flatten_params({"model": {"n_params": [1, 2]}, "lr": 0.1})
+    {'model.n_params': '[1,2]', 'lr': '0.1'}
+    """
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(flatten_params(v, key))
+            continue
+        if isinstance(v, (list, tuple, Mapping)):
+            text = json.dumps(v, default=str, separators=(",", ":"))
+        else:
+            text = str(v)
+        out[key[:MAX_KEY_LENGTH]] = text[:MAX_PARAM_VAL_LENGTH]
+    return out
+
+
+def tag_values(tags: Mapping[str, Any]) -> dict[str, str]:
+    """Tags as MLflow strings within its key and value limits."""
+    return {str(k)[:MAX_KEY_LENGTH]: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in tags.items()}
+
+
+def quote(s: str) -> str:
+    """A value inside a single-quoted MLflow search filter."""
+    return s.replace("'", "\\'")
+
+
+def plain(obj: Any) -> Any:
+    """JSON/YAML-safe copy: numpy scalars to Python, non-finite floats to None.
+
+    >>> plain({"a": (1.0, float("nan"))})
+    {'a': [1.0, None]}
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays and scalars
+        return plain(obj.tolist())
+    if hasattr(obj, "to_json") and callable(obj.to_json):  # FitResult and friends
+        return plain(obj.to_json())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def metric_value(value: Any) -> Optional[float]:
+    """A report value as a float (None when it is not a number)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
