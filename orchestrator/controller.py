@@ -535,8 +535,9 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     if not parent and tracker.run_id(None):  # MLflow was slow to create the parent run at the start
         parent = tracker.run_id(None)
         state_file.write_text(json.dumps({**state, "mlflow_parent_run": parent}))
+    advice = planner.hparam_advice()
     outcome = summarise(spec, store, tracker, parent, t0, planner.decisions,
-                        getattr(planner, "predict_hparams", None), getattr(planner, "hparam_intervals", None))
+                        advice.predict if advice else None, advice.intervals if advice else None)
     tracker.close("FINISHED")
     return outcome
 
