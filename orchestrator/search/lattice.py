@@ -111,6 +111,28 @@ class SearchCell:
             return left[:1]
         return [q for q in self.neighbours(best, square) if not self.tried(q)]
 
+    def scan(self, scan_points: int) -> None:
+        """Queue a coarse lr scan (no law yet): `scan_points` lrs spread over the lattice at the middle batch."""
+        jm = len(self.batches) // 2
+        avail = [i for i in range(len(self.lrs)) if self.available((i, jm))]
+        if not avail:
+            avail = sorted({p[0] for p in self.trials})
+            jm = min((p[1] for p in self.trials if p[0] in avail), key=lambda j: abs(j - jm))
+        k = min(scan_points, len(avail))
+        picks = [avail[int(round(x))] for x in np.linspace(0, len(avail) - 1, k)] if k > 1 else [avail[len(avail) // 2]]
+        self.queue = [p for p in dict.fromkeys((i, jm) for i in picks) if self.available(p)]
+        self.start, self.start_from = (picks[len(picks) // 2], jm), "coarse scan"
+        for p in self.queue:
+            self.why[p] = f"initial design: coarse lr scan ({len(self.queue)} lrs, batch {self.batches[jm]})"
+
+    def nearest(self, lr: float, batch: float) -> Optional[Point]:
+        """The available point nearest (lr, batch): the batch nearest first, then the lr (None: none left)."""
+        j = min(range(len(self.batches)), key=lambda j: (abs(math.log(self.batches[j] / batch)), j))
+        pts = [p for p in self.trials if self.available(p)]
+        if not pts:
+            return None
+        return min(pts, key=lambda p: (abs(p[1] - j), abs(math.log(self.lrs[p[0]] / lr)), p))
+
     def public(self) -> dict[str, Any]:
         """JSON-clean summary of the cell."""
         b = self.best()

@@ -20,10 +20,11 @@ True
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from ..laws.chinchilla import budget_key
 from ..laws.forms import grid_frontier, inputs
 from ..laws.selection import AutoFit, FormFit, fit_auto
 
@@ -67,6 +68,29 @@ class LossLaw:
         at_ours = np.exp(np.stack([self.log_predict_samples([n], [d])[:, 0]
                                    for n, d in zip(est["N_opt"], est["D_opt"])], axis=1))  # (K, T)
         return [float(np.quantile(at_ours[:, k] / opt[:, k] - 1.0, level)) for k in range(len(targets))]
+
+    def noise(self, N: np.ndarray, D: np.ndarray, L: np.ndarray, floor: float) -> float:
+        """Relative noise of a cell's best loss: the robust residual scale (MAD) on the fitted points, floored
+        (the floor alone with fewer than 6 points)."""
+        if len(N) < 6:
+            return floor
+        r = np.log(L) - np.log(self.law.predict(N, D))
+        return max(floor, 1.4826 * float(np.median(np.abs(r - np.median(r)))))
+
+    def estimate(self, targets: Sequence[float], level: float,
+                 hparams: Callable[[float, float], tuple]) -> list[dict[str, Any]]:
+        """Per target C: N*, D*, L* with intervals and relative widths, lr and batch from `hparams(N, D)`."""
+        fr = self.law.frontier(targets)
+        ivs = self.intervals.get("budgets", {})
+        widths = self.widths(targets, level)
+        out = []
+        for k, C in enumerate(targets):
+            n, d = float(fr["N_opt"][k]), float(fr["D_opt"][k])
+            lr, batch = hparams(n, d)
+            out.append({"budget": float(C), "N": n, "D": d, "predicted_loss": float(fr["loss_opt"][k]),
+                        "lr": lr, "batch": batch, "intervals": ivs.get(budget_key(C), {}),
+                        "N_rel_width": widths[k][0], "loss_rel_width": widths[k][1]})
+        return out
 
     def widths(self, targets: Sequence[float], level: float) -> list[tuple[float, float]]:
         """Relative widths of the `level` intervals of N*(C) and L*(C) at each target."""

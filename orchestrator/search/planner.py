@@ -24,19 +24,20 @@ hand-out, check and the stop are explained in `decisions`. Rebuilt from the stor
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from ..core.planning import WAIT, Done, HparamAdvice, Step, Wait
-from ..planner import PlannedTrial, plan_grid, plan_trial
-from ..spec import SpecError, SweepSpec
+from ..planner import PlannedTrial
+from ..spec import SweepSpec
 from . import acquisition, checks as law_checks, stopping
 from .config import SearchConfig
 from .hparam_state import HparamLaws
-from .lattice import LAW_POINT, Point, SearchCell, batch_ladder, cells_of, fits_resources, min_batch, outcome
+from .book import CellBook, run_decision
+from .lattice import LAW_POINT, Point, SearchCell, outcome
 from .loss_law import LossLaw, backtest_by_size, fit_loss
+from .transfer import candidate_trials, law_point
 
 Choice = Union[tuple[SearchCell, dict[str, Any]], Wait, None]
 
@@ -50,31 +51,12 @@ class LawGuidedPlanner:
         self.seed = int(seed)
         self.config = config if config is not None else SearchConfig.from_spec(spec.search, spec.fit)
         self.transfer = self.config.transfer
-        sizes = sorted(spec.model.sizes())
-        if candidates is not None:
-            self.trials: list[PlannedTrial] = list(candidates)
-        elif self.transfer:
-            # The initial design's sizes search a lattice with the ladder's batches; the others keep
-            # the spec's (their lattice is only a fallback: they run at the learned point).
-            init = set(sizes[: self.config.init_sizes])
-            ladder = [b for b in batch_ladder(spec, self.config.batch_ladder) if fits_resources(spec, init, b)]
-            self.trials = [t for t in plan_grid(spec, ladder) if t.n_target in init] + \
-                [t for t in plan_grid(spec) if t.n_target not in init]
-        else:
-            self.trials = plan_grid(spec)
-        self.budget = spec.budget.total_flops
-        self.committed = 0.0
-        self.grid_flops = float(sum(t.flops for t in self.trials))  # what the full lattice would cost
-        self.cells = cells_of(self.trials, spec)
-        if not self.cells:
-            raise ValueError("no candidate trials")
-        self._where: dict[str, tuple[SearchCell, Point]] = {
-            t.trial_id: (c, p) for c in self.cells for p, t in c.trials.items()}
+        trials = list(candidates) if candidates is not None else candidate_trials(spec, self.config)
+        self.book = CellBook(trials, spec, spec.budget.total_flops)
         self.targets = list(spec.budget.targets) or [100.0 * max(c.C for c in self.cells)]
         sizes = sorted({c.key[0] for c in self.cells})
         self._init_keys = [c.key for c in self.cells if c.key[0] in sizes[: self.config.init_sizes]]
         self.decisions: list[dict[str, Any]] = []
-        self.handed: list[PlannedTrial] = []
         self.fit: Optional[LossLaw] = None
         self.hparams = HparamLaws(self.config.hparam_ridge, surface=self.transfer, hedge=bool(self.config.hedge))
         self.stopped: Optional[str] = None
@@ -86,6 +68,21 @@ class LawGuidedPlanner:
 
     # ---- the Planner interface ---------------------------------------------------------------
     @property
+    def trials(self) -> list[PlannedTrial]:
+        """Every trial planned so far (the grid's, then law points and law checks as the search goes)."""
+        return self.book.trials
+
+    @property
+    def cells(self) -> list[SearchCell]:
+        """The (N, D) cells and their search state."""
+        return self.book.cells
+
+    @property
+    def committed(self) -> float:
+        """FLOPs of the trials handed out."""
+        return self.book.committed
+
+    @property
     def trial_cap(self) -> int:
         """Most trials this planner can hand out (Tune's num_samples)."""
         n = sum(len(c.trials) for c in self.cells)
@@ -95,22 +92,22 @@ class LawGuidedPlanner:
         """The next trial to run, Wait until a running trial reports, or Done when the search is over."""
         if self.stopped:
             return Done(self.stopped)
-        if self.config.max_trials is not None and len(self.handed) >= self.config.max_trials:
+        if self.config.max_trials is not None and len(self.book.handed) >= self.config.max_trials:
             return self._stop(f"max_trials ({self.config.max_trials}) handed out")
         for _ in range(len(self.cells) + 2):
-            for cell in self._open_cells():
+            for cell in self.book.open_cells():
                 trial = self._from_cell(cell)
                 if trial is not None:
                     return trial
             if self.stopped:
                 return Done(self.stopped)
-            if len(self._open_cells()) >= self.config.max_open_cells:
+            if len(self.book.open_cells()) >= self.config.max_open_cells:
                 break
             choice = self._choose_cell()
             if choice is None or isinstance(choice, Wait):
                 break
             self._open(*choice)
-        if any(c.running for c in self.cells):
+        if self.book.running():
             return WAIT
         if self.stopped:
             return Done(self.stopped)
@@ -121,7 +118,7 @@ class LawGuidedPlanner:
 
     def observe(self, trial_id: str, result: Optional[Mapping[str, Any]]) -> None:
         """A trial ended with its last report (None if it failed)."""
-        where = self._where.get(trial_id)
+        where = self.book.where.get(trial_id)
         if where is None:
             return
         cell, p = where
@@ -139,9 +136,9 @@ class LawGuidedPlanner:
 
     def runnable(self) -> list[PlannedTrial]:
         """Trials handed out so far plus those the open cells would hand out next (for the display)."""
-        out = list(self.handed)
+        out = list(self.book.handed)
         seen = {t.trial_id for t in out}
-        for cell in self._open_cells():
+        for cell in self.book.open_cells():
             for p in self._ready(cell):
                 t = cell.trials[p]
                 if t.trial_id not in seen:
@@ -152,7 +149,7 @@ class LawGuidedPlanner:
     def resume(self, results: Mapping[str, Optional[Mapping[str, Any]]]) -> None:
         """Replay finished trials of an earlier run of this sweep (their compute is committed)."""
         for tid, result in results.items():
-            where = self._where.get(tid)
+            where = self.book.where.get(tid)
             if where is None:  # planned as the search went (a law point): taken when re-planned
                 self._resumed[tid] = result
                 continue
@@ -162,7 +159,7 @@ class LawGuidedPlanner:
                 cell.state, cell.order, cell.start_from = "open", self._opened, "resumed"
             if p in cell.running or p in cell.loss or p in cell.bad:
                 continue
-            self._hand(cell, p)
+            self.book.hand(cell, p)
             self.observe(tid, result)
 
     def hparam_advice(self) -> Optional[HparamAdvice]:
@@ -175,45 +172,21 @@ class LawGuidedPlanner:
         return [c.public() for c in self.cells if c.state != "closed"]
 
     def estimate(self) -> list[dict[str, Any]]:
-        """Per target C: N*, D*, L* with intervals from the current fit, and lr*, batch* from the law."""
-        if self.fit is None:
-            return []
-        out = []
-        fr = self.fit.law.frontier(self.targets)
-        ivs = self.fit.intervals.get("budgets", {})
-        widths = self.fit.widths(self.targets, self.config.level)
-        for k, C in enumerate(self.targets):
-            n, d = float(fr["N_opt"][k]), float(fr["D_opt"][k])
-            lr, batch = self.predict_hparams(n, d)
-            out.append({"budget": float(C), "N": n, "D": d, "predicted_loss": float(fr["loss_opt"][k]),
-                        "lr": lr, "batch": batch, "intervals": ivs.get(str(float(C)), {}),
-                        "N_rel_width": widths[k][0], "loss_rel_width": widths[k][1]})
-        return out
+        """Per target C: N*, D*, L* with intervals from the current fit, and lr*, batch* from the laws."""
+        return self.fit.estimate(self.targets, self.config.level, self.predict_hparams) if self.fit else []
 
     def laws(self) -> dict[str, Any]:
         """The laws learned so far (JSON-clean): L(N, D)'s form and parameters, lr*, batch*."""
         loss = {"form": self.fit.form, "params": self.fit.params} if self.fit else None
         return {"loss": loss, **self.hparams.to_dict()}
 
-    def regret_risk(self) -> list[float]:
-        """Per target: the `level` quantile of the proposal's regret over the fit's replicates."""
-        return self.fit.regret_risk(self.targets, self.config.level) if self.fit else []
-
     def predict_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
         """lr and batch to run at (N, D): the laws learned so far (hedged lr), or (None, None)."""
         return self.hparams.predict(N, D, self.checks)
 
-    def law_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
-        """lr*(N, D) and batch*(D) as the learned laws state them (None, None before there are any)."""
-        return self.hparams.law(N, D)
-
     def hparam_intervals(self, N: float, D: float, level: float = 0.9) -> Optional[dict[str, dict[str, float]]]:
         """Intervals of lr*, batch* at (N, D) (transfer's joint surface; None without one)."""
         return self.hparams.intervals(N, D, self.checks, level)
-
-    def lr_hedge(self, N: float, D: float) -> dict[str, float]:
-        """The lr hedge at (N, D) (`HparamLaws.lr_hedge`)."""
-        return self.hparams.lr_hedge(N, D, self.checks)
 
     def loss_backtest(self) -> Optional[dict[str, Any]]:
         """Backtest of L(N, D) by size on the searched cells (`loss_law.backtest_by_size`)."""
@@ -221,20 +194,8 @@ class LawGuidedPlanner:
         return backtest_by_size(N, D, L, self.config.noise, law=self.config.law, loss=self.config.loss)
 
     # ---- cell search -------------------------------------------------------------------------
-    def _open_cells(self) -> list[SearchCell]:
-        return sorted((c for c in self.cells if c.state == "open"), key=lambda c: c.order)
-
     def _ready(self, cell: SearchCell) -> list[Point]:
         return cell.ready(self.config.scan_points, self.config.neighbourhood == "square")
-
-    def _hand(self, cell: SearchCell, p: Point) -> PlannedTrial:
-        """Commit the point's trial: running, counted, its compute committed."""
-        t = cell.trials[p]
-        cell.running.add(p)
-        cell.runs += 1
-        self.committed += t.flops
-        self.handed.append(t)
-        return t
 
     def _from_cell(self, cell: SearchCell) -> Optional[PlannedTrial]:
         """Hand out the cell's next ready point that fits the budget (None: nothing now)."""
@@ -245,12 +206,12 @@ class LawGuidedPlanner:
                 return None
             p = ready[0]
             t = cell.trials[p]
-            if self.budget is not None and self.committed + t.flops > self.budget * (1 + 1e-12):
+            if not self.book.affords(t.flops):
                 cell.bad[p] = "budget"
                 cell.queue = [q for q in cell.queue if q != p]
                 continue
             if t.trial_id in self._resumed:  # ended in an earlier run of this sweep: not run again
-                self._hand(cell, p)
+                self.book.hand(cell, p)
                 self.observe(t.trial_id, self._resumed.pop(t.trial_id))
                 continue
             if p not in cell.why:
@@ -258,7 +219,7 @@ class LawGuidedPlanner:
                 cell.why[p] = (f"neighbour of the cell's best point (lr={cell.trials[b].lr:.3g}, "
                                f"batch={cell.trials[b].batch}, loss={cell.loss[b]:.5g})" if b
                                else "no finite loss in the cell yet: nearest untried point to the start")
-            self._hand(cell, p)
+            self.book.hand(cell, p)
             self._log(cell, p, t)
             return t
 
@@ -282,27 +243,14 @@ class LawGuidedPlanner:
         """Start searching `cell`: a coarse lr scan without a law, else the law's point and its neighbours."""
         self._opened += 1
         cell.state, cell.order, cell.open_info = "open", self._opened, info
-        jm = len(cell.batches) // 2
         if self.hparams.lr_law is None:
-            avail = [i for i in range(len(cell.lrs)) if cell.available((i, jm))]
-            if not avail:
-                avail = sorted({p[0] for p in cell.trials})
-                jm = min((p[1] for p in cell.trials if p[0] in avail), key=lambda j: abs(j - jm))
-            k = min(self.config.scan_points, len(avail))
-            picks = [avail[int(round(x))] for x in np.linspace(0, len(avail) - 1, k)] if k > 1 else \
-                [avail[len(avail) // 2]]
-            cell.queue = [p for p in dict.fromkeys((i, jm) for i in picks) if cell.available(p)]
-            cell.start, cell.start_from = (picks[len(picks) // 2], jm), "coarse scan"
-            for p in cell.queue:
-                cell.why[p] = f"initial design: coarse lr scan ({len(cell.queue)} lrs, batch {cell.batches[jm]})"
+            cell.scan(self.config.scan_points)
             return
         lr, batch = self.predict_hparams(cell.N, cell.D)
-        j = min(range(len(cell.batches)), key=lambda j: (abs(math.log(cell.batches[j] / batch)), j))
-        pts = [p for p in cell.trials if cell.available(p)]
-        if not pts:
+        start = cell.nearest(lr, batch)
+        if start is None:
             cell.state = "abandoned"
             return
-        start = min(pts, key=lambda p: (abs(p[1] - j), abs(math.log(cell.lrs[p[0]] / lr)), p))
         cell.start, cell.start_from = start, self.hparams.source()
         if info.get("check") and self._check_lattice(cell, info["law_lr"], info["law_batch"]):
             return
@@ -314,31 +262,12 @@ class LawGuidedPlanner:
         for q in cell.queue[1:]:
             cell.why[q] = "neighbour of the law's point (local-minimum certificate)"
 
-    def _adopt(self, cell: SearchCell, p: Point, t: PlannedTrial) -> None:
-        """A trial planned as the search goes (off the spec's grid) joins the cell's lattice."""
-        cell.trials[p] = t
-        self._where[t.trial_id] = (cell, p)
-        self.trials.append(t)
-
     def _law_point(self, cell: SearchCell, lr: float, batch: float) -> bool:
-        """Transfer: the cell's one run, at the learned (lr*, batch*); its lattice is the fallback
-        should that run diverge or not fit the cluster's resources (False: search the lattice)."""
-        seq = self.spec.model.seq_len
-        b = max(min_batch(self.spec), int(round(batch / seq)) * seq)
-        any_t = next(iter(cell.trials.values()))
-        try:
-            t = plan_trial(self.spec, any_t.n_target, cell.key[1], float(f"{lr:.4g}"), b, any_t.seed)
-        except SpecError as exc:
-            cell.open_info = {**cell.open_info, "law_point_refused": str(exc)}
-            cell.start_from += f" (the law's batch {b} does not fit: lattice search)"
-            return False
-        self._adopt(cell, LAW_POINT, t)
-        src = self.hparams.source()
-        cell.start_from = "law point (" + src + ")"
-        cell.queue = [LAW_POINT]
-        cell.why[LAW_POINT] = (f"transfer: the learned law's point lr*={lr:.3g}, batch*={batch:.0f} "
-                               f"(run at batch {b}; {src})")
-        return True
+        """Transfer: the cell's one run at the learned point (`transfer.law_point`); False: search the lattice."""
+        t = law_point(self.spec, cell, lr, batch, self.hparams.source())
+        if t is not None:
+            self.book.adopt(cell, LAW_POINT, t)
+        return t is not None
 
     def _check_lattice(self, cell: SearchCell, lr: float, batch: float) -> bool:
         """A law check's cell: its lattice re-centred on the law's point (`checks.check_lattice`)."""
@@ -347,7 +276,7 @@ class LawGuidedPlanner:
             return False
         src = self.hparams.source()
         for p, t in trials.items():
-            self._adopt(cell, p, t)
+            self.book.adopt(cell, p, t)
         cell.start_from = "law check (" + src + ")"
         cell.why[cell.start] += f" ({src})"
         return True
@@ -369,20 +298,20 @@ class LawGuidedPlanner:
             return Wait("transfer: the laws come from the whole initial design")
         if self.transfer and self.fit is not None:
             check = law_checks.next_check(self.cells, closed, self.fit, self.hparams, self.checks, self.config,
-                                          self.grid_flops, law_checks.lr_step(self.spec))
+                                          self.book.grid_flops, law_checks.lr_step(self.spec))
             if check is not None:
                 return check
         if self.fit is None:
-            if self._open_cells():
+            if self.book.open_cells():
                 return Wait("the L(N, D) fit needs these cells' results")
             return closed[0], {"why": "L(N, D) not fitted yet" + (f" ({self._fit_error})" if self._fit_error else "")
                                + ": cheapest remaining cell", "alternatives": len(closed)}
-        return acquisition.acquire(closed, self._open_cells(), self.fit, self.targets, self.config,
+        return acquisition.acquire(closed, self.book.open_cells(), self.fit, self.targets, self.config,
                                    identified=self._identified(), noise=self._noise(),
                                    runs=acquisition.expected_runs(self.cells, self.config), streak=self._streak)
 
     def _affordable(self, cell: SearchCell) -> bool:
-        return self.budget is None or self.committed + cell.flops <= self.budget * (1 + 1e-12)
+        return self.book.affords(cell.flops)
 
     def _identified(self) -> bool:
         """Whether the resolved cells span min_sizes model sizes."""
@@ -392,18 +321,12 @@ class LawGuidedPlanner:
 
     def _noise(self) -> float:
         """Relative noise of a cell's best loss: the fit's robust residual scale, floored."""
-        pts = self._fit_points()
-        if self.fit is None or len(pts[0]) < 6:
-            return self.config.noise
-        r = np.log(pts[2]) - np.log(self.fit.law.predict(pts[0], pts[1]))
-        mad = 1.4826 * float(np.median(np.abs(r - np.median(r))))
-        return max(self.config.noise, mad)
+        N, D, L = self._fit_points()
+        return self.fit.noise(N, D, L, self.config.noise) if self.fit is not None else self.config.noise
 
     # ---- laws --------------------------------------------------------------------------------
     def _fit_points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cells = [c for c in self.cells if c.state == "resolved"]
-        return (np.array([c.N for c in cells]), np.array([c.D for c in cells]),
-                np.array([c.loss[c.best()] for c in cells]))
+        return self.book.fit_points()
 
     def _refit(self) -> None:
         """Refit the hyperparameter laws and L(N, D) on the resolved cells; check the stopping rule."""
@@ -427,23 +350,13 @@ class LawGuidedPlanner:
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def _log(self, cell: SearchCell, p: Point, t: PlannedTrial) -> None:
-        info = cell.open_info
-        self.decisions.append({
-            "action": "run", "trial_id": t.trial_id, "N": t.N, "D": t.D, "lr": t.lr, "batch": t.batch,
-            "flops": t.flops, "committed_flops": self.committed, "why": cell.why.get(p, ""),
-            "cell": {"N": cell.N, "D": cell.D, "C": cell.C, "opened_because": info.get("why"),
-                     "start_from": cell.start_from},
-            "expected_gain": info.get("expected_gain"), "score": info.get("score"),
-            "alternatives": info.get("alternatives", 0), "pruned": info.get("pruned", 0),
-            "pruned_cells": info.get("pruned_cells", []) if cell.runs == 1 else [],
-            "p_near_frontier": info.get("p_near_frontier"),
-        })
+        self.decisions.append(run_decision(cell, p, t, self.committed))
 
     def _stop(self, why: str) -> Done:
         if not self.stopped:
             self.stopped = why
             entry = {"action": "stop", "trial_id": None, "why": why, "committed_flops": self.committed,
-                     "trials": len(self.handed), "estimate": self.estimate()}
+                     "trials": len(self.book.handed), "estimate": self.estimate()}
             if self.transfer:
                 bt = self.loss_backtest()
                 entry.update(loss_backtest=bt, law_checks=list(self.checks), why=stopping.backtest_warning(why, bt))

@@ -121,7 +121,7 @@ def test_wait_during_initial_scan():
         handed.append(t)
     cfg = pl.config
     assert len(handed) == cfg.init_scans * cfg.scan_points  # two blind scans, then wait for their optima
-    assert len({id(pl._where[t.trial_id][0]) for t in handed}) == cfg.init_scans
+    assert len({id(pl.book.where[t.trial_id][0]) for t in handed}) == cfg.init_scans
     assert isinstance(pl.next_trial(), Wait)
     lookup = _lookup(SPEC)
     for t in handed[:-1]:
@@ -152,7 +152,7 @@ def test_region_pruning_skips_far_cells():
 def test_divergence_is_censored():
     pl = LawGuidedPlanner(SPEC, seed=0)
     t = pl.next_trial()
-    cell, p = pl._where[t.trial_id]
+    cell, p = pl.book.where[t.trial_id]
     pl.observe(t.trial_id, {"eval_loss": math.nan, "train_loss": math.nan, "done": 1.0})
     assert cell.bad[p] == "diverged"
     censored = {q for q, why in cell.bad.items() if why == "censored"}
