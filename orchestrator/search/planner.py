@@ -94,6 +94,7 @@ class LawGuidedPlanner:
             return Done(self.stopped)
         if self.config.max_trials is not None and len(self.book.handed) >= self.config.max_trials:
             return self._stop(f"max_trials ({self.config.max_trials}) handed out")
+        wait = WAIT
         for _ in range(len(self.cells) + 2):
             for cell in self.book.open_cells():
                 trial = self._from_cell(cell)
@@ -105,10 +106,11 @@ class LawGuidedPlanner:
                 break
             choice = self._choose_cell()
             if choice is None or isinstance(choice, Wait):
+                wait = choice or wait  # its reason, when the choice was to wait
                 break
             self._open(*choice)
         if self.book.running():
-            return WAIT
+            return wait
         if self.stopped:
             return Done(self.stopped)
         return self._stop(stopping.why_done(self.cells, self._affordable))

@@ -122,7 +122,8 @@ def test_wait_during_initial_scan():
     cfg = pl.config
     assert len(handed) == cfg.init_scans * cfg.scan_points  # two blind scans, then wait for their optima
     assert len({id(pl.book.where[t.trial_id][0]) for t in handed}) == cfg.init_scans
-    assert isinstance(pl.next_trial(), Wait)
+    step = pl.next_trial()
+    assert isinstance(step, Wait) and "blind scan" in step.why  # a Wait says why
     lookup = _lookup(SPEC)
     for t in handed[:-1]:
         pl.observe(t.trial_id, lookup(t))
