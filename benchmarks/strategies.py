@@ -27,7 +27,7 @@ from typing import Any, Optional, Protocol, Union
 
 from orchestrator.branching import spent_flops
 from orchestrator.core.planning import Done, Wait
-from orchestrator.planner import WAIT, GridPlanner, PlannedTrial, make_planner, plan_grid, trial_config
+from orchestrator.planner import GridPlanner, PlannedTrial, make_planner, plan_grid, trial_config
 from orchestrator.spec import SweepSpec, parse_spec
 from trainers.contract import TrialConfig
 from trainers.simulated import train
@@ -272,7 +272,7 @@ def replay(grid: Grid, source: Source, scheduler: Scheduler, concurrency: int) -
         if exhausted:
             return False
         t = source.next()
-        if t is None or t == WAIT:
+        if t is None or isinstance(t, Wait):
             exhausted = t is None
             idle.add(slot)
             return False
