@@ -7,6 +7,8 @@ of three things, each its own type (no string sentinels, no None):
 - `Wait`: nothing to start until a running trial reports back (ask again later);
 - `Done`: the planner will hand out nothing more; `why` says why.
 
+Test a step with `isinstance` (a `Wait` or `Done` may carry a reason, so `== WAIT` is not enough).
+
 The Ray Tune searcher (`orchestrator/tune/searcher.py`), the replay of a sweep in simulated time
 (`orchestrator/replay.py`) and the benchmarks drive any `Planner` through this protocol only.
 Pure (standard library only).
