@@ -27,7 +27,8 @@ from typing import Any, Optional, Protocol, Union
 
 from orchestrator.branching import spent_flops
 from orchestrator.core.planning import Done, Wait
-from orchestrator.planner import GridPlanner, PlannedTrial, make_planner, plan_grid, trial_config
+from orchestrator.planner import GridPlanner, PlannedTrial, plan_grid, trial_config
+from orchestrator.planners import make_planner
 from orchestrator.spec import SweepSpec, parse_spec
 from trainers.contract import TrialConfig
 from trainers.simulated import train

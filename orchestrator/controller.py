@@ -18,7 +18,8 @@ from typing import Any, Optional
 import yaml
 
 from .laws.result import jsonable
-from .planner import PlannedTrial, make_planner, proposal_resources, trial_config
+from .planner import PlannedTrial, proposal_resources, trial_config
+from .planners import make_planner
 from .progress import SweepProgress
 from .proposals import SweepFit, fit_and_propose, fit_settings
 from .spec import SpecError, SweepSpec

@@ -363,12 +363,3 @@ class GridPlanner:
             out.append(t)
             sim.observe(t.trial_id, {"step": t.D // t.batch})
         return out
-
-
-def make_planner(spec: SweepSpec):
-    """The planner the spec asks for: the grid, or the law-guided search (`law`, `transfer`)."""
-    if spec.search.strategy in ("law", "transfer"):
-        from .search import LawGuidedPlanner
-
-        return LawGuidedPlanner(spec, seed=spec.seed)  # its SearchConfig from spec.search and spec.fit
-    return GridPlanner(spec)

@@ -32,9 +32,9 @@ from ..core.planning import WAIT, Done, HparamAdvice, Step, Wait
 from ..planner import PlannedTrial
 from ..spec import SweepSpec
 from . import acquisition, checks as law_checks, stopping
+from .book import CellBook, run_decision
 from .config import SearchConfig
 from .hparam_state import HparamLaws
-from .book import CellBook, run_decision
 from .lattice import LAW_POINT, Point, SearchCell, outcome
 from .loss_law import LossLaw, backtest_by_size, fit_loss
 from .transfer import candidate_trials, law_point

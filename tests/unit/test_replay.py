@@ -8,7 +8,8 @@ import pytest
 
 from orchestrator.planner import WAIT, GridPlanner  # WAIT: core.planning's, re-exported
 from orchestrator.replay import replay, steplaw_replay, table_replay
-from orchestrator.search import LawGuidedPlanner, SearchConfig
+from orchestrator.search.config import SearchConfig
+from orchestrator.search.planner import LawGuidedPlanner
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,9 @@ import pytest
 from orchestrator.core.planning import Done, Planner, Wait
 from orchestrator.planner import GridPlanner, PlannedTrial, plan_grid, trial_config
 from orchestrator.replay import replay
-from orchestrator.search import LawGuidedPlanner, SearchConfig, outcome
+from orchestrator.search.config import SearchConfig
+from orchestrator.search.lattice import outcome
+from orchestrator.search.planner import LawGuidedPlanner
 from orchestrator.spec import parse_spec
 from trainers.simulated import final_loss
 from trainers.worlds import load_world

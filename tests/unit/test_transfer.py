@@ -9,7 +9,8 @@ import pytest
 
 from orchestrator.planner import plan_grid, trial_config
 from orchestrator.replay import replay
-from orchestrator.search import LAW_POINT, LawGuidedPlanner, batch_ladder
+from orchestrator.search.lattice import LAW_POINT, batch_ladder
+from orchestrator.search.planner import LawGuidedPlanner
 from orchestrator.spec import SearchSpec, parse_spec
 from trainers.simulated import final_loss
 from trainers.worlds import load_world
@@ -192,7 +193,7 @@ def test_law_check_brackets_the_law_point_at_a_large_size(run):
 
 
 def test_hedge_shift_moves_lr_to_the_flat_side():
-    from orchestrator.search import hedge_shift as _hedge_shift
+    from orchestrator.search.hparam_state import hedge_shift as _hedge_shift
 
     assert _hedge_shift(0.5, 1.0) == 0.0 and _hedge_shift(0.0, 3.0) == 0.0
     d1, d2 = _hedge_shift(0.2, 3.0), _hedge_shift(0.4, 3.0)
