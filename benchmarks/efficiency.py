@@ -525,7 +525,11 @@ def main(argv: Optional[list[str]] = None) -> None:
             args.json.write_text(json.dumps({"benchmark": "efficiency", "command": "python -m benchmarks.efficiency "
                                              + " ".join(sys.argv[1:]), "summary": summary_rows(docs), "worlds": docs},
                                             indent=2, allow_nan=False))
-            print(f"wrote {args.json}")
+            from .efficiency_plot import plot_compute_vs_regret
+
+            png = plot_compute_vs_regret(json.loads(args.json.read_text()),
+                                         args.json.with_name(f"{args.json.stem}-compute-vs-regret.png"))
+            print(f"wrote {args.json} and {png}")
 
 
 def _write(doc: dict[str, Any], out: Path) -> None:

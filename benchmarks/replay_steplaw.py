@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from orchestrator.replay import TableReplay, replay, steplaw_replay
-from orchestrator.search import LawGuidedPlanner, SearchConfig
+from orchestrator.search.config import SearchConfig
+from orchestrator.search.planner import LawGuidedPlanner
 
 THRESHOLD = 0.0025
 

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any, Optional, Protocol, Union
 
 from orchestrator.branching import spent_flops
-from orchestrator.planner import WAIT, GridPlanner, PlannedTrial, make_planner, plan_grid, trial_config
+from orchestrator.core.planning import Done, Wait
+from orchestrator.planner import GridPlanner, PlannedTrial, plan_grid, trial_config
+from orchestrator.planners import make_planner
 from orchestrator.spec import SweepSpec, parse_spec
 from trainers.contract import TrialConfig
 from trainers.simulated import train
@@ -129,14 +131,16 @@ class ListSource:
 
 class PlannerSource:
     """scalesweep's planner, exactly as `orchestrator.tune.searcher.PlannerSearcher` drives it
-    (`next` may return WAIT: nothing to start until a running trial ends)."""
+    (`next` may return WAIT: nothing to start until a running trial ends; None: the planner is Done)."""
 
     def __init__(self, planner, grid: Optional[Grid] = None):
         self.planner = planner
         self.grid = grid
 
-    def next(self) -> Union[PlannedTrial, str, None]:
+    def next(self) -> Union[PlannedTrial, Wait, None]:
         t = self.planner.next_trial()
+        if isinstance(t, Done):
+            return None
         if self.grid is not None and isinstance(t, PlannedTrial):
             self.grid.adopt(t)
         return t
@@ -269,7 +273,7 @@ def replay(grid: Grid, source: Source, scheduler: Scheduler, concurrency: int) -
         if exhausted:
             return False
         t = source.next()
-        if t is None or t == WAIT:
+        if t is None or isinstance(t, Wait):
             exhausted = t is None
             idle.add(slot)
             return False
@@ -487,9 +491,10 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
         # The product's own proposal, as run_sweep's summary makes it: its learned lr/batch laws.
         from orchestrator.proposals import fit_and_propose
 
+        advice = planner.hparam_advice()
         fit = fit_and_propose(completed_points(recs), spec.budget.targets, bootstrap=0, seed=spec.seed,
-                              hparams=planner.predict_hparams, family=spec.model.family,
-                              hparam_intervals=getattr(planner, "hparam_intervals", None))
+                              hparams=advice.predict if advice else None, family=spec.model.family,
+                              hparam_intervals=advice.intervals if advice else None)
         return StrategyRun(recs, "replay", [f"{type(planner).__name__} driven as PlannerSearcher does; regret scores "
                                             "its own proposal (its learned lr/batch laws)"], parts,
                            fit.proposals[0] if fit.proposals else None)

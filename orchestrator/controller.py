@@ -18,7 +18,8 @@ from typing import Any, Optional
 import yaml
 
 from .laws.result import jsonable
-from .planner import PlannedTrial, make_planner, proposal_resources, trial_config
+from .planner import PlannedTrial, proposal_resources, trial_config
+from .planners import make_planner
 from .progress import SweepProgress
 from .proposals import SweepFit, fit_and_propose, fit_settings
 from .spec import SpecError, SweepSpec
@@ -575,8 +576,9 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                                    f"see docs/trainers.md)")
     if not parent:  # MLflow was slow to create the parent run at the start
         parent = _remember_parent(sweep_dir, tracker)
+    advice = planner.hparam_advice()
     outcome = summarise(spec, store, tracker, parent, t0, planner.decisions,
-                        getattr(planner, "predict_hparams", None), getattr(planner, "hparam_intervals", None))
+                        advice.predict if advice else None, advice.intervals if advice else None)
     tracker.close("FINISHED")
     return outcome
 

@@ -20,10 +20,8 @@ from . import sizing
 from .core.cells import Cell, cell_of
 from .core.family import count_params, shape_for, training_flops
 from .core.resources import GiB, ModelDims, ResourceError, ResourcePlan, ZeroBuffers, plan_resources
+from .core.planning import WAIT, Done, HparamAdvice, Step, Wait  # noqa: F401  (the planner interface; re-exported)
 from .spec import SpecError, SweepSpec
-
-
-WAIT = "wait"  # next_trial(): nothing to start until a running trial reports back
 
 
 @dataclass(frozen=True)
@@ -234,8 +232,7 @@ class GridPlanner:
     """Hands out the grid's trials in order until the grid or the compute budget is spent.
 
     Compute is committed when a trial is handed out (its planned FLOPs), so concurrent
-    trials can never overrun the budget. Every planner has this interface: `next_trial()`,
-    `observe()`, `resume()`, `runnable()`, `trial_cap`, `decisions`.
+    trials can never overrun the budget. Implements `orchestrator.core.planning.Planner`.
     """
 
     def __init__(self, spec: SweepSpec):
@@ -266,9 +263,9 @@ class GridPlanner:
         """Most trials this planner can hand out."""
         return len(self.runnable())
 
-    def next_trial(self):
+    def next_trial(self) -> Step:
         """The next trial to run; WAIT while only branches whose trunk is still short of their
-        branch point are left; None when the grid or the budget is exhausted."""
+        branch point are left; Done when the grid or the budget is exhausted."""
         while self._queue:
             _, trial = heapq.heappop(self._queue)
             if self.budget is not None and self.committed + trial.flops > self.budget:
@@ -280,7 +277,7 @@ class GridPlanner:
                    else "next grid point (cheapest first)")
             self.decisions.append({"trial_id": trial.trial_id, "action": "run", "why": why})
             return trial
-        return WAIT if self._waiting else None
+        return WAIT if self._waiting else Done("every grid trial handed out or skipped (budget)")
 
     def observe_report(self, trial_id: str, report: dict[str, Any]) -> None:
         """A running trial reported: a WSD trunk's progress releases the branches it has passed."""
@@ -326,6 +323,10 @@ class GridPlanner:
         for tid, result in results.items():
             self.observe(tid, result)
 
+    def hparam_advice(self) -> Optional[HparamAdvice]:
+        """None: the grid learns no hyperparameter laws (the proposals fit their own)."""
+        return None
+
     def runnable(self) -> list[PlannedTrial]:
         """What a fresh sweep will run within the budget, in hand-out order (cheapest first; a WSD
         branch after its trunk, every trial assumed to run to its end)."""
@@ -333,16 +334,7 @@ class GridPlanner:
         sim.decisions = []
         sim._start()
         out = []
-        while (t := sim.next_trial()) not in (None, WAIT):
+        while isinstance(t := sim.next_trial(), PlannedTrial):
             out.append(t)
             sim.observe(t.trial_id, {"step": t.D // t.batch})
         return out
-
-
-def make_planner(spec: SweepSpec):
-    """The planner the spec asks for: the grid, or the law-guided search (`law`, `transfer`)."""
-    if spec.search.strategy in ("law", "transfer"):
-        from .search import LawGuidedPlanner
-
-        return LawGuidedPlanner(spec, seed=spec.seed, config=spec.search)
-    return GridPlanner(spec)

@@ -23,7 +23,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from .laws.table import TableError, cluster_close, read_table, require_columns
-from .planner import WAIT, PlannedTrial, plan_grid
+from .core.planning import Done, Planner, Wait
+from .planner import PlannedTrial, plan_grid
 from .spec import SweepSpec, parse_spec
 
 Lookup = Callable[[PlannedTrial], Optional[dict[str, Any]]]
@@ -57,7 +58,7 @@ class ReplayResult:
         return rows
 
 
-def replay(planner: Any, lookup: Lookup, *, concurrency: int = 1, max_steps: int = 1_000_000) -> ReplayResult:
+def replay(planner: Planner, lookup: Lookup, *, concurrency: int = 1, max_steps: int = 1_000_000) -> ReplayResult:
     """Run `planner` (next_trial/observe) to the end, each trial's result coming from `lookup`."""
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
@@ -72,12 +73,13 @@ def replay(planner: Any, lookup: Lookup, *, concurrency: int = 1, max_steps: int
         planner.observe(t.trial_id, results[t.trial_id])
 
     for _ in range(max_steps):
-        t = planner.next_trial() if len(in_flight) < concurrency else WAIT
-        if t is None:
+        t = planner.next_trial() if len(in_flight) < concurrency else Wait("every slot busy")
+        if isinstance(t, Done):
             while in_flight:  # a finished search lets its running trials complete
                 finish_one()
+            stopped = t.why or stopped
             break
-        if isinstance(t, str) and t == WAIT:
+        if isinstance(t, Wait):
             if not in_flight:
                 raise RuntimeError("the planner returned WAIT with no trial running")
             finish_one()
@@ -86,7 +88,6 @@ def replay(planner: Any, lookup: Lookup, *, concurrency: int = 1, max_steps: int
         in_flight.append(t)
     else:
         stopped = f"max_steps ({max_steps}) reached"
-    stopped = getattr(planner, "stopped", None) or stopped
     return ReplayResult(trials, results, float(sum(t.flops for t in trials)), stopped)
 
 

@@ -9,17 +9,17 @@ from typing import Any, Callable, Optional
 
 from ray.tune.search import Searcher
 
-from ..planner import WAIT, GridPlanner, PlannedTrial
+from ..core.planning import Done, Planner, Wait
+from ..planner import PlannedTrial
 
 
 class PlannerSearcher(Searcher):
     """Suggests the planner's next trial; FINISHED when the planner is done.
 
-    Any planner with `next_trial() -> PlannedTrial | WAIT | None` and
-    `observe(trial_id, result)` plugs in (the grid, or the law-guided search).
+    Any `orchestrator.core.planning.Planner` plugs in (the grid, or the law-guided search).
     """
 
-    def __init__(self, planner: GridPlanner, to_config: Callable[[PlannedTrial], dict[str, Any]],
+    def __init__(self, planner: Planner, to_config: Callable[[PlannedTrial], dict[str, Any]],
                  metric: str = "eval_loss", mode: str = "min", paused: Optional[Callable[[], bool]] = None):
         super().__init__(metric=metric, mode=mode)
         self.planner = planner
@@ -30,19 +30,18 @@ class PlannerSearcher(Searcher):
     def suggest(self, trial_id: str) -> Optional[dict]:
         if self.paused is not None and self.paused():
             return None  # Tune asks again later; the stopper ends the sweep meanwhile
-        trial = self.planner.next_trial()
-        if trial is None:
+        step = self.planner.next_trial()
+        if isinstance(step, Done):
             return Searcher.FINISHED
-        if trial == WAIT:
+        if isinstance(step, Wait):
             return None  # Tune asks again later
-        self.assigned[trial_id] = trial
-        return self.to_config(trial)
+        self.assigned[trial_id] = step
+        return self.to_config(step)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         trial = self.assigned.get(trial_id)
-        observe = getattr(self.planner, "observe_report", None)
-        if trial is not None and observe is not None:
-            observe(trial.trial_id, result)
+        if trial is not None:
+            self.planner.observe_report(trial.trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         trial = self.assigned.pop(trial_id, None)

@@ -98,6 +98,7 @@ def test_the_grid_plans_trunks_and_branches_that_spend_only_their_decay():
 
 
 def test_branches_wait_for_their_trunk_and_are_skipped_when_it_stops_short(tmp_path):
+    from orchestrator.core.planning import Done
     from orchestrator.planner import WAIT, GridPlanner, trial_config
 
     planner = GridPlanner(_spec(model={"n_params": [20000], "seq_len": 64}, learning_rates=[0.01]))
@@ -111,7 +112,7 @@ def test_branches_wait_for_their_trunk_and_are_skipped_when_it_stops_short(tmp_p
     assert cfg.branch_from == str(tmp_path / "checkpoints" / first.trial_id / "step16") and cfg.branch_step == 16
     assert planner.next_trial() == WAIT
     planner.observe(first.trial_id, {"step": 25.0})  # stopped (by the pruner, say) at step 25
-    assert planner.next_trial() is None
+    assert isinstance(planner.next_trial(), Done)
     assert planner.decisions[-1]["action"] == "skip" and "before step 32" in planner.decisions[-1]["why"]
 
 

@@ -27,9 +27,6 @@ FORBIDDEN = ("torch", "ray", "mlflow", "fastapi", "pydantic", "deepspeed", "pand
 # Imports deferred into a function that would close an import cycle at module level:
 # (importer, imported) -> why it stays. Remove an entry when its cycle goes; a new one needs a reason.
 DEFERRED_CYCLES = {
-    ("orchestrator.planner", "orchestrator.search"): "make_planner picks the strategy, and the law-guided "
-        "planner builds on the grid planner's functions; goes when planning strategies get their own "
-        "modules behind one factory (issue 15, the planner split)",
     ("trainers.corpus", "trainers.builtin_bpe"): "the built-in BPE corpus builds on corpus.publish_dir; "
         "corpus dispatches format: builtin to it (and defers importing `tokenizers`)",
     ("trainers.token_files", "trainers.builtin_bpe"): "the built-in BPE corpus writes token files with "

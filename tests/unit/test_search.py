@@ -5,9 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.planner import WAIT, plan_grid, trial_config
+from orchestrator.core.planning import Done, Planner, Wait
+from orchestrator.planner import GridPlanner, PlannedTrial, plan_grid, trial_config
 from orchestrator.replay import replay
-from orchestrator.search import LawGuidedPlanner, SearchConfig, outcome
+from orchestrator.search.config import SearchConfig
+from orchestrator.search.lattice import outcome
+from orchestrator.search.planner import LawGuidedPlanner
 from orchestrator.spec import parse_spec
 from trainers.simulated import final_loss
 from trainers.worlds import load_world
@@ -64,7 +67,8 @@ def test_regret_small_with_a_sliver_of_the_grid_compute(run0):
     frac = res.compute / sum(t.flops for t in grid)
     (est,) = pl.estimate()
     regret = _regret(est)
-    # Measured (seed 0, concurrency 4): regret 0.016 % with 0.89 % of the grid's compute (docs/search.md).
+    # Measured (seed 0, concurrency 4): regret 0.018 % with 0.14 % of the grid's compute, form by backtest
+    # (equal-exponent); with the Chinchilla-only online fit it was 0.046 % with 0.95 % (docs/search.md).
     assert regret <= 0.01, regret
     assert frac <= 0.02, frac
     assert "tolerance" in res.stopped
@@ -81,7 +85,7 @@ def test_fewer_lr_trials_at_larger_sizes_than_the_grid(run0):
     assert max(runs) <= per_cell_grid // 3 and np.mean(runs) <= 8, runs
     assert all(c.start_from.startswith("lr law") for c in big)
     # The law recovered from the search itself is close to the world's planted law.
-    assert abs(pl.lr_law.N_exp - WORLD.lr.N_exp) < 0.25 and abs(pl.batch_law.D_exp - WORLD.batch.D_exp) < 0.25
+    assert abs(pl.hparams.lr_law.N_exp - WORLD.lr.N_exp) < 0.25 and abs(pl.hparams.batch_law.D_exp - WORLD.batch.D_exp) < 0.25
 
 
 def test_deterministic_given_seed(run0):
@@ -102,7 +106,9 @@ def test_budget_never_exceeded():
     assert res.compute <= budget
     assert pl.committed <= budget
     assert pl.committed == pytest.approx(res.compute)
-    assert res.stopped == "compute budget spent"
+    # Measured: 99.2 % of the budget spent, the one cell still affordable pruned (far from the frontier).
+    assert res.stopped == "compute budget spent" or (res.stopped.startswith("every remaining cell is pruned")
+                                                      and pl.committed >= 0.9 * budget)
     # max_trials is a hard cap as well
     pl2 = LawGuidedPlanner(SPEC, seed=0, config=SearchConfig(max_trials=17))
     assert replay(pl2, _lookup(SPEC), concurrency=2).n_trials == 17
@@ -113,17 +119,18 @@ def test_wait_during_initial_scan():
     handed = []
     while True:
         t = pl.next_trial()
-        if t == WAIT:
+        if isinstance(t, Wait):
             break
         handed.append(t)
     cfg = pl.config
     assert len(handed) == cfg.init_scans * cfg.scan_points  # two blind scans, then wait for their optima
-    assert len({id(pl._where[t.trial_id][0]) for t in handed}) == cfg.init_scans
-    assert pl.next_trial() == WAIT
+    assert len({id(pl.book.where[t.trial_id][0]) for t in handed}) == cfg.init_scans
+    step = pl.next_trial()
+    assert isinstance(step, Wait) and "blind scan" in step.why  # a Wait says why
     lookup = _lookup(SPEC)
     for t in handed[:-1]:
         pl.observe(t.trial_id, lookup(t))
-    assert pl.next_trial() != WAIT  # the first scan is back: its cell search continues
+    assert isinstance(pl.next_trial(), PlannedTrial)  # the first scan is back: its cell search continues
     assert pl.decisions[0]["why"].startswith("initial design: coarse lr scan")
 
 
@@ -149,7 +156,7 @@ def test_region_pruning_skips_far_cells():
 def test_divergence_is_censored():
     pl = LawGuidedPlanner(SPEC, seed=0)
     t = pl.next_trial()
-    cell, p = pl._where[t.trial_id]
+    cell, p = pl.book.where[t.trial_id]
     pl.observe(t.trial_id, {"eval_loss": math.nan, "train_loss": math.nan, "done": 1.0})
     assert cell.bad[p] == "diverged"
     censored = {q for q, why in cell.bad.items() if why == "censored"}
@@ -159,8 +166,34 @@ def test_divergence_is_censored():
     assert outcome({"eval_loss": 3.0, "train_loss": 3.1, "done": 1.0}) == ("ok", 3.0)
 
 
-def test_config_validation():
+def test_config_validation_and_conversion():
+    """The spec's section validates; the search gets a frozen SearchConfig converted from it (and spec.fit)."""
+    import dataclasses
+
+    from orchestrator.spec import FitSpec, SearchSpec
+
     with pytest.raises(ValueError, match="min_fit_cells"):
-        SearchConfig(min_fit_cells=3)
+        SearchSpec(min_fit_cells=3)
     with pytest.raises(ValueError, match="neighbourhood"):
-        SearchConfig(neighbourhood="diamond")
+        SearchSpec(neighbourhood="diamond")
+    cfg = SearchConfig.from_spec(SearchSpec(strategy="transfer"), FitSpec(law="chinchilla"))
+    assert cfg.transfer and cfg.init_sizes == 3 and cfg.regret_tolerance == 0.002 and cfg.hedge
+    assert cfg.law == "chinchilla" and cfg.loss == "huber"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.bootstrap = 5
+    assert SearchConfig.from_spec(SearchSpec()) == SearchConfig(strategy="grid")  # the law defaults
+
+
+def test_planners_share_the_planner_protocol():
+    """Both planners are `core.planning.Planner`s: a trial, Wait or Done (never None or a string),
+    and the grid offers no hyperparameter advice while the search does once it has laws."""
+    grid = GridPlanner(SPEC)
+    assert isinstance(grid, Planner) and grid.hparam_advice() is None
+    pl = LawGuidedPlanner(SPEC, seed=0, config=SearchConfig(max_trials=3))
+    assert isinstance(pl, Planner)
+    steps = [pl.next_trial() for _ in range(4)]
+    assert all(isinstance(s, PlannedTrial) for s in steps[:3])
+    assert isinstance(steps[3], Done) and "max_trials" in steps[3].why
+    assert isinstance(pl.next_trial(), Done)  # stays done
+    advice = pl.hparam_advice()
+    assert advice.predict(1e6, 2e7) == (None, None)  # no laws yet: the proposals learn their own

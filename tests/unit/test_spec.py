@@ -8,6 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import get_app
+from orchestrator.core.planning import Done
 from orchestrator.planner import WAIT, GridPlanner, plan_grid
 from orchestrator.spec import SpecError, load_spec, parse_spec
 
@@ -104,7 +105,7 @@ def test_budget_caps_the_grid():
     assert 0 < len(run) < len(full)
     assert sum(t.flops for t in run) <= total / 3
     handed = []
-    while (t := planner.next_trial()) is not None:
+    while not isinstance(t := planner.next_trial(), Done):
         assert t != WAIT  # each trial below ends before the next is asked for
         handed.append(t)
         planner.observe(t.trial_id, {"step": t.D // t.batch})  # it ran to its end

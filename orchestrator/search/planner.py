@@ -1,0 +1,366 @@
+"""The law-guided search as a `Planner`: which trial to run next, chosen for what it teaches about
+the target-budget optimum (docs/search.md).
+
+Pure Python (no Ray), deterministic given the seed and the order of `observe` calls. The
+candidates are the spec's grid; the search works on cells (`lattice.SearchCell`: one (N, D) with
+its lattice of (lr, batch) points):
+
+1. **Initial design.** The cells of the `init_sizes` smallest model sizes, cheapest first; the first
+   `init_scans` get a coarse lr scan (no law exists yet) and the planner Waits for them.
+2. **Cell search.** A cell starts at the (lr, batch) the hyperparameter laws predict
+   (`hparam_state`) with its lattice neighbours, then walks to the best point's untried neighbours
+   until the best point is a local minimum of the lattice.
+3. **Acquisition** (`acquisition`) once `min_fit_cells` cells are resolved: L(N, D) is fitted with
+   replicates, its form chosen by how well it extrapolates (`loss_law`), and the next cell is the one
+   that most reduces the uncertainty of N*(C) and L*(C) per FLOP; far cells are pruned.
+4. **Stop** (`stopping`) on the regret risk of the proposal or the width of the target intervals, or
+   when the budget, `max_trials` or the cells run out.
+
+With `strategy: transfer` the initial design is the whole calibration (every cell of the smallest
+sizes, on a batch lattice extended by `batch_ladder`) and every later cell runs **once** at the
+learned (lr*, batch*); law checks near the target (`checks`) test the extrapolated laws. Every
+hand-out, check and the stop are explained in `decisions`. Rebuilt from the store on resume
+(`resume`: the ended trials are replayed, not run again).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ..core.planning import WAIT, Done, HparamAdvice, Step, Wait
+from ..planner import PlannedTrial
+from ..spec import SweepSpec
+from . import acquisition, checks as law_checks, stopping
+from .book import CellBook, run_decision
+from .config import SearchConfig
+from .hparam_state import HparamLaws
+from .lattice import LAW_POINT, Point, SearchCell, outcome
+from .loss_law import LossLaw, backtest_by_size, fit_loss
+from .transfer import candidate_trials, law_point
+
+Choice = Union[tuple[SearchCell, dict[str, Any]], Wait, None]
+
+
+class LawGuidedPlanner:
+    """Chooses each next trial by what it teaches about the compute-optimal config at the target budgets."""
+
+    def __init__(self, spec: SweepSpec, seed: int = 0, config: Optional[SearchConfig] = None,
+                 candidates: Optional[Sequence[PlannedTrial]] = None):
+        self.spec = spec
+        self.seed = int(seed)
+        self.config = config if config is not None else SearchConfig.from_spec(spec.search, spec.fit)
+        self.transfer = self.config.transfer
+        trials = list(candidates) if candidates is not None else candidate_trials(spec, self.config)
+        self.book = CellBook(trials, spec, spec.budget.total_flops)
+        self.targets = list(spec.budget.targets) or [100.0 * max(c.C for c in self.cells)]
+        sizes = sorted({c.key[0] for c in self.cells})
+        self._init_keys = [c.key for c in self.cells if c.key[0] in sizes[: self.config.init_sizes]]
+        self.decisions: list[dict[str, Any]] = []
+        self.fit: Optional[LossLaw] = None
+        self.hparams = HparamLaws(self.config.hparam_ridge, surface=self.transfer, hedge=bool(self.config.hedge))
+        self.stopped: Optional[str] = None
+        self._opened = 0
+        self._fit_error: Optional[str] = None
+        self._streak = 0
+        self._resumed: dict[str, Optional[Mapping[str, Any]]] = {}  # ended trials not planned yet
+        self.checks: list[dict[str, Any]] = []  # transfer: the law checks near the target and what they found
+
+    # ---- the Planner interface ---------------------------------------------------------------
+    @property
+    def trials(self) -> list[PlannedTrial]:
+        """Every trial planned so far (the grid's, then law points and law checks as the search goes)."""
+        return self.book.trials
+
+    @property
+    def cells(self) -> list[SearchCell]:
+        """The (N, D) cells and their search state."""
+        return self.book.cells
+
+    @property
+    def committed(self) -> float:
+        """FLOPs of the trials handed out."""
+        return self.book.committed
+
+    @property
+    def trial_cap(self) -> int:
+        """Most trials this planner can hand out (Tune's num_samples)."""
+        n = sum(len(c.trials) for c in self.cells)
+        return min(n, self.config.max_trials) if self.config.max_trials else n
+
+    def next_trial(self) -> Step:
+        """The next trial to run, Wait until a running trial reports, or Done when the search is over."""
+        if self.stopped:
+            return Done(self.stopped)
+        if self.config.max_trials is not None and len(self.book.handed) >= self.config.max_trials:
+            return self._stop(f"max_trials ({self.config.max_trials}) handed out")
+        wait = WAIT
+        for _ in range(len(self.cells) + 2):
+            for cell in self.book.open_cells():
+                trial = self._from_cell(cell)
+                if trial is not None:
+                    return trial
+            if self.stopped:
+                return Done(self.stopped)
+            if len(self.book.open_cells()) >= self.config.max_open_cells:
+                break
+            choice = self._choose_cell()
+            if choice is None or isinstance(choice, Wait):
+                wait = choice or wait  # its reason, when the choice was to wait
+                break
+            self._open(*choice)
+        if self.book.running():
+            return wait
+        if self.stopped:
+            return Done(self.stopped)
+        return self._stop(stopping.why_done(self.cells, self._affordable))
+
+    def observe_report(self, trial_id: str, report: Mapping[str, Any]) -> None:
+        """A running trial reported: the search acts on final results only."""
+
+    def observe(self, trial_id: str, result: Optional[Mapping[str, Any]]) -> None:
+        """A trial ended with its last report (None if it failed)."""
+        where = self.book.where.get(trial_id)
+        if where is None:
+            return
+        cell, p = where
+        if p not in cell.running:
+            return  # not handed out by this planner (or observed twice)
+        cell.running.discard(p)
+        status, loss = outcome(result)
+        if status == "ok":
+            cell.loss[p] = loss
+        else:
+            cell.bad[p] = status
+            if status == "diverged":
+                cell.censor(p)
+        self._settle(cell)
+
+    def runnable(self) -> list[PlannedTrial]:
+        """Trials handed out so far plus those the open cells would hand out next (for the display)."""
+        out = list(self.book.handed)
+        seen = {t.trial_id for t in out}
+        for cell in self.book.open_cells():
+            for p in self._ready(cell):
+                t = cell.trials[p]
+                if t.trial_id not in seen:
+                    out.append(t)
+                    seen.add(t.trial_id)
+        return out
+
+    def resume(self, results: Mapping[str, Optional[Mapping[str, Any]]]) -> None:
+        """Replay finished trials of an earlier run of this sweep (their compute is committed)."""
+        for tid, result in results.items():
+            where = self.book.where.get(tid)
+            if where is None:  # planned as the search went (a law point): taken when re-planned
+                self._resumed[tid] = result
+                continue
+            cell, p = where
+            if cell.state == "closed":
+                self._opened += 1
+                cell.state, cell.order, cell.start_from = "open", self._opened, "resumed"
+            if p in cell.running or p in cell.loss or p in cell.bad:
+                continue
+            self.book.hand(cell, p)
+            self.observe(tid, result)
+
+    def hparam_advice(self) -> Optional[HparamAdvice]:
+        """The learned lr/batch laws (hedged lr) and their intervals, for the proposals."""
+        return HparamAdvice(self.predict_hparams, self.hparam_intervals)
+
+    # ---- answers -----------------------------------------------------------------------------
+    def cell_results(self) -> list[dict[str, Any]]:
+        """Every cell touched so far: state, runs, best (lr, batch, loss)."""
+        return [c.public() for c in self.cells if c.state != "closed"]
+
+    def estimate(self) -> list[dict[str, Any]]:
+        """Per target C: N*, D*, L* with intervals from the current fit, and lr*, batch* from the laws."""
+        return self.fit.estimate(self.targets, self.config.level, self.predict_hparams) if self.fit else []
+
+    def laws(self) -> dict[str, Any]:
+        """The laws learned so far (JSON-clean): L(N, D)'s form and parameters, lr*, batch*."""
+        loss = {"form": self.fit.form, "params": self.fit.params} if self.fit else None
+        return {"loss": loss, **self.hparams.to_dict()}
+
+    def predict_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
+        """lr and batch to run at (N, D): the laws learned so far (hedged lr), or (None, None)."""
+        return self.hparams.predict(N, D, self.checks)
+
+    def hparam_intervals(self, N: float, D: float, level: float = 0.9) -> Optional[dict[str, dict[str, float]]]:
+        """Intervals of lr*, batch* at (N, D) (transfer's joint surface; None without one)."""
+        return self.hparams.intervals(N, D, self.checks, level)
+
+    def loss_backtest(self) -> Optional[dict[str, Any]]:
+        """Backtest of L(N, D) by size on the searched cells (`loss_law.backtest_by_size`)."""
+        N, D, L = self._fit_points()
+        return backtest_by_size(N, D, L, self.config.noise, law=self.config.law, loss=self.config.loss)
+
+    # ---- cell search -------------------------------------------------------------------------
+    def _ready(self, cell: SearchCell) -> list[Point]:
+        return cell.ready(self.config.scan_points, self.config.neighbourhood == "square")
+
+    def _from_cell(self, cell: SearchCell) -> Optional[PlannedTrial]:
+        """Hand out the cell's next ready point that fits the budget (None: nothing now)."""
+        while True:
+            ready = self._ready(cell)
+            if not ready:
+                self._settle(cell)
+                return None
+            p = ready[0]
+            t = cell.trials[p]
+            if not self.book.affords(t.flops):
+                cell.bad[p] = "budget"
+                cell.queue = [q for q in cell.queue if q != p]
+                continue
+            if t.trial_id in self._resumed:  # ended in an earlier run of this sweep: not run again
+                self.book.hand(cell, p)
+                self.observe(t.trial_id, self._resumed.pop(t.trial_id))
+                continue
+            if p not in cell.why:
+                b = cell.best()
+                cell.why[p] = (f"neighbour of the cell's best point (lr={cell.trials[b].lr:.3g}, "
+                               f"batch={cell.trials[b].batch}, loss={cell.loss[b]:.5g})" if b
+                               else "no finite loss in the cell yet: nearest untried point to the start")
+            self.book.hand(cell, p)
+            self._log(cell, p, t)
+            return t
+
+    def _settle(self, cell: SearchCell) -> None:
+        """Leave the queue phase when it has returned; resolve the cell when nothing is left to run."""
+        if cell.state != "open":
+            return
+        if cell.queue and all(cell.tried(p) and p not in cell.running or not cell.available(p) for p in cell.queue):
+            cell.queue = []
+        if cell.queue or cell.running or self._ready(cell):
+            return
+        cell.state = "resolved" if cell.best() is not None else "abandoned"
+        if cell.open_info.get("check"):
+            rec = law_checks.check_record(cell, self._noise())
+            self.checks.append(rec)
+            self.decisions.append({"action": "check", "trial_id": None, "committed_flops": self.committed, **rec})
+        if cell.state == "resolved":
+            self._refit()
+
+    def _open(self, cell: SearchCell, info: dict[str, Any]) -> None:
+        """Start searching `cell`: a coarse lr scan without a law, else the law's point and its neighbours."""
+        self._opened += 1
+        cell.state, cell.order, cell.open_info = "open", self._opened, info
+        if self.hparams.lr_law is None:
+            cell.scan(self.config.scan_points)
+            return
+        lr, batch = self.predict_hparams(cell.N, cell.D)
+        start = cell.nearest(lr, batch)
+        if start is None:
+            cell.state = "abandoned"
+            return
+        cell.start, cell.start_from = start, self.hparams.source()
+        if info.get("check") and self._check_lattice(cell, info["law_lr"], info["law_batch"]):
+            return
+        if self.transfer and cell.key not in self._init_keys and self._law_point(cell, lr, batch):
+            return
+        square = self.config.neighbourhood == "square"
+        cell.queue = [start] + cell.neighbours(start, square)
+        cell.why[start] = f"law's point: lr*={lr:.3g}, batch*={batch:.0f} ({cell.start_from})"
+        for q in cell.queue[1:]:
+            cell.why[q] = "neighbour of the law's point (local-minimum certificate)"
+
+    def _law_point(self, cell: SearchCell, lr: float, batch: float) -> bool:
+        """Transfer: the cell's one run at the learned point (`transfer.law_point`); False: search the lattice."""
+        t = law_point(self.spec, cell, lr, batch, self.hparams.source())
+        if t is not None:
+            self.book.adopt(cell, LAW_POINT, t)
+        return t is not None
+
+    def _check_lattice(self, cell: SearchCell, lr: float, batch: float) -> bool:
+        """A law check's cell: its lattice re-centred on the law's point (`checks.check_lattice`)."""
+        trials = law_checks.check_lattice(self.spec, cell, lr, batch, self.config, law_checks.lr_step(self.spec))
+        if trials is None:
+            return False
+        src = self.hparams.source()
+        for p, t in trials.items():
+            self.book.adopt(cell, p, t)
+        cell.start_from = "law check (" + src + ")"
+        cell.why[cell.start] += f" ({src})"
+        return True
+
+    # ---- choosing cells ----------------------------------------------------------------------
+    def _choose_cell(self) -> Choice:
+        closed = [c for c in self.cells if c.state == "closed" and self._affordable(c)]
+        if not closed:
+            return None
+        resolved = [c for c in self.cells if c.state == "resolved"]
+        init_left = [c for c in closed if c.key in self._init_keys]
+        if init_left:
+            scanning = sum(1 for c in self.cells if c.start_from == "coarse scan" and c.state == "open")
+            if not resolved and scanning >= self.config.init_scans:
+                return Wait("another blind scan would waste runs: wait for the first optimum")
+            return init_left[0], {"why": "initial design (smallest sizes, cheapest first)",
+                                  "alternatives": len(init_left)}
+        if self.transfer and any(c.state == "open" and c.key in self._init_keys for c in self.cells):
+            return Wait("transfer: the laws come from the whole initial design")
+        if self.transfer and self.fit is not None:
+            check = law_checks.next_check(self.cells, closed, self.fit, self.hparams, self.checks, self.config,
+                                          self.book.grid_flops, law_checks.lr_step(self.spec))
+            if check is not None:
+                return check
+        if self.fit is None:
+            if self.book.open_cells():
+                return Wait("the L(N, D) fit needs these cells' results")
+            return closed[0], {"why": "L(N, D) not fitted yet" + (f" ({self._fit_error})" if self._fit_error else "")
+                               + ": cheapest remaining cell", "alternatives": len(closed)}
+        return acquisition.acquire(closed, self.book.open_cells(), self.fit, self.targets, self.config,
+                                   identified=self._identified(), noise=self._noise(),
+                                   runs=acquisition.expected_runs(self.cells, self.config), streak=self._streak)
+
+    def _affordable(self, cell: SearchCell) -> bool:
+        return self.book.affords(cell.flops)
+
+    def _identified(self) -> bool:
+        """Whether the resolved cells span min_sizes model sizes."""
+        # With two sizes the bootstrap cannot see that A/N^alpha and E trade off: its intervals are
+        # narrow and wrong, so neither pruning nor the tolerance may act on them yet.
+        return len({c.key[0] for c in self.cells if c.state == "resolved"}) >= self.config.min_sizes
+
+    def _noise(self) -> float:
+        """Relative noise of a cell's best loss: the fit's robust residual scale, floored."""
+        N, D, L = self._fit_points()
+        return self.fit.noise(N, D, L, self.config.noise) if self.fit is not None else self.config.noise
+
+    # ---- laws --------------------------------------------------------------------------------
+    def _fit_points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.book.fit_points()
+
+    def _refit(self) -> None:
+        """Refit the hyperparameter laws and L(N, D) on the resolved cells; check the stopping rule."""
+        self.hparams.fit([c for c in self.cells if c.state == "resolved" and LAW_POINT not in c.trials])
+        N, D, L = self._fit_points()
+        if len(N) < self.config.min_fit_cells:
+            return
+        try:
+            self.fit = fit_loss(N, D, L, bootstrap=self.config.bootstrap, seed=self.seed, targets=self.targets,
+                                level=self.config.level, law=self.config.law, loss=self.config.loss)
+            self._fit_error = None
+        except ValueError as exc:
+            self.fit, self._fit_error = None, str(exc)
+            return
+        done, why = stopping.stop_rule(self.fit, self.targets, self.config)
+        if self.transfer and any(c.state in ("closed", "open") for c in self.cells if c.key in self._init_keys):
+            done = False  # the laws the proposal uses come from the whole initial design
+        self._streak = self._streak + 1 if done and self._identified() else 0
+        if self._streak >= self.config.stop_streak:
+            self._stop(why)
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def _log(self, cell: SearchCell, p: Point, t: PlannedTrial) -> None:
+        self.decisions.append(run_decision(cell, p, t, self.committed))
+
+    def _stop(self, why: str) -> Done:
+        if not self.stopped:
+            self.stopped = why
+            entry = {"action": "stop", "trial_id": None, "why": why, "committed_flops": self.committed,
+                     "trials": len(self.book.handed), "estimate": self.estimate()}
+            if self.transfer:
+                bt = self.loss_backtest()
+                entry.update(loss_backtest=bt, law_checks=list(self.checks), why=stopping.backtest_warning(why, bt))
+            self.decisions.append(entry)
+        return Done(self.stopped)

@@ -1,0 +1,45 @@
+"""Transfer's law point: a cell after the initial design runs once, at the (lr*, batch*) the learned
+laws predict for it, planned off the spec's lattice (a learned point, not a lattice neighbour).
+Small models are cheap, so learning the laws there and transferring them up costs a fraction of
+searching every cell; the cell's lattice stays the fallback should that run diverge.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..planner import PlannedTrial, plan_grid, plan_trial
+from ..spec import SpecError, SweepSpec
+from .config import SearchConfig
+from .lattice import LAW_POINT, SearchCell, batch_ladder, fits_resources, min_batch
+
+
+def candidate_trials(spec: SweepSpec, config: SearchConfig) -> list[PlannedTrial]:
+    """The search's candidates: the spec's grid; with transfer, the initial design's sizes on a batch
+    lattice extended by `batch_ladder` (each cell's batch optimum bracketed, not only its lr), the
+    others on the spec's batches (their lattice is only a fallback: they run at the learned point)."""
+    if not config.transfer:
+        return plan_grid(spec)
+    init = set(sorted(spec.model.sizes())[: config.init_sizes])
+    ladder = [b for b in batch_ladder(spec, config.batch_ladder) if fits_resources(spec, init, b)]
+    return [t for t in plan_grid(spec, ladder) if t.n_target in init] + \
+        [t for t in plan_grid(spec) if t.n_target not in init]
+
+
+def law_point(spec: SweepSpec, cell: SearchCell, lr: float, batch: float, source: str) -> Optional[PlannedTrial]:
+    """Plan the cell's run at (lr, batch) (batch in whole sequences) and queue it as the cell's only
+    point; None when it does not fit the cluster's resources (the cell is searched on its lattice,
+    whose shapes were checked before launch). The caller adopts the trial into its book."""
+    seq = spec.model.seq_len
+    b = max(min_batch(spec), int(round(batch / seq)) * seq)
+    any_t = next(iter(cell.trials.values()))
+    try:
+        t = plan_trial(spec, any_t.n_target, cell.key[1], float(f"{lr:.4g}"), b, any_t.seed)
+    except SpecError as exc:
+        cell.open_info = {**cell.open_info, "law_point_refused": str(exc)}
+        cell.start_from += f" (the law's batch {b} does not fit: lattice search)"
+        return None
+    cell.start_from = "law point (" + source + ")"
+    cell.queue = [LAW_POINT]
+    cell.why[LAW_POINT] = (f"transfer: the learned law's point lr*={lr:.3g}, batch*={batch:.0f} "
+                           f"(run at batch {b}; {source})")
+    return t
