@@ -328,11 +328,8 @@ def run(world: str, seeds: int, concurrency: int, seed_start: int = 0,
             "ours_example_decisions": examples}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--world", default="tiny")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--seed-start", type=int, default=0, help="first seed (seeds S..S+K-1)")
+def parse_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, tuple[str, ...]]:
+    """Add the options every pruning benchmark shares (--methods, --concurrency, --json); parse."""
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated subset of: {', '.join(METHODS)}")
     ap.add_argument("--concurrency", type=int, default=6)
@@ -342,6 +339,15 @@ def main(argv: list[str] | None = None) -> None:
     bad = [n for n in names if n not in METHODS]
     if bad:
         ap.error(f"unknown method(s) {bad}; choose from {list(METHODS)}")
+    return a, names
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--world", default="tiny")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed-start", type=int, default=0, help="first seed (seeds S..S+K-1)")
+    a, names = parse_args(ap, argv)
     out = run(a.world, a.seeds, a.concurrency, a.seed_start, names)
     print(f"world {out['world']}, {out['seeds']} seeds × {out['trials_per_seed']} trials, "
           f"concurrency {out['concurrency']}")
