@@ -14,7 +14,7 @@ trials started cheapest first, reports arriving at their simulated wall time (th
 ``step_time_s``), a stopped trial frees its slot at once. So every method sees reports in the
 order a real Tune run would deliver them, and one that stops early also changes what runs when.
 
-- ours: ``orchestrator.pruner.Pruner`` (default PruneConfig; TrialMeta from the trial config), and
+- ours: ``orchestrator.pruning.Pruner`` (default PruneConfig; TrialMeta from the trial config), and
   the same without its paired rule (``paired_grace`` 0.99: the law-prediction rules alone);
 - ASHA: Ray Tune's ``AsyncHyperBandScheduler`` with its defaults (time_attr training_iteration,
   grace_period 1, reduction_factor 4, 1 bracket) except ``max_t``, set to the longest trial's
@@ -40,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.pruner import PruneConfig, Pruner, TrialMeta
+from orchestrator.pruning import PruneConfig, Pruner, TrialMeta
+from orchestrator.pruning.boundary import trial_meta
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import train
 from trainers.worlds import load_world
@@ -89,7 +90,7 @@ def make_sweep(world: str = "tiny", seed: int = 0) -> list[SimTrial]:
                     s = train(cfg, reps.append, w)
                     out.append(SimTrial(tid, cfg, reps, s.final_eval_loss, (float(N), float(f"{D:.3g}")), C))
     # Cheapest first by *planned* FLOPs (a diverged trial's realised FLOPs must not leak into the order).
-    out.sort(key=lambda t: (TrialMeta.from_trial_config(t.config).flops, t.trial_id))
+    out.sort(key=lambda t: (trial_meta(t.config).flops, t.trial_id))
     return out
 
 
@@ -120,7 +121,7 @@ class OurPruner(Method):
         self.report_s: list[float] = []
 
     def start(self, t):
-        self.metas[t.trial_id] = TrialMeta.from_trial_config(t.config)
+        self.metas[t.trial_id] = trial_meta(t.config)
 
     def report(self, t, i, rep):
         t0 = time.perf_counter()
@@ -257,7 +258,7 @@ def _lost(trials, stopped, key) -> tuple[int, int]:
     return sum(stopped[w.trial_id] is not None for w in groups.values()), len(groups)
 
 
-def _stops_by(decisions: dict[str, Any]) -> dict[str, int]:
+def stops_by(decisions: dict[str, Any]) -> dict[str, int]:
     """How ours ended the trials it ended: diverged, paired (calibrated or not), or a law prediction."""
     out: dict[str, int] = {}
     for d in decisions.values():
@@ -273,7 +274,7 @@ def _stops_by(decisions: dict[str, Any]) -> dict[str, int]:
 METHODS = ("none", "ours", "ours (no paired rule)", "asha", "optuna-median", "optuna-hyperband")
 
 
-def _methods(seed: int, max_t: int, names: tuple[str, ...]) -> list[Method]:
+def make_methods(seed: int, max_t: int, names: tuple[str, ...]) -> list[Method]:
     make = {"none": lambda: Method(), "ours": lambda: OurPruner(PruneConfig(seed=seed)),
             "ours (no paired rule)": lambda: OurPruner(PruneConfig(seed=seed, paired_grace=0.99),
                                                        name="ours (no paired rule)"),
@@ -292,7 +293,7 @@ def run(world: str, seeds: int, concurrency: int, seed_start: int = 0,
     for seed in seed_list:
         trials = make_sweep(world, seed)
         max_t = max(len(t.reports) for t in trials)
-        for m in _methods(seed, max_t, methods):
+        for m in make_methods(seed, max_t, methods):
             np.random.seed(seed)  # ASHA draws its bracket with np.random
             t0 = time.perf_counter()
             res = score(trials, replay(trials, m, concurrency))
@@ -301,7 +302,7 @@ def run(world: str, seeds: int, concurrency: int, seed_start: int = 0,
             rows.setdefault(m.name, []).append(res)
             if m.name == "ours":
                 latency += m.report_s
-                res["stops_by"] = _stops_by(m.decisions)
+                res["stops_by"] = stops_by(m.decisions)
                 for tid, d in list(m.decisions.items())[:3]:
                     examples.append({"trial": tid, **d.summary()})
     summary = {}
@@ -327,11 +328,8 @@ def run(world: str, seeds: int, concurrency: int, seed_start: int = 0,
             "ours_example_decisions": examples}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--world", default="tiny")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--seed-start", type=int, default=0, help="first seed (seeds S..S+K-1)")
+def parse_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, tuple[str, ...]]:
+    """Add the options every pruning benchmark shares (--methods, --concurrency, --json); parse."""
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated subset of: {', '.join(METHODS)}")
     ap.add_argument("--concurrency", type=int, default=6)
@@ -341,6 +339,15 @@ def main(argv: list[str] | None = None) -> None:
     bad = [n for n in names if n not in METHODS]
     if bad:
         ap.error(f"unknown method(s) {bad}; choose from {list(METHODS)}")
+    return a, names
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--world", default="tiny")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed-start", type=int, default=0, help="first seed (seeds S..S+K-1)")
+    a, names = parse_args(ap, argv)
     out = run(a.world, a.seeds, a.concurrency, a.seed_start, names)
     print(f"world {out['world']}, {out['seeds']} seeds × {out['trials_per_seed']} trials, "
           f"concurrency {out['concurrency']}")

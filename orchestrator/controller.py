@@ -460,6 +460,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
          stash: dict[str, Any]) -> SweepOutcome:
     from ray import tune
 
+    from .pruning.boundary import completed_from_store, trial_meta
     from .tracking import SweepTracker
     from .tune.callback import SweepCallback, mlflow_end
     from .tune.scheduler import PrunerScheduler
@@ -535,7 +536,11 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     planned = planner.runnable()
     progress = SweepProgress(spec.name, planner.trial_cap, sum(t.flops for t in planned),
                              spec.budget.total_flops, enabled=show_progress)
-    scheduler = PrunerScheduler(spec.pruning) if spec.pruning.enabled else None
+    scheduler = None
+    if spec.pruning.enabled:  # a resumed sweep's pruner starts from the trials that finished before
+        metas = {t.trial_id: trial_meta(trial_config(spec, t, None, cache), cell_D=t.cell.D)
+                 for t in planner.trials if t.trial_id in ended}
+        scheduler = PrunerScheduler(spec.pruning, history=completed_from_store(store, metas, spec.pruning.metric))
     callback = SweepCallback(store, tracker, progress, records, decisions,
                              stops=scheduler.decisions if scheduler is not None else None,
                              interrupted=stop_requested)

@@ -4,7 +4,7 @@ The pruner's curve-law and frontier fits are pure Python around small scipy prob
 (milliseconds to a second each). On a thread of the driver they hold the GIL against Ray
 Tune's event loop (see `orchestrator.helper_process`); in a helper process they run beside it.
 `ProcessPruner` has the `Pruner` calls the scheduler makes (`on_report`, `on_complete`,
-`on_remove`, `config`, `n_predictions`), made in the same order with the same arguments, so
+`on_remove`, `restore`, `config`, `n_predictions`), made in the same order with the same arguments, so
 decisions are identical; `on_reports` sends a run of queued reports in one round trip. A
 trial's `TrialMeta` crosses the socket once (its per-step lr array is the bulk of a call). Pickled (Tune saves its scheduler with the experiment state) it becomes
 the helper's `Pruner` itself, so an unpickled scheduler holds an ordinary in-process pruner.
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from ..helper_process import HelperProcess
-from ..pruner import Decision, PruneConfig, Pruner, TrialMeta
+from ..pruning import Completed, Decision, PruneConfig, Pruner, TrialMeta
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ class PrunerHost:
 
     def on_remove(self, trial_id: str) -> None:
         self.pruner.on_remove(trial_id)
+
+    def restore(self, completed: list) -> int:
+        return self.pruner.restore(completed)
 
     def n_predictions(self) -> int:
         return self.pruner.n_predictions
@@ -122,6 +125,10 @@ class ProcessPruner:
     def on_remove(self, trial_id: str) -> None:
         """`Pruner.on_remove`, run in the helper."""
         self._helper.call("on_remove", trial_id)
+
+    def restore(self, completed: Iterable[Completed]) -> int:
+        """`Pruner.restore` (a resumed sweep's finished trials), run in the helper."""
+        return int(self._helper.call("restore", list(completed)))
 
     @property
     def n_predictions(self) -> int:

@@ -1,4 +1,4 @@
-"""A Ray Tune `TrialScheduler` that stops trials by the pruning rule of `orchestrator.pruner`.
+"""A Ray Tune `TrialScheduler` that stops trials by the pruning rules of `orchestrator.pruning`.
 
 Thin by design: every decision lives in the pure `Pruner`; this adapter maps Tune's callbacks
 onto it and returns CONTINUE or STOP. Trials run in submission order (it is a FIFOScheduler),
@@ -11,12 +11,13 @@ import logging
 import math
 import queue
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from ..pruner import Decision, PruneConfig, Pruner, TrialMeta
+from ..pruning import Completed, Decision, PruneConfig, Pruner, TrialMeta
+from ..pruning.boundary import prune_config, trial_meta
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,11 @@ OnDecision = Callable[[str, Decision], None]
 class PrunerScheduler(FIFOScheduler):
     """Stops a trial when the pruner says so; ``on_decision(trial_id, decision)`` records every stop."""
 
-    def __init__(self, config: PruneConfig = PruneConfig(), on_decision: Optional[OnDecision] = None,
+    def __init__(self, config: Any = PruneConfig(), on_decision: Optional[OnDecision] = None,
                  pruner: Optional[Pruner] = None, background: bool = True, max_backlog: int = 32,
-                 process: Optional[bool] = None):
+                 process: Optional[bool] = None, history: Iterable[Completed] = ()):
         super().__init__()
+        config = prune_config(config)  # the spec's `pruning` section, or a PruneConfig
         # process: the pure Pruner runs in a helper process (orchestrator.tune.pruner_process), so
         # its fits do not hold the driver's GIL against Tune's event loop; same calls, same
         # decisions. None = when it runs in the background and no pruner is given.
@@ -38,6 +40,9 @@ class PrunerScheduler(FIFOScheduler):
 
             pruner = ProcessPruner(config)
         self.pruner = pruner or Pruner(config)
+        # a resumed sweep: the trials that finished in its earlier runs are the references again
+        # (orchestrator.pruning.boundary.completed_from_store)
+        self.restored = self.pruner.restore(history) if history else 0
         self.on_decision = on_decision
         self.metas: dict[str, TrialMeta] = {}
         self._order: dict[str, int] = {}  # Tune trial id -> position added (FIFO order)
@@ -159,7 +164,7 @@ class PrunerScheduler(FIFOScheduler):
             cfg = trial.config.get("trial") if isinstance(trial.config, dict) else None
             if not isinstance(cfg, dict):
                 return None
-            self.metas[tid] = TrialMeta.from_trial_config(cfg, cell_D=trial.config.get("cell_D"))
+            self.metas[tid] = trial_meta(cfg, cell_D=trial.config.get("cell_D"))
         return self.metas[tid]
 
     def on_trial_add(self, tune_controller, trial) -> None:

@@ -235,3 +235,22 @@ def test_spec_and_planner_do_not_import_torch(module):
                         "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'mlflow'})))"],
                        cwd=ROOT, capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "", f"{module} imports {r.stdout.strip()}"
+
+
+PRUNING_ADAPTERS = ("boundary",)  # the one module of the package that reads the trainer contract
+
+
+def test_pruning_rules_are_pure():
+    """orchestrator.pruning (but its boundary) imports only stdlib, numpy, scipy, orchestrator.core and .laws."""
+    pkg = ROOT / "orchestrator" / "pruning"
+    mods = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in pkg.rglob("*.py")
+                  if p.stem not in PRUNING_ADAPTERS)
+    mods = [m[:-len(".__init__")] if m.endswith(".__init__") else m for m in mods]
+    assert "orchestrator.pruning.rules.paired" in mods
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in mods) +
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & set(%r))\n" % ((FORBIDDEN + ("trainers",)),) +
+            "ours = sorted(m for m in sys.modules if m.startswith('orchestrator.') and not m.startswith("
+            "('orchestrator.core', 'orchestrator.laws', 'orchestrator.pruning')))\n"
+            "print(','.join(bad + ours))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"orchestrator.pruning imports {out.stdout.strip()}"

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.pruner import STOP, PruneConfig, Pruner, TrialMeta, _overshoot, _z
+from orchestrator.pruning import STOP, PruneConfig, Pruner
+from orchestrator.pruning.boundary import trial_meta
+from orchestrator.pruning.pairstat import overshoot as _overshoot, z as _z
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import train
 from trainers.worlds import load_world
@@ -68,7 +70,7 @@ def real_groups() -> dict:
     for (N, kind, lr, seed, T, b), rs in rows.items():
         cfg = TrialConfig(trial_id=f"N{N}-{kind}-lr{lr:.3g}-s{seed}", n_params=N, tokens=T * b, lr=lr,
                           batch_tokens=b, schedule=Schedule(kind=kind), seed=seed)
-        meta = TrialMeta.from_trial_config(cfg)
+        meta = trial_meta(cfg)
         assert meta.total_steps == T
         reps = [{"step": float(r["step"]), "train_loss": float(r["train_loss"]), "eval_loss": float(r["eval_loss"])}
                 for r in sorted(rs, key=lambda r: int(r["step"]))]
@@ -99,7 +101,7 @@ def test_real_lr_sweeps_never_lose_their_winner(real, calibrated):
                     complete(p, r2)
                     if (other[0], other[2]) == (key[0], key[2]):
                         cell_best = min(cell_best, *finals(r2).values())
-            assert p._pair_allowance() is not None
+            assert p.history.calibration.allowance() is not None
         stopped = live(p, runs)
         f = finals(runs)
         best = min(f.values())
@@ -145,8 +147,8 @@ def test_real_calibration_learns_that_real_ratios_move(real):
     p = Pruner(PruneConfig(**PAIRED_ONLY))
     for runs in real.values():
         complete(p, runs)
-    A = p._pair_allowance()
-    assert A is not None and len(p._pair_pool) >= 50
+    A = p.history.calibration.allowance()
+    assert A is not None and len(p.history.calibration.pairs) >= 50
     assert A[15] > 0.04 and A[95] < A[15] / 2
 
 
@@ -198,7 +200,7 @@ def sim_cell(N: int, D: int, seed: int) -> dict:
                             seed=seed)
             reps: list = []
             train(c, reps.append, WORLD)
-            runs[c.trial_id] = (TrialMeta.from_trial_config(c), reps, c)
+            runs[c.trial_id] = (trial_meta(c), reps, c)
     return runs
 
 
@@ -211,7 +213,7 @@ def test_planted_truth_losers_stop_early_and_the_winner_never(seed):
     first, second = sim_cell(N1, D1, seed), sim_cell(N2, D2, seed)
     p = Pruner(PruneConfig(seed=seed, **PAIRED_ONLY))
     complete(p, {t: (m, r) for t, (m, r, _) in first.items()})
-    assert p._pair_allowance() is not None
+    assert p.history.calibration.allowance() is not None
     stopped = live(p, {t: (m, r) for t, (m, r, _) in second.items()})
     f = finals({t: (m, r) for t, (m, r, _) in second.items()})
     assert min(f, key=f.get) not in stopped
@@ -251,7 +253,7 @@ def test_lone_run_is_compared_across_schedules(seed):
     for x in (1 / 30, 1 / 10):
         lone = f"N{N2}-wsd-x{x:.3g}"
         p, runs, stopped = _lone(first, second, lone)
-        assert p._cross_allowance_for((runs[lone][0].schedule_kind(),
+        assert p.history.calibration.cross_allowance((runs[lone][0].schedule_kind(),
                                        runs[f"N{N2}-cosine-x1"][0].schedule_kind())) is not None
         d = stopped[lone]
         assert d.action == STOP and d.prediction["mode"] == "paired" and d.prediction["cross_schedule"], d.reason
@@ -302,12 +304,12 @@ def test_allowance_is_the_conformal_quantile_of_completed_pairs():
     p = Pruner(PruneConfig(level=0.9))
     rng = np.random.default_rng(0)
     pool = [np.full(101, v) for v in rng.permutation(np.arange(1, 20) / 100)]
-    p._pair_pool = pool[:8]
-    assert p._pair_allowance() is None  # 8 pairs cannot give a 90 % bound
-    p._pair_pool = pool[:9]
-    assert p._pair_allowance()[0] == max(v[0] for v in pool[:9])  # ⌈10·0.9⌉ = 9th of 9
-    p._pair_pool = pool
-    assert p._pair_allowance()[0] == pytest.approx(0.18)  # ⌈20·0.9⌉ = 18th of 19
+    p.history.calibration.pairs = pool[:8]
+    assert p.history.calibration.allowance() is None  # 8 pairs cannot give a 90 % bound
+    p.history.calibration.pairs = pool[:9]
+    assert p.history.calibration.allowance()[0] == max(v[0] for v in pool[:9])  # ⌈10·0.9⌉ = 9th of 9
+    p.history.calibration.pairs = pool
+    assert p.history.calibration.allowance()[0] == pytest.approx(0.18)  # ⌈20·0.9⌉ = 18th of 19
 
 
 def test_overshoot_of_a_pair_whose_ratio_reverses():

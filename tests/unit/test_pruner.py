@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.pruner import DIVERGED, STOP, PruneConfig, Pruner, TrialMeta
+from orchestrator.pruning import DIVERGED, STOP, PruneConfig, Pruner
+from orchestrator.pruning.boundary import trial_meta
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import train
 from trainers.worlds import load_world
@@ -29,7 +30,7 @@ def reports(c: TrialConfig) -> list[dict]:
 
 def feed(p: Pruner, c: TrialConfig, reps: list[dict]):
     """Feed reports until a stop; (decision, index) of the stop, or (last decision, None)."""
-    meta = TrialMeta.from_trial_config(c)
+    meta = trial_meta(c)
     d = None
     for i, r in enumerate(reps):
         d = p.on_report(c.trial_id, meta, r)
@@ -45,7 +46,7 @@ def with_history(p: Pruner, seed: int = 100) -> Pruner:
         c = cfg(f"done-{kind}", LR_STAR / 2, kind=kind, seed=seed)
         r = reports(c)
         p.on_complete(c.trial_id, r[-1]["eval_loss"], ([x["step"] for x in r], [x["eval_loss"] for x in r]),
-                      meta=TrialMeta.from_trial_config(c))
+                      meta=trial_meta(c))
     return p
 
 
@@ -55,7 +56,7 @@ def const_frontier(value: float):
 
 def test_trial_meta_matches_the_trainer():
     c = cfg("a", LR_STAR)
-    meta = TrialMeta.from_trial_config(c)
+    meta = trial_meta(c)
     reps = reports(c)
     assert meta.total_steps == reps[-1]["step"]
     assert meta.flops == pytest.approx(reps[-1]["flops"])
@@ -70,7 +71,7 @@ def test_never_stops_before_grace_even_when_hopeless():
         p = Pruner(PruneConfig(grace=grace), frontier=const_frontier(1.0))
         d, i = feed(p, c, reps)
         assert d.action == STOP
-        assert reps[i]["step"] >= grace * TrialMeta.from_trial_config(c).total_steps
+        assert reps[i]["step"] >= grace * trial_meta(c).total_steps
         assert d.prediction["fraction"] >= grace
 
 
@@ -107,7 +108,7 @@ def test_nan_is_diverged_at_once():
     assert d.action == DIVERGED and i == 5 and "non-finite" in d.reason
     # inf anywhere, too; one NaN alone (no evaluation in this report) is not a divergence
     p = Pruner()
-    meta = TrialMeta.from_trial_config(c)
+    meta = trial_meta(c)
     assert p.on_report("b", meta, {"step": 20.0, "train_loss": 5.0, "eval_loss": math.nan}).action == "continue"
     assert p.on_report("b", meta, {"step": 40.0, "train_loss": math.inf, "eval_loss": 4.0}).action == DIVERGED
 
@@ -144,7 +145,7 @@ def test_intervals_are_the_laws():
     reps = reports(c)
     p = Pruner(PruneConfig(law="annealing", level=0.8), frontier=const_frontier(1.0))
     d, i = feed(p, c, reps)
-    meta = TrialMeta.from_trial_config(c)
+    meta = trial_meta(c)
     steps = np.array([r["step"] for r in reps[: i + 1]])
     loss = np.array([r["eval_loss"] for r in reps[: i + 1]])
     fl = predict_final(steps, loss, meta.law_schedule(), law="annealing", level=0.8,
@@ -161,7 +162,7 @@ def test_winner_survives_a_sweep_and_bad_lrs_are_stopped(seed):
     factors = (1 / 100, 1 / 10, 1 / 3, 1.0, 3.0, 10.0)
     cfgs = [cfg(f"{k}-{f:.3g}", LR_STAR * f, kind=k, seed=seed) for k in ("cosine", "wsd") for f in factors]
     reps = {c.trial_id: reports(c) for c in cfgs}
-    metas = {c.trial_id: TrialMeta.from_trial_config(c) for c in cfgs}
+    metas = {c.trial_id: trial_meta(c) for c in cfgs}
     p = with_history(Pruner(PruneConfig(seed=seed)), seed=100 + seed)
     stopped = {}
     for k in range(max(len(r) for r in reps.values())):
@@ -188,8 +189,18 @@ def test_winner_survives_a_sweep_and_bad_lrs_are_stopped(seed):
             assert finals[t] > finals[winner] * (1 + p.config.margin / 2), t
 
 
-def test_config_is_validated():
+def test_config_is_validated_at_the_spec_boundary():
+    # The pure rules take a frozen dataclass; the user's values are validated by the spec's
+    # pydantic model, converted once (orchestrator.pruning.boundary.prune_config).
+    from dataclasses import fields
+
+    from orchestrator.pruning.boundary import prune_config
+    from orchestrator.spec import PruningSpec
+
     with pytest.raises(ValueError, match="grace"):
-        PruneConfig(grace=1.5)
+        PruningSpec(grace=1.5)
     with pytest.raises(ValueError, match="law"):
-        PruneConfig(law="nope")
+        PruningSpec(law="nope")
+    assert prune_config(PruningSpec()) == PruneConfig()  # one set of defaults
+    assert {f.name for f in fields(PruneConfig)} == set(PruningSpec.model_fields) - {"enabled"}
+    assert prune_config(PruningSpec(margin=0.05, law="annealing")) == PruneConfig(margin=0.05, law="annealing")

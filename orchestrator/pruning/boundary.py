@@ -1,0 +1,48 @@
+"""The one boundary between the pure pruning rules and the rest of the product.
+
+Not part of the pure core (it reads the trainer contract): a trial's `TrialMeta` from its contract
+`TrialConfig`, the rules' config from the spec's ``pruning`` section, and the history of a
+resumed sweep from its observation store.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional
+
+from trainers.contract import TrialConfig
+from trainers.schedules import lr_array
+
+from .config import PruneConfig
+from .history import Completed, completed_from_rows
+from .meta import TrialMeta
+
+
+def trial_meta(cfg: TrialConfig | Mapping[str, Any], cell_D: Optional[float] = None) -> TrialMeta:
+    """The plan of a contract TrialConfig (or its dict), with steps derived as the trainers do;
+    `cell_D` is the planned trial's nominal D (`PlannedTrial.cell`)."""
+    if not isinstance(cfg, TrialConfig):
+        cfg = TrialConfig.from_dict(dict(cfg))
+    b = (int(cfg.batch_tokens) // cfg.seq_len) * cfg.seq_len
+    T = max(1, math.ceil(cfg.tokens / b))
+    return TrialMeta(N=float(cfg.n_params), D=float(T * b), total_steps=T, lr=lr_array(T, cfg.lr, cfg.schedule),
+                     flops=6.0 * cfg.n_params * T * b, warmup_steps=min(T, int(round(cfg.schedule.warmup * T))),
+                     start_step=int(cfg.branch_step), schedule=schedule_name(cfg.schedule), cell_D=cell_D)
+
+
+def schedule_name(s: Any) -> str:
+    """The schedule's kind and fractions (the cross-schedule calibration key)."""
+    return f"{s.kind} warmup {s.warmup:g} decay {s.decay:g} final {s.final_lr_frac:g}"
+
+
+def prune_config(spec: Any) -> PruneConfig:
+    """The rules' config of the spec's ``pruning`` section (`orchestrator.spec.PruningSpec`)."""
+    return PruneConfig.from_spec(spec)
+
+
+def completed_from_store(store: Any, metas: Mapping[str, TrialMeta], metric: str = "eval_loss") -> list[Completed]:
+    """The finished trials of an `ObservationStore` with a plan in `metas`, in the order they finished."""
+    rows = store.observations().select(["trial_id", "step", metric]).to_pylist()
+    return completed_from_rows(store.trials(), rows, metas, metric)
+
+
+__all__ = ["trial_meta", "schedule_name", "prune_config", "completed_from_store"]

@@ -1,0 +1,68 @@
+"""What the pruner knows of a trial's plan (`TrialMeta`), independent of how the plan was written.
+
+The adapter (`orchestrator.pruning.boundary.trial_meta`) builds one from the trial contract; here
+it is plain data: sizes, steps and the per-step learning rate.
+
+>>> import numpy as np
+>>> m = TrialMeta(N=1e6, D=2e7, total_steps=100, lr=np.full(100, 1e-3), flops=1.2e14)
+>>> m.cell(), m.compute
+((1000000.0, 20000000.0), 120000000000000.0)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..core.cells import cell_of
+from ..laws.curves import Schedule
+
+LR_REF = 1e-3  # the peak every schedule shape is scaled to before the curve law sees it
+
+
+@dataclass(frozen=True)
+class TrialMeta:
+    """What the pruner needs to know of a trial's plan."""
+
+    N: float  # non-embedding parameters
+    D: float  # planned training tokens
+    total_steps: int
+    lr: np.ndarray = field(repr=False)  # the lr used at every step 0..total_steps-1 (trainers.schedules)
+    flops: float  # planned training FLOPs
+    warmup_steps: int = 0
+    start_step: int = 0  # a WSD cooldown branch starts at its trunk's step (orchestrator/branching.py)
+    schedule: str = ""  # the schedule's kind and fractions (trainers.contract.Schedule); "" = from the lr shape
+    cell_D: Optional[float] = None  # the planned trial's nominal D (its cell; None: the rounded D is the cell's)
+
+    @property
+    def compute(self) -> float:
+        """C = 6·N·D, the compute the frontier is evaluated at (the fit's FLOP rule)."""
+        return 6.0 * self.N * self.D
+
+    def cell(self) -> tuple[float, float]:
+        """The (N, D) cell key (`orchestrator.core.cells.cell_of`): the nominal D, whatever batch rounding did."""
+        c = cell_of({"N": self.N, "D": self.D, "D_nominal": self.cell_D})
+        return (c.N, c.D)
+
+    def schedule_kind(self) -> str:
+        """The schedule's shape as a fraction of the run, the same for every (N, D) (cross-schedule calibration key)."""
+        if self.schedule:
+            return self.schedule
+        peak = float(np.max(self.lr)) if self.lr.size else 1.0
+        bins = np.array_split(self.lr / peak, 20) if self.lr.size >= 20 else [self.lr / peak]
+        return "shape:" + ",".join(f"{float(np.mean(b)):.2f}" for b in bins)
+
+    def law_schedule(self) -> Schedule:
+        """The per-step schedule the curve law sees: index s = the lr of step s, shape scaled to LR_REF.
+
+        The curve law sees the schedule's *shape*: runs of one N at different peak lrs then share
+        one law and differ by the per-run offset that ``predict_final`` fits on the prefix.
+        """
+        peak = float(np.max(self.lr)) if self.lr.size else 1.0
+        shape = self.lr / peak * LR_REF
+        per_step = np.concatenate(([shape[0]], shape))  # index 0 takes no update
+        return Schedule(lr=per_step, warmup_end=int(self.warmup_steps))
+
+
+__all__ = ["TrialMeta", "LR_REF"]
