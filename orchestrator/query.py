@@ -82,20 +82,24 @@ def check_budgets(budgets: Sequence[float]) -> list[float]:
 
 def budget_problem(proposals: Sequence[dict[str, Any]], smallest: float) -> Optional[str]:
     """Why a proposal is not a config anyone can run (None when every one is): its N* beyond the
-    family's largest member (no shape), or a budget that leaves the smallest member fewer tokens
-    than parameters (C < 6·N_min²: arithmetic, not a proposal).
+    family's largest member (no shape), or below its smallest, or a budget so small that even the
+    smallest member would see fewer tokens than parameters (C < 6·N_min²: arithmetic, not a proposal).
 
     >>> budget_problem([{"budget": 1e9, "N": 11.0, "D": 1.5e7, "shape": {}}], smallest=3312)
-    "budget: 1e+09 FLOPs is below what the model family's smallest member (N=3312) can use: at least 6.58e+07 FLOPs"
+    "budget: 1e+09 FLOPs puts N* = 11 below the model family's smallest member (N=3312); propose for a larger budget"
     """
-    beyond = [p["budget"] for p in proposals if p.get("shape") is None]
-    if beyond:
-        return f"budget: {beyond[0]:.3g} FLOPs puts N* beyond the model family's largest member"
-    below = [p for p in proposals if not (p["N"] >= smallest / 1.1 and p["D"] >= p["N"])]
-    if below:
-        return (f"budget: {below[0]['budget']:.3g} FLOPs is below what the model family's smallest "
-                f"member (N={smallest:g}) can use: at least {6.0 * smallest**2:.3g} FLOPs")
+    for p in proposals:
+        c, n = p["budget"], p["N"]
+        if p.get("shape") is None:
+            return f"budget: {c:.3g} FLOPs puts N* = {n:.3g} beyond the model family's largest member"
+        if n < smallest / 1.1:
+            return (f"budget: {c:.3g} FLOPs puts N* = {n:.3g} below the model family's smallest member "
+                    f"(N={smallest:g}); propose for a larger budget")
+        if p["D"] < n and c < 6.0 * smallest**2:
+            return (f"budget: {c:.3g} FLOPs is below what the model family's smallest member (N={smallest:g}) "
+                    f"can use: at least {6.0 * smallest**2:.3g} FLOPs")
     return None
+
 
 def propose(data: SweepData, spec: Any, budgets: Sequence[float], bootstrap: Optional[int] = None) -> SweepFit:
     """Compute-optimal proposals for `budgets`; NotFitted or BadBudget when there is no answer."""

@@ -45,8 +45,12 @@ def _sweep_dir(path: Path) -> Path:
 
 
 @app.command("validate")
-def validate(spec: Path = typer.Argument(..., help="sweep spec (YAML)")) -> None:
-    """Check a spec and print the trials it would run; starts nothing."""
+def validate(
+    spec: Path = typer.Argument(..., help="sweep spec (YAML)"),
+    every_trial: bool = typer.Option(False, "--trials", help="list every trial, not one row per model size"),
+) -> None:
+    """Check a spec and print the trials it would run (a table per model size; --trials: each trial);
+    starts nothing."""
     from ..planner import GridPlanner
     from ..spec import SpecError, check_sweep_dir
 
@@ -61,6 +65,43 @@ def validate(spec: Path = typer.Argument(..., help="sweep spec (YAML)")) -> None
     console.print(f"[bold]{s.name}[/]: {len(grid)} trial(s) in the grid ({sum(t.flops for t in grid):.3g} FLOPs "
                   f"within the budget); the sweep {what}. Sweep dir {s.sweep_dir()}"
                   + (" (holds this sweep already: `run` continues it)" if continues else ""))
+    console.print(_trials_table(grid) if every_trial else _sizes_table(grid))
+
+
+def _span(values, fmt) -> str:
+    """One value, or `low – high (k values)`."""
+    vals = sorted(set(values))
+    return fmt(vals[0]) if len(vals) == 1 else f"{fmt(vals[0])} – {fmt(vals[-1])} ({len(vals)} values)"
+
+
+def _sizes_table(grid) -> Table:
+    """The grid per model size: its shape, how many trials, which D, lr, batch and seeds, FLOPs, workers."""
+    by_size: dict[int, list] = {}
+    for t in grid:
+        by_size.setdefault(t.N, []).append(t)
+    table = Table(title="trials per model size")
+    for col in ("N (params)", "d_model, layers, heads", "trials", "D (tokens)", "lr", "batch (tokens)", "seeds",
+                "WSD branches", "FLOPs", "workers x ZeRO"):
+        table.add_column(col, justify="left" if col.startswith("d_model") else "right")
+    for n, ts in sorted(by_size.items()):
+        sh = ts[0].shape
+        table.add_row(integer(n), f"{sh.get('d_model')}, {sh.get('n_layers')}, {sh.get('n_heads')}", str(len(ts)),
+                      _span([t.D for t in ts], integer), _span([t.lr for t in ts], lambda v: f"{v:.3g}"),
+                      _span([t.batch for t in ts], integer), _span([t.seed for t in ts], str),
+                      str(sum(1 for t in ts if t.branch_of)), flops(sum(t.flops for t in ts)),
+                      _span([f"{t.workers} x {t.zero_stage}" for t in ts], str))
+    return table
+
+
+def _trials_table(grid) -> Table:
+    """Every trial of the grid, in the order the sweep hands them out."""
+    table = Table(title=f"{len(grid)} trial(s)")
+    for col in ("trial", "N (params)", "D (tokens)", "lr", "batch (tokens)", "seed", "FLOPs", "branch of"):
+        table.add_column(col, justify="left" if col in ("trial", "branch of") else "right")
+    for t in grid:
+        table.add_row(t.trial_id, integer(t.N), integer(t.D), f"{t.lr:.3g}", integer(t.batch), str(t.seed),
+                      flops(t.flops), t.branch_of or "-")
+    return table
 
 
 @app.command("run")
