@@ -23,7 +23,7 @@ def too_large_ranges(data: Any, path: str = "spec") -> Optional[str]:
     """The first {min, max, count} range with an absurd count (it would stall validation).
 
     >>> too_large_ranges({"learning_rates": {"min": 1e-4, "max": 1e-2, "count": "1000000"}})
-    "learning_rates.count: at most 10000 values per range, got 1000000.0"
+    'learning_rates.count: at most 10000 values per range, got 1000000.0'
     """
     if isinstance(data, dict):
         count = data.get("count")

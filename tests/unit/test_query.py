@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ TARGET = 1e15
 runner = CliRunner()
 
 
-def _plant(root, fit: dict, noise: float = 0.0) -> "Path":  # noqa: F821
+def _plant(root: Path, fit: dict, noise: float = 0.0) -> Path:
     """ROOT/planted: one finished trial per (N, D) cell on the truth (plus seeded noise), its spec's `fit`."""
     d = root / "planted"
     d.mkdir()
