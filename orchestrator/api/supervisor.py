@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
+log = logging.getLogger("orchestrator.api")
 
 CONTROLLER_FILE = "controller.json"
 LOG_FILE = "controller.log"
@@ -152,6 +155,9 @@ class Supervisor:
         """Stop every sweep this server started: SIGTERM (the controller stops gracefully), then,
         after `grace_s`, SIGKILL to whatever of its process group is left."""
         running = [(p, d) for p, d in self.procs.values() if p.poll() is None]
+        t0 = time.monotonic()
+        if running:
+            log.info("stopping %d running sweep(s): %s", len(running), ", ".join(d.name for _, d in running))
         for proc, d in running:
             update_controller(d, stop_requested=time.time(), stop_reason="the API server shut down")
             with contextlib.suppress(ProcessLookupError):
@@ -167,6 +173,8 @@ class Supervisor:
                                   reason=f"killed {grace_s:.0f} s after the stop request")
         for proc, _ in self.procs.values():
             _kill_group(proc.pid)  # the sweep's own children (a trial, a Ray worker) must not outlive it
+        if running:
+            log.info("sweeps stopped in %.1f s", time.monotonic() - t0)
 
 
 def _kill_group(pgid: int) -> None:

@@ -21,27 +21,11 @@ from fastapi.testclient import TestClient
 from orchestrator.api import create_app
 from orchestrator.store import ObservationStore
 from tests.integration.conftest import free_port
+from tests.integration.test_graceful_stop import SPEC as STOPPED_SPEC, _env, _reported
 
 pytestmark = pytest.mark.integration
 
-SPEC = {
-    "name": "stop-me",
-    "model": {"n_params": [20000, 50000, 125000]},
-    "tokens": {"values": [262144]},  # 32 steps of 8192 tokens
-    "learning_rates": [0.03],
-    "batch_sizes": [8192],
-    "trainer": {"backend": "simulated", "world": "tiny"},
-    "eval": {"every": 2},  # 16 reports of 0.3 s per trial: the sweep is still running when the server stops
-    "fit": {"bootstrap": 0},
-    "resources": {"max_concurrent": 2},
-}
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SCALESWEEP_API_TOKEN")}
-    env.update(SCALESWEEP_REPORT_DELAY_S="0.3", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+SPEC = {**STOPPED_SPEC, "name": "stop-me"}  # 3 trials of 16 reports of 0.3 s: still running when the server stops
 
 
 def _children() -> dict[int, list[int]]:
@@ -73,13 +57,6 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return False
-
-
-def _reported(sweep_dir: Path) -> int:
-    if not (sweep_dir / "store").is_dir():
-        return 0
-    n = len(ObservationStore(sweep_dir).observations().to_pylist())
-    return n + sum(w.read_text().count("\n") for w in (sweep_dir / "store" / "wal").glob("*.jsonl"))
 
 
 @pytest.mark.timeout(420)
