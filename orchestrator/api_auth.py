@@ -7,7 +7,7 @@ from typing import Optional
 
 from starlette.requests import Request
 
-from .schemas import ApiConfigError
+from .api_schemas import ApiConfigError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

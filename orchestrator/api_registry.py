@@ -17,12 +17,12 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from .. import query
-from ..laws.result import jsonable
-from .auth import DEFAULT_TOKEN_ENV
-from .schemas import ApiError, links
-from .submission import SWEEP_ID, validated_spec
-from .supervisor import LOG_FILE, STOP_GRACE_S, Supervisor, update_controller
+from . import query
+from .laws.result import jsonable
+from .api_auth import DEFAULT_TOKEN_ENV
+from .api_schemas import ApiError, links
+from .api_submission import SWEEP_ID, validated_spec
+from .api_supervisor import LOG_FILE, STOP_GRACE_S, Supervisor, update_controller
 
 CACHE_SIZE = 128
 
@@ -41,7 +41,7 @@ def store_version(sweep_dir: Path) -> tuple:
 
 def spec_summary(spec) -> dict[str, Any]:
     """What GET /sweeps/{id} shows of a spec: its grid and budget."""
-    from ..planner import plan_grid
+    from .planner import plan_grid
 
     trials = plan_grid(spec)
     return {
@@ -112,7 +112,7 @@ class SweepRegistry:
 
     def spec(self, sweep_id: str):
         """(spec, None) or (None, message) for a sweep's recorded spec."""
-        from ..spec import SpecError, load_spec
+        from .spec import SpecError, load_spec
 
         d = self.dir(sweep_id)
         try:
@@ -199,7 +199,7 @@ class SweepRegistry:
     # ---- fits -----------------------------------------------------------------------
     def data(self, sweep_id: str) -> query.SweepData:
         """The fit's inputs from the sweep's store (cached per store version)."""
-        from ..store import ObservationStore
+        from .store import ObservationStore
 
         d = self.dir(sweep_id)
         if not (d / "store").is_dir():

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from trainers.worlds import bundled_worlds
 
-from .schemas import MAX_RANGE_COUNT, MAX_TRIALS, ApiError
+from .api_schemas import MAX_RANGE_COUNT, MAX_TRIALS, ApiError
 
 log = logging.getLogger("orchestrator.api")
 
@@ -49,7 +49,7 @@ def too_large_ranges(data: Any, path: str = "spec") -> Optional[str]:
 def validated_spec(data: Any, root: Path, tracking_uri: Optional[str]):
     """The submitted spec, validated, its output under ROOT/<name> and its tracking the server's;
     else ApiError 422 naming the field."""
-    from ..spec import SpecError, _shape_problem, parse_spec
+    from .spec import SpecError, _shape_problem, parse_spec
 
     if not isinstance(data, dict):
         raise ApiError(422, f"spec: the body must be a JSON object of spec fields, got {type(data).__name__}")

@@ -22,11 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from .auth import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TOKEN_ENV, TOKEN_HEADER, check_bind, token_ok
-from .registry import SweepRegistry
-from .schemas import (ERRORS, EXAMPLE_SPEC, MAX_BODY_BYTES, ApiError, Bootstrap, Budget, LawsDoc, Proposal,
+from .api_auth import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TOKEN_ENV, TOKEN_HEADER, check_bind, token_ok
+from .api_registry import SweepRegistry
+from .api_schemas import (ERRORS, EXAMPLE_SPEC, MAX_BODY_BYTES, ApiError, Bootstrap, Budget, LawsDoc, Proposal,
                       SweepCreated, SweepDetail, SweepSummary, links)
-from .supervisor import STOP_GRACE_S
+from .api_supervisor import STOP_GRACE_S
 
 log = logging.getLogger("orchestrator.api")
 
@@ -43,7 +43,7 @@ def _finite_schema(obj: Any) -> Any:
 
 def _spec_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     """(SweepSpec request schema, its component definitions) for the OpenAPI document."""
-    from ..spec import SweepSpec
+    from .spec import SweepSpec
 
     schema = _finite_schema(SweepSpec.model_json_schema(ref_template="#/components/schemas/{model}"))
     defs = schema.pop("$defs", {})

@@ -95,7 +95,7 @@ def child_env(token_env: str) -> dict[str, str]:
     """The environment of a supervised sweep: this checkout first on the path, no API token."""
     env = dict(os.environ)
     # The child must import this checkout's packages even when the server was started elsewhere.
-    pkg_root = str(Path(__file__).resolve().parents[2])
+    pkg_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop(token_env, None)  # the sweep has no business holding the API token
     return env
