@@ -160,3 +160,13 @@ def test_validate_lists_the_trials_per_size_and_each_with_trials(tmp_path):
     assert r.exit_code == 0, r.output
     assert all(t.trial_id in r.stdout for t in grid)
     assert not (tmp_path / "v").exists()  # validate starts and writes nothing
+
+
+@pytest.mark.parametrize("name", ["orchestrator.query", "orchestrator.api_auth", "orchestrator.api_schemas",
+                                  "orchestrator.api_submission", "orchestrator.api_supervisor"])
+def test_docstring_examples_hold(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS, report=False)
+    assert result.attempted > 0 and result.failed == 0, (name, result)
