@@ -18,12 +18,13 @@ from typing import Any, Optional
 import yaml
 
 from .laws.result import jsonable
-from .planner import PlannedTrial, proposal_resources, trial_config
+from .planner import PlannedTrial, trial_config
 from .planners import make_planner
+from .query import SweepData, sweep_fit
 from .progress import SweepProgress
-from .proposals import SweepFit, fit_and_propose, fit_settings
+from .proposals import SweepFit
 from .spec import SpecError, SweepSpec
-from .store import STOPPED_BY_USER, ObservationStore, StoreError, diverged_configs, final_points, final_task_points
+from .store import STOPPED_BY_USER, ObservationStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -613,11 +614,9 @@ def ended_trials(store: ObservationStore) -> dict[str, Optional[dict[str, Any]]]
 def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optional[str], t0: float,
               decisions: Optional[list[dict[str, Any]]] = None, hparams=None, hparam_intervals=None) -> SweepOutcome:
     """Fit the law on the finished trials, write fit + proposals to the sweep dir and MLflow."""
-    points = final_points(store)
-    task_rows = final_task_points(store, points)  # empty unless the spec named eval.tasks
-    fit = fit_and_propose(points, spec.budget.targets, **fit_settings(spec), hparams=hparams, resources=proposal_resources(spec),
-                          diverged=diverged_configs(store), family=spec.model.family,
-                          hparam_intervals=hparam_intervals, task_rows=task_rows)
+    data = SweepData.read(store)  # the query path `scalesweep propose` and the API answer through too
+    points, task_rows = data.points, data.task_rows  # task rows: empty unless the spec named eval.tasks
+    fit = sweep_fit(data, spec, spec.budget.targets, hparams=hparams, hparam_intervals=hparam_intervals)
     sweep_dir = spec.sweep_dir()
     doc = jsonable(fit.to_json())
     task_doc, task_plot_data = None, {}

@@ -17,11 +17,15 @@ def serve(
     token_env: str = typer.Option("SCALESWEEP_API_TOKEN", "--token-env",
                                   help="environment variable holding the API token (never pass it as an argument)"),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+    stop_grace: float = typer.Option(30.0, "--stop-grace", min=0.0, max=3600.0,
+                                     help="on SIGTERM or Ctrl-C, seconds each sweep this server started has to "
+                                          "stop gracefully (trials stopped-by-user, resumable) before it is killed"),
     tracking_uri: str = typer.Option(None, "--tracking-uri",
                                      help="MLflow tracking URI for every submitted sweep (clients may not choose "
                                           "one); default: each sweep's own SQLite store in its directory"),
 ) -> None:
-    """Serve the HTTP API (OpenAPI schema at /openapi.json): submit sweeps, read status, laws, proposals."""
+    """Serve the HTTP API (OpenAPI schema at /openapi.json): submit sweeps, read status, laws, proposals.
+    SIGTERM or Ctrl-C stops it cleanly: the sweeps it started are stopped (resumable) and nothing is left running."""
     from ..api import ApiConfigError, check_bind
     from ..api import serve as run_server
 
@@ -45,4 +49,5 @@ def serve(
             TrackingSpec(uri=tracking_uri)
         except ValidationError as exc:
             fail(f"--tracking-uri {tracking_uri}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
-    run_server(root, host=host, port=port, token=token, log_level=log_level, tracking_uri=tracking_uri)
+    run_server(root, host=host, port=port, token=token, log_level=log_level, tracking_uri=tracking_uri,
+               stop_grace_s=stop_grace, token_env=token_env)

@@ -45,8 +45,12 @@ def _sweep_dir(path: Path) -> Path:
 
 
 @app.command("validate")
-def validate(spec: Path = typer.Argument(..., help="sweep spec (YAML)")) -> None:
-    """Check a spec and print the trials it would run; starts nothing."""
+def validate(
+    spec: Path = typer.Argument(..., help="sweep spec (YAML)"),
+    every_trial: bool = typer.Option(False, "--trials", help="list every trial, not one row per model size"),
+) -> None:
+    """Check a spec and print the trials it would run (a table per model size; --trials: each trial);
+    starts nothing."""
     from ..planner import GridPlanner
     from ..spec import SpecError, check_sweep_dir
 
@@ -61,6 +65,43 @@ def validate(spec: Path = typer.Argument(..., help="sweep spec (YAML)")) -> None
     console.print(f"[bold]{s.name}[/]: {len(grid)} trial(s) in the grid ({sum(t.flops for t in grid):.3g} FLOPs "
                   f"within the budget); the sweep {what}. Sweep dir {s.sweep_dir()}"
                   + (" (holds this sweep already: `run` continues it)" if continues else ""))
+    console.print(_trials_table(grid) if every_trial else _sizes_table(grid))
+
+
+def _span(values, fmt) -> str:
+    """One value, or `low – high (k values)`."""
+    vals = sorted(set(values))
+    return fmt(vals[0]) if len(vals) == 1 else f"{fmt(vals[0])} – {fmt(vals[-1])} ({len(vals)} values)"
+
+
+def _sizes_table(grid) -> Table:
+    """The grid per model size: its shape, how many trials, which D, lr, batch and seeds, FLOPs, workers."""
+    by_size: dict[int, list] = {}
+    for t in grid:
+        by_size.setdefault(t.N, []).append(t)
+    table = Table(title="trials per model size")
+    for col in ("N (params)", "d_model, layers, heads", "trials", "D (tokens)", "lr", "batch (tokens)", "seeds",
+                "WSD branches", "FLOPs", "workers x ZeRO"):
+        table.add_column(col, justify="left" if col.startswith("d_model") else "right")
+    for n, ts in sorted(by_size.items()):
+        sh = ts[0].shape
+        table.add_row(integer(n), f"{sh.get('d_model')}, {sh.get('n_layers')}, {sh.get('n_heads')}", str(len(ts)),
+                      _span([t.D for t in ts], integer), _span([t.lr for t in ts], lambda v: f"{v:.3g}"),
+                      _span([t.batch for t in ts], integer), _span([t.seed for t in ts], str),
+                      str(sum(1 for t in ts if t.branch_of)), flops(sum(t.flops for t in ts)),
+                      _span([f"{t.workers} x {t.zero_stage}" for t in ts], str))
+    return table
+
+
+def _trials_table(grid) -> Table:
+    """Every trial of the grid, in the order the sweep hands them out."""
+    table = Table(title=f"{len(grid)} trial(s)")
+    for col in ("trial", "N (params)", "D (tokens)", "lr", "batch (tokens)", "seed", "FLOPs", "branch of"):
+        table.add_column(col, justify="left" if col in ("trial", "branch of") else "right")
+    for t in grid:
+        table.add_row(t.trial_id, integer(t.N), integer(t.D), f"{t.lr:.3g}", integer(t.batch), str(t.seed),
+                      flops(t.flops), t.branch_of or "-")
+    return table
 
 
 @app.command("run")
@@ -149,7 +190,7 @@ def status(
     """Trials, their states and the compute used; or a submitted sweep's job status."""
     import os
 
-    from ..store import ObservationStore
+    from ..query import status as sweep_status, status_line
 
     if not sweep_dir.exists() and (address or os.environ.get("SCALESWEEP_ADDRESS") or os.environ.get("RAY_ADDRESS")):
         from .job_commands import job_status
@@ -158,24 +199,12 @@ def status(
         return
     if not sweep_dir.exists():
         fail(f"{sweep_dir}: no such sweep directory (for a submitted sweep's job id, pass --address)")
-    store = ObservationStore(_sweep_dir(sweep_dir))
-    trials = store.trials()
-    spent = {tid: row["flops"] for tid, row in store.last_reports(finite="flops").items()}
-    rows = []
-    for tid, rec in sorted(trials.items(), key=lambda kv: (kv[1]["config"] or {}).get("flops", 0)):
-        cfg = rec["config"] or {}
-        rows.append({"trial_id": tid, "status": rec["status"], "N": cfg.get("N"), "D": cfg.get("D"),
-                     "lr": cfg.get("lr"), "batch": cfg.get("batch"), "planned_flops": cfg.get("flops"),
-                     "flops_spent": spent.get(tid, 0.0), "summary": rec["summary"]})
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    doc = {"sweep_dir": str(sweep_dir.resolve()), "trials": rows, "counts": counts,
-           "flops_spent": sum(spent.values())}
+    doc = sweep_status(_sweep_dir(sweep_dir), _recorded_spec(sweep_dir))
     if as_json:
         print_json(doc)
         return
-    table = Table(title=f"{sweep_dir}: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}")
+    rows = doc["trials"]
+    table = Table(title=f"{sweep_dir}: {status_line(doc['counts'], doc['never_started'])}")
     for col, justify in (("trial", "left"), ("status", "left"), ("N (params)", "right"), ("D (tokens)", "right"),
                          ("lr", "right"), ("batch (tokens)", "right"), ("FLOPs spent / planned", "right"),
                          (f"final eval loss ({LOSS_UNIT})", "right")):
@@ -187,7 +216,23 @@ def status(
                       f"{flops(r['flops_spent'])} / {flops(r['planned_flops'])}",
                       f"{loss:.4f}" if loss is not None and math.isfinite(loss) else "-")
     console.print(table)
-    console.print(f"compute used: {flops(doc['flops_spent'])} FLOPs")
+    console.print(f"trials: {status_line(doc['counts'], doc['never_started'])}")
+    branched = "; a WSD branch counts from its branch point" if any(r["branch_of"] for r in rows) else ""
+    console.print(f"compute used: {flops(doc['flops_spent'])} FLOPs{branched}")
+
+
+def _recorded_spec(sweep_dir: Path):
+    """The sweep's recorded spec.yaml, or None (missing or no longer valid: a warning, the data still read)."""
+    spec_path = sweep_dir / "spec.yaml"
+    if not spec_path.is_file():
+        return None
+    from ..spec import SpecError, load_spec
+
+    try:
+        return load_spec(spec_path)
+    except SpecError as exc:
+        typer.echo(f"warning: {spec_path} no longer validates ({exc}); fit settings are the defaults", err=True)
+        return None
 
 
 @app.command("propose")
@@ -198,32 +243,17 @@ def propose(
     as_json: bool = typer.Option(False, "--json", help="JSON output"),
 ) -> None:
     """Compute-optimal (N, D, lr, batch) and predicted loss for each budget, from the sweep's trials."""
-    from ..proposals import fit_and_propose, fit_settings
-    from ..store import ObservationStore, diverged_configs, final_points, final_task_points
+    from .. import query
+    from ..store import ObservationStore
 
-    bad = [c for c in budget if not (c > 0 and math.isfinite(c))]
-    if bad:
-        fail(f"--budget: must be positive and finite, got {bad[0]!r}")
     store = ObservationStore(_sweep_dir(sweep_dir))
-    points = final_points(store)
-    if not points:
-        fail(f"{sweep_dir}: no finished trial yet; nothing to fit", code=1)
-    spec_path = sweep_dir / "spec.yaml"
-    resources, family, spec = None, "gpt", None
-    if spec_path.is_file():  # each proposal carries its resource plan on the spec's device
-        from ..planner import proposal_resources
-        from ..spec import SpecError, load_spec
-
-        try:
-            spec = load_spec(spec_path)
-            resources, family = proposal_resources(spec), spec.model.family
-        except SpecError as exc:
-            typer.echo(f"warning: no resource plans: {exc}", err=True)
-    fit = fit_and_propose(points, budget, **fit_settings(spec, bootstrap), resources=resources,
-                          diverged=diverged_configs(store), family=family,
-                          task_rows=final_task_points(store, points))
-    if fit.fit is None:
-        fail("; ".join(fit.warnings), code=1)
+    spec = _recorded_spec(sweep_dir)  # its fit settings and device: the same answer as the API and fit.json
+    try:
+        fit = query.propose(query.SweepData.read(store), spec, budget, bootstrap)
+    except query.NotFitted as exc:
+        fail(f"{sweep_dir}: {exc}", code=1)
+    except query.BadBudget as exc:
+        fail(str(exc))
     if as_json:
         from ..laws.result import jsonable
 
