@@ -51,9 +51,9 @@ def build_report(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, *,
                  bootstrap: Optional[int] = None) -> Report:
     """Write SWEEP_DIR/report/index.html (and plots/*.png beside it); log the folder to the parent run."""
     from .plots.evidence import sweep_figures
-    from .proposals import fit_and_propose, fit_settings
+    from .query import SweepData, sweep_fit
     from .spec import load_spec
-    from .store import ObservationStore, diverged_configs, final_points, spent_flops
+    from .store import ObservationStore, spent_flops
 
     sweep_dir = Path(sweep_dir)
     spec_text = (sweep_dir / "spec.yaml").read_text()
@@ -65,9 +65,9 @@ def build_report(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, *,
     (out / "plots").mkdir(parents=True, exist_ok=True)
     trials = store.trials()
     last = store.last_reports()
-    points = final_points(store)
-    fit = fit_and_propose(points, spec.budget.targets, **fit_settings(spec, bootstrap),
-                          diverged=diverged_configs(store), family=spec.model.family) if points else None
+    data = SweepData.read(store)  # the one query path (fit.json, `scalesweep propose`, the API)
+    points = data.points
+    fit = sweep_fit(data, spec, spec.budget.targets, bootstrap=bootstrap) if points else None
     fit_json = sweep_dir / "fit.json"
     doc = json.loads(fit_json.read_text()) if fit_json.is_file() else (fit.to_json() if fit is not None else {})
     figures = sweep_figures(spec, store, fit, points) if fit is not None else {}
