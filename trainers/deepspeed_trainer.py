@@ -34,12 +34,12 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from trainers.contract import REPORT_KEYS, Reporter, TrialConfig, TrialSummary, task_key
+from trainers.contract import REPORT_KEYS, Reporter, TrialConfig, TrialSummary
 from trainers.corpus import TokenData, eval_windows, load_data, sample_batch
 from trainers.flops import flops_per_token
 from trainers.model import Shape, build_model, count_params, shape_for
 from trainers.schedules import lr_at
-from trainers.tasks import load_tasks, run_task
+from trainers.tasks import load_tasks, run_task, task_report
 
 ADAM_BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.1
@@ -232,9 +232,32 @@ def prune_checkpoints(checkpoint_dir: str, keep: set[int]) -> None:
             shutil.rmtree(tag, ignore_errors=True)  # every rank may try: ignore what another removed
 
 
+def import_deepspeed():
+    """`import deepspeed`, without the MLflow import its autotuner attempts (unused here).
+
+    Deferred to the trial (importing DeepSpeed costs seconds and probes the accelerator). DeepSpeed's
+    `autotuning.autotuner` does `try: import mlflow`, which alone took 5.1 of its 11.8 s (python -X
+    importtime); a process that has not imported MLflow (a trial's Ray actor, a command program)
+    hides it for that import so the try fails at once. A process that already holds MLflow keeps it.
+    """
+    import sys
+
+    if "deepspeed" in sys.modules or "mlflow" in sys.modules:
+        import deepspeed
+
+        return deepspeed
+    sys.modules["mlflow"] = None  # type: ignore[assignment]  # `import mlflow` raises ImportError
+    try:
+        import deepspeed
+    finally:
+        if "mlflow" in sys.modules and sys.modules["mlflow"] is None:
+            del sys.modules["mlflow"]
+    return deepspeed
+
+
 def train(config: TrialConfig, report: Reporter) -> TrialSummary:
     """Run one trial with DeepSpeed, calling `report` at every evaluation and at the end."""
-    import deepspeed  # deferred: importing DeepSpeed costs seconds and probes the accelerator
+    deepspeed = import_deepspeed()
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     device = pick_device()
@@ -414,11 +437,7 @@ def _evaluate_tasks(tasks, model, reducer: RankReducer) -> dict[str, float]:
     for name, task in tasks:
         m = run_task(name, task, model, None)  # no tokenizer object: trials train on token ids
         tokens += m.get("tokens", 0.0)
-        chance = m.get("chance", getattr(task, "chance", None))
-        for metric, value in (("acc", m["acc"]), ("acc_norm", m.get("acc_norm")), ("loss", m.get("task_loss")),
-                              ("chance", chance)):
-            if value is not None:
-                out[task_key(name, metric)] = float(value)
+        out.update(task_report(name, m, getattr(task, "chance", None)))
     keys = list(out)
     out = dict(zip(keys, reducer.mean(*out.values()))) if keys else out
     out["_tokens"] = tokens
