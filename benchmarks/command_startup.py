@@ -1,20 +1,21 @@
-"""Start-up of one `trainer.backend: command` trial program, before and after the DeepSpeed import cut.
+"""Start-up of one `trainer.backend: command` trial program, before and after the start-up cuts.
 
-    python -m benchmarks.command_startup [--repeats 5] [--out results/command-startup.json]
+    python -m benchmarks.command_startup [--repeats 3] [--base main] [--out results/command-startup.json]
 
 The program is the built-in trainer as a command (`{python} -m trainers.as_command
 trainers.deepspeed_trainer:train --config CONFIG`) on a tiny trial (N = 20K, 4 steps of 1,024
 tokens, one evaluation): what a command trial pays per trial that the built-in trainer, whose Ray
-actor is reused, pays once. Two arms, alternated in one run:
+actor is reused, pays once. Two arms, alternated in one run, same interpreter and venv:
 
-- before: the same program, but DeepSpeed is imported first as a plain `import deepspeed` (which
-  also imports MLflow through DeepSpeed's autotuner): the cost before the cut;
-- after:  the program as it is (`deepspeed_trainer.import_deepspeed` hides MLflow from that import).
+- before: `trainers/` as it is at git revision `--base` (extracted to a temporary directory, first
+  on PYTHONPATH);
+- after:  `trainers/` of this working tree (DeepSpeed imported without MLflow, no shared-memory
+  op for a 1-rank trial: `trainers.deepspeed_trainer.import_deepspeed`, `_no_shm_op`).
 
-Per arm, the median and spread of: seconds from launch to the first report line, and to exit. Also
-the bare imports (`import torch`; `import deepspeed` plain and through `import_deepspeed`), each in
-a fresh interpreter. A warm-up run first builds the corpus cache. Noisy on a shared machine: the
-arms are interleaved so load hits both alike.
+Per arm, the median and range of: seconds from launch to the first report line, and to exit. Also
+bare imports, each in a fresh interpreter: `import torch`, `import deepspeed` (plain) and
+`import_deepspeed()`. A warm-up run of each arm first (corpus cache, page cache, DeepSpeed's JIT op
+cache). Noisy on a shared machine: the arms are interleaved so load hits both alike.
 """
 from __future__ import annotations
 
@@ -29,12 +30,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PLAIN = ("import deepspeed, runpy, sys; sys.argv = ['as_command', *sys.argv[1:]]; "
-         "runpy.run_module('trainers.as_command', run_name='__main__')")
-ARMS = {
-    "before": [sys.executable, "-c", PLAIN],
-    "after": [sys.executable, "-m", "trainers.as_command"],
-}
+ARMS = ("before", "after")
 IMPORTS = {
     "import torch": "import torch",
     "import deepspeed (plain)": "import deepspeed",
@@ -42,8 +38,15 @@ IMPORTS = {
 }
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+def _env(first: str | None = None) -> dict[str, str]:
+    path = [p for p in (first, str(REPO), os.environ.get("PYTHONPATH")) if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+def _extract(rev: str, dest: Path) -> None:
+    """`trainers/` as it is at git revision `rev`, into dest/trainers."""
+    archive = subprocess.run(["git", "archive", rev, "trainers"], cwd=REPO, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
 
 
 def _config(root: Path, k: int, cache: str) -> Path:
@@ -59,11 +62,12 @@ def _config(root: Path, k: int, cache: str) -> Path:
     return run
 
 
-def _launch(argv: list[str], run: Path) -> dict[str, float]:
+def _launch(base: str | None, run: Path) -> dict[str, float]:
     metrics = run / "metrics.jsonl"
     t0 = time.monotonic()
-    proc = subprocess.Popen([*argv, "trainers.deepspeed_trainer:train", "--config", str(run / "config.json")],
-                            cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    argv = [sys.executable, "-m", "trainers.as_command", "trainers.deepspeed_trainer:train"]
+    proc = subprocess.Popen([*argv, "--config", str(run / "config.json")],
+                            cwd=REPO, env=_env(base), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = None
     while proc.poll() is None:
         if first is None and metrics.exists() and metrics.read_text().strip():
@@ -90,22 +94,29 @@ def _stats(xs: list[float]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--base", default="main", help="git revision of the 'before' arm's trainers/")
     ap.add_argument("--out", default="results/command-startup.json")
     args = ap.parse_args(argv)
     runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
     imports: dict[str, list[float]] = {name: [] for name in IMPORTS}
     with tempfile.TemporaryDirectory(prefix="bench-cmd-") as tmp:
         root, cache = Path(tmp), str(Path(tmp) / "cache")
+        (root / "base").mkdir()
+        _extract(args.base, root / "base")
+        first = {"before": str(root / "base"), "after": None}
         k = 0
-        _launch(ARMS["after"], _config(root, k, cache))  # warm-up: the corpus cache, the page cache
+        for arm in ARMS:  # warm-up: the corpus cache, the page cache, DeepSpeed's op cache
+            k += 1
+            _launch(first[arm], _config(root, k, cache))
         for _ in range(args.repeats):
-            for arm, arm_argv in ARMS.items():
+            for arm in ARMS:
                 k += 1
-                runs[arm].append(_launch(arm_argv, _config(root, k, cache)))
+                runs[arm].append(_launch(first[arm], _config(root, k, cache)))
             for name, stmt in IMPORTS.items():
                 imports[name].append(_import_time(stmt))
-    doc = {"args": vars(args), "python": sys.version.split()[0],
+    doc = {"args": vars(args), "base": subprocess.run(["git", "rev-parse", args.base], cwd=REPO, capture_output=True,
+                                                      text=True).stdout.strip(), "python": sys.version.split()[0],
            "programs": {arm: {key: _stats([r[key] for r in rs]) | {"all": [r[key] for r in rs]}
                               for key in ("first_report_s", "exit_s")} for arm, rs in runs.items()},
            "imports": {name: _stats(xs) | {"all": xs} for name, xs in imports.items()}}

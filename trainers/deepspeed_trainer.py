@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -255,6 +256,26 @@ def import_deepspeed():
     return deepspeed
 
 
+@contextmanager
+def _no_shm_op(skip: bool):
+    """DeepSpeed's communication backend without its CPU shared-memory all-reduce op, when `skip`.
+
+    On every new backend (every fresh process) DeepSpeed JIT-loads that op through
+    `torch.utils.cpp_extension.load`: a ninja run at best, a rebuild of minutes when the cache
+    in ~/.cache/torch_extensions is stale or shared, a wait on another process's build lock.
+    A 1-rank trial never all-reduces across processes, so it does not need it; several ranks keep it.
+    """
+    import deepspeed.comm.torch as ds_torch
+
+    saved = ds_torch.build_shm_op
+    if skip:
+        ds_torch.build_shm_op = lambda: None
+    try:
+        yield
+    finally:
+        ds_torch.build_shm_op = saved
+
+
 def train(config: TrialConfig, report: Reporter) -> TrialSummary:
     """Run one trial with DeepSpeed, calling `report` at every evaluation and at the end."""
     deepspeed = import_deepspeed()
@@ -278,8 +299,10 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
         bf16 = use_bf16(config, device)
         model = build_model(config.n_params, config.seq_len, data.vocab_size, seed=config.seed, family=config.family)
         optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, betas=ADAM_BETAS, eps=1e-8)
-        engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(config, plan, bf16, sum(p.numel() for p in model.parameters())))
+        with _no_shm_op(world == 1):
+            engine, _, _, _ = deepspeed.initialize(
+                model=model, optimizer=optimizer,
+                config=deepspeed_config(config, plan, bf16, sum(p.numel() for p in model.parameters())))
         return _run(engine, config, plan, data, report, device, rank, world, tasks)
     finally:
         torch.set_num_threads(old_threads)

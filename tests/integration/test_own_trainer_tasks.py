@@ -9,7 +9,6 @@ The built-in DeepSpeed trainer runs the same command task on the checkpoint it w
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -84,12 +83,12 @@ def test_the_built_in_trainer_runs_a_command_task_on_its_checkpoint(tmp_path):
     from trainers.deepspeed_trainer import train
 
     cfg = TrialConfig(trial_id="t", n_params=20_000, tokens=8 * 1024, lr=3e-3, batch_tokens=1024, seq_len=64,
-                      schedule=Schedule(kind="wsd", warmup=0.1, decay=0.2), eval_every=4, eval_tokens=1024,
-                      tasks=(HARNESS.replace("{python}", sys.executable),))
+                      schedule=Schedule(kind="wsd", warmup=0.1, decay=0.2), eval_every=8, eval_tokens=1024,
+                      tasks=(HARNESS,))
     reports = []
     train(cfg, reports.append)
-    assert [r["step"] for r in reports] == [4, 8]
-    for r in reports:
-        assert r["task/next_byte/chance"] == 1 / 256 and 0 <= r["task/next_byte/acc"] <= 1
-        assert 0 < r["task/next_byte/loss"] < math.log(256) + 0.5
-        assert r["eval_flops"] > 0
+    (r,) = reports  # one evaluation: the harness runs once (a fresh interpreter importing torch)
+    assert r["step"] == 8 and r["task/next_byte/chance"] == 1 / 256 and 0 <= r["task/next_byte/acc"] <= 1
+    # the harness scored the trained model: its next-byte loss is the trial's validation loss (other windows)
+    assert r["task/next_byte/loss"] < math.log(256) and abs(r["task/next_byte/loss"] - r["eval_loss"]) < 0.3, r
+    assert r["eval_flops"] > 0
