@@ -265,8 +265,10 @@ def _no_shm_op(skip: bool):
     in ~/.cache/torch_extensions is stale or shared, a wait on another process's build lock.
     A 1-rank trial never all-reduces across processes, so it does not need it; several ranks keep it.
     """
-    import deepspeed.comm.torch as ds_torch
+    import importlib
 
+    # by module name: the package attribute `deepspeed.comm.torch` is the torch module (a star import)
+    ds_torch = importlib.import_module("deepspeed.comm.torch")
     saved = ds_torch.build_shm_op
     if skip:
         ds_torch.build_shm_op = lambda: None

@@ -24,6 +24,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -162,14 +163,11 @@ def _train(cfg: dict, emit, should_stop) -> None:
             return {}
         from trainers.tasks import evaluate_tasks  # only when the sweep names tasks
 
-        folder = Path(cfg["metrics_file"]).parent / f"task-checkpoint-rank{rank}"  # this script's own format
-        folder.mkdir(exist_ok=True)
-        torch.save({"model": model.state_dict(), "shape": [data.vocab_size, seq, d, layers, heads]}, folder / "model.pt")
-        try:
-            return evaluate_tasks(tasks, model=model, checkpoint=str(folder), stream=data.val, seq_len=seq,
+        with tempfile.TemporaryDirectory(prefix="task-checkpoint-") as folder:  # in this script's own format
+            torch.save({"model": model.state_dict(), "shape": [data.vocab_size, seq, d, layers, heads]},
+                       Path(folder) / "model.pt")
+            return evaluate_tasks(tasks, model=model, checkpoint=folder, stream=data.val, seq_len=seq,
                                   n_items=int(cfg.get("task_items", 200)))
-        finally:
-            (folder / "model.pt").unlink(missing_ok=True)
 
     sleep = float(opts.get("step_sleep_s", 0.0))  # a demo/test knob: slow steps down
     losses, t_report, tok_report = [], step_time, tokens
