@@ -10,7 +10,8 @@ actor is reused, pays once. Two arms, alternated in one run, same interpreter an
 - before: `trainers/` as it is at git revision `--base` (extracted to a temporary directory, first
   on PYTHONPATH);
 - after:  `trainers/` of this working tree (DeepSpeed imported without MLflow, no shared-memory
-  op for a 1-rank trial: `trainers.deepspeed_trainer.import_deepspeed`, `_no_shm_op`).
+  op for a 1-rank trial, corpus shards read without pyarrow.dataset:
+  `trainers.deepspeed_trainer.import_deepspeed`, `_no_shm_op`, `trainers.corpus._read_split`).
 
 Per arm, the median and range of: seconds from launch to the first report line, and to exit. Also
 bare imports, each in a fresh interpreter: `import torch`, `import deepspeed` (plain) and

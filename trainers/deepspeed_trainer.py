@@ -233,26 +233,32 @@ def prune_checkpoints(checkpoint_dir: str, keep: set[int]) -> None:
             shutil.rmtree(tag, ignore_errors=True)  # every rank may try: ignore what another removed
 
 
-def import_deepspeed():
-    """`import deepspeed`, without the MLflow import its autotuner attempts (unused here).
+@contextmanager
+def _hidden(*names: str):
+    """Inside, `import NAME` raises ImportError for these modules (unless already imported).
 
-    Deferred to the trial (importing DeepSpeed costs seconds and probes the accelerator). DeepSpeed's
-    `autotuning.autotuner` does `try: import mlflow`, which alone took 5.1 of its 11.8 s (python -X
-    importtime); a process that has not imported MLflow (a trial's Ray actor, a command program)
-    hides it for that import so the try fails at once. A process that already holds MLflow keeps it.
+    For an optional import DeepSpeed tries and this trainer never uses: its autotuner's
+    `try: import mlflow`, 5.1 of `import deepspeed`'s 11.8 s in a fresh process (python -X
+    importtime; a command trial's program is one). (Its Muon optimizer, 3.2 s more in
+    `deepspeed.initialize`, is imported unconditionally by the ZeRO step as well: not avoidable.)
     """
     import sys
 
-    if "deepspeed" in sys.modules or "mlflow" in sys.modules:
-        import deepspeed
-
-        return deepspeed
-    sys.modules["mlflow"] = None  # type: ignore[assignment]  # `import mlflow` raises ImportError
+    hidden = [n for n in names if n not in sys.modules]
+    for n in hidden:
+        sys.modules[n] = None  # type: ignore[assignment]
     try:
-        import deepspeed
+        yield
     finally:
-        if "mlflow" in sys.modules and sys.modules["mlflow"] is None:
-            del sys.modules["mlflow"]
+        for n in hidden:
+            if n in sys.modules and sys.modules[n] is None:
+                del sys.modules[n]
+
+
+def import_deepspeed():
+    """`import deepspeed` without MLflow (see `_hidden`); deferred to the trial, as it probes the accelerator."""
+    with _hidden("mlflow"):
+        import deepspeed
     return deepspeed
 
 
