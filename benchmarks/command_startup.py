@@ -13,8 +13,8 @@ actor is reused, pays once. Two arms, alternated in one run, same interpreter an
   op for a 1-rank trial, corpus shards read without pyarrow.dataset:
   `trainers.deepspeed_trainer.import_deepspeed`, `_no_shm_op`, `trainers.corpus._read_split`).
 
-Per arm, the median and range of: seconds from launch to the first report line, and to exit. Also
-bare imports, each in a fresh interpreter: `import torch`, `import deepspeed` (plain) and
+Per arm, the median and range of: wall seconds from launch to the first report line and to exit,
+and CPU seconds (user + sys, the program and its children) to exit. Also bare imports, each in a fresh interpreter: `import torch`, `import deepspeed` (plain) and
 `import_deepspeed()`. A warm-up run of each arm first (corpus cache, page cache, DeepSpeed's JIT op
 cache). Noisy on a shared machine: the arms are interleaved so load hits both alike.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -63,8 +64,14 @@ def _config(root: Path, k: int, cache: str) -> Path:
     return run
 
 
+def _cpu_children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _launch(base: str | None, run: Path) -> dict[str, float]:
     metrics = run / "metrics.jsonl"
+    cpu0 = _cpu_children()
     t0 = time.monotonic()
     argv = [sys.executable, "-m", "trainers.as_command", "trainers.deepspeed_trainer:train"]
     proc = subprocess.Popen([*argv, "--config", str(run / "config.json")],
@@ -79,14 +86,15 @@ def _launch(base: str | None, run: Path) -> dict[str, float]:
         raise RuntimeError(f"{argv} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
     if first is None:
         first = wall  # the report landed between the last poll and the exit
-    return {"first_report_s": first, "exit_s": wall}
+    return {"first_report_s": first, "exit_s": wall, "cpu_s": _cpu_children() - cpu0}
 
 
-def _import_time(stmt: str) -> float:
+def _import_time(stmt: str) -> dict[str, float]:
+    cpu0 = _cpu_children()
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-c", stmt], cwd=REPO, env=_env(), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.monotonic() - t0
+    return {"wall_s": time.monotonic() - t0, "cpu_s": _cpu_children() - cpu0}
 
 
 def _stats(xs: list[float]) -> dict[str, float]:
@@ -100,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="results/command-startup.json")
     args = ap.parse_args(argv)
     runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
-    imports: dict[str, list[float]] = {name: [] for name in IMPORTS}
+    imports: dict[str, list[dict[str, float]]] = {name: [] for name in IMPORTS}
     with tempfile.TemporaryDirectory(prefix="bench-cmd-") as tmp:
         root, cache = Path(tmp), str(Path(tmp) / "cache")
         (root / "base").mkdir()
@@ -119,16 +127,21 @@ def main(argv: list[str] | None = None) -> dict:
     doc = {"args": vars(args), "base": subprocess.run(["git", "rev-parse", args.base], cwd=REPO, capture_output=True,
                                                       text=True).stdout.strip(), "python": sys.version.split()[0],
            "programs": {arm: {key: _stats([r[key] for r in rs]) | {"all": [r[key] for r in rs]}
-                              for key in ("first_report_s", "exit_s")} for arm, rs in runs.items()},
-           "imports": {name: _stats(xs) | {"all": xs} for name, xs in imports.items()}}
-    print(f"{'command program':34} {'first report s (min-max)':>26} {'exit s (min-max)':>22}")
+                              for key in ("first_report_s", "exit_s", "cpu_s")} for arm, rs in runs.items()},
+           "imports": {name: {key: _stats([r[key] for r in rs]) | {"all": [r[key] for r in rs]}
+                              for key in ("wall_s", "cpu_s")} for name, rs in imports.items()}}
+
+    def cell(st: dict[str, float]) -> str:
+        return f"{st['median']:>7.2f} ({st['min']:.2f}-{st['max']:.2f})"
+
+    # CPU seconds (user + sys of the process and its children) are what load on a shared machine
+    # disturbs least; wall seconds are what a trial waits
+    print(f"{'command program':36} {'first report, wall s':>22} {'exit, wall s':>22} {'CPU s to exit':>22}")
     for arm, r in doc["programs"].items():
-        f, e = r["first_report_s"], r["exit_s"]
-        print(f"{arm:34} {f['median']:>9.2f} ({f['min']:.2f}-{f['max']:.2f}) {e['median']:>11.2f} "
-              f"({e['min']:.2f}-{e['max']:.2f})")
-    print(f"{'fresh interpreter':34} {'seconds (min-max)':>26}")
+        print(f"{arm:36} {cell(r['first_report_s']):>22} {cell(r['exit_s']):>22} {cell(r['cpu_s']):>22}")
+    print(f"{'fresh interpreter':36} {'wall s':>22} {'CPU s':>22}")
     for name, r in doc["imports"].items():
-        print(f"{name:34} {r['median']:>9.2f} ({r['min']:.2f}-{r['max']:.2f})")
+        print(f"{name:36} {cell(r['wall_s']):>22} {cell(r['cpu_s']):>22}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))
