@@ -8,7 +8,8 @@ tokens, one evaluation): what a command trial pays per trial that the built-in t
 actor is reused, pays once. Two arms, alternated in one run, same interpreter and venv:
 
 - before: `trainers/` as it is at git revision `--base` (extracted to a temporary directory, first
-  on PYTHONPATH);
+  on PYTHONPATH; the programs run in their own directory, so `python -m` does not put this
+  checkout's `trainers/` first);
 - after:  `trainers/` of this working tree (DeepSpeed imported without MLflow, no shared-memory
   op for a 1-rank trial, corpus shards read without pyarrow.dataset:
   `trainers.deepspeed_trainer.import_deepspeed`, `_no_shm_op`, `trainers.corpus._read_split`).
@@ -75,7 +76,7 @@ def _launch(base: str | None, run: Path) -> dict[str, float]:
     t0 = time.monotonic()
     argv = [sys.executable, "-m", "trainers.as_command", "trainers.deepspeed_trainer:train"]
     proc = subprocess.Popen([*argv, "--config", str(run / "config.json")],
-                            cwd=REPO, env=_env(base), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=run, env=_env(base), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = None
     while proc.poll() is None:
         if first is None and metrics.exists() and metrics.read_text().strip():
