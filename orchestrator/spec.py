@@ -221,7 +221,8 @@ class EvalSpec(_Strict):
     every: int = Field(20, gt=0, le=MAX_STEPS, description="steps between evaluations")
     tokens: int = Field(16384, gt=0, le=MAX_EVAL_TOKENS, description="validation tokens per evaluation")
     tasks: list[str] = Field(default_factory=list, description="downstream tasks evaluated on the model (docs/downstream.md): "
-                             "built-in next_line, cloze, cloze_lines, or 'package.module:callable'; reported as task/<name>/acc, acc_norm, loss")
+                             "built-in next_line, cloze, cloze_lines, 'package.module:callable', or 'command:NAME=PROGRAM ARGS' "
+                             "(a program on a checkpoint, metrics JSON out); reported as task/<name>/acc, acc_norm, loss")
     tasks_at: Literal["every_eval", "checkpoints"] = Field("every_eval", description="tasks run at every evaluation, or only at "
                                                           "the evaluations on a checkpoint step (checkpoints.every) and the last step")
     task_items: int = Field(200, ge=4, le=100_000, description="items (questions) per built-in task")
@@ -229,7 +230,9 @@ class EvalSpec(_Strict):
     @field_validator("tasks")
     @classmethod
     def _tasks_load(cls, v: list[str]) -> list[str]:
-        from trainers.tasks import TaskError, check_task  # numpy only: a hook's module is imported here
+        import os
+
+        from trainers.tasks import TaskError, absolute_task_ref, check_task  # numpy only: a hook's module is imported here
 
         names: dict[str, str] = {}
         for ref in v:
@@ -240,7 +243,7 @@ class EvalSpec(_Strict):
             if name in names:
                 raise ValueError(f"tasks {names[name]!r} and {ref!r} both report as task/{name}/...")
             names[name] = ref
-        return v
+        return [absolute_task_ref(ref, os.getcwd()) for ref in v]  # a command task's files, as the trial finds them
 
 
 class BudgetSpec(_Strict):

@@ -4,14 +4,16 @@ It is the single source of truth of a sweep. Three tables, each a folder of immu
 Parquet part files:
 
 - `observations/`: one row per report (trial_id, step, tokens, flops, lr, train_loss,
-  eval_loss, tokens_per_s, step_time_s, eval_flops, eval_time_s, wall_time, done);
+  eval_loss, tokens_per_s, step_time_s, eval_flops, eval_time_s, wall_time, done, extra);
+  `extra` is a map name -> value of a trainer's own metrics beyond the contract's keys
+  (`grad_norm`, ...; trainers.contract.normalise_report), null when it reported none;
 - `trials/`: one row per trial *event* (planned, running, finished, stopped, diverged,
   failed, stopped-by-user) with the trial's config and summary as JSON; the latest event is the state;
 - `task_metrics/`: one row per downstream-task metric of a report (trial_id, step, task,
   metric, value): a long table, so any task a spec names fits one fixed schema.
 
 Stores written before a column or table existed stay readable: a part lacking a column reads
-it as null (eval_flops, eval_time_s came later), a store without `task_metrics/` has no task rows.
+it as null (eval_flops, eval_time_s, extra came later), a store without `task_metrics/` has no task rows.
 
 Every part is written to a temporary file and renamed into place, so a crash never
 leaves a half-written part. Reads deduplicate on (trial_id, step) keeping the last
@@ -61,6 +63,7 @@ OBS_SCHEMA = pa.schema(
         ("eval_time_s", pa.float64()),
         ("wall_time", pa.float64()),
         ("done", pa.bool_()),
+        ("extra", pa.map_(pa.string(), pa.float64())),  # a trainer's own metrics; rows read it as [(name, value)]
         ("seq", pa.int64()),  # write order, for last-write-wins deduplication
     ]
 )
@@ -133,7 +136,7 @@ class ObservationStore:
         return self._seq
 
     def append(self, trial_id: str, report: dict[str, Any]) -> None:
-        """Buffer one report of a trial (keys as in trainers.contract.REPORT_KEYS)."""
+        """Buffer one report of a trial (keys as in trainers.contract.REPORT_KEYS; `extra`: {name: value})."""
         row = {name: report.get(name) for name in OBS_SCHEMA.names}
         row["trial_id"] = trial_id
         row["step"] = int(report["step"])
@@ -143,6 +146,8 @@ class ObservationStore:
         for key in ("flops", "lr", "train_loss", "eval_loss", "tokens_per_s", "step_time_s", "eval_flops", "eval_time_s"):
             val = report.get(key)
             row[key] = float("nan") if val is None else float(val)
+        extra = report.get("extra")
+        row["extra"] = {str(k): float(v) for k, v in extra.items()} if extra else None
         tasks = [[*tm, float(v)] for k, v in report.items() if (tm := split_task_key(k)) is not None]
         with self._lock:
             row["seq"] = self._next_seq()
@@ -291,6 +296,15 @@ class ObservationStore:
         if trial_id is not None:
             table = table.filter(pc.equal(table["trial_id"], trial_id))
         return _last_per_key(table, ["trial_id", "step"]).sort_by([("trial_id", "ascending"), ("step", "ascending")])
+
+    def extras(self, trial_id: Optional[str] = None) -> dict[str, dict[int, dict[str, float]]]:
+        """A trainer's own metrics per report: {trial_id: {step: {name: value}}}, reports without any left out."""
+        table = self.observations(trial_id).select(["trial_id", "step", "extra"])
+        out: dict[str, dict[int, dict[str, float]]] = {}
+        for row in table.to_pylist():
+            if row["extra"]:
+                out.setdefault(row["trial_id"], {})[row["step"]] = dict(row["extra"])
+        return out
 
     def task_metrics(self, trial_id: Optional[str] = None) -> pa.Table:
         """All task metrics (TASK_SCHEMA), one row per (trial_id, step, task, metric), last write wins."""

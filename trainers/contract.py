@@ -176,8 +176,10 @@ def normalise_report(raw: Mapping[str, Any], planned_tokens: int, n_params: floa
     the losses may be NaN: a diverged run). Optional: `flops` (default 6·n_params·tokens),
     `tokens_per_s` and `step_time_s` (default NaN), `done` (default: tokens >= planned_tokens;
     always 1 on a report whose train_loss is not finite: a diverged run ends there).
-    Any other key with a numeric value is an extra metric (its name kept); a non-numeric extra
-    is refused. Raises ContractError naming the key.
+    `eval_flops`, `eval_time_s` and task metrics (`task/<name>/<metric>`, trainers.tasks) are kept
+    as they are, as the built-in trainer reports them. Any other key with a numeric value is an
+    extra metric (its name kept, under `extra`); a non-numeric one is refused. Raises ContractError
+    naming the key.
     """
     if not isinstance(raw, Mapping):
         raise ContractError(f"a report must be a JSON object / dict, got {type(raw).__name__}")
@@ -203,15 +205,17 @@ def normalise_report(raw: Mapping[str, Any], planned_tokens: int, n_params: floa
         out["done"] = float(done if isinstance(done, bool) else bool(_number("done", done)))
     if not math.isfinite(out["train_loss"]):
         out["done"] = 1.0  # a diverged run: its report with a non-finite train loss is its last
-    extra = {}
+    extra, known = {}, {}
     for key, value in raw.items():
         if key in REPORT_KEYS:
             continue
         if not isinstance(key, str) or not key or len(key) > 200:
             raise ContractError(f"extra metric name {key!r} must be a non-empty string")
-        extra[key] = _number(key, value)
-    out["extra"] = extra
-    return {k: out[k] for k in (*REPORT_KEYS, "extra")}
+        if key in OPTIONAL_REPORT_KEYS or split_task_key(key) is not None:
+            known[key] = _number(key, value, nullable=True)  # the store's own columns / task table
+        else:
+            extra[key] = _number(key, value)
+    return {**{k: out[k] for k in REPORT_KEYS}, **known, "extra": extra}
 
 
 @dataclass

@@ -138,7 +138,8 @@ def _read_split(directory: Path) -> np.ndarray:
         raise FileNotFoundError(f"no Parquet shards in {directory}")
     parts = []
     for f in files:
-        col = pq.read_table(f, columns=["tokens"]).column("tokens").combine_chunks()
+        # ParquetFile, not read_table: a single file needs no pyarrow.dataset (a second's import)
+        col = pq.ParquetFile(f).read(columns=["tokens"]).column("tokens").combine_chunks()
         if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
             col = pc.list_flatten(col)
         if not pa.types.is_integer(col.type):

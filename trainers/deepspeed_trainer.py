@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -34,12 +35,12 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from trainers.contract import REPORT_KEYS, Reporter, StopRequested, TrialConfig, TrialSummary, task_key
+from trainers.contract import REPORT_KEYS, Reporter, StopRequested, TrialConfig, TrialSummary
 from trainers.corpus import TokenData, eval_windows, load_data, sample_batch
 from trainers.flops import flops_per_token
 from trainers.model import Shape, build_model, count_params, shape_for
 from trainers.schedules import lr_at
-from trainers.tasks import load_tasks, run_task
+from trainers.tasks import load_tasks, run_task, task_report
 
 ADAM_BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.1
@@ -232,9 +233,60 @@ def prune_checkpoints(checkpoint_dir: str, keep: set[int]) -> None:
             shutil.rmtree(tag, ignore_errors=True)  # every rank may try: ignore what another removed
 
 
+@contextmanager
+def _hidden(*names: str):
+    """Inside, `import NAME` raises ImportError for these modules (unless already imported).
+
+    For an optional import DeepSpeed tries and this trainer never uses: its autotuner's
+    `try: import mlflow`, 5.1 of `import deepspeed`'s 11.8 s in a fresh process (python -X
+    importtime; a command trial's program is one). (Its Muon optimizer, 3.2 s more in
+    `deepspeed.initialize`, is imported unconditionally by the ZeRO step as well: not avoidable.)
+    """
+    import sys
+
+    hidden = [n for n in names if n not in sys.modules]
+    for n in hidden:
+        sys.modules[n] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for n in hidden:
+            if n in sys.modules and sys.modules[n] is None:
+                del sys.modules[n]
+
+
+def import_deepspeed():
+    """`import deepspeed` without MLflow (see `_hidden`); deferred to the trial, as it probes the accelerator."""
+    with _hidden("mlflow"):
+        import deepspeed
+    return deepspeed
+
+
+@contextmanager
+def _no_shm_op(skip: bool):
+    """DeepSpeed's communication backend without its CPU shared-memory all-reduce op, when `skip`.
+
+    On every new backend (every fresh process) DeepSpeed JIT-loads that op through
+    `torch.utils.cpp_extension.load`: a ninja run at best, a rebuild of minutes when the cache
+    in ~/.cache/torch_extensions is stale or shared, a wait on another process's build lock.
+    A 1-rank trial never all-reduces across processes, so it does not need it; several ranks keep it.
+    """
+    import importlib
+
+    # by module name: the package attribute `deepspeed.comm.torch` is the torch module (a star import)
+    ds_torch = importlib.import_module("deepspeed.comm.torch")
+    saved = ds_torch.build_shm_op
+    if skip:
+        ds_torch.build_shm_op = lambda: None
+    try:
+        yield
+    finally:
+        ds_torch.build_shm_op = saved
+
+
 def train(config: TrialConfig, report: Reporter) -> TrialSummary:
     """Run one trial with DeepSpeed, calling `report` at every evaluation and at the end."""
-    import deepspeed  # deferred: importing DeepSpeed costs seconds and probes the accelerator
+    deepspeed = import_deepspeed()
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     device = pick_device()
@@ -255,8 +307,10 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
         bf16 = use_bf16(config, device)
         model = build_model(config.n_params, config.seq_len, data.vocab_size, seed=config.seed, family=config.family)
         optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, betas=ADAM_BETAS, eps=1e-8)
-        engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(config, plan, bf16, sum(p.numel() for p in model.parameters())))
+        with _no_shm_op(world == 1):
+            engine, _, _, _ = deepspeed.initialize(
+                model=model, optimizer=optimizer,
+                config=deepspeed_config(config, plan, bf16, sum(p.numel() for p in model.parameters())))
         return _run(engine, config, plan, data, report, device, rank, world, tasks)
     finally:
         torch.set_num_threads(old_threads)
@@ -421,11 +475,7 @@ def _evaluate_tasks(tasks, model, reducer: RankReducer) -> dict[str, float]:
     for name, task in tasks:
         m = run_task(name, task, model, None)  # no tokenizer object: trials train on token ids
         tokens += m.get("tokens", 0.0)
-        chance = m.get("chance", getattr(task, "chance", None))
-        for metric, value in (("acc", m["acc"]), ("acc_norm", m.get("acc_norm")), ("loss", m.get("task_loss")),
-                              ("chance", chance)):
-            if value is not None:
-                out[task_key(name, metric)] = float(value)
+        out.update(task_report(name, m, getattr(task, "chance", None)))
     keys = list(out)
     out = dict(zip(keys, reducer.mean(*out.values()))) if keys else out
     out["_tokens"] = tokens

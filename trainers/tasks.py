@@ -25,6 +25,17 @@ built-in corpus's validation split):
 task as above, or a zero-argument factory returning one when its name starts with ``make_``.
 ``load_task`` and :func:`run_task` raise :class:`TaskError` naming the task and the problem.
 
+**Command tasks** (a lab's own harness, any language): ``"command:NAME=PROGRAM ARGS..."`` runs the
+program on a model checkpoint and reads its metrics from a JSON file (:class:`CommandTask`):
+placeholders ``{checkpoint}`` (a directory), ``{tokenizer}`` (a ``tokenizer.json``, or empty for
+byte tokens), ``{out}`` (the JSON file to write: an object with ``acc`` and the optional keys
+above, ``chance`` too), ``{python}`` (scalesweep's interpreter) and ``{seq_len}``; the same
+values are in the environment as ``SCALESWEEP_TASK_CHECKPOINT``, ``..._TOKENIZER``, ``..._OUT``.
+Exit status 0, else the task fails naming the status and the stderr tail. The built-in
+trainers write the checkpoint with :func:`save_task_checkpoint` (``model.pt`` + ``model.json``;
+the llama families also a Hugging Face ``hf/`` directory) and :func:`load_task_model` reads it
+back; a user's trainer passes its own checkpoint (:func:`evaluate_tasks`).
+
 >>> import numpy as np
 >>> text = "".join(f"    value_{i} = compute({i}, scale={i % 7})\\n" for i in range(200))
 >>> stream = np.frombuffer(text.encode(), dtype=np.uint8)
@@ -35,8 +46,15 @@ task as above, or a zero-argument factory returning one when its name starts wit
 from __future__ import annotations
 
 import importlib
+import json
 import math
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -47,6 +65,9 @@ if TYPE_CHECKING:
 NEWLINE = 10
 WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 BUILTIN = ("next_line", "cloze", "cloze_lines")
+COMMAND_PREFIX = "command:"
+TASK_PLACEHOLDERS = ("checkpoint", "tokenizer", "out", "python", "seq_len")
+STDERR_TAIL = 2000  # characters of a failed command task's stderr in its error
 
 
 class TaskError(ValueError):
@@ -264,6 +285,8 @@ def load_task(ref: str, *, stream: np.ndarray | None = None, seq_len: int | None
     """A task from a reference: a built-in name (``cloze``, ``builtin:cloze``; needs ``stream`` and
     ``seq_len``) or ``package.module:name`` (a task callable, or a factory whose name starts with
     ``make_``, called with no arguments)."""
+    if ref.startswith(COMMAND_PREFIX):
+        return CommandTask.from_ref(ref, seq_len=seq_len)
     name = ref.removeprefix("builtin:")
     if name in BUILTIN or ref.startswith("builtin:"):
         if stream is None or seq_len is None:
@@ -303,7 +326,11 @@ def task_name(ref: str) -> str:
 
     >>> task_name("cloze"), task_name("builtin:next_line"), task_name("mylab.evals:make_hellaswag")
     ('cloze', 'next_line', 'hellaswag')
+    >>> task_name("command:arc={python} evals/arc.py --checkpoint {checkpoint} --out {out}")
+    'arc'
     """
+    if ref.startswith(COMMAND_PREFIX):
+        return _split_command_ref(ref)[0]
     name = ref.removeprefix("builtin:")
     if ":" in name:
         name = name.split(":", 1)[1]
@@ -314,7 +341,16 @@ def task_name(ref: str) -> str:
 def check_task(ref: str) -> str:
     """Check that a task reference loads, without building or calling anything: a built-in name,
     or a ``module:name`` whose module imports and whose attribute is callable (a ``make_`` factory
-    is not called). Returns :func:`task_name`; raises TaskError naming the problem."""
+    is not called), or a ``command:`` task whose program exists. Returns :func:`task_name`; raises
+    TaskError naming the problem."""
+    if ref.startswith(COMMAND_PREFIX):
+        from trainers.command import missing_program  # stdlib only
+
+        name, argv = _split_command_ref(ref)
+        why = missing_program(argv, os.getcwd())
+        if why:
+            raise TaskError(f"task {ref!r}: {why}")
+        return name
     name = ref.removeprefix("builtin:")
     if name in BUILTIN:
         return name
@@ -360,3 +396,181 @@ def load_tasks(refs: Sequence[str], *, stream: np.ndarray | None = None, seq_len
                n_items: int = 200) -> list[tuple[str, Callable]]:
     """(name, task) for each reference (see :func:`load_task`, :func:`task_name`), in order."""
     return [(task_name(ref), load_task(ref, stream=stream, seq_len=seq_len, n_items=n_items)) for ref in refs]
+
+
+def task_report(name: str, metrics: dict[str, float], chance: float | None = None) -> dict[str, float]:
+    """A task's checked metrics (:func:`run_task`) as report keys ``task/<name>/{acc, acc_norm, loss,
+    chance}``: what the built-in trainer reports and what a user's trainer should.
+
+    >>> task_report("arc", {"acc": 0.5, "task_loss": 1.2, "n_items": 40.0}, chance=0.25)
+    {'task/arc/acc': 0.5, 'task/arc/loss': 1.2, 'task/arc/chance': 0.25}
+    """
+    from trainers.contract import task_key
+
+    chance = metrics.get("chance", chance)
+    out = {}
+    for metric, value in (("acc", metrics["acc"]), ("acc_norm", metrics.get("acc_norm")),
+                          ("loss", metrics.get("task_loss")), ("chance", chance)):
+        if value is not None:
+            out[task_key(name, metric)] = float(value)
+    return out
+
+
+def evaluate_tasks(refs: Sequence[str], *, model=None, tokenizer: Any = None, checkpoint: str | None = None,
+                   tokenizer_path: str | None = None, stream: np.ndarray | None = None, seq_len: int | None = None,
+                   n_items: int = 200) -> dict[str, float]:
+    """Every task of a trial (its config's ``tasks``) as report keys ``task/<name>/...`` (:func:`task_report`).
+
+    For a user's trainer: ``model`` (``model(idx) -> logits``) runs the built-in and callable
+    tasks; ``checkpoint`` (the trainer's own checkpoint directory, whatever its format: the
+    lab's harness reads it) runs the command tasks, else they get ``model`` saved by
+    :func:`save_task_checkpoint`. ``stream`` and ``seq_len``: the validation tokens built-in tasks
+    are made of. Raises TaskError naming the task.
+    """
+    out: dict[str, float] = {}
+    for name, task in load_tasks(refs, stream=stream, seq_len=seq_len, n_items=n_items):
+        if isinstance(task, CommandTask) and checkpoint is not None:
+            metrics = _checked(name, task.run(checkpoint, tokenizer_path))
+        elif model is None:
+            raise TaskError(f"task {name!r} needs the model (model(idx) -> logits)")
+        else:
+            metrics = run_task(name, task, model, tokenizer)
+        out.update(task_report(name, metrics, getattr(task, "chance", None)))
+    return out
+
+
+def _split_command_ref(ref: str) -> tuple[str, list[str]]:
+    """(name, argv) of ``command:NAME=PROGRAM ARGS...``."""
+    body = ref[len(COMMAND_PREFIX):]
+    name, sep, command = body.partition("=")
+    name = name.strip()
+    if not sep or not name or not all(c.isalnum() or c in "_-." for c in name):
+        raise TaskError(f"task {ref!r}: expected 'command:NAME=PROGRAM ARGS...' with NAME of letters, digits, _ - .")
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise TaskError(f"task {ref!r}: cannot split the command: {exc}") from None
+    if not argv:
+        raise TaskError(f"task {ref!r}: empty command")
+    return name, argv
+
+
+def absolute_task_ref(ref: str, cwd: str) -> str:
+    """A ``command:`` task with its program and script arguments (existing files relative to
+    ``cwd``) made absolute, so the trial (another working directory) runs the same files; any
+    other reference unchanged."""
+    if not ref.startswith(COMMAND_PREFIX):
+        return ref
+    name, argv = _split_command_ref(ref)
+    fixed = [str((Path(cwd) / a).resolve()) if "{" not in a and not os.path.isabs(a) and
+             (Path(cwd) / a).is_file() and (i > 0 or os.sep in a) else a for i, a in enumerate(argv)]
+    if fixed == argv:
+        return ref
+    # placeholders stay readable: quote only what a shell would split
+    quoted = [a if a and all(c.isalnum() or c in "_-+=:,./@%{}" for c in a) else shlex.quote(a) for a in fixed]
+    return f"{COMMAND_PREFIX}{name}={' '.join(quoted)}"
+
+
+@dataclass
+class CommandTask:
+    """A task run as a program on a checkpoint (see the module docstring, "Command tasks")."""
+
+    name: str
+    argv: tuple[str, ...]
+    seq_len: int | None = None
+    timeout_s: float = 3600.0
+
+    @classmethod
+    def from_ref(cls, ref: str, seq_len: int | None = None) -> "CommandTask":
+        name, argv = _split_command_ref(ref)
+        return cls(name, tuple(argv), seq_len)
+
+    def run(self, checkpoint: str, tokenizer: str | None = None) -> dict[str, Any]:
+        """Run the program on a checkpoint directory; the metrics it wrote (checked by the caller)."""
+        from trainers.command import substitute
+
+        with tempfile.TemporaryDirectory(prefix=f"task-{self.name}-") as tmp:
+            out = Path(tmp) / "metrics.json"
+            values = {"checkpoint": str(checkpoint), "tokenizer": tokenizer or "", "out": str(out),
+                      "python": sys.executable, "seq_len": str(self.seq_len or "")}
+            argv = substitute(self.argv, values)
+            env = {**os.environ, "SCALESWEEP_TASK_CHECKPOINT": values["checkpoint"],
+                   "SCALESWEEP_TASK_TOKENIZER": values["tokenizer"], "SCALESWEEP_TASK_OUT": values["out"]}
+            try:
+                proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                      timeout=self.timeout_s)
+            except FileNotFoundError:
+                raise TaskError(f"task {self.name!r}: program {argv[0]!r} not found") from None
+            except subprocess.TimeoutExpired:
+                raise TaskError(f"task {self.name!r}: the command ran past {self.timeout_s:g} s") from None
+            tail = proc.stderr.decode(errors="replace")[-STDERR_TAIL:].strip()
+            if proc.returncode != 0:
+                raise TaskError(f"task {self.name!r}: the command ended with exit status {proc.returncode}"
+                                + (f"; stderr tail:\n{tail}" if tail else ""))
+            if not out.is_file():
+                raise TaskError(f"task {self.name!r}: the command exited 0 but wrote no metrics to {{out}}")
+            try:
+                metrics = json.loads(out.read_text())
+            except json.JSONDecodeError as exc:
+                raise TaskError(f"task {self.name!r}: its metrics file is not JSON ({exc.msg})") from None
+        return metrics
+
+    def __call__(self, model, tokenizer: Any = None) -> dict[str, Any]:
+        """The task on an in-memory model: saved with :func:`save_task_checkpoint` to a temporary directory."""
+        with tempfile.TemporaryDirectory(prefix=f"task-{self.name}-ckpt-") as tmp:
+            save_task_checkpoint(model, tmp)
+            tok = None
+            if tokenizer is not None and hasattr(tokenizer, "save"):  # a Hugging Face `tokenizers.Tokenizer`
+                tok = str(Path(tmp) / "tokenizer.json")
+                tokenizer.save(tok)
+            elif isinstance(tokenizer, (str, os.PathLike)):
+                tok = str(tokenizer)
+            return self.run(tmp, tok)
+
+
+def _checked(name: str, metrics: Any) -> dict[str, float]:
+    """A command task's metrics through :func:`run_task`'s checks."""
+    return run_task(name, lambda model, tokenizer: metrics, None)
+
+
+def save_task_checkpoint(model, directory: str | os.PathLike) -> None:
+    """Write a trainers model (or a DeepSpeed engine holding one) for a command task: ``model.pt``
+    (state dict), ``model.json`` (shape, vocabulary, window) and, for the llama families, ``hf/`` (the
+    Hugging Face ``save_pretrained`` directory any harness that reads Hugging Face models loads)."""
+    import torch
+
+    module = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
+    if any(hasattr(p, "ds_id") for p in module.parameters()):
+        raise TaskError("a command task needs the whole model on each rank: ZeRO stage 3 partitions it "
+                        "(use zero_stage <= 2 with command tasks)")
+    shape = getattr(module, "shape", None)
+    if shape is None:
+        raise TaskError(f"cannot save a {type(module).__name__} for a command task: not a trainers model "
+                        "(pass your own checkpoint to evaluate_tasks)")
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().float().cpu() for k, v in module.state_dict().items()}, folder / "model.pt")
+    (folder / "model.json").write_text(json.dumps({"shape": shape.to_dict(), "vocab_size": int(module.vocab_size),
+                                                   "max_seq_len": int(module.max_seq_len)}))
+    hf = getattr(module, "hf", None)
+    if hf is not None and hasattr(hf, "save_pretrained"):
+        hf.save_pretrained(str(folder / "hf"))
+
+
+def load_task_model(directory: str | os.PathLike):
+    """The model :func:`save_task_checkpoint` wrote (in eval mode, on the CPU): ``model(idx) -> logits``."""
+    import torch
+
+    from trainers.model import GPT, Shape
+
+    folder = Path(directory)
+    meta = json.loads((folder / "model.json").read_text())
+    shape = Shape(**meta["shape"])
+    if shape.arch == "llama":
+        from trainers.llama import Llama
+
+        model = Llama(shape, vocab_size=meta["vocab_size"], max_seq_len=meta["max_seq_len"])
+    else:
+        model = GPT(shape, vocab_size=meta["vocab_size"], max_seq_len=meta["max_seq_len"])
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
+    return model.eval()

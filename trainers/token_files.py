@@ -146,7 +146,7 @@ def read_parquet(path: str, column: Optional[str] = None) -> np.ndarray:
                     src.seek(0)
                     table = ipc.open_stream(src).read_all()
         else:
-            table = pq.read_table(f)
+            table = pq.ParquetFile(f).read()  # one file: no pyarrow.dataset import
         parts.append(_flat_column(table, column, f))
     return np.concatenate(parts)
 

@@ -8,6 +8,10 @@ non-embedding parameters on byte tokens of scalesweep's built-in corpus, follows
 learning-rate schedule, and appends one JSON line per evaluation to `metrics_file`. It saves
 checkpoints to `checkpoint_dir` (`step<k>`, newest named in `latest`) and resumes from them when
 restarted; a WSD branch starts from `branch_from`. On SIGTERM it stops after the current step.
+The config's downstream `tasks` run at its evaluations (`tasks_at`) through
+`trainers.tasks.evaluate_tasks`: built-in and callable tasks on the model, command tasks (a
+lab's harness: eval_task.py) on a checkpoint of this script's own format; reported as
+`task/<name>/<metric>`, as the built-in trainer does.
 With several workers (WORLD_SIZE > 1, torchrun-style env, or the process group Ray Train made) it
 trains data-parallel (DDP, gloo): each rank its share of the batch, rank 0 saves and writes reports.
 The same `run()` serves the Python entrypoint (entry.py). Docs: docs/trainers.md.
@@ -20,6 +24,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,11 +56,13 @@ class GPT(nn.Module):
                 nn.init.normal_(p, std=0.02)
         self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(seq_len), persistent=False)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         t = x.shape[1]
         h = self.tok(x) + self.pos(torch.arange(t, device=x.device))
         h = self.norm(self.blocks(h, mask=self.mask[:t, :t], is_causal=True))
         logits = h @ self.tok.weight.T
+        if y is None:  # the task contract's model(idx) -> logits
+            return logits
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
 
 
@@ -148,6 +155,20 @@ def _train(cfg: dict, emit, should_stop) -> None:
         model.train()
         return loss
 
+    def run_tasks(at: int, last: bool) -> dict:
+        """The config's tasks as report keys, at the evaluations `tasks_at` names (every rank runs them)."""
+        tasks = cfg.get("tasks") or []
+        every = cfg.get("checkpoint_every") or 0
+        if not tasks or (cfg.get("tasks_at") == "checkpoints" and not last and not (every and at % every == 0)):
+            return {}
+        from trainers.tasks import evaluate_tasks  # only when the sweep names tasks
+
+        with tempfile.TemporaryDirectory(prefix="task-checkpoint-") as folder:  # in this script's own format
+            torch.save({"model": model.state_dict(), "shape": [data.vocab_size, seq, d, layers, heads]},
+                       Path(folder) / "model.pt")
+            return evaluate_tasks(tasks, model=model, checkpoint=folder, stream=data.val, seq_len=seq,
+                                  n_items=int(cfg.get("task_items", 200)))
+
     sleep = float(opts.get("step_sleep_s", 0.0))  # a demo/test knob: slow steps down
     losses, t_report, tok_report = [], step_time, tokens
     model.train()
@@ -186,7 +207,7 @@ def _train(cfg: dict, emit, should_stop) -> None:
             emit({"step": step, "tokens": tokens, "lr": lr, "train_loss": sum(losses) / len(losses), "eval_loss": ev,
                   "flops": 6.0 * n_real * tokens, "tokens_per_s": (tokens - tok_report) / dt if dt > 0 else None,
                   "step_time_s": step_time, "done": last or diverged, "grad_norm": grad_norm,
-                  "n_params_realised": n_real, "world_size": world})
+                  "n_params_realised": n_real, "world_size": world, **({} if diverged else run_tasks(step, last))})
             losses, t_report, tok_report = [], step_time, tokens
             every = cfg.get("checkpoint_every") or 0
             if ckdir is not None and every and step % every == 0 and not last:

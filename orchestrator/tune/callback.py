@@ -106,14 +106,15 @@ class SweepCallback(Callback):
             return
         tid = self._tid(trial)
         self.last[tid] = report
-        self.store.append(tid, report)
+        extra = _extra_of(result)  # a user's trainer's own metrics: the store and MLflow
+        self.store.append(tid, {**report, "extra": extra} if extra else report)
         step = int(report["step"])
         # A restarted trial re-sends the reports between its checkpoint and the crash: the
         # store keeps one row per (trial, step) anyway; MLflow gets each step once.
         if self.tracker is not None and step > self.logged.get(tid, -1):
             self.logged[tid] = step
             metrics = {k: v for k, v in report.items() if k != "step"}
-            metrics.update(_extra_of(result))  # a user's trainer's own metrics: MLflow only
+            metrics.update(extra)
             self.tracker.log_metrics(tid, metrics, step=step)
         record = self.records[tid]
         self.progress.report(tid, record["N"], spent_flops(report["flops"], record), report["eval_loss"])
