@@ -32,7 +32,7 @@ import yaml
 from orchestrator.planner import plan_grid
 from orchestrator.spec import parse_spec
 from orchestrator.store import ObservationStore
-from tests.integration.conftest import LoopbackCluster, _env
+from tests.integration.conftest import LoopbackCluster, _env, _state
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +64,21 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _idle(cluster: LoopbackCluster, timeout: float = 180) -> None:
+    """Wait until no actor or placement group of an earlier sweep holds a CPU (Train's cleanup is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = (_state(cluster.address, "actors", state="ALIVE")
+                + _state(cluster.address, "placement_groups", state="CREATED"))
+        if not busy:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the cluster is still busy after {timeout} s: {busy}")
+
+
 def _start_sweep(cluster: LoopbackCluster, data: dict, root: Path, **env: str):
-    """`scalesweep run` on the cluster in a fresh process; returns (spec, process, log path)."""
+    """`scalesweep run` on the cluster in a fresh process, once it is idle; returns (spec, process, log path)."""
+    _idle(cluster)
     data = dict(data, output_dir=str(root / "sweep"))
     path = root / f"{data['name']}.yaml"
     path.write_text(yaml.safe_dump(data))
