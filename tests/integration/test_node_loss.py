@@ -68,7 +68,8 @@ def _idle(cluster: LoopbackCluster, timeout: float = 180) -> None:
     """Wait until no actor or placement group of an earlier sweep holds a CPU (Train's cleanup is asynchronous)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        busy = (_state(cluster.address, "actors", state="ALIVE")
+        # (Train leaves a detached, resource-free AutoscalingCoordinator actor alive: not busy)
+        busy = ([a for a in _state(cluster.address, "actors", state="ALIVE") if (a.get("required_resources") or {}).get("CPU")]
                 + _state(cluster.address, "placement_groups", state="CREATED"))
         if not busy:
             return
