@@ -105,10 +105,35 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     cfg = TrialConfig.from_dict(config["trial"])
     if config.get("backend") == "python":  # a user's function on every worker, in Train's process group
-        _run_own(cfg, config, _reporter(config, lambda metrics: ray.train.report(dict(metrics))))
+        _run_own(cfg, config, _reporter(config, _train_report))
         return
     _write_pid(cfg, ray.train.get_context().get_world_rank())
-    _backend(config)(cfg, _reporter(config, lambda metrics: ray.train.report(dict(metrics))))
+    _backend(config)(cfg, _reporter(config, _train_report))
+
+
+def _train_report(metrics: dict[str, Any]) -> None:
+    """`ray.train.report` that returns once every rank's report of this round has reached Train's controller.
+
+    Train forwards a round only when it holds every rank's report, and its workers' `report`
+    returns as soon as the report is queued in the worker. A rank killed with its report still
+    queued loses the round, while rank 0 may already have checkpointed past it: the restart
+    would resume after a step that was never recorded (a gap in the store). So each rank waits
+    until the controller has taken its report (its queue drained), then all ranks meet at a
+    barrier: a checkpoint written after this covers only steps whose reports are on their way.
+    """
+    import ray.train
+
+    ray.train.report(dict(metrics))
+    try:  # Ray internals (2.6x, Train V2): without them, only the barrier below remains
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        get_train_context().get_result_queue().join()  # task_done when the controller polled it
+    except (ImportError, AttributeError):
+        pass
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _run_torch_trainer(cfg: TrialConfig, config: dict[str, Any]) -> None:

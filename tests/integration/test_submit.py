@@ -14,17 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import secrets
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,10 +26,10 @@ import yaml
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import TAG_TRIAL, read_sweep_runs
 from tests.integration.conftest import SIM_SPEC as SHARED_SIM_SPEC
+from tests.integration.conftest import LoopbackCluster, _env, _free_ports, _get_json, _state
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent
 SIM_SPEC = {**SHARED_SIM_SPEC, "name": "submitted"}
 # Real DeepSpeed trials on CPU (grid order: cheapest first, two at a time): the two short ones
 # finish in seconds, the two long ones would run for minutes and are stopped.
@@ -50,141 +43,6 @@ DS_SPEC = {
     "budget": {"targets": [1e11]},
     "fit": {"bootstrap": 0},
 }
-
-
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
-# The cluster uses Ray's token authentication (the default of Ray 2.6x clusters) with its own
-# token; the CLI gets the token only (not RAY_AUTH_MODE) and must use it by itself.
-TOKEN = secrets.token_hex(16)
-
-
-def _env(**extra: str) -> dict[str, str]:
-    drop = ("RAY_ADDRESS", "SCALESWEEP_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the job driver's `python` is the venv's
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env["RAY_AUTH_TOKEN"] = TOKEN
-    env.update(extra)
-    return env
-
-
-def _get_json(url: str):
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
-def _state(address: str, kind: str, **filters: str) -> list[dict]:
-    """Ray's State API over HTTP (`/api/v0/nodes`, `/api/v0/actors`), filtered by equality."""
-    query = [("limit", "1000"), ("detail", "1")]
-    for key, value in filters.items():
-        query += [("filter_keys", key), ("filter_predicates", "="), ("filter_values", value)]
-    doc = _get_json(f"{address}/api/v0/{kind}?{urllib.parse.urlencode(query)}")
-    return doc["data"]["result"]["result"]
-
-
-class LoopbackCluster:
-    """A head and a worker node, each its own `ray start --block` process group."""
-
-    def __init__(self, root: Path):
-        # Short: Ray's unix sockets live under it (108-byte path limit).
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="ssr", dir="/tmp"))
-        self.root = root
-        self.ports = ports = _free_ports(12)
-        self.gcs_port, self.dashboard_port = ports[0], ports[1]
-        self.address = f"http://127.0.0.1:{self.dashboard_port}"
-        self.procs: list[subprocess.Popen] = []
-        self.logs: list[Path] = []
-        try:
-            self._start_nodes()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _start_nodes(self) -> None:
-        ports = self.ports
-        # One temp dir per node, as on separate machines: nodes sharing one would share its
-        # runtime_resources/, and one node's runtime-env GC would delete the other's working dirs.
-        common = ["--num-gpus=0", "--node-ip-address=127.0.0.1", "--object-store-memory=150000000",
-                  "--disable-usage-stats", "--block"]
-        self._start("head", ["--head", f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
-                             "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=1",
-                             f"--ray-client-server-port={ports[2]}", f"--dashboard-agent-listen-port={ports[3]}",
-                             f"--dashboard-agent-grpc-port={ports[4]}", f"--metrics-export-port={ports[5]}",
-                             f"--runtime-env-agent-port={ports[6]}", f"--temp-dir={self.temp_dir / 'h'}", *common])
-        self._wait(lambda: _get_json(f"{self.address}/api/version"), "head's dashboard")
-        self._start("worker", [f"--address=127.0.0.1:{self.gcs_port}", "--num-cpus=1",
-                               '--resources={"worker_node": 1}', f"--dashboard-agent-listen-port={ports[7]}",
-                               f"--dashboard-agent-grpc-port={ports[8]}", f"--metrics-export-port={ports[9]}",
-                               f"--runtime-env-agent-port={ports[10]}", f"--temp-dir={self.temp_dir / 'w'}", *common])
-        self._wait(lambda: len(self.alive_nodes()) == 2 or None, "two alive nodes")
-
-    def _start(self, name: str, args: list[str]) -> None:
-        log = self.root / f"ray-{name}.log"
-        self.logs.append(log)
-        with open(log, "wb") as out:
-            self.procs.append(subprocess.Popen([str(BIN / "ray"), "start", *args], stdout=out, stderr=subprocess.STDOUT,
-                                               env=_env(RAY_AUTH_MODE="token"), start_new_session=True))
-
-    def _wait(self, probe, what: str, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for p in self.procs:
-                if p.poll() is not None:
-                    raise RuntimeError(f"`ray start` exited ({p.returncode}) while waiting for {what}:\n"
-                                       + "\n".join(log.read_text()[-3000:] for log in self.logs))
-            try:
-                if probe():
-                    return
-            except Exception:  # not up yet
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"no {what} after {timeout}s")
-
-    def alive_nodes(self) -> list[dict]:
-        return _state(self.address, "nodes", state="ALIVE")
-
-    def stop(self) -> None:
-        """Stop exactly the processes this cluster started (never `ray stop`: it kills every Ray on the machine)."""
-        import psutil
-
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)  # `ray start --block` shuts its node down on SIGTERM
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        # Anything left (workers of the raylets, agents) carries our temp dir or ports in its command line.
-        marks = (str(self.temp_dir), f"127.0.0.1:{self.gcs_port}")
-        leftovers = []
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if proc.pid != os.getpid() and any(m in cmd for m in marks):
-                leftovers.append(proc)
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        for proc in leftovers:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
