@@ -82,7 +82,7 @@ def test_stopped_trials_checkpoint_and_resume_from_there(tmp_path):
         assert [int(row["step"]) for row in store.observations(tid).to_pylist()] == STEPS, tid
 
     uri = f"sqlite:///{sweep_dir / 'mlflow.db'}"
-    parent, children = read_sweep_runs(uri, SPEC["name"], "scalesweep")
+    parent, children = read_sweep_runs(uri, SPEC["name"], SPEC["name"])  # one experiment per sweep, named after it
     assert parent.info.status == "FINISHED"
     client = MlflowClient(uri)
     for child in children:

@@ -43,7 +43,7 @@ def test_sweep_artifacts_land_in_the_bucket(s3, tmp_path):
     assert outcome.statuses == {"finished": 6}, outcome.statuses
     sweep_dir = outcome.sweep_dir
     uri = spec.tracking_uri()
-    parent, children = read_sweep_runs(uri, SPEC["name"], "scalesweep")
+    parent, children = read_sweep_runs(uri, SPEC["name"], SPEC["name"])  # one experiment per sweep, named after it
     assert parent.info.status == "FINISHED" and len(children) == 6
     run_id = parent.info.run_id
     assert parent.info.artifact_uri == f"s3://{BUCKET}/mlflow/{run_id}/artifacts"
