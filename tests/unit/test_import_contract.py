@@ -51,10 +51,13 @@ def _blocked_import(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", guard + code], cwd=ROOT, capture_output=True, text=True)
 
 
-def _pure_modules() -> list[str]:
+def _pure_modules(bases: tuple[str, ...] = PURE, skip: tuple[str, ...] = ()) -> list[str]:
+    """Module names under `bases` (package dirs), but those whose file stem is in `skip`."""
     out = []
-    for base in PURE:
+    for base in bases:
         for p in sorted((ROOT / base).rglob("*.py")):
+            if p.stem in skip:
+                continue
             parts = p.relative_to(ROOT).with_suffix("").parts
             out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     return out
@@ -242,15 +245,13 @@ PRUNING_ADAPTERS = ("boundary",)  # the one module of the package that reads the
 
 def test_pruning_rules_are_pure():
     """orchestrator.pruning (but its boundary) imports only stdlib, numpy, scipy, orchestrator.core and .laws."""
-    pkg = ROOT / "orchestrator" / "pruning"
-    mods = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in pkg.rglob("*.py")
-                  if p.stem not in PRUNING_ADAPTERS)
-    mods = [m[:-len(".__init__")] if m.endswith(".__init__") else m for m in mods]
+    mods = _pure_modules(("orchestrator/pruning",), skip=PRUNING_ADAPTERS)
     assert "orchestrator.pruning.rules.paired" in mods
-    code = ("import sys\n" + "".join(f"import {m}\n" for m in mods) +
+    code = ("".join(f"import {m}\n" for m in mods) +
             "bad = sorted({m.split('.')[0] for m in sys.modules} & set(%r))\n" % ((FORBIDDEN + ("trainers",)),) +
             "ours = sorted(m for m in sys.modules if m.startswith('orchestrator.') and not m.startswith("
             "('orchestrator.core', 'orchestrator.laws', 'orchestrator.pruning')))\n"
             "print(','.join(bad + ours))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"orchestrator.pruning imports {out.stdout.strip()}"
+    r = _blocked_import(code)
+    assert r.returncode == 0, f"a pruning module needs a blocked framework:\n{r.stderr[-2000:]}"
+    assert r.stdout.strip() == "", f"orchestrator.pruning imports {r.stdout.strip()}"
