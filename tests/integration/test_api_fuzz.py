@@ -37,9 +37,10 @@ TRUTH = ChinchillaLaw(E=1.8172, A=19.5815, B=71.7777, alpha=0.3478, beta=0.3658)
 # does not hold for POST /sweeps by design.
 # And for POST /sweeps only, the converse: the spec is validated by pydantic in lax mode (as for
 # YAML, where `1e4` arrives as a string), so some schema-violating values are coerced, not
-# refused (`seeds: [false]` is seed 0). For the query endpoints both directions are checked.
+# refused (`seeds: [false]` is seed 0). For the query endpoints both directions are checked
+# (on the call as generated; see `test_no_server_errors`).
 EXCLUDED = [positive_data_acceptance]
-EXCLUDED_POST = EXCLUDED + [negative_data_rejection]
+EXCLUDED_LAX = EXCLUDED + [negative_data_rejection]
 MAX_FUZZ_BOOTSTRAP = 20  # fits with the schema's maximum (2000 resamples) take seconds each
 
 
@@ -103,14 +104,18 @@ def test_schema_is_what_the_server_serves(base_url):
 @schema.parametrize()
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_errors(case, base_url):
-    excluded = EXCLUDED_POST if case.operation.method.upper() == "POST" else EXCLUDED
+    excluded = EXCLUDED_LAX if case.operation.method.upper() == "POST" else EXCLUDED
     case.call_and_validate(base_url=base_url, excluded_checks=excluded)
     if "sweep_id" in (case.path_parameters or {}):
         case.path_parameters = {**case.path_parameters, "sweep_id": "fitted"}
         boot = (case.query or {}).get("bootstrap")
         if isinstance(boot, int) and boot > MAX_FUZZ_BOOTSTRAP:
             case.query = {**case.query, "bootstrap": MAX_FUZZ_BOOTSTRAP}
-        case.call_and_validate(base_url=base_url, excluded_checks=EXCLUDED)
+        # Not the negative-data check here: the case was rewritten after generation (sweep id,
+        # clamped bootstrap), so what schemathesis generated as invalid may now be valid, and a
+        # scalar `budget=5e9` is a one-element list in a query string. The first call checked
+        # rejection already: query validation runs before the sweep is looked up.
+        case.call_and_validate(base_url=base_url, excluded_checks=EXCLUDED_LAX)
 
 
 # ------------------------------------------------ near-valid specs: one field replaced by any JSON
