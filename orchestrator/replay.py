@@ -131,8 +131,9 @@ class TableReplay:
         if row is None:
             return None
         loss = math.nan if row["diverged"] else row["loss"]
+        # the row stands for the trial run to its end: its planned tokens (the row's D matches within 2%)
         return {"eval_loss": loss, "train_loss": loss, "flops": 6.0 * row["N"] * row["D"],
-                "tokens": row["D"], "done": 1.0, "N": row["N"], "D": row["D"]}
+                "tokens": trial.D, "done": 1.0, "N": row["N"], "D": row["D"]}
 
     def cells(self) -> list[dict[str, Any]]:
         """Per (N, D): runs, best loss and its (lr, batch)."""

@@ -55,6 +55,24 @@ def outcome_of(last: Optional[Mapping[str, Any]], planned_D: Optional[float] = N
     return Outcome.FINISHED
 
 
+def outcome_and_loss(last: Optional[Mapping[str, Any]], planned_D: Optional[float] = None,
+                     metric: str = "eval_loss") -> tuple[Outcome, float]:
+    """(outcome, loss) for a consumer of the loss at the trial's point: `outcome_of`, and `metric` of the
+    last report when it is a realised loss (else NaN). A trial that finished or stopped without a
+    realised loss says nothing about its loss: FAILED here (the store still calls it finished).
+
+    >>> outcome_and_loss({"train_loss": 3.0, "eval_loss": 3.1, "done": 1.0, "tokens": 100}, planned_D=100)
+    (<Outcome.FINISHED: 'finished'>, 3.1)
+    >>> outcome_and_loss({"train_loss": 3.0, "eval_loss": float("nan"), "done": 1.0})[0].value
+    'failed'
+    """
+    out = outcome_of(last, planned_D)
+    loss = _num(last.get(metric)) if last is not None else math.nan
+    if out in (Outcome.FINISHED, Outcome.STOPPED) and not is_loss(loss):
+        return Outcome.FAILED, math.nan
+    return out, (loss if is_loss(loss) else math.nan)
+
+
 def _num(v: Any) -> float:
     try:
         return float(v)
@@ -66,4 +84,4 @@ def _finite(v: Any) -> bool:
     return math.isfinite(_num(v))
 
 
-__all__ = ["Outcome", "outcome_of", "is_loss"]
+__all__ = ["Outcome", "outcome_of", "outcome_and_loss", "is_loss"]

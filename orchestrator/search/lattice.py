@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from ..core.cells import in_cell
+from ..core.outcome import Outcome, outcome_and_loss
 from ..planner import PlannedTrial, trial_resources
 from ..spec import SpecError, SweepSpec
 
@@ -199,27 +200,10 @@ def _refine(cell: SearchCell, b: Point, axis: int, grid: list[float]) -> tuple[f
 # ------------------------------------------------------------------------------------ result parsing
 
 
-def outcome(result: Optional[Mapping[str, Any]]) -> tuple[str, float]:
-    """(status, loss) of a trial's last report: ok | diverged | stopped | failed."""
-    if result is None:
-        return "failed", math.nan
-    loss = _num(result.get("loss", result.get("eval_loss")))
-    train = _num(result.get("train_loss"))
-    if math.isfinite(loss) and loss > 0:
-        done = _num(result.get("done", 1.0))
-        # A trial stopped early by a scheduler ends before its last step (done = 0): its loss is
-        # not a final loss, only evidence that it was not the best point.
-        return ("ok" if not (done < 1.0) else "stopped"), loss
-    if not math.isfinite(train) or result.get("diverged"):
-        return "diverged", math.nan
-    return "failed", math.nan
-
-
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
+def outcome(result: Optional[Mapping[str, Any]], planned_D: Optional[float] = None) -> tuple[str, float]:
+    """(status, loss) of a trial's last report: ok | diverged | stopped | failed (`core.outcome` decides)."""
+    o, loss = outcome_and_loss(result, planned_D)
+    return ("ok" if o is Outcome.FINISHED else o.value), loss
 
 
 # ------------------------------------------------------------------------------------ batch lattice

@@ -127,7 +127,7 @@ class LawGuidedPlanner:
         if p not in cell.running:
             return  # not handed out by this planner (or observed twice)
         cell.running.discard(p)
-        status, loss = outcome(result)
+        status, loss = outcome(result, cell.trials[p].D)  # Tune marks a stopped trial's result done
         if status == "ok":
             cell.loss[p] = loss
         else:

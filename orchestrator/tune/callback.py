@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -18,6 +17,7 @@ from ray.tune.stopper import Stopper
 from trainers.contract import OPTIONAL_REPORT_KEYS, REPORT_KEYS, TASK_PREFIX
 
 from ..branching import spent_flops
+from ..core.outcome import Outcome, outcome_of
 from ..progress import SweepProgress
 from ..store import STOPPED_BY_USER, ObservationStore
 
@@ -37,10 +37,6 @@ def _report_of(result: dict[str, Any]) -> Optional[dict[str, float]]:
         if (key in OPTIONAL_REPORT_KEYS or key.startswith(TASK_PREFIX)) and isinstance(val, (int, float)):
             out[key] = float(val)
     return out
-
-
-def _diverged(report: dict[str, float]) -> bool:
-    return not (math.isfinite(report["train_loss"]) or math.isfinite(report["eval_loss"]))
 
 
 def mlflow_end(status: str, summary: Optional[Mapping[str, Any]]) -> tuple[str, dict[str, str]]:
@@ -136,25 +132,25 @@ class SweepCallback(Callback):
         tid = self._tid(trial)
         last = self.last.get(tid)
         stop = self.stops.get(tid)
-        early = last is None or last["done"] < 1 or last["tokens"] < self.records[tid].get("D", 0)
-        if early and self.interrupted() and (last is None or not _diverged(last)) and stop is None:
+        # core.outcome classifies; Tune marks the result it stops a trial on `done`, so it weighs the
+        # planned tokens too (a scheduler not ours ended a trial short: its loss is not a final loss)
+        ended = outcome_of(last, self.records[tid].get("D"))
+        if ended in (Outcome.FAILED, Outcome.STOPPED) and self.interrupted() and stop is None:
             self._end(trial, STOPPED_BY_USER, {"reason": "stopped by the user; `scalesweep resume` reruns it from "
                                                          "its last checkpoint"})
         elif stop is not None:  # the pruner ended it: record why, with the prediction that justified it
             self._end(trial, "diverged" if stop.action == "diverged" else "stopped",
                       {"reason": stop.reason, **stop.summary()})
-        elif last is None:
-            self._end(trial, "failed", {"reason": self.contract_errors.get(tid, "no report")})
-        elif _diverged(last):
-            self._end(trial, "diverged", {"reason": "non-finite loss", "step": last["step"]})
-        elif last["done"] < 1 or last["tokens"] < self.records[tid].get("D", 0):
-            # A scheduler (not ours) ended it early: its loss is not a final loss. Tune marks the
-            # result it stops a trial on `done`, so the planned tokens decide, not that flag.
-            self._end(trial, "stopped", {"reason": "ended before its planned tokens (stopped by the scheduler)",
-                                         "steps": last["step"], "flops": last["flops"]})
+        elif ended is Outcome.FAILED:
+            self._end(trial, ended.value, {"reason": self.contract_errors.get(tid, "no report")})
+        elif ended is Outcome.DIVERGED:
+            self._end(trial, ended.value, {"reason": "non-finite loss", "step": last["step"]})
+        elif ended is Outcome.STOPPED:
+            self._end(trial, ended.value, {"reason": "ended before its planned tokens (stopped by the scheduler)",
+                                           "steps": last["step"], "flops": last["flops"]})
         else:
-            self._end(trial, "finished", {"final_eval_loss": last["eval_loss"], "steps": last["step"],
-                                          "flops": last["flops"]})
+            self._end(trial, ended.value, {"final_eval_loss": last["eval_loss"], "steps": last["step"],
+                                           "flops": last["flops"]})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """The trial's process died and Tune restarts it; it resumes from its last checkpoint."""
