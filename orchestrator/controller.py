@@ -464,6 +464,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     from .pruning.boundary import completed_from_store, trial_meta
     from .tracking import SweepTracker
     from .tune.callback import SweepCallback, mlflow_end
+    from .tune.envelope import TrialEnvelope
     from .tune.scheduler import PrunerScheduler
     from .tune.searcher import PlannerSearcher
     from .tune.trainable import run_trial
@@ -511,18 +512,17 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
         if why is not None:
             decisions[t.trial_id] = why
         ckpt = str(sweep_dir / "checkpoints" / t.trial_id)
-        config = {"trial": trial_config(spec, t, ckpt, cache).to_dict(), "backend": spec.trainer.backend,
-                  "world": spec.trainer.world, "storage": str(sweep_dir / "ray"), "use_gpu": spec.resources.use_gpu,
-                  "max_failures": spec.checkpoints.max_failures, "cell_D": t.cell.D}
-        if spec.trainer.own:  # a user's trainer (docs/trainers.md): how to run it, where its files go
-            config.update(own=own_trainer_settings(spec), run_dir=str(sweep_dir / "runs" / t.trial_id), N=t.N)
-        if report_delay:
-            config["report_delay_s"] = report_delay
-        if t.workers == 1 or spec.trainer.backend == "command":
-            # A user's stop: the trial checkpoints after its next report and ends. (Ray Train's workers
-            # report asynchronously to Tune: a checkpoint there could be past the last recorded step.)
-            config["stop_file"] = str(sweep_dir / STOP_FILE)
-        return config
+        own = spec.trainer.own  # a user's trainer (docs/trainers.md): how to run it, where its files go
+        # A user's stop: the trial checkpoints after its next report and ends. (Ray Train's workers
+        # report asynchronously to Tune: a checkpoint there could be past the last recorded step.)
+        stops = t.workers == 1 or spec.trainer.backend == "command"
+        return TrialEnvelope(trial_config(spec, t, ckpt, cache), backend=spec.trainer.backend,
+                             world=spec.trainer.world, storage=str(sweep_dir / "ray"), use_gpu=spec.resources.use_gpu,
+                             max_failures=spec.checkpoints.max_failures, cell_D=t.cell.D,
+                             own=own_trainer_settings(spec) if own else None,
+                             run_dir=str(sweep_dir / "runs" / t.trial_id) if own else None, N=t.N if own else None,
+                             report_delay_s=report_delay, stop_file=str(sweep_dir / STOP_FILE) if stops else None,
+                             ).to_config()
 
     def resources(config: dict[str, Any]):
         trial = config["trial"]

@@ -18,16 +18,18 @@ from typing import Any
 
 from trainers.contract import TrialConfig
 
+from .envelope import TrialEnvelope
 
-def _backend(config: dict[str, Any]):
+
+def _backend(env: TrialEnvelope):
     """The trainer backend: 'deepspeed' (real model) or 'simulated' (the spec's world)."""
-    if config.get("backend") == "simulated":
+    if env.backend == "simulated":
         from functools import partial
 
         from trainers.simulated import train
         from trainers.worlds import load_world
 
-        return partial(train, world=load_world(config["world"]))
+        return partial(train, world=load_world(env.world))
     from trainers.deepspeed_trainer import train
 
     return train
@@ -36,15 +38,14 @@ def _backend(config: dict[str, Any]):
 PID_FILE = "worker-{rank}.pid"  # in the trial's checkpoint dir: which process runs rank `rank`
 
 
-def _reporter(config: dict[str, Any], send):
+def _reporter(env: TrialEnvelope, send):
     """`send` for every report, slowed by `report_delay_s` when the config asks (tests only), raising
     `StopRequested` after a report once the controller's `stop_file` exists (the user stopped the sweep).
 
     Tune's function API reports synchronously: `send` returns once the controller has taken the
     report, so a checkpoint the trainer saves on `StopRequested` is at a recorded step.
     """
-    delay = float(config.get("report_delay_s") or 0.0)
-    stop_file = config.get("stop_file")
+    delay, stop_file = env.report_delay_s, env.stop_file
     if delay <= 0 and not stop_file:
         return send
 
@@ -73,8 +74,8 @@ def _write_pid(cfg: TrialConfig, rank: int) -> None:
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune entry point: `config` = {"trial": TrialConfig dict, "backend", "world", "storage", "use_gpu",
-    "max_failures", "report_delay_s"}.
+    """Tune entry point: `config` is a `TrialEnvelope.to_config()` (the trial contract under "trial",
+    and how to run it: backend, world, storage, use_gpu, max_failures, ...).
 
     Restarted after a crash (Tune's FailureConfig), it runs the same config again and the
     trainer resumes from the latest checkpoint in `trial.checkpoint_dir`.
@@ -83,32 +84,33 @@ def run_trial(config: dict[str, Any]) -> None:
 
     from trainers.contract import StopRequested
 
-    cfg = TrialConfig.from_dict(config["trial"])
+    env = TrialEnvelope.from_config(config)
+    cfg = env.trial
     try:
-        if config.get("backend") == "command" or (config.get("backend") == "python" and cfg.workers == 1):
-            _run_own(cfg, config, _reporter(config, lambda metrics: tune.report(dict(metrics))))
+        if env.backend == "command" or (env.backend == "python" and cfg.workers == 1):
+            _run_own(env, _reporter(env, lambda metrics: tune.report(dict(metrics))))
             return
         if cfg.workers == 1:
             _write_pid(cfg, 0)
-            _backend(config)(cfg, _reporter(config, lambda metrics: tune.report(dict(metrics))))
+            _backend(env)(cfg, _reporter(env, lambda metrics: tune.report(dict(metrics))))
             return
     except StopRequested:
         # The user stopped the sweep and the trainer saved its checkpoint: end without a final
         # report (the controller records the trial stopped-by-user; not an error Tune would retry).
         return
-    _run_torch_trainer(cfg, config)
+    _run_torch_trainer(env)
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
     """What each Ray Train worker runs: the same trainer, inside Train's process group."""
     import ray.train
 
-    cfg = TrialConfig.from_dict(config["trial"])
-    if config.get("backend") == "python":  # a user's function on every worker, in Train's process group
-        _run_own(cfg, config, _reporter(config, _train_report))
+    env = TrialEnvelope.from_config(config)
+    if env.backend == "python":  # a user's function on every worker, in Train's process group
+        _run_own(env, _reporter(env, _train_report))
         return
-    _write_pid(cfg, ray.train.get_context().get_world_rank())
-    _backend(config)(cfg, _reporter(config, _train_report))
+    _write_pid(env.trial, ray.train.get_context().get_world_rank())
+    _backend(env)(env.trial, _reporter(env, _train_report))
 
 
 def _train_report(metrics: dict[str, Any]) -> None:
@@ -136,16 +138,16 @@ def _train_report(metrics: dict[str, Any]) -> None:
         dist.barrier()
 
 
-def _run_torch_trainer(cfg: TrialConfig, config: dict[str, Any]) -> None:
+def _run_torch_trainer(env: TrialEnvelope) -> None:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     _pin_cluster_address()
-    use_gpu = bool(config.get("use_gpu", False))
+    cfg, use_gpu = env.trial, env.use_gpu
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config=config,
+        train_loop_config=env.to_config(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers,
             use_gpu=use_gpu,
@@ -154,11 +156,11 @@ def _run_torch_trainer(cfg: TrialConfig, config: dict[str, Any]) -> None:
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=f"train-{cfg.trial_id}",
-            storage_path=config.get("storage") or os.path.abspath("ray_train"),
+            storage_path=env.storage or os.path.abspath("ray_train"),
             callbacks=[TuneReportCallback()],
             # A dead worker: Train restarts the worker group, which resumes from the
             # trial's latest checkpoint; when that is exhausted Tune restarts the trial.
-            failure_config=ray.train.FailureConfig(max_failures=int(config.get("max_failures", 0))),
+            failure_config=ray.train.FailureConfig(max_failures=env.max_failures),
         ),
     )
     trainer.fit()
@@ -202,14 +204,14 @@ def _stop_requested() -> bool:
         return False
 
 
-def _run_own(cfg: TrialConfig, config: dict[str, Any], send) -> None:
+def _run_own(env: TrialEnvelope, send) -> None:
     """A user's trainer: `command` (a program per attempt) or `python` (a function called here)."""
     from trainers.contract import normalise_report
 
-    own = config["own"]
-    n_params = float(config.get("N") or cfg.n_params)
-    run_dir = Path(config["run_dir"])
-    if config["backend"] == "command":
+    cfg, own = env.trial, env.own
+    n_params = float(env.N or cfg.n_params)
+    run_dir = Path(env.run_dir)
+    if env.backend == "command":
         from trainers.command import CommandSettings, run_command, split_command
 
         settings = CommandSettings(command=tuple(split_command(own["command"])), cwd=own["cwd"],
@@ -240,7 +242,7 @@ def _run_own(cfg: TrialConfig, config: dict[str, Any], send) -> None:
     if not last or last["done"] < 1.0:
         from trainers.contract import ContractError, StopRequested
 
-        if config.get("stop_file") and os.path.exists(config["stop_file"]):
+        if env.stop_file and os.path.exists(env.stop_file):
             raise StopRequested("the user stopped the sweep")  # the function caught it and returned: still a stop
 
         raise ContractError(f"trial {cfg.trial_id}: {own['entrypoint']} returned after step "
