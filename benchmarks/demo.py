@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from benchmarks import trainer_throughput
-    from orchestrator.controller import _max_concurrent, run_sweep
-    from orchestrator.planner import GridPlanner
+    from orchestrator.controller import run_sweep
     from orchestrator.spec import load_spec
+    from orchestrator.sweep_summary import useful_work_fraction
 
     spec = load_spec(args.spec)
     out_dir = Path(tempfile.mkdtemp(prefix="scalesweep-demo-bench-"))
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.monotonic()
     outcome = run_sweep(spec, args.spec, show_progress=False)
     wall = time.monotonic() - t0
-    slots = _max_concurrent(spec, GridPlanner(spec).runnable())
+    slots = outcome.slots  # the sweep's concurrent trial slots on this Ray cluster, as its summary counted them
+    fraction = useful_work_fraction(outcome.train_s, wall, slots)
     ray.shutdown()
     sizes = ",".join(str(n) for n in spec.model.sizes())
     tp = trainer_throughput.main(["--sizes", sizes, "--steps", str(args.throughput_steps),
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sweep_wall_s": wall,
         "train_s": outcome.train_s,
         "concurrent_slots": slots,
-        "useful_work_fraction": outcome.train_s / (wall * slots) if wall > 0 else math.nan,
+        "useful_work_fraction": math.nan if fraction is None else fraction,
         "trials": outcome.statuses,
         "throughput": tp,
     }

@@ -210,6 +210,7 @@ class SweepOutcome:
     wall_s: float
     train_s: float  # seconds inside training steps in this run, summed over trials (sweep_summary.train_seconds)
     mlflow_parent_run: Optional[str]
+    slots: int = 1  # concurrent trial slots the summary measured useful work against (sweep_summary.useful_work_fraction)
 
 
 def prepare_dir(spec: SweepSpec, spec_path: Optional[str]) -> Path:
@@ -664,7 +665,7 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
         tracker.log_sweep_results({}, metrics, artifacts, figures, tables={"proposals": proposals_table(doc)},
                                   texts={"summary.md": summary_markdown(spec.name, doc, statuses, work)},
                                   tags=tags, step=refit)
-    return SweepOutcome(sweep_dir, statuses, fit, wall, train_s, parent)
+    return SweepOutcome(sweep_dir, statuses, fit, wall, train_s, parent, slots)
 
 
 def _slots(spec: SweepSpec) -> int:
