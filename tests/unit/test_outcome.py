@@ -110,3 +110,23 @@ def test_without_planned_tokens_the_done_flag_decides():
     last = _result(D / 2, 3.0, 3.1, 1.0)
     assert outcome_of(last).value == "finished" and outcome_of(last, D).value == "stopped"
     assert search_outcome(last) == ("ok", 3.1)
+
+
+def test_the_search_takes_a_trial_tune_stopped_as_stopped_not_as_a_final_loss():
+    """LawGuidedPlanner.observe weighs the trial's planned D: Tune's `done` on a stopped trial's last
+    result does not make its partial loss a point of the cell."""
+    from orchestrator.search.planner import LawGuidedPlanner
+    from orchestrator.spec import parse_spec
+
+    spec = parse_spec({"name": "outcome-test", "model": {"n_params": {"min": 1e4, "max": 1e5, "count": 2}, "seq_len": 128},
+                       "tokens": {"per_param": [5, 20]}, "learning_rates": {"min": 0.003, "max": 0.3, "count": 5},
+                       "batch_sizes": [256, 1024, 4096], "trainer": {"backend": "simulated", "world": "tiny"},
+                       "budget": {"targets": [1e16]}})
+    pl = LawGuidedPlanner(spec, seed=0)
+    stopped, finished = pl.next_trial(), pl.next_trial()
+    pl.observe(stopped.trial_id, {"eval_loss": 3.0, "train_loss": 3.0, "done": 1.0, "tokens": stopped.D / 2})
+    pl.observe(finished.trial_id, {"eval_loss": 3.2, "train_loss": 3.2, "done": 1.0, "tokens": finished.D})
+    cell, p = pl.book.where[stopped.trial_id]
+    assert cell.bad[p] == "stopped" and p not in cell.loss
+    cell, q = pl.book.where[finished.trial_id]
+    assert cell.loss[q] == 3.2
