@@ -1,5 +1,5 @@
 """Commands for sweeps that run on a Ray cluster as Ray jobs: submit, logs, stop
-(and `status JOB_ID --address ...`, dispatched from sweep_commands.status)."""
+(and `status JOB_ID --address ...`, dispatched from query_commands.status)."""
 from __future__ import annotations
 
 import shutil

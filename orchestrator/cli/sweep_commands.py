@@ -1,18 +1,15 @@
-"""Commands that run and query sweeps: run, status, propose."""
+"""Commands that run sweeps: validate, run, resume (reading a sweep: `query_commands`)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
+
 import typer
 from rich.table import Table
 
-from .app import app, fail, print_json
-from .output import LazyConsole, flops, integer, interval, si
-
-console = LazyConsole()  # the terminal's width, or never cut when piped (orchestrator/cli/output.py)
-
-LOSS_UNIT = "nats/token"
+from .app import app, fail
+from .fit_output import console, print_fit
+from .output import flops, integer
 
 
 def _load(spec_path: Path, sweep_dir: Optional[Path] = None):
@@ -38,7 +35,8 @@ def _load(spec_path: Path, sweep_dir: Optional[Path] = None):
         fail(str(exc) if str(exc).startswith(str(spec_path)) else f"{spec_path}: {exc}")
 
 
-def _sweep_dir(path: Path) -> Path:
+def sweep_dir_of(path: Path) -> Path:
+    """`path` if it holds a sweep (a store/ inside); else exit 2 naming it."""
     if not (path / "store").is_dir():
         fail(f"{path}: not a sweep directory (no store/ inside)")
     return path
@@ -156,7 +154,7 @@ def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
              "for the traceback)", code=1)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
     console.print(f"\n[bold]sweep {s.name} done[/] in {outcome.wall_s:.0f}s: {counts}")
-    _print_fit(outcome.fit.to_json())
+    print_fit(outcome.fit.to_json())
     console.print(f"\nsweep directory: {outcome.sweep_dir}")
     console.print(f"open the MLflow UI:  mlflow ui --backend-store-uri {s.tracking_uri()}")
     if not outcome.statuses.get("finished"):
@@ -171,234 +169,8 @@ def resume(
     no_progress: bool = typer.Option(False, "--no-progress", help="no live display"),
 ) -> None:
     """Finish an interrupted sweep: trials that finished (or diverged) are not rerun."""
-    spec_path = _sweep_dir(sweep_dir) / "spec.yaml"
+    spec_path = sweep_dir_of(sweep_dir) / "spec.yaml"
     if not spec_path.is_file():
         fail(f"{sweep_dir}: no spec.yaml inside; was this sweep started by `scalesweep run`?")
     s = _load(spec_path, sweep_dir)  # the recorded spec may point elsewhere (a moved directory): follow it
     _run_and_print(s, None, no_progress)
-
-
-@app.command("status")
-def status(
-    sweep_dir: Path = typer.Argument(..., help="sweep directory, or the job id of a submitted sweep (with --address)",
-                                     metavar="SWEEP_DIR|JOB_ID"),
-    as_json: bool = typer.Option(False, "--json", help="JSON output"),
-    address: Optional[str] = typer.Option(None, "--address",
-                                          help="Ray dashboard (http://HEAD:8265) for a job id; default "
-                                               "$SCALESWEEP_ADDRESS, then $RAY_ADDRESS"),
-) -> None:
-    """Trials, their states and the compute used; or a submitted sweep's job status."""
-    import os
-
-    from ..query import status as sweep_status, status_line
-
-    if not sweep_dir.exists() and (address or os.environ.get("SCALESWEEP_ADDRESS") or os.environ.get("RAY_ADDRESS")):
-        from .job_commands import job_status
-
-        job_status(str(sweep_dir), address, as_json)
-        return
-    if not sweep_dir.exists():
-        fail(f"{sweep_dir}: no such sweep directory (for a submitted sweep's job id, pass --address)")
-    doc = sweep_status(_sweep_dir(sweep_dir), _recorded_spec(sweep_dir))
-    if as_json:
-        print_json(doc)
-        return
-    rows = doc["trials"]
-    table = Table(title=f"{sweep_dir}: {status_line(doc['counts'], doc['never_started'])}")
-    for col, justify in (("trial", "left"), ("status", "left"), ("N (params)", "right"), ("D (tokens)", "right"),
-                         ("lr", "right"), ("batch (tokens)", "right"), ("FLOPs spent / planned", "right"),
-                         (f"final eval loss ({LOSS_UNIT})", "right")):
-        table.add_column(col, justify=justify)
-    for r in rows:
-        loss = (r["summary"] or {}).get("final_eval_loss")
-        table.add_row(r["trial_id"], r["status"], integer(r["N"]), integer(r["D"]),
-                      f"{r['lr']:.3g}" if r["lr"] else "-", integer(r["batch"]),
-                      f"{flops(r['flops_spent'])} / {flops(r['planned_flops'])}",
-                      f"{loss:.4f}" if loss is not None and math.isfinite(loss) else "-")
-    console.print(table)
-    console.print(f"trials: {status_line(doc['counts'], doc['never_started'])}")
-    branched = "; a WSD branch counts from its branch point" if any(r["branch_of"] for r in rows) else ""
-    console.print(f"compute used: {flops(doc['flops_spent'])} FLOPs{branched}")
-
-
-def _recorded_spec(sweep_dir: Path):
-    """The sweep's recorded spec.yaml, or None (missing or no longer valid: a warning, the data still read)."""
-    spec_path = sweep_dir / "spec.yaml"
-    if not spec_path.is_file():
-        return None
-    from ..spec import SpecError, load_spec
-
-    try:
-        return load_spec(spec_path)
-    except SpecError as exc:
-        typer.echo(f"warning: {spec_path} no longer validates ({exc}); fit settings are the defaults", err=True)
-        return None
-
-
-@app.command("propose")
-def propose(
-    sweep_dir: Path = typer.Argument(..., help="sweep directory"),
-    budget: list[float] = typer.Option(..., "--budget", help="target compute budget C in FLOPs (repeatable)"),
-    bootstrap: Optional[int] = typer.Option(None, help="bootstrap resamples for the intervals (0 = none; default: the spec's fit.bootstrap)"),
-    as_json: bool = typer.Option(False, "--json", help="JSON output"),
-) -> None:
-    """Compute-optimal (N, D, lr, batch) and predicted loss for each budget, from the sweep's trials."""
-    from .. import query
-    from ..store import ObservationStore
-
-    store = ObservationStore(_sweep_dir(sweep_dir))
-    spec = _recorded_spec(sweep_dir)  # its fit settings and device: the same answer as the API and fit.json
-    try:
-        fit = query.propose(query.SweepData.read(store), spec, budget, bootstrap)
-    except query.NotFitted as exc:
-        fail(f"{sweep_dir}: {exc}", code=1)
-    except query.BadBudget as exc:
-        fail(str(exc))
-    if as_json:
-        from ..laws.result import jsonable
-
-        print_json(jsonable(fit.proposals))
-        return
-    _print_fit(fit.to_json())
-
-
-FORMULAS = {
-    "chinchilla": "E + A/N^alpha + B/D^beta",
-    "chinchilla-fixed-E": "E + A/N^alpha + B/D^beta, E held",
-    "equal-exponent": "E + A/N^alpha + B/D^alpha",
-    "equal-exponent-fixed-E": "E + A/N^alpha + B/D^alpha, E held",
-    "kaplan": "((Nc/N)^(alphaN/alphaD) + Dc/D)^alphaD",
-}
-
-
-def _print_fit(doc: dict) -> None:
-    law = doc.get("law")
-    if law is None:
-        console.print(f"[yellow]no fit[/]: {'; '.join(doc.get('warnings', []))}")
-        return
-    p = law["params"]
-    iv = law.get("intervals", {})
-
-    def band(name: str) -> str:
-        i = iv.get(name) or {}
-        if i.get("low") is None:
-            return ""
-        return f" [{i['low']:.4g}, {i['high']:.4g}]"
-
-    form = law.get("form", law.get("law", "L(N, D)"))
-    console.print(f"\n[bold]fitted L(N, D): {form}[/] ({FORMULAS.get(form, '')}) on {law['n_points']} (N, D) "
-                  f"cells (objective {law['objective']:.4g}):")
-    for name, value in p.items():
-        console.print(f"  {name:>6} = {value:.4g}{band(name)}")
-    selection = law.get("selection") or {}
-    if selection.get("reason"):
-        console.print(f"  [dim]chosen by backtest[/]: {selection['reason']}")
-    bts = ((selection.get("candidates") or {}).get(form) or {}).get("backtests") or {}
-    for key, what in (("largest_size", "leave the largest model size out"),
-                      ("largest_compute_decade", "leave the largest compute decade out")):
-        bt = bts.get(key) or {}
-        if bt.get("mean_abs_rel_error") is not None:
-            console.print(f"  backtest, {what}: mean error {bt['mean_abs_rel_error']:.2%}, worst "
-                          f"{bt['max_abs_rel_error']:.2%} on {bt['n_test']} held-out cells "
-                          f"({bt['max_distance_decades']:.2f} decades beyond the fitted ones)")
-    for w in law.get("warnings", []):
-        console.print(f"  [yellow]warning[/]: {w}")
-    if not doc.get("proposals"):
-        return
-    props = doc["proposals"]
-    # an interval column only where some proposal has that interval (lr and batch have none
-    # unless the spec fits their laws): no empty brackets, no title promising bands that are not there
-    ivs = [pr.get("intervals") or {} for pr in props]
-    levels = {i["level"] for iv in ivs for i in iv.values() if isinstance(i, dict) and i.get("level")}
-    level = f"{max(levels):.0%}" if levels else ""
-    cols = [("budget C (FLOPs)", "budget", flops, None), ("N* (params)", "N", integer, "N_opt"),
-            ("D* (tokens)", "D", integer, "D_opt"), ("tokens/param", "tokens_per_param", lambda v: f"{v:.1f}",
-                                                      "tokens_per_param"),
-            ("lr", "lr", lambda v: f"{v:.3g}", "lr"), ("batch (tokens)", "batch", integer, "batch"),
-            (f"predicted loss ({LOSS_UNIT})", "predicted_loss", lambda v: f"{v:.4f}", "loss_opt")]
-    # In a terminal an interval goes under its value (fewer columns fit 80-120 columns without
-    # cutting a number); in a log it has its own column (one line per row, easy to grep).
-    stacked = console.is_terminal
-    table = Table(title="compute-optimal proposals" + (f" ({level} intervals)" if level else ""),
-                  show_edge=not stacked)
-    shown = []
-    for head, key, fmt, iv_key in cols:
-        has_iv = iv_key is not None and any((iv.get(iv_key) or {}).get("low") is not None for iv in ivs)
-        if stacked:  # headers wrap at spaces in a narrow terminal: "tokens per param", not "tokens/p…"
-            head = head.replace("/", " per ")
-        table.add_column(f"{head}\n{level} interval" if has_iv and stacked else head, justify="right")
-        if has_iv and not stacked:
-            table.add_column(f"{level} interval", justify="right")
-        shown.append((key, fmt, iv_key if has_iv else None))
-    if not stacked:  # in a terminal the shapes go under the table: 80 columns hold the rest whole
-        table.add_column("shape d_model, layers, heads", justify="right")
-    shapes = []
-    for pr, iv in zip(props, ivs):
-        cells = []
-        for key, fmt, iv_key in shown:
-            cells.append(fmt(pr[key]) if pr.get(key) is not None else "-")
-            if iv_key is not None:
-                ifmt = (lambda v: f"{v:.4f}") if key == "predicted_loss" else (
-                    (lambda v: f"{v:.1f}") if key == "tokens_per_param" else si)
-                band = interval(iv.get(iv_key), ifmt) or "-"
-                if stacked:
-                    cells[-1] += "\n" + band
-                else:
-                    cells.append(band)
-        sh = pr.get("shape")
-        shapes.append(f"{sh['d_model']}, {sh['n_layers']}, {sh['n_heads']}" if sh else "-")
-        table.add_row(*cells, *([] if stacked else shapes[-1:]))
-    if stacked:  # a narrow terminal wraps headers and intervals, never a value (first line of a cell)
-        for column in table.columns:
-            column.min_width = max((len(c.split("\n")[0]) for c in column._cells), default=1)
-    console.print(table)
-    if stacked:
-        console.print("model shape (d_model, layers, heads): "
-                      + "; ".join(f"{flops(pr['budget'])}: {sh}" for pr, sh in zip(props, shapes)))
-    _print_resource_plans(doc["proposals"])
-    _print_task_metrics(doc["proposals"])
-
-
-def _print_task_metrics(proposals: list) -> None:
-    rows = [(pr["budget"], task, m) for pr in proposals for task, m in (pr.get("task_metrics") or {}).items()]
-    if not rows:
-        return
-    table = Table(title="predicted task accuracy per proposal (90% interval of the mean; of one evaluation)")
-    for col in ("budget C (FLOPs)", "task", "accuracy", "interval", "prediction interval", f"task loss ({LOSS_UNIT})"):
-        table.add_column(col, justify="right")
-
-    def pair(iv) -> str:
-        return "-" if not iv or iv[0] is None else f"[{iv[0]:.3f}, {iv[1]:.3f}]"
-
-    for c, task, m in rows:
-        loss = m.get("loss")
-        table.add_row(flops(c), task, f"{m['acc']:.3f}", pair(m.get("interval")), pair(m.get("prediction_interval")),
-                      "-" if loss is None else f"{loss:.3f}")
-    console.print(table)
-    for c, task, m in rows:
-        for w in m.get("warnings") or []:
-            console.print(f"  [yellow]task {task} at {flops(c)}[/]: {w}")
-
-
-def _print_resource_plans(proposals: list) -> None:
-    plans = [(pr["budget"], pr["resources"]) for pr in proposals if pr.get("resources")]
-    if not plans:
-        return
-    table = Table(title=f"resource plan per proposal (device {plans[0][1].get('device')})")
-    for col in ("budget C (FLOPs)", "workers", "ZeRO stage", "micro-batch (sequences)", "grad accum (steps)",
-                "act. ckpt", "memory / device (GiB)", "device-hours"):
-        table.add_column(col, justify="right")
-    errors = []
-    for c, r in plans:
-        if r.get("error"):
-            table.add_row(flops(c), *["-"] * 7)
-            errors.append(f"{flops(c)}: {r['error']}")
-            continue
-        hours = r.get("device_hours")
-        table.add_row(flops(c), str(r["workers"]), str(r["zero_stage"]), str(r["micro_batch"]), str(r["grad_accum"]),
-                      "yes" if r["activation_checkpointing"] else "no",
-                      f"{r['memory_gib']:.1f} / {r['memory']['capacity'] / 2**30:.1f}",
-                      "-" if hours is None else f"{hours:.3g}")
-    console.print(table)
-    for e in errors:
-        console.print(f"  [yellow]does not fit[/] {e}")

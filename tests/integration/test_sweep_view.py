@@ -202,13 +202,13 @@ def test_proposals_in_an_80_column_terminal(sweep, monkeypatch):
 
     from rich.console import Console
 
-    from orchestrator.cli import output, sweep_commands
+    from orchestrator.cli import fit_output, output
 
     buf = io.StringIO()
     monkeypatch.setattr(output, "make_console",
                         lambda stderr=False: Console(file=buf, force_terminal=True, width=80, color_system=None))
     doc = json.loads((sweep["dir"] / "fit.json").read_text())
-    sweep_commands._print_fit(doc)
+    fit_output.print_fit(doc)
     text = buf.getvalue()
     assert all(len(line) <= 80 for line in text.splitlines()), text
     table = text[text.index("compute-optimal proposals"):text.index("model shape")]
