@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from orchestrator.api import EXAMPLE_SPEC
@@ -23,6 +24,15 @@ from orchestrator.spec import parse_spec
 # The API's example spec (a simulated sweep of 6 trials that ends in seconds), for the API and
 # submission tests.
 SIM_SPEC = {**EXAMPLE_SPEC, "name": "sim", "fit": {"bootstrap": 20}}
+
+
+def pytest_collection_modifyitems(items):
+    """Every test here is an integration test, marked or not: scripts/test.sh selects by marker,
+    and an unmarked test that starts Ray must not run beside the Ray tests."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 def run_real_sweep(root: Path, data: dict, name: str):
