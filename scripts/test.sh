@@ -2,10 +2,10 @@
 # Set everything up and run the whole test suite (unit, golden-data and integration tests).
 #
 # With no arguments the suite runs in two pytest processes side by side on the machine's two cores:
-# one runs the tests that start Ray clusters (tests/integration, one cluster at a time: a second
-# local cluster would find the first through Ray's address discovery), the other everything else
-# (tests/unit and the integration tests marked `no_ray`: DeepSpeed, MLflow servers, the API fuzzer).
-# Their outputs are printed one after the other and the suite fails if either fails.
+# one runs the integration tests marked `serial` (they kill processes, take servers down or time a
+# fault, so they run one at a time and not among many other tests), the other everything else
+# (tests/unit, then the other integration tests: real Ray clusters, DeepSpeed, MLflow, PostgreSQL,
+# S3). Their outputs are printed one after the other and the suite fails if either fails.
 # With arguments, one pytest process runs exactly what they say, e.g.
 #   bash scripts/test.sh tests/unit/test_cells.py -x
 set -euo pipefail
@@ -19,18 +19,17 @@ if [ $# -gt 0 ]; then
 fi
 logs=$(mktemp -d)
 # separate temp roots: neither process's clean-up may touch the other's live directories
-"${PYTEST[@]}" --durations=15 --basetemp="$logs/u" -m "not integration or no_ray" tests/unit tests/integration \
-  >"$logs/unit.log" 2>&1 &
-unit=$!
+"${PYTEST[@]}" --durations=15 --basetemp="$logs/rest" -m "not serial" tests/unit tests/integration \
+  >"$logs/rest.log" 2>&1 &
+rest=$!
 set +e
-"${PYTEST[@]}" --durations=15 --basetemp="$logs/i" -m "integration and not no_ray" tests/integration 2>&1 \
-  | tee "$logs/integration.log"
-integration=${PIPESTATUS[0]}
-wait "$unit"
-unit_rc=$?
+"${PYTEST[@]}" --durations=15 --basetemp="$logs/serial" -m serial tests/integration 2>&1 | tee "$logs/serial.log"
+serial_rc=${PIPESTATUS[0]}
+wait "$rest"
+rest_rc=$?
 set -e
-echo "=============== unit tests and integration tests without Ray (-m 'not integration or no_ray') ==============="
-cat "$logs/unit.log"
-echo "without Ray: exit $unit_rc; with Ray clusters: exit $integration"
+echo "=============== unit and integration tests (-m 'not serial') ==============="
+cat "$logs/rest.log"
+echo "serial tests: exit $serial_rc; the others: exit $rest_rc"
 rm -rf "$logs"
-[ "$unit_rc" -eq 0 ] && [ "$integration" -eq 0 ]
+[ "$rest_rc" -eq 0 ] && [ "$serial_rc" -eq 0 ]

@@ -27,8 +27,8 @@ SIM_SPEC = {**EXAMPLE_SPEC, "name": "sim", "fit": {"bootstrap": 20}}
 
 
 def pytest_collection_modifyitems(items):
-    """Every test here is an integration test, marked or not: scripts/test.sh selects by marker,
-    and an unmarked test that starts Ray must not run beside the Ray tests."""
+    """Every test here is an integration test, marked or not (`pytest -m "not integration"` runs
+    the unit tests alone)."""
     here = Path(__file__).parent
     for item in items:
         if here in Path(item.fspath).parents:

@@ -27,7 +27,7 @@ from orchestrator.api import EXAMPLE_SPEC, create_app
 from orchestrator.laws.chinchilla import ChinchillaLaw
 from orchestrator.store import ObservationStore
 
-pytestmark = [pytest.mark.integration, pytest.mark.no_ray]
+pytestmark = pytest.mark.integration
 
 TRUTH = ChinchillaLaw(E=1.8172, A=19.5815, B=71.7777, alpha=0.3478, beta=0.3658)
 # Every default check (no 5xx, documented status codes and content types, responses that match

@@ -31,7 +31,7 @@ from orchestrator.store import ObservationStore
 from orchestrator.tracking import read_sweep_runs
 from tests.integration.test_graceful_stop import _env, _stop_mid_run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 STEPS = list(range(2, 65, 2))  # 64 steps of 8192 tokens, a report every 2
 SPEC = {

@@ -8,7 +8,7 @@ import pytest
 from trainers.contract import Schedule, TrialConfig
 from trainers.deepspeed_trainer import train
 
-pytestmark = [pytest.mark.integration, pytest.mark.no_ray]
+pytestmark = pytest.mark.integration
 
 
 def _config(data, cache, **kw):

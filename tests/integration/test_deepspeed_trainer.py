@@ -14,7 +14,7 @@ from trainers.contract import OPTIONAL_REPORT_KEYS, REPORT_KEYS, Schedule, Trial
 from trainers.deepspeed_trainer import train
 from trainers.model import count_params, shape_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.no_ray]
+pytestmark = pytest.mark.integration
 LN256 = math.log(256)
 
 

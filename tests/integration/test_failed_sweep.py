@@ -23,7 +23,7 @@ import yaml
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import read_sweep_runs
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 SIM = {
     "model": {"n_params": [20000, 50000]},

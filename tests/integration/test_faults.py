@@ -39,7 +39,7 @@ from orchestrator.store import ObservationStore, StoreError
 from orchestrator.tracking import read_sweep_runs
 from tests.integration.conftest import MlflowServer, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 # `done` and `step_time_s` are not charted (docs/mlflow.md): a flag, and a cumulative counter logged once as train_s
 METRICS = ("tokens", "flops", "lr", "train_loss", "eval_loss", "tokens_per_s")

@@ -32,7 +32,7 @@ from orchestrator.spec import parse_spec
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import read_sweep_runs
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 SPEC = {
     "name": "graceful-stop",

@@ -11,7 +11,7 @@ from trainers.deepspeed_trainer import train
 from trainers.flops import flops_per_token
 from trainers.model import count_params, shape_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.no_ray]
+pytestmark = pytest.mark.integration
 LN256 = math.log(256)
 
 

@@ -13,7 +13,7 @@ import torch
 from cluster.resources import BF16, FP32, ModelDims, cpu_device, memory_breakdown, model_state_bytes
 from trainers.model import build_model
 
-pytestmark = [pytest.mark.integration, pytest.mark.no_ray]
+pytestmark = pytest.mark.integration
 
 SIZES = [100_000, 1_000_000, 3_000_000]
 SEQ = 128

@@ -34,7 +34,7 @@ from orchestrator.spec import parse_spec
 from orchestrator.store import ObservationStore
 from tests.integration.conftest import LoopbackCluster, _env, _state
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 REPO = Path(__file__).resolve().parents[2]
 # A lost node (its raylet refuses connections) is declared dead after ~period x threshold = 5 s,

@@ -31,7 +31,7 @@ from orchestrator.spec import parse_spec
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import read_sweep_runs
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, EVERY, CKPT_EVERY = 96, 6, 12

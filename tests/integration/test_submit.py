@@ -28,7 +28,7 @@ from orchestrator.tracking import TAG_TRIAL, read_sweep_runs
 from tests.integration.conftest import SIM_SPEC as SHARED_SIM_SPEC
 from tests.integration.conftest import LoopbackCluster, _env, _free_ports, _get_json, _state
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 SIM_SPEC = {**SHARED_SIM_SPEC, "name": "submitted"}
 # Real DeepSpeed trials on CPU (grid order: cheapest first, two at a time): the two short ones

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.tracking import SweepTracker, read_sweep_runs
 from tests.integration.conftest import MlflowServer, free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.no_ray]
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 # The helper process that serves a SQLite store imports MLflow first (~20 s on a loaded 2-core
 # machine): waiting longer than the default 10 s keeps the run ids these tests compare.
