@@ -18,6 +18,7 @@ from orchestrator.cli import sweep_commands
 from orchestrator.laws.selection import fit_auto
 from orchestrator.proposals import fit_and_propose, fit_settings
 from orchestrator.spec import load_spec
+from orchestrator.sweep_summary import summary_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 POINTS = ROOT / "tests" / "data" / "demo" / "final_points.csv"
@@ -80,6 +81,8 @@ def test_run_summary_prints_form_parameters_identification_and_backtest(demo_fit
     assert (f"backtest, leave the largest model size out: mean error {bt['mean_abs_rel_error']:.2%}, "
             f"worst {bt['max_abs_rel_error']:.2%} on 4 held-out cells") in out
     assert "compute-optimal proposals" in out
+    md = summary_markdown("tiny", doc, {"finished": 16})  # the MLflow parent run's summary.md
+    assert f"**Identified:** every fitted parameter of {FORM} lies inside its bounds." in md
 
 
 def test_a_fit_that_is_not_identified_says_so_and_falls_back(capsys):
@@ -97,6 +100,8 @@ def test_a_fit_that_is_not_identified_says_so_and_falls_back(capsys):
     assert fit.selection["fallback"] == {"from": "chinchilla", "to": "kaplan"}
     assert fit.form == "kaplan" and fit.weights == {"chinchilla": 0.0, "kaplan": 1.0}
     assert fit.selection["identified"] is True
-    sweep_commands._print_fit({"law": fit.to_json(), "proposals": []})
+    doc = {"law": fit.to_json(), "proposals": []}
+    sweep_commands._print_fit(doc)
     out = capsys.readouterr().out
     assert "not identified: chinchilla has E = 0 (its lower bound: no irreducible loss is seen) -> falls back to kaplan" in out
+    assert "**Not identified:** chinchilla has E = 0" in summary_markdown("s", doc, {"finished": 20})
