@@ -493,7 +493,7 @@ def _fall_back(fits: list[FormFit], chosen: FormFit, pinned: dict[str, list[str]
         f.weight = float(wf)
     new = max(ok, key=lambda f: (round(f.weight, 9), -f.form.n_params))
     return new, {"from": chosen.name, "to": new.name, "message": (
-        f"not identified: {chosen.name} has {what}; fell back to {new.name}, the best-backtesting form whose "
+        f"not identified: {chosen.name} has {what}; fell back to {new.name}, the best-ranked candidate whose "
         "parameters all lie inside their bounds (forms with a parameter on a bound get no weight)")}
 
 
