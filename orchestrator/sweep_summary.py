@@ -148,9 +148,18 @@ def summary_markdown(name: str, doc: Mapping[str, Any], statuses: Mapping[str, i
         form = law.get("form") or law.get("law")
         lines += [f"## Law: {form}", "", f"Fitted on {law.get('n_points')} (N, D) cells; "
                   f"objective {_g(law.get('objective'))}.", ""]
-        reason = (law.get("selection") or {}).get("reason")
+        selection = law.get("selection") or {}
+        reason = selection.get("reason")
         if reason:
             lines += [f"**Why this form:** {reason}", ""]
+        fallback = selection.get("fallback")
+        if fallback:
+            what = "; ".join((selection.get("pinned") or {}).get(fallback["from"], []))
+            lines += [f"**Not identified:** {fallback['from']} has {what} -> " + (
+                f"falls back to {fallback['to']}." if fallback.get("to") else
+                "no candidate form is identified: the proposals rest on a bound."), ""]
+        elif selection.get("identified"):
+            lines += [f"**Identified:** every fitted parameter of {form} lies inside its bounds.", ""]
         ivs = {p: iv for p, iv in (law.get("intervals") or {}).items()
                if isinstance(iv, Mapping) and _finite(iv.get("low")) and _finite(iv.get("high"))}
         params = law.get("params") or {}

@@ -42,6 +42,14 @@ def print_fit(doc: dict) -> None:
     selection = law.get("selection") or {}
     if selection.get("reason"):
         console.print(f"  [dim]chosen by backtest[/]: {selection['reason']}")
+    fallback = selection.get("fallback")
+    if fallback:  # said plainly: the form the backtests preferred has a parameter the runs do not determine
+        to = fallback.get("to")
+        console.print(f"  [yellow]not identified[/]: {fallback['from']} has "
+                      f"{'; '.join((selection.get('pinned') or {}).get(fallback['from'], []))} -> "
+                      + (f"falls back to {to}" if to else "no candidate form is identified: proposals rest on a bound"))
+    elif selection.get("identified"):
+        console.print(f"  identified: every fitted parameter of {form} lies inside its bounds")
     bts = ((selection.get("candidates") or {}).get(form) or {}).get("backtests") or {}
     for key, what in (("largest_size", "leave the largest model size out"),
                       ("largest_compute_decade", "leave the largest compute decade out")):

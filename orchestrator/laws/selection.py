@@ -412,6 +412,11 @@ def fit_auto(
         f.weight = float(wf)
     # Ties (equal weight within 1e-9) go to the form with fewer parameters.
     chosen = max(fitted, key=lambda f: (round(f.weight, 9), -f.form.n_params))
+    pinned = {f.name: pinned_parameters(f, L, X) for f in fitted}
+    fallback = None
+    if pinned[chosen.name]:
+        chosen, fallback = _fall_back(fits, chosen, pinned, rule, L)
+        warnings.append(fallback["message"])
     rng_seed = seed
     groups = size_groups(N) if cluster else None
     for i, f in enumerate(fits):
@@ -421,8 +426,9 @@ def fit_auto(
     box = _box(X)
     law = AutoLaw(fits, n_min)
     selection = _selection(fits, chosen, rule)
+    selection.update(identified=not pinned[chosen.name], pinned={k: v for k, v in pinned.items() if v},
+                     fallback=fallback and {k: v for k, v in fallback.items() if k != "message"})
     warnings += design_warnings(N, D)
-    warnings += _bound_warnings(chosen, L)
     if math.isfinite(chosen.score) and chosen.score > UNRELIABLE:
         warnings.append(f"the chosen form's backtest error is {chosen.score:.1%} (RMS): extrapolation is unreliable")
     for f in fits:
@@ -461,19 +467,75 @@ def _selection(fits: list[FormFit], chosen: FormFit, rule: str) -> dict[str, Any
             "candidates": {f.name: f.summary() for f in fits}}
 
 
-def _bound_warnings(f: FormFit, L: np.ndarray) -> list[str]:
+def _fall_back(fits: list[FormFit], chosen: FormFit, pinned: dict[str, list[str]], rule: str,
+               L: np.ndarray) -> tuple[FormFit, dict[str, Any]]:
+    """The chosen form is not identified: reweight over the identified forms only and take the best.
+
+    Forms with a parameter on a bound get weight 0 (their fit is the constrained form's, counted with
+    a parameter too many); the choice goes to the identified form the backtests rank first, usually
+    the nested constrained form (E = 0 on its bound -> chinchilla-fixed-E). With no identified form
+    the choice stays and the message says the law is not identified.
+    """
+    what = "; ".join(pinned[chosen.name])
+    ok = [f for f in fits if f.theta is not None and not pinned[f.name]]
+    good = {f.name for f in ok}
+    if not ok:
+        return chosen, {"from": chosen.name, "to": None, "message": (
+            f"not identified: {chosen.name} has {what}, and every candidate form has a parameter these runs do not "
+            "determine: its extrapolations and proposals rest on a bound, not on the data")}
+    if rule == "backtest" and any(math.isfinite(f.score) for f in ok):
+        scores = np.array([f.score if f.name in good else math.nan for f in fits])
+        w = _weights(scores, np.array([f.form.n_params for f in fits], float))
+    else:
+        per = np.array([f.objective / max(len(L) - f.form.n_params, 1) if f.name in good else np.inf for f in fits])
+        w = (per == per.min()).astype(float)
+    for f, wf in zip(fits, w):
+        f.weight = float(wf)
+    new = max(ok, key=lambda f: (round(f.weight, 9), -f.form.n_params))
+    return new, {"from": chosen.name, "to": new.name, "message": (
+        f"not identified: {chosen.name} has {what}; fell back to {new.name}, the best-ranked candidate whose "
+        "parameters all lie inside their bounds (forms with a parameter on a bound get no weight)")}
+
+
+BOUND_TOL = 1e-6  # relative distance to a bound below which a fitted parameter counts as sitting on it
+VANISH = 1e-4  # a power-law term smaller than this fraction of the smallest loss at every run is not identified
+
+
+def pinned_parameters(f: FormFit, L: np.ndarray, X: Optional[dict] = None) -> list[str]:
+    """What of a fitted form the runs do not identify: each parameter that sits on a bound of its fit,
+    and each power-law term that vanishes at every run (A or B driven to 0), in words.
+
+    A parameter on a bound is not estimated: the data would move it further, and the form is
+    then really the constrained form with that parameter held (E = 0 is the fixed-E form).
+
+    >>> N = np.repeat([1e7, 3e7, 1e8], 3); D = np.tile([1e9, 3e9, 1e10], 3)
+    >>> L = 500 * N**-0.3 + 900 * D**-0.2  # no floor: E is pinned at 0
+    >>> f = FormFit(candidate_forms(N, D, names=["chinchilla"])[0])
+    >>> f.theta, f.objective = f.form.fit(inputs(N, D), np.log(L), "huber", 1e-3)
+    >>> pinned_parameters(f, L, inputs(N, D))
+    ['E = 0 (its lower bound: no irreducible loss is seen)']
+    """
+    if f.theta is None:
+        return []
+    lmin = float(np.min(L))
+    lo, hi = f.form.bounds(np.array([lmin]))
     out = []
-    if isinstance(f.form, PowerSumForm):
+    for name, v, a, b in zip(f.form.free_names, f.theta, lo[0], hi[0]):
+        v = float(v)
+        if name == "E":
+            if v >= lmin * (1 - BOUND_TOL):
+                out.append(f"E = {v:.4g} (the smallest observed loss: the loss is not seen flattening)")
+            elif v <= BOUND_TOL * lmin:
+                out.append("E = 0 (its lower bound: no irreducible loss is seen)")
+            continue
+        for side, edge in (("lower", a), ("upper", b)):
+            if math.isfinite(edge) and abs(v - edge) <= BOUND_TOL * max(1.0, abs(edge)):
+                out.append(f"{name} = {v:.4g} (its {side} bound)")
+    if isinstance(f.form, PowerSumForm) and X is not None:
         p = f.params
-        if f.form.e_fixed is None:
-            if p["E"] >= L.min() * (1 - 1e-6):
-                out.append(f"{f.name}: E is pinned at the smallest observed loss ({L.min():.4g}): the data do not "
-                           "show the loss flattening")
-            elif p["E"] <= 1e-9:
-                out.append(f"{f.name}: E is pinned at 0: the irreducible loss is not identified by these data")
-        for k in ("alpha", "beta"):
-            if not (0.01 * (1 + 1e-6) < p[k] < 2.0 * (1 - 1e-6)):
-                out.append(f"{f.name}: {k} = {p[k]:.4g} is pinned at its bound")
+        for term, size in (("A/N^alpha", p["A"] * X["N"] ** -p["alpha"]), ("B/D^beta", p["B"] * X["D"] ** -p["beta"])):
+            if float(np.max(size)) < VANISH * lmin:
+                out.append(f"{term} vanishes at every run (its coefficient is driven to 0)")
     return out
 
 

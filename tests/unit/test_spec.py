@@ -22,14 +22,16 @@ def base() -> dict:
 def test_example_spec_is_valid_and_plans_the_grid():
     spec = load_spec(EXAMPLE)
     trials = plan_grid(spec)
-    assert len(trials) == 4 * 3 * 2
-    assert len({t.N for t in trials}) == 4 and len({t.cell for t in trials}) == 4 * 3 and len({t.lr for t in trials}) == 2
-    assert all(19 <= t.D / t.n_target <= 190 for t in trials)  # 20-180 tokens per parameter
+    assert len(trials) == 4 * 4
+    assert len({t.N for t in trials}) == 4 and len({t.cell for t in trials}) == 4 * 4 and len({t.lr for t in trials}) == 1
+    # every size sees the same token budgets: 94 (the largest size) to 1,680 (the smallest) tokens per parameter
+    assert {round(t.cell.D, -3) for t in trials} == {3_000_000, 4_000_000, 5_300_000, 7_000_000}
+    assert all(90 <= t.D / t.N <= 1700 for t in trials)
     assert [t.flops for t in trials] == sorted(t.flops for t in trials)
     for t in trials:
         # the example branches WSD cooldowns: a branch spends its decay only, its trunk the rest
         assert t.flops + t.branch_flops == pytest.approx(6 * t.N * t.D)
-        assert (t.branch_of is not None) == (t.cell.D < 180 * t.N)
+        assert (t.branch_of is not None) == (t.cell.D < 6_000_000)
         assert t.D % t.batch == 0  # whole batches
         assert 0.8 < t.N / t.n_target < 1.25
 
@@ -52,7 +54,7 @@ BAD = [
     ("negative lr", lambda d: d.update(learning_rates=[1e-3, -1e-3]), "learning_rates"),
     ("zero batch", lambda d: d.update(batch_sizes=[0]), "batch_sizes"),
     ("non-positive N", lambda d: _set(d, "model.n_params", [0, 1000]), "model.n_params"),
-    ("both token forms", lambda d: _set(d, "tokens.values", [131072]), "tokens"),
+    ("both token forms", lambda d: _set(d, "tokens.per_param", [20]), "tokens"),
     ("range reversed", lambda d: _set(d, "model.n_params", {"min": 1e6, "max": 1e4, "count": 3}), "model.n_params"),
     ("budget below smallest trial", lambda d: _set(d, "budget.total_flops", 1e6), "budget.total_flops"),
     ("target below smallest trial", lambda d: _set(d, "budget.targets", [1e6]), "budget.targets"),
