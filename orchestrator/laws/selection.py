@@ -44,7 +44,7 @@ import numpy as np
 from .bootstrap import resample_weights, size_groups
 from .chinchilla import budget_key
 from .diagnostics import design_warnings
-from .forms import Form, PowerSumForm, batch_lm, candidate_forms, grid_frontier, inputs, subset
+from .forms import Form, KaplanEForm, PowerSumForm, batch_lm, candidate_forms, grid_frontier, inputs, subset
 from .objectives import DEFAULT_DELTA
 from .result import FitResult, ResultView, jsonable
 from .table import validate_arrays
@@ -463,15 +463,15 @@ def _selection(fits: list[FormFit], chosen: FormFit, rule: str) -> dict[str, Any
 
 def _bound_warnings(f: FormFit, L: np.ndarray) -> list[str]:
     out = []
-    if isinstance(f.form, PowerSumForm):
+    if isinstance(f.form, (PowerSumForm, KaplanEForm)):
         p = f.params
-        if f.form.e_fixed is None:
+        if getattr(f.form, "e_fixed", None) is None:
             if p["E"] >= L.min() * (1 - 1e-6):
                 out.append(f"{f.name}: E is pinned at the smallest observed loss ({L.min():.4g}): the data do not "
                            "show the loss flattening")
             elif p["E"] <= 1e-9:
                 out.append(f"{f.name}: E is pinned at 0: the irreducible loss is not identified by these data")
-        for k in ("alpha", "beta"):
+        for k in ("alpha", "beta") if isinstance(f.form, PowerSumForm) else ("alphaN", "alphaD"):
             if not (0.01 * (1 + 1e-6) < p[k] < 2.0 * (1 - 1e-6)):
                 out.append(f"{f.name}: {k} = {p[k]:.4g} is pinned at its bound")
     return out
