@@ -428,8 +428,9 @@ class KaplanEForm(Form):
     param_names: tuple[str, ...] = ("E", "Nc", "Dc", "alphaN", "alphaD")
     free_names: tuple[str, ...] = ("E", "a", "b", "alpha", "beta")
     # Seeds: Kaplan's variable projection on L - E at these fractions of the smallest loss.
-    e_fractions: tuple[float, ...] = (0.0, 0.3, 0.5, 0.65, 0.75, 0.82, 0.88, 0.93, 0.97)
-    n_polish: int = 6
+    # (Measured: 9 fractions and 6 polished starts reached the same optima on planted and public data.)
+    e_fractions: tuple[float, ...] = (0.0, 0.5, 0.75, 0.88, 0.95)
+    n_polish: int = 3
 
     def _parts(self, theta, X):
         th = np.atleast_2d(theta)
