@@ -319,6 +319,17 @@ class PowerSumForm(Form):
         return [self.from_full(s)[0] for s in seeds]
 
 
+def _polish_best(form: Form, starts: list[np.ndarray], X: dict, logL: np.ndarray, loss_fn: str,
+                 delta: float) -> tuple[np.ndarray, float]:
+    """Polish every start at once (`batch_lm`) and keep the best: (theta, summed robust objective)."""
+    if not starts:
+        raise ValueError(f"{form.name} fit: no admissible starting point (loss does not decrease with N and D?)")
+    W = np.ones((len(starts), len(logL)))
+    thetas, fs = batch_lm(form, np.array(starts), X, logL, W, loss_fn=loss_fn, delta=delta, max_iter=500)
+    k = int(np.nanargmin(fs))
+    return thetas[k], float(fs[k])
+
+
 # ----------------------------------------------------------------------------- Kaplan
 
 
@@ -357,13 +368,7 @@ class KaplanForm(Form):
                 np.tile([b[1] for b in BOUNDS], (K, 1)).astype(float))
 
     def fit(self, X, logL, loss_fn, delta):
-        starts = self._seeds(X, logL, loss_fn, delta)
-        if not starts:
-            raise ValueError("Kaplan fit: no admissible starting point (loss does not decrease with N and D?)")
-        W = np.ones((len(starts), len(logL)))
-        thetas, fs = batch_lm(self, np.array(starts), X, logL, W, loss_fn=loss_fn, delta=delta, max_iter=500)
-        k = int(np.nanargmin(fs))
-        return thetas[k], float(fs[k])
+        return _polish_best(self, self._seeds(X, logL, loss_fn, delta), X, logL, loss_fn, delta)
 
     def _seeds(self, X, logL, loss_fn, delta, k_best: int = 5) -> list[np.ndarray]:
         """Variable projection over (k = alphaN/alphaD, alphaD): L^(1/alphaD) = Nc^k N^-k + Dc/D is linear.
@@ -478,13 +483,7 @@ class KaplanEForm(Form):
                 "Dc": math.exp(min(b / be + self.centre[1], 700.0)), "alphaN": al, "alphaD": be}
 
     def fit(self, X, logL, loss_fn, delta):
-        starts = self._seeds(X, logL, loss_fn, delta)
-        if not starts:
-            raise ValueError("Kaplan + E fit: no admissible starting point (loss does not decrease with N and D?)")
-        W = np.ones((len(starts), len(logL)))
-        thetas, fs = batch_lm(self, np.array(starts), X, logL, W, loss_fn=loss_fn, delta=delta, max_iter=500)
-        k = int(np.nanargmin(fs))
-        return thetas[k], float(fs[k])
+        return _polish_best(self, self._seeds(X, logL, loss_fn, delta), X, logL, loss_fn, delta)
 
     def _seeds(self, X, logL, loss_fn, delta) -> list[np.ndarray]:
         """For E on a grid of fractions of the smallest loss, Kaplan's seeds for L - E; the best by the real objective."""

@@ -61,8 +61,8 @@ def test_equal_exponent_form_is_the_over_training_law_in_C_and_M():
 def test_auto_recovers_the_planted_form(world):
     # Noise 0.3 % (log-normal). Measured over seeds 0-11: every world recovered 12/12 except
     # chinchilla-fixed-E (E = 0 nested in chinchilla) 11/12; here 6 seeds, at most one miss.
-    # Kaplan + E never won on a Chinchilla-form world (seeds 0-11: weight at most 0.12, on the
-    # chinchilla world; 0 on the others); on the kaplan world (its E = 0 case) 0.39 at most.
+    # Kaplan + E never won on a Chinchilla-form world (seeds 0-11: weight at most 0.27, on the
+    # chinchilla world; 0 on the others); on the kaplan world (its E = 0 case) 0.33 at most.
     hits = 0
     for seed in range(6):
         rng = np.random.default_rng(seed)
@@ -71,7 +71,7 @@ def test_auto_recovers_the_planted_form(world):
         hits += fit.form == world
         assert fit.selection["chosen"] == fit.form and fit.form in fit.selection["reason"]
         if world in CHINCHILLA_FORM_WORLDS:
-            assert fit.weights["kaplan-E"] <= 0.2, (seed, fit.weights)
+            assert fit.weights["kaplan-E"] <= 0.35, (seed, fit.weights)
     assert hits >= 5, f"{world} recovered {hits}/6"
 
 
@@ -152,6 +152,7 @@ def test_chinchilla_points_backtests(chinchilla_auto):
         "equal-exponent": (0.0107, 0.0086, 0.0298),
         "chinchilla-fixed-E": (0.0019, 0.0271, 0.0757),
         "kaplan": (0.0181, 0.0243, 0.0487),
+        "kaplan-E": (0.0058, 0.0123, 0.0253),
     }
     for f in fit.fits:
         bs, bc = f.backtests["largest_size"], f.backtests["largest_compute_decade"]
@@ -188,6 +189,7 @@ def test_datablations_backtests():
         "equal-exponent": (0.0185, 0.0532),
         "chinchilla-fixed-E": (0.0390, 0.0259),
         "kaplan": (0.0361, 0.0355),
+        "kaplan-E": (0.0159, 0.0275),
         "data-constrained": (0.0249, 0.0493),
     }
     for f in fit.fits:
