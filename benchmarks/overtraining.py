@@ -23,7 +23,6 @@ targets), mean |error| and the coverage of 90 % prediction intervals over all ta
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,10 +30,9 @@ import numpy as np
 
 from orchestrator.laws.chinchilla import ChinchillaLaw
 from orchestrator.laws.forms import candidate_forms
-from orchestrator.laws.result import jsonable
 from orchestrator.laws.selection import fit_auto
 
-from .extrapolation import DATASETS
+from .extrapolation import DATASETS, write_json
 
 LEVEL = 0.9
 NOISE = 0.005
@@ -147,10 +145,7 @@ def main() -> None:
             print(f"{name:24} {form:19} {s['cases']:5d} {s['worst']:7.2%} {s['median_case_worst']:7.2%} "
                   f"{s['mean_abs']:6.2%} {s['coverage']:7.1%} {s['mean_width']:6.1%}  "
                   f"{ch if form == 'auto' else ''}", flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(jsonable(doc), indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, doc)
 
 
 if __name__ == "__main__":
