@@ -62,6 +62,14 @@ def evaluate(N, D, L, U, train, forms, bootstrap: int, seed: int) -> dict:
             "mean_rel_width": float(np.mean((hi - lo) / pred))}
 
 
+def write_json(path: Path | None, doc: dict) -> None:
+    """Write a benchmark's numbers as JSON (no file when path is None) and say where."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(jsonable(doc), indent=2))
+        print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=Path("results/extrapolation.json"), help="write the numbers here")
@@ -93,10 +101,7 @@ def main() -> None:
                       f"{r['max_abs_rel_error']:7.2%} {r['bias_rel']:+7.2%} {r['coverage']:7.1%} "
                       f"{r['mean_rel_width']:6.1%}")
             doc["datasets"][ds][bt] = rows
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(jsonable(doc), indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, doc)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ def test_fitted_law_and_proposals(sweep):
     params = doc["law"]["params"]
     # the form is chosen by backtest (orchestrator/laws/selection.py): its own parameters
     kaplan = {"Nc", "Dc", "alphaN", "alphaD"}
-    assert set(params) == (kaplan if doc["law"]["form"] == "kaplan" else {"E", "A", "B", "alpha", "beta"}), params
+    expected = {"kaplan": kaplan, "kaplan-E": kaplan | {"E"}}.get(doc["law"]["form"], {"E", "A", "B", "alpha", "beta"})
+    assert set(params) == expected, params
     assert all(math.isfinite(v) for v in params.values())
     assert len(doc["proposals"]) == 2
     for prop in doc["proposals"]:

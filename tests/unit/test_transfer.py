@@ -225,9 +225,15 @@ def test_loss_backtest_by_size_flags_a_wrong_form(run, monkeypatch):
     n_max = math.sqrt(1e22 / 100 / (6 * 80))
     cells = [(n, r * n) for n in np.geomspace(n_max / 100, n_max, 5) for r in (5, 10, 20, 40, 80)]
     N, D = (np.array(x) for x in zip(*cells))
-    monkeypatch.setattr(pl, "_fit_points", lambda: (N, D, np.asarray(kap.loss_star(N, D), float)))
+    L = np.asarray(kap.loss_star(N, D), float)
+    monkeypatch.setattr(pl, "_fit_points", lambda: (N, D, L))
     bt = pl.loss_backtest()
-    assert bt["misfit"] and bt["chinchilla"] > 2 * pl.config.noise
+    # Kaplan + E (the world's own form) is a candidate since 6 Dec 2026: the search's fit finds it;
+    # the Chinchilla form alone still misses and is flagged.
+    assert bt["form"] == "kaplan-E" and not bt["misfit"] and bt["chinchilla"] > 2 * pl.config.noise
+    from orchestrator.search.loss_law import backtest_by_size
+
+    assert backtest_by_size(N, D, L, pl.config.noise, law="chinchilla")["misfit"]
 
 
 def test_asymmetric_bowl_world_is_hedged_and_holds_its_regret():

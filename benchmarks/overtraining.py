@@ -1,0 +1,152 @@
+"""Over-training extrapolation: fit small models, predict models 10-20x larger, for every form and auto.
+
+The protocol of issue 12's held-out testbed (small models at token multipliers 0.25x-32x
+Chinchilla's 20 tokens per parameter; predict models 10-20x larger), on what we have:
+
+- **planted worlds** (truth only scores): 6 sizes 1e7-4e8 x 8 token multipliers 5-640 (48 runs),
+  log-normal noise 0.5 %; targets N = 4e9 and 6.9e9 (10x and 17x the largest fitted size) at 5, 20
+  and 640 tokens per parameter, each drawn with its own noise. Worlds: ``chinchilla`` (Besiroglu et
+  al.'s fit of the Chinchilla points), ``kaplan-E`` (the simulated kaplan world: Kaplan's form above
+  E with the same five numbers) and ``interaction`` (Chinchilla plus an N·D term no candidate has:
+  + 0.3 (N/1e8)^-0.2 (D/1e9)^-0.2 -- every form is wrong).
+- **public data** (tests/data): for thresholds X, fit every run with N <= X and predict every run
+  with 10X <= N <= 20X. Epoch's Chinchilla points (X = 1.5e8 ... 6e8) and the datablations runs
+  (182, with unique tokens U; X = 2e8 ... 4e8).
+
+Each form alone (`fit_auto(forms=[f])`, its calibrated intervals) and ``auto`` are refitted on the
+training runs only. Reported per form: worst and median |relative error| over the cases (a case is
+one replication of a world, or one threshold of a dataset; its error is the worst over its
+targets), mean |error| and the coverage of 90 % prediction intervals over all targets.
+
+    python -m benchmarks.overtraining [--reps 20] [--bootstrap 20] [--json results/overtraining.json]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.laws.chinchilla import ChinchillaLaw
+from orchestrator.laws.forms import candidate_forms
+from orchestrator.laws.selection import fit_auto
+
+from .extrapolation import DATASETS, write_json
+
+LEVEL = 0.9
+NOISE = 0.005
+SIZES = np.geomspace(1e7, 4e8, 6)
+MULTS = np.array([5, 10, 20, 40, 80, 160, 320, 640], float)
+TARGET_N = np.array([4e9, 6.9e9])
+TARGET_M = np.array([5.0, 20.0, 640.0])
+_CH = ChinchillaLaw(E=1.8172, A=477.8, B=2143.9, alpha=0.3473, beta=0.3672)
+
+
+def _kaplan_e(N, D, E=1.8172, A=482.0, B=2085.4, alpha=0.3478, beta=0.3658):
+    return E + ((A / N**alpha) ** (1 / beta) + (B / D**beta) ** (1 / beta)) ** beta
+
+
+WORLDS = {
+    "chinchilla": _CH.predict,
+    "kaplan-E": _kaplan_e,
+    "interaction": lambda N, D: _CH.predict(N, D) + 0.3 * (N / 1e8) ** -0.2 * (D / 1e9) ** -0.2,
+}
+THRESHOLDS = {"chinchilla": [1.5e8, 2e8, 3e8, 4e8, 6e8], "datablations_182": [2e8, 3e8, 4e8]}
+
+
+def planted_cases(world: str, reps: int):
+    """(N, D, L, U, Nt, Dt, Lt, U_t) per replication of a planted world."""
+    truth = WORLDS[world]
+    N = np.repeat(SIZES, len(MULTS))
+    D = N * np.tile(MULTS, len(SIZES))
+    Nt = np.repeat(TARGET_N, len(TARGET_M))
+    Dt = Nt * np.tile(TARGET_M, len(TARGET_N))
+    for rep in range(reps):
+        rng = np.random.default_rng(20_000 + rep)
+        L = truth(N, D) * np.exp(rng.normal(0, NOISE, N.size))
+        Lt = truth(Nt, Dt) * np.exp(rng.normal(0, NOISE, Nt.size))
+        yield f"rep {rep}", N, D, L, None, Nt, Dt, Lt, None
+
+
+def public_cases(ds: str):
+    """Fit N <= X, predict 10X <= N <= 20X, for each threshold X of the dataset."""
+    N, D, L, U = DATASETS[ds]()
+    for x in THRESHOLDS[ds]:
+        tr = N <= x * 1.001
+        te = (N >= 10 * x * 0.999) & (N <= 20 * x * 1.001)
+        if te.sum() == 0 or len(np.unique(np.round(np.log(N[tr]), 3))) < 3:
+            continue
+        sub = (lambda a, m: None if a is None else a[m])
+        yield f"X={x:.2g}", N[tr], D[tr], L[tr], sub(U, tr), N[te], D[te], L[te], sub(U, te)
+
+
+def score(N, D, L, U, Nt, Dt, Lt, Ut, forms, bootstrap: int, seed: int) -> dict:
+    """Fit with ``forms`` (None = auto), predict the targets: errors, coverage, chosen form."""
+    fit = fit_auto(N, D, L, U, forms=forms, bootstrap=bootstrap, seed=seed)
+    pred, lo, hi = fit.predict_interval(Nt, Dt, Ut, level=LEVEL)
+    rel = pred / Lt - 1
+    return {"form": fit.form, "weights": {k: round(v, 3) for k, v in fit.weights.items() if v > 0},
+            "n_train": int(len(L)), "n_test": int(len(Lt)), "rel_errors": rel.tolist(),
+            "covered": ((lo <= Lt) & (Lt <= hi)).tolist(), "rel_width": ((hi - lo) / pred).tolist()}
+
+
+def summarise(cases: list[dict]) -> dict:
+    """Worst and median over cases of each case's worst |error|; mean |error| and coverage over targets."""
+    worst = np.array([np.max(np.abs(c["rel_errors"])) for c in cases])
+    allerr = np.abs(np.concatenate([c["rel_errors"] for c in cases]))
+    cov = np.concatenate([c["covered"] for c in cases])
+    width = np.concatenate([c["rel_width"] for c in cases])
+    chosen: dict[str, int] = {}
+    for c in cases:
+        chosen[c["form"]] = chosen.get(c["form"], 0) + 1
+    return {"cases": len(cases), "n_targets": int(len(allerr)), "worst": float(worst.max()),
+            "median_case_worst": float(np.median(worst)), "mean_abs": float(allerr.mean()),
+            "coverage": float(cov.mean()), "mean_width": float(width.mean()), "chosen": chosen}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=20, help="replications per planted world")
+    ap.add_argument("--bootstrap", type=int, default=20, help="bootstrap replicates per form")
+    ap.add_argument("--worlds", nargs="*", default=list(WORLDS), choices=list(WORLDS))
+    ap.add_argument("--datasets", nargs="*", default=list(THRESHOLDS), choices=list(THRESHOLDS))
+    ap.add_argument("--forms", nargs="*", default=None, help="single forms to score beside auto (default: all)")
+    ap.add_argument("--json", type=Path, default=Path("results/overtraining.json"))
+    args = ap.parse_args()
+    doc: dict = {"level": LEVEL, "bootstrap": args.bootstrap, "reps": args.reps, "settings": {}}
+    settings = [(f"world:{w}", list(planted_cases(w, args.reps))) for w in args.worlds]
+    settings += [(f"data:{d}", list(public_cases(d))) for d in args.datasets]
+    print(f"{'setting':24} {'form':19} {'cases':>5} {'worst':>7} {'median':>7} {'mean':>6} {'cover90':>7} "
+          f"{'width':>6}  chosen")
+    for name, cases in settings:
+        N0, D0, U0 = cases[0][1], cases[0][2], cases[0][4]
+        names = args.forms if args.forms is not None else [f.name for f in candidate_forms(N0, D0, U0)]
+        doc["settings"][name] = {}
+        for form in names + ["auto"]:
+            t0 = time.process_time()
+            rows = []
+            for i, (label, *data) in enumerate(cases):
+                try:
+                    r = score(*data, None if form == "auto" else [form], args.bootstrap, i)
+                except ValueError as exc:
+                    r = {"error": str(exc)}
+                r["case"] = label
+                rows.append(r)
+            ok = [r for r in rows if "error" not in r]
+            s = summarise(ok) if ok else {"cases": 0}
+            s["cpu_seconds"] = time.process_time() - t0
+            s["failed"] = len(rows) - len(ok)
+            doc["settings"][name][form] = {"summary": s, "cases": rows}
+            if not ok:
+                print(f"{name:24} {form:19} all cases failed")
+                continue
+            ch = ", ".join(f"{k} {v}" for k, v in sorted(s["chosen"].items(), key=lambda kv: -kv[1]))
+            print(f"{name:24} {form:19} {s['cases']:5d} {s['worst']:7.2%} {s['median_case_worst']:7.2%} "
+                  f"{s['mean_abs']:6.2%} {s['coverage']:7.1%} {s['mean_width']:6.1%}  "
+                  f"{ch if form == 'auto' else ''}", flush=True)
+    write_json(args.json, doc)
+
+
+if __name__ == "__main__":
+    main()
