@@ -100,3 +100,16 @@ def test_status_of_an_interrupted_search_names_what_a_resume_starts_next(tmp_pat
     assert running and not running & set(doc["search"]["next_trials"])
     assert doc["never_started"] == len(doc["search"]["next_trials"]) >= 1
     assert f"{doc['never_started']} never started" in query.status_line(doc["counts"], doc["never_started"])
+
+
+def test_the_report_says_the_search_ended_and_why(finished):
+    import html
+
+    from orchestrator.report import not_run, render_html
+
+    spec, store, planner = finished
+    trials = store.trials()
+    unrun = not_run(spec, trials, query.SweepData.read(store))
+    assert unrun["missing"] > 0 and unrun["done"] == planner.stopped and unrun["next_trials"] == []
+    page = render_html(spec.name, "/d", "", trials, {}, {}, {"law": None, "proposals": []}, {}, None, unrun)
+    assert f"it ended: {html.escape(planner.stopped)}" in page
