@@ -63,10 +63,9 @@ VIEW_KEY_PREFIX = "scalesweep-"
 NOTE_TAG = "mlflow.note.content"  # the experiment's description, shown above its runs
 NOTE_MARK = "<!-- scalesweep views -->"  # a description scalesweep wrote (and may rewrite)
 # The trials table: what differs between trials (size, tokens, lr, batch, seed), how each ended and
-# what it reached. Keys as the UI spells them (`params.`N``); the params are PlannedTrial's fields.
+# what it reached and cost. Keys as the UI spells them (`params.`N``); the params are PlannedTrial's fields.
 VIEW_COLUMNS = ("params.`N`", "params.`D`", "params.`lr`", "params.`batch`", "params.`seed`",
-                "tags.`scalesweep.outcome`", "metrics.`eval_loss`", "metrics.`flops`", "metrics.`train_s`",
-                "attributes.`Duration`")
+                "tags.`scalesweep.outcome`", "metrics.`eval_loss`", "metrics.`flops`", "metrics.`train_s`")
 
 
 def view_key(sweep_name: str) -> str:
@@ -84,7 +83,7 @@ def runs_table_view(sweep_name: str) -> dict[str, Any]:
     name rides along under TAG_SWEEP.
 
     >>> v = runs_table_view("tiny"); v["searchFilter"], v["orderByKey"], len(v["selectedColumns"])
-    ("tags.`scalesweep.sweep` = 'tiny' and tags.`scalesweep.kind` = 'trial'", 'metrics.`eval_loss`', 10)
+    ("tags.`scalesweep.sweep` = 'tiny' and tags.`scalesweep.kind` = 'trial'", 'metrics.`eval_loss`', 9)
     """
     return {"searchFilter": f"tags.`{TAG_SWEEP}` = '{quote(sweep_name)}' and tags.`{TAG_KIND}` = 'trial'",
             "orderByKey": "metrics.`eval_loss`", "orderByAsc": True, "lifecycleFilter": "Active",

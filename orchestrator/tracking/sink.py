@@ -249,7 +249,9 @@ class MlflowSink:
             trunk = self._trial_run(op.trunk, parent) if op.trunk else None
             if trunk is not None:
                 tags[TAG_TRUNK_RUN] = trunk
-            run = self.client.create_run(exp_id, tags=tags, run_name=op.name or op.trial)
+            # start_time: when the trial started; a create delivered after a short trial had already
+            # ended (its end op carries the end time) would otherwise show a negative duration
+            run = self.client.create_run(exp_id, start_time=op.start_ms, tags=tags, run_name=op.name or op.trial)
             run_id = run.info.run_id
             self._log_params(run_id, op.params)
         else:
