@@ -59,6 +59,9 @@ class SearchReplay:
     done: Optional[str]  # why the search is over (None: it is not, a resume goes on)
 
 
+RESUME_ENDED = ("finished", "diverged", "stopped")  # controller.RESUME_SKIPS: ended for good, not run again
+
+
 def search_replay(data: SweepData, spec: Any) -> Optional[SearchReplay]:
     """The search of a `law` or `transfer` sweep replayed from `data.store` (None for a grid, without a
     spec or a store). The controller proposes with the search's own lr*/batch* laws (hedged), not a
@@ -67,15 +70,15 @@ def search_replay(data: SweepData, spec: Any) -> Optional[SearchReplay]:
         return None
     key = spec.model_dump_json()
     if key not in data.replays:
-        from .controller import ended_trials
         from .core.planning import Done
         from .planner import PlannedTrial
         from .planners import make_planner
 
         planner = make_planner(spec)
-        ended = ended_trials(data.store)
-        planner.resume(ended)
-        started = {tid for tid, rec in data.store.trials().items() if rec["status"] in ("planned", "running")}
+        trials, last = data.store.trials(), data.store.last_reports()
+        # what `controller.ended_trials` hands a resumed planner (the controller imports this module)
+        planner.resume({tid: last.get(tid) for tid, rec in trials.items() if rec["status"] in RESUME_ENDED})
+        started = {tid for tid, rec in trials.items() if rec["status"] in ("planned", "running")}
         new, step = [], None
         for _ in range(planner.trial_cap + 1):
             step = planner.next_trial()

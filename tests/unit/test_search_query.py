@@ -84,6 +84,12 @@ def test_propose_uses_the_searchs_laws_as_fit_json_does(finished):
     assert refit["lr"] != pytest.approx(fit_json["lr"], rel=0.05)
 
 
+def test_the_replay_resumes_the_trials_a_resume_skips():
+    from orchestrator.controller import RESUME_SKIPS
+
+    assert query.RESUME_ENDED == RESUME_SKIPS
+
+
 def test_status_of_a_finished_search_says_it_is_done_and_nothing_waits(finished):
     spec, _, planner = finished
     doc = query.status(spec.sweep_dir(), spec)
