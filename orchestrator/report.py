@@ -208,10 +208,11 @@ def not_run(spec: Any, trials: Mapping[str, Any], data: Any = None) -> dict[str,
     grid = plan_grid(spec)
     missing = [t for t in grid if t.trial_id not in trials]
     behind = sum(1 for t in missing if t.branch_of and (trials.get(t.branch_of) or {}).get("status") != "finished")
+    out = {"grid": len(grid), "missing": len(missing), "behind_stopped_trunk": behind, "strategy": spec.search.strategy}
     replay = search_replay(data, spec) if data is not None else None
-    return {"grid": len(grid), "missing": len(missing), "behind_stopped_trunk": behind,
-            "strategy": spec.search.strategy, "done": replay.done if replay else None,
-            "next_trials": replay.next_trials if replay else None}
+    if replay is not None:
+        out.update(done=replay.done, next_trials=replay.next_trials)
+    return out
 
 
 def _unrun(unrun: Optional[Mapping[str, Any]]) -> str:
