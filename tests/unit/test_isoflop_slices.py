@@ -3,8 +3,6 @@ budget) get parabolas and minima, and the minima the figure draws sit on a plant
 from __future__ import annotations
 
 import math
-import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,7 +18,6 @@ LAW = ChinchillaLaw(1.8172, 482.01, 2085.43, 0.3478, 0.3658)
 A_TRUE = 0.3658 / (0.3478 + 0.3658)
 SIZES = 1e7 * 2.0 ** np.arange(8)
 HALF_SIZES = 1e7 * 2.0 ** (np.arange(12) / 2)  # x1.41 apart
-SWEEP = Path(__file__).resolve().parents[1] / "data" / "sweep_plots"
 
 
 def _true_n_opt(c: float) -> float:
@@ -121,34 +118,3 @@ def test_sweep_isoflop_figure_reads_a_per_param_store_off_its_curves(tmp_path):
     assert len(minima) >= 2
     for c, n in minima:  # 5 % (curves evaluated 12 times over 1.7 decades of tokens; measured below 1 %)
         assert n == pytest.approx(_true_n_opt(c), rel=0.05), c
-
-
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    from orchestrator.proposals import fit_and_propose, fit_settings
-    from orchestrator.spec import load_spec
-    from orchestrator.store import ObservationStore, diverged_configs, final_points
-
-    where = tmp_path_factory.mktemp("sweep") / "plots"
-    shutil.copytree(SWEEP, where)
-    spec = load_spec(where / "spec.yaml").model_copy(update={"output_dir": str(where)})
-    store = ObservationStore(where)
-    points = final_points(store)
-    fit = fit_and_propose(points, spec.budget.targets, **fit_settings(spec), diverged=diverged_configs(store))
-    return spec, store, fit, points
-
-
-def test_recorded_per_param_sweep_draws_slices_read_off_its_curves(recorded):
-    spec, store, fit, points = recorded
-    fig = isoflop_figure(fit, spec, points, store)
-    ax = fig.axes[0]
-    pts = curve_points(store)
-    slices = isoflop_slices(pts["N"], pts["C"], pts["loss"])
-    drawn = [sc for sc in ax.collections if sc.get_label().startswith("C = ")]
-    assert len(drawn) == len(slices) >= 3  # its 3 sizes reach a common compute only along their curves
-    for sc, s in zip(drawn, slices):
-        np.testing.assert_allclose(sc.get_offsets(), np.column_stack([s["N"], s["loss"]]))
-    parabolas = [ln for ln in ax.lines if ln.get_marker() in ("None", None, "") and ln.get_linestyle() == "-"]
-    assert len(parabolas) == len(slices)
-    # a minimum is drawn exactly where the slice's lowest point has a size on each side
-    assert len([ln for ln in ax.lines if ln.get_marker() == "v"]) == sum(s["N_opt"] is not None for s in slices)
