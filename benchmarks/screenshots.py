@@ -1,6 +1,6 @@
 """Screenshots of a sweep in the MLflow UI, taken by a real headless Chromium: what a researcher sees.
 
-    python -m benchmarks.screenshots SWEEP_DIR [--out results/screenshots] [--report]
+    python -m benchmarks.screenshots SWEEP_DIR [--out results/screenshots] [--report] [--docs docs/img] [--only PAGE]
 
 Starts `mlflow ui` on the sweep's tracking store (loopback, a free port) and drives the Debian
 package's Chromium with playwright-core (node; installed with npm into ~/.cache/scalesweep/playwright
@@ -36,7 +36,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_ui(tracking_uri: str, log: Path, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+def start_mlflow_ui(tracking_uri: str, log: Path, timeout: float = 300.0) -> tuple[subprocess.Popen, str]:
     """`mlflow ui` on loopback in its own process group; returns it and its URL once /health answers."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -81,7 +81,9 @@ const { chromium } = require('playwright-core');
     let note = 'ok';
     try {
       await page.goto(s.url, { waitUntil: 'networkidle', timeout: 120000 });
-      if (s.wait_text) await page.getByText(s.wait_text, { exact: false }).first().waitFor({ timeout: 90000 });
+      // wait_text "re:PATTERN": a regular expression (a count that must not be 0, say)
+      const text = s.wait_text && s.wait_text.startsWith('re:') ? new RegExp(s.wait_text.slice(3)) : s.wait_text;
+      if (text) await page.getByText(text, { exact: false }).first().waitFor({ timeout: 180000 });
       await page.waitForTimeout(s.settle_ms);
     } catch (e) { note = String(e).split('\\n')[0]; }
     await page.screenshot({ path: s.path, fullPage: s.full_page });
@@ -123,6 +125,28 @@ def screenshots(chromium: str, shots: list[dict], workdir: Path) -> dict[str, di
     return out
 
 
+DOCS_PAGES = ("trials_view", "summary_md", "parent_run", "isoflop")
+DOCS_WIDTH = 1000
+# MLflow 3.17's assistant panel is open on a fresh profile and takes the page's right quarter: the docs'
+# copies keep the left part (the runs table or the run page).
+DOCS_KEEP = 0.74
+
+
+def docs_copy(src: Path, dst: Path) -> int:
+    """A small copy of a screenshot for the docs: the assistant panel cut off, DOCS_WIDTH wide, at most
+    900 px tall, 256 colours; its size in bytes."""
+    from PIL import Image
+
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        im = im.crop((0, 0, int(im.width * DOCS_KEEP), im.height))
+        scale = DOCS_WIDTH / im.width
+        im = im.resize((DOCS_WIDTH, int(im.height * scale)), Image.LANCZOS)
+        im = im.crop((0, 0, im.width, min(im.height, 900)))
+        im.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(dst, optimize=True)
+    return dst.stat().st_size
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Take the screenshots; print a table and return (and write) their index."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,6 +154,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("results") / "screenshots")
     ap.add_argument("--report", action="store_true", help="write the sweep's report first (scalesweep report)")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    ap.add_argument("--docs", type=Path, default=None, metavar="DIR",
+                    help=f"also write small copies of {', '.join(DOCS_PAGES)} there (docs/img: docs/mlflow.md shows them)")
+    ap.add_argument("--only", action="append", default=None, metavar="PAGE",
+                    help="take only this page (repeatable: runs_table, trials_view, parent_run, summary_md, report, "
+                         "or a plot's name such as isoflop)")
     args = ap.parse_args(argv)
 
     from mlflow.tracking import MlflowClient
@@ -157,15 +186,27 @@ def main(argv: list[str] | None = None) -> dict:
             (stack.append(a.path) if a.is_dir else artifacts.append(a.path))
     args.out.mkdir(parents=True, exist_ok=True)
     run_page = f"#/experiments/{exp}/runs/{run_id}"
+    from orchestrator.tracking.layout import VIEW_TAG_PREFIX, view_key
+
     # (name, URL fragment, viewport, text to wait for, full page)
-    pages = [("runs_table", f"#/experiments/{exp}/runs", (1600, 1000), spec.name, False),
-             ("parent_run", run_page, (1440, 1800), "useful_work_fraction", True),
-             ("summary_md", f"{run_page}/artifactPath/summary.md", (1440, 1400), "Proposals", False)]
+    # a runs table is loaded when it counts its runs (its title and filters show before the rows)
+    pages = [("runs_table", f"#/experiments/{exp}/runs", (1600, 1000), r"re:^[1-9]\d* matching runs", False)]
+    view = client.get_experiment(exp).tags.get(VIEW_TAG_PREFIX + view_key(spec.name))
+    if view is not None:  # the sweep's saved view: loaded when its best trial's row shows
+        state = json.loads(view)
+        best = client.search_runs([exp], state["searchFilter"], max_results=1,
+                                  order_by=[f"{state['orderByKey']} {'ASC' if state['orderByAsc'] else 'DESC'}"])
+        pages.append(("trials_view", f"#/experiments/{exp}/runs?viewStateShareKey={view_key(spec.name)}",
+                      (1600, 1000), best[0].info.run_name if best else "eval_loss", False))
+    pages += [("parent_run", run_page, (1440, 1800), "useful_work_fraction", True),
+              ("summary_md", f"{run_page}/artifactPath/summary.md", (1440, 1400), "Proposals", False)]
     if "report/index.html" in artifacts:
         pages.append(("report", f"{run_page}/artifactPath/report/index.html", (1440, 1600), "index.html", False))
     for a in sorted(artifacts):
         if a.startswith("plots/") and a.endswith(".png"):
             pages.append((a[len("plots/"):-4], f"{run_page}/artifactPath/{a}", (1440, 1100), a.split("/")[-1], False))
+    if args.only:
+        pages = [p for p in pages if p[0] in args.only]
     proc, base = start_mlflow_ui(uri, args.out / "mlflow-ui.log")
     shots = [{"name": name, "url": f"{base}/{frag}", "path": str((args.out / f"{name}.png").resolve()),
               "width": size[0], "height": size[1], "wait_text": wait, "settle_ms": 3000, "full_page": full}
@@ -178,6 +219,12 @@ def main(argv: list[str] | None = None) -> dict:
         stop(proc)
     shots = {s["name"]: {"url": s["url"], "path": s["path"] if Path(s["path"]).is_file() else None,
                          **done.get(s["name"], {"note": "not taken"})} for s in shots}
+    if args.docs is not None:
+        args.docs.mkdir(parents=True, exist_ok=True)
+        for name in DOCS_PAGES:
+            if (shots.get(name) or {}).get("path"):
+                dst = args.docs / f"mlflow-{name.replace('_', '-')}.png"
+                shots[name]["docs"] = {"path": str(dst), "bytes": docs_copy(Path(shots[name]["path"]), dst)}
     doc = {"sweep_dir": str(sweep), "parent_run": run_id, "experiment_id": exp, "screenshots": shots}
     (args.out / "screenshots.json").write_text(json.dumps(doc, indent=2))
     width = max(len(n) for n in shots)

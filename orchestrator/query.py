@@ -14,7 +14,7 @@ their own channel (an exit code, an HTTP status).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -37,6 +37,8 @@ class SweepData:
     points: list[dict[str, Any]]
     diverged: list[dict[str, Any]]
     task_rows: list[dict[str, Any]]
+    store: Any = field(default=None, compare=False, repr=False)  # where they were read (a search's replay)
+    replays: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # search_replay's, per spec
 
     @classmethod
     def read(cls, store: Any) -> "SweepData":
@@ -44,7 +46,48 @@ class SweepData:
         from .store import diverged_configs, final_points, final_task_points
 
         points = final_points(store)
-        return cls(points, diverged_configs(store), final_task_points(store, points))
+        return cls(points, diverged_configs(store), final_task_points(store, points), store)
+
+
+@dataclass(frozen=True)
+class SearchReplay:
+    """A law-guided sweep's search rebuilt from its store as `scalesweep resume` rebuilds it: every
+    ended trial replayed, then the search asked for its next trials until it must wait or is done."""
+
+    advice: Any  # core.planning.HparamAdvice: the search's lr/batch laws (what the controller's fit.json uses)
+    next_trials: list[str]  # trials the search would start now that the store has no record of
+    done: Optional[str]  # why the search is over (None: it is not, a resume goes on)
+
+
+RESUME_ENDED = ("finished", "diverged", "stopped")  # controller.RESUME_SKIPS: ended for good, not run again
+
+
+def search_replay(data: SweepData, spec: Any) -> Optional[SearchReplay]:
+    """The search of a `law` or `transfer` sweep replayed from `data.store` (None for a grid, without a
+    spec or a store). The controller proposes with the search's own lr*/batch* laws (hedged), not a
+    refit of the store's cells: replaying the search gives `propose` and the API the same laws."""
+    if spec is None or data.store is None or spec.search.strategy == "grid":
+        return None
+    key = spec.model_dump_json()
+    if key not in data.replays:
+        from .core.planning import Done
+        from .planner import PlannedTrial
+        from .planners import make_planner
+
+        planner = make_planner(spec)
+        trials, last = data.store.trials(), data.store.last_reports()
+        # what `controller.ended_trials` hands a resumed planner (the controller imports this module)
+        planner.resume({tid: last.get(tid) for tid, rec in trials.items() if rec["status"] in RESUME_ENDED})
+        started = {tid for tid, rec in trials.items() if rec["status"] in ("planned", "running")}
+        new, step = [], None
+        for _ in range(planner.trial_cap + 1):
+            step = planner.next_trial()
+            if not isinstance(step, PlannedTrial):
+                break
+            if step.trial_id not in started:
+                new.append(step.trial_id)
+        data.replays[key] = SearchReplay(planner.hparam_advice(), new, step.why if isinstance(step, Done) else None)
+    return data.replays[key]
 
 def family_of(spec: Any) -> str:
     """The spec's model family ("gpt" without a spec: a broken spec must not block reading data)."""
@@ -59,6 +102,8 @@ def sweep_fit(data: SweepData, spec: Any, targets: Sequence[float], *, bootstrap
         from .planner import proposal_resources
 
         resources = proposal_resources(spec)
+    if hparams is None and (replay := search_replay(data, spec)) is not None and replay.advice is not None:
+        hparams, hparam_intervals = replay.advice.predict, replay.advice.intervals
     return fit_and_propose(data.points, list(targets), **fit_settings(spec, bootstrap), hparams=hparams,
                            resources=resources, diverged=data.diverged, family=family_of(spec),
                            hparam_intervals=hparam_intervals, task_rows=data.task_rows)
@@ -191,7 +236,7 @@ def flops_spent(trials: dict[str, dict[str, Any]], last: dict[str, dict[str, Any
 
 def never_started(spec: Any, trials: dict[str, dict[str, Any]]) -> Optional[int]:
     """Grid trials the store has no record of (None without a spec, or when the search, not the
-    grid, decides which trials run: law-guided trials are not a fixed list)."""
+    grid, decides which trials run: a law-guided search's are those `search_replay` would start now)."""
     if spec is None or spec.search.strategy != "grid":
         return None
     from .planner import GridPlanner
@@ -200,7 +245,8 @@ def never_started(spec: Any, trials: dict[str, dict[str, Any]]) -> Optional[int]
 
 def status(sweep_dir: str | Path, spec: Any = None) -> dict[str, Any]:
     """Every trial (state, config, FLOPs spent), counts per state, FLOPs spent in all (branches
-    from their branch point) and, with a grid spec, how many of its trials never started."""
+    from their branch point) and, with a spec, how many of its trials never started: a grid's missing
+    trials, a law-guided search's next trials (`search_replay`; its state under `search`: done and why)."""
     from .store import ObservationStore
 
     store = ObservationStore(sweep_dir)
@@ -213,8 +259,12 @@ def status(sweep_dir: str | Path, spec: Any = None) -> dict[str, Any]:
                      "lr": cfg.get("lr"), "batch": cfg.get("batch"), "planned_flops": cfg.get("flops"),
                      "branch_of": cfg.get("branch_of"), "flops_spent": spent.get(tid, 0.0),
                      "summary": rec["summary"]})
+    replay = search_replay(SweepData([], [], [], store), spec)
+    search = None if replay is None else {"strategy": spec.search.strategy, "done": replay.done,
+                                          "next_trials": replay.next_trials}
+    never = never_started(spec, trials) if replay is None else len(replay.next_trials)
     return {"sweep_dir": str(Path(sweep_dir).resolve()), "trials": rows, "counts": trial_counts(trials),
-            "never_started": never_started(spec, trials), "flops_spent": float(sum(spent.values()))}
+            "never_started": never, "search": search, "flops_spent": float(sum(spent.values()))}
 
 def status_line(counts: dict[str, int], never: Optional[int]) -> str:
     """The states of a sweep's trials in words, every state named (zeros too, so nothing is hidden).

@@ -82,7 +82,7 @@ def build_report(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, *,
     spent = {tid: spent_flops(r["flops"], trials[tid]["config"] or {}) for tid, r in last.items()
              if tid in trials and r["flops"] == r["flops"]}
     page = render_html(spec.name, str(sweep_dir.resolve()), spec_text, trials, last, spent, doc, pngs,
-                       hparam_laws(trials, store), not_run(spec, trials))
+                       hparam_laws(trials, store), not_run(spec, trials, data))
     report = Report(out / "index.html", paths)
     report.html_path.write_text(page)
     if log_to_mlflow:
@@ -197,16 +197,22 @@ def _what_ran(trials, last, spent, counts) -> str:
             "branch point).</p>" + _table(["N (params)", "trials"] + states + ["FLOPs spent", f"best final loss ({LOSS_UNIT})"], rows))
 
 
-def not_run(spec: Any, trials: Mapping[str, Any]) -> dict[str, Any]:
+def not_run(spec: Any, trials: Mapping[str, Any], data: Any = None) -> dict[str, Any]:
     """The spec's grid trials with no record in the store: how many, and how many are branches of a trunk
-    the pruner stopped (a branch starts from its trunk's checkpoint, so it cannot run)."""
+    the pruner stopped (a branch starts from its trunk's checkpoint, so it cannot run); for a law-guided
+    search read from `data` (`query.SweepData`), whether it is done (`done`: why) or which trials it would
+    start next (`next_trials`)."""
     from .planner import plan_grid
+    from .query import search_replay
 
     grid = plan_grid(spec)
     missing = [t for t in grid if t.trial_id not in trials]
     behind = sum(1 for t in missing if t.branch_of and (trials.get(t.branch_of) or {}).get("status") != "finished")
-    return {"grid": len(grid), "missing": len(missing), "behind_stopped_trunk": behind,
-            "strategy": spec.search.strategy}
+    out = {"grid": len(grid), "missing": len(missing), "behind_stopped_trunk": behind, "strategy": spec.search.strategy}
+    replay = search_replay(data, spec) if data is not None else None
+    if replay is not None:
+        out.update(done=replay.done, next_trials=replay.next_trials)
+    return out
 
 
 def _unrun(unrun: Optional[Mapping[str, Any]]) -> str:
@@ -218,6 +224,11 @@ def _unrun(unrun: Optional[Mapping[str, Any]]) -> str:
                    "(a branch starts from its trunk's checkpoint)")
     if unrun["strategy"] != "grid":
         why.append(f"the {unrun['strategy']} search runs only the trials that teach most about the targets")
+        if unrun.get("done"):
+            why.append(f"it ended: {unrun['done']}")
+        elif unrun.get("next_trials") is not None:
+            why.append(f"it had not ended: a resume starts {len(unrun['next_trials'])} trial(s) next "
+                       f"({', '.join(unrun['next_trials'][:3])}{', ...' if len(unrun['next_trials']) > 3 else ''})")
     rest = "; ".join(why) or "the sweep ended (or was stopped) before them"
     return (f"<p>{unrun['missing']} of the grid's {unrun['grid']} trials never started: {html.escape(rest)}.</p>")
 

@@ -32,7 +32,7 @@ def sweep_figures(spec: Any, store: Any, fit: Any, points: Optional[list[dict[st
     trials = store.trials()
     builders: dict[str, Callable[[], Optional[Figure]]] = {
         "loss_vs_compute": lambda: loss_vs_compute_figure(fit, spec, points) if points else None,
-        "isoflop": lambda: isoflop_figure(fit, spec, points),
+        "isoflop": lambda: isoflop_figure(fit, spec, points, store, trials),
         "backtest": lambda: backtest_figure(fit, spec.fit.level),
         "lr_bowls": lambda: bowls_figure(trials, store, "lr"),
         "batch_bowls": lambda: bowls_figure(trials, store, "batch"),
@@ -79,9 +79,15 @@ def loss_vs_compute_figure(fit: Any, spec: Any, points: list[dict[str, Any]]) ->
                            level=spec.fit.level, title=title)
 
 
-def isoflop_figure(fit: Any, spec: Any, points: list[dict[str, Any]]) -> Optional[Figure]:
-    """IsoFLOP view of the fit's cells: the compute levels where >= 2 sizes ran (a parabola where >= 3
-    did), the fitted law along each level, N_opt(C) from the minima beside the law's N*(C)."""
+def isoflop_figure(fit: Any, spec: Any, points: list[dict[str, Any]], store: Any = None,
+                   trials: Optional[dict[str, dict[str, Any]]] = None) -> Optional[Figure]:
+    """IsoFLOP view: where >= 3 sizes share a compute level at two levels or more (an isoFLOP design),
+    the fit's cells grouped by level with a parabola each; otherwise (a per-param grid puts each size at
+    its own C) isoFLOP slices read off each size's loss-vs-compute curve (every evaluation of its
+    finished and stopped runs, or its cells' final losses without a store). Beside them the fitted law
+    along each level and N_opt(C) from the minima beside the law's N*(C)."""
+    from .isoflop_slices import isoflop_slices
+
     if fit.fit is None or not fit.cells:
         return None
     N, D, L = (np.array([c[k] for c in fit.cells], dtype=np.float64) for k in ("N", "D", "loss"))
@@ -89,8 +95,17 @@ def isoflop_figure(fit: Any, spec: Any, points: list[dict[str, Any]]) -> Optiona
     tol = 0.3  # a grid's cells rarely share a budget exactly: within 30 % counts as one isoFLOP level
     labels = group_by_compute(C, tol)
     levels = [g for g in np.unique(labels) if len(np.unique(N[labels == g])) >= 2]
+    shared = sum(len(np.unique(N[labels == g])) >= 3 for g in levels)
     keep = np.isin(labels, levels)
-    cs = sorted(float(np.exp(np.mean(np.log(C[labels == g])))) for g in levels) or list(np.geomspace(C.min(), C.max(), 4))
+    read_off = None
+    if shared < 2:
+        rows = curve_points(store, trials) if store is not None else {"N": N, "C": C, "loss": L}
+        cut = isoflop_slices(rows["N"], rows["C"], rows["loss"])
+        if cut:
+            read_off = rows
+            cs = [s["C"] for s in cut]
+    if read_off is None:
+        cs = sorted(float(np.exp(np.mean(np.log(C[labels == g])))) for g in levels) or list(np.geomspace(C.min(), C.max(), 4))
     n_lo, n_hi = N.min() / 3, N.max() * 3
     slices = {}
     for c in cs:
@@ -100,8 +115,27 @@ def isoflop_figure(fit: Any, spec: Any, points: list[dict[str, Any]]) -> Optiona
     frontier = {"C": fc, "N": fit.fit.law.frontier(list(fc), "6ND")["N_opt"]}
     proposals = [{"C": p["budget"], "N": p["N"], "N_low": p["intervals"].get("N_opt", {}).get("low"),
                   "N_high": p["intervals"].get("N_opt", {}).get("high")} for p in fit.proposals]
-    return isoflop_curves(N[keep], D[keep], L[keep], C[keep], fits=True, slices=slices, frontier=frontier,
-                          proposals=proposals, rel_tol=tol, level=spec.fit.level)
+    common = dict(slices=slices, frontier=frontier, proposals=proposals, level=spec.fit.level)
+    if read_off is not None:
+        r = read_off
+        return isoflop_curves(r["N"], r["C"] / (6.0 * r["N"]), r["loss"], r["C"], read_off=True, levels=cs, **common)
+    return isoflop_curves(N[keep], D[keep], L[keep], C[keep], fits=True, rel_tol=tol, **common)
+
+
+def curve_points(store: Any, trials: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, np.ndarray]:
+    """Columns N, C (6·N·tokens), loss: every finite evaluation of the finished and stopped trials (the
+    loss each size reached at each compute; diverged trials are left out)."""
+    trials = store.trials() if trials is None else trials
+    size = {tid: float(rec["config"]["N"]) for tid, rec in trials.items()
+            if rec["status"] in ("finished", "stopped") and rec["config"]}
+    cols: dict[str, list[float]] = {"N": [], "C": [], "loss": []}
+    for tid, curve in _curves(store).items():
+        if tid not in size:
+            continue
+        for t, y in zip(curve["tokens"], curve["loss"]):
+            if t and math.isfinite(y):
+                cols["N"].append(size[tid]), cols["C"].append(6.0 * size[tid] * t), cols["loss"].append(y)
+    return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
 
 
 def backtest_figure(fit: Any, level: float) -> Optional[Figure]:

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ._columns import C_LABEL, LOSS_LABEL, N_LABEL, _column, _fmt
+from .isoflop_slices import isoflop_slices, parabola_vertex
 
 
 def group_by_compute(C: Sequence[float], rel_tol: float = 0.05) -> np.ndarray:
@@ -55,6 +56,8 @@ def isoflop_curves(
     proposals: Any = None,
     rel_tol: float = 0.05,
     level: Optional[float] = None,
+    read_off: bool = False,
+    levels: Optional[Sequence[float]] = None,
 ) -> Figure:
     """Left: loss vs N (log x) per compute group with a parabola in ln N and its minimum (N_opt at
     that C). Right: N_opt vs C (log-log): the minima, the power law N_opt = k C^a fitted to them,
@@ -65,39 +68,34 @@ def isoflop_curves(
     fitted L(N, D) along the isoFLOP line D = C / 6N, drawn dashed with its minimum. `frontier`:
     arrays C, N (the law's N*(C)). `proposals`: rows with C (or budget), N and optionally N_low,
     N_high. `rel_tol`: compute values within it form one group.
+
+    `read_off`: the points are each size's loss along its compute (final losses or training curves),
+    not runs at shared budgets: the groups are `isoflop_slices` at `levels` (default: log-spaced where
+    >= 3 sizes reach), each with its parabola (`fits` is ignored) and its minimum where bracketed.
     """
     N, D, loss, C = (np.asarray(x, dtype=np.float64) for x in (N, D, loss, C))
     if not (len(N) == len(D) == len(loss) == len(C)):
         raise ValueError("N, D, loss and C must have the same length")
-    labels = group_by_compute(C, rel_tol) if len(C) else np.empty(0, dtype=np.int64)
+    groups = (_read_off_groups(N, C, loss, levels) if read_off else _budget_groups(N, loss, C, fits, rel_tol))
     fig = Figure(figsize=(11.5, 4.8))
     ax, ax_opt = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    groups = np.unique(labels)
     cmap = matplotlib.colormaps["plasma"]
-    given = dict(fits) if isinstance(fits, Mapping) else {}
     minima: list[tuple[float, float]] = []  # (C, N_opt) of each convex parabola with its vertex inside the data
-    for i, g in enumerate(groups):
-        sel = labels == g
-        c_mid = float(np.exp(np.mean(np.log(C[sel]))))
+    how = " (read off each size's curve)" if read_off else ""
+    for i, (c_mid, gn, gl, coeffs, fitted) in enumerate(groups):
         colour = cmap(i / max(len(groups), 1))
-        ax.scatter(N[sel], loss[sel], color=colour, s=22, label=f"C = {_fmt(c_mid)} FLOPs", zorder=3)
-        coeffs = None
-        if given:
-            key = min(given, key=lambda k: abs(math.log(float(k)) - math.log(c_mid)))
-            if abs(math.log(float(key)) - math.log(c_mid)) < 0.1:
-                coeffs = np.asarray(given[key], dtype=np.float64)
-        elif fits is True and len(np.unique(N[sel])) >= 3:
-            coeffs = np.polyfit(np.log(N[sel]), loss[sel], 2)
-        if coeffs is not None:
-            x = np.linspace(np.log(N[sel].min()), np.log(N[sel].max()), 100)
-            first = not any(ln.get_label() == "parabola in ln N" for ln in ax.lines)
-            ax.plot(np.exp(x), np.polyval(coeffs, x), color=colour, lw=1.2, label="parabola in ln N" if first else None)
-            if coeffs[0] > 0:  # convex: mark the vertex (the budget's optimal N)
-                xv = -coeffs[1] / (2 * coeffs[0])
-                if x[0] <= xv <= x[-1]:
-                    ax.plot([np.exp(xv)], [np.polyval(coeffs, xv)], marker="v", color=colour, ms=7, ls="none",
-                            label=None if minima else "its minimum: N_opt at that C")
-                    minima.append((c_mid, float(np.exp(xv))))
+        face = dict(marker="s", facecolors="none", edgecolors=[colour]) if read_off else dict(color=colour)
+        ax.scatter(gn, gl, s=22, label=f"C = {_fmt(c_mid)} FLOPs", zorder=3, **face)
+        if coeffs is None:
+            continue
+        x = np.linspace(np.log(gn[fitted].min()), np.log(gn[fitted].max()), 100)
+        first = not any(ln.get_label().startswith("parabola in ln N") for ln in ax.lines)
+        ax.plot(np.exp(x), np.polyval(coeffs, x), color=colour, lw=1.2, label=f"parabola in ln N{how}" if first else None)
+        vertex = parabola_vertex(coeffs, np.log(gn[fitted]), gl[fitted], bracketed=read_off)
+        if vertex is not None:
+            ax.plot([np.exp(vertex)], [np.polyval(coeffs, vertex)], marker="v", color=colour, ms=7, ls="none",
+                    label=None if minima else "its minimum: N_opt at that C")
+            minima.append((c_mid, float(np.exp(vertex))))
     for j, (c, sl) in enumerate(sorted((slices or {}).items())):
         sn, sloss = _column(sl, "N"), _column(sl, "loss")
         order = np.argsort(sn)
@@ -117,6 +115,32 @@ def isoflop_curves(
     _n_opt_panel(ax_opt, minima, frontier, proposals, level)
     fig.tight_layout()
     return fig
+
+
+def _budget_groups(N: np.ndarray, loss: np.ndarray, C: np.ndarray, fits: Any,
+                   rel_tol: float) -> list[tuple[float, np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]]:
+    """(C, N, loss, parabola coefficients or None, mask of the runs it is fitted to) per group of runs at (nearly) the same compute."""
+    labels = group_by_compute(C, rel_tol) if len(C) else np.empty(0, dtype=np.int64)
+    given = dict(fits) if isinstance(fits, Mapping) else {}
+    out = []
+    for g in np.unique(labels):
+        sel = labels == g
+        c_mid = float(np.exp(np.mean(np.log(C[sel]))))
+        coeffs = None
+        if given:
+            key = min(given, key=lambda k: abs(math.log(float(k)) - math.log(c_mid)))
+            if abs(math.log(float(key)) - math.log(c_mid)) < 0.1:
+                coeffs = np.asarray(given[key], dtype=np.float64)
+        elif fits is True and len(np.unique(N[sel])) >= 3:
+            coeffs = np.polyfit(np.log(N[sel]), loss[sel], 2)
+        out.append((c_mid, N[sel], loss[sel], coeffs, np.ones(int(sel.sum()), dtype=bool)))
+    return out
+
+
+def _read_off_groups(N: np.ndarray, C: np.ndarray, loss: np.ndarray, levels: Optional[Sequence[float]]
+                     ) -> list[tuple[float, np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]]:
+    """(C, N, loss, parabola coefficients, mask of the sizes it is fitted to) per isoFLOP slice read off the sizes' curves."""
+    return [(s["C"], s["N"], s["loss"], s["coeffs"], s["fitted"]) for s in isoflop_slices(N, C, loss, levels=levels)]
 
 
 def _n_opt_panel(ax, minima: list[tuple[float, float]], frontier: Optional[Mapping[str, Any]], proposals: Any,

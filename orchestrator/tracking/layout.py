@@ -54,6 +54,58 @@ OUTCOME_OF_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "stop
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
+# The MLflow UI's saved ("shared") views of an experiment's runs table: an experiment tag
+# `mlflow.sharedViewState.<key>` holding the view's JSON (search facets and UI state: columns,
+# order, filter), opened with `#/experiments/<id>?viewStateShareKey=<key>`. It is the only view
+# state the server keeps: a browser's own column choice lives in its local storage.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_KEY_PREFIX = "scalesweep-"
+NOTE_TAG = "mlflow.note.content"  # the experiment's description, shown above its runs
+NOTE_MARK = "<!-- scalesweep views -->"  # a description scalesweep wrote (and may rewrite)
+# The trials table: what differs between trials (size, tokens, lr, batch, seed), how each ended and
+# what it reached and cost. Keys as the UI spells them (`params.`N``); the params are PlannedTrial's fields.
+VIEW_COLUMNS = ("params.`N`", "params.`D`", "params.`lr`", "params.`batch`", "params.`seed`",
+                "tags.`scalesweep.outcome`", "metrics.`eval_loss`", "metrics.`flops`", "metrics.`train_s`")
+
+
+def view_key(sweep_name: str) -> str:
+    """The saved view's share key of a sweep (URL-safe).
+
+    >>> view_key("tiny demo/1")
+    'scalesweep-tiny_demo_1'
+    """
+    return VIEW_KEY_PREFIX + "".join(c if c.isalnum() or c in "-_" else "_" for c in sweep_name)
+
+
+def runs_table_view(sweep_name: str) -> dict[str, Any]:
+    """The saved view of a sweep's trials: only its trial runs (flat, not nested under the sweep's run),
+    lowest final eval loss first, with VIEW_COLUMNS. Unknown keys are ignored by the UI, so the sweep's
+    name rides along under TAG_SWEEP.
+
+    >>> v = runs_table_view("tiny"); v["searchFilter"], v["orderByKey"], len(v["selectedColumns"])
+    ("tags.`scalesweep.sweep` = 'tiny' and tags.`scalesweep.kind` = 'trial'", 'metrics.`eval_loss`', 9)
+    """
+    return {"searchFilter": f"tags.`{TAG_SWEEP}` = '{quote(sweep_name)}' and tags.`{TAG_KIND}` = 'trial'",
+            "orderByKey": "metrics.`eval_loss`", "orderByAsc": True, "lifecycleFilter": "Active",
+            "selectedColumns": list(VIEW_COLUMNS), "runListHidden": False, TAG_SWEEP: sweep_name}
+
+
+def experiment_note(experiment_id: str, views: Mapping[str, str]) -> str:
+    """The experiment's description linking each sweep's saved view ({share key: sweep name}).
+
+    >>> print(experiment_note("3", {"scalesweep-tiny": "tiny"}))
+    <!-- scalesweep views -->
+    <BLANKLINE>
+    **Trials of sweep `tiny`**: [runs table: N, D, lr, batch, seed, outcome, eval loss, FLOPs](#/experiments/3?viewStateShareKey=scalesweep-tiny) (lowest eval loss first; the sweep's run holds its summary, plots and fit)
+    """
+    lines = [NOTE_MARK]
+    for key, name in sorted(views.items(), key=lambda kv: kv[1]):
+        lines.append(f"**Trials of sweep `{name}`**: [runs table: N, D, lr, batch, seed, outcome, eval loss, FLOPs]"
+                     f"(#/experiments/{experiment_id}?viewStateShareKey={key}) (lowest eval loss first; the sweep's "
+                     "run holds its summary, plots and fit)")
+    return "\n\n".join(lines)
+
+
 def trial_end(status: str, tags: Mapping[str, Any]) -> tuple[str, str]:
     """(MLflow status, outcome) of a trial's run ending with `status` and `tags`.
 

@@ -35,6 +35,7 @@ class CreateTrial:
     tags: Mapping[str, str]
     name: str
     trunk: Optional[str] = None  # a WSD branch: its trunk's trial id (its run id is tagged)
+    start_ms: Optional[int] = None  # when the trial started: the run's start time, not the (later) delivery's
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ tags under the parent before a new one is made.
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -15,13 +17,16 @@ from typing import Any, Callable, Mapping, Optional
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from .layout import (MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, TAG_PARENT, TAG_TOKEN, TAG_TRIAL,
-                     TAG_TRUNK_RUN, quote)
+from .layout import (MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, NOTE_MARK, NOTE_TAG, TAG_PARENT, TAG_SWEEP,
+                     TAG_TOKEN, TAG_TRIAL, TAG_TRUNK_RUN, VIEW_KEY_PREFIX, VIEW_TAG_PREFIX, experiment_note, quote,
+                     runs_table_view, view_key)
 from .ops import (BATCHED, CreateParent, CreateTrial, EndRun, EndStale, LogArtifact, LogMetrics, LogParams, Queued,
                   SetTags)
 
 # Error codes meaning "this request is wrong and will stay wrong": retrying cannot help,
 # so the operation is dropped (with an error log) instead of blocking the queue forever.
+log = logging.getLogger(__name__)
+
 PERMANENT_CODES = frozenset({
     "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE",
     "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED", "ENDPOINT_NOT_FOUND",
@@ -201,6 +206,31 @@ class MlflowSink:
             if owned:
                 shutil.rmtree(Path(path).parent, ignore_errors=True)
         self.parent_id = run_id
+        self._save_view()
+
+    def _save_view(self) -> None:
+        """The sweep's saved runs-table view on its experiment (`layout.runs_table_view`), and the
+        experiment's description linking every sweep's view, unless someone else wrote it. A view is a
+        convenience: a store that refuses experiment tags costs a warning, not the parent run."""
+        try:
+            exp_id = self.experiment_id(self.parent_id)
+            key = view_key(self.sweep_name)
+            self.client.set_experiment_tag(exp_id, VIEW_TAG_PREFIX + key, json.dumps(runs_table_view(self.sweep_name)))
+            tags = self.client.get_experiment(exp_id).tags
+            note = tags.get(NOTE_TAG)
+            if note is not None and not note.startswith(NOTE_MARK):
+                return
+            views = {}
+            for tag, value in tags.items():
+                if tag.startswith(VIEW_TAG_PREFIX + VIEW_KEY_PREFIX):
+                    try:
+                        views[tag[len(VIEW_TAG_PREFIX):]] = str(json.loads(value)[TAG_SWEEP])
+                    except (ValueError, KeyError, TypeError):
+                        continue
+            views[key] = self.sweep_name
+            self.client.set_experiment_tag(exp_id, NOTE_TAG, experiment_note(exp_id, views))
+        except Exception as exc:  # noqa: BLE001 -- see the docstring
+            log.warning("MLflow: the sweep's saved runs-table view was not set (%s: %s)", type(exc).__name__, exc)
 
     def _create_trial(self, entry: Queued) -> None:
         op: CreateTrial = entry.op  # type: ignore[assignment]
@@ -219,7 +249,9 @@ class MlflowSink:
             trunk = self._trial_run(op.trunk, parent) if op.trunk else None
             if trunk is not None:
                 tags[TAG_TRUNK_RUN] = trunk
-            run = self.client.create_run(exp_id, tags=tags, run_name=op.name or op.trial)
+            # start_time: when the trial started; a create delivered after a short trial had already
+            # ended (its end op carries the end time) would otherwise show a negative duration
+            run = self.client.create_run(exp_id, start_time=op.start_ms, tags=tags, run_name=op.name or op.trial)
             run_id = run.info.run_id
             self._log_params(run_id, op.params)
         else:

@@ -157,7 +157,7 @@ class SweepTracker:
             self._trials_ended.discard(trial_id)
             tags = {TAG_SWEEP: self.sweep_name, TAG_KIND: "trial", TAG_TRIAL: trial_id, **branch_tags(params)}
             self._put(CreateTrial(trial_id, uuid.uuid4().hex, flatten_params(params), tags, run_name or trial_id,
-                                  trunk=params.get("branch_of") or None))
+                                  trunk=params.get("branch_of") or None, start_ms=int(time.time() * 1000)))
         if wait:
             self._queue.wait_for(lambda: self.run_id(trial_id) is not None, self.sync_timeout_s)
         return self.run_id(trial_id) or ""

@@ -236,6 +236,25 @@ def test_recorded_isoflop_minima_sit_on_the_law_and_n_opt_panel(recorded):
     np.testing.assert_allclose(stars.lines[0].get_ydata(), [p["N"] for p in fit.proposals])
 
 
+def test_recorded_per_param_sweep_draws_isoflop_slices_read_off_its_curves(recorded):
+    # a per-param grid (D = 10, 20, 40 x N): no two sizes share a budget, so the slices come from the curves
+    from orchestrator.plots.evidence import curve_points
+    from orchestrator.plots.isoflop_slices import isoflop_slices
+
+    _, store, _, figures = recorded
+    ax = figures["isoflop"].axes[0]
+    pts = curve_points(store)
+    slices = isoflop_slices(pts["N"], pts["C"], pts["loss"])
+    drawn = [sc for sc in ax.collections if sc.get_label().startswith("C = ")]
+    assert len(drawn) == len(slices) >= 3
+    for sc, s in zip(drawn, slices):
+        np.testing.assert_allclose(sc.get_offsets(), np.column_stack([s["N"], s["loss"]]))
+    parabolas = [ln for ln in ax.lines if ln.get_marker() in ("None", None, "") and ln.get_linestyle() == "-"]
+    assert len(parabolas) == len(slices)
+    # a minimum is drawn exactly where the slice's lowest point has a size on each side
+    assert len([ln for ln in ax.lines if ln.get_marker() == "v"]) == sum(s["N_opt"] is not None for s in slices)
+
+
 def test_recorded_backtest_shows_every_held_out_cell_with_its_interval(recorded):
     from orchestrator.plots.evidence import BACKTEST_NAMES
 
