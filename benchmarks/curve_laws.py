@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.laws.annealing import AnnealingLaw
-from orchestrator.laws.curves import Curve
-from orchestrator.laws.multipower import PARAMS, MultiPowerLaw
+from orchestrator.core.laws.annealing import AnnealingLaw
+from orchestrator.core.laws.curves import Curve
+from orchestrator.core.laws.multipower import PARAMS, MultiPowerLaw
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "multipowerlaw"
 TRAIN = ("cosine_24000", "constant_24000", "wsdcon_9")

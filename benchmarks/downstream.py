@@ -11,7 +11,7 @@ whole model sizes (the checkpoints of one run are not independent draws); "cover
 held-out points inside the interval of the law's mean, "pred." inside the prediction interval (each
 replicate plus a resampled residual of the fit: the scatter of single evaluations).
 
-Methods (``orchestrator.laws.downstream``):
+Methods (``orchestrator.core.laws.downstream``):
 - ``latent-sigmoid`` (the default of ``scalesweep fit-downstream`` without a loss column):
   acc = chance + (1 − chance)·σ(c0 − A/N^α − B/D^β): a sigmoid of a latent L(N, D) loss,
   fitted on the accuracies alone of the checkpoints after Pythia's 1,430-step warm-up (no
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.laws.downstream import backtest
-from orchestrator.laws.table import read_table
+from orchestrator.core.laws.downstream import backtest
+from orchestrator.core.laws.table import read_table
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "pythia_evals" / "zero_shot.csv"
 # Non-embedding parameters (Pythia paper). The standard 1B's evaluations are filed as pythia-1b-bf16.

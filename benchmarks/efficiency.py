@@ -209,10 +209,10 @@ def evaluate(run: S.StrategyRun, grid: S.Grid, world: World, target: float, seed
 def _regret_with_hparam_laws(run: S.StrategyRun, grid: S.Grid, world: World, target: float, N: float, D: float) -> float:
     """Diagnostic, not today's proposal rule: the fit's (N, D) with lr, batch from laws fitted to the runs.
 
-    `orchestrator.laws.hparams.fit_hparams` (bowl per cell, Step-Law protocol if a bowl cannot be
+    `orchestrator.core.laws.hparams.fit_hparams` (bowl per cell, Step-Law protocol if a bowl cannot be
     fitted) on the finished and diverged trials; NaN when neither method can fit.
     """
-    from orchestrator.laws.hparams import HparamError, fit_hparams
+    from orchestrator.core.laws.hparams import HparamError, fit_hparams
 
     recs = [r for r in run.records if r.status in ("finished", "diverged")]
     cols = [[getattr(r, k) for r in recs] for k in ("N", "D", "lr", "batch", "final_loss")]

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.laws.forms import candidate_forms
-from orchestrator.laws.result import jsonable
-from orchestrator.laws.selection import backtest_masks, fit_auto
-from orchestrator.laws.table import read_table
+from orchestrator.core.laws.forms import candidate_forms
+from orchestrator.core.laws.result import jsonable
+from orchestrator.core.laws.selection import backtest_masks, fit_auto
+from orchestrator.core.laws.table import read_table
 
 ROOT = Path(__file__).parents[1] / "tests" / "data"
 LEVEL = 0.9

@@ -20,10 +20,10 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from orchestrator.laws import varpro
-from orchestrator.laws.chinchilla import fit_chinchilla
-from orchestrator.laws.objectives import huber
-from orchestrator.laws.table import read_table
+from orchestrator.core.laws import varpro
+from orchestrator.core.laws.chinchilla import fit_chinchilla
+from orchestrator.core.laws.objectives import huber
+from orchestrator.core.laws.table import read_table
 
 DATA = Path(__file__).parents[1] / "tests" / "data" / "chinchilla_epoch" / "svg_extracted_data.csv"
 NAMES = ("E", "A", "B", "alpha", "beta")

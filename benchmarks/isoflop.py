@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.laws.isoflop import fit_isoflop, group_budgets
-from orchestrator.laws.table import read_table
+from orchestrator.core.laws.isoflop import fit_isoflop, group_budgets
+from orchestrator.core.laws.table import read_table
 
 DATA = Path(__file__).parents[1] / "tests" / "data" / "chinchilla_epoch" / "svg_extracted_data.csv"
 E, A, B, ALPHA, BETA = 1.8172, 477.8, 2143.9, 0.3473, 0.3672

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.laws.chinchilla import ChinchillaLaw
-from orchestrator.laws.forms import candidate_forms
-from orchestrator.laws.selection import fit_auto
+from orchestrator.core.laws.chinchilla import ChinchillaLaw
+from orchestrator.core.laws.forms import candidate_forms
+from orchestrator.core.laws.selection import fit_auto
 
 from .extrapolation import DATASETS, write_json
 

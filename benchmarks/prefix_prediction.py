@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import curve_fit
 
-from orchestrator.laws.curves import Curve
-from orchestrator.laws.final_loss import make_law, predict_final
+from orchestrator.core.laws.curves import Curve
+from orchestrator.core.laws.final_loss import make_law, predict_final
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "multipowerlaw"
 TRAIN = ("cosine_24000", "constant_24000", "wsdcon_9")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 from . import query
-from .laws.result import jsonable
+from .core.laws.result import jsonable
 from .api_auth import DEFAULT_TOKEN_ENV
 from .api_schemas import ApiError, links
 from .api_submission import SWEEP_ID, validated_spec

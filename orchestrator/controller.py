@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from .laws.result import jsonable
+from .core.laws.result import jsonable
 from .planner import PlannedTrial, trial_config
 from .planners import make_planner
 from .query import SweepData, sweep_fit

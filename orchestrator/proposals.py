@@ -9,9 +9,9 @@ import numpy as np
 
 from .core.cells import assign_cells, best_per_cell
 from .core.family import family_sizes, shape_for
-from .laws.chinchilla import budget_key
-from .laws.selection import AutoFit, fit_auto
-from .laws.table import TableError
+from .core.laws.chinchilla import budget_key
+from .core.laws.selection import AutoFit, fit_auto
+from .core.laws.table import TableError
 
 
 @dataclass
@@ -51,12 +51,12 @@ def learned_hparams(runs: Sequence[dict[str, Any]]) -> Optional[HparamRule]:
 
     `runs`: finished trials with their final `loss` and diverged ones (loss NaN; they bound lr from
     above). One bowl in (log lr, log batch) shared by every cell, its centre on the laws
-    (`orchestrator.laws.hparam_surface`); else a bowl per (N, D) cell, else the Step-Law protocol
-    (`orchestrator.laws.hparams.fit_hparams`). Runs are grouped by their nominal cell
+    (`orchestrator.core.laws.hparam_surface`); else a bowl per (N, D) cell, else the Step-Law protocol
+    (`orchestrator.core.laws.hparams.fit_hparams`). Runs are grouped by their nominal cell
     (`orchestrator.core.cells`), whatever whole-batch rounding did to their D.
     """
-    from .laws.hparam_surface import fit_surface
-    from .laws.hparams import HparamError, fit_hparams
+    from .core.laws.hparam_surface import fit_surface
+    from .core.laws.hparams import HparamError, fit_hparams
 
     if not runs:
         return None
@@ -131,9 +131,9 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
                     task_rows: Optional[Sequence[dict[str, Any]]] = None) -> SweepFit:
     """Fit L(N, D) to the best cell runs and propose (N*, D*, lr, batch) for each target C.
 
-    `law`: "auto" picks the form by how well it extrapolates (`orchestrator.laws.selection.fit_auto`:
+    `law`: "auto" picks the form by how well it extrapolates (`orchestrator.core.laws.selection.fit_auto`:
     backtests by model size and compute, intervals that include the form's uncertainty); a form's
-    name (`orchestrator.laws.forms.ALL_FORMS`) fits that form alone, with the same backtests.
+    name (`orchestrator.core.laws.forms.ALL_FORMS`) fits that form alone, with the same backtests.
 
     lr and batch come from `hparams(N*, D*)` when given (the law-guided search's learned laws),
     else from lr*(N, D), batch*(D) laws fitted on the finished and `diverged` runs
@@ -197,7 +197,7 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
             **({"resources": resources(n_opt, d_opt, batch)} if resources is not None else {}),
         })
     if task_rows:
-        from .laws.downstream_proposals import attach_task_predictions
+        from .core.laws.downstream_proposals import attach_task_predictions
 
         proposals, task_warnings = attach_task_predictions(proposals, task_rows, bootstrap=bootstrap, level=level,
                                                            seed=seed)

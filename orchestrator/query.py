@@ -150,7 +150,7 @@ def propose(data: SweepData, spec: Any, budgets: Sequence[float], bootstrap: Opt
     """Compute-optimal proposals for `budgets`; NotFitted or BadBudget when there is no answer."""
     from trainers.model import family_sizes
 
-    from .laws.table import TableError
+    from .core.laws.table import TableError
 
     budgets = check_budgets(budgets)
     if not data.points:
@@ -169,7 +169,7 @@ def propose(data: SweepData, spec: Any, budgets: Sequence[float], bootstrap: Opt
 
 def laws(data: SweepData, spec: Any, bootstrap: Optional[int] = None) -> dict[str, Any]:
     """The fitted L(N, D) with its cells and warnings, and lr*(N, D), batch*(D) when the cells allow."""
-    from .laws.result import jsonable
+    from .core.laws.result import jsonable
 
     if not data.points:
         raise NotFitted("no finished trial yet; nothing to fit")
@@ -185,7 +185,7 @@ def hparam_laws(points: Sequence[dict[str, Any]], diverged: Sequence[dict[str, A
     finished runs, or (None, why not). Cells still filling up (a running sweep) are left out
     rather than failing the whole fit; diverged runs bound lr from above."""
     from .core.cells import assign_cells
-    from .laws.hparams import MIN_CELL_RUNS, HparamError, fit_hparams
+    from .core.laws.hparams import MIN_CELL_RUNS, HparamError, fit_hparams
 
     runs = [*points, *(c for c in diverged if all(k in c for k in ("N", "D", "lr", "batch")))]
     rows = [(r["N"], cell.D, r["lr"], r["batch"], r["loss"] if i < len(points) else math.nan, i >= len(points))

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .laws.table import TableError, cluster_close, read_table, require_columns
+from .core.laws.table import TableError, cluster_close, read_table, require_columns
 from .core.planning import Done, Planner, Wait
 from .planner import PlannedTrial, plan_grid
 from .spec import SweepSpec, parse_spec

@@ -388,7 +388,7 @@ def final_points(store: ObservationStore) -> list[dict[str, Any]]:
 
 
 def final_task_points(store: ObservationStore, points: Optional[list[dict[str, Any]]] = None) -> list[dict[str, Any]]:
-    """The downstream fits' input (orchestrator.laws.downstream_proposals): one row per (finished
+    """The downstream fits' input (orchestrator.core.laws.downstream_proposals): one row per (finished
     trial, task) evaluated at the trial's final report, ``{"task", "N", "D", "acc", "trial_id"}``
     plus ``acc_norm``, ``task_loss`` and ``chance`` where measured.
 

@@ -20,9 +20,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .laws.downstream import backtest_by_size
-from .laws.downstream_proposals import LOSS_KEYS, fit_tasks
-from .laws.result import jsonable
+from .core.laws.downstream import backtest_by_size
+from .core.laws.downstream_proposals import LOSS_KEYS, fit_tasks
+from .core.laws.result import jsonable
 
 
 def summarise_tasks(task_rows: Sequence[dict[str, Any]], sweep_fit: Any = None, *, bootstrap: int = 200,

@@ -7,9 +7,9 @@ from typing import Any, Optional
 
 import typer
 
-from ..laws.curves import Curve, fit_metrics
-from ..laws.final_loss import make_law
-from ..laws.table import TableError
+from ..core.laws.curves import Curve, fit_metrics
+from ..core.laws.final_loss import make_law
+from ..core.laws.table import TableError
 from .app import app, fail, print_json
 
 

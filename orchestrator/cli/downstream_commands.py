@@ -9,7 +9,7 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
-from ..laws.table import TableError, read_table
+from ..core.laws.table import TableError, read_table
 from .app import app, fail, print_json
 
 LOSS_COLUMNS = ("loss", "task_loss")
@@ -89,8 +89,8 @@ def run(table: Path, predict: Path | None, *, link: str = "sigmoid", chance: flo
         ceiling: float | None = 1.0, min_tokens: float = 0.0, bootstrap: int = 200, cluster: bool = False,
         level: float = 0.9, seed: int = 0) -> dict[str, Any]:
     """The command's JSON document (fits per task, predictions in OTHER's row order)."""
-    from ..laws.downstream import fit_downstream, predictions_json
-    from ..laws.result import jsonable
+    from ..core.laws.downstream import fit_downstream, predictions_json
+    from ..core.laws.result import jsonable
 
     where = str(table)
     raw = read_table(table)

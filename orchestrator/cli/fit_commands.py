@@ -1,7 +1,7 @@
 """`scalesweep fit`: fit a loss law L(N, D) to a table of runs and print it (or its JSON).
 
 `--law auto` fits every candidate form and weights them by their backtests
-(`orchestrator.laws.selection`); `--predict OTHER` prints the chosen law's predicted loss and
+(`orchestrator.core.laws.selection`); `--predict OTHER` prints the chosen law's predicted loss and
 prediction interval for every row of OTHER (any L(N, D) law).
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
-from ..laws.result import FitResult
-from ..laws.table import TableError, read_table, require_columns
+from ..core.laws.result import FitResult
+from ..core.laws.table import TableError, read_table, require_columns
 from .app import app, fail, print_json
 
 # Parameters of each law: a table needs more rows than this.
@@ -96,7 +96,7 @@ def _fit_auto_command(table: Path, law: str, loss_fn: str, bootstrap: int, clust
                       budgets: list[float], predict: Optional[Path], level: float, e_prior: Optional[float],
                       as_json: bool) -> None:
     """--law auto, or any L(N, D) law with --predict: the selection machinery (one form for a named law)."""
-    from ..laws.selection import fit_auto
+    from ..core.laws.selection import fit_auto
 
     try:
         raw = read_table(table)
@@ -192,20 +192,20 @@ def _fit(table: Path, law: str, loss_fn: str, bootstrap: int, cluster: bool, see
     cols = require_columns(raw, required, positive=required, min_rows=N_PARAMS[law] + 1)
     N, D, L = cols["N"], cols["D"], cols["loss"]
     if law == "chinchilla":
-        from ..laws.chinchilla import fit_chinchilla
+        from ..core.laws.chinchilla import fit_chinchilla
 
         return fit_chinchilla(N, D, L, loss_fn=loss_fn, bootstrap=bootstrap, cluster=cluster, seed=seed,
                               budgets=budgets).result
     if law == "kaplan":
-        from ..laws.kaplan import fit_kaplan
+        from ..core.laws.kaplan import fit_kaplan
 
         return fit_kaplan(N, D, L, loss_fn=loss_fn, bootstrap=bootstrap, seed=seed, budgets=budgets)
     if law == "data-constrained":
-        from ..laws.data_constrained import fit_data_constrained
+        from ..core.laws.data_constrained import fit_data_constrained
 
         return fit_data_constrained(N, D, cols["U"], L, loss_fn=loss_fn, bootstrap=bootstrap, seed=seed,
                                     budgets=budgets)
-    from ..laws.isoflop import fit_isoflop
+    from ..core.laws.isoflop import fit_isoflop
 
     C = require_columns(raw, ["C"], positive=["C"])["C"] if "C" in raw else None
     return fit_isoflop(N, D, L, C, bootstrap=bootstrap, seed=seed, budgets=budgets, noise=isoflop_noise)

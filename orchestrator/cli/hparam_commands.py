@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from ..laws.hparam_surface import fit_surface_hparams
-from ..laws.hparams import METHODS, HparamError, fit_hparams
-from ..laws.table import TableError, read_table, require_columns
+from ..core.laws.hparam_surface import fit_surface_hparams
+from ..core.laws.hparams import METHODS, HparamError, fit_hparams
+from ..core.laws.table import TableError, read_table, require_columns
 from .app import app, fail, print_json
 
 REQUIRED = ("N", "D", "lr", "batch")

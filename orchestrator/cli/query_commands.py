@@ -91,7 +91,7 @@ def propose(
     except query.BadBudget as exc:
         fail(str(exc))
     if as_json:
-        from ..laws.result import jsonable
+        from ..core.laws.result import jsonable
 
         print_json(jsonable(fit.proposals))
         return

@@ -54,7 +54,7 @@ def sweep_figures(spec: Any, store: Any, fit: Any, points: Optional[list[dict[st
 def loss_vs_compute_figure(fit: Any, spec: Any, points: list[dict[str, Any]]) -> Figure:
     """Loss vs compute with the evidence: every run (those in the fit filled), each size's fitted curve,
     the frontier with its band, the leave-the-largest-size-out backtest, the proposals."""
-    from ..laws.selection import frontier_band, heldout_predictions
+    from ..core.laws.selection import frontier_band, heldout_predictions
 
     used = {(c["N"], c["D"], c["lr"], c["batch"]) for c in fit.cells}
     runs = [{"N": p["N"], "D": p["D"], "C": 6.0 * p["N"] * p["D"], "loss": p["loss"],
@@ -141,7 +141,7 @@ def curve_points(store: Any, trials: Optional[dict[str, dict[str, Any]]] = None)
 def backtest_figure(fit: Any, level: float) -> Optional[Figure]:
     """The chosen form's backtests: each held-out cell's observed loss vs the loss a fit without it
     predicted, with that fit's interval (its noise and parameter uncertainty) at `level`."""
-    from ..laws.selection import heldout_predictions
+    from ..core.laws.selection import heldout_predictions
 
     if fit.fit is None or not fit.cells:
         return None

@@ -1,6 +1,6 @@
 """Online pruning: stop a trial whose final loss cannot matter, stop diverging runs.
 
-Pure (standard library, numpy, scipy, `orchestrator.core`, `orchestrator.laws`): the Tune adapter
+Pure (standard library, numpy, scipy, `orchestrator.core`, `orchestrator.core.laws`): the Tune adapter
 (`orchestrator.tune.scheduler`) and the spec/contract boundary (`orchestrator.pruning.boundary`)
 live outside it. One idea per module:
 

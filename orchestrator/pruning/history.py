@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 
 from ..core.outcome import Outcome, is_loss
-from ..laws.curves import Curve, Schedule
+from ..core.laws.curves import Curve, Schedule
 from .calibration import Calibration
 from .config import PruneConfig
 from .meta import LR_REF, TrialMeta

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from ..core.cells import cell_of
-from ..laws.curves import Schedule
+from ..core.laws.curves import Schedule
 
 LR_REF = 1e-3  # the peak every schedule shape is scaled to before the curve law sees it
 

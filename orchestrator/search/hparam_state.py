@@ -14,8 +14,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..laws.hparam_surface import SurfaceFit, fit_surface
-from ..laws.hparams import BatchLaw, HparamError, LrLaw
+from ..core.laws.hparam_surface import SurfaceFit, fit_surface
+from ..core.laws.hparams import BatchLaw, HparamError, LrLaw
 from .lattice import SearchCell, cell_optimum
 
 Checks = Sequence[dict[str, Any]]  # what the law checks found (checks.check_record)

@@ -24,9 +24,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..laws.chinchilla import budget_key
-from ..laws.forms import grid_frontier, inputs
-from ..laws.selection import AutoFit, FormFit, fit_auto
+from ..core.laws.chinchilla import budget_key
+from ..core.laws.forms import grid_frontier, inputs
+from ..core.laws.selection import AutoFit, FormFit, fit_auto
 
 
 class LossLaw:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from orchestrator.laws.chinchilla import ChinchillaLaw
+from orchestrator.core.laws.chinchilla import ChinchillaLaw
 from orchestrator.store import ObservationStore
 from tests.integration.conftest import SIM_SPEC, free_port
 

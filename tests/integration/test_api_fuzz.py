@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from orchestrator.api import EXAMPLE_SPEC, create_app
-from orchestrator.laws.chinchilla import ChinchillaLaw
+from orchestrator.core.laws.chinchilla import ChinchillaLaw
 from orchestrator.store import ObservationStore
 
 pytestmark = pytest.mark.integration

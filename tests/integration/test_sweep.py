@@ -82,7 +82,7 @@ def test_fitted_law_and_proposals(sweep):
     spec, outcome = sweep
     doc = json.loads((outcome.sweep_dir / "fit.json").read_text())
     params = doc["law"]["params"]
-    # the form is chosen by backtest (orchestrator/laws/selection.py): its own parameters
+    # the form is chosen by backtest (orchestrator/core/laws/selection.py): its own parameters
     kaplan = {"Nc", "Dc", "alphaN", "alphaD"}
     expected = {"kaplan": kaplan, "kaplan-E": kaplan | {"E"}}.get(doc["law"]["form"], {"E", "A", "B", "alpha", "beta"})
     assert set(params) == expected, params

@@ -75,7 +75,7 @@ def _plant(root):
     """ROOT/planted: finished trials on a 4 x 4 (N, D) grid following a Chinchilla law."""
     import yaml
 
-    from orchestrator.laws.chinchilla import ChinchillaLaw
+    from orchestrator.core.laws.chinchilla import ChinchillaLaw
     from orchestrator.store import ObservationStore
 
     truth = ChinchillaLaw(E=1.8172, A=19.5815, B=71.7777, alpha=0.3478, beta=0.3658)

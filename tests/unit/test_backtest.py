@@ -1,8 +1,8 @@
 """Backtest: fit below a compute threshold, errors on the runs above it by extrapolation distance."""
 import numpy as np
 
-from orchestrator.laws.backtest import backtest
-from orchestrator.laws.chinchilla import ChinchillaLaw
+from orchestrator.core.laws.backtest import backtest
+from orchestrator.core.laws.chinchilla import ChinchillaLaw
 from tests.unit.test_chinchilla import chinchilla_points
 
 TRUTH = ChinchillaLaw(E=1.8172, A=477.8, B=2143.9, alpha=0.3473, beta=0.3672)

@@ -1,8 +1,8 @@
 """Bootstrap: intervals, cluster resampling, and the coverage property on planted truth."""
 import numpy as np
 
-from orchestrator.laws.bootstrap import interval, resample_weights, size_groups
-from orchestrator.laws.chinchilla import ChinchillaLaw, fit_chinchilla, frontier_samples
+from orchestrator.core.laws.bootstrap import interval, resample_weights, size_groups
+from orchestrator.core.laws.chinchilla import ChinchillaLaw, fit_chinchilla, frontier_samples
 
 TRUTH = ChinchillaLaw(E=1.8172, A=477.8, B=2143.9, alpha=0.3473, beta=0.3672)
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.laws.chinchilla import ChinchillaFit, ChinchillaLaw, fit_chinchilla, refit
-from orchestrator.laws.table import read_table
+from orchestrator.core.laws.chinchilla import ChinchillaFit, ChinchillaLaw, fit_chinchilla, refit
+from orchestrator.core.laws.table import read_table
 
 DATA = Path(__file__).parents[1] / "data" / "chinchilla_epoch" / "svg_extracted_data.csv"
 REFERENCE = {"A": 477.8, "B": 2143.9, "E": 1.8172, "alpha": 0.3473, "beta": 0.3672}
@@ -42,7 +42,7 @@ def test_golden_is_deterministic(golden):
 
 def test_hoffmann_parameters_are_rejected_by_the_data(golden):
     # Hoffmann et al.'s published law fits these points far worse than our optimum.
-    from orchestrator.laws import varpro
+    from orchestrator.core.laws import varpro
 
     N, D, L = chinchilla_points()
     p = varpro.Problem.build(N, D, L)

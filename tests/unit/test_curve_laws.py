@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.laws.annealing import AnnealingLaw, annealing_area
-from orchestrator.laws.curves import Curve, per_step_schedule
-from orchestrator.laws.curve_law import _huber, _huber_pseudo
-from orchestrator.laws.multipower import PARAMS, PRIOR, MultiPowerLaw
+from orchestrator.core.laws.annealing import AnnealingLaw, annealing_area
+from orchestrator.core.laws.curves import Curve, per_step_schedule
+from orchestrator.core.laws.curve_law import _huber, _huber_pseudo
+from orchestrator.core.laws.multipower import PARAMS, PRIOR, MultiPowerLaw
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "multipowerlaw"
 TRAIN = ["cosine_24000", "constant_24000", "wsdcon_9"]

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.laws import data_constrained as dc
-from orchestrator.laws.objectives import huber
-from orchestrator.laws.table import TableError, read_table
+from orchestrator.core.laws import data_constrained as dc
+from orchestrator.core.laws.objectives import huber
+from orchestrator.core.laws.table import TableError, read_table
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "datablations"
 # The notebook's printed minimum of the summed Huber objective for its 182-point fit

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from orchestrator.cli import fit_output
-from orchestrator.laws.selection import fit_auto
+from orchestrator.core.laws.selection import fit_auto
 from orchestrator.proposals import fit_and_propose, fit_settings
 from orchestrator.spec import load_spec
 from orchestrator.sweep_summary import summary_markdown

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from orchestrator.laws.downstream import (DownstreamError, backtest_by_size, fit_downstream,
+from orchestrator.core.laws.downstream import (DownstreamError, backtest_by_size, fit_downstream,
                                           predictions_json)
 
 TRUE = dict(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37)
@@ -145,7 +145,7 @@ def test_missing_scale_columns():
 
 
 def test_attach_task_predictions_to_proposals():
-    from orchestrator.laws.downstream_proposals import attach_task_predictions
+    from orchestrator.core.laws.downstream_proposals import attach_task_predictions
 
     N, D = design()
     L = loss_law(N, D)

@@ -2,7 +2,7 @@
 predicted accuracy (and loss) at a 4x-larger model must cover the truth in 85-95 % of 200 replications."""
 import numpy as np
 
-from orchestrator.laws.downstream import fit_downstream
+from orchestrator.core.laws.downstream import fit_downstream
 
 TRUE = dict(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37)
 K, L0, CHANCE = 4.0, 2.75, 0.25

@@ -6,8 +6,8 @@ import pytest
 
 from pathlib import Path
 
-from orchestrator.laws.curves import Curve
-from orchestrator.laws.final_loss import make_law, predict_final
+from orchestrator.core.laws.curves import Curve
+from orchestrator.core.laws.final_loss import make_law, predict_final
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "multipowerlaw"
 TRAIN = ["cosine_24000", "constant_24000", "wsdcon_9"]

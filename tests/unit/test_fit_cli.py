@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import get_app
-from orchestrator.laws.table import read_table
+from orchestrator.core.laws.table import read_table
 
 DATA = Path(__file__).parents[1] / "data" / "chinchilla_epoch" / "svg_extracted_data.csv"
 runner = CliRunner()

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import get_app
-from orchestrator.laws.chinchilla import ChinchillaLaw
+from orchestrator.core.laws.chinchilla import ChinchillaLaw
 
 runner = CliRunner()
 app = get_app()

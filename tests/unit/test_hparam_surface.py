@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.laws.hparam_surface import fit_surface
-from orchestrator.laws.hparams import HparamError
+from orchestrator.core.laws.hparam_surface import fit_surface
+from orchestrator.core.laws.hparams import HparamError
 from trainers.worlds import load_world
 
 WORLD = load_world("tiny")

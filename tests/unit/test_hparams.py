@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.laws.hparams import (
+from orchestrator.core.laws.hparams import (
     HparamError,
     couple_lr,
     fit_bowl,

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("orchestrator", "trainers", "cluster")
-PURE = ("orchestrator/core", "orchestrator/laws")  # stdlib + numpy + scipy only
+PURE = ("orchestrator/core", "orchestrator/core/laws")  # stdlib + numpy + scipy only
 FORBIDDEN = ("torch", "ray", "mlflow", "fastapi", "pydantic", "deepspeed", "pandas", "pyarrow", "transformers")
 
 # Imports deferred into a function that would close an import cycle at module level:
@@ -70,7 +70,7 @@ def test_core_imports_with_the_frameworks_blocked():
 
 def test_core_and_laws_import_no_framework():
     mods = _pure_modules()
-    assert "orchestrator.core.family" in mods and "orchestrator.laws.chinchilla" in mods
+    assert "orchestrator.core.family" in mods and "orchestrator.core.laws.chinchilla" in mods
     code = ("import importlib\n"
             f"for m in {mods!r}:\n"
             "    importlib.import_module(m)\n"
@@ -250,7 +250,7 @@ def test_pruning_rules_are_pure():
     code = ("".join(f"import {m}\n" for m in mods) +
             "bad = sorted({m.split('.')[0] for m in sys.modules} & set(%r))\n" % ((FORBIDDEN + ("trainers",)),) +
             "ours = sorted(m for m in sys.modules if m.startswith('orchestrator.') and not m.startswith("
-            "('orchestrator.core', 'orchestrator.laws', 'orchestrator.pruning')))\n"
+            "('orchestrator.core', 'orchestrator.core.laws', 'orchestrator.pruning')))\n"
             "print(','.join(bad + ours))\n")
     r = _blocked_import(code)
     assert r.returncode == 0, f"a pruning module needs a blocked framework:\n{r.stderr[-2000:]}"

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.laws.isoflop import _disagreement, approach2_budget, fit_isoflop, group_budgets, lower_envelope
-from orchestrator.laws.isoflop_porian import interpolated_optimum, weighted_power_law
-from orchestrator.laws.table import TableError, read_table
+from orchestrator.core.laws.isoflop import _disagreement, approach2_budget, fit_isoflop, group_budgets, lower_envelope
+from orchestrator.core.laws.isoflop_porian import interpolated_optimum, weighted_power_law
+from orchestrator.core.laws.table import TableError, read_table
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "chinchilla_epoch" / "svg_extracted_data.csv"
 # A Chinchilla world (Besiroglu et al. 2024 refit): a = beta / (alpha + beta) = 0.5139.

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from orchestrator.laws.chinchilla import ChinchillaLaw
+from orchestrator.core.laws.chinchilla import ChinchillaLaw
 from orchestrator.plots import isoflop_curves
 from orchestrator.plots.evidence import curve_points, isoflop_figure
 from orchestrator.plots.isoflop_slices import envelope_at, isoflop_slices, size_envelopes

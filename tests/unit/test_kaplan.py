@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from orchestrator.laws.kaplan import KaplanLaw, fit_kaplan, law_from_result
-from orchestrator.laws.table import TableError
+from orchestrator.core.laws.kaplan import KaplanLaw, fit_kaplan, law_from_result
+from orchestrator.core.laws.table import TableError
 
 # Kaplan et al. (2020) Eq. 1.5 constants.
 TRUTH = KaplanLaw(Nc=8.8e13, Dc=5.4e13, alphaN=0.076, alphaD=0.095)

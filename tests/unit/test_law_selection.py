@@ -6,12 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.laws.chinchilla import ChinchillaLaw, budget_key
-from orchestrator.laws.data_constrained import C4_CHINCHILLA, DataConstrainedLaw
-from orchestrator.laws.forms import PowerSumForm, inputs
-from orchestrator.laws.kaplan import KaplanLaw
-from orchestrator.laws.selection import fit_auto
-from orchestrator.laws.table import read_table
+from orchestrator.core.laws.chinchilla import ChinchillaLaw, budget_key
+from orchestrator.core.laws.data_constrained import C4_CHINCHILLA, DataConstrainedLaw
+from orchestrator.core.laws.forms import PowerSumForm, inputs
+from orchestrator.core.laws.kaplan import KaplanLaw
+from orchestrator.core.laws.selection import fit_auto
+from orchestrator.core.laws.table import read_table
 from tests.unit.test_chinchilla import chinchilla_points
 
 DATABLATIONS = "tests/data/datablations/points_182.csv"

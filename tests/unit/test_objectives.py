@@ -2,7 +2,7 @@
 import numpy as np
 import scipy.special
 
-from orchestrator.laws.objectives import LOSSES, asymmetric, get_loss, huber
+from orchestrator.core.laws.objectives import LOSSES, asymmetric, get_loss, huber
 
 
 def test_huber_matches_scipy_and_its_derivative():

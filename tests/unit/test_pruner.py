@@ -139,7 +139,7 @@ def test_far_off_run_is_stopped_with_reason_and_prediction():
 
 def test_intervals_are_the_laws():
     # The decision carries exactly what laws.final_loss.predict_final gives for that prefix.
-    from orchestrator.laws.final_loss import predict_final
+    from orchestrator.core.laws.final_loss import predict_final
 
     c = cfg("a", LR_STAR / 100)
     reps = reports(c)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from orchestrator.api import create_app
 from orchestrator.cli import get_app
-from orchestrator.laws.chinchilla import ChinchillaLaw
+from orchestrator.core.laws.chinchilla import ChinchillaLaw
 from orchestrator.planner import plan_grid
 from orchestrator.spec import load_spec
 from orchestrator.store import ObservationStore

@@ -259,7 +259,7 @@ def test_regret(quiet):
 
 
 def test_fitter_recovers_the_planted_surface_from_noiseless_runs(quiet):
-    from orchestrator.laws.chinchilla import fit_chinchilla
+    from orchestrator.core.laws.chinchilla import fit_chinchilla
 
     N, D, L = [], [], []
     for C in np.geomspace(1e11, 1e15, 5):

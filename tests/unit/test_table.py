@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from orchestrator.laws.table import TableError, read_table, require_columns
+from orchestrator.core.laws.table import TableError, read_table, require_columns
 
 
 def test_csv_and_parquet_roundtrip(tmp_path):

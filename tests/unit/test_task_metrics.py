@@ -178,7 +178,7 @@ def test_final_task_points_are_the_tuned_trials_final_evaluations(tmp_path):
 
 def _planted_sweep():
     """Finished runs of a Chinchilla world and their cloze rows drawn from a two-step law."""
-    from orchestrator.laws.chinchilla import ChinchillaLaw
+    from orchestrator.core.laws.chinchilla import ChinchillaLaw
 
     law = ChinchillaLaw(1.8, 480.0, 2100.0, 0.35, 0.37)
     points, rows = [], []

@@ -150,7 +150,7 @@ def test_divergence_multiple_varies_with_N_and_the_trainer_obeys_it():
 # ------------------------------------------------------------------ loss surfaces not of Chinchilla's form
 
 def test_kaplan_form_is_kaplans_law_and_its_frontier():
-    from orchestrator.laws.kaplan import KaplanLaw
+    from orchestrator.core.laws.kaplan import KaplanLaw
 
     w = world(loss={"form": "kaplan"})
     p = w.loss
@@ -171,7 +171,7 @@ def test_interaction_term_adds_exactly_its_term():
 
 
 def test_repetition_is_the_data_constrained_law():
-    from orchestrator.laws.data_constrained import DataConstrainedLaw
+    from orchestrator.core.laws.data_constrained import DataConstrainedLaw
 
     U = 1e8
     w = world(loss={"repetition": {"unique_tokens": U}})

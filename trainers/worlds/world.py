@@ -80,7 +80,7 @@ class Repetition(_Section):
     """
 
     unique_tokens: float = Pos
-    R_D_star: float = Field(default=15.387756, gt=0)  # the authors' fit (orchestrator.laws.data_constrained)
+    R_D_star: float = Field(default=15.387756, gt=0)  # the authors' fit (orchestrator.core.laws.data_constrained)
 
 
 class LossSurface(_Section):

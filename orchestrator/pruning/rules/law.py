@@ -22,8 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-from ...laws.curve_law import CurveLaw
-from ...laws.final_loss import make_law, predict_final
+from ...core.laws.curve_law import CurveLaw
+from ...core.laws.final_loss import make_law, predict_final
 from ..config import PruneConfig
 from ..decision import Verdict
 from ..frontier import FittedFrontier, Frontier, FrontierConfig

@@ -45,7 +45,7 @@ def drop_bins(
 ) -> tuple[np.ndarray, ...]:
     """Merge lr drops into bins: (total drop, mean lr, mean area before, last step) per bin.
 
-    >>> from orchestrator.laws.curves import per_step_schedule
+    >>> from orchestrator.core.laws.curves import per_step_schedule
     >>> s = per_step_schedule([0, 10, 20, 30], [1.0, 1.0, 0.5, 0.0])  # linear decay over steps 11..30
     >>> w, eta, before, last = drop_bins(s, np.array([20, 30]), bin_width=8)
     >>> w.round(3).tolist(), last.tolist()  # bins end at an evaluation step, the drops sum to 1

@@ -582,7 +582,7 @@ def frontier_band(fit: AutoFit, C, level: float = 0.9, flops="6ND") -> dict[str,
     >>> L = (1.8 + 480 * N**-0.35 + 2100 * D**-0.35) * np.exp(np.random.default_rng(0).normal(0, 0.003, N.size))
     >>> fit = fit_auto(N, D, L, forms=("chinchilla", "equal-exponent"), bootstrap=20)
     >>> band = frontier_band(fit, [1e20, 1e21])
-    >>> from orchestrator.laws.chinchilla import ChinchillaLaw
+    >>> from orchestrator.core.laws.chinchilla import ChinchillaLaw
     >>> truth = ChinchillaLaw(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.35).frontier(1e21)["loss_opt"][0]
     >>> bool(band["low"][1] < band["mid"][1] < band["high"][1]), bool(band["low"][1] < truth < band["high"][1])
     (True, True)

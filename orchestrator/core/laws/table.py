@@ -66,11 +66,11 @@ def require_columns(
     >>> require_columns(t, ["N", "D"])
     Traceback (most recent call last):
     ...
-    orchestrator.laws.table.TableError: missing column(s) D; table has N, loss
+    orchestrator.core.laws.table.TableError: missing column(s) D; table has N, loss
     >>> require_columns(t, ["N", "loss"], positive=["loss"])
     Traceback (most recent call last):
     ...
-    orchestrator.laws.table.TableError: column loss: 1 non-positive value(s) (first at row 1)
+    orchestrator.core.laws.table.TableError: column loss: 1 non-positive value(s) (first at row 1)
     """
     required = list(required)
     missing = [c for c in required if c not in table]
@@ -113,7 +113,7 @@ def validate_arrays(columns: dict[str, object], min_rows: int = 1) -> dict[str, 
     >>> validate_arrays({"N": [1e8, 2e8], "loss": [3.1]})
     Traceback (most recent call last):
     ...
-    orchestrator.laws.table.TableError: columns have different lengths: N=2, loss=1
+    orchestrator.core.laws.table.TableError: columns have different lengths: N=2, loss=1
     """
     arrays: dict[str, np.ndarray] = {}
     for name, col in columns.items():

@@ -33,7 +33,7 @@ class AnnealingDesign:
 def annealing_area(schedule: Schedule, decay: float = 0.999) -> np.ndarray:
     """S2 at every step: the cumulative momentum of post-warmup lr drops.
 
-    >>> from orchestrator.laws.curves import per_step_schedule
+    >>> from orchestrator.core.laws.curves import per_step_schedule
     >>> s = per_step_schedule([0, 10, 20, 30], [1.0, 1.0, 0.5, 0.0])  # stable, then a linear decay
     >>> round(float(annealing_area(s, decay=0.0)[-1]), 6)  # no momentum: the total lr drop
     1.0

@@ -475,7 +475,7 @@ def validate(N, D, C, acc, loss, chance, ceiling) -> dict[str, Any]:
     >>> validate(N, D, None, acc * 100, L, 0.25, 1.0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    orchestrator.laws.downstream.DownstreamError: column acc: 16 value(s) outside [0, 1], ... divide by 100)
+    orchestrator.core.laws.downstream.DownstreamError: column acc: 16 value(s) outside [0, 1], ... divide by 100)
     """
     acc = _column(acc, "acc")
     if acc is None:

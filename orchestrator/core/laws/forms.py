@@ -629,7 +629,7 @@ def grid_frontier(logpred: Callable[[np.ndarray, np.ndarray], np.ndarray], C: Se
     once, e.g. bootstrap replicates). A coarse grid over 13 decades of N, then a fine grid around
     each row's minimum and a parabola through the best three points. Returns arrays (K, len(C)).
 
-    >>> from orchestrator.laws.chinchilla import ChinchillaLaw
+    >>> from orchestrator.core.laws.chinchilla import ChinchillaLaw
     >>> law = ChinchillaLaw(E=1.7, A=400.0, B=400.0, alpha=0.34, beta=0.28)
     >>> fr = grid_frontier(lambda N, D: np.log(np.atleast_2d(law.predict(N, D))), [1e21])
     >>> f"{fr['N_opt'][0, 0]:.3g}", f"{law.frontier(1e21)['N_opt'][0]:.3g}"  # the grid search finds the closed form
