@@ -414,7 +414,15 @@ def print_table(doc: dict[str, Any]) -> None:
                         f"{d['tokens_per_param_prior']:.1f} vs {d['tokens_per_param_true']:.1f}, N* ×{d['N_star_ratio']:.2f}")
     ss = doc["strategies"].get("scalesweep")
     if ss and ss.get("active_parts"):
-        Console().print(f"scalesweep active parts: {ss['active_parts']}")
+        parts = {k: v for k, v in ss["active_parts"].items() if k != "saved"}
+        Console().print(f"scalesweep active parts: {parts}")
+        saved = [x for x in ss.get("saved") or [] if x]
+        if saved:
+            mean = lambda k: statistics.fmean(x[k] for x in saved)  # noqa: E731
+            Console().print(f"scalesweep saved (mean over seeds, × its spent compute): pruner "
+                            f"{mean('pruner_flops') / mean('spent_flops'):.3f} ({mean('pruner_stopped'):.1f} trials "
+                            f"stopped), WSD branching {mean('branching_flops') / mean('spent_flops'):.3f} "
+                            f"({mean('branches'):.1f} runs from a checkpoint)")
 
 
 def summary_rows(docs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

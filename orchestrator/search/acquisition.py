@@ -83,9 +83,13 @@ def gains(cands: list[SearchCell], open_cells: list[SearchCell], law: LossLaw, t
     tol = np.array([config.tolerance] * T + [config.loss_tolerance] * T)
     target_var = (np.maximum(tol, 1e-9) / (2 * z)) ** 2  # variance at which the interval meets the tolerance
     var_q = np.diag(cov)[:nq]
-    w = np.where(var_q > target_var, 1.0 / target_var, 0.0)
+    # Only what the stopping rule asks about: with `regret_tolerance` (transfer) that is N*(C) (its
+    # interval and the proposal's risk), not L*(C) -- a narrower L* interval stops nothing, and
+    # chasing it opened the largest, costliest cells (docs/search.md, "crossing").
+    asked = np.array([True] * T + [config.regret_tolerance is None] * T)
+    w = np.where(asked & (var_q > target_var), 1.0 / target_var, 0.0)
     if not w.any():
-        w = 1.0 / np.maximum(var_q, 1e-30)
+        w = np.where(asked, 1.0 / np.maximum(var_q, 1e-30), 0.0)
     c_qf = cov[:nq, nq:nq + nc]  # (2T, J)
     v_f = np.diag(cov)[nq:nq + nc]
     return (w[:, None] * c_qf ** 2).sum(axis=0) / (v_f + sig2)
