@@ -38,8 +38,9 @@ def _arm(world: str, seed: int, *overrides: str):
 
 @pytest.fixture(scope="module")
 def arms():
-    """chinchilla world, seed 1: the search opens several later cells of the largest sizes."""
-    return {"with": _arm("chinchilla", 1), "without": _arm("chinchilla", 1, *WITHOUT)}
+    """crossing world (lr, batch laws that bend, a surface not of Chinchilla form), seed 2: the search
+    opens several later cells of the largest sizes."""
+    return {"with": _arm("crossing", 2), "without": _arm("crossing", 2, *WITHOUT)}
 
 
 def _regret(world: str, grid, planner, recs) -> float:
@@ -65,7 +66,7 @@ def test_the_pruner_never_stops_a_cell_winner(arms):
         if r.status == "stopped":  # what it would have reached had it run to its end
             final = grid.reports(grid.by_id[r.trial_id])[-1]["eval_loss"]
             assert final > best[planner.book.where[r.trial_id][0].key], r.trial_id
-    assert _regret("chinchilla", grid, planner, recs) <= 0.005
+    assert _regret("crossing", grid, planner, recs) <= 0.005
 
 
 def test_branching_and_the_pruner_spend_less_than_the_search_alone(arms):
@@ -76,12 +77,13 @@ def test_branching_and_the_pruner_spend_less_than_the_search_alone(arms):
     assert planner.decisions[-1]["wsd_branching"]["from_checkpoint"] == saved["branches"]
     spent, spent0 = sum(r.flops for r in recs), sum(r.flops for r in recs0)
     assert spent < spent0
-    # a branch spends its planned FLOPs (the checkpoint's share is not spent again)
+    # a run from a checkpoint spends its own steps only (its reports count the checkpoint's share too)
     for r in recs:
         t = grid.by_id[r.trial_id]
         if t.branch_of and r.status == "finished":
-            assert r.flops == pytest.approx(t.flops, rel=1e-9)
-            assert grid.by_id[t.branch_of].checkpoint_steps and t.branch_step in grid.by_id[t.branch_of].checkpoint_steps
+            full = grid.reports(t)[-1]["flops"]
+            assert r.flops == pytest.approx(full - t.branch_flops) and r.flops < full
+            assert t.branch_step in grid.by_id[t.branch_of].checkpoint_steps
 
 
 def test_branched_cells_enter_the_fit_corrected_to_their_law_point(arms):
@@ -97,7 +99,7 @@ def test_branched_cells_enter_the_fit_corrected_to_their_law_point(arms):
 
 def test_deterministic_given_a_seed(arms):
     _, planner, recs = arms["with"]
-    _, planner2, recs2 = _arm("chinchilla", 1)
+    _, planner2, recs2 = _arm("crossing", 2)
     assert [r.trial_id for r in recs] == [r.trial_id for r in recs2]
     assert [r.flops for r in recs] == [r.flops for r in recs2]
     assert planner.stopped == planner2.stopped
