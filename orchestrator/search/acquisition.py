@@ -84,8 +84,7 @@ def gains(cands: list[SearchCell], open_cells: list[SearchCell], law: LossLaw, t
     target_var = (np.maximum(tol, 1e-9) / (2 * z)) ** 2  # variance at which the interval meets the tolerance
     var_q = np.diag(cov)[:nq]
     # Only what the stopping rule asks about: with `regret_tolerance` (transfer) that is N*(C) (its
-    # interval and the proposal's risk), not L*(C) -- a narrower L* interval stops nothing, and
-    # chasing it opened the largest, costliest cells (docs/search.md, "crossing").
+    # interval and the proposal's risk), not L*(C): a narrower L* interval stops nothing.
     asked = np.array([True] * T + [config.regret_tolerance is None] * T)
     w = np.where(asked & (var_q > target_var), 1.0 / target_var, 0.0)
     if not w.any():
