@@ -121,6 +121,27 @@ def _parse_value(text: str) -> Any:
 SCALESWEEP_STRATEGY = "transfer"  # `--scalesweep-set search.strategy=grid|law` measures the others
 
 
+def scalesweep_spec(data: dict[str, Any], overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The scalesweep arm's spec: the benchmark's grid with the whole product on — the transfer search,
+    the pruner (`pruning`, defaults) and, under a WSD schedule, branching (which needs checkpoints) —
+    then `overrides` (FIELD=VALUE, e.g. `pruning.enabled=false`, `schedule.branch=false`).
+
+    >>> d = scalesweep_spec({"schedule": {"kind": "wsd"}}, ("pruning.enabled=false",))
+    >>> d["search"], d["pruning"], d["schedule"]["branch"], d["checkpoints"]
+    ({'strategy': 'transfer'}, {'enabled': False}, True, {'enabled': True})
+    """
+    ss = json.loads(json.dumps(data))
+    ss["search"] = {"strategy": SCALESWEEP_STRATEGY}  # scalesweep's search for far targets
+    ss["pruning"] = {"enabled": True}
+    if ss.get("schedule", {}).get("kind") == "wsd":
+        ss["schedule"]["branch"] = True
+        ss["checkpoints"] = {"enabled": True}  # branches restore their trunk's checkpoints
+    for item in overrides:
+        key, _, val = item.partition("=")
+        _set(ss, key, _parse_value(val))
+    return ss
+
+
 def benchmark_spec(prior: World, world_ref: str, target: float, seed: int, *, quick: bool = False,
                    sizes: int = 5, ratios: tuple[float, ...] = (5, 10, 20, 40, 80), n_lr: int = 6,
                    n_batch: int = 2, eval_tokens: Optional[int] = None, factor: float = 100.0) -> dict[str, Any]:
@@ -188,6 +209,8 @@ def evaluate(run: S.StrategyRun, grid: S.Grid, world: World, target: float, seed
         "warnings": list(fit.warnings),
     }
     out["trials"]["started"] = len(run.records)
+    if run.saved is not None:
+        out["saved"] = {**run.saved, "spent_flops": run.compute}
     if not fit.proposals:
         out.update(regret=math.nan, regret_nd=math.nan, regret_hparam_laws=math.nan, proposal=None)
         return out
@@ -267,11 +290,7 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
     grid_info: dict[str, Any] = {}
     for seed in range(first_seed, first_seed + seeds):
         data = benchmark_spec(prior, ref, target, seed, quick=quick, eval_tokens=eval_tokens, **(grid_shape or {}))
-        ss_data = json.loads(json.dumps(data))
-        ss_data["search"] = {"strategy": SCALESWEEP_STRATEGY}  # scalesweep's search for far targets
-        for item in scalesweep_set:
-            key, _, val = item.partition("=")
-            _set(ss_data, key, _parse_value(val))
+        ss_data = scalesweep_spec(data, scalesweep_set)
         spec = parse_spec(data)
         grid = S.Grid(spec, world)
         grid_info = {"spec": {k: data[k] for k in ("model", "tokens", "learning_rates", "batch_sizes", "eval")},
@@ -350,6 +369,7 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
         }
         if name == "scalesweep":
             entry["active_parts"] = parts
+            entry["saved"] = [r.get("saved") for r in rows]  # per seed: what the pruner and branching saved
         doc["strategies"][name] = entry
     return doc
 
@@ -394,7 +414,15 @@ def print_table(doc: dict[str, Any]) -> None:
                         f"{d['tokens_per_param_prior']:.1f} vs {d['tokens_per_param_true']:.1f}, N* ×{d['N_star_ratio']:.2f}")
     ss = doc["strategies"].get("scalesweep")
     if ss and ss.get("active_parts"):
-        Console().print(f"scalesweep active parts: {ss['active_parts']}")
+        parts = {k: v for k, v in ss["active_parts"].items() if k != "saved"}
+        Console().print(f"scalesweep active parts: {parts}")
+        saved = [x for x in ss.get("saved") or [] if x]
+        if saved:
+            mean = lambda k: statistics.fmean(x[k] for x in saved)  # noqa: E731
+            Console().print(f"scalesweep saved (mean over seeds, × its spent compute): pruner "
+                            f"{mean('pruner_flops') / mean('spent_flops'):.3f} ({mean('pruner_stopped'):.1f} trials "
+                            f"stopped), WSD branching {mean('branching_flops') / mean('spent_flops'):.3f} "
+                            f"({mean('branches'):.1f} runs from a checkpoint)")
 
 
 def summary_rows(docs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -145,6 +145,9 @@ class PlannerSource:
             self.grid.adopt(t)
         return t
 
+    def report(self, t: PlannedTrial, report: dict[str, float]) -> None:
+        self.planner.observe_report(t.trial_id, report)
+
     def done(self, run: int, t: PlannedTrial, rec: TrialRecord) -> None:
         self.planner.observe(t.trial_id, None if rec.status == "failed" else {
             "eval_loss": rec.final_loss, "flops": rec.flops, "done": float(rec.status == "finished")})
@@ -183,7 +186,9 @@ class TuneScheduler:
         return {**report, "training_iteration": iteration}
 
     def add(self, run: int, t: PlannedTrial) -> None:
-        config = {"trial": self.grid.config(t).to_dict(), "backend": "simulated"} if self.grid is not None else {}
+        # as the controller's trial config: the contract, and the cell's nominal D (the pruner's peers)
+        config = ({"trial": self.grid.config(t).to_dict(), "backend": "simulated", "cell_D": t.cell.D}
+                  if self.grid is not None else {})
         stub = self._Trial("run_trial", config=config, stub=True)
         self._trials[run] = stub
         self.scheduler.on_trial_add(None, stub)
@@ -295,13 +300,16 @@ def replay(grid: Grid, source: Source, scheduler: Scheduler, concurrency: int) -
         reps = grid.reports(t)
         rep = reps[i]
         last = i == len(reps) - 1
+        if hasattr(source, "report"):
+            source.report(t, rep)  # as PlannerSearcher.on_trial_result (a WSD trunk releases branches)
         stop = scheduler.result(run, t, i + 1, rep)
         if stop or last:
             finished = last and math.isfinite(rep["eval_loss"])
             status = "finished" if finished else ("diverged" if last else "stopped")
             scheduler.complete(run, t, i + 1, rep, finished)
-            rec = TrialRecord(t.trial_id, float(t.n_target), t.D, t.lr, t.batch, t.flops, rep["flops"], i + 1,
-                              status, rep["eval_loss"])
+            # a WSD branch's reports count its trunk's share, which it did not spend
+            rec = TrialRecord(t.trial_id, float(t.n_target), t.D, t.lr, t.batch, t.flops,
+                              spent_flops(rep["flops"], {"branch_flops": t.branch_flops}), i + 1, status, rep["eval_loss"])
             records.append(rec)
             source.done(run, t, rec)
             del running[slot]
@@ -331,6 +339,8 @@ class StrategyRun:
     mode: str
     notes: list[str] = field(default_factory=list)
     active_parts: Optional[dict[str, Any]] = None
+    # FLOPs the parts saved: {"pruner_flops", "pruner_stopped", "branching_flops", "branches"} (scalesweep)
+    saved: Optional[dict[str, float]] = None
     # The product's own proposal for the target (run_sweep's fit, with its hparam rule) when it ran.
     product_proposal: Optional[dict[str, Any]] = None
 
@@ -442,7 +452,8 @@ def scalesweep_parts(spec: SweepSpec) -> dict[str, Any]:
         "planner": "grid",
         "search": enabled("search"),
         "pruner": enabled("pruning"),
-        "wsd_branching": bool(spec.schedule.branch),
+        # the grid and transfer plan branches (the spec refuses them with the law search)
+        "wsd_branching": bool(spec.schedule.branch) and spec.schedule.kind == "wsd",
     }
     missing = [n for n in ("search", "pruning") if n not in fields]
     active = [k for k in ("search", "pruner", "wsd_branching") if parts[k]]
@@ -462,13 +473,36 @@ def our_pruner_scheduler():
     return PrunerScheduler()
 
 
+def saved_by_parts(records: list[TrialRecord], trials: dict[str, PlannedTrial]) -> dict[str, float]:
+    """Compute the pruner and WSD branching saved: a stopped trial's planned FLOPs it did not run,
+    a branch's trunk share (what it would have cost from scratch minus its decay)."""
+    stopped = [r for r in records if r.status == "stopped"]
+    branches = [trials[r.trial_id] for r in records if r.trial_id in trials and trials[r.trial_id].branch_of]
+    return {"pruner_flops": float(sum(max(0.0, r.planned_flops - r.flops) for r in stopped)),
+            "pruner_stopped": len(stopped),
+            "branching_flops": float(sum(t.branch_flops for t in branches)), "branches": len(branches)}
+
+
+def replay_planner(grid: Grid, spec: SweepSpec, concurrency: int):
+    """The spec's planner (`make_planner`) driven as `PlannerSearcher` drives it, under the spec's
+    pruner when `pruning.enabled` (the controller's `PrunerScheduler`, inline: deterministic);
+    returns (planner, records)."""
+    planner = make_planner(spec)
+    sched: Scheduler = NoScheduler()
+    if spec.pruning.enabled:
+        from orchestrator.tune.scheduler import PrunerScheduler
+
+        sched = TuneScheduler(PrunerScheduler(spec.pruning, background=False, process=False), grid)
+    return planner, replay(grid, PlannerSource(planner, grid), sched, concurrency)
+
+
 def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode: str = "auto",
                    pruner: bool = False) -> StrategyRun:
     """scalesweep on the benchmark spec: the planner in replay, or the real `run_sweep` (mode=tuner).
 
-    `auto` replays the planner (grid or search) and runs the real controller as soon as the spec
-    enables pruning or WSD branching (their decisions live in Tune adapters and checkpoints the
-    replay cannot see).
+    `auto` replays a search planner (law, transfer) with the spec's pruner (`PrunerScheduler`, the
+    controller's Tune scheduler, inline) and the search's own WSD branches, and runs the grid
+    planner through the real controller as soon as the spec enables pruning or branching.
     """
     spec = parse_spec(spec_data)
     parts = scalesweep_parts(spec)
@@ -480,14 +514,17 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
         recs = replay(grid, PlannerSource(GridPlanner(spec)), TuneScheduler(sched, grid), concurrency)
         return StrategyRun(recs, "replay", ["GridPlanner + orchestrator.tune.scheduler.PrunerScheduler (defaults)"], parts)
     if mode == "auto":  # the searcher only forwards to the planner: the replay drives it exactly
-        mode = "tuner" if (parts["pruner"] or parts["wsd_branching"]) else "replay"
+        mode = "tuner" if (parts["pruner"] or parts["wsd_branching"]) and not parts["search"] else "replay"
     if mode == "replay":
-        if parts["pruner"] or parts["wsd_branching"]:
-            raise SystemExit("--scalesweep-mode replay: the pruner and WSD branching run only through run_sweep (tuner)")
-        planner = make_planner(spec)
-        recs = replay(grid, PlannerSource(planner, grid), NoScheduler(), concurrency)
+        if (parts["pruner"] or parts["wsd_branching"]) and not parts["search"]:
+            raise SystemExit("--scalesweep-mode replay: the grid's pruner and WSD branching run only through "
+                             "run_sweep (tuner)")
+        planner, recs = replay_planner(grid, spec, concurrency)
+        saved = saved_by_parts(recs, grid.by_id)
+        parts = {**parts, "saved": saved}
         if not parts["search"]:
-            return StrategyRun(recs, "replay", ["orchestrator.planner.GridPlanner driven as PlannerSearcher does"], parts)
+            return StrategyRun(recs, "replay", ["orchestrator.planner.GridPlanner driven as PlannerSearcher does"],
+                               parts, saved=saved)
         # The product's own proposal, as run_sweep's summary makes it: its learned lr/batch laws.
         from orchestrator.proposals import fit_and_propose
 
@@ -495,9 +532,12 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
         fit = fit_and_propose(completed_points(recs), spec.budget.targets, bootstrap=0, seed=spec.seed,
                               hparams=advice.predict if advice else None, family=spec.model.family,
                               hparam_intervals=advice.intervals if advice else None)
-        return StrategyRun(recs, "replay", [f"{type(planner).__name__} driven as PlannerSearcher does; regret scores "
-                                            "its own proposal (its learned lr/batch laws)"], parts,
-                           fit.proposals[0] if fit.proposals else None)
+        notes = [f"{type(planner).__name__} driven as PlannerSearcher does; regret scores its own proposal "
+                 "(its learned lr/batch laws)"]
+        if parts["pruner"]:
+            notes.append("pruner: orchestrator.tune.scheduler.PrunerScheduler(spec.pruning), inline, as run_sweep installs it")
+        return StrategyRun(recs, "replay", notes, parts, product_proposal=fit.proposals[0] if fit.proposals else None,
+                           saved=saved)
     return _scalesweep_tuner(grid, spec_data, concurrency, parts)
 
 
@@ -537,5 +577,7 @@ def _scalesweep_tuner(grid: Grid, spec_data: dict[str, Any], concurrency: int, p
             spent = spent_flops(row["flops"], rec["config"] or {})
             records.append(TrialRecord(tid, float(t.n_target), t.D, t.lr, t.batch, t.flops, spent,
                                        count[tid], status, float(row["eval_loss"])))
+    saved = saved_by_parts(records, grid.by_id)
     return StrategyRun(records, "tuner", ["real orchestrator.controller.run_sweep (Ray Tune, store, MLflow); "
-                                          "regret scores run_sweep's own proposal"], parts, proposal)
+                                          "regret scores run_sweep's own proposal"], {**parts, "saved": saved},
+                       product_proposal=proposal, saved=saved)

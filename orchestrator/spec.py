@@ -829,8 +829,11 @@ class SweepSpec(_Strict):
             if not self.checkpoints.enabled:
                 raise ValueError("schedule.branch: branches start from their trunk's checkpoints; "
                                  "checkpoints.enabled must be true")
-            if self.search.strategy != "grid":
-                raise ValueError("schedule.branch: only the grid strategy plans branches (search.strategy: grid)")
+            if self.search.strategy == "law":
+                # The law search tunes each cell on its own lattice: no (N, lr, batch) is planned at
+                # several D, so nothing could branch. The grid and transfer plan branches (docs/search.md).
+                raise ValueError("schedule.branch: the law search plans no trunks (each cell is tuned on its own "
+                                 "lattice); use search.strategy grid or transfer")
         return self
 
     # ---- derived -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ arrive). Weights put the effort on the targets whose intervals are still wider t
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -20,9 +20,12 @@ from .loss_law import LossLaw
 
 
 def acquire(closed: list[SearchCell], open_cells: list[SearchCell], law: LossLaw, targets: Sequence[float],
-            config: SearchConfig, *, identified: bool, noise: float, runs: float,
-            streak: int) -> Optional[tuple[SearchCell, dict[str, Any]]]:
-    """The closed cell with the largest expected uncertainty reduction per FLOP, and why (None: all pruned)."""
+            config: SearchConfig, *, identified: bool, noise: float, runs: float, streak: int,
+            cost: Optional[Callable[[SearchCell], float]] = None) -> Optional[tuple[SearchCell, dict[str, Any]]]:
+    """The closed cell with the largest expected uncertainty reduction per FLOP, and why (None: all pruned).
+    `cost(cell)`: the FLOPs of a cell's run (default its lattice's largest; with WSD branching, what it
+    spends from another run's checkpoint, `branches.Branches.cost`).
+    """
     # Pruning: in what fraction of replicates is the cell's N within prune_band of N*(its C)?
     n_star = law.frontier_samples([c.C for c in closed])["N_opt"]  # (K, J)
     logN = np.log([c.N for c in closed])
@@ -36,7 +39,8 @@ def acquire(closed: list[SearchCell], open_cells: list[SearchCell], law: LossLaw
     if not kept:
         return None
     g = gains(kept, open_cells, law, targets, config, noise)
-    scores = g / (np.array([c.flops for c in kept]) * runs)
+    flops = np.array([cost(c) if cost is not None else c.flops for c in kept])
+    scores = g / (flops * runs)
     k = int(np.argmax(scores))
     why = "largest expected reduction of the target-optimum uncertainty per FLOP"
     if not scores[k] > 0:  # nothing left to learn at the weights used: take the cheapest cell
@@ -44,14 +48,14 @@ def acquire(closed: list[SearchCell], open_cells: list[SearchCell], law: LossLaw
     elif config.transfer and streak > 0:
         # The stopping rule held on the last fit and needs `stop_streak` in a row: a confirmation,
         # which the cheapest cell near the frontier gives as well as the most informative one.
-        k = int(np.argmin([c.flops for c in kept]))
+        k = int(np.argmin(flops))
         why = (f"the stopping rule held on the last fit ({streak} of {config.stop_streak}): "
                "confirm it with the cheapest cell near the frontier")
     cell = kept[k]
     order = np.argsort(-scores)
     return cell, {
         "why": why,
-        "expected_gain": float(g[k]), "score": float(scores[k]), "expected_runs": runs,
+        "expected_gain": float(g[k]), "score": float(scores[k]), "expected_runs": runs, "cost": float(flops[k]),
         "p_near_frontier": float(p_near[closed.index(cell)]), "alternatives": len(kept),
         "runner_up": ({"N": kept[order[1]].N, "D": kept[order[1]].D, "expected_gain": float(g[order[1]])}
                       if len(kept) > 1 else None),
@@ -79,9 +83,12 @@ def gains(cands: list[SearchCell], open_cells: list[SearchCell], law: LossLaw, t
     tol = np.array([config.tolerance] * T + [config.loss_tolerance] * T)
     target_var = (np.maximum(tol, 1e-9) / (2 * z)) ** 2  # variance at which the interval meets the tolerance
     var_q = np.diag(cov)[:nq]
-    w = np.where(var_q > target_var, 1.0 / target_var, 0.0)
+    # Only what the stopping rule asks about: with `regret_tolerance` (transfer) that is N*(C) (its
+    # interval and the proposal's risk), not L*(C): a narrower L* interval stops nothing.
+    asked = np.array([True] * T + [config.regret_tolerance is None] * T)
+    w = np.where(asked & (var_q > target_var), 1.0 / target_var, 0.0)
     if not w.any():
-        w = 1.0 / np.maximum(var_q, 1e-30)
+        w = np.where(asked, 1.0 / np.maximum(var_q, 1e-30), 0.0)
     c_qf = cov[:nq, nq:nq + nc]  # (2T, J)
     v_f = np.diag(cov)[nq:nq + nc]
     return (w[:, None] * c_qf ** 2).sum(axis=0) / (v_f + sig2)

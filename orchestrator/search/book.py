@@ -12,6 +12,7 @@ import numpy as np
 
 from ..planner import PlannedTrial
 from ..spec import SweepSpec
+from .branches import corrected_loss
 from .lattice import Point, SearchCell, cells_of
 
 
@@ -58,10 +59,11 @@ class CellBook:
         return any(c.running for c in self.cells)
 
     def fit_points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(N, D, best loss) of the resolved cells: the points of the L(N, D) fit."""
+        """(N, D, best loss) of the resolved cells: the points of the L(N, D) fit (a WSD branch's loss
+        corrected to its own law point by the fitted bowl, `branches.corrected_loss`)."""
         cells = [c for c in self.cells if c.state == "resolved"]
         return (np.array([c.N for c in cells]), np.array([c.D for c in cells]),
-                np.array([c.loss[c.best()] for c in cells]))
+                np.array([corrected_loss(c, c.loss[c.best()]) for c in cells]))
 
 
 def run_decision(cell: SearchCell, p: Point, t: PlannedTrial, committed: float) -> dict[str, Any]:

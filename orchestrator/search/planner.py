@@ -33,6 +33,7 @@ from ..planner import PlannedTrial
 from ..spec import SweepSpec
 from . import acquisition, checks as law_checks, stopping
 from .book import CellBook, run_decision
+from .branches import Branches, enabled as branching_enabled
 from .config import SearchConfig
 from .hparam_state import HparamLaws
 from .lattice import LAW_POINT, Point, SearchCell, outcome
@@ -65,6 +66,9 @@ class LawGuidedPlanner:
         self._streak = 0
         self._resumed: dict[str, Optional[Mapping[str, Any]]] = {}  # ended trials not planned yet
         self.checks: list[dict[str, Any]] = []  # transfer: the law checks near the target and what they found
+        # transfer under a WSD schedule with `schedule.branch`: single-run cells as trunks and branches
+        self.branches = (Branches(spec, self.cells, self.config.noise) if self.transfer and branching_enabled(spec)
+                         else None)
 
     # ---- the Planner interface ---------------------------------------------------------------
     @property
@@ -128,6 +132,8 @@ class LawGuidedPlanner:
             return  # not handed out by this planner (or observed twice)
         cell.running.discard(p)
         status, loss = outcome(result, cell.trials[p].D)  # Tune marks a stopped trial's result done
+        if self.branches is not None:
+            self.branches.ended(trial_id, status == "ok")
         if status == "ok":
             cell.loss[p] = loss
         else:
@@ -265,9 +271,17 @@ class LawGuidedPlanner:
             cell.why[q] = "neighbour of the law's point (local-minimum certificate)"
 
     def _law_point(self, cell: SearchCell, lr: float, batch: float) -> bool:
-        """Transfer: the cell's one run at the learned point (`transfer.law_point`); False: search the lattice."""
+        """Transfer: the cell's one run at the learned point (`transfer.law_point`), with WSD branching a
+        branch of a finished trunk of its size where the bowl allows, else a trunk; False: search the lattice."""
+        if self.branches is not None:
+            offer = self.branches.offer(cell, self.predict_hparams, self.hparams.surface_)
+            if offer is not None:
+                self.book.adopt(cell, LAW_POINT, self.branches.adopt(cell, offer, lr, batch))
+                return True
         t = law_point(self.spec, cell, lr, batch, self.hparams.source())
         if t is not None:
+            if self.branches is not None:
+                t = self.branches.first(t)
             self.book.adopt(cell, LAW_POINT, t)
         return t is not None
 
@@ -308,9 +322,28 @@ class LawGuidedPlanner:
                 return Wait("the L(N, D) fit needs these cells' results")
             return closed[0], {"why": "L(N, D) not fitted yet" + (f" ({self._fit_error})" if self._fit_error else "")
                                + ": cheapest remaining cell", "alternatives": len(closed)}
-        return acquisition.acquire(closed, self.book.open_cells(), self.fit, self.targets, self.config,
-                                   identified=self._identified(), noise=self._noise(),
-                                   runs=acquisition.expected_runs(self.cells, self.config), streak=self._streak)
+        cost = None
+        if self.branches is not None:  # a cell another run of its size offers a checkpoint costs the rest
+            predict, surface = self.predict_hparams, self.hparams.surface_
+            cost = lambda c: self.branches.cost(c, predict, surface)  # noqa: E731
+        choice = acquisition.acquire(closed, self.book.open_cells(), self.fit, self.targets, self.config,
+                                     identified=self._identified(), noise=self._noise(),
+                                     runs=acquisition.expected_runs(self.cells, self.config), streak=self._streak,
+                                     cost=cost)
+        return self._wait_for_checkpoint(choice)
+
+    def _wait_for_checkpoint(self, choice: Choice) -> Choice:
+        """WSD branching: a chosen cell that a run of its size still going would let start later in its
+        schedule waits for that run (it was scored at that cost) instead of training from scratch."""
+        if self.branches is None or not isinstance(choice, tuple):
+            return choice
+        cell = choice[0]
+        now = self.branches.offer(cell, self.predict_hparams, self.hparams.surface_)
+        later = self.branches.offer(cell, self.predict_hparams, self.hparams.surface_, pending=True)
+        if later is not None and later["state"] == "running" and (now is None or later["share"] > now["share"]):
+            return Wait(f"cell N={cell.N:.3g}, D={cell.D:.3g} waits for {later['source']} of its size: it will "
+                        f"start from its checkpoint at step {later['step']} ({later['share']:.0%} of its steps)")
+        return choice
 
     def _affordable(self, cell: SearchCell) -> bool:
         return self.book.affords(cell.flops)
@@ -362,5 +395,7 @@ class LawGuidedPlanner:
             if self.transfer:
                 bt = self.loss_backtest()
                 entry.update(loss_backtest=bt, law_checks=list(self.checks), why=stopping.backtest_warning(why, bt))
+            if self.branches is not None:
+                entry["wsd_branching"] = self.branches.summary(self.book.handed)
             self.decisions.append(entry)
         return Done(self.stopped)

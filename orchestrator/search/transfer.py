@@ -16,7 +16,11 @@ from .lattice import LAW_POINT, SearchCell, batch_ladder, fits_resources, min_ba
 def candidate_trials(spec: SweepSpec, config: SearchConfig) -> list[PlannedTrial]:
     """The search's candidates: the spec's grid; with transfer, the initial design's sizes on a batch
     lattice extended by `batch_ladder` (each cell's batch optimum bracketed, not only its lr), the
-    others on the spec's batches (their lattice is only a fallback: they run at the learned point)."""
+    others on the spec's batches (their lattice is only a fallback: they run at the learned point).
+    Never as the grid's WSD trunks and branches: a searched cell runs whatever points its walk needs,
+    so a grid branch's trunk may never run (`branches.py` plans the search's own)."""
+    if spec.schedule.branch:  # the grid's trunks and branches assume every trial runs: the search plans its own
+        spec = spec.model_copy(update={"schedule": spec.schedule.model_copy(update={"branch": False})})
     if not config.transfer:
         return plan_grid(spec)
     init = set(sorted(spec.model.sizes())[: config.init_sizes])

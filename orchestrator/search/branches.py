@@ -1,0 +1,181 @@
+"""WSD branching inside the transfer search: a single-run cell starts from a checkpoint of another
+run of its size, so it trains only what that run did not (docs/search.md, "Branching and pruning").
+
+After transfer's initial design every cell runs once at the learned (lr*, batch*). Under a WSD
+schedule (`schedule.branch`) two runs of one size at the same (lr, batch) share everything up to
+the shorter one's decay: warmup (the same number of steps), then the peak lr. So each such run saves
+a checkpoint at the decay start of every budget of its size it passes (its own included), and a later
+cell of that size starts from a finished run's checkpoint at the latest step its own schedule shares:
+
+- a **cooldown branch** of a longer run (Hägele et al. 2024): restored at its own decay start, it
+  trains only its decay (~`decay` of its FLOPs);
+- an **extension** of a shorter run: restored at that run's decay start, it continues the stable
+  phase and decays at its own length (a 2× longer budget trains ~60 % of its steps).
+
+Either way it runs at the earlier run's (lr, batch) — a stable phase has one peak lr — while the
+learned laws put the cell's own optimum elsewhere (lr* and batch* grow with D). It does so only where
+the shared bowl of the joint surface fit (`laws.hparam_surface`) says the offset costs at most the
+noise of one loss (`noise`):
+
+    penalty = w·u² + w_b·v² + x·u·v  (w = w_lr, × the asymmetry above lr*),
+    u = log(lr_run / lr*(N, D)), v = log(batch_run / batch*(D))
+
+and the cell's loss enters the L(N, D) fit divided by exp(penalty) (`corrected_loss`): the loss the
+bowl predicts at the cell's own law point. The acquisition counts a cell at the FLOPs it would
+spend; a cell that a still-running run of its size would make cheaper waits for it (`offer`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any, Callable, Optional, Sequence
+
+from ..branching import decay_steps, warmup_fraction
+from ..core.laws.hparam_surface import SurfaceFit
+from ..planner import PlannedTrial, plan_trial
+from ..spec import SpecError, SweepSpec
+from .lattice import LAW_POINT, SearchCell
+
+Predict = Callable[[float, float], tuple[Optional[float], Optional[float]]]
+
+
+def enabled(spec: SweepSpec) -> bool:
+    """Whether the spec asks for WSD branching (`schedule.branch`, a WSD schedule)."""
+    return spec.schedule.kind == "wsd" and bool(spec.schedule.branch)
+
+
+def bowl_penalty(surface: Optional[SurfaceFit], u: float, v: float) -> float:
+    """Log-loss cost of running log lr u and log batch v away from the optimum on the fitted bowl
+    (inf without a joint surface: no offset can be judged).
+
+    >>> from orchestrator.core.laws.hparams import BatchLaw, LrLaw
+    >>> s = SurfaceFit(LrLaw(1.0, 0.0, 0.0), BatchLaw(1.0, 0.0), 0.01, 0.01, 0.0, 0, 0, 0.0, lr_asym=2.0)
+    >>> round(bowl_penalty(s, 0.5, 0.0), 4), round(bowl_penalty(s, -0.5, 0.0), 4)
+    (0.005, 0.0025)
+    """
+    if surface is None:
+        return math.inf
+    w = surface.lr_width * (surface.lr_asym if u > 0 else 1.0)
+    return float(w * u * u + surface.batch_width * v * v + surface.cross * u * v)
+
+
+def _steps(t: PlannedTrial) -> int:
+    return max(1, t.D // t.batch)  # as orchestrator.branching counts a WSD run's steps
+
+
+class Branches:
+    """The single runs the search planned per model size, their checkpoints, and what they offer."""
+
+    def __init__(self, spec: SweepSpec, cells: Sequence[SearchCell], noise: float):
+        self.spec = spec
+        self.noise = noise  # the most a run's offset from its cell's own law point may cost (one loss's noise)
+        self.warmup, self.decay = float(spec.schedule.warmup), float(spec.schedule.decay)
+        self.budgets: dict[int, list[float]] = {}  # size -> its cells' nominal D
+        for c in cells:
+            self.budgets.setdefault(c.key[0], []).append(c.key[1])
+        self.runs: dict[str, dict[str, Any]] = {}  # trial id -> size, lr, batch, seed, warmup steps, ckpts, state
+
+    # ---- planning ----------------------------------------------------------------------------
+    def _at(self, cell: SearchCell, lr: float, batch: int, seed: int) -> Optional[PlannedTrial]:
+        try:
+            return plan_trial(self.spec, cell.key[0], cell.key[1], lr, batch, seed)
+        except SpecError:
+            return None
+
+    def _decay_start(self, T: int, w: int) -> int:
+        return T - decay_steps(T, w, self.decay)
+
+    def _checkpoints(self, t: PlannedTrial, w: int, after: int) -> tuple[int, ...]:
+        """Decay starts of every budget of t's size (at t's batch) that t's stable phase passes, after `after`."""
+        own = self._decay_start(_steps(t), w)
+        out = set()
+        for d in self.budgets.get(t.n_target, []):
+            T = max(1, int(math.ceil(d / t.batch)))  # whole batches, as plan_trial rounds D up
+            s = self._decay_start(T, w)
+            if after < s <= own and s >= w:
+                out.add(s)
+        return tuple(sorted(out))
+
+    def first(self, t: PlannedTrial) -> PlannedTrial:
+        """A cell's run from scratch (no finished run offers a start): its warmup in steps that of the
+        shortest budget of its size at its batch (so every later run of the size can share it), and
+        checkpoints at the decay starts it passes."""
+        shortest = min(self.budgets.get(t.n_target, [t.D]))
+        w = int(round(self.warmup * max(1, int(math.ceil(shortest / t.batch)))))
+        out = replace(t, warmup=warmup_fraction(w, _steps(t)), checkpoint_steps=self._checkpoints(t, w, 0))
+        self._record(out, w)
+        return out
+
+    def _record(self, t: PlannedTrial, w: int) -> None:
+        self.runs[t.trial_id] = {"size": t.n_target, "lr": t.lr, "batch": t.batch, "seed": t.seed, "w": w,
+                                 "ckpts": t.checkpoint_steps, "state": "running"}
+
+    def ended(self, trial_id: str, ok: bool) -> None:
+        """A run ended: its checkpoints are usable only if it ran to its end."""
+        if trial_id in self.runs:
+            self.runs[trial_id]["state"] = "ok" if ok else "bad"
+
+    def offer(self, cell: SearchCell, predict: Predict, surface: Optional[SurfaceFit],
+              pending: bool = False) -> Optional[dict[str, Any]]:
+        """The best start for `cell`'s run from a checkpoint — {trial, penalty, source, share} with the
+        largest share of its steps already trained, among runs of its size within the bowl's noise — or
+        None. `pending`: runs still going count too (what the cell would cost if it waited)."""
+        lr, batch = predict(cell.N, cell.D)
+        if lr is None or batch is None:
+            return None
+        best = None
+        for tid, run in self.runs.items():
+            if run["size"] != cell.key[0] or run["state"] == "bad" or (run["state"] == "running" and not pending):
+                continue
+            pen = bowl_penalty(surface, math.log(run["lr"] / lr), math.log(run["batch"] / batch))
+            if not pen <= self.noise:
+                continue
+            t = self._at(cell, run["lr"], run["batch"], run["seed"])
+            if t is None:
+                continue
+            T, w = _steps(t), run["w"]
+            own = self._decay_start(T, w)
+            usable = [s for s in run["ckpts"] if w <= s <= own]
+            if not usable:
+                continue
+            step = max(usable)
+            share = step / T
+            if best is None or (share, -pen) > (best["share"], -best["penalty"]):
+                best = {"trial": t, "penalty": pen, "source": tid, "step": step, "share": share, "w": w,
+                        "state": run["state"]}
+        return best
+
+    def cost(self, cell: SearchCell, predict: Predict, surface: Optional[SurfaceFit]) -> float:
+        """FLOPs of the cell's one run if started now or after the runs of its size still going."""
+        o = self.offer(cell, predict, surface, pending=True)
+        return cell.flops * (1.0 - o["share"]) if o is not None else cell.flops
+
+    def adopt(self, cell: SearchCell, offer: dict[str, Any], lr: float, batch: float) -> PlannedTrial:
+        """The cell's one run from the offered checkpoint, queued; the penalty is kept for its loss."""
+        t, step, w, src = offer["trial"], offer["step"], offer["w"], offer["source"]
+        T = _steps(t)
+        t = replace(t, warmup=warmup_fraction(w, T), branch_of=src, branch_step=step,
+                    branch_flops=t.flops * step / T, flops=t.flops * (1.0 - step / T),
+                    checkpoint_steps=self._checkpoints(t, w, step))
+        self._record(t, w)
+        kind = "cooldown branch" if step == self._decay_start(T, w) else "extension"
+        cell.open_info = {**cell.open_info, "branch_of": src, "branch_step": step, "bowl_penalty": offer["penalty"]}
+        cell.start_from = f"WSD {kind} of {src} from step {step}"
+        cell.queue = [LAW_POINT]
+        cell.why[LAW_POINT] = (f"transfer + WSD branching: the cell's law point is lr*={lr:.3g}, batch*={batch:.0f}; "
+                               f"it runs as a {kind} of {src} from its checkpoint at step {step} (lr={t.lr:.3g}, "
+                               f"batch={t.batch}), {math.expm1(offer['penalty']):.3%} worse by the fitted bowl, "
+                               f"which the cell's loss is corrected for; spends {t.flops:.3g} FLOPs, not "
+                               f"{t.flops + t.branch_flops:.3g}")
+        return t
+
+    def summary(self, handed: Sequence[PlannedTrial]) -> dict[str, Any]:
+        """Runs that started from a checkpoint and the FLOPs that saved them."""
+        runs = [t for t in handed if t.branch_of and t.trial_id in self.runs]
+        return {"runs": len(self.runs), "from_checkpoint": len(runs),
+                "saved_flops": float(sum(t.branch_flops for t in runs))}
+
+
+def corrected_loss(cell: SearchCell, loss: float) -> float:
+    """A cell's best loss as the L(N, D) fit sees it: a branched run's divided by its bowl penalty."""
+    return loss * math.exp(-float(cell.open_info.get("bowl_penalty", 0.0)))
