@@ -468,7 +468,8 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     from .tune.searcher import PlannerSearcher
     from .tune.trainable import run_trial
 
-    store = stash["store"] = ObservationStore(sweep_dir, fsync=spec.checkpoints.enabled)  # see ObservationStore.fsync
+    store = stash["store"] = ObservationStore(sweep_dir, fsync=spec.checkpoints.enabled,  # see ObservationStore.fsync
+                                              location=spec.store)
     recovered = store.recover()  # reports a killed controller had logged but not flushed
     if recovered:
         log.warning("recovered %d report(s) from the store's write-ahead log of an interrupted run", recovered)
