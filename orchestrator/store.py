@@ -42,7 +42,6 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from trainers.contract import split_task_key
 
