@@ -90,21 +90,23 @@ def _tune_trial(i: int) -> Trial:
 def test_forget_ended_trials_empties_and_drops_them():
     forget = ForgetEndedTrials()
     trials = [_tune_trial(i) for i in range(TRIALS)]
-    kept_before = len(trials[0].get_json_state()[1])
+    kept_before = [len(j) for j in trials[0].get_json_state()]
     ended = trials[: TRIALS - 2]  # the last two are still running
     for t in ended:
         forget.on_trial_complete(0, trials, t)
-    forget.on_step_end(0, trials)  # Tune has not stopped their actors yet: nothing is dropped
+    forget.on_step_end(0, trials)  # Tune has not stopped their actors yet: slimmed, not dropped
     assert len(trials) == TRIALS and forget.forgotten == 0
     for t in ended:
         t.set_status(Trial.TERMINATED)
     forget.on_step_end(1, trials)
     assert len(trials) == 2 and forget.forgotten == TRIALS - 2 and forget.ended == []
     assert all(t.status == Trial.PENDING for t in trials)  # only the live ones are left in Tune's list
-    for t in ended:
+    for i, t in enumerate(ended):
         meta = t.run_metadata
         assert meta.metric_analysis == {} and meta.metric_n_steps == {}
         assert "config" not in meta.last_result and meta.last_result["step"] == 20
+        assert t.config == {"trial": {"trial_id": f"t{i}"}} and t.evaluated_params == {}
         state, runtime = t.get_json_state()  # what Tune's experiment snapshot then records of it
         assert json.loads(runtime)["last_result"]["eval_loss"] == pytest.approx(2.8)
-        assert len(runtime) < kept_before / 4
+        assert len(runtime) < kept_before[1] / 4 and len(state) < kept_before[0]
+    assert trials[0].config["trial"]["lr"] == 0.01  # a live trial keeps everything
