@@ -13,6 +13,13 @@ simulated backend, `reuse_actors=True`, `concurrency` trials at once, run_sweep'
 - `asha` (the first `--asha-trials` of the same grid, under `--asha-time-limit-s`): the same
   Tuner with `ASHAScheduler` as the Tuner's scheduler, for trials/s and driver memory against
   the scalesweep arm over the same first trials (its timeline).
+- `scalesweep-keep` (only when named in `--arms`): the scalesweep arm without run_sweep's
+  `ForgetEndedTrials`, so Ray Tune keeps every ended trial as it did before: driver memory per
+  trial side by side with the scalesweep arm in one run.
+
+Driver memory: RSS growth per ended trial (slope over the timeline's later three quarters); with
+`--trace-memory`, the Python allocations kept between a quarter and all of the trials, per trial
+and by traceback (tracemalloc; slows the driver several-fold).
 
 Timed per call in the driver: `planner.suggest` (planner decision per trial),
 `scheduler.on_trial_result` (what Tune's loop waits for per report), `pruner.on_report` (the
@@ -25,6 +32,7 @@ ended and the wall time is extrapolated (said so in the output).
 
     python -m benchmarks.overhead --trials 10000 --json results/overhead-10k.json
     python -m benchmarks.overhead --quick --json /tmp/overhead.json     # smoke test
+    python -m benchmarks.overhead --trials 200 --arms scalesweep-keep,scalesweep --asha-trials 0   # memory
 """
 from __future__ import annotations
 
@@ -72,12 +80,14 @@ class TimedPlannerSearcher(PlannerSearcher):
 class TimedSweepCallback(SweepCallback):
     """SweepCallback whose per-report work (store append, MLflow log, display) is timed; keeps a timeline."""
 
-    def __init__(self, *args, timeline_every: int = 500, **kwargs):
+    def __init__(self, *args, timeline_every: int = 500, snapshots_at: tuple[int, ...] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.t0 = time.perf_counter()
         self.ended = 0
         self.timeline_every = max(1, timeline_every)
         self.timeline: list[dict[str, float]] = []
+        self.snapshots_at = set(snapshots_at)  # trials ended at which to take a tracemalloc snapshot
+        self.snapshots: dict[int, Any] = {}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         return _timed("callback.on_trial_result", super().on_trial_result, iteration, trials, trial, result, **info)
@@ -87,6 +97,12 @@ class TimedSweepCallback(SweepCallback):
         if self.ended % self.timeline_every == 0:
             self.timeline.append({"trials_ended": self.ended, "s": time.perf_counter() - self.t0,
                                   "rss_mb": _rss_mb(), "reports": len(TIMINGS["callback.on_trial_result"])})
+        if self.ended in self.snapshots_at:
+            import gc
+            import tracemalloc
+
+            gc.collect()
+            self.snapshots[self.ended] = tracemalloc.take_snapshot()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         out = super().on_trial_complete(iteration, trials, trial, **info)
@@ -99,7 +115,7 @@ class TimedSweepCallback(SweepCallback):
         return out
 
     def __getstate__(self):
-        return {**super().__getstate__(), "timeline": self.timeline}
+        return {**super().__getstate__(), "timeline": self.timeline, "snapshots_at": set(), "snapshots": {}}
 
 
 class TimedProcessPruner(ProcessPruner):
@@ -232,8 +248,14 @@ def _proc_usage(pid: Optional[int]) -> Optional[dict[str, float]]:
 
 
 def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow: bool,
-            own_ray: bool = True, shadow_asha: bool = True, eval_every: int = EVAL_EVERY) -> dict[str, Any]:
-    """One arm in this process: build the Tuner like run_sweep, fit it, return the figures."""
+            own_ray: bool = True, shadow_asha: bool = True, eval_every: int = EVAL_EVERY,
+            trace: bool = False) -> dict[str, Any]:
+    """One arm in this process: build the Tuner like run_sweep, fit it, return the figures.
+
+    trace: Python allocations traced (tracemalloc, 25 frames; slows the driver several-fold) and
+    snapshotted when a quarter and all of the trials have ended: the growth between the two,
+    grouped by traceback (`memory_trace`), says what the driver keeps per trial.
+    """
     import logging
 
     import ray
@@ -246,6 +268,7 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     from orchestrator.spec import parse_spec
     from orchestrator.store import ObservationStore
     from orchestrator.tracking import SweepTracker
+    from orchestrator.tune.forget import ForgetEndedTrials
     from orchestrator.tune.scheduler import PrunerScheduler
     from orchestrator.tune.trainable import run_trial
 
@@ -291,23 +314,35 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
             PruneConfig(), pruner=TimedProcessPruner(PruneConfig(), timed=True), shadow=shadow)
         sched_label = "PrunerScheduler"
     # as run_sweep: the callback labels the trials our scheduler stopped with its decision
+    # as run_sweep, except the `scalesweep-keep` arm: Tune keeps every ended trial (as before)
+    forget = ForgetEndedTrials() if arm != "scalesweep-keep" else None
+    marks = (max(1, len(runnable) // 4), len(runnable)) if trace else ()
     callback = TimedSweepCallback(store, tracker, progress, records, timeline_every=max(1, len(runnable) // 20),
+                                  snapshots_at=marks,
                                   stops=scheduler.decisions if isinstance(scheduler, PrunerScheduler) else None)
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"CPU": cpus / concurrency}),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=len(runnable),
                                     max_concurrent_trials=concurrency, reuse_actors=True,
                                     time_budget_s=time_limit_s or None),
-        run_config=tune.RunConfig(name=f"overhead-{arm}", storage_path=str(sweep_dir / "ray"), callbacks=[callback],
+        run_config=tune.RunConfig(name=f"overhead-{arm}", storage_path=str(sweep_dir / "ray"),
+                                  callbacks=[callback] + ([forget] if forget is not None else []),
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
     )
     # as run_sweep: Tune's ResultGrid warns per trial about the loggers tune_env turns off
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start(25)
     t0 = time.perf_counter()
     callback.t0 = t0
     with progress, _environ(tune_env(spec)):  # run_sweep's Tune settings
         tuner.fit()
     fit_s = time.perf_counter() - t0
+    memory_trace = _trace_growth(callback.snapshots) if trace else None
+    if trace:
+        tracemalloc.stop()
     sched_pending = scheduler.pending() if hasattr(scheduler, "pending") else 0
     pruner = getattr(scheduler, "pruner", None)
     if hasattr(scheduler, "drain"):
@@ -371,11 +406,42 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
         "hit_time_limit": done < len(runnable),
         "latency": {k: _pct(v) for k, v in TIMINGS.items()},
         "timeline": callback.timeline,
+        "rss_growth_kb_per_trial": _growth_kb_per_trial(callback.timeline),
+        "memory_trace": memory_trace,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_before_mb": rss0 / 1024,
         "driver_cpu_s": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
         "helpers": helpers,
     }
+
+
+def _growth_kb_per_trial(timeline: list[dict[str, float]]) -> Optional[float]:
+    """Driver RSS growth per ended trial (KB): least-squares slope over the timeline's later three quarters
+    (the first quarter holds Ray's and Tune's warm-up)."""
+    pts = [(p["trials_ended"], p["rss_mb"]) for p in timeline]
+    pts = [p for p in pts if p[0] >= pts[-1][0] / 4] if pts else []
+    if len(pts) < 3:
+        return None
+    x, y = (np.array(v, dtype=float) for v in zip(*pts))
+    return float(np.polyfit(x, y, 1)[0] * 1024)
+
+
+def _trace_growth(snapshots: dict[int, Any], top: int = 25) -> Optional[dict[str, Any]]:
+    """Traced Python memory kept between the two snapshots, per ended trial, and its largest sources."""
+    if len(snapshots) < 2:
+        return None
+    (n1, s1), (n2, s2) = sorted(snapshots.items())[:2]
+    stats = s2.compare_to(s1, "traceback")
+    growth = sum(st.size_diff for st in stats)
+    here = str(Path(__file__).resolve().parent.parent)
+    rows = []
+    for st in stats[:top]:
+        frames = [f"{f.filename.replace(here + '/', '')}:{f.lineno}" for f in st.traceback
+                  if "tracemalloc" not in f.filename]
+        rows.append({"kb": st.size_diff / 1024, "count": st.count_diff, "per_trial_b": st.size_diff / (n2 - n1),
+                     "frames": frames[-12:]})
+    return {"from_trials": n1, "to_trials": n2, "traced_kb_per_trial": growth / 1024 / (n2 - n1),
+            "top": rows}
 
 
 def _planned_reports(t, eval_every: int, seq_len: int = 128) -> int:
@@ -428,6 +494,8 @@ def _arm_subprocess(arm: str, args, trials: int, time_limit_s: float) -> dict[st
         cmd.append("--no-mlflow")
     if args.no_shadow:
         cmd.append("--no-shadow")
+    if args.trace_memory:
+        cmd.append("--trace-memory")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"arm {arm} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -485,6 +553,17 @@ def print_table(doc: dict[str, Any]) -> None:
         for name, h in (a.get("helpers") or {}).items():
             if h:
                 con.print(f"{a['arm']}: {name} helper process: {h['cpu_s']:.0f} CPU s, peak RSS {h['peak_rss_mb']:.0f} MB")
+    for a in doc["arms"].values():
+        g, tr = a.get("rss_growth_kb_per_trial"), a.get("memory_trace")
+        line = f"{a['arm']}: driver RSS grows {g:.1f} KB per ended trial" if g is not None else ""
+        if tr:
+            line += (f"; traced Python memory {tr['traced_kb_per_trial']:.1f} KB per trial "
+                     f"(trials {tr['from_trials']}→{tr['to_trials']}); largest sources:")
+        if line:
+            con.print(line)
+        for row in (tr or {}).get("top", [])[:12]:
+            con.print(f"  {row['per_trial_b']:8.0f} B/trial {row['count']:+7d} blocks  " + " <- ".join(
+                reversed(row["frames"][-4:])))
     if doc.get("prefix"):
         p = doc["prefix"]
         con.print(f"first {p['trials']} trials: asha {p['asha_s']:.0f} s ({p['asha_trials_per_s']:.1f}/s), "
@@ -505,7 +584,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--eval-every", type=int, default=EVAL_EVERY, help="steps between a trial's evaluations (reports)")
     ap.add_argument("--asha-trials", type=int, default=1000, help="trials of the full ASHA Tuner arm (the grid's first)")
     ap.add_argument("--asha-time-limit-s", type=float, default=120.0, help="ASHA arm's Tuner time budget (0 = none)")
-    ap.add_argument("--arms", default="asha,scalesweep", help="comma list of asha, scalesweep (run in this order)")
+    ap.add_argument("--arms", default="asha,scalesweep",
+                    help="comma list of asha, scalesweep, scalesweep-keep (run in this order; scalesweep-keep: the "
+                         "scalesweep arm without ForgetEndedTrials, Tune keeping every ended trial, as before)")
     ap.add_argument("--store-rows", type=int, default=200_000, help="rows for the store append benchmark")
     ap.add_argument("--no-mlflow", action="store_true", help="leave MLflow out of the callback")
     ap.add_argument("--no-shadow", action="store_true",
@@ -513,6 +594,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 12 trials (ASHA arm 8), 2 at once, both arms in this process (one Ray start; "
                          "peak RSS is then cumulative), 20k store rows")
+    ap.add_argument("--trace-memory", action="store_true",
+                    help="trace the scalesweep arm's Python allocations (tracemalloc; slow) and print what grows per trial")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--_arm", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
@@ -520,7 +603,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args._arm:
         Path(args._out).write_text(json.dumps(run_arm(args._arm, args.trials, args.concurrency, args.time_limit_s,
                                                       not args.no_mlflow, shadow_asha=not args.no_shadow,
-                                                      eval_every=args.eval_every)))
+                                                      eval_every=args.eval_every,
+                                                      trace=args.trace_memory and args._arm.startswith("scalesweep"))))
         return
     if args.quick:
         args.trials, args.asha_trials, args.store_rows, args.concurrency = 12, 8, 20_000, 2
@@ -536,7 +620,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if args.quick:
             doc["arms"][arm] = run_arm(arm, trials, args.concurrency, limit, not args.no_mlflow,
                                        own_ray=arm == arms[-1], shadow_asha=not args.no_shadow,
-                                       eval_every=args.eval_every)
+                                       eval_every=args.eval_every, trace=args.trace_memory and arm.startswith("scalesweep"))
         else:
             doc["arms"][arm] = _arm_subprocess(arm, args, trials, limit)
     doc["prefix"] = compare_prefix(doc)

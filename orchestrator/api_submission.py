@@ -76,6 +76,8 @@ def validated_spec(data: Any, root: Path, tracking_uri: Optional[str]):
         raise ApiError(422, f"invalid spec\n  tracking.uri: set by the server ({where}); leave it out")
     if isinstance(tracking, dict) and tracking.get("artifact_location") is not None:
         raise ApiError(422, "invalid spec\n  tracking.artifact_location: set by the server; leave it out")
+    if data.get("store") is not None:
+        raise ApiError(422, "invalid spec\n  store: set by the server; leave it out")
     if data.get("data", "builtin") != "builtin":
         raise ApiError(422, "invalid spec\n  data: the API trains on the built-in corpus only; run a dataset "
                             "directory with the CLI")

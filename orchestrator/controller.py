@@ -466,11 +466,13 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     from .tracking import SweepTracker
     from .tune.callback import SweepCallback, mlflow_end
     from .tune.envelope import TrialEnvelope
+    from .tune.forget import ForgetEndedTrials
     from .tune.scheduler import PrunerScheduler
     from .tune.searcher import PlannerSearcher
     from .tune.trainable import run_trial
 
-    store = stash["store"] = ObservationStore(sweep_dir, fsync=spec.checkpoints.enabled)  # see ObservationStore.fsync
+    store = stash["store"] = ObservationStore(sweep_dir, fsync=spec.checkpoints.enabled,  # see ObservationStore.fsync
+                                              location=spec.store)
     recovered = store.recover()  # reports a killed controller had logged but not flushed
     if recovered:
         log.warning("recovered %d report(s) from the store's write-ahead log of an interrupted run", recovered)
@@ -557,7 +559,9 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                                     # trainer leaves no global state behind, so processes are
                                     # reused -- but Tune cannot reuse one across resource shapes.
                                     reuse_actors=all(t.workers == 1 for t in planner.trials)),
-        run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir / "ray"), callbacks=[callback],
+        # ForgetEndedTrials: Tune would keep every ended trial's metric analysis (≈90 KB a trial)
+        run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir / "ray"),
+                                  callbacks=[callback, ForgetEndedTrials()],
                                   verbose=0,
                                   # a user's trainer that breaks the contract (no first report, ...)
                                   # would fail every trial alike: the sweep ends at the first one

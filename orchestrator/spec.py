@@ -704,6 +704,10 @@ class SweepSpec(_Strict):
     data: DataField = Field("builtin", description="'builtin' (offline corpus as bytes), a path (a directory of Parquet shards train/*.parquet + val/*.parquet, or a .bin token file), or a `data` section (formats bin, hf, parquet, text; builtin BPE)")
     output_dir: Optional[str] = Field(None, min_length=1, description="sweep directory; none = ./sweeps/<name>; must be a new or empty directory, or this sweep's own")
     checkpoints: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    store: Optional[str] = Field(
+        None, max_length=4096, description="where the observation store keeps its Parquet parts: none = "
+        "<output_dir>/store; s3://bucket/prefix = an S3-compatible object store through pyarrow.fs (endpoint and "
+        "keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), readable from any machine")
     seed: int = Field(0, ge=0, le=MAX_SEED_VALUE, description="seed of the planner's own choices")
 
     @field_validator("name")
@@ -734,6 +738,16 @@ class SweepSpec(_Strict):
             if system:
                 raise ValueError(f"{v!r} is under {system}, a system pseudo-filesystem")
         return v
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        _no_control(v, "the store location")
+        from .store_location import check_uri
+
+        return check_uri(v.strip())
 
     @field_validator("checkpoints", mode="before")
     @classmethod

@@ -42,11 +42,11 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from trainers.contract import split_task_key
 
 from .branching import spent_flops
+from .store_location import StoreLocation, is_uri
 
 OBS_SCHEMA = pa.schema(
     [
@@ -91,6 +91,7 @@ TASK_SCHEMA = pa.schema(
 )
 TASK_KEY = ["trial_id", "step", "task", "metric"]
 
+LOCATION_FILE = "LOCATION"  # in <sweep dir>/store: the URI of a store kept in an object store
 STOPPED_BY_USER = "stopped-by-user"  # ended by a stop request (Ctrl-C, SIGTERM, `scalesweep stop`): resume reruns it
 TRIAL_STATES = ("planned", "running", "finished", "stopped", "diverged", "failed", STOPPED_BY_USER)
 
@@ -107,8 +108,22 @@ class ObservationStore:
     at-risk rows for not writing thousands of tiny files.
     """
 
-    def __init__(self, sweep_dir: str | Path, flush_every_s: float = 5.0, fsync: bool = True):
-        self.root = Path(sweep_dir) / "store"
+    def __init__(self, sweep_dir: str | Path, flush_every_s: float = 5.0, fsync: bool = True,
+                 location: Optional[str] = None):
+        # `location`: where the parts live, an object-store prefix (s3://bucket/prefix) or None for
+        # <sweep_dir>/store. A sweep directory whose store is elsewhere says where in
+        # store/LOCATION (written here), so every reader that opens the directory finds it; a
+        # `sweep_dir` that is itself a URI opens the store at that prefix (no local directory).
+        local: Optional[Path] = None
+        if is_uri(sweep_dir):
+            location = location or str(sweep_dir)
+        else:
+            local = Path(sweep_dir) / "store"
+            pointer = local / LOCATION_FILE
+            if location is None and pointer.is_file():
+                location = pointer.read_text().strip() or None
+        self.location = StoreLocation(location if location is not None else local)
+        self.root = local if local is not None else self.location.root  # the local folder (its log, its pointer)
         self.flush_every_s = flush_every_s
         # fsync each logged report: needed when trials checkpoint (a report must be on disk
         # before the checkpoint that follows it survives a machine crash). Without it a
@@ -124,11 +139,21 @@ class ObservationStore:
         self._seq = time.time_ns()
         self._wal = None  # open write-ahead log of the rows in self._obs (opened on the first append)
         self._sealed: list[Path] = []  # logs whose rows are in the part being (or failing to be) flushed
+        # The write-ahead log is always a local folder (an object cannot be appended to): beside
+        # the pointer, or for a store opened by its URI alone, a folder of this machine's named after it.
+        self._wal_dir = local / "wal" if local is not None else _local_wal_dir(self.location.uri)
         for sub in ("observations", "trials", "task_metrics"):
             try:
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
+                self.location.makedirs(sub)
             except OSError as exc:
-                raise StoreError(f"cannot create the store at {self.root / sub}: {exc}") from exc
+                raise StoreError(f"cannot create the store at {self.location.describe(sub)}: {exc}") from exc
+        try:
+            if local is not None and self.location.remote:
+                local.mkdir(parents=True, exist_ok=True)
+                if not (local / LOCATION_FILE).is_file():
+                    (local / LOCATION_FILE).write_text(self.location.uri + "\n")
+        except OSError as exc:
+            raise StoreError(f"cannot create the store's local folder at {local}: {exc}") from exc
 
     # ---- writes ------------------------------------------------------------------------
     def _next_seq(self) -> int:
@@ -163,15 +188,15 @@ class ObservationStore:
         """Append one row to the write-ahead log, durably (called with the lock held)."""
         try:
             if self._wal is None:
-                folder = self.root / "wal"
-                folder.mkdir(exist_ok=True)
+                folder = self._wal_dir
+                folder.mkdir(parents=True, exist_ok=True)
                 self._wal = open(folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl", "a", encoding="utf-8")
             self._wal.write(json.dumps(row, allow_nan=True) + "\n")
             self._wal.flush()
             if self.fsync:
                 os.fsync(self._wal.fileno())
         except OSError as exc:
-            raise StoreError(f"cannot write to the store's log at {self.root / 'wal'}: {exc.strerror or exc}") from exc
+            raise StoreError(f"cannot write to the store's log at {self._wal_dir}: {exc.strerror or exc}") from exc
 
     def recover(self) -> int:
         """Write the rows of write-ahead logs left by a process that died before flushing (as a part).
@@ -179,7 +204,7 @@ class ObservationStore:
         Call it only where no other process writes this store (the controller, at start).
         Returns the number of rows recovered (already-flushed ones included: reads deduplicate).
         """
-        folder = self.root / "wal"
+        folder = self._wal_dir
         logs = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
         rows: list[dict[str, Any]] = []
         for path in logs:
@@ -258,21 +283,13 @@ class ObservationStore:
                 path.unlink(missing_ok=True)
                 self._sealed.remove(path)
 
-    def _write_part(self, table_name: str, table: pa.Table) -> None:
-        folder = self.root / table_name
+    def _write_part(self, table_name: str, table: pa.Table) -> str:
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = folder / f".{name}.tmp"
         try:
-            pq.write_table(table, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, folder / name)
+            return self.location.write_table(table_name, name, table)
         except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass  # the folder itself is unusable: nothing was written there
-            raise StoreError(f"cannot write to the store at {folder}: {exc.strerror or exc}") from exc
+            raise StoreError(f"cannot write to the store at {self.location.describe(table_name)}: "
+                             f"{exc.strerror or exc}") from exc
 
     def close(self) -> None:
         """Flush everything still buffered."""
@@ -280,14 +297,13 @@ class ObservationStore:
 
     # ---- reads -------------------------------------------------------------------------
     def _read(self, table_name: str, schema: pa.Schema) -> pa.Table:
-        folder = self.root / table_name
-        parts = sorted(p for p in folder.glob("part-*.parquet"))
-        if not parts:
-            return schema.empty_table()
         try:
-            return pa.concat_tables([pq.read_table(p, schema=schema) for p in parts])
+            parts = self.location.parts(table_name)
+            if not parts:
+                return schema.empty_table()
+            return pa.concat_tables([self.location.read_table(p, schema=schema) for p in parts])
         except Exception as exc:
-            raise StoreError(f"cannot read the store at {folder}: {exc}") from exc
+            raise StoreError(f"cannot read the store at {self.location.describe(table_name)}: {exc}") from exc
 
     def observations(self, trial_id: Optional[str] = None) -> pa.Table:
         """All reports, one row per (trial_id, step) (last write wins), sorted by trial and step."""
@@ -346,8 +362,7 @@ class ObservationStore:
         self.flush()
         for name, schema, key in (("observations", OBS_SCHEMA, ["trial_id", "step"]), ("trials", TRIAL_SCHEMA, None),
                                   ("task_metrics", TASK_SCHEMA, TASK_KEY)):
-            folder = self.root / name
-            old = sorted(folder.glob("part-*.parquet"))
+            old = self.location.parts(name)
             if len(old) <= 1:
                 continue
             table = self._read(name, schema)
@@ -355,7 +370,7 @@ class ObservationStore:
                 table = _last_per_key(table, key)
             self._write_part(name, table.sort_by("seq"))
             for p in old:
-                p.unlink()
+                self.location.delete(p)
 
 
 def _last_per_key(table: pa.Table, key: Iterable[str]) -> pa.Table:
@@ -419,6 +434,14 @@ def final_task_points(store: ObservationStore, points: Optional[list[dict[str, A
 def diverged_configs(store: ObservationStore) -> list[dict[str, Any]]:
     """The configs of the trials that diverged (censored: they bound the learning rate from above)."""
     return [rec["config"] for rec in store.trials().values() if rec["status"] == "diverged" and rec["config"]]
+
+
+def _local_wal_dir(uri: str) -> Path:
+    """This machine's write-ahead log folder for a store opened by its URI alone."""
+    import hashlib
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "scalesweep-wal" / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
 def _task_rows(row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -127,6 +127,8 @@ class SweepCallback(Callback):
         if self.tracker is not None:
             self.tracker.end_trial(tid, *mlflow_end(status, summary))
         self.progress.trial_state(tid, status)
+        self.last.pop(tid, None)  # an ended trial: the store has its reports (memory per trial stays flat)
+        self.logged.pop(tid, None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         tid = self._tid(trial)

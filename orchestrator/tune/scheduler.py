@@ -139,6 +139,12 @@ class PrunerScheduler(FIFOScheduler):
             self._complete(tid, op[2], op[3], op[4])
         else:
             self.pruner.on_remove(tid)
+            self._drop_ready(tid)
+
+    def _drop_ready(self, tid: str) -> None:
+        """Forget a stop the worker reached for a trial that has ended meanwhile (called after its last report)."""
+        with self._done_cv:
+            self._ready.pop(tid, None)
 
     def _wait(self, n: int, timeout: Optional[float] = None) -> bool:
         with self._done_cv:
@@ -237,13 +243,16 @@ class PrunerScheduler(FIFOScheduler):
 
     def on_trial_complete(self, tune_controller, trial, result: dict[str, Any]) -> None:
         tid = self.trial_id(trial)
+        self._order.pop(trial.trial_id, None)  # ended for good: nothing per trial is kept past here
         if tid in self.decisions:
+            self._forget(tid)
             if self.background:
                 self._submit(("remove", tid))
             return  # we stopped it: not a completed reference
         # Tune hands a trial's last result here, not to on_trial_result: a final NaN is a divergence.
         fresh = self._fresh(trial, result)
         meta = self._meta(trial)
+        self.metas.pop(tid, None)  # the completion carries it to the pruner
         if not self.background:
             self._complete(tid, meta, fresh, True)
             return
@@ -257,6 +266,8 @@ class PrunerScheduler(FIFOScheduler):
 
     def _complete(self, tid: str, meta: Optional[TrialMeta], fresh: Optional[tuple], record: bool) -> None:
         """The pruner's side of a trial's completion (its final report first); on the worker when background."""
+        last = self.last.pop(tid, None) or {}  # its last use: the trial ended
+        self._drop_ready(tid)
         if fresh is not None:
             decision = self.pruner.on_report(tid, *fresh)
             if decision.stops:
@@ -265,7 +276,6 @@ class PrunerScheduler(FIFOScheduler):
                 else:
                     self.pruner.on_remove(tid)
                 return
-        last = self.last.get(tid) or {}
         step = last.get("step")
         if meta is not None and step is not None and float(step) >= meta.total_steps:
             final = last.get(self.pruner.config.metric)
@@ -274,12 +284,19 @@ class PrunerScheduler(FIFOScheduler):
             self.pruner.on_remove(tid)
 
     def on_trial_error(self, tune_controller, trial) -> None:
-        self._remove(self.trial_id(trial))
+        self._remove(self.trial_id(trial))  # a restarted trial is added again (on_trial_add)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
+        self._order.pop(trial.trial_id, None)
         self._remove(self.trial_id(trial))
 
+    def _forget(self, tid: str) -> None:
+        """Drop what is kept per trial for its reports (its metadata, its last report)."""
+        self.metas.pop(tid, None)
+        self.last.pop(tid, None)
+
     def _remove(self, tid: str) -> None:
+        self._forget(tid)
         if self.background:
             self._submit(("remove", tid))
         else:

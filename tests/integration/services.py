@@ -19,7 +19,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 from tests.integration.conftest import free_port
 
@@ -172,3 +173,21 @@ class S3Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self.proc = None
+
+
+@contextmanager
+def s3_bucket(log: Path, bucket: str, monkeypatch) -> Iterator[S3Server]:
+    """moto's S3 server with `bucket` created, its endpoint and keys in this process's environment
+    (what boto3, MLflow and pyarrow.fs read; child processes inherit them); stopped after."""
+    import pytest
+
+    pytest.importorskip("boto3", reason="boto3 (pip install -e '.[test]') is the S3 client of the tests")
+    pytest.importorskip("moto.server", reason="moto[s3] with flask (pip install -e '.[test]') serves the S3 API")
+    server = S3Server(log).start()
+    try:
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        server.client().create_bucket(Bucket=bucket)
+        yield server
+    finally:
+        server.stop()

@@ -34,6 +34,7 @@ BAD = [
     ("tracking-uri-http", spec(tracking={"uri": "http://169.254.169.254/"}), "tracking.uri"),
     ("artifact-location", spec(tracking={"artifact_location": "/tmp/pwned_by_api_client"}),
      "tracking.artifact_location"),
+    ("store-s3", spec(store="s3://attacker-bucket/pwned"), "store"),
     ("data-etc", spec(data="/etc"), "data"),
     ("name-300", spec(name="x" * 300), "name"),
     ("world-path", spec(trainer={"backend": "simulated", "world": "/etc/hostname"}), "trainer.world"),

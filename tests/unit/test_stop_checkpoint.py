@@ -11,6 +11,7 @@ import time
 import pytest
 
 from orchestrator.tune.callback import ContractStopper
+from orchestrator.tune.envelope import TrialEnvelope
 from orchestrator.tune.trainable import _reporter
 from trainers.contract import StopRequested, TrialConfig
 from trainers.simulated import CHECKPOINT_FILE, train
@@ -24,7 +25,7 @@ def _config(tmp_path, **kw) -> TrialConfig:
 def test_reporter_raises_after_the_report_once_the_stop_file_exists(tmp_path):
     stop_file = tmp_path / "stop-requested"
     sent = []
-    report = _reporter({"stop_file": str(stop_file)}, sent.append)
+    report = _reporter(TrialEnvelope(_config(tmp_path), stop_file=str(stop_file)), sent.append)
     report({"step": 1.0})
     stop_file.write_text("SIGTERM\n")
     with pytest.raises(StopRequested):
