@@ -10,6 +10,7 @@ L(N, D) fit three (N, D) points each. Nothing is mocked.
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -36,7 +37,15 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    spec, outcome = run_real_sweep(tmp_path_factory.mktemp("pruned"), SPEC, "pruned")
+    # The pruner decides off Tune's event loop, so a STOP lands a report or more after the one it
+    # answers; a 20k-parameter trunk runs its 160 steps in seconds, and on a loaded machine it
+    # could finish before the stop arrived. Reports 0.2 s apart (still far faster than a real
+    # trial's) give the pruner the time a real sweep gives it.
+    os.environ["SCALESWEEP_REPORT_DELAY_S"] = "0.2"
+    try:
+        spec, outcome = run_real_sweep(tmp_path_factory.mktemp("pruned"), SPEC, "pruned")
+    finally:
+        os.environ.pop("SCALESWEEP_REPORT_DELAY_S", None)
     return spec, outcome, ObservationStore(outcome.sweep_dir)
 
 
