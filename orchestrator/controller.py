@@ -24,7 +24,7 @@ from .query import SweepData, sweep_fit
 from .progress import SweepProgress
 from .proposals import SweepFit
 from .spec import SpecError, SweepSpec
-from .store import STOPPED_BY_USER, ObservationStore, StoreError
+from .store import RESUME_SKIPS, STOPPED_BY_USER, ObservationStore, StoreError, ended_trials
 
 log = logging.getLogger(__name__)
 
@@ -604,16 +604,6 @@ def own_trainer_settings(spec: SweepSpec) -> dict[str, Any]:
     t = spec.trainer
     return {"command": t.command, "entrypoint": t.entrypoint, "cwd": t.cwd, "env": dict(t.env),
             "grace_period_s": t.grace_period_s, "first_report_timeout_s": t.first_report_timeout_s}
-
-
-RESUME_SKIPS = ("finished", "diverged", "stopped")  # ended for good: `resume` does not rerun them
-
-
-def ended_trials(store: ObservationStore) -> dict[str, Optional[dict[str, Any]]]:
-    """Trials that ended in an earlier run of this sweep, with their last report (a planner's input)."""
-    trials = store.trials()
-    last = store.last_reports()
-    return {tid: last.get(tid) for tid, rec in trials.items() if rec["status"] in RESUME_SKIPS}
 
 
 def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optional[str], t0: float,

@@ -59,9 +59,6 @@ class SearchReplay:
     done: Optional[str]  # why the search is over (None: it is not, a resume goes on)
 
 
-RESUME_ENDED = ("finished", "diverged", "stopped")  # controller.RESUME_SKIPS: ended for good, not run again
-
-
 def search_replay(data: SweepData, spec: Any) -> Optional[SearchReplay]:
     """The search of a `law` or `transfer` sweep replayed from `data.store` (None for a grid, without a
     spec or a store). The controller proposes with the search's own lr*/batch* laws (hedged), not a
@@ -73,11 +70,11 @@ def search_replay(data: SweepData, spec: Any) -> Optional[SearchReplay]:
         from .core.planning import Done
         from .planner import PlannedTrial
         from .planners import make_planner
+        from .store import ended_trials
 
         planner = make_planner(spec)
-        trials, last = data.store.trials(), data.store.last_reports()
-        # what `controller.ended_trials` hands a resumed planner (the controller imports this module)
-        planner.resume({tid: last.get(tid) for tid, rec in trials.items() if rec["status"] in RESUME_ENDED})
+        planner.resume(ended_trials(data.store))  # what the controller hands a resumed planner
+        trials = data.store.trials()
         started = {tid for tid, rec in trials.items() if rec["status"] in ("planned", "running")}
         new, step = [], None
         for _ in range(planner.trial_cap + 1):

@@ -94,6 +94,7 @@ TASK_KEY = ["trial_id", "step", "task", "metric"]
 LOCATION_FILE = "LOCATION"  # in <sweep dir>/store: the URI of a store kept in an object store
 STOPPED_BY_USER = "stopped-by-user"  # ended by a stop request (Ctrl-C, SIGTERM, `scalesweep stop`): resume reruns it
 TRIAL_STATES = ("planned", "running", "finished", "stopped", "diverged", "failed", STOPPED_BY_USER)
+RESUME_SKIPS = ("finished", "diverged", "stopped")  # ended for good: `resume` does not rerun them
 
 
 class StoreError(RuntimeError):
@@ -429,6 +430,14 @@ def final_task_points(store: ObservationStore, points: Optional[list[dict[str, A
                                                            "trial_id": r["trial_id"]})
         row["task_loss" if r["metric"] == "loss" else r["metric"]] = r["value"]
     return [row for row in rows.values() if "acc" in row]
+
+
+def ended_trials(store: ObservationStore) -> dict[str, Optional[dict[str, Any]]]:
+    """Trials that ended for good in an earlier run of a sweep, with their last report: what a resumed
+    planner is handed (the controller's resume and the query service's replay of a search alike)."""
+    trials = store.trials()
+    last = store.last_reports()
+    return {tid: last.get(tid) for tid, rec in trials.items() if rec["status"] in RESUME_SKIPS}
 
 
 def diverged_configs(store: ObservationStore) -> list[dict[str, Any]]:
