@@ -544,7 +544,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     if spec.pruning.enabled:  # a resumed sweep's pruner starts from the trials that finished before
         metas = {t.trial_id: trial_meta(trial_config(spec, t, None, cache), cell_D=t.cell.D)
                  for t in planner.trials if t.trial_id in ended}
-        scheduler = PrunerScheduler(spec.pruning, history=completed_from_store(store, metas, spec.pruning.metric))
+        scheduler = PrunerScheduler(spec.pruning, background=spec.pruning.background, history=completed_from_store(store, metas, spec.pruning.metric))
     callback = SweepCallback(store, tracker, progress, records, decisions,
                              stops=scheduler.decisions if scheduler is not None else None,
                              interrupted=stop_requested)

@@ -501,6 +501,9 @@ class PruningSpec(_Strict):
     max_curves: int = Field(6, ge=1, le=1000, description="completed curves per size the curve law is fitted on (most recent)")
     n_boot: int = Field(10, ge=0, le=1000, description="bootstrap refits of the curve law (prediction interval)")
     seed: int = Field(0, ge=0, le=MAX_SEED_VALUE, description="seed of the curve-law bootstrap")
+    background: bool = Field(True, description="decide on a helper process beside Tune's loop (a stop lands a few "
+                             "reports after it is reached, later on a loaded machine); false: each report is decided "
+                             "before its trial goes on (reproducible stops; Tune's loop waits for each refit)")
 
 
 class TrainerSpec(_Strict):
