@@ -40,7 +40,7 @@ from trainers.corpus import TokenData, eval_windows, load_data, sample_batch
 from trainers.flops import flops_per_token
 from trainers.model import Shape, build_model, count_params, shape_for
 from trainers.schedules import lr_at
-from trainers.tasks import load_tasks, run_task, task_report
+from trainers.tasks import CommandTask, TaskError, load_tasks, run_task, task_report
 
 ADAM_BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.1
@@ -469,14 +469,47 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
 
 def _evaluate_tasks(tasks, model, reducer: RankReducer) -> dict[str, float]:
     """Every task on the model: report keys task/<name>/{acc, acc_norm, loss, chance} (averaged over
-    ranks so every rank reports the same) and "_tokens": the tokens one rank ran through the model."""
+    ranks so every rank reports the same) and "_tokens": the tokens one rank ran through the model
+    (a command task runs once, on rank 0: its tokens are spread over the ranks)."""
     out: dict[str, float] = {}
     tokens = 0.0
     for name, task in tasks:
-        m = run_task(name, task, model, None)  # no tokenizer object: trials train on token ids
-        tokens += m.get("tokens", 0.0)
+        if isinstance(task, CommandTask):
+            m = _command_task_once(name, task, model, reducer)
+            tokens += m.get("tokens", 0.0) / reducer.world  # the caller counts `world` x one rank's tokens
+        else:
+            m = run_task(name, task, model, None)  # no tokenizer object: trials train on token ids
+            tokens += m.get("tokens", 0.0)
         out.update(task_report(name, m, getattr(task, "chance", None)))
     keys = list(out)
     out = dict(zip(keys, reducer.mean(*out.values()))) if keys else out
     out["_tokens"] = tokens
     return out
+
+
+def _command_task_once(name: str, task: CommandTask, model, reducer: RankReducer) -> dict[str, float]:
+    """A command task (a program on a saved checkpoint) run once per evaluation, on rank 0, with its
+    metrics (or its error) sent to every rank. Under ZeRO-3 every rank first gathers the full
+    parameters (a collective), so the checkpoint rank 0 writes holds the whole model."""
+    module = getattr(model, "module", model)
+    partitioned = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if partitioned:
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
+    else:
+        from contextlib import nullcontext
+
+        gathered = nullcontext()
+    result: list[Any] = [None]
+    with gathered:
+        if reducer.world == 1 or dist.get_rank() == 0:
+            try:
+                result[0] = run_task(name, task, model, None)
+            except TaskError as exc:
+                result[0] = str(exc)  # every rank raises it, so all stop together
+    if reducer.world > 1:
+        dist.broadcast_object_list(result, src=0)
+    if isinstance(result[0], str):
+        raise TaskError(result[0])
+    return result[0]

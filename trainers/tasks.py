@@ -540,9 +540,10 @@ def save_task_checkpoint(model, directory: str | os.PathLike) -> None:
     import torch
 
     module = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
-    if any(hasattr(p, "ds_id") for p in module.parameters()):
-        raise TaskError("a command task needs the whole model on each rank: ZeRO stage 3 partitions it "
-                        "(use zero_stage <= 2 with command tasks)")
+    # a ZeRO-3 parameter holds an empty placeholder outside `deepspeed.zero.GatheredParameters`
+    if any(hasattr(p, "ds_id") and p.numel() == 0 for p in module.parameters()):
+        raise TaskError("a command task needs the whole model: ZeRO stage 3 partitions it (gather the "
+                        "parameters with deepspeed.zero.GatheredParameters first, as the built-in trainer does)")
     shape = getattr(module, "shape", None)
     if shape is None:
         raise TaskError(f"cannot save a {type(module).__name__} for a command task: not a trainers model "

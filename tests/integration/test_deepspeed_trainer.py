@@ -2,6 +2,7 @@
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch.multiprocessing as tmp_mp
 from tests.integration.conftest import free_port
 from trainers.contract import OPTIONAL_REPORT_KEYS, REPORT_KEYS, Schedule, TrialConfig
 from trainers.deepspeed_trainer import train
-from trainers.model import count_params, shape_for
+from trainers.model import build_model, count_params, shape_for
 
 pytestmark = pytest.mark.integration
 LN256 = math.log(256)
@@ -187,9 +188,22 @@ def _worker(rank, port, cfg, out_dir):
     dist.destroy_process_group()
 
 
+# a lab's harness as a program: logs each run's pid and the saved model's parameter count
+HARNESS = """
+import json, os, sys, torch
+ckpt, out, log = sys.argv[1:4]
+n = sum(v.numel() for v in torch.load(os.path.join(ckpt, "model.pt")).values())
+open(log, "a").write(f"{os.getppid()} {n}\\n")
+json.dump({"acc": 0.5, "task_loss": 1.0, "tokens": 64.0}, open(out, "w"))
+"""
+
+
 def test_two_ranks_zero3(cache, tmp_path):
+    harness, log = tmp_path / "harness.py", tmp_path / "harness.log"
+    harness.write_text(HARNESS)
+    command = f"command:harness={sys.executable} {harness} {{checkpoint}} {{out}} {log}"
     cfg = _config(cache, workers=2, zero_stage=3, tokens=12 * 2048, eval_every=6, micro_batch=8,
-                  checkpoint_dir=str(tmp_path / "ckpt"), tasks=("cloze",), task_items=8)
+                  checkpoint_dir=str(tmp_path / "ckpt"), tasks=("cloze", command), task_items=8)
     tmp_mp.spawn(_worker, args=(free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["still_init"] and r1["still_init"]  # a group we did not create is left alone
@@ -202,4 +216,10 @@ def test_two_ranks_zero3(cache, tmp_path):
     assert r0["summary"]["final_eval_loss"] == r1["summary"]["final_eval_loss"]
     # the task ran on the ZeRO-3 partitioned model on both ranks (collective parameter gathers)
     assert all(0 <= r["task/cloze/acc"] <= 1 and r["task/cloze/loss"] > 0 for r in r0["reports"])
+    # the command task ran once per evaluation (on rank 0), on the whole gathered model, its metrics on both ranks
+    runs = [line.split() for line in log.read_text().splitlines()]
+    assert len(runs) == len(r0["reports"]) == 2 and len({pid for pid, _ in runs}) == 1
+    whole = sum(v.numel() for v in build_model(20_000, 64).state_dict().values())
+    assert all(int(n) == whole for _, n in runs)
+    assert all(r["task/harness/acc"] == 0.5 and r["task/harness/loss"] == 1.0 for r in r0["reports"])
     assert (tmp_path / "ckpt" / "step12").is_dir()
