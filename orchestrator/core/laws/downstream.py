@@ -50,6 +50,12 @@ NEAR_CHANCE_SIGMA = 2.0  # a point is "at chance" when within this many standard
 MIN_SIGNAL = 0.1  # best accuracy must clear chance by this fraction of (ceiling - chance)
 MONOTONE_RHO = -0.5  # Spearman correlation of accuracy with loss above which we warn
 FAR_EXTRAPOLATION = 30.0  # predictions beyond this multiple of the largest fitted N are flagged
+# How the rows of one model size weigh in the accuracy fit. "tokens": w = D / (largest D of the size).
+# Why: intermediate checkpoints of one run are not the models a law of final accuracy describes (a
+# cosine schedule has not annealed them, and small models can lose accuracy late in training), and
+# the final rows are what a prediction of a finished model extrapolates; on Pythia's nested backtests
+# (benchmarks/downstream.py, fits and targets <= 1.4B) "tokens" lowered the mean error.
+CHECKPOINT_WEIGHTS = ("uniform", "tokens")
 _TINY = 1e-300
 
 
@@ -365,6 +371,24 @@ class _Latent:
         return out
 
 
+def _checkpoint_weights(kind: str, N: np.ndarray | None, D: np.ndarray | None) -> np.ndarray | float:
+    """Per-row weights of :data:`CHECKPOINT_WEIGHTS` (1.0 for ``uniform``).
+
+    >>> _checkpoint_weights("tokens", np.array([1e7, 1e7, 1e8, 1e8]), np.array([1e9, 4e9, 2e9, 4e9])).tolist()
+    [0.25, 1.0, 0.5, 1.0]
+    """
+    if kind not in CHECKPOINT_WEIGHTS:
+        raise DownstreamError(f"unknown checkpoint_weights {kind!r}; choose one of {', '.join(CHECKPOINT_WEIGHTS)}")
+    if kind == "uniform":
+        return 1.0
+    if N is None or D is None:
+        raise DownstreamError("checkpoint_weights='tokens' needs N and D (not compute C alone)")
+    g = size_groups(N)
+    top = np.zeros(g.max() + 1)
+    np.maximum.at(top, g, D)
+    return D / top[g]
+
+
 def _huber_delta(theta: np.ndarray, p: varpro.Problem) -> float:
     """1.345 x the robust (MAD) scale of the log residuals at theta."""
     E, a, b, al, be = theta
@@ -529,6 +553,7 @@ def fit_downstream(
     level: float = 0.9,
     acc_stderr=None,
     weights=None,
+    checkpoint_weights: str = "uniform",
 ) -> DownstreamFit:
     """Fit a downstream law (see the module docstring) and its bootstrap.
 
@@ -538,6 +563,9 @@ def fit_downstream(
     uses every row; in a latent fit the other rows are left out.
     ``chance``/``ceiling``: the sigmoid's floor and top, fitted when None (the exponential fits
     its own floor). ``acc_stderr`` only feeds the near-chance warning (default: binomial guess).
+    ``checkpoint_weights``: ``uniform``, or ``tokens``: each row of the accuracy fit weighted by
+    its D over the largest D of its model size (with ``weights`` multiplied in), so a run's
+    final, fully trained rows count most (see :data:`CHECKPOINT_WEIGHTS`).
 
     >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
     >>> L = 1.7 + 400 / N**0.34 + 400 / D**0.28  # planted loss law
@@ -571,6 +599,7 @@ def fit_downstream(
     w_acc = ones if weights is None else np.asarray(weights, np.float64)  # per-row weights of the accuracy fit
     if w_acc.shape != (n,) or np.any(~np.isfinite(w_acc)) or np.any(w_acc < 0):
         raise DownstreamError(f"weights must be {n} finite non-negative numbers")
+    w_acc = w_acc * _checkpoint_weights(checkpoint_weights, N, D)
     warnings: list[str] = []
     params: dict[str, float] = {}
     intervals: dict[str, Any] = {}
