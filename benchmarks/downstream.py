@@ -56,8 +56,11 @@ METHODS = ("latent-sigmoid", "lambada-sigmoid", "lambada-exponential")
 FAR = {"410m": ("2.8b", "6.9b"), "1b": ("6.9b", "12b")}
 NESTED = {"410m": ("1b", "1.4b"), "1b": ("1.4b",)}
 # The fitting variants compared (keyword arguments of fit_downstream).
-VARIANTS: dict[str, dict[str, Any]] = {"uniform": {"checkpoint_weights": "uniform"},
-                                       "tokens": {"checkpoint_weights": "tokens"}}
+# "uniform" is the fit before issue 18's robustness work; "default" what fit_downstream does now
+# (checkpoints weighted by tokens, saturated rows of small models left out).
+VARIANTS: dict[str, dict[str, Any]] = {"uniform": {"checkpoint_weights": "uniform", "saturation_sigma": 0},
+                                       "tokens": {"checkpoint_weights": "tokens", "saturation_sigma": 0},
+                                       "default": {}}
 
 
 def load_pythia(suite: str = "standard", path: Path = DATA) -> dict[str, np.ndarray]:
@@ -102,7 +105,7 @@ def run_method(cols: dict[str, np.ndarray], task: str, method: str, *, fit_max_N
     test = ~train & (cols["step"] == FINAL_STEP)
     if targets is not None:
         test &= np.isin(cols["model"], targets)
-    kw: dict[str, Any] = dict(bootstrap=bootstrap, cluster=True, seed=seed, acc_stderr=None, **fit_kwargs)
+    kw: dict[str, Any] = dict(bootstrap=bootstrap, cluster=True, seed=seed, acc_stderr=cols["acc_stderr"], **fit_kwargs)
     if method == "latent-sigmoid":
         res = backtest(train, test, cols["N"], cols["D"], cols["acc"], chance=CHANCE[task], ceiling=1.0,
                        link="sigmoid", loss_rows=cols["step"] > WARMUP_STEPS, **kw)
