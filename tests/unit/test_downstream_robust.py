@@ -81,3 +81,11 @@ def test_far_extrapolation_warns():
     fit = fit_downstream(N, D, truth(N, D), chance=CHANCE)
     assert fit.prediction_warnings(N=[8e8 * FAR_EXTRAPOLATION * 0.9]) == []
     assert "backtests" in fit.prediction_warnings(N=[8e8 * FAR_EXTRAPOLATION * 1.5])[0]
+
+
+def test_few_model_sizes_warn():
+    N, D = checkpoints()
+    three = N <= 1.2e8
+    fit = fit_downstream(N[three], D[three], truth(N, D)[three], chance=CHANCE)
+    assert any("only 3 model size(s)" in w for w in fit.warnings)
+    assert not any("model size(s): the trend" in w for w in fit_downstream(N, D, truth(N, D), chance=CHANCE).warnings)

@@ -58,6 +58,7 @@ FAR_EXTRAPOLATION = 20.0
 # the final rows are what a prediction of a finished model extrapolates; on Pythia's nested backtests
 # (benchmarks/downstream.py, fits and targets <= 1.4B) "tokens" lowered the mean error.
 CHECKPOINT_WEIGHTS = ("uniform", "tokens")
+MIN_SIZES = 4  # a latent fit on fewer model sizes is flagged (benchmarks/downstream.py --protocols)
 SATURATION_SIGMA = 3.0  # a row this many standard errors below its size's earlier best has saturated
 _TINY = 1e-300
 
@@ -764,6 +765,11 @@ def fit_downstream(
         # monotone in the fitted latent loss (z grows as N, D shrink)
         z = sum(lat._z(theta[None, :], lat.U))[0]
         warnings += _monotone_warnings(z, acc, chance, what="the fitted latent loss")
+        if scale == "N,D":
+            sizes = len(np.unique(size_groups(N)))
+            if sizes < MIN_SIZES:
+                warnings.append(f"only {sizes} model size(s): the trend in N rests on {sizes} point(s); with 3 sizes "
+                                "(two of them saturating) Pythia's backtests missed LAMBADA by 2-8 points at 8-21x")
 
         def predict_samples(N=None, D=None, C=None, loss=None):
             if loss is not None:
