@@ -1,6 +1,6 @@
 """Downstream accuracy of Pythia 2.8B, 6.9B and 12B predicted from the models up to 1.4B.
 
-    python -m benchmarks.downstream [--suite standard|deduped] [--bootstrap 200] [--json OUT]
+    python -m benchmarks.downstream [--suite standard|deduped] [--bootstrap 200] [--json OUT] [--protocols]
 
 Data: the Pythia zero-shot evaluations (tests/data/pythia_evals/zero_shot.csv; lm-evaluation-
 harness results of the Pythia paper). Fitted: the checkpoints (step 0 excluded; see each method
@@ -24,6 +24,10 @@ Methods (``orchestrator.core.laws.downstream``):
 
 Also: backtests by model size for ``latent-sigmoid`` — fit up to 410M, 1B or 1.4B and predict
 every larger final checkpoint — errors against the extrapolation factor N / max fitted N.
+
+``--protocols`` (both suites, the four tasks with signal, each of VARIANTS): the nested backtests
+(fits and targets <= 1.4B: the data a fitting choice may be tuned on) and the far ones (fit <= 410M
+/ 1B, predict 8-21x larger), with error, 90 % intervals and how many held-out points they cover.
 """
 from __future__ import annotations
 
