@@ -1,6 +1,6 @@
 """Downstream accuracy of Pythia 2.8B, 6.9B and 12B predicted from the models up to 1.4B.
 
-    python -m benchmarks.downstream [--suite standard|deduped] [--bootstrap 200] [--json OUT]
+    python -m benchmarks.downstream [--suite standard|deduped] [--bootstrap 200] [--json OUT] [--protocols]
 
 Data: the Pythia zero-shot evaluations (tests/data/pythia_evals/zero_shot.csv; lm-evaluation-
 harness results of the Pythia paper). Fitted: the checkpoints (step 0 excluded; see each method
@@ -24,6 +24,10 @@ Methods (``orchestrator.core.laws.downstream``):
 
 Also: backtests by model size for ``latent-sigmoid`` — fit up to 410M, 1B or 1.4B and predict
 every larger final checkpoint — errors against the extrapolation factor N / max fitted N.
+
+``--protocols`` (both suites, the four tasks with signal, each of VARIANTS): the nested backtests
+(fits and targets <= 1.4B: the data a fitting choice may be tuned on) and the far ones (fit <= 410M
+/ 1B, predict 8-21x larger), with error, 90 % intervals and how many held-out points they cover.
 """
 from __future__ import annotations
 
@@ -50,6 +54,17 @@ FIT_MAX_N = N_NONEMB["1.4b"]
 FINAL_STEP = 143_000
 WARMUP_STEPS = 1_430  # 1 % of 143,000: Pythia's linear warm-up
 METHODS = ("latent-sigmoid", "lambada-sigmoid", "lambada-exponential")
+# Far extrapolation (issue 18: 10-20x the largest fitted model): fit up to the key, predict the final
+# checkpoints of the values (8.3x, 21x; 8.0x, 14x). Nested: fits and targets both <= 1.4B, the
+# sizes of the golden fit, so a choice made on them never looks at 2.8B-12B.
+FAR = {"410m": ("2.8b", "6.9b"), "1b": ("6.9b", "12b")}
+NESTED = {"410m": ("1b", "1.4b"), "1b": ("1.4b",)}
+# The fitting variants compared (keyword arguments of fit_downstream).
+# "uniform" is the fit before issue 18's robustness work; "default" what fit_downstream does now
+# (checkpoints weighted by tokens, saturated rows of small models left out).
+VARIANTS: dict[str, dict[str, Any]] = {"uniform": {"checkpoint_weights": "uniform", "saturation_sigma": 0},
+                                       "tokens": {"checkpoint_weights": "tokens", "saturation_sigma": 0},
+                                       "default": {}}
 
 
 def load_pythia(suite: str = "standard", path: Path = DATA) -> dict[str, np.ndarray]:
@@ -86,11 +101,15 @@ def task_columns(data: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray
 
 
 def run_method(cols: dict[str, np.ndarray], task: str, method: str, *, fit_max_N: float = FIT_MAX_N,
-               bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Fit the rows with N <= fit_max_N, predict the final checkpoints of every larger model."""
+               bootstrap: int = 200, seed: int = 0, targets: tuple[str, ...] | None = None,
+               **fit_kwargs: Any) -> dict[str, Any]:
+    """Fit the rows with N <= fit_max_N, predict the final checkpoints of every larger model (or of
+    ``targets``); ``fit_kwargs`` go to ``fit_downstream`` (e.g. ``checkpoint_weights``)."""
     train = cols["N"] <= fit_max_N * (1 + 1e-9)
     test = ~train & (cols["step"] == FINAL_STEP)
-    kw: dict[str, Any] = dict(bootstrap=bootstrap, cluster=True, seed=seed, acc_stderr=None)
+    if targets is not None:
+        test &= np.isin(cols["model"], targets)
+    kw: dict[str, Any] = dict(bootstrap=bootstrap, cluster=True, seed=seed, acc_stderr=cols["acc_stderr"], **fit_kwargs)
     if method == "latent-sigmoid":
         res = backtest(train, test, cols["N"], cols["D"], cols["acc"], chance=CHANCE[task], ceiling=1.0,
                        link="sigmoid", loss_rows=cols["step"] > WARMUP_STEPS, **kw)
@@ -119,6 +138,71 @@ def run(suite: str = "standard", bootstrap: int = 200, tasks=SIGNAL_TASKS + OTHE
             res = run_method(cols, task, "latent-sigmoid", fit_max_N=N_NONEMB[cut], bootstrap=bootstrap)
             sizes.append({"task": task, "fit_up_to": cut, "signal": task in SIGNAL_TASKS, **res})
     return {"suite": suite, "bootstrap": bootstrap, "golden": golden, "by_size": sizes}
+
+
+def run_protocol(suite: str, protocol: dict[str, tuple[str, ...]], variant: str, bootstrap: int = 200,
+                 tasks=SIGNAL_TASKS, seed: int = 0) -> list[dict[str, Any]]:
+    """latent-sigmoid with one of VARIANTS: fit up to each key of ``protocol``, predict its targets;
+    one row per (task, held-out model): error, interval, prediction interval, coverage."""
+    data = load_pythia(suite)
+    rows = []
+    for task in tasks:
+        cols = task_columns(data, task)
+        for cut, targets in protocol.items():
+            res = run_method(cols, task, "latent-sigmoid", fit_max_N=N_NONEMB[cut], bootstrap=bootstrap,
+                             seed=seed, targets=targets, **VARIANTS[variant])
+            for p in res["points"]:
+                rows.append({"suite": suite, "task": task, "variant": variant, "fit_up_to": cut,
+                             "n_warnings": len(res["warnings"]),
+                             "covered": bool(p["low"] <= p["observed"] <= p["high"]),
+                             "covered_prediction_interval": bool(p["pred_low"] <= p["observed"] <= p["pred_high"]),
+                             **p})
+    return rows
+
+
+def protocol_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and max |error|, points within 3, and interval coverage of a protocol's rows."""
+    e = np.abs([r["error_points"] for r in rows])
+    return {"n": len(rows), "mean_abs_error_points": float(e.mean()), "max_abs_error_points": float(e.max()),
+            "within_3_points": int((e <= 3.0).sum()), "covered": sum(r["covered"] for r in rows),
+            "covered_prediction_interval": sum(r["covered_prediction_interval"] for r in rows)}
+
+
+def run_protocols(bootstrap: int = 200, variants=tuple(VARIANTS)) -> dict[str, Any]:
+    """The nested (<= 1.4B) and far (8-21x) protocols for both suites and every variant."""
+    out: dict[str, Any] = {"bootstrap": bootstrap, "nested": {}, "far": {}}
+    for name, protocol in (("nested", NESTED), ("far", FAR)):
+        for variant in variants:
+            rows = [r for suite in ("standard", "deduped") for r in run_protocol(suite, protocol, variant, bootstrap)]
+            out[name][variant] = {"rows": rows, "summary": protocol_summary(rows)}
+    return out
+
+
+def _print_protocols(out: dict[str, Any]) -> None:
+    for name, title in (("nested", "Nested backtests (fit and targets <= 1.4B: what a choice may be tuned on)"),
+                        ("far", "Far extrapolation (fit <= 410M / 1B, predict 8-21x larger)")):
+        print(f"\n{title}; latent-sigmoid; error = predicted - observed, points; 90 % intervals "
+              f"({out['bootstrap']} cluster resamples)")
+        variants = list(out[name])
+        print(f"{'suite':8s} {'task':15s} {'fit<=':5s} {'target':6s} {'N/max':>5s} " +
+              " ".join(f"{v:>26s}" for v in variants))
+        rows = {v: out[name][v]["rows"] for v in variants}
+        for i, r in enumerate(rows[variants[0]]):
+            cells = []
+            for v in variants:
+                q = rows[v][i]
+                mark = ("*" if q["covered"] else " ") + ("+" if q["covered_prediction_interval"] else " ")
+                cells.append(f"{q['error_points']:+5.1f} [{100 * q['pred_low']:4.1f},{100 * q['pred_high']:5.1f}]{mark}"
+                             f"{100 * q['observed']:5.1f}")
+            print(f"{r['suite']:8s} {r['task']:15s} {r['fit_up_to']:5s} {r['model']:6s} {r['extrapolation']:5.1f} "
+                  + " ".join(f"{c:>26s}" for c in cells))
+        for v in variants:
+            s = out[name][v]["summary"]
+            print(f"  {v:8s}: mean |error| {s['mean_abs_error_points']:.2f}, max {s['max_abs_error_points']:.2f}; "
+                  f"{s['within_3_points']}/{s['n']} within 3 points; {s['covered']}/{s['n']} inside the 90 % "
+                  f"interval, {s['covered_prediction_interval']}/{s['n']} inside the 90 % prediction interval")
+    print("  (cells: error [90 % prediction interval] observed; * inside the interval of the mean, + inside the "
+          "prediction interval)")
 
 
 def _print(out: dict[str, Any]) -> None:
@@ -151,9 +235,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--suite", default="standard", choices=("standard", "deduped"))
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--json", type=Path, default=Path("results") / "downstream.json")
+    ap.add_argument("--protocols", action="store_true",
+                    help="only the nested and far-extrapolation backtests (both suites, every variant)")
     args = ap.parse_args(argv)
-    out = run(args.suite, args.bootstrap)
-    _print(out)
+    if args.protocols:
+        out = run_protocols(args.bootstrap)
+        _print_protocols(out)
+    else:
+        out = run(args.suite, args.bootstrap)
+        _print(out)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1, default=float))
     print(f"\nwrote {args.json}")

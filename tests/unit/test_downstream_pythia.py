@@ -9,12 +9,14 @@ import pytest
 
 from benchmarks.downstream import load_pythia, run_method, task_columns
 
-# measured errors of latent-sigmoid, points: 2.8B, 6.9B, 12B
+# measured errors of latent-sigmoid (robust defaults: checkpoints weighted by tokens, saturated rows
+# left out), points: 2.8B, 6.9B, 12B. Before issue 18's robustness work (uniform weights, every
+# row): lambada -1.17 0.69 -0.28, piqa -0.90 0.53 1.42, arc_easy -2.93 -1.98 -2.70, sciq -2.48 -2.65 -2.52.
 MEASURED = {
-    "lambada_openai": (-1.17, 0.69, -0.28),
-    "piqa": (-0.90, 0.53, 1.42),
-    "arc_easy": (-2.93, -1.98, -2.70),
-    "sciq": (-2.48, -2.65, -2.52),
+    "lambada_openai": (0.31, 2.26, 1.41),
+    "piqa": (-0.40, 1.26, 2.27),
+    "arc_easy": (-1.77, -0.07, -0.27),
+    "sciq": (-0.39, 0.36, 1.01),
 }
 MODELS = ("2.8b", "6.9b", "12b")
 BOOTSTRAP = 200
@@ -40,6 +42,8 @@ def test_latent_sigmoid_errors_match_the_measured_values(latent, task):
         assert err[model] == pytest.approx(expected, abs=0.3), (task, model, err[model])
         assert abs(err[model]) < 3.0  # within 3 points at 2x-9x the largest fitted model
     assert not any("signal" in w or "monotone" in w for w in res["warnings"])
+    # lambada, arc_easy and sciq: 70M and 160M lose accuracy late in training (saturation), flagged
+    assert any("saturate" in w for w in res["warnings"]) == (task != "piqa")
 
 
 def test_interval_coverage_on_held_out_points(latent):
@@ -47,9 +51,34 @@ def test_interval_coverage_on_held_out_points(latent):
     covered_pred = sum(r["covered_prediction_interval"] for r in latent.values())
     n = sum(r["n_intervals"] for r in latent.values())
     assert n == 12
-    # measured: 8/12 inside the 90 % interval of the mean, 12/12 inside the 90 % prediction interval
-    assert covered >= 7
-    assert covered_pred >= 11
+    # measured: 9/12 inside the 90 % interval of the mean, 11/12 inside the 90 % prediction interval
+    # (piqa 12B, +2.3 points, is outside both)
+    assert covered >= 8
+    assert covered_pred >= 10
+
+
+# Far extrapolation (issue 18), standard suite: fit up to 410M / 1B, predict the final checkpoints
+# 8-21x larger; measured errors, points (benchmarks.downstream --protocols, "default").
+FAR_MEASURED = {  # (fit up to, target): lambada, piqa, arc_easy, sciq
+    ("410m", "2.8b"): (2.03, -0.81, -2.52, -0.90),
+    ("410m", "6.9b"): (4.50, 0.83, -0.78, -0.41),
+    ("1b", "6.9b"): (-1.45, 1.65, -1.80, -2.27),
+    ("1b", "12b"): (-3.04, 2.73, -2.17, -2.03),
+}
+
+
+def test_far_extrapolation_errors_and_coverage():
+    from benchmarks.downstream import FAR, run_protocol
+
+    rows = run_protocol("standard", FAR, "default", bootstrap=100)
+    assert len(rows) == 16
+    for r in rows:
+        expected = FAR_MEASURED[(r["fit_up_to"], r["model"])][list(MEASURED).index(r["task"])]
+        assert r["error_points"] == pytest.approx(expected, abs=0.3), r
+    # arc_easy fit <= 1B, 12B (14x): -7.2 points before (uniform weights, every row)
+    # lambada misses: 410M -> 6.9B (+4.5, 3 sizes, two of them saturating) and 1B -> 12B (-3.04)
+    assert sum(abs(r["error_points"]) <= 3.0 for r in rows) == 14
+    assert sum(r["covered_prediction_interval"] for r in rows) >= 15  # measured 16/16
 
 
 def test_two_step_through_lambada_loss_is_measured_and_worse(data):

@@ -49,7 +49,17 @@ LINKS = ("sigmoid", "exponential")
 NEAR_CHANCE_SIGMA = 2.0  # a point is "at chance" when within this many standard errors of it
 MIN_SIGNAL = 0.1  # best accuracy must clear chance by this fraction of (ceiling - chance)
 MONOTONE_RHO = -0.5  # Spearman correlation of accuracy with loss above which we warn
-FAR_EXTRAPOLATION = 30.0  # predictions beyond this multiple of the largest fitted N are flagged
+# Predictions beyond this multiple of the largest fitted N are flagged: the Pythia far backtests
+# (benchmarks/downstream.py --protocols) reach 21x; beyond it nothing has measured the error.
+FAR_EXTRAPOLATION = 20.0
+# How the rows of one model size weigh in the accuracy fit. "tokens": w = D / (largest D of the size).
+# Why: intermediate checkpoints of one run are not the models a law of final accuracy describes (a
+# cosine schedule has not annealed them, and small models can lose accuracy late in training), and
+# the final rows are what a prediction of a finished model extrapolates; on Pythia's nested backtests
+# (benchmarks/downstream.py, fits and targets <= 1.4B) "tokens" lowered the mean error.
+CHECKPOINT_WEIGHTS = ("uniform", "tokens")
+MIN_SIZES = 4  # a latent fit on fewer model sizes is flagged (benchmarks/downstream.py --protocols)
+SATURATION_SIGMA = 3.0  # a row this many standard errors below its size's earlier best has saturated
 _TINY = 1e-300
 
 
@@ -365,6 +375,60 @@ class _Latent:
         return out
 
 
+def _checkpoint_weights(kind: str, N: np.ndarray | None, D: np.ndarray | None) -> np.ndarray | float:
+    """Per-row weights of :data:`CHECKPOINT_WEIGHTS` (1.0 for ``uniform``).
+
+    >>> _checkpoint_weights("tokens", np.array([1e7, 1e7, 1e8, 1e8]), np.array([1e9, 4e9, 2e9, 4e9])).tolist()
+    [0.25, 1.0, 0.5, 1.0]
+    """
+    if kind not in CHECKPOINT_WEIGHTS:
+        raise DownstreamError(f"unknown checkpoint_weights {kind!r}; choose one of {', '.join(CHECKPOINT_WEIGHTS)}")
+    if kind == "uniform":
+        return 1.0
+    if N is None or D is None:
+        raise DownstreamError("checkpoint_weights='tokens' needs N and D (not compute C alone)")
+    g = size_groups(N)
+    top = np.zeros(g.max() + 1)
+    np.maximum.at(top, g, D)
+    return D / top[g]
+
+
+def _stderr(acc: np.ndarray, acc_stderr) -> np.ndarray:
+    """Standard error of each accuracy: the given one (floored at 0.001), else binomial for ~1,000 items."""
+    if acc_stderr is None:
+        return np.sqrt(np.maximum(acc * (1 - acc), 0.01) / 1000.0)
+    return np.maximum(np.asarray(acc_stderr, np.float64), 1e-3)
+
+
+def _saturated(N: np.ndarray, D: np.ndarray, acc: np.ndarray, se: np.ndarray,
+               sigma: float = SATURATION_SIGMA) -> tuple[np.ndarray, str]:
+    """Rows to keep: not more than ``sigma`` standard errors below their size's best accuracy at a
+    smaller or equal D; and a warning naming the sizes that lost rows ("" when none did).
+
+    >>> N = np.full(4, 1e7); D = np.array([1e9, 2e9, 4e9, 8e9])
+    >>> keep, note = _saturated(N, D, np.array([0.30, 0.40, 0.30, 0.41]), np.full(4, 0.01))
+    >>> keep.tolist(), note.split(":")[0]
+    ([True, True, False, True], '1 row(s) of 1 model size(s) (N 1e+07) fell more than 3 standard errors below an earlier accuracy of their size')
+    """
+    keep = np.ones(len(acc), bool)
+    groups = size_groups(N)
+    hit = []
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        idx = idx[np.argsort(D[idx], kind="stable")]
+        best = np.maximum.accumulate(acc[idx])
+        drop = acc[idx] < best - sigma * se[idx]
+        if drop.any():
+            keep[idx[drop]] = False
+            hit.append(float(N[idx[0]]))
+    if not hit:
+        return keep, ""
+    sizes = ", ".join(f"{x:.3g}" for x in hit)
+    return keep, (f"{int((~keep).sum())} row(s) of {len(hit)} model size(s) (N {sizes}) fell more than {sigma:g} "
+                  "standard errors below an earlier accuracy of their size: left out of the latent fit (it has "
+                  "accuracy rising with D; small models saturate late in training)")
+
+
 def _huber_delta(theta: np.ndarray, p: varpro.Problem) -> float:
     """1.345 x the robust (MAD) scale of the log residuals at theta."""
     E, a, b, al, be = theta
@@ -447,7 +511,8 @@ class DownstreamFit:
             ratio = float(np.max(np.asarray(N, np.float64))) / self.max_N
             if ratio > FAR_EXTRAPOLATION:
                 out.append(f"predicting at {ratio:.0f}x the largest fitted N: beyond ~{FAR_EXTRAPOLATION:.0f}x "
-                           "the backtests say little about the error")
+                           "the backtests say little about the error (errors of 3-10 points at 14-37x on Pythia "
+                           "before the robust defaults)")
         return out
 
 
@@ -529,6 +594,8 @@ def fit_downstream(
     level: float = 0.9,
     acc_stderr=None,
     weights=None,
+    checkpoint_weights: str = "auto",
+    saturation_sigma: float | None = None,
 ) -> DownstreamFit:
     """Fit a downstream law (see the module docstring) and its bootstrap.
 
@@ -538,6 +605,15 @@ def fit_downstream(
     uses every row; in a latent fit the other rows are left out.
     ``chance``/``ceiling``: the sigmoid's floor and top, fitted when None (the exponential fits
     its own floor). ``acc_stderr`` only feeds the near-chance warning (default: binomial guess).
+    ``checkpoint_weights``: ``uniform``, or ``tokens``: each row of the accuracy fit weighted by
+    its D over the largest D of its model size (with ``weights`` multiplied in), so a run's
+    final, fully trained rows count most (see :data:`CHECKPOINT_WEIGHTS`); ``auto`` (default):
+    ``tokens`` for a latent fit in (N, D), else ``uniform``.
+    ``saturation_sigma`` (latent fits in (N, D); default :data:`SATURATION_SIGMA`, 0 or a negative
+    value: off): rows more than this many standard errors (``acc_stderr``, else a binomial guess)
+    below the best accuracy of their model size at a smaller D leave the fit, with a warning —
+    the latent law has accuracy rising with D, and small models that lose accuracy late in
+    training (saturation) would otherwise steepen the fitted trend in N.
 
     >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
     >>> L = 1.7 + 400 / N**0.34 + 400 / D**0.28  # planted loss law
@@ -564,6 +640,17 @@ def fit_downstream(
         acc, N, D, C, acc_stderr, weights = (pick(x) for x in (acc, N, D, C, acc_stderr, weights))
         n = int(keep.sum())
         loss_rows = None
+    warnings: list[str] = []
+    sigma = SATURATION_SIGMA if saturation_sigma is None else float(saturation_sigma)
+    if mode == "latent" and scale == "N,D" and sigma > 0:
+        keep, note = _saturated(N, D, acc, _stderr(acc, acc_stderr), sigma)
+        if note:
+            warnings.append(note)
+            pick = lambda x: None if x is None else np.asarray(x, np.float64)[keep]  # noqa: E731
+            acc, N, D, acc_stderr, weights = (pick(x) for x in (acc, N, D, acc_stderr, weights))
+            n = int(keep.sum())
+    if checkpoint_weights == "auto":
+        checkpoint_weights = "tokens" if (mode == "latent" and scale == "N,D") else "uniform"
     groups = size_groups(N if N is not None else C) if cluster else None
     rng = np.random.default_rng(seed)
     W = resample_weights(n, int(bootstrap), rng, groups) if bootstrap and bootstrap > 0 else None
@@ -571,7 +658,7 @@ def fit_downstream(
     w_acc = ones if weights is None else np.asarray(weights, np.float64)  # per-row weights of the accuracy fit
     if w_acc.shape != (n,) or np.any(~np.isfinite(w_acc)) or np.any(w_acc < 0):
         raise DownstreamError(f"weights must be {n} finite non-negative numbers")
-    warnings: list[str] = []
+    w_acc = w_acc * _checkpoint_weights(checkpoint_weights, N, D)
     params: dict[str, float] = {}
     intervals: dict[str, Any] = {}
 
@@ -678,6 +765,11 @@ def fit_downstream(
         # monotone in the fitted latent loss (z grows as N, D shrink)
         z = sum(lat._z(theta[None, :], lat.U))[0]
         warnings += _monotone_warnings(z, acc, chance, what="the fitted latent loss")
+        if scale == "N,D":
+            sizes = len(np.unique(size_groups(N)))
+            if sizes < MIN_SIZES:
+                warnings.append(f"only {sizes} model size(s): the trend in N rests on {sizes} point(s); with 3 sizes "
+                                "(two of them saturating) Pythia's backtests missed LAMBADA by 2-8 points at 8-21x")
 
         def predict_samples(N=None, D=None, C=None, loss=None):
             if loss is not None:
@@ -727,10 +819,7 @@ def fit_downstream(
 
 def _signal_warnings(acc: np.ndarray, chance: float, ceiling: float, acc_stderr) -> list[str]:
     """Too few points clear of chance: the accuracy law is then unidentified."""
-    if acc_stderr is None:
-        se = np.sqrt(np.maximum(acc * (1 - acc), 0.01) / 1000.0)  # a benchmark of ~1,000 items
-    else:
-        se = np.maximum(np.asarray(acc_stderr, np.float64), 1e-3)
+    se = _stderr(acc, acc_stderr)
     above = acc > chance + NEAR_CHANCE_SIGMA * se
     out = []
     share = float(np.mean(~above))
