@@ -274,3 +274,21 @@ def status_line(counts: dict[str, int], never: Optional[int]) -> str:
     if never is not None:
         parts.append(f"{never} never started")
     return ", ".join(parts)
+
+def search_line(search: Optional[dict[str, Any]]) -> Optional[str]:
+    """A law-guided sweep's search in words (`status`'s `search`): why it ended, or that it has not and
+    what a resume starts next; None for a grid (nothing to say beyond the trial counts).
+
+    >>> search_line({"strategy": "transfer", "done": "compute budget spent", "next_trials": []})
+    'search (transfer): ended: compute budget spent'
+    >>> search_line({"strategy": "law", "done": None, "next_trials": ["a", "b", "c", "d"]})
+    'search (law): not ended; a resume starts 4 trial(s) next (a, b, c, ...)'
+    """
+    if search is None:
+        return None
+    head = f"search ({search['strategy']})"
+    if search.get("done"):
+        return f"{head}: ended: {search['done']}"
+    nxt = search.get("next_trials") or []
+    more = f" ({', '.join(nxt[:3])}{', ...' if len(nxt) > 3 else ''})" if nxt else ""
+    return f"{head}: not ended; a resume starts {len(nxt)} trial(s) next{more}"

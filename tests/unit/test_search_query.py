@@ -97,6 +97,10 @@ def test_status_of_a_finished_search_says_it_is_done_and_nothing_waits(finished)
     doc = query.status(spec.sweep_dir(), spec)
     assert doc["search"]["done"] == planner.stopped and doc["never_started"] == 0
     assert "0 never started" in query.status_line(doc["counts"], doc["never_started"])
+    # the text output says it too, the reason whole on one line (piped, as in a log)
+    r = runner.invoke(get_app(), ["status", str(spec.sweep_dir())])
+    assert r.exit_code == 0, r.output
+    assert f"search (law): ended: {planner.stopped}" in r.stdout.splitlines()
 
 
 def test_status_of_an_interrupted_search_names_what_a_resume_starts_next(tmp_path):
@@ -108,6 +112,11 @@ def test_status_of_an_interrupted_search_names_what_a_resume_starts_next(tmp_pat
     assert running and not running & set(doc["search"]["next_trials"])
     assert doc["never_started"] == len(doc["search"]["next_trials"]) >= 1
     assert f"{doc['never_started']} never started" in query.status_line(doc["counts"], doc["never_started"])
+    r = runner.invoke(get_app(), ["status", str(spec.sweep_dir())])
+    assert r.exit_code == 0, r.output
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("search (law): ")]
+    assert line.startswith(f"search (law): not ended; a resume starts {doc['never_started']} trial(s) next")
+    assert doc["search"]["next_trials"][0] in line
 
 
 def test_the_report_says_the_search_ended_and_why(finished):
