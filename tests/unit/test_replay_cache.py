@@ -26,30 +26,12 @@ RECORDED = Path(__file__).resolve().parents[1] / "data" / "transfer_sweep"
 runner = CliRunner()
 
 
-def drive(d: Path, strategy: str = "transfer") -> None:
-    """Run a law-guided sweep of the simulated tiny world as the controller does (planner hand-outs, one
-    trial at a time, final reports into the store) without Ray, to its end, and compact the store."""
-    from orchestrator.planner import PlannedTrial, trial_config
-    from orchestrator.planners import make_planner
-    from trainers.simulated import final_loss
+def drive(d: Path) -> None:
+    """The recorded sweep: a transfer search driven to its end one trial at a time (as test_search_query
+    drives a law search), its store compacted."""
+    from tests.unit.test_search_query import _drive
 
-    d.mkdir(parents=True)
-    doc = {"name": "transfer", "model": {"n_params": {"min": 10000, "max": 300000, "count": 4}},
-           "tokens": {"per_param": [5, 10, 20, 40]}, "learning_rates": {"min": 0.003, "max": 0.3, "count": 7},
-           "batch_sizes": [1024, 4096, 16384], "eval": {"every": 100000, "tokens": 65536},
-           "trainer": {"backend": "simulated", "world": "tiny"}, "search": {"strategy": strategy, "bootstrap": 20},
-           "budget": {"targets": [1e14]}, "fit": {"bootstrap": 0}, "output_dir": str(d)}
-    (d / "spec.yaml").write_text(yaml.safe_dump(doc))
-    spec = load_spec(d / "spec.yaml")
-    planner, store = make_planner(spec), ObservationStore(d, fsync=False)
-    while isinstance(t := planner.next_trial(), PlannedTrial):
-        loss = final_loss(trial_config(spec, t, None, None), spec.trainer.world)
-        ok = math.isfinite(loss)
-        report = {"step": t.D // t.batch, "tokens": t.D, "flops": t.flops, "eval_loss": loss if ok else math.nan,
-                  "train_loss": loss if ok else math.nan, "done": 1.0}
-        store.append(t.trial_id, report)
-        store.set_status(t.trial_id, "finished" if ok else "diverged", config=t.record())
-        planner.observe(t.trial_id, report)
+    _, store, _ = _drive(d, concurrency=1, strategy="transfer")
     store.compact()
     store.close()
 

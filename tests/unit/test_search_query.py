@@ -22,17 +22,17 @@ from orchestrator.store import ObservationStore
 runner = CliRunner()
 
 
-def _drive(d: Path, limit: int | None = None, concurrency: int = 2):
-    """A `law` sweep of the simulated tiny world run as the controller runs it (planner hand-outs,
-    `concurrency` trials in flight, final reports into the store), without Ray; stops after `limit`
-    trials ended (an interrupted sweep). Returns (spec, store, planner)."""
+def _drive(d: Path, limit: int | None = None, concurrency: int = 2, strategy: str = "law"):
+    """A `law` (or `strategy`) sweep of the simulated tiny world run as the controller runs it (planner
+    hand-outs, `concurrency` trials in flight, final reports into the store), without Ray; stops after
+    `limit` trials ended (an interrupted sweep). Returns (spec, store, planner)."""
     from trainers.simulated import final_loss
 
     d.mkdir(parents=True)
     doc = {"name": d.name, "model": {"n_params": {"min": 10000, "max": 300000, "count": 4}},
            "tokens": {"per_param": [5, 10, 20, 40]}, "learning_rates": {"min": 0.003, "max": 0.3, "count": 7},
            "batch_sizes": [1024, 4096, 16384], "eval": {"every": 100000, "tokens": 65536},
-           "trainer": {"backend": "simulated", "world": "tiny"}, "search": {"strategy": "law", "bootstrap": 10},
+           "trainer": {"backend": "simulated", "world": "tiny"}, "search": {"strategy": strategy, "bootstrap": 10},
            "budget": {"targets": [1e14]}, "fit": {"bootstrap": 0}, "output_dir": str(d)}
     (d / "spec.yaml").write_text(yaml.safe_dump(doc))
     spec = load_spec(d / "spec.yaml")
