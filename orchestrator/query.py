@@ -67,24 +67,37 @@ def search_replay(data: SweepData, spec: Any) -> Optional[SearchReplay]:
         return None
     key = spec.model_dump_json()
     if key not in data.replays:
-        from .core.planning import Done
-        from .planner import PlannedTrial
-        from .planners import make_planner
-        from .store import ended_trials
-
-        planner = make_planner(spec)
-        planner.resume(ended_trials(data.store))  # what the controller hands a resumed planner
-        trials = data.store.trials()
-        started = {tid for tid, rec in trials.items() if rec["status"] in ("planned", "running")}
-        new, step = [], None
-        for _ in range(planner.trial_cap + 1):
-            step = planner.next_trial()
-            if not isinstance(step, PlannedTrial):
-                break
-            if step.trial_id not in started:
-                new.append(step.trial_id)
-        data.replays[key] = SearchReplay(planner.hparam_advice(), new, step.why if isinstance(step, Done) else None)
+        data.replays[key] = _replay_search(data.store, spec, key)
     return data.replays[key]
+
+def _replay_search(store: Any, spec: Any, spec_json: str) -> SearchReplay:
+    """Replay the search from `store`, or read its answers from the cache a previous replay of the same
+    store, spec and code left beside fit.json (`replay_cache`)."""
+    from . import replay_cache
+    from .core.planning import Done
+    from .planner import PlannedTrial
+    from .planners import make_planner
+    from .store import ended_trials
+
+    ended = ended_trials(store)
+    started = {tid for tid, rec in store.trials().items() if rec["status"] in ("planned", "running")}
+    cache_key = replay_cache.replay_key(spec_json, ended, started)
+    where = store.root.parent if isinstance(store.root, Path) else None  # the sweep directory (a local store)
+    hit = replay_cache.load(where, cache_key, spec)
+    if hit is not None:
+        return SearchReplay(*hit)
+    planner = make_planner(spec)
+    planner.resume(ended)  # what the controller hands a resumed planner
+    new, step = [], None
+    for _ in range(planner.trial_cap + 1):
+        step = planner.next_trial()
+        if not isinstance(step, PlannedTrial):
+            break
+        if step.trial_id not in started:
+            new.append(step.trial_id)
+    done = step.why if isinstance(step, Done) else None
+    replay_cache.save(where, cache_key, spec, planner, new, done)
+    return SearchReplay(planner.hparam_advice(), new, done)
 
 def family_of(spec: Any) -> str:
     """The spec's model family ("gpt" without a spec: a broken spec must not block reading data)."""
@@ -145,8 +158,7 @@ def budget_problem(proposals: Sequence[dict[str, Any]], smallest: float) -> Opti
 
 def propose(data: SweepData, spec: Any, budgets: Sequence[float], bootstrap: Optional[int] = None) -> SweepFit:
     """Compute-optimal proposals for `budgets`; NotFitted or BadBudget when there is no answer."""
-    from trainers.model import family_sizes
-
+    from .core.family import family_sizes  # not trainers.model's re-export: that one imports torch (~2 s)
     from .core.laws.table import TableError
 
     budgets = check_budgets(budgets)
@@ -274,3 +286,21 @@ def status_line(counts: dict[str, int], never: Optional[int]) -> str:
     if never is not None:
         parts.append(f"{never} never started")
     return ", ".join(parts)
+
+def search_line(search: Optional[dict[str, Any]]) -> Optional[str]:
+    """A law-guided sweep's search in words (`status`'s `search`): why it ended, or that it has not and
+    what a resume starts next; None for a grid (nothing to say beyond the trial counts).
+
+    >>> search_line({"strategy": "transfer", "done": "compute budget spent", "next_trials": []})
+    'search (transfer): ended: compute budget spent'
+    >>> search_line({"strategy": "law", "done": None, "next_trials": ["a", "b", "c", "d"]})
+    'search (law): not ended; a resume starts 4 trial(s) next (a, b, c, ...)'
+    """
+    if search is None:
+        return None
+    head = f"search ({search['strategy']})"
+    if search.get("done"):
+        return f"{head}: ended: {search['done']}"
+    nxt = search.get("next_trials") or []
+    more = f" ({', '.join(nxt[:3])}{', ...' if len(nxt) > 3 else ''})" if nxt else ""
+    return f"{head}: not ended; a resume starts {len(nxt)} trial(s) next{more}"

@@ -26,7 +26,7 @@ def status(
     """Trials, their states and the compute used; or a submitted sweep's job status."""
     import os
 
-    from ..query import status as sweep_status, status_line
+    from ..query import search_line, status as sweep_status, status_line
 
     if not sweep_dir.exists() and (address or os.environ.get("SCALESWEEP_ADDRESS") or os.environ.get("RAY_ADDRESS")):
         from .job_commands import job_status
@@ -55,6 +55,8 @@ def status(
     console.print(f"trials: {status_line(doc['counts'], doc['never_started'])}")
     branched = "; a WSD branch counts from its branch point" if any(r["branch_of"] for r in rows) else ""
     console.print(f"compute used: {flops(doc['flops_spent'])} FLOPs{branched}")
+    if (line := search_line(doc["search"])) is not None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)  # its words as they are, one line
 
 
 def _recorded_spec(sweep_dir: Path):

@@ -54,7 +54,7 @@ def sweep_figures(spec: Any, store: Any, fit: Any, points: Optional[list[dict[st
 def loss_vs_compute_figure(fit: Any, spec: Any, points: list[dict[str, Any]]) -> Figure:
     """Loss vs compute with the evidence: every run (those in the fit filled), each size's fitted curve,
     the frontier with its band, the leave-the-largest-size-out backtest, the proposals."""
-    from ..core.laws.selection import frontier_band, heldout_predictions
+    from ..core.laws.selection import frontier_band
 
     used = {(c["N"], c["D"], c["lr"], c["batch"]) for c in fit.cells}
     runs = [{"N": p["N"], "D": p["D"], "C": 6.0 * p["N"] * p["D"], "loss": p["loss"],
@@ -69,8 +69,7 @@ def loss_vs_compute_figure(fit: Any, spec: Any, points: list[dict[str, Any]]) ->
             ds = [r["D"] for r in runs if r["N"] == n]
             d = np.geomspace(min(ds) / 1.5, max(ds) * 1.5, 30)
             curves[n] = {"C": 6.0 * n * d, "loss": fit.fit.law.predict(np.full_like(d, n), d)}
-        heldout = heldout_predictions(fit.fit, [c["N"] for c in fit.cells], [c["D"] for c in fit.cells],
-                                      [c["loss"] for c in fit.cells])
+        heldout = heldout_rows(fit, spec.fit.level, "largest_size")
     proposals = [{"C": p["budget"], "predicted_loss": p["predicted_loss"],
                   "low": p["intervals"].get("loss_opt", {}).get("low"),
                   "high": p["intervals"].get("loss_opt", {}).get("high")} for p in fit.proposals]
@@ -138,26 +137,35 @@ def curve_points(store: Any, trials: Optional[dict[str, dict[str, Any]]] = None)
     return {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
 
 
-def backtest_figure(fit: Any, level: float) -> Optional[Figure]:
-    """The chosen form's backtests: each held-out cell's observed loss vs the loss a fit without it
-    predicted, with that fit's interval (its noise and parameter uncertainty) at `level`."""
+def heldout_rows(fit: Any, level: float, backtest: str = "largest_size") -> list[dict[str, float]]:
+    """The chosen form's `backtest` (see `BACKTEST_NAMES`) as rows N, D, C, loss (observed), predicted (by
+    the fit that did not see them) and low, high: that fit's interval at `level` (its noise and parameter
+    uncertainty, on the log scale); [] when the fit has no such backtest."""
     from ..core.laws.selection import heldout_predictions
 
     if fit.fit is None or not fit.cells:
-        return None
+        return []
     chosen = next((f for f in fit.fit.fits if f.name == fit.fit.form), None)
-    cols = [[c[k] for c in fit.cells] for k in ("N", "D", "loss")]
+    calib = ((chosen.backtests if chosen is not None else {}).get(backtest) or {}).get("_calib")
+    rows = heldout_predictions(fit.fit, *([c[k] for c in fit.cells] for k in ("N", "D", "loss")), backtest=backtest)
+    if not rows or calib is None:
+        return []
     z = NormalDist().inv_cdf((1 + level) / 2)
+    sd = np.sqrt(calib["sigma"] ** 2 + np.asarray(calib["v"]))  # log scale, row order of heldout_predictions
+    return [{**r, "low": r["predicted"] * math.exp(-z * s), "high": r["predicted"] * math.exp(z * s)}
+            for r, s in zip(rows, sd)]
+
+
+def backtest_figure(fit: Any, level: float) -> Optional[Figure]:
+    """The chosen form's backtests: each held-out cell's observed loss vs the loss a fit without it
+    predicted, with that fit's interval (its noise and parameter uncertainty) at `level`."""
+    if fit.fit is None or not fit.cells:
+        return None
     obs, pred, low, high, groups = [], [], [], [], []
     for key, name in BACKTEST_NAMES.items():
-        rows = heldout_predictions(fit.fit, *cols, backtest=key)
-        calib = ((chosen.backtests if chosen is not None else {}).get(key) or {}).get("_calib")
-        if not rows or calib is None:
-            continue
-        sd = np.sqrt(calib["sigma"] ** 2 + np.asarray(calib["v"]))  # log scale, row order of heldout_predictions
-        for r, s in zip(rows, sd):
+        for r in heldout_rows(fit, level, key):
             obs.append(r["loss"]), pred.append(r["predicted"]), groups.append(name)
-            low.append(r["predicted"] * math.exp(-z * s)), high.append(r["predicted"] * math.exp(z * s))
+            low.append(r["low"]), high.append(r["high"])
     if not obs:
         return None
     return predicted_vs_observed(obs, pred, low=low, high=high, level=level, groups=groups,

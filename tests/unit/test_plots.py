@@ -13,6 +13,7 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 from orchestrator.plots import group_by_compute, isoflop_curves, loss_vs_compute, predicted_vs_observed
+from orchestrator.plots.loss_vs_compute import CURVES_LABEL
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -154,12 +155,17 @@ def test_loss_vs_compute_shows_the_evidence(tmp_path):
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "frontier 90% band" in labels
-    assert "fitted L(N, D) per size" in labels and "runs in the fit (best per cell)" in labels
-    assert "held out (backtest): observed" in labels and "held out: predicted without them" in labels
+    assert CURVES_LABEL in labels and "runs in the fit (best per cell)" in labels
+    assert "backtest: held out, observed" in labels
+    assert "predicted by the fit without it, 90% interval (mean |error| 1 %)" in labels
+    assert [t.get_text() for t in ax.texts if t.get_text().endswith(" %")] == ["+1.0 %"]
     assert any(t.startswith("extrapolation") for t in labels)
     assert "FLOPs" in ax.get_xlabel() and "nats" in ax.get_ylabel()
     per_size = [ln for ln in ax.lines if ln.get_color() != "black" and len(ln.get_xdata()) == 20]
     assert len(per_size) == len(sizes)
+    # each curve in its size's colour: the colour of that size's runs
+    scatters = [c for c in ax.collections if isinstance(c, PathCollection) and c.get_label().startswith("N = ")]
+    assert [tuple(ln.get_color()) for ln in per_size] == [tuple(c.get_facecolor()[0]) for c in scatters]
     hollow = [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())
               and len(c.get_facecolors()) == 0]
     assert sum(len(c.get_offsets()) for c in hollow) >= 4  # the runs not in the fit (+ held out)
@@ -215,6 +221,74 @@ def test_recorded_loss_vs_compute_states_units_and_band_level(recorded):
     labels = _legend(ax)
     assert f"frontier {spec.fit.level:.0%} band" in labels
     assert {"N = 19,800 params", "proposals", "runs in the fit (best per cell)"} <= set(labels)
+
+
+def _check_curves_and_backtest(ax, fit, level: float) -> None:
+    """The loss-vs-compute evidence against the fit: one curve per observed size in that size's colour, on
+    the law along D; the largest size's cells held out, predicted by a fit of the chosen form that did
+    not see them (refitted here on the other cells), with the interval and the error marked."""
+    from orchestrator.core.laws.selection import fit_auto
+
+    labels = _legend(ax)
+    N, D, L = (np.array([c[k] for c in fit.cells]) for k in ("N", "D", "loss"))
+    sizes = sorted(set(N))
+    scatters = {float(c.get_label().split(" = ")[1].split()[0].replace(",", "")): tuple(c.get_facecolor()[0])
+                for c in ax.collections if isinstance(c, PathCollection) and c.get_label().startswith("N = ")}
+    assert sorted(scatters) == pytest.approx(sizes, rel=1e-3)
+    curves = [ln for ln in ax.lines if ln.get_label().startswith("_") and len(ln.get_xdata()) == 30]
+    assert len(curves) == len(sizes) and CURVES_LABEL in labels
+    for ln in curves:
+        n = next(n for n, colour in scatters.items() if colour == tuple(ln.get_color()))  # the size of its colour
+        C = ln.get_xdata()
+        np.testing.assert_allclose(ln.get_ydata(), fit.fit.law.predict(np.full_like(C, n), C / (6 * n)), rtol=1e-9)
+    # the backtest: the largest size's cells, boxed where they were observed
+    largest = N == N.max()
+    (boxes,) = [c for c in ax.collections if c.get_label().startswith("backtest: ")]
+    assert boxes.get_label() == f"backtest: N = {N.max():,.0f} held out, observed"
+    np.testing.assert_allclose(sorted(boxes.get_offsets()[:, 1]), sorted(L[largest]))
+    (pred,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)
+               and c.get_label().startswith("predicted by the fit without it")]
+    assert f"{level:.0%} interval" in pred.get_label()
+    x, y = pred.lines[0].get_xdata(), pred.lines[0].get_ydata()
+    np.testing.assert_allclose(sorted(x), sorted(6 * N[largest] * D[largest]))
+    alone = fit_auto(N[~largest], D[~largest], L[~largest], forms=(fit.fit.form,), bootstrap=0)
+    order = np.argsort(x)
+    want = alone.law.predict(N[largest], D[largest])[np.argsort(6 * N[largest] * D[largest])]
+    np.testing.assert_allclose(y[order], want, rtol=1e-6)  # the same fit (the full fit is 0.3-1 % away)
+    (bars,) = pred.lines[2]  # each prediction's interval
+    assert len(bars.get_segments()) == largest.sum()
+    obs = L[largest][np.argsort(6 * N[largest] * D[largest])]
+    errors = sorted(t.get_text() for t in ax.texts if t.get_text().endswith(" %") and "dec." not in t.get_text())
+    assert errors == sorted(f"{100 * (p / o - 1):+.1f} %" for p, o in zip(y[order], obs))
+    mean = 100 * np.mean(np.abs(y[order] / obs - 1))
+    assert pred.get_label().endswith(f"(mean |error| {mean:.2g} %)")
+
+
+def test_recorded_loss_vs_compute_draws_each_size_curve_and_the_held_out_size(recorded):
+    spec, _, fit, figures = recorded
+    _check_curves_and_backtest(figures["loss_vs_compute"].axes[0], fit, spec.fit.level)
+
+
+def test_demo_loss_vs_compute_draws_each_size_curve_and_the_held_out_size(tmp_path):
+    """The demo's recorded final points (tests/data/demo, a real DeepSpeed run of examples/tiny.yaml)."""
+    import csv
+
+    from orchestrator.plots.evidence import loss_vs_compute_figure
+    from orchestrator.proposals import fit_and_propose, fit_settings
+    from orchestrator.spec import load_spec
+
+    root = Path(__file__).resolve().parents[2]
+    spec = load_spec(root / "examples" / "tiny.yaml")
+    with (root / "tests" / "data" / "demo" / "final_points.csv").open() as fh:
+        points = [{**r, **{k: float(r[k]) for k in ("N", "D", "D_nominal", "lr", "batch", "loss")}}
+                  for r in csv.DictReader(fh)]
+    fit = fit_and_propose(points, spec.budget.targets, **fit_settings(spec))
+    fig = loss_vs_compute_figure(fit, spec, points)
+    ax = fig.axes[0]
+    _units(ax, "FLOPs", "nats/token")
+    assert f"frontier {spec.fit.level:.0%} band" in _legend(ax)
+    _check_curves_and_backtest(ax, fit, spec.fit.level)
+    _png(fig, tmp_path, "demo_lvc.png")
 
 
 def test_recorded_isoflop_minima_sit_on_the_law_and_n_opt_panel(recorded):

@@ -22,17 +22,17 @@ from orchestrator.store import ObservationStore
 runner = CliRunner()
 
 
-def _drive(d: Path, limit: int | None = None, concurrency: int = 2):
-    """A `law` sweep of the simulated tiny world run as the controller runs it (planner hand-outs,
-    `concurrency` trials in flight, final reports into the store), without Ray; stops after `limit`
-    trials ended (an interrupted sweep). Returns (spec, store, planner)."""
+def _drive(d: Path, limit: int | None = None, concurrency: int = 2, strategy: str = "law"):
+    """A `law` (or `strategy`) sweep of the simulated tiny world run as the controller runs it (planner
+    hand-outs, `concurrency` trials in flight, final reports into the store), without Ray; stops after
+    `limit` trials ended (an interrupted sweep). Returns (spec, store, planner)."""
     from trainers.simulated import final_loss
 
     d.mkdir(parents=True)
     doc = {"name": d.name, "model": {"n_params": {"min": 10000, "max": 300000, "count": 4}},
            "tokens": {"per_param": [5, 10, 20, 40]}, "learning_rates": {"min": 0.003, "max": 0.3, "count": 7},
            "batch_sizes": [1024, 4096, 16384], "eval": {"every": 100000, "tokens": 65536},
-           "trainer": {"backend": "simulated", "world": "tiny"}, "search": {"strategy": "law", "bootstrap": 10},
+           "trainer": {"backend": "simulated", "world": "tiny"}, "search": {"strategy": strategy, "bootstrap": 10},
            "budget": {"targets": [1e14]}, "fit": {"bootstrap": 0}, "output_dir": str(d)}
     (d / "spec.yaml").write_text(yaml.safe_dump(doc))
     spec = load_spec(d / "spec.yaml")
@@ -97,6 +97,10 @@ def test_status_of_a_finished_search_says_it_is_done_and_nothing_waits(finished)
     doc = query.status(spec.sweep_dir(), spec)
     assert doc["search"]["done"] == planner.stopped and doc["never_started"] == 0
     assert "0 never started" in query.status_line(doc["counts"], doc["never_started"])
+    # the text output says it too, the reason whole on one line (piped, as in a log)
+    r = runner.invoke(get_app(), ["status", str(spec.sweep_dir())])
+    assert r.exit_code == 0, r.output
+    assert f"search (law): ended: {planner.stopped}" in r.stdout.splitlines()
 
 
 def test_status_of_an_interrupted_search_names_what_a_resume_starts_next(tmp_path):
@@ -108,6 +112,11 @@ def test_status_of_an_interrupted_search_names_what_a_resume_starts_next(tmp_pat
     assert running and not running & set(doc["search"]["next_trials"])
     assert doc["never_started"] == len(doc["search"]["next_trials"]) >= 1
     assert f"{doc['never_started']} never started" in query.status_line(doc["counts"], doc["never_started"])
+    r = runner.invoke(get_app(), ["status", str(spec.sweep_dir())])
+    assert r.exit_code == 0, r.output
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("search (law): ")]
+    assert line.startswith(f"search (law): not ended; a resume starts {doc['never_started']} trial(s) next")
+    assert doc["search"]["next_trials"][0] in line
 
 
 def test_the_report_says_the_search_ended_and_why(finished):
