@@ -421,7 +421,8 @@ class TrackingSpec(_Strict):
 class FitSpec(_Strict):
     """The L(N, D) fit run at the end of the sweep (and by the online planner)."""
 
-    law: Literal["auto", "chinchilla", "equal-exponent", "chinchilla-fixed-E", "equal-exponent-fixed-E", "kaplan"] = Field(
+    law: Literal["auto", "chinchilla", "equal-exponent", "chinchilla-fixed-E", "equal-exponent-fixed-E", "kaplan",
+                 "kaplan-E"] = Field(
         "auto", description="L(N, D) form: auto picks it by backtest (how well each candidate predicts the largest "
         "size and the top compute decade from the rest; docs/fitting.md), or one named form")
     loss: Literal["huber", "asymmetric"] = Field("huber", description="fit objective")

@@ -19,13 +19,14 @@ from ..core.laws.table import TableError, read_table, require_columns
 from .app import app, fail, print_json
 
 # Parameters of each law: a table needs more rows than this.
-N_PARAMS = {"chinchilla": 5, "kaplan": 4, "data-constrained": 2, "isoflop": 4, "auto": 4}
+N_PARAMS = {"chinchilla": 5, "kaplan": 4, "kaplan-E": 5, "data-constrained": 2, "isoflop": 4, "auto": 4}
 
 
 class Law(str, Enum):
     auto = "auto"
     chinchilla = "chinchilla"
     kaplan = "kaplan"
+    kaplan_E = "kaplan-E"  # Kaplan's form above a floor E: fitted by the selection machinery (one form)
     data_constrained = "data-constrained"
     isoflop = "isoflop"
 
@@ -78,7 +79,7 @@ def fit_command(
         fail(f"--level must be in (0, 1), got {level}")
     if e_prior is not None and law is not Law.auto:
         fail("--e-prior applies to --law auto only")
-    if predict is not None or law is Law.auto:
+    if predict is not None or law in (Law.auto, Law.kaplan_E):
         _fit_auto_command(table, law.value, loss.value, bootstrap, cluster, seed, budgets, predict, level, e_prior,
                           as_json)
         return

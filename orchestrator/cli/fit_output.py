@@ -16,6 +16,7 @@ FORMULAS = {
     "equal-exponent": "E + A/N^alpha + B/D^alpha",
     "equal-exponent-fixed-E": "E + A/N^alpha + B/D^alpha, E held",
     "kaplan": "((Nc/N)^(alphaN/alphaD) + Dc/D)^alphaD",
+    "kaplan-E": "E + ((Nc/N)^(alphaN/alphaD) + Dc/D)^alphaD",
 }
 
 
