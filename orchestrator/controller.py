@@ -528,14 +528,13 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                              ).to_config()
 
     def resources(config: dict[str, Any]):
-        trial = config["trial"]
-        if trial["workers"] > 1 and spec.trainer.backend == "command":
+        trial = TrialEnvelope.from_config(config).trial
+        if trial.workers > 1 and spec.trainer.backend == "command":
             # the trial process launches every worker's program itself, on its own node
-            return {"CPU": trial["threads"] * trial["workers"],
-                    **({"GPU": trial["workers"]} if spec.resources.use_gpu else {})}
-        if trial["workers"] > 1:
+            return {"CPU": trial.threads * trial.workers, **({"GPU": trial.workers} if spec.resources.use_gpu else {})}
+        if trial.workers > 1:
             return DRIVER_RESOURCES
-        return {"CPU": trial["threads"], **({"GPU": 1} if spec.resources.use_gpu else {})}
+        return {"CPU": trial.threads, **({"GPU": 1} if spec.resources.use_gpu else {})}
 
     planned = planner.runnable()
     progress = SweepProgress(spec.name, planner.trial_cap, sum(t.flops for t in planned),
