@@ -265,7 +265,7 @@ def tune_env(spec: SweepSpec) -> dict[str, str]:
     return env
 
 
-class _environ:
+class set_environ:
     """Set environment variables for a block, restore them after (Tune reads its knobs from it)."""
 
     def __init__(self, env: dict[str, str]):
@@ -575,7 +575,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     # Any exception from here on reaches run_sweep, which flushes the store (a failing flush
     # keeps the first error: the rows stay unwritten, the parts on disk whole, `resume`
     # continues) and ends the parent run FAILED.
-    with progress, _environ(tune_env(spec)):
+    with progress, set_environ(tune_env(spec)):
         tuner.fit()
     if stash["stop"].requested:  # Tune stopped every trial (ContractStopper.stop_all): record it, exit
         raise _finish_interrupted(stash, sweep_dir)
