@@ -261,7 +261,7 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     import ray
     from ray import tune
 
-    from orchestrator.controller import _environ, prepare_dir, tune_env
+    from orchestrator.controller import prepare_dir, set_environ, tune_env
     from orchestrator.planner import GridPlanner, trial_config
     from orchestrator.progress import SweepProgress
     from orchestrator.pruner import PruneConfig
@@ -269,6 +269,7 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     from orchestrator.store import ObservationStore
     from orchestrator.tracking import SweepTracker
     from orchestrator.tune.forget import ForgetEndedTrials
+    from orchestrator.tune.envelope import TrialEnvelope
     from orchestrator.tune.scheduler import PrunerScheduler
     from orchestrator.tune.trainable import run_trial
 
@@ -294,8 +295,8 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     cpus = ray.cluster_resources().get("CPU", 1.0)
 
     def to_config(t):
-        return {"trial": trial_config(spec, t, None, None).to_dict(), "backend": "simulated", "world": spec.trainer.world,
-                "storage": str(sweep_dir / "ray"), "use_gpu": False}
+        return TrialEnvelope(trial_config(spec, t, None, None), backend="simulated", world=spec.trainer.world,
+                             storage=str(sweep_dir / "ray")).to_config()
 
     progress = SweepProgress(spec.name, len(runnable), sum(t.flops for t in runnable), None, enabled=False)
     searcher = TimedPlannerSearcher(planner, to_config)
@@ -337,21 +338,22 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
         tracemalloc.start(25)
     t0 = time.perf_counter()
     callback.t0 = t0
-    with progress, _environ(tune_env(spec)):  # run_sweep's Tune settings
+    with progress, set_environ(tune_env(spec)):  # run_sweep's Tune settings
         tuner.fit()
     fit_s = time.perf_counter() - t0
     memory_trace = _trace_growth(callback.snapshots) if trace else None
     if trace:
         tracemalloc.stop()
-    sched_pending = scheduler.pending() if hasattr(scheduler, "pending") else 0
-    pruner = getattr(scheduler, "pruner", None)
-    if hasattr(scheduler, "drain"):
+    ours = isinstance(scheduler, PrunerScheduler)  # the asha arm's scheduler is Ray Tune's
+    sched_pending = scheduler.pending() if ours else 0
+    pruner = scheduler.pruner if ours else None
+    if ours:
         scheduler.drain()
     helpers = {}
     if pruner is not None:
         helpers["pruner"] = _proc_usage(pruner.pid)
     if tracker is not None:
-        helpers["mlflow"] = _proc_usage(getattr(tracker._client, "pid", None))
+        helpers["mlflow"] = _proc_usage(tracker.helper_pid)
     predictions = pruner.n_predictions if pruner is not None else None
     if pruner is not None:  # the pruner's own seconds per call, measured in its helper
         for name, xs in (pruner.timings() or {}).items():

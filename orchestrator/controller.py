@@ -265,7 +265,7 @@ def tune_env(spec: SweepSpec) -> dict[str, str]:
     return env
 
 
-class _environ:
+class set_environ:
     """Set environment variables for a block, restore them after (Tune reads its knobs from it)."""
 
     def __init__(self, env: dict[str, str]):
@@ -528,14 +528,13 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                              ).to_config()
 
     def resources(config: dict[str, Any]):
-        trial = config["trial"]
-        if trial["workers"] > 1 and spec.trainer.backend == "command":
+        trial = TrialEnvelope.from_config(config).trial
+        if trial.workers > 1 and spec.trainer.backend == "command":
             # the trial process launches every worker's program itself, on its own node
-            return {"CPU": trial["threads"] * trial["workers"],
-                    **({"GPU": trial["workers"]} if spec.resources.use_gpu else {})}
-        if trial["workers"] > 1:
+            return {"CPU": trial.threads * trial.workers, **({"GPU": trial.workers} if spec.resources.use_gpu else {})}
+        if trial.workers > 1:
             return DRIVER_RESOURCES
-        return {"CPU": trial["threads"], **({"GPU": 1} if spec.resources.use_gpu else {})}
+        return {"CPU": trial.threads, **({"GPU": 1} if spec.resources.use_gpu else {})}
 
     planned = planner.runnable()
     progress = SweepProgress(spec.name, planner.trial_cap, sum(t.flops for t in planned),
@@ -576,7 +575,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     # Any exception from here on reaches run_sweep, which flushes the store (a failing flush
     # keeps the first error: the rows stay unwritten, the parts on disk whole, `resume`
     # continues) and ends the parent run FAILED.
-    with progress, _environ(tune_env(spec)):
+    with progress, set_environ(tune_env(spec)):
         tuner.fit()
     if stash["stop"].requested:  # Tune stopped every trial (ContractStopper.stop_all): record it, exit
         raise _finish_interrupted(stash, sweep_dir)

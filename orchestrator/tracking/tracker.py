@@ -116,6 +116,11 @@ class SweepTracker:
         return self._sink.run_id(trial_id)
 
     @property
+    def helper_pid(self) -> Optional[int]:
+        """The process id of the helper that makes this tracker's MLflow calls (None: they run in this process)."""
+        return self._client.pid if isinstance(self._client, HelperProcess) else None
+
+    @property
     def pending(self) -> int:
         """Operations enqueued but not yet delivered (or dropped)."""
         return self._queue.pending

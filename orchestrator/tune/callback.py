@@ -1,7 +1,9 @@
 """A Ray Tune `Callback` that records every report: store, MLflow and the progress display.
 
 It runs in the driver, so trainers never touch the store or MLflow; a report reaches the
-store before the planner sees it.
+store before the planner sees it. A trial's config is read as its `TrialEnvelope`, and how it
+ended is `orchestrator.core.outcome` (the one classification; a pruner's stop and a user's stop
+aside).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ..branching import spent_flops
 from ..core.outcome import Outcome, outcome_of
 from ..progress import SweepProgress
 from ..store import STOPPED_BY_USER, ObservationStore
+from .envelope import TrialEnvelope, envelope_of, trial_id_of
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +80,24 @@ class SweepCallback(Callback):
 
     @staticmethod
     def _tid(trial) -> str:
-        return trial.config["trial"]["trial_id"]
+        return trial_id_of(trial.config)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        tid = self._tid(trial)
+        env = TrialEnvelope.from_config(trial.config)
+        tid = env.trial_id
         record = self.records[tid]
         why = self.decisions.get(tid)
         self.store.set_status(tid, "running", config=record, summary={"decision": why} if why else None)
-        if trial.config.get("stop_file"):
+        if env.stop_file:
             self.checkpointing.add(tid)
         if self.tracker is not None:
             # enqueued only: the run is created on the tracker thread, never on Tune's event loop
             from ..run_names import run_name, varying
 
-            self.tracker.start_trial(tid, {**record, **_flat(trial.config["trial"], "trainer")}, wait=False,
-                                     run_name=run_name(record, varying(self.records.values())))
+            # params: the trial's own config, each value once. Not the trainer's TrialConfig (`trainer.*`):
+            # it repeats the planned values under other names and the spec's, which the sweep's run holds
+            # (≈30 more keys in MLflow's column picker; docs/mlflow.md, "How the runs are organised").
+            self.tracker.start_trial(tid, record, wait=False, run_name=run_name(record, varying(self.records.values())))
             if why:
                 self.tracker.set_tags(tid, {"scalesweep.why": str(why.get("why", why))[:5000]})
         self.progress.trial_state(tid, "running")
@@ -131,12 +137,13 @@ class SweepCallback(Callback):
         self.logged.pop(tid, None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        tid = self._tid(trial)
+        env = TrialEnvelope.from_config(trial.config)  # (before tune.forget shrinks it: callbacks=[this, forget])
+        tid = env.trial_id
         last = self.last.get(tid)
         stop = self.stops.get(tid)
         # core.outcome classifies; Tune marks the result it stops a trial on `done`, so it weighs the
         # planned tokens too (a scheduler not ours ended a trial short: its loss is not a final loss)
-        ended = outcome_of(last, self.records[tid].get("D"))
+        ended = outcome_of(last, env.D)
         if ended in (Outcome.FAILED, Outcome.STOPPED) and self.interrupted() and stop is None:
             self._end(trial, STOPPED_BY_USER, {"reason": "stopped by the user; `scalesweep resume` reruns it from "
                                                          "its last checkpoint"})
@@ -244,10 +251,10 @@ def _error_tail(trial, chars: int = 2000) -> Optional[str]:
 
 def _process_exit(trial) -> Optional[dict[str, Any]]:
     """How a user's program last ended (its newest attempt's exit.json), for a command trial; else None."""
-    run_dir = (trial.config or {}).get("run_dir")
-    if not run_dir or (trial.config or {}).get("backend") != "command":
+    env = envelope_of(trial.config)  # None: an ended trial's config that tune.forget shrank
+    if env is None or not env.run_dir or env.backend != "command":
         return None
-    attempts = sorted(Path(run_dir).glob("attempt-*"), key=lambda p: int(p.name.split("-")[1]))
+    attempts = sorted(Path(env.run_dir).glob("attempt-*"), key=lambda p: int(p.name.split("-")[1]))
     if not attempts:
         return None
     try:
@@ -262,13 +269,3 @@ def _process_exit(trial) -> Optional[dict[str, Any]]:
         out["stderr_tail"] = tail[-2000:]
     return out
 
-
-def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key))
-        else:
-            out[key] = v
-    return out

@@ -4,7 +4,8 @@ Tune holds a trial's config as a plain dict (it resolves search spaces in it, pi
 experiment state, logs it), so the envelope crosses the Tune boundary as ``to_config()`` and is read
 back with ``from_config()``; the controller builds one per planned trial and the trainable reads it.
 The trial itself is the trainer contract's `TrialConfig` (``config["trial"]``, a plain dict inside
-Tune, which the callback and the scheduler read for the trial id and the pruner's plan). No Ray here.
+Tune). The callback and the scheduler read a Tune trial's config with `envelope_of` and its id with
+`trial_id_of`. No Ray here.
 
 >>> from trainers.contract import TrialConfig
 >>> env = TrialEnvelope(TrialConfig("t1", n_params=10_000, tokens=40_960, lr=1e-3, batch_tokens=1024),
@@ -13,6 +14,10 @@ Tune, which the callback and the scheduler read for the trial id and the pruner'
 ('t1', 40960, 0.001, 1024, 0)
 >>> TrialEnvelope.from_config(env.to_config()) == env
 True
+>>> envelope_of(env.to_config()).D, envelope_of({"lr": 0.1})  # a trial of a Tuner not ours: None
+(40960, None)
+>>> trial_id_of(env.to_config()), trial_id_of({"trial": {"trial_id": "t1"}}), envelope_of({"trial": {"trial_id": "t1"}})
+('t1', 't1', None)
 """
 from __future__ import annotations
 
@@ -89,4 +94,22 @@ class TrialEnvelope:
                    report_delay_s=float(config.get("report_delay_s") or 0.0), stop_file=config.get("stop_file"))
 
 
-__all__ = ["TrialEnvelope"]
+def trial_id_of(config: Any) -> Optional[str]:
+    """The contract's trial id in a Tune trial's config (an ended trial's too, whose config `tune.forget`
+    shrank to the id); None when there is none."""
+    trial = config.get("trial") if isinstance(config, Mapping) else None
+    if isinstance(trial, TrialConfig):
+        return trial.trial_id
+    return str(trial["trial_id"]) if isinstance(trial, Mapping) and trial.get("trial_id") else None
+
+
+def envelope_of(config: Any) -> Optional[TrialEnvelope]:
+    """The envelope of a Tune trial's config; None when it carries no trial contract under ``"trial"`` (a
+    trial of a user's own Tuner that is not a scalesweep trial) or only its id (an ended trial, `tune.forget`)."""
+    trial = config.get("trial") if isinstance(config, Mapping) else None
+    if isinstance(trial, TrialConfig) or (isinstance(trial, Mapping) and set(trial) - {"trial_id"}):
+        return TrialEnvelope.from_config(config)
+    return None
+
+
+__all__ = ["TrialEnvelope", "envelope_of", "trial_id_of"]

@@ -23,6 +23,8 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from .envelope import trial_id_of
+
 ENDED = (Trial.TERMINATED, Trial.ERROR)
 
 
@@ -37,9 +39,9 @@ def slim_trial(trial: Any) -> None:
     meta.metric_n_steps = {}
     if isinstance(meta.last_result, dict) and "config" in meta.last_result:
         meta.last_result = {k: v for k, v in meta.last_result.items() if k != "config"}
-    contract = trial.config.get("trial") if isinstance(trial.config, dict) else None
-    if isinstance(contract, dict) and "trial_id" in contract:
-        trial.config = {"trial": {"trial_id": contract["trial_id"]}}
+    tid = trial_id_of(trial.config)
+    if tid is not None:  # (the envelope reads this back as "no envelope", the id alone: envelope_of, trial_id_of)
+        trial.config = {"trial": {"trial_id": tid}}
         trial._Trial__unresolved_config = trial.config  # Trial keeps a copy of the config as given
         trial.evaluated_params = {}
     trial.invalidate_json_state()

@@ -3,7 +3,9 @@
 Thin by design: every decision lives in the pure `Pruner`; this adapter maps Tune's callbacks
 onto it and returns CONTINUE or STOP. Trials run in submission order (it is a FIFOScheduler),
 so it composes with any Searcher, ours included. Usable in any user's own `Tuner` whose trial
-configs carry the trial contract under ``config["trial"]`` (a `trainers.contract.TrialConfig` dict).
+configs carry the trial contract under ``config["trial"]`` (a `trainers.contract.TrialConfig` dict),
+read as a `TrialEnvelope`. Whether a trial finished is `orchestrator.core.outcome` (the store's
+status word, by the planned tokens): only a finished trial becomes a reference.
 """
 from __future__ import annotations
 
@@ -16,10 +18,14 @@ from typing import Any, Callable, Iterable, Optional
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from ..core.outcome import Outcome, outcome_and_loss
 from ..pruning import Completed, Decision, PruneConfig, Pruner, TrialMeta
 from ..pruning.boundary import prune_config, trial_meta
+from .envelope import envelope_of, trial_id_of
 
 log = logging.getLogger(__name__)
+
+PRUNER_KEYS = ("step", "train_loss", "eval_loss", "flops")  # what the pruner reads of a report
 
 OnDecision = Callable[[str, Decision], None]
 
@@ -46,7 +52,7 @@ class PrunerScheduler(FIFOScheduler):
         self.on_decision = on_decision
         self.metas: dict[str, TrialMeta] = {}
         self._order: dict[str, int] = {}  # Tune trial id -> position added (FIFO order)
-        self.last: dict[str, dict[str, float]] = {}
+        self.last: dict[str, dict[str, float]] = {}  # trial id -> its last report (PRUNER_KEYS, tokens, done)
         self.decisions: dict[str, Decision] = {}  # trial id -> the decision that ended it
         # background: the pruner runs on a worker thread, off Tune's event loop (its curve-law
         # and frontier refits take up to seconds). It gets the same calls in the same order as
@@ -136,7 +142,7 @@ class PrunerScheduler(FIFOScheduler):
                 with self._done_cv:
                     self._ready[tid] = decision
         elif kind == "complete":
-            self._complete(tid, op[2], op[3], op[4])
+            self._complete(tid, op[2], op[3], op[4], op[5])
         else:
             self.pruner.on_remove(tid)
             self._drop_ready(tid)
@@ -161,16 +167,16 @@ class PrunerScheduler(FIFOScheduler):
     @staticmethod
     def trial_id(trial) -> str:
         """The contract's trial id (Tune's own id when the config has none)."""
-        cfg = trial.config.get("trial") if isinstance(trial.config, dict) else None
-        return str(cfg.get("trial_id") or trial.trial_id) if isinstance(cfg, dict) else str(trial.trial_id)
+        return trial_id_of(trial.config) or str(trial.trial_id)
 
     def _meta(self, trial) -> Optional[TrialMeta]:
+        """The pruner's plan of the trial (read from its envelope once), None for a trial without one."""
         tid = self.trial_id(trial)
         if tid not in self.metas:
-            cfg = trial.config.get("trial") if isinstance(trial.config, dict) else None
-            if not isinstance(cfg, dict):
+            env = envelope_of(trial.config)
+            if env is None:
                 return None
-            self.metas[tid] = trial_meta(cfg, cell_D=trial.config.get("cell_D"))
+            self.metas[tid] = trial_meta(env.trial, cell_D=env.cell_D)
         return self.metas[tid]
 
     def on_trial_add(self, tune_controller, trial) -> None:
@@ -205,28 +211,27 @@ class PrunerScheduler(FIFOScheduler):
         if ready is not None:  # reached on an earlier report: apply it now
             self._record(tid, ready)
             return TrialScheduler.STOP
-        fresh = self._fresh(trial, result)
+        fresh = self._fresh(tid, self._meta(trial), result)
         if fresh is not None:
             self._submit(("report", tid, *fresh))
         return TrialScheduler.CONTINUE
 
-    def _fresh(self, trial, result: dict[str, Any]) -> Optional[tuple[TrialMeta, dict]]:
-        """(meta, report) of a result the pruner has not seen, else None."""
-        meta = self._meta(trial)
+    def _fresh(self, tid: str, meta: Optional[TrialMeta], result: dict[str, Any]) -> Optional[tuple[TrialMeta, dict]]:
+        """(meta, report) of trial `tid`'s result when the pruner has not seen it, else None."""
         if meta is None or not isinstance(result, dict) or "step" not in result:
             return None
-        tid = self.trial_id(trial)
-        report = {k: result.get(k) for k in ("step", "train_loss", "eval_loss", "flops")}
-        if self.last.get(tid) == report:
-            return None  # the same result seen again (Tune repeats the last one on completion)
-        self.last[tid] = report
+        report = {k: result.get(k) for k in PRUNER_KEYS}
+        last = self.last.get(tid)
+        if last is not None and {k: last[k] for k in PRUNER_KEYS} == report:
+            return None  # the same result seen again (Tune repeats the last one on completion, `done` set)
+        self.last[tid] = {**report, "tokens": result.get("tokens"), "done": result.get("done")}
         return meta, report
 
     def _report(self, trial, result: dict[str, Any]) -> Optional[Decision]:
-        fresh = self._fresh(trial, result)
+        tid = self.trial_id(trial)
+        fresh = self._fresh(tid, self._meta(trial), result)
         if fresh is None:
             return None
-        tid = self.trial_id(trial)
         decision = self.pruner.on_report(tid, *fresh)
         if decision.stops:
             self._record(tid, decision)
@@ -250,23 +255,27 @@ class PrunerScheduler(FIFOScheduler):
                 self._submit(("remove", tid))
             return  # we stopped it: not a completed reference
         # Tune hands a trial's last result here, not to on_trial_result: a final NaN is a divergence.
-        fresh = self._fresh(trial, result)
         meta = self._meta(trial)
+        fresh = self._fresh(tid, meta, result)
         self.metas.pop(tid, None)  # the completion carries it to the pruner
+        env = envelope_of(trial.config)
+        planned_D = env.D if env is not None else None  # what `finished` is judged by (core.outcome)
         if not self.background:
-            self._complete(tid, meta, fresh, True)
+            self._complete(tid, meta, fresh, planned_D, True)
             return
         with self._done_cv:
             self._ready.pop(tid, None)  # a stop reached too late: the trial ran to its end
         final = (fresh[1].get(self.pruner.config.metric), fresh[1].get("train_loss")) if fresh else ()
         nonfinite = any(v is not None and not math.isfinite(float(v)) for v in final)
-        n = self._submit(("complete", tid, meta, fresh, nonfinite))
+        n = self._submit(("complete", tid, meta, fresh, planned_D, nonfinite))
         if nonfinite:  # rare, and its label (diverged, with the reason) is read right after this
             self._wait(n, timeout=60.0)
 
-    def _complete(self, tid: str, meta: Optional[TrialMeta], fresh: Optional[tuple], record: bool) -> None:
-        """The pruner's side of a trial's completion (its final report first); on the worker when background."""
-        last = self.last.pop(tid, None) or {}  # its last use: the trial ended
+    def _complete(self, tid: str, meta: Optional[TrialMeta], fresh: Optional[tuple], planned_D: Optional[float],
+                  record: bool) -> None:
+        """The pruner's side of a trial's completion (its final report first); on the worker when background.
+        A trial that finished (`core.outcome`, by its planned tokens) becomes a reference; any other ends."""
+        last = self.last.pop(tid, None)  # its last use: the trial ended
         self._drop_ready(tid)
         if fresh is not None:
             decision = self.pruner.on_report(tid, *fresh)
@@ -276,10 +285,9 @@ class PrunerScheduler(FIFOScheduler):
                 else:
                     self.pruner.on_remove(tid)
                 return
-        step = last.get("step")
-        if meta is not None and step is not None and float(step) >= meta.total_steps:
-            final = last.get(self.pruner.config.metric)
-            self.pruner.on_complete(tid, float("nan") if final is None else float(final))
+        ended, loss = outcome_and_loss(last, planned_D, self.pruner.config.metric)
+        if meta is not None and ended is Outcome.FINISHED:
+            self.pruner.on_complete(tid, loss)
         else:
             self.pruner.on_remove(tid)
 

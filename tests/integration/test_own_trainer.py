@@ -185,7 +185,9 @@ def test_every_report_and_the_trainers_own_metrics_reach_mlflow(sweep):
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")) == steps
     grad = client.get_metric_history(run.info.run_id, "grad_norm")  # an extra metric of train_lm.py
     assert sorted(m.step for m in grad) == steps and all(m.value > 0 for m in grad)
-    assert run.data.params["trainer.options.step_sleep_s"] == "0.05"
+    # the trainer's options are the spec's: a param of the sweep's run (a trial logs its own config only)
+    parent, _ = read_sweep_runs(spec.tracking_uri(), spec.name, spec.tracking.experiment)
+    assert parent.data.params["trainer.options.step_sleep_s"] == "0.05"
 
 
 def test_a_trainer_that_never_reports_ends_the_sweep_with_exit_2(tmp_path):

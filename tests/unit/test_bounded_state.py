@@ -16,6 +16,7 @@ from orchestrator.progress import SweepProgress
 from orchestrator.pruner import PruneConfig, Pruner
 from orchestrator.store import ObservationStore
 from orchestrator.tune.callback import SweepCallback
+from orchestrator.tune.envelope import TrialEnvelope
 from orchestrator.tune.forget import ForgetEndedTrials
 from orchestrator.tune.scheduler import PrunerScheduler
 from trainers.contract import TrialConfig
@@ -67,7 +68,8 @@ def test_sweep_callback_keeps_nothing_per_ended_trial(tmp_path):
     records = {f"t{i:03d}": {"trial_id": f"t{i:03d}", "N": 1000, "D": 4096, "flops": 1.0} for i in range(TRIALS)}
     cb = SweepCallback(store, None, SweepProgress("s", TRIALS, 1.0, None, enabled=False), records)
     for tid in records:
-        trial = SimpleNamespace(config={"trial": {"trial_id": tid}}, error_file=None, local_path=None)
+        config = TrialEnvelope(TrialConfig(tid, n_params=1000, tokens=4096, lr=1e-3, batch_tokens=1024)).to_config()
+        trial = SimpleNamespace(trial_id=f"tune-{tid}", config=config, error_file=None, local_path=None)
         cb.on_trial_start(0, [], trial)
         for step in (1, 2, 4):
             cb.on_trial_result(0, [], trial, {"step": step, "tokens": 1024 * step, "flops": 1.0, "lr": 1e-3,

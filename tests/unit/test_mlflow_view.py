@@ -16,10 +16,10 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 
 def _record(i: int) -> dict:
-    """A trial's config as the Tune callback logs it (PlannedTrial.record() and the trainer's config)."""
+    """A trial's config as the Tune callback logs it (PlannedTrial.record())."""
     trial = PlannedTrial(trial_id=f"t{i}", n_target=20000, N=19800 + i, N_total=30000, D=400000, lr=0.01 * (i + 1),
                          batch=2048, seed=0, workers=1, zero_stage=0, flops=6 * 19800 * 400000, shape={"d_model": 64})
-    return {**trial.record(), "trainer.lr": trial.lr, "trainer.tokens": trial.D}
+    return trial.record()
 
 
 def _sweep(uri: str, name: str, experiment: str | None = None, trials: int = 2) -> str:

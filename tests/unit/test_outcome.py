@@ -5,7 +5,8 @@ trial ended agree on a table of endings.
 - the law-guided search: the status a cell's point takes (`search.lattice.outcome`, which
   `LawGuidedPlanner.observe` calls with the trial's planned D);
 - the pruner: whether the trial becomes a reference when its history is rebuilt from that store
-  (`completed_from_store` -> `Pruner.restore`).
+  (`completed_from_store` -> `Pruner.restore`), and, the same, when the live Tune scheduler sees it
+  complete (`PrunerScheduler.on_trial_complete`).
 
 Each case is the last Tune result of a trial as both the callback and the searcher receive it (Tune
 marks the result it stops a trial on ``done``), with a real store in a temporary directory.
@@ -28,6 +29,8 @@ from orchestrator.pruning.pruner import Pruner
 from orchestrator.search.lattice import outcome as search_outcome
 from orchestrator.store import ObservationStore
 from orchestrator.tune.callback import SweepCallback
+from orchestrator.tune.envelope import TrialEnvelope
+from trainers.contract import TrialConfig
 
 D = 1000.0  # planned tokens of every case
 NAN, INF = math.nan, math.inf
@@ -58,7 +61,10 @@ CASES: dict[str, tuple[Optional[dict], Optional[Decision], tuple[str, str, bool]
 
 
 def _trial(tid: str):
-    return SimpleNamespace(config={"trial": {"trial_id": tid}}, local_path=None, error_file=None)
+    """A Tune trial as the callback sees it: its id and the envelope's config (planned tokens D)."""
+    trial = TrialConfig(tid, n_params=10**6, tokens=int(D), lr=1e-3, batch_tokens=10, seq_len=10)  # 100 steps
+    config = TrialEnvelope(trial, backend="simulated").to_config()
+    return SimpleNamespace(trial_id=f"tune-{tid}", config=config, local_path=None, error_file=None)
 
 
 @pytest.fixture(scope="module")
@@ -83,20 +89,36 @@ def paths(tmp_path_factory):
     pruner = Pruner()
     pruner.restore(completed_from_store(store, {tid: meta for tid in ids.values()}))
     reference = {name: tid in pruner.history.finals for name, tid in ids.items()}
-    return status, search, reference
+    live = _live_references({ids[n]: last for n, (last, stop, _) in CASES.items() if stop is None})
+    return status, search, reference, {name: live[tid] for name, tid in ids.items() if tid in live}
+
+
+def _live_references(lasts: dict[str, Optional[dict]]) -> dict[str, bool]:
+    """Whether each trial (id -> its last result, or None) is a reference once the live scheduler saw it
+    complete (Tune hands the last result to on_trial_complete)."""
+    from orchestrator.pruning.config import PruneConfig
+    from orchestrator.tune.scheduler import PrunerScheduler
+
+    sched = PrunerScheduler(PruneConfig(), background=False, process=False)
+    for tid, last in lasts.items():
+        trial = _trial(tid)
+        sched.on_trial_add(None, trial)
+        sched.on_trial_complete(None, trial, dict(last) if last is not None else {})
+    return {tid: tid in sched.pruner.history.finals for tid in lasts}
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_three_paths_agree(paths, name):
-    status, search, reference = paths
+    status, search, reference, live = paths
     assert (status[name], search[name], reference[name]) == CASES[name][2]
+    assert live.get(name, False) == reference[name]
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_paths_follow_the_core(paths, name):
     """The store's status is `outcome_of` (a pruner's stop aside); the search's and the pruner's reading is
     `outcome_and_loss`: a final loss only from a finished trial with a realised loss."""
-    status, search, reference = paths
+    status, search, reference, _ = paths
     last, stop, _ = CASES[name]
     core, loss = outcome_and_loss(last, D)
     if stop is None:
@@ -104,6 +126,14 @@ def test_paths_follow_the_core(paths, name):
     assert search[name] == ("ok" if core is Outcome.FINISHED else core.value)
     assert reference[name] == (core is Outcome.FINISHED)
     assert math.isfinite(loss) == (core in (Outcome.FINISHED, Outcome.STOPPED))
+
+
+def test_the_scheduler_judges_finished_by_the_planned_tokens_as_the_store_does(tmp_path):
+    """A user's trainer that counts its steps its own way: its last report says the planned steps but
+    not the planned tokens. The store calls it stopped, so the live pruner does not take it as a reference."""
+    short = {**_result(D * 0.9, 3.0, 3.1, 1.0), "step": 100.0}
+    assert outcome_of(short, D) is Outcome.STOPPED
+    assert _live_references({"short": short, "full": _result(D, 3.0, 3.1, 1.0)}) == {"short": False, "full": True}
 
 
 def test_without_planned_tokens_the_done_flag_decides():

@@ -19,6 +19,8 @@ from orchestrator.progress import SweepProgress  # noqa: E402
 from orchestrator.spec import parse_spec  # noqa: E402
 from orchestrator.store import STOPPED_BY_USER, ObservationStore  # noqa: E402
 from orchestrator.tune.callback import ContractStopper, SweepCallback  # noqa: E402
+from orchestrator.tune.envelope import TrialEnvelope  # noqa: E402
+from trainers.contract import TrialConfig  # noqa: E402
 
 
 def _report(step: int, done: float, tokens: float) -> dict:
@@ -31,8 +33,8 @@ def _callback(tmp_path: Path, interrupted):
     records = {t: {"trial_id": t, "N": 1000, "D": 4096, "flops": 1.0} for t in ("a", "b", "c")}
     cb = SweepCallback(store, None, SweepProgress("s", 3, 3.0, None, enabled=False), records,
                        interrupted=interrupted)
-    trials = {t: SimpleNamespace(config={"trial": {"trial_id": t}}, error_file=None, local_path=None)
-              for t in records}
+    trials = {t: SimpleNamespace(trial_id=f"tune-{t}", error_file=None, local_path=None, config=TrialEnvelope(
+        TrialConfig(t, n_params=1000, tokens=4096, lr=1e-3, batch_tokens=1024)).to_config()) for t in records}
     return store, cb, trials
 
 

@@ -1,0 +1,66 @@
+"""A trial's MLflow params are its own planned config, each value once (issue 17: MLflow's column picker
+listed every `trainer.*` param beside them, the trainer's config repeating the trial's values and the spec's).
+
+The real Tune callback (`SweepCallback`) with a real `SweepTracker` on SQLite, driven with Tune trial
+stand-ins that carry real envelopes; read back with MlflowClient.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from orchestrator.planner import PlannedTrial
+from orchestrator.progress import SweepProgress
+from orchestrator.store import ObservationStore
+from orchestrator.tracking import SweepTracker, read_sweep_runs
+from orchestrator.tracking.layout import flatten_params
+from orchestrator.tune.callback import SweepCallback
+from orchestrator.tune.envelope import TrialEnvelope
+from trainers.contract import Schedule, TrialConfig
+
+pytest.importorskip("mlflow")
+
+SPEC = {"name": "cols", "model": {"n_params": [20000], "seq_len": 64}, "schedule": {"kind": "wsd", "warmup": 0.1}}
+
+
+def _planned(i: int) -> PlannedTrial:
+    return PlannedTrial(trial_id=f"t{i}", n_target=20000, N=19800, N_total=30000, D=409600, lr=0.003 * (i + 1),
+                        batch=2048, seed=i, workers=1, zero_stage=0, flops=6 * 19800 * 409600, shape={"d_model": 64},
+                        D_nominal=400000.0)
+
+
+def _tune_trial(t: PlannedTrial) -> SimpleNamespace:
+    """What Tune hands the callback: its own trial id and the envelope's config, as the controller builds it."""
+    trial = TrialConfig(t.trial_id, n_params=t.n_target, tokens=t.D, lr=t.lr, batch_tokens=t.batch, seq_len=64,
+                        schedule=Schedule(kind="wsd", warmup=0.1), seed=t.seed, options={"step_sleep_s": 0.05})
+    config = TrialEnvelope(trial, backend="simulated", world="tiny", cell_D=t.D_nominal).to_config()
+    return SimpleNamespace(trial_id=f"tune-{t.trial_id}", config=config, error_file=None, local_path=None)
+
+
+def test_a_trials_params_are_its_planned_config_each_value_once(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    planned = [_planned(i) for i in range(2)]
+    records = {t.trial_id: t.record() for t in planned}
+    store = ObservationStore(tmp_path / "sweep", fsync=False)
+    with SweepTracker(uri, None, "cols", client_process=False, flush_interval_s=0.05) as tracker:
+        tracker.start(SPEC)
+        cb = SweepCallback(store, tracker, SweepProgress("cols", 2, 1.0, None, enabled=False), records)
+        for t in planned:
+            trial = _tune_trial(t)
+            cb.on_trial_start(0, [], trial)
+            cb.on_trial_result(0, [], trial, {"step": 200, "tokens": float(t.D), "flops": 6.0 * t.N * t.D, "lr": t.lr,
+                                              "train_loss": 3.0, "eval_loss": 3.1, "tokens_per_s": 1e4,
+                                              "step_time_s": 2.0, "done": 1.0})
+            cb.on_trial_complete(0, [], trial)
+    parent, children = read_sweep_runs(uri, "cols")
+    assert parent.data.params["model.seq_len"] == "64"  # what every trial shares: on the sweep's run
+    assert {c.data.tags["scalesweep.trial_id"] for c in children} == set(records)
+    for child in children:
+        t = next(p for p in planned if p.trial_id == child.data.tags["scalesweep.trial_id"])
+        params = child.data.params
+        assert params == flatten_params(records[t.trial_id])  # the planned config, nothing else
+        assert not any(k.startswith("trainer.") for k in params), sorted(params)
+        for value in (t.lr, t.D, t.batch):  # each of the trial's values under one name
+            assert sum(v == str(value) for v in params.values()) == 1, (value, params)
+        assert child.data.tags["scalesweep.status"] == "finished"
