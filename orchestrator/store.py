@@ -140,6 +140,7 @@ class ObservationStore:
         self._seq = time.time_ns()
         self._wal = None  # open write-ahead log of the rows in self._obs (opened on the first append)
         self._sealed: list[Path] = []  # logs whose rows are in the part being (or failing to be) flushed
+        self._memo: dict[str, tuple[tuple[str, ...], pa.Table]] = {}  # table -> (its parts, as read): `_read`
         # The write-ahead log is always a local folder (an object cannot be appended to): beside
         # the pointer, or for a store opened by its URI alone, a folder of this machine's named after it.
         self._wal_dir = local / "wal" if local is not None else _local_wal_dir(self.location.uri)
@@ -298,13 +299,21 @@ class ObservationStore:
 
     # ---- reads -------------------------------------------------------------------------
     def _read(self, table_name: str, schema: pa.Schema) -> pa.Table:
+        # One query reads a table several times (trials, last reports, ended trials, ...): the table
+        # read last is kept with the part listing it came from and served again while the listing is
+        # the same. Parts are immutable and uniquely named, and every write (a flush here, another
+        # process's part, a compaction) changes the listing, so a kept table is never stale.
         try:
-            parts = self.location.parts(table_name)
-            if not parts:
-                return schema.empty_table()
-            return pa.concat_tables([self.location.read_table(p, schema=schema) for p in parts])
+            parts = tuple(self.location.parts(table_name))
+            kept = self._memo.get(table_name)
+            if kept is not None and kept[0] == parts:
+                return kept[1]
+            table = (pa.concat_tables([self.location.read_table(p, schema=schema) for p in parts]) if parts
+                     else schema.empty_table())
         except Exception as exc:
             raise StoreError(f"cannot read the store at {self.location.describe(table_name)}: {exc}") from exc
+        self._memo[table_name] = (parts, table)
+        return table
 
     def observations(self, trial_id: Optional[str] = None) -> pa.Table:
         """All reports, one row per (trial_id, step) (last write wins), sorted by trial and step."""

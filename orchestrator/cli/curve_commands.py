@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from ..core.laws.curves import Curve, fit_metrics
-from ..core.laws.final_loss import make_law
-from ..core.laws.table import TableError
 from .app import app, fail, print_json
+
+if TYPE_CHECKING:
+    from ..core.laws.curves import Curve
 
 
 class CurveLawName(str, Enum):
@@ -38,6 +38,10 @@ def fit_curve_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Fit one parameter set to the --train curves (same model size) and predict the --predict curves."""
+    # the laws (scipy.stats) load here, not when the app is built: other commands do not pay for them
+    from ..core.laws.curves import fit_metrics
+    from ..core.laws.final_loss import make_law
+
     if not 0.0 <= level < 1.0:
         fail(f"--interval must be in [0, 1), got {level}")
     if warmup_steps is not None and warmup_steps < 0:
@@ -85,6 +89,9 @@ def fit_curve_command(
 
 
 def _read(path: Path, warmup_steps: Optional[int], need_loss: bool) -> Curve:
+    from ..core.laws.curves import Curve
+    from ..core.laws.table import TableError
+
     try:
         curve = Curve.from_file(path, warmup_steps=warmup_steps, need_loss=need_loss)
         if need_loss and curve.fit_mask.sum() < 3:

@@ -6,8 +6,6 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from ..core.laws.hparam_surface import fit_surface_hparams
-from ..core.laws.hparams import METHODS, HparamError, fit_hparams
 from ..core.laws.table import TableError, read_table, require_columns
 from .app import app, fail, print_json
 
@@ -25,6 +23,10 @@ def fit_hparams_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
     """Fit lr* = coef·N^N_exp·D^D_exp and batch* = coef·D^D_exp with bootstrap intervals."""
+    # the laws (scipy.optimize) load here, not when the app is built: other commands do not pay for them
+    from ..core.laws.hparam_surface import fit_surface_hparams
+    from ..core.laws.hparams import METHODS, HparamError, fit_hparams
+
     if method not in METHODS + ("surface",):
         fail(f"--method must be one of {', '.join(METHODS + ('surface',))}, got {method!r}")
     if bootstrap < 0:

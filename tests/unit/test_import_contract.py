@@ -255,3 +255,16 @@ def test_pruning_rules_are_pure():
     r = _blocked_import(code)
     assert r.returncode == 0, f"a pruning module needs a blocked framework:\n{r.stderr[-2000:]}"
     assert r.stdout.strip() == "", f"orchestrator.pruning imports {r.stdout.strip()}"
+
+
+def test_building_the_cli_loads_no_law_and_no_framework():
+    """`scalesweep CMD` builds the whole app first: the command modules defer the laws (scipy) and the
+    frameworks into the command functions, so a command pays only for what it uses (propose on a
+    replay-cache hit, status, --help)."""
+    heavy = FORBIDDEN + ("scipy",)
+    r = subprocess.run([sys.executable, "-c", "import sys, orchestrator.cli\n"
+                        "assert orchestrator.cli.get_app().registered_commands\n"
+                        f"print(','.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))))"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "", f"building the CLI imports {r.stdout.strip()}"
