@@ -12,6 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+# DeepSpeed JIT-builds its CPU shared-memory all-reduce op for multi-rank trials into
+# $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions, shared by every venv on the machine). The
+# build's command names this venv's paths, so another venv's build there makes ninja rebuild it (~70 s
+# of CPU) on the next run; one folder per venv keeps the build of this one.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions}"
 # A fixed Hypothesis seed keeps CI reproducible; pass --hypothesis-seed=N to explore others.
 PYTEST=(python -m pytest -q -p no:cacheprovider --timeout=900 --hypothesis-seed=0)
 if [ $# -gt 0 ]; then
