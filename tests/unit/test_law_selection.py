@@ -123,7 +123,7 @@ def test_prediction_intervals_cover_held_out_larger_models():
     probability instead of one drawn run's hit or miss estimates the same coverage with less
     noise (a Rao-Blackwellised estimate): over those 200 replications it gave 0.915 (0.914,
     0.903, 0.928 per point) and a per-replication sd of 0.120 against 0.180 for hit-or-miss.
-    So 90 replications (0.910 measured; ~30 s of CPU, not ~75 s) have a standard error of
+    So 90 replications (0.910 measured; 45 % of the CPU time of 200) have a standard error of
     0.120 / sqrt(90) = 0.0126, the same as the 200 hit-or-miss replications (0.180 / sqrt(200)
     = 0.0127) and as 600 independent Bernoulli(0.9) runs (0.0122). The band 0.85-0.95 is then
     about +-4 standard errors around 0.90: calibrated intervals fail it with probability below
