@@ -81,7 +81,7 @@ def cross_size(src: MultiPowerLaw, size: str, free: tuple[str, ...]) -> MultiPow
     law.eta_ref = src.eta_ref
     start = law.internal(src.params)
     fixed = {i: start[i] for i, k in enumerate(PARAMS) if k not in free}
-    designs = [law._design(c.schedule, c.step[c.fit_mask]) for c in train]
+    designs = [law.design(c.schedule, c.step[c.fit_mask]) for c in train]
     obs = [c.loss[c.fit_mask] for c in train]
     law.theta = law.fit_designs(designs, obs, start=start, fixed=fixed)
     return law

@@ -213,6 +213,21 @@ class SweepOutcome:
     slots: int = 1  # concurrent trial slots the summary measured useful work against (sweep_summary.useful_work_fraction)
 
 
+def spec_set(spec: SweepSpec, state_file: Path) -> dict[str, Any]:
+    """The fields of ``spec`` the user set: the sweep's MLflow params (kept in ``state_file``).
+
+    Only these are params: the ~100 defaults would crowd the UI's column picker; the resolved
+    spec goes along as an artifact. They are kept in sweep.json on the first call because a
+    resume loads the recorded spec.yaml, where every field reads as set (a sweep from before
+    this kept none: the first call's answer is then the whole spec, its params already logged).
+    """
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if "spec_set" not in state:
+        state["spec_set"] = spec.model_dump(mode="json", exclude_unset=True)
+        state_file.write_text(json.dumps(state))
+    return state["spec_set"]
+
+
 def prepare_dir(spec: SweepSpec, spec_path: Optional[str]) -> Path:
     """Create the sweep directory and record the spec in it."""
     sweep_dir = spec.sweep_dir()
@@ -493,9 +508,10 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                                               buffer_dir=sweep_dir / "mlflow-spool",
                                               artifact_location=spec.artifact_location())
     state_file = sweep_dir / "sweep.json"  # survives a crash: lets a resumed sweep reuse its parent run
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    parent = tracker.start(spec.model_dump(mode="json"), spec_path=spec_path,
-                           resume_run_id=state.get("mlflow_parent_run"))
+    params = spec_set(spec, state_file)
+    state = json.loads(state_file.read_text())
+    parent = tracker.start(params, spec_path=spec_path, resume_run_id=state.get("mlflow_parent_run"),
+                           resolved=spec.model_dump(mode="json"))
     if parent:
         state_file.write_text(json.dumps({**state, "mlflow_parent_run": parent}))
     if parent and ended:  # a trial that ended just before a crash may have a run still RUNNING

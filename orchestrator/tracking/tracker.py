@@ -130,19 +130,29 @@ class SweepTracker:
         return dict(self._nonfinite.get(trial_id or "", {}))
 
     # ------------------------------------------------------------------ runs
-    def start(self, spec: dict, spec_path: str | None = None, resume_run_id: str | None = None) -> str:
-        """Create (or resume) the sweep's parent run; returns its id ("" if MLflow is down)."""
-        if spec_path is not None:
-            artifacts = ((str(Path(spec_path).resolve()), "spec", False),)
-        else:
-            import yaml
+    def start(self, spec: dict, spec_path: str | None = None, resume_run_id: str | None = None,
+              resolved: dict | None = None) -> str:
+        """Create (or resume) the sweep's parent run; returns its id ("" if MLflow is down).
 
+        ``spec`` is logged as params (flattened); the artifact ``spec/`` gets the file at
+        ``spec_path`` (else ``spec`` as ``spec.yaml``) and ``resolved``, the whole spec with its
+        defaults, as ``spec_resolved.yaml``.
+        """
+        import yaml
+
+        if spec_path is not None:
+            artifacts = [(str(Path(spec_path).resolve()), "spec", False)]
+        else:
             path = self._new_file("spec.yaml")
             path.write_text(yaml.safe_dump(plain(spec), sort_keys=False))
-            artifacts = ((str(path), "spec", True),)
+            artifacts = [(str(path), "spec", True)]
+        if resolved is not None:
+            path = self._new_file("spec_resolved.yaml")
+            path.write_text(yaml.safe_dump(plain(resolved), sort_keys=False))
+            artifacts.append((str(path), "spec", True))
         self._parent_enqueued = True
         self._put(CreateParent(uuid.uuid4().hex, flatten_params(spec), {TAG_SWEEP: self.sweep_name, TAG_KIND: "sweep"},
-                               artifacts, resume_run_id))
+                               tuple(artifacts), resume_run_id))
         self._queue.wait_for(lambda: self.run_id(None) is not None, self.sync_timeout_s)
         return self.parent_run_id or ""
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from orchestrator.api import EXAMPLE_SPEC
-from orchestrator.spec import parse_spec
+from orchestrator.spec import load_spec, parse_spec
 
 # The API's example spec (a simulated sweep of 6 trials that ends in seconds), for the API and
 # submission tests.
@@ -35,9 +35,9 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
-def run_real_sweep(root: Path, data: dict, name: str):
-    """Write `data` as ROOT/spec.yaml, run it through the real controller on a fresh 2-CPU local
-    Ray cluster (sweep dir ROOT/NAME), shut Ray down; return (spec, outcome)."""
+def run_real_sweep(root: Path, data: dict, name: str, num_cpus: int = 2):
+    """Write `data` as ROOT/spec.yaml, run it through the real controller on a fresh local Ray
+    cluster of `num_cpus` CPUs (sweep dir ROOT/NAME), shut Ray down; return (spec, outcome)."""
     import ray
 
     from orchestrator.controller import run_sweep
@@ -46,12 +46,57 @@ def run_real_sweep(root: Path, data: dict, name: str):
     spec_path = root / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(data))
     spec = parse_spec(data)
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
     try:
         outcome = run_sweep(spec, str(spec_path), show_progress=False)
     finally:
         ray.shutdown()
     return spec, outcome
+
+
+# A small simulated sweep that several files only read (test_sweep_view.py, test_report.py): run
+# once per session, not once per file. 18 trials: 3 sizes x 2 token counts x 3 learning rates.
+VIEW_SPEC = {
+    "name": "view",
+    "model": {"n_params": [20000, 50000, 120000]},
+    # two token counts: too few to identify the D term, so the fit warns (the warning must show)
+    "tokens": {"values": [400000, 1600000]},
+    # 2.0 is past the tiny world's divergence threshold: those trials diverge (a distinct outcome)
+    "learning_rates": [0.01, 0.03, 2.0],
+    "batch_sizes": [8192],
+    "trainer": {"backend": "simulated", "world": "tiny"},
+    "eval": {"every": 50},
+    "budget": {"targets": [1e13, 1e14]},
+    "fit": {"bootstrap": 20},
+}
+
+
+@pytest.fixture(scope="session")
+def viewed_sweep(tmp_path_factory):
+    """VIEW_SPEC run with `scalesweep run`, then `scalesweep resume` (a second refit), on a fresh
+    2-CPU local Ray cluster: the sweep dir, the two commands' output, the root, the parsed spec and
+    the MLflow parent run. Readers may add files (a report), never change what is there."""
+    import ray
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import get_app
+
+    root = tmp_path_factory.mktemp("view")
+    spec_path = root / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({**VIEW_SPEC, "output_dir": str(root / "view")}))
+    runner, app = CliRunner(), get_app()
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    try:
+        run = runner.invoke(app, ["run", str(spec_path), "--no-progress"])
+        assert run.exit_code == 0, run.output
+        resumed = runner.invoke(app, ["resume", str(root / "view"), "--no-progress"])
+        assert resumed.exit_code == 0, resumed.output
+    finally:
+        ray.shutdown()
+    sweep_dir = root / "view"
+    return {"dir": sweep_dir, "run": run.stdout, "resumed": resumed.stdout, "root": root,
+            "spec": load_spec(sweep_dir / "spec.yaml"),
+            "parent_run": json.loads((sweep_dir / "sweep.json").read_text())["mlflow_parent_run"]}
 
 
 def free_port() -> int:

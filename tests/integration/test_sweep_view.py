@@ -4,7 +4,8 @@ proposals table, summary.md with the warnings, useful_work_fraction <= 1, run na
 outcomes, only real metrics charted).
 
 One real sweep (Ray Tune on a 2-CPU local cluster, the simulated trainer, MLflow on SQLite),
-run and then resumed through the CLI; seconds, not minutes.
+run and then resumed through the CLI; seconds, not minutes. It is conftest.py's `viewed_sweep`,
+which test_report.py reads too (its report adds only report/ files and artifacts).
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import json
 import re
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -22,42 +22,14 @@ from orchestrator.tracking import OUTCOMES, read_sweep_runs
 
 pytestmark = pytest.mark.integration
 
-SPEC = {
-    "name": "view",
-    "model": {"n_params": [20000, 50000, 120000]},
-    # two token counts: too few to identify the D term, so the fit warns (the warning must show)
-    "tokens": {"values": [400000, 1600000]},
-    # 2.0 is past the tiny world's divergence threshold: those trials diverge (a distinct outcome)
-    "learning_rates": [0.01, 0.03, 2.0],
-    "batch_sizes": [8192],
-    "trainer": {"backend": "simulated", "world": "tiny"},
-    "eval": {"every": 50},
-    "budget": {"targets": [1e13, 1e14]},
-    "fit": {"bootstrap": 20},
-}
-
 # box-drawing table lines of rich (any style): every line of one table has the same width
 _TABLE_CHARS = set("┏┃┡│└┗┣┠╭╰|+")
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """Run the sweep with `scalesweep run`, then `scalesweep resume` (a second refit); the outputs."""
-    import ray
-
-    root = tmp_path_factory.mktemp("view")
-    spec_path = root / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump({**SPEC, "output_dir": str(root / "view")}))
-    runner, app = CliRunner(), get_app()
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
-    try:
-        run = runner.invoke(app, ["run", str(spec_path), "--no-progress"])
-        assert run.exit_code == 0, run.output
-        resumed = runner.invoke(app, ["resume", str(root / "view"), "--no-progress"])
-        assert resumed.exit_code == 0, resumed.output
-    finally:
-        ray.shutdown()
-    return {"dir": root / "view", "run": run.stdout, "resumed": resumed.stdout, "root": root}
+def sweep(viewed_sweep):
+    """The shared sweep of conftest.py, run with `scalesweep run` then `scalesweep resume`."""
+    return viewed_sweep
 
 
 def _check_whole(text: str) -> None:

@@ -64,3 +64,40 @@ def test_a_trials_params_are_its_planned_config_each_value_once(tmp_path):
         for value in (t.lr, t.D, t.batch):  # each of the trial's values under one name
             assert sum(v == str(value) for v in params.values()) == 1, (value, params)
         assert child.data.tags["scalesweep.status"] == "finished"
+
+
+def test_the_sweeps_params_are_the_fields_the_user_set_and_stay_so_on_resume(tmp_path):
+    """Issue 17: the sweep's run logged every spec field (~100, most of them defaults); now only the
+    user's, with the whole resolved spec as the artifact spec/spec_resolved.yaml. A resume loads the
+    recorded (resolved) spec.yaml, where every field reads as set: it must not add the defaults."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.controller import spec_set
+    from orchestrator.spec import parse_spec
+
+    user = {"name": "cols", "model": {"n_params": [20000, 50000], "seq_len": 64}, "tokens": {"values": [400000]},
+            "learning_rates": [0.01], "batch_sizes": [8192], "trainer": {"backend": "simulated", "world": "tiny"}}
+    spec = parse_spec(user)
+    full = spec.model_dump(mode="json")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state_file = tmp_path / "sweep.json"
+    with SweepTracker(uri, None, "cols", client_process=False, flush_interval_s=0.05) as tracker:
+        parent_id = tracker.start(spec_set(spec, state_file), resolved=full)
+    parent, _ = read_sweep_runs(uri, "cols")
+    logged = dict(parent.data.params)
+    assert logged == flatten_params(spec.model_dump(mode="json", exclude_unset=True))
+    assert set(logged) == set(flatten_params(user)) and logged["model.seq_len"] == "64"
+    assert len(flatten_params(full)) > 3 * len(logged)  # the defaults that are no longer columns
+    MlflowClient(uri).download_artifacts(parent_id, "spec", str(tmp_path / "dl"))
+    assert yaml.safe_load((tmp_path / "dl" / "spec" / "spec_resolved.yaml").read_text()) == full  # nothing lost
+    assert yaml.safe_load((tmp_path / "dl" / "spec" / "spec.yaml").read_text()) == spec.model_dump(
+        mode="json", exclude_unset=True)
+
+    resumed = parse_spec(yaml.safe_load(yaml.safe_dump(full)))  # what `resume` loads: the recorded spec.yaml
+    assert len(flatten_params(resumed.model_dump(mode="json", exclude_unset=True))) == len(flatten_params(full))
+    with SweepTracker(uri, None, "cols", client_process=False, flush_interval_s=0.05) as tracker:
+        assert tracker.start(spec_set(resumed, state_file), resume_run_id=parent_id,
+                             resolved=resumed.model_dump(mode="json")) == parent_id
+    parent, _ = read_sweep_runs(uri, "cols")
+    assert dict(parent.data.params) == logged

@@ -56,7 +56,8 @@ class AnnealingLaw(CurveLaw):
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.decay = float(decay)
 
-    def _design(self, schedule: Schedule, steps: np.ndarray) -> AnnealingDesign:
+    def design(self, schedule: Schedule, steps: np.ndarray) -> AnnealingDesign:
+        """Forward lr area ``s1`` and annealing area ``s2`` at ``steps`` (see ``CurveLaw.design``)."""
         idx = np.rint(np.asarray(steps, dtype=np.float64)).astype(np.int64)
         s1 = schedule.forward_area(idx, self.warmup)
         if np.any(s1 <= 0):

@@ -2,7 +2,7 @@
 
 A curve law maps a learning-rate schedule to a loss curve. All curves given to one ``fit``
 (runs of one model size that differ only in schedule) share every parameter. Subclasses
-supply the features of a schedule at some steps (``_design``), the model and its Jacobian
+supply the features of a schedule at some steps (``design``), the model and its Jacobian
 (``_model``), bounds and starting points; this module does the rest:
 
 - the fit minimises the *summed* Huber loss (delta 1e-3) of log-residuals
@@ -44,7 +44,19 @@ class CurveLaw:
         self._resid: list[np.ndarray] = []
 
     # -- hooks for subclasses --------------------------------------------------------------
-    def _design(self, schedule: Schedule, steps: np.ndarray) -> Any:  # pragma: no cover - abstract
+    def design(self, schedule: Schedule, steps: np.ndarray) -> Any:  # pragma: no cover - abstract
+        """The law's features of a per-step ``schedule`` at ``steps`` (subclasses build them).
+
+        A design is what the model evaluates; build it once to fit with ``fit_designs`` (e.g. with
+        some parameters held fixed) or to draw bootstrap predictions with ``bootstrap_draws``.
+
+        >>> from orchestrator.core.laws.annealing import AnnealingLaw
+        >>> from orchestrator.core.laws.curves import per_step_schedule
+        >>> s = per_step_schedule([0, 10, 20, 30], [1.0, 1.0, 0.5, 0.0])  # stable, then a linear decay
+        >>> d = AnnealingLaw(decay=0.0).design(s, [10, 20, 30])
+        >>> d.s1.tolist(), d.s2.round(6).tolist()  # forward lr area, and the annealing area (lr dropped so far)
+        ([10.0, 17.25, 19.5], [0.0, 0.5, 1.0])
+        """
         raise NotImplementedError
 
     def _model(self, theta: np.ndarray, design: Any, jac: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -88,7 +100,7 @@ class CurveLaw:
             m = c.fit_mask
             if m.sum() < 3:
                 raise ValueError(f"{c.name or 'curve'}: fewer than 3 post-warmup points to fit")
-            designs.append(self._design(c.schedule, c.step[m]))
+            designs.append(self.design(c.schedule, c.step[m]))
             obs.append(c.loss[m])
         if warm is not None and warm.theta is not None and warm.result is not None:
             theta = self._fit_designs(designs, obs, start=self._warm_start(warm))
@@ -120,7 +132,7 @@ class CurveLaw:
         """Predicted loss at ``steps`` under a per-step ``schedule``."""
         self._require_fit()
         steps = np.asarray(steps, dtype=np.float64)
-        return self._model(self.theta if theta is None else theta, self._design(schedule, steps), jac=False)[0]
+        return self._model(self.theta if theta is None else theta, self.design(schedule, steps), jac=False)[0]
 
     def predict_interval(
         self, step: np.ndarray, lr: np.ndarray, level: float = 0.9, warmup_steps: int | None = None
@@ -134,7 +146,7 @@ class CurveLaw:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(estimate, low, high) at ``steps`` under a per-step ``schedule``."""
         self._require_fit()
-        design = self._design(schedule, np.asarray(steps, dtype=np.float64))
+        design = self.design(schedule, np.asarray(steps, dtype=np.float64))
         est = self._model(self.theta, design, jac=False)[0]
         draws = self.bootstrap_draws(design)
         lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)

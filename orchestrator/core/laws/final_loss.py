@@ -104,8 +104,8 @@ def predict_final(
 
     if fitted is not None:
         thetas = [fitted.theta] + list(fitted.bootstrap_thetas())
-        d_prefix = fitted._design(schedule, steps)
-        d_final = fitted._design(schedule, np.array([T], dtype=np.float64))
+        d_prefix = fitted.design(schedule, steps)
+        d_final = fitted.design(schedule, np.array([T], dtype=np.float64))
         finals, resid0 = [], None
         for i, th in enumerate(thetas):
             r = np.log(loss) - np.log(fitted._model(th, d_prefix, jac=False)[0])
@@ -177,7 +177,7 @@ def _prefix_only(law_name, schedule, steps, loss, T, n_boot, seed):
         else:
             start = np.array([0.9 * loss.min(), 0.5, 0.5, amp * (1 - law.decay) / peak])
             fixed = {3: start[3]}
-        design = law._design(schedule, steps)
+        design = law.design(schedule, steps)
         # A starting point for L0, A, alpha from a coarse alpha scan with the drop term fixed.
         law.theta = start
         theta = None
@@ -197,7 +197,7 @@ def _prefix_only(law_name, schedule, steps, loss, T, n_boot, seed):
         law.theta = th
         pred = law._model(th, design, False)[0]
         r = np.log(loss) - np.log(pred)
-        final_design = law._design(schedule, np.array([T], dtype=np.float64))
+        final_design = law.design(schedule, np.array([T], dtype=np.float64))
         log_final = float(np.log(law._model(th, final_design, False)[0][0]))
         points[frac] = (log_final, r, abs(log_final - float(np.log(pred[-1]))))
         finals_all.append(points[frac][0])

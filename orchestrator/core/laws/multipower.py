@@ -120,7 +120,8 @@ class MultiPowerLaw(CurveLaw):
         theta[4] = params["C"] * self.eta_ref ** (-params["gamma"])
         return theta
 
-    def _design(self, schedule: Schedule, steps: np.ndarray) -> MPLDesign:
+    def design(self, schedule: Schedule, steps: np.ndarray) -> MPLDesign:
+        """Forward lr area ``z`` and the drop bins' areas ``x`` at ``steps`` (see ``CurveLaw.design``)."""
         steps = np.asarray(steps, dtype=np.float64)
         z = schedule.forward_area(steps, self.warmup)
         if np.any(z <= 0):
