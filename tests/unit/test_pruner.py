@@ -202,5 +202,6 @@ def test_config_is_validated_at_the_spec_boundary():
     with pytest.raises(ValueError, match="law"):
         PruningSpec(law="nope")
     assert prune_config(PruningSpec()) == PruneConfig()  # one set of defaults
-    assert {f.name for f in fields(PruneConfig)} == set(PruningSpec.model_fields) - {"enabled"}
+    # `enabled` and `background` are how the scheduler runs the rules, not the rules' config
+    assert {f.name for f in fields(PruneConfig)} == set(PruningSpec.model_fields) - {"enabled", "background"}
     assert prune_config(PruningSpec(margin=0.05, law="annealing")) == PruneConfig(margin=0.05, law="annealing")
