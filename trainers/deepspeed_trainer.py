@@ -263,21 +263,21 @@ def import_deepspeed():
 
 
 @contextmanager
-def _no_shm_op(skip: bool):
-    """DeepSpeed's communication backend without its CPU shared-memory all-reduce op, when `skip`.
+def _no_shm_op():
+    """DeepSpeed's communication backend without its CPU shared-memory all-reduce op.
 
     On every new backend (every fresh process) DeepSpeed JIT-loads that op through
     `torch.utils.cpp_extension.load`: a ninja run at best, a rebuild of minutes when the cache
     in ~/.cache/torch_extensions is stale or shared, a wait on another process's build lock.
-    A 1-rank trial never all-reduces across processes, so it does not need it; several ranks keep it.
+    Training never uses it: in DeepSpeed 0.19 only `inference_all_reduce` (tensor-parallel
+    inference) calls it, while `all_reduce` and ZeRO's collectives go through torch.distributed.
     """
     import importlib
 
     # by module name: the package attribute `deepspeed.comm.torch` is the torch module (a star import)
     ds_torch = importlib.import_module("deepspeed.comm.torch")
     saved = ds_torch.build_shm_op
-    if skip:
-        ds_torch.build_shm_op = lambda: None
+    ds_torch.build_shm_op = lambda: None
     try:
         yield
     finally:
@@ -307,7 +307,7 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
         bf16 = use_bf16(config, device)
         model = build_model(config.n_params, config.seq_len, data.vocab_size, seed=config.seed, family=config.family)
         optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, betas=ADAM_BETAS, eps=1e-8)
-        with _no_shm_op(world == 1):
+        with _no_shm_op():
             engine, _, _, _ = deepspeed.initialize(
                 model=model, optimizer=optimizer,
                 config=deepspeed_config(config, plan, bf16, sum(p.numel() for p in model.parameters())))
