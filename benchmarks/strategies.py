@@ -51,8 +51,9 @@ class TrialRecord:
     final_loss: float  # last eval loss (NaN when diverged); a final loss only when finished
 
     def point(self) -> dict[str, Any]:
-        """The fit's input row (N, D, lr, batch, loss)."""
-        return {"N": self.N, "D": self.D, "lr": self.lr, "batch": self.batch, "loss": self.final_loss}
+        """The fit's input row (N, D, lr, batch, loss, and the trial id a search's loss correction reads)."""
+        return {"N": self.N, "D": self.D, "lr": self.lr, "batch": self.batch, "loss": self.final_loss,
+                "trial_id": self.trial_id}
 
 
 class Grid:

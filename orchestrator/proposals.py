@@ -91,6 +91,24 @@ class LearnedLaws:
 
 
 IntervalRule = Callable[[float, float, float], Optional[dict[str, dict[str, float]]]]  # (N, D, level) -> {lr, batch}
+LossCorrection = Callable[[dict[str, Any]], float]  # a finished run -> the loss an L(N, D) fit counts for it
+
+
+def _corrected(points: Sequence[dict[str, Any]], rule: Optional[LossCorrection]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The points with `rule`'s loss (the raw one kept as `loss_raw` where it changed), and a note."""
+    if rule is None:
+        return list(points), []
+    out, moved = [], []
+    for p in points:
+        loss = float(rule(p))
+        if loss != p["loss"] and math.isfinite(loss):
+            out.append({**p, "loss": loss, "loss_raw": p["loss"]})
+            moved.append(p["loss"] / loss - 1.0)
+        else:
+            out.append(p)
+    note = ([f"{len(moved)} WSD branch loss(es) corrected to their cell's law point by the search's fitted bowl "
+             f"(up to {max(moved):.3%})"] if moved else [])
+    return out, note
 ResourceRule = Callable[[float, float, float], dict[str, Any]]  # (N, D, batch) -> resource plan
 
 
@@ -128,7 +146,8 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
                     hparams: Optional[HparamRule] = None, resources: Optional[ResourceRule] = None,
                     diverged: Sequence[dict[str, Any]] = (), family: str = "gpt",
                     hparam_intervals: Optional[IntervalRule] = None,
-                    task_rows: Optional[Sequence[dict[str, Any]]] = None) -> SweepFit:
+                    task_rows: Optional[Sequence[dict[str, Any]]] = None,
+                    corrected_loss: Optional[LossCorrection] = None) -> SweepFit:
     """Fit L(N, D) to the best cell runs and propose (N*, D*, lr, batch) for each target C.
 
     `law`: "auto" picks the form by how well it extrapolates (`orchestrator.core.laws.selection.fit_auto`:
@@ -143,9 +162,15 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     come from `hparam_intervals`, or from the learned laws' when they have one.
     With `task_rows` (a sweep's task metrics, `orchestrator.store.final_task_points`) each proposal
     also carries `task_metrics`: the accuracy predicted at its (N, D) per task, with intervals.
+
+    `corrected_loss(point) -> loss`: the loss the fit counts for a finished run, default the
+    `hparams` rule's own (`orchestrator.search.advice.SearchRule`: the search's correction of its WSD
+    branches, run off their cell's law point), so the final fit sees the points the search fitted.
     """
-    cells = best_cells(points)
     warnings: list[str] = []
+    points, note = _corrected(points, corrected_loss or getattr(hparams, "corrected_loss", None))
+    warnings.extend(note)
+    cells = best_cells(points)
     if not cells:
         return SweepFit(None, [], [], ["no finished trial: nothing to fit"])
     N = np.array([c["N"] for c in cells], float)

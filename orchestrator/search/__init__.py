@@ -6,6 +6,7 @@ from the spec at one boundary), `lattice` (a cell's (lr, batch) lattice and its 
 `book` (where each trial lives, committed compute), `hparam_state` (lr*, batch* laws, intervals,
 hedge), `loss_law` (L(N, D) with its form chosen by backtest, and its replicates), `acquisition`
 (which cell next), `checks` (transfer's law checks near the target), `transfer` (candidates, law
-points), `stopping` (when to stop) and `planner` (`LawGuidedPlanner`, the
+points), `branches` (WSD branching of single-run cells), `advice` (the laws and loss correction the
+proposals get), `stopping` (when to stop) and `planner` (`LawGuidedPlanner`, the
 `orchestrator.core.planning.Planner` that ties them). `orchestrator.planners.make_planner` picks it.
 """

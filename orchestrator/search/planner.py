@@ -32,8 +32,9 @@ from ..core.planning import WAIT, Done, HparamAdvice, Step, Wait
 from ..planner import PlannedTrial
 from ..spec import SweepSpec
 from . import acquisition, checks as law_checks, stopping
+from .advice import SearchRule
 from .book import CellBook, run_decision
-from .branches import Branches, enabled as branching_enabled
+from .branches import Branches, corrected_loss, enabled as branching_enabled
 from .config import SearchConfig
 from .hparam_state import HparamLaws
 from .lattice import LAW_POINT, Point, SearchCell, outcome
@@ -171,8 +172,18 @@ class LawGuidedPlanner:
             self.observe(tid, result)
 
     def hparam_advice(self) -> Optional[HparamAdvice]:
-        """The learned lr/batch laws (hedged lr) and their intervals, for the proposals."""
-        return HparamAdvice(self.predict_hparams, self.hparam_intervals)
+        """The learned lr/batch laws (hedged lr) and their intervals, for the proposals; the rule also
+        carries the search's loss correction of its WSD branches (`advice.SearchRule`)."""
+        rule = SearchRule(self)
+        return HparamAdvice(rule, rule.intervals)
+
+    def loss_as_fitted(self, trial_id: str, loss: float) -> float:
+        """A finished run's loss as the search's L(N, D) fit counts it: a cell's WSD branch corrected to
+        the cell's law point (`branches.corrected_loss`, as `book.fit_points`), any other run unchanged."""
+        where = self.book.where.get(trial_id)
+        if where is None or where[1] != LAW_POINT or not where[0].trials[LAW_POINT].branch_of:
+            return loss
+        return corrected_loss(where[0], loss)
 
     # ---- answers -----------------------------------------------------------------------------
     def cell_results(self) -> list[dict[str, Any]]:

@@ -97,6 +97,29 @@ def test_branched_cells_enter_the_fit_corrected_to_their_law_point(arms):
         assert "WSD" in c.start_from and c.why[LAW_POINT].startswith("transfer + WSD branching")
 
 
+def test_the_final_fit_counts_branches_as_the_search_does(arms):
+    """The proposals' fit (`fit_and_propose` with the search's rule, as run_sweep and the benchmark call
+    it) sees each branched cell's loss corrected exactly as the search's own fit did."""
+    from orchestrator.proposals import fit_and_propose
+
+    _, planner, recs = arms["with"]
+    rule = planner.hparam_advice().predict
+    branched = {c.trials[LAW_POINT].trial_id: c for c in planner.cells if c.open_info.get("branch_of")}
+    points = S.completed_points(recs)
+    moved = 0
+    for p in points:
+        c = branched.get(p["trial_id"])
+        assert rule.corrected_loss(p) == (corrected_loss(c, p["loss"]) if c is not None else p["loss"])
+        moved += c is not None and c.open_info["bowl_penalty"] > 0
+    assert moved > 0
+    fit = fit_and_propose(points, [E.DEFAULT_TARGETS["crossing"]], bootstrap=0, hparams=rule)
+    assert any(w.startswith(f"{moved} WSD branch loss(es) corrected") for w in fit.warnings)
+    searched = {(round(n), round(d)): loss for n, d, loss in zip(*planner.book.fit_points())}
+    for c in branched.values():  # the search's fit point of a branched cell is the final fit's cell
+        cell = min(fit.cells, key=lambda x: abs(math.log(x["N"] / c.N)) + abs(math.log(x["cell_D"] / c.D)))
+        assert cell["loss"] == pytest.approx(searched[(round(c.N), round(c.D))], rel=1e-12)
+
+
 def test_deterministic_given_a_seed(arms):
     _, planner, recs = arms["with"]
     _, planner2, recs2 = _arm("crossing", 2)
