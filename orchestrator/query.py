@@ -183,7 +183,11 @@ def laws(data: SweepData, spec: Any, bootstrap: Optional[int] = None) -> dict[st
     if not data.points:
         raise NotFitted("no finished trial yet; nothing to fit")
     settings = fit_settings(spec, bootstrap)
-    fit = fit_and_propose(data.points, [], **settings, family=family_of(spec))
+    # a search's WSD branches count as its own fit counted them (as in `propose` and fit.json)
+    replay = search_replay(data, spec)
+    rule = replay.advice.predict if replay is not None and replay.advice is not None else None
+    fit = fit_and_propose(data.points, [], **settings, family=family_of(spec),
+                          corrected_loss=getattr(rule, "corrected_loss", None))
     hp, reason = hparam_laws(data.points, data.diverged, settings["bootstrap"], settings["level"], settings["seed"])
     return jsonable({"law": fit.fit.to_json() if fit.fit is not None else None, "cells": fit.cells,
                      "warnings": fit.warnings, "hparams": hp, "hparams_reason": reason, "n_trials": len(data.points)})

@@ -3,7 +3,8 @@
 hundred-trial sweep).
 
 The cache file `search_replay.json` holds what the replay answers -- why the search ended, the trials it
-would start next -- and the planner state its lr/batch advice reads (`ADVICE_STATE`), as plain JSON:
+would start next -- the planner state its lr/batch advice reads (`ADVICE_STATE`) and the factors its L(N, D)
+fit applied to its WSD branches' losses (`loss_factors`, which the proposals' fit applies too), as plain JSON:
 numbers, lists and the project's own dataclasses by name; never code (no pickle: a sweep directory's
 files are data). It is keyed by everything a replay depends on: the spec, every ended trial with its
 last report, the trials started and not ended, and the source of the `orchestrator` package. A cache is
@@ -34,7 +35,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "search_replay.json"
-FORMAT = 1
+FORMAT = 2  # 2: the loss factors of the search's WSD branches
 # The planner attributes its `hparam_advice()` reads (`search.planner.LawGuidedPlanner`: the learned laws
 # and the law checks that widen and hedge them); `save` checks the restored advice, so a planner that
 # reads more is simply not cached.
@@ -149,18 +150,51 @@ def load(sweep_dir: Optional[Path], key: str, spec: Any) -> Optional[tuple[Any, 
         return None
 
 
+class _RestoredSearch:
+    """What the search's proposal rule (`search.advice.SearchRule`) asks of a search, answered from a cache:
+    the lr/batch laws by a fresh planner given the cached state, and each run's loss as the search's fit
+    counted it by the cached factors of its WSD branches (the fresh planner has no cells to compute them)."""
+
+    def __init__(self, planner: Any, loss_factors: dict[str, float]):
+        self.planner, self.loss_factors = planner, loss_factors
+
+    def predict_hparams(self, N: float, D: float) -> Any:
+        return self.planner.predict_hparams(N, D)
+
+    def hparam_intervals(self, N: float, D: float, level: float = 0.9) -> Any:
+        return self.planner.hparam_intervals(N, D, level)
+
+    def loss_as_fitted(self, trial_id: str, loss: float) -> float:
+        return loss * self.loss_factors.get(trial_id, 1.0)
+
+
+def loss_factors(planner: Any) -> dict[str, float]:
+    """trial id -> the factor the search's L(N, D) fit applies to that run's loss, where it is not 1 (its
+    corrected WSD branches: `branches.corrected_loss` scales the loss); {} for a planner without one."""
+    fitted = getattr(planner, "loss_as_fitted", None)
+    if fitted is None:
+        return {}
+    factors = {t.trial_id: fitted(t.trial_id, 1.0) for t in planner.trials}
+    return {tid: f for tid, f in factors.items() if f != 1.0}
+
+
 def _restore(doc: dict[str, Any], key: str, spec: Any) -> Optional[tuple[Any, list[str], Optional[str]]]:
     """A cache document's answers, the advice from a fresh planner given the cached state (None: another key)."""
     if doc.get("format") != FORMAT or doc.get("key") != key:
         return None
     advice = None
     if doc["advice"] is not None:
+        from .core.planning import HparamAdvice
         from .planners import make_planner
+        from .search.advice import SearchRule
 
         planner = make_planner(spec)
         for name, value in doc["advice"].items():
             setattr(planner, name, decode(value))
         advice = planner.hparam_advice()
+        if advice is not None and hasattr(advice.predict, "corrected_loss"):
+            rule = SearchRule(_RestoredSearch(planner, {str(k): float(v) for k, v in doc["loss_factors"].items()}))
+            advice = HparamAdvice(rule, rule.intervals)
     return advice, list(doc["next_trials"]), doc["done"]
 
 
@@ -174,13 +208,14 @@ def save(sweep_dir: Optional[Path], key: str, spec: Any, planner: Any, next_tria
     live = planner.hparam_advice()
     try:
         state = None if live is None else {name: encode(getattr(planner, name)) for name in ADVICE_STATE}
-        doc = {"format": FORMAT, "key": key, "done": done, "next_trials": list(next_trials), "advice": state}
+        doc = {"format": FORMAT, "key": key, "done": done, "next_trials": list(next_trials), "advice": state,
+               "loss_factors": loss_factors(planner)}
         text = json.dumps(doc, allow_nan=False)
         restored = _restore(json.loads(text), key, spec)
     except (TypeError, ValueError, KeyError, AttributeError, ImportError) as exc:
         log.info("search replay not cached (%s: %s)", type(exc).__name__, exc)
         return False
-    if restored is None or not same_advice(live, restored[0], planner):
+    if restored is None or not same_advice(live, restored[0], planner) or not same_losses(live, restored[0], planner):
         log.info("search replay not cached: its advice does not survive the round trip")
         return False
     tmp = path.with_name(f".{CACHE_FILE}.{os.getpid()}.tmp")
@@ -210,3 +245,12 @@ def same_advice(a: Any, b: Any, planner: Any) -> bool:
             if a.intervals is not None and a.intervals(n, d, 0.9) != b.intervals(n, d, 0.9):
                 return False
     return True
+
+
+def same_losses(a: Any, b: Any, planner: Any) -> bool:
+    """Whether two advices' rules count every trial's loss alike (`corrected_loss`, when they have one)."""
+    fa, fb = (getattr(x.predict, "corrected_loss", None) if x is not None else None for x in (a, b))
+    if fa is None or fb is None:
+        return fa is None and fb is None
+    return all(fa({"loss": 1.0, "trial_id": t.trial_id}) == fb({"loss": 1.0, "trial_id": t.trial_id})
+               for t in planner.trials)

@@ -120,6 +120,21 @@ def test_the_final_fit_counts_branches_as_the_search_does(arms):
         assert cell["loss"] == pytest.approx(searched[(round(c.N), round(c.D))], rel=1e-12)
 
 
+def test_the_replay_cache_keeps_the_branch_corrections(arms, tmp_path):
+    """`propose` answered from the replay cache (orchestrator.replay_cache) fits the same corrected
+    losses as the replay it cached: a fresh planner has no cells to correct with, so the factors travel."""
+    from orchestrator import replay_cache
+
+    _, planner, recs = arms["with"]
+    spec = parse_spec(E.scalesweep_spec(_data("crossing", 2), FAST))
+    assert replay_cache.save(tmp_path, "k", spec, planner, [], None)
+    cached = replay_cache.load(tmp_path, "k", spec)[0].predict
+    live = planner.hparam_advice().predict
+    points = S.completed_points(recs)
+    assert [cached.corrected_loss(p) for p in points] == [live.corrected_loss(p) for p in points]
+    assert sum(cached.corrected_loss(p) != p["loss"] for p in points) > 0
+
+
 def test_deterministic_given_a_seed(arms):
     _, planner, recs = arms["with"]
     _, planner2, recs2 = _arm("crossing", 2)
