@@ -1,0 +1,156 @@
+"""A trial's checkpoint folder mirrored in an object store, for a cluster with no shared path.
+
+A trial saves its checkpoints in `config.checkpoint_dir` on the node it runs on, as always. When
+`config.checkpoint_mirror` is set (an ``s3://bucket/prefix`` URI: the controller sets it when the
+sweep's store is on S3), every saved checkpoint is copied there too, its pointer file last
+(DeepSpeed's ``latest``, the simulated trainer's ``simulated.json``): the mirror never names a
+checkpoint it does not hold whole (an object is visible only once its upload completed). A trial
+started on any node -- Tune's restart after a crash, `scalesweep resume` on another machine --
+first copies the mirror into its local folder. The mirror is the authority: a node's local folder
+may be older (the trial ran on, elsewhere, since).
+
+Endpoint and credentials are pyarrow's S3 defaults (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, or an instance role) on every node that runs
+trials. No Ray and no orchestrator here: trainers know only the trial contract.
+
+>>> mirror_path("/sweeps/x/checkpoints/t1", "s3://b/p/checkpoints/t1", "/sweeps/x/checkpoints/t0/step8")
+'s3://b/p/checkpoints/t0/step8'
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+from pathlib import Path
+from typing import Iterable, Optional
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+# Files at most this large are always copied down (pointers, small state); a larger file whose
+# local copy has the same size is taken as the same file (a checkpoint's tag folder is written
+# once per step, and a step's state is the same whichever node computed it).
+SMALL_FILE = 64 * 1024
+
+
+def object_fs(uri: str):
+    """(pyarrow file system, path in it) of an object-store URI.
+
+    Sets ``allow_delayed_open=true`` unless the URI says otherwise: a small file then goes up in
+    one PutObject request (no multipart upload for a few bytes; also what moto's server handles).
+    """
+    import pyarrow.fs as pafs
+
+    parts = urlsplit(uri)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("allow_delayed_open", "true")
+    fs, path = pafs.FileSystem.from_uri(urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query),
+                                                    parts.fragment)))
+    return fs, path.rstrip("/")
+
+
+def mirror_path(checkpoint_dir: str, mirror: str, local: str) -> str:
+    """The mirror URI of `local`, a path beside or below `checkpoint_dir` (a WSD trunk's tag folder,
+    say), given that `checkpoint_dir`'s mirror is `mirror`."""
+    rel = os.path.relpath(local, os.path.dirname(os.path.normpath(checkpoint_dir)))
+    scheme, _, base = mirror.split("?", 1)[0].rstrip("/").partition("://")
+    return f"{scheme}://" + posixpath.normpath(posixpath.join(posixpath.dirname(base), *Path(rel).parts))
+
+
+def pull(local_dir: str, mirror: str) -> int:
+    """Copy what the mirror holds into `local_dir` (replacing older local copies); files copied.
+
+    Each file is downloaded to a temporary name and renamed into place, so ranks of one trial
+    that share a node may pull into the same folder at once. Nothing in the mirror: 0, the local
+    folder untouched.
+    """
+    import pyarrow.fs as pafs
+
+    fs, root = object_fs(mirror)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    files = [i for i in infos if i.type == pafs.FileType.File]
+    copied = 0
+    for info in sorted(files, key=lambda i: i.path):
+        target = Path(local_dir, *posixpath.relpath(info.path, root).split("/"))
+        if info.size > SMALL_FILE and target.is_file() and target.stat().st_size == info.size:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.pull")
+        try:
+            with fs.open_input_stream(info.path) as src, open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 22):
+                    dst.write(chunk)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        copied += 1
+    return copied
+
+
+def push(local_dir: str, mirror: str, names: Iterable[str] = (), pointer: Optional[str] = None,
+         only=lambda name: True) -> int:
+    """Upload `names` (files or folders, relative to `local_dir`), then the `pointer` file; files uploaded.
+
+    `only(file name)` filters the files inside folders (a rank uploads the shards it wrote). The
+    pointer goes last: the mirror names a checkpoint only once the checkpoint is there.
+    """
+    fs, root = object_fs(mirror)
+    uploaded = 0
+
+    def put(path: Path) -> None:
+        nonlocal uploaded
+        rel = path.relative_to(local_dir).as_posix()
+        with open(path, "rb") as src, fs.open_output_stream(posixpath.join(root, rel)) as dst:
+            while chunk := src.read(1 << 22):
+                dst.write(chunk)
+        uploaded += 1
+
+    for name in names:
+        path = Path(local_dir, name)
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for f in files:
+            if f.name.startswith(".") or not only(f.name):
+                continue  # a temporary file of a write in progress
+            put(f)
+    if pointer is not None and Path(local_dir, pointer).is_file():
+        put(Path(local_dir, pointer))
+    return uploaded
+
+
+def replace_with(local_dir: str, mirror: str) -> int:
+    """Make the mirror a copy of `local_dir` (every file uploaded; what the folder no longer has
+    deleted); files uploaded. For a program whose checkpoint layout is its own (no known pointer)."""
+    import pyarrow.fs as pafs
+
+    folder = Path(local_dir)
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    uploaded = push(local_dir, mirror, names)
+    fs, root = object_fs(mirror)
+    here = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} if names else set()
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File and posixpath.relpath(info.path, root) not in here:
+            fs.delete_file(info.path)
+    return uploaded
+
+
+def remove(mirror: str, names: Iterable[str]) -> None:
+    """Delete the folders or files `names` below the mirror (gone already: nothing to do)."""
+    import pyarrow.fs as pafs
+
+    fs, root = object_fs(mirror)
+    for name in names:
+        path = posixpath.join(root, name)
+        kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif kind == pafs.FileType.File:
+            fs.delete_file(path)
+
+
+def listing(mirror: str) -> list[str]:
+    """Names directly below the mirror (files and folders), sorted."""
+    import pyarrow.fs as pafs
+
+    fs, root = object_fs(mirror)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return sorted(posixpath.basename(i.path) for i in infos)
+
+
+__all__ = ["listing", "mirror_path", "object_fs", "pull", "push", "remove", "replace_with"]
