@@ -1,0 +1,223 @@
+"""Trial checkpoints and Ray Tune's files in the bucket (issue 16: a cluster with no shared path),
+against moto's S3 server (a real HTTP S3 API in its own process) on loopback, nothing mocked:
+
+- the simulated and the DeepSpeed trainer with `checkpoint_mirror`: a trial whose process dies
+  mid-run continues on a "fresh node" (an empty local checkpoint folder) from the checkpoint in the
+  bucket, reporting nothing twice; a node whose local folder is older follows the bucket; the
+  bucket keeps what the local folder keeps (DeepSpeed's pruned tags go there too); a WSD branch
+  on another node starts from its trunk's checkpoint in the bucket;
+- a whole sweep through the real controller with `store: s3://...`: a running trial's process is
+  SIGKILLed right after its local checkpoint folder was deleted (so only the bucket holds its
+  checkpoint) and Tune's restart continues from the bucket's; the sweep is then stopped (SIGTERM),
+  its sweep directory DELETED, and the same spec run from an empty directory (a controller on
+  another machine) finishes every trial from the bucket alone: no step reported twice after the
+  stop, every step in the store once, Tune's experiment state in the bucket, none on local disk.
+
+Skipped only when moto's server or boto3 is not installed (both in the `test` extra).
+Run under `flock /tmp/scalesweep-ray.lock` when other Ray clusters share the machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from orchestrator.planner import plan_grid
+from orchestrator.spec import parse_spec
+from orchestrator.store import ObservationStore
+from tests.integration.conftest import run_real_sweep
+from tests.integration.services import s3_bucket
+from trainers.contract import Schedule, TrialConfig
+
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
+
+BUCKET = "scalesweep-ckpt"
+
+
+@pytest.fixture
+def s3(tmp_path, monkeypatch):
+    with s3_bucket(tmp_path / "moto.log", BUCKET, monkeypatch) as server:
+        yield server
+
+
+def _keys(s3, prefix: str) -> list[str]:
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    # ("": a folder marker pyarrow leaves when it deletes a folder's last child)
+    return sorted(k for page in pages for o in page.get("Contents", []) if (k := o["Key"][len(prefix):]))
+
+
+def _object(s3, key: str):
+    try:
+        return s3.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    except s3.client().exceptions.NoSuchKey:
+        return None
+
+
+class NodeLost(RuntimeError):
+    """The trial's process dies here (its node is gone)."""
+
+
+def _dies_at(step: int, into: list):
+    def report(metrics):
+        if metrics["step"] == step:
+            raise NodeLost(step)
+        into.append(metrics)
+    return report
+
+
+def test_simulated_trial_continues_from_the_bucket_on_any_node(s3, tmp_path):
+    from trainers.simulated import train
+
+    mirror = f"s3://{BUCKET}/sweeps/sim/checkpoints/t0"
+    cfg = TrialConfig("t0", n_params=20_000, tokens=32 * 1024, lr=1e-3, batch_tokens=1024, eval_every=2,
+                      checkpoint_every=8, checkpoint_mirror=mirror, checkpoint_dir=str(tmp_path / "a" / "t0"))
+    whole: list = []
+    train(replace(cfg, checkpoint_dir=None, checkpoint_mirror=None), whole.append, "tiny")  # never interrupted
+
+    got: list = []
+    with pytest.raises(NodeLost):  # node a: checkpoints at 8 and 16, dies at the report of step 20
+        train(cfg, _dies_at(20, got), "tiny")
+    assert json.loads(_object(s3, "sweeps/sim/checkpoints/t0/simulated.json")) == {"step": 16}
+    b = replace(cfg, checkpoint_dir=str(tmp_path / "b" / "t0"))  # a fresh node: nothing local
+    with pytest.raises(NodeLost):  # continues after 16 (18 and 20 again), checkpoints at 24, dies at 26
+        train(b, _dies_at(26, got), "tiny")
+    assert json.loads((tmp_path / "b" / "t0" / "simulated.json").read_text()) == {"step": 24}
+    train(cfg, got.append, "tiny")  # node a again, its local checkpoint at 16: the bucket's (24) wins
+    steps = [int(r["step"]) for r in got]
+    assert steps == list(range(2, 20, 2)) + [18, 20, 22, 24] + list(range(26, 33, 2)), steps
+    by_step = {int(r["step"]): r for r in got}
+    assert [by_step[int(r["step"])] for r in whole] == whole  # the same losses an uninterrupted run reports
+    assert json.loads(_object(s3, "sweeps/sim/checkpoints/t0/simulated.json")) == {"step": 32}
+
+
+def test_deepspeed_trial_and_its_branch_restore_from_the_bucket(s3, tmp_path, tmp_path_factory):
+    from trainers.deepspeed_trainer import train
+
+    cache = str(tmp_path_factory.mktemp("corpus"))
+    root = f"s3://{BUCKET}/sweeps/ds/checkpoints"
+    cfg = TrialConfig("t", n_params=20_000, tokens=30 * 2048, lr=3e-3, batch_tokens=2048, seq_len=64,
+                      schedule=Schedule(kind="wsd", warmup=0.1, decay=0.2), eval_every=10, eval_tokens=2048,
+                      zero_stage=1, data_cache=cache, micro_batch=16, checkpoint_every=5, checkpoint_steps=(15,),
+                      checkpoint_dir=str(tmp_path / "a" / "t"), checkpoint_mirror=f"{root}/t")
+    got: list = []
+    with pytest.raises(NodeLost):  # saves at 5, 10, 15 (5 and 10 pruned); dies at the report of step 20
+        train(cfg, _dies_at(20, got))
+    keys = _keys(s3, "sweeps/ds/checkpoints/t/")
+    assert _object(s3, "sweeps/ds/checkpoints/t/latest") == b"step15"
+    assert {k.split("/")[0] for k in keys} == {"latest", "step15"}, keys  # pruned in the bucket too
+    assert any(k.endswith("model_states.pt") for k in keys) and any(k.endswith("optim_states.pt") for k in keys)
+
+    on_b = replace(cfg, checkpoint_dir=str(tmp_path / "b" / "t"))  # a fresh node
+    summary = train(on_b, got.append)
+    assert [int(r["step"]) for r in got] == [10, 20, 30]  # resumed at 15: 10 was not reported again
+    assert summary.steps == 30 and got[-1]["tokens"] == 30 * 2048
+    assert {k.split("/")[0] for k in _keys(s3, "sweeps/ds/checkpoints/t/")} == {"latest", "step15", "step30"}
+
+    # A WSD cooldown branch from the trunk's step-15 checkpoint, on a node that has none of the trunk's files.
+    c = tmp_path / "c"
+    branch = replace(cfg, trial_id="b", tokens=40 * 2048, checkpoint_steps=(), checkpoint_dir=str(c / "b"),
+                     checkpoint_mirror=f"{root}/b", branch_from=str(c / "t" / "step15"), branch_step=15)
+    branched: list = []
+    train(branch, branched.append)
+    assert [int(r["step"]) for r in branched] == [20, 30, 40]
+    assert branched[0]["lr"] == pytest.approx(3e-3) and branched[-1]["lr"] == pytest.approx(3e-4)
+    assert _object(s3, "sweeps/ds/checkpoints/b/latest") == b"step40"
+
+
+STEPS = list(range(2, 65, 2))  # 64 steps of 8192 tokens, a report every 2
+SPEC = {
+    "name": "s3-checkpoints",
+    "model": {"n_params": [20000, 50000]},
+    "tokens": {"values": [524288]},
+    "learning_rates": [0.03],
+    "batch_sizes": [8192],
+    "trainer": {"backend": "simulated", "world": "tiny"},
+    "eval": {"every": 2},
+    "checkpoints": {"every": 8, "max_failures": 2},
+    "fit": {"bootstrap": 0},
+    "resources": {"max_concurrent": 2},
+}
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _raw_rows(uri: str) -> list[dict]:
+    """Every report row in the bucket's parts, before deduplication (a re-sent report is a second row)."""
+    loc = ObservationStore(uri).location
+    return [r for p in loc.parts("observations") for r in loc.read_table(p).to_pylist()]
+
+
+def test_sweep_restores_from_the_bucket_after_a_kill_and_without_its_directory(s3, tmp_path, monkeypatch):
+    from orchestrator.controller import SweepInterrupted
+
+    uri = f"s3://{BUCKET}/sweeps/ckpt"
+    data = {**SPEC, "store": uri}
+    head_a = tmp_path / "head-a"
+    victim = plan_grid(parse_spec({**data, "output_dir": str(head_a)}))[0].trial_id
+    local = head_a / "checkpoints" / victim
+    key = f"sweeps/ckpt/checkpoints/{victim}/simulated.json"
+    seen: dict = {}
+
+    def fault():
+        try:
+            seen["killed_after"] = _wait_for(lambda: (b := _object(s3, key)) and json.loads(b)["step"], 120,
+                                              "the first checkpoint in the bucket")
+            pid = int((local / "worker-0.pid").read_text())
+            shutil.rmtree(local)  # only the bucket holds the checkpoint now: a restart elsewhere
+            os.kill(pid, signal.SIGKILL)
+            seen["killed_pid"] = pid
+            # the restarted trial checkpoints again, past the bucket's checkpoint at the kill
+            _wait_for(lambda: json.loads(_object(s3, key))["step"] > seen["killed_after"] + 8, 120,
+                      "a checkpoint of the restarted trial")
+            os.kill(os.getpid(), signal.SIGTERM)  # `scalesweep stop`: trials checkpoint at their next report
+        except BaseException as exc:  # noqa: BLE001 -- reported by the test
+            seen["error"] = repr(exc)
+
+    monkeypatch.setenv("SCALESWEEP_REPORT_DELAY_S", "0.3")
+    thread = threading.Thread(target=fault, daemon=True)
+    thread.start()
+    with pytest.raises(SweepInterrupted):
+        run_real_sweep(tmp_path, data, "head-a")
+    thread.join(timeout=10)
+    assert "error" not in seen, seen
+
+    store = ObservationStore(uri)
+    stopped = {t: r for t, r in store.trials().items() if r["status"] == "stopped-by-user"}
+    assert victim in stopped, store.trials()
+    raw = [int(r["step"]) for r in _raw_rows(uri) if r["trial_id"] == victim]
+    # restored from the bucket's checkpoint, not from step 0: what it covered was reported once
+    assert all(raw.count(s) == 1 for s in STEPS if s <= seen["killed_after"]), (seen, raw)
+    at_stop = {t: json.loads(_object(s3, f"sweeps/ckpt/checkpoints/{t}/simulated.json"))["step"] for t in stopped}
+    for t in stopped:  # the stop's checkpoint is in the bucket, at the last step the store recorded
+        assert at_stop[t] == max(int(r["step"]) for r in store.observations(t).to_pylist()), (t, at_stop)
+
+    keys = _keys(s3, "sweeps/ckpt/")
+    assert any(k.startswith(f"ray/{SPEC['name']}/") for k in keys), keys  # Tune's experiment state, in the bucket
+    assert not (head_a / "ray").exists()
+    shutil.rmtree(head_a)  # the controller's machine is gone, with every local file
+
+    t_resume = time.time()
+    monkeypatch.setenv("SCALESWEEP_REPORT_DELAY_S", "0")
+    _, outcome = run_real_sweep(tmp_path, data, "head-b")  # the same spec, an empty directory elsewhere
+    assert outcome.statuses == {"finished": 2}, outcome.statuses
+    store = ObservationStore(uri)
+    for t in store.trials():
+        assert [int(r["step"]) for r in store.observations(t).to_pylist()] == STEPS, t
+    for t, step in at_stop.items():  # continued after its checkpoint in the bucket: nothing before it again
+        again = [int(r["step"]) for r in _raw_rows(uri) if r["trial_id"] == t and r["wall_time"] >= t_resume]
+        assert again and min(again) > step, (t, step, again)
+    assert not list((outcome.sweep_dir / "checkpoints").glob("*/step*"))
