@@ -462,6 +462,8 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
          stash: dict[str, Any]) -> SweepOutcome:
     from ray import tune
 
+    from trainers.checkpoint_mirror import delayed_open
+
     from .pruning.boundary import completed_from_store, trial_meta
     from .tracking import SweepTracker
     from .tune.callback import SweepCallback, mlflow_end
@@ -511,7 +513,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     # A store on S3: Tune's files and the trials' checkpoints go to the same bucket, so trials may
     # run (and restart) on any node with no shared path (docs/cluster.md, "The observation store on S3").
     storage_path, storage_fs = store.location.tune_storage(sweep_dir / "ray")
-    train_storage = store.location.describe("ray") if store.location.remote else storage_path
+    train_storage = delayed_open(store.location.describe("ray")) if store.location.remote else storage_path
     mirror = store.location.describe("checkpoints") if store.location.remote and spec.checkpoints.enabled else None
 
     def to_config(t: PlannedTrial) -> dict[str, Any]:

@@ -30,19 +30,25 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 SMALL_FILE = 64 * 1024
 
 
-def object_fs(uri: str):
-    """(pyarrow file system, path in it) of an object-store URI.
+def delayed_open(uri: str) -> str:
+    """`uri` with ``allow_delayed_open=true`` unless it says otherwise: pyarrow's S3 file system then
+    sends a small (or empty) file in one PutObject request, not a multipart upload -- also what
+    moto's server handles (it fails an empty multipart upload, as Ray Train's storage marker is).
 
-    Sets ``allow_delayed_open=true`` unless the URI says otherwise: a small file then goes up in
-    one PutObject request (no multipart upload for a few bytes; also what moto's server handles).
+    >>> delayed_open("s3://bucket/prefix")
+    's3://bucket/prefix?allow_delayed_open=true'
     """
-    import pyarrow.fs as pafs
-
     parts = urlsplit(uri)
     query = dict(parse_qsl(parts.query))
     query.setdefault("allow_delayed_open", "true")
-    fs, path = pafs.FileSystem.from_uri(urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query),
-                                                    parts.fragment)))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def object_fs(uri: str):
+    """(pyarrow file system, path in it) of an object-store URI (see `delayed_open`)."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(delayed_open(uri))
     return fs, path.rstrip("/")
 
 
@@ -153,4 +159,4 @@ def listing(mirror: str) -> list[str]:
     return sorted(posixpath.basename(i.path) for i in infos)
 
 
-__all__ = ["listing", "mirror_path", "object_fs", "pull", "push", "remove", "replace_with"]
+__all__ = ["delayed_open", "listing", "mirror_path", "object_fs", "pull", "push", "remove", "replace_with"]

@@ -6,7 +6,8 @@ against moto's S3 server (a real HTTP S3 API in its own process) on loopback, no
   bucket, reporting nothing twice; a node whose local folder is older follows the bucket; the
   bucket keeps what the local folder keeps (DeepSpeed's pruned tags go there too); a WSD branch
   on another node starts from its trunk's checkpoint in the bucket;
-- a whole sweep through the real controller with `store: s3://...`: a running trial's process is
+- a whole sweep through the real controller with `store: s3://...` (a 1-worker and a 2-worker
+  Ray Train trial, Train's storage in the bucket as well): a running trial's process is
   SIGKILLed right after its local checkpoint folder was deleted (so only the bucket holds its
   checkpoint) and Tune's restart continues from the bucket's; the sweep is then stopped (SIGTERM),
   its sweep directory DELETED, and the same spec run from an empty directory (a controller on
@@ -130,7 +131,7 @@ def test_deepspeed_trial_and_its_branch_restore_from_the_bucket(s3, tmp_path, tm
     assert _object(s3, "sweeps/ds/checkpoints/b/latest") == b"step40"
 
 
-STEPS = list(range(2, 65, 2))  # 64 steps of 8192 tokens, a report every 2
+STEPS = list(range(8, 65, 8))  # 64 steps of 8192 tokens, a report (and a checkpoint) every 8
 SPEC = {
     "name": "s3-checkpoints",
     "model": {"n_params": [20000, 50000]},
@@ -138,10 +139,12 @@ SPEC = {
     "learning_rates": [0.03],
     "batch_sizes": [8192],
     "trainer": {"backend": "simulated", "world": "tiny"},
-    "eval": {"every": 2},
+    "eval": {"every": 8},  # few reports: a Ray Train trial's report costs ~a second here
     "checkpoints": {"every": 8, "max_failures": 2},
     "fit": {"bootstrap": 0},
-    "resources": {"max_concurrent": 2},
+    # the larger model: a 2-worker Ray Train trial, whose Train storage is in the bucket too (it
+    # needs both CPUs, so the trials run one after the other, the smaller first)
+    "resources": {"rules": [{"min_n_params": 50000, "workers": 2}]},
 }
 
 
@@ -187,7 +190,7 @@ def test_sweep_restores_from_the_bucket_after_a_kill_and_without_its_directory(s
         except BaseException as exc:  # noqa: BLE001 -- reported by the test
             seen["error"] = repr(exc)
 
-    monkeypatch.setenv("SCALESWEEP_REPORT_DELAY_S", "0.3")
+    monkeypatch.setenv("SCALESWEEP_REPORT_DELAY_S", "0.5")
     thread = threading.Thread(target=fault, daemon=True)
     thread.start()
     with pytest.raises(SweepInterrupted):
@@ -201,9 +204,9 @@ def test_sweep_restores_from_the_bucket_after_a_kill_and_without_its_directory(s
     raw = [int(r["step"]) for r in _raw_rows(uri) if r["trial_id"] == victim]
     # restored from the bucket's checkpoint, not from step 0: what it covered was reported once
     assert all(raw.count(s) == 1 for s in STEPS if s <= seen["killed_after"]), (seen, raw)
-    at_stop = {t: json.loads(_object(s3, f"sweeps/ckpt/checkpoints/{t}/simulated.json"))["step"] for t in stopped}
-    for t in stopped:  # the stop's checkpoint is in the bucket, at the last step the store recorded
-        assert at_stop[t] == max(int(r["step"]) for r in store.observations(t).to_pylist()), (t, at_stop)
+    at_stop = {victim: json.loads(_object(s3, key))["step"]}
+    # the stop's checkpoint is in the bucket, at the last step the store recorded
+    assert at_stop[victim] == max(int(r["step"]) for r in store.observations(victim).to_pylist()), at_stop
 
     keys = _keys(s3, "sweeps/ckpt/")
     assert any(k.startswith(f"ray/{SPEC['name']}/") for k in keys), keys  # Tune's experiment state, in the bucket
@@ -215,8 +218,12 @@ def test_sweep_restores_from_the_bucket_after_a_kill_and_without_its_directory(s
     _, outcome = run_real_sweep(tmp_path, data, "head-b")  # the same spec, an empty directory elsewhere
     assert outcome.statuses == {"finished": 2}, outcome.statuses
     store = ObservationStore(uri)
-    for t in store.trials():
+    trials = store.trials()
+    for t in trials:
         assert [int(r["step"]) for r in store.observations(t).to_pylist()] == STEPS, t
+        assert json.loads(_object(s3, f"sweeps/ckpt/checkpoints/{t}/simulated.json")) == {"step": 64}
+    (pair,) = [t for t, r in trials.items() if r["config"]["workers"] == 2]
+    assert any(k.startswith(f"ray/train-{pair}/") for k in _keys(s3, "sweeps/ckpt/")), "Ray Train's storage"
     for t, step in at_stop.items():  # continued after its checkpoint in the bucket: nothing before it again
         again = [int(r["step"]) for r in _raw_rows(uri) if r["trial_id"] == t and r["wall_time"] >= t_resume]
         assert again and min(again) > step, (t, step, again)
