@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -129,6 +130,48 @@ def test_deepspeed_trial_and_its_branch_restore_from_the_bucket(s3, tmp_path, tm
     assert [int(r["step"]) for r in branched] == [20, 30, 40]
     assert branched[0]["lr"] == pytest.approx(3e-3) and branched[-1]["lr"] == pytest.approx(3e-4)
     assert _object(s3, "sweeps/ds/checkpoints/b/latest") == b"step40"
+
+
+PROGRAM = """\
+import json, os, sys
+cfg = json.load(open(sys.argv[1]))
+ckpt = cfg["checkpoint_dir"]
+start = int(open(os.path.join(ckpt, "step")).read()) if cfg["resume"] else 0
+for name in os.listdir(ckpt):
+    if name.startswith("old-"):
+        os.remove(os.path.join(ckpt, name))  # a checkpoint the program prunes: gone from the bucket too
+with open(cfg["metrics_file"], "a") as out:
+    for s in range(start + 1, 5):
+        with open(os.path.join(ckpt, ".tmp"), "w") as fh:
+            fh.write(str(s))
+        os.replace(os.path.join(ckpt, ".tmp"), os.path.join(ckpt, "step"))
+        open(os.path.join(ckpt, f"old-{s}"), "w").write("x" * 100_000)
+        out.write(json.dumps({"step": s, "tokens": 256 * s, "lr": 1e-3, "train_loss": 5.0 - s, "eval_loss": None}) + "\\n")
+        out.flush()
+        if s == 2 and cfg["attempt"] == 0:
+            sys.exit(3)  # the first attempt crashes after its step-2 checkpoint
+"""
+
+
+def test_command_trial_continues_from_the_bucket_on_another_node(s3, tmp_path):
+    from trainers.command import CommandSettings, TrainerProcessError, run_command
+
+    prog = tmp_path / "prog.py"
+    prog.write_text(PROGRAM)
+    settings = CommandSettings(command=(sys.executable, str(prog), "{config}"), cwd=str(tmp_path))
+    cfg = TrialConfig("c1", n_params=1000, tokens=4 * 256, lr=1e-3, batch_tokens=256, seq_len=64,
+                      checkpoint_dir=str(tmp_path / "a" / "ck"), checkpoint_mirror=f"s3://{BUCKET}/sweeps/cmd/checkpoints/c1")
+    got: list = []
+    with pytest.raises(TrainerProcessError, match="ended with exit status 3"):
+        run_command(cfg, got.append, settings, tmp_path / "a" / "run", n_params=1000)
+    assert _keys(s3, "sweeps/cmd/checkpoints/c1/") == ["old-1", "old-2", "step"]  # what it left, after it exited
+    on_b = replace(cfg, checkpoint_dir=str(tmp_path / "b" / "ck"))  # a restart on another node: a new attempt
+    run_command(on_b, got.append, settings, tmp_path / "b" / "run", n_params=1000)
+    assert [int(r["step"]) for r in got] == [1, 2, 3, 4] and got[-1]["done"] == 1.0
+    doc = json.loads((tmp_path / "b" / "run" / "attempt-0" / "config.json").read_text())
+    assert doc["resume"] is True and doc["checkpoint_mirror"] == cfg.checkpoint_mirror
+    assert _keys(s3, "sweeps/cmd/checkpoints/c1/") == ["old-3", "old-4", "step"]
+    assert _object(s3, "sweeps/cmd/checkpoints/c1/step") == b"4"
 
 
 STEPS = list(range(8, 65, 8))  # 64 steps of 8192 tokens, a report (and a checkpoint) every 8
