@@ -24,7 +24,8 @@ from .query import SweepData, sweep_fit
 from .progress import SweepProgress
 from .proposals import SweepFit
 from .spec import SpecError, SweepSpec
-from .store import RESUME_SKIPS, STOPPED_BY_USER, ObservationStore, StoreError, ended_trials
+from .store import (RESUME_SKIPS, STOPPED_BY_USER, ObservationStore, StoreError, drop_checkpoints_past_reports,
+                    ended_trials)
 
 log = logging.getLogger(__name__)
 
@@ -515,6 +516,10 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     storage_path, storage_fs = store.location.tune_storage(sweep_dir / "ray")
     train_storage = delayed_open(store.location.describe("ray")) if store.location.remote else storage_path
     mirror = store.location.describe("checkpoints") if store.location.remote and spec.checkpoints.enabled else None
+    if mirror:  # a controller lost with its disk lost its last reports: no trial may resume past them
+        for tid, at in drop_checkpoints_past_reports(store, mirror).items():
+            log.warning("trial %s: its checkpoint at step %d is past the store's last report (a controller lost with "
+                        "its unflushed reports); it starts again from step 0", tid, at)
 
     def to_config(t: PlannedTrial) -> dict[str, Any]:
         records.setdefault(t.trial_id, record_of(t))  # a planner may plan trials as it goes (transfer)

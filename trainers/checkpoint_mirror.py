@@ -60,18 +60,56 @@ def mirror_path(checkpoint_dir: str, mirror: str, local: str) -> str:
     return f"{scheme}://" + posixpath.normpath(posixpath.join(posixpath.dirname(base), *Path(rel).parts))
 
 
+POINTERS = ("latest", "simulated.json")  # the file naming a trial's newest checkpoint: DeepSpeed's, the simulated trainer's
+
+
+def checkpoint_step(mirror: str) -> Optional[int]:
+    """The step of the checkpoint the mirror's pointer names (DeepSpeed's ``latest`` = ``step<k>``,
+    the simulated trainer's ``simulated.json``); None without one (or a user's own layout)."""
+    import json
+
+    fs, root = object_fs(mirror)
+    for pointer in POINTERS:
+        try:
+            with fs.open_input_stream(posixpath.join(root, pointer)) as fh:
+                text = fh.read().decode().strip()
+        except (FileNotFoundError, OSError):
+            continue
+        try:
+            return int(text.removeprefix("step")) if pointer == "latest" else int(json.loads(text)["step"])
+        except (ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
+def drop_past(mirror: str, step: int) -> Optional[int]:
+    """Drop the mirror's pointer if it names a checkpoint past `step` (the last step the store recorded
+    of the trial), so the trial starts again from step 0 rather than after reports nobody recorded;
+    the step it named, or None when nothing was dropped. Tag folders stay (a WSD branch point)."""
+    at = checkpoint_step(mirror)
+    if at is None or at <= step:
+        return None
+    remove(mirror, POINTERS)
+    return at
+
+
 def pull(local_dir: str, mirror: str) -> int:
     """Copy what the mirror holds into `local_dir` (replacing older local copies); files copied.
 
     Each file is downloaded to a temporary name and renamed into place, so ranks of one trial
-    that share a node may pull into the same folder at once. Nothing in the mirror: 0, the local
-    folder untouched.
+    that share a node may pull into the same folder at once. A pointer file (`POINTERS`) the
+    mirror lacks is removed locally: every local checkpoint was copied up, so the mirror dropped it
+    (`drop_past`), and a trial must not resume from it.
     """
     import pyarrow.fs as pafs
 
     fs, root = object_fs(mirror)
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
     files = [i for i in infos if i.type == pafs.FileType.File]
+    names = {posixpath.relpath(i.path, root) for i in files}
+    for pointer in POINTERS:
+        if pointer not in names:
+            Path(local_dir, pointer).unlink(missing_ok=True)
     copied = 0
     for info in sorted(files, key=lambda i: i.path):
         target = Path(local_dir, *posixpath.relpath(info.path, root).split("/"))
@@ -159,4 +197,4 @@ def listing(mirror: str) -> list[str]:
     return sorted(posixpath.basename(i.path) for i in infos)
 
 
-__all__ = ["delayed_open", "listing", "mirror_path", "object_fs", "pull", "push", "remove", "replace_with"]
+__all__ = ["POINTERS", "checkpoint_step", "delayed_open", "drop_past", "listing", "mirror_path", "object_fs", "pull", "push", "remove", "replace_with"]

@@ -32,7 +32,7 @@ import pytest
 
 from orchestrator.planner import plan_grid
 from orchestrator.spec import parse_spec
-from orchestrator.store import ObservationStore
+from orchestrator.store import ObservationStore, drop_checkpoints_past_reports
 from tests.integration.conftest import run_real_sweep
 from tests.integration.services import s3_bucket
 from trainers.contract import Schedule, TrialConfig
@@ -130,6 +130,37 @@ def test_deepspeed_trial_and_its_branch_restore_from_the_bucket(s3, tmp_path, tm
     assert [int(r["step"]) for r in branched] == [20, 30, 40]
     assert branched[0]["lr"] == pytest.approx(3e-3) and branched[-1]["lr"] == pytest.approx(3e-4)
     assert _object(s3, "sweeps/ds/checkpoints/b/latest") == b"step40"
+
+
+def test_a_checkpoint_past_the_stores_last_report_is_dropped(s3, tmp_path):
+    """A controller lost with its disk (its write-ahead log) lost the reports after step 8 while the
+    trial checkpointed at 16: the next controller drops that checkpoint, so the trial reruns from 0
+    rather than leave steps 10-16 out of the store; one within what the store recorded stays."""
+    from trainers.simulated import train
+
+    uri = f"s3://{BUCKET}/sweeps/lost"
+    store = ObservationStore(uri)
+    cfg = {tid: TrialConfig(tid, n_params=20_000, tokens=32 * 1024, lr=1e-3, batch_tokens=1024, eval_every=2,
+                            checkpoint_every=8, checkpoint_dir=str(tmp_path / tid),
+                            checkpoint_mirror=f"{uri}/checkpoints/{tid}") for tid in ("ahead", "behind")}
+    for tid, c in cfg.items():
+        store.set_status(tid, "stopped-by-user", config={"N": 2e4})
+        with pytest.raises(NodeLost):
+            train(c, _dies_at(18, []), "tiny")  # checkpoints at 8 and 16 (local and in the bucket)
+    for step in (2, 4, 6, 8):
+        store.append("ahead", {"step": step, "tokens": 1024 * step, "lr": 1e-3, "train_loss": 3.0})
+    for step in range(2, 18, 2):
+        store.append("behind", {"step": step, "tokens": 1024 * step, "lr": 1e-3, "train_loss": 3.0})
+    store.flush()
+
+    assert drop_checkpoints_past_reports(ObservationStore(uri), f"{uri}/checkpoints") == {"ahead": 16}
+    assert _keys(s3, "sweeps/lost/checkpoints/ahead/") == []
+    assert json.loads(_object(s3, "sweeps/lost/checkpoints/behind/simulated.json")) == {"step": 16}
+    got: dict = {tid: [] for tid in cfg}
+    for tid, c in cfg.items():  # the same node, its local folder still at 16: the bucket's word wins
+        train(c, got[tid].append, "tiny")
+    assert [int(r["step"]) for r in got["ahead"]] == list(range(2, 33, 2))  # from 0: no gap
+    assert [int(r["step"]) for r in got["behind"]] == list(range(18, 33, 2))
 
 
 PROGRAM = """\
