@@ -34,24 +34,10 @@ from orchestrator.planner import plan_grid
 from orchestrator.spec import parse_spec
 from orchestrator.store import ObservationStore, drop_checkpoints_past_reports
 from tests.integration.conftest import run_real_sweep
-from tests.integration.services import s3_bucket
+from tests.integration.test_s3_store import BUCKET, _keys, s3  # noqa: F401  (s3: the moto server fixture)
 from trainers.contract import Schedule, TrialConfig
 
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
-
-BUCKET = "scalesweep-ckpt"
-
-
-@pytest.fixture
-def s3(tmp_path, monkeypatch):
-    with s3_bucket(tmp_path / "moto.log", BUCKET, monkeypatch) as server:
-        yield server
-
-
-def _keys(s3, prefix: str) -> list[str]:
-    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    # ("": a folder marker pyarrow leaves when it deletes a folder's last child)
-    return sorted(k for page in pages for o in page.get("Contents", []) if (k := o["Key"][len(prefix):]))
+pytestmark = pytest.mark.integration
 
 
 def _object(s3, key: str):
@@ -238,6 +224,7 @@ def _raw_rows(uri: str) -> list[dict]:
     return [r for p in loc.parts("observations") for r in loc.read_table(p).to_pylist()]
 
 
+@pytest.mark.serial  # a process kill, SIGTERM to this process, its own Ray cluster
 def test_sweep_restores_from_the_bucket_after_a_kill_and_without_its_directory(s3, tmp_path, monkeypatch):
     from orchestrator.controller import SweepInterrupted
 
