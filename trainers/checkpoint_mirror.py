@@ -128,6 +128,16 @@ def pull(local_dir: str, mirror: str) -> int:
     return copied
 
 
+def pull_trial(checkpoint_dir: str, mirror: str, branch_from: Optional[str] = None) -> int:
+    """Before a trial starts: its checkpoint from the mirror, and a WSD branch's trunk checkpoint
+    (`branch_from`, a tag folder beside `checkpoint_dir`) from the trunk's mirror unless the branch
+    has a checkpoint of its own (a `POINTERS` file); files copied."""
+    copied = pull(checkpoint_dir, mirror)
+    if branch_from and not any(Path(checkpoint_dir, p).is_file() for p in POINTERS):
+        copied += pull(branch_from, mirror_path(checkpoint_dir, mirror, branch_from))
+    return copied
+
+
 def push(local_dir: str, mirror: str, names: Iterable[str] = (), pointer: Optional[str] = None,
          only=lambda name: True) -> int:
     """Upload `names` (files or folders, relative to `local_dir`), then the `pointer` file; files uploaded.
@@ -197,4 +207,4 @@ def listing(mirror: str) -> list[str]:
     return sorted(posixpath.basename(i.path) for i in infos)
 
 
-__all__ = ["POINTERS", "checkpoint_step", "delayed_open", "drop_past", "listing", "mirror_path", "object_fs", "pull", "push", "remove", "replace_with"]
+__all__ = ["POINTERS", "checkpoint_step", "delayed_open", "drop_past", "listing", "mirror_path", "object_fs", "pull", "pull_trial", "push", "remove", "replace_with"]

@@ -132,15 +132,6 @@ def _pdeathsig() -> None:  # runs in the child between fork and exec
         pass
 
 
-def _pull_mirror(config: TrialConfig) -> None:
-    """Copy the trial's checkpoint mirror (and a WSD branch's trunk checkpoint) into the local folders."""
-    from trainers.checkpoint_mirror import mirror_path, pull
-
-    pull(config.checkpoint_dir, config.checkpoint_mirror)
-    if config.branch_from:
-        pull(config.branch_from, mirror_path(config.checkpoint_dir, config.checkpoint_mirror, config.branch_from))
-
-
 def _has_state(checkpoint_dir: Optional[str]) -> bool:
     if not checkpoint_dir or not Path(checkpoint_dir).is_dir():
         return False
@@ -204,7 +195,9 @@ def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], s
     """Run one attempt of the trial as the command; returns what went into exit.json."""
     attempt, adir = next_attempt_dir(Path(run_dir))
     if config.checkpoint_dir and config.checkpoint_mirror:  # the authority: the trial may have run on elsewhere
-        _pull_mirror(config)
+        from trainers.checkpoint_mirror import pull_trial
+
+        pull_trial(config.checkpoint_dir, config.checkpoint_mirror, config.branch_from)
     metrics = adir / "metrics.jsonl"
     metrics.touch()
     doc = {**config.document(), "metrics_file": str(metrics), "attempt": attempt,

@@ -356,12 +356,9 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
     eval_flops, eval_time = 0.0, 0.0  # evaluations' cost, kept apart from training's
     checkpoint: Optional[str] = None
     if config.checkpoint_dir and config.checkpoint_mirror:  # the authority: the trial may have run on elsewhere
-        checkpoint_mirror.pull(config.checkpoint_dir, config.checkpoint_mirror)
+        checkpoint_mirror.pull_trial(config.checkpoint_dir, config.checkpoint_mirror, config.branch_from)
     tag = latest_checkpoint(config.checkpoint_dir)
     load_dir = config.checkpoint_dir
-    if tag is None and config.branch_from and config.checkpoint_dir and config.checkpoint_mirror:
-        checkpoint_mirror.pull(config.branch_from, checkpoint_mirror.mirror_path(
-            config.checkpoint_dir, config.checkpoint_mirror, config.branch_from))
     if tag is None and config.branch_from:
         # A WSD cooldown branch: the trunk's full state (weights, optimizer, counters) at the
         # branch point; from there this trial's own schedule is its decay.
