@@ -191,6 +191,32 @@ def test_command_trial_continues_from_the_bucket_on_another_node(s3, tmp_path):
     assert _object(s3, "sweeps/cmd/checkpoints/c1/step") == b"4"
 
 
+def test_python_trainer_wrapped_by_mirrored_continues_from_the_bucket(s3, tmp_path):
+    """`mirrored` (what the python backend's trial process would wrap the user's function with):
+    the folder goes up when the function raises, and comes down on a fresh node."""
+    from trainers.checkpoint_mirror import mirrored
+
+    def user_train(config, report):
+        path = os.path.join(config.checkpoint_dir, "state.json")
+        start = json.load(open(path))["step"] if os.path.exists(path) else 0
+        os.makedirs(config.checkpoint_dir, exist_ok=True)
+        for step in range(start + 1, 5):
+            json.dump({"step": step}, open(path, "w"))
+            report({"step": step})
+            if step == 2 and start == 0:
+                raise NodeLost(step)
+
+    cfg = TrialConfig("p1", n_params=1000, tokens=1024, lr=1e-3, batch_tokens=256,
+                      checkpoint_dir=str(tmp_path / "a" / "p1"), checkpoint_mirror=f"s3://{BUCKET}/sweeps/py/p1")
+    got: list = []
+    with pytest.raises(NodeLost):
+        mirrored(user_train)(cfg, got.append)
+    assert json.loads(_object(s3, "sweeps/py/p1/state.json")) == {"step": 2}
+    mirrored(user_train)(replace(cfg, checkpoint_dir=str(tmp_path / "b" / "p1")), got.append)
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    assert json.loads(_object(s3, "sweeps/py/p1/state.json")) == {"step": 4}
+
+
 STEPS = list(range(8, 65, 8))  # 64 steps of 8192 tokens, a report (and a checkpoint) every 8
 SPEC = {
     "name": "s3-checkpoints",
