@@ -18,10 +18,11 @@ trials. No Ray and no orchestrator here: trainers know only the trial contract.
 """
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # Files at most this large are always copied down (pointers, small state); a larger file whose
@@ -184,6 +185,36 @@ def replace_with(local_dir: str, mirror: str) -> int:
     return uploaded
 
 
+def mirrored(fn: Callable) -> Callable:
+    """A user's Python trainer `fn(config, report)` with its checkpoint folder mirrored: the mirror
+    copied in before it runs, the folder copied up when it returns or raises (one worker: the mirror
+    made a copy of the folder; several: each rank adds the files it has). Without a mirror: `fn`'s call."""
+
+    @functools.wraps(fn)
+    def run(config, report, *args, **kwargs):
+        if not (config.checkpoint_dir and config.checkpoint_mirror):
+            return fn(config, report, *args, **kwargs)
+        pull_trial(config.checkpoint_dir, config.checkpoint_mirror, config.branch_from)
+        returned = False
+        try:
+            out = fn(config, report, *args, **kwargs)
+            returned = True
+            return out
+        finally:
+            try:
+                if config.workers > 1:
+                    folder = Path(config.checkpoint_dir)
+                    push(config.checkpoint_dir, config.checkpoint_mirror,
+                         [p.name for p in folder.iterdir()] if folder.is_dir() else [])
+                else:
+                    replace_with(config.checkpoint_dir, config.checkpoint_mirror)
+            except Exception:  # noqa: BLE001 -- the trainer's own error, if any, is the one to see
+                if returned:
+                    raise
+
+    return run
+
+
 def remove(mirror: str, names: Iterable[str]) -> None:
     """Delete the folders or files `names` below the mirror (gone already: nothing to do)."""
     import pyarrow.fs as pafs
@@ -207,4 +238,4 @@ def listing(mirror: str) -> list[str]:
     return sorted(posixpath.basename(i.path) for i in infos)
 
 
-__all__ = ["POINTERS", "checkpoint_step", "delayed_open", "drop_past", "listing", "mirror_path", "object_fs", "pull", "pull_trial", "push", "remove", "replace_with"]
+__all__ = ["POINTERS", "checkpoint_step", "delayed_open", "drop_past", "listing", "mirror_path", "mirrored", "object_fs", "pull", "pull_trial", "push", "remove", "replace_with"]
