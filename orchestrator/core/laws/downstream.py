@@ -642,8 +642,11 @@ def fit_downstream(
         loss_rows = None
     warnings: list[str] = []
     sigma = SATURATION_SIGMA if saturation_sigma is None else float(saturation_sigma)
-    if mode == "latent" and scale == "N,D" and sigma > 0:
+    sigma = sigma if (mode == "latent" and scale == "N,D" and sigma > 0) else 0.0  # the rule's scope; 0: off
+    n_saturated = 0
+    if sigma > 0:
         keep, note = _saturated(N, D, acc, _stderr(acc, acc_stderr), sigma)
+        n_saturated = int((~keep).sum())
         if note:
             warnings.append(note)
             pick = lambda x: None if x is None else np.asarray(x, np.float64)[keep]  # noqa: E731
@@ -806,6 +809,7 @@ def fit_downstream(
                "rmse_acc": float(np.sqrt(np.mean(resid ** 2))), "bootstrap": int(bootstrap or 0),
                "cluster": bool(cluster), "seed": int(seed), "level": level,
                "n_rows": n_total, "n_loss_rows": int(np.sum(loss_rows)) if loss_rows is not None else n,
+               "checkpoint_weights": checkpoint_weights, "saturation_sigma": sigma, "n_saturated": n_saturated,
                **extra_fit},
     )
     return DownstreamFit(law_name, link, mode, scale, result, level, predict_samples,
