@@ -1,6 +1,7 @@
 """Downstream accuracy of Pythia 2.8B, 6.9B and 12B predicted from the models up to 1.4B.
 
     python -m benchmarks.downstream [--suite standard|deduped] [--bootstrap 200] [--json OUT] [--protocols]
+    python -m benchmarks.downstream --coverage [--reps 200] [--bootstrap 100]
 
 Data: the Pythia zero-shot evaluations (tests/data/pythia_evals/zero_shot.csv; lm-evaluation-
 harness results of the Pythia paper). Fitted: the checkpoints (step 0 excluded; see each method
@@ -28,6 +29,11 @@ every larger final checkpoint — errors against the extrapolation factor N / ma
 ``--protocols`` (both suites, the four tasks with signal, each of VARIANTS): the nested backtests
 (fits and targets <= 1.4B: the data a fitting choice may be tuned on) and the far ones (fit <= 410M
 / 1B, predict 8-21x larger), with error, 90 % intervals and how many held-out points they cover.
+
+``--coverage``: planted truth for the latent fit and its robust defaults (no Pythia data): a known
+two-step law (:data:`PLANTED`) sampled with binomial noise at every checkpoint, fitted back without
+its loss; how often the 90 % intervals at a larger model cover the truth (tests/unit/
+test_downstream_coverage.py asserts the first row).
 """
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.core.laws.downstream import backtest
+from orchestrator.core.laws.downstream import backtest, fit_downstream
 from orchestrator.core.laws.table import read_table
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "pythia_evals" / "zero_shot.csv"
@@ -65,6 +71,61 @@ NESTED = {"410m": ("1b", "1.4b"), "1b": ("1.4b",)}
 VARIANTS: dict[str, dict[str, Any]] = {"uniform": {"checkpoint_weights": "uniform", "saturation_sigma": 0},
                                        "tokens": {"checkpoint_weights": "tokens", "saturation_sigma": 0},
                                        "default": {}}
+
+
+# Planted truth for --coverage: task loss E + A/N^alpha + B/D^beta, accuracy chance + (1 - chance) / (1 + exp(k (L - L0))).
+PLANTED = dict(E=1.8, A=75.0, B=500.0, alpha=0.3, beta=0.3, k=4.0, L0=2.425, chance=0.25)
+PLANTED_SIZES = (2e7, 5e7, 1.2e8, 3e8, 8e8)
+PLANTED_D = (3e9, 3e11)  # first and final checkpoint of every size
+# (label, bootstrap over sizes, checkpoints per size, target N): 4x and 10x the largest planted size.
+COVERAGE_CASES = (("sizes, 8 checkpoints, 4x", True, 8, 3.2e9), ("sizes, 8 checkpoints, 10x", True, 8, 8e9),
+                  ("sizes, 4 checkpoints, 4x", True, 4, 3.2e9), ("rows, 8 checkpoints, 4x", False, 8, 3.2e9),
+                  ("rows, 4 checkpoints, 4x", False, 4, 3.2e9))
+
+
+def planted_accuracy(N, D):
+    """The planted law's accuracy at (N, D)."""
+    t = PLANTED
+    L = t["E"] + t["A"] / np.asarray(N) ** t["alpha"] + t["B"] / np.asarray(D) ** t["beta"]
+    return t["chance"] + (1 - t["chance"]) / (1 + np.exp(t["k"] * (L - t["L0"])))
+
+
+def coverage(reps: int = 200, bootstrap: int = 100, cluster: bool = True, checkpoints: int = 8,
+             target_N: float = 3.2e9, level: float = 0.9, seed: int = 2000) -> dict[str, Any]:
+    """Replicate: draw a 1,000-item benchmark at every checkpoint from :data:`PLANTED`, fit the latent law with
+    fit_downstream's defaults (no loss column), predict ``target_N`` at the final D; count how often the interval
+    covers the true accuracy and the prediction interval covers a fresh evaluation of the target."""
+    N = np.repeat(PLANTED_SIZES, checkpoints)
+    D = np.tile(np.geomspace(*PLANTED_D, checkpoints), len(PLANTED_SIZES))
+    p = planted_accuracy(N, D)
+    a_t = float(planted_accuracy(target_N, PLANTED_D[1]))
+    cover = cover_measured = left_out = 0
+    errors, widths, settings = [], [], set()
+    for r in range(reps):
+        rng = np.random.default_rng(seed + r)
+        acc = rng.binomial(1000, p) / 1000
+        measured = rng.binomial(1000, a_t) / 1000  # one evaluation of the target model
+        fit = fit_downstream(N, D, acc, chance=PLANTED["chance"], bootstrap=bootstrap, cluster=cluster, seed=r,
+                             level=level)
+        extra = fit.result.extra
+        settings.add((fit.law, extra["checkpoint_weights"], extra["saturation_sigma"]))
+        left_out += extra["n_saturated"]
+        pred = fit.predict([target_N], [PLANTED_D[1]])
+        cover += bool(pred["low"][0] <= a_t <= pred["high"][0])
+        cover_measured += bool(pred["pred_low"][0] <= measured <= pred["pred_high"][0])
+        errors.append(pred["acc"][0] - a_t)
+        widths.append(pred["high"][0] - pred["low"][0])
+    return {"reps": reps, "bootstrap": bootstrap, "cluster": cluster, "checkpoints": checkpoints,
+            "target_N": target_N, "true_acc": a_t, "coverage": cover / reps,
+            "prediction_coverage": cover_measured / reps, "rows_left_out": left_out,
+            "bias_points": 100 * float(np.mean(errors)), "sd_points": 100 * float(np.std(errors)),
+            "mean_width_points": 100 * float(np.mean(widths)), "settings": sorted(settings)}
+
+
+def run_coverage(reps: int = 200, bootstrap: int = 100) -> dict[str, Any]:
+    """Every case of :data:`COVERAGE_CASES`."""
+    return {label: coverage(reps, bootstrap, cluster, checkpoints, target_N)
+            for label, cluster, checkpoints, target_N in COVERAGE_CASES}
 
 
 def load_pythia(suite: str = "standard", path: Path = DATA) -> dict[str, np.ndarray]:
@@ -230,19 +291,32 @@ def _print(out: dict[str, Any]) -> None:
         print(f"{s['task']:15s} fit <= {s['fit_up_to']:5s} {pts}")
 
 
+def _print_coverage(out: dict[str, Any]) -> None:
+    print(f"{'case':28s} {'true':>6s} {'covers':>7s} {'pred. covers':>12s} {'bias':>6s} {'sd':>5s} {'width':>6s} left out")
+    for label, c in out.items():
+        print(f"{label:28s} {c['true_acc']:6.3f} {c['coverage']:7.3f} {c['prediction_coverage']:12.3f} "
+              f"{c['bias_points']:+6.2f} {c['sd_points']:5.2f} {c['mean_width_points']:6.2f} {c['rows_left_out']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--suite", default="standard", choices=("standard", "deduped"))
-    ap.add_argument("--bootstrap", type=int, default=200)
+    ap.add_argument("--bootstrap", type=int, default=None, help="resamples (default 200; 100 with --coverage)")
     ap.add_argument("--json", type=Path, default=Path("results") / "downstream.json")
     ap.add_argument("--protocols", action="store_true",
                     help="only the nested and far-extrapolation backtests (both suites, every variant)")
+    ap.add_argument("--coverage", action="store_true",
+                    help="planted-truth interval coverage of the latent fit (--bootstrap resamples, default here 100)")
+    ap.add_argument("--reps", type=int, default=200, help="replications per --coverage case")
     args = ap.parse_args(argv)
-    if args.protocols:
-        out = run_protocols(args.bootstrap)
+    if args.coverage:
+        out = run_coverage(args.reps, 100 if args.bootstrap is None else args.bootstrap)
+        _print_coverage(out)
+    elif args.protocols:
+        out = run_protocols(200 if args.bootstrap is None else args.bootstrap)
         _print_protocols(out)
     else:
-        out = run(args.suite, args.bootstrap)
+        out = run(args.suite, 200 if args.bootstrap is None else args.bootstrap)
         _print(out)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1, default=float))

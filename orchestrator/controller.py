@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +24,8 @@ from .query import SweepData, sweep_fit
 from .progress import SweepProgress
 from .proposals import SweepFit
 from .spec import SpecError, SweepSpec
-from .store import RESUME_SKIPS, STOPPED_BY_USER, ObservationStore, StoreError, ended_trials
+from .store import (RESUME_SKIPS, STOPPED_BY_USER, ObservationStore, StoreError, drop_checkpoints_past_reports,
+                    ended_trials)
 
 log = logging.getLogger(__name__)
 
@@ -477,6 +478,8 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
          stash: dict[str, Any]) -> SweepOutcome:
     from ray import tune
 
+    from trainers.checkpoint_mirror import delayed_open
+
     from .pruning.boundary import completed_from_store, trial_meta
     from .tracking import SweepTracker
     from .tune.callback import SweepCallback, mlflow_end
@@ -524,6 +527,15 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     report_delay = float(os.environ.get("SCALESWEEP_REPORT_DELAY_S", "0") or 0)
 
     decisions: dict[str, dict[str, Any]] = {}  # trial id -> why the planner chose it
+    # A store on S3: Tune's files and the trials' checkpoints go to the same bucket, so trials may
+    # run (and restart) on any node with no shared path (docs/cluster.md, "The observation store on S3").
+    storage_path, storage_fs = store.location.tune_storage(sweep_dir / "ray")
+    train_storage = delayed_open(store.location.describe("ray")) if store.location.remote else storage_path
+    mirror = store.location.describe("checkpoints") if store.location.remote and spec.checkpoints.enabled else None
+    if mirror:  # a controller lost with its disk lost its last reports: no trial may resume past them
+        for tid, at in drop_checkpoints_past_reports(store, mirror).items():
+            log.warning("trial %s: its checkpoint at step %d is past the store's last report (a controller lost with "
+                        "its unflushed reports); it starts again from step 0", tid, at)
 
     def to_config(t: PlannedTrial) -> dict[str, Any]:
         records.setdefault(t.trial_id, record_of(t))  # a planner may plan trials as it goes (transfer)
@@ -535,8 +547,11 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
         # A user's stop: the trial checkpoints after its next report and ends. (Ray Train's workers
         # report asynchronously to Tune: a checkpoint there could be past the last recorded step.)
         stops = t.workers == 1 or spec.trainer.backend == "command"
-        return TrialEnvelope(trial_config(spec, t, ckpt, cache), backend=spec.trainer.backend,
-                             world=spec.trainer.world, storage=str(sweep_dir / "ray"), use_gpu=spec.resources.use_gpu,
+        trial = trial_config(spec, t, ckpt, cache)
+        if mirror:
+            trial = replace(trial, checkpoint_mirror=f"{mirror}/{t.trial_id}")
+        return TrialEnvelope(trial, backend=spec.trainer.backend,
+                             world=spec.trainer.world, storage=train_storage, use_gpu=spec.resources.use_gpu,
                              max_failures=spec.checkpoints.max_failures, cell_D=t.cell.D,
                              own=own_trainer_settings(spec) if own else None,
                              run_dir=str(sweep_dir / "runs" / t.trial_id) if own else None, N=t.N if own else None,
@@ -575,7 +590,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                                     # reused -- but Tune cannot reuse one across resource shapes.
                                     reuse_actors=all(t.workers == 1 for t in planner.trials)),
         # ForgetEndedTrials: Tune would keep every ended trial's metric analysis (≈90 KB a trial)
-        run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir / "ray"),
+        run_config=tune.RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
                                   callbacks=[callback, ForgetEndedTrials()],
                                   verbose=0,
                                   # a user's trainer that breaks the contract (no first report, ...)

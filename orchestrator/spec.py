@@ -711,7 +711,9 @@ class SweepSpec(_Strict):
     store: Optional[str] = Field(
         None, max_length=4096, description="where the observation store keeps its Parquet parts: none = "
         "<output_dir>/store; s3://bucket/prefix = an S3-compatible object store through pyarrow.fs (endpoint and "
-        "keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), readable from any machine")
+        "keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), readable from any machine; trial "
+        "checkpoints (prefix/checkpoints/) and Ray Tune's files (prefix/ray/) then go there too, so no path needs to "
+        "be shared (docs/cluster.md)")
     seed: int = Field(0, ge=0, le=MAX_SEED_VALUE, description="seed of the planner's own choices")
 
     @field_validator("name")

@@ -449,6 +449,25 @@ def ended_trials(store: ObservationStore) -> dict[str, Optional[dict[str, Any]]]
     return {tid: last.get(tid) for tid, rec in trials.items() if rec["status"] in RESUME_SKIPS}
 
 
+def drop_checkpoints_past_reports(store: ObservationStore, mirror: str) -> dict[str, int]:
+    """For every trial that has not ended, drop its bucket checkpoint (``<mirror>/<trial id>``) if it is
+    past the last step the store recorded of it; {trial id: the dropped checkpoint's step}.
+
+    A controller lost with its disk loses the reports only its local write-ahead log held; a trial
+    that checkpointed after them would resume past them and leave a gap in the store. Dropped, it
+    starts again from step 0 (its re-sent reports are deduplicated)."""
+    from trainers.checkpoint_mirror import drop_past
+
+    last = store.last_reports()
+    dropped = {}
+    for tid, rec in store.trials().items():
+        if rec["status"] not in RESUME_SKIPS:
+            at = drop_past(f"{mirror}/{tid}", int((last.get(tid) or {}).get("step") or 0))
+            if at is not None:
+                dropped[tid] = at
+    return dropped
+
+
 def diverged_configs(store: ObservationStore) -> list[dict[str, Any]]:
     """The configs of the trials that diverged (censored: they bound the learning rate from above)."""
     return [rec["config"] for rec in store.trials().values() if rec["status"] == "diverged" and rec["config"]]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 import posixpath
 from pathlib import Path
-from typing import Optional, Union
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, Optional, Union
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -53,27 +53,17 @@ def check_uri(uri: str) -> str:
     return uri
 
 
-def _s3_uri(uri: str) -> str:
-    """The URI with `allow_delayed_open=true` unless it sets it: a small part then goes up in one
-    PutObject request (one round trip, no multipart upload) -- also what moto's server handles."""
-    parts = urlsplit(uri)
-    query = dict(parse_qsl(parts.query))
-    query.setdefault("allow_delayed_open", "true")
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
-
-
 class StoreLocation:
     """A store's root: a local folder (`os`) or an object-store prefix (`pyarrow.fs`)."""
 
     def __init__(self, location: Union[str, Path]):
         self.remote = is_uri(location)
         if self.remote:
-            import pyarrow.fs as pafs
+            from trainers.checkpoint_mirror import object_fs  # the trials' checkpoints reach the bucket alike
 
             uri = check_uri(str(location))
             self.uri = uri.split("?", 1)[0].rstrip("/")
-            self.fs, self.root = pafs.FileSystem.from_uri(_s3_uri(uri))
-            self.root = self.root.rstrip("/")
+            self.fs, self.root = object_fs(uri)
         else:
             self.fs = None
             self.root = str(location)
@@ -89,6 +79,12 @@ class StoreLocation:
     def describe(self, *names: str) -> str:
         """A path below the root as a user would write it (with the scheme for an object store)."""
         return "/".join([self.uri, *names]) if self.remote else self.join(*names)
+
+    def tune_storage(self, local: Union[str, Path]) -> tuple[str, Any]:
+        """(storage_path, storage_filesystem) for Ray Tune's `RunConfig`: the folder ``ray`` below an
+        object-store root, through this location's file system (a cluster with no shared path keeps
+        Tune's experiment state in the bucket), else the local folder `local` (filesystem None)."""
+        return (self.join("ray"), self.fs) if self.remote else (str(local), None)
 
     def makedirs(self, name: str) -> None:
         """Create the folder `name` below the root (an object store has none: nothing to do)."""

@@ -31,6 +31,10 @@ that exits non-zero, writes a malformed report, writes no first report within
 stderr tail; Tune's FailureConfig restarts the trial as a new attempt. The child also gets
 SIGKILL if the process running this runner dies (Linux PR_SET_PDEATHSIG), so a killed trial
 leaves no orphan.
+
+With `config.checkpoint_mirror` (a sweep whose store is on S3) an attempt first copies the mirror
+into `checkpoint_dir`, and when its program has exited the mirror is made a copy of the folder
+(trainers.checkpoint_mirror), before the final report is sent.
 """
 from __future__ import annotations
 
@@ -190,6 +194,10 @@ def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], s
                 run_dir: str | Path, n_params: float, should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     """Run one attempt of the trial as the command; returns what went into exit.json."""
     attempt, adir = next_attempt_dir(Path(run_dir))
+    if config.checkpoint_dir and config.checkpoint_mirror:  # the authority: the trial may have run on elsewhere
+        from trainers.checkpoint_mirror import pull_trial
+
+        pull_trial(config.checkpoint_dir, config.checkpoint_mirror, config.branch_from)
     metrics = adir / "metrics.jsonl"
     metrics.touch()
     doc = {**config.document(), "metrics_file": str(metrics), "attempt": attempt,
@@ -286,6 +294,17 @@ def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], s
             info["error"] = f"{type(error).__name__}: {error}"
             info["contract_error"] = isinstance(error, ContractError)
         (adir / "exit.json").write_text(json.dumps(info, indent=1))
+    if config.checkpoint_dir and config.checkpoint_mirror:
+        # What the program left in its checkpoint folder, before its final report can end the trial.
+        # (A process killed with its node never gets here: a restart elsewhere starts from the mirror's
+        # copy of the previous attempt's folder.)
+        try:
+            from trainers.checkpoint_mirror import replace_with
+
+            replace_with(config.checkpoint_dir, config.checkpoint_mirror)
+        except Exception:  # noqa: BLE001
+            if error is None:
+                raise
     if error is not None:
         if isinstance(error, (SystemExit, KeyboardInterrupt)):
             raise error

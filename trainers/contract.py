@@ -63,6 +63,9 @@ class TrialConfig:
     micro_batch: Optional[int] = None  # sequences per worker per micro-step; None = whole share
     precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     checkpoint_dir: Optional[str] = None  # where to save checkpoints; None = no checkpoints
+    # An object-store copy of checkpoint_dir (s3://...), the authority on a cluster with no shared
+    # path (trainers.checkpoint_mirror); None = the local folder alone
+    checkpoint_mirror: Optional[str] = None
     checkpoint_every: int = 0  # steps between checkpoints (0 = only at the end)
     checkpoint_steps: tuple[int, ...] = ()  # WSD trunk: also save at these steps (its branches' starts)
     branch_from: Optional[str] = None  # WSD branch: a trunk checkpoint (tag directory) to start from

@@ -19,6 +19,9 @@ Downstream tasks (`config.tasks`, trainers/tasks.py) run on the model at the eva
 `config.tasks_at` names and are reported as `task/<name>/<metric>`; every report carries the
 evaluations' cumulative `eval_flops` and `eval_time_s`, kept out of `flops` and `step_time_s`
 (docs/downstream.md, "Tasks in a sweep").
+With `config.checkpoint_mirror` (a sweep whose store is on S3) every saved checkpoint is copied to
+that object-store prefix, each rank its own shards, and a trial first copies the mirror's
+checkpoint into its local `checkpoint_dir` (trainers.checkpoint_mirror): it resumes on any node.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from trainers import checkpoint_mirror
 from trainers.contract import REPORT_KEYS, Reporter, StopRequested, TrialConfig, TrialSummary
 from trainers.corpus import TokenData, eval_windows, load_data, sample_batch
 from trainers.flops import flops_per_token
@@ -233,6 +237,23 @@ def prune_checkpoints(checkpoint_dir: str, keep: set[int]) -> None:
             shutil.rmtree(tag, ignore_errors=True)  # every rank may try: ignore what another removed
 
 
+def mirror_checkpoint(config: TrialConfig, tag: str, at_step: int, rank: int, reducer: "RankReducer") -> None:
+    """Copy a checkpoint just saved to the trial's mirror (trainers.checkpoint_mirror): each rank its
+    own ZeRO shards (on a cluster with no shared path only its node has them), rank 0 the rest; then,
+    once every rank's upload is done, rank 0 the `latest` pointer, and drops the tags pruned here."""
+
+    def mine(name: str) -> bool:
+        return f"zero_pp_rank_{rank}_" in name if "zero_pp_rank_" in name else rank == 0
+
+    checkpoint_mirror.push(config.checkpoint_dir, config.checkpoint_mirror, [tag], only=mine)
+    reducer.max(0.0)  # a collective: every rank's shards are up before the pointer names them
+    if rank == 0:
+        checkpoint_mirror.push(config.checkpoint_dir, config.checkpoint_mirror, pointer="latest")
+        keep = {f"step{s}" for s in (at_step, *config.checkpoint_steps)}
+        checkpoint_mirror.remove(config.checkpoint_mirror, [n for n in checkpoint_mirror.listing(
+            config.checkpoint_mirror) if n.startswith("step") and n[4:].isdigit() and n not in keep])
+
+
 @contextmanager
 def _hidden(*names: str):
     """Inside, `import NAME` raises ImportError for these modules (unless already imported).
@@ -334,6 +355,8 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
     step, tokens, flops, step_time = 0, 0, 0.0, 0.0
     eval_flops, eval_time = 0.0, 0.0  # evaluations' cost, kept apart from training's
     checkpoint: Optional[str] = None
+    if config.checkpoint_dir and config.checkpoint_mirror:  # the authority: the trial may have run on elsewhere
+        checkpoint_mirror.pull_trial(config.checkpoint_dir, config.checkpoint_mirror, config.branch_from)
     tag = latest_checkpoint(config.checkpoint_dir)
     load_dir = config.checkpoint_dir
     if tag is None and config.branch_from:
@@ -360,6 +383,8 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
             "step": at_step, "tokens": tokens, "flops": flops, "step_time_s": step_time,
             "eval_flops": eval_flops, "eval_time_s": eval_time, "trial_id": config.trial_id})
         prune_checkpoints(config.checkpoint_dir, keep={at_step, *config.checkpoint_steps})
+        if config.checkpoint_mirror:
+            mirror_checkpoint(config, t, at_step, rank, reducer)
         return str(Path(config.checkpoint_dir) / t)
 
     # forward FLOPs per token (training counts forward + backward: 3x); validation tokens of all ranks

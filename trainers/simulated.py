@@ -25,6 +25,8 @@ past each multiple of `checkpoint_every` is recorded in `simulated.json` there a
 restarted trial, a resumed sweep) sends only the reports after that step. The losses are a function of the config,
 so a resumed trial reports exactly what an uninterrupted one would have. A WSD branch
 (`config.branch_step`) reports only the steps after its branch point, as the real trainer does.
+With `config.checkpoint_mirror` (a sweep whose store is on S3) each checkpoint is copied there and a
+trial starts from the mirror's (trainers.checkpoint_mirror), on whatever node it runs.
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ DEFAULT_WORLD = "tiny"
 # (A new contract field belongs here unless it changes the run: hashing it redraws every simulated
 # trial's noise, and every benchmark and planted test with it.)
 _NOT_HASHED = ("contract_version", "options", "tasks", "tasks_at", "task_items", "trial_id", "checkpoint_dir",
-               "checkpoint_every", "checkpoint_steps", "branch_from", "branch_step", "family", "data_cache", "threads")
+               "checkpoint_mirror", "checkpoint_every", "checkpoint_steps", "branch_from", "branch_step", "family",
+               "data_cache", "threads")
 _BLOWUP_FACTOR = 10.0  # a diverging loss climbs to this multiple of the world's max_loss, then NaN
 
 
@@ -110,7 +113,7 @@ def train(config: TrialConfig, report: Reporter,
         if s <= config.branch_step and not last:
             continue  # a WSD branch: its trunk trained (and reported) these steps
         if config.checkpoint_dir and last:  # before the final report, which may end the trial
-            _save_step(config.checkpoint_dir, s)
+            _save_step(config, s)
         try:
             report({
                 "step": float(s), "tokens": float(tokens), "flops": 6.0 * N * tokens,
@@ -121,10 +124,10 @@ def train(config: TrialConfig, report: Reporter,
             })
         except StopRequested:  # the user stopped the sweep after this report was recorded: resume from here
             if config.checkpoint_dir and not last and not bad:
-                _save_step(config.checkpoint_dir, s)
+                _save_step(config, s)
             raise
         if config.checkpoint_dir and crossed and not last:  # after the report: killed in between, it re-sends it
-            _save_step(config.checkpoint_dir, s)
+            _save_step(config, s)
     steps = int(ends[-1])
     return TrialSummary(
         final_eval_loss=math.nan if diverged else float(eval_loss[-1]), steps=steps,
@@ -146,6 +149,10 @@ def _resume_step(config: TrialConfig) -> Optional[int]:
     """The step of the trial's checkpoint, if it has one (a restarted or resumed trial)."""
     if not config.checkpoint_dir:
         return None
+    if config.checkpoint_mirror:  # the mirror is the authority: the trial may have run on elsewhere
+        from trainers.checkpoint_mirror import pull
+
+        pull(config.checkpoint_dir, config.checkpoint_mirror)
     path = Path(config.checkpoint_dir) / CHECKPOINT_FILE
     try:
         return int(json.loads(path.read_text())["step"])
@@ -153,13 +160,18 @@ def _resume_step(config: TrialConfig) -> Optional[int]:
         return None
 
 
-def _save_step(checkpoint_dir: str, step: int) -> None:
-    """Record a checkpoint at `step` (written to a temporary file and renamed: atomic)."""
-    folder = Path(checkpoint_dir)
+def _save_step(config: TrialConfig, step: int) -> None:
+    """Record a checkpoint at `step` (written to a temporary file and renamed: atomic), and copy it
+    to the checkpoint mirror if the trial has one."""
+    folder = Path(config.checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps({"step": int(step)}))
     os.replace(tmp, folder / CHECKPOINT_FILE)
+    if config.checkpoint_mirror:
+        from trainers.checkpoint_mirror import push
+
+        push(str(folder), config.checkpoint_mirror, pointer=CHECKPOINT_FILE)
 
 
 def _plan(config: TrialConfig) -> tuple[float, float, int]:

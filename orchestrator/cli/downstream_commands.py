@@ -20,6 +20,12 @@ class LinkName(str, Enum):
     exponential = "exponential"
 
 
+class CheckpointWeights(str, Enum):
+    auto = "auto"
+    uniform = "uniform"
+    tokens = "tokens"
+
+
 @app.command("fit-downstream")
 def fit_downstream_command(
     table: Path = typer.Argument(..., help="CSV/Parquet: N, D (or C), acc; optional loss or task_loss, chance, task, acc_stderr."),
@@ -30,6 +36,14 @@ def fit_downstream_command(
     fit_ceiling: bool = typer.Option(False, "--fit-ceiling", help="Fit the sigmoid's ceiling instead of fixing it."),
     min_tokens: float = typer.Option(0.0, "--min-D", help="Rows with D below this (e.g. warm-up checkpoints) stay out of the loss law; "
                                      "with a loss column they still feed the accuracy step, without one they are dropped."),
+    checkpoint_weights: CheckpointWeights = typer.Option(
+        CheckpointWeights.auto, "--checkpoint-weights",
+        help="Row weights of the accuracy fit: tokens (D / the largest D of the row's model size: final "
+             "checkpoints count most), uniform, or auto (tokens for a latent fit in N, D; else uniform)."),
+    saturation_sigma: float = typer.Option(
+        3.0, "--saturation-sigma",
+        help="Latent fit in N, D: leave out rows this many standard errors below an earlier accuracy of their "
+             "model size (small models saturating late in training); 0 = off."),
     bootstrap: int = typer.Option(200, "--bootstrap", help="Bootstrap resamples for intervals; 0 = none."),
     cluster: bool = typer.Option(False, "--cluster", help="Resample whole model sizes (checkpoints of one model are correlated)."),
     level: float = typer.Option(0.9, "--level", help="Level of the central intervals."),
@@ -38,8 +52,8 @@ def fit_downstream_command(
 ) -> None:
     """Fit the two-step downstream law (loss from N, D or C; accuracy from loss) and predict with intervals.
 
-    Without a loss column the loss is latent: accuracy is fitted as the link of an L(N, D)-shaped
-    latent loss. With --predict, predictions come in OTHER's row order.
+    Without a loss column the loss is latent: accuracy is fitted as the link of an L(N, D)-shaped latent loss.
+    With --predict, predictions come in OTHER's row order.
     """
     if bootstrap < 0:
         fail(f"--bootstrap must be >= 0, got {bootstrap}")
@@ -47,9 +61,12 @@ def fit_downstream_command(
         fail(f"--level must be in (0, 1), got {level}")
     if chance is not None and not (0.0 <= chance <= 1.0):
         fail(f"--chance must be in [0, 1], got {chance}")
+    if not (saturation_sigma >= 0.0 and math.isfinite(saturation_sigma)):
+        fail(f"--saturation-sigma must be >= 0 (0 = off), got {saturation_sigma}")
     try:
         doc = run(table, predict, link=link.value, chance=chance, ceiling=None if fit_ceiling else ceiling,
-                  min_tokens=min_tokens, bootstrap=bootstrap, cluster=cluster, level=level, seed=seed)
+                  min_tokens=min_tokens, bootstrap=bootstrap, cluster=cluster, level=level, seed=seed,
+                  checkpoint_weights=checkpoint_weights.value, saturation_sigma=saturation_sigma)
     except (TableError, ValueError) as exc:
         fail(str(exc))
     if as_json:
@@ -87,7 +104,8 @@ def _loss_column(raw: dict[str, np.ndarray]) -> str | None:
 
 def run(table: Path, predict: Path | None, *, link: str = "sigmoid", chance: float | None = None,
         ceiling: float | None = 1.0, min_tokens: float = 0.0, bootstrap: int = 200, cluster: bool = False,
-        level: float = 0.9, seed: int = 0) -> dict[str, Any]:
+        level: float = 0.9, seed: int = 0, checkpoint_weights: str = "auto",
+        saturation_sigma: float | None = None) -> dict[str, Any]:
     """The command's JSON document (fits per task, predictions in OTHER's row order)."""
     from ..core.laws.downstream import fit_downstream, predictions_json
     from ..core.laws.result import jsonable
@@ -134,7 +152,8 @@ def run(table: Path, predict: Path | None, *, link: str = "sigmoid", chance: flo
             fits[task] = fit_downstream(sub["N"], sub["D"], acc[m], C=sub["C"], loss=None if loss is None else loss[m],
                                         chance=task_chance, ceiling=ceiling, link=link, loss_rows=rows,
                                         bootstrap=bootstrap, cluster=cluster, seed=seed, level=level,
-                                        acc_stderr=None if stderr is None else stderr[m])
+                                        acc_stderr=None if stderr is None else stderr[m],
+                                        checkpoint_weights=checkpoint_weights, saturation_sigma=saturation_sigma)
         except ValueError as exc:
             raise TableError(f"{label}: {exc}") from None
 

@@ -1,4 +1,5 @@
 """`scalesweep fit-downstream`: JSON with predictions in the other table's order; clear errors (exit 2)."""
+import inspect
 import json
 from pathlib import Path
 
@@ -128,3 +129,73 @@ def test_untrained_rows_are_left_out_and_a_missing_chance_is_flagged(tmp_path):
     assert doc["n_points"] == 16
     assert "4 row(s) with D = 0 (untrained checkpoints) left out" in doc["warnings"]
     assert any("no chance level given" in w for w in doc["warnings"])
+
+
+def _saturating_table(tmp_path) -> Path:
+    """A planted latent-sigmoid law (5 sizes x 8 checkpoints, exact accuracies) whose smallest size falls 6 and 10
+    points below its peak at its last two checkpoints, as Pythia 70M does late in training."""
+    N = np.repeat([2e7, 5e7, 1.2e8, 3e8, 8e8], 8)
+    D = np.tile(np.geomspace(3e9, 3e11, 8), 5)
+    acc = 0.25 + 0.75 / (1 + np.exp(300 / N ** 0.3 + 2000 / D ** 0.3 - 2.5))
+    acc[[6, 7]] = acc[5] - np.array([0.06, 0.10])
+    return _write(tmp_path / "sat.csv", "N,D,acc", zip(N, D, acc))
+
+
+def test_checkpoint_weights_and_saturation_flags_reach_the_fit(tmp_path):
+    table = _saturating_table(tmp_path)
+
+    def fit(*flags):
+        res = runner.invoke(app, ["fit-downstream", str(table), "--chance", "0.25", "--bootstrap", "0", "--json", *flags])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    default = fit()
+    assert default["extra"]["checkpoint_weights"] == "tokens" and default["extra"]["saturation_sigma"] == 3.0
+    assert default["n_points"] == 38 and default["extra"]["n_saturated"] == 2
+    assert any("saturat" in w and "N 2e+07" in w for w in default["warnings"])
+    off = fit("--saturation-sigma", "0")
+    assert off["n_points"] == 40 and off["extra"]["saturation_sigma"] == 0.0
+    assert not any("saturat" in w for w in off["warnings"])
+    assert off["params"] != default["params"]
+    loose = fit("--saturation-sigma", "1e6")  # a 10-point drop is far below a million standard errors
+    assert loose["n_points"] == 40
+    uniform = fit("--checkpoint-weights", "uniform")
+    assert uniform["extra"]["checkpoint_weights"] == "uniform" and uniform["n_points"] == 38
+    assert uniform["params"] != default["params"]
+    # the explicit values are the defaults: same fit
+    assert fit("--checkpoint-weights", "tokens", "--saturation-sigma", "3")["params"] == default["params"]
+
+
+def test_checkpoint_weights_of_a_two_step_fit(tmp_path):
+    N = np.repeat([1e7, 3e7, 1e8, 3e8], 4)
+    D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
+    L = 1.7 + 400 / N ** 0.34 + 400 / D ** 0.28
+    acc = 0.25 + 0.75 / (1 + np.exp(3.0 * (L - 2.6)))
+    table = _write(tmp_path / "t.csv", "N,D,loss,acc", zip(N, D, L, acc))
+    for flag, weights in (([], "uniform"), (["--checkpoint-weights", "tokens"], "tokens")):
+        res = runner.invoke(app, ["fit-downstream", str(table), "--chance", "0.25", "--bootstrap", "0", "--json", *flag])
+        assert res.exit_code == 0, res.output
+        doc = json.loads(res.stdout)
+        assert doc["law"] == "two-step-sigmoid" and doc["extra"]["checkpoint_weights"] == weights
+        assert doc["extra"]["saturation_sigma"] == 0.0  # the saturation rule is for latent fits only
+        assert doc["params"]["acc.L0"] == pytest.approx(2.6, abs=1e-3)  # exact data: any weights recover the law
+
+
+def test_checkpoint_flag_errors(tmp_path):
+    table = _saturating_table(tmp_path)
+    res = runner.invoke(app, ["fit-downstream", str(table), "--saturation-sigma", "-1"])
+    assert res.exit_code == 2 and "--saturation-sigma must be >= 0" in res.output
+    res = runner.invoke(app, ["fit-downstream", str(table), "--checkpoint-weights", "late"])
+    assert res.exit_code == 2 and "late" in res.output
+    compute = _write(tmp_path / "c.csv", "C,acc", [(1e18 * 2 ** i, 0.3 + 0.05 * i) for i in range(8)])
+    res = runner.invoke(app, ["fit-downstream", str(compute), "--checkpoint-weights", "tokens", "--bootstrap", "0"])
+    assert res.exit_code == 2 and "needs N and D" in res.output
+
+
+def test_saturation_default_is_the_laws():
+    from orchestrator.cli.downstream_commands import fit_downstream_command
+    from orchestrator.core.laws.downstream import SATURATION_SIGMA
+
+    assert inspect.signature(fit_downstream_command).parameters["saturation_sigma"].default.default == SATURATION_SIGMA
+    res = runner.invoke(app, ["fit-downstream", "--help"], env={"COLUMNS": "200"})
+    assert "--checkpoint-weights" in res.output and "--saturation-sigma" in res.output

@@ -91,43 +91,60 @@ def batch_lm(model: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], y: np
     """
     theta = np.clip(np.array(theta0, dtype=np.float64), lo, hi)
     W = np.asarray(W, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
     K, P = theta.shape
 
-    def evaluate(th):
+    def evaluate(th, w, yy):
         with np.errstate(over="ignore", invalid="ignore"):
             pred, J = model(th)
-        r = pred - y
-        f = np.where(np.all(np.isfinite(r), axis=1), (W * np.nan_to_num(r) ** 2).sum(axis=1), np.inf)
+            r = pred - yy
+            f = (w * r ** 2).sum(axis=1)
+        finite = np.isfinite(r).all(axis=1)
+        f = np.where(finite, f, np.inf)
+        # Made finite once per evaluation (not at every iteration): the normal equations need it.
+        r = r if finite.all() else np.nan_to_num(r)
+        J = J if np.isfinite(J).all() else np.nan_to_num(J)
         return f, r, J
 
-    f, r, J = evaluate(theta)
+    f, r, J = evaluate(theta, W, y)
+    J = np.array(J, dtype=np.float64)  # writable: accepted rows are updated in place
     lam = np.full(K, 1e-3)
     active = np.isfinite(f)
     eye = np.eye(P)
     for _ in range(max_iter):
-        if not active.any():
+        # Only the rows still moving are computed: a bootstrap's tail of slow rows costs little.
+        idx = np.flatnonzero(active)
+        if not len(idx):
             break
-        Jc = np.nan_to_num(J)
-        Jt = np.swapaxes(Jc, 1, 2)
-        H = (Jt * W[:, None, :]) @ Jc
-        g = (Jt @ (W * np.nan_to_num(r))[..., None])[..., 0]
+        Ja, ra, Wa, la, fa = J[idx], r[idx], W[idx], lam[idx], f[idx]
+        Jt = np.swapaxes(Ja, 1, 2)
+        H = (Jt * Wa[:, None, :]) @ Ja
+        g = (Jt @ (Wa * ra)[..., None])[..., 0]
         dH = np.diagonal(H, axis1=1, axis2=2)
-        A = H + lam[:, None, None] * (dH[:, :, None] * eye + 1e-9 * eye)
+        A = H + la[:, None, None] * (dH[:, :, None] * eye + 1e-9 * eye)
         try:
             step = -np.linalg.solve(A, g[..., None])[..., 0]
         except np.linalg.LinAlgError:
             step = -np.stack([np.linalg.lstsq(a, gg, rcond=None)[0] for a, gg in zip(A, g)])
-        cand = np.clip(theta + np.nan_to_num(step), lo, hi)
-        f_new, r_new, J_new = evaluate(cand)
-        ok = active & (f_new < f)
-        rel = np.where(ok, (f - f_new) / np.maximum(f, 1e-300), 0.0)
-        theta = np.where(ok[:, None], cand, theta)
-        f = np.where(ok, f_new, f)
-        r = np.where(ok[:, None], r_new, r)
-        J = np.where(ok[:, None, None], J_new, J)
-        lam = np.where(ok, np.maximum(lam / 3.0, 1e-9), lam * 4.0)
-        active &= ~((ok & (rel < rtol)) | (lam > 1e12))
+        step = step if np.isfinite(step).all() else np.nan_to_num(step)
+        cand = np.clip(theta[idx] + step, lo, hi)
+        f_new, r_new, J_new = evaluate(cand, Wa, y[idx] if y.ndim == 2 else y)
+        ok = f_new < fa
+        rel = np.where(ok, (fa - f_new) / np.maximum(fa, 1e-300), 0.0)
+        moved = idx[ok]
+        theta[moved], f[moved], r[moved], J[moved] = cand[ok], f_new[ok], r_new[ok], J_new[ok]
+        la = np.where(ok, np.maximum(la / 3.0, 1e-9), la * 4.0)
+        lam[idx] = la
+        active[idx] = ~((ok & (rel < rtol)) | (la > 1e12))
     return theta, f
+
+
+def _jacobian(shape: tuple[int, ...], cols: list[np.ndarray]) -> np.ndarray:
+    """Stack derivative columns (each broadcastable to ``shape``) along a last axis."""
+    J = np.empty(shape + (len(cols),))
+    for i, c in enumerate(cols):
+        J[..., i] = c
+    return J
 
 
 def _best_of_starts(model, y, starts: np.ndarray, w: np.ndarray, lo, hi) -> np.ndarray:
@@ -196,8 +213,7 @@ class _LinkProblem:
             e = np.exp(np.clip(a - gamma * (L - self.Lc), -700, 700))
             pred = floor + e
             cols = [np.ones_like(e), e, -e * gamma * (L - self.Lc)]
-        J = np.stack([np.broadcast_to(c_, pred.shape) for c_ in cols], axis=-1)
-        return pred, J
+        return pred, _jacobian(pred.shape, cols)
 
     def starts(self) -> np.ndarray:
         L, acc = self.L, self.acc
@@ -324,8 +340,7 @@ class _Latent:
             pred = t["floor"] + e
             dz = -e
             cols = [dz * tm for tm in terms] + [-dz * tm * u for tm, u in zip(terms, U)] + [e, np.ones_like(e)]
-        J = np.stack([np.broadcast_to(c_, pred.shape) for c_ in cols], axis=-1)
-        return pred, J
+        return pred, _jacobian(pred.shape, cols)
 
     def starts(self) -> np.ndarray:
         rows = []
@@ -642,8 +657,11 @@ def fit_downstream(
         loss_rows = None
     warnings: list[str] = []
     sigma = SATURATION_SIGMA if saturation_sigma is None else float(saturation_sigma)
-    if mode == "latent" and scale == "N,D" and sigma > 0:
+    sigma = sigma if (mode == "latent" and scale == "N,D" and sigma > 0) else 0.0  # the rule's scope; 0: off
+    n_saturated = 0
+    if sigma > 0:
         keep, note = _saturated(N, D, acc, _stderr(acc, acc_stderr), sigma)
+        n_saturated = int((~keep).sum())
         if note:
             warnings.append(note)
             pick = lambda x: None if x is None else np.asarray(x, np.float64)[keep]  # noqa: E731
@@ -806,6 +824,7 @@ def fit_downstream(
                "rmse_acc": float(np.sqrt(np.mean(resid ** 2))), "bootstrap": int(bootstrap or 0),
                "cluster": bool(cluster), "seed": int(seed), "level": level,
                "n_rows": n_total, "n_loss_rows": int(np.sum(loss_rows)) if loss_rows is not None else n,
+               "checkpoint_weights": checkpoint_weights, "saturation_sigma": sigma, "n_saturated": n_saturated,
                **extra_fit},
     )
     return DownstreamFit(law_name, link, mode, scale, result, level, predict_samples,
