@@ -224,9 +224,11 @@ def _run_own(env: TrialEnvelope, send) -> None:
         os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(int(settings.grace_s + 10))
         run_command(cfg, lambda m: send(_forward(m)), settings, run_dir, n_params, should_stop=_stop_requested)
         return
+    from trainers.checkpoint_mirror import mirrored
     from trainers.entrypoint import load_entrypoint
 
-    fn = load_entrypoint(own["entrypoint"], own["cwd"])
+    # with the store on S3, its checkpoint folder comes from the bucket and goes back to it
+    fn = mirrored(load_entrypoint(own["entrypoint"], own["cwd"]))
     run_dir.mkdir(parents=True, exist_ok=True)
     rank = _train_rank() if cfg.workers > 1 else 0
     (run_dir / ("pid" if rank == 0 else f"pid-rank{rank}")).write_text(f"{os.getpid()}\n")
