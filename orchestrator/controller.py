@@ -603,6 +603,9 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     # Tune's ResultGrid reads the per-trial files of the loggers tune_env turns off and warns
     # for every trial when they are missing; the store and MLflow are the sweep's record.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    from .tune import sync_race
+
+    sync_race.install()  # Tune's own sync racing its temporary files: one line, not a traceback
     # Any exception from here on reaches run_sweep, which flushes the store (a failing flush
     # keeps the first error: the rows stay unwritten, the parts on disk whole, `resume`
     # continues) and ends the parent run FAILED.

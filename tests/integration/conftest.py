@@ -236,7 +236,11 @@ class LoopbackCluster:
         self.logs.append(log)
         with open(log, "wb") as out:
             self.procs.append(subprocess.Popen([str(BIN / "ray"), "start", *args], stdout=out, stderr=subprocess.STDOUT,
-                                               env=_env(RAY_AUTH_MODE="token", **env), start_new_session=True))
+                                               # a loaded machine (CI runs two test processes) can take
+                                               # more than Ray's 60 s to register a raylet: `ray start`
+                                               # then exits 1 ("GCS cannot find the node")
+                                               env=_env(RAY_AUTH_MODE="token", RAY_raylet_start_wait_time_s="300",
+                                                        **env), start_new_session=True))
 
     def _wait(self, probe, what: str, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
