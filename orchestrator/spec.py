@@ -1108,7 +1108,7 @@ def reference_markdown() -> str:
                   f"| steps of one trial (D / batch) | {MAX_STEPS:.0e} |",
                   f"| any bootstrap count | {MAX_BOOTSTRAP:,} |",
                   f"| `name` | {MAX_NAME} characters |",
-                  f"| `model.n_params` | the family's largest member (x 1.1); two values may not give the same member |",
+                  "| `model.n_params` | the family's largest member (x 1.1); two values may not give the same member |",
                   "", "Paths (`output_dir`, `data`, a SQLite `tracking.uri`) are checked before a sweep starts: not "
                   "under /proc, /sys or /dev, not through a file, writable; `data` a directory with "
                   "`train/*.parquet` and `val/*.parquet`. `scalesweep run` refuses an `output_dir` that holds "

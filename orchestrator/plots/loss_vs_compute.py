@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._columns import C_LABEL, LOSS_LABEL, _column, _count, _fmt, _interval
+from ._columns import C_LABEL, LOSS_LABEL, _column, _count, _interval
 
 CURVES_LABEL = "fitted L(N, D) along D, one per size (its colour)"
 
