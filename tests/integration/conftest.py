@@ -201,7 +201,7 @@ class LoopbackCluster:
         # Short: Ray's unix sockets live under it (108-byte path limit).
         self.temp_dir = Path(tempfile.mkdtemp(prefix="ssr", dir="/tmp"))
         self.root = root
-        self.ports = ports = _free_ports(12)
+        self.ports = ports = _free_ports(7)
         self.gcs_port, self.dashboard_port = ports[0], ports[1]
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.procs: list[subprocess.Popen] = []
@@ -225,11 +225,33 @@ class LoopbackCluster:
                              f"--runtime-env-agent-port={ports[6]}", f"--temp-dir={self.temp_dir / 'h'}", *common],
                     **self.head_env)
         self._wait(lambda: _get_json(f"{self.address}/api/version"), "head's dashboard")
-        self._start("worker", [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={self.cpus}",
-                               '--resources={"worker_node": 1}', f"--dashboard-agent-listen-port={ports[7]}",
-                               f"--dashboard-agent-grpc-port={ports[8]}", f"--metrics-export-port={ports[9]}",
-                               f"--runtime-env-agent-port={ports[10]}", f"--temp-dir={self.temp_dir / 'w'}", *common])
-        self._wait(lambda: len(self.alive_nodes()) == 2 or None, "two alive nodes")
+        # The worker's ports are picked just before it starts, and a worker that does not join is
+        # started once more on fresh ports: on a loaded machine (CI's other test process starts Ray
+        # clusters too) a port picked earlier can be taken meanwhile, and the raylet never registers.
+        for attempt in range(2):
+            ports = _free_ports(4)
+            self._start("worker", [f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={self.cpus}",
+                                   '--resources={"worker_node": 1}', f"--dashboard-agent-listen-port={ports[0]}",
+                                   f"--dashboard-agent-grpc-port={ports[1]}", f"--metrics-export-port={ports[2]}",
+                                   f"--runtime-env-agent-port={ports[3]}", f"--temp-dir={self.temp_dir / 'w'}",
+                                   *common])
+            try:
+                self._wait(lambda: len(self.alive_nodes()) == 2 or None, "two alive nodes")
+                return
+            except (RuntimeError, TimeoutError):
+                if attempt:
+                    raise
+                worker = self.procs.pop()
+                if worker.poll() is None:
+                    worker.send_signal(signal.SIGTERM)
+                    try:
+                        worker.wait(30)
+                    except subprocess.TimeoutExpired:
+                        pass
+                try:
+                    os.killpg(worker.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def _start(self, name: str, args: list[str], **env: str) -> None:
         log = self.root / f"ray-{name}.log"
