@@ -623,6 +623,9 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     advice = planner.hparam_advice()
     outcome = summarise(spec, store, tracker, parent, t0, planner.decisions,
                         advice.predict if advice else None, advice.intervals if advice else None)
+    from .query import save_live_search
+
+    save_live_search(store, spec, planner)  # the first `propose`/`status` reads the live search, no replay
     tracker.close("FINISHED")
     return outcome
 

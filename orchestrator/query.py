@@ -13,6 +13,7 @@ their own channel (an exit code, an HTTP status).
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any, Optional, Sequence
 
 from .branching import spent_flops
 from .proposals import HparamRule, IntervalRule, SweepFit, fit_and_propose, fit_settings
+
+log = logging.getLogger(__name__)
 
 class QueryError(ValueError):
     """A question about a sweep that has no answer (the message says why, in the user's words)."""
@@ -71,23 +74,40 @@ def search_replay(data: SweepData, spec: Any) -> Optional[SearchReplay]:
     return data.replays[key]
 
 def _replay_search(store: Any, spec: Any, spec_json: str) -> SearchReplay:
-    """Replay the search from `store`, or read its answers from the cache a previous replay of the same
-    store, spec and code left beside fit.json (`replay_cache`)."""
+    """Replay the search from `store`, or read its answers from the cache the live sweep or a previous
+    replay of the same store, spec and code left beside fit.json (`replay_cache`)."""
     from . import replay_cache
-    from .core.planning import Done
-    from .planner import PlannedTrial
     from .planners import make_planner
+
+    where, cache_key, ended, started = _cache_key(store, spec_json)
+    hit = replay_cache.load(where, cache_key, spec)
+    if hit is not None:
+        return SearchReplay(*hit)
+    log.info("replaying the %s search of %s from its store (no current %s)", spec.search.strategy,
+             where or "the store", replay_cache.CACHE_FILE)
+    planner = make_planner(spec)
+    planner.resume(ended)  # what the controller hands a resumed planner
+    new, done = _next_steps(planner, started)
+    replay_cache.save(where, cache_key, spec, planner, new, done, source="replay")
+    return SearchReplay(planner.hparam_advice(), new, done)
+
+def _cache_key(store: Any, spec_json: str) -> tuple[Optional[Path], str, dict[str, Any], set[str]]:
+    """Where a search's cache lives (the sweep directory of a local store, else None), its key for the
+    store as it is now, the ended trials with their last reports and the trials started and not ended."""
+    from . import replay_cache
     from .store import ended_trials
 
     ended = ended_trials(store)
     started = {tid for tid, rec in store.trials().items() if rec["status"] in ("planned", "running")}
-    cache_key = replay_cache.replay_key(spec_json, ended, started)
-    where = store.root.parent if isinstance(store.root, Path) else None  # the sweep directory (a local store)
-    hit = replay_cache.load(where, cache_key, spec)
-    if hit is not None:
-        return SearchReplay(*hit)
-    planner = make_planner(spec)
-    planner.resume(ended)  # what the controller hands a resumed planner
+    where = store.root.parent if isinstance(store.root, Path) else None
+    return where, replay_cache.replay_key(spec_json, ended, started), ended, started
+
+def _next_steps(planner: Any, started: set[str]) -> tuple[list[str], Optional[str]]:
+    """The trials `planner` would start next that are not `started` already, and why it is done (None:
+    it must wait for them). A search that has ended answers its own reason without planning more."""
+    from .core.planning import Done
+    from .planner import PlannedTrial
+
     new, step = [], None
     for _ in range(planner.trial_cap + 1):
         step = planner.next_trial()
@@ -95,9 +115,27 @@ def _replay_search(store: Any, spec: Any, spec_json: str) -> SearchReplay:
             break
         if step.trial_id not in started:
             new.append(step.trial_id)
-    done = step.why if isinstance(step, Done) else None
-    replay_cache.save(where, cache_key, spec, planner, new, done)
-    return SearchReplay(planner.hparam_advice(), new, done)
+    return new, step.why if isinstance(step, Done) else None
+
+def save_live_search(store: Any, spec: Any, planner: Any) -> bool:
+    """At the end of a law/transfer sweep, cache its live search's answers (`replay_cache`) under the key
+    a query of the store now computes, so the first `propose`, `status` or API question reads them
+    without replaying, with the live laws fit.json used and the live run's end reason (a replay hands
+    the trials over in another order and may end for another reason). False: nothing cached (a grid, a
+    store off the local disk, a recorded spec that no longer loads, advice that is not data)."""
+    from . import replay_cache
+    from .spec import SpecError, load_spec
+
+    if spec.search.strategy == "grid" or not isinstance(store.root, Path):
+        return False
+    try:  # the spec every query loads: its JSON is part of the key
+        recorded = load_spec(store.root.parent / "spec.yaml")
+    except (OSError, SpecError) as exc:
+        log.info("live search not cached: the recorded spec does not load (%s)", exc)
+        return False
+    where, cache_key, _, started = _cache_key(store, recorded.model_dump_json())
+    new, done = _next_steps(planner, started)
+    return replay_cache.save(where, cache_key, recorded, planner, new, done, source="live")
 
 def family_of(spec: Any) -> str:
     """The spec's model family ("gpt" without a spec: a broken spec must not block reading data)."""

@@ -2,6 +2,10 @@
 `status` and the API do not replay the whole search on every question (4-10 s of refits on a
 hundred-trial sweep).
 
+The live sweep writes it at its end from its own search (`query.save_live_search`: its laws, the reason it
+ended), so the first question after a sweep does not replay either; a replay only rebuilds it when the
+store, the spec or the code changed since (`source` in the file says which wrote it).
+
 The cache file `search_replay.json` holds what the replay answers -- why the search ended, the trials it
 would start next -- the planner state its lr/batch advice reads (`ADVICE_STATE`) and the factors its L(N, D)
 fit applied to its WSD branches' losses (`loss_factors`, which the proposals' fit applies too), as plain JSON:
@@ -199,16 +203,17 @@ def _restore(doc: dict[str, Any], key: str, spec: Any) -> Optional[tuple[Any, li
 
 
 def save(sweep_dir: Optional[Path], key: str, spec: Any, planner: Any, next_trials: list[str],
-         done: Optional[str]) -> bool:
-    """Cache a replayed `planner`'s answers under `key`; False (nothing written) when its advice cannot
-    be stored as data or restored to the same answers, or the directory is not writable."""
+         done: Optional[str], source: str = "replay") -> bool:
+    """Cache a `planner`'s answers under `key` (`source`: "live", the sweep's own search at its end, or
+    "replay", rebuilt from the store); False (nothing written) when its advice cannot be stored as data
+    or restored to the same answers, or the directory is not writable."""
     path = _path(sweep_dir)
     if path is None or not path.parent.is_dir():
         return False
     live = planner.hparam_advice()
     try:
         state = None if live is None else {name: encode(getattr(planner, name)) for name in ADVICE_STATE}
-        doc = {"format": FORMAT, "key": key, "done": done, "next_trials": list(next_trials), "advice": state,
+        doc = {"format": FORMAT, "key": key, "source": source, "done": done, "next_trials": list(next_trials), "advice": state,
                "loss_factors": loss_factors(planner)}
         text = json.dumps(doc, allow_nan=False)
         restored = _restore(json.loads(text), key, spec)

@@ -3,9 +3,17 @@ trials the search plans off the grid (law points), and the proposal uses the lea
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
+
+from orchestrator import replay_cache
 
 from orchestrator.planner import plan_grid
 from orchestrator.search.lattice import batch_ladder
@@ -70,3 +78,53 @@ def test_proposal_uses_the_learned_laws(sweep):
     assert p["lr"] > 0 and p["batch"] > 0 and p["N"] > 0
     for name in ("lr", "batch"):  # the learned laws' own uncertainty at (N*, D*)
         assert p["intervals"][name]["low"] < p[name] < p["intervals"][name]["high"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """`scalesweep ARGS` in a process of its own (nothing of this test's imports or patches)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
+                       timeout=240, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def test_the_first_query_reads_the_live_search_a_changed_store_replays(sweep, tmp_path):
+    """Issue 17: the sweep caches its own search at its end (`query.save_live_search`), so the first
+    `propose` and `status` after it replay nothing and answer with the live laws and end reason; a
+    store changed since means a replay, which rewrites the cache."""
+    spec, outcome = sweep
+    cache = outcome.sweep_dir / replay_cache.CACHE_FILE
+    written = cache.read_bytes()
+    doc = json.loads(written)
+    assert doc["source"] == "live" and doc["done"] and doc["next_trials"] == []
+    parent, _ = read_sweep_runs(spec.tracking_uri(), spec.name)
+    folder = MlflowClient(spec.tracking_uri()).download_artifacts(parent.info.run_id, "results", str(tmp_path))
+    stop = json.loads(Path(folder, "decisions.json").read_text())[-1]
+    assert stop["action"] == "stop" and stop["why"].startswith(doc["done"])  # the live search's reason
+
+    fit_json = json.loads((outcome.sweep_dir / "fit.json").read_text())
+    budgets = [f"{c:g}" for c in spec.budget.targets]
+    r = _cli("propose", str(outcome.sweep_dir), "--json", *(a for c in budgets for a in ("--budget", c)))
+    proposed = json.loads(r.stdout)
+    for cli, live in zip(proposed, fit_json["proposals"], strict=True):
+        for key in ("N", "D", "predicted_loss", "lr", "batch"):  # the live laws, to the bit
+            assert cli[key] == live[key], key
+        assert cli["intervals"]["lr"] == live["intervals"]["lr"]
+    r = _cli("status", str(outcome.sweep_dir))
+    assert f"search (transfer): ended: {doc['done']}" in r.stdout.splitlines()
+    assert cache.read_bytes() == written  # read, not replayed (a replay writes its own: source "replay")
+
+    copy = tmp_path / "copy"  # the same sweep with one more ended trial: the cache is stale
+    shutil.copytree(outcome.sweep_dir, copy, ignore=shutil.ignore_patterns("ray", "mlartifacts", "checkpoints"))
+    recorded = yaml.safe_load((copy / "spec.yaml").read_text())
+    (copy / "spec.yaml").write_text(yaml.safe_dump({**recorded, "output_dir": str(copy)}))
+    store = ObservationStore(copy, fsync=False)
+    store.append("extra-trial", {"step": 1, "tokens": 1e6, "flops": 6e10, "eval_loss": 3.0, "done": 1.0})
+    store.set_status("extra-trial", "diverged", config={"N": 10000, "D": 1e6, "lr": 0.3, "batch": 1024})
+    store.close()
+    r = _cli("status", str(copy))
+    replayed = json.loads((copy / replay_cache.CACHE_FILE).read_text())
+    assert replayed["source"] == "replay" and replayed["key"] != doc["key"]
+    assert f"search (transfer): ended: {replayed['done']}" in r.stdout.splitlines()

@@ -130,3 +130,22 @@ def test_the_report_says_the_search_ended_and_why(finished):
     assert unrun["missing"] > 0 and unrun["done"] == planner.stopped and unrun["next_trials"] == []
     page = render_html(spec.name, "/d", "", trials, {}, {}, {"law": None, "proposals": []}, {}, None, unrun)
     assert f"it ended: {html.escape(planner.stopped)}" in page
+
+
+def test_the_live_search_caches_its_answers_for_the_first_query(finished, monkeypatch):
+    """The controller's end of a sweep (`query.save_live_search`): the next query reads the live search's
+    laws and end reason from search_replay.json and replays nothing."""
+    from orchestrator import replay_cache
+    from orchestrator.search.planner import LawGuidedPlanner
+
+    spec, store, planner = finished
+    assert query.save_live_search(store, spec, planner)
+    doc = json.loads((spec.sweep_dir() / replay_cache.CACHE_FILE).read_text())
+    assert doc["source"] == "live" and doc["done"] == planner.stopped and doc["next_trials"] == []
+    monkeypatch.setattr(LawGuidedPlanner, "resume", lambda *a, **k: pytest.fail("the search was replayed"))
+    data = query.SweepData.read(ObservationStore(spec.sweep_dir()))
+    replay = query.search_replay(data, load_spec(spec.sweep_dir() / "spec.yaml"))
+    assert replay.done == planner.stopped
+    live = planner.hparam_advice()
+    assert replay.advice.predict(1e6, 2e7) == live.predict(1e6, 2e7)
+    assert replay.advice.intervals(1e6, 2e7, 0.9) == live.intervals(1e6, 2e7, 0.9)
