@@ -90,6 +90,34 @@ def runs_table_view(sweep_name: str) -> dict[str, Any]:
             "selectedColumns": list(VIEW_COLUMNS), "runListHidden": False, TAG_SWEEP: sweep_name}
 
 
+# MLflow 3.17's runs tab lists an experiment's *named* saved views in its "Saved views" menu: a tag under the
+# same prefix whose value is an envelope {name, createdAt, updatedAt, state} (the UI's savedViewEnvelope.ts;
+# `state`: the view's JSON, plain or deflated). Older 3.x UIs read only the bare state, so the sweep's view
+# is saved both ways: the bare one under `view_key` (the description's link), the envelope under
+# `saved_view_key` (listed by name; opening it shows the same view).
+SAVED_VIEW_SUFFIX = "-trials"
+
+
+def saved_view_key(sweep_name: str) -> str:
+    """The share key of the sweep's named saved view (the envelope).
+
+    >>> saved_view_key("tiny")
+    'scalesweep-tiny-trials'
+    """
+    return view_key(sweep_name) + SAVED_VIEW_SUFFIX
+
+
+def saved_view(sweep_name: str, created_ms: int, updated_ms: Optional[int] = None) -> str:
+    """The tag value of the sweep's named saved view: MLflow's envelope around `runs_table_view`.
+
+    >>> doc = json.loads(saved_view("tiny", 1000)); doc["name"], doc["createdAt"], json.loads(doc["state"])["orderByKey"]
+    ('Trials of sweep tiny', 1000, 'metrics.`eval_loss`')
+    """
+    return json.dumps({"name": f"Trials of sweep {sweep_name}", "createdAt": int(created_ms),
+                       "updatedAt": int(created_ms if updated_ms is None else updated_ms),
+                       "state": json.dumps(runs_table_view(sweep_name))})
+
+
 def experiment_note(experiment_id: str, views: Mapping[str, str]) -> str:
     """The experiment's description linking each sweep's saved view ({share key: sweep name}).
 

@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -19,7 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from .layout import (MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, NOTE_MARK, NOTE_TAG, TAG_PARENT, TAG_SWEEP,
                      TAG_TOKEN, TAG_TRIAL, TAG_TRUNK_RUN, VIEW_KEY_PREFIX, VIEW_TAG_PREFIX, experiment_note, quote,
-                     runs_table_view, view_key)
+                     runs_table_view, saved_view, saved_view_key, view_key)
 from .ops import (BATCHED, CreateParent, CreateTrial, EndRun, EndStale, LogArtifact, LogMetrics, LogParams, Queued,
                   SetTags)
 
@@ -217,11 +218,18 @@ class MlflowSink:
             key = view_key(self.sweep_name)
             self.client.set_experiment_tag(exp_id, VIEW_TAG_PREFIX + key, json.dumps(runs_table_view(self.sweep_name)))
             tags = self.client.get_experiment(exp_id).tags
+            named = VIEW_TAG_PREFIX + saved_view_key(self.sweep_name)
+            now = int(time.time() * 1000)
+            try:  # a resumed sweep's view keeps when it was first saved (the menu sorts by it)
+                created = int(json.loads(tags[named])["createdAt"])
+            except (KeyError, ValueError, TypeError):
+                created = now
+            self.client.set_experiment_tag(exp_id, named, saved_view(self.sweep_name, created, now))
             note = tags.get(NOTE_TAG)
             if note is not None and not note.startswith(NOTE_MARK):
                 return
             views = {}
-            for tag, value in tags.items():
+            for tag, value in tags.items():  # the bare views (an envelope has no TAG_SWEEP: skipped)
                 if tag.startswith(VIEW_TAG_PREFIX + VIEW_KEY_PREFIX):
                     try:
                         views[tag[len(VIEW_TAG_PREFIX):]] = str(json.loads(value)[TAG_SWEEP])

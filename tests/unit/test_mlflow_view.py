@@ -9,7 +9,8 @@ import pytest
 
 from orchestrator.planner import PlannedTrial
 from orchestrator.tracking import SweepTracker
-from orchestrator.tracking.layout import NOTE_MARK, NOTE_TAG, VIEW_COLUMNS, VIEW_TAG_PREFIX, view_key
+from orchestrator.tracking.layout import (NOTE_MARK, NOTE_TAG, VIEW_COLUMNS, VIEW_TAG_PREFIX, runs_table_view,
+                                          saved_view_key, view_key)
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -92,3 +93,40 @@ def test_a_description_someone_wrote_is_kept(store):
     client, _, mine = store
     tags = client.get_experiment(mine).tags
     assert tags[NOTE_TAG] == "my notes" and VIEW_TAG_PREFIX + view_key("kept") in tags
+
+
+def _envelope(value: str) -> dict:
+    """A saved-view tag value read as MLflow 3.17's UI reads it (savedViewEnvelope.ts: decodeSavedViewEnvelope
+    refuses a value without a string name, a number createdAt and a string state; the menu lists the rest)."""
+    doc = json.loads(value)
+    assert isinstance(doc["name"], str) and isinstance(doc["createdAt"], int) and isinstance(doc["state"], str)
+    return doc
+
+
+def test_the_view_is_also_a_named_saved_view_that_keeps_its_date_on_resume(store, tmp_path):
+    """MLflow 3.17 lists named saved views (an envelope) in the runs tab's "Saved views" menu; older 3.x UIs
+    open only the bare view the description links. Both are saved; the note links the bare one only."""
+    client, parent, _ = store
+    exp = client.get_experiment(client.get_run(parent).info.experiment_id)
+    named = _envelope(exp.tags[VIEW_TAG_PREFIX + saved_view_key("tiny")])
+    assert named["name"] == "Trials of sweep tiny"
+    assert json.loads(named["state"]) == json.loads(exp.tags[VIEW_TAG_PREFIX + view_key("tiny")]) == runs_table_view("tiny")
+    assert saved_view_key("tiny") not in exp.tags[NOTE_TAG]  # one link per sweep
+    shared = client.get_experiment_by_name("shared")  # one named view per sweep of the experiment
+    names = []
+    for key, value in shared.tags.items():
+        try:
+            names.append(_envelope(value)["name"])
+        except (ValueError, KeyError, AssertionError):
+            continue
+    assert sorted(names) == ["Trials of sweep first", "Trials of sweep second"]
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = _sweep(uri, "again", trials=1)
+    local = MlflowClient(uri)
+    exp_id = local.get_run(run_id).info.experiment_id
+    first = _envelope(local.get_experiment(exp_id).tags[VIEW_TAG_PREFIX + saved_view_key("again")])
+    with SweepTracker(uri, None, "again", client_process=False, flush_interval_s=0.05) as tracker:
+        assert tracker.start({"name": "again"}, resume_run_id=run_id) == run_id
+    again = _envelope(local.get_experiment(exp_id).tags[VIEW_TAG_PREFIX + saved_view_key("again")])
+    assert again["createdAt"] == first["createdAt"] and again["updatedAt"] >= first["updatedAt"]
