@@ -95,14 +95,14 @@ def runs_table_view(sweep_name: str) -> dict[str, Any]:
 # `state`: the view's JSON, plain or deflated). Older 3.x UIs read only the bare state, so the sweep's view
 # is saved both ways: the bare one under `view_key` (the description's link), the envelope under
 # `saved_view_key` (listed by name; opening it shows the same view).
-SAVED_VIEW_SUFFIX = "-trials"
+SAVED_VIEW_SUFFIX = ".trials"  # a dot: no `view_key` has one, so no sweep's bare key can be another's envelope
 
 
 def saved_view_key(sweep_name: str) -> str:
     """The share key of the sweep's named saved view (the envelope).
 
     >>> saved_view_key("tiny")
-    'scalesweep-tiny-trials'
+    'scalesweep-tiny.trials'
     """
     return view_key(sweep_name) + SAVED_VIEW_SUFFIX
 

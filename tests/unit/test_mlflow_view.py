@@ -112,6 +112,7 @@ def test_the_view_is_also_a_named_saved_view_that_keeps_its_date_on_resume(store
     assert named["name"] == "Trials of sweep tiny"
     assert json.loads(named["state"]) == json.loads(exp.tags[VIEW_TAG_PREFIX + view_key("tiny")]) == runs_table_view("tiny")
     assert saved_view_key("tiny") not in exp.tags[NOTE_TAG]  # one link per sweep
+    assert saved_view_key("x") not in {view_key(n) for n in ("x.trials", "x-trials", "x_trials")}  # no clash
     shared = client.get_experiment_by_name("shared")  # one named view per sweep of the experiment
     names = []
     for key, value in shared.tags.items():
