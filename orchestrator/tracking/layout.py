@@ -166,6 +166,21 @@ def branch_tags(params: Mapping[str, Any]) -> dict[str, str]:
             TAG_BRANCH_FLOPS: f"{float(params.get('branch_flops') or 0.0):.6g}"}
 
 
+def trial_params(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's planned config as its run's params: the fields that have a value. None, an empty list and,
+    for a trial that is not a WSD branch, the branch point (0) say nothing, and each such key would be one
+    more entry of the UI's column picker for the whole experiment.
+
+    >>> trial_params({"N": 1, "warmup": None, "checkpoint_steps": [], "branch_of": None, "branch_step": 0})
+    {'N': 1}
+    >>> trial_params({"N": 1, "branch_of": "t", "branch_step": 0})
+    {'N': 1, 'branch_of': 't', 'branch_step': 0}
+    """
+    branch = record.get("branch_of") is not None
+    return {k: v for k, v in record.items() if v is not None and not (isinstance(v, (list, tuple, Mapping)) and not v)
+            and (branch or not str(k).startswith("branch_"))}
+
+
 def flatten_params(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested mapping -> {"a.b.c": str(value)} with MLflow's key/value length limits.
 

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from ..helper_process import HelperProcess
 from .layout import (CUMULATIVE_SECONDS, MAX_KEY_LENGTH, NOT_METRICS, OUTCOME_OF_STATUS, RUN_STATUSES, TAG_KIND,
                      TAG_NONFINITE, TAG_OUTCOME, TAG_SWEEP, TAG_TRIAL, TRAIN_SECONDS, branch_tags, flatten_params,
-                     metric_value, plain, tag_values, trial_end)
+                     metric_value, plain, tag_values, trial_end, trial_params)
 from .ops import (CREATES, CreateParent, CreateTrial, EndRun, EndStale, LogArtifact, LogMetrics, LogParams, Op,
                   Queued, SetTags)
 from .queue import OpQueue
@@ -171,7 +171,8 @@ class SweepTracker:
             self._trials_started.add(trial_id)
             self._trials_ended.discard(trial_id)
             tags = {TAG_SWEEP: self.sweep_name, TAG_KIND: "trial", TAG_TRIAL: trial_id, **branch_tags(params)}
-            self._put(CreateTrial(trial_id, uuid.uuid4().hex, flatten_params(params), tags, run_name or trial_id,
+            self._put(CreateTrial(trial_id, uuid.uuid4().hex, flatten_params(trial_params(params)), tags,
+                                  run_name or trial_id,
                                   trunk=params.get("branch_of") or None, start_ms=int(time.time() * 1000)))
         if wait:
             self._queue.wait_for(lambda: self.run_id(trial_id) is not None, self.sync_timeout_s)

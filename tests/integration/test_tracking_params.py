@@ -14,7 +14,7 @@ from orchestrator.planner import PlannedTrial
 from orchestrator.progress import SweepProgress
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import SweepTracker, read_sweep_runs
-from orchestrator.tracking.layout import flatten_params
+from orchestrator.tracking.layout import flatten_params, trial_params
 from orchestrator.tune.callback import SweepCallback
 from orchestrator.tune.envelope import TrialEnvelope
 from trainers.contract import Schedule, TrialConfig
@@ -59,7 +59,11 @@ def test_a_trials_params_are_its_planned_config_each_value_once(tmp_path):
     for child in children:
         t = next(p for p in planned if p.trial_id == child.data.tags["scalesweep.trial_id"])
         params = child.data.params
-        assert params == flatten_params(records[t.trial_id])  # the planned config, nothing else
+        record = records[t.trial_id]
+        assert params == flatten_params(trial_params(record))  # the planned config, nothing else
+        # ... and only the fields with a value: no column of "None", "[]" or a branch point of a non-branch
+        assert not {"None", "[]"} & set(params.values()) and not any(k.startswith("branch_") for k in params)
+        assert {k for k, v in record.items() if v is None or v == []} and len(params) < len(flatten_params(record))
         assert not any(k.startswith("trainer.") for k in params), sorted(params)
         for value in (t.lr, t.D, t.batch):  # each of the trial's values under one name
             assert sum(v == str(value) for v in params.values()) == 1, (value, params)
