@@ -188,3 +188,28 @@ def test_proposals_in_an_80_column_terminal(sweep, monkeypatch):
     for p in doc["proposals"]:
         assert f"{round(p['N']):,}" in table and f"{round(p['D']):,}" in table
         assert f"{p['predicted_loss']:.4f}" in table and f"{p['batch']:,}" in table
+
+
+def test_the_column_picker_lists_only_keys_that_say_something(sweep):
+    """The runs table's column picker lists every param and metric key of the experiment (MLflow cannot
+    set its default columns; docs/mlflow.md). The sweep's run logs the spec fields the user set, a trial's
+    its planned fields that have a value: on this sweep fewer keys in all than the spec's defaults alone."""
+    from dataclasses import fields
+
+    from orchestrator.planner import PlannedTrial
+    from orchestrator.tracking.layout import flatten_params
+
+    spec = sweep["spec"]
+    parent, children = read_sweep_runs(spec.tracking_uri(), spec.name)
+    spec_set = json.loads((sweep["dir"] / "sweep.json").read_text())["spec_set"]
+    assert set(parent.data.params) == set(flatten_params(spec_set))
+    planned = {f.name for f in fields(PlannedTrial)}
+    trial_keys: set[str] = set()
+    for c in children:
+        assert not {"None", "[]"} & set(c.data.params.values()), c.data.params
+        assert {k.split(".")[0] for k in c.data.params} <= planned
+        trial_keys |= set(c.data.params)
+    metrics = set(parent.data.metrics).union(*(c.data.metrics for c in children))
+    keys = set(parent.data.params) | trial_keys | metrics
+    assert len(keys) < len(flatten_params(spec.model_dump(mode="json"))), sorted(keys)
+    assert not any(k.startswith("branch_") for k in trial_keys)  # no WSD branch in this sweep
