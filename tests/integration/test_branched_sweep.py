@@ -16,16 +16,26 @@ extensions).
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.branching import decay_steps
 from orchestrator.query import status
+from orchestrator.spec import load_spec
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import TAG_BRANCH_STEP, TAG_TRIAL, TAG_TRUNK_RUN, TAG_TRUNK_TRIAL, read_sweep_runs
-from tests.integration.conftest import run_real_sweep
 
+pytestmark = pytest.mark.serial  # it stops a sweep's controller with a signal
+
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = {
     "name": "branched",
     "model": {"n_params": [14000, 44000, 140000, 440000], "seq_len": 128},
@@ -42,10 +52,47 @@ SPEC = {
 }
 
 
+def _cli(*args: str, delay: str = "0") -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each process its own local cluster
+    env.update(SCALESWEEP_REPORT_DELAY_S=delay, PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a process _cli started; killed (its session) if it overruns."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    return proc.returncode, out, err
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    spec, outcome = run_real_sweep(tmp_path_factory.mktemp("branched"), SPEC, "sweep")
-    return spec, outcome, ObservationStore(outcome.sweep_dir)
+    """`scalesweep run` (a real process on its own local Ray cluster), stopped as `scalesweep stop` stops
+    it (SIGTERM to the controller) once the first WSD branch has restored its trunk's checkpoint, then
+    `scalesweep resume`: (spec, sweep dir, the store's trials when it stopped, the resume's output)."""
+    root = tmp_path_factory.mktemp("branched")
+    sweep_dir = root / "sweep"
+    (root / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "output_dir": str(sweep_dir)}))
+    # reports 0.3 s apart: the stop lands while the search still has branches to start
+    proc = _cli("run", str(root / "spec.yaml"), "--no-progress", delay="0.3")
+    t0 = time.monotonic()
+    while not list(sweep_dir.glob("checkpoints/*/restored.json")):
+        assert proc.poll() is None, f"ended before any branch started:\n{proc.communicate()[1][-3000:]}"
+        assert time.monotonic() - t0 < 240, "no branch started"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = _finish(proc)
+    assert code == 143 and "interrupted after" in err and "Traceback" not in err, err[-3000:]
+    before = ObservationStore(sweep_dir).trials()
+    code, out, err = _finish(_cli("resume", str(sweep_dir), "--no-progress"))
+    assert code == 0 and "Traceback" not in err, (out + err)[-3000:]
+    return load_spec(sweep_dir / "spec.yaml"), sweep_dir, before, out
 
 
 def _branches(store) -> dict[str, dict]:
@@ -104,9 +151,10 @@ def _decay_start(c: dict) -> int:
 
 
 def test_branches_restore_their_trunks_checkpoint_at_the_branch_point(sweep):
-    _, outcome, store = sweep
+    _, sweep_dir, _, _ = sweep
+    store = ObservationStore(sweep_dir)
     trials = store.trials()
-    branches = check_branches_restored_their_trunks(outcome.sweep_dir, store)
+    branches = check_branches_restored_their_trunks(sweep_dir, store)
     for rec in branches.values():  # the latest step both schedules share: a cooldown branch restores the
         c, trunk = rec["config"], trials[rec["config"]["branch_of"]]["config"]  # longer run at its own decay
         if trunk["D"] > c["D"]:  # start; an extension the shorter run at that run's decay start
@@ -117,13 +165,15 @@ def test_branches_restore_their_trunks_checkpoint_at_the_branch_point(sweep):
 
 
 def test_one_row_per_trial_and_step_and_lineage_in_store_and_mlflow(sweep):
-    spec, outcome, store = sweep
+    spec, sweep_dir, _, _ = sweep
+    store = ObservationStore(sweep_dir)
     check_one_row_per_trial_step(store)
     check_lineage_in_mlflow(spec, _branches(store))
 
 
 def test_the_search_reports_what_branching_saved(sweep):
-    spec, outcome, store = sweep
+    spec, sweep_dir, _, _ = sweep
+    store = ObservationStore(sweep_dir)
     parent, _ = read_sweep_runs(spec.tracking_uri(), spec.name)
     folder = MlflowClient(spec.tracking_uri()).download_artifacts(parent.info.run_id, "results")
     stop = json.loads(open(f"{folder}/decisions.json").read())[-1]
@@ -131,3 +181,58 @@ def test_the_search_reports_what_branching_saved(sweep):
     assert stop["action"] == "stop" and stop["wsd_branching"]["from_checkpoint"] == len(branches)
     assert stop["wsd_branching"]["saved_flops"] == pytest.approx(
         sum(r["config"]["branch_flops"] for r in branches.values()), rel=1e-9)
+
+
+def test_the_resume_finishes_the_branched_sweep_without_rerunning_what_finished(sweep):
+    spec, sweep_dir, before, _ = sweep
+    store = ObservationStore(sweep_dir)
+    trials = store.trials()
+    assert all(rec["status"] == "finished" for rec in trials.values()), trials
+    finished = {tid for tid, rec in before.items() if rec["status"] == "finished"}
+    assert finished and set(trials) > finished  # it stopped mid-way; the resume ran the rest
+    for tid in finished:  # no new event: never started again
+        assert trials[tid]["time"] == before[tid]["time"], tid
+    branches = _branches(store)
+    later = [tid for tid in branches if tid not in finished]
+    assert later, "every branch had finished before the stop: the resume started none"
+    # the branches the resume ran restored trunk checkpoints the stopped run had written
+    assert any(trials[branches[tid]["config"]["branch_of"]]["status"] == "finished"
+               and branches[tid]["config"]["branch_of"] in finished for tid in later)
+
+
+def test_propose_on_the_stored_branched_sweep_equals_the_sweeps_fit(sweep):
+    """`scalesweep propose` (a fresh process: it replays the search from the store) proposes what the
+    resumed sweep wrote to fit.json, with the search's correction of its branches' losses."""
+    from orchestrator import query
+    from orchestrator.proposals import fit_and_propose
+
+    spec, sweep_dir, _, _ = sweep
+    target = SPEC["budget"]["targets"][0]
+    code, out, err = _finish(_cli("propose", str(sweep_dir), "--budget", str(target), "--json"), timeout=120)
+    assert code == 0, err[-3000:]
+    fitted = json.loads((sweep_dir / "fit.json").read_text())
+    (got,), (want,) = json.loads(out), fitted["proposals"]
+    _same_proposal(got, want)
+    n = len(_branches(ObservationStore(sweep_dir)))
+    assert any(w.startswith(f"{n} WSD branch loss(es) corrected") for w in fitted["warnings"]), fitted["warnings"]
+    # the same query in this process says so too, and without the correction it would propose otherwise
+    data = query.SweepData.read(ObservationStore(sweep_dir))
+    fresh = query.propose(data, spec, [target])
+    assert any(w.startswith(f"{n} WSD branch loss(es) corrected") for w in fresh.warnings), fresh.warnings
+    rule = query.search_replay(data, spec).advice.predict
+    raw = fit_and_propose(data.points, [target], **query.fit_settings(spec, None), hparams=rule,
+                          corrected_loss=lambda p: float(p["loss"]))
+    _same_proposal(fresh.proposals[0], want)
+    assert abs(raw.proposals[0]["N"] / want["N"] - 1) > 1e-4 or \
+        abs(raw.proposals[0]["predicted_loss"] / want["predicted_loss"] - 1) > 1e-4
+
+
+def _same_proposal(got: dict, want: dict) -> None:
+    """Two proposals agree: the same shape and source, numbers to 1e-6 (the fits are refitted: another
+    process, the same points, the optimiser's last digits may differ)."""
+    assert (got["budget"], got["shape"], got["hparams_from"]) == (want["budget"], want["shape"], want["hparams_from"])
+    for key in ("N", "D", "lr", "batch", "predicted_loss"):
+        assert got[key] == pytest.approx(want[key], rel=1e-6), key
+    for name, iv in want["intervals"].items():
+        assert got["intervals"][name]["low"] == pytest.approx(iv["low"], rel=1e-6), name
+        assert got["intervals"][name]["high"] == pytest.approx(iv["high"], rel=1e-6), name
