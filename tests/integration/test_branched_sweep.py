@@ -45,7 +45,7 @@ SPEC = {
     "schedule": {"kind": "wsd", "warmup": 0.1, "decay": 0.2, "branch": True},
     "checkpoints": {"enabled": True, "every": 100000},
     "trainer": {"backend": "simulated", "world": "tiny"},
-    "eval": {"every": 100000, "tokens": 2097152},
+    "eval": {"every": 1000, "tokens": 2097152},  # a long branch reports several times: a stop lands mid-run
     "budget": {"targets": [3e15]},
     "fit": {"bootstrap": 0},
     "search": {"strategy": "transfer", "init_sizes": 2, "law_checks": 0, "noise": 0.02},
@@ -75,14 +75,15 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str
 def sweep(tmp_path_factory):
     """`scalesweep run` (a real process on its own local Ray cluster), stopped as `scalesweep stop` stops
     it (SIGTERM to the controller) once the first WSD branch has restored its trunk's checkpoint, then
-    `scalesweep resume`: (spec, sweep dir, the store's trials when it stopped, the resume's output)."""
+    `scalesweep resume`: (spec, sweep dir, the store's trials when it stopped, the resume's output, the
+    branch that had started)."""
     root = tmp_path_factory.mktemp("branched")
     sweep_dir = root / "sweep"
     (root / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "output_dir": str(sweep_dir)}))
-    # reports 0.3 s apart: the stop lands while the search still has branches to start
+    # reports 0.3 s apart: the stop lands while the first branch runs and the search has more to start
     proc = _cli("run", str(root / "spec.yaml"), "--no-progress", delay="0.3")
     t0 = time.monotonic()
-    while not list(sweep_dir.glob("checkpoints/*/restored.json")):
+    while not (restored := list(sweep_dir.glob("checkpoints/*/restored.json"))):
         assert proc.poll() is None, f"ended before any branch started:\n{proc.communicate()[1][-3000:]}"
         assert time.monotonic() - t0 < 240, "no branch started"
         time.sleep(0.1)
@@ -92,7 +93,7 @@ def sweep(tmp_path_factory):
     before = ObservationStore(sweep_dir).trials()
     code, out, err = _finish(_cli("resume", str(sweep_dir), "--no-progress"))
     assert code == 0 and "Traceback" not in err, (out + err)[-3000:]
-    return load_spec(sweep_dir / "spec.yaml"), sweep_dir, before, out
+    return load_spec(sweep_dir / "spec.yaml"), sweep_dir, before, out, restored[0].parent.name
 
 
 def _branches(store) -> dict[str, dict]:
@@ -151,7 +152,7 @@ def _decay_start(c: dict) -> int:
 
 
 def test_branches_restore_their_trunks_checkpoint_at_the_branch_point(sweep):
-    _, sweep_dir, _, _ = sweep
+    sweep_dir = sweep[1]
     store = ObservationStore(sweep_dir)
     trials = store.trials()
     branches = check_branches_restored_their_trunks(sweep_dir, store)
@@ -165,14 +166,14 @@ def test_branches_restore_their_trunks_checkpoint_at_the_branch_point(sweep):
 
 
 def test_one_row_per_trial_and_step_and_lineage_in_store_and_mlflow(sweep):
-    spec, sweep_dir, _, _ = sweep
+    spec, sweep_dir = sweep[:2]
     store = ObservationStore(sweep_dir)
     check_one_row_per_trial_step(store)
     check_lineage_in_mlflow(spec, _branches(store))
 
 
 def test_the_search_reports_what_branching_saved(sweep):
-    spec, sweep_dir, _, _ = sweep
+    spec, sweep_dir = sweep[:2]
     store = ObservationStore(sweep_dir)
     parent, _ = read_sweep_runs(spec.tracking_uri(), spec.name)
     folder = MlflowClient(spec.tracking_uri()).download_artifacts(parent.info.run_id, "results")
@@ -184,7 +185,7 @@ def test_the_search_reports_what_branching_saved(sweep):
 
 
 def test_the_resume_finishes_the_branched_sweep_without_rerunning_what_finished(sweep):
-    spec, sweep_dir, before, _ = sweep
+    sweep_dir, before = sweep[1:3]
     store = ObservationStore(sweep_dir)
     trials = store.trials()
     assert all(rec["status"] == "finished" for rec in trials.values()), trials
@@ -206,7 +207,7 @@ def test_propose_on_the_stored_branched_sweep_equals_the_sweeps_fit(sweep):
     from orchestrator import query
     from orchestrator.proposals import fit_and_propose
 
-    spec, sweep_dir, _, _ = sweep
+    spec, sweep_dir = sweep[:2]
     target = SPEC["budget"]["targets"][0]
     code, out, err = _finish(_cli("propose", str(sweep_dir), "--budget", str(target), "--json"), timeout=120)
     assert code == 0, err[-3000:]
@@ -236,3 +237,25 @@ def _same_proposal(got: dict, want: dict) -> None:
     for name, iv in want["intervals"].items():
         assert got["intervals"][name]["low"] == pytest.approx(iv["low"], rel=1e-6), name
         assert got["intervals"][name]["high"] == pytest.approx(iv["high"], rel=1e-6), name
+
+
+def test_trials_stopped_mid_run_continue_from_their_own_checkpoints(sweep):
+    """The trials running at the stop (the first branch among them, unless it had no report left) saved a
+    checkpoint of their own at their last report; the resume continued each from there: a branch not
+    from its trunk's checkpoint again, no trial from step 0, no step twice."""
+    sweep_dir, before = sweep[1], sweep[2]
+    stopped = [tid for tid, rec in before.items() if rec["status"] == "stopped-by-user"]
+    assert stopped, "the stop ended no trial mid-run"
+    store = ObservationStore(sweep_dir)
+    every = SPEC["eval"]["every"]
+    for tid in stopped:
+        rec = store.trials()[tid]
+        c = rec["config"]
+        assert rec["status"] == "finished"
+        T = c["D"] // c["batch"]
+        steps = [r["step"] for r in store.observations(tid).to_pylist()]
+        assert steps == [s for s in [*range(every, T, every), T] if s > c["branch_step"]]  # each report once
+        folder = sweep_dir / "checkpoints" / tid
+        assert json.loads((folder / "simulated.json").read_text()) == {"step": T}
+        if c["branch_of"]:  # restored once, before the stop: the resume continued its own checkpoint
+            assert (folder / "restored.json").stat().st_mtime <= before[tid]["time"]
