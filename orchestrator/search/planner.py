@@ -362,13 +362,14 @@ class LawGuidedPlanner:
         the cell it was planned for, as in the run, so that its loss is corrected by the same bowl penalty
         (`loss_as_fitted`); a sequential replay alone would never plan them, and `propose` would fit their
         raw losses while the run's fit.json corrected them."""
-        for _ in range(len(self.cells)):
+        if self.branches is None:
+            return
+        for _ in range(len(self.cells)):  # a branch taken can be the run another one started from
             taken = False
             for cell in self.cells:
                 if not self._resumed or cell.state != "closed" or cell.key in self._init_keys:
                     continue
-                offer = self.branches.offer(cell, self.predict_hparams, self.hparams.surface_) \
-                    if self.branches is not None and self.fit is not None else None
+                offer = self.branches.offer(cell, self.predict_hparams, self.hparams.surface_)
                 if offer is not None and offer["trial"].trial_id in self._resumed:
                     self._open(cell, {"why": "a WSD branch an earlier run of this sweep handed out before it stopped"})
                     self._from_cell(cell)  # hands and observes the ended trial
