@@ -850,10 +850,12 @@ class SweepSpec(_Strict):
                 raise ValueError("schedule.branch: branches start from their trunk's checkpoints; "
                                  "checkpoints.enabled must be true")
             if self.search.strategy == "law":
-                # The law search tunes each cell on its own lattice: no (N, lr, batch) is planned at
-                # several D, so nothing could branch. The grid and transfer plan branches (docs/search.md).
-                raise ValueError("schedule.branch: the law search plans no trunks (each cell is tuned on its own "
-                                 "lattice); use search.strategy grid or transfer")
+                # The grid plans its trunks before anything runs; transfer's single-run cells start from
+                # its finished runs. The law search has neither (docs/search.md, "Why law refuses branching").
+                raise ValueError("schedule.branch: the law search plans no trunks (it tunes each cell by a lattice "
+                                 "walk decided as results arrive, and the search's WSD branching starts only "
+                                 "transfer's single-run cells); use search.strategy grid or transfer, or "
+                                 "schedule.branch false")
         return self
 
     # ---- derived -----------------------------------------------------------------------

@@ -24,7 +24,11 @@ past each multiple of `checkpoint_every` is recorded in `simulated.json` there a
 `StopRequested` (the user stopped the sweep); a trial started again on the same directory (a
 restarted trial, a resumed sweep) sends only the reports after that step. The losses are a function of the config,
 so a resumed trial reports exactly what an uninterrupted one would have. A WSD branch
-(`config.branch_step`) reports only the steps after its branch point, as the real trainer does.
+(`config.branch_step`) reports only the steps after its branch point, as the real trainer does; with
+a `checkpoint_dir`, a trunk writes its state at each of `config.checkpoint_steps` to `step<k>/state.json`
+(the real trainer's tag folder) before it reports a step past it, and a branch without a checkpoint of
+its own starts by reading its trunk's (`config.branch_from`): a missing one fails the trial, as a
+missing DeepSpeed checkpoint does. What it restored is recorded in its folder (`restored.json`).
 With `config.checkpoint_mirror` (a sweep whose store is on S3) each checkpoint is copied there and a
 trial starts from the mirror's (trainers.checkpoint_mirror), on whatever node it runs.
 """
@@ -101,6 +105,9 @@ def train(config: TrialConfig, report: Reporter,
     tokens_per_s = b / step_s
     diverged = nan_step is not None
     resumed = _resume_step(config)
+    if resumed is None and config.branch_from and config.checkpoint_dir:
+        resumed = _restore_branch(config)
+    points = sorted(config.checkpoint_steps) if config.checkpoint_dir else []
     prev = 0
     for i, s in enumerate(ends.tolist()):
         last = i == ends.size - 1
@@ -108,6 +115,8 @@ def train(config: TrialConfig, report: Reporter,
         tokens = s * b
         crossed = config.checkpoint_every > 0 and s // config.checkpoint_every > prev // config.checkpoint_every
         prev = s
+        while points and points[0] <= s and not bad:  # a WSD trunk's branch points, before a report past them
+            _save_branch_point(config, points.pop(0), b, resumed)
         if resumed is not None and s <= resumed and not last:
             continue  # reported before the checkpoint this run resumed from (the final one is re-sent)
         if s <= config.branch_step and not last:
@@ -158,6 +167,48 @@ def _resume_step(config: TrialConfig) -> Optional[int]:
         return int(json.loads(path.read_text())["step"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
+
+
+BRANCH_POINT_FILE = "state.json"  # in a trunk's tag folder step<k>/: the state a WSD branch restores
+RESTORED_FILE = "restored.json"  # in a branch's folder: the trunk state it restored (its provenance)
+
+
+def _save_branch_point(config: TrialConfig, step: int, batch: float, resumed: Optional[int]) -> None:
+    """A WSD trunk's checkpoint at a branch point, `step<k>/state.json` (the real trainer's tag folder);
+    one saved before this run resumed stays as it was."""
+    folder = Path(config.checkpoint_dir) / f"step{step}"
+    if resumed is not None and step <= resumed and (folder / BRANCH_POINT_FILE).is_file():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{BRANCH_POINT_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"step": int(step), "tokens": int(step * batch), "trial_id": config.trial_id}))
+    os.replace(tmp, folder / BRANCH_POINT_FILE)
+    if config.checkpoint_mirror:
+        from trainers.checkpoint_mirror import push
+
+        push(config.checkpoint_dir, config.checkpoint_mirror, names=[folder.name])
+
+
+def _restore_branch(config: TrialConfig) -> int:
+    """A WSD branch with no checkpoint of its own: its trunk's state at `branch_step`, read from
+    `branch_from` (FileNotFoundError when the trunk never saved it, ValueError at another step), recorded
+    in the branch's folder (`restored.json`) and as its own checkpoint; the step it continues from."""
+    path = Path(config.branch_from) / BRANCH_POINT_FILE
+    if config.checkpoint_mirror and not path.is_file():
+        from trainers.checkpoint_mirror import mirror_path, pull
+
+        pull(config.branch_from, mirror_path(config.checkpoint_dir, config.checkpoint_mirror, config.branch_from))
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"WSD branch: no trunk checkpoint at {path}") from None
+    if int(state["step"]) != config.branch_step:
+        raise ValueError(f"branch checkpoint {config.branch_from} is at step {state['step']}, not {config.branch_step}")
+    folder = Path(config.checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RESTORED_FILE).write_text(json.dumps({"from": str(config.branch_from), **state}))
+    _save_step(config, config.branch_step)
+    return config.branch_step
 
 
 def _save_step(config: TrialConfig, step: int) -> None:

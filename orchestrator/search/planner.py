@@ -356,6 +356,27 @@ class LawGuidedPlanner:
                         f"start from its checkpoint at step {later['step']} ({later['share']:.0%} of its steps)")
         return choice
 
+    def _take_resumed_branches(self) -> None:
+        """A resumed (or replayed) search that stops with WSD branches of the earlier run still unplanned:
+        the run handed them out while the trials that stopped it were running, and they ended. Each joins
+        the cell it was planned for, as in the run, so that its loss is corrected by the same bowl penalty
+        (`loss_as_fitted`); a sequential replay alone would never plan them, and `propose` would fit their
+        raw losses while the run's fit.json corrected them."""
+        if self.branches is None:
+            return
+        for _ in range(len(self.cells)):  # a branch taken can be the run another one started from
+            taken = False
+            for cell in self.cells:
+                if not self._resumed or cell.state != "closed" or cell.key in self._init_keys:
+                    continue
+                offer = self.branches.offer(cell, self.predict_hparams, self.hparams.surface_)
+                if offer is not None and offer["trial"].trial_id in self._resumed:
+                    self._open(cell, {"why": "a WSD branch an earlier run of this sweep handed out before it stopped"})
+                    self._from_cell(cell)  # hands and observes the ended trial
+                    taken = True
+            if not taken:
+                return
+
     def _affordable(self, cell: SearchCell) -> bool:
         return self.book.affords(cell.flops)
 
@@ -401,6 +422,7 @@ class LawGuidedPlanner:
     def _stop(self, why: str) -> Done:
         if not self.stopped:
             self.stopped = why
+            self._take_resumed_branches()  # after `stopped`: their refits cannot stop it again
             entry = {"action": "stop", "trial_id": None, "why": why, "committed_flops": self.committed,
                      "trials": len(self.book.handed), "estimate": self.estimate()}
             if self.transfer:

@@ -84,6 +84,29 @@ def test_simulated_trial_continues_from_the_bucket_on_any_node(s3, tmp_path):
     assert json.loads(_object(s3, "sweeps/sim/checkpoints/t0/simulated.json")) == {"step": 32}
 
 
+def test_simulated_branch_starts_from_its_trunks_point_in_the_bucket(s3, tmp_path):
+    """A WSD trunk's branch point reaches the bucket; its branch, on a node with none of the trunk's
+    files, reads it from there (and fails without it)."""
+    from trainers.simulated import train
+
+    root = f"s3://{BUCKET}/sweeps/simbranch/checkpoints"
+    trunk = TrialConfig("t", n_params=20_000, tokens=40 * 1024, lr=1e-3, batch_tokens=1024, eval_every=10,
+                        schedule=Schedule("wsd", warmup=0.1, decay=0.2), checkpoint_every=1000,
+                        checkpoint_steps=(16,), checkpoint_mirror=f"{root}/t", checkpoint_dir=str(tmp_path / "a" / "t"))
+    train(trunk, lambda r: None, "tiny")
+    assert json.loads(_object(s3, "sweeps/simbranch/checkpoints/t/step16/state.json"))["step"] == 16
+    node_b = tmp_path / "b"
+    branch = replace(trunk, trial_id="b", tokens=20 * 1024, checkpoint_steps=(), checkpoint_mirror=f"{root}/b",
+                     checkpoint_dir=str(node_b / "b"), branch_from=str(node_b / "t" / "step16"), branch_step=16)
+    got: list = []
+    train(branch, got.append, "tiny")
+    assert [int(r["step"]) for r in got] == [20]
+    assert json.loads((node_b / "b" / "restored.json").read_text())["trial_id"] == "t"
+    with pytest.raises(FileNotFoundError, match="no trunk checkpoint"):
+        train(replace(branch, trial_id="c", checkpoint_mirror=f"{root}/c", checkpoint_dir=str(node_b / "c"),
+                      branch_from=str(node_b / "none" / "step16")), got.append, "tiny")
+
+
 def test_deepspeed_trial_and_its_branch_restore_from_the_bucket(s3, tmp_path, tmp_path_factory):
     from trainers.deepspeed_trainer import train
 

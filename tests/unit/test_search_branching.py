@@ -190,3 +190,39 @@ def test_the_real_sweep_accepts_transfer_with_pruning_and_branching():
     assert S.scalesweep_parts(spec)["wsd_branching"] and S.scalesweep_parts(spec)["pruner"]
     with pytest.raises(ValueError, match="law search plans no trunks"):
         parse_spec({**data, "search": {"strategy": "law"}})
+
+
+def test_a_replay_corrects_the_branches_the_run_handed_out_before_it_stopped():
+    """A run with two slots hands out a WSD branch while the trial that stops the search is running; a
+    replay of the ended trials (`resume`: what a resumed controller and `propose` do) observes them one
+    at a time, so it stops before it would plan that branch. The branch must still join its cell, or
+    `propose` fits its raw loss where the run's fit.json fitted the corrected one (found by
+    tests/integration/test_branched_sweep.py)."""
+    from orchestrator.planner import PlannedTrial
+    from orchestrator.replay import replay
+    from trainers.simulated import train
+
+    spec = parse_spec({
+        "name": "branched", "model": {"n_params": [14000, 44000, 140000, 440000], "seq_len": 128},
+        "tokens": {"per_param": [5, 20, 80]}, "learning_rates": [0.003, 0.01, 0.03, 0.1],
+        "batch_sizes": [1280, 5632], "schedule": {"kind": "wsd", "warmup": 0.1, "decay": 0.2, "branch": True},
+        "checkpoints": {"enabled": True}, "trainer": {"backend": "simulated", "world": "tiny"},
+        "eval": {"every": 100000, "tokens": 2097152}, "budget": {"targets": [3e15]}, "fit": {"bootstrap": 0},
+        "search": {"strategy": "transfer", "init_sizes": 2, "law_checks": 0, "noise": 0.02, "bootstrap": 20}})
+
+    def last_report(t):
+        reports = []
+        train(trial_config(spec, t, None, None), reports.append)
+        return reports[-1]
+
+    run = make_planner(spec)
+    ran = replay(run, last_report, concurrency=2)
+    branches = [t.trial_id for t in ran.trials if t.branch_of]
+    assert branches and run.stopped
+    replayed = make_planner(spec)
+    replayed.resume(ran.results)
+    step = replayed.next_trial()
+    assert not isinstance(step, PlannedTrial), "the replay would run a new trial"
+    assert not replayed._resumed  # every ended trial has its place in the replayed search
+    assert [replayed.loss_as_fitted(t, 3.0) for t in branches] == [run.loss_as_fitted(t, 3.0) for t in branches]
+    assert any(run.loss_as_fitted(t, 3.0) != 3.0 for t in branches)

@@ -98,6 +98,39 @@ def test_simulated_time_and_throughput(tiny):
     assert branch[-1]["tokens"] == reps[-1]["tokens"] and branch[-1]["eval_loss"] == reps[-1]["eval_loss"]
 
 
+def test_wsd_branches_restore_their_trunks_checkpoint_files(tiny, tmp_path):
+    """With checkpoint folders the branch contract is the real trainer's: the trunk saves each branch
+    point (`step<k>/`) before it reports past it, a branch starts from that file (and says so), and a
+    branch whose trunk never saved its point fails instead of training from step 0."""
+    import json
+    from dataclasses import replace
+
+    from trainers.contract import Schedule
+
+    trunk = TrialConfig("trunk", n_params=100_000, tokens=100 * 5120, lr=0.02, batch_tokens=5120, seq_len=128,
+                        eval_every=10, schedule=Schedule("wsd", warmup=0.1, decay=0.2),
+                        checkpoint_dir=str(tmp_path / "trunk"), checkpoint_every=1000, checkpoint_steps=(40, 80))
+    seen = []
+
+    def report(r):  # a branch may start once its trunk reported its branch point: the file is there
+        seen.append((r["step"], sorted(p.name for p in (tmp_path / "trunk").glob("step*"))))
+
+    train(trunk, report, tiny)
+    assert (40.0, ["step40"]) in seen and (80.0, ["step40", "step80"]) in seen
+    assert json.loads((tmp_path / "trunk" / "step40" / "state.json").read_text()) == \
+        {"step": 40, "tokens": 40 * 5120, "trial_id": "trunk"}
+    short = replace(trunk, trial_id="short", tokens=50 * 5120, checkpoint_steps=(), checkpoint_dir=str(tmp_path / "short"),
+                    branch_from=str(tmp_path / "trunk" / "step40"), branch_step=40, schedule=Schedule("wsd", 0.2, 0.2))
+    reps, _ = run(short, tiny)
+    assert [r["step"] for r in reps] == [50]
+    restored = json.loads((tmp_path / "short" / "restored.json").read_text())
+    assert restored == {"from": short.branch_from, "step": 40, "tokens": 40 * 5120, "trial_id": "trunk"}
+    with pytest.raises(FileNotFoundError, match="no trunk checkpoint"):
+        run(replace(short, checkpoint_dir=str(tmp_path / "orphan"), branch_from=str(tmp_path / "none" / "step40")), tiny)
+    with pytest.raises(ValueError, match="is at step 80, not 40"):
+        run(replace(short, checkpoint_dir=str(tmp_path / "wrong"), branch_from=str(tmp_path / "trunk" / "step80")), tiny)
+
+
 # ------------------------------------------------------------------ ground truth is exact
 
 @pytest.mark.parametrize("schedule", [WSD, COSINE, CONSTANT, Schedule("wsd", warmup=0.0, decay=0.5)])
