@@ -21,7 +21,7 @@ import numpy as np
 
 from orchestrator.replay import TableReplay, replay, steplaw_replay
 from orchestrator.search.config import SearchConfig
-from orchestrator.search.planner import LawGuidedPlanner
+from orchestrator.planners import LawGuidedPlanner
 
 THRESHOLD = 0.0025
 

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol, Union
 
-from orchestrator.branching import spent_flops
+from orchestrator.core.planning.branching import spent_flops
 from orchestrator.core.planning import Done, Wait
-from orchestrator.planner import GridPlanner, PlannedTrial, plan_grid, trial_config
+from orchestrator.core.planning.trial import PlannedTrial
+from orchestrator.planner import GridPlanner, plan_grid, trial_config
 from orchestrator.planners import make_planner
 from orchestrator.spec import SweepSpec, parse_spec
 from trainers.contract import TrialConfig

@@ -18,7 +18,8 @@ from typing import Any, Optional
 import yaml
 
 from .core.laws.result import jsonable
-from .planner import PlannedTrial, trial_config
+from .core.planning.trial import PlannedTrial
+from .planner import trial_config
 from .planners import make_planner
 from .query import SweepData, sweep_fit
 from .progress import SweepProgress

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .branching import spent_flops
+from .core.planning.branching import spent_flops
 from .proposals import HparamRule, IntervalRule, SweepFit, fit_and_propose, fit_settings
 
 class QueryError(ValueError):
@@ -75,7 +75,7 @@ def _replay_search(store: Any, spec: Any, spec_json: str) -> SearchReplay:
     store, spec and code left beside fit.json (`replay_cache`)."""
     from . import replay_cache
     from .core.planning import Done
-    from .planner import PlannedTrial
+    from .core.planning.trial import PlannedTrial
     from .planners import make_planner
     from .store import ended_trials
 

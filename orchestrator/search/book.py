@@ -10,8 +10,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..planner import PlannedTrial
-from ..spec import SweepSpec
+from ..core.planning.design import Design
+from ..core.planning.trial import PlannedTrial
 from .branches import corrected_loss
 from .lattice import Point, SearchCell, cells_of
 
@@ -19,13 +19,13 @@ from .lattice import Point, SearchCell, cells_of
 class CellBook:
     """The cells of the candidate trials and the hand-out state."""
 
-    def __init__(self, trials: Sequence[PlannedTrial], spec: SweepSpec, budget: Optional[float]):
+    def __init__(self, trials: Sequence[PlannedTrial], design: Design, budget: Optional[float]):
         self.trials: list[PlannedTrial] = list(trials)
         self.budget = budget
         self.committed = 0.0
         self.handed: list[PlannedTrial] = []
         self.grid_flops = float(sum(t.flops for t in self.trials))  # what the full lattice would cost
-        self.cells = cells_of(self.trials, spec)
+        self.cells = cells_of(self.trials, design)
         if not self.cells:
             raise ValueError("no candidate trials")
         self.where: dict[str, tuple[SearchCell, Point]] = {

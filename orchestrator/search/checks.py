@@ -10,8 +10,9 @@ from typing import Any, Optional, Sequence, Union
 
 from ..core.cells import in_cell
 from ..core.planning import Wait
-from ..planner import PlannedTrial, plan_trial
-from ..spec import SpecError, SweepSpec
+from ..core.planning.design import Design, plan_trial
+from ..core.planning.trial import PlannedTrial
+from ..core.resources import ResourceError
 from .config import SearchConfig
 from .hparam_state import HparamLaws
 from .lattice import Point, SearchCell, cell_optimum, min_batch
@@ -57,21 +58,21 @@ def next_check(cells: Sequence[SearchCell], closed: list[SearchCell], law: LossL
                   "reach": max(math.log(cell.N / edge), 0.5 * math.log(step))}
 
 
-def lr_step(spec: SweepSpec) -> float:
-    """The spec's learning-rate resolution: the geometric step of its lr lattice (≥ 1.5)."""
-    lrs = spec.lrs()
+def lr_step(design: Design) -> float:
+    """The design's learning-rate resolution: the geometric step of its lr lattice (≥ 1.5)."""
+    lrs = design.lrs
     if len(lrs) < 2:
         return 2.0
     return max(1.5, float(math.exp(math.log(lrs[-1] / lrs[0]) / (len(lrs) - 1))))
 
 
-def check_lattice(spec: SweepSpec, cell: SearchCell, lr: float, batch: float, config: SearchConfig,
+def check_lattice(design: Design, cell: SearchCell, lr: float, batch: float, config: SearchConfig,
                   step: float) -> Optional[dict[Point, PlannedTrial]]:
     """Replace the check cell's lattice by one centred on the law's point (lr × step^(−2..2), batch ×
     ladder^(−1..1)) and queue the point and its cross; the cell search then walks to the lattice's
     local minimum, so a wrong law is followed as far as the lattice reaches. Returns the new trials
     (None: the law's point does not fit the resources; the cell is left as it was)."""
-    seq, lo = spec.model.seq_len, min_batch(spec)
+    seq, lo = design.seq_len, min_batch(design)
     f = config.batch_ladder
     lrs = [float(f"{lr * step ** i:.4g}") for i in range(-2, 3)]
     bs = sorted({max(lo, int(round(batch * f ** j / seq)) * seq) for j in (-1, 0, 1)})
@@ -80,8 +81,8 @@ def check_lattice(spec: SweepSpec, cell: SearchCell, lr: float, batch: float, co
     for i, x in enumerate(lrs):
         for j, b in enumerate(bs):
             try:
-                t = plan_trial(spec, any_t.n_target, cell.key[1], x, b, any_t.seed)
-            except SpecError:
+                t = plan_trial(design, any_t.n_target, cell.key[1], x, b, any_t.seed)
+            except ResourceError:
                 continue
             if in_cell(t.D, any_t.cell):
                 trials[(i, j)] = t

@@ -3,7 +3,7 @@
 A cell's search walks its lattice from a start point to the best point's untried neighbours until
 the best point is a local minimum (the certificate; the loss in (log lr, log batch) is a bowl).
 Diverged runs are censored: that lr and every larger one at that batch or a smaller one count as
-diverged without running. Pure Python (the planned trials come from `orchestrator.planner`).
+diverged without running. Pure Python (the planned trials come from `core.planning.design`).
 """
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import numpy as np
 
 from ..core.cells import in_cell
 from ..core.outcome import Outcome, outcome_and_loss
-from ..planner import PlannedTrial, trial_resources
-from ..spec import SpecError, SweepSpec
+from ..core.planning.design import Design, trial_resources
+from ..core.planning.trial import PlannedTrial
+from ..core.resources import ResourceError
 
 Point = tuple[int, int]  # (lr index, batch index) in a cell's lattice
 UNKNOWN = ("failed", "budget")  # outcomes that say nothing about the loss at a point
@@ -142,9 +143,9 @@ class SearchCell:
                 "best_loss": self.loss[b] if b else None, "start_from": self.start_from}
 
 
-def cells_of(trials: Sequence[PlannedTrial], spec: SweepSpec) -> list[SearchCell]:
-    """Group the grid's trials into (N, D) cells (one seed: the first of the spec's)."""
-    seed = spec.seeds[0]
+def cells_of(trials: Sequence[PlannedTrial], design: Design) -> list[SearchCell]:
+    """Group the grid's trials into (N, D) cells (one seed: the first of the design's)."""
+    seed = design.seeds[0]
     groups: dict[tuple[int, int], list[PlannedTrial]] = {}
     for t in trials:
         # A batch too large for the cell's tokens is not a point of the cell: left out of its lattice.
@@ -209,29 +210,29 @@ def outcome(result: Optional[Mapping[str, Any]], planned_D: Optional[float] = No
 # ------------------------------------------------------------------------------------ batch lattice
 
 
-def min_batch(spec: SweepSpec) -> int:
-    """The smallest batch (tokens) a trial of this spec can run: a sequence per worker."""
-    seq = spec.model.seq_len
-    workers = max((w for w in (spec.resources.settings(n)["workers"][0] for n in spec.model.sizes())
+def min_batch(design: Design) -> int:
+    """The smallest batch (tokens) a trial of this design can run: a sequence per worker."""
+    seq = design.seq_len
+    workers = max((w for w in (design.resources.size(n).settings[0][0] for n in design.sizes)
                    if w != "auto"), default=1)
     return seq * workers
 
 
-def fits_resources(spec: SweepSpec, sizes: Iterable[int], batch: int) -> bool:
-    """Whether trials of these sizes at `batch` pass the resource check (`planner.trial_resources`)."""
+def fits_resources(design: Design, sizes: Iterable[int], batch: int) -> bool:
+    """Whether trials of these sizes at `batch` pass the resource check (`design.trial_resources`)."""
     try:
         for n in sizes:
-            trial_resources(spec, n, batch)
-    except SpecError:
+            trial_resources(design, n, batch)
+    except ResourceError:
         return False
     return True
 
 
-def batch_ladder(spec: SweepSpec, factor: float) -> list[int]:
-    """The spec's batches extended below the smallest (down to one sequence per worker) and one
+def batch_ladder(design: Design, factor: float) -> list[int]:
+    """The design's batches extended below the smallest (down to one sequence per worker) and one
     step above the largest, by `factor`, in whole sequences: the transfer design's batch lattice."""
-    seq, lo = spec.model.seq_len, min_batch(spec)
-    out = set(spec.batches())
+    seq, lo = design.seq_len, min_batch(design)
+    out = set(design.batches)
     b = min(out) / factor
     while b >= lo:
         out.add(int(round(b / seq)) * seq)

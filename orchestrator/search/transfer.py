@@ -5,40 +5,42 @@ searching every cell; the cell's lattice stays the fallback should that run dive
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
-from ..planner import PlannedTrial, plan_grid, plan_trial
-from ..spec import SpecError, SweepSpec
+from ..core.planning.design import Design, plan_grid, plan_trial
+from ..core.planning.trial import PlannedTrial
+from ..core.resources import ResourceError
 from .config import SearchConfig
 from .lattice import LAW_POINT, SearchCell, batch_ladder, fits_resources, min_batch
 
 
-def candidate_trials(spec: SweepSpec, config: SearchConfig) -> list[PlannedTrial]:
-    """The search's candidates: the spec's grid; with transfer, the initial design's sizes on a batch
+def candidate_trials(design: Design, config: SearchConfig) -> list[PlannedTrial]:
+    """The search's candidates: the design's grid; with transfer, the initial design's sizes on a batch
     lattice extended by `batch_ladder` (each cell's batch optimum bracketed, not only its lr), the
-    others on the spec's batches (their lattice is only a fallback: they run at the learned point).
+    others on the design's batches (their lattice is only a fallback: they run at the learned point).
     Never as the grid's WSD trunks and branches: a searched cell runs whatever points its walk needs,
     so a grid branch's trunk may never run (`branches.py` plans the search's own)."""
-    if spec.schedule.branch:  # the grid's trunks and branches assume every trial runs: the search plans its own
-        spec = spec.model_copy(update={"schedule": spec.schedule.model_copy(update={"branch": False})})
+    if design.branch:  # the grid's trunks and branches assume every trial runs: the search plans its own
+        design = replace(design, branch=False)
     if not config.transfer:
-        return plan_grid(spec)
-    init = set(sorted(spec.model.sizes())[: config.init_sizes])
-    ladder = [b for b in batch_ladder(spec, config.batch_ladder) if fits_resources(spec, init, b)]
-    return [t for t in plan_grid(spec, ladder) if t.n_target in init] + \
-        [t for t in plan_grid(spec) if t.n_target not in init]
+        return plan_grid(design)
+    init = set(sorted(design.sizes)[: config.init_sizes])
+    ladder = [b for b in batch_ladder(design, config.batch_ladder) if fits_resources(design, init, b)]
+    return [t for t in plan_grid(design, ladder) if t.n_target in init] + \
+        [t for t in plan_grid(design) if t.n_target not in init]
 
 
-def law_point(spec: SweepSpec, cell: SearchCell, lr: float, batch: float, source: str) -> Optional[PlannedTrial]:
+def law_point(design: Design, cell: SearchCell, lr: float, batch: float, source: str) -> Optional[PlannedTrial]:
     """Plan the cell's run at (lr, batch) (batch in whole sequences) and queue it as the cell's only
     point; None when it does not fit the cluster's resources (the cell is searched on its lattice,
     whose shapes were checked before launch). The caller adopts the trial into its book."""
-    seq = spec.model.seq_len
-    b = max(min_batch(spec), int(round(batch / seq)) * seq)
+    seq = design.seq_len
+    b = max(min_batch(design), int(round(batch / seq)) * seq)
     any_t = next(iter(cell.trials.values()))
     try:
-        t = plan_trial(spec, any_t.n_target, cell.key[1], float(f"{lr:.4g}"), b, any_t.seed)
-    except SpecError as exc:
+        t = plan_trial(design, any_t.n_target, cell.key[1], float(f"{lr:.4g}"), b, any_t.seed)
+    except ResourceError as exc:
         cell.open_info = {**cell.open_info, "law_point_refused": str(exc)}
         cell.start_from += f" (the law's batch {b} does not fit: lattice search)"
         return None

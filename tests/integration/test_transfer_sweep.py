@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.planner import plan_grid
-from orchestrator.search.lattice import batch_ladder
+from orchestrator.planner import batch_ladder
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import TAG_TRIAL, read_sweep_runs
 from tests.integration.conftest import run_real_sweep

@@ -216,7 +216,7 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 def test_no_import_cycle_at_module_level():
     eager, _ = _graph()
-    assert "orchestrator.spec" in eager and "orchestrator.core.family" in eager["orchestrator.planner"]
+    assert "orchestrator.spec" in eager and "orchestrator.core.family" in eager["orchestrator.core.planning.design"]
     assert _cycles(eager) == [], "import cycles (module-level imports): " + "; ".join(
         " <-> ".join(c) for c in _cycles(eager))
 

@@ -9,8 +9,9 @@ import pytest
 
 from orchestrator.planner import plan_grid, trial_config
 from orchestrator.replay import replay
-from orchestrator.search.lattice import LAW_POINT, batch_ladder
-from orchestrator.search.planner import LawGuidedPlanner
+from orchestrator.planner import batch_ladder
+from orchestrator.search.lattice import LAW_POINT
+from orchestrator.planners import LawGuidedPlanner
 from orchestrator.spec import SearchSpec, parse_spec
 from trainers.simulated import final_loss
 from trainers.worlds import load_world
@@ -150,14 +151,14 @@ def test_learned_point_has_honest_intervals(run):
 
 
 def test_a_law_point_that_does_not_fit_falls_back_to_the_lattice(monkeypatch):
-    """A learned batch the cluster cannot run (SpecError from the resource check): the cell is
+    """A learned batch the cluster cannot run (ResourceError from the resource check): the cell is
     searched on its lattice (checked before launch) instead, and the search still ends."""
     import orchestrator.search.checks as checks
     import orchestrator.search.transfer as search
-    from orchestrator.spec import SpecError
+    from orchestrator.core.resources import ResourceError
 
     def refuse(*args, **kwargs):
-        raise SpecError("resources: does not fit (test)")
+        raise ResourceError("resources: does not fit (test)")
 
     monkeypatch.setattr(search, "plan_trial", refuse)
     monkeypatch.setattr(checks, "plan_trial", refuse)
