@@ -481,7 +481,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
 
     from trainers.checkpoint_mirror import delayed_open
 
-    from .pruning.boundary import completed_from_store, trial_meta
+    from .config.pruning import completed_from_store, trial_meta
     from .tracking import SweepTracker
     from .tune.callback import SweepCallback, mlflow_end
     from .tune.envelope import TrialEnvelope

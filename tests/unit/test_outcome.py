@@ -22,10 +22,10 @@ import pytest
 
 from orchestrator.core.outcome import Outcome, outcome_and_loss, outcome_of
 from orchestrator.progress import SweepProgress
-from orchestrator.pruning.boundary import completed_from_store
-from orchestrator.pruning.decision import Decision
-from orchestrator.pruning.meta import TrialMeta
-from orchestrator.pruning.pruner import Pruner
+from orchestrator.config.pruning import completed_from_store
+from orchestrator.core.pruning.decision import Decision
+from orchestrator.core.pruning.meta import TrialMeta
+from orchestrator.core.pruning.pruner import Pruner
 from orchestrator.search.lattice import outcome as search_outcome
 from orchestrator.store import ObservationStore
 from orchestrator.tune.callback import SweepCallback
@@ -96,7 +96,7 @@ def paths(tmp_path_factory):
 def _live_references(lasts: dict[str, Optional[dict]]) -> dict[str, bool]:
     """Whether each trial (id -> its last result, or None) is a reference once the live scheduler saw it
     complete (Tune hands the last result to on_trial_complete)."""
-    from orchestrator.pruning.config import PruneConfig
+    from orchestrator.core.pruning.config import PruneConfig
     from orchestrator.tune.scheduler import PrunerScheduler
 
     sched = PrunerScheduler(PruneConfig(), background=False, process=False)

@@ -1,6 +1,6 @@
 """What the pruner knows of a trial's plan (`TrialMeta`), independent of how the plan was written.
 
-The adapter (`orchestrator.pruning.boundary.trial_meta`) builds one from the trial contract; here
+The adapter (`orchestrator.config.pruning.trial_meta`) builds one from the trial contract; here
 it is plain data: sizes, steps and the per-step learning rate.
 
 >>> import numpy as np
@@ -15,8 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..core.cells import cell_of
-from ..core.laws.curves import Schedule
+from ..cells import cell_of
+from ..laws.curves import Schedule
 
 LR_REF = 1e-3  # the peak every schedule shape is scaled to before the curve law sees it
 
