@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.replay import TableReplay, replay, steplaw_replay
-from orchestrator.search.config import SearchConfig
+from orchestrator.core.planning.search.config import SearchConfig
 from orchestrator.planners import LawGuidedPlanner
 
 THRESHOLD = 0.0025

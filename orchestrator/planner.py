@@ -18,7 +18,7 @@ from .core.planning import design as core
 from .core.planning.grid import GridPlanner as _GridPlanner
 from .core.planning.trial import PlannedTrial
 from .core.resources import GiB, ModelDims, ResourceError, ResourcePlan, ZeroBuffers, plan_resources
-from .search import lattice
+from .core.planning.search import lattice
 from .spec import SpecError, SweepSpec
 
 

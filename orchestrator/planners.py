@@ -1,7 +1,7 @@
 """The planner a spec asks for: one factory over the planning strategies, on the spec's design.
 
 `grid` is `orchestrator.planner.GridPlanner`; `law` and `transfer` are the law-guided search
-(`LawGuidedPlanner` below: `orchestrator.search.planner.LawGuidedPlanner` on the spec's design, its
+(`LawGuidedPlanner` below: `orchestrator.core.planning.search.planner.LawGuidedPlanner` on the spec's design, its
 `SearchConfig` converted from `spec.search` and `spec.fit` at `orchestrator.config.planning`). Both
 implement `orchestrator.core.planning.Planner`. The factory sits above both, so neither imports the
 other's module to pick a strategy (no import cycle).
@@ -15,8 +15,8 @@ from .core.planning import Planner
 from .core.planning.trial import PlannedTrial
 from .core.resources import ResourceError
 from .planner import GridPlanner
-from .search.config import SearchConfig
-from .search.planner import LawGuidedPlanner as _LawGuidedPlanner
+from .core.planning.search.config import SearchConfig
+from .core.planning.search.planner import LawGuidedPlanner as _LawGuidedPlanner
 from .spec import SpecError, SweepSpec
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..core.family import count_params, shape_for
 from ..core.planning.design import Design, ResourceConfig, SizeResources
-from ..search.config import SearchConfig
+from ..core.planning.search.config import SearchConfig
 
 if TYPE_CHECKING:  # the spec imports orchestrator.sizing, which imports this module
     from ..spec import SweepSpec

@@ -26,7 +26,7 @@ from orchestrator.config.pruning import completed_from_store
 from orchestrator.core.pruning.decision import Decision
 from orchestrator.core.pruning.meta import TrialMeta
 from orchestrator.core.pruning.pruner import Pruner
-from orchestrator.search.lattice import outcome as search_outcome
+from orchestrator.core.planning.search.lattice import outcome as search_outcome
 from orchestrator.store import ObservationStore
 from orchestrator.tune.callback import SweepCallback
 from orchestrator.tune.envelope import TrialEnvelope

@@ -9,7 +9,7 @@ import pytest
 from orchestrator.core.planning import WAIT
 from orchestrator.planner import GridPlanner
 from orchestrator.replay import replay, steplaw_replay, table_replay
-from orchestrator.search.config import SearchConfig
+from orchestrator.core.planning.search.config import SearchConfig
 from orchestrator.planners import LawGuidedPlanner
 
 

@@ -6,9 +6,8 @@
   the user's spec at one boundary (`orchestrator.config.planning.design_of`), and the planning of
   one trial and of the grid on it;
 - `branching`: WSD trunks and cooldown branches of the grid;
-- `grid`: `GridPlanner`, the grid's trials cheapest first within the budget.
-
-The law-guided search (`orchestrator.search`) plans on the same `Design`.
+- `grid`: `GridPlanner`, the grid's trials cheapest first within the budget;
+- `search/`: the law-guided search (`LawGuidedPlanner`), on the same `Design` and a frozen `SearchConfig`.
 """
 from .protocol import WAIT, Done, HparamAdvice, Planner, Step, Wait
 

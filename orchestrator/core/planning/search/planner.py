@@ -29,9 +29,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..core.planning import WAIT, Done, HparamAdvice, Step, Wait
-from ..core.planning.design import Design
-from ..core.planning.trial import PlannedTrial
+from ..protocol import WAIT, Done, HparamAdvice, Step, Wait
+from ..design import Design
+from ..trial import PlannedTrial
 from . import acquisition, checks as law_checks, stopping
 from .advice import SearchRule
 from .book import CellBook, run_decision

@@ -30,18 +30,25 @@ import math
 from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence
 
-from ..core.laws.hparam_surface import SurfaceFit
-from ..core.planning.branching import decay_steps, warmup_fraction
-from ..core.planning.design import Design, plan_trial
-from ..core.planning.trial import PlannedTrial
-from ..core.resources import ResourceError
+from ...laws.hparam_surface import SurfaceFit
+from ..branching import decay_steps, warmup_fraction
+from ..design import Design, plan_trial
+from ..trial import PlannedTrial
+from ...resources import ResourceError
 from .lattice import LAW_POINT, SearchCell
 
 Predict = Callable[[float, float], tuple[Optional[float], Optional[float]]]
 
 
 def enabled(design: Design) -> bool:
-    """Whether the design asks for WSD branching (`schedule.branch`, a WSD schedule)."""
+    """Whether the design asks for WSD branching (`schedule.branch`, a WSD schedule).
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> from dataclasses import replace
+    >>> enabled(d), enabled(replace(d, branch=True)), enabled(replace(d, branch=True, schedule="cosine"))
+    (False, True, False)
+    """
     return design.branching
 
 
@@ -178,5 +185,10 @@ class Branches:
 
 
 def corrected_loss(cell: SearchCell, loss: float) -> float:
-    """A cell's best loss as the L(N, D) fit sees it: a branched run's divided by its bowl penalty."""
+    """A cell's best loss as the L(N, D) fit sees it: a branched run's divided by its bowl penalty.
+
+    >>> c = SearchCell((1, 1), 1e6, 2e7, 1.2e14, [1e-3], [1024], {}, open_info={"bowl_penalty": 0.01})
+    >>> round(corrected_loss(c, 3.0), 4)
+    2.9701
+    """
     return loss * math.exp(-float(cell.open_info.get("bowl_penalty", 0.0)))

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional
 
-from ..core.planning.design import Design, plan_grid, plan_trial
-from ..core.planning.trial import PlannedTrial
-from ..core.resources import ResourceError
+from ..design import Design, plan_grid, plan_trial
+from ..trial import PlannedTrial
+from ...resources import ResourceError
 from .config import SearchConfig
 from .lattice import LAW_POINT, SearchCell, batch_ladder, fits_resources, min_batch
 
@@ -20,7 +20,14 @@ def candidate_trials(design: Design, config: SearchConfig) -> list[PlannedTrial]
     lattice extended by `batch_ladder` (each cell's batch optimum bracketed, not only its lr), the
     others on the design's batches (their lattice is only a fallback: they run at the learned point).
     Never as the grid's WSD trunks and branches: a searched cell runs whatever points its walk needs,
-    so a grid branch's trunk may never run (`branches.py` plans the search's own)."""
+    so a grid branch's trunk may never run (`branches.py` plans the search's own).
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> from orchestrator.core.planning.search.config import SearchConfig
+    >>> len(candidate_trials(d, SearchConfig())) == len(plan_grid(d))  # law: the grid
+    True
+    """
     if design.branch:  # the grid's trunks and branches assume every trial runs: the search plans its own
         design = replace(design, branch=False)
     if not config.transfer:
@@ -34,7 +41,16 @@ def candidate_trials(design: Design, config: SearchConfig) -> list[PlannedTrial]
 def law_point(design: Design, cell: SearchCell, lr: float, batch: float, source: str) -> Optional[PlannedTrial]:
     """Plan the cell's run at (lr, batch) (batch in whole sequences) and queue it as the cell's only
     point; None when it does not fit the cluster's resources (the cell is searched on its lattice,
-    whose shapes were checked before launch). The caller adopts the trial into its book."""
+    whose shapes were checked before launch). The caller adopts the trial into its book.
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> from orchestrator.core.planning.search.lattice import cells_of
+    >>> cells = cells_of(plan_grid(d), d)
+    >>> t = law_point(d, cells[0], 2e-3, 1024, "test")
+    >>> t.lr, t.batch, cells[0].queue
+    (0.002, 1024, [(-1, -1)])
+    """
     seq = design.seq_len
     b = max(min_batch(design), int(round(batch / seq)) * seq)
     any_t = next(iter(cell.trials.values()))
