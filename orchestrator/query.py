@@ -75,7 +75,7 @@ def _replay_search(store: Any, spec: Any, spec_json: str) -> SearchReplay:
     store, spec and code left beside fit.json (`replay_cache`)."""
     from . import replay_cache
     from .core.planning import Done
-    from .core.planning.trial import PlannedTrial
+    from .planner import PlannedTrial
     from .planners import make_planner
     from .store import ended_trials
 
