@@ -2,7 +2,8 @@
 
 All strategies run the same grid of (N, D, lr, batch), laid from a *prior* a user would have
 and the target budget C (see `prior_for` and `benchmark_spec`), never from the world's truth,
-and end with the same offline fit (`orchestrator.proposals.fit_and_propose(points, [C])`).
+and end with the same offline fit, the product's query of a sweep (`orchestrator.query.sweep_fit` on
+the completed trials, with the spec's fit settings, as `scalesweep propose` and the API fit).
 The world only simulates the trials and scores: regret is exact, `world.regret(proposal, C)` =
 true loss of the proposed config / true optimum − 1.
 
@@ -29,7 +30,7 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from orchestrator.proposals import fit_and_propose
+from orchestrator.query import SweepData, sweep_fit
 from orchestrator.spec import parse_spec
 from trainers.worlds import World, bundled_worlds, load_world, world_from_dict
 
@@ -37,7 +38,7 @@ from . import strategies as S
 
 STRATEGIES = ("full_grid", "asha", "optuna", "random", "random_at_asha", "scalesweep")
 # The tiny world is the chinchilla world with N, D / 1e4 (C / 1e8). Chinchilla's target is 1e22, not
-# 1e24: fit_and_propose sizes its proposal with trainers.model.shape_for, whose largest member is
+# 1e24: the fit (orchestrator.proposals.fit_and_propose) sizes its proposal with trainers.model.shape_for, whose largest member is
 # 1.3e10 parameters (N* at 1e24 is 1.7e11).
 # The issue-13 worlds: bent and repeated at CPU scale, kaplan and crossing at the published scale.
 DEFAULT_TARGETS = {"tiny": 1e17, "chinchilla": 1e22, "bent": 1e17, "repeated": 1e17, "kaplan": 1e22,
@@ -70,13 +71,13 @@ def prior_for(prior_ref: Optional[str], target: float) -> tuple[World, dict[str,
     base = load_world(DEFAULT_PRIOR)
     info: dict[str, Any] = {"ref": prior_ref or f"default ({DEFAULT_PRIOR} world's published laws)"}
     if prior_ref is None:
-        doc = base.model_dump(exclude=base._defaulted())
+        doc = base.document()
         info["kind"] = "published"
     else:
         p = Path(prior_ref)
         raw = yaml.safe_load(p.read_text()) if p.suffix and p.exists() else None
         if isinstance(raw, dict) and set(raw) - {"name", "description"} <= set(RULE_SECTIONS):
-            doc = base.model_dump(exclude=base._defaulted())
+            doc = base.document()
             doc.update({k: raw[k] for k in RULE_SECTIONS if k in raw})
             doc["name"] = raw.get("name", f"rule:{p.stem}")
             info["kind"] = "rule file"
@@ -196,13 +197,16 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def evaluate(run: S.StrategyRun, grid: S.Grid, world: World, target: float, seed: int) -> dict[str, Any]:
-    """Fit on the run's completed trials, propose for the target, score the proposal exactly."""
+    """Fit on the run's completed trials, propose for the target, score the proposal exactly.
+
+    The fit is the product's query (`orchestrator.query.sweep_fit`) with the grid's spec: its fit
+    settings (`fit.bootstrap: 0`, the seed `seed`) and its model family."""
     points = S.completed_points(run.records)
     try:
-        fit = fit_and_propose(points, [target], bootstrap=0, seed=seed)
+        fit = sweep_fit(SweepData(points, [], []), grid.spec, [target])
     except ValueError as exc:  # e.g. a proposal beyond the model family (trainers.model.shape_for)
-        fit = fit_and_propose([], [target])
-        fit.warnings.append(f"fit_and_propose failed: {exc}")
+        fit = sweep_fit(SweepData([], [], []), grid.spec, [target])
+        fit.warnings.append(f"the fit failed: {exc}")
     out: dict[str, Any] = {
         "compute": run.compute,
         "trials": {k: sum(r.status == k for r in run.records) for k in ("finished", "stopped", "diverged")},
@@ -346,8 +350,8 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
         "seeds": list(range(first_seed, first_seed + seeds)),
         "concurrency": concurrency,
         "grid": grid_info,
-        "fit": "orchestrator.proposals.fit_and_propose(points, [C], bootstrap=0): Chinchilla L(N, D) on the "
-               "best cell per (N, D); lr, batch from the nearest observed cell",
+        "fit": "orchestrator.query.sweep_fit(SweepData(points), spec, [C]) with the spec's fit settings "
+               "(bootstrap 0): L(N, D) on the best cell per (N, D); lr, batch from the nearest observed cell",
         "strategies": {},
     }
     for name in strategies:

@@ -4,7 +4,7 @@
 
 Replays the efficiency benchmark's scalesweep arm (`efficiency.scalesweep_spec`: transfer, the
 pruner, WSD branching; grid from the default prior; 8 at once) and logs each trial's start and end
-in simulated time. For every trial, the pruner's frontier (`orchestrator.pruning.frontier`'s recipe:
+in simulated time. For every trial, the pruner's frontier (`orchestrator.core.pruning.frontier`'s recipe:
 best final per (N, D) cell, Chinchilla fit with 64 bootstrap replicates once ≥ 8 cells over ≥ 3
 sizes have finished, upper end at level 0.9) is fitted on the trials finished when it started, and
 the trial's own realised final loss stands in for the law rule's prediction (an oracle: the real

@@ -14,7 +14,7 @@ trials started cheapest first, reports arriving at their simulated wall time (th
 ``step_time_s``), a stopped trial frees its slot at once. So every method sees reports in the
 order a real Tune run would deliver them, and one that stops early also changes what runs when.
 
-- ours: ``orchestrator.pruning.Pruner`` (default PruneConfig; TrialMeta from the trial config), and
+- ours: ``orchestrator.core.pruning.Pruner`` (default PruneConfig; TrialMeta from the trial config), and
   the same without its paired rule (``paired_grace`` 0.99: the law-prediction rules alone);
 - ASHA: Ray Tune's ``AsyncHyperBandScheduler`` with its defaults (time_attr training_iteration,
   grace_period 1, reduction_factor 4, 1 bracket) except ``max_t``, set to the longest trial's
@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.pruning import PruneConfig, Pruner, TrialMeta
-from orchestrator.pruning.boundary import trial_meta
+from orchestrator.core.pruning import PruneConfig, Pruner, TrialMeta
+from orchestrator.config.pruning import trial_meta
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import train
 from trainers.worlds import load_world

@@ -10,7 +10,7 @@ budgets) × 6 learning rates (1e-3 … 0.32, √10 apart) × WSD and cosine, plu
 through `benchmarks.pruning.replay` (``--concurrency`` slots, trials started cheapest first, a
 report's time proportional to the FLOPs spent, a stopped trial frees its slot at once), so every
 method sees the reports in the order a real run would deliver them -- the same methods as
-``benchmarks.pruning`` (ours: `orchestrator.pruning.Pruner` with the default `PruneConfig`; ASHA;
+``benchmarks.pruning`` (ours: `orchestrator.core.pruning.Pruner` with the default `PruneConfig`; ASHA;
 Optuna's median and Hyperband pruners), on the same curves, side by side.
 
 Metrics: compute saved = 1 − FLOPs spent / FLOPs of the unpruned sweep; winners lost = trials with
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.pruning import METHODS, SimTrial, make_methods, parse_args, replay, score, stops_by
-from orchestrator.pruning.boundary import trial_meta
+from orchestrator.config.pruning import trial_meta
 from trainers.contract import Schedule, TrialConfig
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "lrsweep" / "curves.csv"

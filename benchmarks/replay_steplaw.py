@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from orchestrator.replay import TableReplay, replay, steplaw_replay
-from orchestrator.search.config import SearchConfig
-from orchestrator.search.planner import LawGuidedPlanner
+from orchestrator.core.planning.search.config import SearchConfig
+from orchestrator.planners import LawGuidedPlanner
 
 THRESHOLD = 0.0025
 

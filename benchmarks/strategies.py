@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol, Union
 
-from orchestrator.branching import spent_flops
+from orchestrator.core.planning.branching import spent_flops
 from orchestrator.core.planning import Done, Wait
-from orchestrator.planner import GridPlanner, PlannedTrial, plan_grid, trial_config
+from orchestrator.core.planning.trial import PlannedTrial
+from orchestrator.planner import GridPlanner, plan_grid, trial_config
 from orchestrator.planners import make_planner
 from orchestrator.spec import SweepSpec, parse_spec
 from trainers.contract import TrialConfig
@@ -527,12 +528,12 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
             return StrategyRun(recs, "replay", ["orchestrator.planner.GridPlanner driven as PlannerSearcher does"],
                                parts, saved=saved)
         # The product's own proposal, as run_sweep's summary makes it: its learned lr/batch laws.
-        from orchestrator.proposals import fit_and_propose
+        from orchestrator.query import SweepData, sweep_fit
 
         advice = planner.hparam_advice()
-        fit = fit_and_propose(completed_points(recs), spec.budget.targets, bootstrap=0, seed=spec.seed,
-                              hparams=advice.predict if advice else None, family=spec.model.family,
-                              hparam_intervals=advice.intervals if advice else None)
+        fit = sweep_fit(SweepData(completed_points(recs), [], []), spec, spec.budget.targets, bootstrap=0,
+                        hparams=advice.predict if advice else None,
+                        hparam_intervals=advice.intervals if advice else None)
         notes = [f"{type(planner).__name__} driven as PlannerSearcher does; regret scores its own proposal "
                  "(its learned lr/batch laws)"]
         if parts["pruner"]:

@@ -18,7 +18,8 @@ from typing import Any, Optional
 import yaml
 
 from .core.laws.result import jsonable
-from .planner import PlannedTrial, trial_config
+from .core.planning.trial import PlannedTrial
+from .planner import trial_config
 from .planners import make_planner
 from .query import SweepData, sweep_fit
 from .progress import SweepProgress
@@ -480,7 +481,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
 
     from trainers.checkpoint_mirror import delayed_open
 
-    from .pruning.boundary import completed_from_store, trial_meta
+    from .config.pruning import completed_from_store, trial_meta
     from .tracking import SweepTracker
     from .tune.callback import SweepCallback, mlflow_end
     from .tune.envelope import TrialEnvelope

@@ -164,7 +164,7 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     also carries `task_metrics`: the accuracy predicted at its (N, D) per task, with intervals.
 
     `corrected_loss(point) -> loss`: the loss the fit counts for a finished run, default the
-    `hparams` rule's own (`orchestrator.search.advice.SearchRule`: the search's correction of its WSD
+    `hparams` rule's own (`orchestrator.core.planning.search.advice.SearchRule`: the search's correction of its WSD
     branches, run off their cell's law point), so the final fit sees the points the search fitted.
     """
     warnings: list[str] = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .branching import spent_flops
+from .core.planning.branching import spent_flops
 from .proposals import HparamRule, IntervalRule, SweepFit, fit_and_propose, fit_settings
 
 log = logging.getLogger(__name__)

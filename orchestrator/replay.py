@@ -24,7 +24,8 @@ import numpy as np
 
 from .core.laws.table import TableError, cluster_close, read_table, require_columns
 from .core.planning import Done, Planner, Wait
-from .planner import PlannedTrial, plan_grid
+from .core.planning.trial import PlannedTrial
+from .planner import plan_grid
 from .spec import SweepSpec, parse_spec
 
 Lookup = Callable[[PlannedTrial], Optional[dict[str, Any]]]

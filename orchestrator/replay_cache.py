@@ -190,7 +190,7 @@ def _restore(doc: dict[str, Any], key: str, spec: Any) -> Optional[tuple[Any, li
     if doc["advice"] is not None:
         from .core.planning import HparamAdvice
         from .planners import make_planner
-        from .search.advice import SearchRule
+        from .core.planning.search.advice import SearchRule
 
         planner = make_planner(spec)
         for name, value in doc["advice"].items():

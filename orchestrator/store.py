@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 
 from trainers.contract import split_task_key
 
-from .branching import spent_flops
+from .core.planning.branching import spent_flops
 from .store_location import StoreLocation, is_uri
 
 OBS_SCHEMA = pa.schema(

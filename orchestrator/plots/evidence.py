@@ -240,7 +240,8 @@ def _simulated_final(spec: Any, config: dict[str, Any]) -> Optional[float]:
 
     from trainers.simulated import final_loss
 
-    from ..planner import PlannedTrial, trial_config
+    from ..core.planning.trial import PlannedTrial
+    from ..planner import trial_config
 
     known = {f.name for f in fields(PlannedTrial)}
     trial = PlannedTrial(**{k: (tuple(v) if k == "checkpoint_steps" else v) for k, v in config.items() if k in known})

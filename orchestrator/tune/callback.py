@@ -18,7 +18,7 @@ from ray.tune.stopper import Stopper
 
 from trainers.contract import OPTIONAL_REPORT_KEYS, REPORT_KEYS, TASK_PREFIX
 
-from ..branching import spent_flops
+from ..core.planning.branching import spent_flops
 from ..core.outcome import Outcome, outcome_of
 from ..progress import SweepProgress
 from ..store import STOPPED_BY_USER, ObservationStore

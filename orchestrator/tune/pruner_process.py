@@ -18,7 +18,7 @@ import time
 from typing import Any, Iterable, Mapping, Optional
 
 from ..helper_process import HelperProcess
-from ..pruning import Completed, Decision, PruneConfig, Pruner, TrialMeta
+from ..core.pruning import Completed, Decision, PruneConfig, Pruner, TrialMeta
 
 log = logging.getLogger(__name__)
 

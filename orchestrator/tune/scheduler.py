@@ -1,4 +1,4 @@
-"""A Ray Tune `TrialScheduler` that stops trials by the pruning rules of `orchestrator.pruning`.
+"""A Ray Tune `TrialScheduler` that stops trials by the pruning rules of `orchestrator.core.pruning`.
 
 Thin by design: every decision lives in the pure `Pruner`; this adapter maps Tune's callbacks
 onto it and returns CONTINUE or STOP. Trials run in submission order (it is a FIFOScheduler),
@@ -19,8 +19,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from ..core.outcome import Outcome, outcome_and_loss
-from ..pruning import Completed, Decision, PruneConfig, Pruner, TrialMeta
-from ..pruning.boundary import prune_config, trial_meta
+from ..core.pruning import Completed, Decision, PruneConfig, Pruner, TrialMeta
+from ..config.pruning import prune_config, trial_meta
 from .envelope import envelope_of, trial_id_of
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class PrunerScheduler(FIFOScheduler):
             pruner = ProcessPruner(config)
         self.pruner = pruner or Pruner(config)
         # a resumed sweep: the trials that finished in its earlier runs are the references again
-        # (orchestrator.pruning.boundary.completed_from_store)
+        # (orchestrator.config.pruning.completed_from_store)
         self.restored = self.pruner.restore(history) if history else 0
         self.on_decision = on_decision
         self.metas: dict[str, TrialMeta] = {}

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 from ray.tune.search import Searcher
 
 from ..core.planning import Done, Planner, Wait
-from ..planner import PlannedTrial
+from ..core.planning.trial import PlannedTrial
 
 
 class PlannerSearcher(Searcher):

@@ -88,7 +88,7 @@ def test_a_wsd_branch_from_its_trunk_reproduces_the_from_scratch_run(cache, tmp_
     those of the 20-step run trained from scratch with the same schedule."""
     from dataclasses import dataclass
 
-    from orchestrator.branching import plan_branches
+    from orchestrator.core.planning.branching import plan_branches
 
     @dataclass(frozen=True)
     class P:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator.planner import PlannedTrial
+from orchestrator.core.planning.trial import PlannedTrial
 from orchestrator.progress import SweepProgress
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import SweepTracker, read_sweep_runs

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator import replay_cache
 
 from orchestrator.planner import plan_grid
-from orchestrator.search.lattice import batch_ladder
+from orchestrator.planner import batch_ladder
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import TAG_TRIAL, read_sweep_runs
 from tests.integration.conftest import run_real_sweep

@@ -1,5 +1,5 @@
 """The final L(N, D) fit counts a search's WSD branches as the search does: corrected to their cell's law
-point (`orchestrator.search.advice.SearchRule.corrected_loss` -> `LawGuidedPlanner.loss_as_fitted` ->
+point (`orchestrator.core.planning.search.advice.SearchRule.corrected_loss` -> `LawGuidedPlanner.loss_as_fitted` ->
 `branches.corrected_loss`), on a planted world where the uncorrected fit is measurably biased."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from orchestrator.proposals import fit_and_propose
-from orchestrator.search.advice import SearchRule
-from orchestrator.search.lattice import LAW_POINT
-from orchestrator.search.planner import LawGuidedPlanner
+from orchestrator.core.planning.search.advice import SearchRule
+from orchestrator.core.planning.search.lattice import LAW_POINT
+from orchestrator.core.planning.search.planner import LawGuidedPlanner
 from trainers.worlds import load_world
 
 WORLD = load_world("chinchilla").without_noise()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.branching import decay_steps, plan_branches, warmup_fraction
+from orchestrator.core.planning.branching import decay_steps, plan_branches, warmup_fraction
 from trainers.contract import Schedule
 from trainers.schedules import lr_array
 
@@ -99,7 +99,8 @@ def test_the_grid_plans_trunks_and_branches_that_spend_only_their_decay():
 
 def test_branches_wait_for_their_trunk_and_are_skipped_when_it_stops_short(tmp_path):
     from orchestrator.core.planning import Done
-    from orchestrator.planner import WAIT, GridPlanner, trial_config
+    from orchestrator.core.planning import WAIT
+    from orchestrator.planner import GridPlanner, trial_config
 
     planner = GridPlanner(_spec(model={"n_params": [20000], "seq_len": 64}, learning_rates=[0.01]))
     first = planner.next_trial()

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("orchestrator", "trainers", "cluster")
-PURE = ("orchestrator/core", "orchestrator/core/laws")  # stdlib + numpy + scipy only
+PURE = ("orchestrator/core",)  # stdlib + numpy + scipy only: laws/, planning/, pruning/ and the rest
 FORBIDDEN = ("torch", "ray", "mlflow", "fastapi", "pydantic", "deepspeed", "pandas", "pyarrow", "transformers")
 
 # Imports deferred into a function that would close an import cycle at module level:
@@ -216,7 +216,7 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 def test_no_import_cycle_at_module_level():
     eager, _ = _graph()
-    assert "orchestrator.spec" in eager and "orchestrator.core.family" in eager["orchestrator.planner"]
+    assert "orchestrator.spec" in eager and "orchestrator.core.family" in eager["orchestrator.core.planning.design"]
     assert _cycles(eager) == [], "import cycles (module-level imports): " + "; ".join(
         " <-> ".join(c) for c in _cycles(eager))
 
@@ -240,21 +240,20 @@ def test_spec_and_planner_do_not_import_torch(module):
     assert r.stdout.strip() == "", f"{module} imports {r.stdout.strip()}"
 
 
-PRUNING_ADAPTERS = ("boundary",)  # the one module of the package that reads the trainer contract
-
-
-def test_pruning_rules_are_pure():
-    """orchestrator.pruning (but its boundary) imports only stdlib, numpy, scipy, orchestrator.core and .laws."""
-    mods = _pure_modules(("orchestrator/pruning",), skip=PRUNING_ADAPTERS)
-    assert "orchestrator.pruning.rules.paired" in mods
+def test_core_imports_only_the_core():
+    """orchestrator.core (laws, planning, pruning, ...) imports only stdlib, numpy, scipy and itself: no
+    trainers, no spec, no other orchestrator module (the spec is converted at orchestrator.config)."""
+    mods = _pure_modules()
+    assert {"orchestrator.core.pruning.rules.paired", "orchestrator.core.planning.grid",
+            "orchestrator.core.planning.design"} <= set(mods)
     code = ("".join(f"import {m}\n" for m in mods) +
-            "bad = sorted({m.split('.')[0] for m in sys.modules} & set(%r))\n" % ((FORBIDDEN + ("trainers",)),) +
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & set(%r))\n" % ((FORBIDDEN + ("trainers", "cluster")),) +
             "ours = sorted(m for m in sys.modules if m.startswith('orchestrator.') and not m.startswith("
-            "('orchestrator.core', 'orchestrator.core.laws', 'orchestrator.pruning')))\n"
+            "'orchestrator.core'))\n"
             "print(','.join(bad + ours))\n")
     r = _blocked_import(code)
-    assert r.returncode == 0, f"a pruning module needs a blocked framework:\n{r.stderr[-2000:]}"
-    assert r.stdout.strip() == "", f"orchestrator.pruning imports {r.stdout.strip()}"
+    assert r.returncode == 0, f"a core module needs a blocked framework:\n{r.stderr[-2000:]}"
+    assert r.stdout.strip() == "", f"orchestrator.core imports {r.stdout.strip()}"
 
 
 def test_building_the_cli_loads_no_law_and_no_framework():

@@ -22,11 +22,11 @@ import pytest
 
 from orchestrator.core.outcome import Outcome, outcome_and_loss, outcome_of
 from orchestrator.progress import SweepProgress
-from orchestrator.pruning.boundary import completed_from_store
-from orchestrator.pruning.decision import Decision
-from orchestrator.pruning.meta import TrialMeta
-from orchestrator.pruning.pruner import Pruner
-from orchestrator.search.lattice import outcome as search_outcome
+from orchestrator.config.pruning import completed_from_store
+from orchestrator.core.pruning.decision import Decision
+from orchestrator.core.pruning.meta import TrialMeta
+from orchestrator.core.pruning.pruner import Pruner
+from orchestrator.core.planning.search.lattice import outcome as search_outcome
 from orchestrator.store import ObservationStore
 from orchestrator.tune.callback import SweepCallback
 from orchestrator.tune.envelope import TrialEnvelope
@@ -96,7 +96,7 @@ def paths(tmp_path_factory):
 def _live_references(lasts: dict[str, Optional[dict]]) -> dict[str, bool]:
     """Whether each trial (id -> its last result, or None) is a reference once the live scheduler saw it
     complete (Tune hands the last result to on_trial_complete)."""
-    from orchestrator.pruning.config import PruneConfig
+    from orchestrator.core.pruning.config import PruneConfig
     from orchestrator.tune.scheduler import PrunerScheduler
 
     sched = PrunerScheduler(PruneConfig(), background=False, process=False)
@@ -145,7 +145,7 @@ def test_without_planned_tokens_the_done_flag_decides():
 def test_the_search_takes_a_trial_tune_stopped_as_stopped_not_as_a_final_loss():
     """LawGuidedPlanner.observe weighs the trial's planned D: Tune's `done` on a stopped trial's last
     result does not make its partial loss a point of the cell."""
-    from orchestrator.search.planner import LawGuidedPlanner
+    from orchestrator.planners import LawGuidedPlanner
     from orchestrator.spec import parse_spec
 
     spec = parse_spec({"name": "outcome-test", "model": {"n_params": {"min": 1e4, "max": 1e5, "count": 2}, "seq_len": 128},

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.pruning import STOP, PruneConfig, Pruner
-from orchestrator.pruning.boundary import trial_meta
-from orchestrator.pruning.pairstat import overshoot as _overshoot, z as _z
+from orchestrator.core.pruning import STOP, PruneConfig, Pruner
+from orchestrator.config.pruning import trial_meta
+from orchestrator.core.pruning.pairstat import overshoot as _overshoot, z as _z
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import train
 from trainers.worlds import load_world

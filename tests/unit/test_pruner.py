@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.pruning import DIVERGED, STOP, PruneConfig, Pruner
-from orchestrator.pruning.boundary import trial_meta
+from orchestrator.core.pruning import DIVERGED, STOP, PruneConfig, Pruner
+from orchestrator.config.pruning import trial_meta
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import train
 from trainers.worlds import load_world
@@ -191,10 +191,10 @@ def test_winner_survives_a_sweep_and_bad_lrs_are_stopped(seed):
 
 def test_config_is_validated_at_the_spec_boundary():
     # The pure rules take a frozen dataclass; the user's values are validated by the spec's
-    # pydantic model, converted once (orchestrator.pruning.boundary.prune_config).
+    # pydantic model, converted once (orchestrator.config.pruning.prune_config).
     from dataclasses import fields
 
-    from orchestrator.pruning.boundary import prune_config
+    from orchestrator.config.pruning import prune_config
     from orchestrator.spec import PruningSpec
 
     with pytest.raises(ValueError, match="grace"):

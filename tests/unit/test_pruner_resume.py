@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.pruning import RULES, Completed, PruneConfig, Pruner
-from orchestrator.pruning.boundary import completed_from_store, trial_meta
+from orchestrator.core.pruning import RULES, Completed, PruneConfig, Pruner
+from orchestrator.config.pruning import completed_from_store, trial_meta
 from orchestrator.store import ObservationStore
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import train
@@ -93,7 +93,7 @@ def test_scheduler_starts_from_the_history():
 
 
 def test_unfinished_and_unplanned_trials_are_not_references():
-    from orchestrator.pruning import completed_from_rows
+    from orchestrator.core.pruning import completed_from_rows
 
     _, meta, _ = trial(1.0)
     rows = {"a": {"status": "finished", "summary": {"final_eval_loss": 3.0}, "time": 2.0},

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.pruning import RULES, Patient, PruneConfig, Pruner, TrialMeta
-from orchestrator.pruning.rules import __name__ as rules_pkg
+from orchestrator.core.pruning import RULES, Patient, PruneConfig, Pruner, TrialMeta
+from orchestrator.core.pruning.rules import __name__ as rules_pkg
 
 FAST = PruneConfig(grace=0.99)  # the law rule's curve fits would only slow this file down
 DOC = Path(__file__).resolve().parents[2] / "docs" / "architecture-pruning.md"
-PURE = ["orchestrator.core.outcome", "orchestrator.pruning", "orchestrator.pruning.config",
-        "orchestrator.pruning.meta", "orchestrator.pruning.decision", "orchestrator.pruning.rule",
-        "orchestrator.pruning.pairstat", "orchestrator.pruning.calibration", "orchestrator.pruning.history",
-        "orchestrator.pruning.frontier", "orchestrator.pruning.pruner", "orchestrator.pruning.rules.divergence",
-        "orchestrator.pruning.rules.paired", "orchestrator.pruning.rules.law"]
+PURE = ["orchestrator.core.outcome", "orchestrator.core.pruning", "orchestrator.core.pruning.config",
+        "orchestrator.core.pruning.meta", "orchestrator.core.pruning.decision", "orchestrator.core.pruning.rule",
+        "orchestrator.core.pruning.pairstat", "orchestrator.core.pruning.calibration", "orchestrator.core.pruning.history",
+        "orchestrator.core.pruning.frontier", "orchestrator.core.pruning.pruner", "orchestrator.core.pruning.rules.divergence",
+        "orchestrator.core.pruning.rules.paired", "orchestrator.core.pruning.rules.law"]
 
 
 @pytest.mark.parametrize("name", PURE)

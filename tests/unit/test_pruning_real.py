@@ -6,7 +6,7 @@ import math
 
 from benchmarks.pruning import OurPruner, replay, score
 from benchmarks.pruning_real import load_sweep
-from orchestrator.pruning import RULES, PruneConfig, Pruner
+from orchestrator.core.pruning import RULES, PruneConfig, Pruner
 
 
 def test_recorded_sweep_is_whole():

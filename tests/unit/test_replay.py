@@ -6,10 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.planner import WAIT, GridPlanner  # WAIT: core.planning's, re-exported
+from orchestrator.core.planning import WAIT
+from orchestrator.planner import GridPlanner
 from orchestrator.replay import replay, steplaw_replay, table_replay
-from orchestrator.search.config import SearchConfig
-from orchestrator.search.planner import LawGuidedPlanner
+from orchestrator.core.planning.search.config import SearchConfig
+from orchestrator.planners import LawGuidedPlanner
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def _answer(d: Path) -> tuple[query.SearchReplay, list[dict]]:
 @pytest.fixture(scope="module")
 def replays():
     """Counts the search replays (each resumes a fresh planner)."""
-    from orchestrator.search.planner import LawGuidedPlanner
+    from orchestrator.core.planning.search.planner import LawGuidedPlanner
 
     calls: list[int] = []
     real = LawGuidedPlanner.resume

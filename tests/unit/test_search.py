@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from orchestrator.core.planning import Done, Planner, Wait
-from orchestrator.planner import GridPlanner, PlannedTrial, plan_grid, trial_config
+from orchestrator.core.planning.trial import PlannedTrial
+from orchestrator.planner import GridPlanner, plan_grid, trial_config
 from orchestrator.replay import replay
-from orchestrator.search.config import SearchConfig
-from orchestrator.search.lattice import outcome
-from orchestrator.search.planner import LawGuidedPlanner
+from orchestrator.core.planning.search.config import SearchConfig
+from orchestrator.core.planning.search.lattice import outcome
+from orchestrator.planners import LawGuidedPlanner
 from orchestrator.spec import parse_spec
 from trainers.simulated import final_loss
 from trainers.worlds import load_world

@@ -13,9 +13,9 @@ from orchestrator.core.laws.hparam_surface import SurfaceFit
 from orchestrator.core.laws.hparams import BatchLaw, LrLaw
 from orchestrator.planner import trial_config
 from orchestrator.planners import make_planner
-from orchestrator.search.branches import bowl_penalty, corrected_loss
-from orchestrator.search.lattice import LAW_POINT
-from orchestrator.search.planner import LawGuidedPlanner
+from orchestrator.core.planning.search.branches import bowl_penalty, corrected_loss
+from orchestrator.core.planning.search.lattice import LAW_POINT
+from orchestrator.planners import LawGuidedPlanner
 from orchestrator.spec import parse_spec
 from trainers.worlds import load_world
 

@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.search.loss_law import backtest_by_size, fit_loss
+from orchestrator.core.planning.search.loss_law import backtest_by_size, fit_loss
 from trainers.worlds import load_world
 
-MODULES = ("orchestrator.core.planning", "orchestrator.search.config", "orchestrator.search.hparam_state",
-           "orchestrator.search.acquisition", "orchestrator.search.loss_law")
+MODULES = ("orchestrator.core.planning", "orchestrator.core.planning.search.config", "orchestrator.core.planning.search.hparam_state",
+           "orchestrator.core.planning.search.acquisition", "orchestrator.core.planning.search.loss_law")
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from orchestrator import query
 from orchestrator.cli import get_app
-from orchestrator.planner import PlannedTrial, trial_config
+from orchestrator.core.planning.trial import PlannedTrial
+from orchestrator.planner import trial_config
 from orchestrator.planners import make_planner
 from orchestrator.spec import load_spec
 from orchestrator.store import ObservationStore

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import get_app
 from orchestrator.core.planning import Done
-from orchestrator.planner import WAIT, GridPlanner, plan_grid
+from orchestrator.core.planning import WAIT
+from orchestrator.planner import GridPlanner, plan_grid
 from orchestrator.spec import SpecError, load_spec, parse_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"

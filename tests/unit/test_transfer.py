@@ -9,8 +9,9 @@ import pytest
 
 from orchestrator.planner import plan_grid, trial_config
 from orchestrator.replay import replay
-from orchestrator.search.lattice import LAW_POINT, batch_ladder
-from orchestrator.search.planner import LawGuidedPlanner
+from orchestrator.planner import batch_ladder
+from orchestrator.core.planning.search.lattice import LAW_POINT
+from orchestrator.planners import LawGuidedPlanner
 from orchestrator.spec import SearchSpec, parse_spec
 from trainers.simulated import final_loss
 from trainers.worlds import load_world
@@ -150,14 +151,14 @@ def test_learned_point_has_honest_intervals(run):
 
 
 def test_a_law_point_that_does_not_fit_falls_back_to_the_lattice(monkeypatch):
-    """A learned batch the cluster cannot run (SpecError from the resource check): the cell is
+    """A learned batch the cluster cannot run (ResourceError from the resource check): the cell is
     searched on its lattice (checked before launch) instead, and the search still ends."""
-    import orchestrator.search.checks as checks
-    import orchestrator.search.transfer as search
-    from orchestrator.spec import SpecError
+    import orchestrator.core.planning.search.checks as checks
+    import orchestrator.core.planning.search.transfer as search
+    from orchestrator.core.resources import ResourceError
 
     def refuse(*args, **kwargs):
-        raise SpecError("resources: does not fit (test)")
+        raise ResourceError("resources: does not fit (test)")
 
     monkeypatch.setattr(search, "plan_trial", refuse)
     monkeypatch.setattr(checks, "plan_trial", refuse)
@@ -193,7 +194,7 @@ def test_law_check_brackets_the_law_point_at_a_large_size(run):
 
 
 def test_hedge_shift_moves_lr_to_the_flat_side():
-    from orchestrator.search.hparam_state import hedge_shift as _hedge_shift
+    from orchestrator.core.planning.search.hparam_state import hedge_shift as _hedge_shift
 
     assert _hedge_shift(0.5, 1.0) == 0.0 and _hedge_shift(0.0, 3.0) == 0.0
     d1, d2 = _hedge_shift(0.2, 3.0), _hedge_shift(0.4, 3.0)
@@ -231,7 +232,7 @@ def test_loss_backtest_by_size_flags_a_wrong_form(run, monkeypatch):
     # Kaplan + E (the world's own form) is a candidate since 6 Dec 2026: the search's fit finds it;
     # the Chinchilla form alone still misses and is flagged.
     assert bt["form"] == "kaplan-E" and not bt["misfit"] and bt["chinchilla"] > 2 * pl.config.noise
-    from orchestrator.search.loss_law import backtest_by_size
+    from orchestrator.core.planning.search.loss_law import backtest_by_size
 
     assert backtest_by_size(N, D, L, pl.config.noise, law="chinchilla")["misfit"]
 

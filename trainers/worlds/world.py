@@ -421,6 +421,11 @@ class World(_Section):
         """
         return hashlib.sha256(self.model_dump_json(exclude=self._defaulted()).encode()).hexdigest()[:12]
 
+    def document(self) -> dict[str, Any]:
+        """The world's parameters as a world file holds them (`world_from_dict` reads it back), the
+        optional fields that sit at their defaults left out (docs/worlds.md)."""
+        return self.model_dump(exclude=self._defaulted())
+
     def _defaulted(self) -> dict[str, set[str]]:
         """The optional (issue 13) fields that sit at their defaults, as a pydantic `exclude`."""
         out: dict[str, set[str]] = {}

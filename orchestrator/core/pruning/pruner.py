@@ -1,10 +1,10 @@
-"""The pruner: the rules of `orchestrator.pruning.rules` over one shared history, report by report.
+"""The pruner: the rules of `orchestrator.core.pruning.rules` over one shared history, report by report.
 
 Pure and deterministic (no Ray): the Tune adapter ``orchestrator/tune/scheduler.py`` only maps
 Tune's callbacks onto :meth:`Pruner.on_report` / :meth:`Pruner.on_complete`. Every report is
 recorded in the history, then each rule checks the trial in order (divergence, paired, law, ...);
 the first that stops it ends it. A resumed sweep rebuilds the history from the store
-(:meth:`Pruner.restore` with `orchestrator.pruning.history.completed_from_rows`).
+(:meth:`Pruner.restore` with `orchestrator.core.pruning.history.completed_from_rows`).
 
 Cost: between two fresh predictions a report costs a few list appends and, after the paired
 rule's grace, one ratio statistic per peer of its cell (~0.1 ms each); the curve law of a size and
@@ -24,7 +24,11 @@ from .rules import RULES
 
 
 def default_rules(config: PruneConfig, frontier: Optional[Frontier] = None) -> list[Rule]:
-    """The registered rules (`orchestrator.pruning.rules.RULES`), in order, for this config."""
+    """The registered rules (`orchestrator.core.pruning.rules.RULES`), in order, for this config.
+
+    >>> [type(r).__name__ for r in default_rules(PruneConfig())]
+    ['Patient', 'Patient', 'Patient']
+    """
     return [make(config, frontier) for make in RULES.values()]
 
 

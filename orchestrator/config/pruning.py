@@ -1,4 +1,4 @@
-"""The one boundary between the pure pruning rules and the rest of the product.
+"""The one boundary between the pure pruning rules (`orchestrator.core.pruning`) and the rest of the product.
 
 Not part of the pure core (it reads the trainer contract): a trial's `TrialMeta` from its contract
 `TrialConfig`, the rules' config from the spec's ``pruning`` section, and the history of a
@@ -12,9 +12,9 @@ from typing import Any, Mapping, Optional
 from trainers.contract import TrialConfig
 from trainers.schedules import lr_array
 
-from .config import PruneConfig
-from .history import Completed, completed_from_rows
-from .meta import TrialMeta
+from ..core.pruning.config import PruneConfig
+from ..core.pruning.history import Completed, completed_from_rows
+from ..core.pruning.meta import TrialMeta
 
 
 def trial_meta(cfg: TrialConfig | Mapping[str, Any], cell_D: Optional[float] = None) -> TrialMeta:

@@ -6,7 +6,7 @@ schedule-aware curve law fitted on the completed runs of the same N, or on the p
 there are none) is made once the logged prefix grew by ``refit_growth`` of its steps and at least
 ``refit_every`` reports arrived. Its **lower** end is compared with the **upper** end of
 
-- the frontier (`orchestrator.pruning.frontier`) at the trial's planned compute C = 6·N·D, and
+- the frontier (`orchestrator.core.pruning.frontier`) at the trial's planned compute C = 6·N·D, and
 - the best other trial of the same (N, D) cell, any schedule (a finished trial's realised final
   loss, a running trial's predicted upper end);
 
@@ -22,8 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-from ...core.laws.curve_law import CurveLaw
-from ...core.laws.final_loss import make_law, predict_final
+from ...laws.curve_law import CurveLaw
+from ...laws.final_loss import make_law, predict_final
 from ..config import PruneConfig
 from ..decision import Verdict
 from ..frontier import FittedFrontier, Frontier, FrontierConfig

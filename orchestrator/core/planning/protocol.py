@@ -3,7 +3,7 @@
 A planner is asked for the next trial and told how trials ended. `next_trial()` answers with one
 of three things, each its own type (no string sentinels, no None):
 
-- a `PlannedTrial` (orchestrator.planner): run it;
+- a `PlannedTrial` (`trial`): run it;
 - `Wait`: nothing to start until a running trial reports back (ask again later);
 - `Done`: the planner will hand out nothing more; `why` says why.
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, Union, runtime_checkable
 
-if TYPE_CHECKING:  # the planned trial stays in orchestrator/planner.py (typing only: the core imports nothing above it)
-    from ..planner import PlannedTrial
+if TYPE_CHECKING:  # typing only
+    from .trial import PlannedTrial
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..core.laws.chinchilla import budget_key
-from ..core.laws.forms import grid_frontier, inputs
-from ..core.laws.selection import AutoFit, FormFit, fit_auto
+from ...laws.chinchilla import budget_key
+from ...laws.forms import grid_frontier, inputs
+from ...laws.selection import AutoFit, FormFit, fit_auto
 
 
 class LossLaw:
@@ -108,7 +108,14 @@ class LossLaw:
 def fit_loss(N: np.ndarray, D: np.ndarray, L: np.ndarray, *, bootstrap: int, seed: int, targets: Sequence[float],
              level: float = 0.9, law: str = "auto", loss: str = "huber") -> LossLaw:
     """L(N, D) on the searched cells' best losses: `law` "auto" (every candidate form, chosen and
-    weighted by backtest) or one named form; `bootstrap` replicates in all."""
+    weighted by backtest) or one named form; `bootstrap` replicates in all.
+
+    >>> import numpy as np
+    >>> N = np.repeat(np.geomspace(1e4, 1e6, 4), 4); D = N * np.tile([5.0, 20, 80, 320], 4)
+    >>> law = fit_loss(N, D, 1.8 + 480 * N**-0.34 + 2100 * D**-0.28, bootstrap=0, seed=0, targets=[1e15])
+    >>> law.form in ("chinchilla", "kaplan", "equal-exponent")
+    True
+    """
     fit = fit_auto(N, D, L, forms=None if law == "auto" else [law], loss_fn=loss, bootstrap=bootstrap, seed=seed,
                    budgets=list(targets), level=level)
     return LossLaw(fit, bootstrap)
@@ -119,7 +126,14 @@ def backtest_by_size(N: np.ndarray, D: np.ndarray, L: np.ndarray, noise: float, 
     """Backtest of L(N, D) by size: every candidate form fitted without the largest size, RMS log
     error on that size's cells (`fit_auto`'s leave-the-largest-size-out backtest). `misfit`: the
     form the search uses misses by more than twice the stated noise of a loss (more than noise can
-    explain: its intervals assume the form and are too narrow). None with fewer than 4 sizes."""
+    explain: its intervals assume the form and are too narrow). None with fewer than 4 sizes.
+
+    >>> import numpy as np
+    >>> N = np.repeat(np.geomspace(1e4, 1e6, 4), 4); D = N * np.tile([5.0, 20, 80, 320], 4)
+    >>> bt = backtest_by_size(N, D, 1.8 + 480 * N**-0.34 + 2100 * D**-0.28, noise=0.003)
+    >>> bool(bt["held_out_N"] == N.max()), bt["cells"]
+    (True, 4)
+    """
     sizes = sorted(set(np.asarray(N).tolist()))
     if len(sizes) < 4:
         return None

@@ -3,7 +3,7 @@
 A cell's search walks its lattice from a start point to the best point's untried neighbours until
 the best point is a local minimum (the certificate; the loss in (log lr, log batch) is a bowl).
 Diverged runs are censored: that lr and every larger one at that batch or a smaller one count as
-diverged without running. Pure Python (the planned trials come from `orchestrator.planner`).
+diverged without running. Pure Python (the planned trials come from `core.planning.design`).
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..core.cells import in_cell
-from ..core.outcome import Outcome, outcome_and_loss
-from ..planner import PlannedTrial, trial_resources
-from ..spec import SpecError, SweepSpec
+from ...cells import in_cell
+from ...outcome import Outcome, outcome_and_loss
+from ..design import Design, trial_resources
+from ..trial import PlannedTrial
+from ...resources import ResourceError
 
 Point = tuple[int, int]  # (lr index, batch index) in a cell's lattice
 UNKNOWN = ("failed", "budget")  # outcomes that say nothing about the loss at a point
@@ -142,9 +143,15 @@ class SearchCell:
                 "best_loss": self.loss[b] if b else None, "start_from": self.start_from}
 
 
-def cells_of(trials: Sequence[PlannedTrial], spec: SweepSpec) -> list[SearchCell]:
-    """Group the grid's trials into (N, D) cells (one seed: the first of the spec's)."""
-    seed = spec.seeds[0]
+def cells_of(trials: Sequence[PlannedTrial], design: Design) -> list[SearchCell]:
+    """Group the grid's trials into (N, D) cells (one seed: the first of the design's).
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> [(c.key, len(c.lrs), len(c.batches)) for c in cells_of(plan_grid(d), d)]
+    [((20000, 640000.0), 3, 2), ((20000, 1280000.0), 3, 2), ((80000, 1280000.0), 3, 2)]
+    """
+    seed = design.seeds[0]
     groups: dict[tuple[int, int], list[PlannedTrial]] = {}
     for t in trials:
         # A batch too large for the cell's tokens is not a point of the cell: left out of its lattice.
@@ -168,6 +175,14 @@ def cell_optimum(cell: SearchCell) -> tuple[float, float, bool, bool]:
     """(log lr*, log batch*) of a resolved cell and whether each lies inside the lattice (not on its edge).
 
     The best point, refined by a parabola through it and its neighbours along each axis.
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> c = cells_of(plan_grid(d), d)[0]
+    >>> c.loss.update({(0, 0): 3.2, (1, 0): 3.0, (2, 0): 3.1})
+    >>> x, y, lr_inside, batch_inside = cell_optimum(c)
+    >>> 1e-3 < math.exp(x) < 9e-3, lr_inside, batch_inside
+    (True, True, False)
     """
     b = cell.best()
     x, x_in = _refine(cell, b, 0, [math.log(v) for v in cell.lrs])
@@ -201,7 +216,13 @@ def _refine(cell: SearchCell, b: Point, axis: int, grid: list[float]) -> tuple[f
 
 
 def outcome(result: Optional[Mapping[str, Any]], planned_D: Optional[float] = None) -> tuple[str, float]:
-    """(status, loss) of a trial's last report: ok | diverged | stopped | failed (`core.outcome` decides)."""
+    """(status, loss) of a trial's last report: ok | diverged | stopped | failed (`core.outcome` decides).
+
+    >>> outcome({"train_loss": 3.0, "eval_loss": 3.1, "done": 1.0, "tokens": 100}, planned_D=100)
+    ('ok', 3.1)
+    >>> outcome(None)[0]
+    'failed'
+    """
     o, loss = outcome_and_loss(result, planned_D)
     return ("ok" if o is Outcome.FINISHED else o.value), loss
 
@@ -209,29 +230,47 @@ def outcome(result: Optional[Mapping[str, Any]], planned_D: Optional[float] = No
 # ------------------------------------------------------------------------------------ batch lattice
 
 
-def min_batch(spec: SweepSpec) -> int:
-    """The smallest batch (tokens) a trial of this spec can run: a sequence per worker."""
-    seq = spec.model.seq_len
-    workers = max((w for w in (spec.resources.settings(n)["workers"][0] for n in spec.model.sizes())
+def min_batch(design: Design) -> int:
+    """The smallest batch (tokens) a trial of this design can run: a sequence per worker.
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> min_batch(d)  # one sequence per worker
+    64
+    """
+    seq = design.seq_len
+    workers = max((w for w in (design.resources.size(n).settings[0][0] for n in design.sizes)
                    if w != "auto"), default=1)
     return seq * workers
 
 
-def fits_resources(spec: SweepSpec, sizes: Iterable[int], batch: int) -> bool:
-    """Whether trials of these sizes at `batch` pass the resource check (`planner.trial_resources`)."""
+def fits_resources(design: Design, sizes: Iterable[int], batch: int) -> bool:
+    """Whether trials of these sizes at `batch` pass the resource check (`design.trial_resources`).
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> fits_resources(d, d.sizes, 1024)  # nothing to check against: fits
+    True
+    """
     try:
         for n in sizes:
-            trial_resources(spec, n, batch)
-    except SpecError:
+            trial_resources(design, n, batch)
+    except ResourceError:
         return False
     return True
 
 
-def batch_ladder(spec: SweepSpec, factor: float) -> list[int]:
-    """The spec's batches extended below the smallest (down to one sequence per worker) and one
-    step above the largest, by `factor`, in whole sequences: the transfer design's batch lattice."""
-    seq, lo = spec.model.seq_len, min_batch(spec)
-    out = set(spec.batches())
+def batch_ladder(design: Design, factor: float) -> list[int]:
+    """The design's batches extended below the smallest (down to one sequence per worker) and one
+    step above the largest, by `factor`, in whole sequences: the transfer design's batch lattice.
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> batch_ladder(d, 2.0)
+    [64, 128, 256, 512, 1024, 2048, 4096]
+    """
+    seq, lo = design.seq_len, min_batch(design)
+    out = set(design.batches)
     b = min(out) / factor
     while b >= lo:
         out.add(int(round(b / seq)) * seq)

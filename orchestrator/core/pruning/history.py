@@ -3,10 +3,10 @@ the completed curves per size and the paired rule's calibration -- and its rebui
 
 Rules read the history; only the pruner writes it (`add`, `record`, `complete`). Everything in it
 follows from the reports and completions it was given, so a resumed sweep rebuilds it from the
-observation store's rows (`completed_from_rows` + `orchestrator.pruning.Pruner.restore`).
+observation store's rows (`completed_from_rows` + `orchestrator.core.pruning.Pruner.restore`).
 
 >>> import numpy as np
->>> from orchestrator.pruning.meta import TrialMeta
+>>> from orchestrator.core.pruning.meta import TrialMeta
 >>> meta = TrialMeta(N=1e6, D=2e7, total_steps=100, lr=np.full(100, 1e-3), flops=1.2e14)
 >>> rows = {"a": {"status": "finished", "summary": {"final_eval_loss": 3.01}, "time": 1.0},
 ...         "b": {"status": "stopped", "summary": {}, "time": 2.0}}
@@ -23,8 +23,8 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from ..core.outcome import Outcome, is_loss
-from ..core.laws.curves import Curve, Schedule
+from ..outcome import Outcome, is_loss
+from ..laws.curves import Curve, Schedule
 from .calibration import Calibration
 from .config import PruneConfig
 from .meta import LR_REF, TrialMeta
@@ -154,7 +154,13 @@ class History:
 def completed_from_rows(trials: Mapping[str, Mapping[str, Any]], observations: Iterable[Mapping[str, Any]],
                         metas: Mapping[str, TrialMeta], metric: str = "eval_loss") -> list[Completed]:
     """The finished trials of a store (``ObservationStore.trials()`` and its observation rows), in the
-    order they finished, with their curves of `metric`; trials without a plan in `metas` are skipped."""
+    order they finished, with their curves of `metric`; trials without a plan in `metas` are skipped.
+
+    >>> meta = TrialMeta(N=1e6, D=2e7, total_steps=100, lr=np.full(100, 1e-3), flops=1.2e14)
+    >>> rows = {"a": {"status": "finished", "summary": {}, "time": 1.0}}
+    >>> [c.final for c in completed_from_rows(rows, [{"trial_id": "a", "step": 100, "eval_loss": 3.2}], {"a": meta})]
+    [3.2]
+    """
     curves: dict[str, list[tuple[float, float]]] = {}
     for row in observations:
         tid = row["trial_id"]

@@ -1,13 +1,13 @@
 """The one interface of a pruning rule, and `Patient`, which turns a rule's votes into stops.
 
 A rule is any object with a ``name`` and one method, ``check(trial_id, trial, history)``: it
-reads the trial's state and the sweep's history (`orchestrator.pruning.history`) and returns a
+reads the trial's state and the sweep's history (`orchestrator.core.pruning.history`) and returns a
 `Verdict` (it checked; ``vote`` says whether the trial should stop) or None (it did not check).
 Rules hold no per-trial state of their own beyond caches of the history; what a stop needs over
 several reports is added by wrapping, as Optuna's ``PatientPruner`` wraps another pruner:
 `Patient` stops after ``patience`` consecutive votes, and a vote-less check resets the count.
 
->>> from orchestrator.pruning.decision import Verdict
+>>> from orchestrator.core.pruning.decision import Verdict
 >>> class Always:
 ...     name = "always"
 ...     def check(self, trial_id, trial, history):

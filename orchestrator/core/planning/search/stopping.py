@@ -16,7 +16,17 @@ from .loss_law import LossLaw
 
 
 def stop_rule(law: LossLaw, targets: Sequence[float], config: SearchConfig) -> tuple[bool, str]:
-    """Whether this fit meets the stopping rule, and the figures that say so."""
+    """Whether this fit meets the stopping rule, and the figures that say so.
+
+    >>> import numpy as np
+    >>> N = np.repeat(np.geomspace(1e4, 1e6, 4), 4); D = N * np.tile([5.0, 20, 80, 320], 4)
+    >>> from orchestrator.core.planning.search.loss_law import fit_loss
+    >>> law = fit_loss(N, D, 1.8 + 480 * N**-0.34 + 2100 * D**-0.28, bootstrap=20, seed=0, targets=[1e15])
+    >>> from orchestrator.core.planning.search.config import SearchConfig
+    >>> done, why = stop_rule(law, [1e15], SearchConfig(tolerance=100.0, loss_tolerance=100.0))
+    >>> done, why.startswith("target intervals narrower than the tolerance")
+    (True, True)
+    """
     widths = law.widths(targets, config.level)
     if config.regret_tolerance is not None:
         regrets = law.regret_risk(targets, config.level)
@@ -32,7 +42,11 @@ def stop_rule(law: LossLaw, targets: Sequence[float], config: SearchConfig) -> t
 
 
 def why_done(cells: Sequence[SearchCell], affordable: Callable[[SearchCell], bool]) -> str:
-    """Why the search ran out of cells to open."""
+    """Why the search ran out of cells to open.
+
+    >>> why_done([], lambda cell: True)
+    'every cell searched'
+    """
     closed = [c for c in cells if c.state == "closed"]
     if not closed:
         return "every cell searched"
@@ -42,7 +56,11 @@ def why_done(cells: Sequence[SearchCell], affordable: Callable[[SearchCell], boo
 
 
 def backtest_warning(why: str, bt: Optional[dict[str, Any]]) -> str:
-    """The stop's reason, with a warning when the form the search used misses the held-out largest size."""
+    """The stop's reason, with a warning when the form the search used misses the held-out largest size.
+
+    >>> backtest_warning("intervals narrow", None)
+    'intervals narrow'
+    """
     if bt is None or not bt["misfit"]:
         return why
     others = ", ".join(f"{k} {v:.2%}" for k, v in bt.items()

@@ -14,8 +14,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..core.laws.hparam_surface import SurfaceFit, fit_surface
-from ..core.laws.hparams import BatchLaw, HparamError, LrLaw
+from ...laws.hparam_surface import SurfaceFit, fit_surface
+from ...laws.hparams import BatchLaw, HparamError, LrLaw
 from .lattice import SearchCell, cell_optimum
 
 Checks = Sequence[dict[str, Any]]  # what the law checks found (checks.check_record)
@@ -173,7 +173,11 @@ def ridge(X: np.ndarray, y: np.ndarray, lam: float) -> tuple[float, ...]:
 
 
 def z_of(level: float) -> float:
-    """The two-sided normal quantile of a central `level` interval."""
+    """The two-sided normal quantile of a central `level` interval.
+
+    >>> round(z_of(0.9), 3)
+    1.645
+    """
     from scipy.stats import norm
 
     return float(norm.ppf(0.5 + level / 2))

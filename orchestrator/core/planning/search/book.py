@@ -10,8 +10,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..planner import PlannedTrial
-from ..spec import SweepSpec
+from ..design import Design
+from ..trial import PlannedTrial
 from .branches import corrected_loss
 from .lattice import Point, SearchCell, cells_of
 
@@ -19,13 +19,13 @@ from .lattice import Point, SearchCell, cells_of
 class CellBook:
     """The cells of the candidate trials and the hand-out state."""
 
-    def __init__(self, trials: Sequence[PlannedTrial], spec: SweepSpec, budget: Optional[float]):
+    def __init__(self, trials: Sequence[PlannedTrial], design: Design, budget: Optional[float]):
         self.trials: list[PlannedTrial] = list(trials)
         self.budget = budget
         self.committed = 0.0
         self.handed: list[PlannedTrial] = []
         self.grid_flops = float(sum(t.flops for t in self.trials))  # what the full lattice would cost
-        self.cells = cells_of(self.trials, spec)
+        self.cells = cells_of(self.trials, design)
         if not self.cells:
             raise ValueError("no candidate trials")
         self.where: dict[str, tuple[SearchCell, Point]] = {
@@ -67,7 +67,17 @@ class CellBook:
 
 
 def run_decision(cell: SearchCell, p: Point, t: PlannedTrial, committed: float) -> dict[str, Any]:
-    """The decision that hands out `t` (point p of `cell`): the trial, why, and why its cell was opened."""
+    """The decision that hands out `t` (point p of `cell`): the trial, why, and why its cell was opened.
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> from orchestrator.core.planning.search.lattice import cells_of
+    >>> cells = cells_of(plan_grid(d), d)
+    >>> c = cells[0]; p = next(iter(c.trials))
+    >>> e = run_decision(c, p, c.trials[p], committed=0.0)
+    >>> e["action"], e["trial_id"] == c.trials[p].trial_id
+    ('run', True)
+    """
     info = cell.open_info
     return {
         "action": "run", "trial_id": t.trial_id, "N": t.N, "D": t.D, "lr": t.lr, "batch": t.batch,

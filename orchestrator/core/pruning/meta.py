@@ -1,6 +1,6 @@
 """What the pruner knows of a trial's plan (`TrialMeta`), independent of how the plan was written.
 
-The adapter (`orchestrator.pruning.boundary.trial_meta`) builds one from the trial contract; here
+The adapter (`orchestrator.config.pruning.trial_meta`) builds one from the trial contract; here
 it is plain data: sizes, steps and the per-step learning rate.
 
 >>> import numpy as np
@@ -15,8 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..core.cells import cell_of
-from ..core.laws.curves import Schedule
+from ..cells import cell_of
+from ..laws.curves import Schedule
 
 LR_REF = 1e-3  # the peak every schedule shape is scaled to before the curve law sees it
 
@@ -31,7 +31,7 @@ class TrialMeta:
     lr: np.ndarray = field(repr=False)  # the lr used at every step 0..total_steps-1 (trainers.schedules)
     flops: float  # planned training FLOPs
     warmup_steps: int = 0
-    start_step: int = 0  # a WSD cooldown branch starts at its trunk's step (orchestrator/branching.py)
+    start_step: int = 0  # a WSD cooldown branch starts at its trunk's step (core/planning/branching.py)
     schedule: str = ""  # the schedule's kind and fractions (trainers.contract.Schedule); "" = from the lr shape
     cell_D: Optional[float] = None  # the planned trial's nominal D (its cell; None: the rounded D is the cell's)
 

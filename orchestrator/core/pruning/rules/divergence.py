@@ -3,7 +3,7 @@ warmup, above its first report) on consecutive reports (wrap in `Patient`: one s
 is not a divergence).
 
 >>> import numpy as np
->>> from orchestrator.pruning import PruneConfig, Pruner, TrialMeta
+>>> from orchestrator.core.pruning import PruneConfig, Pruner, TrialMeta
 >>> meta = TrialMeta(N=1e6, D=1e7, total_steps=100, lr=np.full(100, 1e-3), flops=6e13)
 >>> p = Pruner(PruneConfig())
 >>> [p.on_report("t", meta, {"step": s, "train_loss": x, "eval_loss": x}).action

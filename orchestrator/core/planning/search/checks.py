@@ -8,10 +8,11 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence, Union
 
-from ..core.cells import in_cell
-from ..core.planning import Wait
-from ..planner import PlannedTrial, plan_trial
-from ..spec import SpecError, SweepSpec
+from ...cells import in_cell
+from ..protocol import Wait
+from ..design import Design, plan_trial
+from ..trial import PlannedTrial
+from ...resources import ResourceError
 from .config import SearchConfig
 from .hparam_state import HparamLaws
 from .lattice import Point, SearchCell, cell_optimum, min_batch
@@ -24,7 +25,12 @@ def next_check(cells: Sequence[SearchCell], closed: list[SearchCell], law: LossL
     """The next law check, Wait while one is being searched, or None (no check due or affordable).
 
     A check is due while fewer than `law_checks` were made and either none was made yet or the last
-    one found the law wrong."""
+    one found the law wrong.
+
+    >>> from orchestrator.core.planning.search.config import SearchConfig
+    >>> next_check([], [], None, None, [], SearchConfig(law_checks=0), 1e15, 2.0) is None  # no checks asked for
+    True
+    """
     if any(c.state == "open" and c.open_info.get("check") for c in cells):
         return Wait("a law check is being searched: later cells run at the laws it tests")
     if len(checks) >= config.law_checks:
@@ -57,21 +63,37 @@ def next_check(cells: Sequence[SearchCell], closed: list[SearchCell], law: LossL
                   "reach": max(math.log(cell.N / edge), 0.5 * math.log(step))}
 
 
-def lr_step(spec: SweepSpec) -> float:
-    """The spec's learning-rate resolution: the geometric step of its lr lattice (≥ 1.5)."""
-    lrs = spec.lrs()
+def lr_step(design: Design) -> float:
+    """The design's learning-rate resolution: the geometric step of its lr lattice (≥ 1.5).
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> round(lr_step(d), 3)
+    3.0
+    """
+    lrs = design.lrs
     if len(lrs) < 2:
         return 2.0
     return max(1.5, float(math.exp(math.log(lrs[-1] / lrs[0]) / (len(lrs) - 1))))
 
 
-def check_lattice(spec: SweepSpec, cell: SearchCell, lr: float, batch: float, config: SearchConfig,
+def check_lattice(design: Design, cell: SearchCell, lr: float, batch: float, config: SearchConfig,
                   step: float) -> Optional[dict[Point, PlannedTrial]]:
     """Replace the check cell's lattice by one centred on the law's point (lr × step^(−2..2), batch ×
     ladder^(−1..1)) and queue the point and its cross; the cell search then walks to the lattice's
     local minimum, so a wrong law is followed as far as the lattice reaches. Returns the new trials
-    (None: the law's point does not fit the resources; the cell is left as it was)."""
-    seq, lo = spec.model.seq_len, min_batch(spec)
+    (None: the law's point does not fit the resources; the cell is left as it was).
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> from orchestrator.core.planning.search.lattice import cells_of
+    >>> cells = cells_of(plan_grid(d), d)
+    >>> from orchestrator.core.planning.search.config import SearchConfig
+    >>> trials = check_lattice(d, cells[0], 3e-3, 1024, SearchConfig(), 2.0)
+    >>> len(trials), cells[0].start, cells[0].trials[cells[0].start].lr
+    (15, (2, 1), 0.003)
+    """
+    seq, lo = design.seq_len, min_batch(design)
     f = config.batch_ladder
     lrs = [float(f"{lr * step ** i:.4g}") for i in range(-2, 3)]
     bs = sorted({max(lo, int(round(batch * f ** j / seq)) * seq) for j in (-1, 0, 1)})
@@ -80,8 +102,8 @@ def check_lattice(spec: SweepSpec, cell: SearchCell, lr: float, batch: float, co
     for i, x in enumerate(lrs):
         for j, b in enumerate(bs):
             try:
-                t = plan_trial(spec, any_t.n_target, cell.key[1], x, b, any_t.seed)
-            except SpecError:
+                t = plan_trial(design, any_t.n_target, cell.key[1], x, b, any_t.seed)
+            except ResourceError:
                 continue
             if in_cell(t.D, any_t.cell):
                 trials[(i, j)] = t
@@ -102,7 +124,17 @@ def check_lattice(spec: SweepSpec, cell: SearchCell, lr: float, batch: float, co
 
 
 def check_record(cell: SearchCell, noise: float) -> dict[str, Any]:
-    """What a finished law check found: where the cell's optimum is against the law's point."""
+    """What a finished law check found: where the cell's optimum is against the law's point.
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> from orchestrator.core.planning.search.lattice import cells_of
+    >>> cells = cells_of(plan_grid(d), d)
+    >>> c = cells[0]; c.start = (1, 0); c.open_info = {"law_lr": 3e-3, "law_batch": 1024}
+    >>> c.loss.update({(0, 0): 3.2, (1, 0): 3.0, (2, 0): 3.1})
+    >>> check_record(c, noise=0.003)["misfit"]
+    False
+    """
     info = cell.open_info
     rec: dict[str, Any] = {"N": cell.N, "D": cell.D, "runs": cell.runs, "law_lr": info.get("law_lr"),
                            "law_batch": info.get("law_batch"), "reach": info.get("reach"), "misfit": False}

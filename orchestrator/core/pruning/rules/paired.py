@@ -2,9 +2,9 @@
 
 No curve law involved. From ``grace`` of its planned steps on, every fresh report pairs the trial
 with the leading trial of its cell and schedule shape: the log-loss ratio over the recent common
-prefix (`orchestrator.pruning.pairstat.pair_stat`), its lower end at ``level``, minus an allowance
+prefix (`orchestrator.core.pruning.pairstat.pair_stat`), its lower end at ``level``, minus an allowance
 for how far such a bound overshot the realised final ratio on the sweep's own completed pairs
-(`orchestrator.pruning.calibration`; before enough pairs have completed, a per-pair trend
+(`orchestrator.core.pruning.calibration`; before enough pairs have completed, a per-pair trend
 allowance plus ``prior``). Once calibrated it also pairs the trial with its cell's trials under
 **another** schedule shape (the allowance of that ordered pair of kinds holds the ratio's
 systematic drift). It votes when the higher of these lower ends exceeds ``1 + margin``.

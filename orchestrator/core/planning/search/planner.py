@@ -1,8 +1,9 @@
 """The law-guided search as a `Planner`: which trial to run next, chosen for what it teaches about
 the target-budget optimum (docs/search.md).
 
-Pure Python (no Ray), deterministic given the seed and the order of `observe` calls. The
-candidates are the spec's grid; the search works on cells (`lattice.SearchCell`: one (N, D) with
+Pure Python (no Ray, no spec: it plans on the sweep's `core.planning.design.Design`, its knobs a
+frozen `SearchConfig`), deterministic given the seed and the order of `observe` calls. The
+candidates are the design's grid; the search works on cells (`lattice.SearchCell`: one (N, D) with
 its lattice of (lr, batch) points):
 
 1. **Initial design.** The cells of the `init_sizes` smallest model sizes, cheapest first; the first
@@ -28,9 +29,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..core.planning import WAIT, Done, HparamAdvice, Step, Wait
-from ..planner import PlannedTrial
-from ..spec import SweepSpec
+from ..protocol import WAIT, Done, HparamAdvice, Step, Wait
+from ..design import Design
+from ..trial import PlannedTrial
 from . import acquisition, checks as law_checks, stopping
 from .advice import SearchRule
 from .book import CellBook, run_decision
@@ -47,15 +48,15 @@ Choice = Union[tuple[SearchCell, dict[str, Any]], Wait, None]
 class LawGuidedPlanner:
     """Chooses each next trial by what it teaches about the compute-optimal config at the target budgets."""
 
-    def __init__(self, spec: SweepSpec, seed: int = 0, config: Optional[SearchConfig] = None,
+    def __init__(self, design: Design, seed: int = 0, config: Optional[SearchConfig] = None,
                  candidates: Optional[Sequence[PlannedTrial]] = None):
-        self.spec = spec
+        self.design = design
         self.seed = int(seed)
-        self.config = config if config is not None else SearchConfig.from_spec(spec.search, spec.fit)
+        self.config = config if config is not None else SearchConfig()
         self.transfer = self.config.transfer
-        trials = list(candidates) if candidates is not None else candidate_trials(spec, self.config)
-        self.book = CellBook(trials, spec, spec.budget.total_flops)
-        self.targets = list(spec.budget.targets) or [100.0 * max(c.C for c in self.cells)]
+        trials = list(candidates) if candidates is not None else candidate_trials(design, self.config)
+        self.book = CellBook(trials, design, design.total_flops)
+        self.targets = list(design.targets) or [100.0 * max(c.C for c in self.cells)]
         sizes = sorted({c.key[0] for c in self.cells})
         self._init_keys = [c.key for c in self.cells if c.key[0] in sizes[: self.config.init_sizes]]
         self.decisions: list[dict[str, Any]] = []
@@ -68,7 +69,7 @@ class LawGuidedPlanner:
         self._resumed: dict[str, Optional[Mapping[str, Any]]] = {}  # ended trials not planned yet
         self.checks: list[dict[str, Any]] = []  # transfer: the law checks near the target and what they found
         # transfer under a WSD schedule with `schedule.branch`: single-run cells as trunks and branches
-        self.branches = (Branches(spec, self.cells, self.config.noise) if self.transfer and branching_enabled(spec)
+        self.branches = (Branches(design, self.cells, self.config.noise) if self.transfer and branching_enabled(design)
                          else None)
 
     # ---- the Planner interface ---------------------------------------------------------------
@@ -289,7 +290,7 @@ class LawGuidedPlanner:
             if offer is not None:
                 self.book.adopt(cell, LAW_POINT, self.branches.adopt(cell, offer, lr, batch))
                 return True
-        t = law_point(self.spec, cell, lr, batch, self.hparams.source())
+        t = law_point(self.design, cell, lr, batch, self.hparams.source())
         if t is not None:
             if self.branches is not None:
                 t = self.branches.first(t)
@@ -298,7 +299,7 @@ class LawGuidedPlanner:
 
     def _check_lattice(self, cell: SearchCell, lr: float, batch: float) -> bool:
         """A law check's cell: its lattice re-centred on the law's point (`checks.check_lattice`)."""
-        trials = law_checks.check_lattice(self.spec, cell, lr, batch, self.config, law_checks.lr_step(self.spec))
+        trials = law_checks.check_lattice(self.design, cell, lr, batch, self.config, law_checks.lr_step(self.design))
         if trials is None:
             return False
         src = self.hparams.source()
@@ -325,7 +326,7 @@ class LawGuidedPlanner:
             return Wait("transfer: the laws come from the whole initial design")
         if self.transfer and self.fit is not None:
             check = law_checks.next_check(self.cells, closed, self.fit, self.hparams, self.checks, self.config,
-                                          self.book.grid_flops, law_checks.lr_step(self.spec))
+                                          self.book.grid_flops, law_checks.lr_step(self.design))
             if check is not None:
                 return check
         if self.fit is None:

@@ -30,18 +30,26 @@ import math
 from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence
 
+from ...laws.hparam_surface import SurfaceFit
 from ..branching import decay_steps, warmup_fraction
-from ..core.laws.hparam_surface import SurfaceFit
-from ..planner import PlannedTrial, plan_trial
-from ..spec import SpecError, SweepSpec
+from ..design import Design, plan_trial
+from ..trial import PlannedTrial
+from ...resources import ResourceError
 from .lattice import LAW_POINT, SearchCell
 
 Predict = Callable[[float, float], tuple[Optional[float], Optional[float]]]
 
 
-def enabled(spec: SweepSpec) -> bool:
-    """Whether the spec asks for WSD branching (`schedule.branch`, a WSD schedule)."""
-    return spec.schedule.kind == "wsd" and bool(spec.schedule.branch)
+def enabled(design: Design) -> bool:
+    """Whether the design asks for WSD branching (`schedule.branch`, a WSD schedule).
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> from dataclasses import replace
+    >>> enabled(d), enabled(replace(d, branch=True)), enabled(replace(d, branch=True, schedule="cosine"))
+    (False, True, False)
+    """
+    return design.branching
 
 
 def bowl_penalty(surface: Optional[SurfaceFit], u: float, v: float) -> float:
@@ -60,16 +68,16 @@ def bowl_penalty(surface: Optional[SurfaceFit], u: float, v: float) -> float:
 
 
 def _steps(t: PlannedTrial) -> int:
-    return max(1, t.D // t.batch)  # as orchestrator.branching counts a WSD run's steps
+    return max(1, t.D // t.batch)  # as core.planning.branching counts a WSD run's steps
 
 
 class Branches:
     """The single runs the search planned per model size, their checkpoints, and what they offer."""
 
-    def __init__(self, spec: SweepSpec, cells: Sequence[SearchCell], noise: float):
-        self.spec = spec
+    def __init__(self, design: Design, cells: Sequence[SearchCell], noise: float):
+        self.design = design
         self.noise = noise  # the most a run's offset from its cell's own law point may cost (one loss's noise)
-        self.warmup, self.decay = float(spec.schedule.warmup), float(spec.schedule.decay)
+        self.warmup, self.decay = float(design.warmup), float(design.decay)
         self.budgets: dict[int, list[float]] = {}  # size -> its cells' nominal D
         for c in cells:
             self.budgets.setdefault(c.key[0], []).append(c.key[1])
@@ -78,8 +86,8 @@ class Branches:
     # ---- planning ----------------------------------------------------------------------------
     def _at(self, cell: SearchCell, lr: float, batch: int, seed: int) -> Optional[PlannedTrial]:
         try:
-            return plan_trial(self.spec, cell.key[0], cell.key[1], lr, batch, seed)
-        except SpecError:
+            return plan_trial(self.design, cell.key[0], cell.key[1], lr, batch, seed)
+        except ResourceError:
             return None
 
     def _decay_start(self, T: int, w: int) -> int:
@@ -177,5 +185,10 @@ class Branches:
 
 
 def corrected_loss(cell: SearchCell, loss: float) -> float:
-    """A cell's best loss as the L(N, D) fit sees it: a branched run's divided by its bowl penalty."""
+    """A cell's best loss as the L(N, D) fit sees it: a branched run's divided by its bowl penalty.
+
+    >>> c = SearchCell((1, 1), 1e6, 2e7, 1.2e14, [1e-3], [1024], {}, open_info={"bowl_penalty": 0.01})
+    >>> round(corrected_loss(c, 3.0), 4)
+    2.9701
+    """
     return loss * math.exp(-float(cell.open_info.get("bowl_penalty", 0.0)))

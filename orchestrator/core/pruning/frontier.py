@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..core.laws.chinchilla import fit_chinchilla, frontier_samples, refit
+from ..laws.chinchilla import fit_chinchilla, frontier_samples, refit
 from .config import PruneConfig
 from .history import History
 from .meta import TrialMeta

@@ -25,6 +25,20 @@ def acquire(closed: list[SearchCell], open_cells: list[SearchCell], law: LossLaw
     """The closed cell with the largest expected uncertainty reduction per FLOP, and why (None: all pruned).
     `cost(cell)`: the FLOPs of a cell's run (default its lattice's largest; with WSD branching, what it
     spends from another run's checkpoint, `branches.Branches.cost`).
+
+    >>> from orchestrator.core.planning.design import Design, plan_grid
+    >>> d = Design("gpt", 64, (20000, 80000), ((640000, 1280000), (1280000,)), (1e-3, 3e-3, 9e-3), (1024, 2048), (0,))
+    >>> from orchestrator.core.planning.search.lattice import cells_of
+    >>> cells = cells_of(plan_grid(d), d)
+    >>> import numpy as np
+    >>> N = np.repeat(np.geomspace(1e4, 1e6, 4), 4); D = N * np.tile([5.0, 20, 80, 320], 4)
+    >>> from orchestrator.core.planning.search.loss_law import fit_loss
+    >>> law = fit_loss(N, D, 1.8 + 480 * N**-0.34 + 2100 * D**-0.28, bootstrap=20, seed=0, targets=[1e15])
+    >>> from orchestrator.core.planning.search.config import SearchConfig
+    >>> cell, info = acquire(cells, [], law, [1e15], SearchConfig(), identified=False, noise=0.003, runs=1.0,
+    ...                      streak=0)  # not identified yet: nothing pruned
+    >>> cell in cells, info["alternatives"], info["pruned"]
+    (True, 3, 0)
     """
     # Pruning: in what fraction of replicates is the cell's N within prune_band of N*(its C)?
     n_star = law.frontier_samples([c.C for c in closed])["N_opt"]  # (K, J)
@@ -65,7 +79,17 @@ def acquire(closed: list[SearchCell], open_cells: list[SearchCell], law: LossLaw
 
 def gains(cands: list[SearchCell], open_cells: list[SearchCell], law: LossLaw, targets: Sequence[float],
           config: SearchConfig, noise: float) -> np.ndarray:
-    """Expected reduction of Σ_q w_q·Var(q) from observing each candidate (cells being searched conditioned on)."""
+    """Expected reduction of Σ_q w_q·Var(q) from observing each candidate (cells being searched conditioned on).
+
+    >>> from orchestrator.core.planning.search.loss_law import fit_loss
+    >>> from orchestrator.core.planning.search.config import SearchConfig
+    >>> N = np.geomspace(1e4, 1e6, 16); D = N * np.resize([5.0, 20, 80, 320], 16)
+    >>> law = fit_loss(N, D, 1.8 + 480 * N**-0.34 + 2100 * D**-0.28, bootstrap=20, seed=1, targets=[1e15])
+    >>> near, far = (SearchCell((n, 0), n, 20 * n, 120.0 * n * n, [1e-3], [1024], {}) for n in (3e5, 1e4))
+    >>> g = gains([near, far], [], law, [1e15], SearchConfig(), noise=0.003)
+    >>> g.shape, bool((g >= 0).all())
+    ((2,), True)
+    """
     fr = law.frontier_samples(targets)
     Q = np.concatenate([np.log(fr["N_opt"]), np.log(fr["loss_opt"])], axis=1)  # (K, 2T)
     F = law.log_predict_samples([c.N for c in cands + open_cells], [c.D for c in cands + open_cells])
@@ -95,7 +119,12 @@ def gains(cands: list[SearchCell], open_cells: list[SearchCell], law: LossLaw, t
 
 
 def expected_runs(cells: Sequence[SearchCell], config: SearchConfig) -> float:
-    """Runs a newly opened cell is expected to cost: 1 with transfer, else the mean of the searched cells."""
+    """Runs a newly opened cell is expected to cost: 1 with transfer, else the mean of the searched cells.
+
+    >>> from orchestrator.core.planning.search.config import SearchConfig
+    >>> expected_runs([], SearchConfig(strategy="transfer")), expected_runs([], SearchConfig())
+    (1.0, 5.0)
+    """
     if config.transfer:
         return 1.0  # every cell after the initial design runs once
     done = [c.runs for c in cells if c.state == "resolved" and c.start_from not in ("coarse scan", "resumed")]

@@ -59,12 +59,20 @@ class BranchPlan:
 
 
 def decay_steps(total_steps: int, warmup_steps: int, decay: float) -> int:
-    """K, the steps of a WSD run's decay, as `trainers.schedules.lr_array` counts them."""
+    """K, the steps of a WSD run's decay, as `trainers.schedules.lr_array` counts them.
+
+    >>> decay_steps(100, 5, 0.2), decay_steps(10, 9, 0.2)
+    (20, 1)
+    """
     return min(total_steps - warmup_steps, int(round(decay * total_steps)))
 
 
 def warmup_fraction(warmup_steps: int, total_steps: int) -> float:
-    """The fraction f with round(f · total_steps) == warmup_steps (how the trainers read it)."""
+    """The fraction f with round(f · total_steps) == warmup_steps (how the trainers read it).
+
+    >>> f = warmup_fraction(5, 100); f, round(f * 100)
+    (0.05, 5)
+    """
     f = warmup_steps / total_steps
     if int(round(f * total_steps)) != warmup_steps:  # float rounding at a .5 boundary
         f = (warmup_steps + 1e-6) / total_steps
@@ -76,6 +84,12 @@ def plan_branches(trials: Iterable[_Trial], warmup: float, decay: float) -> Bran
 
     `warmup` and `decay` are the spec's fractions. A group member whose branch point would not
     lie in the trunk's stable phase (or before its own warmup ends) runs from scratch.
+
+    >>> from types import SimpleNamespace as T
+    >>> short, long = (T(trial_id=i, n_target=1, D=d, lr=1e-3, batch=1, seed=0) for i, d in (("a", 100), ("b", 200)))
+    >>> plan = plan_branches([short, long], warmup=0.05, decay=0.2)
+    >>> plan.branches["a"].trunk_id, plan.branches["a"].step, plan.checkpoint_steps["b"]
+    ('b', 80, (80,))
     """
     groups: dict[tuple, list[_Trial]] = {}
     for t in trials:
@@ -106,5 +120,9 @@ def plan_branches(trials: Iterable[_Trial], warmup: float, decay: float) -> Bran
 
 def spent_flops(reported_flops: float, record: dict) -> float:
     """The FLOPs a trial itself spent, from a report's `flops` and its planned-trial record: a
-    branch's reports count its trunk's share too (it *is* the D-token run), which it did not spend."""
+    branch's reports count its trunk's share too (it *is* the D-token run), which it did not spend.
+
+    >>> spent_flops(1e12, {"branch_flops": 8e11}), spent_flops(1e12, {})
+    (200000000000.0, 1000000000000.0)
+    """
     return float(reported_flops) - float(record.get("branch_flops", 0.0))

@@ -1,12 +1,13 @@
 """Law-guided search: which trial to run next, chosen for what it teaches about the target-budget optimum.
 
 One concept per module (import them directly; this package imports none of them, so that its
-modules may import each other without an import cycle through the package): `config` (the knobs,
-from the spec at one boundary), `lattice` (a cell's (lr, batch) lattice and its search state),
+modules may import each other without an import cycle through the package). Pure: it plans on the
+sweep's `Design` (`core.planning.design`) and never sees the spec. `config` (the knobs, from the spec at
+one boundary, `orchestrator.config.planning.search_config`), `lattice` (a cell's (lr, batch) lattice and its search state),
 `book` (where each trial lives, committed compute), `hparam_state` (lr*, batch* laws, intervals,
 hedge), `loss_law` (L(N, D) with its form chosen by backtest, and its replicates), `acquisition`
 (which cell next), `checks` (transfer's law checks near the target), `transfer` (candidates, law
 points), `branches` (WSD branching of single-run cells), `advice` (the laws and loss correction the
 proposals get), `stopping` (when to stop) and `planner` (`LawGuidedPlanner`, the
-`orchestrator.core.planning.Planner` that ties them). `orchestrator.planners.make_planner` picks it.
+`core.planning.protocol.Planner` that ties them). `orchestrator.planners.make_planner` picks it for a spec.
 """

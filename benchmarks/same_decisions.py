@@ -1,0 +1,176 @@
+"""Before/after check of a refactor: the planners make the same decisions at git revision `--base`
+as in this working tree.
+
+    python -m benchmarks.same_decisions [--base main] [--cases law,transfer,grid-wsd,transfer-wsd]
+                                        [--out results/same-decisions.json]
+
+Each case is a spec planned by `orchestrator.planners.make_planner` and replayed in simulated time
+(`orchestrator.replay.replay`, 4 slots), every trial's result the simulated world's final loss: the
+bundled `examples/simulated-law.yaml` with its strategy, schedule and budget varied, and
+`transfer-wsd`, the efficiency benchmark's scalesweep spec on the `crossing` world (seed 2, one
+L(N, D) form), where transfer's later cells run as WSD branches and extensions. The specs are built
+once, by this tree, and handed to both arms as plain documents. Two
+arms, each in its own interpreter: `orchestrator/`, `trainers/` and `cluster/` as they are at `--base`
+(extracted to a temporary directory, first on PYTHONPATH) and as they are in this working tree. Per
+case it compares, exactly: the trials handed out in order (id, N, D, lr, batch, FLOPs, workers, ZeRO
+stage, WSD branch and checkpoint steps), every decision the planner logged (with its `why`), why it
+stopped and its estimate at the target. A refactor that changes no decision prints `same` for each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "examples" / "simulated-law.yaml"
+# case -> changes to the example spec (a shallow merge per top-level section); None: built below
+CASES: dict[str, Any] = {
+    "law": {},
+    "transfer": {"search": {"strategy": "transfer"}},
+    "grid-wsd": {"search": {"strategy": "grid"}, "schedule": {"kind": "wsd", "branch": True},
+                 "model": {"n_params": {"min": 10000, "max": 300000, "count": 3}},
+                 "learning_rates": {"min": 0.003, "max": 0.3, "count": 3}, "budget": {"total_flops": 3e14}},
+    "transfer-wsd": None,
+}
+
+
+def _doc(case: str) -> dict[str, Any]:
+    """The case's spec document (plain data: both arms parse it with their own `orchestrator.spec`)."""
+    import yaml
+
+    if CASES[case] is None:  # transfer + WSD branching + the pruner, as tests/unit/test_search_branching.py runs it
+        from . import efficiency as E
+
+        target = E.DEFAULT_TARGETS["crossing"]
+        data = E.benchmark_spec(E.prior_for(None, target)[0], "crossing", target, 2)
+        return E.scalesweep_spec(data, ("fit.law=chinchilla", "search.bootstrap=40"))
+    doc = yaml.safe_load(SPEC.read_text())
+    for section, change in CASES[case].items():
+        doc[section] = {**doc.get(section, {}), **change} if isinstance(change, dict) else change
+    return doc
+
+
+def _trial(t: Any) -> dict[str, Any]:
+    keys = ("trial_id", "N", "D", "lr", "batch", "flops", "workers", "zero_stage", "warmup", "checkpoint_steps",
+            "branch_of", "branch_step", "branch_flops")
+    return {k: getattr(t, k) for k in keys}
+
+
+def worker(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Plan and replay each case's spec with the orchestrator first on the path; JSON-ready."""
+    from orchestrator.planner import trial_config
+    from orchestrator.planners import make_planner
+    from orchestrator.replay import replay
+    from orchestrator.spec import parse_spec
+    from trainers.simulated import final_loss
+
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for case, doc in docs.items():
+            spec = parse_spec({**doc, "output_dir": d}, source=case)
+
+            def lookup(trial, spec=spec):
+                loss = final_loss(trial_config(spec, trial, None, None), spec.trainer.world)
+                return {"eval_loss": loss, "train_loss": loss, "done": 1.0, "step": trial.D // trial.batch}
+
+            t0 = time.perf_counter()
+            planner = make_planner(spec)
+            res = replay(planner, lookup, concurrency=4)
+            estimate = planner.estimate() if hasattr(planner, "estimate") else None
+            out[case] = {"planner": type(planner).__name__, "trials": [_trial(t) for t in res.trials],
+                         "decisions": planner.decisions, "stopped": res.stopped, "compute": res.compute,
+                         "estimate": estimate, "seconds": time.perf_counter() - t0}
+    return json.loads(json.dumps(out, default=str))
+
+
+def _extract(rev: str, dest: Path) -> None:
+    """The packages as they are at git revision `rev`, into dest."""
+    archive = subprocess.run(["git", "archive", rev, "orchestrator", "trainers", "cluster"], cwd=REPO, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+
+
+def _arm(first: Path, docs_file: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(first), os.environ.get("PYTHONPATH")) if p)}
+    # run as a file from `first`, so `import orchestrator` finds that arm's package before anything else
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(docs_file)], cwd=first,
+                       env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"the arm at {first} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout)
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if type(a) is not type(b):
+        return f"{path}: {a!r} != {b!r}"
+    if isinstance(a, dict):
+        for k in sorted(set(a) | set(b)):
+            if k not in a or k not in b:
+                return f"{path}.{k}: only in {'after' if k in b else 'before'}"
+            d = _first_difference(a[k], b[k], f"{path}.{k}")
+            if d:
+                return d
+        return ""
+    if isinstance(a, list):
+        if len(a) != len(b):
+            return f"{path}: {len(a)} != {len(b)} entries"
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = _first_difference(x, y, f"{path}[{i}]")
+            if d:
+                return d
+        return ""
+    return "" if a == b or (a != a and b != b) else f"{path}: {a!r} != {b!r}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", default="main", help="git revision of the 'before' arm")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    ap.add_argument("--out", default="results/same-decisions.json")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        json.dump(worker(json.loads(Path(args.worker).read_text())), sys.stdout)
+        return 0
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        ap.error(f"unknown case(s): {', '.join(unknown)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        docs_file = Path(tmp) / "cases.json"
+        docs_file.write_text(json.dumps({case: _doc(case) for case in cases}))
+        base = Path(tmp) / "base"
+        base.mkdir()
+        _extract(args.base, base)
+        before = _arm(base, docs_file)
+        after = _arm(REPO, docs_file)
+    rows, same_all = [], True
+    print(f"{'case':<14} {'planner':<18} {'trials':>7} {'branched':>8} {'decisions':>9} {'before s':>9} "
+          f"{'after s':>8}  result")
+    for case in cases:
+        b, a = before[case], after[case]
+        diff = _first_difference({k: v for k, v in b.items() if k != "seconds"},
+                                 {k: v for k, v in a.items() if k != "seconds"})
+        same_all &= not diff
+        branched = sum(1 for t in a["trials"] if t["branch_of"])
+        rows.append({"case": case, "same": not diff, "difference": diff or None, "trials": len(a["trials"]),
+                     "branched": branched,
+                     "decisions": len(a["decisions"]), "stopped": a["stopped"], "seconds_before": b["seconds"],
+                     "seconds_after": a["seconds"]})
+        print(f"{case:<14} {a['planner']:<18} {len(a['trials']):>7} {branched:>8} {len(a['decisions']):>9} {b['seconds']:>9.1f} "
+              f"{a['seconds']:>8.1f}  {'same' if not diff else 'DIFFERENT: ' + diff[:200]}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"base": args.base, "cases": rows}, indent=2))
+    print(f"wrote {args.out}")
+    return 0 if same_all else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""The boundary between the user's spec (`orchestrator.spec`, pydantic) and the pure core's frozen configs.
+
+- `planning`: the spec's design (`core.planning.design.Design`) and the search's knobs (`SearchConfig`);
+- `pruning`: the pruning rules' config, a trial's `TrialMeta` from its contract config, a resumed
+  sweep's pruning history from the store.
+
+The core never sees the spec: every conversion happens here, once. Import the modules directly.
+"""
