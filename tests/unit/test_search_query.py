@@ -137,7 +137,7 @@ def test_the_live_search_caches_its_answers_for_the_first_query(finished, monkey
     """The controller's end of a sweep (`query.save_live_search`): the next query reads the live search's
     laws and end reason from search_replay.json and replays nothing."""
     from orchestrator import replay_cache
-    from orchestrator.search.planner import LawGuidedPlanner
+    from orchestrator.core.planning.search.planner import LawGuidedPlanner
 
     spec, store, planner = finished
     assert query.save_live_search(store, spec, planner)
