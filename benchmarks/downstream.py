@@ -32,8 +32,10 @@ every larger final checkpoint — errors against the extrapolation factor N / ma
 
 ``--coverage``: planted truth for the latent fit and its robust defaults (no Pythia data): a known
 two-step law (:data:`PLANTED`) sampled with binomial noise at every checkpoint, fitted back without
-its loss; how often the 90 % intervals at a larger model cover the truth (tests/unit/
-test_downstream_coverage.py asserts the first row).
+its loss; how often the 90 % intervals at a larger model cover the truth, over 3-6 model sizes,
+benchmark sizes (noise) and extrapolation distances (tests/unit/test_downstream_coverage.py asserts
+the first row and the 4-size one); and the two-step fit (:data:`TWO_STEP`, loss measured) with
+sizes as the unit.
 """
 from __future__ import annotations
 
@@ -138,10 +140,48 @@ def coverage(reps: int = 200, bootstrap: int = 100, cluster: bool = True, checkp
             "mean_width_points": 100 * float(np.mean(widths)), "settings": sorted(settings)}
 
 
+# The two-step law of tests/unit/test_downstream_coverage.py (task loss measured): Chinchilla loss with 1 % noise on
+# one run per (N, tokens/param 5-80), sigmoid link, 1,000-item benchmark; predicted at 4x the largest N, 80 tokens/param.
+TWO_STEP = dict(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37, k=4.0, L0=2.75, chance=0.25)
+TWO_STEP_CASES = (("two-step: 5 sizes, sizes as unit", True, 5), ("two-step: 4 sizes, sizes as unit", True, 4))
+
+
+def coverage_two_step(reps: int = 200, bootstrap: int = 100, cluster: bool = True, sizes: int = 5,
+                      level: float = 0.9, seed: int = 1000) -> dict[str, Any]:
+    """How often the 90 % intervals of the two-step fit (loss column given) cover the true accuracy and loss at 4x
+    the largest of ``sizes`` model sizes (2e7-4e8)."""
+    t = TWO_STEP
+    grid = np.array([2e7, 5e7, 1e8, 2e8, 4e8]) if sizes == 5 else np.geomspace(2e7, 4e8, sizes)
+    N = np.repeat(grid, 5)
+    D = N * np.tile([5, 10, 20, 40, 80], sizes)
+    law = lambda n, d: t["E"] + t["A"] / n ** t["alpha"] + t["B"] / d ** t["beta"]  # noqa: E731
+    link = lambda L: t["chance"] + (1 - t["chance"]) / (1 + np.exp(t["k"] * (L - t["L0"])))  # noqa: E731
+    L_true = law(N, D)
+    target = (4 * grid[-1], 80 * grid[-1])
+    L_t = float(law(*target))
+    a_t = float(link(L_t))
+    cover_acc = cover_loss = 0
+    widths = []
+    for r in range(reps):
+        rng = np.random.default_rng(seed + r)
+        L = L_true * np.exp(rng.normal(0.0, 0.01, len(N)))
+        acc = rng.binomial(1000, link(L_true)) / 1000
+        fit = fit_downstream(N, D, acc, loss=L, chance=t["chance"], bootstrap=bootstrap, cluster=cluster, seed=r,
+                             level=level)
+        p = fit.predict([target[0]], [target[1]])
+        cover_acc += bool(p["low"][0] <= a_t <= p["high"][0])
+        cover_loss += bool(p["loss_low"][0] <= L_t <= p["loss_high"][0])
+        widths.append(p["high"][0] - p["low"][0])
+    return {"reps": reps, "sizes": sizes, "cluster": cluster, "true_acc": a_t, "coverage": cover_acc / reps,
+            "loss_coverage": cover_loss / reps, "mean_width_points": 100 * float(np.mean(widths))}
+
+
 def run_coverage(reps: int = 200, bootstrap: int = 100) -> dict[str, Any]:
-    """Every case of :data:`COVERAGE_CASES`."""
-    return {label: coverage(reps, bootstrap, cluster, checkpoints, ratio * PLANTED_SIZES[-1], sizes=sizes, items=items)
-            for label, cluster, checkpoints, ratio, sizes, items in COVERAGE_CASES}
+    """Every case of :data:`COVERAGE_CASES` and :data:`TWO_STEP_CASES`."""
+    out = {label: coverage(reps, bootstrap, cluster, checkpoints, ratio * PLANTED_SIZES[-1], sizes=sizes, items=items)
+           for label, cluster, checkpoints, ratio, sizes, items in COVERAGE_CASES}
+    out.update({label: coverage_two_step(reps, bootstrap, cluster, sizes) for label, cluster, sizes in TWO_STEP_CASES})
+    return out
 
 
 def load_pythia(suite: str = "standard", path: Path = DATA) -> dict[str, np.ndarray]:
@@ -310,6 +350,10 @@ def _print(out: dict[str, Any]) -> None:
 def _print_coverage(out: dict[str, Any]) -> None:
     print(f"{'case':36s} {'true':>6s} {'covers':>7s} {'pred. covers':>12s} {'bias':>6s} {'sd':>5s} {'width':>6s} left out")
     for label, c in out.items():
+        if "loss_coverage" in c:  # two-step: the loss interval's coverage instead of the prediction interval's
+            print(f"{label:36s} {c['true_acc']:6.3f} {c['coverage']:7.3f} {'loss ' + format(c['loss_coverage'], '.3f'):>12s} "
+                  f"{'':6s} {'':5s} {c['mean_width_points']:6.2f}")
+            continue
         print(f"{label:36s} {c['true_acc']:6.3f} {c['coverage']:7.3f} {c['prediction_coverage']:12.3f} "
               f"{c['bias_points']:+6.2f} {c['sd_points']:5.2f} {c['mean_width_points']:6.2f} {c['rows_left_out']}")
 
