@@ -141,7 +141,7 @@ def coverage(reps: int = 200, bootstrap: int = 100, cluster: bool = True, checkp
 
 
 # The two-step law of tests/unit/test_downstream_coverage.py (task loss measured): Chinchilla loss with 1 % noise on
-# one run per (N, tokens/param 5-80), sigmoid link, 1,000-item benchmark; predicted at 4x the largest N, 80 tokens/param.
+# one run per (N, tokens/param 5-80), sigmoid link, 1,000-item benchmark; predicted at 4x the largest N, 20 tokens/param.
 TWO_STEP = dict(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37, k=4.0, L0=2.75, chance=0.25)
 TWO_STEP_CASES = (("two-step: 5 sizes, sizes as unit", True, 5), ("two-step: 4 sizes, sizes as unit", True, 4))
 
