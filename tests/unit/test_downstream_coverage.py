@@ -89,5 +89,6 @@ def test_jackknife_refits_match_independent_fits():
     scratch = [fit_downstream(N[groups != g], D[groups != g], acc[groups != g], chance=0.25).predict([3.2e9], [3e11])
                ["acc"][0] for g in range(len(PLANTED_SIZES))]
     assert np.allclose(acc_j[:, 0], scratch, atol=2e-3), (acc_j[:, 0], scratch)
+    assert fit.result.extra["prediction_intervals"] == "leave-one-size-out jackknife, t(G-1)"
     p = fit.predict([3.2e9], [3e11])
     assert p["low"][0] < p["acc"][0] < p["high"][0] and p["pred_low"][0] <= p["low"][0] and p["high"][0] <= p["pred_high"][0]

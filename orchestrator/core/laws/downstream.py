@@ -18,9 +18,11 @@ loss was measured the two steps are composed through a *latent* loss ``z(N, D) =
 B'/D^beta`` fitted on the accuracies directly (``acc = link(z)``; the scale and offset of z are
 absorbed into the link, so only its shape in N and D is learned).
 
-Intervals come from one bootstrap of the rows (or of whole model sizes with ``cluster=True``):
-both steps are refitted on each resample and the prediction is recomputed; the central
-percentile interval at ``level`` is reported. They are sampling intervals given the laws are
+Intervals: resampling rows, one bootstrap (both steps refitted on each resample, the prediction
+recomputed, its central percentile interval at ``level``); with whole model sizes as the unit
+(``cluster=True``), the leave-one-size-out jackknife with t quantiles on G − 1 degrees of freedom
+(:mod:`.jackknife`: the cluster bootstrap's percentiles under-cover with few sizes), the bootstrap
+of sizes still giving the parameters' intervals. They are sampling intervals given the laws are
 right; the backtests (:func:`backtest_by_size`) measure how wrong the laws are when extrapolating.
 
 >>> import numpy as np
@@ -885,6 +887,8 @@ def fit_downstream(
         extra={"link": link, "mode": mode, "scale": scale, "chance": chance, "ceiling": ceiling,
                "rmse_acc": float(np.sqrt(np.mean(resid ** 2))), "bootstrap": int(bootstrap or 0),
                "cluster": bool(cluster), "seed": int(seed), "level": level,
+               "prediction_intervals": ("leave-one-size-out jackknife, t(G-1)" if Wj is not None
+                                        else "bootstrap percentile" if W is not None else "none"),
                "n_rows": n_total, "n_loss_rows": int(np.sum(loss_rows)) if loss_rows is not None else n,
                "checkpoint_weights": checkpoint_weights, "saturation_sigma": sigma, "n_saturated": n_saturated,
                **extra_fit},
