@@ -32,8 +32,10 @@ every larger final checkpoint — errors against the extrapolation factor N / ma
 
 ``--coverage``: planted truth for the latent fit and its robust defaults (no Pythia data): a known
 two-step law (:data:`PLANTED`) sampled with binomial noise at every checkpoint, fitted back without
-its loss; how often the 90 % intervals at a larger model cover the truth (tests/unit/
-test_downstream_coverage.py asserts the first row).
+its loss; how often the 90 % intervals at a larger model cover the truth, over 3-6 model sizes,
+benchmark sizes (noise) and extrapolation distances (tests/unit/test_downstream_coverage.py asserts
+the first row and the 4-size one); and the two-step fit (:data:`TWO_STEP`, loss measured) with
+sizes as the unit.
 """
 from __future__ import annotations
 
@@ -77,10 +79,21 @@ VARIANTS: dict[str, dict[str, Any]] = {"uniform": {"checkpoint_weights": "unifor
 PLANTED = dict(E=1.8, A=75.0, B=500.0, alpha=0.3, beta=0.3, k=4.0, L0=2.425, chance=0.25)
 PLANTED_SIZES = (2e7, 5e7, 1.2e8, 3e8, 8e8)
 PLANTED_D = (3e9, 3e11)  # first and final checkpoint of every size
-# (label, bootstrap over sizes, checkpoints per size, target N): 4x and 10x the largest planted size.
-COVERAGE_CASES = (("sizes, 8 checkpoints, 4x", True, 8, 3.2e9), ("sizes, 8 checkpoints, 10x", True, 8, 8e9),
-                  ("sizes, 4 checkpoints, 4x", True, 4, 3.2e9), ("rows, 8 checkpoints, 4x", False, 8, 3.2e9),
-                  ("rows, 4 checkpoints, 4x", False, 4, 3.2e9))
+# (label, resample whole sizes, checkpoints per size, target N / largest planted N, model sizes, benchmark items).
+# Sizes other than 5 are spaced evenly in log over the same span (2e7-8e8).
+COVERAGE_CASES = (("5 sizes, 8 ckpt, 4x, 1k items", True, 8, 4.0, 5, 1000),
+                  ("5 sizes, 8 ckpt, 10x, 1k items", True, 8, 10.0, 5, 1000),
+                  ("5 sizes, 8 ckpt, 20x, 1k items", True, 8, 20.0, 5, 1000),
+                  ("5 sizes, 4 ckpt, 4x, 1k items", True, 4, 4.0, 5, 1000),
+                  ("5 sizes, 8 ckpt, 4x, 300 items", True, 8, 4.0, 5, 300),
+                  ("5 sizes, 8 ckpt, 4x, 10k items", True, 8, 4.0, 5, 10_000),
+                  ("3 sizes, 8 ckpt, 4x, 1k items", True, 8, 4.0, 3, 1000),
+                  ("4 sizes, 8 ckpt, 4x, 1k items", True, 8, 4.0, 4, 1000),
+                  ("4 sizes, 8 ckpt, 4x, 10k items", True, 8, 4.0, 4, 10_000),
+                  ("6 sizes, 8 ckpt, 4x, 1k items", True, 8, 4.0, 6, 1000),
+                  ("6 sizes, 8 ckpt, 10x, 10k items", True, 8, 10.0, 6, 10_000),
+                  ("rows: 5 sizes, 8 ckpt, 4x, 1k items", False, 8, 4.0, 5, 1000),
+                  ("rows: 5 sizes, 4 ckpt, 4x, 1k items", False, 4, 4.0, 5, 1000))
 
 
 def planted_accuracy(N, D):
@@ -91,22 +104,27 @@ def planted_accuracy(N, D):
 
 
 def coverage(reps: int = 200, bootstrap: int = 100, cluster: bool = True, checkpoints: int = 8,
-             target_N: float = 3.2e9, level: float = 0.9, seed: int = 2000) -> dict[str, Any]:
-    """Replicate: draw a 1,000-item benchmark at every checkpoint from :data:`PLANTED`, fit the latent law with
-    fit_downstream's defaults (no loss column), predict ``target_N`` at the final D; count how often the interval
-    covers the true accuracy and the prediction interval covers a fresh evaluation of the target."""
-    N = np.repeat(PLANTED_SIZES, checkpoints)
-    D = np.tile(np.geomspace(*PLANTED_D, checkpoints), len(PLANTED_SIZES))
+             target_N: float = 3.2e9, level: float = 0.9, seed: int = 2000, sizes: int = 5,
+             items: int = 1000) -> dict[str, Any]:
+    """Replicate: draw an ``items``-item benchmark at every checkpoint of ``sizes`` model sizes from :data:`PLANTED`,
+    fit the latent law with fit_downstream's defaults (no loss column), predict ``target_N`` at the final D; count
+    how often the interval covers the true accuracy and the prediction interval covers a fresh evaluation of the
+    target."""
+    grid = np.array(PLANTED_SIZES) if sizes == len(PLANTED_SIZES) else np.geomspace(PLANTED_SIZES[0],
+                                                                                    PLANTED_SIZES[-1], sizes)
+    N = np.repeat(grid, checkpoints)
+    D = np.tile(np.geomspace(*PLANTED_D, checkpoints), len(grid))
     p = planted_accuracy(N, D)
     a_t = float(planted_accuracy(target_N, PLANTED_D[1]))
+    stderr = np.sqrt(p * (1 - p) / items)  # what a harness reports (acc_stderr): the saturation rule's scale
     cover = cover_measured = left_out = 0
     errors, widths, settings = [], [], set()
     for r in range(reps):
         rng = np.random.default_rng(seed + r)
-        acc = rng.binomial(1000, p) / 1000
-        measured = rng.binomial(1000, a_t) / 1000  # one evaluation of the target model
+        acc = rng.binomial(items, p) / items
+        measured = rng.binomial(items, a_t) / items  # one evaluation of the target model
         fit = fit_downstream(N, D, acc, chance=PLANTED["chance"], bootstrap=bootstrap, cluster=cluster, seed=r,
-                             level=level)
+                             level=level, acc_stderr=None if items == 1000 else stderr)
         extra = fit.result.extra
         settings.add((fit.law, extra["checkpoint_weights"], extra["saturation_sigma"]))
         left_out += extra["n_saturated"]
@@ -115,17 +133,55 @@ def coverage(reps: int = 200, bootstrap: int = 100, cluster: bool = True, checkp
         cover_measured += bool(pred["pred_low"][0] <= measured <= pred["pred_high"][0])
         errors.append(pred["acc"][0] - a_t)
         widths.append(pred["high"][0] - pred["low"][0])
-    return {"reps": reps, "bootstrap": bootstrap, "cluster": cluster, "checkpoints": checkpoints,
-            "target_N": target_N, "true_acc": a_t, "coverage": cover / reps,
+    return {"reps": reps, "bootstrap": bootstrap, "cluster": cluster, "checkpoints": checkpoints, "sizes": sizes,
+            "items": items, "target_N": target_N, "true_acc": a_t, "coverage": cover / reps,
             "prediction_coverage": cover_measured / reps, "rows_left_out": left_out,
             "bias_points": 100 * float(np.mean(errors)), "sd_points": 100 * float(np.std(errors)),
             "mean_width_points": 100 * float(np.mean(widths)), "settings": sorted(settings)}
 
 
+# The two-step law of tests/unit/test_downstream_coverage.py (task loss measured): Chinchilla loss with 1 % noise on
+# one run per (N, tokens/param 5-80), sigmoid link, 1,000-item benchmark; predicted at 4x the largest N, 20 tokens/param.
+TWO_STEP = dict(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37, k=4.0, L0=2.75, chance=0.25)
+TWO_STEP_CASES = (("two-step: 5 sizes, sizes as unit", True, 5), ("two-step: 4 sizes, sizes as unit", True, 4))
+
+
+def coverage_two_step(reps: int = 200, bootstrap: int = 100, cluster: bool = True, sizes: int = 5,
+                      level: float = 0.9, seed: int = 1000) -> dict[str, Any]:
+    """How often the 90 % intervals of the two-step fit (loss column given) cover the true accuracy and loss at 4x
+    the largest of ``sizes`` model sizes (2e7-4e8)."""
+    t = TWO_STEP
+    grid = np.array([2e7, 5e7, 1e8, 2e8, 4e8]) if sizes == 5 else np.geomspace(2e7, 4e8, sizes)
+    N = np.repeat(grid, 5)
+    D = N * np.tile([5, 10, 20, 40, 80], sizes)
+    law = lambda n, d: t["E"] + t["A"] / n ** t["alpha"] + t["B"] / d ** t["beta"]  # noqa: E731
+    link = lambda L: t["chance"] + (1 - t["chance"]) / (1 + np.exp(t["k"] * (L - t["L0"])))  # noqa: E731
+    L_true = law(N, D)
+    target = (4 * grid[-1], 80 * grid[-1])
+    L_t = float(law(*target))
+    a_t = float(link(L_t))
+    cover_acc = cover_loss = 0
+    widths = []
+    for r in range(reps):
+        rng = np.random.default_rng(seed + r)
+        L = L_true * np.exp(rng.normal(0.0, 0.01, len(N)))
+        acc = rng.binomial(1000, link(L_true)) / 1000
+        fit = fit_downstream(N, D, acc, loss=L, chance=t["chance"], bootstrap=bootstrap, cluster=cluster, seed=r,
+                             level=level)
+        p = fit.predict([target[0]], [target[1]])
+        cover_acc += bool(p["low"][0] <= a_t <= p["high"][0])
+        cover_loss += bool(p["loss_low"][0] <= L_t <= p["loss_high"][0])
+        widths.append(p["high"][0] - p["low"][0])
+    return {"reps": reps, "sizes": sizes, "cluster": cluster, "true_acc": a_t, "coverage": cover_acc / reps,
+            "loss_coverage": cover_loss / reps, "mean_width_points": 100 * float(np.mean(widths))}
+
+
 def run_coverage(reps: int = 200, bootstrap: int = 100) -> dict[str, Any]:
-    """Every case of :data:`COVERAGE_CASES`."""
-    return {label: coverage(reps, bootstrap, cluster, checkpoints, target_N)
-            for label, cluster, checkpoints, target_N in COVERAGE_CASES}
+    """Every case of :data:`COVERAGE_CASES` and :data:`TWO_STEP_CASES`."""
+    out = {label: coverage(reps, bootstrap, cluster, checkpoints, ratio * PLANTED_SIZES[-1], sizes=sizes, items=items)
+           for label, cluster, checkpoints, ratio, sizes, items in COVERAGE_CASES}
+    out.update({label: coverage_two_step(reps, bootstrap, cluster, sizes) for label, cluster, sizes in TWO_STEP_CASES})
+    return out
 
 
 def load_pythia(suite: str = "standard", path: Path = DATA) -> dict[str, np.ndarray]:
@@ -292,9 +348,13 @@ def _print(out: dict[str, Any]) -> None:
 
 
 def _print_coverage(out: dict[str, Any]) -> None:
-    print(f"{'case':28s} {'true':>6s} {'covers':>7s} {'pred. covers':>12s} {'bias':>6s} {'sd':>5s} {'width':>6s} left out")
+    print(f"{'case':36s} {'true':>6s} {'covers':>7s} {'pred. covers':>12s} {'bias':>6s} {'sd':>5s} {'width':>6s} left out")
     for label, c in out.items():
-        print(f"{label:28s} {c['true_acc']:6.3f} {c['coverage']:7.3f} {c['prediction_coverage']:12.3f} "
+        if "loss_coverage" in c:  # two-step: the loss interval's coverage instead of the prediction interval's
+            print(f"{label:36s} {c['true_acc']:6.3f} {c['coverage']:7.3f} {'loss ' + format(c['loss_coverage'], '.3f'):>12s} "
+                  f"{'':6s} {'':5s} {c['mean_width_points']:6.2f}")
+            continue
+        print(f"{label:36s} {c['true_acc']:6.3f} {c['coverage']:7.3f} {c['prediction_coverage']:12.3f} "
               f"{c['bias_points']:+6.2f} {c['sd_points']:5.2f} {c['mean_width_points']:6.2f} {c['rows_left_out']}")
 
 

@@ -45,7 +45,9 @@ def fit_downstream_command(
         help="Latent fit in N, D: leave out rows this many standard errors below an earlier accuracy of their "
              "model size (small models saturating late in training); 0 = off."),
     bootstrap: int = typer.Option(200, "--bootstrap", help="Bootstrap resamples for intervals; 0 = none."),
-    cluster: bool = typer.Option(False, "--cluster", help="Resample whole model sizes (checkpoints of one model are correlated)."),
+    cluster: bool = typer.Option(False, "--cluster", help="Model sizes as the unit (checkpoints of one model are correlated): "
+                                 "prediction intervals from the leave-one-size-out jackknife (t, G-1 dof), the "
+                                 "parameters' from a bootstrap of whole sizes."),
     level: float = typer.Option(0.9, "--level", help="Level of the central intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),

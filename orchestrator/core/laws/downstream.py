@@ -18,9 +18,11 @@ loss was measured the two steps are composed through a *latent* loss ``z(N, D) =
 B'/D^beta`` fitted on the accuracies directly (``acc = link(z)``; the scale and offset of z are
 absorbed into the link, so only its shape in N and D is learned).
 
-Intervals come from one bootstrap of the rows (or of whole model sizes with ``cluster=True``):
-both steps are refitted on each resample and the prediction is recomputed; the central
-percentile interval at ``level`` is reported. They are sampling intervals given the laws are
+Intervals: resampling rows, one bootstrap (both steps refitted on each resample, the prediction
+recomputed, its central percentile interval at ``level``); with whole model sizes as the unit
+(``cluster=True``), the leave-one-size-out jackknife with t quantiles on G − 1 degrees of freedom
+(:mod:`.jackknife`: the cluster bootstrap's percentiles under-cover with few sizes), the bootstrap
+of sizes still giving the parameters' intervals. They are sampling intervals given the laws are
 right; the backtests (:func:`backtest_by_size`) measure how wrong the laws are when extrapolating.
 
 >>> import numpy as np
@@ -42,6 +44,7 @@ import numpy as np
 
 from . import varpro
 from .bootstrap import resample_weights, size_groups
+from .jackknife import jackknife_interval, leave_one_group_out
 from .result import FitResult, jsonable
 from .table import TableError
 
@@ -147,6 +150,19 @@ def _jacobian(shape: tuple[int, ...], cols: list[np.ndarray]) -> np.ndarray:
     return J
 
 
+def _refits(model, y, starts: np.ndarray, theta: np.ndarray, Wj: np.ndarray | None, lo, hi) -> np.ndarray | None:
+    """The jackknife's refits: for every weight row of ``Wj`` (a fit on all sizes but one), the best of all
+    ``starts`` and the full fit ``theta``, in one batch. Refits started from ``theta`` alone stall on the
+    latent law's ridges (small exponent, large amplitude) and barely move, as the bootstrap's refits do."""
+    if Wj is None:
+        return None
+    st = np.vstack([starts, theta])
+    G, S = len(Wj), len(st)
+    thetas, f = batch_lm(model, y, np.tile(st, (G, 1)), np.repeat(Wj, S, axis=0), lo, hi)
+    best = np.argmin(f.reshape(G, S), axis=1)
+    return thetas.reshape(G, S, -1)[np.arange(G), best]
+
+
 def _best_of_starts(model, y, starts: np.ndarray, w: np.ndarray, lo, hi) -> np.ndarray:
     """Polish every start on the full data (weights w) and keep the best."""
     W = np.broadcast_to(w, (len(starts), len(w)))
@@ -240,6 +256,9 @@ class _LinkProblem:
     def fit(self, w: np.ndarray) -> np.ndarray:
         return _best_of_starts(lambda th: self.value(th, self.L), self.acc, self.starts(), w, self.lo, self.hi)
 
+    def refits(self, theta: np.ndarray, Wj: np.ndarray | None) -> np.ndarray | None:
+        return _refits(lambda th: self.value(th, self.L), self.acc, self.starts(), theta, Wj, self.lo, self.hi)
+
     def batch(self, theta: np.ndarray, W: np.ndarray) -> np.ndarray:
         return batch_lm(lambda th: self.value(th, self.L), self.acc, np.broadcast_to(theta, (len(W), self.P)),
                         W, self.lo, self.hi)[0]
@@ -268,10 +287,15 @@ class _ComputeLaw:
         J = np.stack([np.ones_like(t), t, -u * t], axis=-1) / pred[..., None]
         return np.log(np.maximum(pred, _TINY)), J
 
+    def starts(self) -> np.ndarray:
+        return np.array([[e * self.hi[0], math.log(max(float(np.exp(self.y).mean()) * (1 - e), 1e-6)), al]
+                         for e in (0.0, 0.5, 0.9) for al in (0.05, 0.2, 0.6)])
+
     def fit(self, w: np.ndarray) -> np.ndarray:
-        starts = np.array([[e * self.hi[0], math.log(max(float(np.exp(self.y).mean()) * (1 - e), 1e-6)), al]
-                           for e in (0.0, 0.5, 0.9) for al in (0.05, 0.2, 0.6)])
-        return _best_of_starts(lambda th: self.value(th, self.u), self.y, starts, w, self.lo, self.hi)
+        return _best_of_starts(lambda th: self.value(th, self.u), self.y, self.starts(), w, self.lo, self.hi)
+
+    def refits(self, theta: np.ndarray, Wj: np.ndarray | None) -> np.ndarray | None:
+        return _refits(lambda th: self.value(th, self.u), self.y, self.starts(), theta, Wj, self.lo, self.hi)
 
     def batch(self, theta: np.ndarray, W: np.ndarray) -> np.ndarray:
         # E's bound is the smallest loss among the points each resample keeps
@@ -362,6 +386,9 @@ class _Latent:
     def fit(self, w: np.ndarray) -> np.ndarray:
         return _best_of_starts(lambda th: self.value(th, self.U), self.acc, self.starts(), w, self.lo, self.hi)
 
+    def refits(self, theta: np.ndarray, Wj: np.ndarray | None) -> np.ndarray | None:
+        return _refits(lambda th: self.value(th, self.U), self.acc, self.starts(), theta, Wj, self.lo, self.hi)
+
     def batch(self, theta: np.ndarray, W: np.ndarray) -> np.ndarray:
         return batch_lm(lambda th: self.value(th, self.U), self.acc, np.broadcast_to(theta, (len(W), self.P)),
                         W, self.lo, self.hi)[0]
@@ -444,6 +471,17 @@ def _saturated(N: np.ndarray, D: np.ndarray, acc: np.ndarray, se: np.ndarray,
                   "accuracy rising with D; small models saturate late in training)")
 
 
+def _loss_refit(p1: varpro.Problem, theta1: np.ndarray, N, D, loss, rows: np.ndarray) -> np.ndarray:
+    """A global Chinchilla fit of ``rows`` (same Huber delta; the full fit as one more start), in the
+    full problem's centred coordinates (not clipped into its bounds)."""
+    p = varpro.Problem.build(N[rows], D[rows], loss[rows], delta=p1.delta)
+    nat = varpro.to_natural(theta1, p1)
+    th, _ = varpro.global_fit(p, extra_starts=[varpro.from_natural(nat, p)])
+    nat = varpro.to_natural(th, p)
+    return np.array([nat["E"], math.log(nat["A"]) - nat["alpha"] * p1.logN0, math.log(nat["B"]) - nat["beta"] * p1.logD0,
+                     nat["alpha"], nat["beta"]])
+
+
 def _huber_delta(theta: np.ndarray, p: varpro.Problem) -> float:
     """1.345 x the robust (MAD) scale of the log residuals at theta."""
     E, a, b, al, be = theta
@@ -466,7 +504,9 @@ class DownstreamFit:
     scale: str  # "N,D" or "C"
     result: FitResult
     level: float
-    _predict_samples: Callable[..., tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]] = field(repr=False)
+    # (N, D, C, loss) -> acc, bootstrap replicates of acc, loss, its replicates, leave-one-size-out
+    # replicates of acc and of loss (None where not computed)
+    _predict_samples: Callable[..., tuple] = field(repr=False)
     max_N: float | None = None
     min_loss: float | None = None
     residuals: np.ndarray | None = field(default=None, repr=False)  # acc - fitted, rows of the accuracy fit
@@ -487,29 +527,41 @@ class DownstreamFit:
         return self.result.to_json()
 
     def predict(self, N=None, D=None, *, C=None, loss=None, level: float | None = None) -> dict[str, Any]:
-        """Predicted accuracy (and the step-1 loss) with central bootstrap intervals.
+        """Predicted accuracy (and the step-1 loss) with central intervals at ``level``.
 
         Give (N, D) — or C in compute mode. With ``loss`` (two-step fits only) step 2 is applied
         to that loss and step 1 is skipped. Returns arrays ``acc``, ``low``, ``high``, ``loss``
         (the loss used; NaN in latent mode), ``loss_low``/``loss_high``, and ``pred_low``/``pred_high``:
-        the interval for a *measured* accuracy (the bootstrap plus the fit's residual scatter).
+        the interval for a *measured* accuracy (the law's uncertainty plus the fit's residual scatter).
+        Intervals: resampling rows, the bootstrap's percentiles; resampling whole model sizes
+        (``cluster=True``), the leave-one-size-out jackknife with t quantiles on G − 1 degrees of
+        freedom (:mod:`.jackknife`: the cluster bootstrap's percentiles under-cover with few sizes).
         """
         level = self.level if level is None else level
-        acc, acc_s, L, L_s = self._predict_samples(N=N, D=D, C=C, loss=loss)
+        acc, acc_s, L, L_s, acc_j, L_j = self._predict_samples(N=N, D=D, C=C, loss=loss)
         # Accuracies live in [0, 1]; the exponential link is not bounded above by itself.
         acc = np.clip(acc, 0.0, 1.0)
         acc_s = None if acc_s is None else np.clip(acc_s, 0.0, 1.0)
         out = {"acc": acc, "loss": L}
-        for key, est, s in (("", acc, acc_s), ("loss_", L, L_s)):
-            if s is None or len(s) < 2:
+        for key, est, s, jk in (("", acc, acc_s, acc_j), ("loss_", L, L_s, L_j)):
+            if jk is not None and len(jk) >= 2:
+                lo, hi, _ = jackknife_interval(est, jk, level)
+                out[key + "low"], out[key + "high"] = (np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)) if not key else (lo, hi)
+            elif s is None or len(s) < 2:
                 out[key + "low"] = np.full_like(est, np.nan)
                 out[key + "high"] = np.full_like(est, np.nan)
             else:
                 q = np.nanquantile(s, [(1 - level) / 2, (1 + level) / 2], axis=0)
                 out[key + "low"], out[key + "high"] = q[0], q[1]
-        # Prediction interval for a measured accuracy: each replicate plus a residual of the fit drawn
-        # at random (the scatter of single evaluations around the law: benchmark noise, run quirks).
-        if acc_s is not None and len(acc_s) >= 2 and self.residuals is not None and len(self.residuals) > 1:
+        have_resid = self.residuals is not None and len(self.residuals) > 1
+        if acc_j is not None and len(acc_j) >= 2 and have_resid:
+            # The law's half-width and the residuals' (a single evaluation's scatter around the law:
+            # benchmark noise, run quirks) added in quadrature, side by side: independent errors.
+            r_lo, r_hi = np.quantile(self.residuals, [(1 - level) / 2, (1 + level) / 2])
+            out["pred_low"] = np.clip(acc - np.hypot(acc - out["low"], min(r_lo, 0.0)), 0.0, 1.0)
+            out["pred_high"] = np.clip(acc + np.hypot(out["high"] - acc, max(r_hi, 0.0)), 0.0, 1.0)
+        elif acc_s is not None and len(acc_s) >= 2 and have_resid:
+            # Each bootstrap replicate plus a residual of the fit drawn at random.
             rng = np.random.default_rng(self.seed + 7919)
             noisy = np.clip(acc_s + rng.choice(self.residuals, size=acc_s.shape), 0.0, 1.0)
             q = np.nanquantile(noisy, [(1 - level) / 2, (1 + level) / 2], axis=0)
@@ -672,6 +724,9 @@ def fit_downstream(
     groups = size_groups(N if N is not None else C) if cluster else None
     rng = np.random.default_rng(seed)
     W = resample_weights(n, int(bootstrap), rng, groups) if bootstrap and bootstrap > 0 else None
+    # Resampling whole sizes: the prediction intervals come from the leave-one-size-out jackknife (see
+    # DownstreamFit.predict); the bootstrap still gives the parameters' intervals.
+    Wj = leave_one_group_out(groups) if W is not None and groups is not None and groups.max() >= 1 else None
     ones = np.ones(n)
     w_acc = ones if weights is None else np.asarray(weights, np.float64)  # per-row weights of the accuracy fit
     if w_acc.shape != (n,) or np.any(~np.isfinite(w_acc)) or np.any(w_acc < 0):
@@ -704,6 +759,8 @@ def fit_downstream(
                     p1 = varpro.Problem.build(N[mask], D[mask], loss[mask], delta=delta)
                     theta1, _ = varpro.global_fit(p1, extra_starts=[theta1])
                 th1_s = varpro.batch_polish(theta1, p1, W[:, mask], rtol=1e-10)[0] if W is not None else None
+                th1_j = None if Wj is None else np.stack([_loss_refit(p1, theta1, N, D, loss, mask & (wj > 0))
+                                                          for wj in Wj])
             step1 = varpro.to_natural(theta1, p1)
             step1_s = None if th1_s is None else [varpro.to_natural(t, p1) for t in th1_s]
             extra_fit = {"loss_huber_delta": p1.delta}
@@ -716,6 +773,7 @@ def fit_downstream(
             law1 = _ComputeLaw(C[mask], loss[mask])
             theta1 = law1.fit(ones[mask])
             th1_s = law1.batch(theta1, W[:, mask]) if W is not None else None
+            th1_j = law1.refits(theta1, None if Wj is None else Wj[:, mask])
             step1 = law1.natural(theta1)
             step1_s = None if th1_s is None else [law1.natural(t) for t in th1_s]
             extra_fit = {}
@@ -725,6 +783,7 @@ def fit_downstream(
         # step 2
         theta2 = lp.fit(w_acc)
         th2_s = lp.batch(theta2, W * w_acc) if W is not None else None
+        th2_j = lp.refits(theta2, None if Wj is None else Wj * w_acc)
         step2 = lp.natural(theta2)
         params.update({f"loss.{k}": v_ for k, v_ in step1.items()})
         params.update({f"acc.{k}": v_ for k, v_ in step2.items()})
@@ -747,7 +806,7 @@ def fit_downstream(
         def predict_samples(N=None, D=None, C=None, loss=None):
             if loss is not None:
                 Lq = np.atleast_1d(np.asarray(loss, np.float64))
-                L_s = None
+                L_s = L_j = None
             else:
                 X = (np.atleast_1d(np.asarray(N, np.float64)), np.atleast_1d(np.asarray(D, np.float64))) \
                     if scale == "N,D" else (np.atleast_1d(np.asarray(C, np.float64)), None)
@@ -755,11 +814,14 @@ def fit_downstream(
                     raise DownstreamError("predict needs N and D" if scale == "N,D" else "predict needs C")
                 Lq = loss_at(theta1, *X)[0]
                 L_s = loss_at(th1_s, *X) if th1_s is not None else None
+                L_j = loss_at(th1_j, *X) if th1_j is not None else None
             accq = lp.value(theta2[None, :], Lq)[0][0]
-            acc_s = None
+            acc_s = acc_j = None
             if th2_s is not None:
                 acc_s = lp.value(th2_s, L_s if L_s is not None else Lq[None, :])[0]
-            return accq, acc_s, Lq, L_s
+            if th2_j is not None:
+                acc_j = lp.value(th2_j, L_j if L_j is not None else Lq[None, :])[0]
+            return accq, acc_s, Lq, L_s, acc_j, L_j
         min_loss = float(loss.min())
     else:
         X = [N, D] if scale == "N,D" else [C]
@@ -768,6 +830,7 @@ def fit_downstream(
             raise DownstreamError(f"{n} row(s): the latent {link} law has {lat.P} parameters, need at least {lat.P + 2}")
         theta = lat.fit(w_acc)
         th_s = lat.batch(theta, W * w_acc) if W is not None else None
+        th_j = lat.refits(theta, None if Wj is None else Wj * w_acc)
         nat = lat.natural(theta)
         params.update({f"latent.{k}": v_ for k, v_ in nat.items()})
         fitted = lat.predict(theta, X)[0]
@@ -796,8 +859,9 @@ def fit_downstream(
                 if scale == "N,D" else [np.atleast_1d(np.asarray(C, np.float64))]
             accq = lat.predict(theta, Xq)[0]
             acc_s = lat.predict(th_s, Xq) if th_s is not None else None
+            acc_j = lat.predict(th_j, Xq) if th_j is not None else None
             nan = np.full_like(accq, np.nan)
-            return accq, acc_s, nan, None
+            return accq, acc_s, nan, None, acc_j, None
         min_loss = None
         extra_fit = {}
 
@@ -823,6 +887,8 @@ def fit_downstream(
         extra={"link": link, "mode": mode, "scale": scale, "chance": chance, "ceiling": ceiling,
                "rmse_acc": float(np.sqrt(np.mean(resid ** 2))), "bootstrap": int(bootstrap or 0),
                "cluster": bool(cluster), "seed": int(seed), "level": level,
+               "prediction_intervals": ("leave-one-size-out jackknife, t(G-1)" if Wj is not None
+                                        else "bootstrap percentile" if W is not None else "none"),
                "n_rows": n_total, "n_loss_rows": int(np.sum(loss_rows)) if loss_rows is not None else n,
                "checkpoint_weights": checkpoint_weights, "saturation_sigma": sigma, "n_saturated": n_saturated,
                **extra_fit},
