@@ -294,10 +294,9 @@ def preload() -> None:
     """
     import importlib
 
-    import trainers.as_command  # noqa: F401  (the program itself)
-
     import_deepspeed()
-    for name in ("torch._dynamo", "deepspeed.runtime.zero.muon.muon_optimizer", "deepspeed.comm.torch", "pandas"):
+    for name in ("trainers.as_command", "torch._dynamo", "deepspeed.runtime.zero.muon.muon_optimizer",
+                 "deepspeed.comm.torch", "pandas"):
         try:
             importlib.import_module(name)
         except ImportError:  # another DeepSpeed or no pandas: that import is then paid by the trial

@@ -392,7 +392,7 @@ def _become(req: dict[str, Any], sync: int) -> int:
         else:
             sys.argv = [target, *args]
             sys.path[0] = str(Path(target).resolve().parent)
-            runpy.run_path(os.path.abspath(target), run_name="__main__")  # __file__ absolute, as python does
+            _run_script(target)
     except SystemExit as exc:
         code = _exit_code(exc.code)
     except KeyboardInterrupt as exc:
@@ -417,6 +417,27 @@ def _print_exception(exc: BaseException) -> None:
             tb.tb_frame.f_code.co_filename in ours or tb.tb_frame.f_code.co_filename.startswith("<frozen runpy")):
         tb = tb.tb_next
     sys.excepthook(type(exc), exc.with_traceback(tb), tb)
+
+
+def _run_script(target: str) -> None:
+    """Run a script file as `python SCRIPT` does: in a module `__main__` whose `__file__` (and the code's
+    file name) is absolute while sys.argv[0] stays as given; a directory or zip archive through runpy."""
+    import builtins
+    import importlib.machinery
+    import runpy
+    import types
+
+    path = os.path.abspath(target)
+    if not path.endswith(".py") or not os.path.isfile(path):
+        runpy.run_path(target, run_name="__main__")
+        return
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=path, __cached__=None, __builtins__=builtins,
+                         __loader__=importlib.machinery.SourceFileLoader("__main__", path))
+    sys.modules["__main__"] = main
+    with open(path, "rb") as f:
+        code = compile(f.read(), path, "exec")
+    exec(code, main.__dict__)
 
 
 def _exit_code(code: Any) -> int:
