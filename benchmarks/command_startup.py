@@ -142,6 +142,7 @@ def _phases(root: Path, cache: str) -> dict[str, dict[str, float]]:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     res["fresh process"] = _phase_durations(json.loads(out.read_text()))
     z = warm_start.zygote(sys.executable, WARM, str(REPO), _env())
+    assert z.wait_ready(600.0), z.refused
     out = root / "phases-warm.json"
     t = time.time()
     p = z.spawn([*argv, str(out)], str(REPO), {**_env(), "T_LAUNCH": repr(t)}, os.devnull, str(root / "probe.err"))

@@ -226,7 +226,7 @@ def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], s
         env.update(WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(_free_port()))
     t0 = time.monotonic()
-    zygote, warm = _zygote(settings, argv, env)
+    zygote, warm = _zygote(settings, argv, env, should_stop)
     procs: list = []  # subprocess.Popen, or warm_start.WarmProcess
     try:
         for rank in range(world):
@@ -338,14 +338,17 @@ def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], s
     return info
 
 
-def _zygote(settings: CommandSettings, argv: list[str], env: dict[str, str]):
+def _zygote(settings: CommandSettings, argv: list[str], env: dict[str, str], should_stop: Callable[[], bool]):
     """(the zygote to fork the program from, or None for a fresh process; what exit.json says about it)."""
     if not settings.warm_start:
         return None, None
     from trainers import warm_start
 
-    z = warm_start.zygote(argv[0], settings.warm_start, settings.cwd, env, settings.first_report_timeout_s)
-    if z.refused:
+    z = warm_start.zygote(argv[0], settings.warm_start, settings.cwd, env)
+    ok = z.wait_ready(settings.first_report_timeout_s, should_stop)
+    if ok is None:  # stopped while its imports run: a fresh process, stopped at once by the loop below
+        return None, {"used": False, "why": "the trial was stopped while the warm-start process was starting"}
+    if not ok:
         return None, {"used": False, "why": z.refused}
     return z, {"used": True, "zygote_pid": z.ready.get("pid"), "threads": len(z.ready.get("threads") or ())}
 

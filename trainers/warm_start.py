@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 # the trial's own variables: never part of the zygote's (shared) environment
 PER_TRIAL_ENV = ("SCALESWEEP_TRIAL_CONFIG", "SCALESWEEP_METRICS_FILE", "SCALESWEEP_CHECKPOINT_DIR", "RANK",
@@ -134,7 +134,7 @@ class WarmProcess:
 class Zygote:
     """The runner's handle on one zygote process: start it, fork programs from it, collect exit codes."""
 
-    def __init__(self, python: str, preload: Sequence[str], cwd: str, env: dict[str, str], timeout_s: float = 600.0):
+    def __init__(self, python: str, preload: Sequence[str], cwd: str, env: dict[str, str]):
         self.key = (python, tuple(preload), cwd)
         env = {k: v for k, v in env.items() if k not in PER_TRIAL_ENV}
         env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # a CUDA probe that does not initialise CUDA
@@ -143,11 +143,27 @@ class Zygote:
         self._buf, self._exits, self._lock = b"", {}, threading.Lock()
         self.dead = False
         os.set_blocking(self.proc.stdout.fileno(), False)
-        ready = self._message(timeout_s)
-        self.ready: dict[str, Any] = ready or {"ok": False, "error": f"no ready message within {timeout_s:g} s"}
-        self.refused: Optional[str] = None if self.ready.get("ok") else str(self.ready.get("error"))
-        if self.refused:
+        self.ready: Optional[dict[str, Any]] = None  # its ready message, once read
+        self.refused: Optional[str] = None  # why it cannot serve, once known
+
+    def wait_ready(self, timeout_s: float, should_stop: Callable[[], bool] = lambda: False) -> Optional[bool]:
+        """True once it serves, False if it cannot (`refused` says why), None when `should_stop()` turned
+        true first (it goes on starting, for the next trial)."""
+        deadline = time.monotonic() + timeout_s
+        while self.ready is None and self.refused is None:
+            msg = self._message(min(0.1, max(0.0, deadline - time.monotonic())))
+            if msg is not None:
+                self.ready = msg
+                self.refused = None if msg.get("ok") else str(msg.get("error"))
+            elif self.dead:
+                self.refused = f"it exited before it was ready ({self.proc.wait()})"
+            elif time.monotonic() >= deadline:
+                self.refused = f"no ready message within {timeout_s:g} s"
+            elif should_stop():
+                return None
+        if self.refused is not None:
             self.close()
+        return self.refused is None
 
     def _read(self, timeout: float) -> bool:
         """Move whatever the zygote wrote into the buffer (waiting up to `timeout` for something)."""
@@ -230,15 +246,15 @@ class Zygote:
 _ZYGOTES: dict[tuple, Zygote] = {}
 
 
-def zygote(python: str, preload: Sequence[str], cwd: str, env: dict[str, str], timeout_s: float = 600.0) -> Zygote:
-    """This process's zygote for (python, preload, cwd), started on first use and kept for later trials.
-
-    A zygote that refused (see `Zygote.refused`) is kept too: the next trials fall back at once.
+def zygote(python: str, preload: Sequence[str], cwd: str, env: dict[str, str]) -> Zygote:
+    """This process's zygote for (python, preload, cwd), started on first use and kept for later trials
+    (`Zygote.wait_ready` before use). One that refused (`Zygote.refused`) is kept too: the next trials
+    fall back to fresh processes at once; one that died is started again.
     """
     key = (python, tuple(preload), cwd)
     z = _ZYGOTES.get(key)
     if z is None or (z.refused is None and not z.alive()):
-        z = _ZYGOTES[key] = Zygote(python, preload, cwd, env, timeout_s)
+        z = _ZYGOTES[key] = Zygote(python, preload, cwd, env)
     return z
 
 

@@ -145,6 +145,23 @@ def test_a_stopped_warm_program_gets_sigterm_then_sigkill(tmp_path, ignores_term
     assert _dead(info["pid"])
 
 
+def test_several_warm_workers_are_forked_torchrun_style_and_fail_together(tmp_path):
+    two = TrialConfig(**{**CFG.__dict__, "workers": 2})
+    with pytest.raises(TrainerProcessError, match="exit status 7"):
+        _run(tmp_path, """
+            print(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}", file=sys.stderr, flush=True)
+            if os.environ['RANK'] == '1':
+                sys.exit(7)
+            time.sleep(60)
+        """, cfg=two, grace_s=1.0)
+    info = _exit(tmp_path)
+    assert info["warm_start"]["used"] and info["returncodes"][1] == 7 and info["returncodes"][0] == -signal.SIGTERM
+    adir = tmp_path / "run" / "attempt-0"
+    assert "rank 1 of 2" in (adir / "stderr-rank1.log").read_text()
+    assert "rank 0 of 2" in (adir / "stderr.log").read_text()
+    assert all(_dead(int((adir / f).read_text())) for f in ("pid", "pid-rank1"))
+
+
 def test_a_real_torch_trainer_forked_warm_trains_reports_and_is_stopped(tmp_path):
     """examples/own-trainer/train_lm.py (plain PyTorch) forked from a zygote that imported torch: it
     trains and reports; the pruner's stop (SystemExit from report) SIGTERMs it, it stops after its step
@@ -180,9 +197,26 @@ def test_a_zygote_that_cannot_serve_falls_back_to_a_fresh_process(tmp_path):
     assert info["warm_start"]["used"] is False and "preload exploded" in info["warm_start"]["why"]
 
 
+def test_a_trial_stopped_while_the_zygote_imports_is_stopped_at_once_and_the_zygote_kept(tmp_path):
+    # its imports go on until the test lets them finish
+    (tmp_path / "slow_preload.py").write_text("import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.02)\n")
+    body = "emit(step=4, tokens=1024, lr=1e-3, train_loss=1.0, eval_loss=1.0)"
+    settings = _settings(tmp_path, body, warm=("slow_preload",))
+    info = run_command(CFG, lambda r: None, settings, tmp_path / "run", n_params=1000, should_stop=lambda: True)
+    assert info["ended"] == "stopped" and "stopped while" in info["warm_start"]["why"]
+    assert info["warm_start"]["used"] is False and _dead(info["pid"])
+    (zygote,) = [z for key, z in warm_start._ZYGOTES.items() if key[1] == ("slow_preload",)]
+    assert zygote.ready is None and zygote.refused is None  # still importing: kept for the next trial
+    (tmp_path / "go").touch()
+    got = []
+    run_command(CFG, got.append, settings, tmp_path / "run", n_params=1000)  # the next trial: warm
+    assert got[-1]["done"] == 1.0 and _exit(tmp_path, 1)["warm_start"]["used"] is True
+
+
 def test_the_children_die_with_the_zygote(tmp_path):
     (tmp_path / "sleep.py").write_text("import time\ntime.sleep(60)\n")
     z = warm_start.Zygote(sys.executable, ["json"], str(tmp_path), dict(os.environ))
+    assert z.wait_ready(60.0) and z.ready["ok"] and z.ready["pid"] == z.proc.pid
     p = z.spawn([sys.executable, "sleep.py"], str(tmp_path), dict(os.environ), str(tmp_path / "o"), str(tmp_path / "e"))
     assert os.getpgid(p.pid) == p.pid and p.poll() is None
     z.close()  # as when the trial process dies: the zygote's stdin closes, it exits
