@@ -135,7 +135,6 @@ class Zygote:
     """The runner's handle on one zygote process: start it, fork programs from it, collect exit codes."""
 
     def __init__(self, python: str, preload: Sequence[str], cwd: str, env: dict[str, str]):
-        self.key = (python, tuple(preload), cwd)
         env = {k: v for k, v in env.items() if k not in PER_TRIAL_ENV}
         env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # a CUDA probe that does not initialise CUDA
         self.proc = subprocess.Popen([python, "-c", _BOOT, str(Path(__file__).resolve()), *preload], cwd=cwd,
