@@ -197,6 +197,24 @@ def test_a_zygote_that_cannot_serve_falls_back_to_a_fresh_process(tmp_path):
     assert info["warm_start"]["used"] is False and "preload exploded" in info["warm_start"]["why"]
 
 
+def test_a_zygote_with_the_cuda_driver_loaded_refuses_to_fork(tmp_path):
+    """Fork after CUDA is initialised is unsafe: a zygote whose preload loaded a `libcuda.so` refuses to
+    serve and the trial runs in a fresh process. (No GPU here: a stand-in library under that name.)"""
+    import shutil
+
+    libs = [Path(d) / n for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64",
+                                  "/lib/aarch64-linux-gnu") for n in ("libdl.so.2", "libutil.so.1")]
+    lib = next((p for p in libs if p.exists()), None)
+    if lib is None:
+        pytest.skip("no small system library to load as a stand-in")
+    shutil.copy(lib, tmp_path / "libcuda.so.1")
+    (tmp_path / "cuda_preload.py").write_text("import ctypes\ndef load():\n    ctypes.CDLL('./libcuda.so.1')\n")
+    got, info = _run(tmp_path, "emit(step=4, tokens=1024, lr=1e-3, train_loss=1.0, eval_loss=1.0)",
+                     warm=("cuda_preload:load",))
+    assert got[-1]["done"] == 1.0 and info["returncode"] == 0
+    assert info["warm_start"]["used"] is False and "CUDA driver is loaded" in info["warm_start"]["why"]
+
+
 def test_a_trial_stopped_while_the_zygote_imports_is_stopped_at_once_and_the_zygote_kept(tmp_path):
     # its imports go on until the test lets them finish
     (tmp_path / "slow_preload.py").write_text("import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.02)\n")
