@@ -1,148 +1,210 @@
-"""Start-up of one `trainer.backend: command` trial program, before and after the start-up cuts.
+"""Per-trial start-up of the built-in trainer vs the same trainer as a `command` program, cold and warm.
 
-    python -m benchmarks.command_startup [--repeats 3] [--base main] [--out results/command-startup.json]
+    python -m benchmarks.command_startup [--repeats 3] [--out results/command-startup.json]
 
-The program is the built-in trainer as a command (`{python} -m trainers.as_command
-trainers.deepspeed_trainer:train --config CONFIG`) on a tiny trial (N = 20K, 4 steps of 1,024
-tokens, one evaluation): what a command trial pays per trial that the built-in trainer, whose Ray
-actor is reused, pays once. Two arms, alternated in one run, same interpreter and venv:
+The trial is tiny (N = 20K, 8 steps of 1,024 tokens, an evaluation every 4 steps: the first report
+is at step 4), so what is measured is start-up. Three arms, interleaved in one run (same
+interpreter, venv and corpus cache), each trial timed from its launch to its first report:
 
-- before: `trainers/` as it is at git revision `--base` (extracted to a temporary directory, first
-  on PYTHONPATH; the programs run in their own directory, so `python -m` does not put this
-  checkout's `trainers/` first);
-- after:  `trainers/` of this working tree (DeepSpeed imported without MLflow, no shared-memory
-  op for a 1-rank trial, corpus shards read without pyarrow.dataset:
-  `trainers.deepspeed_trainer.import_deepspeed`, `_no_shm_op`, `trainers.corpus._read_split`).
+- builtin: `trainers.deepspeed_trainer.train` called in this process, as in the built-in trainer's
+  Ray actor, which Tune reuses for the next trial of its slot (reuse_actors): the first call of the
+  process pays the imports and the corpus read, later calls do not;
+- command: `trainer.backend: command`, `{python} -m trainers.as_command
+  trainers.deepspeed_trainer:train --config {config}` through `trainers.command.run_command` (the
+  trial's runner: its report reaches the callback through the runner's tailer), a fresh process
+  per trial (the default);
+- command-warm: the same with `trainer.warm_start: [trainers.deepspeed_trainer:preload,
+  trainers.deepspeed_trainer:preload_builtin_corpus]` (trainers.warm_start): the first trial of the
+  process starts the zygote (its imports), later ones are forked from it.
 
-Per arm, the median and range of: wall seconds from launch to the first report line and to exit,
-and CPU seconds (user + sys, the program and its children) to exit. Also bare imports, each in a fresh interpreter: `import torch`, `import deepspeed` (plain) and
-`import_deepspeed()`. A warm-up run of each arm first (corpus cache, page cache, DeepSpeed's JIT op
-cache). Noisy on a shared machine: the arms are interleaved so load hits both alike.
+Per arm: the first trial of the process (a slot's cold start) and the median (range) of the later
+ones: seconds to the first report through the runner, to the end; the tailer's share (first
+report's arrival − the metrics file's mtime). Then where a trial's start-up goes, by phase, in a
+fresh process, forked warm, and in-process after the first call (the same trainer with its set-up
+steps timed: `--phases-probe` is that program): interpreter, imports, data, model,
+`deepspeed.initialize`, first evaluated report. Noisy on a shared machine: the arms are
+interleaved so load hits them alike; the load average is recorded.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ARMS = ("before", "after")
-IMPORTS = {
-    "import torch": "import torch",
-    "import deepspeed (plain)": "import deepspeed",
-    "import deepspeed (import_deepspeed)": "from trainers.deepspeed_trainer import import_deepspeed; import_deepspeed()",
-}
+ARMS = ("builtin", "command", "command-warm")
+PROGRAM = ("{python}", "-m", "trainers.as_command", "trainers.deepspeed_trainer:train", "--config", "{config}")
+WARM = ("trainers.deepspeed_trainer:preload", "trainers.deepspeed_trainer:preload_builtin_corpus")
+PHASES = ("interpreter", "import torch", "import deepspeed", "data", "model", "deepspeed.initialize", "first report")
 
 
-def _env(first: str | None = None) -> dict[str, str]:
-    path = [p for p in (first, str(REPO), os.environ.get("PYTHONPATH")) if p]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-
-
-def _extract(rev: str, dest: Path) -> None:
-    """`trainers/` as it is at git revision `rev`, into dest/trainers."""
-    archive = subprocess.run(["git", "archive", rev, "trainers"], cwd=REPO, check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-
-
-def _config(root: Path, k: int, cache: str) -> Path:
+def _config(k: int, cache: str):
     from trainers.contract import Schedule, TrialConfig
 
-    cfg = TrialConfig(trial_id=f"t{k}", n_params=20_000, tokens=4 * 1024, lr=3e-3, batch_tokens=1024, seq_len=64,
-                      schedule=Schedule(kind="wsd", warmup=0.25, decay=0.25), eval_every=4, eval_tokens=1024,
-                      data_cache=cache)
-    run = root / f"run{k}"
-    run.mkdir()
-    doc = {**cfg.document(), "metrics_file": str(run / "metrics.jsonl")}
-    (run / "config.json").write_text(json.dumps(doc))
-    return run
+    return TrialConfig(trial_id=f"t{k}", n_params=20_000, tokens=8 * 1024, lr=3e-3, batch_tokens=1024, seq_len=64,
+                       schedule=Schedule(kind="wsd", warmup=0.25, decay=0.25), eval_every=4, eval_tokens=1024,
+                       data_cache=cache, threads=1)
 
 
-def _cpu_children() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
 
 
-def _launch(base: str | None, run: Path) -> dict[str, float]:
-    metrics = run / "metrics.jsonl"
-    cpu0 = _cpu_children()
-    t0 = time.monotonic()
-    argv = [sys.executable, "-m", "trainers.as_command", "trainers.deepspeed_trainer:train"]
-    proc = subprocess.Popen([*argv, "--config", str(run / "config.json")],
-                            cwd=run, env=_env(base), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first = None
-    while proc.poll() is None:
-        if first is None and metrics.exists() and metrics.read_text().strip():
-            first = time.monotonic() - t0
-        time.sleep(0.01)
-    wall = time.monotonic() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
-    if first is None:
-        first = wall  # the report landed between the last poll and the exit
-    return {"first_report_s": first, "exit_s": wall, "cpu_s": _cpu_children() - cpu0}
+def _builtin(cfg) -> dict[str, float]:
+    from trainers.deepspeed_trainer import train
+
+    t0, first = time.monotonic(), []
+    train(cfg, lambda r: first.append(time.monotonic() - t0) if not first else None)
+    return {"first_report_s": first[0], "exit_s": time.monotonic() - t0}
 
 
-def _import_time(stmt: str) -> dict[str, float]:
-    cpu0 = _cpu_children()
-    t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", stmt], cwd=REPO, env=_env(), check=True,
+def _command(cfg, run_dir: Path, warm: tuple[str, ...]) -> dict[str, float]:
+    from trainers.command import CommandSettings, run_command
+
+    settings = CommandSettings(command=PROGRAM, cwd=str(REPO), env=(("PYTHONPATH", _env()["PYTHONPATH"]),), warm_start=warm,
+                               grace_s=5.0, poll_s=0.05)
+    t0, seen = time.monotonic(), {}
+
+    def report(r):
+        if not seen:
+            seen["first_report_s"] = time.monotonic() - t0
+            metrics = next(run_dir.glob("attempt-*/metrics.jsonl"))
+            if len(metrics.read_text().splitlines()) == 1:  # the tailer's delay: arrival - the line's write
+                seen["tailer_s"] = time.time() - metrics.stat().st_mtime
+
+    info = run_command(cfg, report, settings, run_dir, n_params=cfg.n_params)
+    if info["returncode"] != 0:
+        raise RuntimeError(f"the command failed: {info}")
+    if warm and not info.get("warm_start", {}).get("used"):
+        raise RuntimeError(f"the warm start was not used: {info.get('warm_start')}")
+    return {**seen, "exit_s": time.monotonic() - t0}
+
+
+# ---------------------------------------------------------------- phases
+def _probe(t_launch: float, cache: str) -> dict[str, float]:
+    """The built-in trainer's set-up steps, each stamped (seconds since `t_launch`, wall clock)."""
+    marks = {"interpreter": time.time() - t_launch}
+
+    def mark(name: str) -> None:
+        marks.setdefault(name, time.time() - t_launch)
+
+    importlib.import_module("torch")
+    mark("import torch")
+    import trainers.deepspeed_trainer as dt
+
+    ds = dt.import_deepspeed()
+    mark("import deepspeed")
+    wrapped = {(dt, "load_data"): "data", (dt, "build_model"): "model", (ds, "initialize"): "deepspeed.initialize"}
+    saved = {key: getattr(*key) for key in wrapped}
+
+    def stamp(fn, name):
+        def inner(*a, **k):
+            out = fn(*a, **k)
+            mark(name)
+            return out
+        return inner
+
+    for (obj, attr), name in wrapped.items():
+        setattr(obj, attr, stamp(saved[(obj, attr)], name))
+    try:
+        dt.train(_config(0, cache), lambda r: mark("first report"))
+    finally:
+        for (obj, attr), fn in saved.items():
+            setattr(obj, attr, fn)
+    return marks
+
+
+def _phase_durations(marks: dict[str, float]) -> dict[str, float]:
+    out, prev = {}, 0.0
+    for name in PHASES:
+        out[name] = marks[name] - prev
+        prev = marks[name]
+    out["total"] = prev
+    return out
+
+
+def _phases(root: Path, cache: str) -> dict[str, dict[str, float]]:
+    import subprocess
+
+    from trainers import warm_start
+
+    res = {}
+    argv = [sys.executable, "-m", "benchmarks.command_startup", "--phases-probe", cache]
+    out = root / "phases-fresh.json"
+    t = time.time()
+    subprocess.run([*argv, str(out)], cwd=REPO, env={**_env(), "T_LAUNCH": repr(t)}, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return {"wall_s": time.monotonic() - t0, "cpu_s": _cpu_children() - cpu0}
+    res["fresh process"] = _phase_durations(json.loads(out.read_text()))
+    z = warm_start.zygote(sys.executable, WARM, str(REPO), _env())
+    assert z.wait_ready(600.0), z.refused
+    out = root / "phases-warm.json"
+    t = time.time()
+    p = z.spawn([*argv, str(out)], str(REPO), {**_env(), "T_LAUNCH": repr(t)}, os.devnull, str(root / "probe.err"))
+    if p.wait() != 0:
+        raise RuntimeError((root / "probe.err").read_text()[-2000:])
+    res["forked warm"] = _phase_durations(json.loads(out.read_text()))
+    _probe(time.time(), cache)  # the process's first trial (if the builtin arm has not run yet)
+    res["in-process, later trial"] = _phase_durations(_probe(time.time(), cache))
+    return res
 
 
 def _stats(xs: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)} if xs else {}
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--base", default="main", help="git revision of the 'before' arm's trainers/")
+    ap.add_argument("--repeats", type=int, default=3, help="later trials per arm (after each arm's first)")
     ap.add_argument("--out", default="results/command-startup.json")
+    ap.add_argument("--phases-probe", nargs=2, metavar=("CACHE", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.phases_probe:  # the probe program, fresh or forked: stamps relative to $T_LAUNCH
+        cache, out = args.phases_probe
+        Path(out).write_text(json.dumps(_probe(float(os.environ["T_LAUNCH"]), cache)))
+        return {}
+    load = [os.getloadavg()[0]]
     runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
-    imports: dict[str, list[dict[str, float]]] = {name: [] for name in IMPORTS}
-    with tempfile.TemporaryDirectory(prefix="bench-cmd-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         root, cache = Path(tmp), str(Path(tmp) / "cache")
-        (root / "base").mkdir()
-        _extract(args.base, root / "base")
-        first = {"before": str(root / "base"), "after": None}
+        from trainers.corpus import builtin_corpus_dir
+
+        os.environ["SCALESWEEP_CACHE"] = cache  # as the controller passes it: preload_builtin_corpus reads it
+        builtin_corpus_dir(cache)  # built once, before any arm
         k = 0
-        for arm in ARMS:  # warm-up: the corpus cache, the page cache, DeepSpeed's op cache
-            k += 1
-            _launch(first[arm], _config(root, k, cache))
-        for _ in range(args.repeats):
+        for _ in range(1 + args.repeats):
             for arm in ARMS:
                 k += 1
-                runs[arm].append(_launch(first[arm], _config(root, k, cache)))
-            for name, stmt in IMPORTS.items():
-                imports[name].append(_import_time(stmt))
-    doc = {"args": vars(args), "base": subprocess.run(["git", "rev-parse", args.base], cwd=REPO, capture_output=True,
-                                                      text=True).stdout.strip(), "python": sys.version.split()[0],
-           "programs": {arm: {key: _stats([r[key] for r in rs]) | {"all": [r[key] for r in rs]}
-                              for key in ("first_report_s", "exit_s", "cpu_s")} for arm, rs in runs.items()},
-           "imports": {name: {key: _stats([r[key] for r in rs]) | {"all": [r[key] for r in rs]}
-                              for key in ("wall_s", "cpu_s")} for name, rs in imports.items()}}
+                cfg = _config(k, cache)
+                runs[arm].append(_builtin(cfg) if arm == "builtin" else
+                                 _command(cfg, root / f"run{k}", WARM if arm == "command-warm" else ()))
+        phases = _phases(root, cache)
+    load.append(os.getloadavg()[0])
+    keys = ("first_report_s", "exit_s", "tailer_s")
+    doc = {"args": vars(args), "python": sys.version.split()[0], "load_average": load,
+           "arms": {arm: {"first_trial": rs[0], **{k: _stats([r[k] for r in rs[1:] if k in r]) | {
+               "all": [r.get(k) for r in rs[1:]]} for k in keys}} for arm, rs in runs.items()},
+           "phases": phases}
+    base = doc["arms"]["builtin"]["first_report_s"]["median"]
 
     def cell(st: dict[str, float]) -> str:
-        return f"{st['median']:>7.2f} ({st['min']:.2f}-{st['max']:.2f})"
+        return f"{st['median']:>6.2f} ({st['min']:.2f}-{st['max']:.2f})" if 'median' in st else "-"
 
-    # CPU seconds (user + sys of the process and its children) are what load on a shared machine
-    # disturbs least; wall seconds are what a trial waits
-    print(f"{'command program':36} {'first report, wall s':>22} {'exit, wall s':>22} {'CPU s to exit':>22}")
-    for arm, r in doc["programs"].items():
-        print(f"{arm:36} {cell(r['first_report_s']):>22} {cell(r['exit_s']):>22} {cell(r['cpu_s']):>22}")
-    print(f"{'fresh interpreter':36} {'wall s':>22} {'CPU s':>22}")
-    for name, r in doc["imports"].items():
-        print(f"{name:36} {cell(r['wall_s']):>22} {cell(r['cpu_s']):>22}")
+    print(f"load average {load[0]:.1f} -> {load[1]:.1f}; later trials: median (range) of {args.repeats}")
+    print(f"{'arm':14} {'1st trial: 1st report':>22} {'later: 1st report s':>22} {'vs builtin':>11} "
+          f"{'later: end s':>20} {'tailer s':>20}")
+    for arm, r in doc["arms"].items():
+        r["startup_delta_s"] = r["first_report_s"]["median"] - base
+        print(f"{arm:14} {r['first_trial']['first_report_s']:>22.2f} {cell(r['first_report_s']):>22} "
+              f"{r['startup_delta_s']:>+11.2f} {cell(r['exit_s']):>20} {cell(r['tailer_s']):>20}")
+    print(f"\n{'phase (s)':22}" + "".join(f"{name:>24}" for name in phases))
+    for ph in (*PHASES, "total"):
+        print(f"{ph:22}" + "".join(f"{p[ph]:>24.2f}" for p in phases.values()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))

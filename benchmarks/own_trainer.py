@@ -10,13 +10,18 @@ cluster, one after the other in this process:
 - builtin: `trainer.backend: deepspeed`;
 - python:  `backend: python`, entrypoint `trainers.deepspeed_trainer:train` (the same function);
 - command: `backend: command`, `{python} -m trainers.as_command trainers.deepspeed_trainer:train`
-  (the same function as a program: a fresh process per trial, its reports through the file).
+  (the same function as a program: a fresh process per trial, its reports through the file);
+- command-warm: the same program with `trainer.warm_start: [trainers.deepspeed_trainer:preload,
+  trainers.deepspeed_trainer:preload_builtin_corpus]`: forked per trial from a zygote that the
+  trial process (a reused Ray actor) started once (trainers.warm_start).
 
 So the model, data and optimizer are identical and only the backend differs. Per arm: training
 tokens/s (all trials' tokens over their time inside training steps, as reported), per-trial
 start-up (first report's wall time − the trial's start event − its time in training steps: process
 start, imports, data, model and engine set-up, the first evaluation), and the sweep's wall time.
-Ratios are against builtin, measured in the same run.
+A slot's first trial pays a cold Ray actor (and, warm, the zygote's imports); the start-up of the
+later trials, which reuse the actor, is reported apart (`later`: trials started after some trial
+had ended). Ratios are against builtin, measured in the same run.
 """
 from __future__ import annotations
 
@@ -27,14 +32,16 @@ import tempfile
 import time
 from pathlib import Path
 
-ARMS = ("builtin", "python", "command")
+ARMS = ("builtin", "python", "command", "command-warm")
+COMMAND = "{python} -m trainers.as_command trainers.deepspeed_trainer:train --config {config}"
+WARM = ["trainers.deepspeed_trainer:preload", "trainers.deepspeed_trainer:preload_builtin_corpus"]
 
 
 def _spec(arm: str, args, root: Path) -> dict:
     trainer = {"builtin": {"backend": "deepspeed"},
                "python": {"backend": "python", "entrypoint": "trainers.deepspeed_trainer:train"},
-               "command": {"backend": "command",
-                           "command": "{python} -m trainers.as_command trainers.deepspeed_trainer:train --config {config}"}}[arm]
+               "command": {"backend": "command", "command": COMMAND},
+               "command-warm": {"backend": "command", "command": COMMAND, "warm_start": WARM}}[arm]
     batch = args.batch_tokens
     return {"name": f"bench-{arm}", "trainer": trainer,
             "model": {"n_params": [args.n_params], "seq_len": args.seq_len},
@@ -54,21 +61,27 @@ def _measure(sweep_dir: Path) -> dict:
     events = []
     for part in sorted((sweep_dir / "store" / "trials").glob("part-*.parquet")):
         events.extend(pq.read_table(part).to_pylist())
-    started = {}
+    started, ended = {}, {}
     for e in sorted(events, key=lambda e: e["seq"]):
         if e["status"] == "running":
             started.setdefault(e["trial_id"], e["time"])
+        else:  # finished, stopped, failed, ...
+            ended.setdefault(e["trial_id"], e["time"])
     rows = store.observations().to_pylist()
     first, last = {}, {}
     for r in rows:  # sorted by trial and step
         first.setdefault(r["trial_id"], r)
         last[r["trial_id"]] = r
-    startup = [first[t]["wall_time"] - started[t] - first[t]["step_time_s"] for t in first if t in started]
+    startup = {t: first[t]["wall_time"] - started[t] - first[t]["step_time_s"] for t in first if t in started}
+    # a later trial of its slot: started once some trial had ended, so it reuses that trial's actor
+    later = [s for t, s in startup.items() if any(e <= started[t] for e in ended.values())]
+    startup = list(startup.values())
     tokens = sum(r["tokens"] for r in last.values())
     step_s = sum(r["step_time_s"] for r in last.values())
     statuses = [rec["status"] for rec in store.trials().values()]
     return {"trials": len(last), "finished": statuses.count("finished"), "tokens_per_s": tokens / step_s,
-            "startup_s": startup, "startup_median_s": statistics.median(startup),
+            "startup_s": startup, "startup_median_s": statistics.median(startup), "startup_later_s": later,
+            "startup_later_median_s": statistics.median(later) if later else float("nan"),
             "final_eval_loss": {t: r["eval_loss"] for t, r in last.items()}}
 
 
@@ -104,15 +117,17 @@ def main(argv: list[str] | None = None) -> dict:
     base = results.get("builtin")
     # start-up: the first trial of each concurrent slot pays the cold start (a new Ray actor: imports,
     # corpus); later ones reuse the actor (builtin, python) -- a command starts a new program every time
-    print(f"{'arm':8} {'trials':>6} {'tokens/s':>10} {'vs builtin':>10} {'start-up med s':>15} "
-          f"{'vs builtin':>11} {'min / max s':>14} {'sweep wall s':>13}")
+    print(f"{'arm':12} {'trials':>6} {'tokens/s':>10} {'vs builtin':>10} {'start-up med s':>15} "
+          f"{'vs builtin':>11} {'min / max s':>14} {'later med s':>12} {'vs builtin':>11} {'sweep wall s':>13}")
     for arm, r in results.items():
         ratio = r["tokens_per_s"] / base["tokens_per_s"] if base else float("nan")
         dstart = r["startup_median_s"] - base["startup_median_s"] if base else float("nan")
-        r["tokens_per_s_ratio"], r["startup_delta_s"] = ratio, dstart
-        print(f"{arm:8} {r['finished']:>3}/{r['trials']:<2} {r['tokens_per_s']:>10.0f} {ratio:>10.3f} "
+        dlater = r["startup_later_median_s"] - base["startup_later_median_s"] if base else float("nan")
+        r["tokens_per_s_ratio"], r["startup_delta_s"], r["startup_later_delta_s"] = ratio, dstart, dlater
+        print(f"{arm:12} {r['finished']:>3}/{r['trials']:<2} {r['tokens_per_s']:>10.0f} {ratio:>10.3f} "
               f"{r['startup_median_s']:>15.2f} {dstart:>+11.2f} "
-              f"{min(r['startup_s']):>6.1f} / {max(r['startup_s']):<6.1f} {r['wall_s']:>13.1f}")
+              f"{min(r['startup_s']):>6.1f} / {max(r['startup_s']):<6.1f} {r['startup_later_median_s']:>12.2f} "
+              f"{dlater:>+11.2f} {r['wall_s']:>13.1f}")
     doc = {"args": vars(args), "results": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -640,7 +640,8 @@ def own_trainer_settings(spec: SweepSpec) -> dict[str, Any]:
     """How a trial runs the user's trainer (`trainer.backend: command | python`), as plain data."""
     t = spec.trainer
     return {"command": t.command, "entrypoint": t.entrypoint, "cwd": t.cwd, "env": dict(t.env),
-            "grace_period_s": t.grace_period_s, "first_report_timeout_s": t.first_report_timeout_s}
+            "grace_period_s": t.grace_period_s, "first_report_timeout_s": t.first_report_timeout_s,
+            "warm_start": list(t.warm_start)}
 
 
 def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optional[str], t0: float,

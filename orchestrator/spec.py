@@ -530,6 +530,10 @@ class TrainerSpec(_Strict):
                                   "stopped (pruner, sweep end)")
     first_report_timeout_s: float = Field(600.0, gt=0, description="command: a program that writes no report within "
                                           "this many seconds of its start fails the sweep (exit 2)")
+    warm_start: list[str] = Field(default_factory=list, description="command, a Python program ('{python} -m MODULE "
+                                  "...' or '{python} SCRIPT.py ...'): modules ('module' or 'module:function', e.g. "
+                                  "[trainers.deepspeed_trainer:preload]) imported once per trial process by a zygote "
+                                  "that forks each trial's program; empty = a fresh process per trial (docs/trainers.md)")
 
     @model_validator(mode="before")
     @classmethod
@@ -567,6 +571,13 @@ class TrainerSpec(_Strict):
             why = missing_program(split_command(self.command), self.cwd)
             if why:
                 raise ValueError(f"command: {why}")
+        if self.warm_start:
+            from trainers.warm_start import warm_start_problem
+
+            why = warm_start_problem(self.warm_start, split_command(self.command or []), self.cwd) \
+                if self.backend == "command" else f"only for backend command (backend is {self.backend})"
+            if why:
+                raise ValueError(f"warm_start: {why}")
         if self.backend == "python":
             from trainers.entrypoint import check_entrypoint
 

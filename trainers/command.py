@@ -32,6 +32,11 @@ stderr tail; Tune's FailureConfig restarts the trial as a new attempt. The child
 SIGKILL if the process running this runner dies (Linux PR_SET_PDEATHSIG), so a killed trial
 leaves no orphan.
 
+With `settings.warm_start` (the spec's `trainer.warm_start`) a Python program (`python -m MODULE` /
+`python SCRIPT.py`) is forked from this process's zygote, which imported those modules once
+(trainers.warm_start), instead of started fresh; it is signalled, waited for and recorded the
+same way, and exit.json's `warm_start` says whether it was (and if not, why).
+
 With `config.checkpoint_mirror` (a sweep whose store is on S3) an attempt first copies the mirror
 into `checkpoint_dir`, and when its program has exited the mirror is made a copy of the folder
 (trainers.checkpoint_mirror), before the final report is sent.
@@ -74,6 +79,7 @@ class CommandSettings:
     grace_s: float = 10.0
     first_report_timeout_s: float = 600.0
     poll_s: float = 0.05
+    warm_start: tuple[str, ...] = ()  # modules to preload in a zygote that forks the program (trainers.warm_start)
 
 
 def split_command(command: str | Sequence[str]) -> list[str]:
@@ -220,15 +226,24 @@ def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], s
         env.update(WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(_free_port()))
     t0 = time.monotonic()
-    procs: list[subprocess.Popen] = []
+    zygote, warm = _zygote(settings, argv, env, should_stop)
+    procs: list = []  # subprocess.Popen, or warm_start.WarmProcess
     try:
         for rank in range(world):
             suffix = "" if rank == 0 else f"-rank{rank}"
-            stdout, stderr = open(adir / f"stdout{suffix}.log", "wb"), open(adir / f"stderr{suffix}.log", "wb")
+            out, err = adir / f"stdout{suffix}.log", adir / f"stderr{suffix}.log"
+            stdout, stderr = open(out, "wb"), open(err, "wb")
             try:
                 rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)} if world > 1 else env
-                procs.append(subprocess.Popen(argv, cwd=settings.cwd, env=rank_env, stdout=stdout, stderr=stderr,
-                                              stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_pdeathsig))
+                p = None
+                if zygote is not None:
+                    try:
+                        p = zygote.spawn(argv, settings.cwd, rank_env, str(out), str(err))
+                    except (RuntimeError, ValueError) as exc:  # the zygote is gone: a fresh process
+                        warm.update(used=False, why=str(exc))
+                procs.append(p or subprocess.Popen(argv, cwd=settings.cwd, env=rank_env, stdout=stdout, stderr=stderr,
+                                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                                   preexec_fn=_pdeathsig))
             finally:
                 stdout.close()
                 stderr.close()
@@ -238,7 +253,7 @@ def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], s
         raise
     proc = _Group(procs)
     info: dict[str, Any] = {"attempt": attempt, "argv": argv, "pid": procs[0].pid, "workers": world,
-                            "attempt_dir": str(adir)}
+                            "attempt_dir": str(adir), **({"warm_start": warm} if warm else {})}
     reader = _LineReader(metrics)
     held: Optional[dict[str, Any]] = None  # the run's final report, sent once the program exited 0
     reports, last_step = 0, None
@@ -323,6 +338,21 @@ def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], s
     return info
 
 
+def _zygote(settings: CommandSettings, argv: list[str], env: dict[str, str], should_stop: Callable[[], bool]):
+    """(the zygote to fork the program from, or None for a fresh process; what exit.json says about it)."""
+    if not settings.warm_start:
+        return None, None
+    from trainers import warm_start
+
+    z = warm_start.zygote(argv[0], settings.warm_start, settings.cwd, env)
+    ok = z.wait_ready(settings.first_report_timeout_s, should_stop)
+    if ok is None:  # stopped while its imports run: a fresh process, stopped at once by the loop below
+        return None, {"used": False, "why": "the trial was stopped while the warm-start process was starting"}
+    if not ok:
+        return None, {"used": False, "why": z.refused}
+    return z, {"used": True, "zygote_pid": z.ready.get("pid"), "threads": len(z.ready.get("threads") or ())}
+
+
 def _message(config: TrialConfig, info: dict[str, Any], what: str) -> str:
     tail = info.get("stderr_tail", "").strip()
     tail = "\n".join(tail.splitlines()[-15:])
@@ -334,7 +364,7 @@ def _message(config: TrialConfig, info: dict[str, Any], what: str) -> str:
 class _Group:
     """The worker processes of one attempt, polled as one: the first failure, or 0 once all exited 0."""
 
-    def __init__(self, procs: list[subprocess.Popen]):
+    def __init__(self, procs: list):
         self.procs = procs
 
     def poll(self) -> Optional[int]:
@@ -345,7 +375,7 @@ class _Group:
         return None if None in codes else 0
 
 
-def _terminate(procs: list[subprocess.Popen], grace_s: float) -> Optional[int]:
+def _terminate(procs: list, grace_s: float) -> Optional[int]:
     """SIGTERM to each program's process group, SIGKILL after `grace_s`; the worst return code
     (the first non-zero one, else 0)."""
     for p in procs:

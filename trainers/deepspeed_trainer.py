@@ -283,6 +283,33 @@ def import_deepspeed():
     return deepspeed
 
 
+def preload() -> None:
+    """Import what a trial imports on its way to its first step, running nothing (`trainer.warm_start`).
+
+    For a warm-start process (trainers.warm_start) that forks this trainer as a command program
+    (`python -m trainers.as_command trainers.deepspeed_trainer:train`): besides DeepSpeed, the lazy
+    imports of a trial's set-up (python -X importtime, a fresh process: `torch._dynamo` when
+    torch.optim adds a param group, ~2.9 s; DeepSpeed's Muon optimizer in `deepspeed.initialize`,
+    ~1.1 s; pandas when pyarrow reads the corpus, ~0.6 s). Imports only: no thread pool, no CUDA.
+    """
+    import importlib
+
+    import_deepspeed()
+    for name in ("trainers.as_command", "torch._dynamo", "deepspeed.runtime.zero.muon.muon_optimizer",
+                 "deepspeed.comm.torch", "pandas"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # another DeepSpeed or no pandas: that import is then paid by the trial
+            pass
+
+
+def preload_builtin_corpus() -> None:
+    """Read the built-in byte corpus into this process's memo (`trainers.corpus.load_data`), as a trial of
+    a `data: builtin` sweep would (cache: $SCALESWEEP_CACHE, as the controller passes it): for
+    `trainer.warm_start`, so forked trials find it read (~0.5 s each otherwise). Other data: no use."""
+    load_data("builtin", os.environ.get("SCALESWEEP_CACHE"))
+
+
 @contextmanager
 def _no_shm_op():
     """DeepSpeed's communication backend without its CPU shared-memory all-reduce op.

@@ -217,7 +217,8 @@ def _run_own(env: TrialEnvelope, send) -> None:
         settings = CommandSettings(command=tuple(split_command(own["command"])), cwd=own["cwd"],
                                    env=tuple(sorted((own.get("env") or {}).items())),
                                    grace_s=float(own["grace_period_s"]),
-                                   first_report_timeout_s=float(own["first_report_timeout_s"]))
+                                   first_report_timeout_s=float(own["first_report_timeout_s"]),
+                                   warm_start=tuple(own.get("warm_start") or ()))
         # A stopped trial's program gets `grace_s` to exit after SIGTERM; Tune waits only
         # TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s) for this thread before reusing the process for the
         # next trial, and fails that trial if it is still running. Read in this process at reset.
