@@ -276,7 +276,7 @@ class LoopbackCluster:
                     return
             except Exception:  # not up yet
                 pass
-            time.sleep(1)
+            time.sleep(0.25)
         raise TimeoutError(f"no {what} after {timeout}s")
 
     def alive_nodes(self) -> list[dict]:
@@ -300,9 +300,12 @@ class LoopbackCluster:
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # `ray start --block` shuts its node down on SIGTERM
+        # 10 s for all of them, then SIGKILL below: a node whose raylet was killed can sit out a
+        # longer wait (CI: 30 s in test_node_loss's teardown) and nothing of it is read any more.
+        deadline = time.monotonic() + 10
         for p in self.procs:
             try:
-                p.wait(30)
+                p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
         # Anything left (workers of the raylets, agents) carries our temp dir or ports in its command line.

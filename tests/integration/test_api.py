@@ -394,7 +394,7 @@ def test_submitted_sweep_finishes_and_is_queryable(launched, client, root):
     deadline = time.monotonic() + 150
     doc = client.get("/sweeps/sim").json()
     while doc["status"] == "running" and time.monotonic() < deadline:
-        time.sleep(2)
+        time.sleep(0.5)
         doc = client.get("/sweeps/sim").json()
     log = (root / "sim" / "controller.log").read_text()[-3000:]
     assert doc["status"] == "finished", log

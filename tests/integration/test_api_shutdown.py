@@ -23,7 +23,9 @@ from orchestrator.store import ObservationStore
 from tests.integration.conftest import free_port
 from tests.integration.test_graceful_stop import SPEC as STOPPED_SPEC, _env, _reported
 
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
+# Not `serial`: it signals only its own server, once the store shows trials reporting (an event, not
+# a time window), and looks for orphans among that server's descendants only.
+pytestmark = pytest.mark.integration
 
 SPEC = {**STOPPED_SPEC, "name": "stop-me"}  # 3 trials of 16 reports of 0.3 s: still running when the server stops
 

@@ -4,8 +4,8 @@
   Ray Tune restarts it and it resumes from that checkpoint (one row per (trial, step), no gap);
 - controller death: `scalesweep run` is SIGKILLed (its whole process group: driver and
   local Ray cluster) mid-sweep; `scalesweep resume` finishes without rerunning what ended;
-- MLflow down: a real `mlflow server` is killed for 30 s mid-sweep and restarted on the same
-  port and database; every metric of every trial reaches it;
+- MLflow down: a real `mlflow server` is killed for 10 s mid-sweep (reports go on meanwhile) and
+  restarted on the same port and database; every metric of every trial reaches it;
 - NaN loss: a real cause (lr 1e30 on the DeepSpeed trainer; an lr past the simulated world's
   divergence threshold) → the trial is marked diverged (store + MLflow) and the sweep fits;
 - store writes: a store whose folder became a file, and a sweep directory under a file, give
@@ -302,7 +302,10 @@ def test_controller_killed_then_resumed(tmp_path):
     assert fit["law"] is not None and all(math.isfinite(v) for v in fit["law"]["params"].values())
 
 
-# ---------------------------------------------------------------- 3 + 4: MLflow server down 30 s; NaN → diverged
+# ---------------------------------------------------------------- 3 + 4: MLflow server down 10 s; NaN → diverged
+OUTAGE_S = 10.0  # the tracker's retries back off 0.5, 1, 2, 4, 8 s meanwhile
+
+
 @pytest.fixture(scope="module")
 def mlflow_outage(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults-mlflow")
@@ -329,7 +332,12 @@ def mlflow_outage(tmp_path_factory):
             _wait_for(reports, 240, "the first reports", poll=0.2)
             server.kill()
             events["down"] = time.time()
-            time.sleep(30)
+            # Down until the sweep has gone on without it (more reports stored) and for at least
+            # OUTAGE_S: long enough for failed deliveries and backoff, shorter than the sweep.
+            at_kill = reader[0].observations().num_rows
+            _wait_for(lambda: reader[0].observations().num_rows >= at_kill + 4, 240, "reports during the outage",
+                      poll=0.2)
+            time.sleep(max(0.0, OUTAGE_S - (time.time() - events["down"])))
             server.start()
             events["up"] = time.time()
         except BaseException as exc:  # noqa: BLE001
@@ -337,7 +345,7 @@ def mlflow_outage(tmp_path_factory):
 
     handler = _Records()
     logging.getLogger("orchestrator.tracking").addHandler(handler)
-    os.environ["SCALESWEEP_REPORT_DELAY_S"] = "1.5"  # the sweep outlasts the outage
+    os.environ["SCALESWEEP_REPORT_DELAY_S"] = "1.0"  # the sweep outlasts the outage and the restart
     thread = threading.Thread(target=outage, daemon=True)
     thread.start()
     try:

@@ -31,7 +31,9 @@ from orchestrator.spec import parse_spec
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import read_sweep_runs
 
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
+# Not `serial`: it kills only its own trials' processes, its pruner decides inline and its waits are
+# for events (a checkpoint file), not for time windows, so other tests beside it only slow it down.
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, EVERY, CKPT_EVERY = 96, 6, 12

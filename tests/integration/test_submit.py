@@ -146,7 +146,7 @@ def test_deepspeed_sweep_then_stop(cluster, tmp_path_factory):
             trials = ObservationStore(sweep_dir).trials()
             if any(t["status"] == "finished" for t in trials.values()):
                 break
-        time.sleep(1)
+        time.sleep(0.5)
     else:
         logs = cli("logs", job_id, "--address", cluster.address, check=False).stdout
         pytest.fail(f"no DeepSpeed trial finished: {trials}\n{logs[-3000:]}")
@@ -165,7 +165,7 @@ def test_deepspeed_sweep_then_stop(cluster, tmp_path_factory):
         alive = _state(cluster.address, "actors", job_id=ray_job, state="ALIVE")
         if not alive or time.monotonic() > deadline:
             break
-        time.sleep(2)
+        time.sleep(0.5)
     assert not alive, alive
     # stopping again: already ended, still a clean exit
     r = cli("stop", job_id, "--address", cluster.address)
