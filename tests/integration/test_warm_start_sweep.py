@@ -20,7 +20,8 @@ import yaml
 from orchestrator.spec import parse_spec
 from orchestrator.store import ObservationStore
 
-pytestmark = [pytest.mark.integration, pytest.mark.serial]
+# Not `serial`: the pruner decides inline (`pruning.background: false`), so load cannot move its stop.
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, EVERY = 96, 6
