@@ -184,6 +184,26 @@ def _print_selection(fit) -> None:
                         f"{c['weight']:.2f}" if first else "", _SHORT.get(bname, bname), str(bt["n_test"]),
                         f"{bt['mean_abs_rel_error']:.2%}", f"{bt['max_abs_rel_error']:.2%}", f"{bt['rmse_log']:.2%}")
     console.print(tab)
+    for line in distance_lines(fit.selection["candidates"].get(fit.form, {}).get("backtests") or {}):
+        console.print(f"{fit.form}, {line}")
+
+
+def distance_lines(backtests: dict) -> list[str]:
+    """One line per backtest: its held-out runs' |relative error| binned by decades beyond the fitted runs.
+
+    >>> distance_lines({"largest_size": {"by_distance": [
+    ...     {"decades_low": 0.0, "decades_high": 0.25, "n": 3, "mean_abs_rel_error": 0.004, "max_abs_rel_error": 0.01},
+    ...     {"decades_low": 0.25, "decades_high": 0.5, "n": 1, "mean_abs_rel_error": 0.02, "max_abs_rel_error": 0.02}]}})
+    ['largest N by extrapolation distance (decades): 0-0.25: 0.40 % (worst 1.00 %, n 3); 0.25-0.5: 2.00 % (worst 2.00 %, n 1)']
+    """
+    out = []
+    for name, bt in backtests.items():
+        bins = bt.get("by_distance") or []
+        if bins:
+            cells = [f"{b['decades_low']:g}-{b['decades_high']:g}: {100 * b['mean_abs_rel_error']:.2f} % "
+                     f"(worst {100 * b['max_abs_rel_error']:.2f} %, n {b['n']})" for b in bins]
+            out.append(f"{_SHORT.get(name, name)} by extrapolation distance (decades): " + "; ".join(cells))
+    return out
 
 
 def _fit(table: Path, law: str, loss_fn: str, bootstrap: int, cluster: bool, seed: int,

@@ -67,6 +67,22 @@ def test_predict_text_table(tables):
     res = runner.invoke(app, ["fit", str(train), "--law", "auto", "--predict", str(other), "--bootstrap", "10"])
     assert res.exit_code == 0, res.output
     assert "law:" in res.stdout and "predictions of other.csv" in res.stdout and "largest N" in res.stdout
+    # the chosen form's backtest errors by extrapolation distance (issue 12), for both backtests
+    lines = [ln for ln in res.stdout.splitlines() if "by extrapolation distance" in ln]
+    assert [ln.split(",")[1].split(" by ")[0].strip() for ln in lines] == ["largest N", "top C decade"], lines
+    assert all(ln.startswith(res.stdout.split("law: ")[1].split(" ")[0] + ",") for ln in lines), lines
+
+
+def test_distance_lines_doctest():
+    import doctest
+
+    from orchestrator.cli import fit_commands
+
+    finder = doctest.DocTestFinder()
+    runner_ = doctest.DocTestRunner()
+    for test in finder.find(fit_commands.distance_lines, "distance_lines", globs={"distance_lines": fit_commands.distance_lines}):
+        runner_.run(test)
+    assert runner_.failures == 0 and runner_.tries == 1
 
 
 def test_auto_fit_json(tables):
