@@ -97,7 +97,7 @@ def _fit_auto_command(table: Path, law: str, loss_fn: str, bootstrap: int, clust
                       budgets: list[float], predict: Optional[Path], level: float, e_prior: Optional[float],
                       as_json: bool) -> None:
     """--law auto, or any L(N, D) law with --predict: the selection machinery (one form for a named law)."""
-    from ..core.laws.selection import fit_auto
+    from ..core.laws.selection import extrapolation_warnings, fit_auto
 
     try:
         raw = read_table(table)
@@ -138,8 +138,9 @@ def _fit_auto_command(table: Path, law: str, loss_fn: str, bootstrap: int, clust
             row["U"] = float(other["U"][i])
         row.update({"loss": float(loss_p[i]), "interval": [float(lo[i]), float(hi[i])]})
         rows.append(row)
+    far = extrapolation_warnings(fit, other["N"], other["D"])
     doc = {"law": fit.form, "weights": fit.weights, "level": level, "reason": fit.selection["reason"],
-           "predictions": rows, "fit": fit.to_json()}
+           "predictions": rows, "warnings": far, "fit": fit.to_json()}
     if as_json:
         print_json(doc)
         return
@@ -154,7 +155,7 @@ def _fit_auto_command(table: Path, law: str, loss_fn: str, bootstrap: int, clust
         tab.add_row(*[_fmt(r[k]) for k in (["N", "D"] + (["U"] if "U" in r else []) + ["loss"])],
                     _fmt(r["interval"][0]), _fmt(r["interval"][1]))
     console.print(tab)
-    for w in fit.warnings:
+    for w in fit.warnings + far:
         console.print(f"[yellow]warning:[/yellow] {w}")
 
 

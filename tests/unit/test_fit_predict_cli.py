@@ -49,6 +49,18 @@ def test_predict_json_shape_and_row_order(tables):
         # The planted truth is close (0.3 % noise; up to 17x beyond the largest fitted size).
         assert abs(p["loss"] / float(TRUTH.predict(p["N"], p["D"])) - 1) < 0.02
     assert doc["fit"]["form"] == doc["law"]
+    # rows beyond what the backtests checked are named (issue 12): 6.9e9 is 2.2 decades beyond in compute
+    (far,) = doc["warnings"]
+    assert "rows 2)" in far and "beyond the fitted runs" in far, far
+
+
+def test_predict_inside_the_fitted_runs_has_no_extrapolation_warning(tables, tmp_path):
+    train, _, _ = tables
+    near = _write(tmp_path / "near.csv", "N,D", [(1e8, 1e9), (4e8, 1.6e10)])
+    res = runner.invoke(app, ["fit", str(train), "--law", "chinchilla", "--predict", str(near), "--bootstrap", "10",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["warnings"] == []
 
 
 @pytest.mark.parametrize("law", ["chinchilla", "kaplan"])

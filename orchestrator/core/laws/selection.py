@@ -600,6 +600,35 @@ def _intervals(fit: AutoFit, budgets: list[float], level: float, flops) -> dict[
     return out
 
 
+def extrapolation_warnings(fit: AutoFit, N, D) -> list[str]:
+    """A warning when rows to predict lie further beyond the fitted runs than the chosen form's backtests
+    reached: there the intervals' growth with distance is itself extrapolated, and on public data the
+    errors grow (`benchmarks.overtraining`: up to 7.6 % at 10-20x the largest fitted size).
+
+    >>> N = np.repeat(np.geomspace(2e7, 4e8, 5), 4); D = N * np.tile([5.0, 20, 80, 320], 5)
+    >>> L = (1.8 + 480 * N**-0.35 + 2100 * D**-0.35) * np.exp(np.random.default_rng(0).normal(0, 0.003, N.size))
+    >>> fit = fit_auto(N, D, L, forms=("chinchilla",), bootstrap=0)
+    >>> extrapolation_warnings(fit, [1e8], [2e9])  # inside the fitted runs
+    []
+    >>> print(extrapolation_warnings(fit, [1e8, 8e9], [2e9, 1.6e11])[0][:75])
+    1 of 2 rows to predict (rows 1) lie up to 1.40 decades beyond the fitted ru
+    """
+    d = _distance(inputs(np.asarray(N, dtype=np.float64), np.asarray(D, dtype=np.float64)), fit.box)
+    chosen = next((f for f in fit.fits if f.name == fit.form), None)
+    if chosen is None:
+        return []
+    checked = max((bt.get("max_distance_decades", 0.0) for bt in chosen.backtests.values() if "error" not in bt),
+                  default=0.0)
+    far = np.flatnonzero(d > checked + 1e-9)
+    if not far.size:
+        return []
+    rows = ", ".join(str(i) for i in far[:10]) + (", ..." if far.size > 10 else "")
+    return [f"{far.size} of {len(d)} rows to predict (rows {rows}) lie up to {d.max():.2f} decades beyond the "
+            f"fitted runs, further than the {checked:.2f} decades the {fit.form} form's backtests checked: "
+            "their intervals widen by an extrapolated rate there, and at 10-20x the largest fitted size the "
+            "public-data errors reach 7.6 % (docs/fitting.md)"]
+
+
 def frontier_band(fit: AutoFit, C, level: float = 0.9, flops="6ND") -> dict[str, np.ndarray]:
     """The frontier L*(C) at budgets C with its central `level` band (the mixture's replicates), for plots.
 
