@@ -42,7 +42,7 @@ class TrialEnvelope:
     run_dir: Optional[str] = None  # a user's trainer: where its attempts' files go
     N: Optional[float] = None  # a user's trainer: the realised non-embedding parameters (else trial's target)
     report_delay_s: float = 0.0  # fault-injection tests only: each report sleeps this long
-    stop_file: Optional[str] = None  # a user's stop: the trial checkpoints after its next report and ends
+    stop_key: Optional[str] = None  # a user's stop (tune.stop_signal): the trial checkpoints after its next report and ends
 
     @property
     def trial_id(self) -> str:
@@ -78,8 +78,8 @@ class TrialEnvelope:
             out.update(own=dict(self.own), run_dir=self.run_dir, N=self.N)
         if self.report_delay_s:
             out["report_delay_s"] = self.report_delay_s
-        if self.stop_file:
-            out["stop_file"] = self.stop_file
+        if self.stop_key:
+            out["stop_key"] = self.stop_key
         return out
 
     @classmethod
@@ -91,7 +91,7 @@ class TrialEnvelope:
                    storage=config.get("storage"), use_gpu=bool(config.get("use_gpu", False)),
                    max_failures=int(config.get("max_failures") or 0), cell_D=config.get("cell_D"),
                    own=config.get("own"), run_dir=config.get("run_dir"), N=config.get("N"),
-                   report_delay_s=float(config.get("report_delay_s") or 0.0), stop_file=config.get("stop_file"))
+                   report_delay_s=float(config.get("report_delay_s") or 0.0), stop_key=config.get("stop_key"))
 
 
 def trial_id_of(config: Any) -> Optional[str]:

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from orchestrator.store import ObservationStore
+from tests.integration.conftest import _get_json
 from tests.integration.noshare import NoSharedPathCluster, can_hide_paths
 from tests.integration.services import s3_bucket
 from tests.integration.test_submit import cli
@@ -80,10 +81,11 @@ def _raw_rows(uri: str) -> list[dict]:
     return [r for p in loc.parts("observations") for r in loc.read_table(p).to_pylist()]
 
 
-def _submit(world, name: str, *env: str):
+def _submit(world, name: str, *env: str, spec: dict | None = None) -> str:
+    """`scalesweep submit` of SPEC (updated by `spec`) as sweep `name`, its store in the bucket; the job id."""
     root, cluster = world["root"], world["cluster"]
     spec_path = root / f"{name}.yaml"
-    spec_path.write_text(yaml.safe_dump({**SPEC, "name": name, "store": f"s3://{BUCKET}/sweeps/{name}"}))
+    spec_path.write_text(yaml.safe_dump({**SPEC, **(spec or {}), "name": name, "store": f"s3://{BUCKET}/sweeps/{name}"}))
     args = [a for e in env for a in ("--env", e)]
     return cli("submit", str(spec_path), "--address", cluster.address, "--output-dir", str(root / "sweeps" / name),
                *args).stdout.strip().splitlines()[0]
@@ -95,12 +97,65 @@ def _wait_for(predicate, timeout: float, what: str):
         value = predicate()
         if value:
             return value
-        time.sleep(0.1)
+        time.sleep(0.3)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _job_status(cluster, job_id: str) -> str:
     return json.loads(cli("status", job_id, "--address", cluster.address, "--json").stdout)["status"]
+
+
+def _worker_trial(world, name: str, job: str, ready) -> str:
+    """The id of a trial that runs on the worker node (its local folder is there) once `ready(tid)`."""
+    cluster = world["cluster"]
+    folder = cluster.worker_view(world["root"] / "sweeps" / name / "checkpoints")
+
+    def find():
+        status = _get_json(f"{cluster.address}/api/jobs/{job}")["status"]
+        assert status in ("PENDING", "RUNNING"), f"job {job} ended ({status})"
+        return next((p.name for p in (folder.iterdir() if folder.is_dir() else ()) if ready(p.name)), None)
+
+    try:
+        return _wait_for(find, 240, "a trial on the worker node")
+    except AssertionError as exc:
+        logs = cli("logs", job, "--address", cluster.address, check=False)
+        raise AssertionError(f"{exc}\n{logs.stdout[-4000:]}{logs.stderr[-2000:]}") from None
+
+
+def test_a_stop_reaches_the_worker_node_and_its_trial_checkpoints(world):
+    """`scalesweep stop JOB`: the trial on the worker node (which cannot see the sweep directory) hears
+    it through Ray's GCS, checkpoints at its last recorded step into the bucket and ends; resumed,
+    it continues right after that step. Periodic checkpoints are off (past the last step) and Tune's
+    stop timeout is long, so only the stop signal can have made that checkpoint."""
+    s3, cluster, root = world["s3"], world["cluster"], world["root"]
+    name = "stopped"
+    uri, sweep_dir = f"s3://{BUCKET}/sweeps/{name}", root / "sweeps" / name
+    spec = {"eval": {"every": 4}, "checkpoints": {"every": 1000, "stop_timeout_s": 3600}}
+    job = _submit(world, name, "SCALESWEEP_REPORT_DELAY_S=1", spec=spec)
+
+    def reported(tid: str) -> bool:  # two reports of it in the bucket's store (flushed every 5 s)
+        return len(ObservationStore(uri).observations(tid)) >= 2
+
+    victim = _worker_trial(world, name, job, reported)
+    assert _object(s3, f"sweeps/{name}/checkpoints/{victim}/simulated.json") is None  # no periodic checkpoint
+    r = cli("stop", job, "--address", cluster.address)
+    assert f"job {job}: STOPPED" in r.stdout, r.stdout
+
+    store = ObservationStore(uri)
+    trials = store.trials()
+    assert trials[victim]["status"] == "stopped-by-user", trials
+    steps = [int(r["step"]) for r in store.observations(victim).to_pylist()]
+    at_stop = json.loads(_object(s3, f"sweeps/{name}/checkpoints/{victim}/simulated.json"))["step"]
+    assert at_stop == steps[-1] < 64, (at_stop, steps)  # checkpointed at its last recorded step
+    assert not cluster.worker_view(sweep_dir / "spec.yaml").exists()  # the worker never saw the sweep directory
+
+    job2 = _submit(world, name, spec=spec)
+    cli("logs", job2, "--address", cluster.address, "--follow", timeout=400, check=False)
+    assert _job_status(cluster, job2) == "SUCCEEDED", cli("logs", job2, "--address", cluster.address).stdout[-4000:]
+    store = ObservationStore(uri)
+    assert {t["status"] for t in store.trials().values()} == {"finished"}
+    raw = [int(r["step"]) for r in _raw_rows(uri) if r["trial_id"] == victim]
+    assert sorted(raw) == list(range(4, 65, 4)), raw  # continued after the stop's checkpoint: no step twice
 
 
 def test_controller_killed_then_resumed_from_the_bucket_alone(world):
@@ -110,16 +165,11 @@ def test_controller_killed_then_resumed_from_the_bucket_alone(world):
     job = _submit(world, name, "SCALESWEEP_REPORT_DELAY_S=1")
     ckpts = sweep_dir / "checkpoints"
 
-    def worker_trial_mid_run():
-        """(trial id, bucket checkpoint step) of a trial running on the worker node, checkpointed, not done."""
-        folder = cluster.worker_view(ckpts)
-        for tid in (p.name for p in folder.iterdir()) if folder.is_dir() else ():
-            blob = _object(s3, f"sweeps/{name}/checkpoints/{tid}/simulated.json")
-            if blob and STEPS[0] <= json.loads(blob)["step"] < STEPS[-2]:
-                return tid, json.loads(blob)["step"]
-        return None
+    def mid_run(tid: str) -> bool:  # checkpointed in the bucket, well before its end
+        blob = _object(s3, f"sweeps/{name}/checkpoints/{tid}/simulated.json")
+        return bool(blob) and STEPS[0] <= json.loads(blob)["step"] < STEPS[-2]
 
-    victim, _ = _wait_for(worker_trial_mid_run, 240, "a trial on the worker node with a checkpoint in the bucket")
+    victim = _worker_trial(world, name, job, mid_run)
     pid = int((sweep_dir / "controller.pid").read_text().split()[0])
     os.kill(pid, signal.SIGKILL)  # the controller dies (its trials with it: their owner is gone)
     _wait_for(lambda: _job_status(cluster, job) in ("FAILED", "STOPPED"), 120, "the killed job to end")
