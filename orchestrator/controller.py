@@ -534,6 +534,8 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     storage_path, storage_fs = store.location.tune_storage(sweep_dir / "ray")
     train_storage = delayed_open(store.location.describe("ray")) if store.location.remote else storage_path
     mirror = store.location.describe("checkpoints") if store.location.remote and spec.checkpoints.enabled else None
+    # a command trainer's attempt folders (config, metrics, logs) go to the bucket as well
+    runs_mirror = store.location.describe("runs") if store.location.remote and spec.trainer.backend == "command" else None
     if mirror:  # a controller lost with its disk lost its last reports: no trial may resume past them
         for tid, at in drop_checkpoints_past_reports(store, mirror).items():
             log.warning("trial %s: its checkpoint at step %d is past the store's last report (a controller lost with "
@@ -559,6 +561,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                              max_failures=spec.checkpoints.max_failures, cell_D=t.cell.D,
                              own=own_trainer_settings(spec) if own else None,
                              run_dir=str(sweep_dir / "runs" / t.trial_id) if own else None, N=t.N if own else None,
+                             run_mirror=f"{runs_mirror}/{t.trial_id}" if runs_mirror else None,
                              report_delay_s=report_delay, stop_key=stop_key if stops else None,
                              ).to_config()
 

@@ -227,7 +227,8 @@ def _run_own(env: TrialEnvelope, send) -> None:
         # TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s) for this thread before reusing the process for the
         # next trial, and fails that trial if it is still running. Read in this process at reset.
         os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(int(settings.grace_s + 10))
-        run_command(cfg, lambda m: send(_forward(m)), settings, run_dir, n_params, should_stop=_stop_requested)
+        run_command(cfg, lambda m: send(_forward(m)), settings, run_dir, n_params, should_stop=_stop_requested,
+                    run_mirror=env.run_mirror)
         return
     from trainers.checkpoint_mirror import mirrored
     from trainers.entrypoint import load_entrypoint

@@ -131,7 +131,7 @@ def test_a_stop_reaches_the_worker_node_and_its_trial_checkpoints(world):
     name = "stopped"
     uri, sweep_dir = f"s3://{BUCKET}/sweeps/{name}", root / "sweeps" / name
     spec = {"eval": {"every": 4}, "checkpoints": {"every": 1000, "stop_timeout_s": 3600}}
-    job = _submit(world, name, "SCALESWEEP_REPORT_DELAY_S=1", spec=spec)
+    job = _submit(world, name, "SCALESWEEP_REPORT_DELAY_S=2", spec=spec)  # 32 s a trial: time to stop it
 
     def reported(tid: str) -> bool:  # two reports of it in the bucket's store (flushed every 5 s)
         return len(ObservationStore(uri).observations(tid)) >= 2
