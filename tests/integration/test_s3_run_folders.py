@@ -13,10 +13,17 @@ import sys
 import pytest
 
 from tests.integration.test_s3_checkpoints import PROGRAM, _object
-from tests.integration.test_s3_store import BUCKET, _keys, s3  # noqa: F401  (s3: the moto server fixture)
+from tests.integration.services import s3_bucket
+from tests.integration.test_s3_store import BUCKET, _keys
 from trainers.contract import TrialConfig
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def s3(tmp_path, monkeypatch):
+    with s3_bucket(tmp_path / "moto.log", BUCKET, monkeypatch) as server:
+        yield server
 
 
 def test_command_attempt_folders_reach_the_bucket_from_every_node(s3, tmp_path):
