@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from tests.integration.test_s3_checkpoints import PROGRAM, _object
+from orchestrator.store import ObservationStore
 from tests.integration.services import s3_bucket
 from tests.integration.test_s3_store import BUCKET, _keys
 from trainers.contract import TrialConfig
@@ -56,3 +57,25 @@ def test_command_attempt_folders_reach_the_bucket_from_every_node(s3, tmp_path):
     assert json.loads(_object(s3, "sweeps/runs/runs/c1/attempt-1/config.json"))["attempt"] == 1
     metrics = _object(s3, "sweeps/runs/runs/c1/attempt-1/metrics.jsonl").decode().splitlines()
     assert [json.loads(m)["step"] for m in metrics] == [3, 4]  # the restart's own reports, from its checkpoint
+
+
+@pytest.mark.serial  # its own Ray cluster
+def test_a_command_sweep_on_s3_keeps_every_attempt_folder_in_the_bucket(s3, tmp_path):
+    """Through the real controller (`store: s3://...`): the first attempt crashes after step 2, Tune
+    restarts the trial, and both attempts' folders are in the bucket under runs/<trial>/."""
+    from tests.integration.conftest import run_real_sweep
+
+    prog = tmp_path / "prog.py"
+    prog.write_text(PROGRAM)
+    data = {"name": "cmd-runs", "model": {"n_params": [20000], "seq_len": 64}, "tokens": {"values": [1024]},
+            "learning_rates": [1e-3], "batch_sizes": [256], "fit": {"bootstrap": 0},
+            "store": f"s3://{BUCKET}/sweeps/cmd-runs",
+            "trainer": {"backend": "command", "cwd": str(tmp_path), "command": ["{python}", str(prog), "{config}"]}}
+    _, outcome = run_real_sweep(tmp_path, data, "cmd-runs")
+    assert outcome.statuses == {"finished": 1}, outcome.statuses
+    (tid,) = ObservationStore(f"s3://{BUCKET}/sweeps/cmd-runs").trials()
+    prefix = f"sweeps/cmd-runs/runs/{tid}/"
+    names = _keys(s3, prefix)
+    assert {"attempt-0/exit.json", "attempt-1/exit.json", "attempt-1/metrics.jsonl"} <= set(names), names
+    assert json.loads(_object(s3, prefix + "attempt-0/exit.json"))["returncode"] == 3
+    assert json.loads(_object(s3, prefix + "attempt-1/exit.json"))["returncode"] == 0
