@@ -1,7 +1,8 @@
 """A `command` trainer's attempt folders (config, metrics, logs, exit.json) copied to the bucket
 (a sweep whose store is on S3: `runs/<trial>/attempt-k`), against moto's S3 server on loopback: an
 attempt that crashes on one node and its restart on another leave both folders in the bucket, and
-the restart is numbered after the first (attempt-1), though its node has no local run folder.
+the restart is numbered after the first (attempt-1), though its node has no local run folder; the
+same through the real controller with `store: s3://...` (Tune's restart after the crash).
 
 Skipped only when moto's server or boto3 is not installed (both in the `test` extra).
 """
@@ -12,9 +13,9 @@ import sys
 
 import pytest
 
-from tests.integration.test_s3_checkpoints import PROGRAM, _object
 from orchestrator.store import ObservationStore
 from tests.integration.services import s3_bucket
+from tests.integration.test_s3_checkpoints import PROGRAM, _object
 from tests.integration.test_s3_store import BUCKET, _keys
 from trainers.contract import TrialConfig
 
