@@ -28,12 +28,24 @@ CACHE_SIZE = 128
 
 
 def store_version(sweep_dir: Path) -> tuple:
-    """Changes whenever the store gains a part (parts are immutable; compaction renames)."""
+    """Changes whenever the store gains a part (parts are immutable; compaction renames), wherever its
+    parts live: `<sweep_dir>/store`, or the object-store prefix its `store/LOCATION` names."""
+    from .store import LOCATION_FILE
+    from .store_location import StoreLocation
+
     out = []
+    try:
+        uri = (sweep_dir / "store" / LOCATION_FILE).read_text().strip()
+    except OSError:
+        uri = ""
+    loc = StoreLocation(uri) if uri else None
     for sub in ("observations", "trials"):
         try:
-            names = [e.name for e in os.scandir(sweep_dir / "store" / sub) if e.name.startswith("part-")]
-        except OSError:
+            if loc is not None:
+                names = [p.rsplit("/", 1)[-1] for p in loc.parts(sub)]
+            else:
+                names = [e.name for e in os.scandir(sweep_dir / "store" / sub) if e.name.startswith("part-")]
+        except OSError:  # a store not written yet, a bucket out of reach: nothing new to read
             names = []
         out.append((len(names), max(names, default="")))
     return tuple(out)
@@ -74,9 +86,10 @@ class SweepRegistry:
     """The sweeps under ROOT: creation, controller processes, cached reads and fits."""
 
     def __init__(self, root: Path, *, launch: bool = True, tracking_uri: Optional[str] = None,
-                 token_env: str = DEFAULT_TOKEN_ENV):
+                 token_env: str = DEFAULT_TOKEN_ENV, store: Optional[str] = None):
         self.root = Path(root).resolve()
         self.tracking_uri = tracking_uri  # the server's MLflow for every sweep; None = each sweep's own SQLite
+        self.store = store  # the server's object-store prefix: sweep X's store at <store>/X; None = in its directory
         self.root.mkdir(parents=True, exist_ok=True)
         self.launch = launch
         self.supervisor = Supervisor(token_env)
@@ -131,7 +144,7 @@ class SweepRegistry:
     # ---- create ---------------------------------------------------------------------
     def create(self, data: Any) -> str:
         """Validate a spec, create ROOT/<name> and start its controller; returns the id."""
-        spec = validated_spec(data, self.root, self.tracking_uri)
+        spec = validated_spec(data, self.root, self.tracking_uri, self.store)
         sweep_dir = self.root / spec.name
         try:
             sweep_dir.mkdir()

@@ -60,12 +60,13 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
 
 def create_app(root: str | Path, *, token: Optional[str] = None, launch: bool = True,
                tracking_uri: Optional[str] = None, stop_grace_s: float = STOP_GRACE_S,
-               token_env: str = DEFAULT_TOKEN_ENV) -> FastAPI:
+               token_env: str = DEFAULT_TOKEN_ENV, store: Optional[str] = None) -> FastAPI:
     """The API over the sweeps in `root`; `launch=False` validates and records specs but starts nothing.
-    `tracking_uri`: the MLflow every submitted sweep tracks to (None: each sweep's own SQLite store).
+    `tracking_uri`: the MLflow every submitted sweep tracks to (None: each sweep's own SQLite store);
+    `store`: an object-store prefix (s3://bucket/prefix) under which each submitted sweep keeps its store.
     When the app shuts down, the sweeps it started are stopped (`stop_grace_s` each to end gracefully);
     `token_env` names the variable the token came from (kept out of the sweeps' environment)."""
-    registry = SweepRegistry(Path(root), launch=launch, tracking_uri=tracking_uri, token_env=token_env)
+    registry = SweepRegistry(Path(root), launch=launch, tracking_uri=tracking_uri, token_env=token_env, store=store)
     token_bytes = token.encode("utf-8") if token else None
     spec_schema, spec_defs = _spec_schema()
 
@@ -195,7 +196,7 @@ def create_app(root: str | Path, *, token: Optional[str] = None, launch: bool = 
 
 def serve(root: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: Optional[str] = None,
           log_level: str = "info", tracking_uri: Optional[str] = None, stop_grace_s: float = STOP_GRACE_S,
-          token_env: str = DEFAULT_TOKEN_ENV) -> None:
+          token_env: str = DEFAULT_TOKEN_ENV, store: Optional[str] = None) -> None:
     """Run the API with uvicorn until SIGTERM or Ctrl-C (refuses a public bind without a token);
     on either it stops accepting requests, stops the sweeps it started and returns."""
     import uvicorn
@@ -203,7 +204,8 @@ def serve(root: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
     check_bind(host, token)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    app = create_app(root, token=token, tracking_uri=tracking_uri, stop_grace_s=stop_grace_s, token_env=token_env)
+    app = create_app(root, token=token, tracking_uri=tracking_uri, stop_grace_s=stop_grace_s, token_env=token_env,
+                     store=store)
     received: list[int] = []
     # uvicorn re-raises the signal that stopped it once it has shut down, with the handlers it
     # found installed: these record it, so a clean shutdown returns (exit 0) instead of dying by it.

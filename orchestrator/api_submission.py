@@ -46,8 +46,9 @@ def too_large_ranges(data: Any, path: str = "spec") -> Optional[str]:
     return None
 
 
-def validated_spec(data: Any, root: Path, tracking_uri: Optional[str]):
-    """The submitted spec, validated, its output under ROOT/<name> and its tracking the server's;
+def validated_spec(data: Any, root: Path, tracking_uri: Optional[str], store: Optional[str] = None):
+    """The submitted spec, validated, its output under ROOT/<name>, its tracking the server's and its
+    store at the server's object-store prefix `store` + /<name> (None: in its directory);
     else ApiError 422 naming the field."""
     from .spec import SpecError, _shape_problem, parse_spec
 
@@ -93,6 +94,8 @@ def validated_spec(data: Any, root: Path, tracking_uri: Optional[str]):
         data["tracking"] = {**(tracking if isinstance(tracking, dict) else {}), "uri": tracking_uri}
     if isinstance(name, str) and SWEEP_ID.match(name):
         data["output_dir"] = str(root / name)
+        if store:  # the server's bucket: its checkpoints and Ray files go there too (docs/cluster.md)
+            data["store"] = f"{store.rstrip('/')}/{name}"
     try:
         spec = parse_spec(data, "spec", max_trials=MAX_TRIALS)
     except SpecError as exc:

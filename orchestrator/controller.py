@@ -73,12 +73,13 @@ class StopRequest:
     (a sweep run by the API server runs in a worker thread: it is stopped another way).
     """
 
-    def __init__(self, stop_file: Optional[Path] = None) -> None:
+    def __init__(self, stop_key: Optional[str] = None) -> None:
         self.signame: Optional[str] = None
         self.hard = False
-        # Written at the request: running trials see it after their next report, save a checkpoint
-        # there and end (trainable._reporter); removed when the sweep starts and when it has stopped.
-        self.stop_file = stop_file
+        # Raised at the request (Ray's GCS, seen from every node: tune.stop_signal): running trials
+        # see it after their next report, save a checkpoint there and end (trainable._reporter);
+        # removed once the stop is recorded or the sweep has ended.
+        self.stop_key = stop_key
         self.requested_at: Optional[float] = None
         self.finishing = False  # recording the stop (_finish_interrupted): a further signal waits for it
         self._saved: dict[int, Any] = {}
@@ -92,16 +93,17 @@ class StopRequest:
         if self.signame is None:
             self.signame = signame
             self.requested_at = time.monotonic()
-            if self.stop_file is not None:
-                try:
-                    self.stop_file.write_text(f"{signame}\n")
-                except OSError:  # trials then end when Tune stops them (checkpoints.stop_timeout_s)
-                    pass
+            if self.stop_key is not None:  # not published: trials end when Tune stops them (stop_timeout_s)
+                from .tune.stop_signal import raise_flag
+
+                raise_flag(self.stop_key, signame)
 
     def clear(self) -> None:
-        """Remove the stop file (a new run of the sweep; a stop fully recorded)."""
-        if self.stop_file is not None:
-            self.stop_file.unlink(missing_ok=True)
+        """Lower the stop flag (a stop fully recorded; the sweep ended)."""
+        if self.stop_key is not None:
+            from .tune.stop_signal import clear_flag
+
+            clear_flag(self.stop_key)
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -333,8 +335,9 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
         log.warning("%s; trials wait until the cluster grows", str(exc).splitlines()[-1].strip())
     sweep_dir = prepare_dir(spec, spec_path)
     global _ACTIVE
-    stop = _ACTIVE = StopRequest(sweep_dir / STOP_FILE)
-    stop.clear()  # a stale one from a stop that did not finish recording
+    from .tune.stop_signal import new_key
+
+    stop = _ACTIVE = StopRequest(new_key(spec.name))  # a fresh flag: no earlier run's stop applies
     stash: dict[str, Any] = {"stop": stop}  # what _run has opened so far: the store, the tracker, the planner
     stop.install()
     pid_file = _write_pid(sweep_dir)
@@ -359,7 +362,6 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
             pid_file.unlink(missing_ok=True)
 
 
-STOP_FILE = "stop-requested"  # in the sweep dir while a user's stop is in progress: see StopRequest
 PID_FILE = "controller.pid"  # "<pid> <host>" of the controller running this sweep: `scalesweep stop DIR`
 
 
@@ -533,10 +535,14 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     storage_path, storage_fs = store.location.tune_storage(sweep_dir / "ray")
     train_storage = delayed_open(store.location.describe("ray")) if store.location.remote else storage_path
     mirror = store.location.describe("checkpoints") if store.location.remote and spec.checkpoints.enabled else None
+    # a command trainer's attempt folders (config, metrics, logs) go to the bucket as well
+    runs_mirror = store.location.describe("runs") if store.location.remote and spec.trainer.backend == "command" else None
     if mirror:  # a controller lost with its disk lost its last reports: no trial may resume past them
         for tid, at in drop_checkpoints_past_reports(store, mirror).items():
             log.warning("trial %s: its checkpoint at step %d is past the store's last report (a controller lost with "
                         "its unflushed reports); it starts again from step 0", tid, at)
+
+    stop_key = stash["stop"].stop_key  # (not `stash` in the closure: Tune pickles the searcher that holds it)
 
     def to_config(t: PlannedTrial) -> dict[str, Any]:
         records.setdefault(t.trial_id, record_of(t))  # a planner may plan trials as it goes (transfer)
@@ -556,7 +562,8 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                              max_failures=spec.checkpoints.max_failures, cell_D=t.cell.D,
                              own=own_trainer_settings(spec) if own else None,
                              run_dir=str(sweep_dir / "runs" / t.trial_id) if own else None, N=t.N if own else None,
-                             report_delay_s=report_delay, stop_file=str(sweep_dir / STOP_FILE) if stops else None,
+                             run_mirror=f"{runs_mirror}/{t.trial_id}" if runs_mirror else None,
+                             report_delay_s=report_delay, stop_key=stop_key if stops else None,
                              ).to_config()
 
     def resources(config: dict[str, Any]):

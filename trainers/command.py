@@ -39,7 +39,8 @@ same way, and exit.json's `warm_start` says whether it was (and if not, why).
 
 With `config.checkpoint_mirror` (a sweep whose store is on S3) an attempt first copies the mirror
 into `checkpoint_dir`, and when its program has exited the mirror is made a copy of the folder
-(trainers.checkpoint_mirror), before the final report is sent.
+(trainers.checkpoint_mirror), before the final report is sent. With a `run_mirror` the attempt's
+own folder (config, metrics, logs, exit.json) is copied there too, once its program has ended.
 """
 from __future__ import annotations
 
@@ -144,10 +145,10 @@ def _has_state(checkpoint_dir: Optional[str]) -> bool:
     return any(not p.name.startswith(".") for p in Path(checkpoint_dir).iterdir())
 
 
-def next_attempt_dir(run_dir: Path) -> tuple[int, Path]:
-    """(k, run_dir/attempt-k) for the first attempt number not used yet."""
+def next_attempt_dir(run_dir: Path, start: int = 0) -> tuple[int, Path]:
+    """(k, run_dir/attempt-k) for the first attempt number from `start` not used yet."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    k = 0
+    k = start
     while (run_dir / f"attempt-{k}").exists():
         k += 1
     d = run_dir / f"attempt-{k}"
@@ -196,10 +197,38 @@ class _LineReader:
         return [c.decode(errors="replace") for c in complete if c.strip()]
 
 
+def _attempts_in(run_mirror: Optional[str]) -> int:
+    """1 + the highest attempt number in the run folder's mirror (attempts made on other nodes), or 0."""
+    if not run_mirror:
+        return 0
+    from trainers.checkpoint_mirror import listing
+
+    numbers = [int(n[8:]) for n in listing(run_mirror) if n.startswith("attempt-") and n[8:].isdigit()]
+    return max(numbers, default=-1) + 1
+
+
+def _mirror_attempt(adir: Path, run_mirror: Optional[str]) -> None:
+    """Copy the attempt's folder (config, metrics, logs, exit.json) to the run folder's mirror; a
+    failed upload is said on stderr, never the trial's failure (the report went to the store)."""
+    if not run_mirror:
+        return
+    from trainers.checkpoint_mirror import push
+
+    try:
+        push(str(adir.parent), run_mirror, [adir.name])
+    except Exception as exc:  # noqa: BLE001
+        print(f"scalesweep: could not copy {adir} to {run_mirror}: {exc}", file=sys.stderr)
+
+
 def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], settings: CommandSettings,
-                run_dir: str | Path, n_params: float, should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-    """Run one attempt of the trial as the command; returns what went into exit.json."""
-    attempt, adir = next_attempt_dir(Path(run_dir))
+                run_dir: str | Path, n_params: float, should_stop: Callable[[], bool] = lambda: False,
+                run_mirror: Optional[str] = None) -> dict[str, Any]:
+    """Run one attempt of the trial as the command; returns what went into exit.json.
+
+    `run_mirror` (an object-store URI; a sweep whose store is on S3): each attempt's folder is copied
+    there when its program has ended, and attempts are numbered after those already there (a
+    restart on another node is attempt k+1, not a second attempt-0)."""
+    attempt, adir = next_attempt_dir(Path(run_dir), _attempts_in(run_mirror))
     if config.checkpoint_dir and config.checkpoint_mirror:  # the authority: the trial may have run on elsewhere
         from trainers.checkpoint_mirror import pull_trial
 
@@ -320,6 +349,7 @@ def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], s
         except Exception:  # noqa: BLE001
             if error is None:
                 raise
+    _mirror_attempt(adir, run_mirror)
     if error is not None:
         if isinstance(error, (SystemExit, KeyboardInterrupt)):
             raise error
@@ -332,6 +362,7 @@ def run_command(config: TrialConfig, report: Callable[[dict[str, Any]], None], s
         info["error"] = "exited with status 0 before its final report"
         info["contract_error"] = True
         (adir / "exit.json").write_text(json.dumps(info, indent=1))
+        _mirror_attempt(adir, run_mirror)
         raise TrainerProcessError(_message(config, info, f"the command exited with status 0 after step {last_step} "
                                                          f"without its final report (done, or {config.tokens} tokens)"))
     report(held)

@@ -23,6 +23,10 @@ def serve(
     tracking_uri: str = typer.Option(None, "--tracking-uri",
                                      help="MLflow tracking URI for every submitted sweep (clients may not choose "
                                           "one); default: each sweep's own SQLite store in its directory"),
+    store: str = typer.Option(None, "--store",
+                              help="object-store prefix (s3://bucket/prefix) holding every submitted sweep's store, "
+                                   "checkpoints and Ray files under <prefix>/<sweep id> (clients may not choose one); "
+                                   "default: in each sweep's directory"),
 ) -> None:
     """Serve the HTTP API (OpenAPI schema at /openapi.json): submit sweeps, read status, laws, proposals.
     SIGTERM or Ctrl-C stops it cleanly: the sweeps it started are stopped (resumable) and nothing is left running."""
@@ -49,5 +53,15 @@ def serve(
             TrackingSpec(uri=tracking_uri)
         except ValidationError as exc:
             fail(f"--tracking-uri {tracking_uri}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
+    if store is not None:  # the spec's own check: an object-store prefix the store can use
+        from ..store_location import check_uri, is_uri
+
+        if not is_uri(store):
+            fail(f"--store {store}: not an object-store prefix; write s3://bucket/prefix (or leave it out: "
+                 "each sweep keeps its store in its directory)")
+        try:
+            check_uri(store)
+        except ValueError as exc:
+            fail(f"--store {store}: {exc}")
     run_server(root, host=host, port=port, token=token, log_level=log_level, tracking_uri=tracking_uri,
-               stop_grace_s=stop_grace, token_env=token_env)
+               stop_grace_s=stop_grace, token_env=token_env, store=store)

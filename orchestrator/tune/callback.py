@@ -67,7 +67,7 @@ class SweepCallback(Callback):
         # True once the user asked the sweep to stop (controller.StopRequest): a trial that ends
         # early then is `stopped-by-user` (resumed later), not stopped by a scheduler or failed
         self.interrupted = interrupted or _never
-        # running trials that end by themselves on a user's stop, after a checkpoint (a `stop_file`)
+        # running trials that end by themselves on a user's stop, after a checkpoint (a `stop_key`)
         self.checkpointing: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -88,7 +88,7 @@ class SweepCallback(Callback):
         record = self.records[tid]
         why = self.decisions.get(tid)
         self.store.set_status(tid, "running", config=record, summary={"decision": why} if why else None)
-        if env.stop_file:
+        if env.stop_key:
             self.checkpointing.add(tid)
         if self.tracker is not None:
             # enqueued only: the run is created on the tracker thread, never on Tune's event loop

@@ -40,9 +40,10 @@ class TrialEnvelope:
     cell_D: Optional[float] = None  # the nominal D of the trial's cell (whatever batch rounding did to D)
     own: Optional[Mapping[str, Any]] = None  # a user's trainer: how to run it (controller.own_trainer_settings)
     run_dir: Optional[str] = None  # a user's trainer: where its attempts' files go
+    run_mirror: Optional[str] = None  # a command trainer, store on S3: where its attempts' folders are copied
     N: Optional[float] = None  # a user's trainer: the realised non-embedding parameters (else trial's target)
     report_delay_s: float = 0.0  # fault-injection tests only: each report sleeps this long
-    stop_file: Optional[str] = None  # a user's stop: the trial checkpoints after its next report and ends
+    stop_key: Optional[str] = None  # a user's stop (tune.stop_signal): the trial checkpoints after its next report and ends
 
     @property
     def trial_id(self) -> str:
@@ -76,10 +77,12 @@ class TrialEnvelope:
                                "cell_D": self.cell_D}
         if self.own is not None:
             out.update(own=dict(self.own), run_dir=self.run_dir, N=self.N)
+            if self.run_mirror:
+                out["run_mirror"] = self.run_mirror
         if self.report_delay_s:
             out["report_delay_s"] = self.report_delay_s
-        if self.stop_file:
-            out["stop_file"] = self.stop_file
+        if self.stop_key:
+            out["stop_key"] = self.stop_key
         return out
 
     @classmethod
@@ -90,8 +93,9 @@ class TrialEnvelope:
                    backend=config.get("backend") or "deepspeed", world=config.get("world"),
                    storage=config.get("storage"), use_gpu=bool(config.get("use_gpu", False)),
                    max_failures=int(config.get("max_failures") or 0), cell_D=config.get("cell_D"),
-                   own=config.get("own"), run_dir=config.get("run_dir"), N=config.get("N"),
-                   report_delay_s=float(config.get("report_delay_s") or 0.0), stop_file=config.get("stop_file"))
+                   own=config.get("own"), run_dir=config.get("run_dir"), run_mirror=config.get("run_mirror"),
+                   N=config.get("N"),
+                   report_delay_s=float(config.get("report_delay_s") or 0.0), stop_key=config.get("stop_key"))
 
 
 def trial_id_of(config: Any) -> Optional[str]:

@@ -38,22 +38,27 @@ def _backend(env: TrialEnvelope):
 PID_FILE = "worker-{rank}.pid"  # in the trial's checkpoint dir: which process runs rank `rank`
 
 
-def _reporter(env: TrialEnvelope, send):
+def _reporter(env: TrialEnvelope, send, stopped=None):
     """`send` for every report, slowed by `report_delay_s` when the config asks (tests only), raising
-    `StopRequested` after a report once the controller's `stop_file` exists (the user stopped the sweep).
+    `StopRequested` after a report once the controller raised the stop flag `stop_key` (the user
+    stopped the sweep; `stopped`: how to read it, default `stop_signal.Watcher`).
 
     Tune's function API reports synchronously: `send` returns once the controller has taken the
     report, so a checkpoint the trainer saves on `StopRequested` is at a recorded step.
     """
-    delay, stop_file = env.report_delay_s, env.stop_file
-    if delay <= 0 and not stop_file:
+    delay, key = env.report_delay_s, env.stop_key
+    if delay <= 0 and not key:
         return send
+    if key and stopped is None:
+        from .stop_signal import Watcher
+
+        stopped = Watcher(key)
 
     def report(metrics):
         send(metrics)
         if delay > 0:
             time.sleep(delay)
-        if stop_file and os.path.exists(stop_file):
+        if key and stopped():
             from trainers.contract import StopRequested
 
             raise StopRequested("the user stopped the sweep")
@@ -223,7 +228,8 @@ def _run_own(env: TrialEnvelope, send) -> None:
         # TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s) for this thread before reusing the process for the
         # next trial, and fails that trial if it is still running. Read in this process at reset.
         os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(int(settings.grace_s + 10))
-        run_command(cfg, lambda m: send(_forward(m)), settings, run_dir, n_params, should_stop=_stop_requested)
+        run_command(cfg, lambda m: send(_forward(m)), settings, run_dir, n_params, should_stop=_stop_requested,
+                    run_mirror=env.run_mirror)
         return
     from trainers.checkpoint_mirror import mirrored
     from trainers.entrypoint import load_entrypoint
@@ -245,7 +251,9 @@ def _run_own(env: TrialEnvelope, send) -> None:
     if not last or last["done"] < 1.0:
         from trainers.contract import ContractError, StopRequested
 
-        if env.stop_file and os.path.exists(env.stop_file):
+        from .stop_signal import flag_raised
+
+        if env.stop_key and flag_raised(env.stop_key):
             raise StopRequested("the user stopped the sweep")  # the function caught it and returned: still a stop
 
         raise ContractError(f"trial {cfg.trial_id}: {own['entrypoint']} returned after step "

@@ -18,10 +18,10 @@ def test_doctests():
 def test_a_full_envelope_round_trips_through_the_dict_tune_holds():
     env = TrialEnvelope(TRIAL, backend="command", world="tiny", storage="/s/ray", use_gpu=True, max_failures=3,
                         cell_D=80_000.0, own={"command": "python train.py", "env": {"X": "1"}}, run_dir="/s/runs/t7",
-                        N=19_876.0, report_delay_s=0.5, stop_file="/s/STOP")
+                        N=19_876.0, report_delay_s=0.5, stop_key="sweep/0123", run_mirror="s3://b/p/runs/t7")
     config = env.to_config()
     assert set(config) == {"trial", "backend", "world", "storage", "use_gpu", "max_failures", "cell_D", "own",
-                           "run_dir", "N", "report_delay_s", "stop_file"}
+                           "run_dir", "run_mirror", "N", "report_delay_s", "stop_key"}
     assert config["trial"] == TRIAL.to_dict() and config["N"] == 19_876.0
     assert TrialEnvelope.from_config(config) == env
     assert (env.trial_id, env.D, env.lr, env.batch, env.seed) == ("t7", 81_920, 3e-3, 2048, 2)
@@ -36,6 +36,6 @@ def test_a_hand_written_tune_config_takes_the_defaults():
     """As tests and benchmarks write it: param_space={"trial": ..., "backend": "simulated", "world": "tiny"}."""
     env = TrialEnvelope.from_config({"trial": TRIAL.to_dict(), "backend": "simulated", "world": "tiny"})
     assert env.trial == TRIAL and env.backend == "simulated" and env.world == "tiny"
-    assert (env.use_gpu, env.max_failures, env.cell_D, env.own, env.stop_file, env.report_delay_s) == \
+    assert (env.use_gpu, env.max_failures, env.cell_D, env.own, env.stop_key, env.report_delay_s) == \
         (False, 0, None, None, None, 0.0)
     assert TrialEnvelope.from_config({"trial": TRIAL}).backend == "deepspeed"

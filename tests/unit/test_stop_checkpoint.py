@@ -1,17 +1,20 @@
 """Checkpoint on a user's stop, the pieces without Ray: the trial reporter raises StopRequested only
-after a report was sent once the stop file exists; the simulated trainer saves its checkpoint at
+after a report was sent once the stop flag is up (read at most every poll_s); the simulated trainer saves its checkpoint at
 the step just reported and a resumed run continues after it with the same reports; the stopper
 waits for trials that checkpoint by themselves, up to its timeout.
 (The whole path on a real Ray cluster: tests/integration/test_checkpoint_on_stop.py.)"""
 from __future__ import annotations
 
+import doctest
 import json
 import time
 
 import pytest
 
 from orchestrator.tune.callback import ContractStopper
+from orchestrator.tune import stop_signal
 from orchestrator.tune.envelope import TrialEnvelope
+from orchestrator.tune.stop_signal import Watcher
 from orchestrator.tune.trainable import _reporter
 from trainers.contract import StopRequested, TrialConfig
 from trainers.simulated import CHECKPOINT_FILE, train
@@ -22,16 +25,36 @@ def _config(tmp_path, **kw) -> TrialConfig:
                        eval_every=4, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=1000, **kw)
 
 
-def test_reporter_raises_after_the_report_once_the_stop_file_exists(tmp_path):
-    stop_file = tmp_path / "stop-requested"
+def test_reporter_raises_after_the_report_once_the_stop_flag_is_up(tmp_path):
+    flags: set = set()
     sent = []
-    report = _reporter(TrialEnvelope(_config(tmp_path), stop_file=str(stop_file)), sent.append)
+    watch = Watcher("sweep/1", read=flags.__contains__, poll_s=0.0)
+    report = _reporter(TrialEnvelope(_config(tmp_path), stop_key="sweep/1"), sent.append, stopped=watch)
     report({"step": 1.0})
-    stop_file.write_text("SIGTERM\n")
+    flags.add("sweep/2")  # another run's flag: not this one's
+    report({"step": 2.0})
+    flags.add("sweep/1")
     with pytest.raises(StopRequested):
-        report({"step": 2.0})
-    assert sent == [{"step": 1.0}, {"step": 2.0}]  # the report went out before the stop
+        report({"step": 3.0})
+    assert sent == [{"step": 1.0}, {"step": 2.0}, {"step": 3.0}]  # the report went out before the stop
     assert isinstance(StopRequested(), SystemExit)  # `except Exception` in a trainer does not swallow it
+
+
+def test_the_flag_is_read_at_most_every_poll_s_and_stays_up():
+    reads = []
+    flag = {"up": False}
+    watch = Watcher("k", read=lambda k: reads.append(k) or flag["up"], poll_s=3600.0)
+    assert not watch() and not watch() and reads == []  # within poll_s of its creation: no GCS read
+    watch.poll_s = 0.0
+    assert not watch() and reads == ["k"]
+    flag["up"] = True
+    assert watch()
+    flag["up"] = False
+    assert watch() and len(reads) == 2  # once up, up: no further read
+
+
+def test_stop_signal_doctests():
+    assert doctest.testmod(stop_signal).failed == 0
 
 
 def test_simulated_trial_checkpoints_on_stop_and_resumes_after_it(tmp_path):
