@@ -31,6 +31,17 @@ class Law(str, Enum):
     isoflop = "isoflop"
 
 
+def default_law() -> Law:
+    """The law `fit` uses without --law: the spec's `fit.law` default, so the command and sweeps agree.
+
+    Read from `FitSpec` at call time (not a second literal here); imported lazily because the spec
+    (pydantic) would slow every CLI start, and `--help` never needs it.
+    """
+    from ..spec import FitSpec  # deferred: keeps pydantic out of CLI start-up
+
+    return Law(FitSpec().law)
+
+
 class Loss(str, Enum):
     huber = "huber"
     asymmetric = "asymmetric"
@@ -39,7 +50,9 @@ class Loss(str, Enum):
 @app.command("fit")
 def fit_command(
     table: Path = typer.Argument(..., help="CSV or Parquet with columns N, D, loss (+ U unique tokens, C FLOPs)."),
-    law: Law = typer.Option(Law.chinchilla, "--law", help="Law family to fit."),
+    law: Optional[Law] = typer.Option(
+        None, "--law", help="Law family to fit. Default: a spec's `fit.law` default (FitSpec; auto = the form chosen "
+        "by backtest)."),
     loss: Loss = typer.Option(Loss.huber, "--loss", help="Robust loss on log residuals (asymmetric = frontier fit)."),
     bootstrap: Optional[int] = typer.Option(
         None, "--bootstrap",
@@ -59,6 +72,8 @@ def fit_command(
 ) -> None:
     """Fit Chinchilla, Kaplan, data-constrained or isoFLOP laws by summed robust loss, with intervals;
     `--law auto` picks the form by backtest; `--predict OTHER` predicts OTHER's rows."""
+    if law is None:
+        law = default_law()
     budgets = [float(c) for c in (budget or [])]
     if bootstrap is None:
         bootstrap = 100 if (law is Law.auto or predict is not None) else 0

@@ -42,14 +42,14 @@ def test_fit_chinchilla_json(chin_table):
 
 
 def test_fit_text_output(chin_table):
-    res = runner.invoke(app, ["fit", str(chin_table)])
+    res = runner.invoke(app, ["fit", str(chin_table), "--law", "chinchilla"])
     assert res.exit_code == 0, res.output
     assert "alpha" in res.stdout and "chinchilla" in res.stdout
 
 
 def test_missing_column(tmp_path):
     p = _write(tmp_path / "t.csv", "N,loss", [(1e8, 3.0)] * 8)
-    res = runner.invoke(app, ["fit", str(p)])
+    res = runner.invoke(app, ["fit", str(p), "--law", "chinchilla"])
     assert res.exit_code == 2
     assert "missing column" in res.output and "D" in res.output
 
@@ -64,7 +64,7 @@ def test_missing_column(tmp_path):
 )
 def test_bad_tables_exit_2_with_reason(tmp_path, rows, message):
     p = _write(tmp_path / "t.csv", "N,D,loss", rows)
-    res = runner.invoke(app, ["fit", str(p)])
+    res = runner.invoke(app, ["fit", str(p), "--law", "chinchilla"])
     assert res.exit_code == 2
     assert message in res.output
 

@@ -109,6 +109,17 @@ def test_auto_fit_json(tables):
     assert "1e+22" in doc["intervals"]["budgets"]
 
 
+def test_default_law_is_the_specs(tables):
+    """Without --law, `fit` fits the spec's default `fit.law` (one definition of the default law) and says so."""
+    from orchestrator.spec import FitSpec
+
+    train, _, _ = tables
+    res = runner.invoke(app, ["fit", str(train), "--bootstrap", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["law"] == FitSpec().law
+    assert "fit.law" in runner.invoke(app, ["fit", "--help"]).output
+
+
 @pytest.mark.parametrize("header, rows, message", [
     ("N,tokens", [(1e9, 2e10)], "missing column"),
     ("N,D", [(1e9, -1.0)], "non-positive"),
@@ -117,14 +128,14 @@ def test_auto_fit_json(tables):
 def test_bad_other_table_exits_2(tables, tmp_path, header, rows, message):
     train, _, _ = tables
     bad = _write(tmp_path / "bad.csv", header, rows)
-    res = runner.invoke(app, ["fit", str(train), "--predict", str(bad), "--bootstrap", "0"])
+    res = runner.invoke(app, ["fit", str(train), "--law", "chinchilla", "--predict", str(bad), "--bootstrap", "0"])
     assert res.exit_code == 2
     assert message in res.output and "bad.csv" in res.output
 
 
 def test_predict_missing_file_and_isoflop(tables, tmp_path):
     train, other, _ = tables
-    res = runner.invoke(app, ["fit", str(train), "--predict", str(tmp_path / "nope.csv")])
+    res = runner.invoke(app, ["fit", str(train), "--law", "chinchilla", "--predict", str(tmp_path / "nope.csv")])
     assert res.exit_code == 2 and "no such file" in res.output
     res = runner.invoke(app, ["fit", str(train), "--law", "isoflop", "--predict", str(other)])
     assert res.exit_code == 2 and "isoflop" in res.output
