@@ -124,11 +124,10 @@ def check_branches_restored_their_trunks(sweep_dir, store) -> dict[str, dict]:
         assert c["flops"] + c["branch_flops"] == pytest.approx(6.0 * c["N"] * T * c["batch"], rel=1e-9)
         assert c["branch_flops"] == pytest.approx(6.0 * c["N"] * step * c["batch"], rel=1e-9)
         # ... and the store's spent FLOPs are the last report's less the trunk's share (`branching.spent_flops`):
-        # near the plan's own (the simulated trainer counts 6·n_target per token, the plan 6·N of the realised
-        # model: ~1 % apart, up to ~6 % of a cooldown branch's remainder)
+        # the plan's own, exactly (the trainer and the plan count the realised model's FLOPs)
         last = max(rows, key=lambda r: r["step"])["flops"]
         assert spent[tid] == pytest.approx(last - c["branch_flops"], rel=1e-9)
-        assert spent[tid] == pytest.approx(c["flops"], rel=0.07)
+        assert spent[tid] == pytest.approx(c["flops"], rel=1e-9)
     return branches
 
 
