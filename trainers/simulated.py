@@ -3,7 +3,8 @@
 `train(config, report, world)` follows the trial contract exactly like the DeepSpeed trainer:
 tokens per step = the batch rounded down to whole sequences, T = ceil(tokens / that) steps, a
 report every `eval_every` steps and at the end (eval_loss evaluated at every report), FLOPs
-6·N·tokens, and on divergence one last report with NaN losses and `done` = 1. Losses come from
+those of the model the family realises for `n_params` (6·N per token of its N, or the exact count
+with `exact_flops`: the planner's and the real trainer's unit), and on divergence one last report with NaN losses and `done` = 1. Losses come from
 the world's noise-free curve (`World.curve_at`) plus
 
 - a per-trial seed offset: the whole curve × (1 + noise.seed·z), z ~ N(0, 1);
@@ -16,7 +17,8 @@ the world's noise-free curve (`World.curve_at`) plus
 
 z and the per-report draws come from a generator seeded by (config.seed, a hash of the config's
 math-relevant fields), so a trial is deterministic given its config. Time is simulated, never
-slept: a step takes 6·N·batch / flops_per_s + step_overhead_s seconds.
+slept: a step takes its FLOPs / flops_per_s + step_overhead_s seconds. (The losses are the world's at
+the target `n_params`.)
 
 Checkpoints, like the real trainer's: with `config.checkpoint_dir`, the last report step at or
 past each multiple of `checkpoint_every` is recorded in `simulated.json` there after its report
@@ -44,6 +46,7 @@ from typing import Optional, Union
 import numpy as np
 
 from trainers.contract import REPORT_KEYS, Reporter, StopRequested, TrialConfig, TrialSummary
+from trainers.flops import realised
 from trainers.schedules import lr_array
 from trainers.worlds.world import World, WorldError, load_world
 
@@ -101,7 +104,8 @@ def train(config: TrialConfig, report: Reporter,
     train_loss = train_mean * offset * (1.0 + train_sd * z(ends.size))
     eval_loss = eval_mean * offset * (1.0 + eval_sd * z(ends.size))
 
-    step_s = 6.0 * N * b / w.throughput.flops_per_s + w.throughput.step_overhead_s
+    per_token, n_real, n_total = realised(config)
+    step_s = per_token * b / w.throughput.flops_per_s + w.throughput.step_overhead_s
     tokens_per_s = b / step_s
     diverged = nan_step is not None
     resumed = _resume_step(config)
@@ -125,7 +129,7 @@ def train(config: TrialConfig, report: Reporter,
             _save_step(config, s)
         try:
             report({
-                "step": float(s), "tokens": float(tokens), "flops": 6.0 * N * tokens,
+                "step": float(s), "tokens": float(tokens), "flops": per_token * tokens,
                 "lr": float(config.lr * r[s - 1]),
                 "train_loss": math.nan if bad else float(train_loss[i]),
                 "eval_loss": math.nan if bad else float(eval_loss[i]),
@@ -140,8 +144,8 @@ def train(config: TrialConfig, report: Reporter,
     steps = int(ends[-1])
     return TrialSummary(
         final_eval_loss=math.nan if diverged else float(eval_loss[-1]), steps=steps,
-        tokens=int(steps * b), flops=6.0 * N * steps * b, n_params=int(config.n_params),
-        n_params_total=int(config.n_params), shape={}, diverged=diverged)
+        tokens=int(steps * b), flops=per_token * steps * b, n_params=n_real,
+        n_params_total=n_total, shape={}, diverged=diverged)
 
 
 def final_loss(config: TrialConfig, world: Union[World, str, None] = None) -> float:

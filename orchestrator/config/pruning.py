@@ -10,6 +10,7 @@ import math
 from typing import Any, Mapping, Optional
 
 from trainers.contract import TrialConfig
+from trainers.flops import realised
 from trainers.schedules import lr_array
 
 from ..core.pruning.config import PruneConfig
@@ -25,7 +26,7 @@ def trial_meta(cfg: TrialConfig | Mapping[str, Any], cell_D: Optional[float] = N
     b = (int(cfg.batch_tokens) // cfg.seq_len) * cfg.seq_len
     T = max(1, math.ceil(cfg.tokens / b))
     return TrialMeta(N=float(cfg.n_params), D=float(T * b), total_steps=T, lr=lr_array(T, cfg.lr, cfg.schedule),
-                     flops=6.0 * cfg.n_params * T * b, warmup_steps=min(T, int(round(cfg.schedule.warmup * T))),
+                     flops=realised(cfg)[0] * T * b, warmup_steps=min(T, int(round(cfg.schedule.warmup * T))),
                      start_step=int(cfg.branch_step), schedule=schedule_name(cfg.schedule), cell_D=cell_D)
 
 

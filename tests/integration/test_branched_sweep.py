@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.core.planning.branching import decay_steps
 from orchestrator.query import status
 from orchestrator.spec import load_spec
-from orchestrator.store import ObservationStore
+from orchestrator.store import ObservationStore, final_points
 from orchestrator.tracking import TAG_BRANCH_STEP, TAG_TRIAL, TAG_TRUNK_RUN, TAG_TRUNK_TRIAL, read_sweep_runs
 
 # Not `serial`: the SIGTERM goes to its own `scalesweep run` process, sent on an event (the first
@@ -124,11 +124,10 @@ def check_branches_restored_their_trunks(sweep_dir, store) -> dict[str, dict]:
         assert c["flops"] + c["branch_flops"] == pytest.approx(6.0 * c["N"] * T * c["batch"], rel=1e-9)
         assert c["branch_flops"] == pytest.approx(6.0 * c["N"] * step * c["batch"], rel=1e-9)
         # ... and the store's spent FLOPs are the last report's less the trunk's share (`branching.spent_flops`):
-        # near the plan's own (the simulated trainer counts 6·n_target per token, the plan 6·N of the realised
-        # model: ~1 % apart, up to ~6 % of a cooldown branch's remainder)
+        # the plan's own, exactly (the trainer and the plan count the realised model's FLOPs)
         last = max(rows, key=lambda r: r["step"])["flops"]
         assert spent[tid] == pytest.approx(last - c["branch_flops"], rel=1e-9)
-        assert spent[tid] == pytest.approx(c["flops"], rel=0.07)
+        assert spent[tid] == pytest.approx(c["flops"], rel=1e-9)
     return branches
 
 
@@ -183,6 +182,25 @@ def test_the_search_reports_what_branching_saved(sweep):
     assert stop["action"] == "stop" and stop["wsd_branching"]["from_checkpoint"] == len(branches)
     assert stop["wsd_branching"]["saved_flops"] == pytest.approx(
         sum(r["config"]["branch_flops"] for r in branches.values()), rel=1e-9)
+
+
+def test_scalesweep_status_accounts_compute_as_the_store_does(sweep):
+    # `scalesweep status` (its own process, as a user runs it) counts each branch from its branch point,
+    # as the store's final points do, and every trial's spent FLOPs are its planned ones exactly.
+    sweep_dir = sweep[1]
+    store = ObservationStore(sweep_dir)
+    code, out, err = _finish(_cli("status", str(sweep_dir), "--json"), timeout=120)
+    assert code == 0 and "Traceback" not in err, (out + err)[-3000:]
+    doc = json.loads(out)
+    points = {p["trial_id"]: p for p in final_points(store)}
+    rows = {r["trial_id"]: r for r in doc["trials"]}
+    assert set(rows) == set(points) == set(store.trials()) and any(r["branch_of"] for r in rows.values())
+    for tid, r in rows.items():
+        assert r["flops_spent"] == pytest.approx(points[tid]["flops_spent"], rel=1e-12), tid
+        assert r["flops_spent"] == pytest.approx(r["planned_flops"], rel=1e-9), tid
+    assert doc["flops_spent"] == pytest.approx(sum(p["flops_spent"] for p in points.values()), rel=1e-12)
+    code, out, err = _finish(_cli("status", str(sweep_dir)), timeout=120)
+    assert code == 0 and "a WSD branch counts from its branch point" in out, (out + err)[-3000:]
 
 
 def test_the_resume_finishes_the_branched_sweep_without_rerunning_what_finished(sweep):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from orchestrator.core.family import count_params, shape_for
 from trainers.contract import REPORT_KEYS, Schedule, TrialConfig
 from trainers.simulated import train
 from trainers.worlds import World, WorldError, bundled_worlds, load_world, world_from_dict
@@ -72,7 +73,8 @@ def test_reports_follow_the_real_trainers_contract_and_cadence(tiny):
         v = np.array([r[key] for r in reps])
         assert np.all(np.diff(v) > 0), key
     assert all(r["tokens"] == r["step"] * step_tokens for r in reps)
-    assert all(r["flops"] == 6.0 * 200_000 * r["tokens"] for r in reps)
+    N = count_params(shape_for(200_000)).non_embedding  # the realised model's N, as the real trainer counts
+    assert N != 200_000 and all(r["flops"] == 6.0 * N * r["tokens"] for r in reps)
     assert [r["done"] for r in reps] == [0.0] * (len(reps) - 1) + [1.0]
     assert all(np.isfinite(r["eval_loss"]) and np.isfinite(r["train_loss"]) for r in reps)
     assert s.steps == T and s.tokens == T * step_tokens and s.flops == reps[-1]["flops"]
@@ -81,11 +83,27 @@ def test_reports_follow_the_real_trainers_contract_and_cadence(tiny):
     assert reps[-1]["lr"] == pytest.approx(0.02 * 0.1)
 
 
+@pytest.mark.parametrize("family,exact", [("gpt", False), ("llama", False), ("gpt", True)])
+def test_reported_flops_are_the_planned_trials_unit(tiny, family, exact):
+    # The planner's FLOPs of a trial and the simulated trainer's for its config are one number
+    # (the realised model's), so `branching.spent_flops` subtracts like from like.
+    from orchestrator.core.planning.design import Design, plan_trial
+
+    design = Design(family, 64, (60_000,), ((200_000,),), (1e-3,), (1024,), (0,), exact_flops=exact)
+    t = plan_trial(design, 60_000, 200_000, 1e-3, 1024, 0)
+    assert t.N != t.n_target  # the family's nearest member is not the target: the case that was ~1 % off
+    cfg = TrialConfig("t", n_params=t.n_target, tokens=t.D, lr=1e-3, batch_tokens=t.batch, seq_len=64,
+                      family=family, exact_flops=exact, eval_every=50)
+    reps, s = run(cfg, tiny)
+    assert reps[-1]["flops"] == pytest.approx(t.flops, rel=1e-12) and s.flops == reps[-1]["flops"]
+    assert (s.n_params, s.n_params_total) == (t.N, t.N_total)
+
+
 def test_simulated_time_and_throughput(tiny):
     cfg = TrialConfig("t", n_params=100_000, tokens=512_000, lr=0.02, batch_tokens=5120, seq_len=128,
                       eval_every=10)
     reps, _ = run(cfg, tiny)
-    step_s = 6 * 100_000 * 5120 / tiny.throughput.flops_per_s + tiny.throughput.step_overhead_s
+    step_s = 6 * count_params(shape_for(100_000)).non_embedding * 5120 / tiny.throughput.flops_per_s + tiny.throughput.step_overhead_s
     assert reps[-1]["step_time_s"] == pytest.approx(100 * step_s)
     assert reps[0]["tokens_per_s"] == pytest.approx(5120 / step_s)
     # A WSD cooldown branch from step 80 reports only its own steps and its own time, and the
