@@ -49,6 +49,9 @@ def _check_whole(text: str) -> None:
 def test_run_output_is_whole_and_has_units(sweep):
     text = sweep["run"]
     _check_whole(text)
+    # its end names every state, as `status` does (here all 18 trials ran)
+    assert ("done in" in text and "0 pending, 0 running, 12 finished, 0 pruned, 6 diverged, 0 failed, "
+            "0 stopped by the user, 0 never started") in text, text
     fit = json.loads((sweep["dir"] / "fit.json").read_text())
     for p in fit["proposals"]:
         # integers as integers, each interval end in k/M
