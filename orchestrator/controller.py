@@ -351,6 +351,7 @@ def run_sweep(spec: SweepSpec, spec_path: Optional[str] = None, *, show_progress
             stop.hard = True
             raise _finish_interrupted(stash, sweep_dir) from None
         log_path = _record_failure(exc, sweep_dir, stash.get("store"), stash.get("tracker"))
+        _cache_search(stash)
         if isinstance(exc, Exception) and not isinstance(exc, (StoreError, TrainerContractError)):
             raise SweepFailed(one_line(exc), log_path) from exc
         raise
@@ -432,7 +433,23 @@ def _finish_interrupted(stash: dict[str, Any], sweep_dir: Path) -> SweepInterrup
             _remember_parent(sweep_dir, tracker)  # created after tracker.start gave up waiting: resume reuses it
         except Exception:  # noqa: BLE001 -- MLflow must not turn a stop into a crash
             log.exception("could not end the MLflow run of the stopped sweep")
+    if not stop.hard:  # a second signal stops at once: no replay of the search then
+        _cache_search(stash)
     return SweepInterrupted(ended, total, stop.signame or "SIGINT", sweep_dir, stop.hard)
+
+
+def _cache_search(stash: dict[str, Any]) -> None:
+    """A law/transfer sweep that stopped or failed: cache the search a resume rebuilds, so the first query
+    does not replay it (`query.cache_search_of_stopped_sweep`; a finished sweep caches its live search)."""
+    store = stash.get("store")
+    if store is None:
+        return
+    try:
+        from .query import cache_search_of_stopped_sweep
+
+        cache_search_of_stopped_sweep(store)
+    except Exception:  # noqa: BLE001 -- only a cache: the first query replays instead
+        log.warning("could not cache the sweep's search (the first query replays it)", exc_info=True)
 
 
 def _remember_parent(sweep_dir: Path, tracker) -> Optional[str]:

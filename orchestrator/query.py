@@ -124,18 +124,34 @@ def save_live_search(store: Any, spec: Any, planner: Any) -> bool:
     the trials over in another order and may end for another reason). False: nothing cached (a grid, a
     store off the local disk, a recorded spec that no longer loads, advice that is not data)."""
     from . import replay_cache
-    from .spec import SpecError, load_spec
 
-    if spec.search.strategy == "grid" or not isinstance(store.root, Path):
-        return False
-    try:  # the spec every query loads: its JSON is part of the key
-        recorded = load_spec(store.root.parent / "spec.yaml")
-    except (OSError, SpecError) as exc:
-        log.info("live search not cached: the recorded spec does not load (%s)", exc)
+    if spec.search.strategy == "grid" or (recorded := _recorded_spec(store)) is None:
         return False
     where, cache_key, _, started = _cache_key(store, recorded.model_dump_json())
     new, done = _next_steps(planner, started)
     return replay_cache.save(where, cache_key, recorded, planner, new, done, source="live")
+
+def cache_search_of_stopped_sweep(store: Any) -> bool:
+    """After a law/transfer sweep was stopped or failed: cache the search a resume rebuilds (a replay of the
+    store, `replay_cache` source "replay"), so the first `propose`, `status` or API question reads it. Not
+    the live planner (`save_live_search`): the trials it handed out and never ended are, for a resume (and
+    a replay), trials to start next, and a resume continues from the replayed search, not the live one.
+    False: nothing cached (a grid, a store off the local disk, a recorded spec that does not load)."""
+    recorded = _recorded_spec(store)
+    return recorded is not None and search_replay(SweepData([], [], [], store), recorded) is not None
+
+def _recorded_spec(store: Any) -> Any:
+    """The spec every query of a local store loads (its JSON is part of a cache's key); None for a store
+    off the local disk or a recorded spec that does not load (then nothing is cached)."""
+    from .spec import SpecError, load_spec
+
+    if not isinstance(store.root, Path):
+        return None
+    try:
+        return load_spec(store.root.parent / "spec.yaml")
+    except (OSError, SpecError) as exc:
+        log.info("search not cached: the recorded spec does not load (%s)", exc)
+        return None
 
 def family_of(spec: Any) -> str:
     """The spec's model family ("gpt" without a spec: a broken spec must not block reading data)."""

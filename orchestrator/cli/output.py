@@ -3,14 +3,19 @@
 Rich sizes a console to the terminal, and to 80 columns when stdout is a pipe or a file (Ray
 job logs, CI, `| tee`): its tables then cut every cell to `1.44e+…`. Off a terminal the
 console here is as wide as its content instead, so a piped table keeps every digit and its
-lines stay aligned, and text lines are never re-wrapped.
+lines stay aligned, and text lines are never re-wrapped. In a terminal a table's cells wrap at
+spaces and never end in `…`; a table that cannot fit with every word whole (`status`'s trial ids
+in an 80-column terminal) is printed as one block of `header: value` lines per row instead.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Optional
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
 
 # Wide enough for any table the CLI prints; a table is only as wide as its content
 # (Table.expand is False), so nothing is padded to this width.
@@ -24,10 +29,44 @@ def make_console(stderr: bool = False) -> Console:
     >>> make_console().width >= 80
     True
     """
-    console = Console(stderr=stderr)
+    console = WholeConsole(stderr=stderr)
     if console.is_terminal:
         return console
     return Console(stderr=stderr, width=PIPE_WIDTH, soft_wrap=True)
+
+
+class WholeConsole(Console):
+    """A terminal's console whose tables never cut a cell (`whole`)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(whole(o, self) if isinstance(o, Table) else o for o in objects), **kwargs)
+
+
+def whole(table: Table, console: Console) -> Any:
+    """`table` with cells that wrap at spaces instead of ending in `…`, or, when it cannot fit the console
+    with every word whole, its rows as blocks of `header: value` lines (the first cell's unindented).
+
+    >>> t = Table("trial", "D (tokens)")
+    >>> t.add_row("N19800-D1605632-lr0.03-b8192-s0-e51237", "1,605,632")
+    >>> Console(width=50).print(whole(t, Console(width=50)))
+    trial: N19800-D1605632-lr0.03-b8192-s0-e51237
+      D (tokens): 1,605,632
+    """
+    for col in table.columns:
+        col.overflow = "fold"  # wraps at spaces; breaks a word only where the table is too narrow
+    # measured unbounded: a measurement against the console is capped at its width
+    if Measurement.get(console, console.options.update_width(PIPE_WIDTH), table).minimum <= console.width:
+        return table
+    heads = [" ".join(str(c.header).split()) for c in table.columns]
+    cells = [list(c._cells) for c in table.columns]  # noqa: SLF001 -- rich keeps a column's cells here
+    lines: list[Any] = [Text(str(table.title))] if table.title else []
+    for r in range(table.row_count):
+        row = [c[r] if r < len(c) else "" for c in cells]
+        for i, (head, cell) in enumerate(zip(heads, row)):
+            value = Text.from_markup(cell) if isinstance(cell, str) else cell
+            label = ("  " if i else "") + (f"{head}: " if head else "")
+            lines.append(Text.assemble(label, value) if isinstance(value, Text) else value)
+    return Group(*lines)
 
 
 class LazyConsole:

@@ -153,7 +153,15 @@ def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
         fail(f"sweep {s.name} could not start: {one_line(exc)} (nothing was run; set SCALESWEEP_TRACEBACK=1 "
              "for the traceback)", code=1)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
-    console.print(f"\n[bold]sweep {s.name} done[/] in {outcome.wall_s:.0f}s: {counts}")
+    from ..query import never_started, status_line
+    from ..store import ObservationStore
+
+    # every state named, as `status` says it: a grid's trials that never started too (a diverged trunk's branches)
+    try:
+        never = never_started(s, ObservationStore(outcome.sweep_dir, location=s.store).trials())
+    except Exception:  # noqa: BLE001 -- only a count in a message: the sweep itself is done
+        never = None
+    console.print(f"\n[bold]sweep {s.name} done[/] in {outcome.wall_s:.0f}s: {status_line(outcome.statuses, never)}")
     print_fit(outcome.fit.to_json())
     console.print(f"\nsweep directory: {outcome.sweep_dir}")
     console.print(f"open the MLflow UI:  mlflow ui --backend-store-uri {s.tracking_uri()}")

@@ -99,3 +99,29 @@ def test_branches_restore_the_trunk_and_give_the_fit_three_points_per_good_lr(sw
         # more tokens, lower loss: the branches are real continuations of a learning trunk
         assert mine[0]["loss"] > mine[1]["loss"] > mine[2]["loss"]
     assert (outcome.sweep_dir / "fit.json").exists()
+
+
+def test_mlflow_tells_pruned_diverged_and_branches_apart(sweep):
+    """Issue 17, read back with MlflowClient: a pruned trial's run is KILLED with the outcome `pruned` and its
+    reason, a diverged one FAILED with `diverged`, a finished one FINISHED; a WSD branch's run names its
+    trunk's run and trial and the branch point."""
+    from orchestrator.tracking import OUTCOMES, read_sweep_runs
+
+    spec, outcome, store = sweep
+    _, children = read_sweep_runs(spec.tracking_uri(), spec.name)
+    runs = {c.data.tags["scalesweep.trial_id"]: c for c in children}
+    trials = store.trials()
+    assert set(runs) == set(trials)
+    for tid, rec in trials.items():
+        tags = runs[tid].data.tags
+        assert (tags["scalesweep.outcome"], runs[tid].info.status) == OUTCOMES[rec["status"]], tid
+        if rec["status"] == "stopped":
+            assert tags["scalesweep.outcome"] == "pruned" and tags["scalesweep.reason"] == rec["summary"]["reason"]
+        branch_of = rec["config"].get("branch_of")
+        if branch_of:
+            assert tags["scalesweep.trunk_trial_id"] == branch_of
+            assert tags["scalesweep.trunk_run_id"] == runs[branch_of].info.run_id
+            assert tags["scalesweep.branch_step"] == str(rec["config"]["branch_step"])
+        else:
+            assert "scalesweep.trunk_run_id" not in tags
+    assert {"pruned", "diverged", "finished"} <= {c.data.tags["scalesweep.outcome"] for c in children}

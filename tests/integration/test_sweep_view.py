@@ -49,6 +49,9 @@ def _check_whole(text: str) -> None:
 def test_run_output_is_whole_and_has_units(sweep):
     text = sweep["run"]
     _check_whole(text)
+    # its end names every state, as `status` does (here all 18 trials ran)
+    assert ("done in" in text and "0 pending, 0 running, 12 finished, 0 pruned, 6 diverged, 0 failed, "
+            "0 stopped by the user, 0 never started") in text, text
     fit = json.loads((sweep["dir"] / "fit.json").read_text())
     for p in fit["proposals"]:
         # integers as integers, each interval end in k/M
@@ -213,3 +216,56 @@ def test_the_column_picker_lists_only_keys_that_say_something(sweep):
     keys = set(parent.data.params) | trial_keys | metrics
     assert len(keys) < len(flatten_params(spec.model_dump(mode="json"))), sorted(keys)
     assert not any(k.startswith("branch_") for k in trial_keys)  # no WSD branch in this sweep
+
+
+def _in_a_terminal(*args: str, columns: int = 80) -> str:
+    """`scalesweep ARGS` in a pseudo-terminal of `columns` columns (its own process): what it shows."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    from pathlib import Path
+
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "COLUMNS", "LINES")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], stdin=child, stdout=child,
+                            stderr=child, env=env, close_fds=True)
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main)
+    assert proc.wait(timeout=120) == 0, out.decode(errors="replace")
+    return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.decode()).replace("\r", "")
+
+
+def test_status_propose_validate_in_an_80_column_terminal(sweep):
+    """Issue 17: in a terminal of 80 columns no line is wider than the terminal and nothing is cut: every
+    trial id and count whole; a table too wide for that prints one `header: value` block per row."""
+    status = json.loads(CliRunner().invoke(get_app(), ["status", str(sweep["dir"]), "--json"]).stdout)
+    (prop,) = json.loads(CliRunner().invoke(get_app(), ["propose", str(sweep["dir"]), "--budget", "3e13",
+                                                        "--bootstrap", "10", "--json"]).stdout)
+    spec_file = sweep["root"] / "spec.yaml"
+    for args in (["status", str(sweep["dir"])], ["propose", str(sweep["dir"]), "--budget", "3e13", "--bootstrap", "10"],
+                 ["validate", str(spec_file)], ["validate", str(spec_file), "--trials"]):
+        text = _in_a_terminal(*args)
+        assert "…" not in text and all(len(line) <= 80 for line in text.splitlines()), text
+        if args[0] == "status":
+            for t in status["trials"]:
+                assert f"trial: {t['trial_id']}" in text  # whole ids, not `N19800-…`
+                assert f"N (params): {t['N']:,}" in text and f"D (tokens): {t['D']:,}" in text
+        if args[0] == "propose":
+            assert "3e+13" in text and f"{round(prop['N']):,}" in text and f"{round(prop['D']):,}" in text
+        if args[-1] == "--trials":
+            assert all(f"trial: {t['trial_id']}" in text for t in status["trials"]), text

@@ -128,3 +128,35 @@ def test_the_first_query_reads_the_live_search_a_changed_store_replays(sweep, tm
     replayed = json.loads((copy / replay_cache.CACHE_FILE).read_text())
     assert replayed["source"] == "replay" and replayed["key"] != doc["key"]
     assert f"search (transfer): ended: {replayed['done']}" in r.stdout.splitlines()
+
+
+def test_a_stopped_sweep_caches_the_search_a_resume_rebuilds(sweep, tmp_path):
+    """Issue 17: a law/transfer sweep that was stopped (or failed) caches its search at its end path too, so its
+    first query does not replay; the cache is the store's replay (what a resume continues from: a trial the
+    stop left unended is one to start again), not the live planner, which has handed it out already."""
+    from orchestrator.controller import StopRequest, _finish_interrupted
+
+    spec, outcome = sweep
+    copy = tmp_path / "stopped"  # the sweep as if stopped while its last trial ran
+    shutil.copytree(outcome.sweep_dir, copy, ignore=shutil.ignore_patterns("ray", "mlartifacts", "checkpoints",
+                                                                           replay_cache.CACHE_FILE))
+    recorded = yaml.safe_load((copy / "spec.yaml").read_text())
+    (copy / "spec.yaml").write_text(yaml.safe_dump({**recorded, "output_dir": str(copy)}))
+    store = ObservationStore(copy, fsync=False)
+    last = max(store.trials().items(), key=lambda kv: kv[1].get("time") or 0)[0]
+    store.set_status(last, "running")
+    stash = {"stop": StopRequest(copy / "stop-requested"), "store": store}
+    stash["stop"].request("SIGINT")
+    _finish_interrupted(stash, copy)  # marks it stopped-by-user, then caches the search
+    store.close()
+    assert ObservationStore(copy).trials()[last]["status"] == "stopped-by-user"
+    cache = copy / replay_cache.CACHE_FILE
+    written = cache.read_bytes()
+    doc = json.loads(written)
+    assert doc["source"] == "replay"
+    r = _cli("status", str(copy))
+    assert cache.read_bytes() == written  # the first query read it: no replay rewrote it
+    cache.unlink()  # the query's own replay answers the same, under the same key
+    assert _cli("status", str(copy)).stdout == r.stdout
+    again = json.loads(cache.read_bytes())
+    assert (again["key"], again["next_trials"], again["done"]) == (doc["key"], doc["next_trials"], doc["done"])

@@ -6,7 +6,7 @@ import io
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli.output import PIPE_WIDTH, make_console
+from orchestrator.cli.output import PIPE_WIDTH, WholeConsole, make_console
 from orchestrator.progress import SweepProgress
 
 
@@ -24,6 +24,38 @@ def test_piped_console_never_cuts_a_table(monkeypatch):
     narrow = Console(file=io.StringIO())
     narrow.print(table)
     assert "…" in narrow.file.getvalue()
+
+
+
+def test_terminal_console_wraps_a_table_that_fits_and_blocks_one_that_cannot():
+    """In a terminal of 80 columns: a table that fits with every word whole wraps its headers, never `…`; one
+    that cannot (long trial ids beside 7 columns) prints each row as `header: value` lines, every value whole."""
+    def show(table: Table) -> str:
+        console = WholeConsole(file=io.StringIO(), force_terminal=True, width=80, color_system=None)
+        console.print(table)
+        return console.file.getvalue()
+
+    fits = Table(*[f"a long header {i}" for i in range(6)])
+    fits.add_row(*[f"{1.2345e6 * (i + 1):,.0f}" for i in range(6)])
+    out = show(fits)
+    assert "…" not in out and "┃" in out and all(f"{1.2345e6 * (i + 1):,.0f}" in out for i in range(6))
+    ids = [f"N{n}-D1605632-lr0.03-b8192-s0-e5123{n}" for n in range(3)]
+    wide = Table("trial", "status", "N (params)", "D (tokens)", "lr", "batch (tokens)", "FLOPs spent / planned")
+    for tid in ids:
+        wide.add_row(tid, "stopped-by-user", "121,500", "1,605,632", "0.03", "8,192", "1.16e+12 / 1.17e+12")
+    out = show(wide)
+    assert "…" not in out and all(len(line) <= 80 for line in out.splitlines()), out
+    assert all(f"trial: {tid}" in out for tid in ids) and out.count("  D (tokens): 1,605,632") == 3
+    assert "  FLOPs spent / planned: 1.16e+12 / 1.17e+12" in out
+
+
+def test_output_doctests_hold():
+    import doctest
+
+    import orchestrator.cli.output as output
+
+    result = doctest.testmod(output, report=False)
+    assert result.attempted > 0 and result.failed == 0, result
 
 
 def test_progress_off_a_terminal_prints_lines_and_the_final_table():
