@@ -142,14 +142,21 @@ def test_real_both_schedules_live_never_lose_the_cell_winner(real):
     # Both schedules of one size run together (the cross-schedule rule compares them), calibrated
     # on the other sizes' completed runs: the cell's winner is never stopped, nor a run within 1 %
     # of it, and the far-off runs of both schedules still are.
-    sizes = sorted({(N, T) for N, _, T in real})
-    far = 0
-    for N, T in sizes:
-        p = Pruner(PruneConfig(**PAIRED_ONLY))
+    # Each size's pruner sees the other sizes complete in `real`'s order. A size's groups are adjacent
+    # there, so the pruners share their prefix (the sizes before it), as `calibrated_on_the_others` does.
+    order = [(N, T) for N, _, T in real]
+    sizes = list(dict.fromkeys(order))
+    assert order == sorted(order, key=sizes.index)  # adjacent: the completion order is unchanged
+    prefix, far = Pruner(PruneConfig(**PAIRED_ONLY)), 0
+    for i, (N, T) in enumerate(sizes):
+        p = copy.deepcopy(prefix)
         for (N2, kind, T2), r2 in real.items():
-            if (N2, T2) != (N, T):
+            if sizes.index((N2, T2)) > i:
                 complete(p, r2)
         runs = {t: v for (N2, kind, T2), r2 in real.items() if (N2, T2) == (N, T) for t, v in r2.items()}
+        if i < len(sizes) - 1:
+            for r2 in [r2 for (N2, _, T2), r2 in real.items() if (N2, T2) == (N, T)]:
+                complete(prefix, r2)
         stopped = live(p, runs)
         f = finals(runs)
         best = min(f.values())
