@@ -28,12 +28,13 @@ if [ $# -gt 0 ]; then
 fi
 
 I=tests/integration
-UNIT_TOO=("$I/test_api_shutdown.py" "$I/test_graceful_stop.py" "$I/test_checkpoint_on_stop.py")
+UNIT_TOO=("$I/test_api_shutdown.py" "$I/test_graceful_stop.py" "$I/test_checkpoint_on_stop.py"
+          "$I/test_transfer_sweep.py")
 # (the pruned sweep last: its background pruner's stop must land before a trunk ends, and by then
 # the unit tests, which keep a core busy, are done)
 INT_A=("$I/test_own_trainer.py" "$I/test_sweep.py" "$I/test_tracking.py" "$I/test_s3_store.py"
        "$I/test_llama_trial.py" "$I/test_memory_measured.py" "$I/test_warm_start_sweep.py"
-       "$I/test_pruned_sweep.py")
+       "$I/test_api.py" "$I/test_pruned_sweep.py")
 # Each process collects only its files: collecting the whole folder imports every integration
 # module (torch, DeepSpeed, Ray Tune...), seconds of CPU each time.
 mapfile -t serial_files < <(grep -l "pytest.mark.serial" "$I"/test_*.py)

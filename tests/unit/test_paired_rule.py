@@ -2,6 +2,7 @@
 calibrated on the sweep's own completed pairs; planted truth (simulated world) and real curves."""
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from collections import defaultdict
@@ -83,8 +84,27 @@ def real():
     return real_groups()
 
 
+@pytest.fixture(scope="module")
+def calibrated_on_the_others(real):
+    """Group -> a fresh copy of a pruner that has seen every other group of `real` complete, in
+    `real`'s order (what a group sees when the rest of the sweep completed first); None -> every group.
+
+    Completing a group is the expensive step, so the pruners are built once for the file and share
+    their common prefix: the one for the i-th group is the first i-1 groups' pruner plus the groups
+    after it (half the completions of building each from scratch, the same order and so the same state).
+    """
+    keys, prefix, built = list(real), Pruner(PruneConfig(**PAIRED_ONLY)), {}
+    for i, key in enumerate(keys):
+        built[key] = copy.deepcopy(prefix)
+        for other in keys[i + 1:]:
+            complete(built[key], real[other])
+        complete(prefix, real[key])
+    built[None] = prefix  # every group completed
+    return lambda key: copy.deepcopy(built[key])
+
+
 @pytest.mark.parametrize("calibrated", [False, True])
-def test_real_lr_sweeps_never_lose_their_winner(real, calibrated):
+def test_real_lr_sweeps_never_lose_their_winner(real, calibrated, calibrated_on_the_others):
     # Real curves cross: at 20-35 % of the steps the eventual winner trails a lower lr by up to
     # 5 %, and a WSD decay moves a pair's ratio by up to 3.5 %. The rule must wait that out, with
     # the trend allowance and prior before the sweep can calibrate, with the calibrated one after.
@@ -93,14 +113,13 @@ def test_real_lr_sweeps_never_lose_their_winner(real, calibrated):
     # when it ends > 1 % worse than the cell's best; against its own schedule, than its group's best.
     far_stopped = cross = 0
     for key, runs in real.items():
-        p = Pruner(PruneConfig(**PAIRED_ONLY))
+        # calibrated: the other groups of the sweep completed first
+        p = calibrated_on_the_others(key) if calibrated else Pruner(PruneConfig(**PAIRED_ONLY))
         cell_best = math.inf
-        if calibrated:  # the other groups of the sweep completed first
+        if calibrated:
             for other, r2 in real.items():
-                if other != key:
-                    complete(p, r2)
-                    if (other[0], other[2]) == (key[0], key[2]):
-                        cell_best = min(cell_best, *finals(r2).values())
+                if other != key and (other[0], other[2]) == (key[0], key[2]):
+                    cell_best = min(cell_best, *finals(r2).values())
             assert p.history.calibration.allowance() is not None
         stopped = live(p, runs)
         f = finals(runs)
@@ -123,14 +142,21 @@ def test_real_both_schedules_live_never_lose_the_cell_winner(real):
     # Both schedules of one size run together (the cross-schedule rule compares them), calibrated
     # on the other sizes' completed runs: the cell's winner is never stopped, nor a run within 1 %
     # of it, and the far-off runs of both schedules still are.
-    sizes = sorted({(N, T) for N, _, T in real})
-    far = 0
-    for N, T in sizes:
-        p = Pruner(PruneConfig(**PAIRED_ONLY))
+    # Each size's pruner sees the other sizes complete in `real`'s order. A size's groups are adjacent
+    # there, so the pruners share their prefix (the sizes before it), as `calibrated_on_the_others` does.
+    order = [(N, T) for N, _, T in real]
+    sizes = list(dict.fromkeys(order))
+    assert order == sorted(order, key=sizes.index)  # adjacent: the completion order is unchanged
+    prefix, far = Pruner(PruneConfig(**PAIRED_ONLY)), 0
+    for i, (N, T) in enumerate(sizes):
+        p = copy.deepcopy(prefix)
         for (N2, kind, T2), r2 in real.items():
-            if (N2, T2) != (N, T):
+            if sizes.index((N2, T2)) > i:
                 complete(p, r2)
         runs = {t: v for (N2, kind, T2), r2 in real.items() if (N2, T2) == (N, T) for t, v in r2.items()}
+        if i < len(sizes) - 1:
+            for r2 in [r2 for (N2, _, T2), r2 in real.items() if (N2, T2) == (N, T)]:
+                complete(prefix, r2)
         stopped = live(p, runs)
         f = finals(runs)
         best = min(f.values())
@@ -142,17 +168,15 @@ def test_real_both_schedules_live_never_lose_the_cell_winner(real):
     assert far >= 10
 
 
-def test_real_calibration_learns_that_real_ratios_move(real):
+def test_real_calibration_learns_that_real_ratios_move(calibrated_on_the_others):
     # Calibrated on the real sweep, the allowance early in a run is large (curves cross), late small.
-    p = Pruner(PruneConfig(**PAIRED_ONLY))
-    for runs in real.values():
-        complete(p, runs)
+    p = calibrated_on_the_others(None)
     A = p.history.calibration.allowance()
     assert A is not None and len(p.history.calibration.pairs) >= 50
     assert A[15] > 0.04 and A[95] < A[15] / 2
 
 
-def test_real_same_config_other_seed(real):
+def test_real_same_config_other_seed(real, calibrated_on_the_others):
     # Two runs of one config that differ only in seed (at this scale their finals differ by up to
     # 7 %): the better one is never stopped by the other, with or without calibration; nor is
     # either when they tie. (Calibrated, the cell's completed runs of the other schedule are known
@@ -165,14 +189,12 @@ def test_real_same_config_other_seed(real):
         f = finals(pair)
         better = min(f, key=f.get)
         for calibrated in (False, True):
-            p = Pruner(PruneConfig(**PAIRED_ONLY))
+            p = calibrated_on_the_others((N, kind, T)) if calibrated else Pruner(PruneConfig(**PAIRED_ONLY))
             cell_best = math.inf
             if calibrated:
                 for other, r2 in real.items():
-                    if other != (N, kind, T):
-                        complete(p, r2)
-                        if (other[0], other[2]) == (N, T):
-                            cell_best = min(cell_best, *finals(r2).values())
+                    if other != (N, kind, T) and (other[0], other[2]) == (N, T):
+                        cell_best = min(cell_best, *finals(r2).values())
             stopped = live(p, pair)
             within = {t: d for t, d in stopped.items() if not d.prediction.get("cross_schedule")}
             assert better not in within, (N, kind)
