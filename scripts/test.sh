@@ -29,7 +29,7 @@ fi
 
 I=tests/integration
 UNIT_TOO=("$I/test_api_shutdown.py" "$I/test_graceful_stop.py" "$I/test_checkpoint_on_stop.py"
-          "$I/test_transfer_sweep.py")
+          "$I/test_transfer_sweep.py" "$I/test_api_s3.py")
 # (the pruned sweep last: its background pruner's stop must land before a trunk ends, and by then
 # the unit tests, which keep a core busy, are done)
 INT_A=("$I/test_own_trainer.py" "$I/test_sweep.py" "$I/test_tracking.py" "$I/test_s3_store.py"
