@@ -23,7 +23,7 @@ from .planner import trial_config
 from .planners import make_planner
 from .query import SweepData, sweep_fit
 from .progress import SweepProgress
-from .proposals import SweepFit
+from .core.proposals import SweepFit
 from .spec import SpecError, SweepSpec
 from .store import (RESUME_SKIPS, STOPPED_BY_USER, ObservationStore, StoreError, drop_checkpoints_past_reports,
                     ended_trials)

@@ -1,7 +1,7 @@
 """One query path over a sweep: its status, its fit, its proposals and its laws.
 
 The controller's summary (fit.json), `scalesweep status|propose` and the HTTP API all answer
-through these functions, with the spec's fit settings (`proposals.fit_settings`), so the same
+through these functions, with the spec's fit settings (`config.fitting.fit_settings`), so the same
 store and spec give the same answer on every surface. Adapters only map the errors below onto
 their own channel (an exit code, an HTTP status).
 
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .core.planning.branching import spent_flops
-from .proposals import HparamRule, IntervalRule, SweepFit, fit_and_propose, fit_settings
+from .config.fitting import fit_settings
+from .core.proposals import HparamRule, IntervalRule, SweepFit, fit_and_propose
 
 log = logging.getLogger(__name__)
 

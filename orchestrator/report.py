@@ -281,7 +281,7 @@ def _laws(doc: Mapping[str, Any]) -> str:
 def hparam_laws(trials: Mapping[str, Mapping[str, Any]], store: Any) -> Optional[dict[str, str]]:
     """lr*(N, D) and batch*(D) fitted on the sweep's finished and diverged runs, as formulas (None: no fit)."""
     from .plots.evidence import hparam_runs
-    from .proposals import learned_hparams
+    from .core.proposals import learned_hparams
 
     law = learned_hparams(hparam_runs(dict(trials), store))
     if law is None:

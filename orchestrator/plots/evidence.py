@@ -191,7 +191,7 @@ def hparam_runs(trials: dict[str, dict[str, Any]], store: Any) -> list[dict[str,
 def bowls_figure(trials: dict[str, dict[str, Any]], store: Any, axis: str) -> Optional[Figure]:
     """lr (or batch) bowls per cell with the lr*(N, D) and batch*(D) laws fitted on the sweep's runs;
     None when no cell tried two values of `axis`."""
-    from ..proposals import learned_hparams
+    from ..core.proposals import learned_hparams
 
     runs = hparam_runs(trials, store)
     by_cell: dict[tuple[float, float], set[float]] = {}

@@ -206,7 +206,7 @@ def test_propose_on_the_stored_branched_sweep_equals_the_sweeps_fit(sweep):
     """`scalesweep propose` (a fresh process: it replays the search from the store) proposes what the
     resumed sweep wrote to fit.json, with the search's correction of its branches' losses."""
     from orchestrator import query
-    from orchestrator.proposals import fit_and_propose
+    from orchestrator.core.proposals import fit_and_propose
 
     spec, sweep_dir = sweep[:2]
     target = SPEC["budget"]["targets"][0]

@@ -12,7 +12,7 @@ from orchestrator.core import cells as cells_module
 from orchestrator.core.cells import Cell, assign_cells, best_per_cell, cell_of
 from orchestrator.planner import plan_grid, trial_config
 from orchestrator.planners import make_planner
-from orchestrator.proposals import best_cells
+from orchestrator.core.proposals import best_cells
 from orchestrator.pruner import TrialMeta
 from orchestrator.spec import load_spec
 

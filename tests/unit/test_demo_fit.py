@@ -16,7 +16,8 @@ import pytest
 
 from orchestrator.cli import fit_output
 from orchestrator.core.laws.selection import fit_auto
-from orchestrator.proposals import fit_and_propose, fit_settings
+from orchestrator.config.fitting import fit_settings
+from orchestrator.core.proposals import fit_and_propose
 from orchestrator.spec import load_spec
 from orchestrator.sweep_summary import summary_markdown
 

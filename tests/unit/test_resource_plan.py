@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cluster.resources import DEVICES, GiB, ZeroBuffers
 from orchestrator.cli import get_app
 from orchestrator.planner import GridPlanner, check_resources, plan_grid, proposal_resources, trial_config
-from orchestrator.proposals import fit_and_propose
+from orchestrator.core.proposals import fit_and_propose
 from orchestrator.spec import GPU_DEVICES, SpecError, parse_spec
 from orchestrator.store import ObservationStore
 
