@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from orchestrator.query import SweepData, sweep_fit
-from orchestrator.spec import parse_spec
+from orchestrator.config.spec import parse_spec
 from trainers.worlds import World, bundled_worlds, load_world, world_from_dict
 
 from . import strategies as S

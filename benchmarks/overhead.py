@@ -265,7 +265,7 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     from orchestrator.planner import GridPlanner, trial_config
     from orchestrator.progress import SweepProgress
     from orchestrator.pruner import PruneConfig
-    from orchestrator.spec import parse_spec
+    from orchestrator.config.spec import parse_spec
     from orchestrator.store import ObservationStore
     from orchestrator.tracking import SweepTracker
     from orchestrator.tune.forget import ForgetEndedTrials

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from orchestrator.controller import run_sweep
-    from orchestrator.spec import parse_spec
+    from orchestrator.config.spec import parse_spec
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-own-") as tmp:

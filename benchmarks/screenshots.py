@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.spec import load_spec
+    from orchestrator.config.spec import load_spec
 
     if not Path(args.chromium).is_file():
         raise SystemExit("no chromium: apt-get install -y chromium chromium-driver")

@@ -30,7 +30,7 @@ from orchestrator.core.planning import Done, Wait
 from orchestrator.core.planning.trial import PlannedTrial
 from orchestrator.planner import GridPlanner, plan_grid, trial_config
 from orchestrator.planners import make_planner
-from orchestrator.spec import SweepSpec, parse_spec
+from orchestrator.config.spec import SweepSpec, parse_spec
 from trainers.contract import TrialConfig
 from trainers.simulated import train
 from trainers.worlds import World

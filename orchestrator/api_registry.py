@@ -112,7 +112,7 @@ class SweepRegistry:
 
     def spec(self, sweep_id: str):
         """(spec, None) or (None, message) for a sweep's recorded spec."""
-        from .spec import SpecError, load_spec
+        from .config.spec import SpecError, load_spec
 
         d = self.dir(sweep_id)
         try:

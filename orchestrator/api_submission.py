@@ -49,7 +49,7 @@ def too_large_ranges(data: Any, path: str = "spec") -> Optional[str]:
 def validated_spec(data: Any, root: Path, tracking_uri: Optional[str]):
     """The submitted spec, validated, its output under ROOT/<name> and its tracking the server's;
     else ApiError 422 naming the field."""
-    from .spec import SpecError, _shape_problem, parse_spec
+    from .config.spec import SpecError, _shape_problem, parse_spec
 
     if not isinstance(data, dict):
         raise ApiError(422, f"spec: the body must be a JSON object of spec fields, got {type(data).__name__}")

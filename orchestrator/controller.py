@@ -24,7 +24,7 @@ from .planners import make_planner
 from .query import SweepData, sweep_fit
 from .progress import SweepProgress
 from .core.proposals import SweepFit
-from .spec import SpecError, SweepSpec
+from .config.spec import SpecError, SweepSpec
 from .store import (RESUME_SKIPS, STOPPED_BY_USER, ObservationStore, StoreError, drop_checkpoints_past_reports,
                     ended_trials)
 

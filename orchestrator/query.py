@@ -125,7 +125,7 @@ def save_live_search(store: Any, spec: Any, planner: Any) -> bool:
     the trials over in another order and may end for another reason). False: nothing cached (a grid, a
     store off the local disk, a recorded spec that no longer loads, advice that is not data)."""
     from . import replay_cache
-    from .spec import SpecError, load_spec
+    from .config.spec import SpecError, load_spec
 
     if spec.search.strategy == "grid" or not isinstance(store.root, Path):
         return False

@@ -52,7 +52,7 @@ def build_report(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, *,
     """Write SWEEP_DIR/report/index.html (and plots/*.png beside it); log the folder to the parent run."""
     from .plots.evidence import sweep_figures
     from .query import SweepData, sweep_fit
-    from .spec import load_spec
+    from .config.spec import load_spec
     from .store import ObservationStore, spent_flops
 
     sweep_dir = Path(sweep_dir)

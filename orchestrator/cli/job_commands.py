@@ -67,7 +67,7 @@ def submit(
     follow: bool = typer.Option(False, "--follow", "-f", help="stream the job's logs until it ends"),
 ) -> None:
     """Run a sweep's controller on a running Ray cluster as a Ray job; prints the job id."""
-    from ..spec import SpecError, load_spec
+    from ..config.spec import SpecError, load_spec
     from ..submit import ClusterError, prepare_submission, submit as send
 
     try:

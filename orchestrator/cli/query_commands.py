@@ -64,7 +64,7 @@ def _recorded_spec(sweep_dir: Path):
     spec_path = sweep_dir / "spec.yaml"
     if not spec_path.is_file():
         return None
-    from ..spec import SpecError, load_spec
+    from ..config.spec import SpecError, load_spec
 
     try:
         return load_spec(spec_path)

@@ -43,7 +43,7 @@ def serve(
     if tracking_uri is not None:  # the spec's own check: a scheme MLflow can use
         from pydantic import ValidationError
 
-        from ..spec import TrackingSpec
+        from ..config.spec import TrackingSpec
 
         try:
             TrackingSpec(uri=tracking_uri)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
-    from ..spec import SweepSpec
+    from .spec import SweepSpec
 
 
 def fit_settings(spec: Optional["SweepSpec"] = None, bootstrap: Optional[int] = None) -> dict[str, Any]:

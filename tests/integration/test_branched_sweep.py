@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.core.planning.branching import decay_steps
 from orchestrator.query import status
-from orchestrator.spec import load_spec
+from orchestrator.config.spec import load_spec
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import TAG_BRANCH_STEP, TAG_TRIAL, TAG_TRUNK_RUN, TAG_TRUNK_TRIAL, read_sweep_runs
 

@@ -34,7 +34,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.planner import plan_grid
-from orchestrator.spec import parse_spec
+from orchestrator.config.spec import parse_spec
 from orchestrator.store import ObservationStore, StoreError
 from orchestrator.tracking import read_sweep_runs
 from tests.integration.conftest import MlflowServer, free_port

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from orchestrator.planner import plan_grid
-from orchestrator.spec import parse_spec
+from orchestrator.config.spec import parse_spec
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import read_sweep_runs
 

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from orchestrator.planner import plan_grid
-from orchestrator.spec import parse_spec
+from orchestrator.config.spec import parse_spec
 from orchestrator.store import ObservationStore
 from tests.integration.conftest import LoopbackCluster, _env, _state
 

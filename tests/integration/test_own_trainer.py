@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.planner import plan_grid
-from orchestrator.spec import parse_spec
+from orchestrator.config.spec import parse_spec
 from orchestrator.store import ObservationStore
 from orchestrator.tracking import read_sweep_runs
 

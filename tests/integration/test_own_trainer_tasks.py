@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.spec import parse_spec
+from orchestrator.config.spec import parse_spec
 from orchestrator.store import ObservationStore
 
 pytestmark = pytest.mark.integration

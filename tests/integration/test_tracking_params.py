@@ -78,7 +78,7 @@ def test_the_sweeps_params_are_the_fields_the_user_set_and_stay_so_on_resume(tmp
     from mlflow.tracking import MlflowClient
 
     from orchestrator.controller import spec_set
-    from orchestrator.spec import parse_spec
+    from orchestrator.config.spec import parse_spec
 
     user = {"name": "cols", "model": {"n_params": [20000, 50000], "seq_len": 64}, "tokens": {"values": [400000]},
             "learning_rates": [0.01], "batch_sizes": [8192], "trainer": {"backend": "simulated", "world": "tiny"}}

@@ -216,7 +216,7 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 def test_no_import_cycle_at_module_level():
     eager, _ = _graph()
-    assert "orchestrator.spec" in eager and "orchestrator.core.family" in eager["orchestrator.core.planning.design"]
+    assert "orchestrator.config.spec" in eager and "orchestrator.core.family" in eager["orchestrator.core.planning.design"]
     assert _cycles(eager) == [], "import cycles (module-level imports): " + "; ".join(
         " <-> ".join(c) for c in _cycles(eager))
 
@@ -231,7 +231,7 @@ def test_deferred_imports_that_hide_a_cycle_are_listed():
     assert not gone, "these cycles are gone: remove them from DEFERRED_CYCLES: " + ", ".join(gone)
 
 
-@pytest.mark.parametrize("module", ["orchestrator.spec", "orchestrator.planner"])
+@pytest.mark.parametrize("module", ["orchestrator.config.spec", "orchestrator.planner"])
 def test_spec_and_planner_do_not_import_torch(module):
     """Loading a spec and planning a grid need neither torch nor Ray (the trainers and adapters do)."""
     r = subprocess.run([sys.executable, "-c", f"import sys, {module}\n"

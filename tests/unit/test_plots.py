@@ -185,7 +185,7 @@ def recorded(tmp_path_factory):
     from orchestrator.plots.evidence import sweep_figures
     from orchestrator.config.fitting import fit_settings
     from orchestrator.core.proposals import fit_and_propose
-    from orchestrator.spec import load_spec
+    from orchestrator.config.spec import load_spec
     from orchestrator.store import ObservationStore, diverged_configs, final_points
 
     where = tmp_path_factory.mktemp("sweep") / "plots"
@@ -277,7 +277,7 @@ def test_demo_loss_vs_compute_draws_each_size_curve_and_the_held_out_size(tmp_pa
     from orchestrator.plots.evidence import loss_vs_compute_figure
     from orchestrator.config.fitting import fit_settings
     from orchestrator.core.proposals import fit_and_propose
-    from orchestrator.spec import load_spec
+    from orchestrator.config.spec import load_spec
 
     root = Path(__file__).resolve().parents[2]
     spec = load_spec(root / "examples" / "tiny.yaml")

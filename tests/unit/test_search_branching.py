@@ -16,7 +16,7 @@ from orchestrator.planners import make_planner
 from orchestrator.core.planning.search.branches import bowl_penalty, corrected_loss
 from orchestrator.core.planning.search.lattice import LAW_POINT
 from orchestrator.planners import LawGuidedPlanner
-from orchestrator.spec import parse_spec
+from orchestrator.config.spec import parse_spec
 from trainers.worlds import load_world
 
 # The test checks the mechanics, not the online form selection: one form, fewer replicates (fast).

@@ -17,7 +17,7 @@ from orchestrator.cli import get_app
 from orchestrator.core.planning.trial import PlannedTrial
 from orchestrator.planner import trial_config
 from orchestrator.planners import make_planner
-from orchestrator.spec import load_spec
+from orchestrator.config.spec import load_spec
 from orchestrator.store import ObservationStore
 
 runner = CliRunner()

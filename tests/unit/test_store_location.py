@@ -4,7 +4,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from orchestrator.spec import SpecError, parse_spec
+from orchestrator.config.spec import SpecError, parse_spec
 from orchestrator.store_location import StoreLocation, check_uri, is_uri
 from orchestrator.api import EXAMPLE_SPEC
 

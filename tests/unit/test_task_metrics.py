@@ -15,7 +15,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.spec import SpecError, parse_spec
+from orchestrator.config.spec import SpecError, parse_spec
 from orchestrator.store import OBS_SCHEMA, ObservationStore, final_task_points
 from trainers.contract import TrialConfig, split_task_key, task_key
 
