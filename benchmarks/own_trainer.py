@@ -55,7 +55,7 @@ def _spec(arm: str, args, root: Path) -> dict:
 def _measure(sweep_dir: Path) -> dict:
     import pyarrow.parquet as pq
 
-    from orchestrator.store import ObservationStore
+    from orchestrator.io.store import ObservationStore
 
     store = ObservationStore(sweep_dir)
     events = []

@@ -547,7 +547,7 @@ def _scalesweep_tuner(grid: Grid, spec_data: dict[str, Any], concurrency: int, p
     import ray
 
     from orchestrator.controller import run_sweep
-    from orchestrator.store import ObservationStore
+    from orchestrator.io.store import ObservationStore
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)

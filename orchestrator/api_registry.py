@@ -199,7 +199,7 @@ class SweepRegistry:
     # ---- fits -----------------------------------------------------------------------
     def data(self, sweep_id: str) -> query.SweepData:
         """The fit's inputs from the sweep's store (cached per store version)."""
-        from .store import ObservationStore
+        from .io.store import ObservationStore
 
         d = self.dir(sweep_id)
         if not (d / "store").is_dir():

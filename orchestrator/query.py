@@ -47,7 +47,7 @@ class SweepData:
     @classmethod
     def read(cls, store: Any) -> "SweepData":
         """The fit's inputs from an `ObservationStore`."""
-        from .store import diverged_configs, final_points, final_task_points
+        from .io.store import diverged_configs, final_points, final_task_points
 
         points = final_points(store)
         return cls(points, diverged_configs(store), final_task_points(store, points), store)
@@ -96,7 +96,7 @@ def _cache_key(store: Any, spec_json: str) -> tuple[Optional[Path], str, dict[st
     """Where a search's cache lives (the sweep directory of a local store, else None), its key for the
     store as it is now, the ended trials with their last reports and the trials started and not ended."""
     from . import replay_cache
-    from .store import ended_trials
+    from .io.store import ended_trials
 
     ended = ended_trials(store)
     started = {tid for tid, rec in store.trials().items() if rec["status"] in ("planned", "running")}
@@ -299,7 +299,7 @@ def status(sweep_dir: str | Path, spec: Any = None) -> dict[str, Any]:
     """Every trial (state, config, FLOPs spent), counts per state, FLOPs spent in all (branches
     from their branch point) and, with a spec, how many of its trials never started: a grid's missing
     trials, a law-guided search's next trials (`search_replay`; its state under `search`: done and why)."""
-    from .store import ObservationStore
+    from .io.store import ObservationStore
 
     store = ObservationStore(sweep_dir)
     trials = store.trials()

@@ -53,7 +53,7 @@ def build_report(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, *,
     from .plots.evidence import sweep_figures
     from .query import SweepData, sweep_fit
     from .config.spec import load_spec
-    from .store import ObservationStore, spent_flops
+    from .io.store import ObservationStore, spent_flops
 
     sweep_dir = Path(sweep_dir)
     spec_text = (sweep_dir / "spec.yaml").read_text()

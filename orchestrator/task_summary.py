@@ -1,7 +1,7 @@
 """A sweep's downstream results for MLflow and fit.json: the per-task fits, a backtest by model size,
 and the data of the accuracy-vs-compute plot (`orchestrator.plots.accuracy_vs_compute`).
 
-Input: the sweep's task rows (`orchestrator.store.final_task_points`) and its L(N, D) fit with
+Input: the sweep's task rows (`orchestrator.io.store.final_task_points`) and its L(N, D) fit with
 proposals (`orchestrator.core.proposals.SweepFit`, whose proposals already carry `task_metrics`).
 
 >>> import numpy as np

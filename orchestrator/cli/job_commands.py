@@ -113,7 +113,7 @@ def job_status(job_id: str, address: Optional[str], as_json: bool) -> None:
         fail(str(exc), code=CLUSTER_ERROR)
     sweep_dir = doc["metadata"].get("scalesweep.sweep_dir")
     if sweep_dir and (Path(sweep_dir) / "store").is_dir():
-        from ..store import ObservationStore
+        from ..io.store import ObservationStore
 
         counts: dict[str, int] = {}
         for rec in ObservationStore(Path(sweep_dir)).trials().values():

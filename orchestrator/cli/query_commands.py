@@ -82,7 +82,7 @@ def propose(
 ) -> None:
     """Compute-optimal (N, D, lr, batch) and predicted loss for each budget, from the sweep's trials."""
     from .. import query
-    from ..store import ObservationStore
+    from ..io.store import ObservationStore
 
     store = ObservationStore(sweep_dir_of(sweep_dir))
     spec = _recorded_spec(sweep_dir)  # its fit settings and device: the same answer as the API and fit.json

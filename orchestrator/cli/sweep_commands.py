@@ -122,7 +122,7 @@ def run(
 def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
     from ..controller import SweepFailed, SweepInterrupted, TrainerContractError, run_sweep
     from ..config.spec import SpecError
-    from ..store import StoreError
+    from ..io.store import StoreError
 
     try:
         outcome = run_sweep(s, spec_path, show_progress=not no_progress)

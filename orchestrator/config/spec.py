@@ -764,7 +764,7 @@ class SweepSpec(_Strict):
         if v is None:
             return v
         _no_control(v, "the store location")
-        from ..store_location import check_uri
+        from ..io.store_location import check_uri
 
         return check_uri(v.strip())
 

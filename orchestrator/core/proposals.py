@@ -170,7 +170,7 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     (N*, D*) in log space (which, extrapolated far, can propose an lr that diverges).
     Their intervals (`intervals.lr`, `intervals.batch`: the laws' own uncertainty at (N*, D*))
     come from `hparam_intervals`, or from the learned laws' when they have one.
-    With `task_rows` (a sweep's task metrics, `orchestrator.store.final_task_points`) each proposal
+    With `task_rows` (a sweep's task metrics, `orchestrator.io.store.final_task_points`) each proposal
     also carries `task_metrics`: the accuracy predicted at its (N, D) per task, with intervals.
 
     `corrected_loss(point) -> loss`: the loss the fit counts for a finished run, default the

@@ -26,7 +26,7 @@ BACKTEST_NAMES = {"largest_size": "largest size held out", "largest_compute_deca
 def sweep_figures(spec: Any, store: Any, fit: Any, points: Optional[list[dict[str, Any]]] = None) -> dict[str, Figure]:
     """{name: Figure} for a sweep: loss_vs_compute, isoflop, backtest, lr_bowls, batch_bowls, pruner and
     wsd_branches, each where the sweep has what it shows. `fit`: the sweep's `SweepFit`."""
-    from ..store import final_points
+    from ..io.store import final_points
 
     points = final_points(store) if points is None else points
     trials = store.trials()

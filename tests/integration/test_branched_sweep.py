@@ -30,8 +30,8 @@ from mlflow.tracking import MlflowClient
 from orchestrator.core.planning.branching import decay_steps
 from orchestrator.query import status
 from orchestrator.config.spec import load_spec
-from orchestrator.store import ObservationStore
-from orchestrator.tracking import TAG_BRANCH_STEP, TAG_TRIAL, TAG_TRUNK_RUN, TAG_TRUNK_TRIAL, read_sweep_runs
+from orchestrator.io.store import ObservationStore
+from orchestrator.io.tracking import TAG_BRANCH_STEP, TAG_TRIAL, TAG_TRUNK_RUN, TAG_TRUNK_TRIAL, read_sweep_runs
 
 # Not `serial`: the SIGTERM goes to its own `scalesweep run` process, sent on an event (the first
 # branch restored), not inside a time window.

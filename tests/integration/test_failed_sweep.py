@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.store import ObservationStore
-from orchestrator.tracking import read_sweep_runs
+from orchestrator.io.store import ObservationStore
+from orchestrator.io.tracking import read_sweep_runs
 
 # Not `serial`: no process is killed and nothing is timed (the failures are diverged trials and a
 # directory in fit.json's way), so other tests beside it only slow it down.

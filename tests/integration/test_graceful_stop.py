@@ -29,8 +29,8 @@ import yaml
 
 from orchestrator.planner import plan_grid
 from orchestrator.config.spec import parse_spec
-from orchestrator.store import ObservationStore
-from orchestrator.tracking import read_sweep_runs
+from orchestrator.io.store import ObservationStore
+from orchestrator.io.tracking import read_sweep_runs
 
 # Not `serial`: it signals only its own `scalesweep` process group, once the store shows trials past
 # their first checkpoints (an event, not a time window), so other tests beside it only slow it down.

@@ -31,7 +31,7 @@ import yaml
 
 from orchestrator.planner import plan_grid
 from orchestrator.config.spec import parse_spec
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from tests.integration.conftest import LoopbackCluster, _env, _state
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]

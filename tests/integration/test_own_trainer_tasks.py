@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from orchestrator.config.spec import parse_spec
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from orchestrator.store import ObservationStore, final_points
+from orchestrator.io.store import ObservationStore, final_points
 from tests.integration.conftest import run_real_sweep
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import pytest
 
 from orchestrator.core.planning.trial import PlannedTrial
 from orchestrator.progress import SweepProgress
-from orchestrator.store import ObservationStore
-from orchestrator.tracking import SweepTracker, read_sweep_runs
-from orchestrator.tracking.layout import flatten_params, trial_params
+from orchestrator.io.store import ObservationStore
+from orchestrator.io.tracking import SweepTracker, read_sweep_runs
+from orchestrator.io.tracking.layout import flatten_params, trial_params
 from orchestrator.tune.callback import SweepCallback
 from orchestrator.tune.envelope import TrialEnvelope
 from trainers.contract import Schedule, TrialConfig

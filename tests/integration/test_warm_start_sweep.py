@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from orchestrator.config.spec import parse_spec
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 
 # Not `serial`: the pruner decides inline (`pruning.background: false`), so load cannot move its stop.
 pytestmark = pytest.mark.integration

@@ -256,6 +256,46 @@ def test_core_imports_only_the_core():
     assert r.stdout.strip() == "", f"orchestrator.core imports {r.stdout.strip()}"
 
 
+# ---- the layers above the core (docs/architecture.md) ----------------------------------------
+
+# layer -> the orchestrator modules (prefixes) its modules may import, at module level or in a function
+LAYERS = {
+    "orchestrator.config": ("orchestrator.core", "orchestrator.config",
+                            "orchestrator.sizing",  # the spec's load checks size trials (sizing -> config.planning)
+                            "orchestrator.io.store_location"),  # the spec checks its store's URI
+    "orchestrator.io": ("orchestrator.core", "orchestrator.io",
+                        "orchestrator.helper_process"),  # the tracker's MLflow writer is a helper process
+}
+
+
+def test_the_layers_import_only_the_layers_below():
+    """config/ and io/ import no planner, adapter (orchestrator.tune) nor app module (controller, query, cli, api)."""
+    eager, deferred = _graph()
+    bad = []
+    for name in sorted(eager):
+        layer = next((lay for lay in LAYERS if name == lay or name.startswith(lay + ".")), None)
+        if layer is None:
+            continue
+        for target in sorted(eager[name] | {t for t, _ in deferred[name]}):
+            allowed = any(target.startswith(p) or p.startswith(target + ".") for p in LAYERS[layer])  # or its package
+            if target.startswith("orchestrator.") and not allowed:
+                bad.append(f"{name} -> {target}")
+    assert {"orchestrator.config.spec", "orchestrator.io.store", "orchestrator.io.tracking.tracker"} <= set(eager)
+    assert not bad, "a module imports a layer above its own: " + ", ".join(bad)
+
+
+def test_config_and_io_import_no_ray():
+    """The spec, its conversions, the store and the tracking load without Ray or torch (MLflow itself
+    brings FastAPI)."""
+    mods = _pure_modules(("orchestrator/config", "orchestrator/io"))
+    code = ("".join(f"import {m}\n" for m in mods) + "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", "import sys\n" + code +
+                        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'torch'})))"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["ok"], f"config/ or io/ imports {r.stdout.split()[1:]}"
+
+
 def test_building_the_cli_loads_no_law_and_no_framework():
     """`scalesweep CMD` builds the whole app first: the command modules defer the laws (scipy) and the
     frameworks into the command functions, so a command pays only for what it uses (propose on a

@@ -27,7 +27,7 @@ from orchestrator.core.pruning.decision import Decision
 from orchestrator.core.pruning.meta import TrialMeta
 from orchestrator.core.pruning.pruner import Pruner
 from orchestrator.core.planning.search.lattice import outcome as search_outcome
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from orchestrator.tune.callback import SweepCallback
 from orchestrator.tune.envelope import TrialEnvelope
 from trainers.contract import TrialConfig

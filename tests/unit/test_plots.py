@@ -186,7 +186,7 @@ def recorded(tmp_path_factory):
     from orchestrator.config.fitting import fit_settings
     from orchestrator.core.proposals import fit_and_propose
     from orchestrator.config.spec import load_spec
-    from orchestrator.store import ObservationStore, diverged_configs, final_points
+    from orchestrator.io.store import ObservationStore, diverged_configs, final_points
 
     where = tmp_path_factory.mktemp("sweep") / "plots"
     shutil.copytree(SWEEP, where)

@@ -5,7 +5,7 @@ import numpy as np
 
 from orchestrator.core.pruning import RULES, Completed, PruneConfig, Pruner
 from orchestrator.config.pruning import completed_from_store, trial_meta
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import train
 from trainers.worlds import load_world

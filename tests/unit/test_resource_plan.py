@@ -15,7 +15,7 @@ from orchestrator.cli import get_app
 from orchestrator.planner import GridPlanner, check_resources, plan_grid, proposal_resources, trial_config
 from orchestrator.core.proposals import fit_and_propose
 from orchestrator.config.spec import GPU_DEVICES, SpecError, parse_spec
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"
 BATCH_4M = 4 * 2**20

@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator.config.spec import SpecError, parse_spec
-from orchestrator.store import OBS_SCHEMA, ObservationStore, final_task_points
+from orchestrator.io.store import OBS_SCHEMA, ObservationStore, final_task_points
 from trainers.contract import TrialConfig, split_task_key, task_key
 
 BASE = {"name": "t", "model": {"n_params": [8000], "seq_len": 64}, "tokens": {"values": [8192]},
