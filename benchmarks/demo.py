@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from benchmarks import trainer_throughput
     from orchestrator.controller import run_sweep
-    from orchestrator.spec import load_spec
+    from orchestrator.config.spec import load_spec
     from orchestrator.sweep_summary import useful_work_fraction
 
     spec = load_spec(args.spec)

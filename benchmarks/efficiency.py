@@ -31,14 +31,14 @@ import numpy as np
 import yaml
 
 from orchestrator.query import SweepData, sweep_fit
-from orchestrator.spec import parse_spec
+from orchestrator.config.spec import parse_spec
 from trainers.worlds import World, bundled_worlds, load_world, world_from_dict
 
 from . import strategies as S
 
 STRATEGIES = ("full_grid", "asha", "optuna", "random", "random_at_asha", "scalesweep")
 # The tiny world is the chinchilla world with N, D / 1e4 (C / 1e8). Chinchilla's target is 1e22, not
-# 1e24: the fit (orchestrator.proposals.fit_and_propose) sizes its proposal with trainers.model.shape_for, whose largest member is
+# 1e24: the fit (orchestrator.core.proposals.fit_and_propose) sizes its proposal with trainers.model.shape_for, whose largest member is
 # 1.3e10 parameters (N* at 1e24 is 1.7e11).
 # The issue-13 worlds: bent and repeated at CPU scale, kaplan and crossing at the published scale.
 DEFAULT_TARGETS = {"tiny": 1e17, "chinchilla": 1e22, "bent": 1e17, "repeated": 1e17, "kaplan": 1e22,

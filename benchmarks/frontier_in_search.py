@@ -36,7 +36,7 @@ from benchmarks import strategies as S
 from orchestrator.core.cells import cell_of
 from orchestrator.core.laws.chinchilla import fit_chinchilla, frontier_samples
 from orchestrator.planners import make_planner
-from orchestrator.spec import parse_spec
+from orchestrator.config.spec import parse_spec
 from trainers.worlds import load_world
 
 MARGINS = (0.0, 0.01, 0.02)  # 0.02: PruneConfig.margin's default

@@ -265,9 +265,9 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     from orchestrator.planner import GridPlanner, trial_config
     from orchestrator.progress import SweepProgress
     from orchestrator.pruner import PruneConfig
-    from orchestrator.spec import parse_spec
-    from orchestrator.store import ObservationStore
-    from orchestrator.tracking import SweepTracker
+    from orchestrator.config.spec import parse_spec
+    from orchestrator.io.store import ObservationStore
+    from orchestrator.io.tracking import SweepTracker
     from orchestrator.tune.forget import ForgetEndedTrials
     from orchestrator.tune.envelope import TrialEnvelope
     from orchestrator.tune.scheduler import PrunerScheduler
@@ -455,7 +455,7 @@ def _planned_reports(t, eval_every: int, seq_len: int = 128) -> int:
 
 def store_throughput(rows: int = 200_000, trials: int = 2000) -> dict[str, Any]:
     """ObservationStore.append rows/s (buffered, with its periodic flushes), with and without the per-row fsync."""
-    from orchestrator.store import ObservationStore
+    from orchestrator.io.store import ObservationStore
 
     out: dict[str, Any] = {"rows": rows}
     rep = {"step": 0.0, "tokens": 0.0, "flops": 1e12, "lr": 1e-3, "train_loss": 3.0, "eval_loss": 3.1,

@@ -55,7 +55,7 @@ def _spec(arm: str, args, root: Path) -> dict:
 def _measure(sweep_dir: Path) -> dict:
     import pyarrow.parquet as pq
 
-    from orchestrator.store import ObservationStore
+    from orchestrator.io.store import ObservationStore
 
     store = ObservationStore(sweep_dir)
     events = []
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from orchestrator.controller import run_sweep
-    from orchestrator.spec import parse_spec
+    from orchestrator.config.spec import parse_spec
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-own-") as tmp:

@@ -42,7 +42,7 @@ CASES: dict[str, Any] = {
 
 
 def _doc(case: str) -> dict[str, Any]:
-    """The case's spec document (plain data: both arms parse it with their own `orchestrator.spec`)."""
+    """The case's spec document (plain data: both arms parse it with their own `orchestrator.config.spec`)."""
     import yaml
 
     if CASES[case] is None:  # transfer + WSD branching + the pruner, as tests/unit/test_search_branching.py runs it
@@ -68,7 +68,7 @@ def worker(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from orchestrator.planner import trial_config
     from orchestrator.planners import make_planner
     from orchestrator.replay import replay
-    from orchestrator.spec import parse_spec
+    from orchestrator.config.spec import parse_spec
     from trainers.simulated import final_loss
 
     out = {}

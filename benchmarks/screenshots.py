@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.spec import load_spec
+    from orchestrator.config.spec import load_spec
 
     if not Path(args.chromium).is_file():
         raise SystemExit("no chromium: apt-get install -y chromium chromium-driver")
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
             (stack.append(a.path) if a.is_dir else artifacts.append(a.path))
     args.out.mkdir(parents=True, exist_ok=True)
     run_page = f"#/experiments/{exp}/runs/{run_id}"
-    from orchestrator.tracking.layout import VIEW_TAG_PREFIX, view_key
+    from orchestrator.io.tracking.layout import VIEW_TAG_PREFIX, view_key
 
     # (name, URL fragment, viewport, text to wait for, full page)
     # a runs table is loaded when it counts its runs (its title and filters show before the rows)

@@ -30,7 +30,7 @@ from orchestrator.core.planning import Done, Wait
 from orchestrator.core.planning.trial import PlannedTrial
 from orchestrator.planner import GridPlanner, plan_grid, trial_config
 from orchestrator.planners import make_planner
-from orchestrator.spec import SweepSpec, parse_spec
+from orchestrator.config.spec import SweepSpec, parse_spec
 from trainers.contract import TrialConfig
 from trainers.simulated import train
 from trainers.worlds import World
@@ -547,7 +547,7 @@ def _scalesweep_tuner(grid: Grid, spec_data: dict[str, Any], concurrency: int, p
     import ray
 
     from orchestrator.controller import run_sweep
-    from orchestrator.store import ObservationStore
+    from orchestrator.io.store import ObservationStore
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)

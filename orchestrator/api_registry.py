@@ -30,8 +30,8 @@ CACHE_SIZE = 128
 def store_version(sweep_dir: Path) -> tuple:
     """Changes whenever the store gains a part (parts are immutable; compaction renames), wherever its
     parts live: `<sweep_dir>/store`, or the object-store prefix its `store/LOCATION` names."""
-    from .store import LOCATION_FILE
-    from .store_location import StoreLocation
+    from .io.store import LOCATION_FILE
+    from .io.store_location import StoreLocation
 
     out = []
     try:
@@ -125,7 +125,7 @@ class SweepRegistry:
 
     def spec(self, sweep_id: str):
         """(spec, None) or (None, message) for a sweep's recorded spec."""
-        from .spec import SpecError, load_spec
+        from .config.spec import SpecError, load_spec
 
         d = self.dir(sweep_id)
         try:
@@ -212,7 +212,7 @@ class SweepRegistry:
     # ---- fits -----------------------------------------------------------------------
     def data(self, sweep_id: str) -> query.SweepData:
         """The fit's inputs from the sweep's store (cached per store version)."""
-        from .store import ObservationStore
+        from .io.store import ObservationStore
 
         d = self.dir(sweep_id)
         if not (d / "store").is_dir():

@@ -43,7 +43,7 @@ def _finite_schema(obj: Any) -> Any:
 
 def _spec_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     """(SweepSpec request schema, its component definitions) for the OpenAPI document."""
-    from .spec import SweepSpec
+    from .config.spec import SweepSpec
 
     schema = _finite_schema(SweepSpec.model_json_schema(ref_template="#/components/schemas/{model}"))
     defs = schema.pop("$defs", {})

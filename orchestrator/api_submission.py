@@ -50,7 +50,7 @@ def validated_spec(data: Any, root: Path, tracking_uri: Optional[str], store: Op
     """The submitted spec, validated, its output under ROOT/<name>, its tracking the server's and its
     store at the server's object-store prefix `store` + /<name> (None: in its directory);
     else ApiError 422 naming the field."""
-    from .spec import SpecError, _shape_problem, parse_spec
+    from .config.spec import SpecError, _shape_problem, parse_spec
 
     if not isinstance(data, dict):
         raise ApiError(422, f"spec: the body must be a JSON object of spec fields, got {type(data).__name__}")

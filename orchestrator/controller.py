@@ -23,9 +23,9 @@ from .planner import trial_config
 from .planners import make_planner
 from .query import SweepData, sweep_fit
 from .progress import SweepProgress
-from .proposals import SweepFit
-from .spec import SpecError, SweepSpec
-from .store import (RESUME_SKIPS, STOPPED_BY_USER, ObservationStore, StoreError, drop_checkpoints_past_reports,
+from .core.proposals import SweepFit
+from .config.spec import SpecError, SweepSpec
+from .io.store import (RESUME_SKIPS, STOPPED_BY_USER, ObservationStore, StoreError, drop_checkpoints_past_reports,
                     ended_trials)
 
 log = logging.getLogger(__name__)
@@ -501,7 +501,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     from trainers.checkpoint_mirror import delayed_open
 
     from .config.pruning import completed_from_store, trial_meta
-    from .tracking import SweepTracker
+    from .io.tracking import SweepTracker
     from .tune.callback import SweepCallback, mlflow_end
     from .tune.envelope import TrialEnvelope
     from .tune.forget import ForgetEndedTrials

@@ -19,7 +19,7 @@ from .core.planning.grid import GridPlanner as _GridPlanner
 from .core.planning.trial import PlannedTrial
 from .core.resources import GiB, ModelDims, ResourceError, ResourcePlan, ZeroBuffers, plan_resources
 from .core.planning.search import lattice
-from .spec import SpecError, SweepSpec
+from .config.spec import SpecError, SweepSpec
 
 
 def trial_resources(spec: SweepSpec, n_target: int, batch: int, machine: bool = False) -> Optional[ResourcePlan]:

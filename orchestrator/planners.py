@@ -17,7 +17,7 @@ from .core.resources import ResourceError
 from .planner import GridPlanner
 from .core.planning.search.config import SearchConfig
 from .core.planning.search.planner import LawGuidedPlanner as _LawGuidedPlanner
-from .spec import SpecError, SweepSpec
+from .config.spec import SpecError, SweepSpec
 
 
 class LawGuidedPlanner(_LawGuidedPlanner):

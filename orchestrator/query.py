@@ -1,7 +1,7 @@
 """One query path over a sweep: its status, its fit, its proposals and its laws.
 
 The controller's summary (fit.json), `scalesweep status|propose` and the HTTP API all answer
-through these functions, with the spec's fit settings (`proposals.fit_settings`), so the same
+through these functions, with the spec's fit settings (`config.fitting.fit_settings`), so the same
 store and spec give the same answer on every surface. Adapters only map the errors below onto
 their own channel (an exit code, an HTTP status).
 
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .core.planning.branching import spent_flops
-from .proposals import HparamRule, IntervalRule, SweepFit, fit_and_propose, fit_settings
+from .config.fitting import fit_settings
+from .core.proposals import HparamRule, IntervalRule, SweepFit, fit_and_propose
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class SweepData:
     @classmethod
     def read(cls, store: Any) -> "SweepData":
         """The fit's inputs from an `ObservationStore`."""
-        from .store import diverged_configs, final_points, final_task_points
+        from .io.store import diverged_configs, final_points, final_task_points
 
         points = final_points(store)
         return cls(points, diverged_configs(store), final_task_points(store, points), store)
@@ -95,7 +96,7 @@ def _cache_key(store: Any, spec_json: str) -> tuple[Optional[Path], str, dict[st
     """Where a search's cache lives (the sweep directory of a local store, else None), its key for the
     store as it is now, the ended trials with their last reports and the trials started and not ended."""
     from . import replay_cache
-    from .store import ended_trials
+    from .io.store import ended_trials
 
     ended = ended_trials(store)
     started = {tid for tid, rec in store.trials().items() if rec["status"] in ("planned", "running")}
@@ -143,7 +144,7 @@ def cache_search_of_stopped_sweep(store: Any) -> bool:
 def _recorded_spec(store: Any) -> Any:
     """The spec every query of a local store loads (its JSON is part of a cache's key); None for a store
     off the local disk or a recorded spec that does not load (then nothing is cached)."""
-    from .spec import SpecError, load_spec
+    from .config.spec import SpecError, load_spec
 
     if not isinstance(store.root, Path):
         return None
@@ -314,7 +315,7 @@ def status(sweep_dir: str | Path, spec: Any = None) -> dict[str, Any]:
     """Every trial (state, config, FLOPs spent), counts per state, FLOPs spent in all (branches
     from their branch point) and, with a spec, how many of its trials never started: a grid's missing
     trials, a law-guided search's next trials (`search_replay`; its state under `search`: done and why)."""
-    from .store import ObservationStore
+    from .io.store import ObservationStore
 
     store = ObservationStore(sweep_dir)
     trials = store.trials()

@@ -26,7 +26,7 @@ from .core.laws.table import TableError, cluster_close, read_table, require_colu
 from .core.planning import Done, Planner, Wait
 from .core.planning.trial import PlannedTrial
 from .planner import plan_grid
-from .spec import SweepSpec, parse_spec
+from .config.spec import SweepSpec, parse_spec
 
 Lookup = Callable[[PlannedTrial], Optional[dict[str, Any]]]
 STEPLAW_TABLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "steplaw" / "dense_lr_bs_loss.csv"

@@ -52,8 +52,8 @@ def build_report(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, *,
     """Write SWEEP_DIR/report/index.html (and plots/*.png beside it); log the folder to the parent run."""
     from .plots.evidence import sweep_figures
     from .query import SweepData, sweep_fit
-    from .spec import load_spec
-    from .store import ObservationStore, spent_flops
+    from .config.spec import load_spec
+    from .io.store import ObservationStore, spent_flops
 
     sweep_dir = Path(sweep_dir)
     spec_text = (sweep_dir / "spec.yaml").read_text()
@@ -281,7 +281,7 @@ def _laws(doc: Mapping[str, Any]) -> str:
 def hparam_laws(trials: Mapping[str, Mapping[str, Any]], store: Any) -> Optional[dict[str, str]]:
     """lr*(N, D) and batch*(D) fitted on the sweep's finished and diverged runs, as formulas (None: no fit)."""
     from .plots.evidence import hparam_runs
-    from .proposals import learned_hparams
+    from .core.proposals import learned_hparams
 
     law = learned_hparams(hparam_runs(dict(trials), store))
     if law is None:

@@ -2,7 +2,7 @@
 plans it, `plan: manual` checks the spec's values against the memory model) and the FLOPs of the
 smallest cell.
 
-Both the spec's load checks (`orchestrator.spec.parse_spec`) and the planner's boundary
+Both the spec's load checks (`orchestrator.config.spec.parse_spec`) and the planner's boundary
 (`orchestrator.planner`) use this module, so loading a spec plans no grid and the spec never imports
 the planner. The spec becomes the core's `Design` (`orchestrator.config.planning.design_of`) and the
 pure core (`orchestrator.core.planning.design`) sizes it; this module imports the spec module only
@@ -17,7 +17,7 @@ from .core.planning import design as core
 from .core.resources import ResourcePlan
 
 if TYPE_CHECKING:  # the spec imports this module; type hints only
-    from .spec import SweepSpec
+    from .config.spec import SweepSpec
 
 
 def trial_resources(spec: "SweepSpec", n_target: int, batch: int, machine: bool = False) -> Optional[ResourcePlan]:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from .spec import SpecError, SweepSpec, parse_spec
+from .config.spec import SpecError, SweepSpec, parse_spec
 
 ADDRESS_ENV = ("SCALESWEEP_ADDRESS", "RAY_ADDRESS")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")

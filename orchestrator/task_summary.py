@@ -1,8 +1,8 @@
 """A sweep's downstream results for MLflow and fit.json: the per-task fits, a backtest by model size,
 and the data of the accuracy-vs-compute plot (`orchestrator.plots.accuracy_vs_compute`).
 
-Input: the sweep's task rows (`orchestrator.store.final_task_points`) and its L(N, D) fit with
-proposals (`orchestrator.proposals.SweepFit`, whose proposals already carry `task_metrics`).
+Input: the sweep's task rows (`orchestrator.io.store.final_task_points`) and its L(N, D) fit with
+proposals (`orchestrator.core.proposals.SweepFit`, whose proposals already carry `task_metrics`).
 
 >>> import numpy as np
 >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 3); D = np.tile([1e9, 3e9, 1e10], 4)

@@ -37,7 +37,7 @@ def default_law() -> Law:
     Read from `FitSpec` at call time (not a second literal here); imported lazily because the spec
     (pydantic) would slow every CLI start, and `--help` never needs it.
     """
-    from ..spec import FitSpec  # deferred: keeps pydantic out of CLI start-up
+    from ..config.spec import FitSpec  # deferred: keeps pydantic out of CLI start-up
 
     return Law(FitSpec().law)
 

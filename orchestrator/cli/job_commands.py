@@ -67,7 +67,7 @@ def submit(
     follow: bool = typer.Option(False, "--follow", "-f", help="stream the job's logs until it ends"),
 ) -> None:
     """Run a sweep's controller on a running Ray cluster as a Ray job; prints the job id."""
-    from ..spec import SpecError, load_spec
+    from ..config.spec import SpecError, load_spec
     from ..submit import ClusterError, prepare_submission, submit as send
 
     try:
@@ -113,7 +113,7 @@ def job_status(job_id: str, address: Optional[str], as_json: bool) -> None:
         fail(str(exc), code=CLUSTER_ERROR)
     sweep_dir = doc["metadata"].get("scalesweep.sweep_dir")
     if sweep_dir and (Path(sweep_dir) / "store").is_dir():
-        from ..store import ObservationStore
+        from ..io.store import ObservationStore
 
         counts: dict[str, int] = {}
         for rec in ObservationStore(Path(sweep_dir)).trials().values():

@@ -64,7 +64,7 @@ def _recorded_spec(sweep_dir: Path):
     spec_path = sweep_dir / "spec.yaml"
     if not spec_path.is_file():
         return None
-    from ..spec import SpecError, load_spec
+    from ..config.spec import SpecError, load_spec
 
     try:
         return load_spec(spec_path)
@@ -82,7 +82,7 @@ def propose(
 ) -> None:
     """Compute-optimal (N, D, lr, batch) and predicted loss for each budget, from the sweep's trials."""
     from .. import query
-    from ..store import ObservationStore
+    from ..io.store import ObservationStore
 
     store = ObservationStore(sweep_dir_of(sweep_dir))
     spec = _recorded_spec(sweep_dir)  # its fit settings and device: the same answer as the API and fit.json

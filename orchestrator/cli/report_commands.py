@@ -19,7 +19,7 @@ def report(
     """Write a one-page HTML summary: the spec, what ran, what was stopped and why, the laws with intervals
     and backtests, the proposals, the figures, the warnings."""
     from ..report import build_report
-    from ..spec import SpecError
+    from ..config.spec import SpecError
 
     if not (sweep_dir / "store").is_dir() or not (sweep_dir / "spec.yaml").is_file():
         fail(f"{sweep_dir}: not a sweep directory (needs store/ and spec.yaml inside)")

@@ -47,14 +47,14 @@ def serve(
     if tracking_uri is not None:  # the spec's own check: a scheme MLflow can use
         from pydantic import ValidationError
 
-        from ..spec import TrackingSpec
+        from ..config.spec import TrackingSpec
 
         try:
             TrackingSpec(uri=tracking_uri)
         except ValidationError as exc:
             fail(f"--tracking-uri {tracking_uri}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}")
     if store is not None:  # the spec's own check: an object-store prefix the store can use
-        from ..store_location import check_uri, is_uri
+        from ..io.store_location import check_uri, is_uri
 
         if not is_uri(store):
             fail(f"--store {store}: not an object-store prefix; write s3://bucket/prefix (or leave it out: "

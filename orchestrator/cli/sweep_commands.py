@@ -19,7 +19,7 @@ def _load(spec_path: Path, sweep_dir: Optional[Path] = None):
 
     from ..controller import check_capacity, local_capacity
     from ..planner import check_resources
-    from ..spec import SpecError, check_data, check_paths, load_spec
+    from ..config.spec import SpecError, check_data, check_paths, load_spec
 
     try:
         spec = load_spec(spec_path)
@@ -50,7 +50,7 @@ def validate(
     """Check a spec and print the trials it would run (a table per model size; --trials: each trial);
     starts nothing."""
     from ..planner import GridPlanner
-    from ..spec import SpecError, check_sweep_dir
+    from ..config.spec import SpecError, check_sweep_dir
 
     s = _load(spec)
     try:
@@ -108,7 +108,7 @@ def run(
     no_progress: bool = typer.Option(False, "--no-progress", help="no live display"),
 ) -> None:
     """Run a sweep on a local Ray cluster (or the one at RAY_ADDRESS), then fit and propose."""
-    from ..spec import SpecError, check_sweep_dir
+    from ..config.spec import SpecError, check_sweep_dir
 
     s = _load(spec)
     try:
@@ -121,8 +121,8 @@ def run(
 
 def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
     from ..controller import SweepFailed, SweepInterrupted, TrainerContractError, run_sweep
-    from ..spec import SpecError
-    from ..store import StoreError
+    from ..config.spec import SpecError
+    from ..io.store import StoreError
 
     try:
         outcome = run_sweep(s, spec_path, show_progress=not no_progress)
@@ -154,7 +154,7 @@ def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
              "for the traceback)", code=1)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
     from ..query import never_started, status_line
-    from ..store import ObservationStore
+    from ..io.store import ObservationStore
 
     # every state named, as `status` says it: a grid's trials that never started too (a diverged trunk's branches)
     try:

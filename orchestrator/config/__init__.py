@@ -1,6 +1,8 @@
-"""The boundary between the user's spec (`orchestrator.spec`, pydantic) and the pure core's frozen configs.
+"""The user's spec and the boundary between it and the pure core's frozen configs.
 
+- `spec`: the pydantic spec (the user's YAML, validated: `SweepSpec`, `load_spec`, `parse_spec`);
 - `planning`: the spec's design (`core.planning.design.Design`) and the search's knobs (`SearchConfig`);
+- `fitting`: the spec's fit settings as `core.proposals.fit_and_propose` keywords (`fit_settings`);
 - `pruning`: the pruning rules' config, a trial's `TrialMeta` from its contract config, a resumed
   sweep's pruning history from the store.
 

@@ -14,7 +14,7 @@ from ..core.planning.design import Design, ResourceConfig, SizeResources
 from ..core.planning.search.config import SearchConfig
 
 if TYPE_CHECKING:  # the spec imports orchestrator.sizing, which imports this module
-    from ..spec import SweepSpec
+    from .spec import SweepSpec
 
 
 def resource_config(spec: "SweepSpec", machine: bool = False) -> ResourceConfig:

@@ -36,7 +36,7 @@ def schedule_name(s: Any) -> str:
 
 
 def prune_config(spec: Any) -> PruneConfig:
-    """The rules' config of the spec's ``pruning`` section (`orchestrator.spec.PruningSpec`)."""
+    """The rules' config of the spec's ``pruning`` section (`orchestrator.config.spec.PruningSpec`)."""
     return PruneConfig.from_spec(spec)
 
 

@@ -21,7 +21,7 @@ def hparam_bowls(runs: Any, law: Optional[HparamLaw] = None, *, axis: str = "lr"
     (lr*(N, D) or batch*(D)) as a vertical line.
 
     `runs`: rows (or a mapping of arrays) with N, D (the cell's nominal D), lr, batch and loss (NaN
-    for a diverged run). `law`: (N, D) -> (lr*, batch*), e.g. `orchestrator.proposals.learned_hparams`.
+    for a diverged run). `law`: (N, D) -> (lr*, batch*), e.g. `orchestrator.core.proposals.learned_hparams`.
     The `max_cells` cells with the most runs are drawn.
     """
     x_key, other_key, x_label = AXES[axis]

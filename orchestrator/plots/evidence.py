@@ -26,7 +26,7 @@ BACKTEST_NAMES = {"largest_size": "largest size held out", "largest_compute_deca
 def sweep_figures(spec: Any, store: Any, fit: Any, points: Optional[list[dict[str, Any]]] = None) -> dict[str, Figure]:
     """{name: Figure} for a sweep: loss_vs_compute, isoflop, backtest, lr_bowls, batch_bowls, pruner and
     wsd_branches, each where the sweep has what it shows. `fit`: the sweep's `SweepFit`."""
-    from ..store import final_points
+    from ..io.store import final_points
 
     points = final_points(store) if points is None else points
     trials = store.trials()
@@ -191,7 +191,7 @@ def hparam_runs(trials: dict[str, dict[str, Any]], store: Any) -> list[dict[str,
 def bowls_figure(trials: dict[str, dict[str, Any]], store: Any, axis: str) -> Optional[Figure]:
     """lr (or batch) bowls per cell with the lr*(N, D) and batch*(D) laws fitted on the sweep's runs;
     None when no cell tried two values of `axis`."""
-    from ..proposals import learned_hparams
+    from ..core.proposals import learned_hparams
 
     runs = hparam_runs(trials, store)
     by_cell: dict[tuple[float, float], set[float]] = {}

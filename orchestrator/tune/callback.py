@@ -21,7 +21,7 @@ from trainers.contract import OPTIONAL_REPORT_KEYS, REPORT_KEYS, TASK_PREFIX
 from ..core.planning.branching import spent_flops
 from ..core.outcome import Outcome, outcome_of
 from ..progress import SweepProgress
-from ..store import STOPPED_BY_USER, ObservationStore
+from ..io.store import STOPPED_BY_USER, ObservationStore
 from .envelope import TrialEnvelope, envelope_of, trial_id_of
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from orchestrator.api import EXAMPLE_SPEC
-from orchestrator.spec import load_spec, parse_spec
+from orchestrator.config.spec import load_spec, parse_spec
 
 # The API's example spec (a simulated sweep of 6 trials that ends in seconds), for the API and
 # submission tests.

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from orchestrator.core.laws.chinchilla import ChinchillaLaw
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from tests.integration.conftest import SIM_SPEC, free_port
 
 pytestmark = pytest.mark.integration

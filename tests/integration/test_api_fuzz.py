@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 
 from orchestrator.api import EXAMPLE_SPEC, create_app
 from orchestrator.core.laws.chinchilla import ChinchillaLaw
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 
 pytestmark = pytest.mark.integration
 

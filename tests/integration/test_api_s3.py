@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from orchestrator.api_registry import store_version
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from tests.integration.conftest import SIM_SPEC, free_port
 from tests.integration.services import s3_bucket
 from tests.integration.test_api import Server, _env, _serve_cmd

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from orchestrator.api import create_app
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from tests.integration.conftest import free_port
 from tests.integration.test_graceful_stop import SPEC as STOPPED_SPEC, _env, _reported
 

@@ -29,9 +29,9 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.core.planning.branching import decay_steps
 from orchestrator.query import status
-from orchestrator.spec import load_spec
-from orchestrator.store import ObservationStore, final_points
-from orchestrator.tracking import TAG_BRANCH_STEP, TAG_TRIAL, TAG_TRUNK_RUN, TAG_TRUNK_TRIAL, read_sweep_runs
+from orchestrator.config.spec import load_spec
+from orchestrator.io.store import ObservationStore, final_points
+from orchestrator.io.tracking import TAG_BRANCH_STEP, TAG_TRIAL, TAG_TRUNK_RUN, TAG_TRUNK_TRIAL, read_sweep_runs
 
 # Not `serial`: the SIGTERM goes to its own `scalesweep run` process, sent on an event (the first
 # branch restored), not inside a time window.
@@ -224,7 +224,7 @@ def test_propose_on_the_stored_branched_sweep_equals_the_sweeps_fit(sweep):
     """`scalesweep propose` (a fresh process: it replays the search from the store) proposes what the
     resumed sweep wrote to fit.json, with the search's correction of its branches' losses."""
     from orchestrator import query
-    from orchestrator.proposals import fit_and_propose
+    from orchestrator.core.proposals import fit_and_propose
 
     spec, sweep_dir = sweep[:2]
     target = SPEC["budget"]["targets"][0]

@@ -26,8 +26,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator.store import ObservationStore
-from orchestrator.tracking import read_sweep_runs
+from orchestrator.io.store import ObservationStore
+from orchestrator.io.tracking import read_sweep_runs
 from tests.integration.test_graceful_stop import _env, _stop_mid_run
 
 # Not `serial`: it signals only its own controller, once the store shows trials past their first

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.store import ObservationStore
-from orchestrator.tracking import read_sweep_runs
+from orchestrator.io.store import ObservationStore
+from orchestrator.io.tracking import read_sweep_runs
 
 # Not `serial`: no process is killed and nothing is timed (the failures are diverged trials and a
 # directory in fit.json's way), so other tests beside it only slow it down.
@@ -74,7 +74,7 @@ def test_a_failure_after_the_start_ends_the_parent_failed_with_the_error(tmp_pat
     import ray
 
     from orchestrator.controller import SweepFailed, run_sweep
-    from orchestrator.spec import parse_spec
+    from orchestrator.config.spec import parse_spec
 
     sweep_dir = tmp_path / "sweep"
     spec = parse_spec(dict(SIM, name="fails-late", learning_rates=[0.03], output_dir=str(sweep_dir)))

@@ -34,9 +34,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.planner import plan_grid
-from orchestrator.spec import parse_spec
-from orchestrator.store import ObservationStore, StoreError
-from orchestrator.tracking import read_sweep_runs
+from orchestrator.config.spec import parse_spec
+from orchestrator.io.store import ObservationStore, StoreError
+from orchestrator.io.tracking import read_sweep_runs
 from tests.integration.conftest import MlflowServer, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
@@ -344,7 +344,7 @@ def mlflow_outage(tmp_path_factory):
             events["error"] = repr(exc)
 
     handler = _Records()
-    logging.getLogger("orchestrator.tracking").addHandler(handler)
+    logging.getLogger("orchestrator.io.tracking").addHandler(handler)
     os.environ["SCALESWEEP_REPORT_DELAY_S"] = "1.0"  # the sweep outlasts the outage and the restart
     thread = threading.Thread(target=outage, daemon=True)
     thread.start()
@@ -354,7 +354,7 @@ def mlflow_outage(tmp_path_factory):
         yield spec, outcome, server, events, handler.messages
     finally:
         os.environ.pop("SCALESWEEP_REPORT_DELAY_S", None)
-        logging.getLogger("orchestrator.tracking").removeHandler(handler)
+        logging.getLogger("orchestrator.io.tracking").removeHandler(handler)
         server.kill()
 
 

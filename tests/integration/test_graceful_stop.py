@@ -28,9 +28,9 @@ import pytest
 import yaml
 
 from orchestrator.planner import plan_grid
-from orchestrator.spec import parse_spec
-from orchestrator.store import ObservationStore
-from orchestrator.tracking import read_sweep_runs
+from orchestrator.config.spec import parse_spec
+from orchestrator.io.store import ObservationStore
+from orchestrator.io.tracking import read_sweep_runs
 
 # Not `serial`: it signals only its own `scalesweep` process group, once the store shows trials past
 # their first checkpoints (an event, not a time window), so other tests beside it only slow it down.

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from tests.integration.conftest import run_real_sweep
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ import time
 import pytest
 import yaml
 
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from tests.integration.conftest import _get_json
 from tests.integration.noshare import NoSharedPathCluster, can_hide_paths
 from tests.integration.services import s3_bucket

@@ -30,8 +30,8 @@ import pytest
 import yaml
 
 from orchestrator.planner import plan_grid
-from orchestrator.spec import parse_spec
-from orchestrator.store import ObservationStore
+from orchestrator.config.spec import parse_spec
+from orchestrator.io.store import ObservationStore
 from tests.integration.conftest import LoopbackCluster, _env, _state
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]

@@ -27,9 +27,9 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.planner import plan_grid
-from orchestrator.spec import parse_spec
-from orchestrator.store import ObservationStore
-from orchestrator.tracking import read_sweep_runs
+from orchestrator.config.spec import parse_spec
+from orchestrator.io.store import ObservationStore
+from orchestrator.io.tracking import read_sweep_runs
 
 # Not `serial`: it kills only its own trials' processes, its pruner decides inline and its waits are
 # for events (a checkpoint file), not for time windows, so other tests beside it only slow it down.
@@ -223,7 +223,7 @@ def test_wsd_branches_restore_the_scripts_own_trunk_checkpoints(tmp_path):
             "schedule": {"kind": "wsd", "warmup": 0.1, "decay": 0.2, "branch": True},
             "checkpoints": {"every": 1000},  # the branch points and the end only
             "trainer": {**TRAINERS["command"], "options": {}}, "output_dir": str(tmp_path / "sweep")}
-    from orchestrator.store import final_points
+    from orchestrator.io.store import final_points
 
     spec, outcome = _run(data, tmp_path)
     store = ObservationStore(outcome.sweep_dir)

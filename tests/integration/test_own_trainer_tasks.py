@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.spec import parse_spec
-from orchestrator.store import ObservationStore
+from orchestrator.config.spec import parse_spec
+from orchestrator.io.store import ObservationStore
 
 pytestmark = pytest.mark.integration
 

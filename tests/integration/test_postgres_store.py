@@ -14,8 +14,8 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.store import ObservationStore
-from orchestrator.tracking import read_sweep_runs
+from orchestrator.io.store import ObservationStore
+from orchestrator.io.tracking import read_sweep_runs
 from tests.integration.conftest import SIM_SPEC, run_real_sweep
 from tests.integration.services import PostgresServer, pg_binaries
 

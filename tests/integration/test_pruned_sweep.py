@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from orchestrator.store import ObservationStore, final_points
+from orchestrator.io.store import ObservationStore, final_points
 from tests.integration.conftest import run_real_sweep
 
 pytestmark = pytest.mark.integration
@@ -105,7 +105,7 @@ def test_mlflow_tells_pruned_diverged_and_branches_apart(sweep):
     """Issue 17, read back with MlflowClient: a pruned trial's run is KILLED with the outcome `pruned` and its
     reason, a diverged one FAILED with `diverged`, a finished one FINISHED; a WSD branch's run names its
     trunk's run and trial and the branch point."""
-    from orchestrator.tracking import OUTCOMES, read_sweep_runs
+    from orchestrator.io.tracking import OUTCOMES, read_sweep_runs
 
     spec, outcome, store = sweep
     _, children = read_sweep_runs(spec.tracking_uri(), spec.name)

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import get_app
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import read_sweep_runs
+from orchestrator.io.tracking import read_sweep_runs
 from tests.integration.conftest import SIM_SPEC, run_real_sweep
 from tests.integration.services import S3Server
 

@@ -31,8 +31,8 @@ from dataclasses import replace
 import pytest
 
 from orchestrator.planner import plan_grid
-from orchestrator.spec import parse_spec
-from orchestrator.store import ObservationStore, drop_checkpoints_past_reports
+from orchestrator.config.spec import parse_spec
+from orchestrator.io.store import ObservationStore, drop_checkpoints_past_reports
 from tests.integration.conftest import run_real_sweep
 from tests.integration.test_s3_store import BUCKET, _keys, s3  # noqa: F401  (s3: the moto server fixture)
 from trainers.contract import Schedule, TrialConfig

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from tests.integration.services import s3_bucket
 from tests.integration.test_s3_checkpoints import PROGRAM, _object
 from tests.integration.test_s3_store import BUCKET, _keys

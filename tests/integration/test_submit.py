@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.store import ObservationStore
-from orchestrator.tracking import TAG_TRIAL, read_sweep_runs
+from orchestrator.io.store import ObservationStore
+from orchestrator.io.tracking import TAG_TRIAL, read_sweep_runs
 from tests.integration.conftest import SIM_SPEC as SHARED_SIM_SPEC
 from tests.integration.conftest import LoopbackCluster, _env, _free_ports, _get_json, _state
 

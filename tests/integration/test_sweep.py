@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import get_app
-from orchestrator.store import ObservationStore
-from orchestrator.tracking import read_sweep_runs
+from orchestrator.io.store import ObservationStore
+from orchestrator.io.tracking import read_sweep_runs
 from tests.integration.conftest import run_real_sweep
 
 pytestmark = pytest.mark.integration

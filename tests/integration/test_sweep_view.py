@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import get_app
-from orchestrator.tracking import OUTCOMES, read_sweep_runs
+from orchestrator.io.tracking import OUTCOMES, read_sweep_runs
 
 pytestmark = pytest.mark.integration
 
@@ -200,7 +200,7 @@ def test_the_column_picker_lists_only_keys_that_say_something(sweep):
     from dataclasses import fields
 
     from orchestrator.planner import PlannedTrial
-    from orchestrator.tracking.layout import flatten_params
+    from orchestrator.io.tracking.layout import flatten_params
 
     spec = sweep["spec"]
     parent, children = read_sweep_runs(spec.tracking_uri(), spec.name)

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from orchestrator.api import create_app
 from orchestrator.cli import get_app
-from orchestrator.store import ObservationStore, final_task_points
-from orchestrator.tracking import read_sweep_runs
+from orchestrator.io.store import ObservationStore, final_task_points
+from orchestrator.io.tracking import read_sweep_runs
 from tests.integration.conftest import run_real_sweep
 
 pytestmark = pytest.mark.integration

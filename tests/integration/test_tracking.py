@@ -12,7 +12,7 @@ import pytest
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import SweepTracker, read_sweep_runs
+from orchestrator.io.tracking import SweepTracker, read_sweep_runs
 from tests.integration.conftest import MlflowServer, free_port
 
 # Not `serial`: the server it takes down is its own subprocess, and its waits are flushes with
@@ -267,7 +267,7 @@ def test_spool_replayed_by_next_tracker(sqlite_uri, tmp_path, caplog):
     """MLflow never reachable in process 1: nothing lost, process 2 delivers it all."""
     spool = tmp_path / "spool"
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    with caplog.at_level(logging.WARNING, logger="orchestrator.tracking"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.io.tracking"):
         tr = SweepTracker(dead, "scaling", "sweep-c", flush_interval_s=0.05, buffer_dir=spool,
                           sync_timeout_s=5)
         assert tr.start(SPEC) == ""  # pending, not an exception

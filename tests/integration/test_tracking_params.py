@@ -12,9 +12,9 @@ import pytest
 
 from orchestrator.core.planning.trial import PlannedTrial
 from orchestrator.progress import SweepProgress
-from orchestrator.store import ObservationStore
-from orchestrator.tracking import SweepTracker, read_sweep_runs
-from orchestrator.tracking.layout import flatten_params, trial_params
+from orchestrator.io.store import ObservationStore
+from orchestrator.io.tracking import SweepTracker, read_sweep_runs
+from orchestrator.io.tracking.layout import flatten_params, trial_params
 from orchestrator.tune.callback import SweepCallback
 from orchestrator.tune.envelope import TrialEnvelope
 from trainers.contract import Schedule, TrialConfig
@@ -78,7 +78,7 @@ def test_the_sweeps_params_are_the_fields_the_user_set_and_stay_so_on_resume(tmp
     from mlflow.tracking import MlflowClient
 
     from orchestrator.controller import spec_set
-    from orchestrator.spec import parse_spec
+    from orchestrator.config.spec import parse_spec
 
     user = {"name": "cols", "model": {"n_params": [20000, 50000], "seq_len": 64}, "tokens": {"values": [400000]},
             "learning_rates": [0.01], "batch_sizes": [8192], "trainer": {"backend": "simulated", "world": "tiny"}}

@@ -17,8 +17,8 @@ from orchestrator import replay_cache
 
 from orchestrator.planner import plan_grid
 from orchestrator.planner import batch_ladder
-from orchestrator.store import ObservationStore
-from orchestrator.tracking import TAG_TRIAL, read_sweep_runs
+from orchestrator.io.store import ObservationStore
+from orchestrator.io.tracking import TAG_TRIAL, read_sweep_runs
 from tests.integration.conftest import run_real_sweep
 
 SPEC = {

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.spec import parse_spec
-from orchestrator.store import ObservationStore
+from orchestrator.config.spec import parse_spec
+from orchestrator.io.store import ObservationStore
 
 # Not `serial`: the pruner decides inline (`pruning.background: false`), so load cannot move its stop.
 pytestmark = pytest.mark.integration

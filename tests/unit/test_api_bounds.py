@@ -77,7 +77,7 @@ def _plant(root):
     import yaml
 
     from orchestrator.core.laws.chinchilla import ChinchillaLaw
-    from orchestrator.store import ObservationStore
+    from orchestrator.io.store import ObservationStore
 
     truth = ChinchillaLaw(E=1.8172, A=19.5815, B=71.7777, alpha=0.3478, beta=0.3658)
     d = root / "planted"

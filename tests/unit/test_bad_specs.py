@@ -409,7 +409,7 @@ def test_the_machine_check_sees_no_gpu_when_cuda_hides_them(monkeypatch):
 
 
 def test_the_same_spec_may_continue_its_own_directory(tmp_path):
-    from orchestrator.spec import check_sweep_dir, parse_spec
+    from orchestrator.config.spec import check_sweep_dir, parse_spec
 
     data = base()
     data["output_dir"] = str(tmp_path / "sweep")
@@ -423,7 +423,7 @@ def test_the_same_spec_may_continue_its_own_directory(tmp_path):
 
 def test_token_budgets_that_round_to_one_trial_are_planned_once():
     from orchestrator.planner import plan_grid
-    from orchestrator.spec import parse_spec
+    from orchestrator.config.spec import parse_spec
 
     data = base()
     data["tokens"] = {"values": [100000, 100001]}  # both round up to the same whole batches

@@ -14,7 +14,7 @@ from ray.tune.experiment import Trial
 
 from orchestrator.progress import SweepProgress
 from orchestrator.pruner import PruneConfig, Pruner
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from orchestrator.tune.callback import SweepCallback
 from orchestrator.tune.envelope import TrialEnvelope
 from orchestrator.tune.forget import ForgetEndedTrials

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from orchestrator.proposals import fit_and_propose
+from orchestrator.core.proposals import fit_and_propose
 from orchestrator.core.planning.search.advice import SearchRule
 from orchestrator.core.planning.search.lattice import LAW_POINT
 from orchestrator.core.planning.search.planner import LawGuidedPlanner

@@ -70,7 +70,7 @@ def test_warmup_fraction_round_trips():
 
 # ---------------------------------------------------------------- the planner's use of the plan
 def _spec(**over):
-    from orchestrator.spec import parse_spec
+    from orchestrator.config.spec import parse_spec
 
     doc = {"name": "branch-test", "model": {"n_params": [20000, 80000], "seq_len": 64},
            "tokens": {"values": [40960, 81920, 163840]}, "learning_rates": [0.003, 0.01], "batch_sizes": [2048],
@@ -127,7 +127,7 @@ def test_a_resumed_sweep_knows_its_finished_trunks():
 
 
 def test_branching_needs_wsd_checkpoints_and_the_grid_or_transfer():
-    from orchestrator.spec import SpecError
+    from orchestrator.config.spec import SpecError
 
     with pytest.raises(SpecError, match="only a WSD schedule"):
         _spec(schedule={"kind": "cosine", "branch": True})

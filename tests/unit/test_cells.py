@@ -12,9 +12,9 @@ from orchestrator.core import cells as cells_module
 from orchestrator.core.cells import Cell, assign_cells, best_per_cell, cell_of
 from orchestrator.planner import plan_grid, trial_config
 from orchestrator.planners import make_planner
-from orchestrator.proposals import best_cells
+from orchestrator.core.proposals import best_cells
 from orchestrator.pruner import TrialMeta
-from orchestrator.spec import load_spec
+from orchestrator.config.spec import load_spec
 
 SPEC = Path(__file__).resolve().parents[2] / "examples" / "simulated-law.yaml"
 N_CELLS = 6 * 6  # 6 sizes x 6 tokens-per-parameter ratios

@@ -1,6 +1,6 @@
 """Command tasks (a lab's harness as a program: checkpoint + tokenizer in, metrics JSON out), the
 task report keys every trainer shares, and a user trainer's task and extra metrics on their way
-to the store (trainers.tasks, trainers.contract, orchestrator.store)."""
+to the store (trainers.tasks, trainers.contract, orchestrator.io.store)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from trainers.contract import normalise_report
 from trainers.tasks import (CommandTask, TaskError, absolute_task_ref, check_task, evaluate_tasks, load_task,
                             load_task_model, run_task, save_task_checkpoint, task_name, task_report)

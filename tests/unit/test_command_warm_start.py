@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.spec import SpecError, parse_spec
+from orchestrator.config.spec import SpecError, parse_spec
 from trainers import warm_start
 from trainers.command import CommandSettings, TrainerProcessError, run_command
 from trainers.contract import Schedule, TrialConfig

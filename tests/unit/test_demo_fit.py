@@ -16,8 +16,9 @@ import pytest
 
 from orchestrator.cli import fit_output
 from orchestrator.core.laws.selection import fit_auto
-from orchestrator.proposals import fit_and_propose, fit_settings
-from orchestrator.spec import load_spec
+from orchestrator.config.fitting import fit_settings
+from orchestrator.core.proposals import fit_and_propose
+from orchestrator.config.spec import load_spec
 from orchestrator.sweep_summary import summary_markdown
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import get_app
 from orchestrator.planner import plan_grid
-from orchestrator.spec import load_spec
+from orchestrator.config.spec import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SPECS = sorted(EXAMPLES.glob("*.yaml")) + sorted(EXAMPLES.glob("*/*.yaml"))

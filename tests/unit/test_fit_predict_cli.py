@@ -111,7 +111,7 @@ def test_auto_fit_json(tables):
 
 def test_default_law_is_the_specs(tables):
     """Without --law, `fit` fits the spec's default `fit.law` (one definition of the default law) and says so."""
-    from orchestrator.spec import FitSpec
+    from orchestrator.config.spec import FitSpec
 
     train, _, _ = tables
     res = runner.invoke(app, ["fit", str(train), "--bootstrap", "0", "--json"])

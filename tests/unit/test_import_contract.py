@@ -216,7 +216,7 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 def test_no_import_cycle_at_module_level():
     eager, _ = _graph()
-    assert "orchestrator.spec" in eager and "orchestrator.core.family" in eager["orchestrator.core.planning.design"]
+    assert "orchestrator.config.spec" in eager and "orchestrator.core.family" in eager["orchestrator.core.planning.design"]
     assert _cycles(eager) == [], "import cycles (module-level imports): " + "; ".join(
         " <-> ".join(c) for c in _cycles(eager))
 
@@ -231,7 +231,7 @@ def test_deferred_imports_that_hide_a_cycle_are_listed():
     assert not gone, "these cycles are gone: remove them from DEFERRED_CYCLES: " + ", ".join(gone)
 
 
-@pytest.mark.parametrize("module", ["orchestrator.spec", "orchestrator.planner"])
+@pytest.mark.parametrize("module", ["orchestrator.config.spec", "orchestrator.planner"])
 def test_spec_and_planner_do_not_import_torch(module):
     """Loading a spec and planning a grid need neither torch nor Ray (the trainers and adapters do)."""
     r = subprocess.run([sys.executable, "-c", f"import sys, {module}\n"
@@ -245,7 +245,7 @@ def test_core_imports_only_the_core():
     trainers, no spec, no other orchestrator module (the spec is converted at orchestrator.config)."""
     mods = _pure_modules()
     assert {"orchestrator.core.pruning.rules.paired", "orchestrator.core.planning.grid",
-            "orchestrator.core.planning.design"} <= set(mods)
+            "orchestrator.core.planning.design", "orchestrator.core.proposals"} <= set(mods)
     code = ("".join(f"import {m}\n" for m in mods) +
             "bad = sorted({m.split('.')[0] for m in sys.modules} & set(%r))\n" % ((FORBIDDEN + ("trainers", "cluster")),) +
             "ours = sorted(m for m in sys.modules if m.startswith('orchestrator.') and not m.startswith("
@@ -254,6 +254,46 @@ def test_core_imports_only_the_core():
     r = _blocked_import(code)
     assert r.returncode == 0, f"a core module needs a blocked framework:\n{r.stderr[-2000:]}"
     assert r.stdout.strip() == "", f"orchestrator.core imports {r.stdout.strip()}"
+
+
+# ---- the layers above the core (docs/architecture.md) ----------------------------------------
+
+# layer -> the orchestrator modules (prefixes) its modules may import, at module level or in a function
+LAYERS = {
+    "orchestrator.config": ("orchestrator.core", "orchestrator.config",
+                            "orchestrator.sizing",  # the spec's load checks size trials (sizing -> config.planning)
+                            "orchestrator.io.store_location"),  # the spec checks its store's URI
+    "orchestrator.io": ("orchestrator.core", "orchestrator.io",
+                        "orchestrator.helper_process"),  # the tracker's MLflow writer is a helper process
+}
+
+
+def test_the_layers_import_only_the_layers_below():
+    """config/ and io/ import no planner, adapter (orchestrator.tune) nor app module (controller, query, cli, api)."""
+    eager, deferred = _graph()
+    bad = []
+    for name in sorted(eager):
+        layer = next((lay for lay in LAYERS if name == lay or name.startswith(lay + ".")), None)
+        if layer is None:
+            continue
+        for target in sorted(eager[name] | {t for t, _ in deferred[name]}):
+            allowed = any(target.startswith(p) or p.startswith(target + ".") for p in LAYERS[layer])  # or its package
+            if target.startswith("orchestrator.") and not allowed:
+                bad.append(f"{name} -> {target}")
+    assert {"orchestrator.config.spec", "orchestrator.io.store", "orchestrator.io.tracking.tracker"} <= set(eager)
+    assert not bad, "a module imports a layer above its own: " + ", ".join(bad)
+
+
+def test_config_and_io_import_no_ray():
+    """The spec, its conversions, the store and the tracking load without Ray or torch (MLflow itself
+    brings FastAPI)."""
+    mods = _pure_modules(("orchestrator/config", "orchestrator/io"))
+    code = ("".join(f"import {m}\n" for m in mods) + "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", "import sys\n" + code +
+                        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'torch'})))"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["ok"], f"config/ or io/ imports {r.stdout.split()[1:]}"
 
 
 def test_building_the_cli_loads_no_law_and_no_framework():

@@ -88,7 +88,7 @@ def _planted_store(tmp_path):
     """A per-param sweep's store (12 sizes x1.41 apart, k = 5, 20, 80 tokens/param): each run evaluates along its
     training at loss = the planted law at the tokens seen (as if each evaluation were annealed), one run is
     stopped early, and one diverged run reports an impossible loss that must not be read."""
-    from orchestrator.store import ObservationStore
+    from orchestrator.io.store import ObservationStore
 
     store = ObservationStore(tmp_path, fsync=False)
     for n in HALF_SIZES:

@@ -7,7 +7,7 @@
   field names, required fields, types), with every pod `template` checked against the strict
   Kubernetes PodTemplateSpec schema.
 - The Ray cluster-launcher YAML: Ray's own `ray/autoscaler/ray-schema.json`.
-- The sweep spec inside the RayJob's ConfigMap: `orchestrator.spec.parse_spec`.
+- The sweep spec inside the RayJob's ConfigMap: `orchestrator.config.spec.parse_spec`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-from orchestrator.spec import parse_spec
+from orchestrator.config.spec import parse_spec
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "cluster" / "manifests"
 K8S_VERSION = "1.30"

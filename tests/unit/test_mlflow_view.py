@@ -8,8 +8,8 @@ from dataclasses import fields
 import pytest
 
 from orchestrator.core.planning.trial import PlannedTrial
-from orchestrator.tracking import SweepTracker
-from orchestrator.tracking.layout import (NOTE_MARK, NOTE_TAG, VIEW_COLUMNS, VIEW_TAG_PREFIX, runs_table_view,
+from orchestrator.io.tracking import SweepTracker
+from orchestrator.io.tracking.layout import (NOTE_MARK, NOTE_TAG, VIEW_COLUMNS, VIEW_TAG_PREFIX, runs_table_view,
                                           saved_view_key, view_key)
 
 mlflow = pytest.importorskip("mlflow")

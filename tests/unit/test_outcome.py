@@ -27,7 +27,7 @@ from orchestrator.core.pruning.decision import Decision
 from orchestrator.core.pruning.meta import TrialMeta
 from orchestrator.core.pruning.pruner import Pruner
 from orchestrator.core.planning.search.lattice import outcome as search_outcome
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from orchestrator.tune.callback import SweepCallback
 from orchestrator.tune.envelope import TrialEnvelope
 from trainers.contract import TrialConfig
@@ -146,7 +146,7 @@ def test_the_search_takes_a_trial_tune_stopped_as_stopped_not_as_a_final_loss():
     """LawGuidedPlanner.observe weighs the trial's planned D: Tune's `done` on a stopped trial's last
     result does not make its partial loss a point of the cell."""
     from orchestrator.planners import LawGuidedPlanner
-    from orchestrator.spec import parse_spec
+    from orchestrator.config.spec import parse_spec
 
     spec = parse_spec({"name": "outcome-test", "model": {"n_params": {"min": 1e4, "max": 1e5, "count": 2}, "seq_len": 128},
                        "tokens": {"per_param": [5, 20]}, "learning_rates": {"min": 0.003, "max": 0.3, "count": 5},

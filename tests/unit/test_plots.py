@@ -183,9 +183,10 @@ SWEEP = Path(__file__).resolve().parents[1] / "data" / "sweep_plots"
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     from orchestrator.plots.evidence import sweep_figures
-    from orchestrator.proposals import fit_and_propose, fit_settings
-    from orchestrator.spec import load_spec
-    from orchestrator.store import ObservationStore, diverged_configs, final_points
+    from orchestrator.config.fitting import fit_settings
+    from orchestrator.core.proposals import fit_and_propose
+    from orchestrator.config.spec import load_spec
+    from orchestrator.io.store import ObservationStore, diverged_configs, final_points
 
     where = tmp_path_factory.mktemp("sweep") / "plots"
     shutil.copytree(SWEEP, where)
@@ -274,8 +275,9 @@ def test_demo_loss_vs_compute_draws_each_size_curve_and_the_held_out_size(tmp_pa
     import csv
 
     from orchestrator.plots.evidence import loss_vs_compute_figure
-    from orchestrator.proposals import fit_and_propose, fit_settings
-    from orchestrator.spec import load_spec
+    from orchestrator.config.fitting import fit_settings
+    from orchestrator.core.proposals import fit_and_propose
+    from orchestrator.config.spec import load_spec
 
     root = Path(__file__).resolve().parents[2]
     spec = load_spec(root / "examples" / "tiny.yaml")
@@ -349,7 +351,7 @@ def test_recorded_backtest_shows_every_held_out_cell_with_its_interval(recorded)
 @pytest.mark.parametrize("axis, law_label", [("lr", "fitted lr*(N, D)"), ("batch", "fitted batch*(D)")])
 def test_recorded_bowls_mark_the_fitted_law_in_every_cell(recorded, axis, law_label):
     from orchestrator.plots.evidence import hparam_runs
-    from orchestrator.proposals import learned_hparams
+    from orchestrator.core.proposals import learned_hparams
 
     _, store, _, figures = recorded
     fig = figures[f"{axis}_bowls"]

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.proposals import fit_and_propose, learned_hparams
+from orchestrator.core.proposals import fit_and_propose, learned_hparams
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import final_loss
 from trainers.worlds import load_world

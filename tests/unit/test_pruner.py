@@ -195,7 +195,7 @@ def test_config_is_validated_at_the_spec_boundary():
     from dataclasses import fields
 
     from orchestrator.config.pruning import prune_config
-    from orchestrator.spec import PruningSpec
+    from orchestrator.config.spec import PruningSpec
 
     with pytest.raises(ValueError, match="grace"):
         PruningSpec(grace=1.5)

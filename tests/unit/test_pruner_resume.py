@@ -5,7 +5,7 @@ import numpy as np
 
 from orchestrator.core.pruning import RULES, Completed, PruneConfig, Pruner
 from orchestrator.config.pruning import completed_from_store, trial_meta
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import train
 from trainers.worlds import load_world
@@ -82,7 +82,7 @@ def test_restored_pruner_decides_as_the_uninterrupted_one(tmp_path):
 
 def test_scheduler_starts_from_the_history():
     from orchestrator.tune.scheduler import PrunerScheduler
-    from orchestrator.spec import PruningSpec
+    from orchestrator.config.spec import PruningSpec
 
     tid, meta, reps = trial(1.0)
     done = [Completed(tid, meta, reps[-1]["eval_loss"], tuple(r["step"] for r in reps),

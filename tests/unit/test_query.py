@@ -17,8 +17,8 @@ from orchestrator.api import create_app
 from orchestrator.cli import get_app
 from orchestrator.core.laws.chinchilla import ChinchillaLaw
 from orchestrator.planner import plan_grid
-from orchestrator.spec import load_spec
-from orchestrator.store import ObservationStore
+from orchestrator.config.spec import load_spec
+from orchestrator.io.store import ObservationStore
 
 TRUTH = ChinchillaLaw(E=1.8172, A=19.5815, B=71.7777, alpha=0.3478, beta=0.3658)  # the tiny world's L(N, D)
 SIZES = [20_000, 60_000, 200_000, 600_000]

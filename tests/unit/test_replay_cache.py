@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from orchestrator import query, replay_cache
 from orchestrator.cli import get_app
-from orchestrator.spec import load_spec
-from orchestrator.store import ObservationStore
+from orchestrator.config.spec import load_spec
+from orchestrator.io.store import ObservationStore
 
 RECORDED = Path(__file__).resolve().parents[1] / "data" / "transfer_sweep"
 runner = CliRunner()

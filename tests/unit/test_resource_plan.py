@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from cluster.resources import DEVICES, GiB, ZeroBuffers
 from orchestrator.cli import get_app
 from orchestrator.planner import GridPlanner, check_resources, plan_grid, proposal_resources, trial_config
-from orchestrator.proposals import fit_and_propose
-from orchestrator.spec import GPU_DEVICES, SpecError, parse_spec
-from orchestrator.store import ObservationStore
+from orchestrator.core.proposals import fit_and_propose
+from orchestrator.config.spec import GPU_DEVICES, SpecError, parse_spec
+from orchestrator.io.store import ObservationStore
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"
 BATCH_4M = 4 * 2**20
@@ -131,7 +131,7 @@ def test_manual_values_that_do_not_fit_name_trial_field_and_component():
 def test_manual_default_cpu_is_checked_against_this_machine(monkeypatch, tmp_path):
     data = tiny(output_dir=str(tmp_path / "sw"))
     spec = parse_spec(data)  # the spec alone: machine-independent
-    monkeypatch.setattr("orchestrator.spec.machine_memory_bytes", lambda: 0.3 * GiB)
+    monkeypatch.setattr("orchestrator.config.spec.machine_memory_bytes", lambda: 0.3 * GiB)
     with pytest.raises(SpecError, match="largest component"):
         check_resources(spec)
     path = tmp_path / "spec.yaml"

@@ -12,7 +12,7 @@ from orchestrator.replay import replay
 from orchestrator.core.planning.search.config import SearchConfig
 from orchestrator.core.planning.search.lattice import outcome
 from orchestrator.planners import LawGuidedPlanner
-from orchestrator.spec import parse_spec
+from orchestrator.config.spec import parse_spec
 from trainers.simulated import final_loss
 from trainers.worlds import load_world
 
@@ -171,7 +171,7 @@ def test_config_validation_and_conversion():
     """The spec's section validates; the search gets a frozen SearchConfig converted from it (and spec.fit)."""
     import dataclasses
 
-    from orchestrator.spec import FitSpec, SearchSpec
+    from orchestrator.config.spec import FitSpec, SearchSpec
 
     with pytest.raises(ValueError, match="min_fit_cells"):
         SearchSpec(min_fit_cells=3)

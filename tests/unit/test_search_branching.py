@@ -16,7 +16,7 @@ from orchestrator.planners import make_planner
 from orchestrator.core.planning.search.branches import bowl_penalty, corrected_loss
 from orchestrator.core.planning.search.lattice import LAW_POINT
 from orchestrator.planners import LawGuidedPlanner
-from orchestrator.spec import parse_spec
+from orchestrator.config.spec import parse_spec
 from trainers.worlds import load_world
 
 # The test checks the mechanics, not the online form selection: one form, fewer replicates (fast).
@@ -44,7 +44,7 @@ def arms():
 
 
 def _regret(world: str, grid, planner, recs) -> float:
-    from orchestrator.proposals import fit_and_propose
+    from orchestrator.core.proposals import fit_and_propose
 
     advice = planner.hparam_advice()
     target = E.DEFAULT_TARGETS[world]
@@ -100,7 +100,7 @@ def test_branched_cells_enter_the_fit_corrected_to_their_law_point(arms):
 def test_the_final_fit_counts_branches_as_the_search_does(arms):
     """The proposals' fit (`fit_and_propose` with the search's rule, as run_sweep and the benchmark call
     it) sees each branched cell's loss corrected exactly as the search's own fit did."""
-    from orchestrator.proposals import fit_and_propose
+    from orchestrator.core.proposals import fit_and_propose
 
     _, planner, recs = arms["with"]
     rule = planner.hparam_advice().predict

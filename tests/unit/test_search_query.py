@@ -17,8 +17,8 @@ from orchestrator.cli import get_app
 from orchestrator.core.planning.trial import PlannedTrial
 from orchestrator.planner import trial_config
 from orchestrator.planners import make_planner
-from orchestrator.spec import load_spec
-from orchestrator.store import ObservationStore
+from orchestrator.config.spec import load_spec
+from orchestrator.io.store import ObservationStore
 
 runner = CliRunner()
 
@@ -87,7 +87,7 @@ def test_propose_uses_the_searchs_laws_as_fit_json_does(finished):
 
 def test_the_replay_resumes_the_trials_a_resume_skips():
     import orchestrator.controller as controller
-    import orchestrator.store as store
+    import orchestrator.io.store as store
 
     # one definition: the controller's resume and the replay both use the store's
     assert controller.ended_trials is store.ended_trials and controller.RESUME_SKIPS is store.RESUME_SKIPS

@@ -11,7 +11,7 @@ from orchestrator.cli import get_app
 from orchestrator.core.planning import Done
 from orchestrator.core.planning import WAIT
 from orchestrator.planner import GridPlanner, plan_grid
-from orchestrator.spec import SpecError, load_spec, parse_spec
+from orchestrator.config.spec import SpecError, load_spec, parse_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"
 
@@ -128,7 +128,7 @@ def test_resource_rules_pick_workers_and_stage():
 
 
 def test_spec_reference_doc_is_current():
-    from orchestrator.spec import reference_markdown
+    from orchestrator.config.spec import reference_markdown
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "spec.md").read_text()
     assert doc.strip() == reference_markdown().strip(), "regenerate docs/spec.md (see its first lines)"

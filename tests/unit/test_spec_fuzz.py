@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.spec import SpecError, parse_spec
+from orchestrator.config.spec import SpecError, parse_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "simulated.yaml"
 BASE = yaml.safe_load(EXAMPLE.read_text())

@@ -16,8 +16,8 @@ from orchestrator.controller import (  # noqa: E402
     EXIT_CODES, StopRequest, SweepInterrupted, ended_trials, stop_requested, tune_env,
 )
 from orchestrator.progress import SweepProgress  # noqa: E402
-from orchestrator.spec import parse_spec  # noqa: E402
-from orchestrator.store import STOPPED_BY_USER, ObservationStore  # noqa: E402
+from orchestrator.config.spec import parse_spec  # noqa: E402
+from orchestrator.io.store import STOPPED_BY_USER, ObservationStore  # noqa: E402
 from orchestrator.tune.callback import ContractStopper, SweepCallback  # noqa: E402
 from orchestrator.tune.envelope import TrialEnvelope  # noqa: E402
 from trainers.contract import TrialConfig  # noqa: E402

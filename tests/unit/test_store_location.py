@@ -1,11 +1,11 @@
-"""Where a store's parts live (`orchestrator.store_location`) and the spec's `store` field."""
+"""Where a store's parts live (`orchestrator.io.store_location`) and the spec's `store` field."""
 from __future__ import annotations
 
 import pyarrow as pa
 import pytest
 
-from orchestrator.spec import SpecError, parse_spec
-from orchestrator.store_location import StoreLocation, check_uri, is_uri
+from orchestrator.config.spec import SpecError, parse_spec
+from orchestrator.io.store_location import StoreLocation, check_uri, is_uri
 from orchestrator.api import EXAMPLE_SPEC
 
 

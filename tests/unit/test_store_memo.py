@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 
 
 def _report(step: int, loss: float) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.spec import SpecError, load_spec, parse_spec
+from orchestrator.config.spec import SpecError, load_spec, parse_spec
 from orchestrator.submit import EXCLUDES, SubmitError, prepare_submission, resolve_address
 
 SPEC = {

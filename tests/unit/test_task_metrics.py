@@ -15,8 +15,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.spec import SpecError, parse_spec
-from orchestrator.store import OBS_SCHEMA, ObservationStore, final_task_points
+from orchestrator.config.spec import SpecError, parse_spec
+from orchestrator.io.store import OBS_SCHEMA, ObservationStore, final_task_points
 from trainers.contract import TrialConfig, split_task_key, task_key
 
 BASE = {"name": "t", "model": {"n_params": [8000], "seq_len": 64}, "tokens": {"values": [8192]},
@@ -193,7 +193,7 @@ def _planted_sweep():
 
 
 def test_proposals_carry_task_metrics_only_when_tasks_were_evaluated():
-    from orchestrator.proposals import fit_and_propose
+    from orchestrator.core.proposals import fit_and_propose
 
     law, points, rows = _planted_sweep()
     plain = fit_and_propose(points, [1e21], bootstrap=0)
@@ -211,7 +211,7 @@ def test_proposals_carry_task_metrics_only_when_tasks_were_evaluated():
 
 
 def test_task_summary_and_accuracy_plot(tmp_path):
-    from orchestrator.proposals import fit_and_propose
+    from orchestrator.core.proposals import fit_and_propose
     from orchestrator.task_summary import summarise_tasks, task_plot
 
     _, points, rows = _planted_sweep()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.spec import SpecError, parse_spec
+from orchestrator.config.spec import SpecError, parse_spec
 
 BASE = {"name": "loc", "model": {"n_params": [20000]}, "tokens": {"values": [262144]}, "learning_rates": [0.01],
         "batch_sizes": [8192], "trainer": {"backend": "simulated"}}

@@ -12,7 +12,7 @@ from orchestrator.replay import replay
 from orchestrator.planner import batch_ladder
 from orchestrator.core.planning.search.lattice import LAW_POINT
 from orchestrator.planners import LawGuidedPlanner
-from orchestrator.spec import SearchSpec, parse_spec
+from orchestrator.config.spec import SearchSpec, parse_spec
 from trainers.simulated import final_loss
 from trainers.worlds import load_world
 

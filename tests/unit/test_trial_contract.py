@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import sweep_commands  # noqa: F401  (registers the commands)
 from orchestrator.cli.app import app
-from orchestrator.spec import SpecError, parse_spec
+from orchestrator.config.spec import SpecError, parse_spec
 from trainers.command import CommandSettings, FirstReportTimeout, TrainerProcessError, run_command
 from trainers.contract import CONTRACT_VERSION, ContractError, REPORT_KEYS, TrialConfig, normalise_report
 from trainers.entrypoint import EntrypointError, load_entrypoint

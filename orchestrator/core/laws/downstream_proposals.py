@@ -1,6 +1,6 @@
 """Attach predicted task metrics to proposals: one downstream fit per task, evaluated at each (N, D).
 
-A proposal (``orchestrator.proposals.fit_and_propose``) is a dict with at least ``N`` and ``D``;
+A proposal (``orchestrator.core.proposals.fit_and_propose``) is a dict with at least ``N`` and ``D``;
 task rows are the task metrics a sweep measured, one dict per evaluation:
 ``{"task", "N", "D", "acc"}`` plus optional ``"loss"`` (or ``"task_loss"``: the task's NLL of the
 correct continuation; every row of a task must have it for the two-step fit, else the latent fit

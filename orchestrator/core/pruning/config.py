@@ -1,6 +1,6 @@
 """The pruner's knobs as one frozen dataclass, and the one boundary from the user's spec to it.
 
-The fields, names and defaults are the spec's ``pruning`` section (``orchestrator.spec.PruningSpec``,
+The fields, names and defaults are the spec's ``pruning`` section (``orchestrator.config.spec.PruningSpec``,
 typed, validated and documented in docs/spec.md); the pure rules never see the pydantic model:
 :meth:`PruneConfig.from_spec` copies the fields of whatever object carries them.
 

@@ -1,4 +1,4 @@
-"""What the search hands the proposals (`orchestrator.proposals.fit_and_propose`): its learned lr/batch
+"""What the search hands the proposals (`orchestrator.core.proposals.fit_and_propose`): its learned lr/batch
 laws as the proposal rule, and the loss correction its own L(N, D) fit applies to WSD branches.
 
 A search cell run as a WSD branch trains at its trunk's (lr, batch), off the cell's own law point; the

@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 
 from trainers.contract import split_task_key
 
-from .core.planning.branching import spent_flops
+from ..core.planning.branching import spent_flops
 from .store_location import StoreLocation, is_uri
 
 OBS_SCHEMA = pa.schema(
@@ -421,7 +421,7 @@ def final_task_points(store: ObservationStore, points: Optional[list[dict[str, A
     batch) count (`orchestrator.core.cells.best_per_cell`, the L(N, D) fit's points): proposals
     are tuned configs, and an untuned lr would pull the accuracy law down. Empty when no task ran.
     """
-    from .core.cells import assign_cells, best_per_cell
+    from ..core.cells import assign_cells, best_per_cell
 
     table = store.task_metrics()
     if table.num_rows == 0:

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from mlflow.tracking import MlflowClient
 
-from ..helper_process import HelperProcess
+from ...helper_process import HelperProcess
 from .layout import (CUMULATIVE_SECONDS, MAX_KEY_LENGTH, NOT_METRICS, OUTCOME_OF_STATUS, RUN_STATUSES, TAG_KIND,
                      TAG_NONFINITE, TAG_OUTCOME, TAG_SWEEP, TAG_TRIAL, TRAIN_SECONDS, branch_tags, flatten_params,
                      metric_value, plain, tag_values, trial_end, trial_params)

@@ -1,4 +1,8 @@
-"""From finished trials to a fitted L(N, D) and compute-optimal proposals per target budget."""
+"""From finished trials to a fitted L(N, D) and compute-optimal proposals per target budget.
+
+Pure: the runs come in as plain dicts (N, D, lr, batch, loss), the fit settings as keywords
+(`orchestrator.config.fitting.fit_settings` reads them from the spec).
+"""
 from __future__ import annotations
 
 import math
@@ -7,11 +11,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .core.cells import assign_cells, best_per_cell
-from .core.family import family_sizes, shape_for
-from .core.laws.chinchilla import budget_key
-from .core.laws.selection import AutoFit, fit_auto
-from .core.laws.table import TableError
+from .cells import assign_cells, best_per_cell
+from .family import family_sizes, shape_for
+from .laws.chinchilla import budget_key
+from .laws.selection import AutoFit, fit_auto
+from .laws.table import TableError
 
 
 @dataclass
@@ -35,7 +39,13 @@ class SweepFit:
 
 def best_cells(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per nominal (N, D) cell, its best tuned run (`orchestrator.core.cells.best_per_cell`):
-    L(N, D) describes tuned runs, one point per cell whatever batch rounding did to D."""
+    L(N, D) describes tuned runs, one point per cell whatever batch rounding did to D.
+
+    >>> runs = [{"N": 1e6, "D": 2e7, "lr": 1e-3, "batch": 256, "loss": 3.2},
+    ...         {"N": 1e6, "D": 2e7, "lr": 2e-3, "batch": 256, "loss": 3.1}]
+    >>> [(c["lr"], c["loss"]) for c in best_cells(runs)]
+    [(0.002, 3.1)]
+    """
     return best_per_cell(points)
 
 
@@ -54,9 +64,21 @@ def learned_hparams(runs: Sequence[dict[str, Any]]) -> Optional[HparamRule]:
     (`orchestrator.core.laws.hparam_surface`); else a bowl per (N, D) cell, else the Step-Law protocol
     (`orchestrator.core.laws.hparams.fit_hparams`). Runs are grouped by their nominal cell
     (`orchestrator.core.cells`), whatever whole-batch rounding did to their D.
+
+    A planted bowl around lr* = 2 N^-0.3 and batch* = 512, 10x below the size it is asked about:
+
+    >>> import math
+    >>> runs = [{"N": n, "D": r * n, "lr": s * 2 / n**0.3, "batch": b,
+    ...          "loss": 1.7 + 400 / n**0.34 + 410 / (r * n)**0.28 + 0.05 * math.log(s)**2 + 0.02 * math.log(b / 512)**2}
+    ...         for n in (1e6, 3e6, 1e7) for r in (10, 40) for s in (0.25, 0.5, 1, 2, 4) for b in (256, 512, 1024)]
+    >>> lr, batch = learned_hparams(runs)(1e8, 2e9)
+    >>> round(lr / (2 / 1e8**0.3), 3), round(batch)
+    (1.0, 512)
+    >>> learned_hparams([]) is None
+    True
     """
-    from .core.laws.hparam_surface import fit_surface
-    from .core.laws.hparams import HparamError, fit_hparams
+    from .laws.hparam_surface import fit_surface
+    from .laws.hparams import HparamError, fit_hparams
 
     if not runs:
         return None
@@ -129,18 +151,6 @@ def _backtest_warnings(fit: AutoFit) -> list[str]:
     return out
 
 
-def fit_settings(spec: Any = None, bootstrap: Optional[int] = None) -> dict[str, Any]:
-    """The spec's fit settings as `fit_and_propose` keywords (law, loss, bootstrap, level, seed): the one
-    definition the controller's summary, `scalesweep propose` and the HTTP API share; `bootstrap`
-    overrides the spec's; no spec (a broken or missing one) gives the defaults."""
-    out = ({"law": "auto", "loss": "huber", "bootstrap": 200, "level": 0.9, "seed": 0} if spec is None else
-           {"law": spec.fit.law, "loss": spec.fit.loss, "bootstrap": spec.fit.bootstrap, "level": spec.fit.level,
-            "seed": spec.seed})
-    if bootstrap is not None:
-        out["bootstrap"] = int(bootstrap)
-    return out
-
-
 def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], *, law: str = "auto",
                     loss: str = "huber", bootstrap: int = 200, level: float = 0.9, seed: int = 0,
                     hparams: Optional[HparamRule] = None, resources: Optional[ResourceRule] = None,
@@ -160,12 +170,21 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     (N*, D*) in log space (which, extrapolated far, can propose an lr that diverges).
     Their intervals (`intervals.lr`, `intervals.batch`: the laws' own uncertainty at (N*, D*))
     come from `hparam_intervals`, or from the learned laws' when they have one.
-    With `task_rows` (a sweep's task metrics, `orchestrator.store.final_task_points`) each proposal
+    With `task_rows` (a sweep's task metrics, `orchestrator.io.store.final_task_points`) each proposal
     also carries `task_metrics`: the accuracy predicted at its (N, D) per task, with intervals.
 
     `corrected_loss(point) -> loss`: the loss the fit counts for a finished run, default the
     `hparams` rule's own (`orchestrator.core.planning.search.advice.SearchRule`: the search's correction of its WSD
     branches, run off their cell's law point), so the final fit sees the points the search fitted.
+
+    Points planted on L = 1.7 + 400/N^0.34 + 410/D^0.28 (one lr and batch, so no law of them: the
+    nearest cell's); the true optimum at C = 1e19 is N* = 2.23e8, L* = 2.9853:
+
+    >>> pts = [{"N": n, "D": r * n, "lr": 1e-3, "batch": 256, "loss": 1.7 + 400 / n**0.34 + 410 / (r * n)**0.28}
+    ...        for n in (1e6, 3e6, 1e7, 3e7) for r in (5, 10, 20, 40, 80)]
+    >>> p = fit_and_propose(pts, [1e19], law="chinchilla", bootstrap=0).proposals[0]
+    >>> f"{p['N']:.3g}", round(p["predicted_loss"], 4), p["hparams_from"]
+    ('2.23e+08', 2.9853, 'nearest observed cell N=30000000.0, D=2400000000.0')
     """
     warnings: list[str] = []
     points, note = _corrected(points, corrected_loss or getattr(hparams, "corrected_loss", None))
@@ -222,7 +241,7 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
             **({"resources": resources(n_opt, d_opt, batch)} if resources is not None else {}),
         })
     if task_rows:
-        from .core.laws.downstream_proposals import attach_task_predictions
+        from .laws.downstream_proposals import attach_task_predictions
 
         proposals, task_warnings = attach_task_predictions(proposals, task_rows, bootstrap=bootstrap, level=level,
                                                            seed=seed)

@@ -17,9 +17,9 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
-from .core.family import count_params, family_sizes, shape_for
-from .core.resources import DEVICES, GiB, ResourceError, cpu_device, machine_memory_bytes
-from .sizing import check_trial_resources, smallest_cell_flops
+from ..core.family import count_params, family_sizes, shape_for
+from ..core.resources import DEVICES, GiB, ResourceError, cpu_device, machine_memory_bytes
+from ..sizing import check_trial_resources, smallest_cell_flops
 
 
 class SpecError(ValueError):
@@ -204,7 +204,9 @@ class ScheduleSpec(_Strict):
     decay: float = Field(0.2, ge=0, le=1, description="WSD: fraction of steps in the final decay")
     final_lr_frac: float = Field(0.1, ge=0, le=1, description="lr at the end as a fraction of the peak")
     branch: bool = Field(False, description="WSD: train each (N, lr, batch, seed) once to its largest D and branch the "
-                                            "shorter D's cooldowns from its checkpoints (docs/pruning.md)")
+                                            "shorter D's cooldowns from its checkpoints (docs/pruning.md); with "
+                                            "`search.strategy: transfer` the search's own branches (docs/search.md); "
+                                            "refused with `law`")
 
     @model_validator(mode="after")
     def _fits(self) -> "ScheduleSpec":
@@ -762,7 +764,7 @@ class SweepSpec(_Strict):
         if v is None:
             return v
         _no_control(v, "the store location")
-        from .store_location import check_uri
+        from ..io.store_location import check_uri
 
         return check_uri(v.strip())
 
@@ -956,7 +958,7 @@ def parse_spec(data: Any, source: str = "spec", *, max_trials: int = MAX_GRID_TR
     >>> parse_spec({"name": "x"}).name
     Traceback (most recent call last):
     ...
-    orchestrator.spec.SpecError: spec: invalid spec
+    orchestrator.config.spec.SpecError: spec: invalid spec
       model: Field required
       tokens: Field required
       learning_rates: Field required
@@ -1079,7 +1081,7 @@ def _type_name(ann: Any) -> str:
 def reference_markdown() -> str:
     """The spec reference (every field, its type, default and meaning) as Markdown."""
     lines = ["# Sweep spec reference", "",
-             "Generated from `orchestrator/spec.py` (`python -c 'from orchestrator.spec import "
+             "Generated from `orchestrator/config/spec.py` (`python -c 'from orchestrator.config.spec import "
              "reference_markdown as r; print(r())' > docs/spec.md`). Unknown fields are errors.", ""]
 
     def walk(model: type[BaseModel], prefix: str) -> None:
