@@ -29,11 +29,12 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -124,15 +125,35 @@ def fill_rank_env() -> list[str]:
     return added
 
 
-def ensure_process_group(device: torch.device) -> bool:
-    """Create a 1-process group when none exists; returns whether we created it."""
+@contextmanager
+def trial_process_group(device: torch.device) -> Iterator[bool]:
+    """A 1-process group for the trial when none exists (yields whether it made one), destroyed after.
+
+    `init_process_group` wraps `sys.excepthook` to prefix `[rank<r>]: ` to tracebacks and never
+    unwraps it; restored here, so trials run one after another in one process (a reused Ray actor)
+    do not stack one more prefix per trial.
+    """
     if dist.is_initialized():
-        return False
-    if device.type == "cuda":
-        dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=device)
-    else:
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    return True
+        yield False
+        return
+    hook = sys.excepthook
+    try:
+        if device.type == "cuda":
+            dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=device)
+        else:
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        yield True
+    finally:
+        try:
+            # Through deepspeed.comm (when DeepSpeed is loaded) so it also drops its cached groups;
+            # a later trial in this process then starts from a clean slate.
+            ds_comm = sys.modules.get("deepspeed.comm")
+            if ds_comm is not None and ds_comm.is_initialized():
+                ds_comm.destroy_process_group()
+            elif dist.is_initialized():
+                dist.destroy_process_group()
+        finally:
+            sys.excepthook = hook
 
 
 class RankReducer:
@@ -342,37 +363,34 @@ def train(config: TrialConfig, report: Reporter) -> TrialSummary:
         torch.cuda.set_device(device)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, config.threads))
-    created = ensure_process_group(device)
-    env_added = fill_rank_env()
     try:
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if world != config.workers:
-            raise ValueError(f"config.workers={config.workers} but the process group has {world} ranks")
-        data = load_data(config.data, config.data_cache)
-        plan = make_plan(config, world, data.vocab_size)
-        # before the engine: a task that does not load fails the trial at once, not after training
-        tasks = load_tasks(config.tasks, stream=data.val, seq_len=config.seq_len, n_items=config.task_items)
-        bf16 = use_bf16(config, device)
-        model = build_model(config.n_params, config.seq_len, data.vocab_size, seed=config.seed, family=config.family)
-        optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, betas=ADAM_BETAS, eps=1e-8)
-        with _no_shm_op():
-            engine, _, _, _ = deepspeed.initialize(
-                model=model, optimizer=optimizer,
-                config=deepspeed_config(config, plan, bf16, sum(p.numel() for p in model.parameters())))
-        return _run(engine, config, plan, data, report, device, rank, world, tasks)
+        with trial_process_group(device):
+            env_added = fill_rank_env()
+            try:
+                return _train(deepspeed, config, report, device)
+            finally:
+                for k in env_added:
+                    os.environ.pop(k, None)
     finally:
         torch.set_num_threads(old_threads)
-        for k in env_added:
-            os.environ.pop(k, None)
-        if created:
-            # Through deepspeed.comm so DeepSpeed also drops its cached groups; a later trial in
-            # this process then starts from a clean slate.
-            import deepspeed.comm as ds_comm
 
-            if ds_comm.is_initialized():
-                ds_comm.destroy_process_group()
-            else:
-                dist.destroy_process_group()
+
+def _train(deepspeed, config: TrialConfig, report: Reporter, device: torch.device) -> TrialSummary:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world != config.workers:
+        raise ValueError(f"config.workers={config.workers} but the process group has {world} ranks")
+    data = load_data(config.data, config.data_cache)
+    plan = make_plan(config, world, data.vocab_size)
+    # before the engine: a task that does not load fails the trial at once, not after training
+    tasks = load_tasks(config.tasks, stream=data.val, seq_len=config.seq_len, n_items=config.task_items)
+    bf16 = use_bf16(config, device)
+    model = build_model(config.n_params, config.seq_len, data.vocab_size, seed=config.seed, family=config.family)
+    optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, betas=ADAM_BETAS, eps=1e-8)
+    with _no_shm_op():
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer,
+            config=deepspeed_config(config, plan, bf16, sum(p.numel() for p in model.parameters())))
+    return _run(engine, config, plan, data, report, device, rank, world, tasks)
 
 
 def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Reporter,

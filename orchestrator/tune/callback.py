@@ -26,6 +26,9 @@ from .envelope import TrialEnvelope, envelope_of, trial_id_of
 
 log = logging.getLogger(__name__)
 
+STILL_ENDING = "still ending (no exit.json yet)"  # a stopped program within its grace period
+ENDING_WAIT_S = 10.0  # past the trial's grace period: how long the sweep's end waits for an exit record
+
 
 def _report_of(result: dict[str, Any]) -> Optional[dict[str, float]]:
     """The trainer's report inside a Tune result (None for Tune-only bookkeeping results): the
@@ -69,6 +72,10 @@ class SweepCallback(Callback):
         self.interrupted = interrupted or _never
         # running trials that end by themselves on a user's stop, after a checkpoint (a `stop_key`)
         self.checkpointing: set[str] = set()
+        # ended command trials whose program was still ending (Tune calls on_trial_complete before it
+        # asks the trial to stop): trial id -> (status, summary, wait-until); the summary is written
+        # again with the program's true exit once its exit.json appears (`_complete_ended`)
+        self.ending: dict[str, tuple[str, dict[str, Any], float]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; the live handles (store
@@ -76,7 +83,7 @@ class SweepCallback(Callback):
         return {"records": self.records, "last": self.last, "decisions": self.decisions, "stops": {},
                 "logged": self.logged, "restarts": self.restarts, "store": None, "tracker": None, "progress": None,
                 "contract_errors": {}, "interrupted": self.interrupted,  # a module function: pickles by name
-                "checkpointing": set()}
+                "checkpointing": set(), "ending": {}}
 
     @staticmethod
     def _tid(trial) -> str:
@@ -129,6 +136,10 @@ class SweepCallback(Callback):
         process = _process_exit(trial)
         if process is not None:  # a user's program: how it ended, where its files are
             summary = {**summary, "process": process}
+            if process["status"] == STILL_ENDING:
+                env = envelope_of(trial.config)
+                grace = float((env.own or {}).get("grace_period_s") or 0.0) if env is not None else 0.0
+                self.ending[tid] = (status, summary, time.monotonic() + grace + ENDING_WAIT_S)
         self.store.set_status(tid, status, summary=summary)
         if self.tracker is not None:
             self.tracker.end_trial(tid, *mlflow_end(status, summary))
@@ -197,7 +208,32 @@ class SweepCallback(Callback):
         if process.get("contract_error"):
             self.contract_errors.setdefault(tid, str(process.get("error", "")).split(": ", 1)[-1])
 
+    def on_step_end(self, iteration, trials, **info):
+        if self.ending:
+            self._complete_ended()
+
+    def _complete_ended(self) -> None:
+        """Record the true exit of each ended trial whose program's exit.json has appeared since."""
+        for tid, (status, summary, _) in list(self.ending.items()):
+            process = _exit_record(Path(summary["process"]["attempt_dir"]))
+            if process is None:
+                continue
+            del self.ending[tid]
+            summary = {**summary, "process": process}
+            self.store.set_status(tid, status, summary=summary)  # the same end, its summary completed
+            if self.tracker is not None:
+                self.tracker.set_tags(tid, {"scalesweep.process": str(process)})
+
     def on_experiment_end(self, trials, **info):
+        # Tune has stopped the trial processes by now: their programs' exit records are written or
+        # about to be (a program within its grace period); one that never comes keeps STILL_ENDING
+        while self.ending:
+            self._complete_ended()
+            if not self.ending or time.monotonic() >= max(until for _, _, until in self.ending.values()):
+                break
+            time.sleep(0.05)
+        for tid in self.ending:
+            log.warning("trial %s: its program's exit was never recorded (no exit.json)", tid)
         self.store.flush()
 
 
@@ -257,10 +293,16 @@ def _process_exit(trial) -> Optional[dict[str, Any]]:
     attempts = sorted(Path(env.run_dir).glob("attempt-*"), key=lambda p: int(p.name.split("-")[1]))
     if not attempts:
         return None
+    # None: a stopped program may still be ending, its record comes later (SweepCallback.ending)
+    return _exit_record(attempts[-1]) or {"status": STILL_ENDING, "attempt_dir": str(attempts[-1])}
+
+
+def _exit_record(attempt_dir: Path) -> Optional[dict[str, Any]]:
+    """What the trial's summary keeps of an attempt's exit.json; None while there is none."""
     try:
-        info = json.loads((attempts[-1] / "exit.json").read_text())
-    except (OSError, ValueError):  # a stopped program may still be ending: its record comes later
-        return {"status": "still ending (no exit.json yet)", "attempt_dir": str(attempts[-1])}
+        info = json.loads((attempt_dir / "exit.json").read_text())
+    except (OSError, ValueError):
+        return None
     keep = ("attempt", "status", "returncode", "ended", "reports", "last_step", "error", "contract_error",
             "attempt_dir")
     out = {k: info[k] for k in keep if k in info}

@@ -36,6 +36,7 @@ def test_trial_learns_reports_checkpoints_and_resumes(cache, tmp_path):
     ckpt = tmp_path / "ckpt"
     cfg = _config(cache, checkpoint_dir=str(ckpt), checkpoint_every=5, checkpoint_steps=(15,))
     reports = []
+    hook = sys.excepthook
     summary = train(cfg, reports.append)
     assert not dist.is_initialized()  # the group this trainer created is gone
     assert "RANK" not in os.environ and "LOCAL_RANK" not in os.environ
@@ -80,6 +81,8 @@ def test_trial_learns_reports_checkpoints_and_resumes(cache, tmp_path):
     assert [r["step"] for r in branched] == [20, 30, 40]
     assert branched[0]["lr"] == pytest.approx(3e-3) and branched[-1]["lr"] == pytest.approx(3e-4)
     assert branched[-1]["eval_loss"] < summary.final_eval_loss + 0.05
+    # three trials in this process: torch's `[rank0]: ` traceback wrapper went with each one's group
+    assert sys.excepthook is hook
 
 
 def test_a_wsd_branch_from_its_trunk_reproduces_the_from_scratch_run(cache, tmp_path):

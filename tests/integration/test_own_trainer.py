@@ -142,6 +142,7 @@ def test_the_pruner_stops_the_hopeless_lr_and_its_program_ends(sweep):
         info = _wait_for(lambda: (attempt / "exit.json").exists() and json.loads((attempt / "exit.json").read_text()),
                          30, "the stopped program's exit record")
         assert info["ended"] == "stopped" and info["returncode"] == 0, info
+        assert rec["summary"]["process"]["status"] == "exit status 0", rec  # the true exit, not "still ending"
         assert "stopped at step" in (attempt / "stderr.log").read_text()
         with pytest.raises(ProcessLookupError):
             os.kill(info["pid"], 0)

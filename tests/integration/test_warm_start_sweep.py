@@ -59,7 +59,8 @@ def test_warm_started_programs_report_are_pruned_and_reuse_the_zygote(tmp_path):
     tid, rec = by_lr[1e-5]
     assert rec["status"] == "stopped" and rec["summary"]["reason"], rec
     assert exits[tid]["ended"] == "stopped" and exits[tid]["returncode"] == 0, exits[tid]
-    assert exits[tid]["status"] == "exit status 0"  # (the trial's summary was written while it still ended)
+    # ... and so does the trial's summary (completed once exit.json appeared: SweepCallback.ending)
+    assert exits[tid]["status"] == rec["summary"]["process"]["status"] == "exit status 0", rec
     assert "stopped at step" in (Path(exits[tid]["attempt_dir"]) / "stderr.log").read_text()
     assert store.last_reports()[tid]["step"] < STEPS
     finished = [t for t, r in trials.items() if r["status"] == "finished"]

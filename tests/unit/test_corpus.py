@@ -97,3 +97,49 @@ def test_user_shards_vocab_inferred_and_checked(tmp_path):
         pq.write_table(pa.table({"tokens": pa.array([1.5, 2.0])}), bad / split / "0.parquet")
     with pytest.raises(ValueError, match="integers"):
         load_data(str(bad))
+
+
+def test_reading_a_split_keeps_arrows_tokens_and_does_not_import_pandas(built, tmp_path):
+    """`_read_split` views each shard's Arrow buffer (no `to_numpy`, whose pandas import cost ~0.6 s
+    of every fresh trial): same tokens and dtype as pyarrow's own conversion, in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow.compute as pc
+
+    rng = np.random.default_rng(0)
+    splits = {"lists": tmp_path / "lists", "flat": tmp_path / "flat", "builtin": built[1] / "train"}
+    splits["lists"].mkdir()
+    splits["flat"].mkdir()
+    for i in range(3):  # list<uint16> rows of ragged length, several row groups per file
+        rows = [rng.integers(0, 60000, size=int(n)).tolist() for n in rng.integers(0, 50, size=40)]
+        pq.write_table(pa.table({"tokens": pa.array(rows, pa.list_(pa.uint16()))}), splits["lists"] / f"{i}.parquet",
+                       row_group_size=7)
+    pq.write_table(pa.table({"tokens": pa.array(rng.integers(0, 2**40, size=1000), pa.int64())}),
+                   splits["flat"] / "0.parquet", row_group_size=300)
+    code = ("import sys, numpy as np; from pathlib import Path; from trainers.corpus import _read_split\n"
+            f"for name, d in {({k: str(v) for k, v in splits.items()})!r}.items():\n"
+            f"    np.save(Path({str(tmp_path)!r}) / (name + '.npy'), _read_split(Path(d)))\n"
+            "print('pandas' in sys.modules)")
+    root = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": root}, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
+    for name, d in splits.items():
+        ref = []
+        for f in sorted(d.glob("*.parquet")):  # pyarrow's conversion (pandas loaded here: no matter)
+            col = pq.read_table(f).column("tokens").combine_chunks()
+            ref.append((pc.list_flatten(col) if pa.types.is_list(col.type) else col).to_numpy())
+        got = np.load(tmp_path / f"{name}.npy")
+        assert got.dtype == ref[0].dtype and np.array_equal(got, np.concatenate(ref)), name
+        assert got.size > 100
+
+
+def test_a_shard_with_null_tokens_is_refused(tmp_path):
+    (tmp_path / "s").mkdir()
+    pq.write_table(pa.table({"tokens": pa.array([[1, None, 3]], pa.list_(pa.int32()))}), tmp_path / "s/0.parquet")
+    with pytest.raises(ValueError, match="null"):
+        corpus._read_split(tmp_path / "s")
+    # and a view keeps the array's offset (a slice of a shard's column)
+    assert corpus._int_values(pa.array(np.arange(10, dtype=np.int16)).slice(3, 4), "x").tolist() == [3, 4, 5, 6]
