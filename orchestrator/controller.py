@@ -272,6 +272,10 @@ def tune_env(spec: SweepSpec) -> dict[str, str]:
         # Ctrl-C / SIGTERM are the controller's (StopRequest): Tune's own handler would end its
         # loop with the trials' records open and the parent run unended.
         "TUNE_DISABLE_SIGINT_HANDLER": "1",
+        # Tune's new output engine prints its "Configuration for experiment" box and results path to
+        # stdout even at verbose=0 (the CLI's output is the sweep's own); the legacy engine at verbose=0
+        # prints nothing. The controller logs the same facts before `Tuner.fit`.
+        "RAY_AIR_NEW_OUTPUT": "0",
     }
     if spec.trainer.backend == "simulated" and not spec.checkpoints.enabled:
         # One remote call fetches every result a trial produced in 20 ms (up to 64), not one:
@@ -634,6 +638,9 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     # Any exception from here on reaches run_sweep, which flushes the store (a failing flush
     # keeps the first error: the rows stay unwritten, the parts on disk whole, `resume`
     # continues) and ends the parent run FAILED.
+    log.info("Ray Tune experiment %s in %s: searcher %s, scheduler %s, up to %d trials", spec.name, storage_path,
+             type(searcher).__name__, type(scheduler).__name__ if scheduler is not None else "FIFOScheduler",
+             max(1, planner.trial_cap))
     with progress, set_environ(tune_env(spec)):
         tuner.fit()
     if stash["stop"].requested:  # Tune stopped every trial (ContractStopper.stop_all): record it, exit

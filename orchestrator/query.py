@@ -59,7 +59,9 @@ class SearchReplay:
     ended trial replayed, then the search asked for its next trials until it must wait or is done."""
 
     advice: Any  # core.planning.HparamAdvice: the search's lr/batch laws (what the controller's fit.json uses)
-    next_trials: list[str]  # trials the search would start now that the store has no record of
+    # trials the search would start now that are not planned or running: new ones, and ones a resume
+    # reruns (stopped by the user, failed), which the store has a record of
+    next_trials: list[str]
     done: Optional[str]  # why the search is over (None: it is not, a resume goes on)
 
 
@@ -314,7 +316,8 @@ def never_started(spec: Any, trials: dict[str, dict[str, Any]]) -> Optional[int]
 def status(sweep_dir: str | Path, spec: Any = None) -> dict[str, Any]:
     """Every trial (state, config, FLOPs spent), counts per state, FLOPs spent in all (branches
     from their branch point) and, with a spec, how many of its trials never started: a grid's missing
-    trials, a law-guided search's next trials (`search_replay`; its state under `search`: done and why)."""
+    trials, a law-guided search's next trials the store has no record of (`search_replay`; its state under
+    `search`: done, why and every trial a resume starts next)."""
     from .io.store import ObservationStore
 
     store = ObservationStore(sweep_dir)
@@ -330,7 +333,8 @@ def status(sweep_dir: str | Path, spec: Any = None) -> dict[str, Any]:
     replay = search_replay(SweepData([], [], [], store), spec)
     search = None if replay is None else {"strategy": spec.search.strategy, "done": replay.done,
                                           "next_trials": replay.next_trials}
-    never = never_started(spec, trials) if replay is None else len(replay.next_trials)
+    # a trial a resume reruns (stopped by the user, failed) is counted in its state, not as never started too
+    never = never_started(spec, trials) if replay is None else sum(1 for t in replay.next_trials if t not in trials)
     return {"sweep_dir": str(Path(sweep_dir).resolve()), "trials": rows, "counts": trial_counts(trials),
             "never_started": never, "search": search, "flops_spent": float(sum(spent.values()))}
 

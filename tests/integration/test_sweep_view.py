@@ -49,6 +49,11 @@ def _check_whole(text: str) -> None:
 def test_run_output_is_whole_and_has_units(sweep):
     text = sweep["run"]
     _check_whole(text)
+    # Ray Tune's own start box and results path (its searcher, scheduler, trial cap, ray/ folder) are not the
+    # user's: the controller logs them; the sweep directory is printed at the end
+    for tune_text in ("Configuration for experiment", "View detailed results here", "Search algorithm"):
+        assert tune_text not in text and tune_text not in sweep["resumed"], text
+    assert f"sweep directory: {sweep['dir']}" in text
     # its end names every state, as `status` does (here all 18 trials ran)
     assert ("done in" in text and "0 pending, 0 running, 12 finished, 0 pruned, 6 diverged, 0 failed, "
             "0 stopped by the user, 0 never started") in text, text

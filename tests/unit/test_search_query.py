@@ -111,7 +111,8 @@ def test_status_of_an_interrupted_search_names_what_a_resume_starts_next(tmp_pat
     # the trials the search had handed out and not finished, then what it plans next: a resume runs them
     running = {tid for tid, rec in store.trials().items() if rec["status"] == "running"}
     assert running and not running & set(doc["search"]["next_trials"])
-    assert doc["never_started"] == len(doc["search"]["next_trials"]) >= 1
+    assert doc["never_started"] == len(doc["search"]["next_trials"]) >= 1  # none is in the store
+    assert sum(doc["counts"].values()) + doc["never_started"] == len(set(store.trials()) | set(doc["search"]["next_trials"]))
     assert f"{doc['never_started']} never started" in query.status_line(doc["counts"], doc["never_started"])
     r = runner.invoke(get_app(), ["status", str(spec.sweep_dir())])
     assert r.exit_code == 0, r.output
@@ -150,3 +151,20 @@ def test_the_live_search_caches_its_answers_for_the_first_query(finished, monkey
     live = planner.hparam_advice()
     assert replay.advice.predict(1e6, 2e7) == live.predict(1e6, 2e7)
     assert replay.advice.intervals(1e6, 2e7, 0.9) == live.intervals(1e6, 2e7, 0.9)
+
+
+def test_status_counts_a_trial_stopped_by_the_user_once(tmp_path):
+    """A trial the user stopped is one a resume reruns (in `next_trials`), but `status` counts it as stopped
+    by the user, not as never started too: the counts add up to every trial known (the store's and the new)."""
+    spec, store, _ = _drive(tmp_path / "stopped", limit=12)
+    (stopped,) = [tid for tid, rec in store.trials().items() if rec["status"] == "running"]
+    store.set_status(stopped, "stopped-by-user")
+    store.close()
+    doc = query.status(spec.sweep_dir(), spec)
+    assert stopped in doc["search"]["next_trials"]  # the test can fail: a resume reruns it
+    known = set(store.trials()) | set(doc["search"]["next_trials"])
+    assert doc["counts"]["stopped-by-user"] == 1
+    assert sum(doc["counts"].values()) + doc["never_started"] == len(known)
+    assert doc["never_started"] == len(doc["search"]["next_trials"]) - 1
+    line = query.status_line(doc["counts"], doc["never_started"])
+    assert sum(int(part.split()[0]) for part in line.split(", ")) == len(known)

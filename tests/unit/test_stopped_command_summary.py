@@ -20,7 +20,7 @@ import pytest
 
 from orchestrator.core.pruning.decision import Decision
 from orchestrator.progress import SweepProgress
-from orchestrator.store import ObservationStore
+from orchestrator.io.store import ObservationStore
 from orchestrator.tune.callback import STILL_ENDING, SweepCallback
 from orchestrator.tune.envelope import TrialEnvelope
 from trainers.command import CommandSettings, run_command
