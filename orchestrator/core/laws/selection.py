@@ -456,7 +456,7 @@ def fit_auto(
     selection = _selection(fits, chosen, rule)
     selection.update(identified=not pinned[chosen.name], pinned={k: v for k, v in pinned.items() if v},
                      fallback=fallback and {k: v for k, v in fallback.items() if k != "message"})
-    warnings += design_warnings(N, D)
+    warnings += design_warnings(N, D, chosen.form.n_term, chosen.form.d_term)
     if math.isfinite(chosen.score) and chosen.score > UNRELIABLE:
         warnings.append(f"the chosen form's backtest error is {chosen.score:.1%} (RMS): extrapolation is unreliable")
     for f in fits:
