@@ -1,4 +1,4 @@
-"""Warnings when a design or a fit cannot identify the Chinchilla parameters."""
+"""Warnings when a design or a fit cannot identify a law's parameters (Chinchilla's by default)."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,27 +36,33 @@ def identifiability_warnings(N: np.ndarray, D: np.ndarray, p: varpro.Problem, th
     return out
 
 
-def design_warnings(N: np.ndarray, D: np.ndarray) -> list[str]:
+def design_warnings(N: np.ndarray, D: np.ndarray, n_term: tuple[str, str] = ("alpha", "A"),
+                    d_term: tuple[str, str] = ("beta", "B")) -> list[str]:
     """Too few distinct sizes/token counts, or D tied to N in every run.
+
+    ``n_term`` / ``d_term`` name the (exponent, coefficient) of the law's N and D terms, so a
+    warning names the fitted form's own parameters (Chinchilla's by default).
 
     >>> [w.split(":")[0] for w in design_warnings(np.array([1e7, 1e8, 1e9]), np.array([2e8, 2e9, 2e10]))]
     ['D is proportional to N in every run (tokens per parameter varies by 0.0% in log)']
     >>> design_warnings(np.array([1e7, 1e8]), np.array([1e9, 1e9]))[0]
     'only 2 distinct N value(s): alpha and A are not identifiable (need >= 3)'
+    >>> design_warnings(np.array([1e7, 1e8, 1e9]), np.array([1e9, 1e9, 1e9]), ("alphaN", "Nc"), ("alphaD", "Dc"))[0]
+    'only 1 distinct D value(s): alphaD and Dc are not identifiable (need >= 3)'
     """
     out = []
     n_N = len(np.unique(size_groups(N)))
     n_D = len(np.unique(size_groups(D)))
     if n_N < MIN_DISTINCT:
-        out.append(f"only {n_N} distinct N value(s): alpha and A are not identifiable (need >= {MIN_DISTINCT})")
+        out.append(f"only {n_N} distinct N value(s): {n_term[0]} and {n_term[1]} are not identifiable (need >= {MIN_DISTINCT})")
     if n_D < MIN_DISTINCT:
-        out.append(f"only {n_D} distinct D value(s): beta and B are not identifiable (need >= {MIN_DISTINCT})")
+        out.append(f"only {n_D} distinct D value(s): {d_term[0]} and {d_term[1]} are not identifiable (need >= {MIN_DISTINCT})")
     lN, lD = np.log(N), np.log(D)
     spread = float(np.std(lD - lN))
     if len(N) > 1 and spread < RATIO_SPREAD:
         out.append(
             f"D is proportional to N in every run (tokens per parameter varies by {spread:.1%} in log): "
-            "the N and D terms cannot be separated, so alpha/beta and the frontier are not identifiable"
+            f"the N and D terms cannot be separated, so {n_term[0]}/{d_term[0]} and the frontier are not identifiable"
         )
     elif len(N) > 2 and np.std(lN) > 0 and np.std(lD) > 0:
         r = float(np.corrcoef(lN, lD)[0, 1])
@@ -64,7 +70,7 @@ def design_warnings(N: np.ndarray, D: np.ndarray) -> list[str]:
             k = float(np.polyfit(lN, lD, 1)[0])
             out.append(
                 f"D follows N as D ~ N^{k:.2f} in every run (log-correlation {r:.4f}): "
-                "alpha and beta are confounded; vary D at fixed N"
+                f"{n_term[0]} and {d_term[0]} are confounded; vary D at fixed N"
             )
     return out
 

@@ -72,6 +72,9 @@ class Form:
     name: str = ""
     param_names: tuple[str, ...] = ()
     needs_U: bool = False
+    # (exponent, coefficient) of the N and D terms, as warnings name them; class attributes, not fields.
+    n_term = ("alpha", "A")
+    d_term = ("beta", "B")
 
     @property
     def n_params(self) -> int:
@@ -340,6 +343,8 @@ class KaplanForm(Form):
     name: str = "kaplan"
     param_names: tuple[str, ...] = ("Nc", "Dc", "alphaN", "alphaD")
     free_names: tuple[str, ...] = ("log Nc", "log Dc", "alphaN", "alphaD")
+    n_term = ("alphaN", "Nc")
+    d_term = ("alphaD", "Dc")
 
     def _parts(self, theta, X):
         th = np.atleast_2d(theta)
@@ -432,6 +437,8 @@ class KaplanEForm(Form):
     centre: tuple[float, float] = (0.0, 0.0)
     param_names: tuple[str, ...] = ("E", "Nc", "Dc", "alphaN", "alphaD")
     free_names: tuple[str, ...] = ("E", "a", "b", "alpha", "beta")
+    n_term = ("alphaN", "Nc")
+    d_term = ("alphaD", "Dc")
     # Seeds: Kaplan's variable projection on L - E at these fractions of the smallest loss.
     # (Measured: 9 fractions and 6 polished starts reached the same optima on planted and public data.)
     e_fractions: tuple[float, ...] = (0.0, 0.5, 0.75, 0.88, 0.95)

@@ -456,7 +456,7 @@ def fit_auto(
     selection = _selection(fits, chosen, rule)
     selection.update(identified=not pinned[chosen.name], pinned={k: v for k, v in pinned.items() if v},
                      fallback=fallback and {k: v for k, v in fallback.items() if k != "message"})
-    warnings += design_warnings(N, D)
+    warnings += design_warnings(N, D, chosen.form.n_term, chosen.form.d_term)
     if math.isfinite(chosen.score) and chosen.score > UNRELIABLE:
         warnings.append(f"the chosen form's backtest error is {chosen.score:.1%} (RMS): extrapolation is unreliable")
     for f in fits:
@@ -470,8 +470,38 @@ def fit_auto(
                               "intervals": "prediction: form mixture x bootstrap x "
                                            "(noise + tau0 + tau * decades beyond data)"})
     fit = AutoFit(law, chosen.name, fits, result, selection, box, level, seed)
-    result.intervals = _intervals(fit, list(budgets), level, flops) if budgets else {}
+    result.intervals = {**param_intervals(chosen, level),
+                        **(_intervals(fit, list(budgets), level, flops) if budgets else {})}
     return fit
+
+
+def param_intervals(f: FormFit, level: float = 0.9) -> dict[str, dict[str, float]]:
+    """Central `level` intervals of a form's natural parameters: quantiles over its bootstrap
+    replicates, estimate = the full fit's value ({} without replicates). A parameter constant over
+    the replicates (held fixed by the form, or on its bound in every one) gets none. They are
+    conditional on the form; the budget intervals mix the forms.
+
+    >>> N = np.repeat(np.geomspace(2e7, 4e8, 5), 4); D = N * np.tile([5.0, 20, 80, 320], 5)
+    >>> L = (1.8 + 480 * N**-0.35 + 2100 * D**-0.35) * np.exp(np.random.default_rng(0).normal(0, 0.003, N.size))
+    >>> fit = fit_auto(N, D, L, forms=("chinchilla",), bootstrap=50)
+    >>> sorted(fit.intervals)  # the parameters' intervals (no budgets asked)
+    ['A', 'B', 'E', 'alpha', 'beta']
+    >>> iv = fit.intervals["beta"]; bool(iv["low"] < 0.35 < iv["high"]), iv["level"]  # planted beta = 0.35
+    (True, 0.9)
+    """
+    if f.theta is None or f.samples is None or len(f.samples) < 2:
+        return {}
+    rows = [f.form.natural(t) for t in np.asarray(f.samples)]
+    q = [(1 - level) / 2, (1 + level) / 2]
+    out: dict[str, dict[str, float]] = {}
+    for name, est in f.params.items():
+        v = np.array([r.get(name, math.nan) for r in rows], np.float64)
+        v = v[np.isfinite(v)]
+        if len(v) < 2 or np.ptp(v) == 0:
+            continue
+        lo, hi = np.quantile(v, q)
+        out[name] = {"estimate": float(est), "low": float(lo), "high": float(hi), "level": level}
+    return out
 
 
 def _selection(fits: list[FormFit], chosen: FormFit, rule: str) -> dict[str, Any]:
