@@ -283,11 +283,20 @@ def _send(fd: int, msg: dict[str, Any]) -> None:
     os.write(fd, json.dumps(msg).encode() + b"\n")
 
 
+_STARTUP_HANDLERS: dict = {}  # set by zygote_main
+
+
 def zygote_main(preload: list[str]) -> None:
     """The zygote: import `preload`, say ready, then fork a program per request until stdin closes."""
     import importlib
     import traceback
 
+    global _STARTUP_HANDLERS
+    # The interpreter's own start-up dispositions, before any preload can change them: a fresh
+    # program run from this trial process would get exactly these (a signal its launcher ignores,
+    # e.g. SIGINT under a shell's `&`, stays ignored through exec, and Python then leaves it so).
+    _STARTUP_HANDLERS = {sig: signal.getsignal(sig) for sig in signal.valid_signals()
+                         if sig not in (signal.SIGKILL, signal.SIGSTOP)}
     proto_in, proto_out = os.dup(0), os.dup(1)
     os.dup2(2, 1)  # what the preloaded modules print goes to stderr, not into the protocol
     null = os.open(os.devnull, os.O_RDONLY)
@@ -385,11 +394,7 @@ def _become(req: dict[str, Any], sync: int) -> int:
         os.close(new)
     os.environ.clear()
     os.environ.update(req["env"])
-    for sig in signal.valid_signals():  # Python's defaults for a fresh interpreter
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        want = {signal.SIGINT: signal.default_int_handler, signal.SIGPIPE: signal.SIG_IGN,
-                signal.SIGXFSZ: signal.SIG_IGN}.get(sig, signal.SIG_DFL)
+    for sig, want in _STARTUP_HANDLERS.items():  # what a fresh interpreter started here would have
         try:
             if signal.getsignal(sig) not in (want, None):
                 signal.signal(sig, want)
