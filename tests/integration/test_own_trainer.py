@@ -141,9 +141,19 @@ def test_the_pruner_stops_the_hopeless_lr_and_its_program_ends(sweep):
         attempt = sorted((outcome.sweep_dir / "runs" / tid).glob("attempt-*"))[-1]
         info = _wait_for(lambda: (attempt / "exit.json").exists() and json.loads((attempt / "exit.json").read_text()),
                          30, "the stopped program's exit record")
-        assert info["ended"] == "stopped" and info["returncode"] == 0, info
-        assert rec["summary"]["process"]["status"] == "exit status 0", rec  # the true exit, not "still ending"
-        assert "stopped at step" in (attempt / "stderr.log").read_text()
+        assert info["ended"] == "stopped", info
+        own = [json.loads(line) for line in (attempt / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        if own and own[-1].get("done"):
+            # the program ran ahead of the forwarded reports and wrote its last step before the
+            # stop reached it: the SIGTERM found it ending, and an exiting interpreter has put
+            # SIGTERM's default back (then -15), or it was gone before (0)
+            assert info["returncode"] in (0, -signal.SIGTERM), info
+        else:
+            assert info["returncode"] == 0, info  # stopped after its step, as train_lm.py does on SIGTERM
+            assert "stopped at step" in (attempt / "stderr.log").read_text()
+        # the true exit, not "still ending"
+        want = "exit status 0" if info["returncode"] == 0 else "killed by SIGTERM"
+        assert rec["summary"]["process"]["status"] == want, rec
         with pytest.raises(ProcessLookupError):
             os.kill(info["pid"], 0)
         finished = next(t for t, r in by_lr.values() if r["status"] == "finished")
