@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.io.tracking import SweepTracker, read_sweep_runs
 from tests.integration.conftest import MlflowServer, free_port
 
-# Not `serial`: the server it takes down is its own subprocess, and its waits are flushes with
+# Not `serial` (but for the mid-sweep outage below): the server it takes down is its own subprocess, and its waits are flushes with
 # timeouts of 30-90 s (none is a time window), so other tests beside it only slow it down.
 pytestmark = pytest.mark.integration
 
@@ -293,6 +293,9 @@ def test_spool_replayed_by_next_tracker(sqlite_uri, tmp_path, caplog):
     assert names == {"plots/frontier.png"}
 
 
+# `serial` (the file's other tests are not): on a clean-clone CI run with four test processes it
+# failed once beside them, where it had passed in every run in the serial process.
+@pytest.mark.serial
 @pytest.mark.timeout(400)
 def test_server_down_mid_sweep_loses_nothing(template_db, tmp_path):
     db = tmp_path / "server.db"
