@@ -15,8 +15,9 @@ from mlflow.tracking import MlflowClient
 from orchestrator.io.tracking import SweepTracker, read_sweep_runs
 from tests.integration.conftest import MlflowServer, free_port
 
-# Not `serial` (but for the mid-sweep outage below): the server it takes down is its own subprocess, and its waits are flushes with
-# timeouts of 30-90 s (none is a time window), so other tests beside it only slow it down.
+# Not `serial` (but for the mid-sweep outage below): the server it takes down is its own subprocess,
+# and its waits are flushes with timeouts of 30-90 s (none is a time window), so other tests beside
+# it only slow it down.
 pytestmark = pytest.mark.integration
 
 # The helper process that serves a SQLite store imports MLflow first (~20 s on a loaded 2-core
