@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from benchmarks import trainer_throughput
-    from orchestrator.controller import run_sweep
+    from orchestrator.app.session import run_sweep
     from orchestrator.config.spec import load_spec
-    from orchestrator.sweep_summary import useful_work_fraction
+    from orchestrator.app.sweep_summary import useful_work_fraction
 
     spec = load_spec(args.spec)
     out_dir = Path(tempfile.mkdtemp(prefix="scalesweep-demo-bench-"))

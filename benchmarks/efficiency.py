@@ -2,7 +2,7 @@
 
 All strategies run the same grid of (N, D, lr, batch), laid from a *prior* a user would have
 and the target budget C (see `prior_for` and `benchmark_spec`), never from the world's truth,
-and end with the same offline fit, the product's query of a sweep (`orchestrator.query.sweep_fit` on
+and end with the same offline fit, the product's query of a sweep (`orchestrator.app.query.sweep_fit` on
 the completed trials, with the spec's fit settings, as `scalesweep propose` and the API fit).
 The world only simulates the trials and scores: regret is exact, `world.regret(proposal, C)` =
 true loss of the proposed config / true optimum − 1.
@@ -30,7 +30,7 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from orchestrator.query import SweepData, sweep_fit
+from orchestrator.app.query import SweepData, sweep_fit
 from orchestrator.config.spec import parse_spec
 from trainers.worlds import World, bundled_worlds, load_world, world_from_dict
 
@@ -199,7 +199,7 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
 def evaluate(run: S.StrategyRun, grid: S.Grid, world: World, target: float, seed: int) -> dict[str, Any]:
     """Fit on the run's completed trials, propose for the target, score the proposal exactly.
 
-    The fit is the product's query (`orchestrator.query.sweep_fit`) with the grid's spec: its fit
+    The fit is the product's query (`orchestrator.app.query.sweep_fit`) with the grid's spec: its fit
     settings (`fit.bootstrap: 0`, the seed `seed`) and its model family."""
     points = S.completed_points(run.records)
     try:
@@ -350,7 +350,7 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
         "seeds": list(range(first_seed, first_seed + seeds)),
         "concurrency": concurrency,
         "grid": grid_info,
-        "fit": "orchestrator.query.sweep_fit(SweepData(points), spec, [C]) with the spec's fit settings "
+        "fit": "orchestrator.app.query.sweep_fit(SweepData(points), spec, [C]) with the spec's fit settings "
                "(bootstrap 0): L(N, D) on the best cell per (N, D); lr, batch from the nearest observed cell",
         "strategies": {},
     }
@@ -522,7 +522,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--scalesweep-set", action="append", default=[], metavar="FIELD=VALUE",
                     help="set a spec field for scalesweep only, e.g. pruning.enabled=true (repeatable)")
     ap.add_argument("--scalesweep-pruner", action="store_true",
-                    help="scalesweep with our PrunerScheduler (orchestrator/tune/scheduler.py, defaults) in replay")
+                    help="scalesweep with our PrunerScheduler (orchestrator/adapters/tune/scheduler.py, defaults) in replay")
     ap.add_argument("--sizes", type=int, default=5, help="model sizes N (log-spaced over 2 decades)")
     ap.add_argument("--ratios", default="5,10,20,40,80", help="tokens per parameter, comma list")
     ap.add_argument("--lrs", type=int, default=6, help="learning rates around the world's lr* law")

@@ -35,7 +35,7 @@ from benchmarks import efficiency as E
 from benchmarks import strategies as S
 from orchestrator.core.cells import cell_of
 from orchestrator.core.laws.chinchilla import fit_chinchilla, frontier_samples
-from orchestrator.planners import make_planner
+from orchestrator.config.planners import make_planner
 from orchestrator.config.spec import parse_spec
 from trainers.worlds import load_world
 
@@ -99,7 +99,7 @@ def earliest_stop(steps: list[float], T: int, warm: float, grace: float = 0.3) -
 
 def probe(world_name: str, seed: int, concurrency: int = 8) -> dict[str, Any]:
     """One replay of the scalesweep arm with every trial's frontier verdict (see the module doc)."""
-    from orchestrator.tune.scheduler import PrunerScheduler
+    from orchestrator.adapters.tune.scheduler import PrunerScheduler
 
     target = E.DEFAULT_TARGETS[world_name]
     data = E.benchmark_spec(E.prior_for(None, target)[0], world_name, target, seed)

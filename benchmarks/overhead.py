@@ -1,7 +1,7 @@
 """Controller overhead: simulated trials through the real Ray Tune Tuner; our scheduler and planner vs ASHA.
 
 Each arm runs in its own driver process (its peak RSS is its own) and builds a real
-`ray.tune.Tuner` as `orchestrator.controller.run_sweep` builds it: GridPlanner → PlannerSearcher,
+`ray.tune.Tuner` as `orchestrator.app.session.run_sweep` builds it: GridPlanner → PlannerSearcher,
 SweepCallback → ObservationStore + MLflow (SQLite, calls in a helper process), `run_trial` with the
 simulated backend, `reuse_actors=True`, `concurrency` trials at once, run_sweep's Tune settings.
 
@@ -51,9 +51,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from orchestrator.tune.callback import SweepCallback
-from orchestrator.tune.pruner_process import ProcessPruner
-from orchestrator.tune.searcher import PlannerSearcher
+from orchestrator.adapters.tune.callback import SweepCallback
+from orchestrator.adapters.tune.pruner_process import ProcessPruner
+from orchestrator.adapters.tune.searcher import PlannerSearcher
 
 TIMINGS: dict[str, list[float]] = defaultdict(list)  # driver-side: name -> seconds per call
 EVAL_EVERY = 60  # steps between evaluations in the benchmark grid (see overhead_spec)
@@ -261,17 +261,17 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     import ray
     from ray import tune
 
-    from orchestrator.controller import prepare_dir, set_environ, tune_env
-    from orchestrator.planner import GridPlanner, trial_config
-    from orchestrator.progress import SweepProgress
-    from orchestrator.pruner import PruneConfig
+    from orchestrator.app.session import prepare_dir, set_environ, tune_env
+    from orchestrator.config.trials import GridPlanner, trial_config
+    from orchestrator.app.progress import SweepProgress
+    from orchestrator.core.pruning import PruneConfig
     from orchestrator.config.spec import parse_spec
     from orchestrator.io.store import ObservationStore
     from orchestrator.io.tracking import SweepTracker
-    from orchestrator.tune.forget import ForgetEndedTrials
-    from orchestrator.tune.envelope import TrialEnvelope
-    from orchestrator.tune.scheduler import PrunerScheduler
-    from orchestrator.tune.trainable import run_trial
+    from orchestrator.adapters.tune.forget import ForgetEndedTrials
+    from orchestrator.adapters.tune.envelope import TrialEnvelope
+    from orchestrator.adapters.tune.scheduler import PrunerScheduler
+    from orchestrator.adapters.tune.trainable import run_trial
 
     TIMINGS.clear()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

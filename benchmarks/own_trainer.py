@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     import ray
 
-    from orchestrator.controller import run_sweep
+    from orchestrator.app.session import run_sweep
     from orchestrator.config.spec import parse_spec
 
     results = {}

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.replay import TableReplay, replay, steplaw_replay
+from orchestrator.app.replay import TableReplay, replay, steplaw_replay
 from orchestrator.core.planning.search.config import SearchConfig
-from orchestrator.planners import LawGuidedPlanner
+from orchestrator.config.planners import LawGuidedPlanner
 
 THRESHOLD = 0.0025
 

@@ -4,8 +4,8 @@ as in this working tree.
     python -m benchmarks.same_decisions [--base main] [--cases law,transfer,grid-wsd,transfer-wsd]
                                         [--out results/same-decisions.json]
 
-Each case is a spec planned by `orchestrator.planners.make_planner` and replayed in simulated time
-(`orchestrator.replay.replay`, 4 slots), every trial's result the simulated world's final loss: the
+Each case is a spec planned by `orchestrator.config.planners.make_planner` and replayed in simulated time
+(`orchestrator.app.replay.replay`, 4 slots), every trial's result the simulated world's final loss: the
 bundled `examples/simulated-law.yaml` with its strategy, schedule and budget varied, and
 `transfer-wsd`, the efficiency benchmark's scalesweep spec on the `crossing` world (seed 2, one
 L(N, D) form), where transfer's later cells run as WSD branches and extensions. The specs are built
@@ -65,9 +65,14 @@ def _trial(t: Any) -> dict[str, Any]:
 
 def worker(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Plan and replay each case's spec with the orchestrator first on the path; JSON-ready."""
-    from orchestrator.planner import trial_config
-    from orchestrator.planners import make_planner
-    from orchestrator.replay import replay
+    try:  # the layout of issue 15 (config/, app/)
+        from orchestrator.app.replay import replay
+        from orchestrator.config.planners import make_planner
+        from orchestrator.config.trials import trial_config
+    except ImportError:  # a --base from before it: the same functions at the top of orchestrator/
+        from orchestrator.planner import trial_config  # type: ignore[no-redef]
+        from orchestrator.planners import make_planner  # type: ignore[no-redef]
+        from orchestrator.replay import replay  # type: ignore[no-redef]
     from orchestrator.config.spec import parse_spec
     from trainers.simulated import final_loss
 

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     if spec.sweep_dir() != sweep:
         spec = spec.model_copy(update={"output_dir": str(sweep)})
     if args.report:
-        from orchestrator.report import build_report
+        from orchestrator.app.report import build_report
 
         build_report(sweep)
     run_id = json.loads((sweep / "sweep.json").read_text())["mlflow_parent_run"]

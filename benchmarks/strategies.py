@@ -1,6 +1,6 @@
 """Sweep strategies for the efficiency benchmark, run over one shared grid of simulated trials.
 
-Every strategy picks trials from the same planned grid (`orchestrator.planner.plan_grid` of one
+Every strategy picks trials from the same planned grid (`orchestrator.config.trials.plan_grid` of one
 spec, so every strategy runs byte-identical `TrialConfig`s and sees identical noise draws) and
 ends with the same offline fit. Two ways to run the trials:
 
@@ -11,8 +11,8 @@ ends with the same offline fit. Two ways to run the trials:
   `ASHAScheduler`, Optuna's `HyperbandPruner`, our `GridPlanner`), called with exactly what Ray
   Tune would pass them (`training_iteration` = report index, the report's metrics; on a stop or
   the last report, `on_trial_complete` with the last result, as `TuneController.stop_trial` does).
-- **tuner**: the real `ray.tune.Tuner` (ASHA over the grid with `orchestrator.tune.trainable.run_trial`)
-  or the real `orchestrator.controller.run_sweep` (scalesweep). Slower (Ray's per-trial overhead),
+- **tuner**: the real `ray.tune.Tuner` (ASHA over the grid with `orchestrator.adapters.tune.trainable.run_trial`)
+  or the real `orchestrator.app.session.run_sweep` (scalesweep). Slower (Ray's per-trial overhead),
   order driven by Ray's event loop instead of simulated time.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Any, Optional, Protocol, Union
 from orchestrator.core.planning.branching import spent_flops
 from orchestrator.core.planning import Done, Wait
 from orchestrator.core.planning.trial import PlannedTrial
-from orchestrator.planner import GridPlanner, plan_grid, trial_config
-from orchestrator.planners import make_planner
+from orchestrator.config.trials import GridPlanner, plan_grid, trial_config
+from orchestrator.config.planners import make_planner
 from orchestrator.config.spec import SweepSpec, parse_spec
 from trainers.contract import TrialConfig
 from trainers.simulated import train
@@ -132,7 +132,7 @@ class ListSource:
 
 
 class PlannerSource:
-    """scalesweep's planner, exactly as `orchestrator.tune.searcher.PlannerSearcher` drives it
+    """scalesweep's planner, exactly as `orchestrator.adapters.tune.searcher.PlannerSearcher` drives it
     (`next` may return WAIT: nothing to start until a running trial ends; None: the planner is Done)."""
 
     def __init__(self, planner, grid: Optional[Grid] = None):
@@ -398,7 +398,7 @@ def _asha_tuner(grid: Grid, order: list[PlannedTrial], concurrency: int, world_r
     import ray
     from ray import tune
 
-    from orchestrator.tune.trainable import run_trial
+    from orchestrator.adapters.tune.trainable import run_trial
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
@@ -469,7 +469,7 @@ def scalesweep_parts(spec: SweepSpec) -> dict[str, Any]:
 def our_pruner_scheduler():
     """Our pruner's Tune scheduler with its default PruneConfig, or None while it does not exist."""
     try:
-        from orchestrator.tune.scheduler import PrunerScheduler
+        from orchestrator.adapters.tune.scheduler import PrunerScheduler
     except ImportError:
         return None
     return PrunerScheduler()
@@ -492,7 +492,7 @@ def replay_planner(grid: Grid, spec: SweepSpec, concurrency: int):
     planner = make_planner(spec)
     sched: Scheduler = NoScheduler()
     if spec.pruning.enabled:
-        from orchestrator.tune.scheduler import PrunerScheduler
+        from orchestrator.adapters.tune.scheduler import PrunerScheduler
 
         sched = TuneScheduler(PrunerScheduler(spec.pruning, background=False, process=False), grid)
     return planner, replay(grid, PlannerSource(planner, grid), sched, concurrency)
@@ -511,10 +511,10 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
     if pruner:
         sched = our_pruner_scheduler()
         if sched is None:
-            raise SystemExit("--scalesweep-pruner: orchestrator/tune/scheduler.py (PrunerScheduler) does not exist yet")
+            raise SystemExit("--scalesweep-pruner: orchestrator/adapters/tune/scheduler.py (PrunerScheduler) does not exist yet")
         parts = {**parts, "pruner": True, "note": parts["note"] + "; pruner: PrunerScheduler() defaults, in replay"}
         recs = replay(grid, PlannerSource(GridPlanner(spec)), TuneScheduler(sched, grid), concurrency)
-        return StrategyRun(recs, "replay", ["GridPlanner + orchestrator.tune.scheduler.PrunerScheduler (defaults)"], parts)
+        return StrategyRun(recs, "replay", ["GridPlanner + orchestrator.adapters.tune.scheduler.PrunerScheduler (defaults)"], parts)
     if mode == "auto":  # the searcher only forwards to the planner: the replay drives it exactly
         mode = "tuner" if (parts["pruner"] or parts["wsd_branching"]) and not parts["search"] else "replay"
     if mode == "replay":
@@ -525,10 +525,10 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
         saved = saved_by_parts(recs, grid.by_id)
         parts = {**parts, "saved": saved}
         if not parts["search"]:
-            return StrategyRun(recs, "replay", ["orchestrator.planner.GridPlanner driven as PlannerSearcher does"],
+            return StrategyRun(recs, "replay", ["orchestrator.config.trials.GridPlanner driven as PlannerSearcher does"],
                                parts, saved=saved)
         # The product's own proposal, as run_sweep's summary makes it: its learned lr/batch laws.
-        from orchestrator.query import SweepData, sweep_fit
+        from orchestrator.app.query import SweepData, sweep_fit
 
         advice = planner.hparam_advice()
         fit = sweep_fit(SweepData(completed_points(recs), [], []), spec, spec.budget.targets, bootstrap=0,
@@ -537,7 +537,7 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
         notes = [f"{type(planner).__name__} driven as PlannerSearcher does; regret scores its own proposal "
                  "(its learned lr/batch laws)"]
         if parts["pruner"]:
-            notes.append("pruner: orchestrator.tune.scheduler.PrunerScheduler(spec.pruning), inline, as run_sweep installs it")
+            notes.append("pruner: orchestrator.adapters.tune.scheduler.PrunerScheduler(spec.pruning), inline, as run_sweep installs it")
         return StrategyRun(recs, "replay", notes, parts, product_proposal=fit.proposals[0] if fit.proposals else None,
                            saved=saved)
     return _scalesweep_tuner(grid, spec_data, concurrency, parts)
@@ -546,7 +546,7 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
 def _scalesweep_tuner(grid: Grid, spec_data: dict[str, Any], concurrency: int, parts: dict[str, Any]) -> StrategyRun:
     import ray
 
-    from orchestrator.controller import run_sweep
+    from orchestrator.app.session import run_sweep
     from orchestrator.io.store import ObservationStore
 
     if not ray.is_initialized():
@@ -580,6 +580,6 @@ def _scalesweep_tuner(grid: Grid, spec_data: dict[str, Any], concurrency: int, p
             records.append(TrialRecord(tid, float(t.n_target), t.D, t.lr, t.batch, t.flops, spent,
                                        count[tid], status, float(row["eval_loss"])))
     saved = saved_by_parts(records, grid.by_id)
-    return StrategyRun(records, "tuner", ["real orchestrator.controller.run_sweep (Ray Tune, store, MLflow); "
+    return StrategyRun(records, "tuner", ["real orchestrator.app.session.run_sweep (Ray Tune, store, MLflow); "
                                           "regret scores run_sweep's own proposal"], {**parts, "saved": saved},
                        product_proposal=proposal, saved=saved)

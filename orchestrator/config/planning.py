@@ -3,7 +3,7 @@ planners' inputs are read from the pydantic spec.
 
 `design_of(spec)` gives the `Design` every planner plans on (grid axes, schedule, budget, sizing);
 `search_config(spec)` the law-guided search's `SearchConfig`. Imports the spec module only for type
-hints (the spec's load checks size trials through `orchestrator.sizing`, which uses this module).
+hints (the spec's load checks size trials through `orchestrator.config.sizing`, which uses this module).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..core.family import count_params, shape_for
 from ..core.planning.design import Design, ResourceConfig, SizeResources
 from ..core.planning.search.config import SearchConfig
 
-if TYPE_CHECKING:  # the spec imports orchestrator.sizing, which imports this module
+if TYPE_CHECKING:  # the spec imports orchestrator.config.sizing, which imports this module
     from .spec import SweepSpec
 
 

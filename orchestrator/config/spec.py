@@ -19,7 +19,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, Validati
 
 from ..core.family import count_params, family_sizes, shape_for
 from ..core.resources import DEVICES, GiB, ResourceError, cpu_device, machine_memory_bytes
-from ..sizing import check_trial_resources, smallest_cell_flops
+from .sizing import check_trial_resources, smallest_cell_flops
 
 
 class SpecError(ValueError):
@@ -1043,7 +1043,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present:
 
 
 def _check_budget(spec: SweepSpec, source: str) -> None:
-    # Sizes each (N, batch) and the cheapest cell without planning the grid (`orchestrator.sizing`).
+    # Sizes each (N, batch) and the cheapest cell without planning the grid (`orchestrator.config.sizing`).
     try:
         check_trial_resources(spec)
     except ResourceError as exc:  # a trial that cannot fit its resources

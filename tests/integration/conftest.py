@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.api import EXAMPLE_SPEC
+from orchestrator.app.api import EXAMPLE_SPEC
 from orchestrator.config.spec import load_spec, parse_spec
 
 # The API's example spec (a simulated sweep of 6 trials that ends in seconds), for the API and
@@ -40,7 +40,7 @@ def run_real_sweep(root: Path, data: dict, name: str, num_cpus: int = 2):
     cluster of `num_cpus` CPUs (sweep dir ROOT/NAME), shut Ray down; return (spec, outcome)."""
     import ray
 
-    from orchestrator.controller import run_sweep
+    from orchestrator.app.session import run_sweep
 
     data = dict(data, output_dir=str(root / name))
     spec_path = root / "spec.yaml"
@@ -79,7 +79,7 @@ def viewed_sweep(tmp_path_factory):
     import ray
     from typer.testing import CliRunner
 
-    from orchestrator.cli import get_app
+    from orchestrator.app.cli import get_app
 
     root = tmp_path_factory.mktemp("view")
     spec_path = root / "spec.yaml"

@@ -1,4 +1,4 @@
-"""The HTTP API over loopback with real servers (`python -m orchestrator.cli serve` subprocesses).
+"""The HTTP API over loopback with real servers (`python -m orchestrator.app.cli serve` subprocesses).
 
 Two kinds of data: a sweep submitted through POST /sweeps with the simulated backend (a real
 Ray Tune run in the server's child process, ~1 min, checked at the end of the module), and a
@@ -52,7 +52,7 @@ def _env(token: str | None = None) -> dict[str, str]:
 
 
 def _serve_cmd(root: Path, host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "orchestrator.cli", "serve", "--root", str(root), "--host", host,
+    return [sys.executable, "-m", "orchestrator.app.cli", "serve", "--root", str(root), "--host", host,
             "--port", str(port), "--log-level", "warning"]
 
 

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from orchestrator.api import EXAMPLE_SPEC, create_app
+from orchestrator.app.api import EXAMPLE_SPEC, create_app
 from orchestrator.core.laws.chinchilla import ChinchillaLaw
 from orchestrator.io.store import ObservationStore
 

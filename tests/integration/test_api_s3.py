@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from orchestrator.api_registry import store_version
+from orchestrator.app.api.registry import store_version
 from orchestrator.io.store import ObservationStore
 from tests.integration.conftest import SIM_SPEC, free_port
 from tests.integration.services import s3_bucket

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from orchestrator.api import create_app
+from orchestrator.app.api import create_app
 from orchestrator.io.store import ObservationStore
 from tests.integration.conftest import free_port
 from tests.integration.test_graceful_stop import SPEC as STOPPED_SPEC, _env, _reported
@@ -67,7 +67,7 @@ def test_sigterm_stops_the_server_and_its_sweeps_without_orphans(tmp_path):
     root.mkdir()
     port = free_port()
     log = tmp_path / "server.log"
-    server = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--root", str(root), "--port",
+    server = subprocess.Popen([sys.executable, "-m", "orchestrator.app.cli", "serve", "--root", str(root), "--port",
                                str(port), "--log-level", "warning"], env=_env(), stdout=open(log, "wb"),
                               stderr=subprocess.STDOUT, start_new_session=True)
     sweep_dir = root / SPEC["name"]

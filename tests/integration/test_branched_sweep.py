@@ -28,7 +28,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.core.planning.branching import decay_steps
-from orchestrator.query import status
+from orchestrator.app.query import status
 from orchestrator.config.spec import load_spec
 from orchestrator.io.store import ObservationStore, final_points
 from orchestrator.io.tracking import TAG_BRANCH_STEP, TAG_TRIAL, TAG_TRUNK_RUN, TAG_TRUNK_TRIAL, read_sweep_runs
@@ -57,7 +57,7 @@ def _cli(*args: str, delay: str = "0") -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each process its own local cluster
     env.update(SCALESWEEP_REPORT_DELAY_S=delay, PYTHONUNBUFFERED="1",
                PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.app.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -223,7 +223,7 @@ def test_the_resume_finishes_the_branched_sweep_without_rerunning_what_finished(
 def test_propose_on_the_stored_branched_sweep_equals_the_sweeps_fit(sweep):
     """`scalesweep propose` (a fresh process: it replays the search from the store) proposes what the
     resumed sweep wrote to fit.json, with the search's correction of its branches' losses."""
-    from orchestrator import query
+    from orchestrator.app import query
     from orchestrator.core.proposals import fit_and_propose
 
     spec, sweep_dir = sweep[:2]

@@ -72,7 +72,7 @@ def test_stopped_trials_checkpoint_and_resume_from_there(tmp_path):
         assert ckpt["step"] == steps[-1], (tid, ckpt, steps)  # saved at the stop, at the last recorded step
         at_stop[tid] = steps[-1]
 
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", str(sweep_dir), "--no-progress"],
+    r = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", "resume", str(sweep_dir), "--no-progress"],
                        capture_output=True, text=True, env=_env(), timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     store = ObservationStore(sweep_dir)

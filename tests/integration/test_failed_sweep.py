@@ -40,7 +40,7 @@ SIM = {
 def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "orchestrator.app.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
@@ -73,7 +73,7 @@ def test_no_trial_finishes_ends_cleanly_and_resume_says_the_same(tmp_path):
 def test_a_failure_after_the_start_ends_the_parent_failed_with_the_error(tmp_path):
     import ray
 
-    from orchestrator.controller import SweepFailed, run_sweep
+    from orchestrator.app.session import SweepFailed, run_sweep
     from orchestrator.config.spec import parse_spec
 
     sweep_dir = tmp_path / "sweep"

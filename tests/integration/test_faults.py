@@ -33,7 +33,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator.planner import plan_grid
+from orchestrator.config.trials import plan_grid
 from orchestrator.config.spec import parse_spec
 from orchestrator.io.store import ObservationStore, StoreError
 from orchestrator.io.tracking import read_sweep_runs
@@ -94,7 +94,7 @@ def _expected_steps(total: int, every: int) -> list[int]:
 def _run_in_ray(spec, spec_path: Path, include_dashboard: bool = False):
     import ray
 
-    from orchestrator.controller import run_sweep
+    from orchestrator.app.session import run_sweep
 
     ray.init(num_cpus=2, include_dashboard=include_dashboard, log_to_driver=False)
     try:
@@ -223,7 +223,7 @@ SIM = {
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator.cli", *args]
+    return [sys.executable, "-m", "orchestrator.app.cli", *args]
 
 
 def test_controller_killed_then_resumed(tmp_path):
@@ -445,7 +445,7 @@ def test_cli_run_into_an_unwritable_dir_is_a_clear_error(tmp_path):
     assert "Traceback" not in r.stderr, r.stderr
     assert not blocker.is_dir()
     # a directory that becomes unwritable after validation: the controller's own clear error
-    from orchestrator.controller import prepare_dir
+    from orchestrator.app.session import prepare_dir
 
     with pytest.raises(StoreError, match="cannot write the sweep directory"):
         prepare_dir(parse_spec(dict(SIM, name="faults-io", output_dir=str(blocker / "sweep"))), None)

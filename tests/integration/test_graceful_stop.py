@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.planner import plan_grid
+from orchestrator.config.trials import plan_grid
 from orchestrator.config.spec import parse_spec
 from orchestrator.io.store import ObservationStore
 from orchestrator.io.tracking import read_sweep_runs
@@ -71,7 +71,7 @@ def _stop_mid_run(args: list[str], sweep_dir: Path, stop, log: Path, ran_before:
     """Start `scalesweep ARGS`, wait until trials have reported past their first checkpoints,
     call `stop(process)`; return (exit code, stderr + stdout)."""
     with open(log, "w") as out, open(log.with_suffix(".err"), "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args, "--no-progress"], stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.app.cli", *args, "--no-progress"], stdout=out,
                                 stderr=err, env=_env(), start_new_session=True)
         try:
             t0 = time.monotonic()
@@ -135,7 +135,7 @@ def test_ctrl_c_then_sigterm_then_resume_finishes(tmp_path):
 
     # 2. the resumed sweep is stopped by `scalesweep stop SWEEP_DIR` (SIGTERM to its controller)
     def scalesweep_stop(proc):
-        r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "stop", str(sweep_dir), "--timeout", "120"],
+        r = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", "stop", str(sweep_dir), "--timeout", "120"],
                            capture_output=True, text=True, env=_env(), timeout=180)
         assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
 
@@ -144,7 +144,7 @@ def test_ctrl_c_then_sigterm_then_resume_finishes(tmp_path):
     _check_stopped(code, 143, out, sweep_dir, first)
 
     # 3. resume finishes: every trial finished, one row per (trial, step), a fit
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", str(sweep_dir), "--no-progress"],
+    r = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", "resume", str(sweep_dir), "--no-progress"],
                        capture_output=True, text=True, env=_env(), timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Traceback" not in r.stdout + r.stderr

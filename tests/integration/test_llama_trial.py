@@ -5,7 +5,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import get_app
+from orchestrator.app.cli import get_app
 from trainers.contract import Schedule, TrialConfig
 from trainers.deepspeed_trainer import train
 from trainers.flops import flops_per_token

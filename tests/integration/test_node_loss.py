@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from orchestrator.planner import plan_grid
+from orchestrator.config.trials import plan_grid
 from orchestrator.config.spec import parse_spec
 from orchestrator.io.store import ObservationStore
 from tests.integration.conftest import LoopbackCluster, _env, _state
@@ -85,7 +85,7 @@ def _start_sweep(cluster: LoopbackCluster, data: dict, root: Path, **env: str):
     path.write_text(yaml.safe_dump(data))
     log = root / "run.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", str(path), "--no-progress"],
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.app.cli", "run", str(path), "--no-progress"],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 env=_env(RAY_ADDRESS=f"127.0.0.1:{cluster.gcs_port}", RAY_AUTH_MODE="token",
                                          PYTHONUNBUFFERED="1", **env))

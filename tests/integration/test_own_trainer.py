@@ -26,7 +26,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from orchestrator.planner import plan_grid
+from orchestrator.config.trials import plan_grid
 from orchestrator.config.spec import parse_spec
 from orchestrator.io.store import ObservationStore
 from orchestrator.io.tracking import read_sweep_runs
@@ -73,7 +73,7 @@ def _wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
 def _run(spec_data: dict, root: Path):
     import ray
 
-    from orchestrator.controller import run_sweep
+    from orchestrator.app.session import run_sweep
 
     path = root / "spec.yaml"
     path.write_text(yaml.safe_dump(spec_data))
@@ -206,7 +206,7 @@ def test_every_report_and_the_trainers_own_metrics_reach_mlflow(sweep):
 def test_a_trainer_that_never_reports_ends_the_sweep_with_exit_2(tmp_path):
     import ray
 
-    from orchestrator.cli import get_app
+    from orchestrator.app.cli import get_app
 
     data = {**BASE, "name": "silent", "learning_rates": [1e-3], "pruning": {"enabled": False},
             "trainer": {"backend": "command", "command": ["{python}", "-c", "import time; time.sleep(600)"],

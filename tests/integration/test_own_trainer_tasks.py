@@ -29,7 +29,7 @@ HARNESS = (f"command:next_byte={{python}} {REPO / 'examples' / 'own-trainer' / '
 def sweep(tmp_path_factory):
     import ray
 
-    from orchestrator.controller import run_sweep
+    from orchestrator.app.session import run_sweep
 
     root = tmp_path_factory.mktemp("own-tasks")
     data = {"name": "own-tasks", "model": {"n_params": [20000], "seq_len": 64},

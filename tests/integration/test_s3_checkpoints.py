@@ -30,7 +30,7 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.planner import plan_grid
+from orchestrator.config.trials import plan_grid
 from orchestrator.config.spec import parse_spec
 from orchestrator.io.store import ObservationStore, drop_checkpoints_past_reports
 from tests.integration.conftest import run_real_sweep
@@ -275,7 +275,7 @@ def _raw_rows(uri: str) -> list[dict]:
 
 @pytest.mark.serial  # a process kill, SIGTERM to this process, its own Ray cluster
 def test_sweep_restores_from_the_bucket_after_a_kill_and_without_its_directory(s3, tmp_path, monkeypatch):
-    from orchestrator.controller import SweepInterrupted
+    from orchestrator.app.session import SweepInterrupted
 
     uri = f"s3://{BUCKET}/sweeps/ckpt"
     data = {**SPEC, "store": uri}

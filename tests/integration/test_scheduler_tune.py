@@ -8,9 +8,10 @@ import pytest
 ray = pytest.importorskip("ray")
 from ray import tune  # noqa: E402
 
-from orchestrator.pruner import PruneConfig, TrialMeta  # noqa: E402
-from orchestrator.tune.scheduler import PrunerScheduler  # noqa: E402
-from orchestrator.tune.trainable import run_trial  # noqa: E402
+from orchestrator.config.pruning import trial_meta  # noqa: E402
+from orchestrator.core.pruning import PruneConfig  # noqa: E402
+from orchestrator.adapters.tune.scheduler import PrunerScheduler  # noqa: E402
+from orchestrator.adapters.tune.trainable import run_trial  # noqa: E402
 from trainers.contract import Schedule, TrialConfig  # noqa: E402
 from trainers.worlds import load_world  # noqa: E402
 
@@ -39,7 +40,7 @@ def test_bad_learning_rates_are_stopped_early_and_the_best_runs_to_the_end(tmp_p
         grid = tuner.fit()
     finally:
         ray.shutdown()
-    total = TrialMeta.from_trial_config(trials[0]).total_steps
+    total = trial_meta(trials[0]).total_steps
     last = {r.config["trial"]["trial_id"]: r.metrics for r in grid}
     assert set(last) == set(factors)
 

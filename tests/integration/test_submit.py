@@ -56,7 +56,7 @@ def cluster(tmp_path_factory):
 
 def cli(*args: str, check: bool = True, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`scalesweep ARGS` in a fresh process, as a user would run it."""
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", *args], capture_output=True, text=True,
                        env=env or _env(), timeout=timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"scalesweep {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
@@ -189,7 +189,7 @@ def test_deepspeed_sweep_then_stop(cluster, tmp_path_factory):
 def test_errors(cluster, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from orchestrator.cli import get_app
+    from orchestrator.app.cli import get_app
 
     # In-process for the checks that never reach a cluster (RAY_AUTH_MODE pinned: the client
     # would otherwise switch this process to token mode).

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from orchestrator.cli import get_app
+from orchestrator.app.cli import get_app
 from orchestrator.io.store import ObservationStore
 from orchestrator.io.tracking import read_sweep_runs
 from tests.integration.conftest import run_real_sweep

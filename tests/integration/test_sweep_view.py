@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from orchestrator.cli import get_app
+from orchestrator.app.cli import get_app
 from orchestrator.io.tracking import OUTCOMES, read_sweep_runs
 
 pytestmark = pytest.mark.integration
@@ -182,7 +182,7 @@ def test_proposals_in_an_80_column_terminal(sweep, monkeypatch):
 
     from rich.console import Console
 
-    from orchestrator.cli import fit_output, output
+    from orchestrator.app.cli import fit_output, output
 
     buf = io.StringIO()
     monkeypatch.setattr(output, "make_console",
@@ -204,7 +204,7 @@ def test_the_column_picker_lists_only_keys_that_say_something(sweep):
     its planned fields that have a value: on this sweep fewer keys in all than the spec's defaults alone."""
     from dataclasses import fields
 
-    from orchestrator.planner import PlannedTrial
+    from orchestrator.config.trials import PlannedTrial
     from orchestrator.io.tracking.layout import flatten_params
 
     spec = sweep["spec"]
@@ -238,7 +238,7 @@ def _in_a_terminal(*args: str, columns: int = 80) -> str:
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "COLUMNS", "LINES")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], stdin=child, stdout=child,
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.app.cli", *args], stdin=child, stdout=child,
                             stderr=child, env=env, close_fds=True)
     os.close(child)
     out = b""

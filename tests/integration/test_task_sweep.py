@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from orchestrator.api import create_app
-from orchestrator.cli import get_app
+from orchestrator.app.api import create_app
+from orchestrator.app.cli import get_app
 from orchestrator.io.store import ObservationStore, final_task_points
 from orchestrator.io.tracking import read_sweep_runs
 from tests.integration.conftest import run_real_sweep

@@ -11,12 +11,12 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator.core.planning.trial import PlannedTrial
-from orchestrator.progress import SweepProgress
+from orchestrator.app.progress import SweepProgress
 from orchestrator.io.store import ObservationStore
 from orchestrator.io.tracking import SweepTracker, read_sweep_runs
 from orchestrator.io.tracking.layout import flatten_params, trial_params
-from orchestrator.tune.callback import SweepCallback
-from orchestrator.tune.envelope import TrialEnvelope
+from orchestrator.adapters.tune.callback import SweepCallback
+from orchestrator.adapters.tune.envelope import TrialEnvelope
 from trainers.contract import Schedule, TrialConfig
 
 pytest.importorskip("mlflow")
@@ -77,7 +77,7 @@ def test_the_sweeps_params_are_the_fields_the_user_set_and_stay_so_on_resume(tmp
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.controller import spec_set
+    from orchestrator.app.session import spec_set
     from orchestrator.config.spec import parse_spec
 
     user = {"name": "cols", "model": {"n_params": [20000, 50000], "seq_len": 64}, "tokens": {"values": [400000]},

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator import replay_cache
+from orchestrator.app import replay_cache
 
-from orchestrator.planner import plan_grid
-from orchestrator.planner import batch_ladder
+from orchestrator.config.trials import plan_grid
+from orchestrator.config.trials import batch_ladder
 from orchestrator.io.store import ObservationStore
 from orchestrator.io.tracking import TAG_TRIAL, read_sweep_runs
 from tests.integration.conftest import run_real_sweep
@@ -84,7 +84,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     """`scalesweep ARGS` in a process of its own (nothing of this test's imports or patches)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", *args], capture_output=True, text=True,
                        timeout=240, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     return r
@@ -134,7 +134,7 @@ def test_a_stopped_sweep_caches_the_search_a_resume_rebuilds(sweep, tmp_path):
     """Issue 17: a law/transfer sweep that was stopped (or failed) caches its search at its end path too, so its
     first query does not replay; the cache is the store's replay (what a resume continues from: a trial the
     stop left unended is one to start again), not the live planner, which has handed it out already."""
-    from orchestrator.controller import StopRequest, _finish_interrupted
+    from orchestrator.app.session import StopRequest, _finish_interrupted
 
     spec, outcome = sweep
     copy = tmp_path / "stopped"  # the sweep as if stopped while its last trial ran

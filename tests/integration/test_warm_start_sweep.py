@@ -31,7 +31,7 @@ LRS = (1e-5, 1e-3, 3e-3, 1e-2)
 def test_warm_started_programs_report_are_pruned_and_reuse_the_zygote(tmp_path):
     import ray
 
-    from orchestrator.controller import run_sweep
+    from orchestrator.app.session import run_sweep
 
     data = {"name": "warm", "model": {"n_params": [20000], "seq_len": 64}, "tokens": {"values": [STEPS * 2048]},
             "learning_rates": list(LRS), "batch_sizes": [2048],

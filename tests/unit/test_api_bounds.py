@@ -8,7 +8,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from orchestrator.api import EXAMPLE_SPEC, MAX_BODY_BYTES, create_app
+from orchestrator.app.api import EXAMPLE_SPEC, MAX_BODY_BYTES, create_app
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_a_server_tracking_uri_is_every_sweeps(tmp_path):
 def test_serve_refuses_a_tracking_uri_mlflow_cannot_use(tmp_path):
     from typer.testing import CliRunner
 
-    from orchestrator.cli import get_app
+    from orchestrator.app.cli import get_app
 
     r = CliRunner().invoke(get_app(), ["serve", "--root", str(tmp_path), "--tracking-uri", "foo://x"])
     assert r.exit_code == 2 and "--tracking-uri foo://x: scheme 'foo'" in r.output, r.output

@@ -59,7 +59,7 @@ def test_parameter_intervals_cover_the_planted_values():
 def test_parameter_intervals_reach_the_mlflow_law_metrics():
     """The chosen form's intervals are in fit.json's law.intervals, so `law_metrics` logs
     law.<param>.low/.high beside law.<param>; without replicates there are none."""
-    from orchestrator.sweep_summary import law_metrics
+    from orchestrator.app.sweep_summary import law_metrics
 
     law = ChinchillaLaw(**TRUTH)
     L = _noisy(law.predict(N_GRID, D_GRID))

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import get_app
+from orchestrator.app.cli import get_app
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "simulated.yaml"
 SECRET = "hunter2-secret-value"
@@ -362,7 +362,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def two_cpus_no_gpu(monkeypatch):
-    import orchestrator.controller as controller
+    import orchestrator.app.session as controller
 
     monkeypatch.setattr(controller, "local_capacity", lambda gpus=True: (2.0, 0.0))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -401,7 +401,7 @@ def test_bad_spec_is_refused_before_anything_starts(tmp_path, monkeypatch, two_c
 
 
 def test_the_machine_check_sees_no_gpu_when_cuda_hides_them(monkeypatch):
-    from orchestrator.controller import local_capacity
+    from orchestrator.app.session import local_capacity
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     cpus, gpus = local_capacity()
@@ -422,7 +422,7 @@ def test_the_same_spec_may_continue_its_own_directory(tmp_path):
 
 
 def test_token_budgets_that_round_to_one_trial_are_planned_once():
-    from orchestrator.planner import plan_grid
+    from orchestrator.config.trials import plan_grid
     from orchestrator.config.spec import parse_spec
 
     data = base()

@@ -12,13 +12,13 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.experiment import Trial
 
-from orchestrator.progress import SweepProgress
-from orchestrator.pruner import PruneConfig, Pruner
+from orchestrator.app.progress import SweepProgress
+from orchestrator.core.pruning import PruneConfig, Pruner
 from orchestrator.io.store import ObservationStore
-from orchestrator.tune.callback import SweepCallback
-from orchestrator.tune.envelope import TrialEnvelope
-from orchestrator.tune.forget import ForgetEndedTrials
-from orchestrator.tune.scheduler import PrunerScheduler
+from orchestrator.adapters.tune.callback import SweepCallback
+from orchestrator.adapters.tune.envelope import TrialEnvelope
+from orchestrator.adapters.tune.forget import ForgetEndedTrials
+from orchestrator.adapters.tune.scheduler import PrunerScheduler
 from trainers.contract import TrialConfig
 
 TRIALS = 30

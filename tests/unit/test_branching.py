@@ -80,7 +80,7 @@ def _spec(**over):
 
 
 def test_the_grid_plans_trunks_and_branches_that_spend_only_their_decay():
-    from orchestrator.planner import plan_grid
+    from orchestrator.config.trials import plan_grid
 
     plain = {(t.n_target, t.D, t.lr): t for t in plan_grid(_spec(schedule={"kind": "wsd"}))}
     trials = plan_grid(_spec())
@@ -100,7 +100,7 @@ def test_the_grid_plans_trunks_and_branches_that_spend_only_their_decay():
 def test_branches_wait_for_their_trunk_and_are_skipped_when_it_stops_short(tmp_path):
     from orchestrator.core.planning import Done
     from orchestrator.core.planning import WAIT
-    from orchestrator.planner import GridPlanner, trial_config
+    from orchestrator.config.trials import GridPlanner, trial_config
 
     planner = GridPlanner(_spec(model={"n_params": [20000], "seq_len": 64}, learning_rates=[0.01]))
     first = planner.next_trial()
@@ -118,7 +118,7 @@ def test_branches_wait_for_their_trunk_and_are_skipped_when_it_stops_short(tmp_p
 
 
 def test_a_resumed_sweep_knows_its_finished_trunks():
-    from orchestrator.planner import GridPlanner
+    from orchestrator.config.trials import GridPlanner
 
     planner = GridPlanner(_spec(model={"n_params": [20000], "seq_len": 64}, learning_rates=[0.01]))
     trunk = planner.trials[-1]

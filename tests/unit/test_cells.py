@@ -10,10 +10,10 @@ import pytest
 
 from orchestrator.core import cells as cells_module
 from orchestrator.core.cells import Cell, assign_cells, best_per_cell, cell_of
-from orchestrator.planner import plan_grid, trial_config
-from orchestrator.planners import make_planner
+from orchestrator.config.trials import plan_grid, trial_config
+from orchestrator.config.planners import make_planner
 from orchestrator.core.proposals import best_cells
-from orchestrator.pruner import TrialMeta
+from orchestrator.config.pruning import trial_meta
 from orchestrator.config.spec import load_spec
 
 SPEC = Path(__file__).resolve().parents[2] / "examples" / "simulated-law.yaml"
@@ -44,7 +44,7 @@ def test_every_component_sees_36_cells(grid):
     # the law-guided search's cells
     assert len(make_planner(spec).cells) == N_CELLS
     # the pruner's cell keys (the controller passes the planned cell's D through Tune's config)
-    metas = {TrialMeta.from_trial_config(trial_config(spec, t, None, None), cell_D=t.cell.D).cell() for t in trials}
+    metas = {trial_meta(trial_config(spec, t, None, None), cell_D=t.cell.D).cell() for t in trials}
     assert len(metas) == N_CELLS
     # the final fit's points and the proposals' cells: one best tuned run per cell
     rng = np.random.default_rng(0)

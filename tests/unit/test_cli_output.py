@@ -1,4 +1,4 @@
-"""The CLI's console off a terminal (orchestrator/cli/output.py) and the line-based progress."""
+"""The CLI's console off a terminal (orchestrator/app/cli/output.py) and the line-based progress."""
 from __future__ import annotations
 
 import io
@@ -6,8 +6,8 @@ import io
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli.output import PIPE_WIDTH, WholeConsole, make_console
-from orchestrator.progress import SweepProgress
+from orchestrator.app.cli.output import PIPE_WIDTH, WholeConsole, make_console
+from orchestrator.app.progress import SweepProgress
 
 
 def test_piped_console_never_cuts_a_table(monkeypatch):
@@ -52,7 +52,7 @@ def test_terminal_console_wraps_a_table_that_fits_and_blocks_one_that_cannot():
 def test_output_doctests_hold():
     import doctest
 
-    import orchestrator.cli.output as output
+    import orchestrator.app.cli.output as output
 
     result = doctest.testmod(output, report=False)
     assert result.attempted > 0 and result.failed == 0, result

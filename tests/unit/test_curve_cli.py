@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 # Register every command group, as the `scalesweep` entry point does (with a single command
 # Typer would make it the root and `fit-curve` would no longer be a subcommand).
-from orchestrator.cli import curve_commands, fit_commands, hparam_commands, sweep_commands  # noqa: F401
-from orchestrator.cli.app import app
+from orchestrator.app.cli import curve_commands, fit_commands, hparam_commands, sweep_commands  # noqa: F401
+from orchestrator.app.cli.app import app
 
 D = Path(__file__).resolve().parents[1] / "data" / "multipowerlaw" / "csv_100"
 runner = CliRunner()

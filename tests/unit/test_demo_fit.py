@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.cli import fit_output
+from orchestrator.app.cli import fit_output
 from orchestrator.core.laws.selection import fit_auto
 from orchestrator.config.fitting import fit_settings
 from orchestrator.core.proposals import fit_and_propose
 from orchestrator.config.spec import load_spec
-from orchestrator.sweep_summary import summary_markdown
+from orchestrator.app.sweep_summary import summary_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 POINTS = ROOT / "tests" / "data" / "demo" / "final_points.csv"

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmarks.downstream import CHANCE, load_pythia, task_columns
-from orchestrator.cli import get_app
+from orchestrator.app.cli import get_app
 
 runner = CliRunner()
 app = get_app()
@@ -193,7 +193,7 @@ def test_checkpoint_flag_errors(tmp_path):
 
 
 def test_saturation_default_is_the_laws():
-    from orchestrator.cli.downstream_commands import fit_downstream_command
+    from orchestrator.app.cli.downstream_commands import fit_downstream_command
     from orchestrator.core.laws.downstream import SATURATION_SIGMA
 
     assert inspect.signature(fit_downstream_command).parameters["saturation_sigma"].default.default == SATURATION_SIGMA

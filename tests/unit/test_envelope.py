@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import doctest
 
-from orchestrator.tune import envelope as envelope_module
-from orchestrator.tune.envelope import TrialEnvelope
+from orchestrator.adapters.tune import envelope as envelope_module
+from orchestrator.adapters.tune.envelope import TrialEnvelope
 from trainers.contract import Schedule, TrialConfig
 
 TRIAL = TrialConfig("t7", n_params=20_000, tokens=81_920, lr=3e-3, batch_tokens=2048, seed=2,

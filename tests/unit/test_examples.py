@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.cli import get_app
-from orchestrator.planner import plan_grid
+from orchestrator.app.cli import get_app
+from orchestrator.config.trials import plan_grid
 from orchestrator.config.spec import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.cli import get_app
+from orchestrator.app.cli import get_app
 from orchestrator.core.laws.table import read_table
 
 DATA = Path(__file__).parents[1] / "data" / "chinchilla_epoch" / "svg_extracted_data.csv"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.cli import get_app
+from orchestrator.app.cli import get_app
 from orchestrator.core.laws.chinchilla import ChinchillaLaw
 
 runner = CliRunner()
@@ -88,7 +88,7 @@ def test_predict_text_table(tables):
 def test_distance_lines_doctest():
     import doctest
 
-    from orchestrator.cli import fit_commands
+    from orchestrator.app.cli import fit_commands
 
     finder = doctest.DocTestFinder()
     runner_ = doctest.DocTestRunner()

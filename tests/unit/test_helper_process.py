@@ -9,9 +9,10 @@ import pickle
 import pytest
 from mlflow.exceptions import MlflowException
 
-from orchestrator.helper_process import HelperProcess, HelperProcessError
-from orchestrator.pruner import PruneConfig, Pruner, TrialMeta
-from orchestrator.tune.pruner_process import ProcessPruner
+from orchestrator.io.helper_process import HelperProcess, HelperProcessError
+from orchestrator.config.pruning import trial_meta
+from orchestrator.core.pruning import PruneConfig, Pruner
+from orchestrator.adapters.tune.pruner_process import ProcessPruner
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import train
 from trainers.worlds import load_world
@@ -69,7 +70,7 @@ def _reports(name: str, lr: float):
                       schedule=Schedule(kind="cosine"), eval_every=10, seed=1)
     out = []
     train(cfg, out.append, load_world("tiny"))
-    return TrialMeta.from_trial_config(cfg), out
+    return trial_meta(cfg), out
 
 
 def test_process_pruner_decides_as_the_in_process_pruner():
@@ -102,7 +103,7 @@ class _TuneTrial:
 def test_scheduler_with_the_pruner_in_a_helper_stops_what_the_inline_one_stops():
     from ray.tune.schedulers import TrialScheduler
 
-    from orchestrator.tune.scheduler import PrunerScheduler
+    from orchestrator.adapters.tune.scheduler import PrunerScheduler
 
     lrs = (0.004, 0.0004, 0.002, 0.00005, 0.04, 0.0001)
     cfgs = [TrialConfig(trial_id=f"t{i}", n_params=100_000, tokens=1_500_000, lr=lr, batch_tokens=2048,

@@ -10,8 +10,8 @@ import pyarrow.csv as pacsv
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.cli import get_app
-from orchestrator.cli.app import USAGE_ERROR
+from orchestrator.app.cli import get_app
+from orchestrator.app.cli.app import USAGE_ERROR
 
 app = get_app()  # every command group registered, as the console script sees it
 

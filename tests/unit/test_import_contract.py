@@ -231,7 +231,7 @@ def test_deferred_imports_that_hide_a_cycle_are_listed():
     assert not gone, "these cycles are gone: remove them from DEFERRED_CYCLES: " + ", ".join(gone)
 
 
-@pytest.mark.parametrize("module", ["orchestrator.config.spec", "orchestrator.planner"])
+@pytest.mark.parametrize("module", ["orchestrator.config.spec", "orchestrator.config.trials", "orchestrator.config.planners"])
 def test_spec_and_planner_do_not_import_torch(module):
     """Loading a spec and planning a grid need neither torch nor Ray (the trainers and adapters do)."""
     r = subprocess.run([sys.executable, "-c", f"import sys, {module}\n"
@@ -258,19 +258,24 @@ def test_core_imports_only_the_core():
 
 # ---- the layers above the core (docs/architecture.md) ----------------------------------------
 
-# layer -> the orchestrator modules (prefixes) its modules may import, at module level or in a function
+# layer -> the orchestrator modules (prefixes) its modules may import, at module level or in a function.
+# `core` <- `config`, `io` <- `adapters` <- `app` (DESIGN.md "Layout"); `trainers` and `cluster` use
+# only the core's arithmetic (model family, memory model) besides the trial contract.
 LAYERS = {
+    "orchestrator.core": ("orchestrator.core",),
     "orchestrator.config": ("orchestrator.core", "orchestrator.config",
-                            "orchestrator.sizing",  # the spec's load checks size trials (sizing -> config.planning)
                             "orchestrator.io.store_location"),  # the spec checks its store's URI
-    "orchestrator.io": ("orchestrator.core", "orchestrator.io",
-                        "orchestrator.helper_process"),  # the tracker's MLflow writer is a helper process
+    "orchestrator.io": ("orchestrator.core", "orchestrator.io"),
+    "orchestrator.adapters": ("orchestrator.core", "orchestrator.config", "orchestrator.io", "orchestrator.adapters"),
+    "orchestrator.app": ("orchestrator.core", "orchestrator.config", "orchestrator.io", "orchestrator.adapters",
+                         "orchestrator.app"),
+    "trainers": ("orchestrator.core",),
+    "cluster": ("orchestrator.core",),
 }
 
 
-def test_the_layers_import_only_the_layers_below():
-    """config/ and io/ import no planner, adapter (orchestrator.tune) nor app module (controller, query, cli, api)."""
-    eager, deferred = _graph()
+def _upward_imports(eager: dict[str, set[str]], deferred: dict[str, set[tuple[str, int]]]) -> list[str]:
+    """`module -> target` for every import of an orchestrator module its layer may not import."""
     bad = []
     for name in sorted(eager):
         layer = next((lay for lay in LAYERS if name == lay or name.startswith(lay + ".")), None)
@@ -278,10 +283,39 @@ def test_the_layers_import_only_the_layers_below():
             continue
         for target in sorted(eager[name] | {t for t, _ in deferred[name]}):
             allowed = any(target.startswith(p) or p.startswith(target + ".") for p in LAYERS[layer])  # or its package
-            if target.startswith("orchestrator.") and not allowed:
+            if target.startswith("orchestrator") and not allowed:
                 bad.append(f"{name} -> {target}")
-    assert {"orchestrator.config.spec", "orchestrator.io.store", "orchestrator.io.tracking.tracker"} <= set(eager)
+    return bad
+
+
+def test_every_orchestrator_module_has_a_layer():
+    """The package is its five layers (no module at the top of orchestrator/ outside them)."""
+    eager, _ = _graph()
+    loose = sorted(m for m in eager if m.startswith("orchestrator.")
+                   and not any(m == lay or m.startswith(lay + ".") for lay in LAYERS))
+    assert not loose, "modules outside the layers core/config/io/adapters/app: " + ", ".join(loose)
+
+
+def test_the_layers_import_only_the_layers_below():
+    """core imports only core; config and io import neither adapters nor app; adapters (the Ray Tune
+    code) never import the app (session, query, cli, api); trainers and cluster only the core."""
+    eager, deferred = _graph()
+    assert {"orchestrator.config.spec", "orchestrator.io.store", "orchestrator.io.tracking.tracker",
+            "orchestrator.adapters.tune.callback", "orchestrator.app.session", "orchestrator.app.cli"} <= set(eager)
+    bad = _upward_imports(eager, deferred)
     assert not bad, "a module imports a layer above its own: " + ", ".join(bad)
+
+
+@pytest.mark.parametrize("edge", [("orchestrator.core.cells", "orchestrator.config.spec"),
+                                  ("orchestrator.io.store", "orchestrator.adapters.tune.callback"),
+                                  ("orchestrator.adapters.tune.callback", "orchestrator.app.progress"),
+                                  ("orchestrator.config.trials", "orchestrator.app.query")])
+def test_the_layer_check_finds_a_planted_upward_import(edge):
+    """The check itself: an upward edge planted in the real graph is reported (else the test above proves nothing)."""
+    eager, deferred = _graph()
+    importer, target = edge
+    eager[importer] = eager[importer] | {target}
+    assert f"{importer} -> {target}" in _upward_imports(eager, deferred)
 
 
 def test_config_and_io_import_no_ray():
@@ -301,8 +335,8 @@ def test_building_the_cli_loads_no_law_and_no_framework():
     frameworks into the command functions, so a command pays only for what it uses (propose on a
     replay-cache hit, status, --help)."""
     heavy = FORBIDDEN + ("scipy",)
-    r = subprocess.run([sys.executable, "-c", "import sys, orchestrator.cli\n"
-                        "assert orchestrator.cli.get_app().registered_commands\n"
+    r = subprocess.run([sys.executable, "-c", "import sys, orchestrator.app.cli\n"
+                        "assert orchestrator.app.cli.get_app().registered_commands\n"
                         f"print(','.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))))"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -255,7 +255,7 @@ def test_budget_with_too_few_sizes_is_skipped_with_warning():
 def test_cli_reports_both_methods(tmp_path):
     from typer.testing import CliRunner
 
-    from orchestrator.cli import get_app
+    from orchestrator.app.cli import get_app
 
     N, D, C, L = _isoflop_design(5)
     path = tmp_path / "iso.csv"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from orchestrator.core.laws.chinchilla import ChinchillaLaw
-from orchestrator.plots import isoflop_curves
-from orchestrator.plots.evidence import curve_points, isoflop_figure
-from orchestrator.plots.isoflop_slices import envelope_at, isoflop_slices, size_envelopes
+from orchestrator.app.plots import isoflop_curves
+from orchestrator.app.plots.evidence import curve_points, isoflop_figure
+from orchestrator.app.plots.isoflop_slices import envelope_at, isoflop_slices, size_envelopes
 
 # Besiroglu et al. (2024)'s refit of Chinchilla: N_opt(C) = G (C/6)^a with a = beta / (alpha + beta).
 LAW = ChinchillaLaw(1.8172, 482.01, 2085.43, 0.3478, 0.3658)

@@ -87,7 +87,7 @@ def test_kaplan_e_is_nameable_in_the_spec_and_the_cli(tmp_path):
     from pydantic import ValidationError
     from typer.testing import CliRunner
 
-    from orchestrator.cli import get_app
+    from orchestrator.app.cli import get_app
     from orchestrator.config.spec import FitSpec
 
     assert FitSpec(law="kaplan-E").law == "kaplan-E"

@@ -140,7 +140,7 @@ def test_model_is_causal_starts_uniform_and_is_seeded():
 
 
 def test_spec_planner_and_trial_config_carry_the_family():
-    from orchestrator.planner import plan_grid, trial_config
+    from orchestrator.config.trials import plan_grid, trial_config
     from orchestrator.config.spec import SpecError, parse_spec
     from trainers.contract import TrialConfig
     from trainers.deepspeed_trainer import make_plan

@@ -94,7 +94,7 @@ def test_the_aligned_family_has_gpu_friendly_shapes_near_every_target():
 
 
 def test_the_spec_plans_the_aligned_family():
-    from orchestrator.planner import plan_grid, trial_config
+    from orchestrator.config.trials import plan_grid, trial_config
     from orchestrator.config.spec import parse_spec
 
     spec = parse_spec({"name": "gpu", "model": {"family": "gpt-aligned", "n_params": [3e7, 1e8], "seq_len": 128},

@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 
 from orchestrator.core.outcome import Outcome, outcome_and_loss, outcome_of
-from orchestrator.progress import SweepProgress
+from orchestrator.app.progress import SweepProgress
 from orchestrator.config.pruning import completed_from_store
 from orchestrator.core.pruning.decision import Decision
 from orchestrator.core.pruning.meta import TrialMeta
 from orchestrator.core.pruning.pruner import Pruner
 from orchestrator.core.planning.search.lattice import outcome as search_outcome
 from orchestrator.io.store import ObservationStore
-from orchestrator.tune.callback import SweepCallback
-from orchestrator.tune.envelope import TrialEnvelope
+from orchestrator.adapters.tune.callback import SweepCallback
+from orchestrator.adapters.tune.envelope import TrialEnvelope
 from trainers.contract import TrialConfig
 
 D = 1000.0  # planned tokens of every case
@@ -97,7 +97,7 @@ def _live_references(lasts: dict[str, Optional[dict]]) -> dict[str, bool]:
     """Whether each trial (id -> its last result, or None) is a reference once the live scheduler saw it
     complete (Tune hands the last result to on_trial_complete)."""
     from orchestrator.core.pruning.config import PruneConfig
-    from orchestrator.tune.scheduler import PrunerScheduler
+    from orchestrator.adapters.tune.scheduler import PrunerScheduler
 
     sched = PrunerScheduler(PruneConfig(), background=False, process=False)
     for tid, last in lasts.items():
@@ -145,7 +145,7 @@ def test_without_planned_tokens_the_done_flag_decides():
 def test_the_search_takes_a_trial_tune_stopped_as_stopped_not_as_a_final_loss():
     """LawGuidedPlanner.observe weighs the trial's planned D: Tune's `done` on a stopped trial's last
     result does not make its partial loss a point of the cell."""
-    from orchestrator.planners import LawGuidedPlanner
+    from orchestrator.config.planners import LawGuidedPlanner
     from orchestrator.config.spec import parse_spec
 
     spec = parse_spec({"name": "outcome-test", "model": {"n_params": {"min": 1e4, "max": 1e5, "count": 2}, "seq_len": 128},

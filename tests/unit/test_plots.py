@@ -12,8 +12,8 @@ from matplotlib.collections import PathCollection, PolyCollection
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
-from orchestrator.plots import group_by_compute, isoflop_curves, loss_vs_compute, predicted_vs_observed
-from orchestrator.plots.loss_vs_compute import CURVES_LABEL
+from orchestrator.app.plots import group_by_compute, isoflop_curves, loss_vs_compute, predicted_vs_observed
+from orchestrator.app.plots.loss_vs_compute import CURVES_LABEL
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -182,7 +182,7 @@ SWEEP = Path(__file__).resolve().parents[1] / "data" / "sweep_plots"
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    from orchestrator.plots.evidence import sweep_figures
+    from orchestrator.app.plots.evidence import sweep_figures
     from orchestrator.config.fitting import fit_settings
     from orchestrator.core.proposals import fit_and_propose
     from orchestrator.config.spec import load_spec
@@ -274,7 +274,7 @@ def test_demo_loss_vs_compute_draws_each_size_curve_and_the_held_out_size(tmp_pa
     """The demo's recorded final points (tests/data/demo, a real DeepSpeed run of examples/tiny.yaml)."""
     import csv
 
-    from orchestrator.plots.evidence import loss_vs_compute_figure
+    from orchestrator.app.plots.evidence import loss_vs_compute_figure
     from orchestrator.config.fitting import fit_settings
     from orchestrator.core.proposals import fit_and_propose
     from orchestrator.config.spec import load_spec
@@ -314,8 +314,8 @@ def test_recorded_isoflop_minima_sit_on_the_law_and_n_opt_panel(recorded):
 
 def test_recorded_per_param_sweep_draws_isoflop_slices_read_off_its_curves(recorded):
     # a per-param grid (D = 10, 20, 40 x N): no two sizes share a budget, so the slices come from the curves
-    from orchestrator.plots.evidence import curve_points
-    from orchestrator.plots.isoflop_slices import isoflop_slices
+    from orchestrator.app.plots.evidence import curve_points
+    from orchestrator.app.plots.isoflop_slices import isoflop_slices
 
     _, store, _, figures = recorded
     ax = figures["isoflop"].axes[0]
@@ -332,7 +332,7 @@ def test_recorded_per_param_sweep_draws_isoflop_slices_read_off_its_curves(recor
 
 
 def test_recorded_backtest_shows_every_held_out_cell_with_its_interval(recorded):
-    from orchestrator.plots.evidence import BACKTEST_NAMES
+    from orchestrator.app.plots.evidence import BACKTEST_NAMES
 
     spec, _, fit, figures = recorded
     ax = figures["backtest"].axes[0]
@@ -350,7 +350,7 @@ def test_recorded_backtest_shows_every_held_out_cell_with_its_interval(recorded)
 
 @pytest.mark.parametrize("axis, law_label", [("lr", "fitted lr*(N, D)"), ("batch", "fitted batch*(D)")])
 def test_recorded_bowls_mark_the_fitted_law_in_every_cell(recorded, axis, law_label):
-    from orchestrator.plots.evidence import hparam_runs
+    from orchestrator.app.plots.evidence import hparam_runs
     from orchestrator.core.proposals import learned_hparams
 
     _, store, _, figures = recorded
@@ -401,15 +401,15 @@ def test_recorded_branches_join_each_trunk_and_its_cooldowns(recorded):
 def test_doctests_of_the_plots_and_the_report():
     import doctest
 
-    from orchestrator import report
-    from orchestrator.plots import isoflop
+    from orchestrator.app import report
+    from orchestrator.app.plots import isoflop
 
     for module in (isoflop, report):
         assert doctest.testmod(module).failed == 0, module.__name__
 
 
 def test_report_page_of_the_recorded_sweep_says_what_ran_and_what_never_started(recorded):
-    from orchestrator.report import not_run, render_html
+    from orchestrator.app.report import not_run, render_html
 
     spec, store, fit, _ = recorded
     trials, last = store.trials(), store.last_reports()

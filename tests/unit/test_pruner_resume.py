@@ -81,7 +81,7 @@ def test_restored_pruner_decides_as_the_uninterrupted_one(tmp_path):
 
 
 def test_scheduler_starts_from_the_history():
-    from orchestrator.tune.scheduler import PrunerScheduler
+    from orchestrator.adapters.tune.scheduler import PrunerScheduler
     from orchestrator.config.spec import PruningSpec
 
     tid, meta, reps = trial(1.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.pruner import STOP, PruneConfig, Pruner, TrialMeta
+from orchestrator.core.pruning import STOP, PruneConfig, Pruner, TrialMeta
 from trainers.contract import Schedule
 from trainers.schedules import lr_array
 

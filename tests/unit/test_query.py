@@ -1,4 +1,4 @@
-"""One query path (orchestrator/query.py): `scalesweep propose|status|validate`, the HTTP API and the
+"""One query path (orchestrator/app/query.py): `scalesweep propose|status|validate`, the HTTP API and the
 controller's fit.json answer the same question the same way, with the spec's fit settings."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import yaml
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from orchestrator.api import create_app
-from orchestrator.cli import get_app
+from orchestrator.app.api import create_app
+from orchestrator.app.cli import get_app
 from orchestrator.core.laws.chinchilla import ChinchillaLaw
-from orchestrator.planner import plan_grid
+from orchestrator.config.trials import plan_grid
 from orchestrator.config.spec import load_spec
 from orchestrator.io.store import ObservationStore
 
@@ -64,7 +64,7 @@ def test_a_non_default_fit_setting_gives_the_same_answer_on_every_surface(tmp_pa
         r = client.get("/sweeps/planted/proposals", params={"budget": TARGET})
         assert r.status_code == 200, r.text
         api = r.json()
-    from orchestrator.controller import summarise
+    from orchestrator.app.session import summarise
 
     summarise(load_spec(d / "spec.yaml"), ObservationStore(d), None, None, time.monotonic())
     fit_json = json.loads((d / "fit.json").read_text())["proposals"]
@@ -162,8 +162,8 @@ def test_validate_lists_the_trials_per_size_and_each_with_trials(tmp_path):
     assert not (tmp_path / "v").exists()  # validate starts and writes nothing
 
 
-@pytest.mark.parametrize("name", ["orchestrator.query", "orchestrator.api_auth", "orchestrator.api_schemas",
-                                  "orchestrator.api_submission", "orchestrator.api_supervisor"])
+@pytest.mark.parametrize("name", ["orchestrator.app.query", "orchestrator.app.api.auth", "orchestrator.app.api.schemas",
+                                  "orchestrator.app.api.submission", "orchestrator.app.api.supervisor"])
 def test_docstring_examples_hold(name):
     import doctest
     import importlib

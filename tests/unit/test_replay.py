@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from orchestrator.core.planning import WAIT
-from orchestrator.planner import GridPlanner
-from orchestrator.replay import replay, steplaw_replay, table_replay
+from orchestrator.config.trials import GridPlanner
+from orchestrator.app.replay import replay, steplaw_replay, table_replay
 from orchestrator.core.planning.search.config import SearchConfig
-from orchestrator.planners import LawGuidedPlanner
+from orchestrator.config.planners import LawGuidedPlanner
 
 
 @pytest.fixture(scope="module")

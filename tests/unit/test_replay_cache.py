@@ -1,4 +1,4 @@
-"""The search replay's cache (orchestrator/replay_cache.py): `propose` and `status` on a law-guided sweep
+"""The search replay's cache (orchestrator/app/replay_cache.py): `propose` and `status` on a law-guided sweep
 answer from the cache exactly as from a replay, a changed store, spec or file means a replay, and a
 cache file is data that never names code outside the package.
 
@@ -17,8 +17,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator import query, replay_cache
-from orchestrator.cli import get_app
+from orchestrator.app import query, replay_cache
+from orchestrator.app.cli import get_app
 from orchestrator.config.spec import load_spec
 from orchestrator.io.store import ObservationStore
 

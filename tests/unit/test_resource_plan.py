@@ -11,8 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from cluster.resources import DEVICES, GiB, ZeroBuffers
-from orchestrator.cli import get_app
-from orchestrator.planner import GridPlanner, check_resources, plan_grid, proposal_resources, trial_config
+from orchestrator.app.cli import get_app
+from orchestrator.config.trials import GridPlanner, check_resources, plan_grid, proposal_resources, trial_config
 from orchestrator.core.proposals import fit_and_propose
 from orchestrator.config.spec import GPU_DEVICES, SpecError, parse_spec
 from orchestrator.io.store import ObservationStore

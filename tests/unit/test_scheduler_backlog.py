@@ -5,8 +5,8 @@ import time
 
 from ray.tune.schedulers import TrialScheduler
 
-from orchestrator.pruner import Decision, PruneConfig, Pruner
-from orchestrator.tune.scheduler import PrunerScheduler
+from orchestrator.core.pruning import Decision, PruneConfig, Pruner
+from orchestrator.adapters.tune.scheduler import PrunerScheduler
 from trainers.contract import TrialConfig
 
 

@@ -7,11 +7,11 @@ import pytest
 
 from orchestrator.core.planning import Done, Planner, Wait
 from orchestrator.core.planning.trial import PlannedTrial
-from orchestrator.planner import GridPlanner, plan_grid, trial_config
-from orchestrator.replay import replay
+from orchestrator.config.trials import GridPlanner, plan_grid, trial_config
+from orchestrator.app.replay import replay
 from orchestrator.core.planning.search.config import SearchConfig
 from orchestrator.core.planning.search.lattice import outcome
-from orchestrator.planners import LawGuidedPlanner
+from orchestrator.config.planners import LawGuidedPlanner
 from orchestrator.config.spec import parse_spec
 from trainers.simulated import final_loss
 from trainers.worlds import load_world

@@ -11,11 +11,11 @@ from benchmarks import efficiency as E
 from benchmarks import strategies as S
 from orchestrator.core.laws.hparam_surface import SurfaceFit
 from orchestrator.core.laws.hparams import BatchLaw, LrLaw
-from orchestrator.planner import trial_config
-from orchestrator.planners import make_planner
+from orchestrator.config.trials import trial_config
+from orchestrator.config.planners import make_planner
 from orchestrator.core.planning.search.branches import bowl_penalty, corrected_loss
 from orchestrator.core.planning.search.lattice import LAW_POINT
-from orchestrator.planners import LawGuidedPlanner
+from orchestrator.config.planners import LawGuidedPlanner
 from orchestrator.config.spec import parse_spec
 from trainers.worlds import load_world
 
@@ -121,9 +121,9 @@ def test_the_final_fit_counts_branches_as_the_search_does(arms):
 
 
 def test_the_replay_cache_keeps_the_branch_corrections(arms, tmp_path):
-    """`propose` answered from the replay cache (orchestrator.replay_cache) fits the same corrected
+    """`propose` answered from the replay cache (orchestrator.app.replay_cache) fits the same corrected
     losses as the replay it cached: a fresh planner has no cells to correct with, so the factors travel."""
-    from orchestrator import replay_cache
+    from orchestrator.app import replay_cache
 
     _, planner, recs = arms["with"]
     spec = parse_spec(E.scalesweep_spec(_data("crossing", 2), FAST))
@@ -198,8 +198,8 @@ def test_a_replay_corrects_the_branches_the_run_handed_out_before_it_stopped():
     at a time, so it stops before it would plan that branch. The branch must still join its cell, or
     `propose` fits its raw loss where the run's fit.json fitted the corrected one (found by
     tests/integration/test_branched_sweep.py)."""
-    from orchestrator.planner import PlannedTrial
-    from orchestrator.replay import replay
+    from orchestrator.config.trials import PlannedTrial
+    from orchestrator.app.replay import replay
     from trainers.simulated import train
 
     spec = parse_spec({

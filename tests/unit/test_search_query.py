@@ -12,11 +12,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator import query
-from orchestrator.cli import get_app
+from orchestrator.app import query
+from orchestrator.app.cli import get_app
 from orchestrator.core.planning.trial import PlannedTrial
-from orchestrator.planner import trial_config
-from orchestrator.planners import make_planner
+from orchestrator.config.trials import trial_config
+from orchestrator.config.planners import make_planner
 from orchestrator.config.spec import load_spec
 from orchestrator.io.store import ObservationStore
 
@@ -64,7 +64,7 @@ def _drive(d: Path, limit: int | None = None, concurrency: int = 2, strategy: st
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    from orchestrator.controller import summarise
+    from orchestrator.app.session import summarise
 
     spec, store, planner = _drive(tmp_path_factory.mktemp("law") / "law")
     advice = planner.hparam_advice()  # what the controller hands summarise at the end of a sweep
@@ -86,7 +86,7 @@ def test_propose_uses_the_searchs_laws_as_fit_json_does(finished):
 
 
 def test_the_replay_resumes_the_trials_a_resume_skips():
-    import orchestrator.controller as controller
+    import orchestrator.app.session as controller
     import orchestrator.io.store as store
 
     # one definition: the controller's resume and the replay both use the store's
@@ -124,7 +124,7 @@ def test_status_of_an_interrupted_search_names_what_a_resume_starts_next(tmp_pat
 def test_the_report_says_the_search_ended_and_why(finished):
     import html
 
-    from orchestrator.report import not_run, render_html
+    from orchestrator.app.report import not_run, render_html
 
     spec, store, planner = finished
     trials = store.trials()
@@ -137,7 +137,7 @@ def test_the_report_says_the_search_ended_and_why(finished):
 def test_the_live_search_caches_its_answers_for_the_first_query(finished, monkeypatch):
     """The controller's end of a sweep (`query.save_live_search`): the next query reads the live search's
     laws and end reason from search_replay.json and replays nothing."""
-    from orchestrator import replay_cache
+    from orchestrator.app import replay_cache
     from orchestrator.core.planning.search.planner import LawGuidedPlanner
 
     spec, store, planner = finished

@@ -7,10 +7,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import get_app
+from orchestrator.app.cli import get_app
 from orchestrator.core.planning import Done
 from orchestrator.core.planning import WAIT
-from orchestrator.planner import GridPlanner, plan_grid
+from orchestrator.config.trials import GridPlanner, plan_grid
 from orchestrator.config.spec import SpecError, load_spec, parse_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from orchestrator.tune.callback import ContractStopper
-from orchestrator.tune import stop_signal
-from orchestrator.tune.envelope import TrialEnvelope
-from orchestrator.tune.stop_signal import Watcher
-from orchestrator.tune.trainable import _reporter
+from orchestrator.adapters.tune.callback import ContractStopper
+from orchestrator.adapters.tune import stop_signal
+from orchestrator.adapters.tune.envelope import TrialEnvelope
+from orchestrator.adapters.tune.stop_signal import Watcher
+from orchestrator.adapters.tune.trainable import _reporter
 from trainers.contract import StopRequested, TrialConfig
 from trainers.simulated import CHECKPOINT_FILE, train
 

@@ -12,14 +12,14 @@ import pytest
 
 pytest.importorskip("ray.tune")
 
-from orchestrator.controller import (  # noqa: E402
+from orchestrator.app.session import (  # noqa: E402
     EXIT_CODES, StopRequest, SweepInterrupted, ended_trials, stop_requested, tune_env,
 )
-from orchestrator.progress import SweepProgress  # noqa: E402
+from orchestrator.app.progress import SweepProgress  # noqa: E402
 from orchestrator.config.spec import parse_spec  # noqa: E402
 from orchestrator.io.store import STOPPED_BY_USER, ObservationStore  # noqa: E402
-from orchestrator.tune.callback import ContractStopper, SweepCallback  # noqa: E402
-from orchestrator.tune.envelope import TrialEnvelope  # noqa: E402
+from orchestrator.adapters.tune.callback import ContractStopper, SweepCallback  # noqa: E402
+from orchestrator.adapters.tune.envelope import TrialEnvelope  # noqa: E402
 from trainers.contract import TrialConfig  # noqa: E402
 
 

@@ -19,10 +19,10 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator.core.pruning.decision import Decision
-from orchestrator.progress import SweepProgress
+from orchestrator.app.progress import SweepProgress
 from orchestrator.io.store import ObservationStore
-from orchestrator.tune.callback import STILL_ENDING, SweepCallback
-from orchestrator.tune.envelope import TrialEnvelope
+from orchestrator.adapters.tune.callback import STILL_ENDING, SweepCallback
+from orchestrator.adapters.tune.envelope import TrialEnvelope
 from trainers.command import CommandSettings, run_command
 from trainers.contract import TrialConfig
 

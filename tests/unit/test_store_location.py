@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.config.spec import SpecError, parse_spec
 from orchestrator.io.store_location import StoreLocation, check_uri, is_uri
-from orchestrator.api import EXAMPLE_SPEC
+from orchestrator.app.api import EXAMPLE_SPEC
 
 
 def test_local_location_writes_whole_parts_and_lists_them(tmp_path):

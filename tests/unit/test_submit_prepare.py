@@ -1,4 +1,4 @@
-"""`orchestrator.submit` without a cluster: what a submission carries, and what it refuses."""
+"""`orchestrator.app.submit` without a cluster: what a submission carries, and what it refuses."""
 from __future__ import annotations
 
 import shutil
@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from orchestrator.config.spec import SpecError, load_spec, parse_spec
-from orchestrator.submit import EXCLUDES, SubmitError, prepare_submission, resolve_address
+from orchestrator.app.submit import EXCLUDES, SubmitError, prepare_submission, resolve_address
 
 SPEC = {
     "name": "sub",
@@ -33,7 +33,7 @@ def test_submission_carries_project_and_rewritten_spec(tmp_path):
     sub, shipped = _prep(SPEC, output_dir=str(tmp_path / "sweep"), tracking_uri="http://mlflow:5000",
                          env={"A": "1"}, submission_id="my-id")
     assert sub.submission_id == "my-id"
-    assert sub.entrypoint == "python -m orchestrator.cli run spec.yaml --no-progress"
+    assert sub.entrypoint == "python -m orchestrator.app.cli run spec.yaml --no-progress"
     env = sub.runtime_env
     assert env["working_dir"] == str(sub.staging_dir)
     assert sorted(p.rsplit("/", 1)[1] for p in env["py_modules"]) == ["cluster", "orchestrator", "trainers"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import get_app
-from orchestrator.controller import SweepFailed, one_line
+from orchestrator.app.cli import get_app
+from orchestrator.app.session import SweepFailed, one_line
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "simulated.yaml"
 
@@ -20,7 +20,7 @@ def test_one_line_is_one_line_and_bounded():
 
 
 def test_cli_prints_one_line_and_exits_1(tmp_path, monkeypatch):
-    import orchestrator.controller as controller
+    import orchestrator.app.session as controller
 
     data = yaml.safe_load(EXAMPLE.read_text())
     data["output_dir"] = str(tmp_path / "sweep")
@@ -44,7 +44,7 @@ def test_cli_prints_one_line_and_exits_1(tmp_path, monkeypatch):
 
 
 def test_an_error_before_the_start_is_one_line_too(tmp_path, monkeypatch):
-    import orchestrator.controller as controller
+    import orchestrator.app.session as controller
 
     data = yaml.safe_load(EXAMPLE.read_text())
     data["output_dir"] = str(tmp_path / "sweep")

@@ -1,5 +1,5 @@
 """Ray Tune's experiment-state sync racing its own temporary file is one warning line, not a
-traceback; any other sync failure keeps its traceback (orchestrator.tune.sync_race)."""
+traceback; any other sync failure keeps its traceback (orchestrator.adapters.tune.sync_race)."""
 from __future__ import annotations
 
 import io
@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from orchestrator.tune import sync_race
+from orchestrator.adapters.tune import sync_race
 
 
 def _logged(exc: BaseException) -> str:

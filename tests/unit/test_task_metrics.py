@@ -36,7 +36,7 @@ def test_spec_accepts_builtin_tasks_and_importable_hooks(tmp_path, monkeypatch):
     assert spec.eval.tasks == ["cloze", "builtin:next_line", "mylab_tasks:make_quiz"]
     assert spec.eval.tasks_at == "checkpoints"
     assert parse_spec(BASE).eval.tasks == [] and parse_spec(BASE).eval.tasks_at == "every_eval"
-    from orchestrator.planner import GridPlanner, trial_config
+    from orchestrator.config.trials import GridPlanner, trial_config
 
     cfg = trial_config(spec, GridPlanner(spec).runnable()[0], None, None)
     assert cfg.tasks == ("cloze", "builtin:next_line", "mylab_tasks:make_quiz") and cfg.tasks_at == "checkpoints"
@@ -67,7 +67,7 @@ def test_spec_rejects_builtin_tasks_on_user_shards_and_bad_tasks_at():
 
 
 def test_validate_command_exits_2_naming_eval_tasks(tmp_path):
-    from orchestrator.cli import get_app
+    from orchestrator.app.cli import get_app
 
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec_with(tasks=["missing_pkg_abc.evals:quiz"])))
@@ -98,7 +98,7 @@ def test_task_keys():
 
 def test_callback_keeps_task_metrics_and_optional_keys():
     pytest.importorskip("ray")
-    from orchestrator.tune.callback import _report_of
+    from orchestrator.adapters.tune.callback import _report_of
 
     result = {"step": 4, "tokens": 4096, "flops": 1e9, "eval_loss": 3.0, "eval_flops": 2e8, "eval_time_s": 0.1,
               "task/cloze/acc": 0.5, "task/cloze/loss": 2.5, "time_this_iter_s": 1.0, "config": {"x": 1}}
@@ -212,7 +212,7 @@ def test_proposals_carry_task_metrics_only_when_tasks_were_evaluated():
 
 def test_task_summary_and_accuracy_plot(tmp_path):
     from orchestrator.core.proposals import fit_and_propose
-    from orchestrator.task_summary import summarise_tasks, task_plot
+    from orchestrator.app.task_summary import summarise_tasks, task_plot
 
     _, points, rows = _planted_sweep()
     fit = fit_and_propose(points, [1e21], bootstrap=20, task_rows=rows)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import get_app
+from orchestrator.app.cli import get_app
 from trainers import corpus
 from trainers.corpus import load_data, sample_batch
 from trainers.token_files import DataError, load_streams, read_bin

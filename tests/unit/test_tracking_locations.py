@@ -36,7 +36,7 @@ def test_a_bad_location_is_refused_naming_the_field(tmp_path, value, words):
 
 
 def test_a_submitted_sweep_needs_an_absolute_or_remote_location(tmp_path):
-    from orchestrator.submit import _check_reachable
+    from orchestrator.app.submit import _check_reachable
 
     for loc in ("/shared/arts", "s3://bucket/mlflow"):
         _check_reachable(_spec(tmp_path, artifact_location=loc))

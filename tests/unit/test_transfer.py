@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from orchestrator.planner import plan_grid, trial_config
-from orchestrator.replay import replay
-from orchestrator.planner import batch_ladder
+from orchestrator.config.trials import plan_grid, trial_config
+from orchestrator.app.replay import replay
+from orchestrator.config.trials import batch_ladder
 from orchestrator.core.planning.search.lattice import LAW_POINT
-from orchestrator.planners import LawGuidedPlanner
+from orchestrator.config.planners import LawGuidedPlanner
 from orchestrator.config.spec import SearchSpec, parse_spec
 from trainers.simulated import final_loss
 from trainers.worlds import load_world

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import sweep_commands  # noqa: F401  (registers the commands)
-from orchestrator.cli.app import app
+from orchestrator.app.cli import sweep_commands  # noqa: F401  (registers the commands)
+from orchestrator.app.cli.app import app
 from orchestrator.config.spec import SpecError, parse_spec
 from trainers.command import CommandSettings, FirstReportTimeout, TrainerProcessError, run_command
 from trainers.contract import CONTRACT_VERSION, ContractError, REPORT_KEYS, TrialConfig, normalise_report
@@ -247,7 +247,7 @@ def test_good_own_trainer_specs_validate_and_record_an_absolute_cwd(tmp_path):
 
 @pytest.mark.parametrize("backend", ["command", "python"])
 def test_the_http_api_refuses_to_run_a_clients_trainer(tmp_path, backend):
-    from orchestrator.api import ApiError, SweepRegistry
+    from orchestrator.app.api import ApiError, SweepRegistry
 
     registry = SweepRegistry(tmp_path, launch=False)
     trainer = {"backend": backend, "command": "true"} if backend == "command" else \

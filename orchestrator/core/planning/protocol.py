@@ -9,8 +9,8 @@ of three things, each its own type (no string sentinels, no None):
 
 Test a step with `isinstance` (a `Wait` or `Done` may carry a reason, so `== WAIT` is not enough).
 
-The Ray Tune searcher (`orchestrator/tune/searcher.py`), the replay of a sweep in simulated time
-(`orchestrator/replay.py`) and the benchmarks drive any `Planner` through this protocol only.
+The Ray Tune searcher (`orchestrator/adapters/tune/searcher.py`), the replay of a sweep in simulated time
+(`orchestrator/app/replay.py`) and the benchmarks drive any `Planner` through this protocol only.
 Pure (standard library only).
 
 >>> step = WAIT

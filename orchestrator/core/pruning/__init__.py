@@ -1,7 +1,7 @@
 """Online pruning: stop a trial whose final loss cannot matter, stop diverging runs.
 
 Pure (standard library, numpy, scipy, `orchestrator.core`, `orchestrator.core.laws`): the Tune adapter
-(`orchestrator.tune.scheduler`) and the spec/contract boundary (`orchestrator.config.pruning`)
+(`orchestrator.adapters.tune.scheduler`) and the spec/contract boundary (`orchestrator.config.pruning`)
 live outside it. One idea per module:
 
 - `config`: the knobs (`PruneConfig`, frozen; the spec's ``pruning`` section converted once);

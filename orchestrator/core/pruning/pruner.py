@@ -1,6 +1,6 @@
 """The pruner: the rules of `orchestrator.core.pruning.rules` over one shared history, report by report.
 
-Pure and deterministic (no Ray): the Tune adapter ``orchestrator/tune/scheduler.py`` only maps
+Pure and deterministic (no Ray): the Tune adapter ``orchestrator/adapters/tune/scheduler.py`` only maps
 Tune's callbacks onto :meth:`Pruner.on_report` / :meth:`Pruner.on_complete`. Every report is
 recorded in the history, then each rule checks the trial in order (divergence, paired, law, ...);
 the first that stops it ends it. A resumed sweep rebuilds the history from the store

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from mlflow.tracking import MlflowClient
 
-from ...helper_process import HelperProcess
+from ..helper_process import HelperProcess
 from .layout import (CUMULATIVE_SECONDS, MAX_KEY_LENGTH, NOT_METRICS, OUTCOME_OF_STATUS, RUN_STATUSES, TAG_KIND,
                      TAG_NONFINITE, TAG_OUTCOME, TAG_SWEEP, TAG_TRIAL, TRAIN_SECONDS, branch_tags, flatten_params,
                      metric_value, plain, tag_values, trial_end, trial_params)
@@ -72,7 +72,7 @@ class SweepTracker:
             # whatever the user configured.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        # A SQLite store's calls run in a helper process (orchestrator.helper_process: its
+        # A SQLite store's calls run in a helper process (orchestrator.io.helper_process: its
         # SQLAlchemy work, ~5-10 ms of Python per call, would hold the driver's GIL against
         # Tune's event loop); None = only for SQLite (an HTTP client's calls are light).
         if client_process is None:
@@ -159,7 +159,7 @@ class SweepTracker:
     def start_trial(self, trial_id: str, params: dict, wait: bool = True, run_name: Optional[str] = None) -> str:
         """Create the trial's nested run (idempotent); returns its id ("" if MLflow is down).
 
-        `run_name` (default: the trial id) is what the runs table shows (`orchestrator.run_names`).
+        `run_name` (default: the trial id) is what the runs table shows (`orchestrator.io.tracking.run_names`).
         A WSD branch (`branch_of` in `params`) is tagged with its trunk's trial and run ids and its
         branch point. With ``wait=False`` the create is only enqueued (returns "" until delivered):
         the ops that follow it for this trial are delivered after it, in order, so a caller that

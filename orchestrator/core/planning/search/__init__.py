@@ -9,5 +9,5 @@ hedge), `loss_law` (L(N, D) with its form chosen by backtest, and its replicates
 (which cell next), `checks` (transfer's law checks near the target), `transfer` (candidates, law
 points), `branches` (WSD branching of single-run cells), `advice` (the laws and loss correction the
 proposals get), `stopping` (when to stop) and `planner` (`LawGuidedPlanner`, the
-`core.planning.protocol.Planner` that ties them). `orchestrator.planners.make_planner` picks it for a spec.
+`core.planning.protocol.Planner` that ties them). `orchestrator.config.planners.make_planner` picks it for a spec.
 """

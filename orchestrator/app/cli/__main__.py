@@ -1,0 +1,4 @@
+"""`python -m orchestrator.app.cli`: the `scalesweep` command without the console script."""
+from . import main
+
+main()

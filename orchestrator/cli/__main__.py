@@ -1,4 +1,0 @@
-"""`python -m orchestrator.cli`: the `scalesweep` command without the console script."""
-from . import main
-
-main()
