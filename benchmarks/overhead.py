@@ -262,7 +262,8 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     from ray import tune
 
     from orchestrator.app.session import prepare_dir, set_environ, tune_env
-    from orchestrator.config.trials import GridPlanner, trial_config
+    from orchestrator.config.planners import GridPlanner
+    from orchestrator.config.trials import trial_config
     from orchestrator.app.progress import SweepProgress
     from orchestrator.core.pruning import PruneConfig
     from orchestrator.config.spec import parse_spec

@@ -28,7 +28,8 @@ from typing import Any, Optional, Protocol, Union
 from orchestrator.core.planning.branching import spent_flops
 from orchestrator.core.planning import Done, Wait
 from orchestrator.core.planning.trial import PlannedTrial
-from orchestrator.config.trials import GridPlanner, plan_grid, trial_config
+from orchestrator.config.planners import GridPlanner
+from orchestrator.config.trials import plan_grid, trial_config
 from orchestrator.config.planners import make_planner
 from orchestrator.config.spec import SweepSpec, parse_spec
 from trainers.contract import TrialConfig
@@ -525,7 +526,7 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
         saved = saved_by_parts(recs, grid.by_id)
         parts = {**parts, "saved": saved}
         if not parts["search"]:
-            return StrategyRun(recs, "replay", ["orchestrator.config.trials.GridPlanner driven as PlannerSearcher does"],
+            return StrategyRun(recs, "replay", ["orchestrator.config.planners.GridPlanner driven as PlannerSearcher does"],
                                parts, saved=saved)
         # The product's own proposal, as run_sweep's summary makes it: its learned lr/batch laws.
         from orchestrator.app.query import SweepData, sweep_fit

@@ -100,7 +100,8 @@ def test_the_grid_plans_trunks_and_branches_that_spend_only_their_decay():
 def test_branches_wait_for_their_trunk_and_are_skipped_when_it_stops_short(tmp_path):
     from orchestrator.core.planning import Done
     from orchestrator.core.planning import WAIT
-    from orchestrator.config.trials import GridPlanner, trial_config
+    from orchestrator.config.planners import GridPlanner
+    from orchestrator.config.trials import trial_config
 
     planner = GridPlanner(_spec(model={"n_params": [20000], "seq_len": 64}, learning_rates=[0.01]))
     first = planner.next_trial()
@@ -118,7 +119,7 @@ def test_branches_wait_for_their_trunk_and_are_skipped_when_it_stops_short(tmp_p
 
 
 def test_a_resumed_sweep_knows_its_finished_trunks():
-    from orchestrator.config.trials import GridPlanner
+    from orchestrator.config.planners import GridPlanner
 
     planner = GridPlanner(_spec(model={"n_params": [20000], "seq_len": 64}, learning_rates=[0.01]))
     trunk = planner.trials[-1]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from orchestrator.core.planning import WAIT
-from orchestrator.config.trials import GridPlanner
+from orchestrator.config.planners import GridPlanner
 from orchestrator.app.replay import replay, steplaw_replay, table_replay
 from orchestrator.core.planning.search.config import SearchConfig
 from orchestrator.config.planners import LawGuidedPlanner

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from cluster.resources import DEVICES, GiB, ZeroBuffers
 from orchestrator.app.cli import get_app
-from orchestrator.config.trials import GridPlanner, check_resources, plan_grid, proposal_resources, trial_config
+from orchestrator.config.planners import GridPlanner
+from orchestrator.config.trials import check_resources, plan_grid, proposal_resources, trial_config
 from orchestrator.core.proposals import fit_and_propose
 from orchestrator.config.spec import GPU_DEVICES, SpecError, parse_spec
 from orchestrator.io.store import ObservationStore

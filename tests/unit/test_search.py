@@ -7,7 +7,8 @@ import pytest
 
 from orchestrator.core.planning import Done, Planner, Wait
 from orchestrator.core.planning.trial import PlannedTrial
-from orchestrator.config.trials import GridPlanner, plan_grid, trial_config
+from orchestrator.config.planners import GridPlanner
+from orchestrator.config.trials import plan_grid, trial_config
 from orchestrator.app.replay import replay
 from orchestrator.core.planning.search.config import SearchConfig
 from orchestrator.core.planning.search.lattice import outcome

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from orchestrator.app.cli import get_app
 from orchestrator.core.planning import Done
 from orchestrator.core.planning import WAIT
-from orchestrator.config.trials import GridPlanner, plan_grid
+from orchestrator.config.planners import GridPlanner
+from orchestrator.config.trials import plan_grid
 from orchestrator.config.spec import SpecError, load_spec, parse_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny.yaml"

@@ -36,7 +36,8 @@ def test_spec_accepts_builtin_tasks_and_importable_hooks(tmp_path, monkeypatch):
     assert spec.eval.tasks == ["cloze", "builtin:next_line", "mylab_tasks:make_quiz"]
     assert spec.eval.tasks_at == "checkpoints"
     assert parse_spec(BASE).eval.tasks == [] and parse_spec(BASE).eval.tasks_at == "every_eval"
-    from orchestrator.config.trials import GridPlanner, trial_config
+    from orchestrator.config.planners import GridPlanner
+    from orchestrator.config.trials import trial_config
 
     cfg = trial_config(spec, GridPlanner(spec).runnable()[0], None, None)
     assert cfg.tasks == ("cloze", "builtin:next_line", "mylab_tasks:make_quiz") and cfg.tasks_at == "checkpoints"
