@@ -7,14 +7,15 @@ hints (the spec's load checks size trials through `orchestrator.config.sizing`, 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import fields
+from typing import TYPE_CHECKING, Optional
 
 from ..core.family import count_params, shape_for
 from ..core.planning.design import Design, ResourceConfig, SizeResources
 from ..core.planning.search.config import SearchConfig
 
 if TYPE_CHECKING:  # the spec imports orchestrator.config.sizing, which imports this module
-    from .spec import SweepSpec
+    from .spec import FitSpec, SearchSpec, SweepSpec
 
 
 def resource_config(spec: "SweepSpec", machine: bool = False) -> ResourceConfig:
@@ -45,7 +46,18 @@ def design_of(spec: "SweepSpec", machine: bool = False) -> Design:
 
 def search_config(spec: "SweepSpec") -> SearchConfig:
     """The law-guided search's knobs: the spec's `search` section and the online fit's `fit.law`, `fit.loss`."""
-    return SearchConfig.from_spec(spec.search, spec.fit)
+    return search_config_of(spec.search, spec.fit)
 
 
-__all__ = ["design_of", "resource_config", "search_config"]
+def search_config_of(search: "SearchSpec", fit: Optional["FitSpec"] = None) -> SearchConfig:
+    """The `SearchConfig` of the validated, defaulted spec sections `search` and `fit` (None: the
+    search's own `law`, `loss` defaults). Every `SearchConfig` field but `law` and `loss` is a
+    `SearchSpec` field of the same name (tests/unit/test_search.py holds them together)."""
+    names = {f.name for f in fields(SearchConfig)}
+    values = {k: v for k, v in search.model_dump().items() if k in names}
+    if fit is not None:
+        values.update(law=fit.law, loss=fit.loss)
+    return SearchConfig(**values)
+
+
+__all__ = ["design_of", "resource_config", "search_config", "search_config_of"]

@@ -7,7 +7,8 @@ resumed sweep from its observation store.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 from trainers.contract import TrialConfig
 from trainers.flops import realised
@@ -16,6 +17,9 @@ from trainers.schedules import lr_array
 from ..core.pruning.config import PruneConfig
 from ..core.pruning.history import Completed, completed_from_rows
 from ..core.pruning.meta import TrialMeta
+
+if TYPE_CHECKING:  # type hints only: the scheduler's tests hand in a PruneConfig without a spec
+    from .spec import PruningSpec
 
 
 def trial_meta(cfg: TrialConfig | Mapping[str, Any], cell_D: Optional[float] = None) -> TrialMeta:
@@ -35,9 +39,14 @@ def schedule_name(s: Any) -> str:
     return f"{s.kind} warmup {s.warmup:g} decay {s.decay:g} final {s.final_lr_frac:g}"
 
 
-def prune_config(spec: Any) -> PruneConfig:
-    """The rules' config of the spec's ``pruning`` section (`orchestrator.config.spec.PruningSpec`)."""
-    return PruneConfig.from_spec(spec)
+def prune_config(pruning: Union["PruningSpec", PruneConfig]) -> PruneConfig:
+    """The rules' config of the spec's validated ``pruning`` section (a `PruneConfig` as is). Every
+    `PruneConfig` field is a `PruningSpec` field of the same name; `enabled` and `background` say how
+    the scheduler runs the rules, not what they decide (tests/unit/test_pruner.py holds them together)."""
+    if isinstance(pruning, PruneConfig):
+        return pruning
+    names = {f.name for f in fields(PruneConfig)}
+    return PruneConfig(**{k: v for k, v in pruning.model_dump().items() if k in names})
 
 
 def completed_from_store(store: Any, metas: Mapping[str, TrialMeta], metric: str = "eval_loss") -> list[Completed]:

@@ -172,18 +172,21 @@ def test_config_validation_and_conversion():
     """The spec's section validates; the search gets a frozen SearchConfig converted from it (and spec.fit)."""
     import dataclasses
 
+    from orchestrator.config.planning import search_config_of
     from orchestrator.config.spec import FitSpec, SearchSpec
 
     with pytest.raises(ValueError, match="min_fit_cells"):
         SearchSpec(min_fit_cells=3)
     with pytest.raises(ValueError, match="neighbourhood"):
         SearchSpec(neighbourhood="diamond")
-    cfg = SearchConfig.from_spec(SearchSpec(strategy="transfer"), FitSpec(law="chinchilla"))
+    cfg = search_config_of(SearchSpec(strategy="transfer"), FitSpec(law="chinchilla"))
     assert cfg.transfer and cfg.init_sizes == 3 and cfg.regret_tolerance == 0.002 and cfg.hedge
     assert cfg.law == "chinchilla" and cfg.loss == "huber"
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.bootstrap = 5
-    assert SearchConfig.from_spec(SearchSpec()) == SearchConfig(strategy="grid")  # the law defaults
+    assert search_config_of(SearchSpec()) == SearchConfig(strategy="grid")  # the law defaults
+    # every knob of the search is a spec field of the same name (law and loss: spec.fit's)
+    assert {f.name for f in dataclasses.fields(SearchConfig)} - {"law", "loss"} <= set(SearchSpec.model_fields)
 
 
 def test_planners_share_the_planner_protocol():

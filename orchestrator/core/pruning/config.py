@@ -1,19 +1,15 @@
 """The pruner's knobs as one frozen dataclass, and the one boundary from the user's spec to it.
 
 The fields, names and defaults are the spec's ``pruning`` section (``orchestrator.config.spec.PruningSpec``,
-typed, validated and documented in docs/spec.md); the pure rules never see the pydantic model:
-:meth:`PruneConfig.from_spec` copies the fields of whatever object carries them.
+typed, validated and documented in docs/spec.md); the pure rules never see the pydantic model: the
+boundary ``orchestrator.config.pruning.prune_config`` fills this config from it.
 
 >>> PruneConfig(level=0.8).level, PruneConfig().metric
 (0.8, 'eval_loss')
->>> class Spec: margin = 0.05
->>> PruneConfig.from_spec(Spec()).margin
-0.05
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -38,14 +34,6 @@ class PruneConfig:
     max_curves: int = 6  # completed curves per size the curve law is fitted on (most recent)
     n_boot: int = 10  # bootstrap refits of the curve law
     seed: int = 0  # seed of the bootstraps
-
-    @classmethod
-    def from_spec(cls, spec: Any) -> "PruneConfig":
-        """The config of a spec's ``pruning`` section (any object with these attribute names; a
-        `PruneConfig` is returned as is). Fields the object lacks keep their defaults."""
-        if isinstance(spec, cls):
-            return spec
-        return cls(**{f.name: getattr(spec, f.name) for f in fields(cls) if hasattr(spec, f.name)})
 
 
 __all__ = ["PruneConfig"]

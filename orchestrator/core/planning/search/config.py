@@ -1,8 +1,8 @@
 """The search's knobs as a small frozen dataclass, converted from the user's pydantic spec at one boundary.
 
-The pure search never sees pydantic: `SearchConfig.from_spec(spec.search, spec.fit)` copies the
-validated, defaulted `search` section (docs/spec.md) and the online fit's form and objective
-(`fit.law`, `fit.loss`). Built directly, the defaults are the `law` strategy's.
+The pure search never sees pydantic nor the spec's field names: `orchestrator.config.planning.search_config`
+fills it from the validated, defaulted `search` section (docs/spec.md) and the online fit's form and
+objective (`fit.law`, `fit.loss`). Built directly, the defaults are the `law` strategy's.
 
 >>> SearchConfig(strategy="transfer", hedge=True).transfer
 True
@@ -11,8 +11,8 @@ True
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,3 @@ class SearchConfig:
     def transfer(self) -> bool:
         """Whether this is the transfer strategy."""
         return self.strategy == "transfer"
-
-    @classmethod
-    def from_spec(cls, search: Any, fit: Any = None) -> "SearchConfig":
-        """From the validated spec sections `search` (SearchSpec) and `fit` (FitSpec; None: auto, huber)."""
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in search.model_dump().items() if k in names}
-        if fit is not None:
-            values.update(law=fit.law, loss=fit.loss)
-        return cls(**values)
