@@ -9,13 +9,14 @@ its lattice of (lr, batch) points):
 1. **Initial design.** The cells of the `init_sizes` smallest model sizes, cheapest first; the first
    `init_scans` get a coarse lr scan (no law exists yet) and the planner Waits for them.
 2. **Cell search.** A cell starts at the (lr, batch) the hyperparameter laws predict
-   (`hparam_state`) with its lattice neighbours, then walks to the best point's untried neighbours
-   until the best point is a local minimum of the lattice.
-3. **Acquisition** (`acquisition`) once `min_fit_cells` cells are resolved: L(N, D) is fitted with
-   replicates, its form chosen by how well it extrapolates (`loss_law`), and the next cell is the one
-   that most reduces the uncertainty of N*(C) and L*(C) per FLOP; far cells are pruned.
-4. **Stop** (`stopping`) on the regret risk of the proposal or the width of the target intervals, or
-   when the budget, `max_trials` or the cells run out.
+   (`cell_start`, `hparam_state`) with its lattice neighbours, then walks to the best point's untried
+   neighbours until the best point is a local minimum of the lattice.
+3. **Acquisition** (`choice`, `acquisition`) once `min_fit_cells` cells are resolved: L(N, D) is
+   fitted with replicates, its form chosen by how well it extrapolates (`loss_law`, refitted in
+   `law_state`), and the next cell is the one that most reduces the uncertainty of N*(C) and L*(C)
+   per FLOP; far cells are pruned.
+4. **Stop** (`stopping`, counted in `law_state`) on the regret risk of the proposal or the width of the
+   target intervals, or when the budget, `max_trials` or the cells run out.
 
 With `strategy: transfer` the initial design is the whole calibration (every cell of the smallest
 sizes, on a batch lattice extended by `batch_ladder`) and every later cell runs **once** at the
@@ -25,24 +26,25 @@ hand-out, check and the stop are explained in `decisions`. Rebuilt from the stor
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..protocol import WAIT, Done, HparamAdvice, Step, Wait
 from ..design import Design
 from ..trial import PlannedTrial
-from . import acquisition, checks as law_checks, stopping
+from . import checks as law_checks, stopping
 from .advice import SearchRule
 from .book import CellBook, run_decision
 from .branches import Branches, corrected_loss, enabled as branching_enabled
+from .cell_start import CellStart
+from .choice import CellChoice
 from .config import SearchConfig
 from .hparam_state import HparamLaws
 from .lattice import LAW_POINT, Point, SearchCell, outcome
-from .loss_law import LossLaw, backtest_by_size, fit_loss
-from .transfer import candidate_trials, law_point
-
-Choice = Union[tuple[SearchCell, dict[str, Any]], Wait, None]
+from .law_state import SearchLaws
+from .loss_law import LossLaw
+from .transfer import candidate_trials
 
 
 class LawGuidedPlanner:
@@ -60,17 +62,39 @@ class LawGuidedPlanner:
         sizes = sorted({c.key[0] for c in self.cells})
         self._init_keys = [c.key for c in self.cells if c.key[0] in sizes[: self.config.init_sizes]]
         self.decisions: list[dict[str, Any]] = []
-        self.fit: Optional[LossLaw] = None
-        self.hparams = HparamLaws(self.config.hparam_ridge, surface=self.transfer, hedge=bool(self.config.hedge))
+        self.learned = SearchLaws(self.config, self.targets, self.seed)  # L(N, D), lr*/batch*, law checks
         self.stopped: Optional[str] = None
         self._opened = 0
-        self._fit_error: Optional[str] = None
-        self._streak = 0
         self._resumed: dict[str, Optional[Mapping[str, Any]]] = {}  # ended trials not planned yet
-        self.checks: list[dict[str, Any]] = []  # transfer: the law checks near the target and what they found
         # transfer under a WSD schedule with `schedule.branch`: single-run cells as trunks and branches
         self.branches = (Branches(design, self.cells, self.config.noise) if self.transfer and branching_enabled(design)
                          else None)
+        self.choice = CellChoice(design, self.config, self.book, self.learned, self.branches, self._init_keys)
+        self.start = CellStart(design, self.config, self.book, self.learned, self.branches, self._init_keys)
+
+    # ---- what it has learned (`law_state.SearchLaws`) ----------------------------------------
+    @property
+    def fit(self) -> Optional[LossLaw]:
+        """The online L(N, D) fit (None before `min_fit_cells` cells resolved or when it failed)."""
+        return self.learned.fit
+
+    @property
+    def hparams(self) -> HparamLaws:
+        """The lr*/batch* laws (settable: a cached search's are restored into a fresh planner)."""
+        return self.learned.hparams
+
+    @hparams.setter
+    def hparams(self, value: HparamLaws) -> None:
+        self.learned.hparams = value
+
+    @property
+    def checks(self) -> list[dict[str, Any]]:
+        """Transfer: the law checks near the target and what they found (settable, as `hparams`)."""
+        return self.learned.checks
+
+    @checks.setter
+    def checks(self, value: list[dict[str, Any]]) -> None:
+        self.learned.checks = value
 
     # ---- the Planner interface ---------------------------------------------------------------
     @property
@@ -110,7 +134,7 @@ class LawGuidedPlanner:
                 return Done(self.stopped)
             if len(self.book.open_cells()) >= self.config.max_open_cells:
                 break
-            choice = self._choose_cell()
+            choice = self.choice.next()
             if choice is None or isinstance(choice, Wait):
                 wait = choice or wait  # its reason, when the choice was to wait
                 break
@@ -193,25 +217,23 @@ class LawGuidedPlanner:
 
     def estimate(self) -> list[dict[str, Any]]:
         """Per target C: N*, D*, L* with intervals from the current fit, and lr*, batch* from the laws."""
-        return self.fit.estimate(self.targets, self.config.level, self.predict_hparams) if self.fit else []
+        return self.learned.estimate()
 
     def laws(self) -> dict[str, Any]:
         """The laws learned so far (JSON-clean): L(N, D)'s form and parameters, lr*, batch*."""
-        loss = {"form": self.fit.form, "params": self.fit.params} if self.fit else None
-        return {"loss": loss, **self.hparams.to_dict()}
+        return self.learned.to_dict()
 
     def predict_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
         """lr and batch to run at (N, D): the laws learned so far (hedged lr), or (None, None)."""
-        return self.hparams.predict(N, D, self.checks)
+        return self.learned.predict(N, D)
 
     def hparam_intervals(self, N: float, D: float, level: float = 0.9) -> Optional[dict[str, dict[str, float]]]:
         """Intervals of lr*, batch* at (N, D) (transfer's joint surface; None without one)."""
-        return self.hparams.intervals(N, D, self.checks, level)
+        return self.learned.intervals(N, D, level)
 
     def loss_backtest(self) -> Optional[dict[str, Any]]:
         """Backtest of L(N, D) by size on the searched cells (`loss_law.backtest_by_size`)."""
-        N, D, L = self._fit_points()
-        return backtest_by_size(N, D, L, self.config.noise, law=self.config.law, loss=self.config.loss)
+        return self.learned.backtest(self._fit_points())
 
     # ---- cell search -------------------------------------------------------------------------
     def _ready(self, cell: SearchCell) -> list[Point]:
@@ -253,110 +275,19 @@ class LawGuidedPlanner:
             return
         cell.state = "resolved" if cell.best() is not None else "abandoned"
         if cell.open_info.get("check"):
-            rec = law_checks.check_record(cell, self._noise())
+            rec = law_checks.check_record(cell, self.learned.noise(self._fit_points()))
             self.checks.append(rec)
             self.decisions.append({"action": "check", "trial_id": None, "committed_flops": self.committed, **rec})
         if cell.state == "resolved":
             self._refit()
 
     def _open(self, cell: SearchCell, info: dict[str, Any]) -> None:
-        """Start searching `cell`: a coarse lr scan without a law, else the law's point and its neighbours."""
+        """Start searching `cell` (`cell_start.CellStart`: a coarse scan, or the law's point and neighbours)."""
         self._opened += 1
         cell.state, cell.order, cell.open_info = "open", self._opened, info
-        if self.hparams.lr_law is None:
-            cell.scan(self.config.scan_points)
-            return
-        lr, batch = self.predict_hparams(cell.N, cell.D)
-        start = cell.nearest(lr, batch)
-        if start is None:
-            cell.state = "abandoned"
-            return
-        cell.start, cell.start_from = start, self.hparams.source()
-        if info.get("check") and self._check_lattice(cell, info["law_lr"], info["law_batch"]):
-            return
-        if self.transfer and cell.key not in self._init_keys and self._law_point(cell, lr, batch):
-            return
-        square = self.config.neighbourhood == "square"
-        cell.queue = [start] + cell.neighbours(start, square)
-        cell.why[start] = f"law's point: lr*={lr:.3g}, batch*={batch:.0f} ({cell.start_from})"
-        for q in cell.queue[1:]:
-            cell.why[q] = "neighbour of the law's point (local-minimum certificate)"
+        self.start.begin(cell, info)
 
-    def _law_point(self, cell: SearchCell, lr: float, batch: float) -> bool:
-        """Transfer: the cell's one run at the learned point (`transfer.law_point`), with WSD branching a
-        branch of a finished trunk of its size where the bowl allows, else a trunk; False: search the lattice."""
-        if self.branches is not None:
-            offer = self.branches.offer(cell, self.predict_hparams, self.hparams.surface_)
-            if offer is not None:
-                self.book.adopt(cell, LAW_POINT, self.branches.adopt(cell, offer, lr, batch))
-                return True
-        t = law_point(self.design, cell, lr, batch, self.hparams.source())
-        if t is not None:
-            if self.branches is not None:
-                t = self.branches.first(t)
-            self.book.adopt(cell, LAW_POINT, t)
-        return t is not None
-
-    def _check_lattice(self, cell: SearchCell, lr: float, batch: float) -> bool:
-        """A law check's cell: its lattice re-centred on the law's point (`checks.check_lattice`)."""
-        trials = law_checks.check_lattice(self.design, cell, lr, batch, self.config, law_checks.lr_step(self.design))
-        if trials is None:
-            return False
-        src = self.hparams.source()
-        for p, t in trials.items():
-            self.book.adopt(cell, p, t)
-        cell.start_from = "law check (" + src + ")"
-        cell.why[cell.start] += f" ({src})"
-        return True
-
-    # ---- choosing cells ----------------------------------------------------------------------
-    def _choose_cell(self) -> Choice:
-        closed = [c for c in self.cells if c.state == "closed" and self._affordable(c)]
-        if not closed:
-            return None
-        resolved = [c for c in self.cells if c.state == "resolved"]
-        init_left = [c for c in closed if c.key in self._init_keys]
-        if init_left:
-            scanning = sum(1 for c in self.cells if c.start_from == "coarse scan" and c.state == "open")
-            if not resolved and scanning >= self.config.init_scans:
-                return Wait("another blind scan would waste runs: wait for the first optimum")
-            return init_left[0], {"why": "initial design (smallest sizes, cheapest first)",
-                                  "alternatives": len(init_left)}
-        if self.transfer and any(c.state == "open" and c.key in self._init_keys for c in self.cells):
-            return Wait("transfer: the laws come from the whole initial design")
-        if self.transfer and self.fit is not None:
-            check = law_checks.next_check(self.cells, closed, self.fit, self.hparams, self.checks, self.config,
-                                          self.book.grid_flops, law_checks.lr_step(self.design))
-            if check is not None:
-                return check
-        if self.fit is None:
-            if self.book.open_cells():
-                return Wait("the L(N, D) fit needs these cells' results")
-            return closed[0], {"why": "L(N, D) not fitted yet" + (f" ({self._fit_error})" if self._fit_error else "")
-                               + ": cheapest remaining cell", "alternatives": len(closed)}
-        cost = None
-        if self.branches is not None:  # a cell another run of its size offers a checkpoint costs the rest
-            predict, surface = self.predict_hparams, self.hparams.surface_
-            cost = lambda c: self.branches.cost(c, predict, surface)  # noqa: E731
-        choice = acquisition.acquire(closed, self.book.open_cells(), self.fit, self.targets, self.config,
-                                     identified=self._identified(), noise=self._noise(),
-                                     runs=acquisition.expected_runs(self.cells, self.config), streak=self._streak,
-                                     cost=cost)
-        return self._wait_for_checkpoint(choice)
-
-    def _wait_for_checkpoint(self, choice: Choice) -> Choice:
-        """WSD branching: a chosen cell that a run of its size still going would let start later in its
-        schedule waits for that run (it was scored at that cost) instead of training from scratch."""
-        if self.branches is None or not isinstance(choice, tuple):
-            return choice
-        cell = choice[0]
-        now = self.branches.offer(cell, self.predict_hparams, self.hparams.surface_)
-        later = self.branches.offer(cell, self.predict_hparams, self.hparams.surface_, pending=True)
-        if later is not None and later["state"] == "running" and (now is None or later["share"] > now["share"]):
-            return Wait(f"cell N={cell.N:.3g}, D={cell.D:.3g} waits for {later['source']} of its size: it will "
-                        f"start from its checkpoint at step {later['step']} ({later['share']:.0%} of its steps)")
-        return choice
-
+    # ---- choosing cells (`choice.CellChoice`) ------------------------------------------------
     def _take_resumed_branches(self) -> None:
         """A resumed (or replayed) search that stops with WSD branches of the earlier run still unplanned:
         the run handed them out while the trials that stopped it were running, and they ended. Each joins
@@ -381,39 +312,15 @@ class LawGuidedPlanner:
     def _affordable(self, cell: SearchCell) -> bool:
         return self.book.affords(cell.flops)
 
-    def _identified(self) -> bool:
-        """Whether the resolved cells span min_sizes model sizes."""
-        # With two sizes the bootstrap cannot see that A/N^alpha and E trade off: its intervals are
-        # narrow and wrong, so neither pruning nor the tolerance may act on them yet.
-        return len({c.key[0] for c in self.cells if c.state == "resolved"}) >= self.config.min_sizes
-
-    def _noise(self) -> float:
-        """Relative noise of a cell's best loss: the fit's robust residual scale, floored."""
-        N, D, L = self._fit_points()
-        return self.fit.noise(N, D, L, self.config.noise) if self.fit is not None else self.config.noise
-
-    # ---- laws --------------------------------------------------------------------------------
+    # ---- laws ----------------------------------------------------------------------------------
     def _fit_points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.book.fit_points()
 
     def _refit(self) -> None:
-        """Refit the hyperparameter laws and L(N, D) on the resolved cells; check the stopping rule."""
-        self.hparams.fit([c for c in self.cells if c.state == "resolved" and LAW_POINT not in c.trials])
-        N, D, L = self._fit_points()
-        if len(N) < self.config.min_fit_cells:
-            return
-        try:
-            self.fit = fit_loss(N, D, L, bootstrap=self.config.bootstrap, seed=self.seed, targets=self.targets,
-                                level=self.config.level, law=self.config.law, loss=self.config.loss)
-            self._fit_error = None
-        except ValueError as exc:
-            self.fit, self._fit_error = None, str(exc)
-            return
-        done, why = stopping.stop_rule(self.fit, self.targets, self.config)
-        if self.transfer and any(c.state in ("closed", "open") for c in self.cells if c.key in self._init_keys):
-            done = False  # the laws the proposal uses come from the whole initial design
-        self._streak = self._streak + 1 if done and self._identified() else 0
-        if self._streak >= self.config.stop_streak:
+        """Refit the laws on the resolved cells (`law_state.SearchLaws.refit`); stop when its rule says so."""
+        initial_open = self.transfer and any(c.state in ("closed", "open") for c in self.cells if c.key in self._init_keys)
+        why = self.learned.refit(self.cells, self._fit_points(), initial_design_done=not initial_open)
+        if why is not None:
             self._stop(why)
 
     # ---- bookkeeping -------------------------------------------------------------------------
