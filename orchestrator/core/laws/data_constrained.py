@@ -227,12 +227,8 @@ def _seeds(prob: _Problem) -> list[np.ndarray]:
 
 
 def _best(prob: _Problem, starts) -> tuple[np.ndarray, float]:
-    best = None
-    for x0 in starts:
-        x, f = prob.polish(x0)
-        if best is None or f < best[1]:
-            best = (x, f)
-    return best
+    # the lowest objective over the polished starts (the first of equals)
+    return min((prob.polish(x0) for x0 in starts), key=lambda xf: xf[1], default=None)
 
 
 def fit_data_constrained(

@@ -126,12 +126,8 @@ def _polish(theta0, logN, logD, logL, loss_fn, w):
 
 def _fit_theta(logN, logD, logL, loss_fn, w, starts=None):
     starts = list(starts) if starts is not None else _seeds(logN, logD, logL, loss_fn, w)
-    best = None
-    for t0 in starts:
-        t, f = _polish(t0, logN, logD, logL, loss_fn, w)
-        if best is None or f < best[1]:
-            best = (t, f)
-    return best
+    # the lowest objective over the polished starts (the first of equals)
+    return min((_polish(t0, logN, logD, logL, loss_fn, w) for t0 in starts), key=lambda tf: tf[1], default=None)
 
 
 def fit_kaplan(
