@@ -533,8 +533,7 @@ def run_scalesweep(grid: Grid, spec_data: dict[str, Any], concurrency: int, mode
 
         advice = planner.hparam_advice()
         fit = sweep_fit(SweepData(completed_points(recs), [], []), spec, spec.budget.targets, bootstrap=0,
-                        hparams=advice.predict if advice else None,
-                        hparam_intervals=advice.intervals if advice else None)
+                        advice=advice)
         notes = [f"{type(planner).__name__} driven as PlannerSearcher does; regret scores its own proposal "
                  "(its learned lr/batch laws)"]
         if parts["pruner"]:

@@ -21,7 +21,8 @@ from typing import Any, Optional, Sequence
 
 from ..core.planning.branching import spent_flops
 from ..config.fitting import fit_settings
-from ..core.proposals import HparamRule, IntervalRule, SweepFit, fit_and_propose
+from ..core.planning.protocol import HparamAdvice
+from ..core.proposals import SweepFit, fit_and_propose
 
 log = logging.getLogger(__name__)
 
@@ -161,19 +162,21 @@ def family_of(spec: Any) -> str:
     return spec.model.family if spec is not None else "gpt"
 
 def sweep_fit(data: SweepData, spec: Any, targets: Sequence[float], *, bootstrap: Optional[int] = None,
-              hparams: Optional[HparamRule] = None, hparam_intervals: Optional[IntervalRule] = None) -> SweepFit:
+              advice: Optional[HparamAdvice] = None) -> SweepFit:
     """L(N, D) and proposals for `targets` with the spec's fit settings (`bootstrap` overrides the spec's);
-    each proposal carries its resource plan on the spec's device when there is a spec."""
+    each proposal carries its resource plan on the spec's device when there is a spec. `advice`: a
+    planner's lr/batch laws and loss correction (default: a law/transfer sweep's replayed search's)."""
     resources = None
     if spec is not None:
         from ..config.trials import proposal_resources
 
         resources = proposal_resources(spec)
-    if hparams is None and (replay := search_replay(data, spec)) is not None and replay.advice is not None:
-        hparams, hparam_intervals = replay.advice.predict, replay.advice.intervals
-    return fit_and_propose(data.points, list(targets), **fit_settings(spec, bootstrap), hparams=hparams,
-                           resources=resources, diverged=data.diverged, family=family_of(spec),
-                           hparam_intervals=hparam_intervals, task_rows=data.task_rows)
+    if advice is None and (replay := search_replay(data, spec)) is not None:
+        advice = replay.advice
+    return fit_and_propose(data.points, list(targets), **fit_settings(spec, bootstrap),
+                           hparams=advice.predict if advice else None, resources=resources, diverged=data.diverged,
+                           family=family_of(spec), hparam_intervals=advice.intervals if advice else None,
+                           task_rows=data.task_rows, corrected_loss=advice.corrected_loss if advice else None)
 
 def check_budgets(budgets: Sequence[float]) -> list[float]:
     """Budgets as floats, or BadBudget naming the first that is not a positive finite FLOP count.
@@ -242,9 +245,9 @@ def laws(data: SweepData, spec: Any, bootstrap: Optional[int] = None) -> dict[st
     settings = fit_settings(spec, bootstrap)
     # a search's WSD branches count as its own fit counted them (as in `propose` and fit.json)
     replay = search_replay(data, spec)
-    rule = replay.advice.predict if replay is not None and replay.advice is not None else None
+    advice = replay.advice if replay is not None else None
     fit = fit_and_propose(data.points, [], **settings, family=family_of(spec),
-                          corrected_loss=getattr(rule, "corrected_loss", None))
+                          corrected_loss=advice.corrected_loss if advice is not None else None)
     hp, reason = hparam_laws(data.points, data.diverged, settings["bootstrap"], settings["level"], settings["seed"])
     return jsonable({"law": fit.fit.to_json() if fit.fit is not None else None, "cells": fit.cells,
                      "warnings": fit.warnings, "hparams": hp, "hparams_reason": reason, "n_trials": len(data.points)})

@@ -172,13 +172,12 @@ class _RestoredSearch:
         return loss * self.loss_factors.get(trial_id, 1.0)
 
 
-def loss_factors(planner: Any) -> dict[str, float]:
+def loss_factors(planner: Any, advice: Any) -> dict[str, float]:
     """trial id -> the factor the search's L(N, D) fit applies to that run's loss, where it is not 1 (its
-    corrected WSD branches: `branches.corrected_loss` scales the loss); {} for a planner without one."""
-    fitted = getattr(planner, "loss_as_fitted", None)
-    if fitted is None:
+    corrected WSD branches: `branches.corrected_loss` scales the loss); {} for advice without a correction."""
+    if advice is None or advice.corrected_loss is None:
         return {}
-    factors = {t.trial_id: fitted(t.trial_id, 1.0) for t in planner.trials}
+    factors = {t.trial_id: advice.corrected_loss({"loss": 1.0, "trial_id": t.trial_id}) for t in planner.trials}
     return {tid: f for tid, f in factors.items() if f != 1.0}
 
 
@@ -196,9 +195,9 @@ def _restore(doc: dict[str, Any], key: str, spec: Any) -> Optional[tuple[Any, li
         for name, value in doc["advice"].items():
             setattr(planner, name, decode(value))
         advice = planner.hparam_advice()
-        if advice is not None and hasattr(advice.predict, "corrected_loss"):
+        if advice is not None and advice.corrected_loss is not None:
             rule = SearchRule(_RestoredSearch(planner, {str(k): float(v) for k, v in doc["loss_factors"].items()}))
-            advice = HparamAdvice(rule, rule.intervals)
+            advice = HparamAdvice(rule, rule.intervals, rule.corrected_loss)
     return advice, list(doc["next_trials"]), doc["done"]
 
 
@@ -214,7 +213,7 @@ def save(sweep_dir: Optional[Path], key: str, spec: Any, planner: Any, next_tria
     try:
         state = None if live is None else {name: encode(getattr(planner, name)) for name in ADVICE_STATE}
         doc = {"format": FORMAT, "key": key, "source": source, "done": done, "next_trials": list(next_trials), "advice": state,
-               "loss_factors": loss_factors(planner)}
+               "loss_factors": loss_factors(planner, live)}
         text = json.dumps(doc, allow_nan=False)
         restored = _restore(json.loads(text), key, spec)
     except (TypeError, ValueError, KeyError, AttributeError, ImportError) as exc:
@@ -254,7 +253,7 @@ def same_advice(a: Any, b: Any, planner: Any) -> bool:
 
 def same_losses(a: Any, b: Any, planner: Any) -> bool:
     """Whether two advices' rules count every trial's loss alike (`corrected_loss`, when they have one)."""
-    fa, fb = (getattr(x.predict, "corrected_loss", None) if x is not None else None for x in (a, b))
+    fa, fb = (x.corrected_loss if x is not None else None for x in (a, b))
     if fa is None or fb is None:
         return fa is None and fb is None
     return all(fa({"loss": 1.0, "trial_id": t.trial_id}) == fb({"loss": 1.0, "trial_id": t.trial_id})

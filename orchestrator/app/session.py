@@ -18,6 +18,7 @@ from typing import Any, Optional
 import yaml
 
 from ..core.laws.result import jsonable
+from ..core.planning.protocol import HparamAdvice
 from ..core.planning.trial import PlannedTrial
 from ..config.trials import trial_config
 from ..config.planners import make_planner
@@ -652,9 +653,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
                                    f"see docs/trainers.md)")
     if not parent:  # MLflow was slow to create the parent run at the start
         parent = _remember_parent(sweep_dir, tracker)
-    advice = planner.hparam_advice()
-    outcome = summarise(spec, store, tracker, parent, t0, planner.decisions,
-                        advice.predict if advice else None, advice.intervals if advice else None)
+    outcome = summarise(spec, store, tracker, parent, t0, planner.decisions, planner.hparam_advice())
     from .query import save_live_search
 
     save_live_search(store, spec, planner)  # the first `propose`/`status` reads the live search, no replay
@@ -676,11 +675,12 @@ def own_trainer_settings(spec: SweepSpec) -> dict[str, Any]:
 
 
 def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optional[str], t0: float,
-              decisions: Optional[list[dict[str, Any]]] = None, hparams=None, hparam_intervals=None) -> SweepOutcome:
-    """Fit the law on the finished trials, write fit + proposals to the sweep dir and MLflow."""
+              decisions: Optional[list[dict[str, Any]]] = None, advice: Optional[HparamAdvice] = None) -> SweepOutcome:
+    """Fit the law on the finished trials, write fit + proposals to the sweep dir and MLflow; `advice`:
+    the planner's learned lr/batch laws (a law/transfer search's), used as they are."""
     data = SweepData.read(store)  # the query path `scalesweep propose` and the API answer through too
     points, task_rows = data.points, data.task_rows  # task rows: empty unless the spec named eval.tasks
-    fit = sweep_fit(data, spec, spec.budget.targets, hparams=hparams, hparam_intervals=hparam_intervals)
+    fit = sweep_fit(data, spec, spec.budget.targets, advice=advice)
     sweep_dir = spec.sweep_dir()
     doc = jsonable(fit.to_json())
     task_doc, task_plot_data = None, {}

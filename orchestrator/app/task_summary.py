@@ -23,9 +23,10 @@ import numpy as np
 from ..core.laws.downstream import backtest_by_size
 from ..core.laws.downstream_proposals import LOSS_KEYS, fit_tasks
 from ..core.laws.result import jsonable
+from ..core.proposals import SweepFit
 
 
-def summarise_tasks(task_rows: Sequence[dict[str, Any]], sweep_fit: Any = None, *, bootstrap: int = 200,
+def summarise_tasks(task_rows: Sequence[dict[str, Any]], sweep_fit: Optional[SweepFit] = None, *, bootstrap: int = 200,
                     level: float = 0.9, seed: int = 0,
                     targets: Sequence[float] = ()) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """(JSON document, plot data per task). The document: ``{"tasks": {task: fit document +
@@ -34,8 +35,8 @@ def summarise_tasks(task_rows: Sequence[dict[str, Any]], sweep_fit: Any = None, 
     fits, warnings = fit_tasks(task_rows, bootstrap=bootstrap, level=level, seed=seed)
     doc: dict[str, Any] = {"tasks": {}, "warnings": list(warnings), "level": level}
     plot: dict[str, dict[str, Any]] = {}
-    law = getattr(getattr(sweep_fit, "fit", None), "law", None)
-    proposals = list(getattr(sweep_fit, "proposals", None) or [])
+    law = sweep_fit.fit.law if sweep_fit is not None and sweep_fit.fit is not None else None
+    proposals = list(sweep_fit.proposals) if sweep_fit is not None else []
     for task, fit in fits.items():
         rows = [r for r in task_rows if str(r.get("task", "")) == task]
         N = np.array([r["N"] for r in rows], float)

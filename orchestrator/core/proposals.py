@@ -91,7 +91,7 @@ def learned_hparams(runs: Sequence[dict[str, Any]]) -> Optional[HparamRule]:
             hp = fit_surface(*cols) if method == "surface" else fit_hparams(*cols, method=method, bootstrap=0)
         except (HparamError, ValueError, np.linalg.LinAlgError):
             continue
-        return LearnedLaws(hp)
+        return LearnedLaws(hp, hp.intervals if method == "surface" else None)
     return None
 
 
@@ -99,8 +99,9 @@ class LearnedLaws:
     """A fitted hyperparameter law as a proposal rule: (lr*, batch*) at (N, D), and their intervals
     where the fit has a covariance (the joint surface; per-cell fits here are not bootstrapped)."""
 
-    def __init__(self, fit: Any):
+    def __init__(self, fit: Any, interval_rule: Optional["IntervalRule"] = None):
         self.fit = fit
+        self.interval_rule = interval_rule  # the joint surface's intervals (None: a per-cell fit has none)
 
     def __call__(self, n: float, d: float) -> tuple[Optional[float], Optional[float]]:
         lr, batch = self.fit.predict(n, d)
@@ -108,8 +109,7 @@ class LearnedLaws:
         return (lr, batch) if ok else (None, None)
 
     def intervals(self, n: float, d: float, level: float) -> Optional[dict[str, dict[str, float]]]:
-        method = getattr(self.fit, "intervals", None)
-        return method(n, d, level) if callable(method) else None
+        return self.interval_rule(n, d, level) if self.interval_rule is not None else None
 
 
 IntervalRule = Callable[[float, float, float], Optional[dict[str, dict[str, float]]]]  # (N, D, level) -> {lr, batch}
@@ -173,9 +173,9 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     With `task_rows` (a sweep's task metrics, `orchestrator.io.store.final_task_points`) each proposal
     also carries `task_metrics`: the accuracy predicted at its (N, D) per task, with intervals.
 
-    `corrected_loss(point) -> loss`: the loss the fit counts for a finished run, default the
-    `hparams` rule's own (`orchestrator.core.planning.search.advice.SearchRule`: the search's correction of its WSD
-    branches, run off their cell's law point), so the final fit sees the points the search fitted.
+    `corrected_loss(point) -> loss`: the loss the fit counts for a finished run (the law-guided search's
+    `HparamAdvice.corrected_loss`: its correction of its WSD branches, run off their cell's law point), so
+    the final fit sees the points the search fitted; None: every run's own loss.
 
     Points planted on L = 1.7 + 400/N^0.34 + 410/D^0.28 (one lr and batch, so no law of them: the
     nearest cell's); the true optimum at C = 1e19 is N* = 2.23e8, L* = 2.9853:
@@ -187,7 +187,7 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     ('2.23e+08', 2.9853, 'nearest observed cell N=30000000.0, D=2400000000.0')
     """
     warnings: list[str] = []
-    points, note = _corrected(points, corrected_loss or getattr(hparams, "corrected_loss", None))
+    points, note = _corrected(points, corrected_loss)
     warnings.extend(note)
     cells = best_cells(points)
     if not cells:
@@ -203,9 +203,10 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     warnings.extend(fit.warnings)
     warnings.extend(_backtest_warnings(fit))
     if hparams is None:  # only once there is a frontier to propose on
-        hparams = learned_hparams([*points, *diverged])
-    if hparam_intervals is None:
-        hparam_intervals = getattr(hparams, "intervals", None)
+        learned = learned_hparams([*points, *diverged])
+        hparams = learned
+        if hparam_intervals is None and learned is not None:
+            hparam_intervals = learned.intervals
     proposals = []
     budgets = fit.intervals.get("budgets", {})
     for c in targets:

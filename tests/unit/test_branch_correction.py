@@ -72,7 +72,8 @@ def test_the_final_fit_is_unbiased_only_with_the_search_correction():
     points, search = _planted()
     rule = SearchRule(search)
     raw = fit_and_propose(points, [TARGET], law="chinchilla", bootstrap=0, corrected_loss=lambda p: p["loss"])
-    fixed = fit_and_propose(points, [TARGET], law="chinchilla", bootstrap=0, hparams=rule)  # the rule's own
+    fixed = fit_and_propose(points, [TARGET], law="chinchilla", bootstrap=0, hparams=rule,
+                            corrected_loss=rule.corrected_loss)  # the search's own correction
     n_raw, l_raw = _errors(raw)
     n_fix, l_fix = _errors(fixed)
     # uncorrected: the longer budgets look worse than they are, read as a higher floor E; the proposal's
@@ -95,6 +96,6 @@ def test_runs_the_search_did_not_branch_are_left_alone():
     plain = [p for p in points if p["trial_id"] not in search.book.where]
     assert all(rule.corrected_loss(p) == p["loss"] for p in plain)
     assert rule.corrected_loss({"loss": 3.0}) == 3.0  # no trial id: nothing to look up
-    a = fit_and_propose(plain, [TARGET], law="chinchilla", bootstrap=0, hparams=rule)
+    a = fit_and_propose(plain, [TARGET], law="chinchilla", bootstrap=0, hparams=rule, corrected_loss=rule.corrected_loss)
     b = fit_and_propose(plain, [TARGET], law="chinchilla", bootstrap=0)
     assert a.fit.params == b.fit.params and not any("corrected" in w for w in a.warnings)

@@ -49,7 +49,7 @@ def _regret(world: str, grid, planner, recs) -> float:
     advice = planner.hparam_advice()
     target = E.DEFAULT_TARGETS[world]
     fit = fit_and_propose(S.completed_points(recs), [target], bootstrap=0, seed=0, hparams=advice.predict,
-                          hparam_intervals=advice.intervals)
+                          hparam_intervals=advice.intervals, corrected_loss=advice.corrected_loss)
     p = fit.proposals[0]
     return load_world(world).regret({k: p[k] for k in ("N", "D", "lr", "batch")}, target)
 
@@ -112,7 +112,8 @@ def test_the_final_fit_counts_branches_as_the_search_does(arms):
         assert rule.corrected_loss(p) == (corrected_loss(c, p["loss"]) if c is not None else p["loss"])
         moved += c is not None and c.open_info["bowl_penalty"] > 0
     assert moved > 0
-    fit = fit_and_propose(points, [E.DEFAULT_TARGETS["crossing"]], bootstrap=0, hparams=rule)
+    fit = fit_and_propose(points, [E.DEFAULT_TARGETS["crossing"]], bootstrap=0, hparams=rule,
+                          corrected_loss=rule.corrected_loss)
     assert any(w.startswith(f"{moved} WSD branch loss(es) corrected") for w in fit.warnings)
     searched = {(round(n), round(d)): loss for n, d, loss in zip(*planner.book.fit_points())}
     for c in branched.values():  # the search's fit point of a branched cell is the final fit's cell

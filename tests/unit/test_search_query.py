@@ -68,7 +68,7 @@ def finished(tmp_path_factory):
 
     spec, store, planner = _drive(tmp_path_factory.mktemp("law") / "law")
     advice = planner.hparam_advice()  # what the controller hands summarise at the end of a sweep
-    summarise(spec, store, None, None, time.monotonic(), planner.decisions, advice.predict, advice.intervals)
+    summarise(spec, store, None, None, time.monotonic(), planner.decisions, advice)
     return spec, store, planner
 
 

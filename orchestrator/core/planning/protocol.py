@@ -50,10 +50,14 @@ Step = Union["PlannedTrial", Wait, Done]  # what next_trial() returns
 @dataclass(frozen=True)
 class HparamAdvice:
     """A planner's learned hyperparameter laws, for the proposals: `predict(N, D) -> (lr, batch)`
-    (None, None when it has none there) and `intervals(N, D, level) -> dict | None`."""
+    (None, None when it has none there), `intervals(N, D, level) -> dict | None`, and
+    `corrected_loss(point) -> loss`: a finished run's loss as the planner's own L(N, D) fit counted it
+    (the search's WSD branches; None: every loss as it is). Callers pass the fields on explicitly
+    (`core.proposals.fit_and_propose`), nothing is looked up by name."""
 
     predict: Callable[[float, float], tuple[Optional[float], Optional[float]]]
     intervals: Optional[Callable[..., Optional[dict[str, Any]]]] = None
+    corrected_loss: Optional[Callable[[Mapping[str, Any]], float]] = None
 
 
 @runtime_checkable

@@ -200,7 +200,7 @@ class LawGuidedPlanner:
         """The learned lr/batch laws (hedged lr) and their intervals, for the proposals; the rule also
         carries the search's loss correction of its WSD branches (`advice.SearchRule`)."""
         rule = SearchRule(self)
-        return HparamAdvice(rule, rule.intervals)
+        return HparamAdvice(rule, rule.intervals, rule.corrected_loss)
 
     def loss_as_fitted(self, trial_id: str, loss: float) -> float:
         """A finished run's loss as the search's L(N, D) fit counts it: a cell's WSD branch corrected to
