@@ -657,7 +657,7 @@ def _run(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_progre
     from .query import save_live_search
 
     save_live_search(store, spec, planner)  # the first `propose`/`status` reads the live search, no replay
-    tracker.close("FINISHED")
+    tracker.close("FINISHED", timeout=spec.tracking.close_timeout_s or 30.0)
     return outcome
 
 

@@ -383,6 +383,10 @@ class TrackingSpec(_Strict):
         "when this sweep creates it: s3://bucket/prefix (endpoint and keys from MLFLOW_S3_ENDPOINT_URL, "
         "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), gs://, a local path...; none = mlartifacts beside a SQLite "
         "database, <output_dir>/mlartifacts for a postgresql, mysql or mssql store, the server's choice for http(s)")
+    close_timeout_s: Optional[float] = Field(None, gt=0, le=86400, description="seconds the end of a sweep waits for "
+                                             "MLflow to take its last operations (none = 30); what an unreachable server "
+                                             "has not taken by then stays in <output_dir>/mlflow-spool, replayed by "
+                                             "`scalesweep resume`")
 
     @field_validator("artifact_location")
     @classmethod

@@ -4,8 +4,8 @@
   Ray Tune restarts it and it resumes from that checkpoint (one row per (trial, step), no gap);
 - controller death: `scalesweep run` is SIGKILLed (its whole process group: driver and
   local Ray cluster) mid-sweep; `scalesweep resume` finishes without rerunning what ended;
-- MLflow down: a real `mlflow server` is killed for 10 s mid-sweep (reports go on meanwhile) and
-  restarted on the same port and database; every metric of every trial reaches it;
+- MLflow down: a real `mlflow server` is killed for at least 10 s mid-sweep (reports go on
+  meanwhile) and restarted on the same port and database; every metric of every trial reaches it;
 - NaN loss: a real cause (lr 1e30 on the DeepSpeed trainer; an lr past the simulated world's
   divergence threshold) → the trial is marked diverged (store + MLflow) and the sweep fits;
 - store writes: a store whose folder became a file, and a sweep directory under a file, give
@@ -91,16 +91,24 @@ def _expected_steps(total: int, every: int) -> list[int]:
     return sorted(set(range(every, total + 1, every)) | {total})
 
 
-def _run_in_ray(spec, spec_path: Path, include_dashboard: bool = False):
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local 2-CPU Ray cluster for this module's in-process sweeps, run one after the other
+    (each start and stop of a cluster costs ~9 s of CPU)."""
     import ray
 
-    from orchestrator.app.session import run_sweep
-
-    ray.init(num_cpus=2, include_dashboard=include_dashboard, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        return run_sweep(spec, str(spec_path), show_progress=False)
+        yield
     finally:
         ray.shutdown()
+
+
+def _run_in_ray(spec, spec_path: Path):
+    """The sweep through the real controller, on the module's Ray cluster (`ray_cluster`)."""
+    from orchestrator.app.session import run_sweep
+
+    return run_sweep(spec, str(spec_path), show_progress=False)
 
 
 def _write_spec(root: Path, data: dict) -> tuple:
@@ -127,21 +135,24 @@ def _assert_mlflow_matches_store(uri: str, spec, store: ObservationStore) -> dic
 
 
 # ---------------------------------------------------------------- 1 + 4: worker death, real NaN (DeepSpeed)
+DS_STEPS = 24  # of 1024 tokens: an evaluation and a checkpoint every 4, the kill after the first
 DS_SPEC = {
     "name": "faults-ds",
     "model": {"n_params": [20000], "seq_len": 64},
-    "tokens": {"values": [40 * 1024]},  # 40 steps of 1024 tokens
+    "tokens": {"values": [DS_STEPS * 1024]},
     "learning_rates": [0.003, 1e30],  # 1e30: a real divergence (NaN loss within a few steps)
     "batch_sizes": [1024],
     "schedule": {"kind": "wsd", "warmup": 0.1, "decay": 0.3},
     "eval": {"every": 4, "tokens": 2048},
     "fit": {"bootstrap": 0},
     "checkpoints": {"max_failures": 2},  # every: none = a checkpoint at every evaluation
+    # one trial at a time: the second reuses the first's process (torch and DeepSpeed imported once)
+    "resources": {"max_concurrent": 1},
 }
 
 
 @pytest.fixture(scope="module")
-def killed_worker(tmp_path_factory):
+def killed_worker(ray_cluster, tmp_path_factory):
     """A DeepSpeed sweep whose healthy trial's process is SIGKILLed after its first checkpoint."""
     root = tmp_path_factory.mktemp("faults-ds")
     spec, spec_path = _write_spec(root, dict(DS_SPEC, output_dir=str(root / "sweep")))
@@ -159,7 +170,7 @@ def killed_worker(tmp_path_factory):
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             killed["error"] = repr(exc)
 
-    os.environ["SCALESWEEP_REPORT_DELAY_S"] = "0.5"  # ~5 s of reports: time to kill mid-run
+    os.environ["SCALESWEEP_REPORT_DELAY_S"] = "0.5"  # ~3 s of reports: time to kill mid-run
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
@@ -179,17 +190,17 @@ def test_killed_worker_resumes_from_its_checkpoint(killed_worker):
     assert rec["status"] == "finished", rec
     assert rec["summary"]["restarts"] == 1
     # exactly one row per (trial, step), every evaluation step present (no gap)
-    assert _steps(store, tid) == _expected_steps(40, 4)
+    assert _steps(store, tid) == _expected_steps(DS_STEPS, 4)
     # resumed from the checkpoint, not from scratch: the steps up to the checkpoint were
     # reported once (a restart from step 0 would have reported them again)
     ckpt_step = int(killed["tag"].removeprefix("step"))
     raw = [r["step"] for r in _raw_rows(outcome.sweep_dir) if r["trial_id"] == tid]
-    assert all(raw.count(s) == 1 for s in _expected_steps(40, 4) if s <= ckpt_step), (ckpt_step, raw)
-    assert sorted(set(raw)) == _expected_steps(40, 4)
+    assert all(raw.count(s) == 1 for s in _expected_steps(DS_STEPS, 4) if s <= ckpt_step), (ckpt_step, raw)
+    assert sorted(set(raw)) == _expected_steps(DS_STEPS, 4)
     # a new process ran the rest, and checkpointed to the end
     ckpt = outcome.sweep_dir / "checkpoints" / tid
     assert int((ckpt / "worker-0.pid").read_text()) != killed["pid"]
-    assert (ckpt / "latest").read_text().strip() == "step40"
+    assert (ckpt / "latest").read_text().strip() == f"step{DS_STEPS}"
     # the restart is visible in MLflow; each step logged once despite re-sent reports
     runs = _assert_mlflow_matches_store(spec.tracking_uri(), spec, store)
     assert runs[tid].data.tags["scalesweep.restarts"] == "1"
@@ -203,14 +214,14 @@ def test_nan_loss_on_the_real_trainer_is_marked_diverged(killed_worker):
     rec = store.trials()[tid]
     assert rec["status"] == "diverged" and rec["summary"]["reason"] == "non-finite loss", rec
     last = store.observations(tid).to_pylist()[-1]
-    assert last["done"] and not math.isfinite(last["train_loss"]) and last["step"] < 40
+    assert last["done"] and not math.isfinite(last["train_loss"]) and last["step"] < DS_STEPS
     parent, children = read_sweep_runs(spec.tracking_uri(), spec.name)
     (child,) = [c for c in children if c.data.tags["scalesweep.trial_id"] == tid]
     assert child.data.tags["scalesweep.status"] == "diverged"
     assert outcome.statuses == {"finished": 1, "diverged": 1}
 
 
-# ---------------------------------------------------------------- 2: controller death, `scalesweep resume`
+# ---------------------------------------------------------------- simulated sweeps (2, 3 + 4 below)
 SIM = {
     "model": {"n_params": [20000, 50000, 125000]},
     "tokens": {"values": [262144, 524288]},  # 32 and 64 steps of 8192 tokens
@@ -226,88 +237,16 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator.app.cli", *args]
 
 
-def test_controller_killed_then_resumed(tmp_path):
-    spec, spec_path = _write_spec(tmp_path, dict(SIM, name="faults-ctl", output_dir=str(tmp_path / "sweep")))
-    sweep_dir = spec.sweep_dir()
-    env = {**os.environ, "SCALESWEEP_REPORT_DELAY_S": "0.4", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    log = open(tmp_path / "run.log", "wb")
-    proc = subprocess.Popen(_cli("run", str(spec_path), "--no-progress"), stdout=log, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
-    reader = None
-    try:
-        def progressed():
-            nonlocal reader
-            if proc.poll() is not None:
-                raise AssertionError(f"the sweep ended before it could be killed: {(tmp_path / 'run.log').read_text()[-3000:]}")
-            if not (sweep_dir / "store").is_dir():
-                return False
-            reader = reader or ObservationStore(sweep_dir)
-            states = [r["status"] for r in reader.trials().values()]
-            return states.count("finished") >= 2 and "running" in states
-        _wait_for(progressed, 240, "two finished trials", poll=0.1)
-        time.sleep(0.7)  # a few more reports of the running trials (some not yet flushed)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
-        proc.wait(timeout=30)
-        log.close()
-    assert proc.returncode == -signal.SIGKILL
-
-    store = ObservationStore(sweep_dir)
-    before = store.trials()
-    ended = {t for t, r in before.items() if r["status"] in ("finished", "diverged", "stopped")}
-    interrupted = {t for t, r in before.items() if r["status"] == "running"}
-    assert len(ended) >= 2 and interrupted
-    raw_before = _raw_rows(sweep_dir) + _logged_rows(sweep_dir)  # parts + the write-ahead log
-    events_before = _raw_events(sweep_dir)
-    ckpt_step = {}
-    for tid in interrupted:  # where each interrupted trial will resume
-        state = sweep_dir / "checkpoints" / tid / "simulated.json"
-        ckpt_step[tid] = json.loads(state.read_text())["step"] if state.exists() else 0
-
-    r = subprocess.run(_cli("resume", str(sweep_dir), "--no-progress"), capture_output=True, text=True, env=env,
-                       timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "done" in r.stdout
-
-    store = ObservationStore(sweep_dir)
-    after = store.trials()
-    planned = {t.trial_id: t for t in plan_grid(spec)}
-    assert set(after) == set(planned) and {rec["status"] for rec in after.values()} == {"finished"}
-    # completed trials were not rerun: no new event, no new row
-    old_events = {e["seq"] for e in events_before}
-    new_events = [e for e in _raw_events(sweep_dir) if e["seq"] not in old_events]
-    assert not [e for e in new_events if e["trial_id"] in ended], new_events
-    old_rows = {r["seq"] for r in raw_before}
-    new_rows = [r for r in _raw_rows(sweep_dir) if r["seq"] not in old_rows]
-    assert not [r for r in new_rows if r["trial_id"] in ended]
-    # every trial: exactly one row per (trial, step), no gap -- including the interrupted
-    # ones, which resumed from their checkpoints (steps up to it were not sent again; the
-    # reports the killed controller had logged but not flushed were recovered)
-    for tid, t in planned.items():
-        assert _steps(store, tid) == _expected_steps(t.D // t.batch, 8), tid
-    for tid in interrupted:
-        final = _steps(store, tid)[-1]
-        resent = [r["step"] for r in new_rows if r["trial_id"] == tid]
-        assert resent and all(s > ckpt_step[tid] for s in resent if s != final), (tid, ckpt_step[tid], resent)
-    # one MLflow parent run (reused by the resumed controller) and one child per trial
-    parent, children = read_sweep_runs(spec.tracking_uri(), spec.name)
-    assert parent.info.status == "FINISHED"
-    assert parent.info.run_id == json.loads((sweep_dir / "sweep.json").read_text())["mlflow_parent_run"]
-    assert sorted(c.data.tags["scalesweep.trial_id"] for c in children) == sorted(planned)
-    assert all(c.info.status == "FINISHED" for c in children)
-    # the fit ran on every trial, the earlier ones included (planner state from the store)
-    fit = json.loads((sweep_dir / "fit.json").read_text())
-    assert fit["law"] is not None and all(math.isfinite(v) for v in fit["law"]["params"].values())
-
-
-# ---------------------------------------------------------------- 3 + 4: MLflow server down 10 s; NaN → diverged
+# ---------------------------------------------------------------- 3 + 4: MLflow server down >= 10 s; NaN → diverged
 OUTAGE_S = 10.0  # the tracker's retries back off 0.5, 1, 2, 4, 8 s meanwhile
+# How long the sweep's end waits for the restarted server (`tracking.close_timeout_s`, default 30 s):
+# on a loaded machine the restart (a new `mlflow server` process) can take longer than the rest of
+# the sweep plus 30 s, and what the server has not taken would stay in the spool.
+CLOSE_TIMEOUT_S = 300.0
 
 
 @pytest.fixture(scope="module")
-def mlflow_outage(tmp_path_factory):
+def mlflow_outage(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("faults-mlflow")
     db = root / "server.db"
     MlflowClient(f"sqlite:///{db}").search_experiments()  # migrate once: the server starts faster
@@ -316,7 +255,7 @@ def mlflow_outage(tmp_path_factory):
     # lr 2.0 is past the tiny world's divergence threshold (6 x lr*) for every size: those
     # trials' losses blow up and turn NaN mid-run; the 0.03 ones fit the law.
     data = dict(SIM, name="faults-mlflow", output_dir=str(root / "sweep"), learning_rates=[0.03, 2.0],
-                tracking={"uri": server.url})
+                tracking={"uri": server.url, "close_timeout_s": CLOSE_TIMEOUT_S})
     spec, spec_path = _write_spec(root, data)
     events: dict = {}
 
@@ -345,12 +284,14 @@ def mlflow_outage(tmp_path_factory):
 
     handler = _Records()
     logging.getLogger("orchestrator.io.tracking").addHandler(handler)
-    os.environ["SCALESWEEP_REPORT_DELAY_S"] = "1.0"  # the sweep outlasts the outage and the restart
+    # ~20 s of reports on two CPUs: the outage starts after the first few and lasts past the sweep's
+    # trials on a loaded machine; the sweep's end then delivers everything once the server is back.
+    os.environ["SCALESWEEP_REPORT_DELAY_S"] = "0.5"
     thread = threading.Thread(target=outage, daemon=True)
     thread.start()
     try:
         outcome = _run_in_ray(spec, spec_path)
-        thread.join(timeout=120)
+        thread.join(timeout=CLOSE_TIMEOUT_S)
         yield spec, outcome, server, events, handler.messages
     finally:
         os.environ.pop("SCALESWEEP_REPORT_DELAY_S", None)
@@ -400,6 +341,87 @@ def test_nan_trials_marked_diverged_and_sweep_fits(mlflow_outage):
     fit = json.loads((outcome.sweep_dir / "fit.json").read_text())
     assert fit["law"] is not None and all(math.isfinite(v) for v in fit["law"]["params"].values())
     assert len(fit["proposals"]) == len(spec.budget.targets)
+
+
+# ---------------------------------------------------------------- 2: controller death, `scalesweep resume`
+def test_controller_killed_then_resumed(tmp_path):
+    import ray
+
+    ray.shutdown()  # the in-process sweeps' cluster (they ran before): not idle beside this sweep's own
+    spec, spec_path = _write_spec(tmp_path, dict(SIM, name="faults-ctl", output_dir=str(tmp_path / "sweep")))
+    sweep_dir = spec.sweep_dir()
+    env = {**os.environ, "SCALESWEEP_REPORT_DELAY_S": "0.4", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    log = open(tmp_path / "run.log", "wb")
+    proc = subprocess.Popen(_cli("run", str(spec_path), "--no-progress"), stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    reader = None
+    try:
+        def progressed():
+            nonlocal reader
+            if proc.poll() is not None:
+                raise AssertionError(f"the sweep ended before it could be killed: {(tmp_path / 'run.log').read_text()[-3000:]}")
+            if not (sweep_dir / "store").is_dir():
+                return False
+            reader = reader or ObservationStore(sweep_dir)
+            states = [r["status"] for r in reader.trials().values()]
+            return states.count("finished") >= 2 and "running" in states
+        _wait_for(progressed, 240, "two finished trials", poll=0.1)
+        time.sleep(0.7)  # a few more reports of the running trials (some not yet flushed)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+        proc.wait(timeout=30)
+        log.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    store = ObservationStore(sweep_dir)
+    before = store.trials()
+    ended = {t for t, r in before.items() if r["status"] in ("finished", "diverged", "stopped")}
+    interrupted = {t for t, r in before.items() if r["status"] == "running"}
+    assert len(ended) >= 2 and interrupted
+    raw_before = _raw_rows(sweep_dir) + _logged_rows(sweep_dir)  # parts + the write-ahead log
+    events_before = _raw_events(sweep_dir)
+    ckpt_step = {}
+    for tid in interrupted:  # where each interrupted trial will resume
+        state = sweep_dir / "checkpoints" / tid / "simulated.json"
+        ckpt_step[tid] = json.loads(state.read_text())["step"] if state.exists() else 0
+
+    env.pop("SCALESWEEP_REPORT_DELAY_S")  # nothing is killed any more: the rest runs at full speed
+    r = subprocess.run(_cli("resume", str(sweep_dir), "--no-progress"), capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "done" in r.stdout
+
+    store = ObservationStore(sweep_dir)
+    after = store.trials()
+    planned = {t.trial_id: t for t in plan_grid(spec)}
+    assert set(after) == set(planned) and {rec["status"] for rec in after.values()} == {"finished"}
+    # completed trials were not rerun: no new event, no new row
+    old_events = {e["seq"] for e in events_before}
+    new_events = [e for e in _raw_events(sweep_dir) if e["seq"] not in old_events]
+    assert not [e for e in new_events if e["trial_id"] in ended], new_events
+    old_rows = {r["seq"] for r in raw_before}
+    new_rows = [r for r in _raw_rows(sweep_dir) if r["seq"] not in old_rows]
+    assert not [r for r in new_rows if r["trial_id"] in ended]
+    # every trial: exactly one row per (trial, step), no gap -- including the interrupted
+    # ones, which resumed from their checkpoints (steps up to it were not sent again; the
+    # reports the killed controller had logged but not flushed were recovered)
+    for tid, t in planned.items():
+        assert _steps(store, tid) == _expected_steps(t.D // t.batch, 8), tid
+    for tid in interrupted:
+        final = _steps(store, tid)[-1]
+        resent = [r["step"] for r in new_rows if r["trial_id"] == tid]
+        assert resent and all(s > ckpt_step[tid] for s in resent if s != final), (tid, ckpt_step[tid], resent)
+    # one MLflow parent run (reused by the resumed controller) and one child per trial
+    parent, children = read_sweep_runs(spec.tracking_uri(), spec.name)
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_id == json.loads((sweep_dir / "sweep.json").read_text())["mlflow_parent_run"]
+    assert sorted(c.data.tags["scalesweep.trial_id"] for c in children) == sorted(planned)
+    assert all(c.info.status == "FINISHED" for c in children)
+    # the fit ran on every trial, the earlier ones included (planner state from the store)
+    fit = json.loads((sweep_dir / "fit.json").read_text())
+    assert fit["law"] is not None and all(math.isfinite(v) for v in fit["law"]["params"].values())
 
 
 # ---------------------------------------------------------------- 5: store writes that fail
