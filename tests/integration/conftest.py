@@ -35,9 +35,77 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
-def run_real_sweep(root: Path, data: dict, name: str, num_cpus: int = 2):
-    """Write `data` as ROOT/spec.yaml, run it through the real controller on a fresh local Ray
-    cluster of `num_cpus` CPUs (sweep dir ROOT/NAME), shut Ray down; return (spec, outcome)."""
+# ---------------------------------------------------------------- one local Ray instance for in-process sweeps
+# Starting and stopping a local Ray instance costs ~9 s of CPU (~20 s on a loaded machine); the
+# in-process sweeps of consecutive tests share one through the `local_ray` fixture. It is reused
+# only when it has the CPUs asked for and every CPU is free again (a failed sweep that left trials
+# holding CPUs gets a fresh instance), and it is shut down before any test that does not ask for
+# it, so a test that calls `ray.init` itself (or starts a CLI with its own cluster) finds none.
+# Ray's workers inherit the driver's environment as it was when the instance started: a test that
+# changed the environment (S3 credentials its trials must see) gets a fresh instance.
+_SHARED_RAY: dict = {}
+# read by the driver only (the controller passes the report delay to trials in their config)
+_DRIVER_ONLY_ENV = ("PYTEST_CURRENT_TEST", "SCALESWEEP_REPORT_DELAY_S")
+
+
+def _worker_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _DRIVER_ONLY_ENV}
+
+
+def _shared_ray_usable(num_cpus: int, timeout: float = 30.0) -> bool:
+    import ray
+
+    if not ray.is_initialized() or _SHARED_RAY.get("gcs") != ray.get_runtime_context().gcs_address:
+        return False
+    if _SHARED_RAY.get("env") != _worker_env():
+        return False
+    if ray.cluster_resources().get("CPU") != num_cpus:
+        return False
+    deadline = time.monotonic() + timeout  # a sweep's ended trials release their CPUs within moments
+    while ray.available_resources().get("CPU", 0) < num_cpus:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _stop_shared_ray() -> None:
+    import ray
+
+    if _SHARED_RAY:
+        _SHARED_RAY.clear()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """`local_ray(num_cpus=2)`: make sure the session's shared local Ray instance (dashboard on, as
+    `scalesweep run` starts it) runs with `num_cpus` CPUs, all free; the controller then uses it."""
+    import ray
+
+    def ensure(num_cpus: int = 2) -> None:
+        if _shared_ray_usable(num_cpus):
+            return
+        _stop_shared_ray()
+        ray.shutdown()
+        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
+        _SHARED_RAY.update(gcs=ray.get_runtime_context().gcs_address, env=_worker_env())
+
+    yield ensure
+    _stop_shared_ray()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """A test that does not ask for `local_ray` finds no shared instance running."""
+    if "local_ray" not in getattr(item, "fixturenames", ()):
+        _stop_shared_ray()
+
+
+def run_real_sweep(root: Path, data: dict, name: str, num_cpus: int = 2, local_ray=None):
+    """Write `data` as ROOT/spec.yaml, run it through the real controller on a local Ray cluster
+    of `num_cpus` CPUs (sweep dir ROOT/NAME); return (spec, outcome). With the `local_ray`
+    fixture: on the session's shared instance; without: on a fresh one, shut down after."""
     import ray
 
     from orchestrator.app.session import run_sweep
@@ -46,6 +114,9 @@ def run_real_sweep(root: Path, data: dict, name: str, num_cpus: int = 2):
     spec_path = root / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(data))
     spec = parse_spec(data)
+    if local_ray is not None:
+        local_ray(num_cpus)
+        return spec, run_sweep(spec, str(spec_path), show_progress=False)
     ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
     try:
         outcome = run_sweep(spec, str(spec_path), show_progress=False)
@@ -72,11 +143,11 @@ VIEW_SPEC = {
 
 
 @pytest.fixture(scope="session")
-def viewed_sweep(tmp_path_factory):
-    """VIEW_SPEC run with `scalesweep run`, then `scalesweep resume` (a second refit), on a fresh
-    2-CPU local Ray cluster: the sweep dir, the two commands' output, the root, the parsed spec and
-    the MLflow parent run. Readers may add files (a report), never change what is there."""
-    import ray
+def viewed_sweep(tmp_path_factory, local_ray):
+    """VIEW_SPEC run with `scalesweep run`, then `scalesweep resume` (a second refit), on the
+    session's 2-CPU local Ray instance (`local_ray`): the sweep dir, the two commands' output, the
+    root, the parsed spec and the MLflow parent run. Readers may add files (a report), never change
+    what is there."""
     from typer.testing import CliRunner
 
     from orchestrator.app.cli import get_app
@@ -85,14 +156,11 @@ def viewed_sweep(tmp_path_factory):
     spec_path = root / "spec.yaml"
     spec_path.write_text(yaml.safe_dump({**VIEW_SPEC, "output_dir": str(root / "view")}))
     runner, app = CliRunner(), get_app()
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
-    try:
-        run = runner.invoke(app, ["run", str(spec_path), "--no-progress"])
-        assert run.exit_code == 0, run.output
-        resumed = runner.invoke(app, ["resume", str(root / "view"), "--no-progress"])
-        assert resumed.exit_code == 0, resumed.output
-    finally:
-        ray.shutdown()
+    local_ray(2)
+    run = runner.invoke(app, ["run", str(spec_path), "--no-progress"])
+    assert run.exit_code == 0, run.output
+    resumed = runner.invoke(app, ["resume", str(root / "view"), "--no-progress"])
+    assert resumed.exit_code == 0, resumed.output
     sweep_dir = root / "view"
     return {"dir": sweep_dir, "run": run.stdout, "resumed": resumed.stdout, "root": root,
             "spec": load_spec(sweep_dir / "spec.yaml"),

@@ -70,22 +70,17 @@ def _wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _run(spec_data: dict, root: Path):
-    import ray
-
+def _run(spec_data: dict, root: Path, local_ray):
     from orchestrator.app.session import run_sweep
 
     path = root / "spec.yaml"
     path.write_text(yaml.safe_dump(spec_data))
     spec = parse_spec(spec_data)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        return spec, run_sweep(spec, str(path), show_progress=False)
-    finally:
-        ray.shutdown()
+    local_ray(2)  # the session's 2-CPU local Ray instance (conftest.py)
+    return spec, run_sweep(spec, str(path), show_progress=False)
 
 
-def _sweep(backend: str, root: Path):
+def _sweep(backend: str, root: Path, local_ray):
     """The 4-lr sweep with the KILLED_LR trial SIGKILLed after its first periodic checkpoint."""
     data = {**BASE, "name": f"own-{backend}", "trainer": TRAINERS[backend], "output_dir": str(root / "sweep")}
     spec = parse_spec(data)
@@ -107,14 +102,14 @@ def _sweep(backend: str, root: Path):
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    spec, outcome = _run(data, root)
+    spec, outcome = _run(data, root, local_ray)
     thread.join(timeout=5)
     return spec, outcome, victim, killed
 
 
 @pytest.fixture(scope="module", params=["command", "python"])
-def sweep(request, tmp_path_factory):
-    return (request.param, *_sweep(request.param, tmp_path_factory.mktemp(f"own-{request.param}")))
+def sweep(request, tmp_path_factory, local_ray):
+    return (request.param, *_sweep(request.param, tmp_path_factory.mktemp(f"own-{request.param}"), local_ray))
 
 
 def _raw_steps(sweep_dir: Path, tid: str) -> list[int]:
@@ -203,9 +198,7 @@ def test_every_report_and_the_trainers_own_metrics_reach_mlflow(sweep):
     assert parent.data.params["trainer.options.step_sleep_s"] == "0.05"
 
 
-def test_a_trainer_that_never_reports_ends_the_sweep_with_exit_2(tmp_path):
-    import ray
-
+def test_a_trainer_that_never_reports_ends_the_sweep_with_exit_2(tmp_path, local_ray):
     from orchestrator.app.cli import get_app
 
     data = {**BASE, "name": "silent", "learning_rates": [1e-3], "pruning": {"enabled": False},
@@ -214,12 +207,9 @@ def test_a_trainer_that_never_reports_ends_the_sweep_with_exit_2(tmp_path):
             "output_dir": str(tmp_path / "sweep")}
     path = tmp_path / "silent.yaml"
     path.write_text(yaml.safe_dump(data))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        t0 = time.monotonic()
-        res = CliRunner().invoke(get_app(), ["run", str(path), "--no-progress"])
-    finally:
-        ray.shutdown()
+    local_ray(2)
+    t0 = time.monotonic()
+    res = CliRunner().invoke(get_app(), ["run", str(path), "--no-progress"])
     assert res.exit_code == 2, res.output
     assert "trainer.first_report_timeout_s" in res.output and "3 s" in res.output
     assert time.monotonic() - t0 < 120  # not 3 attempts x 600 s: the first timeout ended the sweep
@@ -227,7 +217,7 @@ def test_a_trainer_that_never_reports_ends_the_sweep_with_exit_2(tmp_path):
     assert "first_report_timeout_s" in json.dumps(rec["summary"])
 
 
-def test_wsd_branches_restore_the_scripts_own_trunk_checkpoints(tmp_path):
+def test_wsd_branches_restore_the_scripts_own_trunk_checkpoints(tmp_path, local_ray):
     """One trunk (48 steps) and two cooldown branches (12, 24 steps) through the command backend."""
     data = {**BASE, "name": "own-branch", "learning_rates": [3e-3], "pruning": {"enabled": False},
             "tokens": {"values": [12 * 2048, 24 * 2048, 48 * 2048]},
@@ -236,7 +226,7 @@ def test_wsd_branches_restore_the_scripts_own_trunk_checkpoints(tmp_path):
             "trainer": {**TRAINERS["command"], "options": {}}, "output_dir": str(tmp_path / "sweep")}
     from orchestrator.io.store import final_points
 
-    spec, outcome = _run(data, tmp_path)
+    spec, outcome = _run(data, tmp_path, local_ray)
     store = ObservationStore(outcome.sweep_dir)
     assert {r["status"] for r in store.trials().values()} == {"finished"}
     points = sorted(final_points(store), key=lambda p: p["D"])
@@ -253,12 +243,12 @@ def test_wsd_branches_restore_the_scripts_own_trunk_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["command", "python"])
-def test_a_two_worker_trial(backend, tmp_path):
+def test_a_two_worker_trial(backend, tmp_path, local_ray):
     """command: two processes launched torchrun-style by the trial; python: the function on two Ray Train workers."""
     data = {**BASE, "name": f"own-2w-{backend}", "learning_rates": [3e-3], "pruning": {"enabled": False},
             "tokens": {"values": [24 * 2048]}, "resources": {"workers": 2},
             "trainer": {**TRAINERS[backend], "options": {}}, "output_dir": str(tmp_path / "sweep")}
-    spec, outcome = _run(data, tmp_path)
+    spec, outcome = _run(data, tmp_path, local_ray)
     store = ObservationStore(outcome.sweep_dir)
     (tid, rec), = store.trials().items()
     assert rec["status"] == "finished" and rec["config"]["workers"] == 2, rec
