@@ -8,11 +8,12 @@ hints (the spec's load checks size trials through `orchestrator.config.sizing`, 
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..core.family import count_params, shape_for
 from ..core.planning.design import Design, ResourceConfig, SizeResources
 from ..core.planning.search.config import SearchConfig
+from ..core.resources import AUTO
 
 if TYPE_CHECKING:  # the spec imports orchestrator.config.sizing, which imports this module
     from .spec import FitSpec, SearchSpec, SweepSpec
@@ -26,8 +27,21 @@ def resource_config(spec: "SweepSpec", machine: bool = False) -> ResourceConfig:
     return ResourceConfig(
         plan=res.plan, device=device, max_workers=res.max_workers, micro_batch=res.micro_batch,
         check=not (res.plan == "manual" and (device is None or spec.trainer.backend == "simulated")),
-        sizes=tuple((n, SizeResources(settings=tuple(res.settings(n).values()), manual=res.for_size(n)))
-                    for n in spec.model.sizes()))
+        sizes=tuple((n, size_resources(spec, n)) for n in spec.model.sizes()))
+
+
+def size_resources(spec: "SweepSpec", n: int) -> SizeResources:
+    """How the trials of `n` parameters are sized (`ResourcesSpec.settings`): the spec's `auto` becomes
+    the core's `AUTO`, each setting with the spec field it comes from."""
+    res = spec.resources
+    settings = res.settings(n)
+
+    def typed(value: Any) -> Any:
+        return AUTO if value == "auto" else value
+
+    (workers, wf), (stage, sf), (micro, mf) = (settings[k] for k in ("workers", "zero_stage", "micro_batch"))
+    return SizeResources(workers=typed(workers), zero_stage=typed(stage), micro_batch=typed(micro),
+                         fields=(wf, sf, mf), manual=res.for_size(n))
 
 
 def design_of(spec: "SweepSpec", machine: bool = False) -> Design:
@@ -60,4 +74,4 @@ def search_config_of(search: "SearchSpec", fit: Optional["FitSpec"] = None) -> S
     return SearchConfig(**values)
 
 
-__all__ = ["design_of", "resource_config", "search_config", "search_config_of"]
+__all__ = ["design_of", "resource_config", "search_config", "search_config_of", "size_resources"]

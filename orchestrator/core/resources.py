@@ -44,6 +44,7 @@ largest power-of-two micro-batch that divides the worker's share of the global b
 """
 from __future__ import annotations
 
+import enum
 import math
 import os
 from dataclasses import asdict, dataclass, replace
@@ -67,7 +68,16 @@ GiB = float(2**30)
 GB = 1e9
 
 Kind = Literal["cpu", "gpu"]
-Auto = Literal["auto"]
+
+
+class Auto(enum.Enum):
+    """A resource setting the memory model chooses (the spec's `auto`): `AUTO`, a value of its own type,
+    never the string (`orchestrator.config.planning` converts the spec's word)."""
+
+    AUTO = "auto"
+
+
+AUTO = Auto.AUTO
 
 
 class ResourceError(ValueError):
@@ -456,10 +466,10 @@ def _label(stage: int, workers: int, micro: int, ckpt: bool) -> str:
 
 
 def plan_resources(n_params: int, seq_len: int, batch_tokens: int, device: DeviceSpec, max_workers: int = 1, *,
-                   zero_stage: Union[int, Auto] = "auto", workers: Union[int, Auto] = "auto",
-                   activation_checkpointing: Union[bool, Auto] = "auto", micro_batch: Union[int, Auto] = "auto",
+                   zero_stage: Union[int, Auto] = AUTO, workers: Union[int, Auto] = AUTO,
+                   activation_checkpointing: Union[bool, Auto] = AUTO, micro_batch: Union[int, Auto] = AUTO,
                    tokens: Optional[int] = None, dims: Optional[ModelDims] = None,
-                   vocab_size: int = BYTE_VOCAB, precision: Union[str, Auto] = "auto",
+                   vocab_size: int = BYTE_VOCAB, precision: str = "auto",
                    flash_attention: bool = True, mfu: Optional[float] = None,
                    measured_tokens_per_s: Optional[float] = None, exact_flops: bool = False,
                    buffers: ZeroBuffers = ZeroBuffers(), suggest: bool = True) -> ResourcePlan:
@@ -482,7 +492,7 @@ def plan_resources(n_params: int, seq_len: int, batch_tokens: int, device: Devic
     if max_workers < 1:
         raise ResourceError(f"max_workers must be >= 1, got {max_workers}")
 
-    if workers == "auto":
+    if workers is AUTO:
         worker_options = [w for w in range(1, max_workers + 1) if n_seqs % w == 0]
     else:
         w = int(workers)
@@ -492,16 +502,16 @@ def plan_resources(n_params: int, seq_len: int, batch_tokens: int, device: Devic
             raise ResourceError(f"workers={w} does not divide the global batch of {n_seqs} sequences "
                                 f"({batch_tokens} tokens / seq_len {seq_len})")
         worker_options = [w]
-    if zero_stage == "auto":
+    if zero_stage is AUTO:
         stage_options = [0, 1, 2, 3]
     else:
         if zero_stage not in (0, 1, 2, 3):
             raise ResourceError(f"zero_stage must be 0, 1, 2, 3 or auto, got {zero_stage!r}")
         stage_options = [int(zero_stage)]
-    ckpt_options = [False, True] if activation_checkpointing == "auto" else [bool(activation_checkpointing)]
+    ckpt_options = [False, True] if activation_checkpointing is AUTO else [bool(activation_checkpointing)]
 
     def micro_options(share: int) -> list[int]:
-        if micro_batch == "auto":
+        if micro_batch is AUTO:
             return _pow2_divisors(share)
         m = int(micro_batch)
         if m < 1 or share % m:
@@ -512,7 +522,7 @@ def plan_resources(n_params: int, seq_len: int, batch_tokens: int, device: Devic
         return memory_breakdown(dims, seq_len, m, device, stage, w, ckpt, prec, flash_attention, buffers)
 
     explicit = [k for k, v in (("workers", workers), ("zero_stage", zero_stage), ("micro_batch", micro_batch),
-                               ("activation_checkpointing", activation_checkpointing)) if v != "auto"]
+                               ("activation_checkpointing", activation_checkpointing)) if v is not AUTO]
     smallest: Optional[tuple[MemoryBreakdown, str]] = None  # the closest miss, for the error
     for w in worker_options:
         share = n_seqs // w

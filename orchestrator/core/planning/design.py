@@ -15,22 +15,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from ..family import count_params, shape_for, training_flops
-from ..resources import DeviceSpec, GiB, ModelDims, ResourceError, ResourcePlan, ZeroBuffers, plan_resources
+from ..resources import AUTO, Auto, DeviceSpec, GiB, ModelDims, ResourceError, ResourcePlan, ZeroBuffers, plan_resources
 from .branching import plan_branches
 from .trial import PlannedTrial, trial_id
 
 
 @dataclass(frozen=True)
 class SizeResources:
-    """How the spec sizes the trials of one model size N (`ResourcesSpec.settings` and `for_size`)."""
+    """How the spec sizes the trials of one model size N (`ResourcesSpec.settings` and `for_size`): workers,
+    ZeRO stage and micro-batch, each a number or `AUTO` (plan: auto chooses; micro_batch None: the
+    worker's whole share), and the spec fields they come from (an error names them)."""
 
-    # (value, spec field) of workers, zero_stage, micro_batch: numbers, "auto" (plan: auto chooses) or,
-    # for micro_batch, None (the worker's whole share)
-    settings: tuple[tuple[Any, str], ...] = ((1, "resources.workers"), (0, "resources.zero_stage"),
-                                             (None, "resources.micro_batch"))
+    workers: Union[int, Auto] = 1
+    zero_stage: Union[int, Auto] = 0
+    micro_batch: Union[int, Auto, None] = None
+    fields: tuple[str, str, str] = ("resources.workers", "resources.zero_stage", "resources.micro_batch")
     manual: tuple[int, int] = (1, 0)  # (workers, zero_stage) as plan: manual runs it
 
 
@@ -97,21 +99,22 @@ def trial_resources(design: Design, n_target: int, batch: int) -> Optional[Resou
     if not res.check:
         return None
     seq = design.seq_len
-    settings = res.size(n_target).settings
-    workers, stage, micro = (value for value, _ in settings)
+    size = res.size(n_target)
+    workers, stage, micro = size.workers, size.zero_stage, size.micro_batch
     if micro is None:  # manual: the trainer's default, the worker's whole share
         micro = max(1, batch // seq // workers)
     dims = ModelDims.for_n(n_target, seq, family=design.family)
     try:
         return plan_resources(n_target, seq, batch, res.device,
-                              res.max_workers if workers == "auto" else max(workers, res.max_workers),
+                              res.max_workers if workers is AUTO else max(workers, res.max_workers),
                               workers=workers, zero_stage=stage, micro_batch=micro,
                               activation_checkpointing=False,  # our trainer does not recompute
                               dims=dims, buffers=ZeroBuffers.for_trainer(dims.total_params),
                               exact_flops=design.exact_flops)
     except ResourceError as exc:
         given = ", ".join(f"{field}={'none (the whole share)' if value is None else value}"
-                          for value, field in settings if value != "auto")
+                          for value, field in zip((size.workers, size.zero_stage, size.micro_batch), size.fields)
+                          if value is not AUTO)
         raise ResourceError(f"resources: the trial N={n_target:.3g} at batch {batch} tokens ({batch // seq} "
                             f"sequences of {seq}) cannot run on {res.device.name} ({res.plan} plan"
                             f"{'; ' + given if given else ''}): {exc}") from None

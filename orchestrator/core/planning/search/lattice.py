@@ -17,7 +17,7 @@ from ...cells import in_cell
 from ...outcome import Outcome, outcome_and_loss
 from ..design import Design, trial_resources
 from ..trial import PlannedTrial
-from ...resources import ResourceError
+from ...resources import AUTO, ResourceError
 
 Point = tuple[int, int]  # (lr index, batch index) in a cell's lattice
 UNKNOWN = ("failed", "budget")  # outcomes that say nothing about the loss at a point
@@ -239,8 +239,7 @@ def min_batch(design: Design) -> int:
     64
     """
     seq = design.seq_len
-    workers = max((w for w in (design.resources.size(n).settings[0][0] for n in design.sizes)
-                   if w != "auto"), default=1)
+    workers = max((w for w in (design.resources.size(n).workers for n in design.sizes) if w is not AUTO), default=1)
     return seq * workers
 
 
