@@ -304,15 +304,17 @@ def test_server_down_mid_sweep_loses_nothing(template_db, tmp_path):
     server = MlflowServer(db, tmp_path / "art", free_port(), tmp_path / "server.log")
     startup = server.start()
     try:
+        # SYNC: the first requests to a fresh server can take more than the default 10 s on a
+        # loaded machine (CI once failed this first sync); a live server answers sooner.
         tr = SweepTracker(server.url, "scaling", "sweep-d", flush_interval_s=0.1,
-                          buffer_dir=tmp_path / "spool", sync_timeout_s=10)
+                          buffer_dir=tmp_path / "spool", sync_timeout_s=SYNC)
         assert tr.start(SPEC)
         for t in range(2):
             assert tr.start_trial(f"trial_{t}", {"lr": 1e-3 * (t + 1)})
         for s in range(20):
             for t in range(2):
                 tr.log_metrics(f"trial_{t}", _report(t, s), step=s)
-        assert tr.flush(timeout=30)
+        assert tr.flush(timeout=SYNC)
 
         server.kill()
         slowest = 0.0
@@ -363,7 +365,7 @@ def test_server_down_mid_sweep_loses_nothing(template_db, tmp_path):
         # replays the spool into the runs the first one created.
         spool = tmp_path / "spool-e"
         tr_b = SweepTracker(server.url, "scaling", "sweep-e", flush_interval_s=0.1,
-                            buffer_dir=spool)
+                            buffer_dir=spool, sync_timeout_s=SYNC)
         parent_e = tr_b.start(SPEC)
         run_x = tr_b.start_trial("trial_x", {"lr": 1e-3})
         assert parent_e and run_x
