@@ -44,12 +44,15 @@ def pytest_collection_modifyitems(items):
 # Ray's workers inherit the driver's environment as it was when the instance started: a test that
 # changed the environment (S3 credentials its trials must see) gets a fresh instance.
 _SHARED_RAY: dict = {}
-# read by the driver only (the controller passes the report delay to trials in their config)
-_DRIVER_ONLY_ENV = ("PYTEST_CURRENT_TEST", "SCALESWEEP_REPORT_DELAY_S")
+# Not compared: read by the driver only (the controller passes the report delay to trials in their
+# config), or set in the driver's own environment by libraries it imports (scikit-learn, MLflow,
+# tensorboardX); any other change starts a fresh instance (a restart too many, never a stale one).
+_DRIVER_ONLY_ENV = ("PYTEST_CURRENT_TEST", "SCALESWEEP_REPORT_DELAY_S", "KMP_DUPLICATE_LIB_OK", "_MLFLOW_",
+                    "CRC32C_SW_MODE")
 
 
 def _worker_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in _DRIVER_ONLY_ENV}
+    return {k: v for k, v in os.environ.items() if not k.startswith(_DRIVER_ONLY_ENV)}
 
 
 def _shared_ray_usable(num_cpus: int, timeout: float = 30.0) -> bool:

@@ -70,21 +70,16 @@ def test_no_trial_finishes_ends_cleanly_and_resume_says_the_same(tmp_path):
     assert not (sweep_dir / "error.log").exists()
 
 
-def test_a_failure_after_the_start_ends_the_parent_failed_with_the_error(tmp_path):
-    import ray
-
+def test_a_failure_after_the_start_ends_the_parent_failed_with_the_error(tmp_path, local_ray):
     from orchestrator.app.session import SweepFailed, run_sweep
     from orchestrator.config.spec import parse_spec
 
     sweep_dir = tmp_path / "sweep"
     spec = parse_spec(dict(SIM, name="fails-late", learning_rates=[0.03], output_dir=str(sweep_dir)))
     (sweep_dir / "fit.json").mkdir(parents=True)  # a real failure once every trial has run
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        with pytest.raises(SweepFailed) as err:
-            run_sweep(spec, None, show_progress=False)
-    finally:
-        ray.shutdown()
+    local_ray(2)  # the session's 2-CPU local Ray instance (conftest.py)
+    with pytest.raises(SweepFailed) as err:
+        run_sweep(spec, None, show_progress=False)
     assert "IsADirectoryError" in err.value.line and "\n" not in err.value.line
     assert err.value.log_path == sweep_dir / "error.log"
     log = err.value.log_path.read_text()

@@ -50,9 +50,11 @@ SPEC = {
 LINE = re.compile(r"^interrupted after (\d+) of (\d+) trials; `scalesweep resume (.+)` continues$")
 
 
-def _env() -> dict[str, str]:
+def _env(delay: str = "0.3") -> dict[str, str]:
+    """A `scalesweep` process's environment: reports `delay` s apart (slow enough for a stop to land
+    mid-run; "0" for a run that only has to finish)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(SCALESWEEP_REPORT_DELAY_S="0.3", PYTHONUNBUFFERED="1")
+    env.update(SCALESWEEP_REPORT_DELAY_S=delay, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -145,7 +147,7 @@ def test_ctrl_c_then_sigterm_then_resume_finishes(tmp_path):
 
     # 3. resume finishes: every trial finished, one row per (trial, step), a fit
     r = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", "resume", str(sweep_dir), "--no-progress"],
-                       capture_output=True, text=True, env=_env(), timeout=300)
+                       capture_output=True, text=True, env=_env(delay="0"), timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Traceback" not in r.stdout + r.stderr
     store = ObservationStore(sweep_dir)

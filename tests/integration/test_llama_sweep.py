@@ -40,12 +40,12 @@ def _spec(bin_path: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, local_ray):
     root = tmp_path_factory.mktemp("llama-sweep")
     # a learnable stream over VOCAB ids (a fixed permutation walk), more tokens than the largest D
     ids = (np.arange(40_000) * 7 % VOCAB).astype(np.uint16)
     ids.tofile(root / "train.bin")
-    return run_real_sweep(root, _spec(str(root / "train.bin")), "llama-bin")
+    return run_real_sweep(root, _spec(str(root / "train.bin")), "llama-bin", local_ray=local_ray)
 
 
 def test_every_llama_trial_finished_with_its_rows(sweep):

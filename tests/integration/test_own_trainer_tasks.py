@@ -26,9 +26,7 @@ HARNESS = (f"command:next_byte={{python}} {REPO / 'examples' / 'own-trainer' / '
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    import ray
-
+def sweep(tmp_path_factory, local_ray):
     from orchestrator.app.session import run_sweep
 
     root = tmp_path_factory.mktemp("own-tasks")
@@ -42,11 +40,8 @@ def sweep(tmp_path_factory):
             "output_dir": str(root / "sweep")}
     (root / "spec.yaml").write_text(yaml.safe_dump(data))
     spec = parse_spec(data)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        return spec, run_sweep(spec, str(root / "spec.yaml"), show_progress=False)
-    finally:
-        ray.shutdown()
+    local_ray(2)  # the session's 2-CPU local Ray instance (conftest.py)
+    return spec, run_sweep(spec, str(root / "spec.yaml"), show_progress=False)
 
 
 def test_a_command_trainers_tasks_reach_the_task_table_at_every_evaluation(sweep):

@@ -39,9 +39,10 @@ def postgres():
         server.stop()
 
 
-def test_sweep_tracked_in_postgresql(postgres, tmp_path):
+def test_sweep_tracked_in_postgresql(postgres, tmp_path, local_ray):
     uri = postgres.uri("mlflow")
-    spec, outcome = run_real_sweep(tmp_path, {**SPEC, "tracking": {"uri": uri, "experiment": "scaling"}}, "sweep")
+    spec, outcome = run_real_sweep(tmp_path, {**SPEC, "tracking": {"uri": uri, "experiment": "scaling"}}, "sweep",
+                                   local_ray=local_ray)
     assert outcome.statuses == {"finished": 6}, outcome.statuses
     sweep_dir = outcome.sweep_dir
     assert not (sweep_dir / "mlflow.db").exists()  # nothing went to the default SQLite store

@@ -36,14 +36,14 @@ SPEC = {
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, local_ray):
     # The pruner decides off Tune's event loop, so a STOP lands a report or more after the one it
     # answers; a 20k-parameter trunk runs its 160 steps in seconds, and on a loaded machine it
     # could finish before the stop arrived. Reports 0.2 s apart (still far faster than a real
     # trial's) give the pruner the time a real sweep gives it.
     os.environ["SCALESWEEP_REPORT_DELAY_S"] = "0.2"
     try:
-        spec, outcome = run_real_sweep(tmp_path_factory.mktemp("pruned"), SPEC, "pruned")
+        spec, outcome = run_real_sweep(tmp_path_factory.mktemp("pruned"), SPEC, "pruned", local_ray=local_ray)
     finally:
         os.environ.pop("SCALESWEEP_REPORT_DELAY_S", None)
     return spec, outcome, ObservationStore(outcome.sweep_dir)

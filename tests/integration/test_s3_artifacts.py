@@ -38,8 +38,8 @@ def s3(tmp_path, monkeypatch):
         server.stop()
 
 
-def test_sweep_artifacts_land_in_the_bucket(s3, tmp_path):
-    spec, outcome = run_real_sweep(tmp_path, SPEC, "sweep")
+def test_sweep_artifacts_land_in_the_bucket(s3, tmp_path, local_ray):
+    spec, outcome = run_real_sweep(tmp_path, SPEC, "sweep", local_ray=local_ray)
     assert outcome.statuses == {"finished": 6}, outcome.statuses
     sweep_dir = outcome.sweep_dir
     uri = spec.tracking_uri()

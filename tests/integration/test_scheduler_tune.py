@@ -18,7 +18,7 @@ from trainers.worlds import load_world  # noqa: E402
 N, D, BATCH = 100_000, 2_000_000, 2048
 
 
-def test_bad_learning_rates_are_stopped_early_and_the_best_runs_to_the_end(tmp_path):
+def test_bad_learning_rates_are_stopped_early_and_the_best_runs_to_the_end(tmp_path, local_ray):
     world = load_world("tiny")
     lr_star = float(world.lr_star(N, D))
     # The good ones first (a completed curve is the strongest reference); then a mildly low, a far
@@ -29,17 +29,14 @@ def test_bad_learning_rates_are_stopped_early_and_the_best_runs_to_the_end(tmp_p
               for name, f in factors.items()]
     decisions = {}
     sched = PrunerScheduler(PruneConfig(), on_decision=lambda tid, d: decisions.setdefault(tid, d))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        tuner = tune.Tuner(
-            run_trial,
-            param_space={"trial": tune.grid_search(trials), "backend": "simulated", "world": "tiny"},
-            tune_config=tune.TuneConfig(scheduler=sched, metric="eval_loss", mode="min", max_concurrent_trials=2),
-            run_config=tune.RunConfig(storage_path=str(tmp_path), name="prune", verbose=0),
-        )
-        grid = tuner.fit()
-    finally:
-        ray.shutdown()
+    local_ray(2)  # the session's 2-CPU local Ray instance (conftest.py)
+    tuner = tune.Tuner(
+        run_trial,
+        param_space={"trial": tune.grid_search(trials), "backend": "simulated", "world": "tiny"},
+        tune_config=tune.TuneConfig(scheduler=sched, metric="eval_loss", mode="min", max_concurrent_trials=2),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="prune", verbose=0),
+    )
+    grid = tuner.fit()
     total = trial_meta(trials[0]).total_steps
     last = {r.config["trial"]["trial_id"]: r.metrics for r in grid}
     assert set(last) == set(factors)

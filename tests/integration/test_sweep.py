@@ -35,11 +35,11 @@ SPEC = {
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, local_ray):
     # A 4-CPU cluster: the controller caps concurrency so that every running trial's workers fit
     # (CPUs / the largest trial's 2 workers), so on 2 CPUs all six trials would run one at a time.
     # Each trial is mostly start-up (processes, imports, Ray Train's worker group), not compute.
-    return run_real_sweep(tmp_path_factory.mktemp("sweep"), SPEC, "itest", num_cpus=4)
+    return run_real_sweep(tmp_path_factory.mktemp("sweep"), SPEC, "itest", num_cpus=4, local_ray=local_ray)
 
 
 def test_every_trial_finished_and_store_has_rows(sweep):

@@ -41,9 +41,9 @@ METRICS = {"acc", "acc_norm", "loss", "chance"}
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, local_ray):
     root = tmp_path_factory.mktemp("tasks")
-    spec, outcome = run_real_sweep(root, SPEC, "tasks")
+    spec, outcome = run_real_sweep(root, SPEC, "tasks", local_ray=local_ray)
     return root, spec, outcome, ObservationStore(outcome.sweep_dir)
 
 

@@ -36,8 +36,8 @@ SPEC = {
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    return run_real_sweep(tmp_path_factory.mktemp("transfer"), SPEC, "sweep")
+def sweep(tmp_path_factory, local_ray):
+    return run_real_sweep(tmp_path_factory.mktemp("transfer"), SPEC, "sweep", local_ray=local_ray)
 
 
 def test_law_points_run_through_tune_store_and_mlflow(sweep):

@@ -28,9 +28,7 @@ STEPS, EVERY = 96, 6
 LRS = (1e-5, 1e-3, 3e-3, 1e-2)
 
 
-def test_warm_started_programs_report_are_pruned_and_reuse_the_zygote(tmp_path):
-    import ray
-
+def test_warm_started_programs_report_are_pruned_and_reuse_the_zygote(tmp_path, local_ray):
     from orchestrator.app.session import run_sweep
 
     data = {"name": "warm", "model": {"n_params": [20000], "seq_len": 64}, "tokens": {"values": [STEPS * 2048]},
@@ -43,11 +41,8 @@ def test_warm_started_programs_report_are_pruned_and_reuse_the_zygote(tmp_path):
                         "options": {"step_sleep_s": 0.05}}}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
     spec = parse_spec(data)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        outcome = run_sweep(spec, str(tmp_path / "spec.yaml"), show_progress=False)
-    finally:
-        ray.shutdown()
+    local_ray(2)  # the session's 2-CPU local Ray instance (conftest.py)
+    outcome = run_sweep(spec, str(tmp_path / "spec.yaml"), show_progress=False)
     store = ObservationStore(outcome.sweep_dir)
     trials = store.trials()
     by_lr = {rec["config"]["lr"]: (tid, rec) for tid, rec in trials.items()}
