@@ -48,6 +48,7 @@ from ..history import History, TrialState
 from ..pairstat import PAIR_GRID
 
 MIN_RUNS = 9  # completed runs scored before the interval exists (a 0.9 conformal bound needs 9)
+REFIT_FACTOR = 1.5  # a (size, schedule) law is refitted once its completed curves grew by this factor
 
 
 @dataclass(frozen=True)
@@ -228,13 +229,15 @@ class Forecast:
         self._n_added[_key(t)] = self._n_added.get(_key(t), 0) + 1
 
     def _law(self, key: tuple[float, str]) -> Optional[CurveLaw]:
-        """The law of a (size, schedule kind) on its completed curves, refitted (warm) once they grew by
-        ``refit_growth``."""
+        """The law of a (size, schedule kind) on its completed curves (the most recent ``max_curves``),
+        refitted (warm) once they grew by half."""
         total = self._n_added.get(key, 0)
         if not total:
             return None
         have = self._laws.get(key)
-        if have is None or total - have[0] >= max(1, math.ceil(self.config.refit_growth * total)):
+        # Refits at 1, 2, 3, 5, 8, 12, ... curves: the fits are the rule's cost (~1 s each on a loaded
+        # core), and the calibration measures whatever a less recent law gets wrong.
+        if have is None or total >= max(have[0] + 1, math.ceil(REFIT_FACTOR * have[0])):
             warm = have[1] if have is not None else None
             try:
                 law = make_law(self.config.law, n_boot=0, seed=self.config.seed).fit(self._curves[key], warm=warm)
