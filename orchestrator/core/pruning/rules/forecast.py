@@ -3,19 +3,19 @@ interval calibrated on the sweep's completed runs; stop it when even that interv
 worse than the best run of its (N, D) cell.
 
 Prediction: ``laws.final_loss.predict_final`` with the curve law (``law``) fitted, without
-bootstrap, on the completed runs of the trial's size (the trial contributes its offset; the law
-sees the schedule's shape, so a WSD run's decay still to come is in the forecast). Nothing before
-a size has a completed run (the law rule's prefix-only mode covers those).
+bootstrap, on the completed runs of the trial's size and schedule kind (the trial contributes its
+offset; the law sees the schedule's shape, so a WSD run's decay still to come is in the forecast).
+Nothing before its (size, kind) has a completed run (the law rule's prefix-only mode covers those).
 
 Interval: the law's own interval assumes its form is right, and on real learning-rate sweeps it is
 not (lr changes a curve's shape, not only its level: the best lr trails early and catches up, a
 far-too-high lr gains less from the decay than the law says). So the interval is measured instead:
 when a trial completes, the forecasts the rule would have made of it from each fraction f of its
-steps, with the law its size had before it completed, are scored against its realised final loss,
+steps, with the law its size and kind had before it completed, are scored against its realised final loss,
 e(f) = log(forecast) − log(final). Per completed run the pool keeps, at each f, the largest e
 from f on (how far a forecast from f on overshot: the stop side) and the smallest (the reference
-side). The allowances are their conformal ``level`` quantiles (≥ 9 runs; `Calibration` of the
-paired rule does the same for pairs): a new run's forecast from f on overshoots by more than
+side). The allowances are their conformal ``level`` quantiles over the runs of the trial's
+schedule kind, sizes pooled (≥ 9 runs; `Calibration` of the paired rule does the same for pairs): a new run's forecast from f on overshoots by more than
 ``hi(f)`` with probability at most 1 − level, whatever the law gets wrong on this sweep.
 
 Vote when ``forecast · exp(−hi(f)) > reference · (1 + margin)``, the reference being the best
@@ -45,7 +45,7 @@ from ...laws.final_loss import make_law, predict_final
 from ..config import PruneConfig
 from ..decision import Verdict
 from ..history import History, TrialState
-from ..pairstat import PAIR_GRID
+from ..pairstat import PAIR_GRID, at
 
 MIN_RUNS = 9  # completed runs scored before the interval exists (a 0.9 conformal bound needs 9)
 REFIT_FACTOR = 1.5  # a (size, schedule) law is refitted once its completed curves grew by this factor
@@ -107,12 +107,12 @@ class Forecast:
             return None
         self._last[trial_id] = (t.step, t.n_reports)
         f = t.step / T
-        hi, lo = _at(hi_f, f), _at(lo_f, f)
-        low, high = est - max(hi, 0.0), est - min(lo, 0.0)  # an allowance never narrows the forecast
+        hi, lo = at(hi_f, f), -at(-lo_f, f)  # clipped at 0: an allowance never narrows the forecast
+        low, high = est - hi, est - lo
         self._upper[trial_id] = high
         pred = {"step": float(t.step), "fraction": float(f), "mode": "forecast", "law": cfg.law, "level": cfg.level,
                 "estimate": float(np.exp(est)), "low": float(np.exp(low)), "high": float(np.exp(high)),
-                "allowance": float(max(hi, 0.0)), "calibrated": True, "calibration_runs": int(n),
+                "allowance": float(hi), "calibrated": True, "calibration_runs": int(n),
                 "law_schedule": kind, "margin": cfg.margin}
         ref = self._reference(trial_id, t, history)
         if ref is None:
@@ -266,11 +266,6 @@ def _key(t: TrialState) -> tuple[float, str]:
     """Whose completed curves a trial's law is fitted on: its size's, under its own schedule kind (a law
     fitted on cosine runs alone misjudged a WSD run's decay on the real sweeps by up to 20 %)."""
     return (t.meta.N, t.kind)
-
-
-def _at(A: np.ndarray, f: float) -> float:
-    v = float(A[min(int(f * (A.size - 1)), A.size - 1)])
-    return v if math.isfinite(v) else 0.0
 
 
 def _reason(cfg: ForecastConfig, pred: dict) -> str:
