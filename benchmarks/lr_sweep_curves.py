@@ -7,11 +7,13 @@ Trains GPT-style models with the plain PyTorch loop (``trainers.plain_loop``, CP
 the built-in corpus) for every size × lr (√10 apart, the pruning benchmark's grid) × schedule
 (WSD, cosine), plus a second seed at lr 1e-2 (same config, different seed: how far two runs that
 should tie drift apart), and writes every report as one CSV row (size, schedule, lr, seed, step,
-total_steps, batch_tokens, train_loss, eval_loss). ``--seeds S ...`` runs every config at each seed
-instead (the recorded sweeps of issue 13: two seeds of every config); ``--lrs`` picks the grid. Diverged runs keep their rows up to the
-blow-up (NaN losses). The defaults took ~10 min on one loaded core; sizes 40000 160000 at
-2.4M tokens ~70 min. ``tests/data/lrsweep/curves.csv`` is both runs' rows concatenated
-(tests/data/SOURCES.md); the default ``--out`` is ``results/lrsweep-curves.csv``.
+total_steps, batch_tokens, train_loss, eval_loss). ``--seeds S ...`` runs every config at each
+seed instead (the recorded sweeps of issue 13: two seeds of every config); ``--lrs`` picks the
+grid. Diverged runs keep their rows up to the blow-up (NaN losses). The defaults took ~10 min on
+one loaded core; sizes 40000 160000 at 2.4M tokens ~70 min; the two-seed sweep (10000 and 30000
+at 600,000 tokens, 5 lrs) ~40 min in two processes at ``nice -n 19`` on the loaded 2 cores.
+``tests/data/lrsweep/curves.csv`` is two runs' rows concatenated, ``curves-s2-10k-30k.csv``
+another two (tests/data/SOURCES.md); the default ``--out`` is ``results/lrsweep-curves.csv``.
 """
 from __future__ import annotations
 

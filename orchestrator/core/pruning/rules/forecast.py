@@ -15,8 +15,9 @@ steps, with the law its size and kind had before it completed, are scored agains
 e(f) = log(forecast) − log(final). Per completed run the pool keeps, at each f, the largest e
 from f on (how far a forecast from f on overshot: the stop side) and the smallest (the reference
 side). The allowances are their conformal ``level`` quantiles over the runs of the trial's
-schedule kind, sizes pooled (≥ 9 runs; `Calibration` of the paired rule does the same for pairs): a new run's forecast from f on overshoots by more than
-``hi(f)`` with probability at most 1 − level, whatever the law gets wrong on this sweep.
+schedule kind, sizes pooled (≥ 9 runs; `Calibration` of the paired rule does the same for
+pairs): a new run's forecast from f on overshoots by more than ``hi(f)`` with probability at
+most 1 − level, whatever the law gets wrong on this sweep.
 
 Vote when ``forecast · exp(−hi(f)) > reference · (1 + margin)``, the reference being the best
 finished run of the cell (its realised final loss) or a running one's calibrated upper end,
@@ -56,7 +57,7 @@ class ForecastConfig:
     """The forecast rule's knobs (from the spec's ``pruning`` section)."""
 
     grace: float = 0.1  # no forecast before this fraction of the planned steps (the paired rule's grace)
-    margin: float = 0.0  # vote when the low end > reference · (1 + margin): the interval holds the final report's noise
+    margin: float = 0.0  # vote when low end > reference · (1 + margin); the interval holds the final's noise
     level: float = 0.9
     law: str = "multipower"
     refit_growth: float = 0.1
@@ -131,7 +132,8 @@ class Forecast:
         his, los = self.pools.get(kinds, ([], []))
         n = len(his)
         cached = self._cache.get(kinds)
-        if cached is None or n >= cached[0] * (1.0 + self.config.refit_growth) + 1 or (cached[1] is None and n != cached[0]):
+        grown = n >= cached[0] * (1.0 + self.config.refit_growth) + 1 if cached is not None else True
+        if grown or (cached[1] is None and n != cached[0]):
             k = math.ceil((n + 1) * self.config.level)
             if n < MIN_RUNS or k > n:
                 cached = (n, None, None)
