@@ -1,6 +1,6 @@
 """Compute saved and winners lost: our pruner vs ASHA vs Optuna's median and Hyperband pruners.
 
-    python -m benchmarks.pruning [--world tiny] [--seeds K] [--seed-start S] [--methods ours,asha,...]
+    python -m benchmarks.pruning [--world tiny[,bent,...]] [--seeds K] [--seed-start S] [--methods ours,asha,...]
                                  [--concurrency 6] [--json OUT]
 
 Seeds S, S+1, ..., S+K-1 (default 0..2); ``--methods`` picks a subset of the methods (default all).
@@ -14,8 +14,9 @@ trials started cheapest first, reports arriving at their simulated wall time (th
 ``step_time_s``), a stopped trial frees its slot at once. So every method sees reports in the
 order a real Tune run would deliver them, and one that stops early also changes what runs when.
 
-- ours: ``orchestrator.core.pruning.Pruner`` (default PruneConfig; TrialMeta from the trial config), and
-  the same without its paired rule (``paired_grace`` 0.99: the law-prediction rules alone);
+- ours: ``orchestrator.core.pruning.Pruner`` (default PruneConfig, every registered rule; TrialMeta from
+  the trial config), the same without its forecast rule (what that rule adds), and without its paired
+  rule (``paired_grace`` 0.99: the law-prediction rules alone);
 - ASHA: Ray Tune's ``AsyncHyperBandScheduler`` with its defaults (time_attr training_iteration,
   grace_period 1, reduction_factor 4, 1 bracket) except ``max_t``, set to the longest trial's
   report count (the default 100 would cut every longer trial at 100 reports); its
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.core.pruning import PruneConfig, Pruner, TrialMeta
+from orchestrator.core.pruning import RULES, PruneConfig, Pruner, TrialMeta
 from orchestrator.config.pruning import trial_meta
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import train
@@ -113,9 +114,9 @@ class Method:
 class OurPruner(Method):
     name = "ours"
 
-    def __init__(self, config: PruneConfig = PruneConfig(), name: str = "ours"):
+    def __init__(self, config: PruneConfig = PruneConfig(), name: str = "ours", pruner: Pruner | None = None):
         self.name = name
-        self.pruner = Pruner(config)
+        self.pruner = pruner if pruner is not None else Pruner(config)
         self.metas: dict[str, TrialMeta] = {}
         self.decisions: dict[str, Any] = {}
         self.report_s: list[float] = []
@@ -259,23 +260,32 @@ def _lost(trials, stopped, key) -> tuple[int, int]:
 
 
 def stops_by(decisions: dict[str, Any]) -> dict[str, int]:
-    """How ours ended the trials it ended: diverged, paired (calibrated or not), or a law prediction."""
+    """How ours ended the trials it ended: diverged, paired (calibrated or not), a calibrated forecast
+    (the forecast rule) or a law prediction."""
     out: dict[str, int] = {}
     for d in decisions.values():
         p = d.prediction
         key = d.action if d.action != "stop" else (
             ("paired across schedules" if p.get("cross_schedule") else
              "paired (calibrated)" if p.get("calibrated") else "paired (uncalibrated)") if p.get("mode") == "paired"
-            else "law prediction")
+            else "forecast (calibrated)" if p.get("mode") == "forecast" else "law prediction")
         out[key] = out.get(key, 0) + 1
     return out
 
 
-METHODS = ("none", "ours", "ours (no paired rule)", "asha", "optuna-median", "optuna-hyperband")
+METHODS = ("none", "ours", "ours (no forecast rule)", "ours (no paired rule)", "asha", "optuna-median",
+           "optuna-hyperband")
+
+
+def without(config: PruneConfig, *names: str) -> Pruner:
+    """A pruner with the default rules of ``config`` but those named (to measure what one rule adds)."""
+    return Pruner(config, rules=[make(config, None) for n, make in RULES.items() if n not in names])
 
 
 def make_methods(seed: int, max_t: int, names: tuple[str, ...]) -> list[Method]:
     make = {"none": lambda: Method(), "ours": lambda: OurPruner(PruneConfig(seed=seed)),
+            "ours (no forecast rule)": lambda: OurPruner(PruneConfig(seed=seed), name="ours (no forecast rule)",
+                                                         pruner=without(PruneConfig(seed=seed), "forecast")),
             "ours (no paired rule)": lambda: OurPruner(PruneConfig(seed=seed, paired_grace=0.99),
                                                        name="ours (no paired rule)"),
             "asha": lambda: Asha(max_t), "optuna-median": lambda: OptunaPruner("median", seed),
@@ -300,9 +310,10 @@ def run(world: str, seeds: int, concurrency: int, seed_start: int = 0,
             res["seconds"] = time.perf_counter() - t0
             res["seed"] = seed
             rows.setdefault(m.name, []).append(res)
+            if m.name.startswith("ours"):
+                res["stops_by"] = stops_by(m.decisions)
             if m.name == "ours":
                 latency += m.report_s
-                res["stops_by"] = stops_by(m.decisions)
                 for tid, d in list(m.decisions.items())[:3]:
                     examples.append({"trial": tid, **d.summary()})
     summary = {}
@@ -344,29 +355,33 @@ def parse_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> tuple[arg
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--world", default="tiny")
+    ap.add_argument("--world", default="tiny", help="a world, or several comma-separated (one table each)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--seed-start", type=int, default=0, help="first seed (seeds S..S+K-1)")
     a, names = parse_args(ap, argv)
-    out = run(a.world, a.seeds, a.concurrency, a.seed_start, names)
-    print(f"world {out['world']}, {out['seeds']} seeds × {out['trials_per_seed']} trials, "
-          f"concurrency {out['concurrency']}")
-    print(f"{'method':<18}{'saved mean':>11}{'saved min':>11}{'stopped':>9}{'lost/(N,D)':>12}{'lost/C':>9}{'s':>8}")
-    for name, s in out["summary"].items():
-        print(f"{name:<18}{s['compute_saved_mean']:>11.1%}{s['compute_saved_min']:>11.1%}{s['stopped']:>9}"
-              f"{s['winners_lost_cell']:>7}/{s['cells']:<4}{s['winners_lost_compute']:>5}/{s['budgets']:<3}"
-              f"{s['seconds']:>8.1f}")
-    for r in out["per_seed"].get("ours", []):
-        print(f"ours, seed {r['seed']}: saved {r['compute_saved']:.1%}, winners lost "
-              f"{r['winners_lost_cell']}/{r['cells']} (N, D), {r['winners_lost_compute']}/{r['budgets']} C; "
-              f"stops by {r['stops_by']}")
-    lat = out["ours_report_latency_s"]
-    if lat["reports"]:
-        print(f"ours: per-report latency mean {lat['mean'] * 1e3:.2f} ms, p50 {lat['p50'] * 1e3:.3f} ms, "
-              f"p99 {lat['p99'] * 1e3:.1f} ms, max {lat['max'] * 1e3:.0f} ms over {lat['reports']} reports")
+    worlds = [w.strip() for w in a.world.split(",") if w.strip()]
+    outs = {}
+    for world in worlds:
+        out = outs[world] = run(world, a.seeds, a.concurrency, a.seed_start, names)
+        print(f"world {out['world']}, {out['seeds']} seeds × {out['trials_per_seed']} trials, "
+              f"concurrency {out['concurrency']}")
+        print(f"{'method':<24}{'saved mean':>11}{'saved min':>11}{'stopped':>9}{'lost/(N,D)':>12}{'lost/C':>9}{'s':>8}")
+        for name, s in out["summary"].items():
+            print(f"{name:<24}{s['compute_saved_mean']:>11.1%}{s['compute_saved_min']:>11.1%}{s['stopped']:>9}"
+                  f"{s['winners_lost_cell']:>7}/{s['cells']:<4}{s['winners_lost_compute']:>5}/{s['budgets']:<3}"
+                  f"{s['seconds']:>8.1f}")
+        for name, rs in out["per_seed"].items():
+            for r in rs if name.startswith("ours") else ():
+                print(f"{name}, seed {r['seed']}: saved {r['compute_saved']:.1%}, winners lost "
+                      f"{r['winners_lost_cell']}/{r['cells']} (N, D), {r['winners_lost_compute']}/{r['budgets']} C; "
+                      f"stops by {r['stops_by']}")
+        lat = out["ours_report_latency_s"]
+        if lat["reports"]:
+            print(f"ours: per-report latency mean {lat['mean'] * 1e3:.2f} ms, p50 {lat['p50'] * 1e3:.3f} ms, "
+                  f"p99 {lat['p99'] * 1e3:.1f} ms, max {lat['max'] * 1e3:.0f} ms over {lat['reports']} reports")
     if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(out, fh, indent=2, default=float)
+        with open(a.json, "w") as fh:  # one world: its result as before; several: world -> result
+            json.dump(outs[worlds[0]] if len(worlds) == 1 else outs, fh, indent=2, default=float)
 
 
 if __name__ == "__main__":

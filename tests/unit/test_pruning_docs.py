@@ -21,7 +21,8 @@ PURE = ["orchestrator.core.outcome", "orchestrator.core.pruning", "orchestrator.
         "orchestrator.core.pruning.meta", "orchestrator.core.pruning.decision", "orchestrator.core.pruning.rule",
         "orchestrator.core.pruning.pairstat", "orchestrator.core.pruning.calibration", "orchestrator.core.pruning.history",
         "orchestrator.core.pruning.frontier", "orchestrator.core.pruning.pruner", "orchestrator.core.pruning.rules.divergence",
-        "orchestrator.core.pruning.rules.paired", "orchestrator.core.pruning.rules.law"]
+        "orchestrator.core.pruning.rules.paired", "orchestrator.core.pruning.rules.law",
+        "orchestrator.core.pruning.rules.forecast"]
 
 
 @pytest.mark.parametrize("name", PURE)

@@ -27,7 +27,7 @@ def default_rules(config: PruneConfig, frontier: Optional[Frontier] = None) -> l
     """The registered rules (`orchestrator.core.pruning.rules.RULES`), in order, for this config.
 
     >>> [type(r).__name__ for r in default_rules(PruneConfig())]
-    ['Patient', 'Patient', 'Patient']
+    ['Patient', 'Patient', 'Patient', 'Patient']
     """
     return [make(config, frontier) for make in RULES.values()]
 

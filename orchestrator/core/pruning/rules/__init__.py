@@ -12,6 +12,7 @@ from ..config import PruneConfig
 from ..frontier import FittedFrontier, Frontier, FrontierConfig
 from ..rule import Patient, Rule
 from .divergence import Divergence, DivergenceConfig
+from .forecast import Forecast, ForecastConfig
 from .law import LawConfig, LawRule
 from .paired import Paired, PairedConfig
 
@@ -22,6 +23,8 @@ RULES: dict[str, RuleFactory] = {
     "paired": lambda cfg, frontier: Patient(Paired(PairedConfig.of(cfg)), cfg.min_reports),
     "law": lambda cfg, frontier: Patient(LawRule(LawConfig.of(cfg), frontier, FittedFrontier(FrontierConfig.of(cfg))),
                                          cfg.min_reports),
+    "forecast": lambda cfg, frontier: Patient(Forecast(ForecastConfig.of(cfg)), cfg.min_reports),
 }
 
-__all__ = ["RULES", "RuleFactory", "Divergence", "DivergenceConfig", "Paired", "PairedConfig", "LawRule", "LawConfig"]
+__all__ = ["RULES", "RuleFactory", "Divergence", "DivergenceConfig", "Paired", "PairedConfig", "LawRule", "LawConfig",
+           "Forecast", "ForecastConfig"]
