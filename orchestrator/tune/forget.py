@@ -12,8 +12,9 @@ So when a trial ends this callback empties its metric analysis, drops the config
 result and shrinks its config to the trial id (Tune's experiment-state snapshot then records a
 small JSON of it); once its actor is stopped (status TERMINATED or ERROR) it removes it from the
 controller's trial list (which Tune also scans at every step of its loop: `is_finished`), from
-its sets of stopped and failed trials and from its experiment-state cache (the JSON of every trial
-it rewrites into each snapshot). What Tune returns from `Tuner.fit()` and what its experiment
+its sets of stopped and failed trials, from its experiment-state cache (the JSON of every trial
+it rewrites into each snapshot) and from Tune's own callbacks (its progress printer keeps every
+trial it printed). What Tune returns from `Tuner.fit()` and what its experiment
 state lists are then the trials still live; sweeps read the store instead. Nothing in Tune holds
 an ended trial past that, so the driver keeps nothing of it (`tests/unit/test_bounded_state.py`).
 
@@ -140,3 +141,18 @@ def drop_from_controller(controller: Any, ended: Any) -> None:
         if isinstance(kept, dict):
             for t in ended:
                 kept.pop(t.trial_id, None)
+    # Tune's own callbacks keyed by trial: the legacy output engine's TrialProgressCallback (run_sweep's
+    # tune_env selects that engine) keeps every trial's last print time, iteration and completion
+    for callback in getattr(getattr(controller, "_callbacks", None), "_callbacks", ()):
+        if type(callback).__module__.startswith("ray.tune."):
+            _drop_trials(callback, ended)
+
+
+def _drop_trials(obj: Any, ended: list) -> None:
+    """Remove the `ended` trials from every dict (as keys) and set held by `obj`'s attributes."""
+    for kept in vars(obj).values():
+        if isinstance(kept, dict):
+            for t in ended:
+                kept.pop(t, None)
+        elif isinstance(kept, set):
+            kept.difference_update(ended)

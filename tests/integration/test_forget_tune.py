@@ -23,17 +23,26 @@ ray = pytest.importorskip("ray")
 from ray import tune  # noqa: E402
 
 from orchestrator.tune.forget import ForgetEndedTrials, controller_of  # noqa: E402
+from orchestrator.config.spec import parse_spec  # noqa: E402
+from orchestrator.controller import tune_env  # noqa: E402
 from orchestrator.tune.trainable import run_trial  # noqa: E402
 from trainers.contract import TrialConfig  # noqa: E402
 
 TRIALS = 16
-FAILING = (5, 11, 16)  # a trial contract of another version: the trial process raises, the trial ends in ERROR
+FAILING = (5, 11, 13)  # a trial contract of another version: the trial process raises, the trial ends in ERROR
 
 
 def _trial(i: int) -> dict:
     trial = TrialConfig(f"t{i}", n_params=10_000 * (1 + i % 3), tokens=3 * 1024, lr=0.01, batch_tokens=1024,
                         eval_every=1).to_dict()
     return {**trial, "contract_version": 999} if i in FAILING else trial
+
+
+def tune_env_of_a_sweep() -> dict:
+    """run_sweep's Tune settings (controller.tune_env) but its result buffering for simulated trials."""
+    spec = parse_spec({"name": "forget", "model": {"n_params": [10000]}, "tokens": {"per_param": [5]},
+                       "learning_rates": [0.01], "batch_sizes": [1024], "trainer": {"backend": "simulated"}})
+    return {k: v for k, v in tune_env(spec).items() if not k.startswith("TUNE_RESULT_BUFFER")}
 
 
 class _Probe(tune.Callback):
@@ -85,7 +94,8 @@ def _fit(tmp_path: Path, name: str, forget: bool) -> dict:
 
 
 def test_tune_keeps_no_ended_trial_once_forgotten(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # as run_sweep (controller.tune_env)
+    for key, value in tune_env_of_a_sweep().items():  # as run_sweep: the legacy output engine, no auto loggers
+        monkeypatch.setenv(key, value)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         kept = _fit(tmp_path, "keep", forget=False)
