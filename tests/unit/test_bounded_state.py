@@ -123,6 +123,9 @@ class _Controller:
         self._stopped_trials, self._failed_trials, self._trials_to_cache = set(), set(), set()
         self._trial_metadata = {t.trial_id: t.get_json_state() for t in trials}
         self._cached_trial_decisions, self._queued_trial_decisions = {}, {}
+        from ray.tune.progress_reporter import TrialProgressCallback  # Tune adds it (legacy output engine)
+
+        self._callbacks = SimpleNamespace(_callbacks=[TrialProgressCallback()])
 
     def step(self, callback):
         callback.on_step_end(iteration=0, trials=self._trials)
@@ -139,6 +142,9 @@ def test_forget_ended_trials_drops_them_from_the_controller():
         (controller._stopped_trials if i % 5 else controller._failed_trials).add(t)
         controller._trials_to_cache.add(t)
         controller._cached_trial_decisions[t.trial_id] = "STOP"
+        printer = controller._callbacks._callbacks[0]
+        printer._last_print[t], printer._last_print_iteration[t] = 1.0, 20
+        printer._completed_trials.add(t)
     controller.step(forget)
     assert forget._controller is controller  # found from the frames that called the callback
     live = set(trials[-2:])
@@ -146,4 +152,5 @@ def test_forget_ended_trials_drops_them_from_the_controller():
     assert controller._stopped_trials == controller._failed_trials == controller._trials_to_cache == set()
     assert set(controller._trial_metadata) == {t.trial_id for t in live}
     assert controller._cached_trial_decisions == {}
+    assert printer._last_print == printer._last_print_iteration == {} and printer._completed_trials == set()
     assert forget.__getstate__()["_controller"] is None  # Tune pickles its callbacks: not the controller
