@@ -3,8 +3,8 @@
 Ray Tune keeps every `Trial` of an experiment for its whole life, each with a running analysis
 of every numeric key it ever reported (max, min, mean, last-5 and last-10 means, two deques per
 key: ≈30 KB a trial here), its last result with a copy of its config, and the copies of its
-config the search generator made. A sweep of 10,000 trials kept ≈90 KB per trial in the driver
-(`python -m benchmarks.overhead`). Nothing of it decides anything once a trial ended: the store
+config the search generator made. A sweep of 10,000 trials kept ≈70–115 KB per trial in the driver;
+with this callback, 7.7 KB (`python -m benchmarks.overhead --memory`, docs/benchmarks.md). Nothing of it decides anything once a trial ended: the store
 and MLflow hold its reports, our scheduler and planner their own summaries; and a sweep resumes
 from the store, never from Tune's experiment state.
 
@@ -16,7 +16,9 @@ its sets of stopped and failed trials, from its experiment-state cache (the JSON
 it rewrites into each snapshot) and from Tune's own callbacks (its progress printer keeps every
 trial it printed). What Tune returns from `Tuner.fit()` and what its experiment
 state lists are then the trials still live; sweeps read the store instead. Nothing in Tune holds
-an ended trial past that, so the driver keeps nothing of it (`tests/unit/test_bounded_state.py`).
+a finished trial past that (a failed one stays reachable from its failed actor task in Ray's actor
+manager), so the driver keeps nothing of it (`tests/unit/test_bounded_state.py`,
+`tests/integration/test_forget_tune.py`).
 
 The controller's sets and cache are reached through the controller that calls this callback's
 `on_step_end` (Ray 2.6x internals: `TuneController._stopped_trials`, `_failed_trials`,
