@@ -4,9 +4,10 @@ Ray Tune keeps every `Trial` of an experiment for its whole life, each with a ru
 of every numeric key it ever reported (max, min, mean, last-5 and last-10 means, two deques per
 key: ≈30 KB a trial here), its last result with a copy of its config, and the copies of its
 config the search generator made. A sweep of 10,000 trials kept ≈70–115 KB per trial in the driver;
-with this callback, 7.7 KB (`python -m benchmarks.overhead --memory`, docs/benchmarks.md). Nothing of it decides anything once a trial ended: the store
-and MLflow hold its reports, our scheduler and planner their own summaries; and a sweep resumes
-from the store, never from Tune's experiment state.
+with this callback, 7.7 KB (`python -m benchmarks.overhead --memory`, docs/benchmarks.md). Nothing
+of it decides anything once a trial ended: the store and MLflow hold its reports, our scheduler
+and planner their own summaries; and a sweep resumes from the store, never from Tune's experiment
+state.
 
 So when a trial ends this callback empties its metric analysis, drops the config from its last
 result and shrinks its config to the trial id (Tune's experiment-state snapshot then records a
