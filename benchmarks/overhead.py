@@ -17,9 +17,12 @@ simulated backend, `reuse_actors=True`, `concurrency` trials at once, run_sweep'
   `ForgetEndedTrials`, so Ray Tune keeps every ended trial as it did before: driver memory per
   trial side by side with the scalesweep arm in one run.
 
-Driver memory: RSS growth per ended trial (slope over the timeline's later three quarters); with
-`--trace-memory`, the Python allocations kept between a quarter and all of the trials, per trial
-and by traceback (tracemalloc; slows the driver several-fold).
+Driver memory: RSS growth per ended trial (least-squares slope over the timeline's later three
+quarters); with `--trace-memory`, the Python allocations kept between a quarter and all of the
+trials (or the two counts of `--trace-at`), per trial and by traceback (tracemalloc; slows the
+driver several-fold). `--memory` is the cheap mode for that figure at 10,000 trials: the arms
+`scalesweep-keep,scalesweep`, each trial a real Tune trial of the simulated backend that reports
+once (at its last step), no MLflow, no shadow ASHA; the timeline every 1/40 of the trials.
 
 Timed per call in the driver: `planner.suggest` (planner decision per trial),
 `scheduler.on_trial_result` (what Tune's loop waits for per report), `pruner.on_report` (the
@@ -33,6 +36,7 @@ ended and the wall time is extrapolated (said so in the output).
     python -m benchmarks.overhead --trials 10000 --json results/overhead-10k.json
     python -m benchmarks.overhead --quick --json /tmp/overhead.json     # smoke test
     python -m benchmarks.overhead --trials 200 --arms scalesweep-keep,scalesweep --asha-trials 0   # memory
+    python -m benchmarks.overhead --memory --trials 10000 --json results/overhead-memory-10k.json  # memory, cheap
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
@@ -55,8 +60,10 @@ from orchestrator.adapters.tune.callback import SweepCallback
 from orchestrator.adapters.tune.pruner_process import ProcessPruner
 from orchestrator.adapters.tune.searcher import PlannerSearcher
 
-TIMINGS: dict[str, list[float]] = defaultdict(list)  # driver-side: name -> seconds per call
+# driver-side: name -> seconds per call (8 bytes a call, not a float object's 32: the driver's memory is measured too)
+TIMINGS: dict[str, Any] = defaultdict(lambda: array("d"))
 EVAL_EVERY = 60  # steps between evaluations in the benchmark grid (see overhead_spec)
+ONE_REPORT = 100_000  # --memory: steps between evaluations beyond any trial's (3,906 at most): one report, the last
 
 
 def _timed(name: str, fn, *args, **kwargs):
@@ -214,8 +221,8 @@ def overhead_spec(trials: int, out_dir: str, world: str = "tiny", eval_every: in
     }
 
 
-def _pct(xs: list[float]) -> dict[str, Any]:
-    if not xs:
+def _pct(xs) -> dict[str, Any]:
+    if not len(xs):
         return {"calls": 0}
     a = np.asarray(xs) * 1e6
     return {"calls": len(xs), "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
@@ -249,12 +256,12 @@ def _proc_usage(pid: Optional[int]) -> Optional[dict[str, float]]:
 
 def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow: bool,
             own_ray: bool = True, shadow_asha: bool = True, eval_every: int = EVAL_EVERY,
-            trace: bool = False) -> dict[str, Any]:
+            trace: bool = False, trace_at: tuple[int, ...] = (), timeline_points: int = 20) -> dict[str, Any]:
     """One arm in this process: build the Tuner like run_sweep, fit it, return the figures.
 
     trace: Python allocations traced (tracemalloc, 25 frames; slows the driver several-fold) and
-    snapshotted when a quarter and all of the trials have ended: the growth between the two,
-    grouped by traceback (`memory_trace`), says what the driver keeps per trial.
+    snapshotted when a quarter and all of the trials have ended (or at the two counts `trace_at`):
+    the growth between the two, grouped by traceback (`memory_trace`), says what the driver keeps per trial.
     """
     import logging
 
@@ -318,8 +325,9 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     # as run_sweep: the callback labels the trials our scheduler stopped with its decision
     # as run_sweep, except the `scalesweep-keep` arm: Tune keeps every ended trial (as before)
     forget = ForgetEndedTrials() if arm != "scalesweep-keep" else None
-    marks = (max(1, len(runnable) // 4), len(runnable)) if trace else ()
-    callback = TimedSweepCallback(store, tracker, progress, records, timeline_every=max(1, len(runnable) // 20),
+    marks = (tuple(trace_at) or (max(1, len(runnable) // 4), len(runnable))) if trace else ()
+    callback = TimedSweepCallback(store, tracker, progress, records,
+                                  timeline_every=max(1, len(runnable) // max(1, timeline_points)),
                                   snapshots_at=marks,
                                   stops=scheduler.decisions if isinstance(scheduler, PrunerScheduler) else None)
     tuner = tune.Tuner(
@@ -418,11 +426,15 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     }
 
 
-def _growth_kb_per_trial(timeline: list[dict[str, float]]) -> Optional[float]:
-    """Driver RSS growth per ended trial (KB): least-squares slope over the timeline's later three quarters
-    (the first quarter holds Ray's and Tune's warm-up)."""
+def _fit_points(timeline: list[dict[str, float]]) -> list[tuple[float, float]]:
+    """(trials ended, RSS MB) of the timeline's later three quarters (the first holds Ray's and Tune's warm-up)."""
     pts = [(p["trials_ended"], p["rss_mb"]) for p in timeline]
-    pts = [p for p in pts if p[0] >= pts[-1][0] / 4] if pts else []
+    return [p for p in pts if p[0] >= pts[-1][0] / 4] if pts else []
+
+
+def _growth_kb_per_trial(timeline: list[dict[str, float]]) -> Optional[float]:
+    """Driver RSS growth per ended trial (KB): least-squares slope over the timeline's later three quarters."""
+    pts = _fit_points(timeline)
     if len(pts) < 3:
         return None
     x, y = (np.array(v, dtype=float) for v in zip(*pts))
@@ -499,6 +511,9 @@ def _arm_subprocess(arm: str, args, trials: int, time_limit_s: float) -> dict[st
         cmd.append("--no-shadow")
     if args.trace_memory:
         cmd.append("--trace-memory")
+    if args.trace_at:
+        cmd += ["--trace-at", args.trace_at]
+    cmd += ["--timeline-points", str(args.timeline_points)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"arm {arm} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -556,6 +571,19 @@ def print_table(doc: dict[str, Any]) -> None:
         for name, h in (a.get("helpers") or {}).items():
             if h:
                 con.print(f"{a['arm']}: {name} helper process: {h['cpu_s']:.0f} CPU s, peak RSS {h['peak_rss_mb']:.0f} MB")
+    mt = Table(title="driver memory per ended trial (RSS: least-squares slope over the timeline's later three quarters)")
+    for col in ("arm", "trials ended", "RSS MB at the fit's first point", "RSS MB at its last", "KB per trial",
+                "traced Python KB per trial"):
+        mt.add_column(col, justify="left" if col == "arm" else "right")
+    for a in doc["arms"].values():
+        pts = _fit_points(a["timeline"])
+        g, tr = a.get("rss_growth_kb_per_trial"), a.get("memory_trace")
+        mt.add_row(a["arm"], str(a["trials_ended"]),
+                   f"{pts[0][1]:.0f} (trial {pts[0][0]:.0f})" if pts else "—",
+                   f"{pts[-1][1]:.0f} (trial {pts[-1][0]:.0f})" if pts else "—",
+                   f"{g:.1f}" if g is not None else "—",
+                   f"{tr['traced_kb_per_trial']:.1f} ({tr['from_trials']}→{tr['to_trials']})" if tr else "—")
+    con.print(mt)
     for a in doc["arms"].values():
         g, tr = a.get("rss_growth_kb_per_trial"), a.get("memory_trace")
         line = f"{a['arm']}: driver RSS grows {g:.1f} KB per ended trial" if g is not None else ""
@@ -587,9 +615,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--eval-every", type=int, default=EVAL_EVERY, help="steps between a trial's evaluations (reports)")
     ap.add_argument("--asha-trials", type=int, default=1000, help="trials of the full ASHA Tuner arm (the grid's first)")
     ap.add_argument("--asha-time-limit-s", type=float, default=120.0, help="ASHA arm's Tuner time budget (0 = none)")
-    ap.add_argument("--arms", default="asha,scalesweep",
+    ap.add_argument("--arms", default=None,
                     help="comma list of asha, scalesweep, scalesweep-keep (run in this order; scalesweep-keep: the "
-                         "scalesweep arm without ForgetEndedTrials, Tune keeping every ended trial, as before)")
+                         "scalesweep arm without ForgetEndedTrials, Tune keeping every ended trial, as before); "
+                         "default asha,scalesweep (--memory: scalesweep-keep,scalesweep)")
     ap.add_argument("--store-rows", type=int, default=200_000, help="rows for the store append benchmark")
     ap.add_argument("--no-mlflow", action="store_true", help="leave MLflow out of the callback")
     ap.add_argument("--no-shadow", action="store_true",
@@ -598,22 +627,36 @@ def main(argv: Optional[list[str]] = None) -> None:
                     help="smoke test: 12 trials (ASHA arm 8), 2 at once, both arms in this process (one Ray start; "
                          "peak RSS is then cumulative), 20k store rows")
     ap.add_argument("--trace-memory", action="store_true",
-                    help="trace the scalesweep arm's Python allocations (tracemalloc; slow) and print what grows per trial")
+                    help="trace the scalesweep arms' Python allocations (tracemalloc; slow) and print what grows per trial")
+    ap.add_argument("--trace-at", default="",
+                    help="with --trace-memory: the two trial counts to snapshot at, e.g. 1000,2000 (default: a quarter, all)")
+    ap.add_argument("--timeline-points", type=int, default=20, help="timeline points (RSS samples) per arm")
+    ap.add_argument("--memory", action="store_true",
+                    help="driver memory per trial, cheaply: arms scalesweep-keep,scalesweep, one report per trial (its "
+                         "last), no MLflow, no shadow ASHA, no ASHA arm, 40 timeline points, 2,000 store rows")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--_arm", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    trace_at = tuple(int(x) for x in args.trace_at.split(",") if x.strip())
+    if args.memory:
+        args.arms = args.arms or "scalesweep-keep,scalesweep"
+        args.asha_trials, args.no_mlflow, args.no_shadow = 0, True, True
+        args.eval_every, args.timeline_points, args.store_rows = ONE_REPORT, 40, 2000
+    args.arms = args.arms or "asha,scalesweep"
     if args._arm:
         Path(args._out).write_text(json.dumps(run_arm(args._arm, args.trials, args.concurrency, args.time_limit_s,
                                                       not args.no_mlflow, shadow_asha=not args.no_shadow,
                                                       eval_every=args.eval_every,
-                                                      trace=args.trace_memory and args._arm.startswith("scalesweep"))))
+                                                      trace=args.trace_memory and args._arm.startswith("scalesweep"),
+                                                      trace_at=trace_at, timeline_points=args.timeline_points)))
         return
     if args.quick:
         args.trials, args.asha_trials, args.store_rows, args.concurrency = 12, 8, 20_000, 2
     t0 = time.perf_counter()
     doc: dict[str, Any] = {"benchmark": "overhead", "command": "python -m benchmarks.overhead " + " ".join(sys.argv[1:]),
                            "trials": args.trials, "asha_trials": args.asha_trials, "eval_every": args.eval_every,
+                           "memory_mode": args.memory, "mlflow": not args.no_mlflow,
                            "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(), "arms": {}}
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if args.asha_trials <= 0:
@@ -623,7 +666,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         if args.quick:
             doc["arms"][arm] = run_arm(arm, trials, args.concurrency, limit, not args.no_mlflow,
                                        own_ray=arm == arms[-1], shadow_asha=not args.no_shadow,
-                                       eval_every=args.eval_every, trace=args.trace_memory and arm.startswith("scalesweep"))
+                                       eval_every=args.eval_every, trace=args.trace_memory and arm.startswith("scalesweep"),
+                                       trace_at=trace_at, timeline_points=args.timeline_points)
         else:
             doc["arms"][arm] = _arm_subprocess(arm, args, trials, limit)
     doc["prefix"] = compare_prefix(doc)

@@ -106,3 +106,18 @@ def test_overhead_quick(tmp_path):
     store = doc["store"]
     assert store["append_rows_per_s"] > 0 and store["rows_read"] == store["rows"]
     assert store["fsync"]["rows_read"] == store["fsync"]["rows"]
+
+
+def test_overhead_memory_mode(tmp_path):
+    """`--memory`: Tune keeping every ended trial beside run_sweep's forgetting, one run, real trials that
+    report once (their last step), without MLflow; the figures are there (their values are not judged)."""
+    out = tmp_path / "memory.json"
+    _run("benchmarks.overhead", "--quick", "--memory", "--json", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["memory_mode"] and not doc["mlflow"]
+    assert list(doc["arms"]) == ["scalesweep-keep", "scalesweep"]
+    for arm in doc["arms"].values():
+        assert arm["trials_ended"] == arm["trials_requested"] == doc["trials"] > 0
+        assert arm["reports"] == arm["trials_ended"]  # one report per trial
+        assert arm["helpers"].get("mlflow") is None and arm["shadow"] is None
+        assert len(arm["timeline"]) >= 3 and "rss_growth_kb_per_trial" in arm

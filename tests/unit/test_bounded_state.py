@@ -112,3 +112,45 @@ def test_forget_ended_trials_empties_and_drops_them():
         assert json.loads(runtime)["last_result"]["eval_loss"] == pytest.approx(2.8)
         assert len(runtime) < kept_before[1] / 4 and len(state) < kept_before[0]
     assert trials[0].config["trial"]["lr"] == 0.01  # a live trial keeps everything
+
+
+class _Controller:
+    """What Ray Tune's controller keeps of a trial besides its list (Ray 2.6x names); calls the callback as Tune does."""
+
+    def __init__(self, trials):
+        self._trials = trials
+        self._live_trials = set(trials)
+        self._stopped_trials, self._failed_trials, self._trials_to_cache = set(), set(), set()
+        self._trial_metadata = {t.trial_id: t.get_json_state() for t in trials}
+        self._cached_trial_decisions, self._queued_trial_decisions = {}, {}
+        from ray.tune.progress_reporter import TrialProgressCallback  # Tune adds it (legacy output engine)
+
+        self._callbacks = SimpleNamespace(_callbacks=[TrialProgressCallback()])
+
+    def step(self, callback):
+        callback.on_step_end(iteration=0, trials=self._trials)
+
+
+def test_forget_ended_trials_drops_them_from_the_controller():
+    forget = ForgetEndedTrials()
+    trials = [_tune_trial(i) for i in range(TRIALS)]
+    controller = _Controller(trials)
+    ended = trials[:-2]
+    for i, t in enumerate(ended):
+        forget.on_trial_complete(0, trials, t)
+        t.set_status(Trial.TERMINATED if i % 5 else Trial.ERROR)
+        (controller._stopped_trials if i % 5 else controller._failed_trials).add(t)
+        controller._trials_to_cache.add(t)
+        controller._cached_trial_decisions[t.trial_id] = "STOP"
+        printer = controller._callbacks._callbacks[0]
+        printer._last_print[t], printer._last_print_iteration[t] = 1.0, 20
+        printer._completed_trials.add(t)
+    controller.step(forget)
+    assert forget._controller is controller  # found from the frames that called the callback
+    live = set(trials[-2:])
+    assert set(controller._trials) == live and controller._live_trials == live
+    assert controller._stopped_trials == controller._failed_trials == controller._trials_to_cache == set()
+    assert set(controller._trial_metadata) == {t.trial_id for t in live}
+    assert controller._cached_trial_decisions == {}
+    assert printer._last_print == printer._last_print_iteration == {} and printer._completed_trials == set()
+    assert forget.__getstate__()["_controller"] is None  # Tune pickles its callbacks: not the controller
