@@ -22,10 +22,10 @@ import pytest
 ray = pytest.importorskip("ray")
 from ray import tune  # noqa: E402
 
-from orchestrator.tune.forget import ForgetEndedTrials, controller_of  # noqa: E402
+from orchestrator.adapters.tune.forget import ForgetEndedTrials, controller_of  # noqa: E402
 from orchestrator.config.spec import parse_spec  # noqa: E402
-from orchestrator.controller import tune_env  # noqa: E402
-from orchestrator.tune.trainable import run_trial  # noqa: E402
+from orchestrator.app.session import tune_env  # noqa: E402
+from orchestrator.adapters.tune.trainable import run_trial  # noqa: E402
 from trainers.contract import TrialConfig  # noqa: E402
 
 TRIALS = 16
