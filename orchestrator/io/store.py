@@ -139,7 +139,7 @@ class ObservationStore:
         self._last_flush = time.monotonic()
         self._seq = time.time_ns()
         self._wal = None  # open write-ahead log of the rows in self._obs (opened on the first append)
-        self._sealed: list[Path] = []  # logs whose rows are in the part being (or failing to be) flushed
+        self._sealed: list[Path] = []  # closed logs whose rows are all in self._obs (deleted once flushed)
         self._memo: dict[str, tuple[tuple[str, ...], pa.Table]] = {}  # table -> (its parts, as read): `_read`
         # The write-ahead log is always a local folder (an object cannot be appended to): beside
         # the pointer, or for a store opened by its URI alone, a folder of this machine's named after it.
@@ -180,9 +180,11 @@ class ObservationStore:
             row["seq"] = self._next_seq()
             if tasks:
                 row["tasks"] = tasks  # logged with the report; a flush writes them to task_metrics/
-            self._log(row)
+            # Buffered before it is logged: a KeyboardInterrupt (a second Ctrl-C) between the two must
+            # not leave a logged row outside the buffer, whose log the next flush would delete.
             self._obs.append(row)
             self._tasks.extend(_task_rows(row))
+            self._log(row)
         if time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
 
@@ -256,17 +258,23 @@ class ObservationStore:
             self.flush()
 
     def flush(self) -> None:
-        """Write buffered rows as new immutable parts (atomically)."""
+        """Write buffered rows as new immutable parts (atomically).
+
+        A log is deleted only by the flush whose part holds its rows. A flush that fails or is
+        interrupted (KeyboardInterrupt: a second Ctrl-C lands anywhere in the controller's main
+        thread) hands its rows and logs back for the next flush; if it cannot, the logs stay on
+        disk, owned by no flush, for `recover()`: a logged report is never lost.
+        """
         with self._lock:
-            obs, self._obs = self._obs, []
-            events, self._events = self._events, []
-            tasks, self._tasks = self._tasks, []
-            self._last_flush = time.monotonic()
-            if self._wal is not None:  # its rows are all in `obs`; later rows go to a new log
+            if self._wal is not None:  # its rows are all in `self._obs`; later rows go to a new log
                 self._sealed.append(Path(self._wal.name))
                 self._wal.close()
                 self._wal = None
-            sealed = list(self._sealed)
+            # `_sealed` is emptied first: interrupted between these stores, the logs are orphaned
+            # (recovered on resume), never left to a flush whose buffer lacks their rows.
+            sealed, obs, tasks, events = self._sealed, self._obs, self._tasks, self._events
+            self._sealed, self._obs, self._tasks, self._events = [], [], [], []
+            self._last_flush = time.monotonic()
         try:
             if obs:
                 self._write_part("observations", pa.Table.from_pylist(obs, schema=OBS_SCHEMA))
@@ -274,16 +282,15 @@ class ObservationStore:
                 self._write_part("task_metrics", pa.Table.from_pylist(tasks, schema=TASK_SCHEMA))
             if events:
                 self._write_part("trials", pa.Table.from_pylist(events, schema=TRIAL_SCHEMA))
-        except Exception:
+        except BaseException:
             with self._lock:  # keep the rows: a later flush may succeed (disk freed); rewrites dedupe
                 self._obs[:0] = obs
                 self._tasks[:0] = tasks
                 self._events[:0] = events
+                self._sealed[:0] = sealed  # after the rows they hold (see above)
             raise
-        with self._lock:
-            for path in sealed:  # superseded by the part just written
-                path.unlink(missing_ok=True)
-                self._sealed.remove(path)
+        for path in sealed:  # superseded by the part just written
+            path.unlink(missing_ok=True)
 
     def _write_part(self, table_name: str, table: pa.Table) -> str:
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"

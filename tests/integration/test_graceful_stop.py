@@ -69,12 +69,12 @@ def _reported(sweep_dir: Path) -> int:
     return n
 
 
-def _stop_mid_run(args: list[str], sweep_dir: Path, stop, log: Path, ran_before: int):
-    """Start `scalesweep ARGS`, wait until trials have reported past their first checkpoints,
-    call `stop(process)`; return (exit code, stderr + stdout)."""
+def _stop_mid_run(args: list[str], sweep_dir: Path, stop, log: Path, ran_before: int, delay: str = "0.3"):
+    """Start `scalesweep ARGS` (reports `delay` s apart), wait until trials have reported past their
+    first checkpoints, call `stop(process)`; return (exit code, stderr + stdout)."""
     with open(log, "w") as out, open(log.with_suffix(".err"), "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator.app.cli", *args, "--no-progress"], stdout=out,
-                                stderr=err, env=_env(), start_new_session=True)
+                                stderr=err, env=_env(delay), start_new_session=True)
         try:
             t0 = time.monotonic()
             while True:
@@ -141,8 +141,11 @@ def test_ctrl_c_then_sigterm_then_resume_finishes(tmp_path):
                            capture_output=True, text=True, env=_env(), timeout=180)
         assert r.returncode == 0 and "stopped" in r.stdout, r.stdout + r.stderr
 
+    # Reports 1 s apart: what is left of the sweep lasts 15 s or more, longer than a `scalesweep stop` process
+    # takes to start on a loaded machine (at 0.3 s the resumed sweep could finish first and exit 0).
+    # A stopped trial ends at its next report, so this costs the test a few seconds only.
     code, out = _stop_mid_run(["resume", str(sweep_dir)], sweep_dir, scalesweep_stop, tmp_path / "resume1.log",
-                              rows_first)
+                              rows_first, delay="1.0")
     _check_stopped(code, 143, out, sweep_dir, first)
 
     # 3. resume finishes: every trial finished, one row per (trial, step), a fit
