@@ -15,6 +15,13 @@ arms, each in its own interpreter: `orchestrator/`, `trainers/` and `cluster/` a
 case it compares, exactly: the trials handed out in order (id, N, D, lr, batch, FLOPs, workers, ZeRO
 stage, WSD branch and checkpoint steps), every decision the planner logged (with its `why`), why it
 stopped and its estimate at the target. A refactor that changes no decision prints `same` for each.
+
+    python -m benchmarks.same_decisions --compare BEFORE.json AFTER.json [--rtol 1e-9]
+
+compares two runs of `benchmarks.efficiency` or `benchmarks.pruning` (the same command at two revisions):
+one row per (world, strategy), resp. method, with its headline figures before and after, then every
+number of the two documents, path by path (wall-clock fields left out: `TIMING_KEYS`), equal within
+`--rtol`; text that differs (a docstring's module path, say) is listed, not counted. Exit 1 on a difference.
 """
 from __future__ import annotations
 
@@ -134,13 +141,104 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
     return "" if a == b or (a != a and b != b) else f"{path}: {a!r} != {b!r}"
 
 
+# fields that measure this machine's wall clock, not a decision: left out of --compare
+TIMING_KEYS = {"seconds", "wall_s", "ours_report_latency_s", "command", "plot"}
+# --compare's headline columns per benchmark: (summary field, label, format)
+HEADLINES = {"efficiency": (("compute_vs_full_grid", "compute/grid", "{:.3f}"),
+                            ("regret_mean", "regret mean", "{:.4%}"), ("regret_worst", "regret worst", "{:.4%}")),
+             "pruning": (("compute_saved_mean", "saved mean", "{:.2%}"), ("stopped", "stopped", "{}"),
+                         ("winners_lost_cell", "lost/(N,D)", "{}"), ("winners_lost_compute", "lost/C", "{}"))}
+
+
+def _leaves(doc: Any, path: str = "") -> dict[str, Any]:
+    """Every leaf of a JSON document by its path (`.strategies.asha.regret.mean`), timing fields left out.
+
+    >>> _leaves({"a": [1, {"seconds": 2.0, "b": "x"}], "wall_s": 3})
+    {'.a[0]': 1, '.a[1].b': 'x'}
+    """
+    if isinstance(doc, dict):
+        return {k: v for key, val in doc.items() if key not in TIMING_KEYS
+                for k, v in _leaves(val, f"{path}.{key}").items()}
+    if isinstance(doc, list):
+        return {k: v for i, val in enumerate(doc) for k, v in _leaves(val, f"{path}[{i}]").items()}
+    return {path: doc}
+
+
+def _same_number(a: Any, b: Any, rtol: float) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return a == b
+    if a != a or b != b:  # NaN
+        return a != a and b != b
+    return a == b or abs(a - b) <= rtol * max(abs(a), abs(b))
+
+
+def compare_documents(before: dict[str, Any], after: dict[str, Any], rtol: float = 1e-9) -> dict[str, list]:
+    """Paths whose numbers differ (beyond `rtol`) or exist on one side only, and paths whose text differs.
+
+    >>> compare_documents({"x": 1.0, "t": "a", "seconds": 1}, {"x": 1.0 + 1e-12, "t": "b", "seconds": 9})
+    {'numbers': [], 'text': [('.t', 'a', 'b')]}
+    """
+    a, b = _leaves(before), _leaves(after)
+    numbers, text = [], []
+    for path in sorted(set(a) | set(b)):
+        if path not in a or path not in b:
+            numbers.append((path, a.get(path, "(absent)"), b.get(path, "(absent)")))
+        elif isinstance(a[path], str) and isinstance(b[path], str):
+            if a[path] != b[path]:
+                text.append((path, a[path], b[path]))
+        elif not _same_number(a[path], b[path], rtol):
+            numbers.append((path, a[path], b[path]))
+    return {"numbers": numbers, "text": text}
+
+
+def _summary_rows(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The benchmark's summary, one row per (world, strategy) (efficiency) or method (pruning)."""
+    if isinstance(doc.get("summary"), list):  # efficiency, several worlds
+        return {f"{r['world']} {r['strategy']}": r for r in doc["summary"]}
+    if "strategies" in doc:  # efficiency, one world: the per-strategy entries
+        return {f"{doc['world']['name']} {name}": {"compute_vs_full_grid": e["compute_vs_full_grid"],
+                                                   "regret_mean": e["regret"]["mean"],
+                                                   "regret_worst": None if e["regret"]["diverged_seeds"]
+                                                   else e["regret"]["max"]}
+                for name, e in doc["strategies"].items()}
+    return {f"{doc.get('world', '')} {name}": r for name, r in doc["summary"].items()}  # pruning
+
+
+def compare_files(before: Path, after: Path, rtol: float) -> bool:
+    """Print the side-by-side table of two benchmark JSONs and their differences; whether they agree."""
+    b, a = json.loads(before.read_text()), json.loads(after.read_text())
+    kind = "pruning" if "per_seed" in b and "trials_per_seed" in b else "efficiency"
+    heads = HEADLINES[kind]
+    rows_b, rows_a = _summary_rows(b), _summary_rows(a)
+    fmt = lambda f, v: "-" if v is None else f.format(v)  # noqa: E731
+    print(f"{kind}: {before} (before) vs {after} (after)")
+    print(f"{'':<26}" + "".join(f"{label + ' before':>22}{'after':>12}" for _, label, _ in heads))
+    for key in sorted(set(rows_b) | set(rows_a)):
+        rb, ra = rows_b.get(key, {}), rows_a.get(key, {})
+        print(f"{key:<26}" + "".join(f"{fmt(f, rb.get(k)):>22}{fmt(f, ra.get(k)):>12}" for k, _, f in heads))
+    diff = compare_documents(b, a, rtol)
+    n = len(_leaves(b))
+    print(f"numbers compared: {n} (wall-clock fields left out); differing: {len(diff['numbers'])}; "
+          f"text differing: {len(diff['text'])}")
+    for path, x, y in diff["numbers"][:20]:
+        print(f"  DIFFERENT {path}: {x!r} -> {y!r}")
+    for path, x, y in diff["text"][:10]:
+        print(f"  text {path}: {str(x)[:80]!r} -> {str(y)[:80]!r}")
+    return not diff["numbers"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default="main", help="git revision of the 'before' arm")
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     ap.add_argument("--out", default="results/same-decisions.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"),
+                    help="compare two benchmark JSONs (efficiency or pruning) instead")
+    ap.add_argument("--rtol", type=float, default=1e-9, help="--compare: relative tolerance for numbers")
     args = ap.parse_args(argv)
+    if args.compare:
+        return 0 if compare_files(*args.compare, args.rtol) else 1
     if args.worker:
         json.dump(worker(json.loads(Path(args.worker).read_text())), sys.stdout)
         return 0

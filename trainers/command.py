@@ -41,6 +41,9 @@ With `config.checkpoint_mirror` (a sweep whose store is on S3) an attempt first 
 into `checkpoint_dir`, and when its program has exited the mirror is made a copy of the folder
 (trainers.checkpoint_mirror), before the final report is sent. With a `run_mirror` the attempt's
 own folder (config, metrics, logs, exit.json) is copied there too, once its program has ended.
+
+Long because one trial attempt's life is one function (`run_command`: start, read reports, stop, restart) with
+the process-group helpers only it uses.
 """
 from __future__ import annotations
 

@@ -22,6 +22,9 @@ evaluations' cumulative `eval_flops` and `eval_time_s`, kept out of `flops` and 
 With `config.checkpoint_mirror` (a sweep whose store is on S3) every saved checkpoint is copied to
 that object-store prefix, each rank its own shards, and a trial first copies the mirror's
 checkpoint into its local `checkpoint_dir` (trainers.checkpoint_mirror): it resumes on any node.
+
+Long because it is one trial: the DeepSpeed engine's setup, the training loop (`_run`), evaluation,
+checkpoints and the rank reduction they share run in one process.
 """
 from __future__ import annotations
 

@@ -42,6 +42,9 @@ back; a user's trainer passes its own checkpoint (:func:`evaluate_tasks`).
 >>> task = cloze_task(stream, seq_len=64, n_items=8)
 >>> task.chance, len(task.items)
 (0.25, 8)
+
+Long because the built-in tasks, a user's task hook and command tasks share one contract (`task(model,
+tokenizer) -> dict`), its checks and its report.
 """
 from __future__ import annotations
 

@@ -22,6 +22,9 @@ written atomically (rename into place).
 
 >>> normalise("builtin")["format"], normalise("/d/train.bin")["format"], normalise("/d/shards")["format"]
 ('builtin', 'bin', 'parquet')
+
+Long because every data format (bin, Parquet, HF, text, builtin) is read behind the one `load_streams` and
+checked by the one `problems`.
 """
 from __future__ import annotations
 

@@ -36,6 +36,9 @@ threads it has in its ready message. Not tested on a GPU node.
 ('module', 'pkg.train', ['--config', 'c.json'])
 >>> python_program(["bash", "run.sh"])
 "the program is not a Python interpreter ('bash')"
+
+Long because both sides of the fork server live here: the trial process's `Zygote` and `zygote_main`, which
+the command's own interpreter runs as this file (it imports only the standard library).
 """
 from __future__ import annotations
 

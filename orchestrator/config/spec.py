@@ -3,6 +3,9 @@
 A spec is loaded from YAML with `load_spec(path)`. Any problem raises `SpecError` whose
 message names the field and the reason; the CLI turns it into exit status 2 before
 anything is started.
+
+Long because it is one schema: a pydantic model per spec section, each field's doc and checks beside it, and
+the checks across sections that need them all; the spec's reference is this one file.
 """
 from __future__ import annotations
 

@@ -41,6 +41,9 @@ activation checkpointing re-runs the forward (+2·N of 6·N, a 4/3 step time).
 before checkpointing (recomputation costs a third more compute), then the lowest ZeRO stage
 (stages 1-2 communicate as much as plain data parallelism, stage 3 half again more), then the
 largest power-of-two micro-batch that divides the worker's share of the global batch.
+
+Long because the memory model, the throughput model and `plan_resources`, which searches both, share one set
+of types (`DeviceSpec`, `ModelDims`, `Precision`, `MemoryBreakdown`).
 """
 from __future__ import annotations
 

@@ -27,6 +27,9 @@ matters because a trial checkpoints right after its report is acknowledged: with
 log a resumed trial would continue after rows the store never got (a gap).
 Any write failure (full disk, permissions, a path that is a file) raises `StoreError`
 naming the path and the reason; the parts already written stay whole.
+
+Long because it is one class: `ObservationStore`'s three tables share one write, flush and write-ahead-log
+recovery path; the few reads every query shares follow it.
 """
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ def test_a_stopped_sweep_caches_the_search_a_resume_rebuilds(sweep, tmp_path):
     """Issue 17: a law/transfer sweep that was stopped (or failed) caches its search at its end path too, so its
     first query does not replay; the cache is the store's replay (what a resume continues from: a trial the
     stop left unended is one to start again), not the live planner, which has handed it out already."""
-    from orchestrator.app.session import StopRequest, _finish_interrupted
+    from orchestrator.app.stopping import StopRequest, finish_interrupted
 
     spec, outcome = sweep
     copy = tmp_path / "stopped"  # the sweep as if stopped while its last trial ran
@@ -147,7 +147,7 @@ def test_a_stopped_sweep_caches_the_search_a_resume_rebuilds(sweep, tmp_path):
     store.set_status(last, "running")
     stash = {"stop": StopRequest(copy / "stop-requested"), "store": store}
     stash["stop"].request("SIGINT")
-    _finish_interrupted(stash, copy)  # marks it stopped-by-user, then caches the search
+    finish_interrupted(stash, copy)  # marks it stopped-by-user, then caches the search
     store.close()
     assert ObservationStore(copy).trials()[last]["status"] == "stopped-by-user"
     cache = copy / replay_cache.CACHE_FILE

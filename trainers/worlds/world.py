@@ -32,6 +32,9 @@ N·D-interaction and data-constrained surfaces (the curve is then L*(N, tokens-e
 history)), lr*/batch* laws that bend, lr* that moves with the batch, an asymmetric lr bowl, a
 divergence multiple that varies with N, lr that changes the curve's shape, Student-t noise and
 outlier runs. docs/worlds.md documents each.
+
+Long because it is one pydantic schema (a world's sections) with `World`'s exact queries, which read every
+section.
 """
 from __future__ import annotations
 

@@ -33,6 +33,9 @@ right; the backtests (:func:`backtest_by_size`) measure how wrong the laws are w
 >>> round(float(fit.predict([1e9], [1e11])["acc"][0]), 3) == round(float(
 ...     0.25 + 0.75 / (1 + np.exp(3.0 * (1.7 + 400 / 1e9**0.34 + 400 / 1e11**0.28 - 2.6)))), 3)
 True
+
+Long because the links, the compute law and the latent fit share one fitting core (`batch_lm` over many
+starts, `_refits` for the bootstrap) and one result, `DownstreamFit`, that backtests and predictions read.
 """
 from __future__ import annotations
 

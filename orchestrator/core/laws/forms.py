@@ -25,6 +25,9 @@ Power-law forms use centred coordinates: ``A/N^alpha = exp(a - alpha (log N - lo
 >>> X = inputs([1e8], [2e9])
 >>> round(float(np.exp(f.log_predict(th[None, :], X))[0, 0]), 4)
 3.7272
+
+Long because the candidate forms are one family behind one interface (`Form`) and one fitting core
+(`batch_lm`, `robust_objective`); each form is a class of 60-130 lines.
 """
 from __future__ import annotations
 

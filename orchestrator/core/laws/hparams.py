@@ -11,6 +11,9 @@ fitted by least squares in log space, with bootstrap intervals (cells resampled 
 and refitted, spread widened by the small-sample factor; see ``docs/hparams.md``). Diverged runs (loss
 NaN/inf or flagged) are censored: they never enter a loss fit, but they mark the learning rate as
 too high at their batch, so no cell optimum is placed at or beyond them.
+
+Long because lr*(N, D) and batch*(D) share one path: the per-cell optima (bowl or Step-Law), the regression
+across cells and its bootstrap, into one `HparamFit`.
 """
 from __future__ import annotations
 

@@ -32,6 +32,9 @@ True
 >>> loss, lo, hi = fit.predict_interval([1.4e9], [2.8e10])
 >>> bool(lo[0] < loss[0] < hi[0])
 True
+
+Long because fitting, backtesting and weighting the forms and the queries on the weighted fit (intervals,
+frontier band, held-out predictions, warnings) are one family over `FormFit` and `AutoFit`.
 """
 from __future__ import annotations
 
