@@ -175,7 +175,9 @@ class OptunaPruner(Method):
         self.optuna = optuna
         pruner = optuna.pruners.MedianPruner() if kind == "median" else optuna.pruners.HyperbandPruner()
         self.name = f"optuna-{kind}"
-        self.study = optuna.create_study(direction="minimize", pruner=pruner,
+        # named: Optuna's HyperbandPruner puts trials in brackets by a hash of the study's name, so an
+        # unnamed (random-name) study gives other figures on every run
+        self.study = optuna.create_study(direction="minimize", pruner=pruner, study_name=f"{self.name}-{seed}",
                                          sampler=optuna.samplers.RandomSampler(seed=seed))
         self.trials: dict[str, Any] = {}
 

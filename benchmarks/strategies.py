@@ -221,8 +221,9 @@ class OptunaTPE:
         warnings.filterwarnings("ignore", module="optuna")
         self.optuna = optuna
         self.grid = grid
+        # named: HyperbandPruner's brackets hash the study's name (an unnamed study is not reproducible)
         self.study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed),
-                                         pruner=optuna.pruners.HyperbandPruner())
+                                         pruner=optuna.pruners.HyperbandPruner(), study_name=f"optuna-tpe-{seed}")
         self.left = n_trials
         self._asked = None  # the optuna trial behind the last `next()`, bound to its run by `add`
         self.live: dict[int, Any] = {}  # run -> optuna trial
