@@ -302,9 +302,10 @@ class LoopbackCluster:
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # `ray start --block` shuts its node down on SIGTERM
-        # 10 s for all of them, then SIGKILL below: a node whose raylet was killed can sit out a
-        # longer wait (CI: 30 s in test_node_loss's teardown) and nothing of it is read any more.
-        deadline = time.monotonic() + 10
+        # 3 s for all of them, then SIGKILL below: a node whose raylet was killed sits out any
+        # wait (CI: 30 s in test_node_loss's teardown, 10 s when it was the limit) and nothing of
+        # it is read any more.
+        deadline = time.monotonic() + 3
         for p in self.procs:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
