@@ -37,7 +37,8 @@ def pytest_collection_modifyitems(items):
 
 def run_real_sweep(root: Path, data: dict, name: str, num_cpus: int = 2):
     """Write `data` as ROOT/spec.yaml, run it through the real controller on a fresh local Ray
-    cluster of `num_cpus` CPUs (sweep dir ROOT/NAME), shut Ray down; return (spec, outcome)."""
+    cluster of `num_cpus` CPUs (sweep dir ROOT/NAME), shut Ray down; return (spec, outcome).
+    Where this process is connected to Ray already, the sweep runs there and Ray stays up."""
     import ray
 
     from orchestrator.controller import run_sweep
@@ -46,11 +47,14 @@ def run_real_sweep(root: Path, data: dict, name: str, num_cpus: int = 2):
     spec_path = root / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(data))
     spec = parse_spec(data)
-    ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
+    own = not ray.is_initialized()
+    if own:
+        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
     try:
         outcome = run_sweep(spec, str(spec_path), show_progress=False)
     finally:
-        ray.shutdown()
+        if own:
+            ray.shutdown()
     return spec, outcome
 
 
