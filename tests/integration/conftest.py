@@ -139,6 +139,7 @@ class MlflowServer:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.2)
+        self.kill()  # a server still starting would outlive the test (with MLflow's job runner: ~100 processes)
         raise RuntimeError(f"mlflow server did not come up: {self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:
