@@ -108,7 +108,8 @@ def pytest_runtest_setup(item):
 def run_real_sweep(root: Path, data: dict, name: str, num_cpus: int = 2, local_ray=None):
     """Write `data` as ROOT/spec.yaml, run it through the real controller on a local Ray cluster
     of `num_cpus` CPUs (sweep dir ROOT/NAME); return (spec, outcome). With the `local_ray`
-    fixture: on the session's shared instance; without: on a fresh one, shut down after."""
+    fixture: on the session's shared instance; without: on a fresh one, shut down after (or on the
+    Ray this process is already connected to, left up)."""
     import ray
 
     from orchestrator.app.session import run_sweep
@@ -120,11 +121,14 @@ def run_real_sweep(root: Path, data: dict, name: str, num_cpus: int = 2, local_r
     if local_ray is not None:
         local_ray(num_cpus)
         return spec, run_sweep(spec, str(spec_path), show_progress=False)
-    ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
+    own = not ray.is_initialized()  # a Ray this process already runs (a test's own cluster) stays up
+    if own:
+        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
     try:
         outcome = run_sweep(spec, str(spec_path), show_progress=False)
     finally:
-        ray.shutdown()
+        if own:
+            ray.shutdown()
     return spec, outcome
 
 
@@ -206,6 +210,7 @@ class MlflowServer:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.2)
+        self.kill()  # a server still starting would outlive the test (with MLflow's job runner: ~100 processes)
         raise RuntimeError(f"mlflow server did not come up: {self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:
@@ -373,9 +378,10 @@ class LoopbackCluster:
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # `ray start --block` shuts its node down on SIGTERM
-        # 10 s for all of them, then SIGKILL below: a node whose raylet was killed can sit out a
-        # longer wait (CI: 30 s in test_node_loss's teardown) and nothing of it is read any more.
-        deadline = time.monotonic() + 10
+        # 3 s for all of them, then SIGKILL below: a node whose raylet was killed sits out any
+        # wait (CI: 30 s in test_node_loss's teardown, 10 s when it was the limit) and nothing of
+        # it is read any more.
+        deadline = time.monotonic() + 3
         for p in self.procs:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))

@@ -105,6 +105,17 @@ def _job_status(cluster, job_id: str) -> str:
     return _get_json(f"{cluster.address}/api/jobs/{job_id}")["status"]
 
 
+def _job_end(cluster, job_id: str, timeout: float = 400) -> str:
+    """Wait until the job ended (one HTTP call a poll, not a `scalesweep logs --follow` process); its
+    status, with its logs on failure."""
+    status = _wait_for(lambda: (s := _job_status(cluster, job_id)) in ("SUCCEEDED", "FAILED", "STOPPED") and s,
+                       timeout, f"job {job_id} to end")
+    if status != "SUCCEEDED":
+        logs = cli("logs", job_id, "--address", cluster.address, check=False)
+        raise AssertionError(f"job {job_id}: {status}\n{logs.stdout[-4000:]}{logs.stderr[-2000:]}")
+    return status
+
+
 def _worker_trial(world, name: str, job: str, ready) -> str:
     """The id of a trial that runs on the worker node (its local folder is there) once `ready(tid)`."""
     cluster = world["cluster"]
@@ -150,8 +161,7 @@ def test_a_stop_reaches_the_worker_node_and_its_trial_checkpoints(world):
     assert not cluster.worker_view(sweep_dir / "spec.yaml").exists()  # the worker never saw the sweep directory
 
     job2 = _submit(world, name, spec=spec)
-    cli("logs", job2, "--address", cluster.address, "--follow", timeout=400, check=False)
-    assert _job_status(cluster, job2) == "SUCCEEDED", cli("logs", job2, "--address", cluster.address).stdout[-4000:]
+    assert _job_end(cluster, job2) == "SUCCEEDED"
     store = ObservationStore(uri)
     assert {t["status"] for t in store.trials().values()} == {"finished"}
     raw = [int(r["step"]) for r in _raw_rows(uri) if r["trial_id"] == victim]
@@ -192,8 +202,7 @@ def test_controller_killed_then_resumed_from_the_bucket_alone(world):
 
     t_resume = time.time()
     job2 = _submit(world, name)
-    r = cli("logs", job2, "--address", cluster.address, "--follow", timeout=400, check=False)
-    assert _job_status(cluster, job2) == "SUCCEEDED", r.stdout[-4000:]
+    assert _job_end(cluster, job2) == "SUCCEEDED"
 
     store = ObservationStore(uri)
     trials = store.trials()

@@ -274,7 +274,9 @@ def _raw_rows(uri: str) -> list[dict]:
 
 
 @pytest.mark.serial  # a process kill, SIGTERM to this process, its own Ray cluster
-def test_sweep_restores_from_the_bucket_after_a_kill_and_without_its_directory(s3, tmp_path, monkeypatch):
+def test_sweep_restores_from_the_bucket_after_a_kill_and_without_its_directory(s3, tmp_path, monkeypatch, request):
+    import ray
+
     from orchestrator.app.session import SweepInterrupted
 
     uri = f"s3://{BUCKET}/sweeps/ckpt"
@@ -301,6 +303,10 @@ def test_sweep_restores_from_the_bucket_after_a_kill_and_without_its_directory(s
             seen["error"] = repr(exc)
 
     monkeypatch.setenv("SCALESWEEP_REPORT_DELAY_S", "0.5")
+    # One Ray cluster for both controllers (a cluster outlives its controller's machine; a start and
+    # stop costs ~9 s of CPU); the dashboard serves the State API Ray Train's cleanup needs.
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    request.addfinalizer(ray.shutdown)
     thread = threading.Thread(target=fault, daemon=True)
     thread.start()
     with pytest.raises(SweepInterrupted):

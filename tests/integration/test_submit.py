@@ -31,11 +31,12 @@ from tests.integration.conftest import LoopbackCluster, _env, _free_ports, _get_
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 SIM_SPEC = {**SHARED_SIM_SPEC, "name": "submitted"}
-# Real DeepSpeed trials on CPU (grid order: cheapest first, two at a time): the two short ones
-# finish in seconds, the two long ones would run for minutes and are stopped.
+# Real DeepSpeed trials on CPU, started together (one per node): the short one finishes in
+# seconds, the long one would run for minutes and is stopped. (One model size: a second would
+# add a second long trial, training at full speed on the other node until the stop.)
 DS_SPEC = {
     "name": "to-stop",
-    "model": {"n_params": [8000, 20000], "seq_len": 64},
+    "model": {"n_params": [8000], "seq_len": 64},
     "tokens": {"values": [8192, 4194304]},  # 8 steps, then 4096 steps: stopped long before they end
     "learning_rates": [0.003],
     "batch_sizes": [1024],
@@ -133,12 +134,12 @@ def test_trials_ran_on_both_nodes(finished, cluster):
 
 
 def test_deepspeed_sweep_then_stop(cluster, tmp_path_factory):
-    """Real DeepSpeed trials on the cluster: the short ones finish, then the sweep is stopped mid-run."""
+    """Real DeepSpeed trials on the cluster: the short one finishes, then the sweep is stopped mid-run."""
     root = tmp_path_factory.mktemp("shared-ds")
     spec_path = _write_spec(root, DS_SPEC)
     sweep_dir = root / "sweeps" / "to-stop"
     job_id = cli("submit", str(spec_path), "--address", cluster.address, "--output-dir", str(sweep_dir)).stdout.strip()
-    # wait until a short DeepSpeed trial has finished (the long ones then run for minutes)
+    # wait until the short DeepSpeed trial has finished (the long one then runs for minutes)
     deadline = time.monotonic() + 150
     trials: dict = {}
     while time.monotonic() < deadline:
