@@ -3,9 +3,10 @@
 #
 # With no arguments the suite runs in two pytest processes side by side on the machine's two cores:
 # one runs the integration tests marked `serial` (they kill processes, take servers down or time a
-# fault, so they run one at a time and not among many other tests), the other everything else
-# (tests/unit, then the other integration tests: real Ray clusters, DeepSpeed, MLflow, PostgreSQL,
-# S3). Their outputs are printed one after the other and the suite fails if either fails.
+# fault, so they run one at a time and not among many other tests), then a few heavy integration
+# files (SERIAL_TOO) so that both processes take about as long; the other runs tests/unit, then the
+# other integration tests (real Ray clusters, DeepSpeed, MLflow, PostgreSQL, S3). Their outputs are
+# printed one after the other and the suite fails if either fails.
 # With arguments, one pytest process runs exactly what they say, e.g.
 #   bash scripts/test.sh tests/unit/test_cells.py -x
 set -euo pipefail
@@ -22,23 +23,38 @@ PYTEST=(python -m pytest -q -p no:cacheprovider --timeout=900 --hypothesis-seed=
 if [ $# -gt 0 ]; then
   exec "${PYTEST[@]}" "$@"
 fi
+I=tests/integration
+# Heavy integration files the serial process runs after its serial tests (not `serial` themselves):
+# chosen by their CI times so that both processes take ~14 min (7 Dec: serial 7.4 min, the rest 21.4).
+SERIAL_TOO=("$I/test_own_trainer.py" "$I/test_graceful_stop.py" "$I/test_branched_sweep.py"
+            "$I/test_checkpoint_on_stop.py" "$I/test_failed_sweep.py" "$I/test_warm_start_sweep.py"
+            "$I/test_s3_store.py")
+# Each process collects only its files: collecting the whole folder imports every integration
+# module (torch, DeepSpeed, Ray Tune...), ~8 s of CPU more than needed.
+mapfile -t serial_files < <(grep -l "pytest.mark.serial" "$I"/test_*.py)
+rest_files=()
+for f in "$I"/test_*.py; do
+  case " ${SERIAL_TOO[*]} " in *" $f "*) ;; *) rest_files+=("$f") ;; esac
+done
 logs=$(mktemp -d)
 # separate temp roots: neither process's clean-up may touch the other's live directories
-"${PYTEST[@]}" --durations=15 --basetemp="$logs/rest" -m "not serial" tests/unit tests/integration \
+"${PYTEST[@]}" --durations=15 --basetemp="$logs/rest" -m "not serial" tests/unit "${rest_files[@]}" \
   >"$logs/rest.log" 2>&1 &
 rest=$!
 set +e
-# The serial process collects only the files that mark a test `serial` (every serial test is in one):
-# collecting the whole folder imports every integration module (torch, DeepSpeed, Ray Tune...), ~8 s
-# of CPU more than these nine files.
-mapfile -t serial_files < <(grep -l "pytest.mark.serial" tests/integration/test_*.py)
-"${PYTEST[@]}" --durations=15 --basetemp="$logs/serial" -m serial "${serial_files[@]}" 2>&1 | tee "$logs/serial.log"
+{
+  "${PYTEST[@]}" --durations=15 --basetemp="$logs/serial" -m serial "${serial_files[@]}"
+  serial_rc=$?
+  "${PYTEST[@]}" --durations=10 --basetemp="$logs/serial-too" -m "not serial" "${SERIAL_TOO[@]}"
+  too_rc=$?
+  exit $(( serial_rc || too_rc ))
+} 2>&1 | tee "$logs/serial.log"
 serial_rc=${PIPESTATUS[0]}
 wait "$rest"
 rest_rc=$?
 set -e
-echo "=============== unit and integration tests (-m 'not serial') ==============="
+echo "=============== tests/unit and the other integration tests (-m 'not serial') ==============="
 cat "$logs/rest.log"
-echo "serial tests: exit $serial_rc; the others: exit $rest_rc"
+echo "serial tests, then ${#SERIAL_TOO[@]} heavy files: exit $serial_rc; the others: exit $rest_rc"
 rm -rf "$logs"
 [ "$rest_rc" -eq 0 ] && [ "$serial_rc" -eq 0 ]
