@@ -90,12 +90,30 @@ class Calibration:
 
     def _conformal(self, pool: list, cached: Optional[tuple]) -> tuple[int, Optional[np.ndarray]]:
         n = len(pool)
-        if cached is None or (cached[1] is None and n != cached[0]) or \
-                n >= cached[0] * (1.0 + self.refit_growth) + 1:
-            k = math.ceil((n + 1) * self.level)
-            A = np.sort(np.array(pool), axis=0)[k - 1] if 0 < k <= n else None
-            return n, A
-        return cached
+        return (n, conformal(pool, self.level)) if stale(cached, n, self.refit_growth) else cached
 
 
-__all__ = ["Calibration"]
+def stale(cached: Optional[tuple], n: int, refit_growth: float) -> bool:
+    """Whether an allowance cached as ``(pool size, A or None)`` is recomputed for a pool of ``n``:
+    none yet, none possible before and the pool changed, or the pool grew by ``refit_growth``.
+
+    >>> stale(None, 3, 0.1), stale((9, None), 10, 0.1), stale((20, "A"), 21, 0.1), stale((20, "A"), 23, 0.1)
+    (True, True, False, True)
+    """
+    return cached is None or (cached[1] is None and n != cached[0]) or n >= cached[0] * (1.0 + refit_growth) + 1
+
+
+def conformal(pool: list, level: float) -> Optional[np.ndarray]:
+    """The conformal ``level`` quantile of a pool of arrays, elementwise, or None (too few for it).
+
+    >>> conformal([np.array([float(i)]) for i in range(9)], 0.9)
+    array([8.])
+    >>> conformal([np.array([0.0])] * 8, 0.9) is None
+    True
+    """
+    n = len(pool)
+    k = math.ceil((n + 1) * level)
+    return np.sort(np.array(pool), axis=0)[k - 1] if 0 < k <= n else None
+
+
+__all__ = ["Calibration", "conformal", "stale"]

@@ -122,11 +122,26 @@ def overshoot_dir(a_s: np.ndarray, a_l: np.ndarray, b_s: np.ndarray, b_l: np.nda
         if stat is not None:
             f.append(stat[0] / T)
             score.append(stat[2] - final)
-    if not f:
-        return out
-    sup = np.maximum.accumulate(np.array(score)[::-1])[::-1]  # worst from each check on
-    idx = np.searchsorted(np.array(f), np.linspace(0.0, 1.0, PAIR_GRID))
-    ok = idx < len(f)
+    return from_each_fraction(f, score) if f else out
+
+
+def from_each_fraction(f, score, largest: bool = True) -> np.ndarray:
+    """At each fraction of ``PAIR_GRID``, the largest (or smallest) score of the checks made at
+    that fraction of the run or later (``f`` ascending); -inf (+inf) where no check is that late.
+
+    >>> A = from_each_fraction([0.2, 0.5, 0.9], [3.0, 1.0, 2.0])
+    >>> float(A[0]), float(A[30]), float(A[60]), float(A[-1])
+    (3.0, 2.0, 2.0, -inf)
+    >>> float(from_each_fraction([0.2, 0.5], [3.0, 1.0], largest=False)[0])
+    1.0
+    """
+    score = np.asarray(score, float)
+    if not largest:
+        return -from_each_fraction(f, -score)
+    out = np.full(PAIR_GRID, -np.inf)
+    sup = np.maximum.accumulate(score[::-1])[::-1]  # worst from each check on
+    idx = np.searchsorted(np.asarray(f, float), np.linspace(0.0, 1.0, PAIR_GRID))
+    ok = idx < score.size
     out[ok] = sup[idx[ok]]
     return out
 

@@ -43,10 +43,11 @@ import numpy as np
 from ...laws.curve_law import CurveLaw
 from ...laws.curves import Curve
 from ...laws.final_loss import make_law, predict_final
+from ..calibration import conformal, stale
 from ..config import PruneConfig
 from ..decision import Verdict
 from ..history import History, TrialState
-from ..pairstat import PAIR_GRID, at
+from ..pairstat import at, from_each_fraction
 
 MIN_RUNS = 9  # completed runs scored before the interval exists (a 0.9 conformal bound needs 9)
 REFIT_FACTOR = 1.5  # a (size, schedule) law is refitted once its completed curves grew by this factor
@@ -132,13 +133,9 @@ class Forecast:
         his, los = self.pools.get(kinds, ([], []))
         n = len(his)
         cached = self._cache.get(kinds)
-        grown = n >= cached[0] * (1.0 + self.config.refit_growth) + 1 if cached is not None else True
-        if grown or (cached[1] is None and n != cached[0]):
-            k = math.ceil((n + 1) * self.config.level)
-            if n < MIN_RUNS or k > n:
-                cached = (n, None, None)
-            else:
-                cached = (n, np.sort(np.array(his), axis=0)[k - 1], -np.sort(-np.array(los), axis=0)[k - 1])
+        if stale(cached, n, self.config.refit_growth):
+            hi = conformal(his, self.config.level) if n >= MIN_RUNS else None
+            cached = (n, None, None) if hi is None else (n, hi, -conformal([-x for x in los], self.config.level))
             self._cache[kinds] = cached
         return None if cached[1] is None else (cached[1], cached[2], cached[0])
 
@@ -153,7 +150,7 @@ class Forecast:
         schedules the paired rule judges, calibrated per pair of kinds.
         """
         cal = self.allowances((t.kind, t.kind))
-        law = self._law((t.meta.N, t.kind)) if cal is not None else None
+        law = self._law(_key(t)) if cal is not None else None
         return None if law is None else (t.kind, law, cal)
 
     def _due(self, trial_id: str, t: TrialState) -> bool:
@@ -175,7 +172,7 @@ class Forecast:
             t = history.trials[tid]
             if t.meta.start_step > 0 or not t.steps or t.steps[-1] < t.meta.total_steps:
                 continue
-            law = self._law((t.meta.N, t.kind))
+            law = self._law(_key(t))
             if law is not None:
                 self._score(law, t, float(final), (t.kind, t.kind))
             self._add_curve(t)
@@ -197,15 +194,9 @@ class Forecast:
                 e.append(est - math.log(final))
         if not f:
             return
-        e_arr = np.array(e)
-        idx = np.searchsorted(np.array(f), np.linspace(0.0, 1.0, PAIR_GRID))
-        ok = idx < len(f)
-        hi, lo = np.full(PAIR_GRID, -np.inf), np.full(PAIR_GRID, np.inf)
-        hi[ok] = np.maximum.accumulate(e_arr[::-1])[::-1][idx[ok]]  # worst from each fraction on
-        lo[ok] = np.minimum.accumulate(e_arr[::-1])[::-1][idx[ok]]
         his, los = self.pools.setdefault(kinds, ([], []))
-        his.append(hi)
-        los.append(lo)
+        his.append(from_each_fraction(f, e))  # the worst overshoot from each fraction on
+        los.append(from_each_fraction(f, e, largest=False))
 
     def _forecast(self, law: CurveLaw, t: TrialState, k: int) -> Optional[float]:
         """log of the final loss forecast from the trial's first ``k`` points, or None."""
