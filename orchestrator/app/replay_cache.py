@@ -7,7 +7,7 @@ ended), so the first question after a sweep does not replay either; a replay onl
 store, the spec or the code changed since (`source` in the file says which wrote it).
 
 The cache file `search_replay.json` holds what the replay answers -- why the search ended, the trials it
-would start next -- the planner state its lr/batch advice reads (`ADVICE_STATE`) and the factors its L(N, D)
+would start next -- the planner state its lr/batch advice reads (`Planner.advice_state`) and the factors its L(N, D)
 fit applied to its WSD branches' losses (`loss_factors`, which the proposals' fit applies too), as plain JSON:
 numbers, lists and the project's own dataclasses by name; never code (no pickle: a sweep directory's
 files are data). It is keyed by everything a replay depends on: the spec, every ended trial with its
@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 
 CACHE_FILE = "search_replay.json"
 FORMAT = 2  # 2: the loss factors of the search's WSD branches
-# The planner attributes its `hparam_advice()` reads (`search.planner.LawGuidedPlanner`: the learned laws
-# and the law checks that widen and hedge them); `save` checks the restored advice, so a planner that
-# reads more is simply not cached.
-ADVICE_STATE = ("hparams", "checks")
 _PACKAGE = Path(__file__).resolve().parents[1]  # the whole orchestrator package
 _OWN = "orchestrator."  # the only modules whose classes a cache may name
 
@@ -192,8 +188,7 @@ def _restore(doc: dict[str, Any], key: str, spec: Any) -> Optional[tuple[Any, li
         from ..core.planning.search.advice import SearchRule
 
         planner = make_planner(spec)
-        for name, value in doc["advice"].items():
-            setattr(planner, name, decode(value))
+        planner.restore_advice_state({name: decode(value) for name, value in doc["advice"].items()})
         advice = planner.hparam_advice()
         if advice is not None and advice.corrected_loss is not None:
             rule = SearchRule(_RestoredSearch(planner, {str(k): float(v) for k, v in doc["loss_factors"].items()}))
@@ -211,7 +206,8 @@ def save(sweep_dir: Optional[Path], key: str, spec: Any, planner: Any, next_tria
         return False
     live = planner.hparam_advice()
     try:
-        state = None if live is None else {name: encode(getattr(planner, name)) for name in ADVICE_STATE}
+        # the state its advice reads (`Planner.advice_state`); `_restore` below checks that it is all of it
+        state = None if live is None else {name: encode(v) for name, v in (planner.advice_state() or {}).items()}
         doc = {"format": FORMAT, "key": key, "source": source, "done": done, "next_trials": list(next_trials), "advice": state,
                "loss_factors": loss_factors(planner, live)}
         text = json.dumps(doc, allow_nan=False)

@@ -14,7 +14,7 @@ import numpy as np
 from .cells import assign_cells, best_per_cell
 from .family import family_sizes, shape_for
 from .laws.chinchilla import budget_key
-from .laws.selection import AutoFit, fit_auto
+from .laws.selection import AutoFit, fit_auto, forms_of
 from .laws.table import TableError
 
 
@@ -196,7 +196,7 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
     D = np.array([c["D"] for c in cells], float)
     L = np.array([c["loss"] for c in cells], float)
     try:
-        fit = fit_auto(N, D, L, forms=None if law == "auto" else [law], loss_fn=loss, bootstrap=bootstrap, seed=seed,
+        fit = fit_auto(N, D, L, forms=forms_of(law), loss_fn=loss, bootstrap=bootstrap, seed=seed,
                        budgets=list(targets), level=level, n_min=float(family_sizes(family)[0]))
     except (TableError, ValueError) as exc:  # too few cells (trials diverged, a small grid): the sweep still ends
         return SweepFit(None, cells, [], [f"L(N, D) not fitted: {exc}"])

@@ -472,7 +472,7 @@ def plan_resources(n_params: int, seq_len: int, batch_tokens: int, device: Devic
                    zero_stage: Union[int, Auto] = AUTO, workers: Union[int, Auto] = AUTO,
                    activation_checkpointing: Union[bool, Auto] = AUTO, micro_batch: Union[int, Auto] = AUTO,
                    tokens: Optional[int] = None, dims: Optional[ModelDims] = None,
-                   vocab_size: int = BYTE_VOCAB, precision: str = "auto",
+                   vocab_size: int = BYTE_VOCAB, precision: Union[str, Auto] = AUTO,
                    flash_attention: bool = True, mfu: Optional[float] = None,
                    measured_tokens_per_s: Optional[float] = None, exact_flops: bool = False,
                    buffers: ZeroBuffers = ZeroBuffers(), suggest: bool = True) -> ResourcePlan:
@@ -486,9 +486,9 @@ def plan_resources(n_params: int, seq_len: int, batch_tokens: int, device: Devic
     (2, 3, 4, 64, True)
     """
     dims = dims or ModelDims.for_n(n_params, seq_len, vocab_size)
-    prec = default_precision(device) if precision == "auto" else PRECISIONS.get(str(precision))
+    prec = default_precision(device) if precision is AUTO else PRECISIONS.get(str(precision))
     if prec is None:
-        raise ResourceError(f"precision must be fp32, bf16 or auto, got {precision!r}")
+        raise ResourceError(f"precision must be fp32, bf16 or AUTO (the device's default), got {precision!r}")
     if seq_len <= 0 or batch_tokens <= 0 or batch_tokens % seq_len:
         raise ResourceError(f"batch_tokens={batch_tokens} must be a positive multiple of seq_len={seq_len}")
     n_seqs = batch_tokens // seq_len

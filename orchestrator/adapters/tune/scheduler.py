@@ -13,7 +13,7 @@ import logging
 import math
 import queue
 import threading
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Union
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -22,6 +22,7 @@ from ...core.outcome import Outcome, outcome_and_loss
 from ...core.pruning import Completed, Decision, PruneConfig, Pruner, TrialMeta
 from ...config.pruning import prune_config, trial_meta
 from .envelope import envelope_of, trial_id_of
+from .pruner_process import ProcessPruner
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class PrunerScheduler(FIFOScheduler):
     """Stops a trial when the pruner says so; ``on_decision(trial_id, decision)`` records every stop."""
 
     def __init__(self, config: Any = PruneConfig(), on_decision: Optional[OnDecision] = None,
-                 pruner: Optional[Pruner] = None, background: bool = True, max_backlog: int = 32,
+                 pruner: Union[Pruner, ProcessPruner, None] = None, background: bool = True, max_backlog: int = 32,
                  process: Optional[bool] = None, history: Iterable[Completed] = ()):
         super().__init__()
         config = prune_config(config)  # the spec's `pruning` section, or a PruneConfig
@@ -42,10 +43,8 @@ class PrunerScheduler(FIFOScheduler):
         # its fits do not hold the driver's GIL against Tune's event loop; same calls, same
         # decisions. None = when it runs in the background and no pruner is given.
         if pruner is None and (process if process is not None else background):
-            from .pruner_process import ProcessPruner
-
             pruner = ProcessPruner(config)
-        self.pruner = pruner or Pruner(config)
+        self.pruner: Union[Pruner, ProcessPruner] = pruner or Pruner(config)
         # a resumed sweep: the trials that finished in its earlier runs are the references again
         # (orchestrator.config.pruning.completed_from_store)
         self.restored = self.pruner.restore(history) if history else 0
@@ -100,7 +99,9 @@ class PrunerScheduler(FIFOScheduler):
         return n
 
     def _work(self) -> None:
-        batched = hasattr(self.pruner, "on_reports")  # a pruner in a helper process: one round trip per run
+        # A pruner in a helper process pays a round trip per call: a run of queued reports goes in one
+        # `ProcessPruner.on_reports`. In process, one call per report applies each stop as soon as it is reached.
+        batched = isinstance(self.pruner, ProcessPruner)
         while True:
             ops = [self._ops.get()]
             while batched and len(ops) < 64:  # whatever else is queued (at most the backlog)
@@ -191,6 +192,8 @@ class PrunerScheduler(FIFOScheduler):
         thousands of trials that was the largest single cost of the driver. PENDING and PAUSED
         trials are always live, so the choice is the same.
         """
+        # A guard on Ray's side, not an interface of ours: `get_live_trials` is a method of Ray 2.6x's
+        # TuneController, not of the TrialScheduler API; on a controller without it, FIFO's full scan.
         live = getattr(tune_controller, "get_live_trials", None)
         if live is None:
             return super().choose_trial_to_run(tune_controller)

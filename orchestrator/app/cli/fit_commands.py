@@ -112,7 +112,7 @@ def _fit_auto_command(table: Path, law: str, loss_fn: str, bootstrap: int, clust
                       budgets: list[float], predict: Optional[Path], level: float, e_prior: Optional[float],
                       as_json: bool) -> None:
     """--law auto, or any L(N, D) law with --predict: the selection machinery (one form for a named law)."""
-    from ...core.laws.selection import extrapolation_warnings, fit_auto
+    from ...core.laws.selection import extrapolation_warnings, fit_auto, forms_of
 
     try:
         raw = read_table(table)
@@ -133,7 +133,7 @@ def _fit_auto_command(table: Path, law: str, loss_fn: str, bootstrap: int, clust
             hint = " (the fit used unique tokens U)" if U is not None and "U" not in raw_o else ""
             fail(f"{predict}: {exc}{hint}")
     try:
-        fit = fit_auto(cols["N"], cols["D"], cols["loss"], U, forms=None if law == "auto" else [law],
+        fit = fit_auto(cols["N"], cols["D"], cols["loss"], U, forms=forms_of(law),
                        e_prior=e_prior, loss_fn=loss_fn, bootstrap=bootstrap, cluster=cluster, seed=seed,
                        budgets=budgets, level=level)
     except (TableError, ValueError) as exc:

@@ -365,6 +365,18 @@ def _weights(scores: np.ndarray, n_params: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
+AUTO_LAW = "auto"  # the law name (spec `fit.law`, `scalesweep fit --law`) that lets `fit_auto` choose the form
+
+
+def forms_of(law: str) -> Optional[list[str]]:
+    """`fit_auto`'s `forms` for a law name: None (every candidate, chosen by backtest) for "auto", else that form.
+
+    >>> forms_of("auto"), forms_of("kaplan")
+    (None, ['kaplan'])
+    """
+    return None if law == AUTO_LAW else [law]
+
+
 def fit_auto(
     N, D, loss, U=None, *,
     forms: Optional[Sequence[str]] = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import heapq
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from .design import Design, plan_grid
 from .protocol import WAIT, Done, HparamAdvice, Step
@@ -113,6 +113,14 @@ class GridPlanner:
     def hparam_advice(self) -> Optional[HparamAdvice]:
         """None: the grid learns no hyperparameter laws (the proposals fit their own)."""
         return None
+
+    def advice_state(self) -> None:
+        """None: no advice, no state behind it."""
+        return None
+
+    def restore_advice_state(self, state: Mapping[str, Any]) -> None:
+        """A grid has no advice state to take (ValueError: the state is another planner's)."""
+        raise ValueError("a grid planner gives no hyperparameter advice: no advice state to restore")
 
     def runnable(self) -> list[PlannedTrial]:
         """What a fresh sweep will run within the budget, in hand-out order (cheapest first; a WSD

@@ -89,5 +89,13 @@ class Planner(Protocol):
     def hparam_advice(self) -> Optional[HparamAdvice]:
         """The planner's learned lr/batch laws for the proposals (None: the proposals learn their own)."""
 
+    def advice_state(self) -> Optional[dict[str, Any]]:
+        """What `hparam_advice` reads, by name, for a cache of a replayed search (`app.replay_cache`);
+        None when the planner gives no advice."""
+
+    def restore_advice_state(self, state: Mapping[str, Any]) -> None:
+        """Give a fresh planner of the same spec the `advice_state` of another: its `hparam_advice` then
+        answers as that one's does."""
+
 
 __all__ = ["Done", "HparamAdvice", "Planner", "Step", "WAIT", "Wait"]

@@ -8,7 +8,7 @@ noise the acquisition assumes, and when to stop.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -73,6 +73,14 @@ class SearchLaws:
     def intervals(self, N: float, D: float, level: float = 0.9) -> Optional[dict[str, dict[str, float]]]:
         """Intervals of lr*, batch* at (N, D) (transfer's joint surface; None without one)."""
         return self.hparams.intervals(N, D, self.checks, level)
+
+    def advice_state(self) -> dict[str, Any]:
+        """What `predict` and `intervals` read: the lr*/batch* laws and the law checks that widen and hedge them."""
+        return {"hparams": self.hparams, "checks": self.checks}
+
+    def restore_advice_state(self, state: Mapping[str, Any]) -> None:
+        """Take another search's `advice_state` (`predict` and `intervals` then answer as its do)."""
+        self.hparams, self.checks = state["hparams"], state["checks"]
 
     def estimate(self) -> list[dict[str, Any]]:
         """Per target C: N*, D*, L* with intervals from the current fit, and lr*, batch* from the laws."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from ...laws.chinchilla import budget_key
 from ...laws.forms import grid_frontier, inputs
-from ...laws.selection import AutoFit, FormFit, fit_auto
+from ...laws.selection import AutoFit, FormFit, fit_auto, forms_of
 
 
 class LossLaw:
@@ -116,7 +116,7 @@ def fit_loss(N: np.ndarray, D: np.ndarray, L: np.ndarray, *, bootstrap: int, see
     >>> law.form in ("chinchilla", "kaplan", "equal-exponent")
     True
     """
-    fit = fit_auto(N, D, L, forms=None if law == "auto" else [law], loss_fn=loss, bootstrap=bootstrap, seed=seed,
+    fit = fit_auto(N, D, L, forms=forms_of(law), loss_fn=loss, bootstrap=bootstrap, seed=seed,
                    budgets=list(targets), level=level)
     return LossLaw(fit, bootstrap)
 
@@ -140,7 +140,7 @@ def backtest_by_size(N: np.ndarray, D: np.ndarray, L: np.ndarray, noise: float, 
     # The stated noise, not the fit's residual scale: a wrong form inflates its own residuals.
     out: dict[str, Any] = {"held_out_N": sizes[-1], "cells": int(np.sum(np.asarray(N) == sizes[-1])), "noise": noise}
     try:
-        fit = fit_auto(N, D, L, forms=None if law == "auto" else [law], loss_fn=loss, bootstrap=0)
+        fit = fit_auto(N, D, L, forms=forms_of(law), loss_fn=loss, bootstrap=0)
     except ValueError:
         return None
     errs = {f.name: f.backtests.get("largest_size", {}).get("rmse_log") for f in fit.fits}

@@ -80,21 +80,13 @@ class LawGuidedPlanner:
 
     @property
     def hparams(self) -> HparamLaws:
-        """The lr*/batch* laws (settable: a cached search's are restored into a fresh planner)."""
+        """The lr*/batch* laws."""
         return self.learned.hparams
-
-    @hparams.setter
-    def hparams(self, value: HparamLaws) -> None:
-        self.learned.hparams = value
 
     @property
     def checks(self) -> list[dict[str, Any]]:
-        """Transfer: the law checks near the target and what they found (settable, as `hparams`)."""
+        """Transfer: the law checks near the target and what they found."""
         return self.learned.checks
-
-    @checks.setter
-    def checks(self, value: list[dict[str, Any]]) -> None:
-        self.learned.checks = value
 
     # ---- the Planner interface ---------------------------------------------------------------
     @property
@@ -201,6 +193,14 @@ class LawGuidedPlanner:
         carries the search's loss correction of its WSD branches (`advice.SearchRule`)."""
         rule = SearchRule(self)
         return HparamAdvice(rule, rule.intervals, rule.corrected_loss)
+
+    def advice_state(self) -> dict[str, Any]:
+        """What `hparam_advice` reads (`law_state.SearchLaws.advice_state`: the lr*/batch* laws, the law checks)."""
+        return self.learned.advice_state()
+
+    def restore_advice_state(self, state: Mapping[str, Any]) -> None:
+        """Take a cached search's `advice_state` (a fresh planner of the same spec then advises as it did)."""
+        self.learned.restore_advice_state(state)
 
     def loss_as_fitted(self, trial_id: str, loss: float) -> float:
         """A finished run's loss as the search's L(N, D) fit counts it: a cell's WSD branch corrected to
