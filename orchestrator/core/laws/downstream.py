@@ -173,17 +173,48 @@ def _best_of_starts(model, y, starts: np.ndarray, w: np.ndarray, lo, hi) -> np.n
     return thetas[int(np.argmin(f))]
 
 
+class _LeastSquares:
+    """The three fits every problem below makes of its model ``value(theta, x)`` at its inputs ``x``
+    against its targets ``y`` (within bounds ``lo``, ``hi``, ``P`` parameters, from its ``starts()``):
+    the full fit, the jackknife's refits and the bootstrap's batch."""
+
+    x: Any
+    y: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    P: int
+
+    def value(self, theta: np.ndarray, x: Any) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def starts(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def model(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.value(theta, self.x)
+
+    def fit(self, w: np.ndarray) -> np.ndarray:
+        return _best_of_starts(self.model, self.y, self.starts(), w, self.lo, self.hi)
+
+    def refits(self, theta: np.ndarray, Wj: np.ndarray | None) -> np.ndarray | None:
+        return _refits(self.model, self.y, self.starts(), theta, Wj, self.lo, self.hi)
+
+    def batch(self, theta: np.ndarray, W: np.ndarray) -> np.ndarray:
+        return batch_lm(self.model, self.y, np.broadcast_to(theta, (len(W), self.P)), W, self.lo, self.hi)[0]
+
+
 # --------------------------------------------------------------------------------------------
 # Step 2: links from loss to accuracy.
 # --------------------------------------------------------------------------------------------
 
-class _LinkProblem:
-    """Step 2 in internal coordinates theta, with its free parameters, bounds and model."""
+class _LinkProblem(_LeastSquares):
+    """Step 2 in internal coordinates theta, with its free parameters, bounds and model (at the losses L)."""
 
     def __init__(self, kind: str, L: np.ndarray, acc: np.ndarray, chance: float | None, ceiling: float | None):
         if kind not in LINKS:
             raise DownstreamError(f"unknown link {kind!r}; choose one of {', '.join(LINKS)}")
         self.kind, self.L, self.acc = kind, np.asarray(L, np.float64), np.asarray(acc, np.float64)
+        self.x, self.y = self.L, self.acc
         self.chance, self.ceiling = chance, ceiling
         # Centre the loss so the exponential's log-coefficient and gamma are not collinear.
         self.Lc = float(np.median(self.L))
@@ -256,30 +287,22 @@ class _LinkProblem:
                     rows.append([floor, math.log(top), math.log(g)])
         return np.clip(np.array(rows, dtype=np.float64), self.lo, self.hi)
 
-    def fit(self, w: np.ndarray) -> np.ndarray:
-        return _best_of_starts(lambda th: self.value(th, self.L), self.acc, self.starts(), w, self.lo, self.hi)
-
-    def refits(self, theta: np.ndarray, Wj: np.ndarray | None) -> np.ndarray | None:
-        return _refits(lambda th: self.value(th, self.L), self.acc, self.starts(), theta, Wj, self.lo, self.hi)
-
-    def batch(self, theta: np.ndarray, W: np.ndarray) -> np.ndarray:
-        return batch_lm(lambda th: self.value(th, self.L), self.acc, np.broadcast_to(theta, (len(W), self.P)),
-                        W, self.lo, self.hi)[0]
-
 
 # --------------------------------------------------------------------------------------------
 # Step 1: loss from scale (Chinchilla in N, D; a power law in C), and the latent composite.
 # --------------------------------------------------------------------------------------------
 
-class _ComputeLaw:
+class _ComputeLaw(_LeastSquares):
     """L(C) = E + A/C^alpha, least squares in log L, theta = (E, a, alpha) with A/C^alpha = exp(a - alpha u)."""
 
     names = ("E", "A", "alpha")
+    P = 3
 
     def __init__(self, C: np.ndarray, L: np.ndarray):
         self.logC0 = float(np.mean(np.log(C)))
         self.u = np.log(C) - self.logC0
         self.y = np.log(L)
+        self.x = self.u
         self.lo = np.array([0.0, -50.0, 0.005])
         self.hi = np.array([float(L.min()), 50.0, 3.0])
 
@@ -294,17 +317,6 @@ class _ComputeLaw:
         return np.array([[e * self.hi[0], math.log(max(float(np.exp(self.y).mean()) * (1 - e), 1e-6)), al]
                          for e in (0.0, 0.5, 0.9) for al in (0.05, 0.2, 0.6)])
 
-    def fit(self, w: np.ndarray) -> np.ndarray:
-        return _best_of_starts(lambda th: self.value(th, self.u), self.y, self.starts(), w, self.lo, self.hi)
-
-    def refits(self, theta: np.ndarray, Wj: np.ndarray | None) -> np.ndarray | None:
-        return _refits(lambda th: self.value(th, self.u), self.y, self.starts(), theta, Wj, self.lo, self.hi)
-
-    def batch(self, theta: np.ndarray, W: np.ndarray) -> np.ndarray:
-        # E's bound is the smallest loss among the points each resample keeps
-        return batch_lm(lambda th: self.value(th, self.u), self.y, np.broadcast_to(theta, (len(W), 3)), W,
-                        self.lo, self.hi)[0]
-
     def natural(self, theta: np.ndarray) -> dict[str, float]:
         E, a, al = (float(x) for x in theta)
         return {"E": E, "A": math.exp(a + al * self.logC0), "alpha": al}
@@ -315,7 +327,7 @@ class _ComputeLaw:
         return np.exp(self.value(np.atleast_2d(theta), u)[0])
 
 
-class _Latent:
+class _Latent(_LeastSquares):
     """acc = link(z), z = exp(a - alpha u) + exp(b - beta v) [+ no D term in compute mode].
 
     For the sigmoid, k (L - L0) = z - c0: theta = (a, b, alpha, beta, c0, [chance], [ceiling]).
@@ -328,6 +340,7 @@ class _Latent:
         self.kind, self.acc, self.chance, self.ceiling = kind, acc, chance, ceiling
         self.centres = [float(np.mean(np.log(x))) for x in X]
         self.U = [np.log(x) - c for x, c in zip(X, self.centres)]
+        self.x, self.y = self.U, self.acc
         self.m = len(X)  # 2 for (N, D), 1 for C
         self.names = [f"a{i}" for i in range(self.m)] + [f"e{i}" for i in range(self.m)] + ["c0"]
         lo = [-30.0] * self.m + [0.005] * self.m + [-50.0]
@@ -385,16 +398,6 @@ class _Latent:
                     row.append(float(np.quantile(self.acc, 0.05)))
                 rows.append(row)
         return np.clip(np.array(rows), self.lo, self.hi)
-
-    def fit(self, w: np.ndarray) -> np.ndarray:
-        return _best_of_starts(lambda th: self.value(th, self.U), self.acc, self.starts(), w, self.lo, self.hi)
-
-    def refits(self, theta: np.ndarray, Wj: np.ndarray | None) -> np.ndarray | None:
-        return _refits(lambda th: self.value(th, self.U), self.acc, self.starts(), theta, Wj, self.lo, self.hi)
-
-    def batch(self, theta: np.ndarray, W: np.ndarray) -> np.ndarray:
-        return batch_lm(lambda th: self.value(th, self.U), self.acc, np.broadcast_to(theta, (len(W), self.P)),
-                        W, self.lo, self.hi)[0]
 
     def predict(self, theta: np.ndarray, X: list[np.ndarray]) -> np.ndarray:
         U = [np.log(np.asarray(x, np.float64)) - c for x, c in zip(X, self.centres)]
