@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.core.laws.forms import candidate_forms
+from orchestrator.core.laws.candidates import candidate_forms
 from orchestrator.core.laws.result import jsonable
 from orchestrator.core.laws.selection import backtest_masks, fit_auto
 from orchestrator.core.laws.table import read_table

@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.core.laws.chinchilla import ChinchillaLaw
-from orchestrator.core.laws.forms import candidate_forms, inputs
+from orchestrator.core.laws.candidates import candidate_forms
+from orchestrator.core.laws.forms import inputs
 from orchestrator.core.laws.objectives import DEFAULT_DELTA
 from orchestrator.core.laws.selection import fit_auto
 

@@ -162,7 +162,7 @@ def fit_and_propose(points: Sequence[dict[str, Any]], targets: Sequence[float], 
 
     `law`: "auto" picks the form by how well it extrapolates (`orchestrator.core.laws.selection.fit_auto`:
     backtests by model size and compute, intervals that include the form's uncertainty); a form's
-    name (`orchestrator.core.laws.forms.ALL_FORMS`) fits that form alone, with the same backtests.
+    name (`orchestrator.core.laws.candidates.FORMS`) fits that form alone, with the same backtests.
 
     lr and batch come from `hparams(N*, D*)` when given (the law-guided search's learned laws),
     else from lr*(N, D), batch*(D) laws fitted on the finished and `diverged` runs

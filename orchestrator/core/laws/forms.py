@@ -17,6 +17,8 @@ runs' inputs to log predicted loss, knows its bounds and its global fit. The for
 - ``kaplan-E``: E + [(Nc/N)^(alphaN/alphaD) + Dc/D]^alphaD, Kaplan's form above an irreducible floor.
 - ``data-constrained``: Muennighoff et al.'s law with unique tokens U (`data_constrained`).
 
+Which of them `selection.fit_auto` fits, in which order, is the registry `candidates.FORMS`.
+
 Power-law forms use centred coordinates: ``A/N^alpha = exp(a - alpha (log N - logN0))``.
 
 >>> import numpy as np
@@ -138,6 +140,7 @@ def batch_lm(form: Form, theta0: np.ndarray, X: dict, logL: np.ndarray, W: np.nd
 
     >>> N = np.repeat([1e7, 3e7, 1e8, 3e8], 4); D = np.tile([1e9, 3e9, 1e10, 3e10], 4)
     >>> logL = np.log(1.7 + 400 / N**0.34 + 400 / D**0.28)
+    >>> from orchestrator.core.laws.candidates import candidate_forms
     >>> form = candidate_forms(N, D, names=["chinchilla"])[0]
     >>> start = form.from_natural({"E": 1.5, "A": 300.0, "B": 500.0, "alpha": 0.3, "beta": 0.3})
     >>> thetas, f = batch_lm(form, start, inputs(N, D), logL, np.ones((1, 16)))
@@ -589,45 +592,6 @@ class DataConstrainedForm(Form):
         from .data_constrained import _to_params
 
         return _to_params(np.atleast_2d(theta)[0])
-
-
-def candidate_forms(N, D, U=None, *, e_prior: Optional[float] = None,
-                    names: Optional[Sequence[str]] = None) -> list[Form]:
-    """The candidate forms for data (N, D[, U]), in a fixed order; ``names`` picks a subset.
-
-    E is held at ``e_prior`` in the fixed-E forms (0 when None: no irreducible floor), and the
-    equal-exponent fixed-E form is a candidate only with a prior. The data-constrained law is one
-    only when U is given.
-
-    >>> [f.name for f in candidate_forms([1e8, 1e9], [1e9, 1e10])]
-    ['chinchilla', 'equal-exponent', 'chinchilla-fixed-E', 'kaplan', 'kaplan-E']
-    >>> [f.name for f in candidate_forms([1e8, 1e9], [1e9, 1e10], U=[1e9, 1e9], e_prior=1.7)][3:]
-    ['equal-exponent-fixed-E', 'kaplan', 'kaplan-E', 'data-constrained']
-    """
-    centre = (float(np.mean(np.log(N))), float(np.mean(np.log(D))))
-    e0 = 0.0 if e_prior is None else float(e_prior)
-    forms: list[Form] = [
-        PowerSumForm("chinchilla", centre=centre),
-        PowerSumForm("equal-exponent", tie=True, centre=centre),
-        PowerSumForm("chinchilla-fixed-E", e_fixed=e0, centre=centre),
-    ]
-    if e_prior is not None:
-        forms.append(PowerSumForm("equal-exponent-fixed-E", tie=True, e_fixed=e0, centre=centre))
-    forms.append(KaplanForm())
-    forms.append(KaplanEForm(centre=centre))
-    if U is not None:
-        forms.append(DataConstrainedForm())
-    if names is None:
-        return forms
-    known = {f.name: f for f in forms}
-    missing = [n for n in names if n not in known]
-    if missing:
-        raise ValueError(f"unknown or unavailable form(s) {', '.join(missing)}; available: {', '.join(known)}")
-    return [known[n] for n in names]
-
-
-ALL_FORMS = ("chinchilla", "equal-exponent", "chinchilla-fixed-E", "equal-exponent-fixed-E", "kaplan",
-             "kaplan-E", "data-constrained")
 
 
 def grid_frontier(logpred: Callable[[np.ndarray, np.ndarray], np.ndarray], C: Sequence[float],

@@ -1,6 +1,6 @@
 """Extrapolation-first law selection: fit every candidate L(N, D) form, backtest it, weight by backtest.
 
-``fit_auto(N, D, loss, U=None)`` fits each candidate form (`forms.candidate_forms`) and two
+``fit_auto(N, D, loss, U=None)`` fits each candidate form (`candidates.candidate_forms`) and two
 backtests per form, refitted on a subset and scored on the runs left out:
 
 - **largest size**: fit every model size but the largest, predict the largest;
@@ -47,7 +47,8 @@ import numpy as np
 from .bootstrap import resample_weights, size_groups
 from .chinchilla import budget_key
 from .diagnostics import design_warnings
-from .forms import Form, KaplanEForm, PowerSumForm, batch_lm, candidate_forms, grid_frontier, inputs, subset
+from .candidates import candidate_forms
+from .forms import Form, KaplanEForm, PowerSumForm, batch_lm, grid_frontier, inputs, subset
 from .objectives import DEFAULT_DELTA
 from .result import FitResult, ResultView, jsonable
 from .table import validate_arrays
@@ -393,7 +394,7 @@ def fit_auto(
 ) -> AutoFit:
     """Fit the candidate forms, backtest each, weight them by backtest error; intervals from the mixture.
 
-    ``forms`` restricts the candidates (names in `forms.ALL_FORMS`; one name = that law with its
+    ``forms`` restricts the candidates (names in `candidates.FORMS`; one name = that law with its
     backtests and calibrated intervals). ``bootstrap`` replicates per form with weight (0: intervals
     from noise and misspecification only, no parameter uncertainty). Budgets give the frontier and
     its intervals keyed by `budget_key`. U (unique tokens) adds the data-constrained form. ``n_min``
