@@ -268,7 +268,8 @@ def run_arm(arm: str, trials: int, concurrency: int, time_limit_s: float, mlflow
     import ray
     from ray import tune
 
-    from orchestrator.app.session import prepare_dir, set_environ, tune_env
+    from orchestrator.app.session import prepare_dir
+    from orchestrator.app.tune_run import set_environ, tune_env
     from orchestrator.config.planners import GridPlanner
     from orchestrator.config.trials import trial_config
     from orchestrator.app.progress import SweepProgress

@@ -1,7 +1,8 @@
 """A sweep's entry point: spec → sweep directory → `tune_run.run_tuner` (Ray Tune) → fit and proposals, and
 what a failed or stopped run leaves (`SweepFailed`, `SweepInterrupted`, the error log). Its parts:
 `capacity` (what fits the cluster), `tune_run` (the Tuner's wiring), `stopping` (signals, `scalesweep stop`),
-`outcome` (the end-of-sweep fit and summary); the names the CLI and the API use are imported here too."""
+`outcome` (the end-of-sweep fit and summary). Each name is imported from the module that defines it (none
+is re-exported here)."""
 from __future__ import annotations
 
 import logging
@@ -15,18 +16,13 @@ from typing import Any, Optional
 import yaml
 
 from ..config.spec import SpecError, SweepSpec
-from ..io.store import RESUME_SKIPS, StoreError, ended_trials
-from .capacity import check_capacity, local_capacity, ray_capacity
-from .outcome import SweepOutcome, cache_search, summarise
-from .stopping import (EXIT_CODES, TAG_INTERRUPTED, StopRequest, SweepInterrupted, activate, controller_pid,
-                       finish_interrupted, stop_requested, write_pid)
-from .tune_run import (TrainerContractError, init_ray, own_trainer_settings, run_tuner, set_environ, spec_set,
-                       tune_env)
+from ..io.store import StoreError
+from .capacity import check_capacity, ray_capacity
+from .outcome import SweepOutcome, cache_search
+from .stopping import StopRequest, SweepInterrupted, activate, finish_interrupted, write_pid
+from .tune_run import TrainerContractError, init_ray, run_tuner
 
-__all__ = ["ERROR_LOG", "EXIT_CODES", "RESUME_SKIPS", "TAG_ERROR", "TAG_INTERRUPTED", "StopRequest", "SweepFailed",
-           "SweepInterrupted", "SweepOutcome", "TrainerContractError", "check_capacity", "controller_pid",
-           "ended_trials", "local_capacity", "one_line", "own_trainer_settings", "prepare_dir", "ray_capacity",
-           "run_sweep", "set_environ", "spec_set", "stop_requested", "summarise", "tune_env"]
+__all__ = ["ERROR_LOG", "TAG_ERROR", "SweepFailed", "one_line", "prepare_dir", "run_sweep"]
 
 log = logging.getLogger(__name__)
 

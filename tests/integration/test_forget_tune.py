@@ -24,7 +24,7 @@ from ray import tune  # noqa: E402
 
 from orchestrator.adapters.tune.forget import ForgetEndedTrials, controller_of  # noqa: E402
 from orchestrator.config.spec import parse_spec  # noqa: E402
-from orchestrator.app.session import tune_env  # noqa: E402
+from orchestrator.app.tune_run import tune_env  # noqa: E402
 from orchestrator.adapters.tune.trainable import run_trial  # noqa: E402
 from trainers.contract import TrialConfig  # noqa: E402
 

@@ -277,7 +277,7 @@ def _raw_rows(uri: str) -> list[dict]:
 def test_sweep_restores_from_the_bucket_after_a_kill_and_without_its_directory(s3, tmp_path, monkeypatch, request):
     import ray
 
-    from orchestrator.app.session import SweepInterrupted
+    from orchestrator.app.stopping import SweepInterrupted
 
     uri = f"s3://{BUCKET}/sweeps/ckpt"
     data = {**SPEC, "store": uri}

@@ -18,7 +18,7 @@ import json
 
 import pytest
 
-from orchestrator.app.session import ended_trials
+from orchestrator.io.store import ended_trials
 from orchestrator.io.store import LOCATION_FILE, ObservationStore, final_points
 from tests.integration.conftest import SIM_SPEC, run_real_sweep
 from tests.integration.services import s3_bucket

@@ -77,7 +77,7 @@ def test_the_sweeps_params_are_the_fields_the_user_set_and_stay_so_on_resume(tmp
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.app.session import spec_set
+    from orchestrator.app.tune_run import spec_set
     from orchestrator.config.spec import parse_spec
 
     user = {"name": "cols", "model": {"n_params": [20000, 50000], "seq_len": 64}, "tokens": {"values": [400000]},

@@ -362,9 +362,9 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def two_cpus_no_gpu(monkeypatch):
-    import orchestrator.app.session as controller
+    import orchestrator.app.capacity as capacity
 
-    monkeypatch.setattr(controller, "local_capacity", lambda gpus=True: (2.0, 0.0))
+    monkeypatch.setattr(capacity, "local_capacity", lambda gpus=True: (2.0, 0.0))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 
@@ -401,7 +401,7 @@ def test_bad_spec_is_refused_before_anything_starts(tmp_path, monkeypatch, two_c
 
 
 def test_the_machine_check_sees_no_gpu_when_cuda_hides_them(monkeypatch):
-    from orchestrator.app.session import local_capacity
+    from orchestrator.app.capacity import local_capacity
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     cpus, gpus = local_capacity()

@@ -263,7 +263,7 @@ def test_a_bad_warm_start_is_refused_naming_the_field(tmp_path, trainer, match):
 
 
 def test_the_default_is_a_fresh_process_and_the_field_reaches_the_trial(tmp_path):
-    from orchestrator.app.session import own_trainer_settings
+    from orchestrator.app.tune_run import own_trainer_settings
 
     cmd = "{python} -m trainers.as_command trainers.deepspeed_trainer:train --config {config}"
     assert parse_spec(_spec({"backend": "command", "command": cmd}, tmp_path)).trainer.warm_start == []

@@ -64,7 +64,7 @@ def test_a_non_default_fit_setting_gives_the_same_answer_on_every_surface(tmp_pa
         r = client.get("/sweeps/planted/proposals", params={"budget": TARGET})
         assert r.status_code == 200, r.text
         api = r.json()
-    from orchestrator.app.session import summarise
+    from orchestrator.app.outcome import summarise
 
     summarise(load_spec(d / "spec.yaml"), ObservationStore(d), None, None, time.monotonic())
     fit_json = json.loads((d / "fit.json").read_text())["proposals"]

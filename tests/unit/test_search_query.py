@@ -64,7 +64,7 @@ def _drive(d: Path, limit: int | None = None, concurrency: int = 2, strategy: st
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    from orchestrator.app.session import summarise
+    from orchestrator.app.outcome import summarise
 
     spec, store, planner = _drive(tmp_path_factory.mktemp("law") / "law")
     advice = planner.hparam_advice()  # what the controller hands summarise at the end of a sweep
@@ -86,11 +86,12 @@ def test_propose_uses_the_searchs_laws_as_fit_json_does(finished):
 
 
 def test_the_replay_resumes_the_trials_a_resume_skips():
-    import orchestrator.app.session as controller
+    import orchestrator.app.stopping as stopping
+    import orchestrator.app.tune_run as tune_run
     import orchestrator.io.store as store
 
-    # one definition: the controller's resume and the replay both use the store's
-    assert controller.ended_trials is store.ended_trials and controller.RESUME_SKIPS is store.RESUME_SKIPS
+    # one definition: the controller's resume (tune_run), its stop count and the replay all use the store's
+    assert tune_run.ended_trials is store.ended_trials and stopping.RESUME_SKIPS is store.RESUME_SKIPS
 
 
 def test_status_of_a_finished_search_says_it_is_done_and_nothing_waits(finished):

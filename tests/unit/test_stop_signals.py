@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("ray.tune")
 
-from orchestrator.app.session import (  # noqa: E402
-    EXIT_CODES, StopRequest, SweepInterrupted, ended_trials, stop_requested, tune_env,
-)
+from orchestrator.app.stopping import EXIT_CODES, StopRequest, SweepInterrupted, stop_requested  # noqa: E402
+from orchestrator.app.tune_run import tune_env  # noqa: E402
+from orchestrator.io.store import ended_trials  # noqa: E402
 from orchestrator.app.progress import SweepProgress  # noqa: E402
 from orchestrator.config.spec import parse_spec  # noqa: E402
 from orchestrator.io.store import STOPPED_BY_USER, ObservationStore  # noqa: E402

@@ -20,6 +20,7 @@ def test_one_line_is_one_line_and_bounded():
 
 
 def test_cli_prints_one_line_and_exits_1(tmp_path, monkeypatch):
+    import orchestrator.app.capacity as capacity
     import orchestrator.app.session as controller
 
     data = yaml.safe_load(EXAMPLE.read_text())
@@ -33,7 +34,7 @@ def test_cli_prints_one_line_and_exits_1(tmp_path, monkeypatch):
         raise SweepFailed("KeyError: \"missing column 'C'\"", log)
 
     monkeypatch.setattr(controller, "run_sweep", failing)
-    monkeypatch.setattr(controller, "local_capacity", lambda gpus=True: (2.0, 0.0))
+    monkeypatch.setattr(capacity, "local_capacity", lambda gpus=True: (2.0, 0.0))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     r = CliRunner().invoke(get_app(), ["run", str(spec), "--no-progress"])
     assert r.exit_code == 1, r.output
@@ -44,6 +45,7 @@ def test_cli_prints_one_line_and_exits_1(tmp_path, monkeypatch):
 
 
 def test_an_error_before_the_start_is_one_line_too(tmp_path, monkeypatch):
+    import orchestrator.app.capacity as capacity
     import orchestrator.app.session as controller
 
     data = yaml.safe_load(EXAMPLE.read_text())
@@ -55,7 +57,7 @@ def test_an_error_before_the_start_is_one_line_too(tmp_path, monkeypatch):
         raise RuntimeError("Failed to start the GCS\nmore detail")  # e.g. Ray cannot start
 
     monkeypatch.setattr(controller, "run_sweep", failing)
-    monkeypatch.setattr(controller, "local_capacity", lambda gpus=True: (2.0, 0.0))
+    monkeypatch.setattr(capacity, "local_capacity", lambda gpus=True: (2.0, 0.0))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("SCALESWEEP_TRACEBACK", raising=False)
     r = CliRunner().invoke(get_app(), ["run", str(spec), "--no-progress"])

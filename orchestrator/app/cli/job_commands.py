@@ -194,7 +194,7 @@ def _stop_local(sweep_dir: Path, wait: bool, timeout: float) -> None:
     import signal
     import time
 
-    from ..session import controller_pid
+    from ..stopping import controller_pid
 
     pid = controller_pid(sweep_dir)
     if pid is None:

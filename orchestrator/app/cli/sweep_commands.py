@@ -17,7 +17,7 @@ def _load(spec_path: Path, sweep_dir: Optional[Path] = None):
     checked against this machine; any problem exits 2 before anything starts."""
     import os
 
-    from ..session import check_capacity, local_capacity
+    from ..capacity import check_capacity, local_capacity
     from ...config.trials import check_resources
     from ...config.spec import SpecError, check_data, check_paths, load_spec
 
@@ -120,7 +120,9 @@ def run(
 
 
 def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
-    from ..session import SweepFailed, SweepInterrupted, TrainerContractError, run_sweep
+    from ..session import SweepFailed, run_sweep
+    from ..stopping import SweepInterrupted
+    from ..tune_run import TrainerContractError
     from ...config.spec import SpecError
     from ...io.store import StoreError
 
