@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .sweep_summary import BACKTESTS, LOSS_UNIT, backtests, proposals_table, warnings
+from .sweep_summary import BACKTESTS, LOSS_UNIT, backtests, hparam_doc, hparam_formulas, proposals_table, warnings
 
 REPORT_DIR = "report"  # under the sweep directory, and the artifact folder on the parent run
 FIGURE_ORDER = ("loss_vs_compute", "isoflop", "backtest", "lr_bowls", "batch_bowls", "pruner", "wsd_branches")
@@ -286,10 +286,7 @@ def hparam_laws(trials: Mapping[str, Mapping[str, Any]], store: Any) -> Optional
     law = learned_hparams(hparam_runs(dict(trials), store))
     if law is None:
         return None
-    lr, b = law.fit.lr_law, law.fit.batch_law
-    return {"lr": f"lr*(N, D) = {lr.coef:.3g} · N^{lr.N_exp:.3f} · D^{lr.D_exp:.3f}",
-            "batch": f"batch*(D) = {b.coef:.3g} · D^{b.D_exp:.3f} tokens",
-            "method": type(law.fit).__name__}
+    return {**hparam_formulas(hparam_doc(law.fit)), "method": type(law.fit).__name__}
 
 
 def _hparams(hparams: Optional[Mapping[str, str]]) -> str:
