@@ -24,8 +24,10 @@ FIGURE_ORDER = ("loss_vs_compute", "isoflop", "backtest", "lr_bowls", "batch_bow
 CAPTIONS = {
     "loss_vs_compute": "Final loss of every run against its compute, each size's fitted curve, the frontier with its band, "
                        "the backtest's held-out runs and the proposals (stars) with the extrapolation beyond the largest run shaded.",
-    "isoflop": "IsoFLOP view: the fitted law along compute levels where several sizes ran, each curve's minimum, and "
-               "the compute-optimal N against C (the law's N*(C) and the proposals' N* with intervals).",
+    "isoflop": "IsoFLOP view: the runs at each compute level several sizes share (or read off each size's curve), a "
+               "parabola in ln N through each level and its minimum where a size on each side brackets it, the fitted law "
+               "along each level; beside it the compute-optimal N against C: the minima with N_opt = k·C^a fitted to them, "
+               "the law's N*(C) and the proposals' N* with their intervals.",
     "backtest": "Backtests: each held-out cell's observed loss against the loss a fit without it predicted, with that "
                 "fit's interval; the title counts how many observations the intervals cover.",
     "lr_bowls": "Learning-rate bowls: final loss against lr in each (N, D) cell, one line per batch; the dashed line is "
