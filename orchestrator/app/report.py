@@ -84,7 +84,7 @@ def build_report(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, *,
     spent = {tid: spent_flops(r["flops"], trials[tid]["config"] or {}) for tid, r in last.items()
              if tid in trials and r["flops"] == r["flops"]}
     page = render_html(spec.name, str(sweep_dir.resolve()), spec_text, trials, last, spent, doc, pngs,
-                       hparam_laws(trials, store), not_run(spec, trials, data))
+                       hparam_laws(trials, store, spec.fit.level), not_run(spec, trials, data))
     report = Report(out / "index.html", paths)
     report.html_path.write_text(page)
     if log_to_mlflow:
@@ -109,10 +109,10 @@ def _log_to_parent(sweep_dir: Path, tracking_uri: str, folder: Path) -> tuple[Op
 
 def render_html(name: str, where: str, spec_text: str, trials: Mapping[str, Mapping[str, Any]],
                 last: Mapping[str, Mapping[str, Any]], spent: Mapping[str, float], doc: Mapping[str, Any],
-                pngs: Mapping[str, bytes], hparams: Optional[Mapping[str, str]] = None,
+                pngs: Mapping[str, bytes], hparams: Optional[Mapping[str, Any]] = None,
                 unrun: Optional[Mapping[str, Any]] = None) -> str:
     """The page, from the sweep's record: pure (no I/O), so a test can read what it says. `hparams`: the
-    fitted lr*(N, D) and batch*(D) laws as formulas ({"lr": ..., "batch": ...}), None where none fits.
+    fitted lr*(N, D) and batch*(D) laws (`hparam_laws`), None where none fits.
     `unrun`: the grid trials that never started (`not_run`).
 
     >>> page = render_html("s", "/d", "name: s", {}, {}, {}, {"law": None, "proposals": []}, {})
@@ -280,23 +280,32 @@ def _laws(doc: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
-def hparam_laws(trials: Mapping[str, Mapping[str, Any]], store: Any) -> Optional[dict[str, str]]:
-    """lr*(N, D) and batch*(D) fitted on the sweep's finished and diverged runs, as formulas (None: no fit)."""
+def hparam_laws(trials: Mapping[str, Mapping[str, Any]], store: Any, level: float = 0.9) -> Optional[dict[str, Any]]:
+    """lr*(N, D) and batch*(D) fitted on the sweep's finished and diverged runs (`sweep_summary.hparam_doc`:
+    parameters and their intervals at `level`), None when no law fits."""
     from .plots.evidence import hparam_runs
     from ..core.proposals import learned_hparams
 
     law = learned_hparams(hparam_runs(dict(trials), store))
-    if law is None:
-        return None
-    return {**hparam_formulas(hparam_doc(law.fit)), "method": type(law.fit).__name__}
+    return hparam_doc(law.fit, level) if law is not None else None
 
 
-def _hparams(hparams: Optional[Mapping[str, str]]) -> str:
+def _hparams(hparams: Optional[Mapping[str, Any]]) -> str:
     if not hparams:
         return ("<p><b>lr*(N, D), batch*(D)</b>: not fitted (each law needs cells that tried at least three "
                 "learning rates and three batches).</p>")
-    return (f"<p><b>Hyperparameter laws</b> ({html.escape(hparams.get('method', ''))}, on the finished and diverged "
-            f"runs): {html.escape(hparams['lr'])}; {html.escape(hparams['batch'])}.</p>")
+    formulas = hparam_formulas(hparams)
+    out = (f"<p><b>Hyperparameter laws</b> ({html.escape(hparams.get('method', ''))}, on the finished and diverged "
+           f"runs): {html.escape(formulas['lr'])}; {html.escape(formulas['batch'])}.</p>")
+    rows = []
+    for group in ("lr", "batch"):
+        for p, v in hparams[group].items():
+            if p == "intervals":
+                continue
+            iv = hparams[group]["intervals"].get(p)
+            rows.append([f"{group}.{p}", _g(v), f"[{_g(iv['low'])}, {_g(iv['high'])}]" if iv else "–",
+                         _g(iv["level"], ".0%") if iv else "–"])
+    return out + _table(["parameter", "value", "interval", "level"], rows)
 
 
 def _proposals(doc: Mapping[str, Any]) -> str:

@@ -497,3 +497,24 @@ def test_report_page_of_the_recorded_sweep_says_what_ran_and_what_never_started(
     assert "16 of the grid's 135 trials never started: 16 are WSD branches of a trunk that did not finish" in page
     assert page.count("<td>stopped</td>") == 4 and page.count("<td>diverged</td>") == 11
     assert "lr*(N, D), batch*(D)</b>: not fitted" in page  # hparams=None: said, not hidden
+
+
+def test_report_page_states_the_hyperparameter_laws_with_their_intervals(recorded):
+    import html
+
+    from orchestrator.app.report import hparam_laws, render_html
+    from orchestrator.app.sweep_summary import HPARAM_PARAMS, hparam_formulas
+
+    spec, store, fit, _ = recorded
+    hp = hparam_laws(store.trials(), store, spec.fit.level)
+    assert hp is not None and hp["method"] == "SurfaceFit"  # 5 lr x 3 batches per cell: the joint surface fits
+    page = render_html(spec.name, "/d", "", store.trials(), store.last_reports(), {}, fit.to_json(), {}, hp)
+    formulas = hparam_formulas(hp)
+    assert html.escape(formulas["lr"]) in page and html.escape(formulas["batch"]) in page
+    level = f"{spec.fit.level:.0%}"
+    for group, names in HPARAM_PARAMS.items():
+        for name in names:
+            iv = hp[group]["intervals"][name]
+            assert iv["low"] < hp[group][name] < iv["high"]
+            assert (f"<td>{group}.{name}</td><td class=num>{hp[group][name]:.4g}</td>"
+                    f"<td class=num>[{iv['low']:.4g}, {iv['high']:.4g}]</td><td class=num>{level}</td>") in page
