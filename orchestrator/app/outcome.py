@@ -68,7 +68,8 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
         fraction = useful_work_fraction(train_s, wall, slots)
         work = {"trials_finished": statuses.get("finished", 0), "wall_s": wall, "train_s": train_s,
                 "slots": slots, "useful_work_fraction": fraction}
-        metrics = {**{k: v for k, v in work.items() if v is not None}, **law_metrics(doc)}
+        hparams = _hparam_laws(data, spec.fit.level)
+        metrics = {**{k: v for k, v in work.items() if v is not None}, **law_metrics(doc, hparams)}
         ws = warnings(doc)
         tags = {"scalesweep.law.form": (doc.get("law") or {}).get("form") or "none",
                 "scalesweep.law.reason": ((doc.get("law") or {}).get("selection") or {}).get("reason", ""),
@@ -86,9 +87,24 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
             if figure is not None:
                 figures["accuracy_vs_compute"] = figure
         tracker.log_sweep_results({}, metrics, artifacts, figures, tables={"proposals": proposals_table(doc)},
-                                  texts={"summary.md": summary_markdown(spec.name, doc, statuses, work)},
+                                  texts={"summary.md": summary_markdown(spec.name, doc, statuses, work, hparams)},
                                   tags=tags, step=refit)
     return SweepOutcome(sweep_dir, statuses, fit, wall, train_s, parent, slots)
+
+
+def _hparam_laws(data: SweepData, level: float) -> Optional[dict[str, Any]]:
+    """lr*(N, D) and batch*(D) fitted on the sweep's finished and diverged runs, as the proposals fit them
+    when no search chose them (`learned_hparams`; the bowls figure and the report draw the same laws), as
+    `sweep_summary.hparam_doc`; None when they cannot be fitted."""
+    from ..core.proposals import learned_hparams
+    from .sweep_summary import hparam_doc
+
+    try:
+        learned = learned_hparams([*data.points, *data.diverged])
+    except Exception:  # noqa: BLE001 -- a side result: it must not lose the sweep's summary
+        log.warning("lr*(N, D), batch*(D) not fitted for the sweep's summary", exc_info=True)
+        return None
+    return hparam_doc(learned.fit if learned is not None else None, level)
 
 
 FIT_HISTORY = "fit_history.jsonl"  # one line per refit of this sweep (its MLflow step), across resumes

@@ -17,15 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .sweep_summary import BACKTESTS, LOSS_UNIT, backtests, proposals_table, warnings
+from .sweep_summary import BACKTESTS, LOSS_UNIT, backtests, hparam_doc, hparam_formulas, proposals_table, warnings
 
 REPORT_DIR = "report"  # under the sweep directory, and the artifact folder on the parent run
 FIGURE_ORDER = ("loss_vs_compute", "isoflop", "backtest", "lr_bowls", "batch_bowls", "pruner", "wsd_branches")
 CAPTIONS = {
     "loss_vs_compute": "Final loss of every run against its compute, each size's fitted curve, the frontier with its band, "
                        "the backtest's held-out runs and the proposals (stars) with the extrapolation beyond the largest run shaded.",
-    "isoflop": "IsoFLOP view: the fitted law along compute levels where several sizes ran, each curve's minimum, and "
-               "the compute-optimal N against C (the law's N*(C) and the proposals' N* with intervals).",
+    "isoflop": "IsoFLOP view: the runs at each compute level several sizes share (or read off each size's curve), a "
+               "parabola in ln N through each level and its minimum where a size on each side brackets it, the fitted law "
+               "along each level; beside it the compute-optimal N against C: the minima with N_opt = k·C^a fitted to them, "
+               "the law's N*(C) and the proposals' N* with their intervals.",
     "backtest": "Backtests: each held-out cell's observed loss against the loss a fit without it predicted, with that "
                 "fit's interval; the title counts how many observations the intervals cover.",
     "lr_bowls": "Learning-rate bowls: final loss against lr in each (N, D) cell, one line per batch; the dashed line is "
@@ -82,7 +84,7 @@ def build_report(sweep_dir: str | Path, out_dir: Optional[str | Path] = None, *,
     spent = {tid: spent_flops(r["flops"], trials[tid]["config"] or {}) for tid, r in last.items()
              if tid in trials and r["flops"] == r["flops"]}
     page = render_html(spec.name, str(sweep_dir.resolve()), spec_text, trials, last, spent, doc, pngs,
-                       hparam_laws(trials, store), not_run(spec, trials, data))
+                       hparam_laws(trials, store, spec.fit.level), not_run(spec, trials, data))
     report = Report(out / "index.html", paths)
     report.html_path.write_text(page)
     if log_to_mlflow:
@@ -107,10 +109,10 @@ def _log_to_parent(sweep_dir: Path, tracking_uri: str, folder: Path) -> tuple[Op
 
 def render_html(name: str, where: str, spec_text: str, trials: Mapping[str, Mapping[str, Any]],
                 last: Mapping[str, Mapping[str, Any]], spent: Mapping[str, float], doc: Mapping[str, Any],
-                pngs: Mapping[str, bytes], hparams: Optional[Mapping[str, str]] = None,
+                pngs: Mapping[str, bytes], hparams: Optional[Mapping[str, Any]] = None,
                 unrun: Optional[Mapping[str, Any]] = None) -> str:
     """The page, from the sweep's record: pure (no I/O), so a test can read what it says. `hparams`: the
-    fitted lr*(N, D) and batch*(D) laws as formulas ({"lr": ..., "batch": ...}), None where none fits.
+    fitted lr*(N, D) and batch*(D) laws (`hparam_laws`), None where none fits.
     `unrun`: the grid trials that never started (`not_run`).
 
     >>> page = render_html("s", "/d", "name: s", {}, {}, {}, {"law": None, "proposals": []}, {})
@@ -278,26 +280,32 @@ def _laws(doc: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
-def hparam_laws(trials: Mapping[str, Mapping[str, Any]], store: Any) -> Optional[dict[str, str]]:
-    """lr*(N, D) and batch*(D) fitted on the sweep's finished and diverged runs, as formulas (None: no fit)."""
+def hparam_laws(trials: Mapping[str, Mapping[str, Any]], store: Any, level: float = 0.9) -> Optional[dict[str, Any]]:
+    """lr*(N, D) and batch*(D) fitted on the sweep's finished and diverged runs (`sweep_summary.hparam_doc`:
+    parameters and their intervals at `level`), None when no law fits."""
     from .plots.evidence import hparam_runs
     from ..core.proposals import learned_hparams
 
     law = learned_hparams(hparam_runs(dict(trials), store))
-    if law is None:
-        return None
-    lr, b = law.fit.lr_law, law.fit.batch_law
-    return {"lr": f"lr*(N, D) = {lr.coef:.3g} · N^{lr.N_exp:.3f} · D^{lr.D_exp:.3f}",
-            "batch": f"batch*(D) = {b.coef:.3g} · D^{b.D_exp:.3f} tokens",
-            "method": type(law.fit).__name__}
+    return hparam_doc(law.fit, level) if law is not None else None
 
 
-def _hparams(hparams: Optional[Mapping[str, str]]) -> str:
+def _hparams(hparams: Optional[Mapping[str, Any]]) -> str:
     if not hparams:
         return ("<p><b>lr*(N, D), batch*(D)</b>: not fitted (each law needs cells that tried at least three "
                 "learning rates and three batches).</p>")
-    return (f"<p><b>Hyperparameter laws</b> ({html.escape(hparams.get('method', ''))}, on the finished and diverged "
-            f"runs): {html.escape(hparams['lr'])}; {html.escape(hparams['batch'])}.</p>")
+    formulas = hparam_formulas(hparams)
+    out = (f"<p><b>Hyperparameter laws</b> ({html.escape(hparams.get('method', ''))}, on the finished and diverged "
+           f"runs): {html.escape(formulas['lr'])}; {html.escape(formulas['batch'])}.</p>")
+    rows = []
+    for group in ("lr", "batch"):
+        for p, v in hparams[group].items():
+            if p == "intervals":
+                continue
+            iv = hparams[group]["intervals"].get(p)
+            rows.append([f"{group}.{p}", _g(v), f"[{_g(iv['low'])}, {_g(iv['high'])}]" if iv else "–",
+                         _g(iv["level"], ".0%") if iv else "–"])
+    return out + _table(["parameter", "value", "interval", "level"], rows)
 
 
 def _proposals(doc: Mapping[str, Any]) -> str:

@@ -19,18 +19,68 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def law_metrics(doc: Mapping[str, Any]) -> dict[str, float]:
+HPARAM_PARAMS = {"lr": ("coef", "N_exp", "D_exp"), "batch": ("coef", "D_exp")}
+
+
+def hparam_doc(fit: Any, level: float = 0.9) -> Optional[dict[str, Any]]:
+    """A fitted lr*(N, D) = coef·N^N_exp·D^D_exp and batch*(D) = coef·D^D_exp (`learned_hparams(runs).fit`:
+    the joint surface or a per-cell fit; anything with `lr_law`, `batch_law`) as JSON in the layout of the
+    API's `hparams`: {"method", "lr": {coef, N_exp, D_exp, intervals}, "batch": {coef, D_exp, intervals}},
+    each interval {low, high, level} where the fit has one (the surface's covariance at `level`, a per-cell
+    fit's bootstrap). None for None.
+
+    >>> from orchestrator.core.laws.hparams import BatchLaw, LrLaw
+    >>> class Fit:
+    ...     lr_law, batch_law = LrLaw(0.5, -0.3, 0.1), BatchLaw(2.0, 0.5)
+    >>> hparam_doc(Fit())["lr"]
+    {'coef': 0.5, 'N_exp': -0.3, 'D_exp': 0.1, 'intervals': {}}
+    """
+    if fit is None:
+        return None
+    if hasattr(fit, "param_intervals"):
+        ivs = fit.param_intervals(level)
+    else:
+        ivs = {f"{group}.{name}": {"low": iv.low, "high": iv.high, "level": iv.level}
+               for group, named in (getattr(fit, "intervals", None) or {}).items() for name, iv in named.items()}
+    out: dict[str, Any] = {"method": type(fit).__name__}
+    for group, law in (("lr", fit.lr_law), ("batch", fit.batch_law)):
+        out[group] = {name: float(getattr(law, name)) for name in HPARAM_PARAMS[group]}
+        out[group]["intervals"] = {name: {k: float(iv[k]) for k in ("low", "high", "level")}
+                                   for name in HPARAM_PARAMS[group]
+                                   if (iv := ivs.get(f"{group}.{name}")) and _finite(iv["low"]) and _finite(iv["high"])}
+    return out
+
+
+def hparam_formulas(hp: Mapping[str, Any]) -> dict[str, str]:
+    """The laws of `hparam_doc` as formulas.
+
+    >>> hparam_formulas({"lr": {"coef": 7.66, "N_exp": -0.725, "D_exp": 0.222}, "batch": {"coef": 7.56, "D_exp": 0.404}})
+    {'lr': 'lr*(N, D) = 7.66 · N^-0.725 · D^0.222', 'batch': 'batch*(D) = 7.56 · D^0.404 tokens'}
+    """
+    lr, b = hp["lr"], hp["batch"]
+    return {"lr": f"lr*(N, D) = {lr['coef']:.3g} · N^{lr['N_exp']:.3f} · D^{lr['D_exp']:.3f}",
+            "batch": f"batch*(D) = {b['coef']:.3g} · D^{b['D_exp']:.3f} tokens"}
+
+
+def law_metrics(doc: Mapping[str, Any], hparams: Optional[Mapping[str, Any]] = None) -> dict[str, float]:
     """`law.<param>` (with `.low` / `.high` where the fit has an interval), the objective, the
-    number of cells, and the chosen form's backtest errors, as MLflow metrics.
+    number of cells, and the chosen form's backtest errors, as MLflow metrics; with `hparams`
+    (`hparam_doc`), `hparam.lr.<coef|N_exp|D_exp>` and `hparam.batch.<coef|D_exp>` (with `.low` / `.high`) too.
 
     >>> law_metrics({"law": {"params": {"E": 1.8, "alpha": 0.3}, "objective": 1e-4, "n_points": 9,
     ...                      "intervals": {"E": {"low": 1.7, "high": 1.9}}}})
     {'law.E': 1.8, 'law.E.low': 1.7, 'law.E.high': 1.9, 'law.alpha': 0.3, 'law.objective': 0.0001, 'law.n_cells': 9.0}
     """
+    out: dict[str, float] = {}
+    for group, names in (HPARAM_PARAMS.items() if hparams else ()):
+        for name in names:
+            out[f"hparam.{group}.{name}"] = float(hparams[group][name])
+            iv = hparams[group]["intervals"].get(name)
+            if iv:
+                out[f"hparam.{group}.{name}.low"], out[f"hparam.{group}.{name}.high"] = iv["low"], iv["high"]
     law = doc.get("law")
     if not law:
-        return {}
-    out: dict[str, float] = {}
+        return out
     ivs = law.get("intervals") or {}
     for name, value in (law.get("params") or {}).items():
         if _finite(value):
@@ -125,8 +175,9 @@ def _count(x: Any) -> str:
 
 
 def summary_markdown(name: str, doc: Mapping[str, Any], statuses: Mapping[str, int],
-                     work: Optional[Mapping[str, float]] = None) -> str:
-    """A one-page markdown summary of a fit: the law and why that form, backtests, warnings, proposals.
+                     work: Optional[Mapping[str, float]] = None, hparams: Optional[Mapping[str, Any]] = None) -> str:
+    """A one-page markdown summary of a fit: the law and why that form, backtests, the lr*(N, D) and
+    batch*(D) laws (`hparams`, from `hparam_doc`) where fitted, warnings, proposals.
 
     >>> md = summary_markdown("s", {"law": {"form": "kaplan", "params": {"Nc": 1e13}, "n_points": 9,
     ...     "selection": {"reason": "smallest backtest error"}, "warnings": ["flat ridge"]}, "proposals": []},
@@ -164,7 +215,9 @@ def summary_markdown(name: str, doc: Mapping[str, Any], statuses: Mapping[str, i
                if isinstance(iv, Mapping) and _finite(iv.get("low")) and _finite(iv.get("high"))}
         params = law.get("params") or {}
         if any(p in ivs for p in params):  # an interval column only where the fit has intervals
-            lines += ["| parameter | value | interval |", "|---|---:|---|"]
+            levels = {iv.get("level") for iv in ivs.values()}
+            level = f"{levels.pop():.0%} " if len(levels) == 1 and _finite(next(iter(levels), None)) else ""
+            lines += [f"| parameter | value | {level}interval |", "|---|---:|---|"]
             lines += [f"| {p} | {_g(v)} | " + (f"[{_g(ivs[p]['low'])}, {_g(ivs[p]['high'])}]" if p in ivs else "")
                       + " |" for p, v in params.items()]
         else:
@@ -178,6 +231,18 @@ def summary_markdown(name: str, doc: Mapping[str, Any], statuses: Mapping[str, i
                 lines.append(f"| {BACKTESTS.get(key, key)} | {bt.get('n_test', '–')} | "
                              f"{_g(bt.get('mean_abs_rel_error'), '.2%')} | {_g(bt.get('max_abs_rel_error'), '.2%')} | "
                              f"{_g(bt.get('max_distance_decades'), '.2f')} |")
+            lines.append("")
+    if hparams:
+        formulas = hparam_formulas(hparams)
+        lines += ["## Hyperparameter laws (fitted on the sweep's runs)", "", f"{formulas['lr']}; {formulas['batch']}", ""]
+        rows = [(f"{group}.{p}", hparams[group][p], hparams[group]["intervals"].get(p))
+                for group, names in HPARAM_PARAMS.items() for p in names]
+        levels = {iv["level"] for *_, iv in rows if iv}
+        if levels:
+            level = f"{levels.pop():.0%} " if len(levels) == 1 else ""
+            lines += [f"| parameter | value | {level}interval |", "|---|---:|---|"]
+            lines += [f"| {p} | {_g(v)} | " + (f"[{_g(iv['low'])}, {_g(iv['high'])}]" if iv else "") + " |"
+                      for p, v, iv in rows]
             lines.append("")
     ws = warnings(doc)
     lines += ["## Warnings", ""] + ([f"- {w}" for w in ws] or ["None."]) + [""]

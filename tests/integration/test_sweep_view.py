@@ -114,6 +114,20 @@ def test_mlflow_parent_run_tells_the_sweep(sweep):
         hist = client.get_metric_history(pid, f"law.{name}")
         assert sorted(m.step for m in hist) == [0, 1], (name, hist)
         assert parent.data.metrics[f"law.{name}"] == pytest.approx(value)
+    # each parameter's interval (fit.bootstrap 20: quantiles over the chosen form's replicates) per refit too,
+    # its latest value fit.json's; a parameter without an interval (held fixed by the form) has no such metric
+    ivs = {p: iv for p, iv in (law.get("intervals") or {}).items() if p in law["params"]}
+    assert ivs and {iv["level"] for iv in ivs.values()} == {sweep["spec"].fit.level}
+    for name in law["params"]:
+        for side in ("low", "high"):
+            key = f"law.{name}.{side}"
+            if name not in ivs:
+                assert key not in parent.data.metrics, key
+                continue
+            assert sorted(m.step for m in client.get_metric_history(pid, key)) == [0, 1], key
+            assert parent.data.metrics[key] == pytest.approx(ivs[name][side])
+        if name in ivs:
+            assert parent.data.metrics[f"law.{name}.low"] < parent.data.metrics[f"law.{name}.high"]
     assert not any(k.startswith("law.") for k in parent.data.params)  # no immutable law params to conflict
     assert parent.data.tags["scalesweep.law.form"] == law["form"]
     assert parent.data.tags["scalesweep.law.reason"] == law["selection"]["reason"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -177,24 +178,30 @@ def test_loss_vs_compute_shows_the_evidence(tmp_path):
 # on, 5 learning rates x 3 batches per cell; see its spec.yaml). The figures are drawn from its rows and a fit
 # of them, as at the end of a sweep, and each is checked for what it must show.
 
-SWEEP = Path(__file__).resolve().parents[1] / "data" / "sweep_plots"
+DATA = Path(__file__).resolve().parents[1] / "data"
+SWEEP = DATA / "sweep_plots"
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
+def _recorded_sweep(tmp_path_factory, recording: Path):
+    """A recorded sweep's spec, store, fit and figures, as at the end of the sweep."""
     from orchestrator.app.plots.evidence import sweep_figures
     from orchestrator.config.fitting import fit_settings
     from orchestrator.core.proposals import fit_and_propose
     from orchestrator.config.spec import load_spec
     from orchestrator.io.store import ObservationStore, diverged_configs, final_points
 
-    where = tmp_path_factory.mktemp("sweep") / "plots"
-    shutil.copytree(SWEEP, where)
+    where = tmp_path_factory.mktemp("sweep") / recording.name
+    shutil.copytree(recording, where)
     spec = load_spec(where / "spec.yaml").model_copy(update={"output_dir": str(where)})
     store = ObservationStore(where)
     points = final_points(store)
     fit = fit_and_propose(points, spec.budget.targets, **fit_settings(spec), diverged=diverged_configs(store))
     return spec, store, fit, sweep_figures(spec, store, fit, points)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    return _recorded_sweep(tmp_path_factory, SWEEP)
 
 
 def _legend(container) -> list[str]:
@@ -331,6 +338,75 @@ def test_recorded_per_param_sweep_draws_isoflop_slices_read_off_its_curves(recor
     assert len([ln for ln in ax.lines if ln.get_marker() == "v"]) == sum(s["N_opt"] is not None for s in slices)
 
 
+# tests/data/sweep_isoflop: a recorded isoFLOP design (sizes and token counts both doubling, so each
+# anti-diagonal of the grid shares a compute level) whose levels bracket the tiny world's optimum.
+
+
+@pytest.fixture(scope="module")
+def isoflop_design(tmp_path_factory):
+    return _recorded_sweep(tmp_path_factory, DATA / "sweep_isoflop")
+
+
+def test_recorded_isoflop_design_draws_each_levels_minimum_and_the_n_opt_fit(isoflop_design):
+    from orchestrator.app.plots.isoflop import group_by_compute, power_law
+    from trainers.worlds.world import load_world
+
+    spec, _, fit, figures = isoflop_design
+    ax, ax_opt = figures["isoflop"].axes
+    _units(ax, "(params)", "nats/token")
+    _units(ax_opt, "FLOPs", "params")
+    assert {"parabola in ln N", "its minimum: N_opt at that C", "fitted L(N, D) along each C"} <= set(_legend(ax))
+    # every compute level three sizes share, from the fit's cells (each cell's best run): a parabola in ln N
+    # through them, its minimum bracketed (the level's lowest cell has a size on each side)
+    N, D, L = (np.array([c[k] for c in fit.cells]) for k in ("N", "D", "loss"))
+    C = 6 * N * D
+    labels = group_by_compute(C, 0.3)
+    want = []
+    for g in np.unique(labels):
+        sel = labels == g
+        if len(np.unique(N[sel])) < 3:
+            continue
+        order = np.argsort(N[sel])
+        n, loss = N[sel][order], L[sel][order]
+        assert 0 < int(np.argmin(loss)) < len(n) - 1, (n, loss)  # bracketed by the design
+        a, b, _ = np.polyfit(np.log(n), loss, 2)
+        want.append((float(np.exp(np.mean(np.log(C[sel])))), float(np.exp(-b / (2 * a)))))
+    minima = [ln for ln in ax.lines if ln.get_marker() == "v"]
+    assert len(minima) == len(want) == 3
+    np.testing.assert_allclose(sorted(ln.get_xdata()[0] for ln in minima), sorted(n for _, n in want), rtol=1e-9)
+    # the N_opt(C) panel: the minima and the power law fitted to them
+    (dots,) = [c for c in ax_opt.collections if c.get_label() == "isoFLOP minima"]
+    np.testing.assert_allclose(dots.get_offsets(), want, rtol=1e-9)
+    k, a = power_law(*zip(*want))
+    (line,) = [ln for ln in ax_opt.lines if ln.get_label().endswith("(fit to the minima)")]
+    assert line.get_label() == f"N_opt = {k:.3g} C^{a:.2f} (fit to the minima)"
+    assert {"fitted L(N, D): N*(C)", f"proposals N* ({spec.fit.level:.0%} interval)"} <= set(_legend(ax_opt))
+    # scored against the world's truth (never seen by the fit): each minimum within a factor 1.5 of the
+    # tiny world's compute-optimal N at that C (recorded: +2 %, +13 %, +43 %; the grid steps by 2x in N)
+    world = load_world(spec.trainer.world)
+    for c, n in want:
+        assert 1 / 1.5 < n / world.optimum(c)["N"] < 1.5, (c, n, world.optimum(c)["N"])
+
+
+_DIMENSIONLESS = ("peak learning rate lr", "accuracy (fraction correct)")  # axes whose quantity has no unit
+
+
+@pytest.mark.parametrize("which", ["recorded", "isoflop_design"])
+def test_every_axis_has_its_unit_and_every_band_its_level(which, request):
+    """Issue 17: units on every axis, the level on every band and interval, on both recorded sweeps."""
+    spec, _, _, figures = request.getfixturevalue(which)
+    level = f"{spec.fit.level:.0%}"
+    for name, fig in figures.items():
+        for ax in fig.axes:
+            if not ax.has_data():
+                continue
+            for label in (ax.get_xlabel(), ax.get_ylabel()):
+                assert label in _DIMENSIONLESS or re.search(r"\([^)]+\)$", label), (name, label)
+        for text in _legend(fig) + [t for ax in fig.axes for t in _legend(ax)]:
+            if re.search(r"band|interval", text):
+                assert level in text, (name, text)
+
+
 def test_recorded_backtest_shows_every_held_out_cell_with_its_interval(recorded):
     from orchestrator.app.plots.evidence import BACKTEST_NAMES
 
@@ -421,3 +497,24 @@ def test_report_page_of_the_recorded_sweep_says_what_ran_and_what_never_started(
     assert "16 of the grid's 135 trials never started: 16 are WSD branches of a trunk that did not finish" in page
     assert page.count("<td>stopped</td>") == 4 and page.count("<td>diverged</td>") == 11
     assert "lr*(N, D), batch*(D)</b>: not fitted" in page  # hparams=None: said, not hidden
+
+
+def test_report_page_states_the_hyperparameter_laws_with_their_intervals(recorded):
+    import html
+
+    from orchestrator.app.report import hparam_laws, render_html
+    from orchestrator.app.sweep_summary import HPARAM_PARAMS, hparam_formulas
+
+    spec, store, fit, _ = recorded
+    hp = hparam_laws(store.trials(), store, spec.fit.level)
+    assert hp is not None and hp["method"] == "SurfaceFit"  # 5 lr x 3 batches per cell: the joint surface fits
+    page = render_html(spec.name, "/d", "", store.trials(), store.last_reports(), {}, fit.to_json(), {}, hp)
+    formulas = hparam_formulas(hp)
+    assert html.escape(formulas["lr"]) in page and html.escape(formulas["batch"]) in page
+    level = f"{spec.fit.level:.0%}"
+    for group, names in HPARAM_PARAMS.items():
+        for name in names:
+            iv = hp[group]["intervals"][name]
+            assert iv["low"] < hp[group][name] < iv["high"]
+            assert (f"<td>{group}.{name}</td><td class=num>{hp[group][name]:.4g}</td>"
+                    f"<td class=num>[{iv['low']:.4g}, {iv['high']:.4g}]</td><td class=num>{level}</td>") in page

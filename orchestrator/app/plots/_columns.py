@@ -8,7 +8,7 @@ import numpy as np
 
 LOSS_LABEL = "final eval loss (nats/token)"
 C_LABEL = "compute C (FLOPs)"
-N_LABEL = "non-embedding parameters N"
+N_LABEL = "non-embedding parameters N (params)"
 
 # Accepted spellings of the same column, first match wins.
 _ALIASES = {

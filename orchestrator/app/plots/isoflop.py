@@ -93,8 +93,8 @@ def isoflop_curves(
         ax.plot(np.exp(x), np.polyval(coeffs, x), color=colour, lw=1.2, label=f"parabola in ln N{how}" if first else None)
         vertex = parabola_vertex(coeffs, np.log(gn[fitted]), gl[fitted], bracketed=read_off)
         if vertex is not None:
-            ax.plot([np.exp(vertex)], [np.polyval(coeffs, vertex)], marker="v", color=colour, ms=7, ls="none",
-                    label=None if minima else "its minimum: N_opt at that C")
+            ax.plot([np.exp(vertex)], [np.polyval(coeffs, vertex)], marker="v", color=colour, ms=8, ls="none",
+                    markeredgecolor="black", zorder=5, label=None if minima else "its minimum: N_opt at that C")
             minima.append((c_mid, float(np.exp(vertex))))
     for j, (c, sl) in enumerate(sorted((slices or {}).items())):
         sn, sloss = _column(sl, "N"), _column(sl, "loss")

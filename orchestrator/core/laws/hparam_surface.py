@@ -64,6 +64,32 @@ class SurfaceFit:
                          "high": float(value * math.exp(z * sd)), "level": level}
         return out
 
+    def param_intervals(self, level: float = 0.9) -> dict[str, dict[str, float]]:
+        """`level` intervals of the laws' five parameters from the asymptotic covariance, keyed
+        `lr.coef`, `lr.N_exp`, `lr.D_exp`, `batch.coef`, `batch.D_exp` (a coefficient's interval is
+        symmetric in log space); {} when the covariance is unavailable.
+
+        >>> s = SurfaceFit(LrLaw(0.5, -0.3, 0.1), BatchLaw(2.0, 0.5), 0.02, 0.01, 0.0, 60, 6, 0.003,
+        ...                cov=np.diag([0.01, 1e-4, 1e-4, 0.04, 4e-4]))
+        >>> {k: (round(v["low"], 3), round(v["high"], 3)) for k, v in s.param_intervals(0.9).items()}["lr.N_exp"]
+        (-0.316, -0.284)
+        """
+        if self.cov is None or not np.all(np.isfinite(self.cov)):
+            return {}
+        from scipy.stats import norm
+
+        z = float(norm.ppf(0.5 + level / 2))
+        sd = np.sqrt(np.maximum(np.diag(self.cov), 0.0))
+        values = (("lr.coef", self.lr_law.coef, True), ("lr.N_exp", self.lr_law.N_exp, False),
+                  ("lr.D_exp", self.lr_law.D_exp, False), ("batch.coef", self.batch_law.coef, True),
+                  ("batch.D_exp", self.batch_law.D_exp, False))
+        out = {}
+        for (name, value, log_scale), s in zip(values, sd):
+            low, high = ((value * math.exp(-z * s), value * math.exp(z * s)) if log_scale
+                         else (value - z * s, value + z * s))
+            out[name] = {"estimate": float(value), "low": float(low), "high": float(high), "level": level}
+        return out
+
 
 def fit_surface(N: Sequence[float], D: Sequence[float], lr: Sequence[float], batch: Sequence[float],
                 loss: Sequence[float], *, window: float = 0.1, start: Optional[tuple[float, ...]] = None,
