@@ -104,15 +104,73 @@ class Branches:
                 out.add(s)
         return tuple(sorted(out))
 
+    def _shared_warmup(self, t: PlannedTrial) -> int:
+        """Warmup steps of every run of t's size at t's batch: the shortest budget's (so all can share it)."""
+        shortest = min(self.budgets.get(t.n_target, [t.D]))
+        return int(round(self.warmup * max(1, int(math.ceil(shortest / t.batch)))))
+
+    def _scratch(self, t: PlannedTrial, w: int) -> PlannedTrial:
+        return replace(t, warmup=warmup_fraction(w, _steps(t)), checkpoint_steps=self._checkpoints(t, w, 0))
+
+    def _from_checkpoint(self, t: PlannedTrial, src: str, step: int, w: int) -> PlannedTrial:
+        """t restored from run `src`'s checkpoint at `step`: it spends only the steps after it."""
+        T = _steps(t)
+        return replace(t, warmup=warmup_fraction(w, T), branch_of=src, branch_step=step,
+                       branch_flops=t.flops * step / T, flops=t.flops * (1.0 - step / T),
+                       checkpoint_steps=self._checkpoints(t, w, step))
+
+    def _kind(self, t: PlannedTrial, step: int, w: int) -> str:
+        return "cooldown branch" if step == self._decay_start(_steps(t), w) else "extension"
+
+    def _shared_step(self, run: dict[str, Any], t: PlannedTrial) -> Optional[int]:
+        """The latest checkpoint of `run` that t's schedule shares (after its warmup, up to its decay start)."""
+        w = run["w"]
+        usable = [s for s in run["ckpts"] if w <= s <= self._decay_start(_steps(t), w)]
+        return max(usable) if usable else None
+
     def first(self, t: PlannedTrial) -> PlannedTrial:
         """A cell's run from scratch (no finished run offers a start): its warmup in steps that of the
         shortest budget of its size at its batch (so every later run of the size can share it), and
         checkpoints at the decay starts it passes."""
-        shortest = min(self.budgets.get(t.n_target, [t.D]))
-        w = int(round(self.warmup * max(1, int(math.ceil(shortest / t.batch)))))
-        out = replace(t, warmup=warmup_fraction(w, _steps(t)), checkpoint_steps=self._checkpoints(t, w, 0))
+        w = self._shared_warmup(t)
+        out = self._scratch(t, w)
         self._record(out, w)
         return out
+
+    # ---- the law search: exact twins ---------------------------------------------------------
+    def plan_point(self, t: PlannedTrial) -> tuple[PlannedTrial, str]:
+        """The law search's run of lattice point `t` and why (pure: `hand` records it once handed out).
+
+        Its **exact twin** is a finished run at the same (size, lr, batch, seed) and another budget:
+        under the size's shared warmup both train the same steps up to the shorter one's decay start,
+        so `t` starts from the twin's latest checkpoint its schedule shares — a cooldown branch of a
+        longer twin (at its own decay start), an extension of a shorter one (at the twin's) — with
+        no bowl penalty and no loss correction (the same run). Without one, from scratch, saving
+        checkpoints at the decay starts of its size's budgets it passes, for its own twins."""
+        w = self._shared_warmup(t)
+        best: Optional[tuple[int, str]] = None
+        for tid, run in self.runs.items():
+            if tid == t.trial_id or run["state"] != "ok" or \
+                    (run["size"], run["lr"], run["batch"], run["seed"]) != (t.n_target, t.lr, t.batch, t.seed):
+                continue
+            step = self._shared_step(run, t)
+            if step is not None and (best is None or step > best[0]):
+                best = (step, tid)
+        if best is None:
+            out = self._scratch(t, w)
+            why = ("WSD branching: from scratch (no finished exact twin), checkpoints at steps "
+                   f"{list(out.checkpoint_steps)} for its twins" if out.checkpoint_steps
+                   else "WSD branching: from scratch (no finished exact twin)")
+            return out, why
+        step, src = best
+        out = self._from_checkpoint(t, src, step, w)
+        return out, (f"WSD {self._kind(out, step, w)} of {src}, its exact twin (same N, lr, batch, seed; "
+                     f"another budget), from its checkpoint at step {step}: spends {out.flops:.3g} FLOPs, "
+                     f"not {t.flops:.3g}")
+
+    def hand(self, t: PlannedTrial) -> None:
+        """A run `plan_point` planned was handed out: its checkpoints count once it ends well."""
+        self._record(t, self._shared_warmup(t))
 
     def _record(self, t: PlannedTrial, w: int) -> None:
         self.runs[t.trial_id] = {"size": t.n_target, "lr": t.lr, "batch": t.batch, "seed": t.seed, "w": w,
@@ -141,13 +199,10 @@ class Branches:
             t = self._at(cell, run["lr"], run["batch"], run["seed"])
             if t is None:
                 continue
-            T, w = _steps(t), run["w"]
-            own = self._decay_start(T, w)
-            usable = [s for s in run["ckpts"] if w <= s <= own]
-            if not usable:
+            step = self._shared_step(run, t)
+            if step is None:
                 continue
-            step = max(usable)
-            share = step / T
+            w, share = run["w"], step / _steps(t)
             if best is None or (share, -pen) > (best["share"], -best["penalty"]):
                 best = {"trial": t, "penalty": pen, "source": tid, "step": step, "share": share, "w": w,
                         "state": run["state"]}
@@ -160,13 +215,10 @@ class Branches:
 
     def adopt(self, cell: SearchCell, offer: dict[str, Any], lr: float, batch: float) -> PlannedTrial:
         """The cell's one run from the offered checkpoint, queued; the penalty is kept for its loss."""
-        t, step, w, src = offer["trial"], offer["step"], offer["w"], offer["source"]
-        T = _steps(t)
-        t = replace(t, warmup=warmup_fraction(w, T), branch_of=src, branch_step=step,
-                    branch_flops=t.flops * step / T, flops=t.flops * (1.0 - step / T),
-                    checkpoint_steps=self._checkpoints(t, w, step))
+        step, w, src = offer["step"], offer["w"], offer["source"]
+        t = self._from_checkpoint(offer["trial"], src, step, w)
         self._record(t, w)
-        kind = "cooldown branch" if step == self._decay_start(T, w) else "extension"
+        kind = self._kind(t, step, w)
         cell.open_info = {**cell.open_info, "branch_of": src, "branch_step": step, "bowl_penalty": offer["penalty"]}
         cell.start_from = f"WSD {kind} of {src} from step {step}"
         cell.queue = [LAW_POINT]
