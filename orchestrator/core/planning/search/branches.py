@@ -23,6 +23,11 @@ noise of one loss (`noise`):
 and the cell's loss enters the L(N, D) fit divided by exp(penalty) (`corrected_loss`): the loss the
 bowl predicts at the cell's own law point. The acquisition counts a cell at the FLOPs it would
 spend; a cell that a still-running run of its size would make cheaper waits for it (`offer`).
+
+The law search (`plan_point`) has no single-run cells: each lattice run is planned the same way
+(the size's shared warmup, checkpoints at its budgets' decay starts) and starts from a finished
+**exact twin** — the same (N, lr, batch, seed) at another budget of its size — where one exists: the
+same run up to the checkpoint, so no penalty and no correction.
 """
 from __future__ import annotations
 
@@ -146,7 +151,21 @@ class Branches:
         so `t` starts from the twin's latest checkpoint its schedule shares — a cooldown branch of a
         longer twin (at its own decay start), an extension of a shorter one (at the twin's) — with
         no bowl penalty and no loss correction (the same run). Without one, from scratch, saving
-        checkpoints at the decay starts of its size's budgets it passes, for its own twins."""
+        checkpoints at the decay starts of its size's budgets it passes, for its own twins.
+
+        >>> from orchestrator.core.planning.design import Design, plan_grid
+        >>> from orchestrator.core.planning.search.lattice import cells_of
+        >>> d = Design("gpt", 64, (20000,), ((320000, 1280000),), (1e-3,), (1024,), (0,))  # the lattice, no grid trunks
+        >>> cells = cells_of(plan_grid(d), d)
+        >>> br = Branches(d, cells, noise=0.003)
+        >>> short, long_ = (next(iter(c.trials.values())) for c in cells)
+        >>> t, why = br.plan_point(short); br.hand(t); br.ended(t.trial_id, ok=True)
+        >>> t.branch_of, t.checkpoint_steps
+        (None, (250,))
+        >>> u, why = br.plan_point(long_)
+        >>> u.branch_of == t.trial_id, u.branch_step, round(u.flops / long_.flops, 2), why.split(" of ")[0]
+        (True, 250, 0.8, 'WSD extension')
+        """
         w = self._shared_warmup(t)
         best: Optional[tuple[int, str]] = None
         for tid, run in self.runs.items():
