@@ -274,11 +274,14 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
                   scalesweep_mode: str = "auto", scalesweep_set: tuple[str, ...] = (),
                   eval_tokens: Optional[int] = None, first_seed: int = 0,
                   grid_shape: Optional[dict[str, Any]] = None, scalesweep_pruner: bool = False,
-                  prior_ref: Optional[str] = None) -> dict[str, Any]:
+                  prior_ref: Optional[str] = None, alt_set: Optional[tuple[str, ...]] = None) -> dict[str, Any]:
     """Run every strategy for every seed; return the JSON document.
 
     The grid comes from `prior_for(prior_ref, target)`; the world (truth) simulates and scores.
+    `alt_set`: a second scalesweep arm, `scalesweep_alt`, its spec scalesweep's with these overrides too.
     """
+    if alt_set is not None and "scalesweep_alt" not in strategies:
+        strategies = strategies + ("scalesweep_alt",)
     world = load_world(world_ref)
     ref = world_ref if not Path(world_ref).exists() else str(Path(world_ref).resolve())
     if target is None:
@@ -290,11 +293,12 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
     notes: dict[str, list[str]] = {s: [] for s in strategies}
     modes: dict[str, str] = {}
     wall: dict[str, float] = {s: 0.0 for s in strategies}
-    parts = None
+    parts: dict[str, Any] = {}
     grid_info: dict[str, Any] = {}
     for seed in range(first_seed, first_seed + seeds):
         data = benchmark_spec(prior, ref, target, seed, quick=quick, eval_tokens=eval_tokens, **(grid_shape or {}))
         ss_data = scalesweep_spec(data, scalesweep_set)
+        alt_data = scalesweep_spec(data, scalesweep_set + tuple(alt_set or ()))
         spec = parse_spec(data)
         grid = S.Grid(spec, world)
         grid_info = {"spec": {k: data[k] for k in ("model", "tokens", "learning_rates", "batch_sizes", "eval")},
@@ -308,12 +312,14 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
             runs[name] = fn()
             wall[name] += time.perf_counter() - t0
 
-        order = [s for s in ("full_grid", "scalesweep", "asha", "optuna", "random", "random_at_asha") if s in strategies]
+        order = [s for s in ("full_grid", "scalesweep", "scalesweep_alt", "asha", "optuna", "random", "random_at_asha") if s in strategies]
         for name in order:
             if name == "full_grid":
                 timed(name, lambda: S.run_full_grid(grid, concurrency))
             elif name == "scalesweep":
                 timed(name, lambda: S.run_scalesweep(grid, ss_data, concurrency, scalesweep_mode, scalesweep_pruner))
+            elif name == "scalesweep_alt":
+                timed(name, lambda: S.run_scalesweep(grid, alt_data, concurrency, scalesweep_mode, scalesweep_pruner))
             elif name == "asha":
                 timed(name, lambda: S.run_asha(grid, seed, concurrency, asha_mode, ref))
             elif name == "optuna":
@@ -331,7 +337,7 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
             run = runs[name]
             modes[name] = run.mode
             if run.active_parts is not None:
-                parts = run.active_parts
+                parts[name] = run.active_parts
             for n in run.notes:
                 if n not in notes[name]:
                     notes[name].append(n)
@@ -371,8 +377,10 @@ def run_benchmark(world_ref: str, target: Optional[float], seeds: int, strategie
             "wall_s": wall[name],
             "notes": notes[name],
         }
-        if name == "scalesweep":
-            entry["active_parts"] = parts
+        if name in ("scalesweep", "scalesweep_alt"):
+            entry["active_parts"] = parts.get(name)
+            if name == "scalesweep_alt":
+                entry["overrides"] = list(alt_set or ())
             entry["saved"] = [r.get("saved") for r in rows]  # per seed: what the pruner and branching saved
         doc["strategies"][name] = entry
     return doc
@@ -416,14 +424,16 @@ def print_table(doc: dict[str, Any]) -> None:
         Console().print(f"grid laid from the prior {pr['ref']} (k = {pr['rescale_k']:.3g}); prior / truth at the target: "
                         f"lr* ×{d['lr_star_ratio']:.2f}, batch* ×{d['batch_star_ratio']:.2f}, tokens per parameter "
                         f"{d['tokens_per_param_prior']:.1f} vs {d['tokens_per_param_true']:.1f}, N* ×{d['N_star_ratio']:.2f}")
-    ss = doc["strategies"].get("scalesweep")
-    if ss and ss.get("active_parts"):
+    for name in ("scalesweep", "scalesweep_alt"):
+        ss = doc["strategies"].get(name)
+        if not ss or not ss.get("active_parts"):
+            continue
         parts = {k: v for k, v in ss["active_parts"].items() if k != "saved"}
-        Console().print(f"scalesweep active parts: {parts}")
+        Console().print(f"{name} active parts: {parts}" + (f" (overrides {ss['overrides']})" if ss.get("overrides") else ""))
         saved = [x for x in ss.get("saved") or [] if x]
         if saved:
             mean = lambda k: statistics.fmean(x[k] for x in saved)  # noqa: E731
-            Console().print(f"scalesweep saved (mean over seeds, × its spent compute): pruner "
+            Console().print(f"{name} saved (mean over seeds, × its spent compute): pruner "
                             f"{mean('pruner_flops') / mean('spent_flops'):.3f} ({mean('pruner_stopped'):.1f} trials "
                             f"stopped), WSD branching {mean('branching_flops') / mean('spent_flops'):.3f} "
                             f"({mean('branches'):.1f} runs from a checkpoint)")
@@ -521,6 +531,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                          "pruning or WSD branching is enabled")
     ap.add_argument("--scalesweep-set", action="append", default=[], metavar="FIELD=VALUE",
                     help="set a spec field for scalesweep only, e.g. pruning.enabled=true (repeatable)")
+    ap.add_argument("--scalesweep-alt-set", action="append", default=None, metavar="FIELD=VALUE",
+                    help="add a second scalesweep arm, scalesweep_alt: scalesweep's spec with this field set too, "
+                         "side by side, e.g. schedule.branch=false (repeatable)")
     ap.add_argument("--scalesweep-pruner", action="store_true",
                     help="scalesweep with our PrunerScheduler (orchestrator/adapters/tune/scheduler.py, defaults) in replay")
     ap.add_argument("--sizes", type=int, default=5, help="model sizes N (log-spaced over 2 decades)")
@@ -544,7 +557,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                             first_seed=args.first_seed,
                             grid_shape={"sizes": args.sizes, "ratios": tuple(float(x) for x in args.ratios.split(",")),
                                         "n_lr": args.lrs, "n_batch": args.batches},
-                            scalesweep_pruner=args.scalesweep_pruner, prior_ref=args.prior)
+                            scalesweep_pruner=args.scalesweep_pruner, prior_ref=args.prior,
+                            alt_set=tuple(args.scalesweep_alt_set) if args.scalesweep_alt_set else None)
         print_table(doc)
         docs[doc["world"]["name"]] = doc
         if args.json:

@@ -66,7 +66,7 @@ class Grid:
         self.world = world
         self.trials: list[PlannedTrial] = plan_grid(spec)
         self.by_id = {t.trial_id: t for t in self.trials}
-        self._reports: dict[str, list[dict[str, float]]] = {}
+        self._reports: dict[tuple, list[dict[str, float]]] = {}
         # Optuna's categorical space: (n_target, tokens-per-param index, lr, batch) -> trial.
         self.sizes = sorted({t.n_target for t in self.trials})
         self.lrs = sorted({t.lr for t in self.trials})
@@ -89,11 +89,13 @@ class Grid:
         return sum(t.flops for t in self.trials)
 
     def adopt(self, t: PlannedTrial) -> None:
-        """A trial a planner made off the grid (transfer's learned point): its cell is the nearest token budget."""
+        """A trial a planner handed out: made off the grid (transfer's learned point; its cell is the
+        nearest token budget), or a grid trial re-planned (the law search's WSD runs: `by_id` holds the
+        version that ran)."""
         if t.trial_id not in self.by_id:
-            self.by_id[t.trial_id] = t
             ds = self.spec.tokens.for_size(t.N)
             self.ratio_index[t.trial_id] = min(range(len(ds)), key=lambda i: abs(math.log(t.D / ds[i])))
+        self.by_id[t.trial_id] = t
 
     def nominal_D(self, trial_id: str) -> float:
         """The trial's tokens before rounding up to whole batches (ratio × N): one value per (N, D) cell."""
@@ -105,11 +107,12 @@ class Grid:
 
     def reports(self, t: PlannedTrial) -> list[dict[str, float]]:
         """Every report the simulated trainer makes for this trial."""
-        if t.trial_id not in self._reports:
+        key = (t.trial_id, t.warmup, t.branch_step)  # one trial id, run under another schedule or branch point
+        if key not in self._reports:
             out: list[dict[str, float]] = []
             train(self.config(t), out.append, self.world)
-            self._reports[t.trial_id] = out
-        return self._reports[t.trial_id]
+            self._reports[key] = out
+        return self._reports[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,7 +459,7 @@ def scalesweep_parts(spec: SweepSpec) -> dict[str, Any]:
         "planner": "grid",
         "search": enabled("search"),
         "pruner": enabled("pruning"),
-        # the grid and transfer plan branches (the spec refuses them with the law search)
+        # the grid, transfer and law plan branches (docs/search.md)
         "wsd_branching": bool(spec.schedule.branch) and spec.schedule.kind == "wsd",
     }
     missing = [n for n in ("search", "pruning") if n not in fields]

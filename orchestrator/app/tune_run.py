@@ -183,7 +183,9 @@ def run_tuner(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_p
     stop_key = stash["stop"].stop_key  # (not `stash` in the closure: Tune pickles the searcher that holds it)
 
     def to_config(t: PlannedTrial) -> dict[str, Any]:
-        records.setdefault(t.trial_id, record_of(t))  # a planner may plan trials as it goes (transfer)
+        # a planner may plan trials as it goes (transfer) or re-plan one before it hands it out (the law
+        # search's WSD runs: their warmup, checkpoints, branch point): what the store records is what runs
+        records[t.trial_id] = record_of(t)
         why = next((d for d in reversed(planner.decisions) if d.get("trial_id") == t.trial_id), None)
         if why is not None:
             decisions[t.trial_id] = why

@@ -208,8 +208,7 @@ class ScheduleSpec(_Strict):
     final_lr_frac: float = Field(0.1, ge=0, le=1, description="lr at the end as a fraction of the peak")
     branch: bool = Field(False, description="WSD: train each (N, lr, batch, seed) once to its largest D and branch the "
                                             "shorter D's cooldowns from its checkpoints (docs/pruning.md); with "
-                                            "`search.strategy: transfer` the search's own branches (docs/search.md); "
-                                            "refused with `law`")
+                                            "`search.strategy: transfer` or `law` the search's own branches (docs/search.md)")
 
     @model_validator(mode="after")
     def _fits(self) -> "ScheduleSpec":
@@ -869,13 +868,6 @@ class SweepSpec(_Strict):
             if not self.checkpoints.enabled:
                 raise ValueError("schedule.branch: branches start from their trunk's checkpoints; "
                                  "checkpoints.enabled must be true")
-            if self.search.strategy == "law":
-                # The grid plans its trunks before anything runs; transfer's single-run cells start from
-                # its finished runs. The law search has neither (docs/search.md, "Why law refuses branching").
-                raise ValueError("schedule.branch: the law search plans no trunks (it tunes each cell by a lattice "
-                                 "walk decided as results arrive, and the search's WSD branching starts only "
-                                 "transfer's single-run cells); use search.strategy grid or transfer, or "
-                                 "schedule.branch false")
         return self
 
     # ---- derived -----------------------------------------------------------------------

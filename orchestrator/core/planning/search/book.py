@@ -37,6 +37,13 @@ class CellBook:
         self.where[t.trial_id] = (cell, p)
         self.trials.append(t)
 
+    def replace(self, cell: SearchCell, p: Point, t: PlannedTrial) -> None:
+        """Point p's trial re-planned before it is handed out (the same trial id: a WSD run's schedule,
+        checkpoints or branch point)."""
+        old = cell.trials[p]
+        cell.trials[p] = t
+        self.trials[self.trials.index(old)] = t
+
     def hand(self, cell: SearchCell, p: Point) -> PlannedTrial:
         """Commit the point's trial: running, counted, its compute committed."""
         t = cell.trials[p]

@@ -23,6 +23,11 @@ noise of one loss (`noise`):
 and the cell's loss enters the L(N, D) fit divided by exp(penalty) (`corrected_loss`): the loss the
 bowl predicts at the cell's own law point. The acquisition counts a cell at the FLOPs it would
 spend; a cell that a still-running run of its size would make cheaper waits for it (`offer`).
+
+The law search (`plan_point`) has no single-run cells: each lattice run is planned the same way
+(the size's shared warmup, checkpoints at its budgets' decay starts) and starts from a finished
+**exact twin** — the same (N, lr, batch, seed) at another budget of its size — where one exists: the
+same run up to the checkpoint, so no penalty and no correction.
 """
 from __future__ import annotations
 
@@ -104,15 +109,87 @@ class Branches:
                 out.add(s)
         return tuple(sorted(out))
 
+    def _shared_warmup(self, t: PlannedTrial) -> int:
+        """Warmup steps of every run of t's size at t's batch: the shortest budget's (so all can share it)."""
+        shortest = min(self.budgets.get(t.n_target, [t.D]))
+        return int(round(self.warmup * max(1, int(math.ceil(shortest / t.batch)))))
+
+    def _scratch(self, t: PlannedTrial, w: int) -> PlannedTrial:
+        return replace(t, warmup=warmup_fraction(w, _steps(t)), checkpoint_steps=self._checkpoints(t, w, 0))
+
+    def _from_checkpoint(self, t: PlannedTrial, src: str, step: int, w: int) -> PlannedTrial:
+        """t restored from run `src`'s checkpoint at `step`: it spends only the steps after it."""
+        T = _steps(t)
+        return replace(t, warmup=warmup_fraction(w, T), branch_of=src, branch_step=step,
+                       branch_flops=t.flops * step / T, flops=t.flops * (1.0 - step / T),
+                       checkpoint_steps=self._checkpoints(t, w, step))
+
+    def _kind(self, t: PlannedTrial, step: int, w: int) -> str:
+        return "cooldown branch" if step == self._decay_start(_steps(t), w) else "extension"
+
+    def _shared_step(self, run: dict[str, Any], t: PlannedTrial) -> Optional[int]:
+        """The latest checkpoint of `run` that t's schedule shares (after its warmup, up to its decay start)."""
+        w = run["w"]
+        usable = [s for s in run["ckpts"] if w <= s <= self._decay_start(_steps(t), w)]
+        return max(usable) if usable else None
+
     def first(self, t: PlannedTrial) -> PlannedTrial:
         """A cell's run from scratch (no finished run offers a start): its warmup in steps that of the
         shortest budget of its size at its batch (so every later run of the size can share it), and
         checkpoints at the decay starts it passes."""
-        shortest = min(self.budgets.get(t.n_target, [t.D]))
-        w = int(round(self.warmup * max(1, int(math.ceil(shortest / t.batch)))))
-        out = replace(t, warmup=warmup_fraction(w, _steps(t)), checkpoint_steps=self._checkpoints(t, w, 0))
+        w = self._shared_warmup(t)
+        out = self._scratch(t, w)
         self._record(out, w)
         return out
+
+    # ---- the law search: exact twins ---------------------------------------------------------
+    def plan_point(self, t: PlannedTrial) -> tuple[PlannedTrial, str]:
+        """The law search's run of lattice point `t` and why (pure: `hand` records it once handed out).
+
+        Its **exact twin** is a finished run at the same (size, lr, batch, seed) and another budget:
+        under the size's shared warmup both train the same steps up to the shorter one's decay start,
+        so `t` starts from the twin's latest checkpoint its schedule shares — a cooldown branch of a
+        longer twin (at its own decay start), an extension of a shorter one (at the twin's) — with
+        no bowl penalty and no loss correction (the same run). Without one, from scratch, saving
+        checkpoints at the decay starts of its size's budgets it passes, for its own twins.
+
+        >>> from orchestrator.core.planning.design import Design, plan_grid
+        >>> from orchestrator.core.planning.search.lattice import cells_of
+        >>> d = Design("gpt", 64, (20000,), ((320000, 1280000),), (1e-3,), (1024,), (0,))  # the lattice, no grid trunks
+        >>> cells = cells_of(plan_grid(d), d)
+        >>> br = Branches(d, cells, noise=0.003)
+        >>> short, long_ = (next(iter(c.trials.values())) for c in cells)
+        >>> t, why = br.plan_point(short); br.hand(t); br.ended(t.trial_id, ok=True)
+        >>> t.branch_of, t.checkpoint_steps
+        (None, (250,))
+        >>> u, why = br.plan_point(long_)
+        >>> u.branch_of == t.trial_id, u.branch_step, round(u.flops / long_.flops, 2), why.split(" of ")[0]
+        (True, 250, 0.8, 'WSD extension')
+        """
+        w = self._shared_warmup(t)
+        best: Optional[tuple[int, str]] = None
+        for tid, run in self.runs.items():
+            if tid == t.trial_id or run["state"] != "ok" or \
+                    (run["size"], run["lr"], run["batch"], run["seed"]) != (t.n_target, t.lr, t.batch, t.seed):
+                continue
+            step = self._shared_step(run, t)
+            if step is not None and (best is None or step > best[0]):
+                best = (step, tid)
+        if best is None:
+            out = self._scratch(t, w)
+            why = ("WSD branching: from scratch (no finished exact twin), checkpoints at steps "
+                   f"{list(out.checkpoint_steps)} for its twins" if out.checkpoint_steps
+                   else "WSD branching: from scratch (no finished exact twin)")
+            return out, why
+        step, src = best
+        out = self._from_checkpoint(t, src, step, w)
+        return out, (f"WSD {self._kind(out, step, w)} of {src}, its exact twin (same N, lr, batch, seed; "
+                     f"another budget), from its checkpoint at step {step}: spends {out.flops:.3g} FLOPs, "
+                     f"not {t.flops:.3g}")
+
+    def hand(self, t: PlannedTrial) -> None:
+        """A run `plan_point` planned was handed out: its checkpoints count once it ends well."""
+        self._record(t, self._shared_warmup(t))
 
     def _record(self, t: PlannedTrial, w: int) -> None:
         self.runs[t.trial_id] = {"size": t.n_target, "lr": t.lr, "batch": t.batch, "seed": t.seed, "w": w,
@@ -141,13 +218,10 @@ class Branches:
             t = self._at(cell, run["lr"], run["batch"], run["seed"])
             if t is None:
                 continue
-            T, w = _steps(t), run["w"]
-            own = self._decay_start(T, w)
-            usable = [s for s in run["ckpts"] if w <= s <= own]
-            if not usable:
+            step = self._shared_step(run, t)
+            if step is None:
                 continue
-            step = max(usable)
-            share = step / T
+            w, share = run["w"], step / _steps(t)
             if best is None or (share, -pen) > (best["share"], -best["penalty"]):
                 best = {"trial": t, "penalty": pen, "source": tid, "step": step, "share": share, "w": w,
                         "state": run["state"]}
@@ -160,13 +234,10 @@ class Branches:
 
     def adopt(self, cell: SearchCell, offer: dict[str, Any], lr: float, batch: float) -> PlannedTrial:
         """The cell's one run from the offered checkpoint, queued; the penalty is kept for its loss."""
-        t, step, w, src = offer["trial"], offer["step"], offer["w"], offer["source"]
-        T = _steps(t)
-        t = replace(t, warmup=warmup_fraction(w, T), branch_of=src, branch_step=step,
-                    branch_flops=t.flops * step / T, flops=t.flops * (1.0 - step / T),
-                    checkpoint_steps=self._checkpoints(t, w, step))
+        step, w, src = offer["step"], offer["w"], offer["source"]
+        t = self._from_checkpoint(offer["trial"], src, step, w)
         self._record(t, w)
-        kind = "cooldown branch" if step == self._decay_start(T, w) else "extension"
+        kind = self._kind(t, step, w)
         cell.open_info = {**cell.open_info, "branch_of": src, "branch_step": step, "bowl_penalty": offer["penalty"]}
         cell.start_from = f"WSD {kind} of {src} from step {step}"
         cell.queue = [LAW_POINT]

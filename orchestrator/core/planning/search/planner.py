@@ -66,11 +66,12 @@ class LawGuidedPlanner:
         self.stopped: Optional[str] = None
         self._opened = 0
         self._resumed: dict[str, Optional[Mapping[str, Any]]] = {}  # ended trials not planned yet
-        # transfer under a WSD schedule with `schedule.branch`: single-run cells as trunks and branches
-        self.branches = (Branches(design, self.cells, self.config.noise) if self.transfer and branching_enabled(design)
-                         else None)
-        self.choice = CellChoice(design, self.config, self.book, self.learned, self.branches, self._init_keys)
-        self.start = CellStart(design, self.config, self.book, self.learned, self.branches, self._init_keys)
+        # WSD branching (`schedule.branch`): transfer's single-run cells start from a run of their size
+        # near their law point; the law search's lattice runs from their exact twins (`Branches.plan_point`)
+        self.branches = Branches(design, self.cells, self.config.noise) if branching_enabled(design) else None
+        near = self.branches if self.transfer else None
+        self.choice = CellChoice(design, self.config, self.book, self.learned, near, self._init_keys)
+        self.start = CellStart(design, self.config, self.book, self.learned, near, self._init_keys)
 
     # ---- what it has learned (`law_state.SearchLaws`) ----------------------------------------
     @property
@@ -185,7 +186,7 @@ class LawGuidedPlanner:
                 cell.state, cell.order, cell.start_from = "open", self._opened, "resumed"
             if p in cell.running or p in cell.loss or p in cell.bad:
                 continue
-            self.book.hand(cell, p)
+            self._hand(cell, p)  # the law search's WSD runs: their checkpoints registered as they were handed
             self.observe(tid, result)
 
     def hparam_advice(self) -> Optional[HparamAdvice]:
@@ -247,13 +248,13 @@ class LawGuidedPlanner:
                 self._settle(cell)
                 return None
             p = ready[0]
-            t = cell.trials[p]
+            t, how = self._lattice_run(cell, p)
             if not self.book.affords(t.flops):
                 cell.bad[p] = "budget"
                 cell.queue = [q for q in cell.queue if q != p]
                 continue
             if t.trial_id in self._resumed:  # ended in an earlier run of this sweep: not run again
-                self.book.hand(cell, p)
+                self._hand(cell, p, t)
                 self.observe(t.trial_id, self._resumed.pop(t.trial_id))
                 continue
             if p not in cell.why:
@@ -261,9 +262,30 @@ class LawGuidedPlanner:
                 cell.why[p] = (f"neighbour of the cell's best point (lr={cell.trials[b].lr:.3g}, "
                                f"batch={cell.trials[b].batch}, loss={cell.loss[b]:.5g})" if b
                                else "no finite loss in the cell yet: nearest untried point to the start")
-            self.book.hand(cell, p)
+            if how:
+                cell.why[p] += "; " + how
+            self._hand(cell, p, t)
             self._log(cell, p, t)
             return t
+
+    def _lattice_run(self, cell: SearchCell, p: Point) -> tuple[PlannedTrial, Optional[str]]:
+        """Point p's trial as it would be handed out now, and how it starts: the law search under WSD
+        branching plans each lattice run from a finished exact twin or from scratch with checkpoints
+        (`Branches.plan_point`); otherwise the planned trial as it is (transfer's runs are planned
+        when their cell opens)."""
+        t = cell.trials[p]
+        if self.branches is None or self.transfer or p == LAW_POINT:
+            return t, None
+        return self.branches.plan_point(t)
+
+    def _hand(self, cell: SearchCell, p: Point, t: Optional[PlannedTrial] = None) -> None:
+        """Commit point p's trial (`t`: as `_lattice_run` planned it, else planned now)."""
+        if t is None:
+            t = self._lattice_run(cell, p)[0]
+        if t is not cell.trials[p]:  # the law search's WSD run: it replaces the lattice's plan
+            self.book.replace(cell, p, t)
+            self.branches.hand(t)
+        self.book.hand(cell, p)
 
     def _settle(self, cell: SearchCell) -> None:
         """Leave the queue phase when it has returned; resolve the cell when nothing is left to run."""
@@ -294,7 +316,7 @@ class LawGuidedPlanner:
         the cell it was planned for, as in the run, so that its loss is corrected by the same bowl penalty
         (`loss_as_fitted`); a sequential replay alone would never plan them, and `propose` would fit their
         raw losses while the run's fit.json corrected them."""
-        if self.branches is None:
+        if self.branches is None or not self.transfer:  # the law search's runs are all on its lattice
             return
         for _ in range(len(self.cells)):  # a branch taken can be the run another one started from
             taken = False
