@@ -516,8 +516,9 @@ def _run(engine, config: TrialConfig, plan: Plan, data: TokenData, report: Repor
                 report_now(loss_sum / loss_steps, eval_loss, last)
             except StopRequested:
                 # The user stopped the sweep after this report was recorded: a checkpoint here lets
-                # `scalesweep resume` continue from this step (a save is collective: one worker only).
-                if config.checkpoint_dir and world == 1 and not last and not branch_point:
+                # `scalesweep resume` continue from this step. A save is collective: on several workers
+                # every rank raises at the same report (the reporter agrees on it), so each saves its shards.
+                if config.checkpoint_dir and not last and not branch_point:
                     save(step)
                 raise
             reported_final = last

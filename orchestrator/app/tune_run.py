@@ -191,9 +191,8 @@ def run_tuner(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_p
             decisions[t.trial_id] = why
         ckpt = str(sweep_dir / "checkpoints" / t.trial_id)
         own = spec.trainer.own  # a user's trainer (docs/trainers.md): how to run it, where its files go
-        # A user's stop: the trial checkpoints after its next report and ends. (Ray Train's workers
-        # report asynchronously to Tune: a checkpoint there could be past the last recorded step.)
-        stops = t.workers == 1 or spec.trainer.backend == "command"
+        # A user's stop: the trial checkpoints after its next report and ends (on several Ray Train
+        # workers, every rank at the same report, once the store has acknowledged it: tune.report_ack).
         trial = trial_config(spec, t, ckpt, cache)
         if mirror:
             trial = replace(trial, checkpoint_mirror=f"{mirror}/{t.trial_id}")
@@ -203,7 +202,7 @@ def run_tuner(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_p
                              own=own_trainer_settings(spec) if own else None,
                              run_dir=str(sweep_dir / "runs" / t.trial_id) if own else None, N=t.N if own else None,
                              run_mirror=f"{runs_mirror}/{t.trial_id}" if runs_mirror else None,
-                             report_delay_s=report_delay, stop_key=stop_key if stops else None,
+                             report_delay_s=report_delay, stop_key=stop_key,
                              ).to_config()
 
     def resources(config: dict[str, Any]):

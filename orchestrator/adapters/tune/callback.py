@@ -21,6 +21,7 @@ from trainers.contract import OPTIONAL_REPORT_KEYS, REPORT_KEYS, TASK_PREFIX
 from ...core.planning.branching import spent_flops
 from ...core.outcome import Outcome, outcome_of
 from ...io.store import STOPPED_BY_USER, ObservationStore
+from . import report_ack
 from .envelope import TrialEnvelope, envelope_of, trial_id_of
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,9 @@ class SweepCallback(Callback):
         # asks the trial to stop): trial id -> (status, summary, wait-until); the summary is written
         # again with the program's true exit once its exit.json appears (`_complete_ended`)
         self.ending: dict[str, tuple[str, dict[str, Any], float]] = {}
+        # running multi-worker trials (Ray Train inside the trial) -> (their report_ack key, the highest
+        # step acknowledged): rank 0 waits for a report's acknowledgement before training on
+        self.acks: dict[str, list] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; the live handles (store
@@ -90,7 +94,7 @@ class SweepCallback(Callback):
         return {"records": self.records, "last": self.last, "decisions": self.decisions, "stops": {},
                 "logged": self.logged, "restarts": self.restarts, "store": None, "tracker": None, "progress": None,
                 "contract_errors": {}, "interrupted": self.interrupted,  # a module function: pickles by name
-                "checkpointing": set(), "ending": {}}
+                "checkpointing": set(), "ending": {}, "acks": {}}
 
     @staticmethod
     def _tid(trial) -> str:
@@ -104,6 +108,8 @@ class SweepCallback(Callback):
         self.store.set_status(tid, "running", config=record, summary={"decision": why} if why else None)
         if env.stop_key:
             self.checkpointing.add(tid)
+            if env.trial.workers > 1 and env.backend != "command":
+                self.acks[tid] = [report_ack.key(env.stop_key, tid), -1]
         if self.tracker is not None:
             # enqueued only: the run is created on the tracker thread, never on Tune's event loop
             from ...io.tracking.run_names import run_name, varying
@@ -125,6 +131,10 @@ class SweepCallback(Callback):
         extra = _extra_of(result)  # a user's trainer's own metrics: the store and MLflow
         self.store.append(tid, {**report, "extra": extra} if extra else report)
         step = int(report["step"])
+        ack = self.acks.get(tid)
+        if ack is not None and step > ack[1]:  # in the store's write-ahead log: its rank 0 may go on
+            ack[1] = step
+            report_ack.acknowledge(ack[0], step)
         # A restarted trial re-sends the reports between its checkpoint and the crash: the
         # store keeps one row per (trial, step) anyway; MLflow gets each step once.
         if self.tracker is not None and step > self.logged.get(tid, -1):
@@ -138,6 +148,9 @@ class SweepCallback(Callback):
     def _end(self, trial, status: str, summary: dict[str, Any]) -> None:
         tid = self._tid(trial)
         self.checkpointing.discard(tid)
+        ack = self.acks.pop(tid, None)
+        if ack is not None:
+            report_ack.clear(ack[0])
         if tid in self.restarts:
             summary = {**summary, "restarts": self.restarts[tid]}
         process = _process_exit(trial)

@@ -8,6 +8,8 @@ process), its function called with a reporter that normalises each report to the
 Several workers: the trial process launches a Ray Train `TorchTrainer` (gang-scheduled
 workers, gloo on CPU / NCCL on GPU) and Train's `TuneReportCallback` forwards rank 0's
 reports to Tune (Ray 2.6x, Train V2: a TorchTrainer cannot be handed to the Tuner itself).
+That hand-over is asynchronous, so rank 0 waits for the controller to acknowledge each report
+as stored (`report_ack`) before training on, and a user's stop is agreed on by all ranks.
 """
 from __future__ import annotations
 
@@ -44,7 +46,9 @@ def _reporter(env: TrialEnvelope, send, stopped=None):
     stopped the sweep; `stopped`: how to read it, default `stop_signal.Watcher`).
 
     Tune's function API reports synchronously: `send` returns once the controller has taken the
-    report, so a checkpoint the trainer saves on `StopRequested` is at a recorded step.
+    report, so a checkpoint the trainer saves on `StopRequested` is at a recorded step. (On several
+    workers `send` is `_train_report`, which waits for the store's acknowledgement, and `stopped`
+    is `_agreed`: every rank stops at the same report.)
     """
     delay, key = env.report_delay_s, env.stop_key
     if delay <= 0 and not key:
@@ -107,26 +111,70 @@ def run_trial(config: dict[str, Any]) -> None:
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
-    """What each Ray Train worker runs: the same trainer, inside Train's process group."""
+    """What each Ray Train worker runs: the same trainer, inside Train's process group.
+
+    A user's stop reaches every rank at the same report (`_agreed`): each saves its part of the
+    checkpoint there (DeepSpeed: its ZeRO shards) and ends; the worker group then ends normally
+    and the controller records the trial stopped-by-user, as a one-worker trial.
+    """
     import ray.train
 
+    from trainers.contract import StopRequested
+
     env = TrialEnvelope.from_config(config)
-    if env.backend == "python":  # a user's function on every worker, in Train's process group
-        _run_own(env, _reporter(env, _train_report))
-        return
-    _write_pid(env.trial, ray.train.get_context().get_world_rank())
-    _backend(env)(env.trial, _reporter(env, _train_report))
+    rank = ray.train.get_context().get_world_rank()
+    ack = stopped = None
+    if env.stop_key:  # (set by the controller): a user's stop, agreed on; each stored report acknowledged
+        from . import report_ack
+        from .stop_signal import Watcher
+
+        stopped = _agreed(Watcher(env.stop_key))
+        if rank == 0:
+            ack_key = report_ack.key(env.stop_key, env.trial_id)
+            ack = lambda step: report_ack.wait_for(ack_key, step)  # noqa: E731
+    reporter = _reporter(env, lambda metrics: _train_report(metrics, ack), stopped=stopped)
+    try:
+        if env.backend == "python":  # a user's function on every worker, in Train's process group
+            _run_own(env, reporter)
+            return
+        _write_pid(env.trial, rank)
+        _backend(env)(env.trial, reporter)
+    except StopRequested:
+        return  # every rank, at the same report: the checkpoint there is whole
 
 
-def _train_report(metrics: dict[str, Any]) -> None:
-    """`ray.train.report` that returns once every rank's report of this round has reached Train's controller.
+def _agreed(watch):
+    """The stop-flag reader `watch` (this rank's `stop_signal.Watcher`) made collective: every rank
+    calls it after each report, so all read at the same report, and all see the flag up if any rank
+    does (an all-reduce): every rank ends at the same step and their checkpoint shards match."""
+
+    def stopped() -> bool:
+        import torch
+        import torch.distributed as dist
+
+        up = bool(watch())
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return up
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        flag = torch.tensor([1.0 if up else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    return stopped
+
+
+def _train_report(metrics: dict[str, Any], ack=None) -> None:
+    """`ray.train.report` that returns once every rank's report of this round has reached Train's
+    controller and, with `ack` (rank 0: `report_ack.wait_for` of the trial), the sweep's store.
 
     Train forwards a round only when it holds every rank's report, and its workers' `report`
     returns as soon as the report is queued in the worker. A rank killed with its report still
     queued loses the round, while rank 0 may already have checkpointed past it: the restart
     would resume after a step that was never recorded (a gap in the store). So each rank waits
-    until the controller has taken its report (its queue drained), then all ranks meet at a
-    barrier: a checkpoint written after this covers only steps whose reports are on their way.
+    until the controller has taken its report (its queue drained). Train's controller then hands
+    rank 0's report on to Tune asynchronously, so rank 0 also waits until the controller of the
+    sweep has stored it (`ack(step)`, bounded). Then all ranks meet at a barrier: a checkpoint
+    written after this covers only steps the store holds.
     """
     import ray.train
 
@@ -137,6 +185,8 @@ def _train_report(metrics: dict[str, Any]) -> None:
         get_train_context().get_result_queue().join()  # task_done when the controller polled it
     except (ImportError, AttributeError):
         pass
+    if ack is not None and "step" in metrics:
+        ack(int(metrics["step"]))
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
