@@ -103,6 +103,15 @@ class StopRequest:
 
 
 
+def ignore_further_signals() -> None:
+    """The stop is recorded and this process is exiting: from now on SIGINT and SIGTERM are ignored,
+    so that one arriving now (the API server's second signal after its grace period, a third Ctrl-C)
+    does not cut Ray's shutdown at exit short (a traceback from its atexit handler). Main thread only."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 _ACTIVE: Optional[StopRequest] = None  # the stop request of the sweep this process runs now
 
 

@@ -1,7 +1,9 @@
 """The HTTP API shuts down cleanly on SIGTERM (issue 16), all real: a `scalesweep serve` process on
 loopback starts a simulated sweep (a real Ray Tune run, slowed by SCALESWEEP_REPORT_DELAY_S so it
-lasts), gets SIGTERM mid-sweep, stops the sweep gracefully (its running trials `stopped-by-user`),
+lasts), gets SIGTERM mid-sweep, stops the sweep (its running trials `stopped-by-user`, every row
+stored, the MLflow parent KILLED with its tag: resumable, as `test_graceful_stop` checks a stop),
 exits 0 and leaves no process of the sweep behind; the sweep then reads as `stopped`, not `failed`.
+The time from SIGTERM to the server's exit is printed, not asserted (docs/api.md quotes it).
 Run under `flock /tmp/scalesweep-ray.lock` when other Ray clusters share the machine.
 """
 from __future__ import annotations
@@ -21,13 +23,12 @@ from fastapi.testclient import TestClient
 from orchestrator.app.api import create_app
 from orchestrator.io.store import ObservationStore
 from tests.integration.conftest import free_port
-from tests.integration.test_graceful_stop import SPEC as STOPPED_SPEC, _env, _reported
+from tests.integration.test_graceful_stop import SPEC, _check_stopped, _env, _reported
 
 # Not `serial`: it signals only its own server, once the store shows trials reporting (an event, not
 # a time window), and looks for orphans among that server's descendants only.
 pytestmark = pytest.mark.integration
-
-SPEC = {**STOPPED_SPEC, "name": "stop-me"}  # 3 trials of 16 reports of 0.3 s: still running when the server stops
+# SPEC: 3 trials of 16 reports of 0.3 s, still running when the server stops
 
 
 def _children() -> dict[int, list[int]]:
@@ -94,6 +95,7 @@ def test_sigterm_stops_the_server_and_its_sweeps_without_orphans(tmp_path):
         procs = {ctrl["pid"], ctrl["controller_pid"], *_descendants(ctrl["pid"])}  # the sweep and its Ray cluster
         assert len(procs) > 3
         assert httpx.get(url + f"/sweeps/{SPEC['name']}").json()["status"] == "running"
+        trials_before, rows_before = ObservationStore(sweep_dir).trials(), _reported(sweep_dir)
 
         t_stop = time.monotonic()
         server.send_signal(signal.SIGTERM)
@@ -116,11 +118,13 @@ def test_sigterm_stops_the_server_and_its_sweeps_without_orphans(tmp_path):
     assert not left, left
 
     ctrl = json.loads((sweep_dir / "controller.json").read_text())
-    print(f"the sweep's controller ended {ctrl['finished_at'] - ctrl['stop_requested']:.1f} s after the stop request")
-    assert ctrl["stop_requested"] and ctrl["exit_code"] != 0, ctrl
-    trials = ObservationStore(sweep_dir).trials()
-    assert any(r["status"] == "stopped-by-user" for r in trials.values()), trials
-    assert not any(r["status"] in ("running", "failed") for r in trials.values()), trials
+    print(f"the sweep's controller ended {ctrl['finished_at'] - ctrl['stop_requested']:.1f} s after the stop request"
+          + (" (stopped at once after the grace period)" if ctrl.get("hard_stop_requested") else ""))
+    # -15: the server's second signal (after its grace period) came once the stop was recorded, as the controller exited
+    assert ctrl["stop_requested"] and ctrl["exit_code"] in (143, -15), ctrl
+    _check_stopped(ctrl["exit_code"], ctrl["exit_code"], (sweep_dir / "controller.log").read_text(), sweep_dir,
+                   trials_before)
+    assert len(ObservationStore(sweep_dir).observations().to_pylist()) >= rows_before  # flushed, none lost
     # a new server over the same root reads the sweep as stopped by a request, not failed
     with TestClient(create_app(root, launch=False)) as client:
         doc = client.get(f"/sweeps/{SPEC['name']}").json()

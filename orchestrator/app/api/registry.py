@@ -160,7 +160,7 @@ class SweepRegistry:
         return spec.name
 
     def shutdown(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Stop the sweeps this server started (gracefully, then their leftovers by force)."""
+        """Stop the sweeps this server started (gracefully, then at once, then their leftovers by force)."""
         self.supervisor.shutdown(grace_s)
 
     # ---- status ---------------------------------------------------------------------
@@ -201,7 +201,7 @@ class SweepRegistry:
         ctrl_doc = None
         if ctrl is not None:
             ctrl_doc = {k: ctrl.get(k) for k in ("pid", "launched", "created_at", "finished_at", "exit_code", "reason",
-                                                 "stop_requested", "stop_reason", "stop_signal")
+                                                 "stop_requested", "stop_reason", "stop_signal", "hard_stop_requested")
                         if ctrl.get(k) is not None}
             ctrl_doc["log"] = LOG_FILE
         return {"id": sweep_id, "status": status, "exit_code": code, **self.store_summary(sweep_id),

@@ -18,4 +18,7 @@ def get_app() -> typer.Typer:
 
 def main() -> None:
     """Entry point of the `scalesweep` console script."""
+    from ..quick_exit import skip_final_gc
+
+    skip_final_gc()  # a sweep's controller or the API server ends seconds sooner
     get_app()()

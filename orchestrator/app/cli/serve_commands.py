@@ -17,9 +17,10 @@ def serve(
     token_env: str = typer.Option("SCALESWEEP_API_TOKEN", "--token-env",
                                   help="environment variable holding the API token (never pass it as an argument)"),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
-    stop_grace: float = typer.Option(30.0, "--stop-grace", min=0.0, max=3600.0,
-                                     help="on SIGTERM or Ctrl-C, seconds each sweep this server started has to "
-                                          "stop gracefully (trials stopped-by-user, resumable) before it is killed"),
+    stop_grace: float = typer.Option(2.0, "--stop-grace", min=0.0, max=3600.0,
+                                     help="on SIGTERM or Ctrl-C, seconds the sweeps this server started have to "
+                                          "stop gracefully (running trials checkpoint at their next report) before "
+                                          "they are stopped at once (still stopped-by-user and resumable)"),
     tracking_uri: str = typer.Option(None, "--tracking-uri",
                                      help="MLflow tracking URI for every submitted sweep (clients may not choose "
                                           "one); default: each sweep's own SQLite store in its directory"),
@@ -29,7 +30,8 @@ def serve(
                                    "default: in each sweep's directory"),
 ) -> None:
     """Serve the HTTP API (OpenAPI schema at /openapi.json): submit sweeps, read status, laws, proposals.
-    SIGTERM or Ctrl-C stops it cleanly: the sweeps it started are stopped (resumable) and nothing is left running."""
+    SIGTERM or Ctrl-C stops it cleanly, in seconds: the sweeps it started are stopped (resumable) and nothing is
+    left running."""
     from ..api import ApiConfigError, check_bind
     from ..api import serve as run_server
 

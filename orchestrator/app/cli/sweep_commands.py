@@ -129,6 +129,9 @@ def _run_and_print(s, spec_path: Optional[str], no_progress: bool) -> None:
     try:
         outcome = run_sweep(s, spec_path, show_progress=not no_progress)
     except SweepInterrupted as exc:  # Ctrl-C / SIGTERM / `scalesweep stop`: trials recorded, parent KILLED, no fit
+        from ..stopping import ignore_further_signals
+
+        ignore_further_signals()  # what is left is Ray's shutdown at exit (seconds): a late signal waits for it
         typer.echo(str(exc), err=True)
         raise typer.Exit(exc.exit_code)
     except KeyboardInterrupt:  # before the sweep started (Ray starting): nothing was run
