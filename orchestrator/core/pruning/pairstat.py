@@ -50,35 +50,48 @@ def pair_stat(s_i: np.ndarray, l_i: np.ndarray, s_j: np.ndarray, l_j: np.ndarray
     >>> step, round(mean, 3), low < mean
     (100.0, 0.095, True)
     """
+    return _stat(s_i, l_i, s_j, l_j, warmup_end, T, zq, trend)
+
+
+def _stat(s_i: np.ndarray, l_i: np.ndarray, s_j: np.ndarray, l_j: np.ndarray, warmup_end: float, T: float,
+          zq: float, trend: bool, d_i: Optional[np.ndarray] = None) -> Optional[tuple[float, float, float, float]]:
+    """`pair_stat`; given ``d_i`` = l_i - l_j(s_i) at every step of i (`overshoot_dir`: once per pair, not
+    once per prefix), it slices that instead of interpolating. Means and spreads are written out
+    (`_mean`, `_sd`): the same arithmetic as ``np.mean`` and ``np.std`` without their overhead."""
     upto = min(s_i[-1], s_j[-1])
-    lo = max(PAIR_WINDOW * upto, float(warmup_end), s_j[0])
+    start = max(float(warmup_end), s_j[0])
+    lo = max(PAIR_WINDOW * upto, start)
     keep = (s_i >= lo) & (s_i <= upto)
     if np.count_nonzero(keep) < PAIR_MIN_POINTS:
         return None
-    s = s_i[keep]
-    d = l_i[keep] - np.interp(s, s_j, l_j)
-    mean = float(np.mean(d))
+    every = (s_i >= start) & (s_i <= upto)
+    if d_i is None:
+        d = l_i[keep] - np.interp(s_i[keep], s_j, l_j)
+        d_all = l_i[every] - np.interp(s_i[every], s_j, l_j)
+    else:
+        d, d_all = d_i[keep], d_i[every]
+    mean = _mean(d)
     # One report's noise, from second differences of d over the whole common prefix after warmup
     # (var(d[k+1] - 2d[k] + d[k-1]) = 6·var(noise) for white noise; a smooth trend hardly adds):
     # steadier than the window's spread, and free of the trend, which the allowance covers.
-    every = (s_i >= max(float(warmup_end), s_j[0])) & (s_i <= upto)
-    d_all = l_i[every] - np.interp(s_i[every], s_j, l_j)
-    sd = float(np.sqrt(np.mean(np.diff(d_all, 2) ** 2) / 6.0))
+    d1 = d_all[1:] - d_all[:-1]
+    d2 = (d1[1:] - d1[:-1]) ** 2  # np.diff(d_all, 2) ** 2
+    sd = math.sqrt(_mean(d2) / 6.0)
     naive = mean - zq * math.hypot(mean_se(d - mean), sd)
     if not trend:
         return float(upto), mean, naive, -math.inf
-    x = np.log(s)
-    X = x - x.mean()
+    x = np.log(s_i[keep])
+    X = x - _mean(x)
     sxx = float(X @ X)
     if sxx <= 0:
         return float(upto), mean, naive, -math.inf
     slope = float(X @ (d - mean)) / sxx
     r = d - mean - slope * X
-    sd_r = float(np.std(r, ddof=1)) if r.size > 2 else 0.0
+    sd_r = _sd(r) if r.size > 2 else 0.0
     se_r = mean_se(r)
     n_eff = (sd_r / se_r) ** 2 if se_r > 0 else float(r.size)
     se_slope = sd_r / math.sqrt(sxx) * math.sqrt(r.size / max(n_eff, 1.0))
-    allowance = (abs(slope) + zq * se_slope) * max(0.0, math.log(T) - float(x.mean()))
+    allowance = (abs(slope) + zq * se_slope) * max(0.0, math.log(T) - _mean(x))
     return float(upto), mean, naive, naive - allowance
 
 
@@ -117,8 +130,11 @@ def overshoot_dir(a_s: np.ndarray, a_l: np.ndarray, b_s: np.ndarray, b_l: np.nda
     out = np.full(PAIR_GRID, -np.inf)
     final = float(a_l[-1] - b_l[-1])
     f, score = [], []
+    # b's steps strictly increasing (always, in a history): interpolation is pointwise, so it is done
+    # once for all of a's steps; the prefixes slice it (each prefix is pair_stat of a's first k reports)
+    d_a = a_l - np.interp(a_s, b_s, b_l) if bool(np.all(b_s[1:] > b_s[:-1])) else None
     for k in range(PAIR_MIN_POINTS, a_s.size + 1):
-        stat = pair_stat(a_s[:k], a_l[:k], b_s, b_l, warmup_end, T, zq, trend=False)
+        stat = _stat(a_s[:k], a_l[:k], b_s, b_l, warmup_end, T, zq, False, None if d_a is None else d_a[:k])
         if stat is not None:
             f.append(stat[0] / T)
             score.append(stat[2] - final)
@@ -162,14 +178,38 @@ def mean_se(r: np.ndarray) -> float:
     0.101
     """
     n = len(r)
-    sd = float(np.std(r, ddof=1)) if n > 1 else 0.0
+    sd = _sd(r) if n > 1 else 0.0
     if n < 3 or sd == 0:
         return sd
-    a, b = r[:-1] - r[:-1].mean(), r[1:] - r[1:].mean()  # lag-1 correlation (np.corrcoef, cheaper)
+    a, b = r[:-1] - _mean(r[:-1]), r[1:] - _mean(r[1:])  # lag-1 correlation (np.corrcoef, cheaper)
     den = math.sqrt(float(a @ a) * float(b @ b))
     rho = float(a @ b) / den if den > 0 else 0.0  # a constant half: no correlation to speak of
     rho = min(max(rho, 0.0), 0.95)
     return sd / math.sqrt(max(n * (1 - rho) / (1 + rho), 1.0))
+
+
+def _sd(x: np.ndarray) -> float:
+    """``np.std(x, ddof=1)``, the same arithmetic (mean, squared deviations, their sum / (n - 1)), cheaper.
+
+    >>> x = np.array([1.0, 2.5, 4.0, 8.0])
+    >>> _sd(x) == float(np.std(x, ddof=1))
+    True
+    """
+    dev = x - _mean(x)
+    return math.sqrt(float(_sum(dev * dev)) / (x.size - 1))
+
+
+_sum = np.add.reduce  # what ndarray.sum calls (the same pairwise summation), without its wrappers
+
+
+def _mean(x: np.ndarray) -> float:
+    """``np.mean(x)`` of a 1-d float array, the same arithmetic (its sum / n), cheaper.
+
+    >>> x = np.array([0.1, 0.7, 1e-9, 3.0])
+    >>> _mean(x) == float(np.mean(x))
+    True
+    """
+    return float(_sum(x)) / x.size
 
 
 __all__ = ["pair_stat", "overshoot", "overshoot_dir", "at", "mean_se", "z", "PAIR_MIN_POINTS", "PAIR_GRID",
