@@ -25,6 +25,13 @@ from orchestrator.config.spec import load_spec, parse_spec
 # submission tests.
 SIM_SPEC = {**EXAMPLE_SPEC, "name": "sim", "fit": {"bootstrap": 20}}
 
+# Ray Train's controller polls a multi-worker trial's workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S
+# (default 2 s): it takes their reports then (and a rank's report waits for that, see
+# trainable._train_report), and notices a dead worker or the run's end only then. Set before any Ray
+# starts here, so every Ray process these tests start (in-process, `ray start`, `scalesweep run`)
+# inherits it, and Train passes it on to its controller and workers: the same polls, 10x as often.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
 
 def pytest_collection_modifyitems(items):
     """Every test here is an integration test, marked or not (`pytest -m "not integration"` runs
@@ -96,6 +103,16 @@ def local_ray():
 
     yield ensure
     _stop_shared_ray()
+
+
+def shared_ray_address(local_ray, num_cpus: int = 2) -> str:
+    """The address (for RAY_ADDRESS) of the session's shared local Ray instance, started (`local_ray`)
+    with `num_cpus` CPUs, all free: a `scalesweep` process given it runs its sweep there as on any
+    cluster it joins, instead of starting and stopping a local one of its own (~9 s of CPU)."""
+    import ray
+
+    local_ray(num_cpus)
+    return ray.get_runtime_context().gcs_address
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -32,6 +32,7 @@ from orchestrator.app.query import status
 from orchestrator.config.spec import load_spec
 from orchestrator.io.store import ObservationStore, final_points
 from orchestrator.io.tracking import TAG_BRANCH_STEP, TAG_TRIAL, TAG_TRUNK_RUN, TAG_TRUNK_TRIAL, read_sweep_runs
+from tests.integration.conftest import shared_ray_address
 
 # Not `serial`: the SIGTERM goes to its own `scalesweep run` process, sent on an event (the first
 # branch restored), not inside a time window.
@@ -53,8 +54,11 @@ SPEC = {
 }
 
 
-def _cli(*args: str, delay: str = "0") -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each process its own local cluster
+def _cli(*args: str, delay: str = "0", address: str | None = None) -> subprocess.Popen:
+    """`scalesweep ARGS` in a fresh process; a sweep on the Ray instance at `address`, else on a local one of its own."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if address:
+        env["RAY_ADDRESS"] = address
     env.update(SCALESWEEP_REPORT_DELAY_S=delay, PYTHONUNBUFFERED="1",
                PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
     return subprocess.Popen([sys.executable, "-m", "orchestrator.app.cli", *args], env=env, stdout=subprocess.PIPE,
@@ -73,8 +77,8 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """`scalesweep run` (a real process on its own local Ray cluster), stopped as `scalesweep stop` stops
+def sweep(tmp_path_factory, local_ray):
+    """`scalesweep run` (a real process, on the session's shared local Ray instance), stopped as `scalesweep stop` stops
     it (SIGTERM to the controller) once the first WSD branch has restored its trunk's checkpoint, then
     `scalesweep resume`: (spec, sweep dir, the store's trials when it stopped, the resume's output, the
     branch that had started)."""
@@ -82,7 +86,7 @@ def sweep(tmp_path_factory):
     sweep_dir = root / "sweep"
     (root / "spec.yaml").write_text(yaml.safe_dump({**SPEC, "output_dir": str(sweep_dir)}))
     # reports 0.3 s apart: the stop lands while the first branch runs and the search has more to start
-    proc = _cli("run", str(root / "spec.yaml"), "--no-progress", delay="0.3")
+    proc = _cli("run", str(root / "spec.yaml"), "--no-progress", delay="0.3", address=shared_ray_address(local_ray))
     t0 = time.monotonic()
     while not (restored := list(sweep_dir.glob("checkpoints/*/restored.json"))):
         assert proc.poll() is None, f"ended before any branch started:\n{proc.communicate()[1][-3000:]}"
@@ -92,7 +96,7 @@ def sweep(tmp_path_factory):
     code, _, err = _finish(proc)
     assert code == 143 and "interrupted after" in err and "Traceback" not in err, err[-3000:]
     before = ObservationStore(sweep_dir).trials()
-    code, out, err = _finish(_cli("resume", str(sweep_dir), "--no-progress"))
+    code, out, err = _finish(_cli("resume", str(sweep_dir), "--no-progress", address=shared_ray_address(local_ray)))
     assert code == 0 and "Traceback" not in err, (out + err)[-3000:]
     return load_spec(sweep_dir / "spec.yaml"), sweep_dir, before, out, restored[0].parent.name
 

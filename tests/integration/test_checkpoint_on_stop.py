@@ -1,5 +1,5 @@
 """Checkpoint on a user's stop (issue 16), all real: a subprocess `scalesweep run` (simulated
-backend, slowed by SCALESWEEP_REPORT_DELAY_S, on its own local Ray cluster) whose trials save
+backend, slowed by SCALESWEEP_REPORT_DELAY_S, on the session's shared local Ray instance) whose trials save
 checkpoints only at their last step (`checkpoints.every` past the end) is stopped mid-run by
 SIGTERM to its controller (what `scalesweep stop SWEEP_DIR` sends, tested in
 test_graceful_stop.py); then `scalesweep resume` finishes it.
@@ -34,6 +34,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.io.store import ObservationStore
 from orchestrator.io.tracking import read_sweep_runs
+from tests.integration.conftest import shared_ray_address
 from tests.integration.test_graceful_stop import _env, _reported, _stop_mid_run
 
 # Not `serial`: it signals only its own controller, once the store shows trials past their first
@@ -55,7 +56,7 @@ SPEC = {
 }
 
 
-def test_stopped_trials_checkpoint_and_resume_from_there(tmp_path):
+def test_stopped_trials_checkpoint_and_resume_from_there(tmp_path, local_ray):
     sweep_dir = tmp_path / "sweep"
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(dict(SPEC, output_dir=str(sweep_dir))))
@@ -63,7 +64,9 @@ def test_stopped_trials_checkpoint_and_resume_from_there(tmp_path):
     def sigterm(proc):  # to the controller only, as `scalesweep stop` and `kill` send it
         os.kill(proc.pid, signal.SIGTERM)
 
-    code, out = _stop_mid_run(["run", str(spec_path)], sweep_dir, sigterm, tmp_path / "run.log", 0)
+    # both commands on the session's shared Ray instance (conftest.py): no local cluster of their own
+    address = shared_ray_address(local_ray)
+    code, out = _stop_mid_run(["run", str(spec_path)], sweep_dir, sigterm, tmp_path / "run.log", 0, address=address)
     assert code == 143, out[-3000:]
     assert "Traceback" not in out, out[-5000:]
     store = ObservationStore(sweep_dir)
@@ -79,7 +82,7 @@ def test_stopped_trials_checkpoint_and_resume_from_there(tmp_path):
         at_stop[tid] = steps[-1]
 
     r = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", "resume", str(sweep_dir), "--no-progress"],
-                       capture_output=True, text=True, env=_env(delay="0"), timeout=300)  # nothing left to stop
+                       capture_output=True, text=True, env=_env(delay="0", address=shared_ray_address(local_ray)), timeout=300)  # nothing left to stop
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     store = ObservationStore(sweep_dir)
     trials = store.trials()

@@ -22,6 +22,7 @@ import yaml
 
 from orchestrator.io.store import ObservationStore
 from orchestrator.io.tracking import read_sweep_runs
+from tests.integration.conftest import shared_ray_address
 
 # Not `serial`: no process is killed and nothing is timed (the failures are diverged trials and a
 # directory in fit.json's way), so other tests beside it only slow it down.
@@ -37,8 +38,10 @@ SIM = {
 }
 
 
-def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def _cli(*args: str, address: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`scalesweep ARGS` in a fresh process, its sweep on the Ray instance at `address`."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_ADDRESS"] = address
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "orchestrator.app.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -53,12 +56,12 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def test_no_trial_finishes_ends_cleanly_and_resume_says_the_same(tmp_path):
+def test_no_trial_finishes_ends_cleanly_and_resume_says_the_same(tmp_path, local_ray):
     sweep_dir = tmp_path / "sweep"
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(dict(SIM, name="all-diverge", learning_rates=[2.0], output_dir=str(sweep_dir))))
     for args in (("run", str(spec), "--no-progress"), ("resume", str(sweep_dir), "--no-progress")):
-        r = _cli(*args)
+        r = _cli(*args, address=shared_ray_address(local_ray))  # the session's shared instance (conftest.py)
         assert r.returncode == 1, r.stdout + r.stderr
         assert "Traceback" not in r.stdout + r.stderr, r.stderr
         errors = _error_lines(r.stderr)

@@ -1,6 +1,6 @@
 """Graceful stop (issue 16), all real: a subprocess `scalesweep run` on its own local Ray cluster
 (simulated backend, slowed by SCALESWEEP_REPORT_DELAY_S so the sweep lasts) is stopped mid-run,
-then resumed, nothing mocked:
+then resumed (on the session's shared local Ray instance, as on a cluster it joins), nothing mocked:
 
 1. Ctrl-C twice: SIGINT to the whole process group, as a terminal sends it (the driver, its
    helper processes, the Ray cluster it started), and again 0.3 s later (a hard stop);
@@ -31,6 +31,7 @@ from orchestrator.config.trials import plan_grid
 from orchestrator.config.spec import parse_spec
 from orchestrator.io.store import ObservationStore
 from orchestrator.io.tracking import read_sweep_runs
+from tests.integration.conftest import shared_ray_address
 
 # Not `serial`: it signals only its own `scalesweep` process group, once the store shows trials past
 # their first checkpoints (an event, not a time window), so other tests beside it only slow it down.
@@ -50,10 +51,13 @@ SPEC = {
 LINE = re.compile(r"^interrupted after (\d+) of (\d+) trials; `scalesweep resume (.+)` continues$")
 
 
-def _env(delay: str = "0.3") -> dict[str, str]:
+def _env(delay: str = "0.3", address: str | None = None) -> dict[str, str]:
     """A `scalesweep` process's environment: reports `delay` s apart (slow enough for a stop to land
-    mid-run; "0" for a run that only has to finish)."""
+    mid-run; "0" for a run that only has to finish); its sweep on the Ray instance at `address`, or
+    (None) on a local one it starts and stops itself."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if address:
+        env["RAY_ADDRESS"] = address
     env.update(SCALESWEEP_REPORT_DELAY_S=delay, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
     return env
@@ -69,12 +73,14 @@ def _reported(sweep_dir: Path) -> int:
     return n
 
 
-def _stop_mid_run(args: list[str], sweep_dir: Path, stop, log: Path, ran_before: int, delay: str = "0.3"):
-    """Start `scalesweep ARGS` (reports `delay` s apart), wait until trials have reported past their
-    first checkpoints, call `stop(process)`; return (exit code, stderr + stdout)."""
+def _stop_mid_run(args: list[str], sweep_dir: Path, stop, log: Path, ran_before: int, delay: str = "0.3",
+                  address: str | None = None):
+    """Start `scalesweep ARGS` (reports `delay` s apart; on the Ray instance at `address`, else on its
+    own), wait until trials have reported past their first checkpoints, call `stop(process)`; return
+    (exit code, stderr + stdout)."""
     with open(log, "w") as out, open(log.with_suffix(".err"), "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator.app.cli", *args, "--no-progress"], stdout=out,
-                                stderr=err, env=_env(delay), start_new_session=True)
+                                stderr=err, env=_env(delay, address), start_new_session=True)
         try:
             t0 = time.monotonic()
             while True:
@@ -118,13 +124,14 @@ def _check_stopped(code: int, want_code: int, output: str, sweep_dir: Path, befo
     return trials
 
 
-def test_ctrl_c_then_sigterm_then_resume_finishes(tmp_path):
+def test_ctrl_c_then_sigterm_then_resume_finishes(tmp_path, local_ray):
     sweep_dir = tmp_path / "sweep"
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(dict(SPEC, output_dir=str(sweep_dir))))
 
-    # 1. Ctrl-C twice on a fresh sweep (SIGINT to the process group, as a terminal sends it): the
-    # second one stops at once, or, if it lands while the stop is being recorded, waits for it
+    # 1. Ctrl-C twice on a fresh sweep (SIGINT to the process group, as a terminal sends it: the
+    # driver and the local Ray cluster it started): the second one stops at once, or, if it lands
+    # while the stop is being recorded, waits for it
     def ctrl_c_twice(proc):
         os.killpg(proc.pid, signal.SIGINT)
         time.sleep(0.3)
@@ -144,13 +151,16 @@ def test_ctrl_c_then_sigterm_then_resume_finishes(tmp_path):
     # Reports 1 s apart: what is left of the sweep lasts 15 s or more, longer than a `scalesweep stop` process
     # takes to start on a loaded machine (at 0.3 s the resumed sweep could finish first and exit 0).
     # A stopped trial ends at its next report, so this costs the test a few seconds only.
+    # Steps 2 and 3 on the session's shared Ray instance (conftest.py), as on a cluster they join: no
+    # local cluster of their own to start and stop.
+    address = shared_ray_address(local_ray)
     code, out = _stop_mid_run(["resume", str(sweep_dir)], sweep_dir, scalesweep_stop, tmp_path / "resume1.log",
-                              rows_first, delay="1.0")
+                              rows_first, delay="1.0", address=address)
     _check_stopped(code, 143, out, sweep_dir, first)
 
     # 3. resume finishes: every trial finished, one row per (trial, step), a fit
     r = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", "resume", str(sweep_dir), "--no-progress"],
-                       capture_output=True, text=True, env=_env(delay="0"), timeout=300)
+                       capture_output=True, text=True, env=_env(delay="0", address=address), timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Traceback" not in r.stdout + r.stderr
     store = ObservationStore(sweep_dir)
