@@ -132,9 +132,12 @@ DOCS_WIDTH = 1000
 DOCS_KEEP = 0.74
 
 
-def docs_copy(src: Path, dst: Path) -> int:
+DOCS_HEIGHT = {"summary_md": 1500}  # px of the docs' copy; default 900 (summary.md runs down to its proposals)
+
+
+def docs_copy(src: Path, dst: Path, max_height: int = 900) -> int:
     """A small copy of a screenshot for the docs: the assistant panel cut off, DOCS_WIDTH wide, at most
-    900 px tall, 256 colours; its size in bytes."""
+    `max_height` px tall, 256 colours; its size in bytes."""
     from PIL import Image
 
     with Image.open(src) as im:
@@ -142,7 +145,7 @@ def docs_copy(src: Path, dst: Path) -> int:
         im = im.crop((0, 0, int(im.width * DOCS_KEEP), im.height))
         scale = DOCS_WIDTH / im.width
         im = im.resize((DOCS_WIDTH, int(im.height * scale)), Image.LANCZOS)
-        im = im.crop((0, 0, im.width, min(im.height, 900)))
+        im = im.crop((0, 0, im.width, min(im.height, max_height)))
         im.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(dst, optimize=True)
     return dst.stat().st_size
 
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         pages.append(("trials_view", f"#/experiments/{exp}/runs?viewStateShareKey={view_key(spec.name)}",
                       (1600, 1000), best[0].info.run_name if best else "eval_loss", False))
     pages += [("parent_run", run_page, (1440, 1800), "useful_work_fraction", True),
-              ("summary_md", f"{run_page}/artifactPath/summary.md", (1440, 1400), "Proposals", False)]
+              ("summary_md", f"{run_page}/artifactPath/summary.md", (1440, 2000), "Proposals", False)]
     if "report/index.html" in artifacts:
         pages.append(("report", f"{run_page}/artifactPath/report/index.html", (1440, 1600), "index.html", False))
     for a in sorted(artifacts):
@@ -224,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name in DOCS_PAGES:
             if (shots.get(name) or {}).get("path"):
                 dst = args.docs / f"mlflow-{name.replace('_', '-')}.png"
-                shots[name]["docs"] = {"path": str(dst), "bytes": docs_copy(Path(shots[name]["path"]), dst)}
+                shots[name]["docs"] = {"path": str(dst), "bytes": docs_copy(Path(shots[name]["path"]), dst,
+                                                                            DOCS_HEIGHT.get(name, 900))}
     doc = {"sweep_dir": str(sweep), "parent_run": run_id, "experiment_id": exp, "screenshots": shots}
     (args.out / "screenshots.json").write_text(json.dumps(doc, indent=2))
     width = max(len(n) for n in shots)

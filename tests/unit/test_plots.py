@@ -110,6 +110,18 @@ def test_isoflop_curves_vertex_at_true_optimum(tmp_path):
     _png(fig, tmp_path, "iso.png")
 
 
+def test_isoflop_minimum_only_where_the_lowest_run_is_bracketed():
+    # at 1e18 the lowest loss is the smallest size's: the parabola's vertex (ln N = 0.69 of 0..3) lies inside
+    # the sizes, but nothing on the smaller side says the loss turns up there, so no minimum is drawn
+    N = list(np.exp([0.0, 1, 2, 3])) * 2
+    C = [1e18] * 4 + [1e19] * 4
+    L = [1.0, 1.02, 1.03, 1.2] + [1.1, 1.0, 1.02, 1.2]
+    assert 0 < -np.polyfit(np.log(N[:4]), L[:4], 2)[1] / (2 * np.polyfit(np.log(N[:4]), L[:4], 2)[0]) < 3
+    fig = isoflop_curves(N, [1] * 8, L, C, fits=True)
+    vertices = [ln for ln in fig.axes[0].lines if ln.get_marker() == "v"]
+    assert len(vertices) == 1 and 1 < vertices[0].get_xdata()[0] < math.exp(2)  # the 1e19 level's
+
+
 def test_isoflop_curves_with_given_coefficients():
     N = [1e6, 2e6, 4e6, 1e7, 2e7, 4e7]
     C = [1e17] * 3 + [1e18] * 3

@@ -60,7 +60,7 @@ def isoflop_curves(
     levels: Optional[Sequence[float]] = None,
 ) -> Figure:
     """Left: loss vs N (log x) per compute group with a parabola in ln N and its minimum (N_opt at
-    that C). Right: N_opt vs C (log-log): the minima, the power law N_opt = k C^a fitted to them,
+    that C) where the group's lowest point has a point on each side. Right: N_opt vs C (log-log): the minima, the power law N_opt = k C^a fitted to them,
     the fitted law's frontier N*(C) and the proposals' N* with their intervals.
 
     `fits`: None (points only), True (fit a parabola in ln N here for groups with >= 3 points), or
@@ -91,7 +91,8 @@ def isoflop_curves(
         x = np.linspace(np.log(gn[fitted].min()), np.log(gn[fitted].max()), 100)
         first = not any(ln.get_label().startswith("parabola in ln N") for ln in ax.lines)
         ax.plot(np.exp(x), np.polyval(coeffs, x), color=colour, lw=1.2, label=f"parabola in ln N{how}" if first else None)
-        vertex = parabola_vertex(coeffs, np.log(gn[fitted]), gl[fitted], bracketed=read_off)
+        # a minimum only where the level's lowest run has a size on each side (else it may lie beyond them)
+        vertex = parabola_vertex(coeffs, np.log(gn[fitted]), gl[fitted], bracketed=True)
         if vertex is not None:
             ax.plot([np.exp(vertex)], [np.polyval(coeffs, vertex)], marker="v", color=colour, ms=8, ls="none",
                     markeredgecolor="black", zorder=5, label=None if minima else "its minimum: N_opt at that C")
