@@ -119,7 +119,7 @@ def test_sigterm_stops_the_server_and_its_sweeps_without_orphans(tmp_path):
 
     ctrl = json.loads((sweep_dir / "controller.json").read_text())
     print(f"the sweep's controller ended {ctrl['finished_at'] - ctrl['stop_requested']:.1f} s after the stop request"
-          + (" (stopped at once after the grace period)" if ctrl.get("hard_stop_requested") else ""))
+          + (" (a second signal after the grace period)" if ctrl.get("hard_stop_requested") else ""))
     # -15: the server's second signal (after its grace period) came once the stop was recorded, as the controller exited
     assert ctrl["stop_requested"] and ctrl["exit_code"] in (143, -15), ctrl
     _check_stopped(ctrl["exit_code"], ctrl["exit_code"], (sweep_dir / "controller.log").read_text(), sweep_dir,

@@ -5,12 +5,15 @@ once: recorded and resumable); one still running after that is killed with its p
 The real sweep behind it: tests/integration/test_api_shutdown.py."""
 from __future__ import annotations
 
+import doctest
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+from orchestrator.app import quick_exit
+from orchestrator.app.api import supervisor
 from orchestrator.app.api.supervisor import Supervisor, read_controller, update_controller
 
 # A stand-in supervisor: a child in the sweep's process group (a Ray worker, a trial program), then
@@ -72,3 +75,8 @@ def test_sweeps_are_stopped_at_once_then_hard_then_killed(tmp_path):
     while any(_alive(p) for p in grandchildren) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [p for p in grandchildren if _alive(p)]
+
+
+def test_doctests():
+    assert doctest.testmod(supervisor).failed == 0
+    assert doctest.testmod(quick_exit).failed == 0

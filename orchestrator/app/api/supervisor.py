@@ -28,7 +28,7 @@ log = logging.getLogger("orchestrator.app.api")
 CONTROLLER_FILE = "controller.json"
 LOG_FILE = "controller.log"
 STOP_GRACE_S = 2.0  # a graceful stop: trials checkpoint at their next report (a simulated sweep's
-# controller ended 3 s after the request on 2 busy cores: 0.3 s to stop the trials, the rest to end
+# controller ended 2-5 s after the request on 2 busy cores: 0.3 s to stop the trials, the rest to end
 # MLflow and Ray); a sweep still running then is stopped at once (a second signal)
 HARD_STOP_S = 15.0  # a stop at once: the store flushed, MLflow ended (5 s at most), Ray shut down; what is
 # left of the sweep then is killed. 2 + 15 s stays under Kubernetes' default termination grace (30 s)
@@ -168,12 +168,12 @@ class Supervisor:
             update_controller(d, stop_requested=time.time(), stop_reason="the API server shut down")
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)  # the supervisor forwards it to the controller
-        running = _still_running(running, grace_s)
-        for proc, d in running:  # a second signal: the controller records the stop and exits now
+        late = _still_running(running, grace_s)
+        for proc, d in late:  # a second signal: the controller records the stop and exits now
             update_controller(d, hard_stop_requested=time.time())
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-        for proc, d in _still_running(running, hard_s):
+        for proc, d in _still_running(late, hard_s):
             _kill_group(proc.pid)
             proc.wait()
             update_controller(d, exit_code=proc.returncode, finished_at=time.time(),
