@@ -73,33 +73,22 @@ def test_latent_intervals_hold_with_four_model_sizes():
     assert 0.83 <= c["coverage"] <= 0.97, c
 
 
-def test_cluster_intervals_from_the_linearised_fit():
-    """Sizes as the unit: the CR2 interval of the linearised fit (both steps of a two-step fit); several rows at once
-    give each row's own interval, a given loss leaves only step 2's uncertainty, and the prediction interval (one
-    measured accuracy) contains the interval of the law's mean."""
+def test_jackknife_refits_match_independent_fits():
+    """Every leave-one-size-out refit is a full multi-start fit: the same prediction as fitting the remaining sizes
+    from scratch (a refit started from the full fit alone stalled on the latent law's ridges: on Pythia SciQ it
+    predicted 89 where the fits of two sizes give 82-84)."""
     from benchmarks.downstream import PLANTED_SIZES, planted_accuracy
+    from orchestrator.core.laws.bootstrap import size_groups
 
     N = np.repeat(PLANTED_SIZES, 6)
     D = np.tile(np.geomspace(3e9, 3e11, 6), len(PLANTED_SIZES))
     acc = np.random.default_rng(3).binomial(1000, planted_accuracy(N, D)) / 1000
     fit = fit_downstream(N, D, acc, chance=0.25, bootstrap=5, cluster=True)
-    assert fit.result.extra["prediction_intervals"] == "CR2 cluster-robust, exact working-model t"
-    both = fit.predict([3.2e9, 8e8], [3e11, 3e11])
-    for i, n in enumerate((3.2e9, 8e8)):
-        one = fit.predict([n], [3e11])
-        assert np.isclose(one["low"][0], both["low"][i]) and np.isclose(one["high"][0], both["high"][i])
+    _, _, _, _, acc_j, _ = fit._predict_samples(N=[3.2e9], D=[3e11])
+    groups = size_groups(N)
+    scratch = [fit_downstream(N[groups != g], D[groups != g], acc[groups != g], chance=0.25).predict([3.2e9], [3e11])
+               ["acc"][0] for g in range(len(PLANTED_SIZES))]
+    assert np.allclose(acc_j[:, 0], scratch, atol=2e-3), (acc_j[:, 0], scratch)
+    assert fit.result.extra["prediction_intervals"] == "leave-one-size-out jackknife, t(G-1)"
     p = fit.predict([3.2e9], [3e11])
-    assert p["pred_low"][0] <= p["low"][0] < p["acc"][0] < p["high"][0] <= p["pred_high"][0]
-    # farther out, wider
-    assert both["high"][0] - both["low"][0] > both["high"][1] - both["low"][1]
-
-    D = N * np.tile([5, 10, 20, 40, 80, 160], 5)
-    rng = np.random.default_rng(4)
-    L = loss_law(N, D) * np.exp(rng.normal(0.0, 0.01, len(N)))  # 1 % noise on the task loss
-    two = fit_downstream(N, D, rng.binomial(1000, accuracy(loss_law(N, D))) / 1000, loss=L, chance=CHANCE,
-                         bootstrap=5, cluster=True)
-    q = two.predict([TARGET[0]], [TARGET[1]])
-    given = two.predict(loss=q["loss"])  # the same loss, given: step 1's uncertainty gone
-    assert np.isclose(given["acc"][0], q["acc"][0])
-    assert given["high"][0] - given["low"][0] < q["high"][0] - q["low"][0]
-    assert q["loss_low"][0] < q["loss"][0] < q["loss_high"][0] and np.isnan(given["loss_low"][0])
+    assert p["low"][0] < p["acc"][0] < p["high"][0] and p["pred_low"][0] <= p["low"][0] and p["high"][0] <= p["pred_high"][0]
