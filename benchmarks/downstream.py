@@ -33,7 +33,7 @@ every larger final checkpoint — errors against the extrapolation factor N / ma
 ``--coverage``: planted truth for the latent fit and its robust defaults (no Pythia data): a known
 two-step law (:data:`PLANTED`) sampled with binomial noise at every checkpoint, fitted back without
 its loss; how often the 90 % intervals at a larger model cover the truth, over 3-6 model sizes,
-benchmark sizes (noise) and extrapolation distances (tests/unit/test_downstream_coverage.py asserts
+benchmark sizes (noise) and extrapolation distances (tests/unit/core/laws/test_downstream_coverage.py asserts
 the first row and the 4-size one); and the two-step fit (:data:`TWO_STEP`, loss measured) with
 sizes as the unit.
 """
@@ -140,7 +140,7 @@ def coverage(reps: int = 200, bootstrap: int = 100, cluster: bool = True, checkp
             "mean_width_points": 100 * float(np.mean(widths)), "settings": sorted(settings)}
 
 
-# The two-step law of tests/unit/test_downstream_coverage.py (task loss measured): Chinchilla loss with 1 % noise on
+# The two-step law of tests/unit/core/laws/test_downstream_coverage.py (task loss measured): Chinchilla loss with 1 % noise on
 # one run per (N, tokens/param 5-80), sigmoid link, 1,000-item benchmark; predicted at 4x the largest N, 20 tokens/param.
 TWO_STEP = dict(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37, k=4.0, L0=2.75, chance=0.25)
 TWO_STEP_CASES = (("two-step: 5 sizes, sizes as unit", True, 5), ("two-step: 4 sizes, sizes as unit", True, 4))

@@ -52,7 +52,7 @@ def _doc(case: str) -> dict[str, Any]:
     """The case's spec document (plain data: both arms parse it with their own `orchestrator.config.spec`)."""
     import yaml
 
-    if CASES[case] is None:  # transfer + WSD branching + the pruner, as tests/unit/test_search_branching.py runs it
+    if CASES[case] is None:  # transfer + WSD branching + the pruner, as tests/unit/core/planning/test_search_branching.py runs it
         from . import efficiency as E
 
         target = E.DEFAULT_TARGETS["crossing"]

@@ -8,7 +8,7 @@
 # other integration tests (real Ray clusters, DeepSpeed, MLflow, PostgreSQL, S3). Their outputs are
 # printed one after the other and the suite fails if either fails.
 # With arguments, one pytest process runs exactly what they say, e.g.
-#   bash scripts/test.sh tests/unit/test_cells.py -x
+#   bash scripts/test.sh tests/unit/core/test_cells.py -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

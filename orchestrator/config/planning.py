@@ -66,7 +66,7 @@ def search_config(spec: "SweepSpec") -> SearchConfig:
 def search_config_of(search: "SearchSpec", fit: Optional["FitSpec"] = None) -> SearchConfig:
     """The `SearchConfig` of the validated, defaulted spec sections `search` and `fit` (None: the
     search's own `law`, `loss` defaults). Every `SearchConfig` field but `law` and `loss` is a
-    `SearchSpec` field of the same name (tests/unit/test_search.py holds them together)."""
+    `SearchSpec` field of the same name (tests/unit/core/planning/test_search.py holds them together)."""
     names = {f.name for f in fields(SearchConfig)}
     values = {k: v for k, v in search.model_dump().items() if k in names}
     if fit is not None:

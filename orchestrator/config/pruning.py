@@ -42,7 +42,7 @@ def schedule_name(s: Any) -> str:
 def prune_config(pruning: Union["PruningSpec", PruneConfig]) -> PruneConfig:
     """The rules' config of the spec's validated ``pruning`` section (a `PruneConfig` as is). Every
     `PruneConfig` field is a `PruningSpec` field of the same name; `enabled` and `background` say how
-    the scheduler runs the rules, not what they decide (tests/unit/test_pruner.py holds them together)."""
+    the scheduler runs the rules, not what they decide (tests/unit/core/pruning/test_pruner.py holds them together)."""
     if isinstance(pruning, PruneConfig):
         return pruning
     names = {f.name for f in fields(PruneConfig)}

@@ -29,7 +29,7 @@ Memory per worker (bytes), P = unique parameters (a tied embedding counted once)
   contiguous copy (2·6), the SwiGLU its input (2) and four F-wide tensors (gate, SiLU(gate),
   up, their product: 4·2·F/h). Counted with saved-tensor hooks on the real model (bf16 and
   fp32 on CPU), this is at most 5 % over in bf16 and 13 % over in fp32, where the RMSNorm
-  upcast copies nothing (tests/unit/test_llama.py).
+  upcast copies nothing (tests/unit/trainers/test_llama.py).
 * overhead: a fixed per-process amount (CUDA context, NCCL/gloo buffers, the framework) and
   an allocator-fragmentation fraction of everything else.
 

@@ -130,7 +130,7 @@ def test_mlflow_parent_run_tells_the_sweep(sweep):
             assert parent.data.metrics[f"law.{name}.low"] < parent.data.metrics[f"law.{name}.high"]
     assert not any(k.startswith("law.") for k in parent.data.params)  # no immutable law params to conflict
     # one batch size: lr*(N, D) and batch*(D) cannot be fitted, so none is logged (a recorded sweep that tried
-    # 3 batches logs them: tests/unit/test_sweep_summary_mlflow.py)
+    # 3 batches logs them: tests/unit/app/test_sweep_summary_mlflow.py)
     assert not any(k.startswith("hparam.") for k in parent.data.metrics), parent.data.metrics
     assert parent.data.tags["scalesweep.law.form"] == law["form"]
     assert parent.data.tags["scalesweep.law.reason"] == law["selection"]["reason"]

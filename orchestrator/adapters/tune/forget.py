@@ -18,7 +18,7 @@ it rewrites into each snapshot) and from Tune's own callbacks (its progress prin
 trial it printed). What Tune returns from `Tuner.fit()` and what its experiment
 state lists are then the trials still live; sweeps read the store instead. Nothing in Tune holds
 a finished trial past that (a failed one stays reachable from its failed actor task in Ray's actor
-manager), so the driver keeps nothing of it (`tests/unit/test_bounded_state.py`,
+manager), so the driver keeps nothing of it (`tests/unit/adapters/test_bounded_state.py`,
 `tests/integration/test_forget_tune.py`).
 
 The controller's sets and cache are reached through the controller that calls this callback's

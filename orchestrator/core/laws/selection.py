@@ -61,7 +61,7 @@ DEFAULT_BOOTSTRAP = 100  # replicates per form with weight: enough for 90 % inte
 # over-training benchmark its mixture's worst error was 7.8 % on the Chinchilla points against
 # 7.5 % with √2, planted worlds unchanged; benchmarks/overtraining.py). AIC's price of one e-fold per
 # parameter sends nested forms that backtest alike to the simpler one. Measured on planted worlds
-# (tests/unit/test_law_selection.py): every form recovered.
+# (tests/unit/core/laws/test_law_selection.py): every form recovered.
 SCORE_SD = 0.2 * math.sqrt(2.0)
 OCCAM = 1.0
 MIN_WEIGHT = 0.01  # forms below this share get no replicates (their weight goes to the others)

@@ -4,7 +4,7 @@ laws as the proposal rule, and the loss correction its own L(N, D) fit applies t
 A search cell run as a WSD branch trains at its trunk's (lr, batch), off the cell's own law point; the
 search's fit counts its loss divided by exp(bowl penalty) (`branches.corrected_loss`). The final fit
 of the store's runs must count it the same way, or a few tenths of a percent on the longest budgets
-of each size bend the fitted L(N, D) (tests/unit/test_branch_correction.py). The rule carries the
+of each size bend the fitted L(N, D) (tests/unit/core/planning/test_branch_correction.py). The rule carries the
 correction (`corrected_loss`), so every path that proposes with the search's laws (the controller's
 summary, `scalesweep propose`, the HTTP API, the benchmark) fits the same points the search did.
 """
