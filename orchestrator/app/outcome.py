@@ -93,18 +93,15 @@ def summarise(spec: SweepSpec, store: ObservationStore, tracker, parent: Optiona
 
 
 def _hparam_laws(data: SweepData, level: float) -> Optional[dict[str, Any]]:
-    """lr*(N, D) and batch*(D) fitted on the sweep's finished and diverged runs, as the proposals fit them
-    when no search chose them (`learned_hparams`; the bowls figure and the report draw the same laws), as
-    `sweep_summary.hparam_doc`; None when they cannot be fitted."""
-    from ..core.proposals import learned_hparams
-    from .sweep_summary import hparam_doc
+    """lr*(N, D) and batch*(D) fitted on the sweep's finished and diverged runs (`query.hparam_laws`, as
+    the API's /laws, the report and the bowls figure give them); None when they cannot be fitted."""
+    from .query import hparam_laws
 
     try:
-        learned = learned_hparams([*data.points, *data.diverged])
+        return hparam_laws([*data.points, *data.diverged], level)[0]
     except Exception:  # noqa: BLE001 -- a side result: it must not lose the sweep's summary
         log.warning("lr*(N, D), batch*(D) not fitted for the sweep's summary", exc_info=True)
         return None
-    return hparam_doc(learned.fit if learned is not None else None, level)
 
 
 FIT_HISTORY = "fit_history.jsonl"  # one line per refit of this sweep (its MLflow step), across resumes

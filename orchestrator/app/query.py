@@ -237,7 +237,8 @@ def propose(data: SweepData, spec: Any, budgets: Sequence[float], bootstrap: Opt
     return fit
 
 def laws(data: SweepData, spec: Any, bootstrap: Optional[int] = None) -> dict[str, Any]:
-    """The fitted L(N, D) with its cells and warnings, and lr*(N, D), batch*(D) when the cells allow."""
+    """The fitted L(N, D) with its cells and warnings, and lr*(N, D), batch*(D) when the runs allow
+    (`hparam_laws`: the laws the proposals use; `bootstrap` is L(N, D)'s)."""
     from ..core.laws.result import jsonable
 
     if not data.points:
@@ -248,37 +249,29 @@ def laws(data: SweepData, spec: Any, bootstrap: Optional[int] = None) -> dict[st
     advice = replay.advice if replay is not None else None
     fit = fit_and_propose(data.points, [], **settings, family=family_of(spec),
                           corrected_loss=advice.corrected_loss if advice is not None else None)
-    hp, reason = hparam_laws(data.points, data.diverged, settings["bootstrap"], settings["level"], settings["seed"])
+    hp, reason = hparam_laws([*data.points, *data.diverged], settings["level"])
     return jsonable({"law": fit.fit.to_json() if fit.fit is not None else None, "cells": fit.cells,
                      "warnings": fit.warnings, "hparams": hp, "hparams_reason": reason, "n_trials": len(data.points)})
 
-def hparam_laws(points: Sequence[dict[str, Any]], diverged: Sequence[dict[str, Any]], bootstrap: int, level: float,
-                seed: int) -> tuple[Optional[dict[str, Any]], Optional[str]]:
-    """lr*(N, D) and batch*(D) (Step-Law protocol, with intervals) from the cells with enough
-    finished runs, or (None, why not). Cells still filling up (a running sweep) are left out
-    rather than failing the whole fit; diverged runs bound lr from above."""
-    from ..core.cells import assign_cells
-    from ..core.laws.hparams import MIN_CELL_RUNS, HparamError, fit_hparams
+def hparam_laws(runs: Sequence[dict[str, Any]], level: float) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+    """lr*(N, D) and batch*(D) fitted on a sweep's finished runs (with their `loss`) and diverged ones
+    (loss NaN: they bound lr from above), as `sweep_summary.hparam_doc` with intervals at `level` and the
+    counts of runs it was given (`n_runs` finished, `n_diverged`), or (None, why not). The one definition of a sweep's hyperparameter laws: the proposals' own
+    (`core.proposals.learned_hparams`: the joint surface, else per-cell bowls, else Step-Law), served
+    alike by the API's /laws, the sweep's summary and MLflow metrics, the report and the bowls figure.
 
-    runs = [*points, *(c for c in diverged if all(k in c for k in ("N", "D", "lr", "batch")))]
-    rows = [(r["N"], cell.D, r["lr"], r["batch"], r["loss"] if i < len(points) else math.nan, i >= len(points))
-            for i, (r, cell) in enumerate(zip(runs, assign_cells(runs)))]
-    per_cell: dict[tuple, int] = {}
-    for r in rows:
-        if not r[5]:
-            per_cell[(r[0], r[1])] = per_cell.get((r[0], r[1]), 0) + 1
-    full = {k for k, n in per_cell.items() if n >= MIN_CELL_RUNS}
-    rows = [r for r in rows if (r[0], r[1]) in full]
-    if len(full) < 2:
-        return None, (f"{len(full)} (N, D) cell(s) with at least {MIN_CELL_RUNS} finished runs "
-                      f"(lr x batch); the hyperparameter laws need several such cells")
-    cols = list(zip(*rows))
-    try:
-        fit = fit_hparams(cols[0], cols[1], cols[2], cols[3], cols[4], diverged=cols[5],
-                          bootstrap=bootstrap, level=level, seed=seed)
-    except HparamError as exc:
-        return None, str(exc)
-    return fit.to_json(), None
+    >>> hparam_laws([], 0.9)
+    (None, 'lr*(N, D), batch*(D) not fitted: no finished or diverged run')
+    """
+    from ..core.outcome import is_loss
+    from ..core.proposals import learned_hparams_or_why
+    from .sweep_summary import hparam_doc
+
+    learned, why = learned_hparams_or_why(runs)
+    if learned is None:
+        return None, f"lr*(N, D), batch*(D) not fitted: {why}"
+    n_diverged = sum(1 for r in runs if not is_loss(r.get("loss", math.nan)))
+    return {**hparam_doc(learned.fit, level), "n_runs": len(runs) - n_diverged, "n_diverged": n_diverged}, None
 
 # ------------------------------------------------------------------------------------- status
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .sweep_summary import BACKTESTS, LOSS_UNIT, backtests, hparam_doc, hparam_formulas, proposals_table, warnings
+from .sweep_summary import BACKTESTS, LOSS_UNIT, backtests, hparam_formulas, proposals_table, warnings
 
 REPORT_DIR = "report"  # under the sweep directory, and the artifact folder on the parent run
 FIGURE_ORDER = ("loss_vs_compute", "isoflop", "backtest", "lr_bowls", "batch_bowls", "pruner", "wsd_branches")
@@ -281,13 +281,12 @@ def _laws(doc: Mapping[str, Any]) -> str:
 
 
 def hparam_laws(trials: Mapping[str, Mapping[str, Any]], store: Any, level: float = 0.9) -> Optional[dict[str, Any]]:
-    """lr*(N, D) and batch*(D) fitted on the sweep's finished and diverged runs (`sweep_summary.hparam_doc`:
-    parameters and their intervals at `level`), None when no law fits."""
+    """lr*(N, D) and batch*(D) fitted on the sweep's finished and diverged runs (`query.hparam_laws`:
+    parameters and their intervals at `level`, as the API and the summary give them), None when no law fits."""
     from .plots.evidence import hparam_runs
-    from ..core.proposals import learned_hparams
+    from .query import hparam_laws as fit_laws
 
-    law = learned_hparams(hparam_runs(dict(trials), store))
-    return hparam_doc(law.fit, level) if law is not None else None
+    return fit_laws(hparam_runs(dict(trials), store), level)[0]
 
 
 def _hparams(hparams: Optional[Mapping[str, Any]]) -> str:

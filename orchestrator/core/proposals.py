@@ -77,22 +77,33 @@ def learned_hparams(runs: Sequence[dict[str, Any]]) -> Optional[HparamRule]:
     >>> learned_hparams([]) is None
     True
     """
+    return learned_hparams_or_why(runs)[0]
+
+
+def learned_hparams_or_why(runs: Sequence[dict[str, Any]]) -> tuple[Optional["LearnedLaws"], Optional[str]]:
+    """`learned_hparams(runs)` and, when it is None, why no estimator fitted (each one's reason).
+
+    >>> learned_hparams_or_why([])
+    (None, 'no finished or diverged run')
+    """
     from .laws.hparam_surface import fit_surface
     from .laws.hparams import HparamError, fit_hparams
 
     if not runs:
-        return None
+        return None, "no finished or diverged run"
     cells = assign_cells(runs)
     cols = ([float(r["N"]) for r in runs], [c.D for c in cells],
             [float(r["lr"]) for r in runs], [float(r["batch"]) for r in runs],
             [float(r.get("loss", math.nan)) for r in runs])
+    why = []
     for method in ("surface", "bowl", "steplaw"):
         try:
             hp = fit_surface(*cols) if method == "surface" else fit_hparams(*cols, method=method, bootstrap=0)
-        except (HparamError, ValueError, np.linalg.LinAlgError):
+        except (HparamError, ValueError, np.linalg.LinAlgError) as exc:
+            why.append(f"{method}: {exc}")
             continue
-        return LearnedLaws(hp, hp.intervals if method == "surface" else None)
-    return None
+        return LearnedLaws(hp, hp.intervals if method == "surface" else None), None
+    return None, "; ".join(why)
 
 
 class LearnedLaws:

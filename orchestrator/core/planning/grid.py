@@ -10,6 +10,7 @@ import copy
 import heapq
 from typing import Any, Mapping, Optional
 
+from ..outcome import Outcome, outcome_of
 from .design import Design, plan_grid
 from .protocol import WAIT, Done, HparamAdvice, Step
 from .trial import PlannedTrial
@@ -33,7 +34,8 @@ class GridPlanner:
         """A fresh hand-out state over the planned trials."""
         self.committed = 0.0
         self.skipped: list[PlannedTrial] = []
-        self.reached: dict[str, int] = {}  # trial id -> the last step it reported
+        self.reached: dict[str, int] = {}  # trial id -> the last step it reported with a finite loss
+        self.diverged: dict[str, int] = {}  # trial id -> the step of its non-finite report
         self.ended: set[str] = set()
         # Trials that may start now, as a heap of (plan position, trial): cheapest first. A WSD
         # branch joins it only once its trunk has reported its branch point (`_waiting` till then).
@@ -67,8 +69,13 @@ class GridPlanner:
         return WAIT if self._waiting else Done("every grid trial handed out or skipped (budget)")
 
     def observe_report(self, trial_id: str, report: dict[str, Any]) -> None:
-        """A running trial reported: a WSD trunk's progress releases the branches it has passed."""
+        """A running trial reported: a WSD trunk's progress releases the branches it has passed. A
+        report with non-finite losses (`core.outcome`: diverged) passes no branch point: a trainer
+        saves no checkpoint of a diverged state, so the branches still waiting are skipped when it ends."""
         if "step" not in report:
+            return
+        if ("train_loss" in report or "eval_loss" in report) and outcome_of(report) is Outcome.DIVERGED:
+            self.diverged.setdefault(trial_id, int(report["step"]))
             return
         step = self.reached[trial_id] = max(self.reached.get(trial_id, -1), int(report["step"]))
         branches = self._waiting.get(trial_id)
@@ -91,11 +98,12 @@ class GridPlanner:
     def _end(self, trial_id: str) -> None:
         """The trial will report no more: branches still waiting for it are skipped."""
         self.ended.add(trial_id)
+        div = self.diverged.get(trial_id)
+        ended = f"diverged at step {div}" if div is not None else f"ended at step {self.reached.get(trial_id, 0)}"
         for _, branch in self._waiting.pop(trial_id, []):
             self.skipped.append(branch)
             self.decisions.append({"trial_id": branch.trial_id, "action": "skip",
-                                   "why": f"its WSD trunk {trial_id} ended at step {self.reached.get(trial_id, 0)}, "
-                                          f"before step {branch.branch_step}"})
+                                   "why": f"its WSD trunk {trial_id} {ended}, before step {branch.branch_step}"})
 
     def resume(self, results: dict[str, Optional[dict[str, Any]]]) -> None:
         """Trials that ended in an earlier run of this sweep: not run again, their compute counted."""

@@ -118,6 +118,34 @@ def test_branches_wait_for_their_trunk_and_are_skipped_when_it_stops_short(tmp_p
     assert planner.decisions[-1]["action"] == "skip" and "before step 32" in planner.decisions[-1]["why"]
 
 
+def test_branches_past_a_diverged_report_are_skipped_naming_the_trunk():
+    """A trunk's non-finite report passes no branch point (no checkpoint of a diverged state is saved):
+    the branches still waiting are skipped with a reason naming the trunk, never run to fail; the same
+    from the trunk's last report alone (replay, resume)."""
+    from orchestrator.core.planning import Done, WAIT
+    from orchestrator.config.planners import GridPlanner
+
+    nan = float("nan")
+    spec = _spec(model={"n_params": [20000], "seq_len": 64}, learning_rates=[0.01])
+    planner = GridPlanner(spec)
+    trunk = planner.next_trial()
+    assert trunk.checkpoint_steps == (16, 32)
+    planner.observe_report(trunk.trial_id, {"step": 20.0, "train_loss": 4.0, "eval_loss": 4.1, "done": 0.0})
+    assert planner.next_trial().branch_step == 16  # passed with a finite loss: its checkpoint exists
+    planner.observe(trunk.trial_id, {"step": 35.0, "train_loss": nan, "eval_loss": nan, "done": 1.0})
+    assert isinstance(planner.next_trial(), Done)
+    skip = planner.decisions[-1]
+    assert skip["action"] == "skip" and trunk.trial_id in skip["why"] and "diverged at step 35" in skip["why"]
+    assert [t.branch_step for t in planner.skipped] == [32]
+
+    replayed = GridPlanner(spec)
+    trunk = replayed.next_trial()
+    assert replayed.next_trial() == WAIT
+    replayed.observe(trunk.trial_id, {"step": 40.0, "train_loss": nan, "eval_loss": float("inf"), "done": 1.0})
+    assert isinstance(replayed.next_trial(), Done) and sorted(t.branch_step for t in replayed.skipped) == [16, 32]
+    assert all("diverged" in d["why"] for d in replayed.decisions if d["action"] == "skip")
+
+
 def test_a_resumed_sweep_knows_its_finished_trunks():
     from orchestrator.config.planners import GridPlanner
 
