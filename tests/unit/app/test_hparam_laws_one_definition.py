@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-SWEEP = Path(__file__).resolve().parents[1] / "data" / "sweep_plots"
+SWEEP = Path(__file__).resolve().parents[2] / "data" / "sweep_plots"
 
 
 @pytest.fixture(scope="module")
