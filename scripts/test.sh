@@ -24,17 +24,38 @@ if [ $# -gt 0 ]; then
   exec "${PYTEST[@]}" "$@"
 fi
 I=tests/integration
-# Heavy integration files the serial process runs after its serial tests (not `serial` themselves):
-# chosen by their CI times so that both processes take ~14 min (7 Dec: serial 7.4 min, the rest 21.4).
-SERIAL_TOO=("$I/test_own_trainer.py" "$I/test_graceful_stop.py" "$I/test_branched_sweep.py"
-            "$I/test_checkpoint_on_stop.py" "$I/test_failed_sweep.py" "$I/test_warm_start_sweep.py"
-            "$I/test_s3_store.py")
+# Heavy integration files the serial process runs after its serial tests (not `serial` themselves),
+# chosen so that both processes take about as long (CI 7 Dec: serial 7.5 min, these 8.0, tests/unit
+# 7.8, the other integration files 10; since then the serial process lost ~0.5 min of Ray starts and
+# Train polls, these files ~1.5 min, the others ~1 min: test_benchmarks_smoke.py, ~1.2 min, moved here).
+# In this order: the files whose tests use the session's shared local Ray instance (conftest.py's
+# `local_ray`) one after the other, so that it starts once, not once per file (a test that does not
+# ask for it stops it); test_checkpoint_on_stop.py, whose last test does not, and test_s3_store.py
+# (its instance has the bucket's keys in its environment) last.
+SERIAL_TOO=("$I/test_benchmarks_smoke.py" "$I/test_own_trainer.py" "$I/test_graceful_stop.py"
+            "$I/test_branched_sweep.py" "$I/test_failed_sweep.py" "$I/test_warm_start_sweep.py"
+            "$I/test_checkpoint_on_stop.py" "$I/test_s3_store.py")
+# The other process's integration files: first those that do not use the shared instance, then
+# those that do, one after the other, the 4-CPU one (test_sweep.py) last and the one whose instance
+# has the bucket's keys in its environment (test_s3_artifacts.py) first; test_report.py and
+# test_own_trainer_tasks.py, whose last tests do not use it, at the end.
+SHARED_RAY_LAST=("$I/test_s3_artifacts.py" "$I/test_forget_tune.py" "$I/test_llama_sweep.py"
+                 "$I/test_postgres_store.py" "$I/test_pruned_sweep.py" "$I/test_scheduler_tune.py"
+                 "$I/test_sweep_view.py" "$I/test_task_sweep.py" "$I/test_transfer_sweep.py"
+                 "$I/test_report.py" "$I/test_own_trainer_tasks.py" "$I/test_sweep.py")
 # Each process collects only its files: collecting the whole folder imports every integration
 # module (torch, DeepSpeed, Ray Tune...), ~8 s of CPU more than needed.
-mapfile -t serial_files < <(grep -l "pytest.mark.serial" "$I"/test_*.py)
+# test_submit.py, then test_node_loss.py, last: they share one two-node cluster (conftest.py's
+# loopback_cluster), which node_loss's last test leaves with one node.
+pair=("$I/test_submit.py" "$I/test_node_loss.py")
+mapfile -t serial_files < <(grep -l "pytest.mark.serial" "$I"/test_*.py | grep -vxF -e "${pair[0]}" -e "${pair[1]}"
+                            grep -l "pytest.mark.serial" "${pair[@]}")
 rest_files=()
 for f in "$I"/test_*.py; do
-  case " ${SERIAL_TOO[*]} " in *" $f "*) ;; *) rest_files+=("$f") ;; esac
+  case " ${SERIAL_TOO[*]} ${SHARED_RAY_LAST[*]} " in *" $f "*) ;; *) rest_files+=("$f") ;; esac
+done
+for f in "${SHARED_RAY_LAST[@]}"; do
+  case " ${SERIAL_TOO[*]} " in *" $f "*) ;; *) [ -e "$f" ] && rest_files+=("$f") ;; esac
 done
 logs=$(mktemp -d)
 # separate temp roots: neither process's clean-up may touch the other's live directories

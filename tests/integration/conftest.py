@@ -117,9 +117,13 @@ def shared_ray_address(local_ray, num_cpus: int = 2) -> str:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-    """A test that does not ask for `local_ray` finds no shared instance running."""
-    if "local_ray" not in getattr(item, "fixturenames", ()):
+    """A test that does not ask for `local_ray` finds no shared instance running, nor the shared
+    two-node cluster (`loopback_cluster`) unless it asks for that."""
+    names = getattr(item, "fixturenames", ())
+    if "local_ray" not in names:
         _stop_shared_ray()
+    if "loopback_cluster" not in names:
+        _stop_shared_cluster()
 
 
 def run_real_sweep(root: Path, data: dict, name: str, num_cpus: int = 2, local_ray=None):
@@ -281,6 +285,46 @@ def _state(address: str, kind: str, **filters: str) -> list[dict]:
         query += [("filter_keys", key), ("filter_predicates", "="), ("filter_values", value)]
     doc = _get_json(f"{address}/api/v0/{kind}?{urllib.parse.urlencode(query)}")
     return doc["data"]["result"]["result"]
+
+
+# A lost node (its raylet refuses connections) is declared dead after ~period x threshold = 5 s,
+# not Ray's 15 s; the timeout stays generous for a live but loaded node.
+FAST_HEALTH_CHECK = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "10000",
+                     "RAY_health_check_failure_threshold": "5"}
+_SHARED_CLUSTER: dict = {}
+
+
+def _stop_shared_cluster() -> None:
+    if _SHARED_CLUSTER:
+        _SHARED_CLUSTER.pop("cluster").stop()
+
+
+@pytest.fixture(scope="session")
+def loopback_cluster(tmp_path_factory):
+    """`loopback_cluster()`: the session's two-node `LoopbackCluster` (FAST_HEALTH_CHECK on the head),
+    both nodes alive. Consecutive tests that ask for it share it (test_submit.py, then
+    test_node_loss.py, in scripts/test.sh's order): a start costs ~10 s of CPU. A test that leaves it
+    with one node (a lost node) makes the next one start a fresh cluster; one that does not ask for
+    it finds it stopped."""
+
+    def ensure() -> LoopbackCluster:
+        c = _SHARED_CLUSTER.get("cluster")
+        if c is not None:
+            try:
+                if len(c.alive_nodes()) == 2:
+                    return c
+            except Exception:  # noqa: BLE001 -- its head is gone: a fresh cluster
+                pass
+            _stop_shared_cluster()
+        # The class of the module the test files import (`tests.integration.conftest`): pytest loads
+        # this file a second time as `conftest`, whose TOKEN is another one than their helpers send.
+        from tests.integration.conftest import LoopbackCluster as cluster_class
+
+        _SHARED_CLUSTER["cluster"] = cluster_class(tmp_path_factory.mktemp("cluster"), head_env=FAST_HEALTH_CHECK)
+        return _SHARED_CLUSTER["cluster"]
+
+    yield ensure
+    _stop_shared_cluster()
 
 
 class LoopbackCluster:

@@ -93,15 +93,12 @@ def _fit(tmp_path: Path, name: str, forget: bool) -> dict:
     return probe.seen
 
 
-def test_tune_keeps_no_ended_trial_once_forgotten(tmp_path, monkeypatch):
+def test_tune_keeps_no_ended_trial_once_forgotten(tmp_path, monkeypatch, local_ray):
+    local_ray(2)  # the session's 2-CPU local Ray instance (conftest.py), as run_sweep joins it
     for key, value in tune_env_of_a_sweep().items():  # as run_sweep: the legacy output engine, no auto loggers
-        monkeypatch.setenv(key, value)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        kept = _fit(tmp_path, "keep", forget=False)
-        forgot = _fit(tmp_path, "forget", forget=True)
-    finally:
-        ray.shutdown()
+        monkeypatch.setenv(key, value)  # (the driver's, after Ray started: as run_sweep sets them)
+    kept = _fit(tmp_path, "keep", forget=False)
+    forgot = _fit(tmp_path, "forget", forget=True)
     # Tune alone: every ended trial alive, in its sets, its cache and its last snapshot
     assert kept["ended"] == TRIALS and kept["alive"] == TRIALS and kept["controller"]
     assert kept["cached_json"] == TRIALS and kept["stopped_or_failed"] == TRIALS

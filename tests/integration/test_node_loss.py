@@ -1,7 +1,8 @@
 """Node loss and worker loss on a real two-node Ray cluster on loopback (issue 16), nothing mocked.
 
-The cluster (conftest.LoopbackCluster: a head and a worker node, one CPU each, each its own
-`ray start --block`) notices a lost node within seconds (the head's `RAY_health_check_*`).
+The cluster (conftest.loopback_cluster, shared with test_submit.py: a head and a worker node, one
+CPU each, each its own `ray start --block`) notices a lost node within seconds (the head's
+`RAY_health_check_*`).
 `scalesweep run` drives each sweep from its own process, connected with RAY_ADDRESS; the store
 and the checkpoints are on a path both nodes see (the same disk, here).
 
@@ -37,19 +38,13 @@ from tests.integration.conftest import LoopbackCluster, _env, _state
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 REPO = Path(__file__).resolve().parents[2]
-# A lost node (its raylet refuses connections) is declared dead after ~period x threshold = 5 s,
-# not Ray's 15 s; the timeout stays generous for a live but loaded node.
-FAST_HEALTH_CHECK = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "10000",
-                     "RAY_health_check_failure_threshold": "5"}
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = LoopbackCluster(tmp_path_factory.mktemp("cluster"), head_env=FAST_HEALTH_CHECK)
-    try:
-        yield c
-    finally:
-        c.stop()
+@pytest.fixture
+def cluster(loopback_cluster):
+    """The session's two-node cluster (conftest.py; FAST_HEALTH_CHECK: a lost node is declared dead
+    within ~5 s, not Ray's 15 s), both nodes alive."""
+    return loopback_cluster()
 
 
 def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path, poll: float = 0.05):

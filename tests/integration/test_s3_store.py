@@ -28,9 +28,11 @@ pytestmark = pytest.mark.integration
 BUCKET = "scalesweep-store"
 
 
-@pytest.fixture
-def s3(tmp_path, monkeypatch):
-    with s3_bucket(tmp_path / "moto.log", BUCKET, monkeypatch) as server:
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server with BUCKET, one per module (test_s3_checkpoints.py imports it too): each
+    test writes under its own prefix, and a server start costs ~2 s of CPU."""
+    with pytest.MonkeyPatch.context() as mp, s3_bucket(tmp_path_factory.mktemp("moto") / "moto.log", BUCKET, mp) as server:
         yield server
 
 
@@ -112,10 +114,12 @@ def test_killed_controller_rows_reach_the_bucket_on_recover(s3, tmp_path):
     assert list(ended) == ["t0"] and ended["t0"]["step"] == 2
 
 
-def test_sweep_on_the_bucket_then_resumed_from_it_alone(s3, tmp_path):
+def test_sweep_on_the_bucket_then_resumed_from_it_alone(s3, tmp_path, local_ray):
     uri = f"s3://{BUCKET}/sweeps/sim"
     spec_data = {**SIM_SPEC, "name": "s3-store", "fit": {"bootstrap": 0}, "store": uri}  # 6 simulated trials
-    spec, outcome = run_real_sweep(tmp_path, spec_data, "head-a")
+    # both controllers on one shared local Ray instance (conftest.py; started with the bucket's
+    # endpoint and keys in its environment, which its trials need): a cluster outlives its controller
+    spec, outcome = run_real_sweep(tmp_path, spec_data, "head-a", local_ray=local_ray)
     assert outcome.statuses == {"finished": 6}, outcome.statuses
     assert not list((outcome.sweep_dir / "store").glob("*/part-*.parquet"))
     keys = _keys(s3, "sweeps/sim/")
@@ -129,7 +133,7 @@ def test_sweep_on_the_bucket_then_resumed_from_it_alone(s3, tmp_path):
     fit_a = json.loads((outcome.sweep_dir / "fit.json").read_text())
 
     # a controller elsewhere, with an empty sweep directory of its own: the bucket is the whole state
-    _, again = run_real_sweep(tmp_path, spec_data, "head-b")
+    _, again = run_real_sweep(tmp_path, spec_data, "head-b", local_ray=local_ray)
     assert again.statuses == {"finished": 6}, again.statuses
     assert len(store.observations().to_pylist()) == len(rows)  # nothing ran twice
     assert sorted((p["trial_id"], p["loss"]) for p in final_points(store)) == points

@@ -1,8 +1,8 @@
 """`scalesweep submit / status / logs / stop` against a real two-node Ray cluster on loopback.
 
-The fixture starts a head node and a worker node as separate `ray start --block` processes
-(one CPU each, the worker with a custom `worker_node` resource, their own temp dir and
-ports) and tears down only those processes. The sweep's controller runs as a Ray job on
+The cluster (conftest.loopback_cluster, shared with test_node_loss.py): a head node and a worker
+node as separate `ray start --block` processes (one CPU each, the worker with a custom
+`worker_node` resource, their own temp dir and ports), torn down by stopping only those processes. The sweep's controller runs as a Ray job on
 the head (submitted through Ray's JobSubmissionClient with the project as a runtime env),
 its trials on both nodes; the store and the SQLite MLflow store are on a path every node
 sees (the same disk, here). Nothing is mocked.
@@ -26,7 +26,7 @@ import yaml
 from orchestrator.io.store import ObservationStore
 from orchestrator.io.tracking import TAG_TRIAL, read_sweep_runs
 from tests.integration.conftest import SIM_SPEC as SHARED_SIM_SPEC
-from tests.integration.conftest import LoopbackCluster, _env, _free_ports, _get_json, _state
+from tests.integration.conftest import _env, _free_ports, _get_json, _state
 
 pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
@@ -47,12 +47,9 @@ DS_SPEC = {
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = LoopbackCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield c
-    finally:
-        c.stop()
+def cluster(loopback_cluster):
+    """The session's two-node cluster (conftest.py; shared with test_node_loss.py), both nodes alive."""
+    return loopback_cluster()
 
 
 def cli(*args: str, check: bool = True, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
