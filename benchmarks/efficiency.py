@@ -12,6 +12,8 @@ true loss of the proposed config / true optimum − 1.
     python -m benchmarks.efficiency --world all --seeds 5 --json results/efficiency-all.json  # every bundled world
     python -m benchmarks.efficiency --world bent --prior tiny --json out.json   # another prior
     python -m benchmarks.efficiency --quick --json /tmp/eff.json          # seconds (smoke test)
+    python -m benchmarks.efficiency --strategies full_grid,scalesweep --scalesweep-set search.strategy=law \
+        --scalesweep-alt-set schedule.branch=false    # two scalesweep arms side by side (scalesweep_alt)
 
 Strategies (see benchmarks/strategies.py for how each runs): full_grid, asha, optuna,
 random (same compute as scalesweep), random_at_asha (same compute as ASHA), scalesweep.
