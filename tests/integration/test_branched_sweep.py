@@ -55,7 +55,8 @@ SPEC = {
 
 
 def _cli(*args: str, delay: str = "0", address: str | None = None) -> subprocess.Popen:
-    """`scalesweep ARGS` in a fresh process; a sweep on the Ray instance at `address`, else on a local one of its own."""
+    """`scalesweep ARGS` in a fresh process; a sweep on the Ray instance at `address`, else on a local
+    one of its own."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     if address:
         env["RAY_ADDRESS"] = address

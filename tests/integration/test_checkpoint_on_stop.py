@@ -81,8 +81,10 @@ def test_stopped_trials_checkpoint_and_resume_from_there(tmp_path, local_ray):
         assert ckpt["step"] == steps[-1], (tid, ckpt, steps)  # saved at the stop, at the last recorded step
         at_stop[tid] = steps[-1]
 
+    address = shared_ray_address(local_ray)  # once the stopped run's trials have left its CPUs
     r = subprocess.run([sys.executable, "-m", "orchestrator.app.cli", "resume", str(sweep_dir), "--no-progress"],
-                       capture_output=True, text=True, env=_env(delay="0", address=shared_ray_address(local_ray)), timeout=300)  # nothing left to stop
+                       capture_output=True, text=True, env=_env(delay="0", address=address),  # nothing left to stop
+                       timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     store = ObservationStore(sweep_dir)
     trials = store.trials()

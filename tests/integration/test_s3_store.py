@@ -32,7 +32,8 @@ BUCKET = "scalesweep-store"
 def s3(tmp_path_factory):
     """moto's S3 server with BUCKET, one per module (test_s3_checkpoints.py imports it too): each
     test writes under its own prefix, and a server start costs ~2 s of CPU."""
-    with pytest.MonkeyPatch.context() as mp, s3_bucket(tmp_path_factory.mktemp("moto") / "moto.log", BUCKET, mp) as server:
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with pytest.MonkeyPatch.context() as mp, s3_bucket(log, BUCKET, mp) as server:
         yield server
 
 

@@ -126,7 +126,9 @@ def test_store_and_mlflow(finished):
 def test_trials_ran_on_both_nodes(finished, cluster):
     job = _get_json(f"{cluster.address}/api/jobs/{finished['job_id']}")
     actors = _state(cluster.address, "actors", job_id=job["job_id"])
-    trial_nodes = {a["node_id"] for a in actors if a["class_name"] == "ImplicitFunc"}  # Tune's function trainable
+    # Tune's function trainable: its State API class name is "ImplicitFunc" or, on some runs,
+    # "wrap_function.<locals>.ImplicitFunc" (seen 7 Dec: the test then found no trial actor)
+    trial_nodes = {a["node_id"] for a in actors if a["class_name"].split(".")[-1] == "ImplicitFunc"}
     assert trial_nodes == {n["node_id"] for n in cluster.alive_nodes()}, [(a["class_name"], a["node_id"]) for a in actors]
 
 
