@@ -6,8 +6,9 @@ backtests per form, refitted on a subset and scored on the runs left out:
 - **largest size**: fit every model size but the largest, predict the largest;
 - **largest compute decade**: fit the runs with C = 6ND <= C_max/10, predict the rest.
 
-A form's score is the mean over its backtests of the RMS log error (≈ relative error) of those
-predictions. Weights are ``w_f ∝ exp(-n_params_f - (ln(score_f/score_min)/0.28)^2/2)`` (forms
+A form's score is the mean over the backtests of the RMS log error (≈ relative error) of those
+predictions, on the same backtests for every form (one a form cannot run is imputed:
+`score_on_common_backtests`). Weights are ``w_f ∝ exp(-n_params_f - (ln(score_f/score_min)/0.28)^2/2)`` (forms
 with a clearly worse backtest get little; near ties share, and nested forms that backtest alike go to the simpler);
 the form with the largest weight is *the* form (``.form``), and predictions average the forms'
 log predictions by weight. ``selection["reason"]``
