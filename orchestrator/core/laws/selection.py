@@ -6,8 +6,9 @@ backtests per form, refitted on a subset and scored on the runs left out:
 - **largest size**: fit every model size but the largest, predict the largest;
 - **largest compute decade**: fit the runs with C = 6ND <= C_max/10, predict the rest.
 
-A form's score is the mean over its backtests of the RMS log error (≈ relative error) of those
-predictions. Weights are ``w_f ∝ exp(-n_params_f - (ln(score_f/score_min)/0.28)^2/2)`` (forms
+A form's score is the mean over the backtests of the RMS log error (≈ relative error) of those
+predictions, on the same backtests for every form (one a form cannot run is imputed:
+`score_on_common_backtests`). Weights are ``w_f ∝ exp(-n_params_f - (ln(score_f/score_min)/0.28)^2/2)`` (forms
 with a clearly worse backtest get little; near ties share, and nested forms that backtest alike go to the simpler);
 the form with the largest weight is *the* form (``.form``), and predictions average the forms'
 log predictions by weight. ``selection["reason"]``
@@ -169,6 +170,49 @@ def _errors(rel: np.ndarray, logerr: np.ndarray) -> dict[str, float]:
             "bias_rel": float(np.mean(rel)), "rmse_log": float(np.sqrt(np.mean(logerr**2)))}
 
 
+def score_on_common_backtests(fits: Sequence["FormFit"]) -> list[str]:
+    """Score every fitted form on the same backtests, every one that some form ran; returns their names.
+
+    Forms are ranked by the log ratio of their scores, so each score must cover the same held-out runs.
+    A backtest a form cannot run (its training set has fewer than n_params + 2 runs, or its fit failed)
+    is imputed, not skipped: in log space, score = form effect + backtest effect, the form's mean over the
+    backtests it ran plus how much harder the missing backtest was than those for the forms that ran
+    every one (mean log ratio). Skipping it judged the form on the easier backtests alone; dropping the
+    backtest for every form threw away the evidence that told the others apart (docs/fitting.md).
+    Forms that ran no backtest get NaN (weight 0); with no form that ran every backtest there is nothing
+    to impute from, and the ground is the backtests every form ran. Imputed values: ``f.imputed``.
+
+    >>> from types import SimpleNamespace as NS
+    >>> a = NS(theta=1, backtests={"size": {"rmse_log": 0.01}, "decade": {"rmse_log": 0.04}})
+    >>> b = NS(theta=1, backtests={"size": {"rmse_log": 0.02}})  # too many parameters for "decade"
+    >>> score_on_common_backtests([a, b]), a.score, round(b.score, 6), round(b.imputed["decade"], 6)
+    (['decade', 'size'], 0.025, 0.05, 0.08)
+    """
+    ran = [(f, {k: bt["rmse_log"] for k, bt in f.backtests.items() if "rmse_log" in bt})
+           for f in fits if f.theta is not None]
+    names = {k for _, r in ran for k in r}
+    full = [r for _, r in ran if len(r) == len(names)]
+    if not full and names:  # nothing to impute from: the backtests every form with a backtest ran
+        names = set.intersection(*(set(r) for _, r in ran if r))
+    ground = [k for k in BACKTESTS if k in names] + sorted(names - set(BACKTESTS))
+    for f, r in ran:
+        f.imputed = {}
+        if full and r:
+            for b in set(ground) - set(r):
+                gap = np.mean([math.log(g[b]) - np.mean([math.log(g[k]) for k in r]) for g in full])
+                f.imputed[b] = float(math.exp(np.mean([math.log(v) for v in r.values()]) + gap))
+        f.score = _score_on(f, ground)
+    return ground
+
+
+def _score_on(f: "FormFit", ground: Sequence[str]) -> float:
+    """Mean RMS log error of the form over the backtests ``ground`` (run or imputed); NaN when one is neither."""
+    imputed = getattr(f, "imputed", {})
+    have = [f.backtests[k]["rmse_log"] if "rmse_log" in f.backtests.get(k, {}) else imputed[k]
+            for k in ground if "rmse_log" in f.backtests.get(k, {}) or k in imputed]
+    return float(np.mean(have)) if ground and len(have) == len(ground) else math.nan
+
+
 def misspecification(backtests: dict[str, dict]) -> tuple[float, float]:
     """(tau0, tau1): the log error of held-out runs that noise and parameter error do not explain.
 
@@ -216,6 +260,7 @@ class FormFit:
     score: float = math.nan
     tau: float = 0.0  # misspecification per decade beyond the data (log scale)
     tau0: float = 0.0  # misspecification floor (log scale)
+    imputed: dict[str, float] = field(default_factory=dict)  # backtest -> RMS log error imputed for the score
     weight: float = 0.0
     samples: Optional[np.ndarray] = None
     error: Optional[str] = None
@@ -236,7 +281,7 @@ class FormFit:
         return {"n_params": self.form.n_params, "params": self.params, "objective": self.objective,
                 "residual_scale": self.sigma, "score_rmse_log": self.score, "weight": self.weight,
                 "misspecification_floor": self.tau0,
-                "misspecification_per_decade": self.tau, "backtests": bts,
+                "misspecification_per_decade": self.tau, "backtests": bts, "imputed_backtests": self.imputed,
                 **({"error": self.error} if self.error else {})}
 
 
@@ -435,12 +480,11 @@ def fit_auto(
                 ff.backtests[name] = run_backtest(form, X, logL, train, loss_fn=loss_fn, delta=delta)
             except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
                 ff.backtests[name] = {"error": str(exc)}
-        rm = [bt["rmse_log"] for bt in ff.backtests.values() if "rmse_log" in bt]
-        ff.score = float(np.mean(rm)) if rm else math.nan
-        ff.tau0, ff.tau = misspecification(ff.backtests)
+        ff.tau0, ff.tau = misspecification(ff.backtests)  # a form's own intervals: every backtest it ran
     fitted = [f for f in fits if f.theta is not None]
     if not fitted:
         raise ValueError("no candidate form could be fitted: " + "; ".join(f"{f.name}: {f.error}" for f in fits))
+    common = score_on_common_backtests(fits)
     scores = np.array([f.score for f in fits])
     if np.isfinite(scores).any():
         w = _weights(scores, np.array([f.form.n_params for f in fits], float))
@@ -469,7 +513,9 @@ def fit_auto(
             f.samples, _ = batch_lm(f.form, f.theta, X, logL, Wb, loss_fn=loss_fn, delta=delta)
     box = _box(X)
     law = AutoLaw(fits, n_min)
-    selection = _selection(fits, chosen, rule)
+    if fallback and "common_backtests" in fallback:
+        common = fallback.pop("common_backtests")
+    selection = _selection(fits, chosen, rule, common)
     selection.update(identified=not pinned[chosen.name], pinned={k: v for k, v in pinned.items() if v},
                      fallback=fallback and {k: v for k, v in fallback.items() if k != "message"})
     warnings += design_warnings(N, D, chosen.form.n_term, chosen.form.d_term)
@@ -520,7 +566,7 @@ def param_intervals(f: FormFit, level: float = 0.9) -> dict[str, dict[str, float
     return out
 
 
-def _selection(fits: list[FormFit], chosen: FormFit, rule: str) -> dict[str, Any]:
+def _selection(fits: list[FormFit], chosen: FormFit, rule: str, common: Sequence[str] = ()) -> dict[str, Any]:
     ranked = sorted([f for f in fits if f.theta is not None], key=lambda f: -f.weight)
     if len(ranked) == 1:
         bt = f"backtest RMS log error {chosen.score:.2%}" if math.isfinite(chosen.score) else "no backtest possible"
@@ -532,13 +578,17 @@ def _selection(fits: list[FormFit], chosen: FormFit, rule: str) -> dict[str, Any
         best = min((f for f in ranked if math.isfinite(f.score)), key=lambda f: f.score)
         why = ("lowest backtest error" if best is chosen else
                f"largest weight: backtest error within reach of {best.name}'s with fewer parameters")
-        reason = (f"{chosen.name}: {why} (score = mean over leave-largest-size-out and "
-                  f"leave-largest-compute-decade-out of the RMS log error: {scores}); "
+        ground = " and ".join(_BACKTEST_WORDS.get(k, k) for k in common)
+        reason = (f"{chosen.name}: {why} (score = mean over {ground} (a backtest a form could not run: imputed) "
+                  f"of the RMS log error: {scores}); "
                   f"weights ∝ exp(-(ln(score/best)/{SCORE_SD:g})²/2) x e^-{OCCAM:g} per parameter: {mix}")
     else:
         reason = f"{chosen.name}: no backtest possible, lowest in-sample objective per degree of freedom"
-    return {"chosen": chosen.name, "rule": rule, "reason": reason,
+    return {"chosen": chosen.name, "rule": rule, "reason": reason, "common_backtests": list(common),
             "candidates": {f.name: f.summary() for f in fits}}
+
+
+_BACKTEST_WORDS = {"largest_size": "leave-largest-size-out", "largest_compute_decade": "leave-largest-compute-decade-out"}
 
 
 def _fall_back(fits: list[FormFit], chosen: FormFit, pinned: dict[str, list[str]], rule: str,
@@ -557,7 +607,11 @@ def _fall_back(fits: list[FormFit], chosen: FormFit, pinned: dict[str, list[str]
         return chosen, {"from": chosen.name, "to": None, "message": (
             f"not identified: {chosen.name} has {what}, and every candidate form has a parameter these runs do not "
             "determine: its extrapolations and proposals rest on a bound, not on the data")}
-    if rule == "backtest" and any(math.isfinite(f.score) for f in ok):
+    common = score_on_common_backtests(ok) if rule == "backtest" else []  # the ground the forms compared now share
+    for f in fits:  # the others reported on that ground too (they get no weight)
+        if f.theta is not None and f.name not in good and common:
+            f.score = _score_on(f, common)
+    if common:
         scores = np.array([f.score if f.name in good else math.nan for f in fits])
         w = _weights(scores, np.array([f.form.n_params for f in fits], float))
     else:
@@ -566,7 +620,7 @@ def _fall_back(fits: list[FormFit], chosen: FormFit, pinned: dict[str, list[str]
     for f, wf in zip(fits, w):
         f.weight = float(wf)
     new = max(ok, key=lambda f: (round(f.weight, 9), -f.form.n_params))
-    return new, {"from": chosen.name, "to": new.name, "message": (
+    return new, {"from": chosen.name, "to": new.name, "common_backtests": common, "message": (
         f"not identified: {chosen.name} has {what}; fell back to {new.name}, the best-ranked candidate whose "
         "parameters all lie inside their bounds (forms with a parameter on a bound get no weight)")}
 
