@@ -35,6 +35,7 @@ from ..design import Design
 from ..trial import PlannedTrial
 from . import checks as law_checks, stopping
 from .advice import SearchRule
+from .answers import SearchAnswers
 from .book import CellBook, run_decision
 from .branches import Branches, corrected_loss, enabled as branching_enabled
 from .cell_start import CellStart
@@ -47,7 +48,7 @@ from .loss_law import LossLaw
 from .transfer import candidate_trials
 
 
-class LawGuidedPlanner:
+class LawGuidedPlanner(SearchAnswers):
     """Chooses each next trial by what it teaches about the compute-optimal config at the target budgets."""
 
     def __init__(self, design: Design, seed: int = 0, config: Optional[SearchConfig] = None,
@@ -210,31 +211,6 @@ class LawGuidedPlanner:
         if where is None or where[1] != LAW_POINT or not where[0].trials[LAW_POINT].branch_of:
             return loss
         return corrected_loss(where[0], loss)
-
-    # ---- answers -----------------------------------------------------------------------------
-    def cell_results(self) -> list[dict[str, Any]]:
-        """Every cell touched so far: state, runs, best (lr, batch, loss)."""
-        return [c.public() for c in self.cells if c.state != "closed"]
-
-    def estimate(self) -> list[dict[str, Any]]:
-        """Per target C: N*, D*, L* with intervals from the current fit, and lr*, batch* from the laws."""
-        return self.learned.estimate()
-
-    def laws(self) -> dict[str, Any]:
-        """The laws learned so far (JSON-clean): L(N, D)'s form and parameters, lr*, batch*."""
-        return self.learned.to_dict()
-
-    def predict_hparams(self, N: float, D: float) -> tuple[Optional[float], Optional[float]]:
-        """lr and batch to run at (N, D): the laws learned so far (hedged lr), or (None, None)."""
-        return self.learned.predict(N, D)
-
-    def hparam_intervals(self, N: float, D: float, level: float = 0.9) -> Optional[dict[str, dict[str, float]]]:
-        """Intervals of lr*, batch* at (N, D) (transfer's joint surface; None without one)."""
-        return self.learned.intervals(N, D, level)
-
-    def loss_backtest(self) -> Optional[dict[str, Any]]:
-        """Backtest of L(N, D) by size on the searched cells (`loss_law.backtest_by_size`)."""
-        return self.learned.backtest(self._fit_points())
 
     # ---- cell search -------------------------------------------------------------------------
     def _ready(self, cell: SearchCell) -> list[Point]:
