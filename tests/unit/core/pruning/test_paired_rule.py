@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from orchestrator.core.pruning import STOP, PruneConfig, Pruner
+from orchestrator.core.pruning.pruner import default_rules
 from orchestrator.config.pruning import trial_meta
 from orchestrator.core.pruning.pairstat import overshoot as _overshoot, z as _z
 from trainers.contract import Schedule, TrialConfig
@@ -21,8 +22,16 @@ from trainers.worlds import load_world
 DATA = Path(__file__).resolve().parents[3] / "data"
 LRSWEEP = DATA / "lrsweep" / "curves.csv"
 WORLD = load_world("tiny")
-# The law-based rules are tested in test_pruner.py; here only the paired rule may stop a run.
+# The law-based rules are tested in test_pruner.py and the forecast rule in test_forecast_rule.py /
+# test_forecast_real.py; here only the paired rule (and the divergence rule) may stop a run.
 PAIRED_ONLY = dict(grace=0.99)
+
+
+def paired_only(**config) -> Pruner:
+    """A pruner whose only rules are the divergence and paired rules (the law rule waits past
+    `grace`; the forecast rule, which shares the paired rule's grace, is left out)."""
+    cfg = PruneConfig(**{**PAIRED_ONLY, **config})
+    return Pruner(cfg, rules=[r for r in default_rules(cfg) if r.name != "forecast"])
 
 
 def complete(p: Pruner, runs: dict) -> None:
@@ -84,29 +93,15 @@ def real():
     return real_groups()
 
 
-def caught_up(p: Pruner) -> Pruner:
-    """The pruner with its forecast rule caught up on the history, as its next check does first.
-
-    That catching up (each completed run scored by a curve-law fit of its size and schedule) is
-    the expensive part of a calibrated pruner's first check, ~0.1 s per run; done here on shared
-    pruners, their copies inherit it instead of each redoing it. The state is the one the check
-    would reach: runs are scored in completion order either way and nothing else happens between.
-    """
-    for rule in p.rules:
-        if rule.name == "forecast":
-            rule.rule._learn(p.history)
-    return p
-
-
 @pytest.fixture(scope="module")
 def prefixes(real):
     """i -> a pruner that has seen the first i groups of `real` complete (rules caught up); never mutate
     one, copy it."""
-    prefix = Pruner(PruneConfig(**PAIRED_ONLY))
+    prefix = paired_only()
     out = [copy.deepcopy(prefix)]
     for runs in real.values():
         complete(prefix, runs)
-        out.append(copy.deepcopy(caught_up(prefix)))
+        out.append(copy.deepcopy(prefix))
     return out
 
 
@@ -124,7 +119,6 @@ def calibrated_on_the_others(real, prefixes):
         built[key] = copy.deepcopy(prefixes[i])
         for other in keys[i + 1:]:
             complete(built[key], real[other])
-        caught_up(built[key])
     built[None] = prefixes[-1]  # every group completed
     return lambda key: copy.deepcopy(built[key])
 
@@ -140,7 +134,7 @@ def test_real_lr_sweeps_never_lose_their_winner(real, calibrated, calibrated_on_
     far_stopped = cross = 0
     for key, runs in real.items():
         # calibrated: the other groups of the sweep completed first
-        p = calibrated_on_the_others(key) if calibrated else Pruner(PruneConfig(**PAIRED_ONLY))
+        p = calibrated_on_the_others(key) if calibrated else paired_only()
         cell_best = math.inf
         if calibrated:
             for other, r2 in real.items():
@@ -212,7 +206,7 @@ def test_real_same_config_other_seed(real, calibrated_on_the_others):
         f = finals(pair)
         better = min(f, key=f.get)
         for calibrated in (False, True):
-            p = calibrated_on_the_others((N, kind, T)) if calibrated else Pruner(PruneConfig(**PAIRED_ONLY))
+            p = calibrated_on_the_others((N, kind, T)) if calibrated else paired_only()
             cell_best = math.inf
             if calibrated:
                 for other, r2 in real.items():
@@ -256,7 +250,7 @@ def test_planted_truth_losers_stop_early_and_the_winner_never(seed):
     # the calibrated paired rule before 25 % of its steps; the winner never is, nor a true tie
     # (within 0.3 %), and every stopped run ends worse than the trial it was judged against.
     first, second = sim_cell(N1, D1, seed), sim_cell(N2, D2, seed)
-    p = Pruner(PruneConfig(seed=seed, **PAIRED_ONLY))
+    p = paired_only(seed=seed)
     complete(p, {t: (m, r) for t, (m, r, _) in first.items()})
     assert p.history.calibration.allowance() is not None
     stopped = live(p, {t: (m, r) for t, (m, r, _) in second.items()})
@@ -282,7 +276,7 @@ def test_planted_truth_losers_stop_early_and_the_winner_never(seed):
 def _lone(first: dict, second: dict, lone: str) -> tuple[Pruner, dict, dict]:
     """First cell completed (both schedules: it calibrates both rules), then the second cell's cosine
     runs live with one WSD run, `lone`, that has no partner of its own schedule."""
-    p = Pruner(PruneConfig(**PAIRED_ONLY))
+    p = paired_only()
     complete(p, {t: (m, r) for t, (m, r, _) in first.items()})
     runs = {t: (m, r) for t, (m, r, _) in second.items() if "cosine" in t or t == lone}
     return p, runs, live(p, runs)
@@ -325,7 +319,7 @@ def test_cross_schedule_rule_waits_for_calibration():
     # drift of a WSD/cosine ratio is not ~0, so no prior can stand in for its calibration.
     second = sim_cell(N2, D2, 0)
     lone = f"N{N2}-wsd-x0.0333"
-    p = Pruner(PruneConfig(**PAIRED_ONLY))
+    p = paired_only()
     runs = {t: (m, r) for t, (m, r, _) in second.items() if "cosine" in t or t == lone}
     stopped = live(p, runs)
     assert lone not in stopped
@@ -334,7 +328,7 @@ def test_cross_schedule_rule_waits_for_calibration():
 
 def test_uncalibrated_rule_says_so_and_still_stops_a_far_off_run():
     runs = {t: (m, r) for t, (m, r, _) in sim_cell(N1, D1, 0).items() if "cosine" in t}
-    p = Pruner(PruneConfig(**PAIRED_ONLY))
+    p = paired_only()
     stopped = live(p, runs)
     far = f"N{N1}-cosine-x{1 / 30:.3g}"  # ~20 % worse
     d = stopped[far]
@@ -381,7 +375,7 @@ def test_pythia_noise_alone_never_stops_a_pair():
     steps, loss = rows[:, 1], rows[:, 0]
     even = steps % 200 == 0
     for shift, expect in ((0.0, set()), (0.08, {"b"})):
-        p = Pruner(PruneConfig(metric="train_loss", **PAIRED_ONLY))
+        p = paired_only(metric="train_loss")
         m = meta()
         a = list(zip(steps[even], loss[even]))
         b = list(zip(steps[~even], loss[~even] * (1 + shift)))
