@@ -24,24 +24,26 @@ HPARAM_PARAMS = {"lr": ("coef", "N_exp", "D_exp"), "batch": ("coef", "D_exp")}
 
 def hparam_doc(fit: Any, level: float = 0.9) -> Optional[dict[str, Any]]:
     """A fitted lr*(N, D) = coef·N^N_exp·D^D_exp and batch*(D) = coef·D^D_exp (`learned_hparams(runs).fit`:
-    the joint surface or a per-cell fit; anything with `lr_law`, `batch_law`) as JSON in the layout of the
+    the joint surface, `SurfaceFit`, or a per-cell fit, `HparamFit`) as JSON in the layout of the
     API's `hparams`: {"method", "lr": {coef, N_exp, D_exp, intervals}, "batch": {coef, D_exp, intervals}},
     each interval {low, high, level} where the fit has one (the surface's covariance at `level`, a per-cell
-    fit's bootstrap). None for None.
+    fit's bootstrap at the level it was fitted with). None for None.
 
+    >>> from orchestrator.core.laws.hparam_surface import SurfaceFit
     >>> from orchestrator.core.laws.hparams import BatchLaw, LrLaw
-    >>> class Fit:
-    ...     lr_law, batch_law = LrLaw(0.5, -0.3, 0.1), BatchLaw(2.0, 0.5)
-    >>> hparam_doc(Fit())["lr"]
+    >>> fit = SurfaceFit(LrLaw(0.5, -0.3, 0.1), BatchLaw(2.0, 0.5), 0.02, 0.01, 0.0, 60, 6, 0.003)  # no covariance
+    >>> hparam_doc(fit)["lr"]
     {'coef': 0.5, 'N_exp': -0.3, 'D_exp': 0.1, 'intervals': {}}
     """
+    from ..core.laws.hparam_surface import SurfaceFit  # here: the CLI's summary imports no scipy
+
     if fit is None:
         return None
-    if hasattr(fit, "param_intervals"):
+    if isinstance(fit, SurfaceFit):
         ivs = fit.param_intervals(level)
     else:
         ivs = {f"{group}.{name}": {"low": iv.low, "high": iv.high, "level": iv.level}
-               for group, named in (getattr(fit, "intervals", None) or {}).items() for name, iv in named.items()}
+               for group, named in fit.intervals.items() for name, iv in named.items()}
     out: dict[str, Any] = {"method": type(fit).__name__}
     for group, law in (("lr", fit.lr_law), ("batch", fit.batch_law)):
         out[group] = {name: float(getattr(law, name)) for name in HPARAM_PARAMS[group]}
@@ -174,6 +176,19 @@ def _count(x: Any) -> str:
     return f"{round(x):,}" if _finite(x) else "–"
 
 
+def _interval_table(rows: Sequence[tuple[str, Any, Optional[Mapping[str, Any]]]]) -> list[str]:
+    """Markdown rows of (parameter, value, interval or None); the interval column names its level when
+    every interval has the same finite one.
+
+    >>> _interval_table([("E", 1.8, {"low": 1.7, "high": 1.9, "level": 0.9}), ("A", 400.0, None)])
+    ['| parameter | value | 90% interval |', '|---|---:|---|', '| E | 1.8 | [1.7, 1.9] |', '| A | 400 |  |']
+    """
+    levels = {iv.get("level") for *_, iv in rows if iv}
+    level = f"{levels.pop():.0%} " if len(levels) == 1 and _finite(next(iter(levels), None)) else ""
+    return ([f"| parameter | value | {level}interval |", "|---|---:|---|"]
+            + [f"| {p} | {_g(v)} | " + (f"[{_g(iv['low'])}, {_g(iv['high'])}]" if iv else "") + " |" for p, v, iv in rows])
+
+
 def summary_markdown(name: str, doc: Mapping[str, Any], statuses: Mapping[str, int],
                      work: Optional[Mapping[str, float]] = None, hparams: Optional[Mapping[str, Any]] = None) -> str:
     """A one-page markdown summary of a fit: the law and why that form, backtests, the lr*(N, D) and
@@ -215,11 +230,7 @@ def summary_markdown(name: str, doc: Mapping[str, Any], statuses: Mapping[str, i
                if isinstance(iv, Mapping) and _finite(iv.get("low")) and _finite(iv.get("high"))}
         params = law.get("params") or {}
         if any(p in ivs for p in params):  # an interval column only where the fit has intervals
-            levels = {iv.get("level") for iv in ivs.values()}
-            level = f"{levels.pop():.0%} " if len(levels) == 1 and _finite(next(iter(levels), None)) else ""
-            lines += [f"| parameter | value | {level}interval |", "|---|---:|---|"]
-            lines += [f"| {p} | {_g(v)} | " + (f"[{_g(ivs[p]['low'])}, {_g(ivs[p]['high'])}]" if p in ivs else "")
-                      + " |" for p, v in params.items()]
+            lines += _interval_table([(p, v, ivs.get(p)) for p, v in params.items()])
         else:
             lines += ["| parameter | value |", "|---|---:|"] + [f"| {p} | {_g(v)} |" for p, v in params.items()]
         lines.append("")
@@ -237,13 +248,8 @@ def summary_markdown(name: str, doc: Mapping[str, Any], statuses: Mapping[str, i
         lines += ["## Hyperparameter laws (fitted on the sweep's runs)", "", f"{formulas['lr']}; {formulas['batch']}", ""]
         rows = [(f"{group}.{p}", hparams[group][p], hparams[group]["intervals"].get(p))
                 for group, names in HPARAM_PARAMS.items() for p in names]
-        levels = {iv["level"] for *_, iv in rows if iv}
-        if levels:
-            level = f"{levels.pop():.0%} " if len(levels) == 1 else ""
-            lines += [f"| parameter | value | {level}interval |", "|---|---:|---|"]
-            lines += [f"| {p} | {_g(v)} | " + (f"[{_g(iv['low'])}, {_g(iv['high'])}]" if iv else "") + " |"
-                      for p, v, iv in rows]
-            lines.append("")
+        if any(iv for *_, iv in rows):
+            lines += _interval_table(rows) + [""]
     ws = warnings(doc)
     lines += ["## Warnings", ""] + ([f"- {w}" for w in ws] or ["None."]) + [""]
     table = proposals_table(doc)
