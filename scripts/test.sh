@@ -25,9 +25,8 @@ if [ $# -gt 0 ]; then
 fi
 I=tests/integration
 # Heavy integration files the serial process runs after its serial tests (not `serial` themselves),
-# chosen so that both processes take about as long (CI 7 Dec: serial 7.5 min, these 8.0, tests/unit
-# 7.8, the other integration files 10; since then the serial process lost ~0.5 min of Ray starts and
-# Train polls, these files ~1.5 min, the others ~1 min: test_benchmarks_smoke.py, ~1.2 min, moved here).
+# chosen so that both processes take about as long (clean-clone CI, 7 Dec, db794f7: serial tests 6.9
+# min, these 10.2; the other process, tests/unit and the other integration files, 16.9).
 # In this order: the files whose tests use the session's shared local Ray instance (conftest.py's
 # `local_ray`) one after the other, so that it starts once, not once per file (a test that does not
 # ask for it stops it); test_checkpoint_on_stop.py, whose last test does not, and test_s3_store.py
