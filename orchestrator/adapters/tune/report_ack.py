@@ -26,7 +26,7 @@ import logging
 import time
 from typing import Callable, Optional
 
-from .stop_signal import _kv
+from . import gcs_kv
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,7 @@ def key(stop_key: str, trial_id: str) -> str:
 def acknowledge(ack_key: str, step: int) -> bool:
     """Controller side: the store holds every report of the trial up to `step`. False where Ray is not connected."""
     try:
-        kv = _kv()
-        if kv is None:
-            return False
-        kv._internal_kv_put(ack_key, str(int(step)), overwrite=True, namespace=NAMESPACE)
-        return True
+        return gcs_kv.put(ack_key, str(int(step)), NAMESPACE)
     except Exception:  # noqa: BLE001 -- a GCS hiccup: the trial's wait times out and it goes on
         return False
 
@@ -55,9 +51,7 @@ def acknowledge(ack_key: str, step: int) -> bool:
 def clear(ack_key: str) -> None:
     """Remove a trial's key (it ended): a long-lived cluster keeps no stale keys."""
     try:
-        kv = _kv()
-        if kv is not None:
-            kv._internal_kv_del(ack_key, namespace=NAMESPACE)
+        gcs_kv.delete(ack_key, NAMESPACE)
     except Exception:  # noqa: BLE001 -- a leftover key misleads nothing: the next run has its own
         pass
 
@@ -65,8 +59,7 @@ def clear(ack_key: str) -> None:
 def acknowledged(ack_key: str) -> Optional[int]:
     """The highest step the controller has stored of the trial (one GCS read), or None."""
     try:
-        kv = _kv()
-        value = kv._internal_kv_get(ack_key, namespace=NAMESPACE) if kv is not None else None
+        value = gcs_kv.get(ack_key, NAMESPACE)
         return int(value) if value is not None else None
     except Exception:  # noqa: BLE001 -- unreadable: reads as not yet, the wait is bounded
         return None

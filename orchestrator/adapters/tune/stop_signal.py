@@ -21,6 +21,8 @@ import time
 import uuid
 from typing import Callable, Optional
 
+from . import gcs_kv
+
 log = logging.getLogger(__name__)
 
 NAMESPACE = "scalesweep-stop"  # Ray's internal KV namespace of the stop flags
@@ -32,21 +34,11 @@ def new_key(sweep: str) -> str:
     return f"{sweep}/{uuid.uuid4().hex}"
 
 
-def _kv():
-    from ray.experimental import internal_kv
-
-    return internal_kv if internal_kv._internal_kv_initialized() else None
-
-
 def raise_flag(key: str, signame: str) -> bool:
     """Tell every trial of this run that the user stopped the sweep; False where Ray is not connected.
     (Then trials end when Tune stops them, after `checkpoints.stop_timeout_s`.)"""
     try:
-        kv = _kv()
-        if kv is None:
-            return False
-        kv._internal_kv_put(key, signame, overwrite=True, namespace=NAMESPACE)
-        return True
+        return gcs_kv.put(key, signame, NAMESPACE)
     except Exception:  # noqa: BLE001 -- a GCS hiccup must not turn a stop into a crash
         log.warning("could not publish the stop request to the trials; they end when Ray Tune stops them")
         return False
@@ -55,9 +47,7 @@ def raise_flag(key: str, signame: str) -> bool:
 def clear_flag(key: str) -> None:
     """Remove the flag (the stop is recorded, or the run ended): a long-lived cluster keeps no stale keys."""
     try:
-        kv = _kv()
-        if kv is not None:
-            kv._internal_kv_del(key, namespace=NAMESPACE)
+        gcs_kv.delete(key, NAMESPACE)
     except Exception:  # noqa: BLE001 -- a leftover key stops nothing: the next run has its own
         pass
 
@@ -65,8 +55,7 @@ def clear_flag(key: str) -> None:
 def flag_raised(key: str) -> bool:
     """Whether the flag `key` is up (one GCS read; False where Ray is not connected)."""
     try:
-        kv = _kv()
-        return kv is not None and kv._internal_kv_exists(key, namespace=NAMESPACE)
+        return gcs_kv.exists(key, NAMESPACE)
     except Exception:  # noqa: BLE001 -- unreadable: carry on; Tune's own stop remains
         return False
 
