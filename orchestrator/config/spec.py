@@ -1233,8 +1233,10 @@ def check_data(spec: SweepSpec) -> None:
 def check_sweep_dir(spec: SweepSpec) -> bool:
     """Before `run`: the sweep directory is new, empty, or this very sweep's (same spec).
 
-    Returns True when it holds this sweep already (the run continues it); raises `SpecError`
-    when it holds another sweep or other files: a run must not merge into them.
+    Returns True when an earlier run of this sweep left its state there (the run continues it),
+    False when nothing ran there yet (a new or empty directory, or one the API server prepared:
+    its spec.yaml and controller files only); raises `SpecError` when it holds another sweep or
+    other files: a run must not merge into them.
     """
     where = spec.sweep_dir()
     if not where.is_dir() or not any(where.iterdir()):
@@ -1255,7 +1257,9 @@ def check_sweep_dir(spec: SweepSpec) -> bool:
         raise SpecError(f"invalid spec\n  output_dir: {where} holds the sweep {old.name!r} with a different spec "
                         f"(differs in {shown}); choose another output_dir, or continue that sweep with "
                         f"`scalesweep resume {where}`")
-    return True
+    # every run writes sweep.json before its first trial starts (tune_run.spec_set): without it
+    # there is nothing to continue (the store, the MLflow parent run and the checkpoints come later)
+    return (where / "sweep.json").is_file()
 
 
 def _flat(doc: Any, prefix: str = "") -> dict[str, Any]:

@@ -114,6 +114,8 @@ def run(
     try:
         if check_sweep_dir(s):
             console.print(f"continuing the sweep in {s.sweep_dir()} (same spec); finished trials are not rerun")
+        else:
+            console.print(f"starting the sweep in {s.sweep_dir()}")
     except SpecError as exc:
         fail(f"{spec}: {exc}")
     _run_and_print(s, str(spec), no_progress)

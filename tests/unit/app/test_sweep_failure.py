@@ -39,9 +39,9 @@ def test_cli_prints_one_line_and_exits_1(tmp_path, monkeypatch):
     r = CliRunner().invoke(get_app(), ["run", str(spec), "--no-progress"])
     assert r.exit_code == 1, r.output
     lines = [line for line in r.output.splitlines() if line.strip()]
-    assert len(lines) == 1, r.output
-    assert lines[0].startswith("error: sweep simulated failed: KeyError")
-    assert f"traceback in {log}" in lines[0] and f"scalesweep resume {tmp_path / 'sweep'}" in lines[0]
+    assert len(lines) == 2 and lines[0] == f"starting the sweep in {tmp_path / 'sweep'}", r.output
+    assert lines[1].startswith("error: sweep simulated failed: KeyError")
+    assert f"traceback in {log}" in lines[1] and f"scalesweep resume {tmp_path / 'sweep'}" in lines[1]
 
 
 def test_an_error_before_the_start_is_one_line_too(tmp_path, monkeypatch):
@@ -63,5 +63,6 @@ def test_an_error_before_the_start_is_one_line_too(tmp_path, monkeypatch):
     r = CliRunner().invoke(get_app(), ["run", str(spec), "--no-progress"])
     assert r.exit_code == 1, r.output
     lines = [line for line in r.output.splitlines() if line.strip()]
-    assert lines == ["error: sweep simulated could not start: RuntimeError: Failed to start the GCS (nothing was "
+    assert lines == [f"starting the sweep in {tmp_path / 'sweep'}",
+                     "error: sweep simulated could not start: RuntimeError: Failed to start the GCS (nothing was "
                      "run; set SCALESWEEP_TRACEBACK=1 for the traceback)"], r.output

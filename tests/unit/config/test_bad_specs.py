@@ -418,7 +418,9 @@ def test_the_same_spec_may_continue_its_own_directory(tmp_path):
     (tmp_path / "sweep").mkdir()
     assert check_sweep_dir(spec) is False  # empty
     (tmp_path / "sweep" / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
-    assert check_sweep_dir(spec) is True  # its own: `run` continues it
+    assert check_sweep_dir(spec) is False  # its own, nothing run yet (as the API server prepares it)
+    (tmp_path / "sweep" / "sweep.json").write_text("{}")
+    assert check_sweep_dir(spec) is True  # its own, with a run's state: `run` continues it
 
 
 def test_token_budgets_that_round_to_one_trial_are_planned_once():
