@@ -250,6 +250,7 @@ class LawGuidedPlanner(SearchAnswers):
         (`Branches.plan_point`); otherwise the planned trial as it is (transfer's runs are planned
         when their cell opens)."""
         t = cell.trials[p]
+        # LAW_POINT (transfer's only, off the lattice) keeps the trunk or branch planned when its cell opened (cell_start)
         if self.branches is None or self.transfer or p == LAW_POINT:
             return t, None
         return self.branches.plan_point(t)
