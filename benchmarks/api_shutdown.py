@@ -1,6 +1,6 @@
 """How long `scalesweep serve` takes to exit on SIGTERM with a sweep running, a few times over.
 
-    python -m benchmarks.api_shutdown [--repeats 3] [--report-delay 0.3] [--out results/api-shutdown.json]
+    python -m benchmarks.api_shutdown [--repeats 3] [--report-delay 0.3] [--json results/api-shutdown.json]
 
 Each repetition, all real and nothing mocked: a `scalesweep serve` process on loopback (a fresh root
 directory, the default `--stop-grace` of 2 s) is sent a small simulated sweep (3 trials of 16
@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from .extrapolation import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = {
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=3, help="server shutdowns to time")
     ap.add_argument("--report-delay", type=float, default=0.3,
                     help="seconds between a trial's reports (past --stop-grace, 2 s: the second signal stops it)")
-    ap.add_argument("--out", default="results/api-shutdown.json")
+    ap.add_argument("--json", type=Path, default=Path("results/api-shutdown.json"), help="write the numbers here")
     args = ap.parse_args(argv)
     load = [os.getloadavg()[0]]
     runs = []
@@ -181,8 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r = runs[-1]
         print(f"run {k + 1}/{args.repeats}: server exited {r['server_exit_s']:.1f} s after SIGTERM", flush=True)
     load.append(os.getloadavg()[0])
-    doc = {"args": vars(args), "python": sys.version.split()[0], "cpus": os.cpu_count(), "load_average": load,
-           "spec": SPEC, "runs": runs, "server_exit_s": _stats([r["server_exit_s"] for r in runs]),
+    doc = {"args": {**vars(args), "json": str(args.json)}, "python": sys.version.split()[0], "cpus": os.cpu_count(),
+           "load_average": load, "spec": SPEC, "runs": runs, "server_exit_s": _stats([r["server_exit_s"] for r in runs]),
            "controller_stop_s": _stats([r["controller_stop_s"] for r in runs])}
 
     print(f"\nload average {load[0]:.1f} -> {load[1]:.1f} on {os.cpu_count()} CPUs; reports every "
@@ -196,10 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key in ("server_exit_s", "controller_stop_s"):
         st = doc[key]
         print(f"{key}: median {st['median']:.1f} s (range {st['min']:.1f}-{st['max']:.1f}, {len(runs)} runs)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
-    print(f"wrote {out}")
+    write_json(args.json, doc)
     return doc
 
 
