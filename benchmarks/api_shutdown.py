@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"run {k + 1}/{args.repeats}: server exited {r['server_exit_s']:.1f} s after SIGTERM", flush=True)
     load.append(os.getloadavg()[0])
     doc = {"args": {**vars(args), "json": str(args.json)}, "python": sys.version.split()[0], "cpus": os.cpu_count(),
-           "load_average": load, "spec": SPEC, "runs": runs, "server_exit_s": _stats([r["server_exit_s"] for r in runs]),
-           "controller_stop_s": _stats([r["controller_stop_s"] for r in runs])}
+           "load_average": load, "spec": SPEC, "runs": runs,
+           **{key: _stats([r[key] for r in runs]) for key in ("server_exit_s", "controller_stop_s")}}
 
     print(f"\nload average {load[0]:.1f} -> {load[1]:.1f} on {os.cpu_count()} CPUs; reports every "
           f"{args.report_delay:g} s; --stop-grace 2 s")
