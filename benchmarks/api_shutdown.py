@@ -72,7 +72,7 @@ def _reports(sweep_dir: Path) -> int:
     return n + ObservationStore(sweep_dir).observations().num_rows
 
 
-def _descendants(pid: int) -> set[int]:
+def descendants(pid: int) -> set[int]:
     """Every process below `pid` (from /proc): the sweep's supervisor, controller and Ray cluster."""
     kids: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
@@ -91,7 +91,7 @@ def _descendants(pid: int) -> set[int]:
     return seen
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Running (a zombie waiting for its reaper has ended)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
@@ -137,7 +137,7 @@ def one_shutdown(root: Path, report_delay: float) -> dict[str, Any]:
             raise RuntimeError(f"POST /sweeps: {r.status_code} {r.text}")
         _wait(lambda: _reports(sweep_dir) >= TRAINING, 300, "the sweep's first reports", sweep_dir / "controller.log")
         ctrl = json.loads((sweep_dir / "controller.json").read_text())
-        procs = {ctrl["pid"], *_descendants(ctrl["pid"])}
+        procs = {ctrl["pid"], *descendants(ctrl["pid"])}
         reports_before = _reports(sweep_dir)
         t0 = time.monotonic()
         server.send_signal(signal.SIGTERM)
@@ -148,9 +148,9 @@ def one_shutdown(root: Path, report_delay: float) -> dict[str, Any]:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
     deadline = time.monotonic() + 30  # the last Ray processes are reparented to init and reaped there
-    while any(_alive(p) for p in procs) and time.monotonic() < deadline:
+    while any(alive(p) for p in procs) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = [p for p in procs if _alive(p)]
+    left = [p for p in procs if alive(p)]
     for p in left:  # never leave them to the next repetition
         os.kill(p, signal.SIGKILL)
     ctrl = json.loads((sweep_dir / "controller.json").read_text())

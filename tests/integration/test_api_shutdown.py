@@ -20,6 +20,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from benchmarks.api_shutdown import alive, descendants
 from orchestrator.app.api import create_app
 from orchestrator.io.store import ObservationStore
 from tests.integration.conftest import free_port
@@ -29,37 +30,6 @@ from tests.integration.test_graceful_stop import SPEC, _check_stopped, _env, _re
 # a time window), and looks for orphans among that server's descendants only.
 pytestmark = pytest.mark.integration
 # SPEC: 3 trials of 16 reports of 0.3 s, still running when the server stops
-
-
-def _children() -> dict[int, list[int]]:
-    """Parent pid -> child pids of every process on this machine (from /proc)."""
-    out: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                ppid = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            out.setdefault(ppid, []).append(int(entry.name))
-    return out
-
-
-def _descendants(pid: int) -> set[int]:
-    kids, todo, seen = _children(), [pid], set()
-    while todo:
-        for child in kids.get(todo.pop(), []):
-            if child not in seen:
-                seen.add(child)
-                todo.append(child)
-    return seen
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its reaper has ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
 
 
 @pytest.mark.timeout(420)
@@ -92,7 +62,7 @@ def test_sigterm_stops_the_server_and_its_sweeps_without_orphans(tmp_path):
             assert time.monotonic() - t0 < 240, (sweep_dir / "controller.log").read_text()[-3000:]
             time.sleep(0.2)
         ctrl = json.loads((sweep_dir / "controller.json").read_text())
-        procs = {ctrl["pid"], ctrl["controller_pid"], *_descendants(ctrl["pid"])}  # the sweep and its Ray cluster
+        procs = {ctrl["pid"], ctrl["controller_pid"], *descendants(ctrl["pid"])}  # the sweep and its Ray cluster
         assert len(procs) > 3
         assert httpx.get(url + f"/sweeps/{SPEC['name']}").json()["status"] == "running"
         trials_before, rows_before = ObservationStore(sweep_dir).trials(), _reported(sweep_dir)
@@ -110,9 +80,9 @@ def test_sigterm_stops_the_server_and_its_sweeps_without_orphans(tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
     deadline = time.monotonic() + 30  # the last Ray processes are reparented to init and reaped there
-    while any(_alive(p) for p in procs) and time.monotonic() < deadline:
+    while any(alive(p) for p in procs) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in procs if _alive(p)}
+    left = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in procs if alive(p)}
     for p in left:  # never leave them to the next test, then fail
         os.kill(p, signal.SIGKILL)
     assert not left, left
