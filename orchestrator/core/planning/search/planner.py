@@ -22,7 +22,8 @@ With `strategy: transfer` the initial design is the whole calibration (every cel
 sizes, on a batch lattice extended by `batch_ladder`) and every later cell runs **once** at the
 learned (lr*, batch*); law checks near the target (`checks`) test the extrapolated laws. Every
 hand-out, check and the stop are explained in `decisions`. Rebuilt from the store on resume
-(`resume`: the ended trials are replayed, not run again).
+(`resume`: the ended trials are replayed, not run again; the lattice runs a stop cut short run again
+first, as planned).
 """
 from __future__ import annotations
 
