@@ -40,7 +40,7 @@ SERIAL_TOO=("$I/test_benchmarks_smoke.py" "$I/test_own_trainer.py" "$I/test_grac
 # test_own_trainer_tasks.py, whose last tests do not use it, at the end.
 SHARED_RAY_LAST=("$I/test_s3_artifacts.py" "$I/test_forget_tune.py" "$I/test_llama_sweep.py"
                  "$I/test_postgres_store.py" "$I/test_pruned_sweep.py" "$I/test_scheduler_tune.py"
-                 "$I/test_sweep_view.py" "$I/test_task_sweep.py" "$I/test_transfer_sweep.py"
+                 "$I/test_sweep_view.py" "$I/test_task_sweep.py" "$I/test_transfer_sweep.py" "$I/test_law_branched_sweep.py"
                  "$I/test_report.py" "$I/test_own_trainer_tasks.py" "$I/test_sweep.py")
 # Each process collects only its files: collecting the whole folder imports every integration
 # module (torch, DeepSpeed, Ray Tune...), ~8 s of CPU more than needed.

@@ -82,6 +82,7 @@ def _replay_search(store: Any, spec: Any, spec_json: str) -> SearchReplay:
     replay of the same store, spec and code left beside fit.json (`replay_cache`)."""
     from . import replay_cache
     from ..config.planners import make_planner
+    from ..io.store import interrupted_trials
 
     where, cache_key, ended, started = _cache_key(store, spec_json)
     hit = replay_cache.load(where, cache_key, spec)
@@ -90,7 +91,7 @@ def _replay_search(store: Any, spec: Any, spec_json: str) -> SearchReplay:
     log.info("replaying the %s search of %s from its store (no current %s)", spec.search.strategy,
              where or "the store", replay_cache.CACHE_FILE)
     planner = make_planner(spec)
-    planner.resume(ended)  # what the controller hands a resumed planner
+    planner.resume(ended, interrupted_trials(store))  # what the controller hands a resumed planner
     new, done = _next_steps(planner, started)
     replay_cache.save(where, cache_key, spec, planner, new, done, source="replay")
     return SearchReplay(planner.hparam_advice(), new, done)
@@ -99,12 +100,15 @@ def _cache_key(store: Any, spec_json: str) -> tuple[Optional[Path], str, dict[st
     """Where a search's cache lives (the sweep directory of a local store, else None), its key for the
     store as it is now, the ended trials with their last reports and the trials started and not ended."""
     from . import replay_cache
-    from ..io.store import ended_trials
+    from ..io.store import STOPPED_BY_USER, ended_trials
 
     ended = ended_trials(store)
-    started = {tid for tid, rec in store.trials().items() if rec["status"] in ("planned", "running")}
+    trials = store.trials()
+    started = {tid for tid, rec in trials.items() if rec["status"] in ("planned", "running")}
+    # the replay continues a stopped trial too (`interrupted_trials`): started and not ended, in the key
+    cut = {tid for tid, rec in trials.items() if rec["status"] == STOPPED_BY_USER}
     where = store.root.parent if isinstance(store.root, Path) else None
-    return where, replay_cache.replay_key(spec_json, ended, started), ended, started
+    return where, replay_cache.replay_key(spec_json, ended, started | cut), ended, started
 
 def _next_steps(planner: Any, started: set[str]) -> tuple[list[str], Optional[str]]:
     """The trials `planner` would start next that are not `started` already, and why it is done (None:

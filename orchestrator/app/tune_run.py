@@ -13,7 +13,7 @@ from ..config.planners import make_planner
 from ..config.spec import SweepSpec
 from ..config.trials import trial_config
 from ..core.planning.trial import PlannedTrial
-from ..io.store import ObservationStore, drop_checkpoints_past_reports, ended_trials
+from ..io.store import ObservationStore, drop_checkpoints_past_reports, ended_trials, interrupted_trials
 from .capacity import max_concurrent_trials
 from .outcome import SweepOutcome, remember_parent, summarise
 from .progress import SweepProgress
@@ -137,7 +137,7 @@ def run_tuner(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_p
         log.warning("recovered %d report(s) from the store's write-ahead log of an interrupted run", recovered)
     planner = stash["planner"] = make_planner(spec)
     ended = ended_trials(store)
-    planner.resume(ended)  # a resumed sweep: what ended is not run again
+    planner.resume(ended, interrupted_trials(store))  # a resumed sweep: what ended is not run again
     train_tokens = _train_tokens(spec, os.environ.get("SCALESWEEP_CACHE"))
 
     def record_of(t: PlannedTrial) -> dict[str, Any]:

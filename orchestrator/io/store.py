@@ -459,6 +459,13 @@ def ended_trials(store: ObservationStore) -> dict[str, Optional[dict[str, Any]]]
     return {tid: last.get(tid) for tid, rec in trials.items() if rec["status"] in RESUME_SKIPS}
 
 
+def interrupted_trials(store: ObservationStore) -> dict[str, dict[str, Any]]:
+    """Trials an earlier run of a sweep started and did not end -- stopped by the user, or left running by a
+    lost controller -- with their recorded config: what a resumed planner continues as it planned them."""
+    return {tid: dict(rec["config"]) for tid, rec in store.trials().items()
+            if rec["status"] in (STOPPED_BY_USER, "running") and rec["config"]}
+
+
 def drop_checkpoints_past_reports(store: ObservationStore, mirror: str) -> dict[str, int]:
     """For every trial that has not ended, drop its bucket checkpoint (``<mirror>/<trial id>``) if it is
     past the last step the store recorded of it; {trial id: the dropped checkpoint's step}.

@@ -105,8 +105,10 @@ class GridPlanner:
             self.decisions.append({"trial_id": branch.trial_id, "action": "skip",
                                    "why": f"its WSD trunk {trial_id} {ended}, before step {branch.branch_step}"})
 
-    def resume(self, results: dict[str, Optional[dict[str, Any]]]) -> None:
-        """Trials that ended in an earlier run of this sweep: not run again, their compute counted."""
+    def resume(self, results: dict[str, Optional[dict[str, Any]]],
+               interrupted: Optional[Mapping[str, Mapping[str, Any]]] = None) -> None:
+        """Trials that ended in an earlier run of this sweep: not run again, their compute counted (the
+        `interrupted` ones run again as the fixed grid planned them: nothing to do)."""
         done = set(results)
         self.committed += sum(t.flops for t in self.trials if t.trial_id in done)
         self._queue = [e for e in self._queue if e[1].trial_id not in done]

@@ -80,8 +80,10 @@ class Planner(Protocol):
     def observe(self, trial_id: str, result: Optional[Mapping[str, Any]]) -> None:
         """A trial ended with its last report (None if it failed)."""
 
-    def resume(self, results: Mapping[str, Optional[Mapping[str, Any]]]) -> None:
-        """Replay the trials that ended in an earlier run of this sweep (not run again)."""
+    def resume(self, results: Mapping[str, Optional[Mapping[str, Any]]],
+               interrupted: Optional[Mapping[str, Mapping[str, Any]]] = None) -> None:
+        """Replay the trials that ended in an earlier run of this sweep (not run again); `interrupted`:
+        those it started and did not end, by id with their recorded config (run again, as planned)."""
 
     def runnable(self) -> list:
         """Trials handed out so far plus those it would hand out next (for the progress display)."""

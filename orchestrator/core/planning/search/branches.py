@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ...laws.hparam_surface import SurfaceFit
 from ..branching import decay_steps, warmup_fraction
@@ -43,6 +43,8 @@ from ...resources import ResourceError
 from .lattice import LAW_POINT, SearchCell
 
 Predict = Callable[[float, float], tuple[Optional[float], Optional[float]]]
+# what `plan_point` sets on a lattice run (`_scratch`, `_from_checkpoint`)
+_PLAN_FIELDS = ("warmup", "checkpoint_steps", "branch_of", "branch_step", "branch_flops", "flops")
 
 
 def enabled(design: Design) -> bool:
@@ -186,6 +188,23 @@ class Branches:
         return out, (f"WSD {self._kind(out, step, w)} of {src}, its exact twin (same N, lr, batch, seed; "
                      f"another budget), from its checkpoint at step {step}: spends {out.flops:.3g} FLOPs, "
                      f"not {t.flops:.3g}")
+
+    @staticmethod
+    def as_recorded(t: PlannedTrial, config: Mapping[str, Any]) -> PlannedTrial:
+        """Lattice run `t` as an earlier run of the sweep planned it (`config`, its stored record): a run
+        that run started and did not end continues from its own checkpoint, so it must keep the branch
+        point, warmup and checkpoints it started with, whatever twins have finished since.
+
+        >>> from orchestrator.core.planning.design import Design, plan_grid
+        >>> t = plan_grid(Design("gpt", 64, (20000,), ((1280000,),), (1e-3,), (1024,), (0,)))[0]
+        >>> u = Branches.as_recorded(t, {**t.record(), "branch_of": "twin", "branch_step": 250,
+        ...                              "checkpoint_steps": [1000], "flops": 1.0})
+        >>> u.branch_of, u.branch_step, u.checkpoint_steps, u.flops, u.lr == t.lr
+        ('twin', 250, (1000,), 1.0, True)
+        """
+        got = {k: config[k] for k in _PLAN_FIELDS if k in config}
+        got["checkpoint_steps"] = tuple(int(s) for s in got.get("checkpoint_steps", t.checkpoint_steps))
+        return t if all(getattr(t, k) == v for k, v in got.items()) else replace(t, **got)
 
     def hand(self, t: PlannedTrial) -> None:
         """A run `plan_point` planned was handed out: its checkpoints count once it ends well."""

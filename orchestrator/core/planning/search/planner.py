@@ -22,7 +22,8 @@ With `strategy: transfer` the initial design is the whole calibration (every cel
 sizes, on a batch lattice extended by `batch_ladder`) and every later cell runs **once** at the
 learned (lr*, batch*); law checks near the target (`checks`) test the extrapolated laws. Every
 hand-out, check and the stop are explained in `decisions`. Rebuilt from the store on resume
-(`resume`: the ended trials are replayed, not run again).
+(`resume`: the ended trials are replayed, not run again; the lattice runs a stop cut short run again
+first, as planned).
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ class LawGuidedPlanner(SearchAnswers):
         self.stopped: Optional[str] = None
         self._opened = 0
         self._resumed: dict[str, Optional[Mapping[str, Any]]] = {}  # ended trials not planned yet
+        self._continued: list[PlannedTrial] = []  # interrupted in an earlier run: handed out again first
         # WSD branching (`schedule.branch`): transfer's single-run cells start from a run of their size
         # near their law point; the law search's lattice runs from their exact twins (`Branches.plan_point`)
         self.branches = Branches(design, self.cells, self.config.noise) if branching_enabled(design) else None
@@ -114,6 +116,8 @@ class LawGuidedPlanner(SearchAnswers):
 
     def next_trial(self) -> Step:
         """The next trial to run, Wait until a running trial reports, or Done when the search is over."""
+        if self._continued:  # committed by the earlier run: they run even if the replay stopped the search
+            return self._continued.pop(0)
         if self.stopped:
             return Done(self.stopped)
         if self.config.max_trials is not None and len(self.book.handed) >= self.config.max_trials:
@@ -174,21 +178,43 @@ class LawGuidedPlanner(SearchAnswers):
                     seen.add(t.trial_id)
         return out
 
-    def resume(self, results: Mapping[str, Optional[Mapping[str, Any]]]) -> None:
-        """Replay finished trials of an earlier run of this sweep (their compute is committed)."""
+    def resume(self, results: Mapping[str, Optional[Mapping[str, Any]]],
+               interrupted: Optional[Mapping[str, Mapping[str, Any]]] = None) -> None:
+        """Replay finished trials of an earlier run of this sweep (their compute is committed). The lattice
+        runs it started and did not end (`interrupted`: their recorded configs) are handed out again
+        first, as that run planned them (a WSD run keeps its branch point: it continues from its own
+        checkpoint); the search, replayed, might never choose them again (issue 13). Law points
+        (transfer's) are re-planned when their cell opens, as before."""
         for tid, result in results.items():
             where = self.book.where.get(tid)
             if where is None:  # planned as the search went (a law point): taken when re-planned
                 self._resumed[tid] = result
                 continue
-            cell, p = where
-            if cell.state == "closed":
-                self._opened += 1
-                cell.state, cell.order, cell.start_from = "open", self._opened, "resumed"
+            cell, p = self._reopen(where)
             if p in cell.running or p in cell.loss or p in cell.bad:
                 continue
             self._hand(cell, p)  # the law search's WSD runs: their checkpoints registered as they were handed
             self.observe(tid, result)
+        for tid, config in (interrupted or {}).items():
+            where = self.book.where.get(tid)
+            if where is None or tid in results:
+                continue
+            cell, p = self._reopen(where)
+            if p in cell.running or p in cell.loss or p in cell.bad:
+                continue
+            t = cell.trials[p] if self.branches is None else self.branches.as_recorded(cell.trials[p], config)
+            cell.why[p] = "interrupted in an earlier run of this sweep: continued as it was planned then"
+            self._hand(cell, p, t)
+            self._log(cell, p, t)
+            self._continued.append(t)
+
+    def _reopen(self, where: tuple[SearchCell, Point]) -> tuple[SearchCell, Point]:
+        """A resumed trial's cell, open again (it was open in the earlier run)."""
+        cell, _ = where
+        if cell.state == "closed":
+            self._opened += 1
+            cell.state, cell.order, cell.start_from = "open", self._opened, "resumed"
+        return where
 
     def hparam_advice(self) -> Optional[HparamAdvice]:
         """The learned lr/batch laws (hedged lr) and their intervals, for the proposals; the rule also

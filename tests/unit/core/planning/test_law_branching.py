@@ -215,3 +215,57 @@ def test_a_resumed_law_search_branches_only_from_checkpoints_that_were_written()
             assert t.branch_step in on_disk[t.branch_of], (t.trial_id, t.branch_of, t.branch_step)
             assert t.branch_of in half or t.branch_of in more.results
     assert any(t.branch_of in half for t in more.trials if t.branch_of)  # it branched from a replayed run
+
+
+def test_a_resumed_law_search_continues_the_runs_a_stop_cut_short_as_they_were_planned():
+    """A stop while the first branch runs (as `tests/integration/test_law_branched_sweep.py` stops a real
+    sweep): the resumed planner is handed the trials that were running (`interrupted`, their recorded
+    configs, as the store keeps them) and hands each out again first, as planned then: a branch keeps
+    its twin and branch point (it continues from its own checkpoint). Replayed without them, the search
+    had settled that cell without the branch, so a stopped trial was never finished (the bug)."""
+    import json
+    from collections import deque
+
+    from trainers.simulated import train
+
+    spec = parse_spec({**_resume_spec().model_dump(mode="json"), "model": {"n_params": [14000, 44000, 140000],
+                       "seq_len": 128}, "tokens": {"per_param": [5, 20]}, "learning_rates": [0.003, 0.01, 0.03],
+                       "batch_sizes": [1280]})
+
+    def last_report(t):
+        reports = []
+        train(trial_config(spec, t, None, None), reports.append)
+        return reports[-1]
+
+    live, running, ended = make_planner(spec), deque(), {}
+    while not any(t.branch_of for t in running):  # two slots, oldest first; stop once a branch was handed out
+        t = live.next_trial() if len(running) < 2 else None
+        if isinstance(t, PlannedTrial):
+            running.append(t)
+        else:
+            u = running.popleft()
+            ended[u.trial_id] = last_report(u)
+            live.observe(u.trial_id, ended[u.trial_id])
+    cut = {t.trial_id: t for t in running}
+
+    def rest(planner):
+        out = []
+        while isinstance(t := planner.next_trial(), PlannedTrial):
+            out.append(t)
+            planner.observe(t.trial_id, last_report(t))
+        return out
+
+    before = make_planner(spec)
+    before.resume(ended)
+    assert not set(cut) <= {t.trial_id for t in rest(before)}  # a cut-short run never finished
+
+    resumed = make_planner(spec)
+    resumed.resume(ended, {tid: json.loads(json.dumps(t.record())) for tid, t in cut.items()})
+    ran = rest(resumed)
+    assert [t.trial_id for t in ran[: len(cut)]] == list(cut)  # first, in the order they ran
+    for t in ran[: len(cut)]:
+        assert t == cut[t.trial_id]  # as planned then: the same twin, branch point, checkpoints, FLOPs
+    assert any(t.branch_of for t in cut.values())
+    assert len({t.trial_id for t in ran}) == len(ran) and not set(ended) & {t.trial_id for t in ran}
+    why = {d["trial_id"]: d["why"] for d in resumed.decisions if d["action"] == "run"}
+    assert all("interrupted in an earlier run" in why[tid] for tid in cut)
