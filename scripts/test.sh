@@ -35,7 +35,7 @@ SERIAL_TOO=("$I/test_benchmarks_smoke.py" "$I/test_own_trainer.py" "$I/test_grac
             "$I/test_branched_sweep.py" "$I/test_failed_sweep.py" "$I/test_warm_start_sweep.py"
             "$I/test_checkpoint_on_stop.py" "$I/test_s3_store.py")
 # The other process's integration files: first those that do not use the shared instance, then
-# those that do, one after the other, the 6-CPU one (test_sweep.py) last and the one whose instance
+# those that do, one after the other, the 4-CPU one (test_sweep.py) last and the one whose instance
 # has the bucket's keys in its environment (test_s3_artifacts.py) first; test_report.py and
 # test_own_trainer_tasks.py, whose last tests do not use it, at the end.
 SHARED_RAY_LAST=("$I/test_s3_artifacts.py" "$I/test_forget_tune.py" "$I/test_llama_sweep.py"
