@@ -36,12 +36,10 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, local_ray):
-    # A 6-CPU cluster: the controller caps concurrency so that every running trial's workers fit
-    # (CPUs / the largest trial's 2 workers), so on 2 CPUs all six trials would run one at a time,
-    # on 4 in three waves of two; on 6, three at a time, the two 2-worker trials start as soon as
-    # two 1-worker ones end (two waves; loaded 2-core machine: the sweep 95 s -> 72 s). Each trial
-    # is mostly start-up (processes, imports, Ray Train's worker group), not compute.
-    return run_real_sweep(tmp_path_factory.mktemp("sweep"), SPEC, "itest", num_cpus=6, local_ray=local_ray)
+    # A 4-CPU cluster: the controller caps concurrency so that every running trial's workers fit
+    # (CPUs / the largest trial's 2 workers), so on 2 CPUs all six trials would run one at a time.
+    # Each trial is mostly start-up (processes, imports, Ray Train's worker group), not compute.
+    return run_real_sweep(tmp_path_factory.mktemp("sweep"), SPEC, "itest", num_cpus=4, local_ray=local_ray)
 
 
 def test_every_trial_finished_and_store_has_rows(sweep):
