@@ -20,7 +20,12 @@ leave-one-size-out jackknife with t(G - 1) quantiles (0.885-0.965 over the setti
   the errors, so the largest size's shrunk residuals are not under-weighted); ``wild2_t`` the
   bootstrap-t: CR2 standard error times the quantile of |p* - p| / se*_CR2 over the refits with the
   CR2-transformed residuals (MacKinnon, Nielsen & Webb 2023's transformed-residual wild bootstrap with
-  a CR2 instead of CV3 transformation).
+  a CR2 instead of CV3 transformation);
+- a parametric bootstrap under the working model (``param``: normal errors with the working variances
+  of the CR2 fit, independent rows; refits from the full fit): ``param_pct`` its symmetric percentile
+  interval, ``param_t`` the bootstrap-t with the CR2 statistic — the nonlinear version of
+  ``cr2_exact`` (which linearises the fit at its estimate).
+Every world's ``_pct`` and ``_t`` are reported (``--boots``).
 
 Prints one row per setting (coverage, its binomial standard error, mean width in points) and writes JSON.
 Settings: the cluster rows of ``benchmarks.downstream.COVERAGE_CASES`` (the latent fit, no loss column)
@@ -45,7 +50,12 @@ from orchestrator.core.laws.downstream import (_TINY, _checkpoint_weights, _hube
                                                _saturated, _stderr, batch_lm, fit_downstream)
 
 WEBB = np.array([-math.sqrt(1.5), -1.0, -math.sqrt(0.5), math.sqrt(0.5), 1.0, math.sqrt(1.5)])
-METHODS = ("jackknife", "cr2_tG1", "cr2_bm", "cr2_exact", "wild_pct", "wild2_pct", "wild2_t")
+KINDS = ["wild", "wild2", "param"]  # bootstrap worlds (--boots)
+
+
+def methods() -> list[str]:
+    """The interval methods measured: the jackknife, the CR2 ones, and a percentile and a bootstrap-t per world."""
+    return ["jackknife", "cr2_tG1", "cr2_bm", "cr2_exact"] + [f"{k}_{v}" for k in KINDS for v in ("pct", "t")]
 
 
 def _inv_sqrt(B: np.ndarray) -> np.ndarray:
@@ -128,8 +138,8 @@ class _Chin:
         return np.log(np.maximum(pred, _TINY)), J
 
 
-def _intervals(est, jk_lo, jk_hi, se, df, crit, G, p_star, se_raw_star, level):
-    """Half-widths of every method; p_star: dict of refit predictions (B,), se_raw_star: CR2 se* (B,)."""
+def _intervals(est, jk_lo, jk_hi, se, df, crit, G, p_star, se_star, level):
+    """Every method's interval; p_star / se_star: per bootstrap world, the refits' predictions and CR2 se (B,)."""
     q = (1 + level) / 2
     out = {"jackknife": (jk_lo, jk_hi),
            "cr2_tG1": (est - stats.t.ppf(q, G - 1) * se, est + stats.t.ppf(q, G - 1) * se),
@@ -138,9 +148,8 @@ def _intervals(est, jk_lo, jk_hi, se, df, crit, G, p_star, se_raw_star, level):
     for name, ps in p_star.items():
         h = float(np.quantile(np.abs(ps - est), level))
         out[name + "_pct"] = (est - h, est + h)
-    ps2 = p_star["wild2"]
-    tq = float(np.quantile(np.abs(ps2 - est) / np.maximum(se_raw_star, 1e-300), level))
-    out["wild2_t"] = (est - tq * se, est + tq * se)
+        tq = float(np.quantile(np.abs(ps - est) / np.maximum(se_star[name], 1e-300), level))
+        out[name + "_t"] = (est - tq * se, est + tq * se)
     return out
 
 
@@ -172,14 +181,15 @@ def latent_rep(N, D, acc, target, acc_stderr, level, B, seed, exact_draws):
     se, df, crit, (rt,) = cr2([b], [c], labels, exact_draws, seed, level)
     rng = np.random.default_rng(10_000 + seed)
     V = webb(rng, B, G)[:, np.searchsorted(labels, groups)]  # (B, n)
-    p_star, se_star = {}, None
-    for name, resid in (("wild", b["r"] / b["sw"]), ("wild2", rt / b["sw"])):
-        Y = f[None, :] + V * resid[None, :]
+    p_star, se_star = {}, {}
+    Z = rng.standard_normal((B, len(f))) * np.sqrt(b["phi"]) / b["sw"]  # the working model's errors
+    worlds = {"wild": V * (b["r"] / b["sw"])[None, :], "wild2": V * (rt / b["sw"])[None, :], "param": Z}
+    for name in KINDS:
+        Y = f[None, :] + worlds[name]
         th_b, _ = batch_lm(lat.model, Y, np.broadcast_to(theta, (B, lat.P)), np.broadcast_to(w, (B, len(w))),
                            lat.lo, lat.hi)
         p_star[name] = lat.predict(th_b, [np.array([target[0]]), np.array([target[1]])])[:, 0]
-        if name == "wild2":
-            se_star = np.array([cr2(*(lambda bc: ([bc[0]], [bc[1]]))(lin(t, y)), labels)[0] for t, y in zip(th_b, Y)])
+        se_star[name] = np.array([cr2(*(lambda bc: ([bc[0]], [bc[1]]))(lin(t, y)), labels)[0] for t, y in zip(th_b, Y)])
     return {"acc": _intervals(est, pred["low"][0], pred["high"][0], se, df, crit, G, p_star, se_star, level)}
 
 
@@ -240,20 +250,25 @@ def two_step_rep(N, D, L, acc, target, level, B, seed, exact_draws):
     lo1 = np.array([0.0, -np.inf, -np.inf, varpro.EXP_BOUNDS[0], varpro.EXP_BOUNDS[0]])
     hi1 = np.array([np.inf, np.inf, np.inf, varpro.EXP_BOUNDS[1], varpro.EXP_BOUNDS[1]])
     stars = {}
-    for name, e1, e2 in (("wild", b1["r"] / b1["sw"], b2["r"] / b2["sw"]), ("wild2", rt1 / b1["sw"], rt2 / b2["sw"])):
-        Y1 = f1[None, :] + V * e1[None, :]
-        Y2 = f2[None, :] + V * e2[None, :]
+    Z1 = rng.standard_normal((B, len(f1))) * np.sqrt(b1["phi"]) / b1["sw"]
+    Z2 = rng.standard_normal((B, len(f2))) * np.sqrt(b2["phi"]) / b2["sw"]
+    worlds = {"wild": (V * (b1["r"] / b1["sw"]), V * (b2["r"] / b2["sw"])),
+              "wild2": (V * (rt1 / b1["sw"]), V * (rt2 / b2["sw"])), "param": (Z1, Z2)}
+    for name in KINDS:
+        Y1 = f1[None, :] + worlds[name][0]
+        Y2 = f2[None, :] + worlds[name][1]
         th1_b, _ = batch_lm(chin.value, Y1, np.broadcast_to(theta1, (B, 5)), np.broadcast_to(hw, (B, len(hw))), lo1, hi1)
         th2_b, _ = batch_lm(lambda th: lp.value(th, L), Y2, np.broadcast_to(theta2, (B, lp.P)),
                             np.broadcast_to(w2, (B, len(w2))), lp.lo, lp.hi)
         a_b, L_b = predict(th1_b, th2_b)
         stars[name] = (a_b, L_b, th1_b, th2_b, Y1, Y2)
-    a2, L2, th1_b, th2_b, Y1, Y2 = stars["wild2"]
-    se_a_star, se_l_star = np.empty(B), np.empty(B)
-    for i in range(B):
-        bb1, bb2, dd, ca1, ca2, *_ = lin(th1_b[i], th2_b[i], Y1[i], Y2[i])
-        se_a_star[i] = cr2([bb1, bb2], [ca1, ca2], labels)[0]
-        se_l_star[i] = cr2([bb1], [dd], labels)[0]
+    se_a_star, se_l_star = {}, {}
+    for name, (_, _, th1_b, th2_b, Y1, Y2) in stars.items():
+        se_a_star[name], se_l_star[name] = np.empty(B), np.empty(B)
+        for i in range(B):
+            bb1, bb2, dd, ca1, ca2, *_ = lin(th1_b[i], th2_b[i], Y1[i], Y2[i])
+            se_a_star[name][i] = cr2([bb1, bb2], [ca1, ca2], labels)[0]
+            se_l_star[name][i] = cr2([bb1], [dd], labels)[0]
     return {"acc": _intervals(est, pred["low"][0], pred["high"][0], se_a, df_a, crit_a, G,
                               {k: v_[0] for k, v_ in stars.items()}, se_a_star, level),
             "loss": _intervals(Lest, pred["loss_low"][0], pred["loss_high"][0], se_l, df_l, crit_l, G,
@@ -261,7 +276,7 @@ def two_step_rep(N, D, L, acc, target, level, B, seed, exact_draws):
             "_truth_key": None}
 
 
-def run_latent(label, checkpoints, ratio, sizes, items, reps, B, level, exact_draws, seed=2000):
+def run_latent(label, checkpoints, ratio, sizes, items, reps, B, level, exact_draws, seed=2000, first=0):
     grid = np.array(bd.PLANTED_SIZES) if sizes == len(bd.PLANTED_SIZES) else np.geomspace(
         bd.PLANTED_SIZES[0], bd.PLANTED_SIZES[-1], sizes)
     N = np.repeat(grid, checkpoints)
@@ -270,9 +285,9 @@ def run_latent(label, checkpoints, ratio, sizes, items, reps, B, level, exact_dr
     target = (ratio * bd.PLANTED_SIZES[-1], bd.PLANTED_D[1])
     a_t = float(bd.planted_accuracy(*target))
     stderr = np.sqrt(p * (1 - p) / items)
-    hits = {m: [] for m in METHODS}
-    widths = {m: [] for m in METHODS}
-    for r in range(reps):
+    hits = {m: [] for m in methods()}
+    widths = {m: [] for m in methods()}
+    for r in range(first, first + reps):
         rng = np.random.default_rng(seed + r)  # the draws of benchmarks.downstream.coverage
         acc = rng.binomial(items, p) / items
         out = latent_rep(N, D, acc, target, None if items == 1000 else stderr, level, B, r, exact_draws)["acc"]
@@ -283,7 +298,7 @@ def run_latent(label, checkpoints, ratio, sizes, items, reps, B, level, exact_dr
     return _summary(label, reps, {"acc": (hits, widths)})
 
 
-def run_two_step(label, sizes, reps, B, level, exact_draws, seed=1000):
+def run_two_step(label, sizes, reps, B, level, exact_draws, seed=1000, first=0):
     t = bd.TWO_STEP
     grid = np.array([2e7, 5e7, 1e8, 2e8, 4e8]) if sizes == 5 else np.geomspace(2e7, 4e8, sizes)
     N = np.repeat(grid, 5)
@@ -294,8 +309,8 @@ def run_two_step(label, sizes, reps, B, level, exact_draws, seed=1000):
     target = (4 * grid[-1], 80 * grid[-1])
     L_t = float(law(*target))
     a_t = float(link(L_t))
-    res = {k: ({m: [] for m in METHODS}, {m: [] for m in METHODS}) for k in ("acc", "loss")}
-    for r in range(reps):
+    res = {k: ({m: [] for m in methods()}, {m: [] for m in methods()}) for k in ("acc", "loss")}
+    for r in range(first, first + reps):
         rng = np.random.default_rng(seed + r)  # the draws of benchmarks.downstream.coverage_two_step
         L = L_true * np.exp(rng.normal(0.0, 0.01, len(N)))
         acc = rng.binomial(1000, link(L_true)) / 1000
@@ -310,10 +325,11 @@ def run_two_step(label, sizes, reps, B, level, exact_draws, seed=1000):
 
 
 def _summary(label, reps, res):
-    out = {"label": label, "reps": reps}
+    out = {"label": label, "reps": reps, "hits": {}}
     for key, (hits, widths) in res.items():
-        for m in METHODS:
+        for m in methods():
             c = float(np.mean(hits[m]))
+            out["hits"][f"{key}.{m}"] = [int(h) for h in hits[m]]
             out[f"{key}.{m}"] = {"coverage": c, "se": math.sqrt(max(c * (1 - c), 1e-12) / reps),
                                  "width_points": 100 * float(np.mean(widths[m])) if key == "acc" else
                                  float(np.mean(widths[m]))}
@@ -326,13 +342,17 @@ def main(argv=None):
     ap.add_argument("--boot", type=int, default=199, help="wild bootstrap refits per replication")
     ap.add_argument("--draws", type=int, default=4000, help="working-model draws of cr2_exact's critical value")
     ap.add_argument("--cases", default="latent,two-step")
+    ap.add_argument("--first", type=int, default=0, help="first replication (seed offset): runs can be pooled")
+    ap.add_argument("--boots", default=",".join(KINDS), help="bootstrap worlds: wild (raw residuals), wild2 (CR2-"
+                    "transformed residuals), param (normal errors with the working variances)")
     ap.add_argument("--only", default="", help="comma-separated substrings of case labels to run")
     ap.add_argument("--json", type=Path, default=Path("results") / "downstream_intervals.json")
     args = ap.parse_args(argv)
     cases = args.cases.split(",")
+    KINDS[:] = [k for k in args.boots.split(",") if k]
     only = [s for s in args.only.split(",") if s]
     results = []
-    print(f"{'case':36s} " + " ".join(f"{m:>16s}" for m in METHODS), flush=True)
+    print(f"{'case':36s} " + " ".join(f"{m:>16s}" for m in methods()), flush=True)
     todo = []
     if "latent" in cases:
         todo += [("latent", c) for c in bd.COVERAGE_CASES if c[1]]
@@ -344,10 +364,11 @@ def main(argv=None):
         t0 = time.time()
         if kind == "latent":
             label, _, checkpoints, ratio, sizes, items = c
-            s = run_latent(label, checkpoints, ratio, sizes, items, args.reps, args.boot, 0.9, args.draws)
+            s = run_latent(label, checkpoints, ratio, sizes, items, args.reps, args.boot, 0.9, args.draws,
+                           first=args.first)
         else:
             label, _, sizes = c
-            s = run_two_step(label, sizes, args.reps, args.boot, 0.9, args.draws)
+            s = run_two_step(label, sizes, args.reps, args.boot, 0.9, args.draws, first=args.first)
         s["seconds"] = time.time() - t0
         results.append(s)
         for key in ("acc", "loss"):
@@ -355,7 +376,7 @@ def main(argv=None):
                 continue
             name = label if key == "acc" else f"  (loss)"
             print(f"{name:36s} " + " ".join(
-                f"{s[f'{key}.{m}']['coverage']:6.3f} ({s[f'{key}.{m}']['width_points']:6.2f})" for m in METHODS),
+                f"{s[f'{key}.{m}']['coverage']:6.3f} ({s[f'{key}.{m}']['width_points']:6.2f})" for m in methods()),
                 flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1, default=float))
