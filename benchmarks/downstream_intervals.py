@@ -117,6 +117,42 @@ def cr2(blocks, grads, labels, exact_draws: int = 0, seed: int = 0, level: float
     return se, df, crit, transformed
 
 
+def block_batch(J, resid, groups, w, shape):
+    """``block`` for B replicates at once: J (B, n, P), resid (B, n), w and shape (n,) or (B, n)."""
+    n, P = J.shape[1:]
+    w = np.broadcast_to(np.asarray(w, np.float64), resid.shape)
+    shape = np.broadcast_to(np.asarray(shape, np.float64), resid.shape)
+    sw = np.sqrt(w)
+    scale = np.sum(w * resid ** 2, axis=1) / np.maximum(np.sum(w * shape, axis=1), 1e-300) * n / max(n - P, 1)
+    return {"X": J * sw[..., None], "r": resid * sw, "groups": np.asarray(groups),
+            "phi": w * shape * np.maximum(scale, 1e-300)[:, None]}
+
+
+def cr2_se_batch(blocks, grads, labels) -> np.ndarray:
+    """The CR2 standard error of ``cr2`` for B replicates at once (blocks of ``block_batch``, grads (B, P_k))."""
+    u = 0.0
+    sw = lambda a: np.swapaxes(a, -1, -2)  # noqa: E731
+    for b, c in zip(blocks, grads):
+        X, r, phi, g = b["X"], b["r"], b["phi"], b["groups"]
+        n = X.shape[1]
+        Minv = np.linalg.pinv(sw(X) @ X, rcond=1e-12)
+        IH = np.eye(n) - X @ Minv @ sw(X)
+        xa = (X @ (Minv @ c[..., None]))[..., 0]  # (B, n)
+        us = []
+        for lab in labels:
+            idx = np.flatnonzero(g == lab)
+            d = np.sqrt(phi[:, idx])
+            IHg = IH[:, idx, :]
+            Bg = d[:, :, None] * ((IHg * phi[:, None, :]) @ sw(IHg)) * d[:, None, :]
+            lam, Vv = np.linalg.eigh((Bg + sw(Bg)) / 2)
+            keep = lam > 1e-12 * np.maximum(lam.max(axis=1, keepdims=True), 1e-300)
+            inv = np.where(keep, 1.0 / np.sqrt(np.where(keep, lam, 1.0)), 0.0)
+            A = d[:, :, None] * ((Vv * inv[:, None, :]) @ sw(Vv)) * d[:, None, :]
+            us.append(np.einsum("bi,bij,bj->b", xa[:, idx], A, r[:, idx]))
+        u = u + np.stack(us, axis=1)
+    return np.sqrt(np.sum(u ** 2, axis=1))
+
+
 def webb(rng: np.random.Generator, B: int, G: int) -> np.ndarray:
     """Webb's six-point weights, one per (replicate, cluster)."""
     return WEBB[rng.integers(0, 6, size=(B, G))]
@@ -189,7 +225,10 @@ def latent_rep(N, D, acc, target, acc_stderr, level, B, seed, exact_draws):
         th_b, _ = batch_lm(lat.model, Y, np.broadcast_to(theta, (B, lat.P)), np.broadcast_to(w, (B, len(w))),
                            lat.lo, lat.hi)
         p_star[name] = lat.predict(th_b, [np.array([target[0]]), np.array([target[1]])])[:, 0]
-        se_star[name] = np.array([cr2(*(lambda bc: ([bc[0]], [bc[1]]))(lin(t, y)), labels)[0] for t, y in zip(th_b, Y)])
+        fb, Jb = lat.value(th_b, lat.U)
+        pb = np.clip(fb, 0.01, 0.99)
+        se_star[name] = cr2_se_batch([block_batch(Jb, Y - fb, groups, w, pb * (1 - pb))],
+                                     [lat.value(th_b, Uq)[1][:, 0, :]], labels)
     return {"acc": _intervals(est, pred["low"][0], pred["high"][0], se, df, crit, G, p_star, se_star, level)}
 
 
@@ -264,11 +303,21 @@ def two_step_rep(N, D, L, acc, target, level, B, seed, exact_draws):
         stars[name] = (a_b, L_b, th1_b, th2_b, Y1, Y2)
     se_a_star, se_l_star = {}, {}
     for name, (_, _, th1_b, th2_b, Y1, Y2) in stars.items():
-        se_a_star[name], se_l_star[name] = np.empty(B), np.empty(B)
-        for i in range(B):
-            bb1, bb2, dd, ca1, ca2, *_ = lin(th1_b[i], th2_b[i], Y1[i], Y2[i])
-            se_a_star[name][i] = cr2([bb1, bb2], [ca1, ca2], labels)[0]
-            se_l_star[name][i] = cr2([bb1], [dd], labels)[0]
+        f1b, J1b = chin.value(th1_b)
+        r1b = Y1 - f1b
+        bb1 = block_batch(J1b, r1b, groups, np.minimum(1.0, p1.delta / np.maximum(np.abs(r1b), _TINY)), 1.0)
+        f2b, J2b = lp.value(th2_b, L)
+        pb = np.clip(f2b, 0.01, 0.99)
+        bb2 = block_batch(J2b, Y2 - f2b, groups, w2, pb * (1 - pb))
+        lq, Jq1 = chin.value(th1_b, uq, vq)
+        Lqb = np.exp(lq[:, 0])
+        dd = Lqb[:, None] * Jq1[:, 0]
+        J2q = lp.value(th2_b, Lqb[:, None])[1][:, 0]
+        pp = lp.unpack(th2_b)
+        sg = 1.0 / (1.0 + np.exp(np.clip(pp["k"][:, 0] * (Lqb - pp["L0"][:, 0]), -700, 700)))
+        slope = -(pp["ceiling"][:, 0] - pp["chance"][:, 0]) * pp["k"][:, 0] * sg * (1 - sg)
+        se_a_star[name] = cr2_se_batch([bb1, bb2], [slope[:, None] * dd, J2q], labels)
+        se_l_star[name] = cr2_se_batch([bb1], [dd], labels)
     return {"acc": _intervals(est, pred["low"][0], pred["high"][0], se_a, df_a, crit_a, G,
                               {k: v_[0] for k, v_ in stars.items()}, se_a_star, level),
             "loss": _intervals(Lest, pred["loss_low"][0], pred["loss_high"][0], se_l, df_l, crit_l, G,
