@@ -24,7 +24,10 @@ leave-one-size-out jackknife with t(G - 1) quantiles (0.885-0.965 over the setti
 - a parametric bootstrap under the working model (``param``: normal errors with the working variances
   of the CR2 fit, independent rows; refits from the full fit): ``param_pct`` its symmetric percentile
   interval, ``param_t`` the bootstrap-t with the CR2 statistic — the nonlinear version of
-  ``cr2_exact`` (which linearises the fit at its estimate).
+  ``cr2_exact`` (which linearises the fit at its estimate);
+- two-step only, ``cr2h_tG1`` / ``cr2h_bm`` / ``cr2h_exact``: the CR2 ones with step 1 linearised as the Huber
+  M-estimator it is (scores clipped at delta in the meat, the bread weighted by psi', 0 in the linear part;
+  Huber 1967) instead of as least squares at its IRLS weights.
 Every world's ``_pct`` and ``_t`` are reported (``--boots``).
 
 Prints one row per setting (coverage, its binomial standard error, mean width in points) and writes JSON.
@@ -37,6 +40,7 @@ import argparse
 import json
 import math
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +89,9 @@ def cr2(blocks, grads, labels, exact_draws: int = 0, seed: int = 0, level: float
     for b, c in zip(blocks, grads):
         X, r, phi, g = b["X"], b["r"], b["phi"], b["groups"]
         n = len(r)
-        Minv = np.linalg.pinv(X.T @ X, rcond=1e-12)
-        IH = np.eye(n) - X @ Minv @ X.T
+        q = b.get("q", np.ones(n))  # the bread's weights: psi' of an M-estimator (1 for least squares)
+        Minv = np.linalg.pinv(X.T @ (q[:, None] * X), rcond=1e-12)
+        IH = np.eye(n) - (q[:, None] * X) @ Minv @ X.T  # the score residuals are IH times the errors' scores
         a = Minv @ np.asarray(c, np.float64)
         Gc = np.zeros((n, S))
         rt = np.zeros(n)
@@ -103,7 +108,7 @@ def cr2(blocks, grads, labels, exact_draws: int = 0, seed: int = 0, level: float
             Gc[idx, s] = AXa
         transformed.append(rt)
         ells.append(X @ a)
-        gms.append(IH @ Gc)
+        gms.append(IH.T @ Gc)
         phis.append(phi)
     ell, Gm, Phi = np.concatenate(ells), np.vstack(gms), np.concatenate(phis)
     se = float(np.sqrt(np.sum(u ** 2)))
@@ -115,6 +120,16 @@ def cr2(blocks, grads, labels, exact_draws: int = 0, seed: int = 0, level: float
         T = np.abs(eps @ ell) / np.maximum(np.sqrt(np.sum((eps @ Gm) ** 2, axis=1)), 1e-300)
         crit = float(np.quantile(T, level))
     return se, df, crit, transformed
+
+
+def huber_block(J, resid, groups, delta):
+    """A Huber M-estimator's block (Huber 1967's sandwich): scores psi(r) = clip(r, -delta, delta) in the meat, the
+    bread weighted by psi'(r) (0 in the linear part), working variance of the scores constant."""
+    J, resid = np.asarray(J, np.float64), np.asarray(resid, np.float64)
+    n, P = J.shape
+    psi = np.clip(resid, -delta, delta)
+    return {"X": J, "r": psi, "groups": np.asarray(groups), "phi": np.full(n, np.sum(psi ** 2) / max(n - P, 1)),
+            "sw": np.ones(n), "q": (np.abs(resid) < delta).astype(np.float64)}
 
 
 def block_batch(J, resid, groups, w, shape):
@@ -284,6 +299,10 @@ def two_step_rep(N, D, L, acc, target, level, B, seed, exact_draws):
     b1, b2, dL, cacc1, cacc2, f1, f2, hw = lin(theta1, theta2, p1.log_loss, acc)
     se_a, df_a, crit_a, (rt1, rt2) = cr2([b1, b2], [cacc1, cacc2], labels, exact_draws, seed, level)
     se_l, df_l, crit_l, _ = cr2([b1], [dL], labels, exact_draws, seed + 1, level)
+    f1h, J1h = chin.value(theta1[None, :])
+    b1h = huber_block(J1h[0], p1.log_loss - f1h[0], groups, p1.delta)
+    huber = {"acc": (est, cr2([b1h, b2], [cacc1, cacc2], labels, exact_draws, seed, level)),
+             "loss": (Lest, cr2([b1h], [dL], labels, exact_draws, seed + 1, level))}
     rng = np.random.default_rng(10_000 + seed)
     V = webb(rng, B, G)[:, np.searchsorted(labels, groups)]
     lo1 = np.array([0.0, -np.inf, -np.inf, varpro.EXP_BOUNDS[0], varpro.EXP_BOUNDS[0]])
@@ -318,11 +337,16 @@ def two_step_rep(N, D, L, acc, target, level, B, seed, exact_draws):
         slope = -(pp["ceiling"][:, 0] - pp["chance"][:, 0]) * pp["k"][:, 0] * sg * (1 - sg)
         se_a_star[name] = cr2_se_batch([bb1, bb2], [slope[:, None] * dd, J2q], labels)
         se_l_star[name] = cr2_se_batch([bb1], [dd], labels)
-    return {"acc": _intervals(est, pred["low"][0], pred["high"][0], se_a, df_a, crit_a, G,
-                              {k: v_[0] for k, v_ in stars.items()}, se_a_star, level),
-            "loss": _intervals(Lest, pred["loss_low"][0], pred["loss_high"][0], se_l, df_l, crit_l, G,
-                               {k: v_[1] for k, v_ in stars.items()}, se_l_star, level),
-            "_truth_key": None}
+    out = {"acc": _intervals(est, pred["low"][0], pred["high"][0], se_a, df_a, crit_a, G,
+                             {k: v_[0] for k, v_ in stars.items()}, se_a_star, level),
+           "loss": _intervals(Lest, pred["loss_low"][0], pred["loss_high"][0], se_l, df_l, crit_l, G,
+                              {k: v_[1] for k, v_ in stars.items()}, se_l_star, level)}
+    q = (1 + level) / 2
+    for key, (e, (se_h, df_h, crit_h, _)) in huber.items():  # step 1 linearised as the Huber M-estimator it is
+        for name, k in (("cr2h_tG1", stats.t.ppf(q, G - 1)), ("cr2h_bm", stats.t.ppf(q, max(df_h, 1e-3))),
+                        ("cr2h_exact", crit_h)):
+            out[key][name] = (e - k * se_h, e + k * se_h)
+    return out
 
 
 def run_latent(label, checkpoints, ratio, sizes, items, reps, B, level, exact_draws, seed=2000, first=0):
@@ -358,7 +382,7 @@ def run_two_step(label, sizes, reps, B, level, exact_draws, seed=1000, first=0):
     target = (4 * grid[-1], 80 * grid[-1])
     L_t = float(law(*target))
     a_t = float(link(L_t))
-    res = {k: ({m: [] for m in methods()}, {m: [] for m in methods()}) for k in ("acc", "loss")}
+    res = {k: (defaultdict(list), defaultdict(list)) for k in ("acc", "loss")}
     for r in range(first, first + reps):
         rng = np.random.default_rng(seed + r)  # the draws of benchmarks.downstream.coverage_two_step
         L = L_true * np.exp(rng.normal(0.0, 0.01, len(N)))
@@ -376,7 +400,7 @@ def run_two_step(label, sizes, reps, B, level, exact_draws, seed=1000, first=0):
 def _summary(label, reps, res):
     out = {"label": label, "reps": reps, "hits": {}}
     for key, (hits, widths) in res.items():
-        for m in methods():
+        for m in hits:
             c = float(np.mean(hits[m]))
             out["hits"][f"{key}.{m}"] = [int(h) for h in hits[m]]
             out[f"{key}.{m}"] = {"coverage": c, "se": math.sqrt(max(c * (1 - c), 1e-12) / reps),
@@ -401,7 +425,8 @@ def main(argv=None):
     KINDS[:] = [k for k in args.boots.split(",") if k]
     only = [s for s in args.only.split(",") if s]
     results = []
-    print(f"{'case':36s} " + " ".join(f"{m:>16s}" for m in methods()), flush=True)
+    print(f"{'case':36s} " + " ".join(f"{m:>16s}" for m in methods() + ["cr2h_tG1", "cr2h_bm", "cr2h_exact"]),
+          flush=True)
     todo = []
     if "latent" in cases:
         todo += [("latent", c) for c in bd.COVERAGE_CASES if c[1]]
@@ -425,7 +450,8 @@ def main(argv=None):
                 continue
             name = label if key == "acc" else f"  (loss)"
             print(f"{name:36s} " + " ".join(
-                f"{s[f'{key}.{m}']['coverage']:6.3f} ({s[f'{key}.{m}']['width_points']:6.2f})" for m in methods()),
+                f"{s[f'{key}.{m}']['coverage']:6.3f} ({s[f'{key}.{m}']['width_points']:6.2f})"
+                for m in methods() + ["cr2h_tG1", "cr2h_bm", "cr2h_exact"] if f"{key}.{m}" in s),
                 flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1, default=float))
