@@ -3,10 +3,12 @@
     python -m benchmarks.downstream_intervals [--reps 200] [--boot 199] [--cases latent,two-step] [--json OUT]
 
 Issue 18 asks the 90 % intervals of a downstream prediction to cover a planted truth in 85-95 % of
-replications in every setting. Today (``fit_downstream(cluster=True)``) they come from the
-leave-one-size-out jackknife with t(G - 1) quantiles (0.885-0.965 over the settings of
-``benchmarks.downstream --coverage``). This benchmark fits each replication of those settings once
-(the point prediction is ``fit_downstream``'s; the jackknife interval too) and adds, from the same fit:
+replications in every setting. This benchmark fits each replication of the settings of
+``benchmarks.downstream --coverage`` once (the point prediction is ``fit_downstream``'s) and computes,
+from the same fit, ``default``: ``fit_downstream(cluster=True)``'s own interval — the CR2 one with the
+exact working-model t since this benchmark chose it (``cr2_exact``; for the two-step fit ``cr2h_exact``);
+the leave-one-size-out jackknife with t(G - 1) before (its column in docs/downstream.md was measured
+as ``default`` at commit 270d59f of branch cov6, when it was the default) — and:
 
 - ``cr2_tG1``: the CR2 (bias-reduced linearisation, Bell & McCaffrey 2002) cluster-robust standard
   error of the linearised fit with t quantiles on G - 1 degrees of freedom (Cameron & Miller 2015);
@@ -50,6 +52,7 @@ from scipy import stats
 from benchmarks import downstream as bd
 from orchestrator.core.laws import varpro
 from orchestrator.core.laws.bootstrap import size_groups
+from orchestrator.core.laws.cr2 import Block
 from orchestrator.core.laws.downstream import (_TINY, _checkpoint_weights, _huber_delta, _Latent, _LinkProblem,
                                                _saturated, _stderr, batch_lm, fit_downstream)
 
@@ -58,8 +61,9 @@ KINDS = ["wild", "wild2", "param"]  # bootstrap worlds (--boots)
 
 
 def methods() -> list[str]:
-    """The interval methods measured: the jackknife, the CR2 ones, and a percentile and a bootstrap-t per world."""
-    return ["jackknife", "cr2_tG1", "cr2_bm", "cr2_exact"] + [f"{k}_{v}" for k in KINDS for v in ("pct", "t")]
+    """The interval methods measured: fit_downstream's own, the CR2 ones, and a percentile and a bootstrap-t per
+    world."""
+    return ["default", "cr2_tG1", "cr2_bm", "cr2_exact"] + [f"{k}_{v}" for k in KINDS for v in ("pct", "t")]
 
 
 def _inv_sqrt(B: np.ndarray) -> np.ndarray:
@@ -68,16 +72,14 @@ def _inv_sqrt(B: np.ndarray) -> np.ndarray:
     return (V[:, keep] / np.sqrt(lam[keep])) @ V[:, keep].T
 
 
+def _as_dict(b: Block, sw: np.ndarray) -> dict:
+    return {"X": b.X, "r": b.r, "groups": b.groups, "phi": b.phi, "sw": sw, **({} if b.q is None else {"q": b.q})}
+
+
 def block(J, resid, groups, w=None, shape=None):
-    """A least-squares block in weighted coordinates: (X, r, groups, phi, sqrt w) (see commit ef8b6ce's cr2.py)."""
-    J, resid = np.asarray(J, np.float64), np.asarray(resid, np.float64)
-    n, P = J.shape
-    w = np.ones(n) if w is None else np.asarray(w, np.float64)
-    shape = np.ones(n) if shape is None else np.asarray(shape, np.float64)
-    sw = np.sqrt(w)
-    scale = float(np.sum(w * resid ** 2) / max(float(np.sum(w * shape)), 1e-300)) * n / max(n - P, 1)
-    return {"X": J * sw[:, None], "r": resid * sw, "groups": np.asarray(groups), "phi": w * shape * max(scale, 1e-300),
-            "sw": sw}
+    """A least-squares block in weighted coordinates (:meth:`orchestrator.core.laws.cr2.Block.weighted`) and sqrt w."""
+    b = Block.weighted(J, resid, groups, w, shape)
+    return _as_dict(b, np.sqrt(np.ones(len(b.r)) if w is None else np.asarray(w, np.float64)))
 
 
 def cr2(blocks, grads, labels, exact_draws: int = 0, seed: int = 0, level: float = 0.9):
@@ -123,13 +125,8 @@ def cr2(blocks, grads, labels, exact_draws: int = 0, seed: int = 0, level: float
 
 
 def huber_block(J, resid, groups, delta):
-    """A Huber M-estimator's block (Huber 1967's sandwich): scores psi(r) = clip(r, -delta, delta) in the meat, the
-    bread weighted by psi'(r) (0 in the linear part), working variance of the scores constant."""
-    J, resid = np.asarray(J, np.float64), np.asarray(resid, np.float64)
-    n, P = J.shape
-    psi = np.clip(resid, -delta, delta)
-    return {"X": J, "r": psi, "groups": np.asarray(groups), "phi": np.full(n, np.sum(psi ** 2) / max(n - P, 1)),
-            "sw": np.ones(n), "q": (np.abs(resid) < delta).astype(np.float64)}
+    """A Huber M-estimator's block (:meth:`orchestrator.core.laws.cr2.Block.huber`)."""
+    return _as_dict(Block.huber(J, resid, groups, delta), np.ones(len(resid)))
 
 
 def block_batch(J, resid, groups, w, shape):
@@ -192,7 +189,7 @@ class _Chin:
 def _intervals(est, jk_lo, jk_hi, se, df, crit, G, p_star, se_star, level):
     """Every method's interval; p_star / se_star: per bootstrap world, the refits' predictions and CR2 se (B,)."""
     q = (1 + level) / 2
-    out = {"jackknife": (jk_lo, jk_hi),
+    out = {"default": (jk_lo, jk_hi),
            "cr2_tG1": (est - stats.t.ppf(q, G - 1) * se, est + stats.t.ppf(q, G - 1) * se),
            "cr2_bm": (est - stats.t.ppf(q, max(df, 1e-3)) * se, est + stats.t.ppf(q, max(df, 1e-3)) * se),
            "cr2_exact": (est - crit * se, est + crit * se)}
@@ -372,21 +369,13 @@ def run_latent(label, checkpoints, ratio, sizes, items, reps, B, level, exact_dr
 
 
 def run_two_step(label, sizes, reps, B, level, exact_draws, seed=1000, first=0):
-    t = bd.TWO_STEP
-    grid = np.array([2e7, 5e7, 1e8, 2e8, 4e8]) if sizes == 5 else np.geomspace(2e7, 4e8, sizes)
-    N = np.repeat(grid, 5)
-    D = N * np.tile([5, 10, 20, 40, 80], sizes)
-    law = lambda n, d: t["E"] + t["A"] / n ** t["alpha"] + t["B"] / d ** t["beta"]  # noqa: E731
-    link = lambda x: t["chance"] + (1 - t["chance"]) / (1 + np.exp(t["k"] * (x - t["L0"])))  # noqa: E731
-    L_true = law(N, D)
-    target = (4 * grid[-1], 80 * grid[-1])
-    L_t = float(law(*target))
-    a_t = float(link(L_t))
+    w = bd.two_step_world(sizes)
+    N, D, L_true, target, L_t, a_t = (w[k] for k in ("N", "D", "L_true", "target", "L_t", "a_t"))
     res = {k: (defaultdict(list), defaultdict(list)) for k in ("acc", "loss")}
     for r in range(first, first + reps):
         rng = np.random.default_rng(seed + r)  # the draws of benchmarks.downstream.coverage_two_step
         L = L_true * np.exp(rng.normal(0.0, 0.01, len(N)))
-        acc = rng.binomial(1000, link(L_true)) / 1000
+        acc = rng.binomial(1000, w["acc_true"]) / 1000
         out = two_step_rep(N, D, L, acc, target, level, B, r, exact_draws)
         for key, truth in (("acc", a_t), ("loss", L_t)):
             for m, (lo, hi) in out[key].items():
@@ -446,7 +435,7 @@ def main(argv=None):
         s["seconds"] = time.time() - t0
         results.append(s)
         for key in ("acc", "loss"):
-            if f"{key}.jackknife" not in s:
+            if f"{key}.default" not in s:
                 continue
             name = label if key == "acc" else f"  (loss)"
             print(f"{name:36s} " + " ".join(
