@@ -7,10 +7,11 @@ Data: the Pythia zero-shot evaluations (tests/data/pythia_evals/zero_shot.csv; l
 harness results of the Pythia paper). Fitted: the checkpoints (step 0 excluded; see each method
 for warm-up) of the five models up to 1.4B (70M, 160M, 410M, 1B, 1.4B; non-embedding N; D = tokens seen). Predicted: the final
 checkpoints (step 143,000, 300B tokens) of 2.8B, 6.9B and 12B — 2.1x to 9.4x the largest fitted N.
-Error = predicted − observed accuracy, in points. Intervals: 90 % percentile bootstrap resampling
-whole model sizes (the checkpoints of one run are not independent draws); "cover" counts the
-held-out points inside the interval of the law's mean, "pred." inside the prediction interval (each
-replicate plus a resampled residual of the fit: the scatter of single evaluations).
+Error = predicted − observed accuracy, in points. Intervals: 90 %, whole model sizes as the unit (the
+checkpoints of one run are not independent draws): the CR2 interval of ``fit_downstream(cluster=True)``
+(orchestrator/core/laws/cr2.py); "cover" counts the held-out points inside the interval of the law's
+mean, "pred." inside the prediction interval (the law's half-width and the fit's residual quantiles
+in quadrature: the scatter of single evaluations).
 
 Methods (``orchestrator.core.laws.downstream``):
 - ``latent-sigmoid`` (the default of ``scalesweep fit-downstream`` without a loss column):
@@ -146,26 +147,35 @@ TWO_STEP = dict(E=1.8, A=480.0, B=2100.0, alpha=0.35, beta=0.37, k=4.0, L0=2.75,
 TWO_STEP_CASES = (("two-step: 5 sizes, sizes as unit", True, 5), ("two-step: 4 sizes, sizes as unit", True, 4))
 
 
-def coverage_two_step(reps: int = 200, bootstrap: int = 100, cluster: bool = True, sizes: int = 5,
-                      level: float = 0.9, seed: int = 1000) -> dict[str, Any]:
-    """How often the 90 % intervals of the two-step fit (loss column given) cover the true accuracy and loss at 4x
-    the largest of ``sizes`` model sizes (2e7-4e8)."""
+def two_step_world(sizes: int = 5) -> dict[str, Any]:
+    """The planted world of :func:`coverage_two_step`: rows ``N``, ``D`` (``sizes`` sizes over 2e7-4e8 x 5-80 tokens
+    per parameter), their true loss ``L_true`` and accuracy ``acc_true``, the ``target`` (4x the largest N, 80 tokens
+    per parameter) and its true loss ``L_t`` and accuracy ``a_t``."""
     t = TWO_STEP
     grid = np.array([2e7, 5e7, 1e8, 2e8, 4e8]) if sizes == 5 else np.geomspace(2e7, 4e8, sizes)
     N = np.repeat(grid, 5)
     D = N * np.tile([5, 10, 20, 40, 80], sizes)
     law = lambda n, d: t["E"] + t["A"] / n ** t["alpha"] + t["B"] / d ** t["beta"]  # noqa: E731
     link = lambda L: t["chance"] + (1 - t["chance"]) / (1 + np.exp(t["k"] * (L - t["L0"])))  # noqa: E731
-    L_true = law(N, D)
     target = (4 * grid[-1], 80 * grid[-1])
     L_t = float(law(*target))
-    a_t = float(link(L_t))
+    return {"N": N, "D": D, "L_true": law(N, D), "acc_true": link(law(N, D)), "target": target, "L_t": L_t,
+            "a_t": float(link(L_t))}
+
+
+def coverage_two_step(reps: int = 200, bootstrap: int = 100, cluster: bool = True, sizes: int = 5,
+                      level: float = 0.9, seed: int = 1000) -> dict[str, Any]:
+    """How often the 90 % intervals of the two-step fit (loss column given) cover the true accuracy and loss at 4x
+    the largest of ``sizes`` model sizes (2e7-4e8)."""
+    t = TWO_STEP
+    w = two_step_world(sizes)
+    N, D, L_true, target, L_t, a_t = (w[k] for k in ("N", "D", "L_true", "target", "L_t", "a_t"))
     cover_acc = cover_loss = 0
     widths = []
     for r in range(reps):
         rng = np.random.default_rng(seed + r)
         L = L_true * np.exp(rng.normal(0.0, 0.01, len(N)))
-        acc = rng.binomial(1000, link(L_true)) / 1000
+        acc = rng.binomial(1000, w["acc_true"]) / 1000
         fit = fit_downstream(N, D, acc, loss=L, chance=t["chance"], bootstrap=bootstrap, cluster=cluster, seed=r,
                              level=level)
         p = fit.predict([target[0]], [target[1]])

@@ -46,8 +46,8 @@ def fit_downstream_command(
              "model size (small models saturating late in training); 0 = off."),
     bootstrap: int = typer.Option(200, "--bootstrap", help="Bootstrap resamples for intervals; 0 = none."),
     cluster: bool = typer.Option(False, "--cluster", help="Model sizes as the unit (checkpoints of one model are correlated): "
-                                 "prediction intervals from the leave-one-size-out jackknife (t, G-1 dof), the "
-                                 "parameters' from a bootstrap of whole sizes."),
+                                 "prediction intervals from the CR2 cluster-robust variance of the linearised fit "
+                                 "(exact small-sample t), the parameters' from a bootstrap of whole sizes."),
     level: float = typer.Option(0.9, "--level", help="Level of the central intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),

@@ -20,9 +20,10 @@ absorbed into the link, so only its shape in N and D is learned).
 
 Intervals: resampling rows, one bootstrap (both steps refitted on each resample, the prediction
 recomputed, its central percentile interval at ``level``); with whole model sizes as the unit
-(``cluster=True``), the leave-one-size-out jackknife with t quantiles on G − 1 degrees of freedom
-(:mod:`.jackknife`: the cluster bootstrap's percentiles under-cover with few sizes), the bootstrap
-of sizes still giving the parameters' intervals. They are sampling intervals given the laws are
+(``cluster=True``), the CR2 cluster-robust standard error of the linearised fit (both steps, the
+clusters shared; step 1's Huber fit as an M-estimator) with the exact critical value of its t statistic
+under a working model (:mod:`.cr2`: the cluster bootstrap's percentiles under-cover with few sizes, the
+leave-one-size-out jackknife over-covers), the bootstrap of sizes still giving the parameters' intervals. They are sampling intervals given the laws are
 right; the backtests (:func:`backtest_by_size`) measure how wrong the laws are when extrapolating.
 
 >>> import numpy as np
@@ -35,7 +36,7 @@ right; the backtests (:func:`backtest_by_size`) measure how wrong the laws are w
 True
 
 Long because the links, the compute law and the latent fit share one fitting core (`batch_lm` over many
-starts, `_refits` for the bootstrap) and one result, `DownstreamFit`, that backtests and predictions read.
+starts, `batch` for the bootstrap) and one result, `DownstreamFit`, that backtests and predictions read.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ import numpy as np
 
 from . import varpro
 from .bootstrap import resample_weights, size_groups
-from .jackknife import jackknife_interval, leave_one_group_out
+from .cr2 import Block, cr2_interval
 from .result import FitResult, jsonable
 from .table import TableError
 
@@ -153,19 +154,6 @@ def _jacobian(shape: tuple[int, ...], cols: list[np.ndarray]) -> np.ndarray:
     return J
 
 
-def _refits(model, y, starts: np.ndarray, theta: np.ndarray, Wj: np.ndarray | None, lo, hi) -> np.ndarray | None:
-    """The jackknife's refits: for every weight row of ``Wj`` (a fit on all sizes but one), the best of all
-    ``starts`` and the full fit ``theta``, in one batch. Refits started from ``theta`` alone stall on the
-    latent law's ridges (small exponent, large amplitude) and barely move, as the bootstrap's refits do."""
-    if Wj is None:
-        return None
-    st = np.vstack([starts, theta])
-    G, S = len(Wj), len(st)
-    thetas, f = batch_lm(model, y, np.tile(st, (G, 1)), np.repeat(Wj, S, axis=0), lo, hi)
-    best = np.argmin(f.reshape(G, S), axis=1)
-    return thetas.reshape(G, S, -1)[np.arange(G), best]
-
-
 def _best_of_starts(model, y, starts: np.ndarray, w: np.ndarray, lo, hi) -> np.ndarray:
     """Polish every start on the full data (weights w) and keep the best."""
     W = np.broadcast_to(w, (len(starts), len(w)))
@@ -174,9 +162,9 @@ def _best_of_starts(model, y, starts: np.ndarray, w: np.ndarray, lo, hi) -> np.n
 
 
 class _LeastSquares:
-    """The three fits every problem below makes of its model ``value(theta, x)`` at its inputs ``x``
+    """The two fits every problem below makes of its model ``value(theta, x)`` at its inputs ``x``
     against its targets ``y`` (within bounds ``lo``, ``hi``, ``P`` parameters, from its ``starts()``):
-    the full fit, the jackknife's refits and the bootstrap's batch."""
+    the full fit and the bootstrap's batch."""
 
     x: Any
     y: np.ndarray
@@ -195,9 +183,6 @@ class _LeastSquares:
 
     def fit(self, w: np.ndarray) -> np.ndarray:
         return _best_of_starts(self.model, self.y, self.starts(), w, self.lo, self.hi)
-
-    def refits(self, theta: np.ndarray, Wj: np.ndarray | None) -> np.ndarray | None:
-        return _refits(self.model, self.y, self.starts(), theta, Wj, self.lo, self.hi)
 
     def batch(self, theta: np.ndarray, W: np.ndarray) -> np.ndarray:
         return batch_lm(self.model, self.y, np.broadcast_to(theta, (len(W), self.P)), W, self.lo, self.hi)[0]
@@ -264,6 +249,15 @@ class _LinkProblem(_LeastSquares):
             pred = floor + e
             cols = [np.ones_like(e), e, -e * gamma * (L - self.Lc)]
         return pred, _jacobian(pred.shape, cols)
+
+    def slope(self, theta: np.ndarray, L: np.ndarray) -> np.ndarray:
+        """d accuracy / d loss at losses L (n,) for one theta (P,)."""
+        if self.kind == "sigmoid":
+            p = {k: float(v[0, 0]) for k, v in self.unpack(theta[None, :]).items()}
+            s = 1.0 / (1.0 + np.exp(np.clip(p["k"] * (L - p["L0"]), -700, 700)))
+            return -(p["ceiling"] - p["chance"]) * p["k"] * s * (1 - s)
+        gamma = math.exp(theta[2])
+        return -gamma * np.exp(np.clip(theta[1] - gamma * (L - self.Lc), -700, 700))
 
     def starts(self) -> np.ndarray:
         L, acc = self.L, self.acc
@@ -477,15 +471,21 @@ def _saturated(N: np.ndarray, D: np.ndarray, acc: np.ndarray, se: np.ndarray,
                   "accuracy rising with D; small models saturate late in training)")
 
 
-def _loss_refit(p1: varpro.Problem, theta1: np.ndarray, N, D, loss, rows: np.ndarray) -> np.ndarray:
-    """A global Chinchilla fit of ``rows`` (same Huber delta; the full fit as one more start), in the
-    full problem's centred coordinates (not clipped into its bounds)."""
-    p = varpro.Problem.build(N[rows], D[rows], loss[rows], delta=p1.delta)
-    nat = varpro.to_natural(theta1, p1)
-    th, _ = varpro.global_fit(p, extra_starts=[varpro.from_natural(nat, p)])
-    nat = varpro.to_natural(th, p)
-    return np.array([nat["E"], math.log(nat["A"]) - nat["alpha"] * p1.logN0, math.log(nat["B"]) - nat["beta"] * p1.logD0,
-                     nat["alpha"], nat["beta"]])
+def _loss_block(p1: varpro.Problem, theta1: np.ndarray, groups: np.ndarray) -> Block:
+    """Step 1 (Chinchilla, Huber on log residuals) linearised at its fit for the CR2 intervals, as the Huber
+    M-estimator it is (:meth:`.cr2.Block.huber`)."""
+    E, a, b, al, be = theta1
+    t1, t2 = np.exp(a - al * p1.u), np.exp(b - be * p1.v)
+    pred = E + t1 + t2
+    r = p1.log_loss - np.log(np.maximum(pred, _TINY))
+    J = np.stack([np.ones_like(t1), t1, t2, -p1.u * t1, -p1.v * t2], axis=1) / pred[:, None]
+    return Block.huber(J, r, groups, p1.delta)
+
+
+def _acc_block(J: np.ndarray, acc: np.ndarray, fitted: np.ndarray, groups: np.ndarray, w: np.ndarray) -> Block:
+    """The accuracy fit linearised for the CR2 intervals; working variance binomial-shaped, p (1 - p)."""
+    p = np.clip(fitted, 0.01, 0.99)
+    return Block.weighted(J, acc - fitted, groups, w, p * (1 - p))
 
 
 def _huber_delta(theta: np.ndarray, p: varpro.Problem) -> float:
@@ -510,8 +510,8 @@ class DownstreamFit:
     scale: str  # "N,D" or "C"
     result: FitResult
     level: float
-    # (N, D, C, loss) -> acc, bootstrap replicates of acc, loss, its replicates, leave-one-size-out
-    # replicates of acc and of loss (None where not computed)
+    # (N, D, C, loss) -> acc, bootstrap replicates of acc, loss, its replicates, and the linearised
+    # fit's (CR2 blocks, gradients) of acc and of loss (None where not computed)
     _predict_samples: Callable[..., tuple] = field(repr=False)
     max_N: float | None = None
     min_loss: float | None = None
@@ -540,18 +540,20 @@ class DownstreamFit:
         (the loss used; NaN in latent mode), ``loss_low``/``loss_high``, and ``pred_low``/``pred_high``:
         the interval for a *measured* accuracy (the law's uncertainty plus the fit's residual scatter).
         Intervals: resampling rows, the bootstrap's percentiles; resampling whole model sizes
-        (``cluster=True``), the leave-one-size-out jackknife with t quantiles on G − 1 degrees of
-        freedom (:mod:`.jackknife`: the cluster bootstrap's percentiles under-cover with few sizes).
+        (``cluster=True``), the CR2 cluster-robust standard error of the linearised fit with the
+        exact critical value of its t statistic under the working model (:mod:`.cr2`: the cluster
+        bootstrap's percentiles under-cover with few sizes, the leave-one-size-out jackknife errs).
         """
         level = self.level if level is None else level
-        acc, acc_s, L, L_s, acc_j, L_j = self._predict_samples(N=N, D=D, C=C, loss=loss)
+        acc, acc_s, L, L_s, acc_lin, L_lin = self._predict_samples(N=N, D=D, C=C, loss=loss)
         # Accuracies live in [0, 1]; the exponential link is not bounded above by itself.
         acc = np.clip(acc, 0.0, 1.0)
         acc_s = None if acc_s is None else np.clip(acc_s, 0.0, 1.0)
         out = {"acc": acc, "loss": L}
-        for key, est, s, jk in (("", acc, acc_s, acc_j), ("loss_", L, L_s, L_j)):
-            if jk is not None and len(jk) >= 2:
-                lo, hi, _ = jackknife_interval(est, jk, level)
+        for key, est, s, lin in (("", acc, acc_s, acc_lin), ("loss_", L, L_s, L_lin)):
+            if lin is not None:
+                iv = cr2_interval(est, *lin, level=level, seed=self.seed)
+                lo, hi = iv["low"], iv["high"]
                 out[key + "low"], out[key + "high"] = (np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)) if not key else (lo, hi)
             elif s is None or len(s) < 2:
                 out[key + "low"] = np.full_like(est, np.nan)
@@ -560,7 +562,7 @@ class DownstreamFit:
                 q = np.nanquantile(s, [(1 - level) / 2, (1 + level) / 2], axis=0)
                 out[key + "low"], out[key + "high"] = q[0], q[1]
         have_resid = self.residuals is not None and len(self.residuals) > 1
-        if acc_j is not None and len(acc_j) >= 2 and have_resid:
+        if acc_lin is not None and have_resid:
             # The law's half-width and the residuals' (a single evaluation's scatter around the law:
             # benchmark noise, run quirks) added in quadrature, side by side: independent errors.
             r_lo, r_hi = np.quantile(self.residuals, [(1 - level) / 2, (1 + level) / 2])
@@ -730,9 +732,9 @@ def fit_downstream(
     groups = size_groups(N if N is not None else C) if cluster else None
     rng = np.random.default_rng(seed)
     W = resample_weights(n, int(bootstrap), rng, groups) if bootstrap and bootstrap > 0 else None
-    # Resampling whole sizes: the prediction intervals come from the leave-one-size-out jackknife (see
-    # DownstreamFit.predict); the bootstrap still gives the parameters' intervals.
-    Wj = leave_one_group_out(groups) if W is not None and groups is not None and groups.max() >= 1 else None
+    # Resampling whole sizes: the prediction intervals come from the CR2 cluster-robust variance of the
+    # linearised fit (see DownstreamFit.predict); the bootstrap still gives the parameters' intervals.
+    robust = W is not None and groups is not None and groups.max() >= 1
     ones = np.ones(n)
     w_acc = ones if weights is None else np.asarray(weights, np.float64)  # per-row weights of the accuracy fit
     if w_acc.shape != (n,) or np.any(~np.isfinite(w_acc)) or np.any(w_acc < 0):
@@ -765,8 +767,7 @@ def fit_downstream(
                     p1 = varpro.Problem.build(N[mask], D[mask], loss[mask], delta=delta)
                     theta1, _ = varpro.global_fit(p1, extra_starts=[theta1])
                 th1_s = varpro.batch_polish(theta1, p1, W[:, mask], rtol=1e-10)[0] if W is not None else None
-                th1_j = None if Wj is None else np.stack([_loss_refit(p1, theta1, N, D, loss, mask & (wj > 0))
-                                                          for wj in Wj])
+            b1 = _loss_block(p1, theta1, groups[mask]) if robust else None
             step1 = varpro.to_natural(theta1, p1)
             step1_s = None if th1_s is None else [varpro.to_natural(t, p1) for t in th1_s]
             extra_fit = {"loss_huber_delta": p1.delta}
@@ -775,26 +776,41 @@ def fit_downstream(
                 th = np.atleast_2d(th)
                 E, a, b, al, be = (th[:, i:i + 1] for i in range(5))
                 return E + np.exp(a - al * (np.log(Nq) - p1.logN0)) + np.exp(b - be * (np.log(Dq) - p1.logD0))
+
+            def loss_grad(Nq, Dq):  # d loss / d theta1, (m, 5)
+                E, a, b, al, be = theta1
+                u, v = np.log(Nq) - p1.logN0, np.log(Dq) - p1.logD0
+                t1, t2 = np.exp(a - al * u), np.exp(b - be * v)
+                return np.stack([np.ones_like(t1), t1, t2, -u * t1, -v * t2], axis=1)
         else:
             law1 = _ComputeLaw(C[mask], loss[mask])
             theta1 = law1.fit(ones[mask])
             th1_s = law1.batch(theta1, W[:, mask]) if W is not None else None
-            th1_j = law1.refits(theta1, None if Wj is None else Wj[:, mask])
+            if robust:
+                logL, J1 = law1.value(theta1[None, :], law1.u)
+                b1 = Block.weighted(J1[0], law1.y - logL[0], groups[mask])
+            else:
+                b1 = None
             step1 = law1.natural(theta1)
             step1_s = None if th1_s is None else [law1.natural(t) for t in th1_s]
             extra_fit = {}
 
             def loss_at(th, Cq, _unused=None):
                 return law1.predict(th, Cq)
+
+            def loss_grad(Cq, _unused=None):  # d loss / d theta1, (m, 3); value's Jacobian is of log loss
+                logL, J = law1.value(theta1[None, :], np.log(Cq) - law1.logC0)
+                return np.exp(logL[0])[:, None] * J[0]
         # step 2
         theta2 = lp.fit(w_acc)
         th2_s = lp.batch(theta2, W * w_acc) if W is not None else None
-        th2_j = lp.refits(theta2, None if Wj is None else Wj * w_acc)
         step2 = lp.natural(theta2)
         params.update({f"loss.{k}": v_ for k, v_ in step1.items()})
         params.update({f"acc.{k}": v_ for k, v_ in step2.items()})
-        fitted = lp.value(theta2[None, :], loss)[0][0]
+        fitted, J2 = lp.value(theta2[None, :], loss)
+        fitted = fitted[0]
         resid = acc - fitted
+        b2 = _acc_block(J2[0], acc, fitted, groups, w_acc) if robust else None
         if th2_s is not None:
             for prefix, est, reps in (("loss", step1, step1_s), ("acc", step2, [lp.natural(t) for t in th2_s])):
                 for key in est:
@@ -812,7 +828,7 @@ def fit_downstream(
         def predict_samples(N=None, D=None, C=None, loss=None):
             if loss is not None:
                 Lq = np.atleast_1d(np.asarray(loss, np.float64))
-                L_s = L_j = None
+                L_s = dL = None
             else:
                 X = (np.atleast_1d(np.asarray(N, np.float64)), np.atleast_1d(np.asarray(D, np.float64))) \
                     if scale == "N,D" else (np.atleast_1d(np.asarray(C, np.float64)), None)
@@ -820,14 +836,18 @@ def fit_downstream(
                     raise DownstreamError("predict needs N and D" if scale == "N,D" else "predict needs C")
                 Lq = loss_at(theta1, *X)[0]
                 L_s = loss_at(th1_s, *X) if th1_s is not None else None
-                L_j = loss_at(th1_j, *X) if th1_j is not None else None
-            accq = lp.value(theta2[None, :], Lq)[0][0]
-            acc_s = acc_j = None
+                dL = loss_grad(*X) if robust else None
+            accq, J2q = lp.value(theta2[None, :], Lq)
+            accq = accq[0]
+            acc_s = None
             if th2_s is not None:
                 acc_s = lp.value(th2_s, L_s if L_s is not None else Lq[None, :])[0]
-            if th2_j is not None:
-                acc_j = lp.value(th2_j, L_j if L_j is not None else Lq[None, :])[0]
-            return accq, acc_s, Lq, L_s, acc_j, L_j
+            if not robust:
+                return accq, acc_s, Lq, L_s, None, None
+            if dL is None:  # the loss is given: only step 2 is uncertain
+                return accq, acc_s, Lq, L_s, ([b2], [J2q[0]]), None
+            return (accq, acc_s, Lq, L_s, ([b1, b2], [lp.slope(theta2, Lq)[:, None] * dL, J2q[0]]),
+                    ([b1], [dL]))
         min_loss = float(loss.min())
     else:
         X = [N, D] if scale == "N,D" else [C]
@@ -836,11 +856,12 @@ def fit_downstream(
             raise DownstreamError(f"{n} row(s): the latent {link} law has {lat.P} parameters, need at least {lat.P + 2}")
         theta = lat.fit(w_acc)
         th_s = lat.batch(theta, W * w_acc) if W is not None else None
-        th_j = lat.refits(theta, None if Wj is None else Wj * w_acc)
         nat = lat.natural(theta)
         params.update({f"latent.{k}": v_ for k, v_ in nat.items()})
-        fitted = lat.predict(theta, X)[0]
+        fitted, J = lat.value(theta[None, :], lat.U)
+        fitted = fitted[0]
         resid = acc - fitted
+        b = _acc_block(J[0], acc, fitted, groups, w_acc) if robust else None
         if th_s is not None:
             reps = [lat.natural(t) for t in th_s]
             for key in nat:
@@ -863,11 +884,11 @@ def fit_downstream(
                 raise DownstreamError("this fit has no measured loss (latent mode): predict from N, D (or C)")
             Xq = [np.atleast_1d(np.asarray(N, np.float64)), np.atleast_1d(np.asarray(D, np.float64))] \
                 if scale == "N,D" else [np.atleast_1d(np.asarray(C, np.float64))]
-            accq = lat.predict(theta, Xq)[0]
+            accq, Jq = lat.value(theta[None, :], [np.log(x) - c for x, c in zip(Xq, lat.centres)])
+            accq = accq[0]
             acc_s = lat.predict(th_s, Xq) if th_s is not None else None
-            acc_j = lat.predict(th_j, Xq) if th_j is not None else None
             nan = np.full_like(accq, np.nan)
-            return accq, acc_s, nan, None, acc_j, None
+            return accq, acc_s, nan, None, ([b], [Jq[0]]) if robust else None, None
         min_loss = None
         extra_fit = {}
 
@@ -893,7 +914,7 @@ def fit_downstream(
         extra={"link": link, "mode": mode, "scale": scale, "chance": chance, "ceiling": ceiling,
                "rmse_acc": float(np.sqrt(np.mean(resid ** 2))), "bootstrap": int(bootstrap or 0),
                "cluster": bool(cluster), "seed": int(seed), "level": level,
-               "prediction_intervals": ("leave-one-size-out jackknife, t(G-1)" if Wj is not None
+               "prediction_intervals": ("CR2 cluster-robust, exact working-model t" if robust
                                         else "bootstrap percentile" if W is not None else "none"),
                "n_rows": n_total, "n_loss_rows": int(np.sum(loss_rows)) if loss_rows is not None else n,
                "checkpoint_weights": checkpoint_weights, "saturation_sigma": sigma, "n_saturated": n_saturated,

@@ -51,14 +51,16 @@ def test_interval_coverage_on_held_out_points(latent):
     covered_pred = sum(r["covered_prediction_interval"] for r in latent.values())
     n = sum(r["n_intervals"] for r in latent.values())
     assert n == 12
-    # measured: 12/12 inside the 90 % interval of the mean and 12/12 inside the 90 % prediction interval (leave-
-    # one-size-out jackknife, t with 4 dof; deterministic: no resampling). The cluster bootstrap's percentile
-    # intervals before it: 9/12 and 11/12 (piqa 12B, +2.3 points, outside both).
+    # measured: 12/12 inside the 90 % interval of the mean and 12/12 inside the 90 % prediction interval (CR2
+    # cluster-robust se, exact working-model critical value; deterministic: fixed seed). The leave-one-size-out
+    # jackknife before it: 12/12 and 12/12 too; the cluster bootstrap's percentiles: 9/12 and 11/12 (piqa 12B,
+    # +2.3 points, outside both).
     assert covered >= 11
     assert covered_pred >= 11
-    # ... and not by being vacuous: the widest half-width is lambada's at 12B (10.4 points), the median ~4
+    # ... and not by being vacuous: half-widths 1.8-21.9 points, median 6.4; the widest arc_easy's at 12B (its
+    # latent N-exponent 0.010 sits on the ridge of small exponent and large amplitude). Jackknife: 1.3-10.4, 4.5.
     half = sorted(50 * (p["high"] - p["low"]) for r in latent.values() for p in r["points"])
-    assert half[-1] < 12 and half[len(half) // 2] < 5, half
+    assert half[-1] < 25 and half[len(half) // 2] < 8, half
 
 
 # Far extrapolation (issue 18), standard suite: fit up to 410M / 1B, predict the final checkpoints
@@ -82,10 +84,12 @@ def test_far_extrapolation_errors_and_coverage():
     # arc_easy fit <= 1B, 12B (14x): -7.2 points before (uniform weights, every row)
     # lambada misses: 410M -> 6.9B (+4.5, 3 sizes, two of them saturating) and 1B -> 12B (-3.04)
     assert sum(abs(r["error_points"]) <= 3.0 for r in rows) == 14
-    # measured 15/16 inside the prediction interval (piqa 1B -> 12B, +2.7, outside; 16/16 with the cluster
-    # bootstrap's percentiles before the jackknife) and 14/16 inside the interval of the mean (was 13/16)
+    # measured 16/16 inside the prediction interval and 16/16 inside the interval of the mean (CR2); the
+    # leave-one-size-out jackknife before: 15/16 (piqa 1B -> 12B, +2.7, outside) and 14/16; the cluster
+    # bootstrap's percentiles: 16/16 and 13/16. Fits on 3 sizes (<= 410M) of piqa and arc_easy are wide
+    # (half-widths 35-50 points): the interval says that the data do not determine them.
     assert sum(r["covered_prediction_interval"] for r in rows) >= 15
-    assert sum(r["covered"] for r in rows) >= 14
+    assert sum(r["covered"] for r in rows) >= 15
 
 
 def test_two_step_through_lambada_loss_is_measured_and_worse(data):
