@@ -31,7 +31,8 @@ class TrialMeta:
     lr: np.ndarray = field(repr=False)  # the lr used at every step 0..total_steps-1 (trainers.schedules)
     flops: float  # planned training FLOPs
     warmup_steps: int = 0
-    start_step: int = 0  # a WSD cooldown branch starts at its trunk's step (core/planning/branching.py)
+    start_step: int = 0  # a WSD branch (cooldown or extension) starts at its trunk's step (core/planning/branching.py)
+    trunk: Optional[str] = None  # ... and its trunk's trial id: the trunk's curve up to start_step is the branch's own
     schedule: str = ""  # the schedule's kind and fractions (trainers.contract.Schedule); "" = from the lr shape
     cell_D: Optional[float] = None  # the planned trial's nominal D (its cell; None: the rounded D is the cell's)
 

@@ -98,7 +98,7 @@ class Forecast:
         self._learn(history)
         cfg = self.config
         T = t.meta.total_steps
-        if not t.fresh or t.meta.start_step > 0 or t.step < cfg.grace * T or not self._due(trial_id, t):
+        if not t.fresh or not t.from_start or t.step < cfg.grace * T or not self._due(trial_id, t):
             return None
         found = self._calibrated_law(t)
         if found is None:
@@ -170,7 +170,7 @@ class Forecast:
             self._seen.add(tid)
             self._upper.pop(tid, None)
             t = history.trials[tid]
-            if t.meta.start_step > 0 or not t.steps or t.steps[-1] < t.meta.total_steps:
+            if not t.from_start or not t.steps or t.steps[-1] < t.meta.total_steps:
                 continue
             law = self._law(_key(t))
             if law is not None:
