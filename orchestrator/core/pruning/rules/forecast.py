@@ -149,9 +149,10 @@ class Forecast:
         forecast 15 % too pessimistic at 24 % of its steps, the pool's 90 % bound 11 %). Across
         schedules the paired rule judges, calibrated per pair of kinds.
         """
-        cal = self.allowances((t.kind, t.kind))
+        family = t.meta.schedule_family()
+        cal = self.allowances((family, family))
         law = self._law(_key(t)) if cal is not None else None
-        return None if law is None else (t.kind, law, cal)
+        return None if law is None else (family, law, cal)
 
     def _due(self, trial_id: str, t: TrialState) -> bool:
         last = self._last.get(trial_id)
@@ -174,7 +175,7 @@ class Forecast:
                 continue
             law = self._law(_key(t))
             if law is not None:
-                self._score(law, t, float(final), (t.kind, t.kind))
+                self._score(law, t, float(final), (_key(t)[1], _key(t)[1]))
             self._add_curve(t)
 
     def _score(self, law: CurveLaw, t: TrialState, final: float, kinds: tuple[str, str]) -> None:
@@ -257,8 +258,10 @@ class Forecast:
 
 def _key(t: TrialState) -> tuple[float, str]:
     """Whose completed curves a trial's law is fitted on: its size's, under its own schedule kind (a law
-    fitted on cosine runs alone misjudged a WSD run's decay on the real sweeps by up to 20 %)."""
-    return (t.meta.N, t.kind)
+    fitted on cosine runs alone misjudged a WSD run's decay on the real sweeps by up to 20 %), whatever
+    its warmup length (`TrialMeta.schedule_family`: a branched sweep's WSD runs warm up for one number of
+    steps per size and batch, so each budget's would otherwise be a kind of its own, none calibrated)."""
+    return (t.meta.N, t.meta.schedule_family())
 
 
 def _reason(cfg: ForecastConfig, pred: dict) -> str:
