@@ -240,3 +240,21 @@ def test_a_branch_without_its_trunks_curve_adds_no_calibration_pairs():
                           meta=trial_meta(c, trunk=("d1-" + name[-1]) if known else None))
         # the d1 pair always; the d2 pair only when both branches have their prefix
         assert len(p.history.calibration.pairs) == (2 if known else 1)
+
+
+def test_the_forecast_rule_calibrates_across_warmup_lengths():
+    # A branched sweep's WSD runs warm up for one number of steps per size, so every budget's runs have
+    # another warmup fraction; the forecast rule pools them (its law sees each run's own schedule): it
+    # is calibrated once 9 runs completed, not 9 runs of each warmup length.
+    p = Pruner(PruneConfig())
+    rule = next(r.rule for r in p.rules if r.name == "forecast")
+    metas = []
+    for k in range(10):
+        D = D1 + 256_000 * k  # ten budgets of the size, one shared warmup in steps
+        c = cfg(f"run-{k}", LR * (0.5 + 0.1 * k), D)
+        metas.append(trial_meta(c))
+        completed(p, c)
+    assert len({m.schedule for m in metas}) == 10 and len({m.schedule_family() for m in metas}) == 1
+    rule.check("run-0", p.history.trials["run-0"], p.history)  # catches up on the completed runs
+    hi, lo, n = rule.allowances((metas[0].schedule_family(),) * 2)
+    assert n == 9 and np.all(hi >= lo)  # every run scored by the law fitted before it (none before the first)
