@@ -64,26 +64,34 @@ def test_the_planted_branch_point_is_the_shorter_runs_decay_start():
     assert not np.allclose(short.lr[S1:1000], long_.lr[S1:1000])  # then the shorter one decays
 
 
+def _laggard_branch(trunk_D: int, branch_D: int, bad: float, known: bool):
+    """Two finished runs at ``trunk_D`` (the best lr and ``bad``), then a branch of each at ``branch_D``
+    from step S1 (its trunk given to the pruner when ``known``): the best lr's first, which must run to
+    its end. Returns (pruner, the laggard's decision, index of its stopping report or None, its state)."""
+    p = Pruner(PruneConfig())
+    completed(p, cfg("trunk-best", LR, trunk_D))
+    completed(p, cfg("trunk-low", bad, trunk_D))
+    d, i = feed(p, cfg("best", LR, branch_D, S1), trunk="trunk-best" if known else None)
+    assert i is None and d.action != "diverged"  # the leader runs to its end
+    d, i = feed(p, cfg("low", bad, branch_D, S1), trunk="trunk-low" if known else None)
+    t = p.history.trials["low"]
+    if not known:  # no trunk's curve: not judged (as before), whatever it reports
+        assert i is None and not t.from_start and t.n_prefix == 0
+    return p, d, i, t
+
+
 @pytest.mark.parametrize("known", [True, False])
 def test_an_extension_is_judged_from_its_twins_prefix(known):
     # The law search: two lattice points of the shorter budget finished; the longer budget's runs
     # extend them from their decay start. The far-too-low lr's extension trails the best one's.
-    p = Pruner(PruneConfig())
-    bad = LR / 30
-    completed(p, cfg("d1-best", LR, D1))
-    completed(p, cfg("d1-low", bad, D1))
-    d, i = feed(p, cfg("d2-best", LR, D2, S1), trunk="d1-best" if known else None)
-    assert i is None and d.action != "diverged"  # the leader runs to its end
-    d, i = feed(p, cfg("d2-low", bad, D2, S1), trunk="d1-low" if known else None)
-    t = p.history.trials["d2-low"]
-    if not known:  # no trunk's curve: not judged (as before), whatever it reports
-        assert i is None and not t.from_start and t.n_prefix == 0
+    p, d, i, t = _laggard_branch(D1, D2, LR / 30, known)
+    if not known:
         return
     # its curve is its twin's up to the branch point, then its own; judged from its first own reports
-    twin = p.history.trials["d1-low"]
+    twin = p.history.trials["trunk-low"]
     assert t.from_start and t.steps[:t.n_prefix] == [s for s in twin.steps if s <= S1]
     assert t.loss[:t.n_prefix] == twin.loss[:t.n_prefix] and t.steps[t.n_prefix] > S1
-    assert d.action == STOP and d.prediction["mode"] == "paired" and d.prediction["reference_trial"] == "d2-best"
+    assert d.action == STOP and d.prediction["mode"] == "paired" and d.prediction["reference_trial"] == "best"
     # never on one report: the stop needs `min_reports` of its own reports voting
     assert i == PruneConfig().min_reports - 1 and d.prediction["votes"] == PruneConfig().min_reports
 
@@ -91,23 +99,16 @@ def test_an_extension_is_judged_from_its_twins_prefix(known):
 @pytest.mark.parametrize("known", [True, False])
 def test_a_cooldown_branch_is_judged_from_its_trunks_prefix_not_its_trunks_stable_phase(known):
     # The grid's branching: the longer runs are trunks, the shorter budget's runs decay from their checkpoints.
-    p = Pruner(PruneConfig())
-    bad = LR / 10
-    completed(p, cfg("d2-best", LR, D2))
-    completed(p, cfg("d2-low", bad, D2))
-    assert feed(p, cfg("d1-best", LR, D1, S1), trunk="d2-best" if known else None)[1] is None
-    d, i = feed(p, cfg("d1-low", bad, D1, S1), trunk="d2-low" if known else None)
-    t = p.history.trials["d1-low"]
+    p, d, i, t = _laggard_branch(D2, D1, LR / 10, known)
     if not known:
-        assert i is None and not t.from_start
         return
-    trunk = p.history.trials["d2-low"]
+    trunk = p.history.trials["trunk-low"]
     # the trunk's curve after the branch point (its stable phase goes on) is not the branch's
     assert t.steps[:t.n_prefix] == [s for s in trunk.steps if s <= S1]
-    own = reports(cfg("d1-low", bad, D1, S1))
+    own = reports(cfg("low", LR / 10, D1, S1))
     assert t.loss[t.n_prefix:t.n_prefix + 3] == [r["eval_loss"] for r in own[:3]]
     assert d.action == STOP and i >= PruneConfig().min_reports - 1
-    assert d.prediction["reference_trial"] == "d1-best"
+    assert d.prediction["reference_trial"] == "best"
 
 
 def test_a_branch_is_not_judged_before_its_trunks_curve_reaches_its_start():
