@@ -193,8 +193,8 @@ class TuneScheduler:
 
     def add(self, run: int, t: PlannedTrial) -> None:
         # as the controller's trial config: the contract, and the cell's nominal D (the pruner's peers)
-        config = ({"trial": self.grid.config(t).to_dict(), "backend": "simulated", "cell_D": t.cell.D}
-                  if self.grid is not None else {})
+        config = ({"trial": self.grid.config(t).to_dict(), "backend": "simulated", "cell_D": t.cell.D,
+                   "branch_of": t.branch_of} if self.grid is not None else {})
         stub = self._Trial("run_trial", config=config, stub=True)
         self._trials[run] = stub
         self.scheduler.on_trial_add(None, stub)

@@ -202,7 +202,7 @@ def run_tuner(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_p
                              own=own_trainer_settings(spec) if own else None,
                              run_dir=str(sweep_dir / "runs" / t.trial_id) if own else None, N=t.N if own else None,
                              run_mirror=f"{runs_mirror}/{t.trial_id}" if runs_mirror else None,
-                             report_delay_s=report_delay, stop_key=stop_key,
+                             report_delay_s=report_delay, stop_key=stop_key, branch_of=t.branch_of,
                              ).to_config()
 
     def resources(config: dict[str, Any]):
@@ -219,8 +219,17 @@ def run_tuner(spec: SweepSpec, spec_path: Optional[str], sweep_dir: Path, show_p
                              spec.budget.total_flops, enabled=show_progress)
     scheduler = None
     if spec.pruning.enabled:  # a resumed sweep's pruner starts from the trials that finished before
-        metas = {t.trial_id: trial_meta(trial_config(spec, t, None, cache), cell_D=t.cell.D)
-                 for t in planner.trials if t.trial_id in ended}
+        # the ended trials, and the trunks of their WSD branches (a branch's early curve is its trunk's)
+        by_id = {t.trial_id: t for t in planner.trials}
+        need, todo = set(), [tid for tid in ended if tid in by_id]
+        while todo:
+            tid = todo.pop()
+            if tid not in need:
+                need.add(tid)
+                if by_id[tid].branch_of in by_id:
+                    todo.append(by_id[tid].branch_of)
+        metas = {tid: trial_meta(trial_config(spec, by_id[tid], None, cache), cell_D=by_id[tid].cell.D,
+                                 trunk=by_id[tid].branch_of) for tid in need}
         scheduler = PrunerScheduler(spec.pruning, background=spec.pruning.background, history=completed_from_store(store, metas, spec.pruning.metric))
     callback = SweepCallback(store, tracker, progress, records, decisions,
                              stops=scheduler.decisions if scheduler is not None else None,

@@ -22,16 +22,18 @@ if TYPE_CHECKING:  # type hints only: the scheduler's tests hand in a PruneConfi
     from .spec import PruningSpec
 
 
-def trial_meta(cfg: TrialConfig | Mapping[str, Any], cell_D: Optional[float] = None) -> TrialMeta:
+def trial_meta(cfg: TrialConfig | Mapping[str, Any], cell_D: Optional[float] = None,
+               trunk: Optional[str] = None) -> TrialMeta:
     """The plan of a contract TrialConfig (or its dict), with steps derived as the trainers do;
-    `cell_D` is the planned trial's nominal D (`PlannedTrial.cell`)."""
+    `cell_D` is the planned trial's nominal D (`PlannedTrial.cell`), `trunk` a WSD branch's trunk
+    trial id (`PlannedTrial.branch_of`: the pruner judges the branch with the trunk's early curve)."""
     if not isinstance(cfg, TrialConfig):
         cfg = TrialConfig.from_dict(dict(cfg))
     b = (int(cfg.batch_tokens) // cfg.seq_len) * cfg.seq_len
     T = max(1, math.ceil(cfg.tokens / b))
     return TrialMeta(N=float(cfg.n_params), D=float(T * b), total_steps=T, lr=lr_array(T, cfg.lr, cfg.schedule),
                      flops=realised(cfg)[0] * T * b, warmup_steps=min(T, int(round(cfg.schedule.warmup * T))),
-                     start_step=int(cfg.branch_step), schedule=schedule_name(cfg.schedule), cell_D=cell_D)
+                     start_step=int(cfg.branch_step), trunk=trunk if cfg.branch_step else None, schedule=schedule_name(cfg.schedule), cell_D=cell_D)
 
 
 def schedule_name(s: Any) -> str:

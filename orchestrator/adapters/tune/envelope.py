@@ -44,6 +44,7 @@ class TrialEnvelope:
     N: Optional[float] = None  # a user's trainer: the realised non-embedding parameters (else trial's target)
     report_delay_s: float = 0.0  # fault-injection tests only: each report sleeps this long
     stop_key: Optional[str] = None  # a user's stop (tune.stop_signal): the trial checkpoints after its next report and ends
+    branch_of: Optional[str] = None  # a WSD branch: its trunk's trial id (the pruner judges it with the trunk's early curve)
 
     @property
     def trial_id(self) -> str:
@@ -83,6 +84,8 @@ class TrialEnvelope:
             out["report_delay_s"] = self.report_delay_s
         if self.stop_key:
             out["stop_key"] = self.stop_key
+        if self.branch_of:
+            out["branch_of"] = self.branch_of
         return out
 
     @classmethod
@@ -95,7 +98,8 @@ class TrialEnvelope:
                    max_failures=int(config.get("max_failures") or 0), cell_D=config.get("cell_D"),
                    own=config.get("own"), run_dir=config.get("run_dir"), run_mirror=config.get("run_mirror"),
                    N=config.get("N"),
-                   report_delay_s=float(config.get("report_delay_s") or 0.0), stop_key=config.get("stop_key"))
+                   report_delay_s=float(config.get("report_delay_s") or 0.0), stop_key=config.get("stop_key"),
+                   branch_of=config.get("branch_of"))
 
 
 def trial_id_of(config: Any) -> Optional[str]:

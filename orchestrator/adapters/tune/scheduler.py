@@ -177,7 +177,7 @@ class PrunerScheduler(FIFOScheduler):
             env = envelope_of(trial.config)
             if env is None:
                 return None
-            self.metas[tid] = trial_meta(env.trial, cell_D=env.cell_D)
+            self.metas[tid] = trial_meta(env.trial, cell_D=env.cell_D, trunk=env.branch_of)
         return self.metas[tid]
 
     def on_trial_add(self, tune_controller, trial) -> None:

@@ -46,18 +46,18 @@ class Calibration:
         zq = z(self.level)
         T = t.meta.total_steps
         s_i, l_i = np.asarray(t.steps, float), np.log(np.asarray(t.loss, float))
-        if s_i.size < PAIR_MIN_POINTS or s_i[-1] < T:
+        # Only curves from step 0 (a WSD branch with its trunk's prefix is one): a branch's own reports
+        # alone would give its late overshoots to the early fractions, narrowing their allowance.
+        if not t.from_start or s_i.size < PAIR_MIN_POINTS or s_i[-1] < T:
             return
         for other in history.groups.get(t.shape_key, ()):
             o = history.trials[other]
-            if other == trial_id or other not in history.finals or len(o.steps) < PAIR_MIN_POINTS:
+            if other == trial_id or other not in history.finals or not o.from_start or len(o.steps) < PAIR_MIN_POINTS:
                 continue
             s_j, l_j = np.asarray(o.steps, float), np.log(np.asarray(o.loss, float))
             if s_j[-1] < T:
                 continue
             self.pairs.append(overshoot(s_i, l_i, s_j, l_j, t.schedule.warmup_end, T, zq))
-        if t.meta.start_step > 0:
-            return
         for other, o in history.cross_peers(trial_id, t, history.cell_finals.get(t.meta.cell(), ())):
             s_j, l_j = np.asarray(o.steps, float), np.log(np.asarray(o.loss, float))
             if s_j[-1] < T:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -46,6 +46,11 @@ class TrialState:
     last_pred_report: int = -10**9
     prediction: Optional[dict] = None  # the law rule's latest prediction (a same-cell reference)
     ended: bool = False
+    # Whether `steps`/`loss` cover the run from step 0: a from-scratch trial, or a WSD branch once its
+    # trunk's curve up to its start step (its own early curve: the same N, lr, batch, seed and lr at
+    # every step before it) is attached. Rules judge, pair and calibrate only such curves.
+    from_start: bool = True
+    n_prefix: int = 0  # a branch: the curve points it took from its trunk (not its own reports)
     shape_key: tuple = ()  # (cell, steps, lr shape): the paired rule's same-schedule peers share it
     kind: str = ""  # TrialMeta.schedule_kind(): trials of one cell with another kind are cross-schedule peers
     # the report being judged
@@ -93,7 +98,21 @@ class History:
                                                shape_key=(meta.cell(), meta.total_steps, hash(shape.tobytes())))
         self.groups.setdefault(t.shape_key, []).append(trial_id)
         self.cells.setdefault(meta.cell(), []).append(trial_id)
+        if meta.start_step > 0:
+            t.from_start = False
+            self._attach(t)
         return t
+
+    def _attach(self, t: TrialState) -> None:
+        """A WSD branch takes its trunk's curve up to its start step as its own early curve, once the
+        trunk's curve reaches that step (a branch starts after its trunk reported past it; a trunk this
+        pruner never saw -- a resumed sweep's trunk that was still running -- leaves the branch unjudged)."""
+        trunk = self.trials.get(t.meta.trunk) if t.meta.trunk else None
+        if trunk is None or not trunk.from_start or not trunk.steps or trunk.steps[-1] < t.meta.start_step:
+            return
+        t.steps, t.loss = continued(trunk.steps, trunk.loss, t.meta.start_step, t.steps, t.loss)
+        t.n_prefix = sum(1 for s in t.steps if s <= t.meta.start_step)
+        t.from_start = True
 
     def record(self, t: TrialState, report: Mapping[str, float]) -> None:
         """Take one report: the report fields rules judge, and a new curve point when it adds one."""
@@ -102,6 +121,8 @@ class History:
         t.train = _num(report.get("train_loss"))
         t.value = _num(report.get(self.config.metric))
         t.fresh = t.repeated = False
+        if not t.from_start:
+            self._attach(t)
         if math.isfinite(t.value) and t.value > 0 and 0 < t.step <= t.meta.total_steps:
             if t.steps and t.step <= t.steps[-1]:
                 t.repeated = True
@@ -122,6 +143,11 @@ class History:
         if curve is not None:  # the full curve (a history run): the paired rule's peers see it
             pts = [(float(a), float(b)) for a, b in zip(*curve) if math.isfinite(float(b)) and float(b) > 0]
             t.steps, t.loss = [a for a, _ in pts], [b for _, b in pts]
+            if t.meta.start_step > 0:  # a branch: given from step 0 (`completed_from_rows`), or its own reports only
+                t.from_start = bool(t.steps) and t.steps[0] <= t.meta.start_step
+                t.n_prefix = sum(1 for s in t.steps if s <= t.meta.start_step)
+                if not t.from_start:
+                    self._attach(t)
         self.calibration.add(trial_id, t, self)
         steps, loss = (np.asarray(curve[0], float), np.asarray(curve[1], float)) if curve is not None \
             else (np.array(t.steps), np.array(t.loss))
@@ -139,11 +165,11 @@ class History:
 
     def cross_peers(self, trial_id: str, t: TrialState, candidates: Iterable[str]):
         """(id, trial) of the ``candidates`` (ids of t's cell) that pair with t across schedules: another
-        schedule kind, the same planned steps, not a cooldown branch, enough reports."""
+        schedule kind, the same planned steps, a curve from step 0 (`TrialState.from_start`), enough reports."""
         for other in candidates:
             o = self.trials[other]
             if other != trial_id and o.kind != t.kind and o.meta.total_steps == t.meta.total_steps \
-                    and o.meta.start_step <= 0 and len(o.steps) >= PAIR_MIN_POINTS:
+                    and o.from_start and len(o.steps) >= PAIR_MIN_POINTS:
                 yield other, o
 
     def is_reference(self, trial_id: str) -> bool:
@@ -166,15 +192,47 @@ def completed_from_rows(trials: Mapping[str, Mapping[str, Any]], observations: I
         tid = row["trial_id"]
         if tid in metas:
             curves.setdefault(tid, []).append((float(row["step"]), _num(row.get(metric))))
+
+    def whole(tid: str, depth: int = 0) -> list[tuple[float, float]]:
+        # a WSD branch's rows start after its branch point: its trunk's rows (a trunk with a plan in
+        # `metas`, itself from step 0) come first, as `History` attaches them live
+        pts = sorted(curves.get(tid, []))
+        m = metas[tid]
+        if m.start_step <= 0 or m.trunk not in metas or depth > len(metas):
+            return pts
+        trunk = whole(m.trunk, depth + 1)
+        if not trunk or metas[m.trunk].start_step > 0 and trunk[0][0] > metas[m.trunk].start_step \
+                or trunk[-1][0] < m.start_step:
+            return pts
+        steps, loss = continued([p[0] for p in trunk], [p[1] for p in trunk], m.start_step,
+                                [p[0] for p in pts], [p[1] for p in pts])
+        return list(zip(steps, loss))
+
     out = []
     ended = sorted((rec.get("time") or 0.0, tid) for tid, rec in trials.items()
                    if rec.get("status") == Outcome.FINISHED.value and tid in metas)
     for _, tid in ended:
-        pts = sorted(curves.get(tid, []))
+        pts = whole(tid)
         summary = trials[tid].get("summary") or {}
         final = _num(summary.get(f"final_{metric}", pts[-1][1] if pts else math.nan))
         out.append(Completed(tid, metas[tid], final, tuple(p[0] for p in pts), tuple(p[1] for p in pts)))
     return out
+
+
+def continued(trunk_steps: Sequence[float], trunk_loss: Sequence[float], start_step: float,
+              steps: Sequence[float], loss: Sequence[float]) -> tuple[list[float], list[float]]:
+    """A WSD branch's curve from step 0: its trunk's points up to its start step, then its own after it.
+
+    The branch restores its trunk's state after ``start_step`` steps and the two ran the same steps
+    at the same lr before it (a cooldown branch, or an extension of a shorter run), so the trunk's
+    curve there is the branch's own; after it their schedules differ, and only the branch's points count.
+
+    >>> continued([10, 20, 30, 40], [4.0, 3.5, 3.2, 3.0], 30, [40, 50], [3.1, 2.9])
+    ([10.0, 20.0, 30.0, 40.0, 50.0], [4.0, 3.5, 3.2, 3.1, 2.9])
+    """
+    head = [(float(s), float(v)) for s, v in zip(trunk_steps, trunk_loss) if s <= start_step]
+    tail = [(float(s), float(v)) for s, v in zip(steps, loss) if s > start_step]
+    return [s for s, _ in head + tail], [v for _, v in head + tail]
 
 
 def _num(v: Any) -> float:
@@ -184,4 +242,4 @@ def _num(v: Any) -> float:
         return math.nan
 
 
-__all__ = ["History", "TrialState", "Completed", "completed_from_rows"]
+__all__ = ["History", "TrialState", "Completed", "completed_from_rows", "continued"]

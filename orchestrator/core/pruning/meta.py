@@ -10,6 +10,7 @@ it is plain data: sizes, steps and the per-step learning rate.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -31,7 +32,8 @@ class TrialMeta:
     lr: np.ndarray = field(repr=False)  # the lr used at every step 0..total_steps-1 (trainers.schedules)
     flops: float  # planned training FLOPs
     warmup_steps: int = 0
-    start_step: int = 0  # a WSD cooldown branch starts at its trunk's step (core/planning/branching.py)
+    start_step: int = 0  # a WSD branch (cooldown or extension) starts at its trunk's step (core/planning/branching.py)
+    trunk: Optional[str] = None  # ... and its trunk's trial id: the trunk's curve up to start_step is the branch's own
     schedule: str = ""  # the schedule's kind and fractions (trainers.contract.Schedule); "" = from the lr shape
     cell_D: Optional[float] = None  # the planned trial's nominal D (its cell; None: the rounded D is the cell's)
 
@@ -52,6 +54,17 @@ class TrialMeta:
         peak = float(np.max(self.lr)) if self.lr.size else 1.0
         bins = np.array_split(self.lr / peak, 20) if self.lr.size >= 20 else [self.lr / peak]
         return "shape:" + ",".join(f"{float(np.mean(b)):.2f}" for b in bins)
+
+    def schedule_family(self) -> str:
+        """The schedule's kind without its warmup length (the forecast rule's key): runs that differ only in
+        how long they warm up share a curve law, which sees each run's own schedule. A WSD group's shared
+        warmup in steps (`core/planning/branching.py`) is another fraction at every budget and batch.
+
+        >>> TrialMeta(N=1.0, D=1.0, total_steps=1, lr=np.ones(1), flops=1.0,
+        ...           schedule="wsd warmup 0.0125 decay 0.2 final 0.1").schedule_family()
+        'wsd decay 0.2 final 0.1'
+        """
+        return re.sub(r" warmup \S+", "", self.schedule_kind())
 
     def law_schedule(self) -> Schedule:
         """The per-step schedule the curve law sees: index s = the lr of step s, shape scaled to LR_REF.

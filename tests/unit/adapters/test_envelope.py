@@ -18,10 +18,11 @@ def test_doctests():
 def test_a_full_envelope_round_trips_through_the_dict_tune_holds():
     env = TrialEnvelope(TRIAL, backend="command", world="tiny", storage="/s/ray", use_gpu=True, max_failures=3,
                         cell_D=80_000.0, own={"command": "python train.py", "env": {"X": "1"}}, run_dir="/s/runs/t7",
-                        N=19_876.0, report_delay_s=0.5, stop_key="sweep/0123", run_mirror="s3://b/p/runs/t7")
+                        N=19_876.0, report_delay_s=0.5, stop_key="sweep/0123", run_mirror="s3://b/p/runs/t7",
+                        branch_of="t3")
     config = env.to_config()
     assert set(config) == {"trial", "backend", "world", "storage", "use_gpu", "max_failures", "cell_D", "own",
-                           "run_dir", "run_mirror", "N", "report_delay_s", "stop_key"}
+                           "run_dir", "run_mirror", "N", "report_delay_s", "stop_key", "branch_of"}
     assert config["trial"] == TRIAL.to_dict() and config["N"] == 19_876.0
     assert TrialEnvelope.from_config(config) == env
     assert (env.trial_id, env.D, env.lr, env.batch, env.seed) == ("t7", 81_920, 3e-3, 2048, 2)
@@ -39,3 +40,19 @@ def test_a_hand_written_tune_config_takes_the_defaults():
     assert (env.use_gpu, env.max_failures, env.cell_D, env.own, env.stop_key, env.report_delay_s) == \
         (False, 0, None, None, None, 0.0)
     assert TrialEnvelope.from_config({"trial": TRIAL}).backend == "deepspeed"
+
+
+def test_the_pruners_plan_of_a_wsd_branch_names_its_trunk():
+    """The scheduler reads a branch's trunk from the envelope: the pruner judges the branch with the trunk's curve."""
+    from dataclasses import replace
+
+    from ray.tune.experiment import Trial
+
+    from orchestrator.adapters.tune.scheduler import PrunerScheduler
+
+    sched = PrunerScheduler(background=False, process=False)
+    branch = replace(TRIAL, trial_id="b7", branch_step=30, checkpoint_steps=())
+    for trial, trunk, step in ((TRIAL, None, 0), (branch, "t7", 30)):
+        config = TrialEnvelope(trial, backend="simulated", branch_of=trunk).to_config()
+        meta = sched._meta(Trial("run_trial", config=config, stub=True))
+        assert (meta.trunk, meta.start_step) == (trunk, step)

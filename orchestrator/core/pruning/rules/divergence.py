@@ -33,7 +33,7 @@ class DivergenceConfig:
 
 
 class Divergence:
-    """Votes on every report (trunk or cooldown branch) whether the trial's loss blew up."""
+    """Votes on every report (a from-scratch run or a WSD branch: its own reports) whether the trial's loss blew up."""
 
     name = "divergence"
 
@@ -49,8 +49,10 @@ class Divergence:
             return Verdict(True, {"step": step}, f"non-finite loss at step {step:.0f} (train {train}, eval {val})",
                            DIVERGED, now=True)
         x = val if math.isfinite(val) else train
-        if math.isnan(t.first):
-            t.first = x
+        if math.isnan(t.first) and (t.meta.start_step <= 0 or t.n_prefix):
+            # the run's first loss: a WSD branch's is its trunk's first (its own first report comes late
+            # in training, and a noisy report above it is no divergence); unknown without the trunk's curve
+            t.first = t.loss[0] if t.meta.start_step > 0 else x
         after_warmup = step > t.meta.warmup_steps
         exploding = (t.n_reports >= 3 and x > self.config.factor * t.running_min) or \
                     (after_warmup and t.n_reports >= 3 and x > t.first)

@@ -98,7 +98,7 @@ class Forecast:
         self._learn(history)
         cfg = self.config
         T = t.meta.total_steps
-        if not t.fresh or t.meta.start_step > 0 or t.step < cfg.grace * T or not self._due(trial_id, t):
+        if not t.fresh or not t.from_start or t.step < cfg.grace * T or not self._due(trial_id, t):
             return None
         found = self._calibrated_law(t)
         if found is None:
@@ -149,9 +149,10 @@ class Forecast:
         forecast 15 % too pessimistic at 24 % of its steps, the pool's 90 % bound 11 %). Across
         schedules the paired rule judges, calibrated per pair of kinds.
         """
-        cal = self.allowances((t.kind, t.kind))
+        family = t.meta.schedule_family()
+        cal = self.allowances((family, family))
         law = self._law(_key(t)) if cal is not None else None
-        return None if law is None else (t.kind, law, cal)
+        return None if law is None else (family, law, cal)
 
     def _due(self, trial_id: str, t: TrialState) -> bool:
         last = self._last.get(trial_id)
@@ -170,11 +171,11 @@ class Forecast:
             self._seen.add(tid)
             self._upper.pop(tid, None)
             t = history.trials[tid]
-            if t.meta.start_step > 0 or not t.steps or t.steps[-1] < t.meta.total_steps:
+            if not t.from_start or not t.steps or t.steps[-1] < t.meta.total_steps:
                 continue
             law = self._law(_key(t))
             if law is not None:
-                self._score(law, t, float(final), (t.kind, t.kind))
+                self._score(law, t, float(final), (_key(t)[1], _key(t)[1]))
             self._add_curve(t)
 
     def _score(self, law: CurveLaw, t: TrialState, final: float, kinds: tuple[str, str]) -> None:
@@ -257,8 +258,10 @@ class Forecast:
 
 def _key(t: TrialState) -> tuple[float, str]:
     """Whose completed curves a trial's law is fitted on: its size's, under its own schedule kind (a law
-    fitted on cosine runs alone misjudged a WSD run's decay on the real sweeps by up to 20 %)."""
-    return (t.meta.N, t.kind)
+    fitted on cosine runs alone misjudged a WSD run's decay on the real sweeps by up to 20 %), whatever
+    its warmup length (`TrialMeta.schedule_family`: a branched sweep's WSD runs warm up for one number of
+    steps per size and batch, so each budget's would otherwise be a kind of its own, none calibrated)."""
+    return (t.meta.N, t.meta.schedule_family())
 
 
 def _reason(cfg: ForecastConfig, pred: dict) -> str:

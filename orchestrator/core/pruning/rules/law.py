@@ -69,7 +69,7 @@ class LawRule:
 
     def check(self, trial_id: str, t: TrialState, history: History) -> Optional[Verdict]:
         """A vote per fresh prediction past ``grace`` (None: not due, or no prediction possible)."""
-        if t.repeated or not t.steps or t.meta.start_step > 0 or t.step < self.config.grace * t.meta.total_steps:
+        if t.repeated or not t.steps or not t.from_start or t.step < self.config.grace * t.meta.total_steps:
             return None
         if not self._due(t):
             return None

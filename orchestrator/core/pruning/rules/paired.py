@@ -8,7 +8,8 @@ for how far such a bound overshot the realised final ratio on the sweep's own co
 allowance plus ``prior``). Once calibrated it also pairs the trial with its cell's trials under
 **another** schedule shape (the allowance of that ordered pair of kinds holds the ratio's
 systematic drift). It votes when the higher of these lower ends exceeds ``1 + margin``.
-A cooldown branch is never judged (its trunk was).
+A WSD branch is judged on its whole curve, its trunk's up to its start step first (`History`); one
+whose trunk this pruner never saw is not judged.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class Paired:
 
     def check(self, trial_id: str, t: TrialState, history: History) -> Optional[Verdict]:
         """A vote per new loss value of a trunk past ``grace`` (no vote: no peer to compare with yet)."""
-        if not t.fresh or t.meta.start_step > 0 or t.step < self.config.grace * t.meta.total_steps:
+        if not t.fresh or not t.from_start or t.step < self.config.grace * t.meta.total_steps:
             return None
         found = self._compare(trial_id, t, history)
         if found is None:
