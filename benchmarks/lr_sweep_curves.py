@@ -1,7 +1,7 @@
 """Real loss curves of a small learning-rate grid (the pruner's paired rule is checked on them).
 
     python -m benchmarks.lr_sweep_curves [--out FILE] [--sizes 20000 80000] [--tokens 1200000] [--eval-every 10]
-                                         [--seeds 0 1] [--lrs 0.001 0.01 ...] [--schedules wsd cosine]
+                                         [--seeds 0 1] [--lrs 0.001 0.01 ...]
 
 Trains GPT-style models with the plain PyTorch loop (``trainers.plain_loop``, CPU, one thread,
 the built-in corpus) for every size × lr (√10 apart, the pruning benchmark's grid) × schedule
@@ -44,14 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="every config at each of these seeds (default: seed 0, plus seed 1 at lr 1e-2)")
     ap.add_argument("--lrs", type=float, nargs="+", default=list(LRS), help="peak learning rates")
-    ap.add_argument("--schedules", nargs="+", choices=("wsd", "cosine"), default=["wsd", "cosine"],
-                    help="schedule kinds (one recording split over processes: its rows concatenated)")
     a = ap.parse_args(argv)
     if a.seeds is None:
-        runs = [(N, kind, lr, 0) for N in a.sizes for kind in a.schedules for lr in a.lrs]
-        runs += [(N, kind, 1e-2, 1) for N in a.sizes for kind in a.schedules]
+        runs = [(N, kind, lr, 0) for N in a.sizes for kind in ("wsd", "cosine") for lr in a.lrs]
+        runs += [(N, kind, 1e-2, 1) for N in a.sizes for kind in ("wsd", "cosine")]
     else:  # seed innermost: a recording cut short still holds whole cells of its first sizes, every seed
-        runs = [(N, kind, lr, s) for N in a.sizes for kind in a.schedules for lr in a.lrs for s in a.seeds]
+        runs = [(N, kind, lr, s) for N in a.sizes for kind in ("wsd", "cosine") for lr in a.lrs for s in a.seeds]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
