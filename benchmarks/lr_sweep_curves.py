@@ -11,9 +11,11 @@ total_steps, batch_tokens, train_loss, eval_loss). ``--seeds S ...`` runs every 
 seed instead (the recorded sweeps of issue 13: two seeds of every config); ``--lrs`` picks the
 grid. Diverged runs keep their rows up to the blow-up (NaN losses). The defaults took ~10 min on
 one loaded core; sizes 40000 160000 at 2.4M tokens ~70 min; the two-seed sweep (10000 and 30000
-at 600,000 tokens, 5 lrs) ~40 min in two processes at ``nice -n 19`` on the loaded 2 cores.
-``tests/data/lrsweep/curves.csv`` is two runs' rows concatenated, ``curves-s2-10k-30k.csv``
-another two (tests/data/SOURCES.md); the default ``--out`` is ``results/lrsweep-curves.csv``.
+at 600,000 tokens, 5 lrs) ~40 min in two processes at ``nice -n 19`` on the loaded 2 cores; 60000 at
+1.2M tokens and 120000 at 1.6M (5 lrs, 2 seeds, ``--eval-every 10``) 39 and 59 min at ``nice -n 5``.
+``tests/data/lrsweep/curves.csv`` is two runs' rows concatenated, ``curves-s2-10k-30k.csv`` and
+``curves-s2-60k-120k.csv`` another two each (tests/data/SOURCES.md); the default ``--out`` is
+``results/lrsweep-curves.csv``.
 """
 from __future__ import annotations
 
