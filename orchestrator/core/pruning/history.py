@@ -83,9 +83,8 @@ class History:
         self.cell_finals: dict[tuple, list[str]] = {}  # (N, D) cell -> its finished trials, in order
         self.finals: dict[str, tuple[tuple[float, float], float]] = {}  # trial -> (cell, final loss)
         self.n_completions = 0  # valid completions so far (a version number for caches of `finals`)
-        # (N, peak lr) -> completed curves (shape-normalised lr), most recent; `law_key`
-        self.curves: dict[tuple[float, float], list[Curve]] = {}
-        self.n_done: dict[tuple[float, float], int] = {}  # (N, peak lr) -> completed curves so far
+        self.curves: dict[float, list[Curve]] = {}  # N -> completed curves (shape-normalised lr), most recent
+        self.n_done: dict[float, int] = {}  # N -> completed curves so far
         self.calibration = Calibration(config.level, config.refit_growth)
         self.n_predictions = 0  # fresh final-loss predictions made (the law rule's cost)
 
@@ -159,11 +158,10 @@ class History:
         idx = np.rint(steps).astype(np.int64)
         c = Curve(steps, t.schedule.lr[idx], loss, name=trial_id, warmup_steps=t.schedule.warmup_end,
                   _schedule=t.schedule)
-        key = law_key(t.meta)
-        curves = self.curves.setdefault(key, [])
+        curves = self.curves.setdefault(t.meta.N, [])
         curves.append(c)
         del curves[:-self.config.max_curves]
-        self.n_done[key] = self.n_done.get(key, 0) + 1
+        self.n_done[t.meta.N] = self.n_done.get(t.meta.N, 0) + 1
 
     def cross_peers(self, trial_id: str, t: TrialState, candidates: Iterable[str]):
         """(id, trial) of the ``candidates`` (ids of t's cell) that pair with t across schedules: another
@@ -177,21 +175,6 @@ class History:
     def is_reference(self, trial_id: str) -> bool:
         """A trial still running, or one that finished (a stopped or diverged one is no reference)."""
         return not self.trials[trial_id].ended or trial_id in self.finals
-
-
-def law_key(meta: TrialMeta) -> tuple[float, float]:
-    """(N, peak lr): the runs whose completed curves the law rule fits a trial's curve law on.
-
-    The curve law sees a schedule's shape and gives each run an offset, so runs at another peak lr
-    would differ by a level only; on real lr sweeps lr changes a curve's shape too (the best lr trails
-    early and catches up, the gaps of `curves-s2-60k-120k.csv` widen to the end), and a law fitted on
-    other lrs predicted a cell winner 18 % too high with an interval that did not cover (issue 13).
-
-    >>> law_key(TrialMeta(N=1e6, D=2e7, total_steps=100, lr=np.full(100, 3.16227766e-3), flops=1.2e14))
-    (1000000.0, 0.00316228)
-    """
-    peak = float(np.max(meta.lr)) if meta.lr.size else 0.0
-    return (meta.N, float(f"{peak:.6g}"))
 
 
 def completed_from_rows(trials: Mapping[str, Mapping[str, Any]], observations: Iterable[Mapping[str, Any]],
@@ -259,4 +242,4 @@ def _num(v: Any) -> float:
         return math.nan
 
 
-__all__ = ["History", "TrialState", "Completed", "completed_from_rows", "continued", "law_key"]
+__all__ = ["History", "TrialState", "Completed", "completed_from_rows", "continued"]

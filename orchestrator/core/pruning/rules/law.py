@@ -2,9 +2,8 @@
 prediction is beyond the best reference at its compute.
 
 From ``grace`` of its planned steps on, a fresh prediction (``laws.final_loss.predict_final``: a
-schedule-aware curve law fitted on the completed runs of the same N and peak lr, `history.law_key`,
-or on the prefix alone while there are none) is made once the logged prefix grew by ``refit_growth``
-of its steps and at least
+schedule-aware curve law fitted on the completed runs of the same N, or on the prefix alone while
+there are none) is made once the logged prefix grew by ``refit_growth`` of its steps and at least
 ``refit_every`` reports arrived. Its **lower** end is compared with the **upper** end of
 
 - the frontier (`orchestrator.core.pruning.frontier`) at the trial's planned compute C = 6·N·D, and
@@ -12,8 +11,8 @@ of its steps and at least
   loss, a running trial's predicted upper end);
 
 it votes when ``low > reference_high · (1 + margin)`` (wrap in `Patient`: consecutive fresh
-predictions, never one). The curve law of an (N, lr) is refitted only when its completed curves
-grew by ``refit_growth`` since its last fit (at least one), starting from its last fit.
+predictions, never one). The curve law of a size is refitted only when the completed curves of
+that size grew by ``refit_growth`` since its last fit (at least one), starting from its last fit.
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ from ...laws.final_loss import make_law, predict_final
 from ..config import PruneConfig
 from ..decision import Verdict
 from ..frontier import FittedFrontier, Frontier, FrontierConfig
-from ..history import History, TrialState, law_key
+from ..history import History, TrialState
 
 
 @dataclass(frozen=True)
@@ -64,10 +63,9 @@ class LawRule:
         self.external_frontier = frontier  # given: used instead of the sweep's own fitted frontier
         self.fitted = fitted if fitted is not None else FittedFrontier(FrontierConfig(
             level=config.level, refit_growth=config.refit_growth, seed=config.seed))
-        # keyed by `law_key`, (N, peak lr)
-        self._laws: dict[tuple, Optional[CurveLaw]] = {}  # its curve law (a cache of the history)
-        self._law_n: dict[tuple, int] = {}  # completed curves when its law was last fitted
-        self._warm: dict[tuple, CurveLaw] = {}  # its last fitted law (starts the next refit)
+        self._laws: dict[float, Optional[CurveLaw]] = {}  # N -> its curve law (a cache of the history)
+        self._law_n: dict[float, int] = {}  # N -> completed curves when its law was last fitted
+        self._warm: dict[float, CurveLaw] = {}  # N -> its last fitted law (starts the next refit)
 
     def check(self, trial_id: str, t: TrialState, history: History) -> Optional[Verdict]:
         """A vote per fresh prediction past ``grace`` (None: not due, or no prediction possible)."""
@@ -101,10 +99,7 @@ class LawRule:
         steps, loss = np.array(t.steps), np.array(t.loss)
         if np.count_nonzero(steps >= t.schedule.warmup_end) < 4:
             return None
-        # Only runs of the trial's own lr: lr changes a curve's shape, not only its level, and a law of
-        # other lrs (the trial contributing an offset) predicted a real winner 18 % too high with an
-        # interval that did not cover (issue 13). Without one, the prefix-only mode (its own interval).
-        law = self._law(law_key(t.meta), history)
+        law = self._law(t.meta.N, history)
         try:
             fl = predict_final(steps, loss, t.schedule, completed=law if law is not None else (), law=cfg.law,
                                level=cfg.level, final_step=t.meta.total_steps, n_boot=cfg.n_boot, seed=cfg.seed)
@@ -117,29 +112,29 @@ class LawRule:
                 "estimate": fl.estimate, "low": fl.low, "high": fl.high, "law": cfg.law, "level": cfg.level,
                 "mode": "law" if law is not None else "prefix-only"}
 
-    def _law(self, key: tuple, history: History) -> Optional[CurveLaw]:
-        n = history.n_done.get(key, 0)
+    def _law(self, N: float, history: History) -> Optional[CurveLaw]:
+        n = history.n_done.get(N, 0)
         # Refit once the completed curves grew by `refit_growth` since the last fit (every
         # completion while there are few; a sweep of thousands of trials would otherwise refit a
-        # law on every completion).
-        if key in self._laws and n - self._law_n[key] >= max(1, math.ceil(self.config.refit_growth * n)):
-            del self._laws[key]
-        if key not in self._laws:
-            curves = history.curves.get(key, [])
+        # size's law on every completion).
+        if N in self._laws and n - self._law_n[N] >= max(1, math.ceil(self.config.refit_growth * n)):
+            del self._laws[N]
+        if N not in self._laws:
+            curves = history.curves.get(N, [])
             law = None
-            self._law_n[key] = n
+            self._law_n[N] = n
             if curves:
-                # The (N, lr)'s previous law starts the refit (a few more completed curves move it little):
+                # The size's previous law starts the refit (a few more completed curves move it little):
                 # one local fit instead of a grid of starts.
                 try:
                     law = make_law(self.config.law, n_boot=self.config.n_boot, seed=self.config.seed).fit(
-                        curves, warm=self._warm.get(key))
+                        curves, warm=self._warm.get(N))
                 except (RuntimeError, ValueError):
                     law = None
-            self._laws[key] = law
+            self._laws[N] = law
             if law is not None:
-                self._warm[key] = law
-        return self._laws[key]
+                self._warm[N] = law
+        return self._laws[N]
 
     def _compare(self, trial_id: str, t: TrialState, pred: dict, history: History) -> bool:
         """Fill the reference into ``pred``; True when the trial's low end is beyond it by the margin."""
