@@ -99,6 +99,23 @@ def alive(pid: int) -> bool:
         return False
 
 
+def outlived(procs: set[int], wait_s: float = 30.0) -> dict[int, bytes]:
+    """The processes of `procs` still running `wait_s` after their server exited (the last Ray processes
+    are reparented to init and reaped there), {pid: the start of its command line}; each is killed."""
+    deadline = time.monotonic() + wait_s
+    while any(alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = {}
+    for p in procs:
+        if alive(p):
+            try:
+                left[p] = Path(f"/proc/{p}/cmdline").read_bytes()[:200]
+            except OSError:
+                left[p] = b""
+            os.kill(p, signal.SIGKILL)
+    return left
+
+
 def _wait(predicate, timeout_s: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -147,12 +164,7 @@ def one_shutdown(root: Path, report_delay: float) -> dict[str, Any]:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
-    deadline = time.monotonic() + 30  # the last Ray processes are reparented to init and reaped there
-    while any(alive(p) for p in procs) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = [p for p in procs if alive(p)]
-    for p in left:  # never leave them to the next repetition
-        os.kill(p, signal.SIGKILL)
+    left = list(outlived(procs))  # never left to the next repetition
     ctrl = json.loads((sweep_dir / "controller.json").read_text())
     states: dict[str, int] = {}
     for rec in ObservationStore(sweep_dir).trials().values():

@@ -14,13 +14,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from benchmarks.api_shutdown import alive, descendants
+from benchmarks.api_shutdown import descendants, outlived
 from orchestrator.app.api import create_app
 from orchestrator.io.store import ObservationStore
 from tests.integration.conftest import free_port
@@ -79,12 +78,7 @@ def test_sigterm_stops_the_server_and_its_sweeps_without_orphans(tmp_path):
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
-    deadline = time.monotonic() + 30  # the last Ray processes are reparented to init and reaped there
-    while any(alive(p) for p in procs) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in procs if alive(p)}
-    for p in left:  # never leave them to the next test, then fail
-        os.kill(p, signal.SIGKILL)
+    left = outlived(procs)  # killed: never left to the next test, then fail
     assert not left, left
 
     ctrl = json.loads((sweep_dir / "controller.json").read_text())

@@ -13,6 +13,7 @@ import pytest
 from orchestrator.config.pruning import trial_meta
 from orchestrator.core.planning.branching import decay_steps, warmup_fraction
 from orchestrator.core.pruning import STOP, PruneConfig, Pruner, completed_from_rows
+from tests.unit.core.pruning.test_pruner import feed as feed_reports
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import train
 from trainers.worlds import load_world
@@ -38,16 +39,9 @@ def reports(c: TrialConfig) -> list[dict]:
 
 
 def feed(p: Pruner, c: TrialConfig, trunk: str | None = None, reps: list[dict] | None = None):
-    """Feed a trial's reports until a stop: (decision, index of the stopping report or None)."""
-    meta = trial_meta(c, trunk=trunk)
-    reps = reports(c) if reps is None else reps
-    d = None
-    for i, r in enumerate(reps):
-        d = p.on_report(c.trial_id, meta, r)
-        if d.stops:
-            return d, i
-    p.on_complete(c.trial_id, reps[-1]["eval_loss"])
-    return d, None
+    """Feed a trial's reports (its simulated ones by default) until a stop: (decision, index of the
+    stopping report or None)."""
+    return feed_reports(p, c, reports(c) if reps is None else reps, trunk=trunk)
 
 
 def completed(p: Pruner, c: TrialConfig) -> None:

@@ -28,9 +28,10 @@ def reports(c: TrialConfig) -> list[dict]:
     return out
 
 
-def feed(p: Pruner, c: TrialConfig, reps: list[dict]):
-    """Feed reports until a stop; (decision, index) of the stop, or (last decision, None)."""
-    meta = trial_meta(c)
+def feed(p: Pruner, c: TrialConfig, reps: list[dict], trunk: str | None = None):
+    """Feed reports until a stop; (decision, index) of the stop, or (last decision, None). `trunk`: the
+    WSD trunk a branch continues (`TrialMeta.trunk`)."""
+    meta = trial_meta(c, trunk=trunk)
     d = None
     for i, r in enumerate(reps):
         d = p.on_report(c.trial_id, meta, r)
