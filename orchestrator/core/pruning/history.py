@@ -53,6 +53,7 @@ class TrialState:
     n_prefix: int = 0  # a branch: the curve points it took from its trunk (not its own reports)
     shape_key: tuple = ()  # (cell, steps, lr shape): the paired rule's same-schedule peers share it
     kind: str = ""  # TrialMeta.schedule_kind(): trials of one cell with another kind are cross-schedule peers
+    law_key: tuple = ()  # TrialMeta.law_key(): (size, schedule family), whose completed curves its law is fitted on
     # the report being judged
     step: float = 0.0
     train: float = math.nan
@@ -83,8 +84,9 @@ class History:
         self.cell_finals: dict[tuple, list[str]] = {}  # (N, D) cell -> its finished trials, in order
         self.finals: dict[str, tuple[tuple[float, float], float]] = {}  # trial -> (cell, final loss)
         self.n_completions = 0  # valid completions so far (a version number for caches of `finals`)
-        self.curves: dict[float, list[Curve]] = {}  # N -> completed curves (shape-normalised lr), most recent
-        self.n_done: dict[float, int] = {}  # N -> completed curves so far
+        # TrialMeta.law_key() (size, schedule family) -> completed curves (shape-normalised lr), most recent
+        self.curves: dict[tuple[float, str], list[Curve]] = {}
+        self.n_done: dict[tuple[float, str], int] = {}  # law key -> completed curves so far
         self.calibration = Calibration(config.level, config.refit_growth)
         self.n_predictions = 0  # fresh final-loss predictions made (the law rule's cost)
 
@@ -94,7 +96,7 @@ class History:
         # Trials of one (N, D) cell with the same schedule shape: the curve law with a per-run
         # offset says their log-losses differ by a constant, which the paired rule tests.
         shape = np.round(sched.lr / LR_REF, 6)
-        t = self.trials[trial_id] = TrialState(meta=meta, schedule=sched, kind=meta.schedule_kind(),
+        t = self.trials[trial_id] = TrialState(meta=meta, schedule=sched, kind=meta.schedule_kind(), law_key=meta.law_key(),
                                                shape_key=(meta.cell(), meta.total_steps, hash(shape.tobytes())))
         self.groups.setdefault(t.shape_key, []).append(trial_id)
         self.cells.setdefault(meta.cell(), []).append(trial_id)
@@ -158,10 +160,11 @@ class History:
         idx = np.rint(steps).astype(np.int64)
         c = Curve(steps, t.schedule.lr[idx], loss, name=trial_id, warmup_steps=t.schedule.warmup_end,
                   _schedule=t.schedule)
-        curves = self.curves.setdefault(t.meta.N, [])
+        key = t.law_key
+        curves = self.curves.setdefault(key, [])
         curves.append(c)
         del curves[:-self.config.max_curves]
-        self.n_done[t.meta.N] = self.n_done.get(t.meta.N, 0) + 1
+        self.n_done[key] = self.n_done.get(key, 0) + 1
 
     def cross_peers(self, trial_id: str, t: TrialState, candidates: Iterable[str]):
         """(id, trial) of the ``candidates`` (ids of t's cell) that pair with t across schedules: another

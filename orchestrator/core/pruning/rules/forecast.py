@@ -257,11 +257,10 @@ class Forecast:
 
 
 def _key(t: TrialState) -> tuple[float, str]:
-    """Whose completed curves a trial's law is fitted on: its size's, under its own schedule kind (a law
-    fitted on cosine runs alone misjudged a WSD run's decay on the real sweeps by up to 20 %), whatever
-    its warmup length (`TrialMeta.schedule_family`: a branched sweep's WSD runs warm up for one number of
-    steps per size and batch, so each budget's would otherwise be a kind of its own, none calibrated)."""
-    return (t.meta.N, t.meta.schedule_family())
+    """The trial's law key (`TrialMeta.law_key`). Whatever its warmup length (`TrialMeta.schedule_family`: a
+    branched sweep's WSD runs warm up for one number of steps per size and batch, so each budget's would
+    otherwise be a kind of its own, none calibrated)."""
+    return t.meta.law_key()
 
 
 def _reason(cfg: ForecastConfig, pred: dict) -> str:

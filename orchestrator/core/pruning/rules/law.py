@@ -2,17 +2,17 @@
 prediction is beyond the best reference at its compute.
 
 From ``grace`` of its planned steps on, a fresh prediction (``laws.final_loss.predict_final``: a
-schedule-aware curve law fitted on the completed runs of the same N, or on the prefix alone while
-there are none) is made once the logged prefix grew by ``refit_growth`` of its steps and at least
+schedule-aware curve law fitted on the completed runs of the same size and schedule family,
+`TrialMeta.law_key`, or on the prefix alone while there are none) is made once the logged prefix grew by ``refit_growth`` of its steps and at least
 ``refit_every`` reports arrived. Its **lower** end is compared with the **upper** end of
 
 - the frontier (`orchestrator.core.pruning.frontier`) at the trial's planned compute C = 6·N·D, and
-- the best other trial of the same (N, D) cell, any schedule (a finished trial's realised final
-  loss, a running trial's predicted upper end);
+- the best other trial of the same (N, D) cell and schedule family (a finished trial's realised
+  final loss, a running trial's predicted upper end);
 
 it votes when ``low > reference_high · (1 + margin)`` (wrap in `Patient`: consecutive fresh
-predictions, never one). The curve law of a size is refitted only when the completed curves of
-that size grew by ``refit_growth`` since its last fit (at least one), starting from its last fit.
+predictions, never one). The curve law of a (size, family) is refitted only when its completed
+curves grew by ``refit_growth`` since its last fit (at least one), starting from its last fit.
 """
 from __future__ import annotations
 
@@ -63,9 +63,10 @@ class LawRule:
         self.external_frontier = frontier  # given: used instead of the sweep's own fitted frontier
         self.fitted = fitted if fitted is not None else FittedFrontier(FrontierConfig(
             level=config.level, refit_growth=config.refit_growth, seed=config.seed))
-        self._laws: dict[float, Optional[CurveLaw]] = {}  # N -> its curve law (a cache of the history)
-        self._law_n: dict[float, int] = {}  # N -> completed curves when its law was last fitted
-        self._warm: dict[float, CurveLaw] = {}  # N -> its last fitted law (starts the next refit)
+        # keyed by TrialMeta.law_key(): (size, schedule family)
+        self._laws: dict[tuple, Optional[CurveLaw]] = {}  # its curve law (a cache of the history)
+        self._law_n: dict[tuple, int] = {}  # completed curves when its law was last fitted
+        self._warm: dict[tuple, CurveLaw] = {}  # its last fitted law (starts the next refit)
 
     def check(self, trial_id: str, t: TrialState, history: History) -> Optional[Verdict]:
         """A vote per fresh prediction past ``grace`` (None: not due, or no prediction possible)."""
@@ -99,7 +100,7 @@ class LawRule:
         steps, loss = np.array(t.steps), np.array(t.loss)
         if np.count_nonzero(steps >= t.schedule.warmup_end) < 4:
             return None
-        law = self._law(t.meta.N, history)
+        law = self._law(t.law_key, history)
         try:
             fl = predict_final(steps, loss, t.schedule, completed=law if law is not None else (), law=cfg.law,
                                level=cfg.level, final_step=t.meta.total_steps, n_boot=cfg.n_boot, seed=cfg.seed)
@@ -112,29 +113,29 @@ class LawRule:
                 "estimate": fl.estimate, "low": fl.low, "high": fl.high, "law": cfg.law, "level": cfg.level,
                 "mode": "law" if law is not None else "prefix-only"}
 
-    def _law(self, N: float, history: History) -> Optional[CurveLaw]:
-        n = history.n_done.get(N, 0)
+    def _law(self, key: tuple[float, str], history: History) -> Optional[CurveLaw]:
+        n = history.n_done.get(key, 0)
         # Refit once the completed curves grew by `refit_growth` since the last fit (every
         # completion while there are few; a sweep of thousands of trials would otherwise refit a
         # size's law on every completion).
-        if N in self._laws and n - self._law_n[N] >= max(1, math.ceil(self.config.refit_growth * n)):
-            del self._laws[N]
-        if N not in self._laws:
-            curves = history.curves.get(N, [])
+        if key in self._laws and n - self._law_n[key] >= max(1, math.ceil(self.config.refit_growth * n)):
+            del self._laws[key]
+        if key not in self._laws:
+            curves = history.curves.get(key, [])
             law = None
-            self._law_n[N] = n
+            self._law_n[key] = n
             if curves:
                 # The size's previous law starts the refit (a few more completed curves move it little):
                 # one local fit instead of a grid of starts.
                 try:
                     law = make_law(self.config.law, n_boot=self.config.n_boot, seed=self.config.seed).fit(
-                        curves, warm=self._warm.get(N))
+                        curves, warm=self._warm.get(key))
                 except (RuntimeError, ValueError):
                     law = None
-            self._laws[N] = law
+            self._laws[key] = law
             if law is not None:
-                self._warm[N] = law
-        return self._laws[N]
+                self._warm[key] = law
+        return self._laws[key]
 
     def _compare(self, trial_id: str, t: TrialState, pred: dict, history: History) -> bool:
         """Fill the reference into ``pred``; True when the trial's low end is beyond it by the margin."""
@@ -157,16 +158,20 @@ class LawRule:
 
 def _same_cell(trial_id: str, t: TrialState, history: History):
     # Only the cell's own trials, in the order added (a scan of every trial was O(n) per
-    # prediction: most of the pruner's time at thousands of trials).
+    # prediction: most of the pruner's time at thousands of trials), and only those of the trial's
+    # schedule family: the law's interval assumes its form is right, and what it gets wrong about a
+    # schedule's shape (a WSD run's decay still to come, forecast from its stable phase) is shared by
+    # the runs of one family, not by another's realised final loss. Across families the paired rule
+    # judges, calibrated per pair of schedule kinds.
     cell = t.meta.cell()
     best = None
     for other in history.cell_finals.get(cell, ()):
         final = history.finals[other][1]
-        if other != trial_id and (best is None or final < best[1]):
+        if other != trial_id and history.trials[other].law_key == t.law_key and (best is None or final < best[1]):
             best = (f"same (N, D) trial {other} (finished)", final, {"reference_trial": other})
     for other in history.cells.get(cell, ()):
         o = history.trials[other]
-        if other == trial_id or o.ended or o.prediction is None:
+        if other == trial_id or o.ended or o.prediction is None or o.law_key != t.law_key:
             continue
         if best is None or o.prediction["high"] < best[1]:
             best = (f"same (N, D) trial {other} (predicted)", o.prediction["high"], {"reference_trial": other})
