@@ -507,7 +507,7 @@ class PruningSpec(_Strict):
     use_frontier: bool = Field(True, description="compare with the fitted L(N, D) frontier once it exists")
     min_frontier_points: int = Field(8, ge=5, le=MAX_VALUES, description="finished (N, D) cells needed before the frontier is fitted")
     frontier_bootstrap: int = Field(64, ge=0, le=MAX_BOOTSTRAP, description="bootstrap replicates of the frontier fit (its upper end)")
-    max_curves: int = Field(6, ge=1, le=1000, description="completed curves per size the curve law is fitted on (most recent)")
+    max_curves: int = Field(6, ge=1, le=1000, description="completed curves per (size, schedule family) the curve law is fitted on (most recent)")
     n_boot: int = Field(10, ge=0, le=1000, description="bootstrap refits of the curve law (prediction interval)")
     seed: int = Field(0, ge=0, le=MAX_SEED_VALUE, description="seed of the curve-law bootstrap")
     background: bool = Field(True, description="decide on a helper process beside Tune's loop (a stop lands a few "

@@ -31,7 +31,7 @@ class PruneConfig:
     use_frontier: bool = True  # compare with the fitted L(N, D) frontier once it exists
     min_frontier_points: int = 8  # finished (N, D) cells needed before the frontier is fitted
     frontier_bootstrap: int = 64  # bootstrap replicates of the frontier fit
-    max_curves: int = 6  # completed curves per size the curve law is fitted on (most recent)
+    max_curves: int = 6  # completed curves per (size, schedule family) the curve law is fitted on (most recent)
     n_boot: int = 10  # bootstrap refits of the curve law
     seed: int = 0  # seed of the bootstraps
 

@@ -1,5 +1,5 @@
 """The pruner's history: every trial's plan and logged curve, the finished trials' final losses,
-the completed curves per size and the paired rule's calibration -- and its rebuild from store rows.
+the completed curves per (size, schedule family) and the paired rule's calibration -- and its rebuild from store rows.
 
 Rules read the history; only the pruner writes it (`add`, `record`, `complete`). Everything in it
 follows from the reports and completions it was given, so a resumed sweep rebuilds it from the
@@ -74,7 +74,7 @@ class Completed:
 
 
 class History:
-    """Trials, their indexes by cell and schedule, finals, completed curves per size, calibration."""
+    """Trials, their indexes by cell and schedule, finals, completed curves per (size, schedule family), calibration."""
 
     def __init__(self, config: PruneConfig):
         self.config = config
@@ -96,7 +96,8 @@ class History:
         # Trials of one (N, D) cell with the same schedule shape: the curve law with a per-run
         # offset says their log-losses differ by a constant, which the paired rule tests.
         shape = np.round(sched.lr / LR_REF, 6)
-        t = self.trials[trial_id] = TrialState(meta=meta, schedule=sched, kind=meta.schedule_kind(), law_key=meta.law_key(),
+        t = self.trials[trial_id] = TrialState(meta=meta, schedule=sched, kind=meta.schedule_kind(),
+                                               law_key=meta.law_key(),
                                                shape_key=(meta.cell(), meta.total_steps, hash(shape.tobytes())))
         self.groups.setdefault(t.shape_key, []).append(trial_id)
         self.cells.setdefault(meta.cell(), []).append(trial_id)

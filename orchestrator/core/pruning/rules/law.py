@@ -3,8 +3,9 @@ prediction is beyond the best reference at its compute.
 
 From ``grace`` of its planned steps on, a fresh prediction (``laws.final_loss.predict_final``: a
 schedule-aware curve law fitted on the completed runs of the same size and schedule family,
-`TrialMeta.law_key`, or on the prefix alone while there are none) is made once the logged prefix grew by ``refit_growth`` of its steps and at least
-``refit_every`` reports arrived. Its **lower** end is compared with the **upper** end of
+`TrialMeta.law_key`, or on the prefix alone while there are none) is made once the logged prefix
+grew by ``refit_growth`` of its steps and at least ``refit_every`` reports arrived. Its **lower**
+end is compared with the **upper** end of
 
 - the frontier (`orchestrator.core.pruning.frontier`) at the trial's planned compute C = 6·N·D, and
 - the best other trial of the same (N, D) cell and schedule family (a finished trial's realised
