@@ -20,12 +20,7 @@ from typing import Optional
 import numpy as np
 from scipy.stats import norm
 
-# The paired statistic averages the common prefix from this fraction of it on: its recent half. Real
-# curves' gaps move (lr changes a curve's shape; a too-low lr falls behind in the decay), and a longer
-# window lags the current gap: on the recorded real sweeps the recent half saves 49.4 / 39.5 / 61.2 %
-# against 44.3 / 30.4 / 59.5 % with the last three quarters (0.25), 0 cell winners stopped either way;
-# on the simulated tiny world, whose ratios never move, 43.4 % against 46.0 % (issue 13, 7 Dec 2026).
-PAIR_WINDOW = 0.5
+PAIR_WINDOW = 0.25  # the paired statistic uses the common prefix from this fraction of it on
 PAIR_MIN_POINTS = 4
 PAIR_GRID = 101  # fractions 0, 0.01, ..., 1 at which the calibrated allowance is tabulated
 
