@@ -10,7 +10,8 @@ live outside it. One idea per module:
 - `rule`: the `Rule` protocol (one method, ``check``) and `Patient` (stop on consecutive votes);
 - `rules/`: one rule per file -- `divergence`, `paired` (a peer of the same cell), `law` (the
   predicted final loss vs the frontier and the cell's best) -- and their registry `RULES`;
-- `history`: every trial's curve, the finals, completed curves per (size, schedule family), rebuilt from store rows;
+- `history`: every trial's curve, the finals, completed curves per (size, schedule family), rebuilt
+  from store rows;
 - `pairstat`, `calibration`: the paired statistic and its conformal calibration;
 - `frontier`: the L(N, D) frontier fitted on the finished trials;
 - `pruner`: `Pruner`, the rules over one history.

@@ -1,5 +1,6 @@
 """The pruner's history: every trial's plan and logged curve, the finished trials' final losses,
-the completed curves per (size, schedule family) and the paired rule's calibration -- and its rebuild from store rows.
+the completed curves per (size, schedule family) and the paired rule's calibration -- and its
+rebuild from store rows.
 
 Rules read the history; only the pruner writes it (`add`, `record`, `complete`). Everything in it
 follows from the reports and completions it was given, so a resumed sweep rebuilds it from the
@@ -53,7 +54,7 @@ class TrialState:
     n_prefix: int = 0  # a branch: the curve points it took from its trunk (not its own reports)
     shape_key: tuple = ()  # (cell, steps, lr shape): the paired rule's same-schedule peers share it
     kind: str = ""  # TrialMeta.schedule_kind(): trials of one cell with another kind are cross-schedule peers
-    law_key: tuple = ()  # TrialMeta.law_key(): (size, schedule family), whose completed curves its law is fitted on
+    law_key: tuple = ()  # TrialMeta.law_key(): (size, schedule family), whose completed curves its law fits
     # the report being judged
     step: float = 0.0
     train: float = math.nan
@@ -74,7 +75,8 @@ class Completed:
 
 
 class History:
-    """Trials, their indexes by cell and schedule, finals, completed curves per (size, schedule family), calibration."""
+    """Trials, their indexes by cell and schedule, finals, completed curves per (size, schedule family),
+    calibration."""
 
     def __init__(self, config: PruneConfig):
         self.config = config

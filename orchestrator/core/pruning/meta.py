@@ -71,6 +71,8 @@ class TrialMeta:
         under its own schedule family. A law fitted on one family's runs misjudges another's decay: on the
         real sweeps a cosine-fitted law forecast a WSD run's final loss up to 20 % too high, and stopped a
         cell's winner (`tests/data/lrsweep/curves-s2-60k-120k.csv`, 120k parameters, from 35 % of its steps).
+        Whatever the warmup length (`schedule_family`): a branched sweep's WSD runs warm up for one number of
+        steps per size and batch, so each budget's would otherwise be a family of its own, none calibrated.
 
         >>> TrialMeta(N=2.0, D=1.0, total_steps=1, lr=np.ones(1), flops=1.0, schedule="cosine warmup 0.05").law_key()
         (2.0, 'cosine')

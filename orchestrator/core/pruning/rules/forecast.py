@@ -151,7 +151,7 @@ class Forecast:
         """
         family = t.meta.schedule_family()
         cal = self.allowances((family, family))
-        law = self._law(_key(t)) if cal is not None else None
+        law = self._law(t.law_key) if cal is not None else None
         return None if law is None else (family, law, cal)
 
     def _due(self, trial_id: str, t: TrialState) -> bool:
@@ -173,9 +173,9 @@ class Forecast:
             t = history.trials[tid]
             if not t.from_start or not t.steps or t.steps[-1] < t.meta.total_steps:
                 continue
-            law = self._law(_key(t))
+            law = self._law(t.law_key)
             if law is not None:
-                self._score(law, t, float(final), (_key(t)[1], _key(t)[1]))
+                self._score(law, t, float(final), (t.law_key[1], t.law_key[1]))
             self._add_curve(t)
 
     def _score(self, law: CurveLaw, t: TrialState, final: float, kinds: tuple[str, str]) -> None:
@@ -217,10 +217,10 @@ class Forecast:
             return
         idx = np.rint(steps).astype(np.int64)
         c = Curve(steps, t.schedule.lr[idx], loss, warmup_steps=t.schedule.warmup_end, _schedule=t.schedule)
-        curves = self._curves.setdefault(_key(t), [])
+        curves = self._curves.setdefault(t.law_key, [])
         curves.append(c)
         del curves[:-self.config.max_curves]
-        self._n_added[_key(t)] = self._n_added.get(_key(t), 0) + 1
+        self._n_added[t.law_key] = self._n_added.get(t.law_key, 0) + 1
 
     def _law(self, key: tuple[float, str]) -> Optional[CurveLaw]:
         """The law of a (size, schedule kind) on its completed curves (the most recent ``max_curves``),
@@ -254,13 +254,6 @@ class Forecast:
             if best is None or v < best[2]:
                 best = (f"same (N, D) trial {other} (forecast)", other, v)
         return best
-
-
-def _key(t: TrialState) -> tuple[float, str]:
-    """The trial's law key (`TrialMeta.law_key`). Whatever its warmup length (`TrialMeta.schedule_family`: a
-    branched sweep's WSD runs warm up for one number of steps per size and batch, so each budget's would
-    otherwise be a kind of its own, none calibrated)."""
-    return t.meta.law_key()
 
 
 def _reason(cfg: ForecastConfig, pred: dict) -> str:
