@@ -5,9 +5,10 @@ with the leading trial of its cell and schedule shape: the log-loss ratio over t
 prefix (`orchestrator.core.pruning.pairstat.pair_stat`), its lower end at ``level``, minus an allowance
 for how far such a bound overshot the realised final ratio on the sweep's own completed pairs
 (`orchestrator.core.pruning.calibration`; before enough pairs have completed, a per-pair trend
-allowance plus ``prior``). Once calibrated it also pairs the trial with its cell's trials under
-**another** schedule shape (the allowance of that ordered pair of kinds holds the ratio's
-systematic drift). It votes when the higher of these lower ends exceeds ``1 + margin``.
+allowance plus ``prior``). A trial with no peer of its own schedule shape in its cell is paired,
+once calibrated, with its cell's trials under **another** schedule shape (the allowance of that
+ordered pair of kinds holds the ratio's systematic drift). It votes when the lower end exceeds
+``1 + margin``.
 A WSD branch is judged on its whole curve, its trunk's up to its start step first (`History`); one
 whose trunk this pruner never saw is not judged.
 """
@@ -94,7 +95,11 @@ class Paired:
                 low = trend_low - cfg.prior
             same = (low, other, upto, mean, allowance, A is not None,
                     cal.allowance_pairs() if A is not None else len(cal.pairs), "")
-        cross = self._cross(trial_id, t, history, s_i, l_i, zq)
+        # Across schedules only for a trial with no same-schedule peer to pair with: the cross pool mixes
+        # pairs of any two lrs, whose WSD/cosine drift differs, and early in a sweep it held none that
+        # moved as far as a winner's (tiny seed 8: three WSD cell winners trailing their cell's cosine run
+        # by 1.6-2.2 % mid-run were stopped after a 0.5-0.7 % allowance, and ended ahead).
+        cross = self._cross(trial_id, t, history, s_i, l_i, zq) if best is None else None
         pick = max((c for c in (same, cross) if c is not None), key=lambda c: c[0], default=None)
         if pick is None:
             return None
