@@ -47,7 +47,8 @@ BASE = {
     "schedule": {"kind": "wsd", "warmup": 0.1, "decay": 0.2},
     "eval": {"every": EVERY, "tokens": 4096},
     # decided inline: a report is judged before its trial goes on, so the hopeless trial is stopped
-    # at the report the rule is sure on, however loaded the machine (CI lost this stop in the background)
+    # at the report the rule is sure on (CI lost this stop in the background); its reference is the
+    # peer it starts beside, by its latest loss until that peer has a prediction (a late start under load)
     "pruning": {"enabled": True, "background": False},
     "checkpoints": {"every": CKPT_EVERY, "max_failures": 2},
     "fit": {"bootstrap": 0},

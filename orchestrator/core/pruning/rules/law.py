@@ -9,7 +9,8 @@ end is compared with the **upper** end of
 
 - the frontier (`orchestrator.core.pruning.frontier`) at the trial's planned compute C = 6·N·D, and
 - the best other trial of the same (N, D) cell and schedule family (a finished trial's realised
-  final loss, a running trial's predicted upper end);
+  final loss; a running trial's predicted upper end, or its latest loss where lower or before its
+  prediction);
 
 it votes when ``low > reference_high · (1 + margin)`` (wrap in `Patient`: consecutive fresh
 predictions, never one). The curve law of a (size, family) is refitted only when its completed
@@ -172,11 +173,24 @@ def _same_cell(trial_id: str, t: TrialState, history: History):
             best = (f"same (N, D) trial {other} (finished)", final, {"reference_trial": other})
     for other in history.cells.get(cell, ()):
         o = history.trials[other]
-        if other == trial_id or o.ended or o.prediction is None or o.law_key != t.law_key:
+        if other == trial_id or o.ended or o.law_key != t.law_key:
             continue
-        if best is None or o.prediction["high"] < best[1]:
-            best = (f"same (N, D) trial {other} (predicted)", o.prediction["high"], {"reference_trial": other})
+        high, what = _running_high(o)
+        if high is not None and (best is None or high < best[1]):
+            best = (f"same (N, D) trial {other} ({what})", high, {"reference_trial": other})
     return best
+
+
+def _running_high(o: TrialState) -> tuple[Optional[float], str]:
+    """A running trial's upper end of its final loss: its predicted upper end, or its latest loss where
+    that is lower or there is no prediction yet (training lowers the loss; a run whose loss climbs away
+    is the divergence rule's). Without the latest loss a trial that started ahead of its peers had no
+    reference until they were past ``grace`` with a prediction: a hopeless run could finish first."""
+    latest = o.loss[-1] if o.loss and math.isfinite(o.loss[-1]) else None
+    predicted = o.prediction["high"] if o.prediction is not None else None
+    if predicted is not None and (latest is None or predicted <= latest):
+        return predicted, "predicted"
+    return latest, "latest"
 
 
 def _reason(cfg: LawConfig, pred: dict) -> str:

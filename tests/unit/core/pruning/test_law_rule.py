@@ -74,3 +74,29 @@ def test_the_third_real_sweeps_wsd_winner_survives_the_law_rule():
     for r in winner.reports[:-1]:
         d = p.on_report(winner.trial_id, meta, r)
         assert not d.stops, d.reason
+
+
+def test_a_hopeless_run_ahead_of_its_only_peer_is_stopped_against_the_peers_latest_loss():
+    # The first trials of a sweep start together, but one can report long before its peer (a loaded
+    # machine, a slow start): the peer has no prediction until past grace, yet its latest loss already
+    # bounds its final one. Planted: lr* / 100 trails lr* by far; lr* starts when it is at 60 %.
+    p = law_only()
+    bad, good = cfg("slow-lr", LR_STAR / 100), cfg("lr-star", LR_STAR)
+    bad_reps, good_reps = reports(bad), reports(good)
+    lead = int(0.6 * len(bad_reps))
+    stops, refs = [], []
+    for i, r in enumerate(bad_reps):
+        if i >= lead:
+            g = good_reps[i - lead]
+            assert not p.on_report(good.trial_id, trial_meta(good), g).stops
+        d = p.on_report(bad.trial_id, trial_meta(bad), r)
+        if d.prediction and d.prediction.get("step") == r["step"]:
+            refs.append(d.prediction["reference"])
+        if d.stops:
+            stops.append(i)
+            break
+    assert stops and stops[0] < len(bad_reps) - 1, refs
+    assert "(latest)" in refs[-1] and d.prediction["fraction"] > 0.6
+    # the latest loss of a peer that is truly better is no reference for the better run: lr* runs on
+    for r in good_reps[len(bad_reps) - lead:]:
+        assert not p.on_report(good.trial_id, trial_meta(good), r).stops
