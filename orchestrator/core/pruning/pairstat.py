@@ -42,8 +42,9 @@ def pair_stat(s_i: np.ndarray, l_i: np.ndarray, s_j: np.ndarray, l_j: np.ndarray
     Over i's reports in the last ``1 - PAIR_WINDOW`` of the common prefix (after warmup):
     d = log L_i - log L_j (j interpolated). Lower end = mean - z·sqrt(SE² + sd²): the noise of the
     mean (AR(1)-corrected) and of one report (the final loss is one report too). The trend variant
-    also subtracts (|slope| + z·SE_slope) × the log-steps still to go (slope of d in log-steps):
-    a gap that moved lately may move as much again, either way.
+    also subtracts (max(-slope, 0) + z·SE_slope) × the log-steps still to go (slope of d in
+    log-steps): a gap that closed lately may close as much again; a widening one is not
+    extrapolated either way, only its slope's noise is allowed for.
 
     >>> s = np.arange(1.0, 101.0)
     >>> step, mean, low, _ = pair_stat(s, np.log(3.3 + 1 / s), s, np.log(3.0 + 1 / s), 0.0, 100.0, z(0.9))
@@ -91,7 +92,9 @@ def _stat(s_i: np.ndarray, l_i: np.ndarray, s_j: np.ndarray, l_j: np.ndarray, wa
     se_r = mean_se(r)
     n_eff = (sd_r / se_r) ** 2 if se_r > 0 else float(r.size)
     se_slope = sd_r / math.sqrt(sxx) * math.sqrt(r.size / max(n_eff, 1.0))
-    allowance = (abs(slope) + zq * se_slope) * max(0.0, math.log(T) - _mean(x))
+    # Only a closing gap (slope < 0) may close as much again; a widening one is not extrapolated
+    # (that would argue for the stop), only its slope's noise is allowed for.
+    allowance = (max(-slope, 0.0) + zq * se_slope) * max(0.0, math.log(T) - _mean(x))
     return float(upto), mean, naive, naive - allowance
 
 

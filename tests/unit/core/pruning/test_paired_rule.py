@@ -390,3 +390,21 @@ def test_pythia_noise_alone_never_stops_a_pair():
                 if tid not in stopped and p.on_report(tid, m, report).stops:
                     stopped.add(tid)
         assert stopped == expect, shift
+
+
+def test_the_trend_allowance_extrapolates_a_closing_gap_not_a_widening_one():
+    # Planted: d = log L_i - log L_j exactly linear in log steps, 10 % to 25 % of a 400-step run.
+    from orchestrator.core.pruning.pairstat import pair_stat
+
+    s, T = np.arange(40.0, 101.0, 4.0), 400.0
+    lj = np.log(3.0 + 0 * s)
+    slope = 0.05
+    widening = lj + 0.1 + slope * np.log(s / 40.0)  # falling further behind
+    closing = lj + 0.1 + slope * np.log(40.0) - slope * np.log(s)  # catching up at the same speed
+    _, _, naive_w, low_w = pair_stat(s, widening, s, lj, 0.0, T, _z(0.9))
+    _, _, naive_c, low_c = pair_stat(s, closing, s, lj, 0.0, T, _z(0.9))
+    to_go = math.log(T) - float(np.mean(np.log(s[s >= 0.25 * s[-1]])))
+    # a closing gap may close as much again: the whole slope over the log-steps to go
+    assert naive_c - low_c == pytest.approx(slope * to_go, rel=1e-6)
+    # a widening one is not extrapolated (its slope's noise only: none here)
+    assert naive_w - low_w == pytest.approx(0.0, abs=1e-9)
