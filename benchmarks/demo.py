@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
+from orchestrator.app.cli.output import make_console
 from rich.table import Table
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     for col in ("wall s", "train s (sum)", "slots", "useful-work fraction"):
         table.add_column(col, justify="right")
     table.add_row(f"{wall:.0f}", f"{outcome.train_s:.0f}", str(slots), f"{doc['useful_work_fraction']:.2f}")
-    Console().print(table)
+    make_console().print(table)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(doc, indent=2, default=str))
     return doc
