@@ -393,6 +393,7 @@ def print_table(doc: dict[str, Any]) -> None:
     from orchestrator.app.cli.output import make_console
     from rich.table import Table
 
+    con = make_console()  # the terminal's width; never cut in a log file
     opt = doc["true_optimum"]
     g = doc["grid"]
     title = (f"{doc['world']['name']} world, target C = {doc['target_budget']:.3g} FLOPs "
@@ -417,28 +418,28 @@ def print_table(doc: dict[str, Any]) -> None:
         t.add_row(name, f"{e['compute']['mean']:.3g}", f"{e['compute_vs_full_grid']:.3f}" if e["compute_vs_full_grid"] else "—",
                   f"{pct(r['mean'])} ± {pct(r['std'])}{fail}", f"{pct(r['min'])} … {pct(r['max'])}",
                   pct(e["regret_nd"]["mean"]), pct(e["regret_hparam_laws"]["mean"]), counts, e["mode"] or "")
-    make_console().print(t)
-    make_console().print(f"true optimum: N={opt['N']:.4g} D={opt['D']:.4g} lr={opt['lr']:.3g} batch={opt['batch']:.4g} "
-                    f"loss={opt['loss']:.5f}")
+    con.print(t)
+    con.print(f"true optimum: N={opt['N']:.4g} D={opt['D']:.4g} lr={opt['lr']:.3g} batch={opt['batch']:.4g} "
+              f"loss={opt['loss']:.5f}")
     pr = doc.get("prior")
     if pr:
         d = pr["distance_at_target"]
-        make_console().print(f"grid laid from the prior {pr['ref']} (k = {pr['rescale_k']:.3g}); prior / truth at the target: "
-                        f"lr* ×{d['lr_star_ratio']:.2f}, batch* ×{d['batch_star_ratio']:.2f}, tokens per parameter "
-                        f"{d['tokens_per_param_prior']:.1f} vs {d['tokens_per_param_true']:.1f}, N* ×{d['N_star_ratio']:.2f}")
+        con.print(f"grid laid from the prior {pr['ref']} (k = {pr['rescale_k']:.3g}); prior / truth at the target: "
+                  f"lr* ×{d['lr_star_ratio']:.2f}, batch* ×{d['batch_star_ratio']:.2f}, tokens per parameter "
+                  f"{d['tokens_per_param_prior']:.1f} vs {d['tokens_per_param_true']:.1f}, N* ×{d['N_star_ratio']:.2f}")
     for name in ("scalesweep", "scalesweep_alt"):
         ss = doc["strategies"].get(name)
         if not ss or not ss.get("active_parts"):
             continue
         parts = {k: v for k, v in ss["active_parts"].items() if k != "saved"}
-        make_console().print(f"{name} active parts: {parts}" + (f" (overrides {ss['overrides']})" if ss.get("overrides") else ""))
+        con.print(f"{name} active parts: {parts}" + (f" (overrides {ss['overrides']})" if ss.get("overrides") else ""))
         saved = [x for x in ss.get("saved") or [] if x]
         if saved:
             mean = lambda k: statistics.fmean(x[k] for x in saved)  # noqa: E731
-            make_console().print(f"{name} saved (mean over seeds, × its spent compute): pruner "
-                            f"{mean('pruner_flops') / mean('spent_flops'):.3f} ({mean('pruner_stopped'):.1f} trials "
-                            f"stopped), WSD branching {mean('branching_flops') / mean('spent_flops'):.3f} "
-                            f"({mean('branches'):.1f} runs from a checkpoint)")
+            con.print(f"{name} saved (mean over seeds, × its spent compute): pruner "
+                      f"{mean('pruner_flops') / mean('spent_flops'):.3f} ({mean('pruner_stopped'):.1f} trials "
+                      f"stopped), WSD branching {mean('branching_flops') / mean('spent_flops'):.3f} "
+                      f"({mean('branches'):.1f} runs from a checkpoint)")
 
 
 def summary_rows(docs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -464,6 +465,7 @@ def print_summary(docs: dict[str, dict[str, Any]]) -> None:
     from orchestrator.app.cli.output import make_console
     from rich.table import Table
 
+    con = make_console()
     t = Table(title="efficiency on every world, grids from the prior (regret % at the target)")
     for col in ("world", "prior/truth lr*, batch*, tok/param", "strategy", "compute vs grid", "regret % mean",
                 "regret % worst", "diverged seeds"):
@@ -479,7 +481,7 @@ def print_summary(docs: dict[str, dict[str, Any]]) -> None:
                   f"{r['compute_vs_full_grid']:.3f}" if r["compute_vs_full_grid"] else "—",
                   pct(r["regret_mean"]), "∞" if r["diverged_seeds"] else pct(r["regret_worst"]),
                   f"{r['diverged_seeds']}/{r['seeds']}")
-    make_console().print(t)
+    con.print(t)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
