@@ -54,12 +54,15 @@ class Divergence:
             # in training, and a noisy report above it is no divergence); unknown without the trunk's curve
             t.first = t.loss[0] if t.meta.start_step > 0 else x
         after_warmup = step > t.meta.warmup_steps
-        exploding = (t.n_reports >= 3 and x > self.config.factor * t.running_min) or \
-                    (after_warmup and t.n_reports >= 3 and x > t.first)
+        exploding = t.n_reports >= 3 and x > self.config.factor * t.running_min
+        above_first = after_warmup and t.n_reports >= 3 and x > t.first
         t.running_min = min(t.running_min, x)
-        return Verdict(exploding, {"step": step, "loss": x, "running_min": t.running_min, "first": t.first},
-                       f"loss exploding: {x:.4g} at step {step:.0f} vs running min {t.running_min:.4g}, "
-                       f"first {t.first:.4g}" if exploding else "", DIVERGED)
+        # The two read differently in a stop reason: a blow-up, or a run past warmup that is no lower
+        # than where it started (not learning, or blowing up slowly)
+        what = "loss exploding" if exploding else "loss above its first report after warmup"
+        return Verdict(exploding or above_first, {"step": step, "loss": x, "running_min": t.running_min, "first": t.first},
+                       f"{what}: {x:.4g} at step {step:.0f} vs running min {t.running_min:.4g}, "
+                       f"first {t.first:.4g}" if exploding or above_first else "", DIVERGED)
 
 
 __all__ = ["Divergence", "DivergenceConfig"]

@@ -122,6 +122,19 @@ def test_exploding_loss_is_diverged_before_it_is_nan():
     assert d.action == DIVERGED and i < len(reps) - 1 and "exploding" in d.reason
 
 
+def test_a_run_past_warmup_above_its_first_loss_is_diverged_and_said_so():
+    # Not a blow-up (never 1.5x its running minimum): a loss that, past warmup, is back above where it
+    # started on consecutive reports; the reason names that, not an explosion.
+    c = cfg("flat", LR_STAR)
+    meta = trial_meta(c)
+    p = Pruner()
+    losses = [10.80, 10.78, 10.76, 10.79, 10.81, 10.83]
+    steps = [meta.warmup_steps * f for f in (0.3, 0.6, 0.9)] + [meta.warmup_steps + 10.0 * k for k in (1, 2, 3)]
+    ds = [p.on_report("flat", meta, {"step": s, "train_loss": x, "eval_loss": x}) for s, x in zip(steps, losses)]
+    assert [d.action for d in ds[:-1]] == ["continue"] * 5 and ds[-1].action == DIVERGED
+    assert ds[-1].reason.startswith("loss above its first report after warmup: 10.83")
+
+
 def test_far_off_run_is_stopped_with_reason_and_prediction():
     c = cfg("a", LR_STAR / 100)  # ~19 % above the best final loss of this cell
     reps = reports(c)
