@@ -295,6 +295,21 @@ def make_methods(seed: int, max_t: int, names: tuple[str, ...]) -> list[Method]:
     return [make[n]() for n in METHODS if n in names]
 
 
+def check_learns(world: str, trials: list[SimTrial]) -> None:
+    """Raise ValueError when most of the sweep's runs end less than 5 % below their first loss: the fixed
+    budgets and lr grid are laid for the CPU-scale worlds, and at a published-scale world's tiny N
+    every run is flat, its "winners" noise and every stop the divergence rule's.
+
+    >>> check_learns("tiny", make_sweep("tiny", 0)[:4])
+    """
+    learned = [math.isfinite(t.final) and t.final < 0.95 * t.reports[0]["eval_loss"] for t in trials]
+    if sum(learned) < len(learned) / 2:
+        raise ValueError(f"world {world}: {len(learned) - sum(learned)} of {len(learned)} runs end less than 5 % "
+                         f"below their first loss at this benchmark's budgets ({', '.join(f'{c:.0e}' for c in BUDGETS)} "
+                         f"FLOPs) and lr grid, which are laid for CPU-scale worlds (tiny, bent, repeated); "
+                         f"nothing to prune there")
+
+
 def run(world: str, seeds: int, concurrency: int, seed_start: int = 0,
         methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
     """Every method (of ``methods``) on every seed's sweep, side by side."""
@@ -304,6 +319,7 @@ def run(world: str, seeds: int, concurrency: int, seed_start: int = 0,
     seed_list = list(range(seed_start, seed_start + seeds))
     for seed in seed_list:
         trials = make_sweep(world, seed)
+        check_learns(world, trials)
         max_t = max(len(t.reports) for t in trials)
         for m in make_methods(seed, max_t, methods):
             np.random.seed(seed)  # ASHA draws its bracket with np.random
@@ -364,7 +380,10 @@ def main(argv: list[str] | None = None) -> None:
     worlds = [w.strip() for w in a.world.split(",") if w.strip()]
     outs = {}
     for world in worlds:
-        out = outs[world] = run(world, a.seeds, a.concurrency, a.seed_start, names)
+        try:
+            out = outs[world] = run(world, a.seeds, a.concurrency, a.seed_start, names)
+        except ValueError as exc:
+            ap.error(str(exc))
         print(f"world {out['world']}, {out['seeds']} seeds × {out['trials_per_seed']} trials, "
               f"concurrency {out['concurrency']}")
         print(f"{'method':<24}{'saved mean':>11}{'saved min':>11}{'stopped':>9}{'lost/(N,D)':>12}{'lost/C':>9}{'s':>8}")
