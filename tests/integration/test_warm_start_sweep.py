@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, EVERY = 96, 6
+SLEEP = 0.1  # a step: the late-starting peer's slack is ~10 reports of it (see above)
 LRS = (1e-5, 1e-3, 3e-3, 1e-2)
 
 
@@ -40,7 +41,7 @@ def test_warm_started_programs_report_are_pruned_and_reuse_the_zygote(tmp_path, 
             "fit": {"bootstrap": 0}, "output_dir": str(tmp_path / "sweep"),
             "trainer": {"backend": "command", "cwd": str(REPO), "warm_start": ["torch"], "grace_period_s": 5,
                         "command": ["{python}", "examples/own-trainer/train_lm.py", "--config", "{config}"],
-                        "options": {"step_sleep_s": 0.05}}}
+                        "options": {"step_sleep_s": SLEEP}}}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
     spec = parse_spec(data)
     local_ray(2)  # the session's 2-CPU local Ray instance (conftest.py)
