@@ -55,14 +55,15 @@ class Divergence:
             t.first = t.loss[0] if t.meta.start_step > 0 else x
         after_warmup = step > t.meta.warmup_steps
         exploding = t.n_reports >= 3 and x > self.config.factor * t.running_min
-        above_first = after_warmup and t.n_reports >= 3 and x > t.first
+        above_first = t.n_reports >= 3 and after_warmup and x > t.first
         t.running_min = min(t.running_min, x)
+        vote = exploding or above_first
         # The two read differently in a stop reason: a blow-up, or a run past warmup that is no lower
         # than where it started (not learning, or blowing up slowly)
         what = "loss exploding" if exploding else "loss above its first report after warmup"
-        return Verdict(exploding or above_first, {"step": step, "loss": x, "running_min": t.running_min, "first": t.first},
+        return Verdict(vote, {"step": step, "loss": x, "running_min": t.running_min, "first": t.first},
                        f"{what}: {x:.4g} at step {step:.0f} vs running min {t.running_min:.4g}, "
-                       f"first {t.first:.4g}" if exploding or above_first else "", DIVERGED)
+                       f"first {t.first:.4g}" if vote else "", DIVERGED)
 
 
 __all__ = ["Divergence", "DivergenceConfig"]

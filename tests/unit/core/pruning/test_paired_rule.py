@@ -14,7 +14,7 @@ import pytest
 from orchestrator.core.pruning import STOP, PruneConfig, Pruner
 from orchestrator.core.pruning.pruner import default_rules
 from orchestrator.config.pruning import trial_meta
-from orchestrator.core.pruning.pairstat import overshoot as _overshoot, z as _z
+from orchestrator.core.pruning.pairstat import overshoot as _overshoot, pair_stat, z as _z
 from trainers.contract import Schedule, TrialConfig
 from trainers.simulated import train
 from trainers.worlds import load_world
@@ -394,8 +394,6 @@ def test_pythia_noise_alone_never_stops_a_pair():
 
 def test_the_trend_allowance_extrapolates_a_closing_gap_not_a_widening_one():
     # Planted: d = log L_i - log L_j exactly linear in log steps, 10 % to 25 % of a 400-step run.
-    from orchestrator.core.pruning.pairstat import pair_stat
-
     s, T = np.arange(40.0, 101.0, 4.0), 400.0
     lj = np.log(3.0 + 0 * s)
     slope = 0.05
